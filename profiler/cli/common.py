@@ -1,0 +1,60 @@
+"""Options and helpers shared by subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import warnings
+
+
+def add_model_args(parser: argparse.ArgumentParser, positional: bool = True, required: bool = False) -> None:
+    if positional:
+        parser.add_argument("model", nargs=None if required else "?", default=None,
+                            help="embedded name (tiny-mamba, tiny-mamba2), alias (mamba-1.4b), hub id or "
+                            "local directory; default: the embedded tiny-mamba")
+    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto (default: as saved)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow model code from the hub repository to run (off by default)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow pickled .bin weights (they can run code); safetensors only by default")
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (kernel fallbacks, deprecations) out of the tool's output."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for name in ("transformers", "huggingface_hub", "torch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def load_from_args(args: argparse.Namespace, with_tokenizer: bool = True):
+    quiet_libraries()
+    from ..resolve import load_model
+
+    return load_model(args.model, dtype=args.dtype, device=args.device, revision=args.revision,
+                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+                      with_tokenizer=with_tokenizer)
+
+
+def human_count(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def human_bytes(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"

@@ -1,0 +1,46 @@
+"""`ssm-profile env`: versions and hardware, to paste into a bug report."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("env", help="print versions and hardware for bug reports", description=__doc__)
+    p.set_defaults(handler=run)
+
+
+PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "numpy", "scipy", "pandas", "numba",
+            "captum", "lm_eval", "textual", "textual_plotext", "rich", "mamba_ssm", "causal_conv1d")
+
+
+def collect() -> dict[str, str]:
+    from .. import __version__
+
+    info = {"ssm-profile": __version__, "python": platform.python_version(),
+            "platform": platform.platform(), "cpu cores": str(os.cpu_count())}
+    for name in PACKAGES:
+        try:
+            info[name] = getattr(importlib.import_module(name), "__version__", "installed")
+        except Exception:  # noqa: BLE001 - mamba_ssm raises more than ImportError without CUDA
+            info[name] = "not installed"
+    try:
+        import torch
+
+        info["torch threads"] = str(torch.get_num_threads())
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available"
+    except ImportError:  # pragma: no cover
+        pass
+    for var in ("HF_HOME", "HF_HUB_OFFLINE", "SSM_PROFILE_FAST_SCAN"):
+        if var in os.environ:
+            info[var] = os.environ[var]
+    return info
+
+
+def run(args: argparse.Namespace) -> int:
+    for key, value in collect().items():
+        print(f"- {key}: {value}")
+    return 0

@@ -1,0 +1,295 @@
+"""Model resolution: turn what the user typed into a loaded transformers model.
+
+A MODEL argument is, in this order of precedence:
+
+1. an embedded model shipped with the package (``tiny-mamba``, ``tiny-mamba2``);
+2. an existing local directory, either in transformers format (``config.json`` with
+   ``model_type``) or in the original mamba-ssm format (``config.json`` with ``d_model`` and
+   ``n_layer``), which is converted to the transformers classes on load;
+3. a short alias (``mamba-1.4b``) that names a hub repository;
+4. a hub repository id (``owner/name``).
+
+Loading is safe by default: safetensors only (mamba-ssm checkpoints are read with
+``torch.load(weights_only=True)``) and no remote code unless the caller opts in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import HubUnreachableError, ModelNotFoundError, SSMProfileError, UnsupportedModelError
+
+DEFAULT_MODEL = "tiny-mamba"
+EMBEDDED_MODELS = ("tiny-mamba", "tiny-mamba2")
+
+
+@dataclass(frozen=True)
+class Alias:
+    name: str
+    repo: str
+    architecture: str
+    params: str
+    note: str = ""
+
+
+# Repositories checked to hold transformers-format weights (config.json with model_type,
+# safetensors). The state-spaces/mamba2-* repositories hold mamba-ssm-format weights without a
+# tokenizer; the AntonV conversions are the transformers-format copies of the same weights.
+ALIASES: dict[str, Alias] = {
+    a.name: a
+    for a in [
+        Alias("mamba-130m", "state-spaces/mamba-130m-hf", "mamba", "130M"),
+        Alias("mamba-370m", "state-spaces/mamba-370m-hf", "mamba", "370M"),
+        Alias("mamba-790m", "state-spaces/mamba-790m-hf", "mamba", "790M"),
+        Alias("mamba-1.4b", "state-spaces/mamba-1.4b-hf", "mamba", "1.4B"),
+        Alias("mamba-2.8b", "state-spaces/mamba-2.8b-hf", "mamba", "2.8B"),
+        Alias("mamba2-130m", "AntonV/mamba2-130m-hf", "mamba2", "130M", "conversion of state-spaces/mamba2-130m"),
+        Alias("mamba2-370m", "AntonV/mamba2-370m-hf", "mamba2", "370M", "conversion of state-spaces/mamba2-370m"),
+        Alias("mamba2-780m", "AntonV/mamba2-780m-hf", "mamba2", "780M", "conversion of state-spaces/mamba2-780m"),
+        Alias("mamba2-1.3b", "AntonV/mamba2-1.3b-hf", "mamba2", "1.3B", "conversion of state-spaces/mamba2-1.3b"),
+        Alias("mamba2-2.7b", "AntonV/mamba2-2.7b-hf", "mamba2", "2.7B", "conversion of state-spaces/mamba2-2.7b"),
+        Alias("falcon-mamba-7b", "tiiuae/falcon-mamba-7b", "falcon_mamba", "7B"),
+        Alias("zamba2-1.2b", "Zyphra/Zamba2-1.2B", "zamba2", "1.2B", "hybrid: Mamba-2 layers and shared attention"),
+    ]
+}
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class ModelSource:
+    """Where a model came from, in words a user recognises."""
+
+    name: str  # what the user typed (or the default)
+    kind: str  # "embedded" | "local" | "local-mamba-ssm" | "hub"
+    location: str  # directory or repository id
+    alias: str | None = None
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for analysis, with its tokenizer (if any) and provenance."""
+
+    model: torch.nn.Module
+    tokenizer: Any | None
+    source: ModelSource
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = weights_fingerprint(self.model)
+        return self._fingerprint
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 over parameter names, shapes, dtypes and bytes: identifies these exact weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        data = tensor.detach().cpu().contiguous()
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return "sha256:" + digest.hexdigest()
+
+
+def embedded_dir(name: str) -> Path:
+    return Path(str(resources.files("profiler") / "embedded" / name))
+
+
+def embedded_data(name: str) -> Path:
+    """Path of an embedded text (``calibration.txt``, ``evaluation.txt``)."""
+    return embedded_dir("data") / name
+
+
+def locate(name: str | None) -> ModelSource:
+    """Decide what ``name`` refers to without loading anything."""
+    name = name or DEFAULT_MODEL
+    if name in EMBEDDED_MODELS:
+        return ModelSource(name, "embedded", str(embedded_dir(name)))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"'{name}' exists but is not a model directory (no config.json); "
+                "pass a directory saved with save_pretrained or a mamba-ssm checkpoint folder"
+            )
+        config = _read_json(path / "config.json")
+        kind = "local-mamba-ssm" if "d_model" in config and "n_layer" in config else "local"
+        return ModelSource(name, kind, str(path.resolve()))
+    if name in ALIASES:
+        return ModelSource(name, "hub", ALIASES[name].repo, alias=name)
+    if _looks_like_repo_id(name):
+        return ModelSource(name, "hub", name)
+    known = ", ".join([*EMBEDDED_MODELS, *ALIASES])
+    raise ModelNotFoundError(
+        f"unknown model '{name}': not a local directory, an alias or a hub id (owner/name); "
+        f"known names: {known} (see `ssm-profile models`)"
+    )
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelNotFoundError(f"cannot read {path}: {err}") from None
+
+
+def load_model(
+    name: str | None = None,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    revision: str | None = None,
+    with_tokenizer: bool = True,
+) -> LoadedModel:
+    """Resolve ``name`` and load it (see the module docstring for what ``name`` may be)."""
+    source = locate(name)
+    torch_dtype = _parse_dtype(dtype)
+    if source.kind == "hub":
+        directory = _download(source, revision=revision, allow_pickle=allow_pickle)
+        config = _read_json(directory / "config.json")
+        if "d_model" in config and "n_layer" in config:
+            source.kind = "hub-mamba-ssm"
+    else:
+        directory = Path(source.location)
+
+    if source.kind.endswith("mamba-ssm"):
+        from .convert import load_mamba_ssm_checkpoint
+
+        model = load_mamba_ssm_checkpoint(directory, dtype=torch_dtype)
+    else:
+        model = _load_transformers(directory, torch_dtype, trust_remote_code, allow_pickle)
+    model.to(device)
+    model.eval()
+    _check_has_mixers(model, source)
+    tokenizer = _load_tokenizer(directory, trust_remote_code) if with_tokenizer else None
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source)
+
+
+def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return None
+    if dtype not in DTYPES:
+        raise SSMProfileError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _download(source: ModelSource, revision: str | None, allow_pickle: bool) -> Path:
+    """Fetch (or find in the cache) the files a model needs; one clear error when impossible."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - a dependency of transformers
+        raise SSMProfileError("huggingface_hub is not installed; pip install huggingface_hub") from None
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
+    if allow_pickle:
+        patterns.append("*.bin")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+    try:
+        path = snapshot_download(source.location, revision=revision, allow_patterns=patterns,
+                                 local_files_only=offline)
+    except Exception as err:  # noqa: BLE001 - the hub client raises many types; all mean the same here
+        if _is_not_found(err):
+            raise ModelNotFoundError(
+                f"hub repository '{source.location}' does not exist or is private; check the name "
+                "(`ssm-profile models` lists aliases) or log in with `hf auth login`"
+            ) from None
+        how = "offline mode is on (HF_HUB_OFFLINE=1)" if offline else "the Hugging Face Hub cannot be reached"
+        raise HubUnreachableError(
+            f"cannot load '{source.name}' ({source.location}): {how} and it is not in the local cache; "
+            "connect to the network, or download it on another machine and pass its local directory"
+        ) from None
+    directory = Path(path)
+    if not (directory / "config.json").is_file():
+        raise ModelNotFoundError(f"hub repository '{source.location}' has no config.json; is it a model?")
+    return directory
+
+
+def _is_not_found(err: Exception) -> bool:
+    return type(err).__name__ in {"RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError"}
+
+
+def _load_transformers(directory: Path, dtype: torch.dtype | None, trust_remote_code: bool,
+                       allow_pickle: bool) -> torch.nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    has_safetensors = any(directory.glob("*.safetensors"))
+    if not has_safetensors and not allow_pickle:
+        raise SSMProfileError(
+            f"{directory} has no .safetensors weights; pickled weights run code when loaded, so they "
+            "are refused by default; convert them to safetensors or pass --allow-pickle if you trust them"
+        )
+    try:
+        config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise UnsupportedModelError(
+                f"{directory} needs custom code from the model author; review it, then pass --trust-remote-code"
+            ) from None
+        raise UnsupportedModelError(f"{directory}: {str(err).splitlines()[0]}") from None
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            directory, config=config, dtype=dtype or "auto", trust_remote_code=trust_remote_code,
+            use_safetensors=has_safetensors or not allow_pickle,
+        )
+    except (OSError, ValueError, RuntimeError) as err:
+        raise UnsupportedModelError(f"cannot load {directory}: {str(err).splitlines()[0]}") from None
+
+
+def _load_tokenizer(directory: Path, trust_remote_code: bool) -> Any | None:
+    if not any((directory / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        sibling = directory.parent / "tokenizer"  # embedded models share one tokenizer
+        if not (sibling / "tokenizer.json").exists():
+            return None
+        directory = sibling
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None
+
+
+def _check_has_mixers(model: torch.nn.Module, source: ModelSource) -> None:
+    from .arch import find_mixers
+
+    if not find_mixers(model):
+        raise UnsupportedModelError(
+            f"'{source.name}' loaded as {type(model).__name__} but has no Mamba/Mamba-2 mixer "
+            "(no module with an A_log parameter); ssm-profile analyses state-space models only"
+        )
+
+
+def list_models() -> list[dict[str, str]]:
+    """Rows for `ssm-profile models`: embedded models first, then hub aliases."""
+    rows = []
+    for name in EMBEDDED_MODELS:
+        card = embedded_dir(name) / "metrics.json"
+        info = _read_json(card) if card.exists() else {}
+        rows.append({"name": name, "source": "embedded (offline)", "architecture": info.get("architecture", "?"),
+                     "params": f"{info.get('parameters', 0) / 1e6:.2f}M", "note": "default" if name == DEFAULT_MODEL else ""})
+    for alias in ALIASES.values():
+        rows.append({"name": alias.name, "source": alias.repo, "architecture": alias.architecture,
+                     "params": alias.params, "note": alias.note})
+    return rows
