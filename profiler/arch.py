@@ -233,7 +233,10 @@ def _mamba2_units(m: MixerInfo) -> dict[str, UnitFamily]:
     group = _optional(m, [
         Slot("in_proj.weight", 0, 0, hpg * P), Slot("in_proj.weight", 0, E, hpg * P),
         Slot("in_proj.weight", 0, 2 * E, N), Slot("in_proj.weight", 0, 2 * E + G * N, N),
-        Slot("in_proj.weight", 0, dt0, hpg), Slot("conv1d.weight", 0, 0, hpg * P),
+        Slot("in_proj.weight", 0, dt0, hpg),
+        Slot("in_proj.bias", 0, 0, hpg * P), Slot("in_proj.bias", 0, E, hpg * P),
+        Slot("in_proj.bias", 0, 2 * E, N), Slot("in_proj.bias", 0, 2 * E + G * N, N),
+        Slot("in_proj.bias", 0, dt0, hpg), Slot("conv1d.weight", 0, 0, hpg * P),
         Slot("conv1d.weight", 0, E, N), Slot("conv1d.weight", 0, E + G * N, N),
         Slot("conv1d.bias", 0, 0, hpg * P), Slot("conv1d.bias", 0, E, N), Slot("conv1d.bias", 0, E + G * N, N),
         Slot("dt_bias", 0, 0, hpg), Slot("A_log", 0, 0, hpg), Slot("D", 0, 0, hpg),
