@@ -1,0 +1,174 @@
+"""One interface for every pruning criterion (as captum has one ``attribute`` for every method).
+
+A criterion scores the *elements* of the parameters of a parameter group (higher = more
+important, keep). Structured units are scored as one object across all their coupled tensors:
+by default the sum of their elements' scores over the unit's shared index set
+(:meth:`Criterion.unit_scores`); criteria that are natively per unit (FLAP, captum channel
+attributions, SSM gramians) override it.
+
+Criteria never run the model themselves: they read a :class:`CalibrationStats` gathered once
+(activations, gradients, Hessians) so that many criteria share one pass over the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+if TYPE_CHECKING:
+    from ..arch import MixerInfo, UnitFamily
+
+
+class NotApplicable(Exception):
+    """Raised by a criterion for a group or unit kind it cannot score; the message says why."""
+
+
+@dataclass
+class CalibrationStats:
+    """Statistics of a model on calibration data, keyed by full parameter / module names.
+
+    Filled by :func:`profiler.stats.collect_stats`. Only what the requested criteria need
+    (``Criterion.needs``) is collected.
+    """
+
+    # input-channel statistics of every linear-like operation, keyed by "<mixer path>.<group>":
+    # sum over tokens of x_j^2 ("sq"), of x_j ("sum"), and the token count ("n").
+    inputs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    # X^T X of the same inputs (for second-order criteria), keyed like ``inputs``.
+    hessians: dict[str, torch.Tensor] = field(default_factory=dict)
+    # per parameter (full name): sum over calibration batches of the gradient, and of its square.
+    grad_sum: dict[str, torch.Tensor] = field(default_factory=dict)
+    grad_sq_sum: dict[str, torch.Tensor] = field(default_factory=dict)
+    grad_batches: int = 0
+    # per mixer path: SSM signal statistics (dt, B, C, x energies) for SSM-specific criteria.
+    ssm: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    # calibration token ids, for criteria that run their own attribution (captum)
+    tokens: torch.Tensor | None = None
+    seed: int = 0
+
+    def input_norm(self, key: str) -> torch.Tensor:
+        """‖X_j‖₂ per input channel (WANDA)."""
+        return self.inputs[key]["sq"].clamp_min(0).sqrt()
+
+    def input_var(self, key: str) -> torch.Tensor:
+        """Var(X_j) per input channel (FLAP)."""
+        st = self.inputs[key]
+        mean = st["sum"] / st["n"]
+        return (st["sq"] / st["n"] - mean**2).clamp_min(0)
+
+
+@dataclass
+class ScoringContext:
+    model: torch.nn.Module
+    stats: CalibrationStats
+    seed: int = 0
+
+
+class Criterion:
+    """Base class. Subclasses set ``name``/``needs`` and implement :meth:`score`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    # What CalibrationStats must hold: subset of {"inputs", "hessians", "grads", "ssm", "tokens"}
+    needs: ClassVar[frozenset[str]] = frozenset()
+    # Unstructured masks compare scores within each output row (WANDA) or within the tensor.
+    comparison: ClassVar[str] = "tensor"  # "tensor" | "row"
+    # Whether ``predict_delta_loss`` gives a first/second-order estimate of the loss change.
+    predicts_loss: ClassVar[bool] = False
+    # False for criteria that only score structured units (e.g. channel attributions).
+    scores_elements: ClassVar[bool] = True
+
+    def score(self, ctx: ScoringContext, mixer: "MixerInfo", param: str) -> torch.Tensor:
+        """Element saliency of ``mixer.<param>``, same shape as the parameter (float32, >= 0 preferred).
+
+        Raise :class:`NotApplicable` with a reason for parameters the criterion cannot score.
+        """
+        raise NotImplementedError
+
+    def check(self, mixer: "MixerInfo", param: str) -> None:
+        """Raise :class:`NotApplicable` (with the reason) if :meth:`score` cannot score ``param``.
+
+        Static: needs no statistics, so the CLI can say up front what a criterion cannot score.
+        """
+        if not self.scores_elements:
+            raise NotApplicable(f"{self.name} scores structured units only, not single elements")
+
+    def check_units(self, mixer: "MixerInfo", family: "UnitFamily") -> None:
+        """Raise :class:`NotApplicable` if :meth:`unit_scores` cannot score ``family`` (static)."""
+        reasons = []
+        for slot in family.slots:
+            try:
+                self.check(mixer, slot.param)
+                return
+            except NotApplicable as err:
+                reasons.append(f"{slot.param}: {err}")
+        raise NotApplicable(f"{self.name} scores none of the tensors of a {family.kind} unit ("
+                            + "; ".join(dict.fromkeys(reasons)) + ")")
+
+    def unit_scores(self, ctx: ScoringContext, mixer: "MixerInfo", family: "UnitFamily") -> torch.Tensor:
+        """One score per unit of ``family`` (shape ``(family.count,)``): sum over coupled slices.
+
+        Slices of tensors the criterion cannot score (:class:`NotApplicable`, e.g. ``A_log`` for
+        WANDA) are left out; every unit of a family has the same slots, so the sums stay
+        comparable within the family. Raises :class:`NotApplicable` if no slot can be scored.
+        """
+        self.check_units(mixer, family)
+        total = torch.zeros(family.count, dtype=torch.float64)
+        units = torch.arange(family.count)
+        cache: dict[str, torch.Tensor] = {}
+        for slot in family.slots:
+            if slot.param not in cache:
+                try:
+                    cache[slot.param] = self.score(ctx, mixer, slot.param).double().cpu()
+                except NotApplicable:
+                    cache[slot.param] = None
+            scores = cache[slot.param]
+            if scores is None:
+                continue
+            moved = scores.movedim(slot.dim, 0)
+            idx = slot.indices(units).view(family.count, slot.width)
+            total += moved[idx].reshape(family.count, -1).sum(dim=1)
+        return total
+
+    def predict_delta_loss(self, ctx: ScoringContext, mixer: "MixerInfo", param: str,
+                           mask: torch.Tensor) -> float:
+        """Estimated loss change from zeroing the elements where ``mask`` is False."""
+        raise NotApplicable(f"{self.name} gives no loss estimate")
+
+
+_REGISTRY: dict[str, type[Criterion]] = {}
+# Lazy entries: name -> "module:Class", imported on first use (captum only when asked for).
+_LAZY: dict[str, str] = {}
+
+
+def register(cls: type[Criterion]) -> type[Criterion]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def register_lazy(name: str, target: str) -> None:
+    _LAZY[name] = target
+
+
+def available() -> list[str]:
+    return sorted({*_REGISTRY, *_LAZY})
+
+
+def get(name: str, **kwargs: Any) -> Criterion:
+    """Instantiate a criterion by name; unknown names raise a one-line error listing the options."""
+    from ..errors import SSMProfileError
+
+    if name not in _REGISTRY and name in _LAZY:
+        import importlib
+
+        module, _, cls = _LAZY[name].partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise SSMProfileError(f"criterion '{name}' needs an optional dependency ({err.name}); "
+                                  f"pip install 'ssm-profile[{name}]'") from None
+    if name not in _REGISTRY:
+        raise SSMProfileError(f"unknown criterion '{name}'; choose from {', '.join(available())}")
+    return _REGISTRY[name](**kwargs)

@@ -1,0 +1,75 @@
+"""Gradient criteria: SNIP (first order) and Fisher-Taylor (second order, empirical Fisher).
+
+Gradient statistics (``collect_stats(needs={'grads'})``): for gradient micro-batches b (by default
+one calibration sequence each) g_b = ∇ of the mean token loss of b; ḡ = mean_b g_b and
+E[g²] = mean_b g_b². Zeroing a weight is the step δ = -w.
+"""
+
+from __future__ import annotations
+
+
+from ._common import expand_mask, grads, need_param, tensor
+from .base import Criterion, register
+
+
+@register
+class Snip(Criterion):
+    """SNIP: |w·ḡ|. ΔL (first order) of zeroing a set S: Σ_S -ḡ·w."""
+
+    name = "snip"
+    description = "|w·ḡ| (SNIP, first-order Taylor)"
+    needs = frozenset({"grads"})
+    predicts_loss = True
+
+    def check(self, mixer, param):
+        need_param(mixer, param)
+
+    def score(self, ctx, mixer, param):
+        self.check(mixer, param)
+        g, _ = grads(ctx.stats, mixer, param)
+        return (tensor(mixer, param) * g).abs()
+
+    def predict_delta_loss(self, ctx, mixer, param, mask):
+        self.check(mixer, param)
+        w = tensor(mixer, param)
+        pruned = ~expand_mask(mask, w.shape)
+        g, _ = grads(ctx.stats, mixer, param)
+        return float((-g.double() * w.double())[pruned].sum())
+
+
+@register
+class Fisher(Criterion):
+    """Fisher-Taylor: w²·E[g²] (second-order Taylor with the empirical Fisher as diagonal Hessian).
+
+    ``predict_delta_loss`` of zeroing a set S:
+        ΔL ≈ Σ_S -ḡ·w  +  ½ Σ_S E[g²]·w²
+    The first-order term is kept (``first_order=True``, default): a calibration loss is not at a
+    minimum of the pruned model's parameters, ḡ ≠ 0, and for small cuts the linear term is the
+    larger one. ``first_order=False`` gives the pure second-order estimate ½ Σ_S E[g²]·w².
+    """
+
+    name = "fisher"
+    description = "w²·E[g²] (Fisher-Taylor, empirical Fisher)"
+    needs = frozenset({"grads"})
+    predicts_loss = True
+
+    def __init__(self, first_order: bool = True):
+        self.first_order = first_order
+
+    def check(self, mixer, param):
+        need_param(mixer, param)
+
+    def score(self, ctx, mixer, param):
+        self.check(mixer, param)
+        _, g2 = grads(ctx.stats, mixer, param)
+        return tensor(mixer, param).square() * g2
+
+    def predict_delta_loss(self, ctx, mixer, param, mask):
+        self.check(mixer, param)
+        w = tensor(mixer, param).double()
+        pruned = ~expand_mask(mask, w.shape)
+        g, g2 = (t.double() for t in grads(ctx.stats, mixer, param))
+        delta = 0.5 * (g2 * w.square())[pruned].sum()
+        if self.first_order:
+            delta = delta + (-g * w)[pruned].sum()
+        return float(delta)

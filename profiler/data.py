@@ -1,0 +1,188 @@
+"""Calibration and evaluation data: texts in, token windows out, never overlapping.
+
+Sources (``--calibration`` / ``--evaluation``):
+
+* nothing: the embedded calibration and evaluation texts (different books of the KJV Bible);
+* a local ``.txt`` file (plain text) or ``.jsonl`` file (one JSON object per line with a
+  ``text`` field);
+* ``hf:NAME[:CONFIG][:SPLIT]``: a dataset from the Hugging Face hub (needs the network or a
+  cached copy and the ``datasets`` package).
+
+Calibration windows are drawn at seeded random offsets; evaluation windows are consecutive and
+non-overlapping so every evaluation token is scored once. When calibration and evaluation come
+from the same source, the text is split in two (first 80% calibration, last 20% evaluation)
+so that they cannot overlap.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import DataError
+
+SPLIT_FRACTION = 0.8
+
+
+@dataclass
+class DataSpec:
+    calibration: str | None = None  # None = embedded
+    evaluation: str | None = None
+    nsamples: int = 32  # calibration windows
+    eval_samples: int = 16  # evaluation windows
+    seqlen: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("nsamples", "eval_samples", "seqlen"):
+            if int(getattr(self, name)) < 1:
+                raise DataError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+
+
+@dataclass
+class Dataset:
+    """Tokenised calibration and evaluation windows with their provenance."""
+
+    calibration: torch.Tensor  # (nsamples, seqlen)
+    evaluation: torch.Tensor  # (eval_samples, seqlen)
+    spec: DataSpec
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"calibration": self.sources.get("calibration"), "evaluation": self.sources.get("evaluation"),
+                "nsamples": int(self.calibration.shape[0]), "eval_samples": int(self.evaluation.shape[0]),
+                "seqlen": int(self.evaluation.shape[1]), "seed": self.spec.seed,
+                "calibration_tokens": int(self.calibration.numel()), "evaluation_tokens": int(self.evaluation.numel())}
+
+
+def read_text(source: str) -> str:
+    """Read a text source (see the module docstring) into one string."""
+    if source.startswith("hf:"):
+        return _read_hub_dataset(source)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise DataError(f"data file '{source}' does not exist; pass a .txt or .jsonl file or hf:NAME[:CONFIG][:SPLIT]")
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"data file '{source}' is not UTF-8 text; pass a .txt or .jsonl file") from None
+    if not text.strip():
+        raise DataError(f"data file '{source}' is empty")
+    return text
+
+
+def _read_jsonl(path: Path) -> str:
+    texts = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{number}: not valid JSON ({err.msg}); each line must be an object "
+                                'like {"text": "..."}') from None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise DataError(f'{path}:{number}: each line must be a JSON object with a string "text" field')
+            texts.append(record["text"])
+    if not texts:
+        raise DataError(f"{path} holds no records")
+    return "\n\n".join(texts)
+
+
+def _read_hub_dataset(source: str) -> str:
+    parts = source[3:].split(":")
+    name, config = parts[0], parts[1] if len(parts) > 1 and parts[1] else None
+    split = parts[2] if len(parts) > 2 else "train"
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("hub datasets need the `datasets` package: pip install datasets") from None
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as err:  # noqa: BLE001 - datasets raises many types for the same user problem
+        raise DataError(f"cannot load dataset '{name}' ({type(err).__name__}); without the network use a local "
+                        ".txt or .jsonl file instead") from None
+    column = "text" if "text" in ds.column_names else ds.column_names[0]
+    return "\n\n".join(str(t) for t in ds[column])
+
+
+def _embedded(name: str) -> str:
+    from .resolve import embedded_data
+
+    return embedded_data(name).read_text(encoding="utf-8")
+
+
+def load_dataset(tokenizer: Any, spec: DataSpec | None = None) -> Dataset:
+    """Tokenise the calibration and evaluation sources of ``spec`` into windows."""
+    spec = spec or DataSpec()
+    if tokenizer is None:
+        raise DataError("this model has no tokenizer; save one beside the weights (tokenizer.json)")
+    if spec.calibration is None and spec.evaluation is None:
+        calib_text, eval_text = _embedded("calibration.txt"), _embedded("evaluation.txt")
+        sources = {"calibration": "embedded:calibration.txt", "evaluation": "embedded:evaluation.txt"}
+    elif spec.calibration is not None and spec.evaluation is not None and spec.calibration != spec.evaluation:
+        calib_text, eval_text = read_text(spec.calibration), read_text(spec.evaluation)
+        if calib_text.strip() == eval_text.strip():
+            raise DataError("calibration and evaluation texts are identical; pass different files")
+        sources = {"calibration": spec.calibration, "evaluation": spec.evaluation}
+    else:
+        source = spec.calibration or spec.evaluation
+        text = read_text(source)
+        cut = int(len(text) * SPLIT_FRACTION)
+        calib_text, eval_text = text[:cut], text[cut:]
+        sources = {"calibration": f"{source} [first 80%]", "evaluation": f"{source} [last 20%]"}
+    calib_ids = _tokenize(tokenizer, calib_text)
+    eval_ids = _tokenize(tokenizer, eval_text)
+    return Dataset(
+        calibration=sample_windows(calib_ids, spec.nsamples, spec.seqlen, spec.seed, "calibration"),
+        evaluation=consecutive_windows(eval_ids, spec.eval_samples, spec.seqlen, "evaluation"),
+        spec=spec, sources=sources,
+    )
+
+
+def _tokenize(tokenizer: Any, text: str) -> torch.Tensor:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def sample_windows(ids: torch.Tensor, count: int, seqlen: int, seed: int, what: str) -> torch.Tensor:
+    """``count`` windows at seeded random offsets (windows may overlap each other)."""
+    if len(ids) < seqlen + 1:
+        raise DataError(f"{what} text has {len(ids)} tokens, fewer than --seqlen {seqlen}; give more text "
+                        "or a shorter --seqlen")
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(ids) - seqlen, (count,), generator=gen)
+    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+
+
+def consecutive_windows(ids: torch.Tensor, count: int, seqlen: int, what: str) -> torch.Tensor:
+    """Up to ``count`` non-overlapping windows from the start of the text."""
+    available = len(ids) // seqlen
+    if available < 1:
+        raise DataError(f"{what} text has {len(ids)} tokens, fewer than --seqlen {seqlen}")
+    n = min(count, available)
+    return ids[: n * seqlen].view(n, seqlen).clone()
+
+
+@torch.no_grad()
+def batch_losses(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """Mean next-token loss of each window (shape ``(n_windows,)``): the unit of the bootstrap."""
+    losses = []
+    for batch in windows.split(batch_size):
+        logits = model(input_ids=batch.to(_device(model))).logits.float()
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1).to(logits.device), reduction="none"
+        )
+        losses.append(loss.view(batch.shape[0], -1).mean(dim=1).cpu())
+    return torch.cat(losses).double()
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device

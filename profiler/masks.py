@@ -1,0 +1,166 @@
+"""The pruning frontend: from saliency scores to keep-masks (torchao's split: masks here,
+making them fast or small is the backend's job, see :mod:`profiler.surgery`).
+
+A *target* is what one sensitivity trial prunes in every selected layer:
+
+* ``in_proj``, ``A_log``, ... (kind ``group``): the group's elements, unstructured or N:M;
+* ``unit:state``, ``unit:head``, ... (kind ``unit``): whole coupled units, zeroed across every
+  tensor the unit touches with one shared index set.
+
+A mask maps full parameter names to boolean tensors (True = keep). Dense-with-zeros is the
+hand-off format: applying a mask multiplies weights by it, which always reloads anywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .arch import MixerInfo, UnitFamily
+
+Mask = dict[str, torch.Tensor]
+_NM_RE = re.compile(r"^(\d+):(\d+)$")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # "in_proj" | "unit:state"
+    kind: str  # "group" | "unit"
+    part: str  # group name or unit kind
+
+    @classmethod
+    def parse(cls, name: str) -> "Target":
+        if name.startswith("unit:"):
+            return cls(name, "unit", name[5:])
+        return cls(name, "group", name)
+
+
+def targets_for(mixers: list[MixerInfo]) -> list[Target]:
+    """Every group and prunable unit kind present in the model's mixers, in display order."""
+    names: dict[str, None] = {}
+    for m in mixers:
+        for group in m.groups():
+            names.setdefault(group, None)
+    for m in mixers:
+        for fam in m.unit_families().values():
+            if fam.prunable:
+                names.setdefault(f"unit:{fam.kind}", None)
+    return [Target.parse(n) for n in names]
+
+
+def prunable_params(mixer: MixerInfo, group: str) -> list[str]:
+    """Parameters of ``group`` pruned element-wise: everything but biases of linear/conv layers."""
+    names = mixer.groups().get(group, [])
+    return [n for n in names if not (n.endswith(".bias") and "." in n)]
+
+
+def parse_structure(structure: str) -> tuple[int, int] | None:
+    """``"unstructured"`` -> None; ``"2:4"`` -> (2, 4)."""
+    if structure == "unstructured":
+        return None
+    match = _NM_RE.match(structure)
+    if not match or not 0 < int(match.group(1)) < int(match.group(2)):
+        raise ValueError(f"structure must be 'unstructured' or N:M with 0 < N < M, got '{structure}'")
+    return int(match.group(1)), int(match.group(2))
+
+
+def element_mask(scores: torch.Tensor, sparsity: float, comparison: str = "tensor",
+                 nm: tuple[int, int] | None = None) -> torch.Tensor:
+    """Keep-mask zeroing the lowest-scoring fraction ``sparsity`` of elements.
+
+    ``comparison="row"`` ranks within each output row (dim 0) as WANDA does; N:M keeps the ``N``
+    best of every ``M`` consecutive elements along the last dimension.
+    """
+    if nm is not None:
+        return _nm_mask(scores, *nm)
+    if sparsity <= 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    flat = scores.reshape(scores.shape[0], -1) if comparison == "row" and scores.ndim >= 2 else scores.reshape(1, -1)
+    k = int(round(sparsity * flat.shape[1]))
+    mask = torch.ones_like(flat, dtype=torch.bool)
+    if k > 0:
+        idx = torch.argsort(flat, dim=1, stable=True)[:, :k]
+        mask.scatter_(1, idx, False)
+    return mask.view_as(scores)
+
+
+def _nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    if scores.shape[-1] % m:
+        raise ValueError(f"N:M {n}:{m} needs the last dimension ({scores.shape[-1]}) to be a multiple of {m}")
+    blocks = scores.reshape(-1, m)
+    idx = torch.argsort(blocks, dim=1, descending=True, stable=True)[:, :n]
+    mask = torch.zeros_like(blocks, dtype=torch.bool).scatter_(1, idx, True)
+    return mask.view_as(scores)
+
+
+def select_units(scores: torch.Tensor, family: UnitFamily, sparsity: float) -> torch.Tensor:
+    """Indices of the units to remove: the lowest-scoring ones, equally many from each block."""
+    per_block = family.count // family.blocks
+    k = int(round(sparsity * per_block))
+    k = min(k, per_block - 1)  # never remove a whole block (a layer keeps at least one head/state)
+    if k <= 0:
+        return torch.empty(0, dtype=torch.long)
+    blocks = scores.view(family.blocks, per_block)
+    idx = torch.argsort(blocks, dim=1, stable=True)[:, :k]
+    return (idx + torch.arange(family.blocks)[:, None] * per_block).reshape(-1).sort().values
+
+
+def unit_mask(mixer: MixerInfo, family: UnitFamily, units: torch.Tensor) -> Mask:
+    """Element keep-masks of every tensor the removed ``units`` touch (one shared index set)."""
+    masks: Mask = {}
+    for param, dim, idx in family.indices(units):
+        name = mixer.full_name(param)
+        if name not in masks:
+            masks[name] = torch.ones_like(mixer.param(param), dtype=torch.bool)
+        masks[name].index_fill_(dim, idx, False)
+    return masks
+
+
+def group_mask(mixer: MixerInfo, group: str, sparsity: float, score_fn: Callable[[str], torch.Tensor],
+               comparison: str = "tensor", structure: str = "unstructured") -> Mask:
+    nm = parse_structure(structure)
+    return {mixer.full_name(p): element_mask(score_fn(p), sparsity, comparison, nm)
+            for p in prunable_params(mixer, group)}
+
+
+def merge(masks: list[Mask]) -> Mask:
+    out: Mask = {}
+    for mask in masks:
+        for name, keep in mask.items():
+            out[name] = out[name] & keep if name in out else keep.clone()
+    return out
+
+
+def pruned_count(mask: Mask) -> int:
+    return int(sum((~keep).sum() for keep in mask.values()))
+
+
+class MaskApplier:
+    """Applies masks in place and restores the exact original values (bit for bit) afterwards."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.params = dict(model.named_parameters())
+        self._saved: dict[str, torch.Tensor] = {}
+
+    def __enter__(self) -> "MaskApplier":
+        return self
+
+    def apply(self, mask: Mask) -> None:
+        with torch.no_grad():
+            for name, keep in mask.items():
+                param = self.params[name]
+                if name not in self._saved:
+                    self._saved[name] = param.detach().clone()
+                param.masked_fill_(~keep.to(param.device), 0)
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for name, original in self._saved.items():
+                self.params[name].copy_(original)
+        self._saved.clear()
+
+    def __exit__(self, *exc) -> None:
+        self.restore()

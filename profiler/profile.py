@@ -1,0 +1,291 @@
+"""The profiler: calibration statistics → saliency under every criterion → measured sensitivity.
+
+``profile_model`` is the Python API behind `ssm-profile profile` and the TUI's profile screen;
+it returns a :class:`profiler.results.ProfileResult` and, given ``run_dir``, writes a run
+directory as it goes so an interrupted run can be resumed without redoing finished trials.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .analysis import analyze
+from .data import DataSpec, Dataset, batch_losses, load_dataset
+from .errors import DataError, OutputExistsError, RunDirError, SSMProfileError
+from .io import write_json_atomic
+from .masks import Target, prunable_params, targets_for
+from .resolve import LoadedModel
+from .results import DEFAULT_TOLERANCE, RUN_SCHEMA_VERSION, ProfileResult, append_journal, read_journal
+from .sensitivity import DEFAULT_CRITERIA, DEFAULT_SPARSITIES, Scorer, mixers_of, plan_trials, run_trial
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class ProfileSettings:
+    criteria: list[str] = field(default_factory=lambda: list(DEFAULT_CRITERIA))
+    targets: list[str] | None = None  # None = every group and unit kind of the model
+    sparsities: list[float] = field(default_factory=lambda: list(DEFAULT_SPARSITIES))
+    per_layer: bool = True
+    probe_sparsity: float = 0.5
+    layer_criterion: str = "fisher"
+    structure: str = "unstructured"
+    batch_size: int = 8
+    tolerance: float = DEFAULT_TOLERANCE
+    bootstrap: int = 200
+    seed: int = 0
+
+    def validate(self) -> None:
+        from .criteria import get
+
+        for s in [*self.sparsities, self.probe_sparsity]:
+            if not 0.0 < float(s) < 1.0:
+                raise SSMProfileError(f"sparsity {s} is outside (0, 1); use values such as 0.1,0.5,0.9")
+        if not self.sparsities:
+            raise SSMProfileError("no sparsities given")
+        for name in dict.fromkeys([*self.criteria, self.layer_criterion]):
+            get(name)  # raises a one-line error for unknown names
+        if self.batch_size < 1:
+            raise SSMProfileError("--batch-size must be positive")
+
+
+def _needs(criteria: list[str]) -> set[str]:
+    from .criteria import get
+
+    needs: set[str] = set()
+    for name in criteria:
+        needs |= set(get(name).needs)
+    return needs
+
+
+def _resolve_targets(model: torch.nn.Module, wanted: list[str] | None) -> list[Target]:
+    available = targets_for(mixers_of(model))
+    if wanted is None:
+        return available
+    by_name = {t.name: t for t in available}
+    unknown = [w for w in wanted if w not in by_name]
+    if unknown:
+        raise SSMProfileError(f"unknown group or unit '{unknown[0]}' for this model; choose from "
+                              f"{', '.join(by_name)}")
+    return [by_name[w] for w in wanted]
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    out = {"ssm-profile": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "transformers": transformers.__version__}
+    try:
+        import numba
+
+        out["numba"] = numba.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def _check_resume(run_dir: Path, meta: dict[str, Any]) -> None:
+    old = json.loads((run_dir / "run.json").read_text())
+    for key in ("fingerprint",):
+        if old["model"].get(key) != meta["model"].get(key):
+            raise RunDirError(f"cannot resume '{run_dir}': it profiles other weights ({old['model'].get('name')}); "
+                              "choose a new -o")
+    if old.get("settings") != meta["settings"] or old.get("data") != meta["data"]:
+        raise RunDirError(f"cannot resume '{run_dir}': settings or data differ from the original run; "
+                          "rerun with the same options or choose a new -o")
+
+
+def profile_model(loaded: LoadedModel, data: DataSpec | Dataset | None = None,
+                  settings: ProfileSettings | None = None, run_dir: str | Path | None = None,
+                  resume: bool = False, progress: Progress | None = None,
+                  cancel: Callable[[], bool] | None = None) -> ProfileResult:
+    """Profile ``loaded``; see the module docstring. ``cancel()`` returning True stops cleanly."""
+    settings = settings or ProfileSettings()
+    settings.validate()
+    model = loaded.model
+    targets = _resolve_targets(model, settings.targets)
+    dataset = data if isinstance(data, Dataset) else load_dataset(loaded.tokenizer, data or DataSpec(seed=settings.seed))
+    run_path = Path(run_dir) if run_dir is not None else None
+    if run_path is not None and (run_path / "run.json").exists() and not resume:
+        raise OutputExistsError(f"'{run_path}' already holds a profile; pass --resume to continue it "
+                                "or choose another -o")
+    if run_path is not None and run_path.exists() and not (run_path / "run.json").exists() and any(run_path.iterdir()):
+        raise OutputExistsError(f"'{run_path}' exists and is not a profile run; choose another -o")
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    note = progress or (lambda done, total, label: None)
+    meta = {
+        "schema_version": RUN_SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": loaded.source.name, "source": asdict(loaded.source), "fingerprint": loaded.fingerprint,
+                  "class": type(model).__name__, "config": _config_dict(model)},
+        "data": dataset.describe(),
+        "settings": {**asdict(settings), "targets": [t.name for t in targets]},
+        "versions": _versions(),
+        "threads": torch.get_num_threads(),
+        "status": "running",
+    }
+    if run_path is not None and resume and (run_path / "run.json").exists():
+        _check_resume(run_path, meta)
+
+    note(0, 1, "static analysis")
+    t0 = time.perf_counter()
+    analysis = analyze(model, name=loaded.source.name, source=asdict(loaded.source))
+    timings["analysis"] = time.perf_counter() - t0
+
+    note(0, 1, "dense evaluation")
+    t0 = time.perf_counter()
+    dense = batch_losses(model, dataset.evaluation, settings.batch_size)
+    dense_loss = float(dense.mean())
+    if not math.isfinite(dense_loss):
+        raise DataError("the dense model's evaluation loss is not finite; check the model and data")
+    timings["dense_eval"] = time.perf_counter() - t0
+
+    from .criteria import ScoringContext
+    from .stats import collect_stats
+
+    note(0, 1, "calibration statistics")
+    t0 = time.perf_counter()
+    needs = _needs([*settings.criteria, settings.layer_criterion])
+    stats = collect_stats(model, dataset.calibration, needs, batch_size=settings.batch_size)
+    stats.seed = settings.seed
+    timings["calibration"] = time.perf_counter() - t0
+
+    criteria = list(dict.fromkeys([*settings.criteria, settings.layer_criterion]))
+    scorer = Scorer(model, ScoringContext(model=model, stats=stats, seed=settings.seed), criteria)
+    mixers = mixers_of(model)
+    t0 = time.perf_counter()
+    specs, skipped = plan_trials(scorer, mixers, targets, settings.criteria, settings.sparsities,
+                                 settings.per_layer, settings.probe_sparsity, settings.layer_criterion)
+    timings["scoring"] = time.perf_counter() - t0
+    meta["skipped"] = skipped
+    meta["trials_planned"] = len(specs)
+
+    journal = None
+    done: dict[str, Any] = {}
+    if run_path is not None:
+        run_path.mkdir(parents=True, exist_ok=True)
+        journal = run_path / "trials.jsonl"
+        done = {t.key: t for t in read_journal(journal)}
+        write_json_atomic(run_path / "run.json", meta)
+        analysis.to_json(run_path / "analysis.json")
+        write_json_atomic(run_path / "dense.json", {"window_losses": dense.tolist()})
+
+    trials = []
+    t0 = time.perf_counter()
+    for i, spec in enumerate(specs):
+        if spec.key in done:
+            trials.append(done[spec.key])
+            continue
+        if cancel is not None and cancel():
+            raise KeyboardInterrupt
+        note(i, len(specs), f"{spec.target} · {spec.criterion} · {spec.sparsity:.0%}"
+             + ("" if spec.layer is None else f" · layer {spec.layer}"))
+        trial = run_trial(model, spec, scorer, mixers, dataset.evaluation, dense_loss, settings.structure,
+                          settings.batch_size)
+        trials.append(trial)
+        if journal is not None:
+            append_journal(journal, trial)
+    note(len(specs), len(specs), "summaries")
+    timings["trials"] = time.perf_counter() - t0
+
+    unit_scores = _unit_scores(scorer, mixers, criteria)
+    saliency = _saliency(scorer, mixers, targets, settings.criteria)
+    timings["total"] = time.perf_counter() - started
+    meta.update(status="complete", timings={k: round(v, 3) for k, v in timings.items()},
+                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    result = ProfileResult(meta=meta, analysis=analysis, dense_window_losses=dense.tolist(), trials=trials,
+                           unit_scores=unit_scores, saliency=saliency, tolerance=settings.tolerance,
+                           bootstrap=settings.bootstrap)
+    if run_path is not None:
+        result.save(run_path)
+    return result
+
+
+def _config_dict(model: torch.nn.Module) -> dict[str, Any]:
+    config = getattr(model, "config", None)
+    if config is None:
+        return {}
+    data = config.to_dict()
+    return json.loads(json.dumps(data, default=str))
+
+
+def _unit_scores(scorer: Scorer, mixers, criteria: list[str]) -> dict[str, Any]:
+    """criterion -> layer -> unit kind -> scores (what plans use to pick exact unit indices)."""
+    from .criteria import NotApplicable
+
+    out: dict[str, Any] = {}
+    for criterion in criteria:
+        for mixer in mixers:
+            for kind, fam in mixer.unit_families().items():
+                if not fam.prunable:
+                    continue
+                try:
+                    scores = scorer.units(criterion, mixer, kind)
+                except NotApplicable:
+                    continue
+                out.setdefault(criterion, {}).setdefault(str(mixer.layer), {})[kind] = [float(s) for s in scores]
+    return out
+
+
+def _scores_for(scorer: Scorer, mixers, target: Target, criterion: str) -> np.ndarray | None:
+    from .criteria import NotApplicable
+
+    parts = []
+    try:
+        for mixer in mixers:
+            if target.kind == "group":
+                for param in prunable_params(mixer, target.part):
+                    parts.append(scorer.element(criterion, mixer, param).reshape(-1).double().numpy())
+            elif target.part in mixer.unit_families():
+                parts.append(scorer.units(criterion, mixer, target.part).numpy())
+    except NotApplicable:
+        return None
+    return np.concatenate(parts) if parts else None
+
+
+def _saliency(scorer: Scorer, mixers, targets: list[Target], criteria: list[str],
+              max_points: int = 20000, bins: int = 24) -> dict[str, Any]:
+    """Score distributions (log10 histograms, quantiles) and criteria rank agreement per target."""
+    from scipy.stats import spearmanr
+
+    out: dict[str, Any] = {"distributions": {}, "agreement": {}}
+    rng = np.random.default_rng(0)
+    for target in targets:
+        scores = {c: s for c in criteria if (s := _scores_for(scorer, mixers, target, c)) is not None}
+        if not scores:
+            continue
+        n = len(next(iter(scores.values())))
+        pick = rng.choice(n, size=min(n, max_points), replace=False) if n > max_points else np.arange(n)
+        dists = {}
+        for c, s in scores.items():
+            logs = np.log10(np.abs(s) + 1e-30)
+            finite = logs[np.isfinite(logs)]
+            hist, edges = np.histogram(finite, bins=bins) if finite.size else (np.zeros(bins), np.zeros(bins + 1))
+            dists[c] = {"quantiles": {q: float(np.quantile(s, v)) for q, v in
+                                      (("min", 0), ("p05", .05), ("median", .5), ("p95", .95), ("max", 1))},
+                        "log10_hist": {"counts": hist.tolist(), "edges": [float(e) for e in edges]}, "n": int(n)}
+        out["distributions"][target.name] = dists
+        names = [c for c in scores if len(scores[c]) == n]
+        matrix = [[1.0 if a == b else _spearman(spearmanr, scores[a][pick], scores[b][pick]) for b in names]
+                  for a in names]
+        out["agreement"][target.name] = {"criteria": names, "spearman": matrix}
+    return out
+
+
+def _spearman(fn, a: np.ndarray, b: np.ndarray) -> float:
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(fn(a, b).statistic)

@@ -1,0 +1,300 @@
+"""The profile results object: the one thing the CLI tables, the JSON/CSV run directory, the
+HTML report, the TUI and the planner all read, so they never disagree.
+
+Stored facts (trials, dense losses, scores) are saved; everything derived (ranking, findings,
+curves with uncertainty, prediction agreement) is recomputed from them by the same functions,
+whether the result was just computed or loaded from a run directory.
+
+Run directory layout (``RUN_SCHEMA_VERSION``)::
+
+    run.json            metadata: model, weights fingerprint, config, data, settings, versions, timings
+    analysis.json       static analysis (profiler.analysis.AnalysisResult)
+    dense.json          per-window evaluation losses of the dense model
+    trials.jsonl        one finished trial per line (append-only journal; makes --resume possible)
+    unit_scores.json    per criterion, layer and unit kind: one score per unit (plans pick indices)
+    saliency.json       score distributions per target and criterion; criteria rank agreement
+    sweep.csv, layers.csv, ranking.csv, layer_ranking.csv, findings.csv   pandas-readable tables
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .analysis import AnalysisResult
+from .errors import RunDirError
+from .io import write_json_atomic, write_text_atomic
+from .sensitivity import Trial
+
+RUN_SCHEMA_VERSION = 1
+DEFAULT_TOLERANCE = 0.10  # relative perplexity increase considered "safe" in the ranking
+FRAGILE_THRESHOLD = 0.20  # relative perplexity increase at 50% that makes a group "fragile"
+
+
+@dataclass
+class RankRow:
+    target: str
+    layer: int | None
+    best_criterion: str
+    auc: float  # area under ΔL(sparsity) for the best criterion, sparsity 0..max measured
+    auc_ci: tuple[float, float]  # bootstrap 95% interval over evaluation windows
+    max_safe_sparsity: float  # largest measured sparsity with rel. ppl increase <= tolerance (all below too)
+    delta_at_50: float | None
+    params: int  # parameters the target holds (all layers, or the layer)
+    rank: int = 0
+
+
+@dataclass
+class Finding:
+    id: str
+    claim: str
+    source: str
+    holds: bool | None  # None: not measurable on this model/run
+    detail: str
+    numbers: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ProfileResult:
+    meta: dict[str, Any]
+    analysis: AnalysisResult
+    dense_window_losses: list[float]
+    trials: list[Trial]
+    unit_scores: dict[str, Any] = field(default_factory=dict)
+    saliency: dict[str, Any] = field(default_factory=dict)
+    tolerance: float = DEFAULT_TOLERANCE
+    bootstrap: int = 200
+
+    # ------------------------------------------------------------------ basic views
+    @property
+    def dense_loss(self) -> float:
+        return float(np.mean(self.dense_window_losses))
+
+    @property
+    def dense_perplexity(self) -> float:
+        return math.exp(self.dense_loss)
+
+    @property
+    def model_trials(self) -> list[Trial]:
+        return [t for t in self.trials if t.layer is None]
+
+    @property
+    def layer_trials(self) -> list[Trial]:
+        return [t for t in self.trials if t.layer is not None]
+
+    def targets(self) -> list[str]:
+        return list(dict.fromkeys(t.target for t in self.trials))
+
+    def criteria(self) -> list[str]:
+        return list(dict.fromkeys(t.criterion for t in self.model_trials))
+
+    def curve(self, target: str, criterion: str) -> list[Trial]:
+        return sorted((t for t in self.model_trials if t.target == target and t.criterion == criterion),
+                      key=lambda t: t.sparsity)
+
+    def trial(self, target: str, criterion: str, sparsity: float, layer: int | None = None) -> Trial | None:
+        for t in self.trials:
+            if (t.target, t.criterion, t.layer) == (target, criterion, layer) and abs(t.sparsity - sparsity) < 1e-9:
+                return t
+        return None
+
+    # ------------------------------------------------------------------ uncertainty
+    def _resamples(self) -> np.ndarray:
+        n = len(self.dense_window_losses)
+        rng = np.random.default_rng(int(self.meta.get("data", {}).get("seed", 0)))
+        return rng.integers(0, n, size=(self.bootstrap, n))
+
+    def delta_ci(self, trial: Trial) -> tuple[float, float]:
+        """Paired bootstrap 95% interval of ΔL over evaluation windows."""
+        dense = np.asarray(self.dense_window_losses)
+        pruned = np.asarray(trial.window_losses)
+        if len(pruned) != len(dense):
+            return (trial.delta_loss, trial.delta_loss)
+        idx = self._resamples()
+        deltas = pruned[idx].mean(axis=1) - dense[idx].mean(axis=1)
+        lo, hi = np.percentile(deltas, [2.5, 97.5])
+        return float(lo), float(hi)
+
+    def _auc(self, curve: list[Trial], idx: np.ndarray | None = None) -> float:
+        xs, ys = [0.0], [0.0]
+        dense = np.asarray(self.dense_window_losses)
+        for t in curve:
+            xs.append(t.sparsity)
+            if idx is None:
+                ys.append(t.delta_loss)
+            else:
+                ys.append(float(np.asarray(t.window_losses)[idx].mean() - dense[idx].mean()))
+        return float(np.trapezoid(ys, xs))
+
+    # ------------------------------------------------------------------ ranking
+    def ranking(self) -> list[RankRow]:
+        """Targets from most to least sensitive (model-wide sweep, best criterion per target)."""
+        rows = []
+        resamples = self._resamples()
+        for target in dict.fromkeys(t.target for t in self.model_trials):
+            curves = {c: self.curve(target, c) for c in self.criteria()}
+            curves = {c: v for c, v in curves.items() if v}
+            if not curves:
+                continue
+            best = min(curves, key=lambda c: self._auc(curves[c]))
+            curve = curves[best]
+            boots = [self._auc(curve, idx) for idx in resamples] if len(curve[0].window_losses) else [0.0]
+            at50 = next((t.delta_loss for t in curve if abs(t.sparsity - 0.5) < 1e-9), None)
+            rows.append(RankRow(target=target, layer=None, best_criterion=best, auc=self._auc(curve),
+                                auc_ci=tuple(float(v) for v in np.percentile(boots, [2.5, 97.5])),
+                                max_safe_sparsity=self._max_safe(curve), delta_at_50=at50,
+                                params=self._target_params(target, None)))
+        rows.sort(key=lambda r: -r.auc)
+        for i, r in enumerate(rows, 1):
+            r.rank = i
+        return rows
+
+    def _max_safe(self, curve: list[Trial]) -> float:
+        safe = 0.0
+        for t in curve:
+            if t.rel_ppl_increase > self.tolerance:
+                break
+            safe = t.sparsity
+        return safe
+
+    def layer_ranking(self) -> list[dict[str, Any]]:
+        """Per (layer, target) loss increase at the probe sparsity, most sensitive first."""
+        rows = []
+        for t in self.layer_trials:
+            lo, hi = self.delta_ci(t)
+            rows.append({"layer": t.layer, "target": t.target, "criterion": t.criterion, "sparsity": t.sparsity,
+                         "delta_loss": t.delta_loss, "ci_low": lo, "ci_high": hi,
+                         "rel_ppl_increase": t.rel_ppl_increase, "params": self._target_params(t.target, t.layer)})
+        rows.sort(key=lambda r: -r["delta_loss"])
+        for i, r in enumerate(rows, 1):
+            r["rank"] = i
+        return rows
+
+    def heatmap(self) -> tuple[list[int], list[str], list[list[float | None]]]:
+        """Layer × target matrix of ΔL at the probe sparsity (None where not measured)."""
+        layers = sorted({t.layer for t in self.layer_trials})
+        targets = list(dict.fromkeys(t.target for t in self.layer_trials))
+        cell = {(t.layer, t.target): t.delta_loss for t in self.layer_trials}
+        return layers, targets, [[cell.get((l, g)) for g in targets] for l in layers]
+
+    def _target_params(self, target: str, layer: int | None) -> int:
+        if target.startswith("unit:"):
+            kind = target[5:]
+            return sum(u.count * u.params_per_unit for u in self.analysis.units
+                       if u.kind == kind and (layer is None or u.layer == layer))
+        return sum(g.numel for g in self.analysis.mixer_groups()
+                   if g.group == target and (layer is None or g.layer == layer))
+
+    # ------------------------------------------------------------------ predictions
+    def prediction_agreement(self) -> dict[str, dict[str, float]]:
+        """Spearman rank correlation between predicted and measured ΔL, per criterion."""
+        from scipy.stats import spearmanr
+
+        out = {}
+        for criterion in self.criteria():
+            pairs = [(t.predicted_delta, t.delta_loss) for t in self.model_trials
+                     if t.criterion == criterion and t.predicted_delta is not None]
+            if len(pairs) >= 3:
+                pred, meas = zip(*pairs)
+                rho = spearmanr(pred, meas).statistic
+                out[criterion] = {"spearman": float(rho) if rho == rho else float("nan"), "n": len(pairs)}
+        return out
+
+    # ------------------------------------------------------------------ findings
+    def findings(self) -> list[Finding]:
+        from .findings import evaluate_findings
+
+        return evaluate_findings(self)
+
+    # ------------------------------------------------------------------ tables
+    def sweep_frame(self):
+        import pandas as pd
+
+        rows = []
+        for t in self.trials:
+            lo, hi = self.delta_ci(t)
+            row = {k: v for k, v in t.to_dict().items() if k != "window_losses"}
+            row.update(ci_low=lo, ci_high=hi)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def ranking_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame([asdict(r) for r in self.ranking()])
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, run_dir: str | Path) -> Path:
+        """Write everything except the journal (which the profiler appends as it goes)."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / "run.json", self.meta)
+        self.analysis.to_json(run_dir / "analysis.json")
+        write_json_atomic(run_dir / "dense.json", {"window_losses": self.dense_window_losses})
+        write_json_atomic(run_dir / "unit_scores.json", self.unit_scores)
+        write_json_atomic(run_dir / "saliency.json", self.saliency)
+        model_trials = self.sweep_frame()
+        write_text_atomic(run_dir / "sweep.csv", model_trials[model_trials["layer"].isna()].to_csv(index=False))
+        write_text_atomic(run_dir / "layers.csv", model_trials[model_trials["layer"].notna()].to_csv(index=False))
+        write_text_atomic(run_dir / "ranking.csv", self.ranking_frame().to_csv(index=False))
+        import pandas as pd
+
+        write_text_atomic(run_dir / "layer_ranking.csv", pd.DataFrame(self.layer_ranking()).to_csv(index=False))
+        write_text_atomic(run_dir / "findings.csv",
+                          pd.DataFrame([asdict(f) for f in self.findings()]).to_csv(index=False))
+        return run_dir
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "ProfileResult":
+        run_dir = Path(run_dir)
+        if not (run_dir / "run.json").is_file():
+            raise RunDirError(f"'{run_dir}' is not a profile run directory (no run.json); "
+                              "create one with `ssm-profile profile MODEL -o DIR`")
+        try:
+            meta = json.loads((run_dir / "run.json").read_text())
+            if meta.get("schema_version") != RUN_SCHEMA_VERSION:
+                raise RunDirError(f"'{run_dir}' was written by an incompatible version "
+                                  f"(schema {meta.get('schema_version')}, expected {RUN_SCHEMA_VERSION}); profile again")
+            analysis = AnalysisResult.from_json(run_dir / "analysis.json")
+            dense = json.loads((run_dir / "dense.json").read_text())["window_losses"]
+            trials = read_journal(run_dir / "trials.jsonl")
+            unit_scores = _read_optional(run_dir / "unit_scores.json")
+            saliency = _read_optional(run_dir / "saliency.json")
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise RunDirError(f"run directory '{run_dir}' is incomplete or damaged ({err}); "
+                              "rerun `ssm-profile profile ... --resume`") from None
+        return cls(meta=meta, analysis=analysis, dense_window_losses=dense, trials=trials,
+                   unit_scores=unit_scores, saliency=saliency,
+                   tolerance=meta.get("settings", {}).get("tolerance", DEFAULT_TOLERANCE))
+
+
+def _read_optional(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def read_journal(path: Path) -> list[Trial]:
+    """Trials from the append-only journal; a torn last line (a killed run) is ignored."""
+    trials: dict[str, Trial] = {}
+    if not path.exists():
+        return []
+    for line in path.read_text().splitlines():
+        try:
+            trial = Trial(**json.loads(line))
+        except (json.JSONDecodeError, TypeError):
+            continue
+        trials[trial.key] = trial
+    return list(trials.values())
+
+
+def append_journal(path: Path, trial: Trial) -> None:
+    import os
+
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(trial.to_dict()) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())

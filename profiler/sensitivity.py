@@ -1,0 +1,204 @@
+"""Measured sensitivity: prune one target at rising sparsity, measure held-out loss, restore.
+
+A trial = (target, criterion, sparsity, layer). ``layer=None`` prunes the target in every SSM
+layer (the model-wide sweep); an integer prunes it in that layer only (the per-layer heatmap).
+Weights are restored bit for bit after every trial (:class:`profiler.masks.MaskApplier`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+
+from .arch import MixerInfo, find_mixers
+from .criteria import NotApplicable, ScoringContext, get
+from .data import batch_losses
+from .masks import Mask, MaskApplier, Target, group_mask, merge, pruned_count, select_units, unit_mask
+
+DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DEFAULT_CRITERIA = ("magnitude", "wanda", "snip", "fisher", "obs", "flap", "captum", "random", "ssm_gramian")
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    target: str
+    criterion: str
+    sparsity: float
+    layer: int | None = None  # None = every SSM layer
+
+    @property
+    def key(self) -> str:
+        return f"{self.target}|{self.criterion}|{self.sparsity:.4f}|{'all' if self.layer is None else self.layer}"
+
+
+@dataclass
+class Trial:
+    target: str
+    criterion: str
+    sparsity: float
+    layer: int | None
+    loss: float
+    delta_loss: float
+    perplexity: float
+    rel_ppl_increase: float
+    pruned_params: int
+    predicted_delta: float | None
+    seconds: float
+    window_losses: list[float] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return TrialSpec(self.target, self.criterion, self.sparsity, self.layer).key
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Scorer:
+    """Element and unit scores per criterion, computed once and cached."""
+
+    def __init__(self, model: torch.nn.Module, ctx: ScoringContext, criteria: Iterable[str]):
+        self.ctx = ctx
+        self.criteria = {name: get(name) for name in criteria}
+        self._elements: dict[tuple[str, str, str], torch.Tensor | NotApplicable] = {}
+        self._units: dict[tuple[str, str, str], torch.Tensor | NotApplicable] = {}
+
+    def element(self, criterion: str, mixer: MixerInfo, param: str) -> torch.Tensor:
+        key = (criterion, mixer.path, param)
+        if key not in self._elements:
+            crit = self.criteria[criterion]
+            try:
+                if not crit.scores_elements:
+                    raise NotApplicable(f"{criterion} scores structured units only")
+                self._elements[key] = crit.score(self.ctx, mixer, param).detach().float().cpu()
+            except NotApplicable as err:
+                self._elements[key] = err
+        value = self._elements[key]
+        if isinstance(value, NotApplicable):
+            raise value
+        return value
+
+    def units(self, criterion: str, mixer: MixerInfo, kind: str) -> torch.Tensor:
+        key = (criterion, mixer.path, kind)
+        if key not in self._units:
+            try:
+                family = mixer.unit_family(kind)
+                self._units[key] = self.criteria[criterion].unit_scores(self.ctx, mixer, family).detach().double().cpu()
+            except (NotApplicable, KeyError) as err:
+                self._units[key] = NotApplicable(str(err))
+        value = self._units[key]
+        if isinstance(value, NotApplicable):
+            raise value
+        return value
+
+    def mask(self, spec: TrialSpec, mixers: list[MixerInfo], structure: str = "unstructured") -> Mask:
+        """The keep-mask of one trial across the selected layers (raises NotApplicable)."""
+        target = Target.parse(spec.target)
+        crit = self.criteria[spec.criterion]
+        masks = []
+        for mixer in mixers:
+            if spec.layer is not None and mixer.layer != spec.layer:
+                continue
+            if target.kind == "group":
+                if target.part not in mixer.groups():
+                    continue
+                masks.append(group_mask(mixer, target.part, spec.sparsity,
+                                        lambda p, m=mixer: self.element(spec.criterion, m, p),
+                                        crit.comparison, structure))
+            else:
+                if target.part not in mixer.unit_families():
+                    continue
+                family = mixer.unit_family(target.part)
+                units = select_units(self.units(spec.criterion, mixer, target.part), family, spec.sparsity)
+                masks.append(unit_mask(mixer, family, units))
+        if not masks:
+            raise NotApplicable(f"no layer has {spec.target}")
+        return merge(masks)
+
+    def predicted_delta(self, spec: TrialSpec, mask: Mask, mixers: list[MixerInfo]) -> float | None:
+        crit = self.criteria[spec.criterion]
+        if not crit.predicts_loss:
+            return None
+        by_path = {m.path: m for m in mixers}
+        total = 0.0
+        for name, keep in mask.items():
+            path, param = _split_param(name, by_path)
+            try:
+                total += float(crit.predict_delta_loss(self.ctx, by_path[path], param, keep))
+            except NotApplicable:
+                return None
+        return total
+
+    def applies(self, criterion: str, target: Target, mixers: list[MixerInfo]) -> str | None:
+        """None when ``criterion`` can score ``target``, else the reason it cannot."""
+        spec = TrialSpec(target.name, criterion, 0.5)
+        try:
+            self.mask(spec, mixers[:1] if target.kind == "unit" else mixers)
+        except NotApplicable as err:
+            return str(err)
+        except ValueError as err:
+            return str(err)
+        return None
+
+
+def _split_param(name: str, by_path: dict[str, MixerInfo]) -> tuple[str, str]:
+    for path in by_path:
+        if name.startswith(path + "."):
+            return path, name[len(path) + 1 :]
+    raise KeyError(name)
+
+
+def plan_trials(scorer: Scorer, mixers: list[MixerInfo], targets: list[Target], criteria: list[str],
+                sparsities: Iterable[float], per_layer: bool, probe_sparsity: float,
+                layer_criterion: str) -> tuple[list[TrialSpec], list[dict[str, Any]]]:
+    """All trials to run, and the (criterion, target) pairs skipped with the reason."""
+    specs, skipped = [], []
+    for target in targets:
+        for criterion in criteria:
+            reason = scorer.applies(criterion, target, mixers)
+            if reason:
+                skipped.append({"criterion": criterion, "target": target.name, "reason": reason})
+                continue
+            specs.extend(TrialSpec(target.name, criterion, float(s)) for s in sparsities)
+    if per_layer:
+        for target in targets:
+            if scorer.applies(layer_criterion, target, mixers):
+                continue
+            for mixer in mixers:
+                specs.append(TrialSpec(target.name, layer_criterion, float(probe_sparsity), mixer.layer))
+    return specs, skipped
+
+
+def run_trial(model: torch.nn.Module, spec: TrialSpec, scorer: Scorer, mixers: list[MixerInfo],
+              eval_windows: torch.Tensor, dense_loss: float, structure: str = "unstructured",
+              batch_size: int = 8, evaluate: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
+              ) -> Trial:
+    start = time.perf_counter()
+    mask = scorer.mask(spec, mixers, structure)
+    predicted = scorer.predicted_delta(spec, mask, mixers)
+    with MaskApplier(model) as applier:
+        applier.apply(mask)
+        if evaluate is not None:
+            losses = evaluate(model, eval_windows)
+        else:
+            losses = batch_losses(model, eval_windows, batch_size)
+    loss = float(losses.mean())
+    return Trial(
+        target=spec.target, criterion=spec.criterion, sparsity=spec.sparsity, layer=spec.layer, loss=loss,
+        delta_loss=loss - dense_loss, perplexity=_exp(loss), rel_ppl_increase=_exp(loss - dense_loss) - 1.0,
+        pruned_params=pruned_count(mask), predicted_delta=predicted, seconds=time.perf_counter() - start,
+        window_losses=[round(float(x), 6) for x in losses],
+    )
+
+
+def _exp(x: float) -> float:
+    return math.exp(min(x, 700.0))
+
+
+def mixers_of(model: torch.nn.Module) -> list[MixerInfo]:
+    return find_mixers(model)

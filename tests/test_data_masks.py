@@ -1,0 +1,94 @@
+"""Data windows and the mask frontend."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from profiler.arch import find_mixers
+from profiler.data import DataSpec, consecutive_windows, load_dataset, read_text, sample_windows
+from profiler.errors import DataError, SSMProfileError
+from profiler.masks import MaskApplier, Target, element_mask, select_units, targets_for, unit_mask
+from profiler.resolve import load_model
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_model("tiny-mamba").tokenizer
+
+
+def test_embedded_data_is_disjoint_and_seeded(tokenizer):
+    a = load_dataset(tokenizer, DataSpec(nsamples=4, eval_samples=3, seqlen=64, seed=1))
+    b = load_dataset(tokenizer, DataSpec(nsamples=4, eval_samples=3, seqlen=64, seed=1))
+    c = load_dataset(tokenizer, DataSpec(nsamples=4, eval_samples=3, seqlen=64, seed=2))
+    assert a.calibration.shape == (4, 64) and a.evaluation.shape == (3, 64)
+    assert torch.equal(a.calibration, b.calibration) and not torch.equal(a.calibration, c.calibration)
+    assert a.sources["calibration"] != a.sources["evaluation"]
+
+
+def test_one_file_is_split_without_overlap(tmp_path, tokenizer):
+    path = tmp_path / "t.txt"
+    path.write_text(" ".join(f"word{i}" for i in range(3000)))
+    ds = load_dataset(tokenizer, DataSpec(calibration=str(path), nsamples=2, eval_samples=2, seqlen=32))
+    assert "first 80%" in ds.sources["calibration"] and "last 20%" in ds.sources["evaluation"]
+
+
+@pytest.mark.parametrize("content,match", [
+    ('{"text": "ok"}\nnot json\n', "not valid JSON"),
+    ('{"txt": "missing"}\n', '"text" field'),
+    ("", "no records"),
+])
+def test_malformed_jsonl_is_one_clear_error(tmp_path, content, match):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=match):
+        read_text(str(path))
+
+
+def test_missing_and_short_data(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        read_text(str(tmp_path / "nope.txt"))
+    with pytest.raises(DataError, match="fewer than --seqlen"):
+        sample_windows(torch.arange(10), 2, 64, 0, "calibration")
+    with pytest.raises(DataError, match="positive"):
+        DataSpec(seqlen=0)
+    assert consecutive_windows(torch.arange(100), 10, 30, "evaluation").shape == (3, 30)
+
+
+def test_element_mask_rows_and_nm():
+    scores = torch.tensor([[4.0, 1.0, 3.0, 2.0], [1.0, 2.0, 3.0, 4.0]])
+    row = element_mask(scores, 0.5, "row")
+    assert row.tolist() == [[True, False, True, False], [False, False, True, True]]
+    tensor = element_mask(scores, 0.25, "tensor")
+    assert (~tensor).sum() == 2
+    nm = element_mask(scores, 0.0, nm=(2, 4))
+    assert nm.sum(dim=1).tolist() == [2, 2]
+
+
+def test_select_units_balances_blocks(mamba2_model):
+    mixer = find_mixers(mamba2_model)[0]
+    fam = mixer.unit_family("state")  # 2 groups x 4 states
+    units = select_units(torch.tensor([5.0, 1, 2, 3, 0, 9, 9, 9]), fam, 0.5)
+    assert units.tolist() == [1, 2, 4, 5]  # two lowest of each group
+    assert select_units(torch.zeros(8), fam, 0.99).numel() == 6  # a group keeps one state
+
+
+def test_mask_applier_restores_bits(mamba1_model):
+    mixer = find_mixers(mamba1_model)[0]
+    before = {k: v.clone() for k, v in mamba1_model.state_dict().items()}
+    fam = mixer.unit_family("channel")
+    with MaskApplier(mamba1_model) as applier:
+        applier.apply(unit_mask(mixer, fam, torch.tensor([0, 3])))
+        assert (mixer.module.out_proj.weight[:, 3] == 0).all() and (mixer.module.D[[0, 3]] == 0).all()
+    assert all(torch.equal(before[k], v) for k, v in mamba1_model.state_dict().items())
+
+
+def test_targets_cover_groups_and_units(mamba1_model, mamba2_model):
+    names1 = [t.name for t in targets_for(find_mixers(mamba1_model))]
+    names2 = [t.name for t in targets_for(find_mixers(mamba2_model))]
+    assert {"in_proj", "x_proj", "dt_proj", "A_log", "unit:channel", "unit:state", "unit:dt_rank"} <= set(names1)
+    assert {"dt_bias", "norm", "unit:head", "unit:head_channel", "unit:state"} <= set(names2)
+    assert "unit:group" not in names2
+    assert Target.parse("unit:state").kind == "unit"
