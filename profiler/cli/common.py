@@ -25,6 +25,7 @@ def add_model_args(parser: argparse.ArgumentParser, positional: bool = True, req
 def quiet_libraries() -> None:
     """Keep library chatter (kernel fallbacks, deprecations) out of the tool's output."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     for name in ("transformers", "huggingface_hub", "torch"):
@@ -33,6 +34,7 @@ def quiet_libraries() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # "Loading weights" bars would break one-line errors
     except ImportError:  # pragma: no cover
         pass
 
