@@ -1,0 +1,539 @@
+"""Apply a pruning plan to a model and save the pruned checkpoint.
+
+``apply_plan(loaded, plan, output_dir)`` executes every action of a plan (version 1, see
+``profiler/schemas/plan.schema.json``) on the in-memory model of ``loaded``, which is pruned in
+place (load it fresh; the files it came from are never written), and saves the result with
+``save_pretrained`` (safetensors), the tokenizer and a ``pruning.json`` that records what was
+done. The output directory is written through :func:`profiler.io.atomic_directory`: it appears
+only when everything succeeded.
+
+Execution
+---------
+* Element actions (``in_proj``, ``A_log``, ... with ``structure`` ``unstructured`` or ``N:M``):
+  element scores are recomputed from the action's criterion on the plan's calibration data
+  (``plan["data"]``, deterministic for a fixed seed) on the dense model, turned into keep-masks
+  with the same code the profiler used, and written as zeros.
+* Unit actions (``unit:channel``, ``unit:state``, ...): every listed unit (``unit_indices``) is
+  first zeroed across all its coupled tensors. Where the action asks for ``execution: "slice"``
+  and every covered layer removes the same number of units, the zeroed units are then sliced
+  out (:func:`profiler.surgery.slice_units`) and the config is updated
+  (:func:`profiler.surgery.sync_config`); when a stock config cannot express the result (e.g.
+  only some layers cut, or Mamba-2 heads x head_dim not a multiple of the hidden size) the slice
+  is undone, the zeros stay, and a note says why. Either way the logits are those of the
+  zeroed model (Mamba-2's gated norm: up to its eps term).
+
+The output always reloads with plain ``transformers.AutoModelForCausalLM.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import __version__
+from .arch import MixerInfo, find_mixers
+from .data import DataSpec
+from .errors import OutputExistsError, PlanError, SSMProfileError
+from .io import atomic_directory, write_json_atomic
+from .masks import Mask, Target, parse_structure, pruned_count, unit_mask
+from .resolve import LoadedModel
+
+Progress = Callable[[int, int, str], None]
+PRUNING_SCHEMA_VERSION = 1
+PRUNING_FILE = "pruning.json"
+# Slicing order: head channels before heads (a head cut changes the head-channel numbering);
+# the other families number their units independently of each other.
+SLICE_ORDER = ("head_channel", "channel", "state", "dt_rank", "head")
+CALIBRATION_BATCH_SIZE = 8  # the profiler's default; statistics are sums, so only rounding depends on it
+
+
+# --------------------------------------------------------------------------------------------
+# plans
+
+
+def load_plan(path: str | Path) -> dict[str, Any]:
+    """Read a plan file; the planner's loader (schema validation) is used when it is available."""
+    try:
+        from .plan import load_plan as planner_load  # written by the planner
+    except ImportError:
+        planner_load = None
+    if planner_load is not None:
+        plan = planner_load(path)
+        if not isinstance(plan, dict) and hasattr(plan, "to_dict"):
+            plan = plan.to_dict()
+    else:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise PlanError(f"plan file '{path}' does not exist; create one with `ssm-profile plan RUN_DIR -o plan.json`")
+        try:
+            plan = json.loads(p.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise PlanError(f"plan file '{path}' is not valid JSON ({err})") from None
+    check_plan(plan)
+    return plan
+
+
+def check_plan(plan: Any) -> None:
+    """Check what :func:`apply_plan` relies on; raises a one-line :class:`PlanError`.
+
+    The planner's full schema check (:func:`profiler.plan.validate_plan`) runs first when present.
+    """
+    try:
+        from .plan import validate_plan
+    except ImportError:
+        validate_plan = None
+    if validate_plan is not None:
+        validate_plan(plan)
+    if not isinstance(plan, dict):
+        raise PlanError("a plan must be a JSON object")
+    if plan.get("kind") != "ssm-profile-plan":
+        raise PlanError(f"not an ssm-profile plan (kind {plan.get('kind')!r}); pass a file written by `ssm-profile plan`")
+    if plan.get("schema_version") != 1:
+        raise PlanError(f"plan schema_version {plan.get('schema_version')!r} is not supported (this version reads 1)")
+    model = plan.get("model")
+    if not isinstance(model, dict) or not str(model.get("fingerprint", "")).startswith("sha256:"):
+        raise PlanError("plan has no model fingerprint (model.fingerprint); it cannot be matched to a model")
+    actions = plan.get("actions")
+    if not isinstance(actions, list):
+        raise PlanError("plan has no 'actions' list")
+    for i, action in enumerate(actions):
+        where = f"plan action {i}"
+        if not isinstance(action, dict) or not isinstance(action.get("target"), str):
+            raise PlanError(f"{where} has no 'target'")
+        target = Target.parse(action["target"])
+        layers = action.get("layers")
+        if layers is not None and (not isinstance(layers, list) or not all(isinstance(x, int) for x in layers)):
+            raise PlanError(f"{where}: 'layers' must be a list of integers")
+        execution = action.get("execution", "zero")
+        if execution not in ("slice", "zero"):
+            raise PlanError(f"{where}: execution must be 'slice' or 'zero', got {execution!r}")
+        if target.kind == "group":
+            try:
+                parse_structure(str(action.get("structure", "unstructured")))
+            except ValueError as err:
+                raise PlanError(f"{where} ({action['target']}): {err}") from None
+            sparsity = action.get("sparsity")
+            if not isinstance(sparsity, (int, float)) or not 0 <= float(sparsity) < 1:
+                raise PlanError(f"{where} ({action['target']}): sparsity must be a number in [0, 1)")
+            if not isinstance(action.get("criterion"), str):
+                raise PlanError(f"{where} ({action['target']}): no criterion to score elements with")
+        else:
+            indices = action.get("unit_indices")
+            if not isinstance(indices, dict) or not all(
+                    isinstance(v, list) and all(isinstance(u, int) for u in v) for v in indices.values()):
+                raise PlanError(f"{where} ({action['target']}): unit_indices must map layer -> list of unit ids")
+
+
+def _check_model(plan: dict[str, Any], loaded: LoadedModel) -> None:
+    want = plan["model"]["fingerprint"]
+    if want != loaded.fingerprint:
+        raise PlanError(f"plan was made for other weights ({plan['model'].get('name', '?')}, {want[:19]}...) than "
+                        f"'{loaded.source.name}' ({loaded.fingerprint[:19]}...); apply it to the model it was made "
+                        "for or make a new plan")
+    try:
+        from .plan import check_plan_for_model  # the planner's own checks, when present
+    except ImportError:
+        return
+    check_plan_for_model(plan, loaded)
+
+
+def data_spec(data: dict[str, Any] | None) -> DataSpec:
+    """The :class:`DataSpec` of a plan's (or run's) ``data`` block.
+
+    Accepts both the DataSpec fields and the run's description of them
+    (``embedded:calibration.txt``, ``file.txt [first 80%]``).
+    """
+    data = dict(data or {})
+    names = {f.name for f in fields(DataSpec)}
+    kwargs = {k: v for k, v in data.items() if k in names}
+    for key in ("calibration", "evaluation"):
+        value = kwargs.get(key)
+        if isinstance(value, str):
+            if value.startswith("embedded:"):
+                value = None
+            else:
+                for suffix in (" [first 80%]", " [last 20%]"):
+                    if value.endswith(suffix):
+                        value = value[: -len(suffix)]
+            kwargs[key] = value
+    return DataSpec(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# counting
+
+
+def _unique_params(model: torch.nn.Module) -> list[torch.Tensor]:
+    seen, out = set(), []
+    for _, p in model.named_parameters(remove_duplicate=False):
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    """Total and nonzero parameters (tied tensors counted once)."""
+    params = _unique_params(model)
+    return {"total": int(sum(p.numel() for p in params)),
+            "nonzero": int(sum(int(torch.count_nonzero(p.detach())) for p in params))}
+
+
+# --------------------------------------------------------------------------------------------
+# execution
+
+
+def _mixers_by_layer(model: torch.nn.Module) -> dict[int, MixerInfo]:
+    return {m.layer: m for m in find_mixers(model)}
+
+
+def _covered(action: dict[str, Any], by_layer: dict[int, MixerInfo], where: str) -> list[MixerInfo]:
+    layers = action.get("layers")
+    if layers is None or layers == []:
+        return list(by_layer.values())
+    missing = [layer for layer in layers if layer not in by_layer]
+    if missing:
+        raise PlanError(f"{where}: layer(s) {missing} have no SSM mixer in this model (it has {sorted(by_layer)})")
+    return [by_layer[layer] for layer in layers]
+
+
+def _element_masks(loaded: LoadedModel, plan: dict[str, Any], element_actions: list[tuple[int, dict]],
+                   note: Progress) -> tuple[dict[int, Mask], dict[str, Any]]:
+    """Keep-masks of every element action, scored on the dense model (one calibration pass)."""
+    if not element_actions:
+        return {}, {}
+    from .criteria import NotApplicable, ScoringContext
+    from .data import load_dataset
+    from .profile import _needs
+    from .sensitivity import Scorer, TrialSpec
+    from .stats import collect_stats
+
+    model = loaded.model
+    criteria = list(dict.fromkeys(a["criterion"] for _, a in element_actions))
+    spec = data_spec(plan.get("data"))
+    needs = _needs(criteria)
+    described: dict[str, Any] = {}
+    if needs:  # data-free criteria (magnitude, random, horizon) need no tokenizer nor data
+        note(0, 1, "calibration data")
+        dataset = load_dataset(loaded.tokenizer, spec)
+        described = dataset.describe()
+        note(0, 1, "calibration statistics")
+        stats = collect_stats(model, dataset.calibration, needs, batch_size=CALIBRATION_BATCH_SIZE)
+    else:
+        from .criteria import CalibrationStats
+
+        stats = CalibrationStats(seed=spec.seed)
+    stats.seed = spec.seed
+    scorer = Scorer(model, ScoringContext(model=model, stats=stats, seed=spec.seed), criteria)
+    by_layer = _mixers_by_layer(model)
+    masks: dict[int, Mask] = {}
+    for i, action in element_actions:
+        where = f"plan action {i} ({action['target']})"
+        mixers = _covered(action, by_layer, where)
+        trial = TrialSpec(action["target"], action["criterion"], float(action["sparsity"]))
+        try:
+            masks[i] = scorer.mask(trial, mixers, str(action.get("structure", "unstructured")))
+        except NotApplicable as err:
+            raise PlanError(f"{where}: {action['criterion']} cannot score it ({err})") from None
+        except ValueError as err:
+            raise PlanError(f"{where}: {err}") from None
+    return masks, described
+
+
+def _unit_ids(action: dict[str, Any], mixer: MixerInfo, kind: str, where: str) -> list[int]:
+    family = mixer.unit_family(kind)
+    indices = action.get("unit_indices") or {}
+    ids = indices.get(str(mixer.layer), [])
+    ids = [int(u) for u in ids]
+    bad = [u for u in ids if not 0 <= u < family.count]
+    if bad:
+        raise PlanError(f"{where}: layer {mixer.layer} {kind} ids {bad[:5]} out of range [0, {family.count})")
+    if len(set(ids)) != len(ids):
+        raise PlanError(f"{where}: layer {mixer.layer} lists a {kind} unit twice")
+    return sorted(ids)
+
+
+class _Snapshot:
+    """Shallow record of a module tree (submodules, Parameters, size attributes) to undo a slice.
+
+    :func:`profiler.surgery.slice_units` installs new modules and Parameters instead of changing
+    the old ones, so keeping references is enough: nothing is copied.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        self.entries = [(m, dict(m._modules), dict(m._parameters),
+                         {k: v for k, v in vars(m).items() if isinstance(v, (int, float, bool)) and not k.startswith("_")})
+                        for m in module.modules()]
+
+    def restore(self) -> None:
+        for m, modules, params, attrs in self.entries:
+            m._modules.clear()
+            m._modules.update(modules)
+            m._parameters.clear()
+            m._parameters.update(params)
+            for k, v in attrs.items():
+                setattr(m, k, v)
+
+
+def _config_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[Any]]:
+    return {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after))
+            if before.get(k) != after.get(k) and k not in ("_name_or_path",)}
+
+
+def _execute(loaded: LoadedModel, plan: dict[str, Any], note: Progress) -> dict[str, Any]:
+    """Prune ``loaded.model`` in place; returns the per-action record and notes."""
+    from .surgery import slice_units, sync_config, zero_units
+
+    model = loaded.model
+    actions = plan["actions"]
+    records: list[dict[str, Any]] = []
+    notes: list[str] = []
+    element_actions = [(i, a) for i, a in enumerate(actions) if Target.parse(a["target"]).kind == "group"]
+    unit_actions = [(i, a) for i, a in enumerate(actions) if Target.parse(a["target"]).kind == "unit"]
+    masks, calibration = _element_masks(loaded, plan, element_actions, note)
+
+    for i, a in enumerate(actions):
+        records.append({"index": i, "target": a["target"], "layers": a.get("layers"),
+                        "structure": a.get("structure"), "criterion": a.get("criterion"),
+                        "sparsity": a.get("sparsity"), "requested": a.get("execution", "zero"),
+                        "execution": "zero", "elements_zeroed": 0, "units_removed": {}, "note": ""})
+
+    # 1. element masks -> zeros (all masks were scored on the dense model)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for i, mask in masks.items():
+            for name, keep in mask.items():
+                params[name].masked_fill_(~keep.to(params[name].device), 0)
+            records[i]["elements_zeroed"] = pruned_count(mask)
+            records[i]["units_removed"] = None
+
+    # 2. unit actions -> zeros; remember the removed ids per (kind, layer) for slicing
+    by_layer = _mixers_by_layer(model)
+    picked: list[tuple[int, str, MixerInfo, list[int]]] = []
+    for i, a in unit_actions:
+        where = f"plan action {i} ({a['target']})"
+        kind = a.get("unit_kind") or Target.parse(a["target"]).part
+        listed = [int(k) for k in (a.get("unit_indices") or {})]
+        covered = {m.layer: m for m in _covered({"layers": sorted(set(a.get("layers") or []) | set(listed))},
+                                                by_layer, where)} if listed else \
+            {m.layer: m for m in _covered(a, by_layer, where)}
+        for m in covered.values():
+            if kind not in m.unit_families():
+                raise PlanError(f"{where}: {m.kind} mixers have no '{kind}' units "
+                                f"(they have {', '.join(m.unit_families())})")
+            picked.append((i, kind, m, _unit_ids(a, m, kind, where)))
+    removed: dict[str, dict[int, set[int]]] = {}
+    sliceable: dict[str, bool] = {}
+    for i, kind, m, ids in picked:
+        family = m.unit_family(kind)
+        if ids:
+            records[i]["elements_zeroed"] += pruned_count(unit_mask(m, family, torch.tensor(ids)))
+            zero_units(m, kind, ids)
+        records[i]["units_removed"][str(m.layer)] = len(ids)
+        removed.setdefault(kind, {}).setdefault(m.layer, set()).update(ids)
+        sliceable[kind] = sliceable.get(kind, True) and actions[i].get("execution") == "slice"
+
+    # 3. slice what can be sliced, kind by kind; undo a slice the config cannot express
+    kind_actions: dict[str, list[int]] = {}
+    for i, kind, _, _ in picked:
+        kind_actions.setdefault(kind, [])
+        if i not in kind_actions[kind]:
+            kind_actions[kind].append(i)
+    sliced: list[dict[str, Any]] = []
+    ordered = sorted(removed, key=lambda k: SLICE_ORDER.index(k) if k in SLICE_ORDER else len(SLICE_ORDER))
+    for kind in ordered:
+        per_layer = {layer: ids for layer, ids in removed[kind].items() if ids}
+        if not sliceable[kind] or not per_layer:
+            continue
+        counts = {len(ids) for ids in per_layer.values()}
+        if len(counts) > 1:
+            reason = (f"{kind} cut differs between layers ({ {k: len(v) for k, v in sorted(per_layer.items())} }); "
+                      "kept as zeros (no stock config expresses per-layer widths)")
+            _set_note(records, kind_actions[kind], reason)
+            notes.append(reason)
+            continue
+        note(0, 1, f"slicing {kind} units")
+        current = _mixers_by_layer(model)
+        snaps = [_Snapshot(current[layer].module) for layer in per_layer]
+        config_before = model.config.to_dict()
+        try:
+            for layer, ids in per_layer.items():
+                mixer = current[layer]
+                keep = [u for u in range(mixer.unit_family(kind).count) if u not in ids]
+                slice_units(mixer, kind, keep)
+            problems = sync_config(model)
+        except ValueError as err:
+            problems = [str(err)]
+        if problems:
+            for snap in snaps:
+                snap.restore()
+            reason = f"{kind} units kept as zeros, not sliced: {problems[0]}"
+            _set_note(records, kind_actions[kind], reason)
+            notes.append(reason)
+            continue
+        for i in kind_actions[kind]:
+            records[i]["execution"] = "slice"
+        if kind in ("head", "head_channel"):
+            notes.append(f"sliced Mamba-2 {kind} units: the gated norm's weights were rescaled, so the logits equal "
+                         "the zeroed model's up to the norm's eps term (not bit for bit)")
+        sliced.append({"kind": kind, "layers": sorted(per_layer), "removed_per_layer": counts.pop(),
+                       "config": _config_diff(config_before, model.config.to_dict())})
+
+    return {"actions": records, "sliced": sliced, "notes": notes, "calibration": calibration}
+
+
+def _set_note(records: list[dict[str, Any]], indices: list[int], text: str) -> None:
+    for i in indices:
+        records[i]["note"] = (records[i]["note"] + "; " if records[i]["note"] else "") + text
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+
+
+def _is_within(path: Path, parent: Path) -> bool:
+    try:
+        path.relative_to(parent)
+        return True
+    except ValueError:
+        return False
+
+
+def apply_plan(loaded: LoadedModel, plan: dict[str, Any] | str | Path, output_dir: str | Path,
+               validate: bool = False, overwrite: bool = False, progress: Progress | None = None,
+               validate_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Prune ``loaded.model`` (in place) as ``plan`` says and save it to ``output_dir``.
+
+    Returns the report written to ``output_dir/pruning.json`` (plus ``output_dir`` and, with
+    ``validate=True``, the ``validation`` report of :func:`profiler.validate.validate`, which is
+    also written to ``output_dir/validation.json``; ``validate_options`` are passed on to it).
+    Raises :class:`PlanError` for a plan made for other weights (nothing is written) and
+    :class:`OutputExistsError` when ``output_dir`` exists and ``overwrite`` is false.
+    """
+    note = progress or (lambda done, total, label: None)
+    if not isinstance(plan, dict):
+        plan = load_plan(plan)
+    check_plan(plan)
+    out = Path(output_dir).expanduser()
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"output '{out}' already exists; choose another path or pass --overwrite")
+    source_dir = Path(loaded.source.location)
+    if source_dir.exists() and (_is_within(out.resolve(), source_dir.resolve())
+                                or _is_within(source_dir.resolve(), out.resolve())):
+        raise OutputExistsError(f"output '{out}' would overwrite the source model in '{source_dir}'; choose another path")
+    started = time.perf_counter()
+    note(0, 3, "checking the plan against the model")
+    base_fingerprint = loaded.fingerprint  # before anything changes the weights
+    _check_model(plan, loaded)
+    model = loaded.model
+    before = count_parameters(model)
+    from .analysis import analyze
+
+    totals_before = analyze(model).totals
+    was_training = model.training
+    model.eval()
+
+    note(1, 3, "pruning")
+    executed = _execute(loaded, plan, lambda done, total, label: note(1, 3, label))
+    after = count_parameters(model)
+    totals_after = analyze(model).totals
+    from .surgery import is_expressible
+
+    ok, problems = is_expressible(model)
+    if not ok:  # pragma: no cover - every slice was checked by sync_config
+        raise SSMProfileError(f"the pruned model cannot be saved with a stock config: {problems[0]}")
+    loaded._fingerprint = None
+    pruned_fingerprint = loaded.fingerprint
+
+    report: dict[str, Any] = {
+        "schema_version": PRUNING_SCHEMA_VERSION,
+        "kind": "ssm-profile-pruning",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {"name": loaded.source.name, "source": asdict(loaded.source), "fingerprint": base_fingerprint,
+                   "class": type(model).__name__},
+        "output": {"fingerprint": pruned_fingerprint},
+        "summary": {
+            "actions": len(plan["actions"]),
+            "sliced": sum(r["execution"] == "slice" for r in executed["actions"]),
+            "zeroed": sum(r["execution"] == "zero" for r in executed["actions"]),
+            "objective": plan.get("objective"), "predicted": plan.get("predicted"), "dense": plan.get("dense"),
+        },
+        "parameters": {"before": before["total"], "after": after["total"], "nonzero_before": before["nonzero"],
+                       "nonzero_after": after["nonzero"],
+                       "removed": before["total"] - after["total"],
+                       "zeroed_or_removed": before["nonzero"] - after["nonzero"]},
+        "analysis": {"before": {k: totals_before[k] for k in ("parameters", "bytes", "flops_per_token",
+                                                              "state_bytes_per_sequence")},
+                     "after": {k: totals_after[k] for k in ("parameters", "bytes", "flops_per_token",
+                                                            "state_bytes_per_sequence")}},
+        "actions": executed["actions"],
+        "sliced": executed["sliced"],
+        "notes": executed["notes"],
+        "calibration": executed["calibration"] or None,
+        "plan": plan,
+        "versions": {"ssm-profile": __version__, "torch": torch.__version__},
+    }
+
+    note(2, 3, "saving")
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        if loaded.tokenizer is not None:
+            loaded.tokenizer.save_pretrained(tmp)
+        report["output"]["files"] = sorted(p.name for p in tmp.iterdir())
+        report["output"]["bytes_on_disk"] = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+        report["timings"] = {"total": round(time.perf_counter() - started, 3)}
+        write_json_atomic(tmp / PRUNING_FILE, report)
+        set_default_permissions(tmp)
+    model.train(was_training)
+    note(3, 3, "saved")
+    report["output_dir"] = str(out)
+
+    if validate:
+        from .resolve import load_model
+        from .validate import VALIDATION_FILE, validate as run_validation
+
+        base = reload_source(loaded, plan)
+        pruned = load_model(str(out), dtype=next(model.parameters()).dtype)
+        options = dict(validate_options or {})
+        options.setdefault("pruned_dir", out)
+        validation = run_validation(base, pruned, plan, progress=progress, **options)
+        write_json_atomic(out / VALIDATION_FILE, validation)
+        set_default_permissions(out / VALIDATION_FILE)
+        report["validation"] = validation
+    return report
+
+
+def set_default_permissions(path: str | Path) -> None:
+    """Give ``path`` (and what is under it) the permissions of a plain mkdir/open under the umask.
+
+    Temporary directories and files are created private (0700/0600); a saved model should not be.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    p = Path(path)
+    items = [p, *p.rglob("*")] if p.is_dir() else [p]
+    for item in items:
+        if item.is_symlink():
+            continue
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+
+
+def reload_source(loaded: LoadedModel, plan: dict[str, Any] | None = None) -> LoadedModel:
+    """Load the (unpruned) model ``loaded`` came from again, with the same dtype and device."""
+    from .resolve import load_model
+
+    src = loaded.source
+    name = src.location if src.kind.startswith("local") else src.name
+    p = next(loaded.model.parameters())
+    base = load_model(name, dtype=p.dtype, device=str(p.device), revision=None)
+    if plan is not None and base.fingerprint != plan["model"]["fingerprint"]:
+        raise PlanError(f"'{src.name}' changed on disk since the plan was made (fingerprint differs); "
+                        "validate against the original weights")
+    return base

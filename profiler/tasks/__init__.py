@@ -1,0 +1,19 @@
+"""lm-eval tasks shipped with ssm-profile; they run offline on held-out embedded text.
+
+* ``ssm_next_verse`` (multiple choice): given a verse, pick the verse that truly follows it
+  among four (the true one and three seeded distractors from elsewhere in the text).
+* ``ssm_heldout_ppl`` (``loglikelihood_rolling``): word/byte perplexity and bits per byte on
+  documents of consecutive verses.
+
+Both come from the embedded evaluation text (books held out of the embedded models' training
+and of calibration). :mod:`profiler.tasks.build` regenerates the ``.jsonl`` files
+deterministically; the YAML files name their data relative to this folder and
+:func:`profiler.validate.run_lm_eval` rewrites the paths when it loads them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TASKS_DIR = Path(__file__).resolve().parent
+BUILTIN_TASKS = ("ssm_next_verse", "ssm_heldout_ppl")

@@ -1,0 +1,397 @@
+"""Validate a pruned model against its base: quality, size, state and speed, before and after.
+
+``validate(base, pruned, plan)`` measures both models the same way and returns one report
+(written by the CLI to ``validation.json``):
+
+* held-out perplexity: the plan's evaluation windows (``plan["data"]``) or, without a plan, the
+  embedded evaluation text; relative increase; measured vs predicted loss change;
+* lm-eval: the tasks shipped in :mod:`profiler.tasks` (offline) and any standard lm-eval task the
+  user names (needs its dataset from the hub or the local cache);
+* parameters (total and nonzero), bytes on disk, recurrent-state bytes per sequence and FLOPs per
+  token (:func:`profiler.analysis.analyze`);
+* CPU latency and tokens/s of one forward over a fixed batch (warm-up first, then the median of
+  a few repeats, base and pruned interleaved, same thread count).
+
+``within_tolerance`` compares the relative perplexity increase with ``max_ppl_increase``
+(default: the plan's ``objective.max_ppl_increase``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import statistics
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from . import __version__
+from .data import DataSpec, batch_losses, load_dataset
+from .errors import DataError, PlanError, SSMProfileError
+from .resolve import LoadedModel
+from .tasks import BUILTIN_TASKS, TASKS_DIR
+
+Progress = Callable[[int, int, str], None]
+VALIDATION_SCHEMA_VERSION = 1
+VALIDATION_FILE = "validation.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+class ToleranceBreachedError(SSMProfileError):
+    """The pruned model's perplexity rose by more than the allowed fraction."""
+
+    exit_code = 3
+
+
+# --------------------------------------------------------------------------------------------
+# sizes
+
+
+def dir_bytes(path: str | Path | None) -> dict[str, int] | None:
+    """Bytes of every file under ``path`` and of its weight files, or None if it is not a folder."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    files = [f for f in p.rglob("*") if f.is_file()]
+    return {"total": sum(f.stat().st_size for f in files),
+            "weights": sum(f.stat().st_size for f in files if f.name.endswith(WEIGHT_SUFFIXES))}
+
+
+def model_dir(loaded: LoadedModel) -> Path | None:
+    """The folder ``loaded`` was read from, if it is on this machine (hub models: the cache)."""
+    location = Path(loaded.source.location)
+    if location.is_dir():
+        return location
+    if loaded.source.kind.startswith("hub"):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(loaded.source.location, local_files_only=True,
+                                          allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]))
+        except Exception:  # noqa: BLE001 - not cached: no size to report
+            return None
+    return None
+
+
+def _size(loaded: LoadedModel, directory: Path | None) -> dict[str, Any]:
+    from .analysis import analyze
+    from .apply import count_parameters
+
+    totals = analyze(loaded.model).totals
+    counts = count_parameters(loaded.model)
+    disk = dir_bytes(directory)
+    return {"parameters": counts["total"], "nonzero_parameters": counts["nonzero"],
+            "bytes_on_disk": None if disk is None else disk["total"],
+            "weight_bytes_on_disk": None if disk is None else disk["weights"],
+            "state_bytes_per_sequence": totals["state_bytes_per_sequence"],
+            "flops_per_token": totals["flops_per_token"]}
+
+
+# --------------------------------------------------------------------------------------------
+# speed
+
+
+@torch.inference_mode()
+def _forward_seconds(model: torch.nn.Module, ids: torch.Tensor) -> float:
+    start = time.perf_counter()
+    model(input_ids=ids, use_cache=False)
+    return time.perf_counter() - start
+
+
+def measure_speed(models: dict[str, torch.nn.Module], vocab_size: int, batch: int = 1, seqlen: int = 128,
+                  repeats: int = 5, warmup: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Median forward time over a fixed batch of token ids for each model (interleaved runs)."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (batch, seqlen), generator=gen)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for name, model in models.items():
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        for _ in range(warmup):
+            _forward_seconds(model, ids.to(device))
+        model.train(was_training)
+    for _ in range(repeats):
+        for name, model in models.items():  # interleaved: drift on a shared machine hits both
+            was_training = model.training
+            model.eval()
+            times[name].append(_forward_seconds(model, ids.to(next(model.parameters()).device)))
+            model.train(was_training)
+    out: dict[str, Any] = {"batch": [batch, seqlen], "repeats": repeats, "warmup": warmup,
+                           "threads": torch.get_num_threads()}
+    for name, ts in times.items():
+        median = statistics.median(ts)
+        out[name] = {"latency_s": median, "tokens_per_s": batch * seqlen / median if median > 0 else None,
+                     "runs_s": [round(t, 6) for t in ts]}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# lm-eval
+
+
+@contextlib.contextmanager
+def _quiet_lm_eval() -> Iterator[None]:
+    """Silence lm-eval's and datasets' logs and progress bars (they write to stderr)."""
+    loggers = [logging.getLogger(n) for n in ("lm_eval", "lm-eval", "datasets", "fsspec", "filelock")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _builtin_include_dir(tmp: Path, names: Sequence[str]) -> Path:
+    """Task YAMLs with absolute data paths and a private datasets cache (the shipped ones are relative)."""
+    import yaml
+
+    inc = tmp / "tasks"
+    inc.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        cfg = yaml.safe_load((TASKS_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
+        kwargs = dict(cfg.get("dataset_kwargs") or {})
+        kwargs["data_files"] = {split: str(TASKS_DIR / f) for split, f in kwargs.get("data_files", {}).items()}
+        kwargs["cache_dir"] = str(tmp / "datasets-cache")
+        cfg["dataset_kwargs"] = kwargs
+        (inc / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return inc
+
+
+class LmEvalRunner:
+    """Loads the requested tasks once (failing fast with one line) and scores models on them."""
+
+    def __init__(self, tasks: Sequence[str] = BUILTIN_TASKS, lm_eval_tasks: Sequence[str] = (),
+                 limit: int | float | None = None, batch_size: int = 8, max_length: int = 2048):
+        unknown = [t for t in tasks if t not in BUILTIN_TASKS]
+        if unknown:
+            raise SSMProfileError(f"unknown built-in task '{unknown[0]}'; shipped tasks: {', '.join(BUILTIN_TASKS)} "
+                                  "(standard lm-eval tasks go to lm_eval_tasks / --tasks)")
+        # a shipped task named among the standard ones runs as the shipped (offline) task
+        self.tasks = list(dict.fromkeys([*tasks, *(t for t in lm_eval_tasks if t in BUILTIN_TASKS)]))
+        self.lm_eval_tasks = [t for t in dict.fromkeys(lm_eval_tasks) if t not in self.tasks]
+        self.limit, self.batch_size, self.max_length = limit, batch_size, max_length
+        self._tmp = tempfile.TemporaryDirectory(prefix="ssm-profile-lm-eval-")
+        self.items: dict[str, int] = {}
+        try:
+            import lm_eval  # noqa: F401
+            from lm_eval.models.huggingface import HFLM  # noqa: F401  (needs the [hf] extra)
+        except ImportError:
+            raise SSMProfileError("lm-eval tasks need lm-eval with its hf extra: pip install 'ssm-profile[eval]' "
+                                  "(or pass --no-lm-eval)") from None
+        self._load()
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.tasks, *self.lm_eval_tasks]
+
+    def _load(self) -> None:
+        from lm_eval.tasks import TaskManager
+
+        with _quiet_lm_eval():
+            include = _builtin_include_dir(Path(self._tmp.name), self.tasks) if self.tasks else None
+            manager = TaskManager(include_path=str(include) if include else None,
+                                  include_defaults=bool(self.lm_eval_tasks), verbosity="ERROR")
+            if self.lm_eval_tasks:
+                known = set(manager.all_tasks)
+                missing = [t for t in self.lm_eval_tasks if t not in known]
+                if missing:
+                    raise SSMProfileError(f"unknown lm-eval task '{missing[0]}'; see `lm-eval ls tasks` for names")
+            self.manager = manager
+            loaded: dict[str, Any] = {}
+            for name in self.names:
+                try:
+                    loaded[name] = manager.load([name])
+                except Exception as err:  # noqa: BLE001 - datasets raises many types for "cannot fetch"
+                    offline = os.environ.get("HF_DATASETS_OFFLINE", "0") in ("1", "true", "TRUE") or \
+                        os.environ.get("HF_HUB_OFFLINE", "0") in ("1", "true", "TRUE")
+                    how = "offline mode is on" if offline else "the Hugging Face Hub cannot be reached"
+                    if name in self.tasks:
+                        raise SSMProfileError(f"cannot load the shipped task '{name}': {type(err).__name__}: "
+                                              f"{str(err).splitlines()[0] if str(err) else ''}") from None
+                    raise DataError(f"lm-eval task '{name}' needs its dataset from the Hugging Face Hub; {how} and it "
+                                    "is not in the local cache (drop it from --tasks, or run where the hub is "
+                                    "reachable once to cache it)") from None
+            self.loaded = loaded
+
+    def evaluate(self, loaded: LoadedModel) -> dict[str, dict[str, float]]:
+        """``{task: {metric: value}}`` of one model (stderr columns dropped)."""
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+
+        if loaded.tokenizer is None:
+            raise DataError("lm-eval needs a tokenizer; save one beside the weights (tokenizer.json)")
+        with _quiet_lm_eval():
+            lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, max_length=self.max_length,
+                      batch_size=self.batch_size)
+            out = simple_evaluate(model=lm, tasks=self.names, task_manager=self.manager, limit=self.limit,
+                                  bootstrap_iters=0, log_samples=False, random_seed=0, numpy_random_seed=0,
+                                  torch_random_seed=0, fewshot_random_seed=0)
+        results: dict[str, dict[str, float]] = {}
+        for task, metrics in (out or {}).get("results", {}).items():
+            clean = {}
+            for key, value in metrics.items():
+                metric, _, _filter = key.partition(",")
+                if metric.endswith("_stderr") or metric in ("alias", "name", "sample_len") \
+                        or not isinstance(value, (int, float)):
+                    continue
+                clean[metric] = float(value)
+            results[task] = clean
+        self.items = {task: int(n.get("effective", n.get("original", 0))) if isinstance(n, dict) else int(n)
+                      for task, n in (out or {}).get("n-samples", {}).items()}
+        return results
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+
+
+def _exp(x: float) -> float:
+    return math.exp(min(x, 700.0))
+
+
+def _plan_data_spec(plan: dict[str, Any] | None) -> DataSpec:
+    if plan and plan.get("data"):
+        from .apply import data_spec
+
+        return data_spec(plan["data"])
+    return DataSpec()
+
+
+def _change(before: float | None, after: float | None) -> float | None:
+    if before is None or after is None or not before:
+        return None
+    return after / before - 1.0
+
+
+def validate(base: LoadedModel, pruned: LoadedModel, plan: dict[str, Any] | None = None,
+             tasks: Sequence[str] = BUILTIN_TASKS, lm_eval_tasks: Sequence[str] = (),
+             max_ppl_increase: float | None = None, progress: Progress | None = None, *,
+             data: DataSpec | None = None, limit: int | float | None = None, batch_size: int = 8,
+             lm_eval_batch_size: int = 8, max_length: int = 2048, speed_batch: tuple[int, int] = (1, 128),
+             speed_repeats: int = 5, base_dir: str | Path | None = None,
+             pruned_dir: str | Path | None = None) -> dict[str, Any]:
+    """Measure ``base`` and ``pruned`` the same way; see the module docstring for what is in the report.
+
+    ``tasks``: shipped lm-eval tasks to run (default both; ``()`` for none); ``lm_eval_tasks``:
+    standard lm-eval task names; ``limit``: items per lm-eval task (None = all). ``data`` overrides
+    the evaluation data (default: the plan's, else the embedded evaluation text).
+    """
+    note = progress or (lambda done, total, label: None)
+    started = time.perf_counter()
+    if plan is not None and plan.get("model", {}).get("fingerprint") not in (None, base.fingerprint):
+        raise PlanError(f"the plan was made for other weights than the base model '{base.source.name}'; "
+                        "validate against the model the plan was made for")
+    if max_ppl_increase is not None and not max_ppl_increase >= 0:
+        raise SSMProfileError(f"--max-ppl-increase must be a non-negative fraction (0.1 = 10%), got {max_ppl_increase}")
+    tolerance_source = "argument" if max_ppl_increase is not None else None
+    if max_ppl_increase is None and plan is not None:
+        value = (plan.get("objective") or {}).get("max_ppl_increase")
+        if isinstance(value, (int, float)):
+            max_ppl_increase, tolerance_source = float(value), "plan"
+
+    # Fail fast on lm-eval problems (unknown task, dataset not reachable) before any long work.
+    runner = LmEvalRunner(tasks, lm_eval_tasks, limit, lm_eval_batch_size, max_length) \
+        if (tasks or lm_eval_tasks) else None
+    steps = 4 + (2 if runner else 0)
+    try:
+        note(0, steps, "evaluation data")
+        spec = data or _plan_data_spec(plan)
+        tokenizer = base.tokenizer or pruned.tokenizer
+        dataset = load_dataset(tokenizer, spec)
+
+        note(1, steps, "perplexity (base)")
+        base_loss = float(batch_losses(base.model, dataset.evaluation, batch_size).mean())
+        note(2, steps, "perplexity (pruned)")
+        pruned_loss = float(batch_losses(pruned.model, dataset.evaluation, batch_size).mean())
+        delta = pruned_loss - base_loss
+        rel = _exp(delta) - 1.0 if math.isfinite(pruned_loss) else float("inf")
+        within = None if max_ppl_increase is None else bool(math.isfinite(rel) and rel <= max_ppl_increase)
+
+        predicted = (plan or {}).get("predicted") or {}
+        plan_dense = ((plan or {}).get("dense") or {}).get("loss")
+        plan_measured = ((plan or {}).get("measured") or {}).get("loss")
+        measured = {"loss": pruned_loss, "delta_loss": delta, "rel_ppl_increase": rel, "within_tolerance": within,
+                    "predicted_delta_loss": predicted.get("delta_loss"),
+                    "predicted_rel_ppl_increase": predicted.get("rel_ppl_increase"),
+                    "prediction_error": (delta - predicted["delta_loss"])
+                    if isinstance(predicted.get("delta_loss"), (int, float)) else None,
+                    "plan_measured_loss": plan_measured,
+                    "matches_plan_measurement": None if not isinstance(plan_measured, (int, float))
+                    else bool(abs(plan_measured - pruned_loss) <= 1e-4 * max(1.0, abs(pruned_loss))),
+                    "plan_dense_loss": plan_dense,
+                    "dense_loss_matches_plan": None if not isinstance(plan_dense, (int, float))
+                    else bool(abs(plan_dense - base_loss) <= 1e-3 * max(1.0, abs(base_loss)))}
+
+        lm_eval: dict[str, Any] = {"tasks": {}, "limit": limit, "skipped": None}
+        if runner is not None:
+            note(3, steps, "lm-eval (base)")
+            scores_base = runner.evaluate(base)
+            note(4, steps, "lm-eval (pruned)")
+            scores_pruned = runner.evaluate(pruned)
+            for task in runner.names:
+                b, p = scores_base.get(task, {}), scores_pruned.get(task, {})
+                lm_eval["tasks"][task] = {"builtin": task in BUILTIN_TASKS, "items": runner.items.get(task),
+                                          "base": b, "pruned": p,
+                                          "delta": {m: p[m] - b[m] for m in b if m in p}}
+        else:
+            lm_eval["skipped"] = "no tasks requested"
+
+        note(steps - 1, steps, "size and speed")
+        pruned_dir = pruned_dir if pruned_dir is not None else model_dir(pruned)
+        base_dir = base_dir if base_dir is not None else model_dir(base)
+        size_base, size_pruned = _size(base, Path(base_dir) if base_dir else None), \
+            _size(pruned, Path(pruned_dir) if pruned_dir else None)
+        vocab = int(getattr(base.model.config, "vocab_size", 0) or base.model.get_input_embeddings().num_embeddings)
+        speed = measure_speed({"base": base.model, "pruned": pruned.model}, vocab, batch=speed_batch[0],
+                              seqlen=speed_batch[1], repeats=speed_repeats)
+        b_lat, p_lat = speed["base"]["latency_s"], speed["pruned"]["latency_s"]
+        speed["speedup"] = b_lat / p_lat if p_lat else None
+    finally:
+        if runner is not None:
+            runner.close()
+
+    note(steps, steps, "done")
+    return {
+        "schema_version": VALIDATION_SCHEMA_VERSION,
+        "kind": "ssm-profile-validation",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "models": {"base": {"name": base.source.name, "location": base.source.location,
+                            "fingerprint": base.fingerprint, "directory": str(base_dir) if base_dir else None},
+                   "pruned": {"name": pruned.source.name, "location": pruned.source.location,
+                              "fingerprint": pruned.fingerprint, "directory": str(pruned_dir) if pruned_dir else None}},
+        "plan": None if plan is None else {"model": plan.get("model", {}).get("name"),
+                                           "objective": plan.get("objective"), "predicted": plan.get("predicted"),
+                                           "actions": len(plan.get("actions", []))},
+        "data": dataset.describe(),
+        "perplexity": {"base": {"loss": base_loss, "perplexity": _exp(base_loss)},
+                       "pruned": {"loss": pruned_loss, "perplexity": _exp(pruned_loss)},
+                       "delta_loss": delta, "rel_ppl_increase": rel},
+        "measured": measured,
+        "tolerance": {"max_ppl_increase": max_ppl_increase, "source": tolerance_source, "within_tolerance": within},
+        "within_tolerance": within,
+        "lm_eval": lm_eval,
+        "size": {
+            "base": size_base, "pruned": size_pruned,
+            "change": {k: _change(size_base[k], size_pruned[k]) for k in size_base},
+        },
+        "speed": speed,
+        "versions": {"ssm-profile": __version__, "torch": torch.__version__},
+        "threads": torch.get_num_threads(),
+        "seconds": round(time.perf_counter() - started, 3),
+    }

@@ -1,0 +1,334 @@
+"""Applying plans (slice or zero, atomically, never touching the source) and validating the result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from profiler.apply import apply_plan, load_plan
+from profiler.arch import find_mixers
+from profiler.cli.main import main
+from profiler.errors import DataError, OutputExistsError, PlanError
+from profiler.resolve import load_model
+from profiler.surgery import zero_units
+
+SMALL_DATA = {"calibration": None, "evaluation": None, "nsamples": 4, "eval_samples": 2, "seqlen": 32, "seed": 0}
+FAST_VALIDATION = dict(limit=4, speed_batch=(1, 16), speed_repeats=1, max_length=256)
+
+
+def make_plan(loaded, actions: list[dict], max_ppl_increase: float = 0.1, data: dict | None = None) -> dict:
+    """A schema-valid plan for ``loaded`` with hand-written actions."""
+    model = loaded.model
+    return {
+        "schema_version": 1, "kind": "ssm-profile-plan", "created": "2026-01-01T00:00:00+00:00",
+        "tool_version": "0.1.0",
+        "model": {"name": loaded.source.name, "source": {"name": loaded.source.name, "kind": loaded.source.kind,
+                                                         "location": loaded.source.location, "alias": None},
+                  "fingerprint": loaded.fingerprint, "architecture": model.config.model_type,
+                  "class": type(model).__name__},
+        "run": {"path": "", "created": ""},
+        "data": dict(data or SMALL_DATA),
+        "objective": {"target": "params", "ratio": None, "absolute": None, "max_ppl_increase": max_ppl_increase},
+        "dense": {"loss": 0.0, "perplexity": 1.0, "parameters": 1, "flops_per_token": 1, "state_bytes_per_sequence": 1},
+        "actions": [{"layers": [m.layer for m in find_mixers(model)], "criterion": "magnitude", "sparsity": 0.5,
+                     "unit_kind": None, "unit_indices": None, "params_removed": 0, "flops_removed": 0,
+                     "state_bytes_removed": 0, "predicted_delta_loss": 0.01, "execution": "zero", "note": "",
+                     **a} for a in actions],
+        "predicted": {"delta_loss": 0.05, "rel_ppl_increase": 0.05, "params_removed": 0, "flops_removed": 0,
+                      "state_bytes_removed": 0, "reduction_ratio": 0.1},
+        "measured": None, "notes": [],
+    }
+
+
+def unit_action(kind: str, indices: dict[int, list[int]], execution: str = "slice", sparsity: float = 0.25) -> dict:
+    return {"target": f"unit:{kind}", "structure": "units", "unit_kind": kind, "sparsity": sparsity,
+            "layers": sorted(indices), "unit_indices": {str(k): v for k, v in indices.items()}, "execution": execution}
+
+
+def lowest_magnitude(model, kind: str, fraction: float) -> dict[int, list[int]]:
+    """Unit ids removed by magnitude, per layer (what a plan would list)."""
+    from profiler.criteria import CalibrationStats, ScoringContext, get
+    from profiler.masks import select_units
+
+    crit, ctx = get("magnitude"), ScoringContext(model=model, stats=CalibrationStats())
+    out = {}
+    for m in find_mixers(model):
+        fam = m.unit_family(kind)
+        out[m.layer] = select_units(crit.unit_scores(ctx, m, fam), fam, fraction).tolist()
+    return out
+
+
+def tree_hash(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def zeroed_reference(source: Path, kind: str, indices: dict[int, list[int]]):
+    model = load_model(str(source)).model
+    by_layer = {m.layer: m for m in find_mixers(model)}
+    for layer, ids in indices.items():
+        zero_units(by_layer[layer], kind, ids)
+    return model
+
+
+def logits(model, seed: int = 0) -> torch.Tensor:
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def no_partials(parent: Path) -> bool:
+    return not any(p.name.endswith(".partial") for p in parent.iterdir())
+
+
+# --------------------------------------------------------------------------------------------
+# apply
+
+
+def test_mamba1_channel_slice_is_smaller_reloads_plainly_and_matches_zeros(tmp_path, mamba1_dir):
+    from transformers import AutoModelForCausalLM
+
+    source_before = tree_hash(mamba1_dir)
+    loaded = load_model(str(mamba1_dir))
+    indices = lowest_magnitude(loaded.model, "channel", 0.25)
+    plan = make_plan(loaded, [unit_action("channel", indices)])
+    out = tmp_path / "pruned"
+    report = apply_plan(loaded, plan, out)
+
+    assert tree_hash(mamba1_dir) == source_before  # the source is never written
+    assert report["actions"][0]["execution"] == "slice" and report["sliced"][0]["kind"] == "channel"
+    p = report["parameters"]
+    assert p["after"] < p["before"] and p["nonzero_after"] <= p["after"]
+    assert (out / "model.safetensors").stat().st_size < (mamba1_dir / "model.safetensors").stat().st_size
+    saved = json.loads((out / "pruning.json").read_text())
+    assert saved["parameters"] == p and saved["plan"] == plan
+    assert saved["source"]["fingerprint"] == plan["model"]["fingerprint"]
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()  # plain transformers, no remote code
+    E = find_mixers(reloaded)[0].intermediate_size
+    assert E == 32 - 8 and reloaded.config.intermediate_size == E
+    assert sum(t.numel() for t in reloaded.state_dict().values()) < sum(
+        t.numel() for t in zeroed_reference(mamba1_dir, "channel", {}).state_dict().values())
+    torch.testing.assert_close(logits(reloaded), logits(zeroed_reference(mamba1_dir, "channel", indices)),
+                               rtol=1e-5, atol=1e-5)
+    assert (out / "model.safetensors").stat().st_mode & 0o044  # readable like any saved file, not private
+
+
+def test_mamba2_state_slices_and_head_channel_falls_back_to_zeros(tmp_path, mamba2_dir):
+    from transformers import AutoModelForCausalLM
+
+    loaded = load_model(str(mamba2_dir))
+    state = {0: [0, 5], 1: [1, 6]}  # one state per group (2 groups x 4 states) in each layer
+    # one channel of every head (4 heads x 8): E = 28 is no multiple of hidden 16 -> no stock config
+    head_channel = {layer: [h * 8 + 3 for h in range(4)] for layer in (0, 1)}
+    plan = make_plan(loaded, [unit_action("state", state), unit_action("head_channel", head_channel)])
+    out = tmp_path / "pruned"
+    report = apply_plan(loaded, plan, out)
+    executed = {a["target"]: a for a in report["actions"]}
+    assert executed["unit:state"]["execution"] == "slice"
+    assert executed["unit:head_channel"]["execution"] == "zero"
+    assert "not sliced" in executed["unit:head_channel"]["note"] and report["notes"]
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert reloaded.config.state_size == 3 and find_mixers(reloaded)[0].intermediate_size == 32
+    reference = zeroed_reference(mamba2_dir, "state", state)
+    by_layer = {m.layer: m for m in find_mixers(reference)}
+    for layer, ids in head_channel.items():
+        zero_units(by_layer[layer], "head_channel", ids)
+    torch.testing.assert_close(logits(reloaded), logits(reference), rtol=1e-4, atol=1e-4)
+
+
+def test_uneven_cut_is_zeroed_not_sliced(tmp_path, mamba1_dir):
+    loaded = load_model(str(mamba1_dir))
+    plan = make_plan(loaded, [unit_action("channel", {0: [1, 2, 3], 1: [4]})])
+    report = apply_plan(loaded, plan, tmp_path / "out")
+    assert report["actions"][0]["execution"] == "zero" and "differs between layers" in report["actions"][0]["note"]
+    assert report["parameters"]["after"] == report["parameters"]["before"]
+    assert report["parameters"]["nonzero_before"] - report["parameters"]["nonzero_after"] == \
+        report["actions"][0]["elements_zeroed"]
+
+
+def test_unstructured_and_nm_plans_give_exact_sparsity(tmp_path, mamba1_dir):
+    from safetensors.torch import load_file
+
+    loaded = load_model(str(mamba1_dir))
+    plan = make_plan(loaded, [
+        {"target": "in_proj", "structure": "unstructured", "criterion": "magnitude", "sparsity": 0.3},
+        {"target": "out_proj", "structure": "2:4", "criterion": "magnitude", "sparsity": 0.5},
+    ])
+    out = tmp_path / "sparse"
+    apply_plan(loaded, plan, out)
+    before, after = load_file(mamba1_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    for name, tensor in after.items():
+        if name.endswith("mixer.in_proj.weight"):
+            assert int((tensor == 0).sum()) == round(0.3 * tensor.numel())
+        elif name.endswith("mixer.out_proj.weight"):
+            assert ((tensor.reshape(-1, 4) == 0).sum(dim=1) == 2).all()
+        else:
+            assert torch.equal(tensor, before[name]), name  # nothing else touched
+
+
+def test_data_driven_criterion_is_deterministic():
+    # wanda needs calibration activations: scored on the plan's data, same mask every time
+    masks = []
+    for _ in range(2):
+        loaded = load_model("tiny-mamba2")
+        plan = make_plan(loaded, [{"target": "in_proj", "structure": "unstructured", "criterion": "wanda",
+                                   "sparsity": 0.5}])
+        from profiler.apply import _execute
+
+        _execute(loaded, plan, lambda *a: None)
+        masks.append({n: (p == 0) for n, p in loaded.model.named_parameters() if "in_proj" in n})
+    assert masks[0].keys() == masks[1].keys()
+    assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
+
+
+def test_existing_output_and_wrong_weights_leave_everything_as_it_was(tmp_path, mamba1_dir):
+    loaded = load_model(str(mamba1_dir))
+    plan = make_plan(loaded, [unit_action("channel", {0: [0], 1: [0]})])
+    existing = tmp_path / "taken"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError):
+        apply_plan(loaded, plan, existing)
+    assert tree_hash(existing) == {"keep.txt": hashlib.sha256(b"mine").hexdigest()}
+
+    other = dict(plan, model=dict(plan["model"], fingerprint="sha256:" + "0" * 64))
+    with pytest.raises(PlanError, match="other weights"):
+        apply_plan(loaded, other, tmp_path / "new")
+    assert not (tmp_path / "new").exists() and no_partials(tmp_path)
+    # the model was not touched by the refused plan
+    assert loaded.fingerprint == plan["model"]["fingerprint"]
+
+    bad = make_plan(loaded, [unit_action("channel", {0: [999]})])
+    with pytest.raises(PlanError, match="out of range"):
+        apply_plan(loaded, bad, tmp_path / "new")
+    assert not (tmp_path / "new").exists() and no_partials(tmp_path)
+
+
+def test_load_plan_rejects_bad_files(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_text("{not json")
+    with pytest.raises(PlanError):
+        load_plan(path)
+    path.write_text(json.dumps({"kind": "something-else", "schema_version": 1}))
+    with pytest.raises(PlanError):
+        load_plan(path)
+
+
+# --------------------------------------------------------------------------------------------
+# validate
+
+
+@pytest.fixture(scope="module")
+def applied(tmp_path_factory):
+    """tiny-mamba with 25% of the channels of every layer sliced out by magnitude, validated."""
+    loaded = load_model("tiny-mamba")
+    plan = make_plan(loaded, [unit_action("channel", lowest_magnitude(loaded.model, "channel", 0.25))],
+                     max_ppl_increase=0.5)
+    out = tmp_path_factory.mktemp("applied") / "tiny-mamba-pruned"
+    report = apply_plan(loaded, plan, out, validate=True, validate_options=FAST_VALIDATION)
+    return plan, out, report
+
+
+def test_validate_writes_every_field_and_runs_shipped_tasks_offline(applied):
+    plan, out, report = applied
+    v = json.loads((out / "validation.json").read_text())
+    assert v == json.loads(json.dumps(report["validation"]))
+    assert {"perplexity", "measured", "tolerance", "within_tolerance", "lm_eval", "size", "speed", "data",
+            "models"} <= set(v)
+    ppl = v["perplexity"]
+    assert ppl["base"]["perplexity"] > 1 and ppl["pruned"]["perplexity"] > 1
+    assert abs(ppl["rel_ppl_increase"] - (ppl["pruned"]["perplexity"] / ppl["base"]["perplexity"] - 1)) < 1e-9
+    assert v["measured"]["predicted_delta_loss"] == plan["predicted"]["delta_loss"]
+    assert v["tolerance"] == {"max_ppl_increase": 0.5, "source": "plan", "within_tolerance": v["within_tolerance"]}
+    assert v["data"]["eval_samples"] == 2 and v["data"]["seqlen"] == 32  # the plan's evaluation windows
+    tasks = v["lm_eval"]["tasks"]
+    assert set(tasks) == {"ssm_next_verse", "ssm_heldout_ppl"}
+    assert tasks["ssm_next_verse"]["items"] == 4
+    assert 0 <= tasks["ssm_next_verse"]["base"]["acc"] <= 1
+    assert tasks["ssm_heldout_ppl"]["pruned"]["word_perplexity"] > 1
+    size = v["size"]
+    assert size["pruned"]["parameters"] < size["base"]["parameters"] == 990848
+    assert size["pruned"]["weight_bytes_on_disk"] < size["base"]["weight_bytes_on_disk"]
+    assert size["pruned"]["state_bytes_per_sequence"] == 0.75 * size["base"]["state_bytes_per_sequence"]
+    for name in ("base", "pruned"):
+        assert v["speed"][name]["latency_s"] > 0 and v["speed"][name]["tokens_per_s"] > 0
+    assert v["speed"]["threads"] == torch.get_num_threads()
+
+
+def test_cli_validate_exits_3_when_tolerance_is_breached(applied, tmp_path, capsys):
+    _, out, _ = applied
+    report_path = tmp_path / "v.json"
+    code = main(["validate", "tiny-mamba", str(out), "--no-lm-eval", "--max-ppl-increase", "0.000001",
+                 "--speed-repeats", "1", "--speed-batch", "1", "8", "-o", str(report_path), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1 and "perplexity rose" in err[0]
+    report = json.loads(report_path.read_text())
+    assert report["within_tolerance"] is False and report["lm_eval"]["tasks"] == {}
+
+
+def test_cli_apply_ridiculous_plan_breaches_tolerance(tmp_path, capsys):
+    loaded = load_model("tiny-mamba")
+    keep_one = {m.layer: list(range(1, 256)) for m in find_mixers(loaded.model)}  # 255 of 256 channels
+    plan = make_plan(loaded, [unit_action("channel", keep_one, sparsity=0.99)], max_ppl_increase=0.01)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    out = tmp_path / "out"
+    code = main(["apply", "tiny-mamba", str(path), "-o", str(out), "--validate", "--no-lm-eval", "--quiet",
+                 "--speed-repeats", "1", "--speed-batch", "1", "8"])
+    captured = capsys.readouterr()
+    assert code == 3 and "tolerance" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert (out / "validation.json").is_file() and "Before / after" in captured.out
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys, mamba1_dir):
+    loaded = load_model(str(mamba1_dir))
+    plan = make_plan(loaded, [unit_action("channel", {0: [0], 1: [0]})])
+    plan["model"]["fingerprint"] = "sha256:" + "1" * 64
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    code = main(["apply", str(mamba1_dir), str(path), "-o", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "other weights" in err[0]
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "exists").mkdir()
+    code = main(["apply", str(mamba1_dir), str(path), "-o", str(tmp_path / "exists"), "--quiet"])
+    assert code == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_validate_without_tokenizer_is_a_clear_error(mamba1_dir):
+    from profiler.validate import validate
+
+    base, pruned = load_model(str(mamba1_dir)), load_model(str(mamba1_dir))
+    with pytest.raises(DataError, match="tokenizer"):
+        validate(base, pruned, None, tasks=())
+
+
+def test_shipped_task_data_is_regenerated_identically(tmp_path):
+    from profiler.tasks import BUILTIN_TASKS, TASKS_DIR
+    from profiler.tasks.build import write
+
+    write(tmp_path)
+    for name in BUILTIN_TASKS:
+        assert (tmp_path / f"{name}.jsonl").read_bytes() == (TASKS_DIR / f"{name}.jsonl").read_bytes()
+        assert (TASKS_DIR / f"{name}.yaml").is_file()
+    items = [json.loads(line) for line in (TASKS_DIR / "ssm_next_verse.jsonl").read_text().splitlines()]
+    assert len(items) == 100 and all(len(i["choices"]) == 4 and len(set(i["choices"])) == 4 for i in items)
+    assert len({i["label"] for i in items}) == 4  # the answer is not always in one position
+    docs = (TASKS_DIR / "ssm_heldout_ppl.jsonl").read_text().splitlines()
+    assert len(docs) == 30
+
+
+@pytest.mark.slow
+def test_standard_task_offline_is_a_one_line_error():
+    from profiler.validate import LmEvalRunner
+
+    with pytest.raises(DataError, match="hellaswag"):
+        LmEvalRunner((), ["hellaswag"])
+    with pytest.raises(Exception, match="unknown lm-eval task"):
+        LmEvalRunner((), ["no_such_task_xyz"])
