@@ -490,7 +490,6 @@ def apply_plan(loaded: LoadedModel, plan: dict[str, Any] | str | Path, output_di
         report["output"]["bytes_on_disk"] = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         report["timings"] = {"total": round(time.perf_counter() - started, 3)}
         write_json_atomic(tmp / PRUNING_FILE, report)
-        set_default_permissions(tmp)
     model.train(was_training)
     note(3, 3, "saved")
     report["output_dir"] = str(out)
@@ -505,24 +504,9 @@ def apply_plan(loaded: LoadedModel, plan: dict[str, Any] | str | Path, output_di
         options.setdefault("pruned_dir", out)
         validation = run_validation(base, pruned, plan, progress=progress, **options)
         write_json_atomic(out / VALIDATION_FILE, validation)
-        set_default_permissions(out / VALIDATION_FILE)
         report["validation"] = validation
     return report
 
-
-def set_default_permissions(path: str | Path) -> None:
-    """Give ``path`` (and what is under it) the permissions of a plain mkdir/open under the umask.
-
-    Temporary directories and files are created private (0700/0600); a saved model should not be.
-    """
-    mask = os.umask(0)
-    os.umask(mask)
-    p = Path(path)
-    items = [p, *p.rglob("*")] if p.is_dir() else [p]
-    for item in items:
-        if item.is_symlink():
-            continue
-        item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
 
 
 def reload_source(loaded: LoadedModel, plan: dict[str, Any] | None = None) -> LoadedModel:

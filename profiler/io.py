@@ -16,6 +16,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -26,6 +27,21 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _default_permissions(root: Path) -> None:
+    """Give a finished output tree the permissions a plain mkdir/open would (libraries such as
+    safetensors also write through private temporary files)."""
+    mask = _umask()
+    for item in [root, *root.rglob("*")]:
+        if not item.is_symlink():
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
@@ -52,8 +68,10 @@ def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
         raise OutputExistsError(f"output '{final}' already exists; choose another path or pass --overwrite")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; outputs get the usual permissions
     try:
         yield tmp
+        _default_permissions(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -1,0 +1,81 @@
+"""Report rendering for ssm-profile runs: one self-contained HTML page, a Markdown summary, CSV tables.
+
+Everything is rendered from :class:`profiler.results.ProfileResult` (the object the CLI and the run
+directory use), optionally with a pruning plan (``plan.json``) and a validation (``validation.json``)::
+
+    from profiler.results import ProfileResult
+    import reports
+
+    result = ProfileResult.load("runs/tiny-mamba2")
+    html = reports.render_html(result, plan=None, validation=None)   # str, no network needed to view
+    text = reports.render_markdown(result)
+    reports.export_csv(result, "tables/")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["render_html", "render_markdown", "export_csv", "write_report", "load_json_input"]
+
+
+def render_html(result, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None) -> str:
+    """The self-contained HTML report of ``result`` (a ProfileResult)."""
+    from .html import render_html as _render
+
+    return _render(result, plan, validation)
+
+
+def render_markdown(result, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None) -> str:
+    """A Markdown summary: header, ranking, findings, plan/validation summaries."""
+    from .markdown import render_markdown as _render
+
+    return _render(result, plan, validation)
+
+
+def export_csv(result, directory):
+    """Write the report's tables as CSV files to ``directory``; returns the written paths."""
+    from .tables import export_csv as _export
+
+    return _export(result, directory)
+
+
+def load_json_input(path, what: str):
+    """Read a plan (``what="plan"``) or validation JSON file, raising one-line SSMProfileErrors."""
+    from .facts import load_json_input as _load
+
+    return _load(path, what)
+
+
+def write_report(result, output, *, fmt: str = "html", plan: dict[str, Any] | None = None,
+                 validation: dict[str, Any] | None = None, csv_dir=None):
+    """Render and write ``output`` atomically (and the CSV tables to ``csv_dir``); returns the output path.
+
+    ``output`` None or ``"-"`` writes no file and returns the rendered text instead."""
+    from pathlib import Path
+
+    from profiler.errors import SSMProfileError
+    from profiler.io import write_text_atomic
+
+    from .facts import Facts
+    from .html import render_facts
+    from .markdown import render_facts_md
+    from .tables import export_csv as _export
+
+    if fmt not in ("html", "md"):
+        raise SSMProfileError(f"unknown report format '{fmt}'; choose html or md")
+    facts = Facts.of(result)
+    text = render_facts(facts, plan, validation) if fmt == "html" else render_facts_md(facts, plan, validation)
+    target = None if output is None or str(output) == "-" else Path(output)
+    if target is not None and target.is_dir():
+        raise SSMProfileError(f"output '{target}' is a directory; give a file name such as {target / 'report.html'}")
+    try:
+        if target is not None:
+            write_text_atomic(target, text)
+        if csv_dir is not None:
+            _export(facts, csv_dir)
+    except OSError as err:
+        where = getattr(err, "filename", None) or output
+        raise SSMProfileError(f"cannot write '{where}': {err.strerror or err}") from None
+    return target if target is not None else text
+

@@ -105,9 +105,6 @@ def run(args: argparse.Namespace) -> int:
         report = validate(base, pruned, plan, progress=progress, pruned_dir=out_dir, **options)
     output = Path(args.output) if args.output else out_dir / VALIDATION_FILE
     write_json_atomic(output, report)
-    from ..apply import set_default_permissions
-
-    set_default_permissions(output)
     print_validation(report)
     print(f"report: {output}")
     return finish(report)

@@ -1,0 +1,147 @@
+"""What every report format shows, computed once from a ProfileResult by ProfileResult's own methods.
+
+Nothing here ranks, tests or bootstraps by itself: ranking, findings, intervals and prediction
+agreement come from :class:`profiler.results.ProfileResult`, so a report never disagrees with the
+CLI tables or the run directory's CSV files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from profiler.errors import PlanError, SSMProfileError
+
+from .svg import fmt, human_bytes, human_count
+
+
+@dataclass
+class Facts:
+    result: Any  # profiler.results.ProfileResult
+    ranking: list = field(default_factory=list)
+    layer_ranking: list = field(default_factory=list)
+    findings: list = field(default_factory=list)
+    agreement: dict = field(default_factory=dict)
+    heatmap: tuple = ((), (), ())
+    ci: dict = field(default_factory=dict)  # trial key -> (low, high)
+
+    @classmethod
+    def of(cls, result) -> "Facts":
+        ci = {t.key: result.delta_ci(t) for t in result.model_trials}
+        return cls(result=result, ranking=result.ranking(), layer_ranking=result.layer_ranking(),
+                   findings=result.findings(), agreement=result.prediction_agreement(), heatmap=result.heatmap(),
+                   ci=ci)
+
+    # ------------------------------------------------------------------ header facts
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.result.meta or {}
+
+    def model_name(self) -> str:
+        model = self.meta.get("model") or {}
+        return str(model.get("name") or self.result.analysis.model.get("name") or "unknown model")
+
+    def criteria(self) -> list[str]:
+        """Criteria in the order the run was configured, then any others found in trials."""
+        configured = list((self.meta.get("settings") or {}).get("criteria") or [])
+        return list(dict.fromkeys([*configured, *self.result.criteria()]))
+
+    def header_items(self) -> list[tuple[str, str]]:
+        """(label, value) pairs for the header, as plain text (each renderer escapes)."""
+        meta, analysis = self.meta, self.result.analysis
+        model = meta.get("model") or {}
+        info = analysis.model or {}
+        totals = analysis.totals or {}
+        dims = info.get("dims") or {}
+        data = meta.get("data") or {}
+        settings = meta.get("settings") or {}
+        timings = meta.get("timings") or {}
+        items = [("Model", self.model_name())]
+        source = model.get("source") or info.get("source") or {}
+        if source.get("location") or source.get("kind"):
+            items.append(("Source", " · ".join(str(v) for v in (source.get("kind"), source.get("location")) if v)))
+        kinds = ", ".join(info.get("mixer_kinds") or []) or "?"
+        arch = (f"{info.get('architecture', '?')} ({model.get('class') or info.get('class', '?')}); "
+                f"{info.get('num_ssm_layers', '?')} SSM of {info.get('num_layers', '?')} layers; mixer {kinds}")
+        items.append(("Architecture", arch))
+        if dims:
+            items.append(("Dimensions", ", ".join(f"{k} {v}" for k, v in dims.items())))
+        if totals.get("parameters") is not None:
+            p = totals["parameters"]
+            items.append(("Parameters", f"{human_count(p)} ({p:,}); SSM mixers {totals.get('ssm_share', 0):.1%}; "
+                                        f"{human_bytes(totals.get('bytes', 0))} as {info.get('dtype', '?')}"))
+        if data:
+            seqlen = data.get("seqlen", "?")
+            cal = f"calibration {data.get('calibration', '?')}: {data.get('nsamples', '?')} × {seqlen} tokens"
+            ev = f"evaluation {data.get('evaluation', '?')}: {data.get('eval_samples', '?')} × {seqlen} tokens"
+            items.append(("Data", f"{cal}; {ev}; seed {data.get('seed', '?')}"))
+        items.append(("Dense model",
+                      f"loss {self.result.dense_loss:.4f}, perplexity {self.result.dense_perplexity:.3f}"))
+        items.append(("Criteria", ", ".join(self.criteria()) or "none"))
+        if settings:
+            sp = ", ".join(f"{s:.0%}" for s in settings.get("sparsities") or [])
+            tolerance = settings.get("tolerance", self.result.tolerance)
+            probe = (f"per-layer probe {settings.get('layer_criterion', '?')} at "
+                     f"{settings.get('probe_sparsity', 0.5):.0%}" if settings.get("per_layer", True)
+                     else "no per-layer sweep")
+            items.append(("Sweep", f"sparsities {sp}; {settings.get('structure', 'unstructured')}; tolerance "
+                                   f"{tolerance:.0%} perplexity; {probe}"))
+        items.append(("Trials", f"{len(self.result.model_trials)} model-wide, {len(self.result.layer_trials)} per-layer"
+                      + (f" (status: {meta.get('status')})" if meta.get("status") not in (None, "complete") else "")))
+        created = meta.get("created")
+        if created:
+            items.append(("Date", str(created) + (f" → {meta['finished']}" if meta.get("finished") else "")))
+        if timings:
+            total = timings.get("total")
+            parts = ", ".join(f"{k} {fmt(float(v), 3)} s" for k, v in timings.items() if k != "total"
+                              and isinstance(v, (int, float)))
+            items.append(("Run time", (f"{fmt(float(total), 3)} s" if isinstance(total, (int, float)) else "?")
+                          + (f" ({parts})" if parts else "")))
+        versions = meta.get("versions") or {}
+        if versions:
+            items.append(("Versions", ", ".join(f"{k} {v}" for k, v in versions.items())))
+        if model.get("fingerprint"):
+            items.append(("Weights", str(model["fingerprint"])))
+        return items
+
+
+# ---------------------------------------------------------------------- plan / validation input
+def load_json_input(path: str | Path | None, what: str) -> dict[str, Any] | None:
+    """Read a plan or validation JSON file; any problem is one actionable line."""
+    if path is None:
+        return None
+    error = PlanError if what == "plan" else SSMProfileError
+    path = Path(path)
+    hint = ("create one with `ssm-profile plan RUN_DIR -o plan.json`" if what == "plan"
+            else "create one with `ssm-profile validate ... -o validation.json`")
+    if not path.exists():
+        raise error(f"{what} file '{path}' not found; {hint}")
+    if path.is_dir():
+        raise error(f"{what} path '{path}' is a directory, expected a JSON file; {hint}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise error(f"{what} file '{path}' is not a text file; {hint}") from None
+    except json.JSONDecodeError as err:
+        raise error(f"{what} file '{path}' is not valid JSON (line {err.lineno}: {err.msg})") from None
+    except OSError as err:
+        raise error(f"cannot read {what} file '{path}': {err.strerror or err}") from None
+    if not isinstance(data, dict):
+        raise error(f"{what} file '{path}' must hold a JSON object, not {type(data).__name__}")
+    if what == "plan" and "actions" in data and not isinstance(data["actions"], list):
+        raise error(f"plan file '{path}' is malformed: 'actions' must be a list")
+    return data
+
+
+def plan_mismatch(plan: dict[str, Any] | None, result) -> str | None:
+    """A warning when a plan names other weights than the profiled ones (the report still renders)."""
+    if not plan or not isinstance(plan.get("model"), dict):
+        return None
+    theirs = plan["model"].get("fingerprint")
+    ours = (result.meta.get("model") or {}).get("fingerprint")
+    if theirs and ours and theirs != ours:
+        return (f"this plan was made for other weights ({plan['model'].get('name', '?')}, {theirs}) than the "
+                f"profiled model ({ours}); its numbers may not apply")
+    return None

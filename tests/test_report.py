@@ -1,0 +1,599 @@
+"""The report: self-contained HTML (sections, size, no network, escaping), Markdown, CSV, CLI, browser."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+
+import reports
+from profiler.cli.main import main
+from profiler.results import ProfileResult
+
+REPO = Path(__file__).resolve().parents[1]
+SECTION_IDS = ["header", "anatomy", "saliency", "sensitivity", "ranking", "findings", "plan", "validation"]
+XSS = "<script>window.__pwned=1;alert(1)</script>"
+XSS2 = '</script><img src=x onerror="window.__pwned=2"><!--'
+MAX_BYTES = 5 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    from profiler.data import DataSpec
+    from profiler.profile import ProfileSettings, profile_model
+    from profiler.resolve import load_model
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("report") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TRANSFORMERS_VERBOSITY", "error")
+        loaded = load_model("tiny-mamba2")
+        profile_model(loaded, DataSpec(nsamples=4, eval_samples=4, seqlen=32),
+                      ProfileSettings(sparsities=[0.25, 0.5], criteria=["magnitude", "wanda", "fisher", "random"]),
+                      run_dir=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def result(run_dir) -> ProfileResult:
+    return ProfileResult.load(run_dir)
+
+
+@pytest.fixture()
+def hostile(result) -> ProfileResult:
+    """The run with script-injection attempts in every user-controlled string the header shows."""
+    bad = copy.deepcopy(result)
+    bad.meta["model"]["name"] = XSS
+    bad.analysis.model["name"] = XSS
+    bad.meta["data"]["calibration"] = XSS2
+    bad.meta["versions"]["evil"] = XSS2
+    return bad
+
+
+def make_plan(result, note: str = "keep the <b>dense</b> heads") -> dict:
+    return {
+        "model": {"name": result.meta["model"]["name"], "fingerprint": result.meta["model"]["fingerprint"]},
+        "objective": {"target": "params", "ratio": 0.2, "absolute": None, "max_ppl_increase": 0.1},
+        "dense": {"loss": result.dense_loss, "params": 962528},
+        "actions": [
+            {"target": "unit:state", "layers": [0, 1, 2, 3], "structure": "unit", "criterion": "fisher",
+             "sparsity": 0.5, "unit_kind": "state", "unit_indices": {"0": [1, 2], "1": [3, 4]},
+             "params_removed": 1234, "flops_removed": 5678, "state_bytes_removed": 4096,
+             "predicted_delta_loss": 0.0123, "execution": "slice", "note": note},
+            {"target": "in_proj", "layers": None, "structure": "unstructured", "criterion": "wanda", "sparsity": 0.3,
+             "unit_kind": None, "unit_indices": None, "params_removed": 9000, "flops_removed": 0,
+             "state_bytes_removed": 0, "predicted_delta_loss": 0.004, "execution": "zeros", "note": "",
+             "future_key": {"nested": [1, 2, 3]}},
+        ],
+        "predicted": {"delta_loss": 0.0163, "rel_ppl_increase": 0.0164, "params_removed": 10234,
+                      "reduction_ratio": 0.0106},
+        "measured": None,
+        "notes": [note, "state pruning is expressible in the stock config"],
+    }
+
+
+VALIDATION = {
+    "perplexity": {"before": 464.2, "after": 470.1},
+    "params_before": 962528, "params_after": 950000,
+    "bytes_on_disk": {"dense": 3850112, "pruned": 3800000},
+    "latency_ms_before": 12.5, "latency_ms_after": 11.0,
+    "tokens_per_second": {"before": 80.0, "after": 90.9},
+    "lm_eval": {"lambada_openai": {"acc": 0.31, "acc_stderr": 0.01}, "hellaswag": {"acc_norm": 0.29}},
+    "lm_eval_paired": {"tasks": {"arc_tiny": {"builtin": True, "items": 8, "base": {"acc": 0.5, "acc_norm": 0.52},
+                                              "pruned": {"acc": 0.375}, "delta": {"acc": -0.125}}}},
+    "within_tolerance": True,
+    "device": "cpu",
+    "unexpected_list": [{"step": "load", "seconds": 1.5}, {"step": "eval", "seconds": 3.25}],
+}
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.ids: list[str] = []
+        self.refs: list[tuple[str, str, str]] = []
+        self.scripts: list[tuple[dict, str]] = []
+        self.title = ""
+        self._script: dict | None = None
+        self._in_title = False
+        self.tables: dict[str, list[list[str]]] = {}
+        self._table: str | None = None
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+        self._in_body = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.append(a["id"])
+        for key, value in attrs:
+            if key in ("src", "href", "xlink:href", "action", "poster", "srcset", "data", "formaction", "background"):
+                self.refs.append((tag, key, value or ""))
+        if tag == "script":
+            self._script = a
+            self._script_text = ""
+        if tag == "title":
+            self._in_title = True
+        if tag == "table" and a.get("id"):
+            self._table = a["id"]
+            self.tables[self._table] = []
+        if self._table and tag == "tbody":
+            self._in_body = True
+        if self._table and self._in_body and tag == "tr":
+            self._row = []
+        if self._row is not None and tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag == "script" and self._script is not None:
+            self.scripts.append((self._script, self._script_text))
+            self._script = None
+        if tag == "title":
+            self._in_title = False
+        if tag in ("td", "th") and self._cell is not None and self._row is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        if tag == "tr" and self._row is not None and self._table:
+            self.tables[self._table].append(self._row)
+            self._row = None
+        if tag == "table" and self._table:
+            self._table, self._in_body = None, False
+
+    def handle_data(self, data):
+        if self._script is not None:
+            self._script_text += data
+        if self._in_title:
+            self.title += data
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def parse(html: str) -> _Collect:
+    p = _Collect()
+    p.feed(html)
+    p.close()
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- HTML
+def test_html_has_every_section_is_small_and_loads_nothing(result):
+    html = reports.render_html(result, plan=make_plan(result), validation=VALIDATION)
+    page = parse(html)
+    for sid in SECTION_IDS:
+        assert page.ids.count(sid) == 1, sid
+    assert len(html.encode("utf-8")) < MAX_BYTES
+    remote = [r for r in page.refs if re.match(r"\s*(https?:|//|ftp:|file:)", r[2], re.I)]
+    assert remote == [], remote
+    assert all(v.startswith(("#", "data:")) for _, _, v in page.refs), page.refs
+    assert "url(" not in html and "@import" not in html
+    assert not any(a.get("src") for a, _ in page.scripts)  # every script is inline
+    assert html.count("<svg") > 20
+    # Colour per criterion is the same everywhere: the fisher chip colour in ranking and saliency.
+    from reports.svg import CRITERION_COLORS
+
+    assert f'--c:{CRITERION_COLORS["fisher"]}">fisher' in html
+
+
+def test_plan_and_validation_sections_only_when_given(result):
+    html = reports.render_html(result)
+    ids = parse(html).ids
+    assert "plan" not in ids and "validation" not in ids
+    assert all(s in ids for s in SECTION_IDS[:6])
+
+
+def test_csp_allows_exactly_the_pages_own_scripts(result):
+    html = reports.render_html(result)
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html).group(1)
+    assert "default-src 'none'" in csp and "unsafe-inline" not in csp.split("script-src")[1]
+    page = parse(html)
+    executable = [text for attrs, text in page.scripts if attrs.get("type", "text/javascript") != "application/json"]
+    assert len(executable) == 2
+    for text in executable:
+        digest = base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in csp
+
+
+def test_ranking_and_findings_tables_match_profile_result(result):
+    page = parse(reports.render_html(result))
+    ranked = [row[1] for row in page.tables["ranking-table"]]
+    assert ranked == [r.target for r in result.ranking()]
+    assert [row[2] for row in page.tables["ranking-table"]] == [r.best_criterion for r in result.ranking()]
+    rows = page.tables["findings-table"]
+    assert len(rows) == len(result.findings())
+    verdict = {True: "holds", False: "does not hold", None: "not measured"}
+    for row, finding in zip(rows, result.findings()):
+        assert row[0].startswith(finding.claim) and row[1] == verdict[finding.holds]
+
+
+def test_user_strings_are_escaped_everywhere(hostile):
+    plan = make_plan(hostile, note=XSS2)
+    plan["actions"][0]["target"] = XSS
+    validation = dict(VALIDATION, **{XSS: XSS2, "notes": [XSS]})
+    html = reports.render_html(hostile, plan=plan, validation=validation)
+    for raw in (XSS, XSS2, "<img", "<!--", "<script>window.__pwned", "</script><"):
+        assert raw not in html, raw
+    assert "&lt;script&gt;window.__pwned=1;alert(1)&lt;/script&gt;" in html
+    page = parse(html)
+    assert XSS in page.title  # shown as text, not run
+    meta = next(text for attrs, text in page.scripts if attrs.get("id") == "run-meta")
+    assert "</" not in meta and "<!--" not in meta and "<" not in meta
+    assert json.loads(meta)["run"]["model"]["name"] == XSS
+    assert len(page.scripts) == 3  # guard, run metadata, page script: nothing injected
+
+
+def test_plan_renders_actions_and_mismatch_warning(result):
+    plan = make_plan(result)
+    html = reports.render_html(result, plan=plan)
+    assert 'id="plan-actions"' in html and "4 units" in html and "0–3" in html and "future_key" in html
+    assert "made for other weights" not in html
+    plan["model"]["fingerprint"] = "sha256:other"
+    assert "made for other weights" in reports.render_html(result, plan=plan)
+
+
+def test_validation_renders_any_shape(result):
+    from reports.html import validation_section
+
+    html = validation_section(VALIDATION)
+    for text in ("464.2", "470.1", "950,000", "lambada_openai", "acc_norm", "within tolerance", "tokens_per_second",
+                 "bytes_on_disk", "latency_ms", "device", "eval"):
+        assert text in html, text
+    assert "+1.3%" in html  # perplexity change
+    assert "arc_tiny" in html and "-0.125 (-25.0%)" in html  # nested base/pruned task scores
+    odd = validation_section({"x": [[1, 2], {"a": None}], "y": {"deep": {"er": {"still": {"more": {"end": 1}}}}},
+                              "z": float("nan"), "w": "", "v": []})
+    assert "x" in odd and "n/a" in odd
+    assert validation_section({})
+
+
+def test_size_stays_bounded_for_a_large_model(result):
+    """A 64-layer model with 5120 channels per layer must not blow the page past a few MB."""
+    big = copy.deepcopy(result)
+    d0 = big.analysis.dynamics[0]
+    big.analysis.dynamics = []
+    for layer in range(64):
+        d = copy.deepcopy(d0)
+        d.layer = layer
+        d.horizon_per_channel = [1.0 + (i * 7919 % 5120) / 10 for i in range(5120)]
+        big.analysis.dynamics.append(d)
+    g_layer = [g for g in big.analysis.groups if g.layer == 0]
+    big.analysis.groups = [g for g in big.analysis.groups if g.layer is None]
+    for layer in range(64):
+        for g in g_layer:
+            c = copy.deepcopy(g)
+            c.layer = layer
+            big.analysis.groups.append(c)
+    t0 = [t for t in big.layer_trials if t.layer == 0]
+    big.trials = big.model_trials + [dataclasses.replace(t, layer=layer) for layer in range(64) for t in t0]
+    html = reports.render_html(big)
+    assert len(html.encode()) < MAX_BYTES
+    assert html.count('class="strip-dot"') <= 64 * 96
+
+
+# ---------------------------------------------------------------------------------------------- Markdown, CSV
+def test_markdown_summary(hostile, result):
+    text = reports.render_markdown(hostile, plan=make_plan(hostile, note="a | pipe"), validation=VALIDATION)
+    assert text.startswith("# Profile report: &lt;script&gt;")
+    assert XSS not in text and "<img" not in text
+    for heading in ("## Sensitivity ranking", "## Literature findings", "## Pruning plan", "## Validation"):
+        assert heading in text
+    for r in result.ranking():
+        assert f"| {r.rank} | {r.target} | {r.best_criterion} |" in text
+    assert "a \\| pipe" in text and "Within tolerance" in text and "464.2" in text
+
+
+def test_csv_export(result, tmp_path):
+    import pandas as pd
+
+    paths = reports.export_csv(result, tmp_path / "tables")
+    names = {p.name for p in paths}
+    assert {"ranking.csv", "sweep.csv", "layers.csv", "findings.csv", "groups.csv"} <= names
+    ranking = pd.read_csv(tmp_path / "tables" / "ranking.csv")
+    assert list(ranking["target"]) == [r.target for r in result.ranking()]
+    assert len(pd.read_csv(tmp_path / "tables" / "sweep.csv")) == len(result.model_trials)
+    assert len(pd.read_csv(tmp_path / "tables" / "layers.csv")) == len(result.layer_trials)
+    assert len(pd.read_csv(tmp_path / "tables" / "findings.csv")) == len(result.findings())
+    assert len(pd.read_csv(tmp_path / "tables" / "groups.csv")) == len(result.analysis.groups)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def test_cli_writes_html_markdown_and_csv(run_dir, result, tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(make_plan(result)))
+    validation = tmp_path / "validation.json"
+    validation.write_text(json.dumps(VALIDATION))
+    out = tmp_path / "out" / "report.html"
+    assert main(["report", str(run_dir), "-o", str(out), "--plan", str(plan), "--validation", str(validation),
+                 "--csv", str(tmp_path / "csv")]) == 0
+    html = out.read_text()
+    assert all(f'id="{sid}"' in html for sid in SECTION_IDS)
+    assert (tmp_path / "csv" / "ranking.csv").exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert main(["report", str(run_dir), "-o", str(tmp_path / "summary.md")]) == 0  # format from the suffix
+    assert (tmp_path / "summary.md").read_text().startswith("# Profile report")
+    assert main(["report", str(run_dir), "--format", "md", "-o", "-"]) == 0
+    assert "## Sensitivity ranking" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["missing_run", "not_a_run", "missing_plan", "bad_plan_json", "plan_not_object",
+                                  "missing_validation", "output_is_dir"])
+def test_cli_errors_are_one_line(case, run_dir, tmp_path, capsys):
+    args = ["report", str(run_dir), "-o", str(tmp_path / "r.html")]
+    if case == "missing_run":
+        args[1] = str(tmp_path / "nope")
+    elif case == "not_a_run":
+        args[1] = str(tmp_path)
+    elif case == "missing_plan":
+        args += ["--plan", str(tmp_path / "missing-plan.json")]
+    elif case == "bad_plan_json":
+        (tmp_path / "p.json").write_text("{not json")
+        args += ["--plan", str(tmp_path / "p.json")]
+    elif case == "plan_not_object":
+        (tmp_path / "p.json").write_text("[1, 2]")
+        args += ["--plan", str(tmp_path / "p.json")]
+    elif case == "missing_validation":
+        args += ["--validation", str(tmp_path / "v.json")]
+    elif case == "output_is_dir":
+        args[3] = str(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ssm-profile: error: ") and "\n" not in err and "Traceback" not in err, err
+    assert not (tmp_path / "r.html").exists()
+
+
+# ---------------------------------------------------------------------------------------------- browser
+class _WebSocket:
+    """Just enough of RFC 6455 for the DevTools protocol on localhost (text frames, no extensions)."""
+
+    def __init__(self, url: str, timeout: float = 30.0):
+        u = urllib.parse.urlparse(url)
+        self.sock = socket.create_connection((u.hostname, u.port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (f"GET {u.path} HTTP/1.1\r\nHost: {u.hostname}:{u.port}\r\nUpgrade: websocket\r\n"
+                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        self.sock.sendall(request.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("websocket handshake failed")
+            head += chunk
+        head, self.buf = head.split(b"\r\n\r\n", 1)
+        if b" 101 " not in head.split(b"\r\n")[0]:
+            raise ConnectionError(head.decode(errors="replace"))
+
+    def _frame(self, opcode: int, data: bytes) -> None:
+        header = bytearray([0x80 | opcode])
+        n = len(data)
+        if n < 126:
+            header.append(0x80 | n)
+        elif n < 65536:
+            header += bytes([0x80 | 126]) + struct.pack(">H", n)
+        else:
+            header += bytes([0x80 | 127]) + struct.pack(">Q", n)
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        self.sock.sendall(bytes(header) + mask + masked)
+
+    def send(self, text: str) -> None:
+        self._frame(0x1, text.encode())
+
+    def _read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("websocket closed")
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def recv(self) -> str:
+        message = b""
+        while True:
+            b0, b1 = self._read(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack(">H", self._read(2))[0]
+            elif n == 127:
+                n = struct.unpack(">Q", self._read(8))[0]
+            mask = self._read(4) if b1 & 0x80 else None
+            payload = self._read(n)
+            if mask:
+                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            opcode = b0 & 0x0F
+            if opcode == 0x8:
+                raise ConnectionError("websocket closed by the browser")
+            if opcode == 0x9:
+                self._frame(0xA, payload)
+                continue
+            if opcode in (0x0, 0x1, 0x2):
+                message += payload
+                if b0 & 0x80:
+                    return message.decode()
+
+    def close(self) -> None:
+        try:
+            self._frame(0x8, b"")
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class _DevTools:
+    def __init__(self, ws: _WebSocket):
+        self.ws, self.next_id, self.events, self.dialogs = ws, 0, [], []
+
+    def _event(self, msg: dict) -> None:
+        self.events.append(msg)
+        if msg["method"] == "Page.javascriptDialogOpening":  # an alert() ran: record it, dismiss it
+            self.dialogs.append(msg["params"].get("message"))
+            self.next_id += 1
+            self.ws.send(json.dumps({"id": self.next_id, "method": "Page.handleJavaScriptDialog",
+                                     "params": {"accept": True}}))
+
+    def call(self, method: str, **params):
+        self.next_id += 1
+        mid = self.next_id
+        self.ws.send(json.dumps({"id": mid, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == mid:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+            if "method" in msg:
+                self._event(msg)
+
+    def wait(self, method: str, timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = json.loads(self.ws.recv())
+            if "method" in msg:
+                self._event(msg)
+                if msg["method"] == method:
+                    return msg
+        raise TimeoutError(method)
+
+    def eval(self, expression: str):
+        out = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in out:
+            raise RuntimeError(out["exceptionDetails"])
+        return out["result"].get("value")
+
+
+def _start_chromium(profile: Path) -> tuple[subprocess.Popen, str]:
+    exe = shutil.which("chromium")
+    proc = subprocess.Popen(
+        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions",
+         "--hide-scrollbars", "--mute-audio", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+         "--window-size=1280,2400", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            break
+        match = re.search(r"DevTools listening on (ws://\S+)", line)
+        if match:
+            return proc, match.group(1)
+    proc.kill()
+    raise RuntimeError("chromium did not start its DevTools endpoint")
+
+
+def _page_socket(browser_ws: str) -> str:
+    u = urllib.parse.urlparse(browser_ws)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # localhost only, never a proxy
+    with opener.open(f"http://{u.hostname}:{u.port}/json/list", timeout=10) as resp:
+        targets = json.loads(resp.read())
+    return next(t["webSocketDebuggerUrl"] for t in targets if t.get("type") == "page")
+
+
+def _visit(cdp: _DevTools, path: Path) -> dict:
+    """Load ``path``; return what went wrong (console errors, exceptions, requests, dialogs)."""
+    cdp.events.clear()
+    url = path.resolve().as_uri()
+    cdp.call("Page.navigate", url=url)
+    cdp.wait("Page.loadEventFired")
+    cdp.eval("new Promise(r => setTimeout(r, 300))")
+    errors, requests = [], []
+    for e in cdp.events:
+        m, p = e["method"], e.get("params", {})
+        if m == "Runtime.exceptionThrown":
+            errors.append(p["exceptionDetails"].get("text", "") + str(p["exceptionDetails"].get("exception", "")))
+        elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert", "warning"):
+            errors.append(" ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", [])))
+        elif m == "Log.entryAdded" and p["entry"].get("level") in ("error", "warning"):
+            errors.append(p["entry"].get("text", ""))
+        elif m == "Network.requestWillBeSent":
+            requests.append(p["request"]["url"])
+    others = [r for r in requests if r != url and not r.startswith("data:")]
+    return {"errors": errors, "requests": others, "dialogs": list(cdp.dialogs)}
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium on PATH")
+def test_page_renders_in_chromium_without_errors_or_network(result, hostile, tmp_path):
+    page = tmp_path / "report.html"
+    page.write_text(reports.render_html(result, plan=make_plan(result), validation=VALIDATION), encoding="utf-8")
+    evil = tmp_path / "evil.html"
+    evil.write_text(reports.render_html(hostile, plan=make_plan(hostile, note=XSS2), validation=VALIDATION))
+    proc, browser_ws = _start_chromium(tmp_path / "profile")
+    ws = None
+    try:
+        ws = _WebSocket(_page_socket(browser_ws))
+        cdp = _DevTools(ws)
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            cdp.call(f"{domain}.enable")
+        cdp.call("Emulation.setDeviceMetricsOverride", width=1280, height=2400, deviceScaleFactor=1, mobile=False)
+
+        seen = _visit(cdp, page)
+        assert seen == {"errors": [], "requests": [], "dialogs": []}, seen
+        assert cdp.eval("document.documentElement.getAttribute('data-ready')") == "1"
+        assert cdp.eval("document.getElementById('js-errors').textContent") == ""
+        heights = cdp.eval("JSON.stringify(%s.map(id => { const e = document.getElementById(id); "
+                           "return e ? e.getBoundingClientRect().height : -1; }))" % json.dumps(SECTION_IDS))
+        assert all(h > 40 for h in json.loads(heights)), heights
+        assert cdp.eval("document.querySelectorAll('svg.chart').length") > 20
+        # Screenshots for people to look at: the first 1280x2400 pixels and the whole page.
+        out = REPO / "build" / "report-screenshot.png"
+        out.parent.mkdir(exist_ok=True)
+        out.write_bytes(base64.b64decode(cdp.call("Page.captureScreenshot", format="png")["data"]))
+        assert out.stat().st_size > 10_000
+        height = cdp.eval("document.documentElement.scrollHeight")
+        full = cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                        clip={"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1})
+        (REPO / "build" / "report-screenshot-full.png").write_bytes(base64.b64decode(full["data"]))
+
+        # Sorting: the ranking table by target name, ascending.
+        order = cdp.eval("""(() => { const t = document.getElementById('ranking-table');
+            t.querySelectorAll('thead th')[1].click();
+            return Array.from(t.tBodies[0].rows).map(r => r.cells[1].textContent.trim()); })()""")
+        assert order == sorted(order, key=str.lower) or order == sorted(order), order
+        # Series toggling: the first legend button hides its series in every panel of the figure.
+        hidden = cdp.eval("""(() => { const b = document.querySelector('#sensitivity .legend button');
+            b.click(); const id = b.getAttribute('data-toggle');
+            const fig = b.closest('.fig');
+            return [b.getAttribute('aria-pressed'),
+                    Array.from(fig.querySelectorAll('[data-s]')).filter(e => e.getAttribute('data-s') === id)
+                         .every(e => e.classList.contains('off'))]; })()""")
+        assert hidden == ["false", True]
+        # Tooltip on a curve point.
+        tip = cdp.eval("""(() => { const p = document.querySelector('#sensitivity circle.pt[data-tip]');
+            const r = p.getBoundingClientRect();
+            p.dispatchEvent(new MouseEvent('mouseover', {bubbles: true, clientX: r.x, clientY: r.y}));
+            const t = document.getElementById('tip');
+            return [getComputedStyle(t).display, t.textContent]; })()""")
+        assert tip[0] == "block" and "ΔL" in tip[1]
+
+        # Injected markup in the model name, notes and data paths shows as text and never runs.
+        seen = _visit(cdp, evil)
+        assert seen == {"errors": [], "requests": [], "dialogs": []}, seen
+        assert cdp.eval("window.__pwned === undefined") is True
+        assert cdp.eval("document.title").startswith(XSS)
+        assert cdp.eval("document.querySelector('h1.title').textContent") == XSS
+        assert cdp.eval("document.scripts.length") == 3
+    finally:
+        if ws is not None:
+            ws.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
