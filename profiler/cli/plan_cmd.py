@@ -1,0 +1,146 @@
+"""`ssm-profile plan`: the cheapest cuts that meet a budget, from a profile run, measured for safety."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
+
+
+def _amount(text: str) -> int:
+    """``300000``, ``300k``, ``1.5M``, ``2G`` -> int."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMgGbB]?)\s*", text.replace(",", "").replace("_", ""))
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a count such as 300000, 300k or 1.5M, got '{text}'")
+    value = float(match.group(1)) * _SUFFIX[match.group(2).lower()]
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--absolute must be at least 1, got '{text}'")
+    return round(value)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.3 or 30%, got '{text}'") from None
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="choose the cuts that meet a reduction budget within a perplexity tolerance",
+                       description=__doc__ + " Solves a multiple-choice knapsack exactly over the run's measured "
+                       "sensitivity curves, then measures the combined plan and backs off if needed.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="profile run directory (from `ssm-profile profile -o DIR`)")
+    p.add_argument("-o", "--output", default="plan.json", help="plan file to write (default: plan.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--target", choices=("params", "flops", "state"), default="params",
+                   help="what to reduce: parameters, dense FLOPs per token or recurrent-state bytes (default params)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--ratio", type=_fraction, default=None,
+                        help="remove at least this fraction of the model's total for --target (e.g. 0.3 or 30%%)")
+    budget.add_argument("--absolute", type=_amount, default=None,
+                        help="remove at least this many params / FLOPs per token / state bytes (e.g. 300k)")
+    p.add_argument("--max-ppl-increase", type=_fraction, default=0.10,
+                   help="largest relative perplexity increase allowed (default 0.10 = +10%%)")
+    p.add_argument("--criterion", default=None,
+                   help="use this criterion wherever the run measured it (default: the best one per target and level)")
+    p.add_argument("--structures", default=None,
+                   help="comma-separated structures allowed: unstructured, N:M (e.g. 2:4), units (default: all measured)")
+    p.add_argument("--no-measure", action="store_true",
+                   help="trust the additive prediction; do not load the model to measure the combined plan")
+    p.add_argument("--model", default=None,
+                   help="where to load the run's model from if it moved (its weights must match the run)")
+    p.add_argument("--device", default="cpu", help="torch device for the measurement (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..errors import OutputExistsError
+    from ..results import ProfileResult
+
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:  # before any heavy work
+        raise OutputExistsError(f"'{output}' already exists; choose another -o or pass --overwrite")
+    result = ProfileResult.load(args.run_dir)
+
+    import torch
+
+    from ..plan import load_run_model, make_plan, write_plan
+    from .common import quiet_libraries
+    from .progress import rich_progress
+
+    quiet_libraries()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = None
+    if args.model and not args.no_measure:
+        loaded = load_run_model(result, name=args.model, device=args.device)
+    with rich_progress("planning", enabled=not args.quiet) as progress:
+        plan = make_plan(result, target=args.target, ratio=args.ratio, absolute=args.absolute,
+                         max_ppl_increase=args.max_ppl_increase, criterion=args.criterion,
+                         structures=args.structures, measure=not args.no_measure, loaded=loaded,
+                         progress=progress, run_path=args.run_dir, device=args.device)
+    write_plan(plan, output, overwrite=args.overwrite)
+    print_plan(plan)
+    print(f"plan: {output}  (next: `ssm-profile apply` with this plan)")
+    return 0
+
+
+def print_plan(plan: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .common import human_bytes, human_count
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 120))
+    obj, dense, pred, meas = plan["objective"], plan["dense"], plan["predicted"], plan["measured"]
+    metric = obj["target"]
+    total = {"params": dense["parameters"], "flops": dense["flops_per_token"],
+             "state": dense["state_bytes_per_sequence"]}[metric]
+    key = {"params": "params_removed", "flops": "flops_removed", "state": "state_bytes_removed"}[metric]
+    fmt = human_bytes if metric == "state" else human_count
+    goal = (f"remove ≥ {obj['ratio']:.1%} of {metric}" if obj["ratio"] is not None else
+            f"remove ≥ {fmt(obj['absolute'])} {metric}" if obj["absolute"] is not None else
+            f"remove as much {metric} as possible")
+    console.print(f"[bold]{plan['model']['name']}[/bold]: {goal} within +{obj['max_ppl_increase']:.0%} perplexity "
+                  f"(dense loss {dense['loss']:.4f}, perplexity {dense['perplexity']:.2f})")
+    table = Table(title="Plan actions")
+    for col in ("target", "structure", "criterion", "sparsity", "layers", "params", "FLOPs/tok", "state",
+                "ΔL alone", "exec"):
+        table.add_column(col, justify="left" if col in ("target", "structure", "criterion", "exec") else "right",
+                         no_wrap=True, min_width=5 if col == "exec" else None)
+    for a in plan["actions"]:
+        layers = a["layers"]
+        span = f"{layers[0]}–{layers[-1]}" if len(layers) > 1 and layers == list(range(layers[0], layers[-1] + 1)) \
+            else ",".join(map(str, layers))
+        table.add_row(a["target"], a["structure"], a["criterion"], f"{a['sparsity']:.0%}", span,
+                      human_count(a["params_removed"]), human_count(a["flops_removed"]),
+                      human_bytes(a["state_bytes_removed"]), f"{a['predicted_delta_loss']:+.4f}", a["execution"])
+    if plan["actions"]:
+        console.print(table)
+    else:
+        console.print("no actions: nothing fits the loss budget")
+    summary = Table(title="Predicted vs measured")
+    for col in ("", "ΔL", "perplexity", f"{metric} removed", "share"):
+        summary.add_column(col, justify="left" if not col else "right")
+    summary.add_row("predicted (additive)", f"{pred['delta_loss']:+.4f}", f"{pred['rel_ppl_increase']:+.1%}",
+                    fmt(pred[key]), f"{pred['reduction_ratio']:.1%}")
+    if meas is not None:
+        removed = meas.get("params_removed") if metric == "params" else None
+        summary.add_row("measured (combined)", f"{meas['delta_loss']:+.4f}", f"{meas['rel_ppl_increase']:+.1%}",
+                        fmt(removed) if removed is not None else "—", f"{removed / total:.1%}" if removed else "—")
+    console.print(summary)
+    if meas is not None:
+        status = "[green]within tolerance[/green]" if meas["within_tolerance"] else "[red]above tolerance[/red]"
+        console.print(f"measured: {status}; back-off steps: {meas['backoff_steps']}")
+    else:
+        console.print("[yellow]not measured (--no-measure): the additive prediction ignores interactions[/yellow]")
+    for line in plan["notes"]:
+        console.print(f"· {line}")

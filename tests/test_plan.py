@@ -1,0 +1,444 @@
+"""The planner: exact MILP choice, budgets, safety measurement and the plan file format.
+
+* the MILP finds the brute-force optimum (random instances with overlaps, cuts and ceilings, and
+  a synthetic ProfileResult through the whole option-building path);
+* an impossible budget is a one-line PlanError naming the best reachable point;
+* plans validate against the shipped schema and round-trip through ``load_plan``; malformed,
+  schema-invalid, wrong-version and wrong-weights plans are one-line PlanErrors;
+* end to end on a tiny profile of the embedded tiny-mamba2: the measured perplexity increase is
+  within tolerance and unit indices are exactly what the run's unit scores select.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+import random
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import tiny_mamba2
+
+from profiler.errors import PlanError
+from profiler.plan import (
+    _overlaps,
+    _shapes_for,
+    build_options,
+    check_plan_for_model,
+    load_plan,
+    make_plan,
+    net_gain,
+    plan_schema,
+    removed_per_block,
+    solve_mckp,
+    write_plan,
+)
+from profiler.results import ProfileResult
+from profiler.sensitivity import Trial
+
+torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------------------------
+# the solver against brute force
+
+
+def _brute(gains, costs, cap, budget=None, overlaps=None, ceiling=None, cuts=()):
+    best = None
+    for choice in itertools.product(*[range(len(row)) for row in gains]):
+        cost = sum(costs[t][l] for t, l in enumerate(choice))
+        gain = net_gain(choice, gains, overlaps)
+        if cost > cap + 1e-12 or (ceiling is not None and gain > ceiling + 1e-9):
+            continue
+        if any(all(choice[t] >= l for t, l in cut.items()) for cut in cuts):
+            continue
+        if budget is None:
+            key = -gain
+        elif gain >= budget - 1e-9:
+            key = cost
+        else:
+            continue
+        if best is None or key < best:
+            best = key
+    return best
+
+
+def _random_instance(rng: random.Random, targets: int = 4):
+    gains, costs = [], []
+    for _ in range(targets):
+        levels = rng.randint(2, 4)
+        g, c = [0.0], [0.0]
+        for _ in range(levels - 1):
+            g.append(g[-1] + rng.randint(1, 50) * 1000)
+            c.append(c[-1] + rng.choice([0.0, rng.uniform(0, 0.05)]))
+        gains.append(g)
+        costs.append(c)
+    overlaps = {}
+    for _ in range(rng.randint(0, 4)):
+        t1, t2 = sorted(rng.sample(range(targets), 2))
+        l1, l2 = rng.randint(1, len(gains[t1]) - 1), rng.randint(1, len(gains[t2]) - 1)
+        overlaps[((t1, l1), (t2, l2))] = rng.uniform(0, 0.5) * min(gains[t1][l1], gains[t2][l2])
+    return gains, costs, overlaps
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_milp_matches_brute_force(seed):
+    rng = random.Random(seed)
+    gains, costs, overlaps = _random_instance(rng)
+    cap = math.log1p(0.1)
+    top = sum(row[-1] for row in gains)
+    cuts = [] if seed % 3 else [{t: len(row) - 1 for t, row in enumerate(gains) if len(row) > 1 and rng.random() < .6}]
+    cuts = [c for c in cuts if c]
+    ceiling = None if seed % 4 else 0.5 * top
+    for budget in (None, 0.2 * top, 0.5 * top, 0.9 * top):
+        choice = solve_mckp(gains, costs, cap=cap, budget=budget, overlaps=overlaps, gain_ceiling=ceiling, cuts=cuts)
+        want = _brute(gains, costs, cap, budget, overlaps, ceiling, cuts)
+        if want is None:
+            assert choice is None, (budget, choice)
+            continue
+        assert choice is not None
+        gain = net_gain(choice, gains, overlaps)
+        cost = sum(costs[t][l] for t, l in enumerate(choice))
+        assert cost <= cap + 1e-9
+        if budget is None:
+            assert gain == pytest.approx(-want, rel=1e-9, abs=1e-6)
+        else:
+            assert gain >= budget - 1e-6
+            assert cost == pytest.approx(want, abs=1e-7)
+
+
+def test_risk_breaks_ties_only():
+    # Two free ways to meet the budget; the less risky one wins, never a costlier one.
+    gains = [[0, 10], [0, 10], [0, 10]]
+    costs = [[0, 0.0], [0, 0.0], [0, 0.01]]
+    risks = [[0, 0.05], [0, 0.01], [0, 0.0]]
+    assert solve_mckp(gains, costs, cap=0.1, budget=10, risks=risks) == [0, 1, 0]
+    assert solve_mckp(gains, costs, cap=0.1, budget=10) in ([1, 0, 0], [0, 1, 0])
+
+
+# --------------------------------------------------------------------------------------------
+# a synthetic ProfileResult (hand-made trials on the shapes of a tiny Mamba-2)
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> ProfileResult:
+    from profiler.analysis import analyze
+    from profiler.arch import find_mixers
+
+    model = tiny_mamba2(layers=2, n_groups=2)
+    analysis = analyze(model, name="synthetic")
+    rng = random.Random(7)
+    dense = [4.0, 4.1, 3.9, 4.0]
+    groups = {g.group: g for g in analysis.mixer_groups()}
+    trials = []
+    for target in ("in_proj", "conv1d", "out_proj", "unit:state", "unit:head_channel"):
+        for criterion in ("magnitude", "fisher"):
+            for s in (0.25, 0.5, 0.75):
+                delta = rng.choice([-0.002, 0.0, 0.004, 0.01, 0.03]) * (1 + 2 * s)
+                if target.startswith("unit:"):
+                    pruned = 0  # not used: unit gains come from the unit families
+                else:
+                    numel = sum(sum(math.prod(sh) for p, sh in zip(g.params, g.shapes) if not p.endswith(".bias"))
+                                for g in analysis.mixer_groups() if g.group == target)
+                    pruned = round(s * numel)
+                trials.append(Trial(target, criterion, s, None, dense[0] + delta, delta, math.exp(4 + delta),
+                                    math.expm1(delta), pruned, None, 0.0, [x + delta for x in dense]))
+    unit_scores = {}
+    for criterion in ("magnitude", "fisher"):
+        for m in find_mixers(model):
+            for kind in ("state", "head_channel", "head"):
+                count = m.unit_family(kind).count
+                unit_scores.setdefault(criterion, {}).setdefault(str(m.layer), {})[kind] = \
+                    [rng.random() for _ in range(count)]
+    assert groups
+    meta = {
+        "schema_version": 1, "created": "2026-01-01T00:00:00+00:00",
+        "model": {"name": "synthetic", "source": {"name": "synthetic", "kind": "local", "location": "/nowhere",
+                                                  "alias": None},
+                  "fingerprint": "sha256:" + "ab" * 32, "class": type(model).__name__,
+                  "config": json.loads(json.dumps(model.config.to_dict(), default=str))},
+        "data": {"calibration": "embedded:calibration.txt", "evaluation": "embedded:evaluation.txt", "nsamples": 4,
+                 "eval_samples": 4, "seqlen": 32, "seed": 0},
+        "settings": {"structure": "unstructured", "seed": 0, "batch_size": 8, "tolerance": 0.1},
+    }
+    return ProfileResult(meta=meta, analysis=analysis, dense_window_losses=dense, trials=trials,
+                         unit_scores=unit_scores)
+
+
+def _brute_plan(result, metric, ratio, tol):
+    options, _ = build_options(result, metric, shapes=_shapes_for(result))
+    overlaps = _overlaps(options, _shapes_for(result))[metric]
+    gains = [[o.gain(metric) for o in levels] for levels in options]
+    costs = [[o.cost for o in levels] for levels in options]
+    total = {"params": "parameters", "flops": "flops_per_token", "state": "state_bytes_per_sequence"}[metric]
+    budget = None if ratio is None else ratio * result.analysis.totals[total]
+    return _brute(gains, costs, math.log1p(tol), budget, overlaps), len(options)
+
+
+@pytest.mark.parametrize("metric,ratio", [("params", None), ("params", 0.2), ("params", 0.3), ("flops", None),
+                                          ("flops", 0.3), ("state", 0.25)])
+def test_synthetic_plan_is_the_brute_force_optimum(synthetic, metric, ratio):
+    want, n_targets = _brute_plan(synthetic, metric, ratio, 0.1)
+    assert n_targets >= 2
+    if want is None:
+        with pytest.raises(PlanError, match="best reachable point"):
+            make_plan(synthetic, target=metric, ratio=ratio, measure=False)
+        return
+    plan = make_plan(synthetic, target=metric, ratio=ratio, max_ppl_increase=0.1, measure=False)
+    key = {"params": "params_removed", "flops": "flops_removed", "state": "state_bytes_removed"}[metric]
+    if ratio is None:
+        assert plan["predicted"][key] == pytest.approx(-want, abs=1)
+    else:
+        assert plan["predicted"]["delta_loss"] == pytest.approx(want, abs=1e-7)
+        assert plan["predicted"]["reduction_ratio"] >= ratio - 1e-9
+    assert plan["predicted"]["delta_loss"] <= math.log1p(0.1) + 1e-9
+    # flops and state fall only with structured cuts
+    if metric != "params":
+        assert all(a["structure"] == "units" for a in plan["actions"])
+
+
+def test_options_follow_the_measurements(synthetic):
+    options, _ = build_options(synthetic, "params", shapes=_shapes_for(synthetic))
+    by_target = {levels[0].target: levels for levels in options}
+    assert set(by_target) == {"in_proj", "conv1d", "out_proj", "unit:state", "unit:head_channel"}
+    for target, levels in by_target.items():
+        assert levels[0].sparsity == 0 and levels[0].cost == 0
+        for o in levels[1:]:
+            best = min(t.delta_loss for t in synthetic.model_trials if t.target == target
+                       and t.sparsity == o.sparsity)
+            assert o.delta_loss == best and o.cost == max(best, 0.0)
+    # units: params_per_unit x units removed x layers
+    state = by_target["unit:state"][2]
+    rows = [u for u in synthetic.analysis.units if u.kind == "state"]
+    assert state.params == sum(u.params_per_unit * removed_per_block(SimpleNamespace(count=u.count, blocks=2), 0.5)
+                               * 2 for u in rows)
+    # unstructured zeros never reduce dense FLOPs or state
+    flops_targets = {levels[0].target for levels in build_options(synthetic, "flops", shapes=_shapes_for(synthetic))[0]}
+    assert flops_targets == {"unit:state", "unit:head_channel"}
+    with pytest.raises(PlanError, match="not measured"):
+        build_options(synthetic, "params", criterion="wanda")
+    units_only, _ = build_options(synthetic, "params", structures=["units"], shapes=_shapes_for(synthetic))
+    assert all(levels[0].target.startswith("unit:") for levels in units_only)
+
+
+def test_nm_runs_give_one_level_per_group(synthetic):
+    nm = replace(synthetic, meta={**synthetic.meta, "settings": {**synthetic.meta["settings"], "structure": "2:4"}})
+    options, _ = build_options(nm, "params", shapes=_shapes_for(nm))
+    groups = [levels for levels in options if not levels[0].target.startswith("unit:")]
+    assert groups and all(len(levels) == 2 and levels[1].structure == "2:4" and levels[1].sparsity == 0.5
+                          for levels in groups)
+    _, notes = build_options(nm, "params", structures=["unstructured", "units"], shapes=_shapes_for(nm))
+    assert any("2:4" in n and "--structures excludes" in n for n in notes)
+    plan = make_plan(nm, target="params", ratio=0.1, measure=False)
+    assert all(a["structure"] in ("2:4", "units") for a in plan["actions"])
+
+
+def test_impossible_budget_names_the_best_reachable_point(synthetic):
+    with pytest.raises(PlanError) as info:
+        make_plan(synthetic, target="params", ratio=0.9, max_ppl_increase=0.1, measure=False)
+    message = str(info.value)
+    assert "\n" not in message and "best reachable point is" in message and "params" in message
+    best = make_plan(synthetic, target="params", max_ppl_increase=0.1, measure=False)
+    assert f"{best['predicted']['reduction_ratio']:.1%}" in message
+    assert f"{best['predicted']['params_removed']:,}" in message
+
+
+def test_bad_arguments_are_plan_errors(synthetic):
+    for kwargs, text in [({"ratio": 1.5}, "--ratio"), ({"ratio": 0.1, "absolute": 5}, "either"),
+                         ({"max_ppl_increase": 0}, "max-ppl-increase"), ({"target": "speed"}, "--target"),
+                         ({"absolute": 10**12}, "exceeds"), ({"structures": "3-4"}, "structure")]:
+        with pytest.raises(PlanError, match=text):
+            make_plan(synthetic, measure=False, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# the plan file
+
+
+def test_plan_validates_and_round_trips(synthetic, tmp_path):
+    from jsonschema import Draft202012Validator
+
+    plan = make_plan(synthetic, target="params", ratio=0.2, measure=False, run_path=tmp_path)
+    Draft202012Validator.check_schema(plan_schema())
+    Draft202012Validator(plan_schema()).validate(json.loads(json.dumps(plan)))
+    path = write_plan(plan, tmp_path / "plan.json")
+    text = path.read_text()
+    assert text.startswith("{\n  \"schema_version\": 1,")  # human-readable, indent 2
+    assert load_plan(path) == json.loads(json.dumps(plan))
+    assert plan["data"] == {"calibration": None, "evaluation": None, "nsamples": 4, "eval_samples": 4,
+                            "seqlen": 32, "seed": 0}
+    for a in plan["actions"]:
+        assert (a["unit_indices"] is not None) == (a["structure"] == "units")
+    with pytest.raises(Exception, match="already exists"):
+        write_plan(plan, path)
+
+
+def _one_line_error(path) -> str:
+    with pytest.raises(PlanError) as info:
+        load_plan(path)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400
+    return message
+
+
+def test_bad_plan_files_are_one_line_errors(synthetic, tmp_path):
+    plan = make_plan(synthetic, target="params", ratio=0.2, measure=False)
+    path = tmp_path / "plan.json"
+
+    assert "does not exist" in _one_line_error(tmp_path / "missing.json")
+    assert "directory" in _one_line_error(tmp_path)
+
+    path.write_text('{"schema_version": 1,\n  "kind": }\n')
+    assert "not valid JSON" in (m := _one_line_error(path)) and "line 2 column" in m
+
+    bad = copy.deepcopy(plan)
+    bad["actions"][0]["structure"] = "3-4"
+    path.write_text(json.dumps(bad))
+    assert "$.actions[0].structure" in _one_line_error(path)
+
+    bad = copy.deepcopy(plan)
+    del bad["predicted"]["delta_loss"]
+    path.write_text(json.dumps(bad))
+    assert "$.predicted" in (m := _one_line_error(path)) and "delta_loss" in m
+
+    bad = copy.deepcopy(plan)
+    bad["model"]["fingerprint"] = "md5:123"
+    path.write_text(json.dumps(bad))
+    assert "$.model.fingerprint" in _one_line_error(path)
+
+    bad = copy.deepcopy(plan)
+    bad["schema_version"] = 2
+    path.write_text(json.dumps(bad))
+    assert "unsupported schema_version 2" in _one_line_error(path)
+
+    path.write_text("[1, 2]")
+    assert "JSON object" in _one_line_error(path)
+
+
+def test_plan_for_other_weights_is_refused(synthetic):
+    plan = make_plan(synthetic, target="params", ratio=0.2, measure=False)
+    same = SimpleNamespace(fingerprint=plan["model"]["fingerprint"], source=SimpleNamespace(name="x"))
+    check_plan_for_model(plan, same)
+    other = SimpleNamespace(fingerprint="sha256:" + "cd" * 32, source=SimpleNamespace(name="other-model"))
+    with pytest.raises(PlanError) as info:
+        check_plan_for_model(plan, other)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("plan was made for synthetic (sha256:abababababab…), this model is other-model "
+                              "(sha256:cdcdcdcdcdcd…)")
+
+
+# --------------------------------------------------------------------------------------------
+# end to end on a tiny profile
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from profiler.data import DataSpec
+    from profiler.profile import ProfileSettings, profile_model
+    from profiler.resolve import load_model
+
+    loaded = load_model("tiny-mamba2")
+    run_dir = tmp_path_factory.mktemp("plan") / "run"
+    profile_model(loaded, DataSpec(nsamples=4, eval_samples=4, seqlen=32),
+                  ProfileSettings(sparsities=[0.25, 0.5], criteria=["magnitude", "fisher"], per_layer=False),
+                  run_dir=run_dir)
+    return run_dir, ProfileResult.load(run_dir), loaded
+
+
+def _check_unit_indices(plan, result, loaded):
+    from profiler.arch import find_mixers
+    from profiler.masks import select_units
+
+    mixers = {m.layer: m for m in find_mixers(loaded.model)}
+    units = [a for a in plan["actions"] if a["structure"] == "units"]
+    for a in units:
+        assert set(a["unit_indices"]) == {str(l) for l in a["layers"]} == {str(l) for l in mixers}
+        for layer, ids in a["unit_indices"].items():
+            family = mixers[int(layer)].unit_family(a["unit_kind"])
+            assert ids == sorted(set(ids)) and all(0 <= u < family.count for u in ids)
+            assert len(ids) == removed_per_block(family, a["sparsity"]) * family.blocks > 0
+            scores = torch.tensor(result.unit_scores[a["criterion"]][layer][a["unit_kind"]], dtype=torch.float64)
+            assert ids == select_units(scores, family, a["sparsity"]).tolist()
+    return units
+
+
+def test_end_to_end_plan_is_measured_within_tolerance(tiny_run):
+    run_dir, result, loaded = tiny_run
+    steps = []
+    plan = make_plan(result, target="params", max_ppl_increase=0.10, loaded=loaded, run_path=run_dir,
+                     progress=lambda done, total, label: steps.append(label))
+    measured = plan["measured"]
+    assert measured is not None and measured["within_tolerance"]
+    assert measured["rel_ppl_increase"] <= 0.10
+    assert measured["delta_loss"] == pytest.approx(measured["loss"] - result.dense_loss, abs=1e-4)
+    assert any("measuring" in s for s in steps)
+    assert plan["actions"] and plan["predicted"]["reduction_ratio"] > 0
+    # pairwise overlaps are exact after measuring: the prediction is a lower bound of the union
+    assert measured["params_removed"] >= plan["predicted"]["params_removed"]
+    _check_unit_indices(plan, result, loaded)
+
+    state = make_plan(result, target="state", ratio=0.3, max_ppl_increase=0.10, loaded=loaded, run_path=run_dir)
+    assert state["measured"]["within_tolerance"] and state["measured"]["rel_ppl_increase"] <= 0.10
+    assert state["predicted"]["reduction_ratio"] >= 0.3
+    units = _check_unit_indices(state, result, loaded)
+    assert units and all(a["state_bytes_removed"] > 0 for a in units)
+    assert all(a["execution"] in ("slice", "zero") and a["note"] for a in units)
+
+
+def test_optimistic_predictions_are_backed_off(tiny_run):
+    # Claim every cut is free: the first solution prunes everything, the measurement refuses it,
+    # and the planner learns marginal losses and backs off until the measured plan is within tolerance.
+    _, result, loaded = tiny_run
+    dense = result.dense_window_losses
+    trials = [replace(t, delta_loss=0.0, rel_ppl_increase=0.0, window_losses=list(dense)) for t in result.trials]
+    optimistic = replace(result, trials=trials)
+    labels = []
+    plan = make_plan(optimistic, target="params", max_ppl_increase=0.10, loaded=loaded,
+                     progress=lambda done, total, label: labels.append(label))
+    assert 1 <= plan["measured"]["backoff_steps"] <= 8
+    assert plan["measured"]["within_tolerance"] and plan["measured"]["rel_ppl_increase"] <= 0.10
+    assert plan["predicted"]["delta_loss"] == 0  # the (wrong) prediction is recorded as it was
+    assert any("back-off" in n for n in plan["notes"]) and any("back-off" in label for label in labels)
+    # a budget that only the optimistic prediction allowed cannot be met: one line, best measured point
+    with pytest.raises(PlanError) as info:
+        make_plan(optimistic, target="params", ratio=0.3, max_ppl_increase=0.10, loaded=loaded)
+    assert "best measured point" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_measuring_needs_the_runs_weights(tiny_run):
+    _, result, loaded = tiny_run
+    other = replace(result, meta={**result.meta, "model": {**result.meta["model"],
+                                                             "fingerprint": "sha256:" + "0" * 64}})
+    with pytest.raises(PlanError, match="other weights"):
+        make_plan(other, target="params", loaded=loaded)
+
+
+def test_cli_writes_a_plan_and_never_overwrites(tiny_run, tmp_path, capsys):
+    from profiler.cli.main import main
+
+    run_dir, _, _ = tiny_run
+    out = tmp_path / "plan.json"
+    assert main(["plan", str(run_dir), "-o", str(out), "--target", "state", "--ratio", "0.3", "--no-measure",
+                 "--quiet"]) == 0
+    assert load_plan(out)["objective"]["target"] == "state"
+    assert "unit:state" in capsys.readouterr().out
+
+    before = out.read_bytes()
+    assert main(["plan", str(run_dir), "-o", str(out), "--no-measure", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and err.count("\n") == 1
+    assert out.read_bytes() == before
+
+    assert main(["plan", str(run_dir), "-o", str(tmp_path / "x.json"), "--ratio", "0.95", "--no-measure",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "best reachable point" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "x.json").exists()
+
+    assert main(["plan", str(run_dir), "-o", str(out), "--overwrite", "--no-measure", "--quiet"]) == 0
+    assert load_plan(out)["objective"]["ratio"] is None
