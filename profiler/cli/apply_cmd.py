@@ -24,14 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
 
     from ..apply import apply_plan, load_plan
     from ..errors import OutputExistsError
     from .progress import rich_progress
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     options = validation_options(args) if args.validate else None
     plan = load_plan(args.plan)  # a bad plan fails before the model loads
     if Path(args.output).exists() and not args.overwrite:

@@ -68,15 +68,13 @@ def run(args: argparse.Namespace) -> int:
         raise OutputExistsError(f"'{output}' already exists; choose another -o or pass --overwrite")
     result = ProfileResult.load(args.run_dir)
 
-    import torch
-
     from ..plan import load_run_model, make_plan, write_plan
-    from .common import quiet_libraries
+    from .common import SMALL_MODEL, configure_threads, quiet_libraries
     from .progress import rich_progress
 
     quiet_libraries()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    small = result.analysis.totals["parameters"] < SMALL_MODEL
+    configure_threads(args.threads or (1 if small else None))
     loaded = None
     if args.model and not args.no_measure:
         loaded = load_run_model(result, name=args.model, device=args.device)

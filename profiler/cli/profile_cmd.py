@@ -40,21 +40,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--tolerance", type=float, default=0.10, help="relative perplexity increase called safe (0.10)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--list-criteria", action="store_true", help="list criteria and what they can score, then exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..data import DataSpec
     from ..profile import ProfileSettings, profile_model
     from .progress import rich_progress
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.list_criteria:
         return _list_criteria(args)
     settings = ProfileSettings(probe_sparsity=args.probe_sparsity, layer_criterion=args.layer_criterion,

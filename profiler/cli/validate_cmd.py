@@ -39,7 +39,6 @@ def add_validation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed-batch", type=int, nargs=2, default=(1, 128), metavar=("BATCH", "SEQLEN"),
                    help="fixed batch of the latency measurement (default 1 128)")
     p.add_argument("--speed-repeats", type=int, default=5, help="timed forwards per model (median; default 5)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -74,7 +73,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    import torch
 
     from ..errors import ModelNotFoundError, PlanError
     from ..io import write_json_atomic
@@ -82,8 +80,6 @@ def run(args: argparse.Namespace) -> int:
     from ..validate import VALIDATION_FILE, validate
     from .progress import rich_progress
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     options = validation_options(args)
     out_dir = Path(args.pruned)
     if not (out_dir / "config.json").is_file():
