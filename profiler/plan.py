@@ -331,9 +331,21 @@ class Option:
         return {"params": self.params, "flops": self.flops, "state": self.state}[metric]
 
 
-def _metric_total(result: ProfileResult, metric: str) -> int:
-    key = {"params": "parameters", "flops": "flops_per_token", "state": "state_bytes_per_sequence"}[metric]
-    return int(result.analysis.totals.get(key, 0))
+SCOPES = ("ssm", "model")
+
+
+def _metric_total(result: ProfileResult, metric: str, scope: str = "model") -> int:
+    """The metric's total over the whole model, or over the SSM mixers (what plans can cut).
+
+    ``scope="ssm"`` matches how the literature states sparsity ("50% of the SSM module") and keeps
+    ratios meaningful on small models whose embeddings dominate the parameter count."""
+    keys = {"params": ("parameters", "ssm_parameters"), "flops": ("flops_per_token", "ssm_flops_per_token"),
+            "state": ("state_bytes_per_sequence", "state_bytes_per_sequence")}[metric]
+    return int(result.analysis.totals.get(keys[scope == "ssm"], 0))
+
+
+def _scope_words(metric: str, scope: str) -> str:
+    return f"SSM-mixer {metric}" if scope == "ssm" else f"the model's {metric}"
 
 
 def parse_structures(structures: str | Sequence[str] | None) -> list[str] | None:
@@ -804,7 +816,7 @@ def make_plan(result: ProfileResult, target: str = "params", ratio: float | None
               absolute: int | None = None, max_ppl_increase: float = DEFAULT_MAX_PPL_INCREASE,
               criterion: str | None = None, structures: str | Sequence[str] | None = None, measure: bool = True,
               loaded: Any = None, progress: Progress | None = None, *, run_path: str | Path | None = None,
-              device: str = "cpu") -> dict[str, Any]:
+              device: str = "cpu", scope: str = "ssm") -> dict[str, Any]:
     """Build a plan (a dict in the plan file format) from a profile result; see the module docstring."""
     note = progress or (lambda done, total, label: None)
     metric = target
@@ -814,18 +826,21 @@ def make_plan(result: ProfileResult, target: str = "params", ratio: float | None
         raise PlanError("give either --ratio or --absolute, not both")
     if not (isinstance(max_ppl_increase, (int, float)) and 0 < max_ppl_increase and math.isfinite(max_ppl_increase)):
         raise PlanError(f"--max-ppl-increase must be a positive number such as 0.10, got {max_ppl_increase}")
-    total = _metric_total(result, metric)
+    if scope not in SCOPES:
+        raise PlanError(f"unknown --scope '{scope}'; choose from {', '.join(SCOPES)}")
+    total = _metric_total(result, metric, scope)
     if total <= 0:
         raise PlanError(f"the run's analysis has no total for {metric}; profile the model again")
     if ratio is not None:
         if not 0 < ratio < 1:
-            raise PlanError(f"--ratio must be in (0, 1) (a fraction of the model's {metric}), got {ratio}")
+            raise PlanError(f"--ratio must be in (0, 1) (a fraction of {_scope_words(metric, scope)}), got {ratio}")
         budget: float | None = ratio * total
     elif absolute is not None:
         if int(absolute) <= 0:
             raise PlanError(f"--absolute must be positive, got {absolute}")
         if int(absolute) > total:
-            raise PlanError(f"--absolute {int(absolute):,} exceeds the model's total of {_fmt_amount(metric, total)}")
+            raise PlanError(f"--absolute {int(absolute):,} exceeds the total of {_scope_words(metric, scope)}, "
+                            f"{_fmt_amount(metric, total)}")
         budget = float(int(absolute))
     else:
         budget = None
@@ -847,7 +862,8 @@ def make_plan(result: ProfileResult, target: str = "params", ratio: float | None
         assert best is not None  # every target at level 0 is always feasible
         value = net_gain(best, gains, overlaps[metric])
         predicted = sum(costs[t][l] for t, l in enumerate(best))
-        return PlanError(f"cannot remove {_fmt_amount(metric, budget)} ({budget / total:.1%} of {metric}) within "
+        return PlanError(f"cannot remove {_fmt_amount(metric, budget)} ({budget / total:.1%} of "
+                         f"{_scope_words(metric, scope)}) within "
                          f"+{max_ppl_increase:.0%} perplexity: the best reachable point is {value / total:.1%} "
                          f"({_fmt_amount(metric, value)}) at a predicted +{math.expm1(predicted):.1%} perplexity; "
                          "lower --ratio/--absolute or raise --max-ppl-increase")
@@ -934,7 +950,7 @@ def make_plan(result: ProfileResult, target: str = "params", ratio: float | None
         if exact:
             notes.append("overlaps between the chosen actions are counted exactly from their masks")
     return _assemble(result, metric, ratio, absolute, max_ppl_increase, options, choice, overlaps, shapes,
-                     measured, backoff, notes, run_path, loaded)
+                     measured, backoff, notes, run_path, loaded, scope)
 
 
 def _refine_overlaps(options: list[list[Option]], choice: Sequence[int], overlaps: dict, exact: set,
@@ -971,7 +987,7 @@ def _backoff_message(attempts, metric, total, tol, budget, steps) -> str:
     what = (f"--ratio/--absolute ({_fmt_amount(metric, budget)}, {budget / total:.1%}) cannot be met"
             if budget is not None else "no plan measured")
     return (f"{what} within +{tol:.0%} perplexity after {steps} back-off step(s): the best measured point removes "
-            f"{value / total:.1%} of {metric} ({_fmt_amount(metric, value)}) at +{m['rel_ppl_increase']:.1%} perplexity "
+            f"{value / total:.1%} of {metric} in scope ({_fmt_amount(metric, value)}) at +{m['rel_ppl_increase']:.1%} perplexity "
             "(predicted additivity failed); lower the budget or raise --max-ppl-increase")
 
 
@@ -1015,7 +1031,7 @@ def _per_block_text(a: Option) -> str:
 
 
 def _assemble(result, metric, ratio, absolute, tol, options, choice, overlaps, shapes, measured, backoff, notes,
-              run_path, loaded) -> dict[str, Any]:
+              run_path, loaded, scope: str = "ssm") -> dict[str, Any]:
     meta = result.meta
     model_meta = meta.get("model", {})
     actions = _actions_of(options, choice)
@@ -1062,7 +1078,8 @@ def _assemble(result, metric, ratio, absolute, tol, options, choice, overlaps, s
         "run": {"path": str(Path(run_path).resolve()) if run_path is not None else "", "created": meta.get("created", "")},
         "data": _plan_data(meta.get("data", {})),
         "objective": {"target": metric, "ratio": None if ratio is None else float(ratio),
-                      "absolute": None if absolute is None else int(absolute), "max_ppl_increase": float(tol)},
+                      "absolute": None if absolute is None else int(absolute), "max_ppl_increase": float(tol),
+                      "scope": scope},
         "dense": {"loss": result.dense_loss, "perplexity": result.dense_perplexity,
                   "parameters": dense_total["params"], "flops_per_token": dense_total["flops"],
                   "state_bytes_per_sequence": dense_total["state"]},
@@ -1070,7 +1087,9 @@ def _assemble(result, metric, ratio, absolute, tol, options, choice, overlaps, s
         "predicted": {"delta_loss": float(delta), "rel_ppl_increase": math.expm1(delta),
                       "params_removed": round(totals["params"]), "flops_removed": round(totals["flops"]),
                       "state_bytes_removed": round(totals["state"]),
-                      "reduction_ratio": float(totals[metric] / dense_total[metric])},
+                      "scope_total": _metric_total(result, metric, scope),
+                      "reduction_ratio": float(totals[metric] / max(1, _metric_total(result, metric, scope))),
+                      "reduction_ratio_model": float(totals[metric] / max(1, dense_total[metric]))},
         "measured": None if measured is None else {
             "loss": float(measured["loss"]), "delta_loss": float(measured["delta_loss"]),
             "rel_ppl_increase": float(measured["rel_ppl_increase"]),

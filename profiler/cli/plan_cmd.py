@@ -38,9 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what to reduce: parameters, dense FLOPs per token or recurrent-state bytes (default params)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--ratio", type=_fraction, default=None,
-                        help="remove at least this fraction of the model's total for --target (e.g. 0.3 or 30%%)")
+                        help="remove at least this fraction of --scope's total for --target (e.g. 0.3 or 30%%)")
     budget.add_argument("--absolute", type=_amount, default=None,
                         help="remove at least this many params / FLOPs per token / state bytes (e.g. 300k)")
+    p.add_argument("--scope", choices=("ssm", "model"), default="ssm",
+                   help="what --ratio and the reduction are fractions of: the SSM mixers (default, as the "
+                   "literature reports sparsity) or the whole model")
     p.add_argument("--max-ppl-increase", type=_fraction, default=0.10,
                    help="largest relative perplexity increase allowed (default 0.10 = +10%%)")
     p.add_argument("--criterion", default=None,
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model and not args.no_measure:
         loaded = load_run_model(result, name=args.model, device=args.device)
     with rich_progress("planning", enabled=not args.quiet) as progress:
-        plan = make_plan(result, target=args.target, ratio=args.ratio, absolute=args.absolute,
+        plan = make_plan(result, target=args.target, ratio=args.ratio, absolute=args.absolute, scope=args.scope,
                          max_ppl_increase=args.max_ppl_increase, criterion=args.criterion,
                          structures=args.structures, measure=not args.no_measure, loaded=loaded,
                          progress=progress, run_path=args.run_dir, device=args.device)
@@ -104,7 +107,8 @@ def print_plan(plan: dict) -> None:
              "state": dense["state_bytes_per_sequence"]}[metric]
     key = {"params": "params_removed", "flops": "flops_removed", "state": "state_bytes_removed"}[metric]
     fmt = human_bytes if metric == "state" else human_count
-    goal = (f"remove ≥ {obj['ratio']:.1%} of {metric}" if obj["ratio"] is not None else
+    scope = "SSM-mixer " if obj.get("scope", "model") == "ssm" else ""
+    goal = (f"remove ≥ {obj['ratio']:.1%} of {scope}{metric}" if obj["ratio"] is not None else
             f"remove ≥ {fmt(obj['absolute'])} {metric}" if obj["absolute"] is not None else
             f"remove as much {metric} as possible")
     console.print(f"[bold]{plan['model']['name']}[/bold]: {goal} within +{obj['max_ppl_increase']:.0%} perplexity "
@@ -126,7 +130,8 @@ def print_plan(plan: dict) -> None:
     else:
         console.print("no actions: nothing fits the loss budget")
     summary = Table(title="Predicted vs measured")
-    for col in ("", "ΔL", "perplexity", f"{metric} removed", "share"):
+    total = pred.get("scope_total", total)
+    for col in ("", "ΔL", "perplexity", f"{metric} removed", f"share of {scope or 'model '}{metric}"):
         summary.add_column(col, justify="left" if not col else "right")
     summary.add_row("predicted (additive)", f"{pred['delta_loss']:+.4f}", f"{pred['rel_ppl_increase']:+.1%}",
                     fmt(pred[key]), f"{pred['reduction_ratio']:.1%}")
