@@ -239,10 +239,10 @@ def test_nm_runs_give_one_level_per_group(synthetic):
 
 def test_impossible_budget_names_the_best_reachable_point(synthetic):
     with pytest.raises(PlanError) as info:
-        make_plan(synthetic, target="params", ratio=0.9, max_ppl_increase=0.1, measure=False)
+        make_plan(synthetic, target="params", ratio=0.9, max_ppl_increase=0.1, measure=False, scope="model")
     message = str(info.value)
     assert "\n" not in message and "best reachable point is" in message and "params" in message
-    best = make_plan(synthetic, target="params", max_ppl_increase=0.1, measure=False)
+    best = make_plan(synthetic, target="params", max_ppl_increase=0.1, measure=False, scope="model")
     assert f"{best['predicted']['reduction_ratio']:.1%}" in message
     assert f"{best['predicted']['params_removed']:,}" in message
 
@@ -442,3 +442,13 @@ def test_cli_writes_a_plan_and_never_overwrites(tiny_run, tmp_path, capsys):
 
     assert main(["plan", str(run_dir), "-o", str(out), "--overwrite", "--no-measure", "--quiet"]) == 0
     assert load_plan(out)["objective"]["ratio"] is None
+
+
+def test_ratio_scope_is_ssm_mixers_by_default(synthetic):
+    ssm = make_plan(synthetic, target="params", max_ppl_increase=0.1, measure=False)
+    whole = make_plan(synthetic, target="params", max_ppl_increase=0.1, measure=False, scope="model")
+    assert ssm["objective"]["scope"] == "ssm" and whole["objective"]["scope"] == "model"
+    removed = ssm["predicted"]["params_removed"]
+    assert ssm["predicted"]["scope_total"] == synthetic.analysis.totals["ssm_parameters"]
+    assert ssm["predicted"]["reduction_ratio"] == pytest.approx(removed / synthetic.analysis.totals["ssm_parameters"])
+    assert whole["predicted"]["reduction_ratio"] == pytest.approx(removed / synthetic.analysis.totals["parameters"])
