@@ -1,0 +1,1 @@
+"""The ssm-profile terminal UI (Textual): `ssm-profile [MODEL | RUN_DIR]`; the app is `tui.app.SSMProfileApp`."""

@@ -1,0 +1,349 @@
+"""Terminal UI: Pilot tests of every tab and SVG snapshots of the main screens at 80x24 and 120x40.
+
+Snapshots (tests/__snapshots__/test_tui/) show a tiny profile of the embedded tiny-mamba2 made
+by the module fixture and opened through a relative path, so no temporary path, time or clock
+appears in them. They depend on the embedded weights: after retraining the embedded models,
+regenerate them with ``pytest tests/test_tui.py --snapshot-update`` and look at the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("textual")
+pytest.importorskip("textual_plotext")
+
+from textual.widgets import DataTable, Input, SelectionList, Tree
+
+from profiler.errors import SSMProfileError
+from tui.app import SSMProfileApp, is_run_dir
+from tui.screens import ErrorScreen, HelpScreen
+
+SIZE = (120, 40)
+RUN_NAME = "tiny-run"  # the saved run, opened through this relative path in snapshot tests
+
+
+def _has_planner() -> bool:
+    try:
+        from profiler.plan import make_plan  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_planner = pytest.mark.skipif(not _has_planner(), reason="profiler.plan (the planner) is not installed")
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory) -> Path:
+    """A finished tiny profile of the embedded tiny-mamba2 (magnitude + fisher, two sparsities)."""
+    from profiler.data import DataSpec
+    from profiler.profile import ProfileSettings, profile_model
+    from profiler.resolve import load_model
+
+    run_dir = tmp_path_factory.mktemp("tui") / RUN_NAME
+    loaded = load_model("tiny-mamba2")
+    profile_model(loaded, DataSpec(nsamples=4, eval_samples=4, seqlen=32),
+                  ProfileSettings(sparsities=[0.25, 0.5], criteria=["magnitude", "fisher"]), run_dir=run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def run_here(saved_run, tmp_path, monkeypatch) -> str:
+    """A copy of the saved run in the working directory, named by a fixed relative path."""
+    shutil.copytree(saved_run, tmp_path / RUN_NAME)
+    monkeypatch.chdir(tmp_path)
+    return RUN_NAME
+
+
+async def settle(pilot, seconds: float = 0.1) -> None:
+    """Let timers fire and every worker finish, then let the screen refresh."""
+    await pilot.pause(seconds)
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def run_async(fn):
+    """Run an async test body in a fresh event loop (no pytest-asyncio needed)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+
+    return wrapper
+
+
+def cell_texts(table: DataTable) -> list[list[str]]:
+    return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+# ---------------------------------------------------------------------------------- pilot tests
+
+
+@run_async
+async def test_open_embedded_model_and_browse_tree():
+    app = SSMProfileApp()  # default: the embedded tiny-mamba, loaded in a worker
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert app.loaded is not None and app.loaded.source.name == "tiny-mamba"
+        assert app.analysis.model["architecture"] == "mamba"
+        tree = app.query_one("#anatomy-tree", Tree)
+        assert app.focused is tree
+        top = [str(n.label).split()[0] for n in tree.root.children]
+        assert top[0] == "model" and top[-1] == "units" and "layer" in top
+        detail = app.query_one("#detail-table", DataTable)
+        rows = {r[0]: r[1] for r in cell_texts(detail)}
+        assert f"{app.analysis.totals['parameters']:,}" in rows["parameters"]
+
+        await pilot.press("down", "down")  # model, layer 0
+        assert tree.cursor_node.data.kind == "layer" and tree.cursor_node.data.layer == 0
+        assert "horizon (tokens)" in [row[0] for row in cell_texts(detail)]  # dynamics of the layer
+        await pilot.press("right", "down")  # expand layer 0, first group
+        node = tree.cursor_node.data
+        assert node.kind == "group" and node.group.group == "in_proj"
+        rows = {r[0]: r[1] for r in cell_texts(detail)}
+        assert rows["numel"].startswith(f"{node.group.numel:,}")
+        assert any(k.startswith("sub-block") for k in rows)  # x / z blocks of in_proj
+        await pilot.press("right", "down")  # expand in_proj, its tensor
+        assert tree.cursor_node.data.kind == "tensor"
+        assert "shape" in {r[0]: r[1] for r in cell_texts(detail)}
+        await pilot.press("left")  # leaf: back to the group
+        assert tree.cursor_node.data.kind == "group"
+        await pilot.press("left")  # expanded group: collapse
+        assert not tree.cursor_node.is_expanded
+
+
+@run_async
+async def test_open_run_dir_shows_saved_profile_without_loading_the_model(saved_run):
+    from profiler.results import ProfileResult
+
+    assert is_run_dir(str(saved_run))
+    app = SSMProfileApp(str(saved_run))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert app.loaded is None  # nothing recomputed, no model loaded
+        expected = ProfileResult.load(saved_run)
+        assert len(app.result.trials) == len(expected.trials)
+        assert app.analysis.model["architecture"] == "mamba2"
+        assert app.query_one("#anatomy-tree", Tree).root.children  # anatomy from analysis.json
+
+        await pilot.press("2")
+        view = app.query_one("SensitivityView")
+        assert view.criterion == "fisher"  # the run's layer criterion first
+        assert view.target == expected.ranking()[0].target  # most sensitive target first
+        curve = app.query_one("#curve-table", DataTable)
+        assert curve.row_count == 2  # two sparsities
+        await pilot.press("c")
+        assert view.criterion == "magnitude"
+        first = cell_texts(curve)
+        await pilot.press("c")
+        assert view.criterion == "fisher" and cell_texts(curve) != first
+        await pilot.press("m")
+        assert view.metric == "rel"
+        before = view.target
+        await pilot.press("t")
+        assert view.target != before
+        await pilot.press("v")
+        assert app.query_one("#sens-tabs").active == "scores"
+        await pilot.press("v")
+        heat = app.query_one("#heat-table", DataTable)
+        assert heat.row_count == len(expected.analysis.layers())  # one row per layer
+        await pilot.press("v")
+        rank = app.query_one("#rank-table", DataTable)
+        assert rank.row_count == len(expected.ranking())
+        assert str(rank.get_row_at(0)[1]) == expected.ranking()[0].target
+
+
+@run_async
+async def test_unknown_model_shows_error_screen():
+    app = SSMProfileApp("no-such-model-xyz")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert isinstance(app.screen, ErrorScreen)
+        assert "unknown model 'no-such-model-xyz'" in app.screen.message
+        assert isinstance(app.load_error, SSMProfileError)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, ErrorScreen)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+@run_async
+async def test_unreachable_hub_shows_error_screen():
+    app = SSMProfileApp("mamba-130m")  # the conftest makes the hub offline with an empty cache
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert isinstance(app.screen, ErrorScreen)
+        assert "mamba-130m" in app.screen.message and "cache" in app.screen.message
+
+
+@run_async
+async def test_profile_from_the_ui_cancel_then_resume(tmp_path):
+    app = SSMProfileApp("tiny-mamba2")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("3")
+        criteria = app.query_one("#profile-criteria", SelectionList)
+        criteria.deselect_all()
+        criteria.select("magnitude")
+        values = {"sparsities": "0.5", "nsamples": "2", "eval-samples": "2", "seqlen": "16",
+                  "output": str(tmp_path / "ui-run")}
+        for key, value in values.items():
+            app.query_one(f"#profile-{key}", Input).value = value
+        app.query_one("#profile-per-layer").value = False
+        view = app.query_one("ProfileView")
+        report = view._progress_from_thread
+
+        def slow_progress(done, total, label):  # ~0.1 s per trial, so that x lands mid-run
+            report(done, total, label)
+            if total > 1:
+                time.sleep(0.1)
+
+        view._progress_from_thread = slow_progress
+        app.query_one("#profile-start").focus()
+        await pilot.press("r")
+        while not str(app.query_one("#profile-eta").content).startswith("2/"):
+            await pilot.pause(0.05)
+        await pilot.press("x")
+        await settle(pilot)
+        assert not view.running
+        assert "cancelled:" in str(app.query_one("#profile-msg").content)
+        assert 0 < len(app.result.trials) < 10  # partial results from the journal are shown
+        assert app.result.meta["status"] == "running"
+        assert app.query_one("#profile-resume").value  # resume ticked for the next start
+        view._progress_from_thread = report
+        await pilot.press("r")
+        await settle(pilot)
+        assert app.result is not None and app.result.meta["status"] == "complete"
+        assert {t.target for t in app.result.trials} >= {"in_proj", "unit:head"}
+        assert app.query_one("#profile-bar").percentage == 1.0
+        assert (tmp_path / "ui-run" / "run.json").is_file()
+        await pilot.press("2")
+        assert app.query_one("SensitivityView").criterion == "magnitude"
+
+
+@needs_planner
+@run_async
+async def test_replan_export_and_apply(run_here, tmp_path):
+    app = SSMProfileApp(run_here)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("4")
+        await settle(pilot, 0.2)
+        plan_view = app.query_one("PlanView")
+        assert plan_view.plan is not None and plan_view.plan["objective"]["ratio"] is None
+        first = plan_view.plan
+        app.query_one("#plan-ratio", Input).value = "0.05"
+        app.query_one("#plan-ratio", Input).value = "0.1"  # debounced: one solve for both changes
+        await settle(pilot, 0.5)
+        plan = plan_view.plan
+        assert plan is not first and plan["objective"]["ratio"] == 0.1
+        assert plan["predicted"]["reduction_ratio"] >= 0.1
+        assert app.query_one("#plan-actions", DataTable).row_count == len(plan["actions"])
+        app.query_one("#plan-ratio", Input).value = "0.99"  # infeasible: a message, not a crash
+        await settle(pilot, 0.5)
+        assert plan_view.plan is None and "cannot remove" in str(app.query_one("#plan-summary").content)
+        app.query_one("#plan-ratio", Input).value = "0.1"
+        await settle(pilot, 0.5)
+
+        app.query_one("#plan-path", Input).value = str(tmp_path / "plan.json")
+        app.query_one("#plan-actions").focus()
+        await pilot.press("e")
+        await settle(pilot)
+        saved = json.loads((tmp_path / "plan.json").read_text())
+        assert saved["kind"] == "ssm-profile-plan" and saved["objective"]["ratio"] == 0.1
+        await pilot.click("#plan-export-button")  # exists now: refused, reported, nothing overwritten
+        await settle(pilot)
+        assert json.loads((tmp_path / "plan.json").read_text()) == saved
+
+        await pilot.press("a")
+        assert app.active_tab == "apply"
+        app.query_one("#apply-output", Input).value = str(tmp_path / "pruned")
+        app.query_one("#apply-lm-eval").value = False
+        app.query_one("#apply-run").focus()
+        await pilot.press("r")
+        await settle(pilot)
+        assert not isinstance(app.screen, ErrorScreen)
+        report = app.query_one("ApplyView").report
+        assert report is not None and (tmp_path / "pruned" / "pruning.json").is_file()
+        assert report["validation"]["within_tolerance"] is not None
+        rows = {r[0]: r for r in cell_texts(app.query_one("#apply-table", DataTable))}
+        assert "nonzero parameters" in rows and "perplexity" in rows
+
+
+def test_cli_routes_model_and_run_dir_to_tui(monkeypatch, saved_run):
+    from profiler.cli import main as cli
+
+    seen = {}
+
+    class FakeApp:
+        return_code = 0
+
+        def __init__(self, model, load_options, threads):
+            seen.update(model=model, options=load_options)
+
+        def run(self):
+            seen["ran"] = True
+
+    monkeypatch.setattr("tui.app.SSMProfileApp", FakeApp)
+    assert cli.main([str(saved_run)]) == 0
+    assert seen["ran"] and seen["model"] == str(saved_run)
+    assert cli.main(["tiny-mamba2", "--dtype", "float32"]) == 0
+    assert seen["model"] == "tiny-mamba2" and seen["options"]["dtype"] == "float32"
+
+
+# ---------------------------------------------------------------------------------- snapshots
+
+SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
+
+
+def _after(*keys: str, wait: float = 0.05):
+    async def run_before(pilot) -> None:
+        await settle(pilot)
+        for key in keys:
+            await pilot.press(key)
+            await settle(pilot, wait)
+        await pilot.pause(0.2)  # tables size their columns when idle
+
+    return run_before
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_anatomy(snap_compare, run_here, size):
+    assert snap_compare(SSMProfileApp(run_here), terminal_size=size,
+                        run_before=_after("down", "down", "right", "down"))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_sensitivity_curves(snap_compare, run_here, size):
+    assert snap_compare(SSMProfileApp(run_here), terminal_size=size, run_before=_after("2"))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_profile_form(snap_compare, run_here, size):
+    assert snap_compare(SSMProfileApp(run_here), terminal_size=size, run_before=_after("3"))
+
+
+@needs_planner
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_plan(snap_compare, run_here, size):
+    assert snap_compare(SSMProfileApp(run_here), terminal_size=size, run_before=_after("4", wait=0.3))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_help(snap_compare, run_here, size):
+    assert snap_compare(SSMProfileApp(run_here), terminal_size=size, run_before=_after("question_mark"))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_error(snap_compare, size):
+    assert snap_compare(SSMProfileApp("no-such-model-xyz"), terminal_size=size, run_before=_after())

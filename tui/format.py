@@ -1,0 +1,63 @@
+"""Formatting helpers shared by the views (numbers only; no analysis happens here)."""
+
+from __future__ import annotations
+
+import math
+
+from rich.text import Text
+
+from profiler.cli.common import human_bytes, human_count
+
+__all__ = ["duration", "heat_cell", "human_bytes", "human_count", "num", "pct", "shape"]
+
+
+def pct(x: float | None, digits: int = 2) -> str:
+    return "" if x is None else f"{x * 100:.{digits}f}%"
+
+
+def num(x: float | None, digits: int = 4) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 10 ** -digits):
+        return f"{x:.{max(digits - 1, 1)}e}"
+    return f"{x:.{digits}f}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "--:--"
+    seconds = round(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def shape(dims: list[int]) -> str:
+    return "×".join(str(d) for d in dims) or "scalar"
+
+
+def _mix(a: tuple[int, int, int], b: tuple[int, int, int], t: float) -> str:
+    r, g, bl = (round(x + (y - x) * t) for x, y in zip(a, b))
+    return f"rgb({r},{g},{bl})"
+
+
+def heat_cell(value: float | None, scale: float, text: str | None = None) -> Text:
+    """A table cell coloured by ``value / scale``: green (harmless) → yellow → red (sensitive).
+
+    Negative values (pruning helped on the evaluation windows) are blue.
+    """
+    if value is None:
+        return Text("·", justify="center", style="dim")
+    label = text if text is not None else f"{value:.4f}"
+    if scale <= 0:
+        return Text(label, justify="right")
+    t = max(-1.0, min(1.0, value / scale))
+    if t < 0:
+        bg = _mix((40, 40, 40), (40, 90, 170), -t)
+    elif t < 0.5:
+        bg = _mix((30, 110, 50), (170, 150, 20), t * 2)
+    else:
+        bg = _mix((170, 150, 20), (180, 30, 30), (t - 0.5) * 2)
+    return Text(f" {label} ", justify="right", style=f"bold white on {bg}")

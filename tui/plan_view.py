@@ -1,0 +1,481 @@
+"""Plan tab (``profiler.plan.make_plan``) and Apply tab (``profiler.apply.apply_plan`` + validation)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import TYPE_CHECKING, Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.timer import Timer
+from textual.widgets import Button, Checkbox, ContentSwitcher, DataTable, Input, Label, ProgressBar, Select, Static
+from textual.worker import get_current_worker
+
+from profiler.errors import SSMProfileError
+
+from .format import duration, human_bytes, human_count, num, pct
+
+if TYPE_CHECKING:
+    from .app import SSMProfileApp
+
+DEBOUNCE_S = 0.35
+PLAN_TARGETS = [("parameters", "params"), ("FLOPs/token", "flops"), ("state bytes", "state")]
+
+
+def _planner():
+    """The planner module, or None while it is not installed."""
+    try:
+        from profiler import plan
+    except ImportError:
+        return None
+    return plan if hasattr(plan, "make_plan") else None
+
+
+def _optional_float(text: str, what: str) -> float | None:
+    """``0.3`` or ``30%`` -> 0.3 (as the CLI reads --ratio); empty -> None."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise SSMProfileError(f"{what}: expected a number such as 0.3 or 30%, got '{text}'") from None
+
+
+class PlanView(Vertical):
+    """Inputs for the objective; the plan is re-solved (``measure=False``) on every change."""
+
+    app: SSMProfileApp
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.plan: dict[str, Any] | None = None
+        self.plan_inputs: tuple | None = None
+        self._timer: Timer | None = None
+        self._exporting = False
+        self._stale = False
+
+    def compose(self) -> ComposeResult:
+        with ContentSwitcher(initial="plan-empty", id="plan-switcher"):
+            yield Static("No profile yet: a plan is solved from a profile run.\n\nRun one in the Profile tab "
+                         "(press 3), or open a run directory: ssm-profile RUN_DIR", id="plan-empty",
+                         classes="placeholder")
+            with Vertical(id="plan-main"):
+                with Horizontal(id="plan-form", classes="form-row"):
+                    yield Label("reduce", classes="field-label")
+                    yield Select(PLAN_TARGETS, value="params", allow_blank=False, id="plan-target", compact=True)
+                    yield Label("by", classes="field-label")
+                    yield Input("", placeholder="max", id="plan-ratio", compact=True)
+                    yield Label("ppl ≤ +", classes="field-label")
+                    yield Input("0.10", id="plan-tolerance", compact=True)
+                yield Static("", id="plan-summary", classes="summary")
+                yield DataTable(id="plan-actions", cursor_type="row", zebra_stripes=True)
+                with Horizontal(id="plan-export", classes="form-row"):
+                    yield Label("export to", classes="field-label")
+                    yield Input("plan.json", id="plan-path", compact=True)
+                    yield Checkbox("measure", False, id="plan-measure", compact=True)
+                    yield Checkbox("overwrite", False, id="plan-overwrite", compact=True)
+                    yield Button("Export (e)", id="plan-export-button", variant="primary", compact=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#plan-actions", DataTable)
+        for col in ("target", "layers", "cut", "criterion", "removes", "pred. ΔL", "execution"):
+            table.add_column(col, key=col)
+
+    # ------------------------------------------------------------------ solving
+    def set_result(self, result) -> None:
+        """A new profile result: solve now if the Plan tab is showing, else when it is first shown."""
+        self.query_one("#plan-switcher", ContentSwitcher).current = "plan-main"
+        self.plan = None
+        self.plan_inputs = None
+        self.query_one("#plan-actions", DataTable).clear()
+        if _planner() is None:
+            self._summary(Text("the planner (profiler.plan) is not available in this installation", style="yellow"))
+            return
+        self._stale = True
+        self._summary(Text("the plan is solved when this tab is shown", style="dim italic"))
+        if self.app.active_tab == "plan":
+            self.shown()
+
+    def shown(self) -> None:
+        """The Plan tab became visible."""
+        if self._stale and self.app.result is not None:
+            self._stale = False
+            self.schedule_solve(0)
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id in ("plan-ratio", "plan-tolerance"):
+            event.stop()
+            self.schedule_solve()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "plan-target":
+            event.stop()
+            self.schedule_solve()
+
+    def schedule_solve(self, delay: float = DEBOUNCE_S) -> None:
+        if self.app.result is None or _planner() is None:
+            return
+        self._stale = False
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer = self.set_timer(max(delay, 0.01), self._start_solve)
+
+    def read_inputs(self) -> tuple[str, float | None, float]:
+        target = self.query_one("#plan-target", Select).value
+        ratio = _optional_float(self.query_one("#plan-ratio", Input).value, "ratio")
+        tolerance = _optional_float(self.query_one("#plan-tolerance", Input).value, "max ppl increase")
+        if tolerance is None:
+            raise SSMProfileError("give the largest allowed perplexity increase, e.g. 0.10 for +10%")
+        return str(target), ratio, tolerance
+
+    def _start_solve(self) -> None:
+        self._timer = None
+        try:
+            inputs = self.read_inputs()
+        except SSMProfileError as err:
+            self._failed(str(err))
+            return
+        self._summary(Text("solving …", style="dim italic"))
+        self._solve(self.app.result, *inputs)
+
+    @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
+    def _solve(self, result, target: str, ratio: float | None, tolerance: float) -> None:
+        worker = get_current_worker()
+        planner = _planner()
+        if planner is None:
+            return
+        try:
+            plan = planner.make_plan(result, target=target, ratio=ratio, max_ppl_increase=tolerance, measure=False,
+                                     run_path=self.app.run_dir)
+        except SSMProfileError as err:
+            if not worker.is_cancelled:
+                self._call(self._failed, str(err))
+            return
+        except Exception as err:  # noqa: BLE001 - show, don't crash
+            if not worker.is_cancelled:
+                self._call(self._failed, f"{type(err).__name__}: {err}")
+            return
+        if not worker.is_cancelled:
+            self._call(self._solved, plan, (result, target, ratio, tolerance))
+
+    def _call(self, fn, *args) -> None:
+        try:
+            self.app.call_from_thread(fn, *args)
+        except RuntimeError:
+            pass
+
+    def _summary(self, text: Text | str) -> None:
+        self.query_one("#plan-summary", Static).update(text)
+
+    def _failed(self, message: str) -> None:
+        self.plan = None
+        self.plan_inputs = None
+        self.query_one("#plan-actions", DataTable).clear()
+        self._summary(Text(message, style="bold red"))
+        self.app.refresh_bindings()
+
+    def _solved(self, plan: dict[str, Any], inputs: tuple) -> None:
+        self.plan = plan
+        self.plan_inputs = inputs
+        self.show_plan(plan)
+        self.app.refresh_bindings()
+        self.app.query_one(ApplyView).plan_changed()
+
+    def show_plan(self, plan: dict[str, Any]) -> None:
+        pred, dense, objective = plan.get("predicted", {}), plan.get("dense", {}), plan.get("objective", {})
+        text = Text()
+        for key, total_key, label, fmt in (("params_removed", "parameters", "params", human_count),
+                                           ("flops_removed", "flops_per_token", "FLOPs/token", human_count),
+                                           ("state_bytes_removed", "state_bytes_per_sequence", "state", human_bytes)):
+            removed, total = pred.get(key, 0), dense.get(total_key) or 0
+            share = removed / total if total else 0.0
+            style = "bold green" if objective.get("target") and key.startswith(
+                {"params": "params", "flops": "flops", "state": "state"}[objective["target"]]) else "bold"
+            text.append(f"{label} ", style="dim")
+            text.append(f"−{pct(share, 1)}", style=style)
+            text.append(f" ({fmt(removed)} of {fmt(total)})  ", style="dim")
+        text.append("\npredicted ", style="dim")
+        text.append(f"ΔL {num(pred.get('delta_loss'))}  ppl +{pct(pred.get('rel_ppl_increase'), 1)}", style="bold")
+        text.append(f"  (limit +{pct(objective.get('max_ppl_increase'), 0)})", style="dim")
+        text.append(f"  {len(plan.get('actions', []))} action(s)", style="dim")
+        measured = plan.get("measured")
+        if measured:
+            text.append(f"  measured ppl +{pct(measured.get('rel_ppl_increase'), 1)}", style="bold cyan")
+        for note in plan.get("notes", [])[:2]:
+            text.append(f"\n· {note}", style="dim italic")
+        self._summary(text)
+        table = self.query_one("#plan-actions", DataTable)
+        table.clear()
+        analysis = self.app.analysis
+        all_layers = set(analysis.layers()) if analysis is not None else set()
+        for a in plan.get("actions", []):
+            layers = a.get("layers") or []
+            if a.get("unit_kind"):
+                per = {len(v) for v in (a.get("unit_indices") or {}).values()}
+                cut = f"{'/'.join(map(str, sorted(per))) or '?'} {a['unit_kind']}/layer ({pct(a.get('sparsity'), 0)})"
+            else:
+                cut = f"{pct(a.get('sparsity'), 0)} {a.get('structure', '')}"
+            removes = {"params": a.get("params_removed"), "flops": a.get("flops_removed"),
+                       "state": a.get("state_bytes_removed")}.get(objective.get("target", "params"))
+            table.add_row(Text(a["target"], style="bold"),
+                          "all" if not layers or set(layers) == all_layers else ",".join(map(str, layers)), cut,
+                          a.get("criterion") or "", human_count(removes or 0), num(a.get("predicted_delta_loss")),
+                          a.get("execution", ""))
+
+    # ------------------------------------------------------------------ export
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "plan-export-button":
+            event.stop()
+            self.export()
+
+    def export(self) -> None:
+        planner = _planner()
+        if planner is None:
+            self.app.notify("the planner (profiler.plan) is not available", severity="warning")
+            return
+        if self.plan is None or self.plan_inputs is None:
+            self.app.notify("no plan to export (fix the objective first)", severity="warning")
+            return
+        if self._exporting:
+            self.app.notify("an export is already running", severity="warning")
+            return
+        path = self.query_one("#plan-path", Input).value.strip()
+        if not path:
+            self.app.notify("give a file name to export to", severity="warning")
+            return
+        measure = self.query_one("#plan-measure", Checkbox).value
+        overwrite = self.query_one("#plan-overwrite", Checkbox).value
+        if measure and self.app.query_one("ProfileView").running:
+            self.app.notify("wait for the running profile before measuring a plan", severity="warning")
+            return
+        self._exporting = True
+        self._summary(Text("measuring the plan on the model …" if measure else "writing …", style="dim italic"))
+        self._export(copy.deepcopy(self.plan), self.plan_inputs, path, measure, overwrite)
+
+    @work(thread=True, exclusive=True, group="plan-export", exit_on_error=False)
+    def _export(self, plan: dict[str, Any], inputs: tuple, path: str, measure: bool, overwrite: bool) -> None:
+        planner = _planner()
+        try:
+            if measure:
+                result, target, ratio, tolerance = inputs
+                loaded = self.app.ensure_loaded()
+                plan = planner.make_plan(result, target=target, ratio=ratio, max_ppl_increase=tolerance,
+                                         measure=True, loaded=loaded, run_path=self.app.run_dir)
+            written = planner.write_plan(plan, path, overwrite=overwrite)
+        except SSMProfileError as err:
+            self._call(self._exported, None, str(err), None)
+            return
+        except Exception as err:  # noqa: BLE001
+            self._call(self._exported, None, f"{type(err).__name__}: {err}", None)
+            return
+        self._call(self._exported, str(written), "", plan)
+
+    def _exported(self, path: str | None, error: str, plan: dict[str, Any] | None) -> None:
+        self._exporting = False
+        if plan is not None:
+            self.plan = plan
+            self.show_plan(plan)
+        elif self.plan is not None:
+            self.show_plan(self.plan)
+        if path is None:
+            self.app.notify(error, title="export failed", severity="error", timeout=8)
+        else:
+            self.app.notify(f"plan written to {path}", title="exported")
+            self.app.query_one(ApplyView).plan_changed()
+
+
+class ApplyView(Vertical):
+    """Apply the current (or a saved) plan to a fresh copy of the model, save it, validate it."""
+
+    app: SSMProfileApp
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.running = False
+        self._started = 0.0
+        self.report: dict[str, Any] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="apply-source", classes="status-line")
+        with Horizontal(classes="form-row"):
+            yield Label("plan file", classes="field-label")
+            yield Input("", placeholder="empty: the Plan tab's plan", id="apply-plan-file", compact=True)
+        with Horizontal(classes="form-row"):
+            yield Label("save to", classes="field-label")
+            yield Input("pruned/tiny-mamba", id="apply-output", compact=True)
+        with Horizontal(classes="form-row checks"):
+            yield Label("options", classes="field-label")
+            yield Checkbox("overwrite", False, id="apply-overwrite", compact=True)
+            yield Checkbox("lm-eval tasks", True, id="apply-lm-eval", compact=True)
+        with Horizontal(classes="actions"):
+            yield Button("Apply & validate (r)", id="apply-run", variant="primary", compact=True)
+            yield Static("", id="apply-msg", classes="msg")
+        yield ProgressBar(total=1, show_eta=False, id="apply-bar")
+        yield Static("idle", id="apply-eta", classes="status-line")
+        yield DataTable(id="apply-table", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#apply-table", DataTable)
+        for col in ("", "before", "after", "change"):
+            table.add_column(col or "quantity", key=col or "quantity")
+        self.plan_changed()
+
+    def set_model_name(self, name: str) -> None:
+        self.query_one("#apply-output", Input).value = f"pruned/{name}"
+
+    def plan_changed(self) -> None:
+        plan = self.app.query_one(PlanView).plan if self.is_mounted else None
+        if plan is None:
+            text = Text("no plan yet: solve one in the Plan tab (4) or give a plan file", style="dim")
+        else:
+            o, p = plan.get("objective", {}), plan.get("predicted", {})
+            text = Text.assemble(("plan: ", "dim"), (f"{len(plan.get('actions', []))} action(s)", "bold"),
+                                 ((f" · reduce {o.get('target')} by {pct(p.get('reduction_ratio'), 1)} · predicted "
+                                   f"ppl +{pct(p.get('rel_ppl_increase'), 1)} (limit +{pct(o.get('max_ppl_increase'), 0)})"),
+                                  "dim"))
+        self.query_one("#apply-source", Static).update(text)
+
+    def message(self, text: str, style: str = "") -> None:
+        self.query_one("#apply-msg", Static).update(Text(text, style=style))
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "apply-run":
+            event.stop()
+            self.start()
+
+    def start(self) -> None:
+        if self.running:
+            self.message("already running", "yellow")
+            return
+        try:
+            from profiler.apply import apply_plan  # noqa: F401
+        except ImportError:
+            self.message("apply is not available in this installation", "bold red")
+            return
+        plan_file = self.query_one("#apply-plan-file", Input).value.strip()
+        plan = self.app.query_one(PlanView).plan
+        if not plan_file and plan is None:
+            self.message("no plan: solve one in the Plan tab or give a plan file", "bold red")
+            return
+        output = self.query_one("#apply-output", Input).value.strip()
+        if not output:
+            self.message("give an output directory", "bold red")
+            return
+        self.running = True
+        self._started = time.monotonic()
+        self.query_one("#apply-run", Button).disabled = True
+        self.query_one("#apply-bar", ProgressBar).update(total=None, progress=0)
+        self.message("loading a fresh copy of the model …")
+        self._run(plan_file or copy.deepcopy(plan), output, self.query_one("#apply-overwrite", Checkbox).value,
+                  self.query_one("#apply-lm-eval", Checkbox).value)
+
+    @work(thread=True, exclusive=True, group="apply", exit_on_error=False)
+    def _run(self, plan, output: str, overwrite: bool, lm_eval: bool) -> None:
+        from profiler.apply import apply_plan, load_plan
+
+        try:
+            if isinstance(plan, str):
+                plan = load_plan(plan)
+            loaded = self.app.fresh_model()  # apply_plan prunes the model it is given in place
+            options = {} if lm_eval else {"tasks": ()}
+            report = apply_plan(loaded, plan, output, validate=True, overwrite=overwrite,
+                                progress=self._progress_from_thread, validate_options=options)
+        except SSMProfileError as err:
+            self._call(self._finished, None, str(err))
+            return
+        except Exception as err:  # noqa: BLE001
+            self._call(self._finished, None, f"{type(err).__name__}: {err}")
+            return
+        self._call(self._finished, report, "")
+
+    def _call(self, fn, *args) -> None:
+        try:
+            self.app.call_from_thread(fn, *args)
+        except RuntimeError:
+            pass
+
+    def _progress_from_thread(self, done: int, total: int, label: str) -> None:
+        self._call(self._progress, done, total, label)
+
+    def _progress(self, done: int, total: int, label: str) -> None:
+        if total > 1:
+            self.query_one("#apply-bar", ProgressBar).update(total=total, progress=done)
+        self.query_one("#apply-eta", Static).update(f"{label} · {duration(time.monotonic() - self._started)} elapsed")
+
+    def _finished(self, report: dict[str, Any] | None, error: str) -> None:
+        self.running = False
+        self.query_one("#apply-run", Button).disabled = False
+        bar = self.query_one("#apply-bar", ProgressBar)
+        if report is None:
+            bar.update(total=1, progress=0)
+            self.message("failed (see the message)", "bold red")
+            self.app.show_error("Apply failed", error)
+            return
+        bar.update(total=1, progress=1)
+        self.report = report
+        validation = report.get("validation") or {}
+        within = validation.get("within_tolerance")
+        verdict = {True: ("within tolerance", "bold green"), False: ("ABOVE tolerance", "bold red"),
+                   None: ("no tolerance", "dim")}[within]
+        self.message(f"saved; {verdict[0]}", verdict[1])
+        self.query_one("#apply-eta", Static).update(
+            f"saved to {report.get('output_dir')} · {duration(time.monotonic() - self._started)}")
+        self.show_report(report)
+
+    def show_report(self, report: dict[str, Any]) -> None:
+        table = self.query_one("#apply-table", DataTable)
+        table.clear()
+        validation = report.get("validation") or {}
+
+        def row(label: str, before, after, fmt=human_count, lower_is_better: bool = True) -> None:
+            if before is None and after is None:
+                return
+            change = ""
+            style = ""
+            if isinstance(before, (int, float)) and isinstance(after, (int, float)) and before:
+                rel = after / before - 1.0
+                change = f"{rel:+.1%}"
+                better = rel < 0 if lower_is_better else rel > 0
+                style = "green" if better and abs(rel) > 1e-9 else ("red" if abs(rel) > 1e-9 else "")
+            table.add_row(Text(label, style="bold"), "" if before is None else fmt(before),
+                          "" if after is None else fmt(after), Text(change, style=style))
+
+        params = report.get("parameters", {})
+        row("parameters", params.get("before"), params.get("after"))
+        row("nonzero parameters", params.get("nonzero_before"), params.get("nonzero_after"))
+        analysis = report.get("analysis", {})
+        before, after = analysis.get("before", {}), analysis.get("after", {})
+        row("bytes (dense)", before.get("bytes"), after.get("bytes"), human_bytes)
+        size = validation.get("size", {})
+        row("bytes on disk", (size.get("base") or {}).get("bytes_on_disk"),
+            (size.get("pruned") or {}).get("bytes_on_disk"), human_bytes)
+        row("FLOPs/token", before.get("flops_per_token"), after.get("flops_per_token"))
+        row("state bytes/seq", before.get("state_bytes_per_sequence"), after.get("state_bytes_per_sequence"),
+            human_bytes)
+        ppl = validation.get("perplexity", {})
+        row("perplexity", (ppl.get("base") or {}).get("perplexity"), (ppl.get("pruned") or {}).get("perplexity"),
+            lambda v: f"{v:.2f}")
+        measured = validation.get("measured", {})
+        if measured.get("predicted_delta_loss") is not None:
+            table.add_row(Text("ΔL predicted → measured", style="bold"), num(measured.get("predicted_delta_loss")),
+                          num(measured.get("delta_loss")), "")
+        speed = validation.get("speed", {})
+        row("latency (s)", (speed.get("base") or {}).get("latency_s"), (speed.get("pruned") or {}).get("latency_s"),
+            lambda v: f"{v:.4f}")
+        row("tokens/s", (speed.get("base") or {}).get("tokens_per_s"), (speed.get("pruned") or {}).get("tokens_per_s"),
+            lambda v: f"{v:,.0f}", lower_is_better=False)
+        for task, scores in (validation.get("lm_eval", {}).get("tasks") or {}).items():
+            for metric, value in (scores.get("base") or {}).items():
+                after_value = (scores.get("pruned") or {}).get(metric)
+                if isinstance(value, (int, float)):
+                    lower = any(w in metric for w in ("perplexity", "bits_per", "loss"))  # else accuracy-like
+                    row(f"{task} {metric}", value, after_value, lambda v: f"{v:.4f}", lower_is_better=lower)
+        counts = report.get("summary", {})
+        table.add_row(Text("actions", style="bold"), f"{counts.get('actions', 0)}",
+                      f"{counts.get('sliced', 0)} sliced · {counts.get('zeroed', 0)} zeroed", "")
+        for note in report.get("notes", [])[:3]:
+            table.add_row(Text("note", style="dim"), Text(note, style="dim italic"), "", "")

@@ -1,0 +1,266 @@
+"""Profile tab: run ``profiler.profile.profile_model`` on the opened model in a thread worker."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Grid, Horizontal, Vertical
+from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, SelectionList, Static
+from textual.worker import get_current_worker
+
+from profiler.errors import RunDirError, SSMProfileError
+
+from .format import duration
+
+if TYPE_CHECKING:
+    from .app import SSMProfileApp
+
+DEFAULT_CRITERIA = ("magnitude", "wanda", "snip", "fisher", "obs", "flap", "captum", "random", "ssm_gramian")
+DEFAULT_SPARSITIES = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SSMProfileError(f"sparsities: expected comma-separated numbers, got '{text}'") from None
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise SSMProfileError(f"{what}: expected a whole number, got '{text}'") from None
+
+
+class ProfileView(Vertical):
+    """A form with the settings of `ssm-profile profile`, a start/cancel pair and progress."""
+
+    app: SSMProfileApp
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._cancel = threading.Event()
+        self._started = 0.0
+        self._first: tuple[float, int] | None = None
+        self.running = False
+
+    def compose(self) -> ComposeResult:
+        # profiler.criteria imports torch; its full list replaces this one once a model or run is open
+        names = sorted([*DEFAULT_CRITERIA, "horizon"])
+        with Horizontal(id="profile-form"):
+            with Vertical(id="profile-criteria-box"):
+                yield Label("criteria", classes="field-label")
+                yield SelectionList[str](*[(n, n, n in DEFAULT_CRITERIA) for n in names], id="profile-criteria",
+                                         compact=True)
+            with Grid(id="profile-fields"):
+                for label, key, value, placeholder in (
+                    ("sparsities", "sparsities", DEFAULT_SPARSITIES, "0.1,0.5,0.9"),
+                    ("calibration windows", "nsamples", "32", "32"),
+                    ("evaluation windows", "eval-samples", "16", "16"),
+                    ("tokens per window", "seqlen", "256", "256"),
+                    ("calibration text", "calibration", "", "embedded (or .txt/.jsonl/hf:NAME)"),
+                    ("evaluation text", "evaluation", "", "embedded"),
+                    ("run directory", "output", "", "runs/MODEL"),
+                ):
+                    yield Label(label, classes="field-label")
+                    yield Input(value, placeholder=placeholder, id=f"profile-{key}", compact=True)
+                yield Label("options", classes="field-label")
+                with Horizontal(classes="checks"):
+                    yield Checkbox("per-layer sweep", True, id="profile-per-layer", compact=True)
+                    yield Checkbox("resume", False, id="profile-resume", compact=True)
+        with Horizontal(id="profile-actions", classes="actions"):
+            yield Button("Start (r)", id="profile-start", variant="primary", compact=True)
+            yield Button("Cancel (x)", id="profile-cancel", variant="error", compact=True, disabled=True)
+            yield Static("", id="profile-msg", classes="msg")
+        yield ProgressBar(total=1, show_eta=False, id="profile-bar")
+        yield Static("idle", id="profile-eta", classes="status-line")
+
+    # ------------------------------------------------------------------ form
+    def prefill(self, meta: dict[str, Any] | None, output: str) -> None:
+        """Defaults for the opened model, or the settings of an opened run directory."""
+        self.query_one("#profile-output", Input).value = output
+        settings, data = (meta or {}).get("settings", {}), (meta or {}).get("data", {})
+        chosen = set(settings.get("criteria", DEFAULT_CRITERIA))
+        sel = self.query_one("#profile-criteria", SelectionList)
+        with contextlib.suppress(Exception):  # keep the built-in list if the registry cannot be read
+            from profiler.criteria import available
+
+            names = available()
+            sel.clear_options()
+            sel.add_options([(n, n, n in chosen) for n in names])
+        if not meta:
+            return
+        sel.deselect_all()
+        for name in chosen:
+            with contextlib.suppress(Exception):  # a criterion this version lacks
+                sel.select(name)
+        if settings.get("sparsities"):
+            self.query_one("#profile-sparsities", Input).value = ",".join(f"{s:g}" for s in settings["sparsities"])
+        for key, field in (("nsamples", "nsamples"), ("eval-samples", "eval_samples"), ("seqlen", "seqlen")):
+            if data.get(field):
+                self.query_one(f"#profile-{key}", Input).value = str(data[field])
+        for key in ("calibration", "evaluation"):
+            source = data.get(key) or ""
+            self.query_one(f"#profile-{key}", Input).value = "" if source.startswith("embedded:") else source
+        self.query_one("#profile-per-layer", Checkbox).value = bool(settings.get("per_layer", True))
+        self.query_one("#profile-resume", Checkbox).value = meta.get("status") != "complete"
+
+    def read_form(self):
+        from profiler.data import DataSpec
+        from profiler.profile import ProfileSettings
+
+        criteria = list(self.query_one("#profile-criteria", SelectionList).selected)
+        if not criteria:
+            raise SSMProfileError("choose at least one criterion")
+        value = lambda key: self.query_one(f"#profile-{key}", Input).value.strip()
+        settings = ProfileSettings(criteria=criteria, sparsities=_floats(value("sparsities")),
+                                   per_layer=self.query_one("#profile-per-layer", Checkbox).value)
+        settings.validate()
+        spec = DataSpec(calibration=value("calibration") or None, evaluation=value("evaluation") or None,
+                        nsamples=_int(value("nsamples"), "calibration windows"),
+                        eval_samples=_int(value("eval-samples"), "evaluation windows"),
+                        seqlen=_int(value("seqlen"), "tokens per window"))
+        output = value("output")
+        if not output:
+            raise SSMProfileError("give a run directory")
+        return settings, spec, output, self.query_one("#profile-resume", Checkbox).value
+
+    def message(self, text: str, style: str = "") -> None:
+        self.query_one("#profile-msg", Static).update(Text(text, style=style))
+
+    # ------------------------------------------------------------------ actions
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.id == "profile-start":
+            self.start()
+        elif event.button.id == "profile-cancel":
+            self.cancel()
+
+    def start(self) -> None:
+        if self.running:
+            self.message("a profile is already running", "yellow")
+            return
+        try:
+            settings, spec, output, resume = self.read_form()
+        except SSMProfileError as err:
+            self.message(str(err), "bold red")
+            return
+        self._cancel.clear()
+        self._started = time.monotonic()
+        self._first = None
+        self.running = True
+        focused = self.app.focused is self.query_one("#profile-start", Button)
+        self.query_one("#profile-cancel", Button).disabled = False
+        if focused:  # keep the keyboard on the form's buttons (not in a text field)
+            self.query_one("#profile-cancel", Button).focus()
+        self.query_one("#profile-start", Button).disabled = True
+        bar = self.query_one("#profile-bar", ProgressBar)
+        bar.update(total=None, progress=0)
+        self.message("starting …", "")
+        self.query_one("#profile-eta", Static).update("loading the model …" if self.app.loaded is None else "")
+        self._run(settings, spec, output, resume)
+
+    def cancel(self) -> None:
+        if not self.running:
+            return
+        self._cancel.set()
+        self.message("cancelling after the current step …", "yellow")
+
+    def stop_now(self) -> None:
+        """Used on quit: ask a running profile to stop at the next trial."""
+        self._cancel.set()
+
+    @work(thread=True, exclusive=True, group="profile", exit_on_error=False)
+    def _run(self, settings, spec, output: str, resume: bool) -> None:
+        from profiler.profile import profile_model
+        from profiler.results import ProfileResult
+
+        worker = get_current_worker()
+        cancelled = lambda: self._cancel.is_set() or worker.is_cancelled
+        try:
+            loaded = self.app.ensure_loaded()
+            if cancelled():
+                raise KeyboardInterrupt
+            result = profile_model(loaded, spec, settings, run_dir=output, resume=resume,
+                                   progress=self._progress_from_thread, cancel=cancelled)
+        except KeyboardInterrupt:
+            try:
+                partial = ProfileResult.load(output)
+            except (RunDirError, SSMProfileError, OSError) as err:
+                partial, why = None, str(err)
+            else:
+                why = ""
+            self._call(self._finished, partial, output, "cancelled", why)
+            return
+        except SSMProfileError as err:
+            self._call(self._finished, None, output, "error", str(err))
+            return
+        except Exception as err:  # noqa: BLE001 - show, don't crash the UI
+            self._call(self._finished, None, output, "error", f"{type(err).__name__}: {err}")
+            return
+        self._call(self._finished, result, output, "complete", "")
+
+    def _call(self, fn, *args) -> None:
+        try:
+            self.app.call_from_thread(fn, *args)
+        except RuntimeError:  # the app has exited meanwhile
+            pass
+
+    def _progress_from_thread(self, done: int, total: int, label: str) -> None:
+        self._call(self._progress, done, total, label)
+
+    def _progress(self, done: int, total: int, label: str) -> None:
+        bar = self.query_one("#profile-bar", ProgressBar)
+        now = time.monotonic()
+        eta = None
+        if total > 1 or done > 0:
+            bar.update(total=max(total, 1), progress=done)
+            if self._first is None:
+                self.message("running", "bold")
+                self._first = (now, done)
+            t0, d0 = self._first
+            if done > d0:
+                eta = (now - t0) / (done - d0) * (total - done)
+            text = f"{done}/{total} trials · {duration(now - self._started)} elapsed · ETA {duration(eta)} · {label}"
+        else:
+            self.message("preparing", "")
+            text = f"{label} · {duration(now - self._started)} elapsed"
+        self.query_one("#profile-eta", Static).update(text)
+
+    def _finished(self, result, output: str, how: str, why: str) -> None:
+        self.running = False
+        cancel = self.query_one("#profile-cancel", Button)
+        self.query_one("#profile-start", Button).disabled = False
+        if self.app.focused is cancel:
+            self.query_one("#profile-start", Button).focus()
+        cancel.disabled = True
+        bar = self.query_one("#profile-bar", ProgressBar)
+        if bar.total is None:
+            bar.update(total=1, progress=0)
+        elapsed = duration(time.monotonic() - self._started)
+        if how == "complete":
+            bar.update(progress=bar.total)
+            self.message(f"done: {len(result.trials)} trials in {elapsed}", "bold green")
+            self.query_one("#profile-eta", Static).update(f"saved to {output}")
+            self.app.set_result(result, Path(output), note="")
+        elif how == "cancelled":
+            if result is not None:
+                self.message(f"cancelled: {len(result.trials)} finished trials kept (tick resume to continue)",
+                             "yellow")
+                self.query_one("#profile-resume", Checkbox).value = True
+                self.app.set_result(result, Path(output), note="partial (cancelled)")
+            else:
+                self.message("cancelled before any trial was saved", "yellow")
+                if why:
+                    self.query_one("#profile-eta", Static).update(why)
+        else:
+            self.message("profile failed (see the message)", "bold red")
+            self.app.show_error("Profile failed", why)
