@@ -5,7 +5,8 @@
 
 Conventions
 -----------
-* FLOPs per token are for recurrent (token-by-token) inference; a multiply-add counts 2. The
+* FLOPs per token are for recurrent (token-by-token) inference; a multiply-add counts 2. With
+  tied embeddings the output projection's FLOPs are charged to ``embeddings``. The
   selective scan (discretisation, state update, readout) is charged to ``A_log``, the skip
   connection to ``D``.
 * Recurrent-state bytes are per sequence: the SSM state (charged to ``A_log``) and the
@@ -215,7 +216,7 @@ def analyze(model: torch.nn.Module, *, name: str | None = None, source: dict[str
                              "a whole SSM mixer (the residual stream passes the layer unchanged)", True,
                              "expressible: fewer layers in the config"))
     config = getattr(model, "config", None)
-    lm_head_flops = sum(g.flops_per_token for g in groups if g.group == "lm_head")
+    lm_head_flops = sum(g.flops_per_token for g in groups if g.group in ("lm_head", "embeddings"))
     info = {
         "name": name or getattr(config, "_name_or_path", "") or type(model).__name__,
         "class": type(model).__name__,
@@ -330,13 +331,16 @@ def _other_groups(model, unique, mixer_of, total) -> list[GroupRow]:
                 group = "norm_f"
             buckets.setdefault((None, group, "model"), []).append(name)
     hidden = getattr(model.config, "hidden_size", 0)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_flops = 2 * head.weight.numel() if head is not None and getattr(head, "weight", None) is not None else 0
+    tied = not any(group == "lm_head" for (_, group, _) in buckets)
     rows = []
     for (layer, group, scope), names in buckets.items():
         tensors = [unique[n] for n in names]
         numel = sum(t.numel() for t in tensors)
         flops = 0
-        if group == "lm_head":
-            flops = 2 * numel
+        if group == "lm_head" or (group == "embeddings" and tied):
+            flops = head_flops  # tied models run the output projection with the embedding matrix
         elif "norm" in group:
             flops = 4 * hidden
         elif scope == "block" and group not in ("layer_norm",):

@@ -121,3 +121,11 @@ def test_cli_analyze_local_dir_writes_json(mamba1_dir, tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["totals"]["parameters"] == 5488
     assert "Parameter groups" in capsys.readouterr().out
+
+
+def test_output_projection_flops_counted_tied_or_not(mamba1_model, mamba2_model):
+    tied, untied = analyze(mamba1_model), analyze(mamba2_model)  # Mamba-1 ties, Mamba-2 does not
+    assert _group(tied, None, "embeddings").flops_per_token == 2 * 64 * 16
+    assert _group(untied, None, "lm_head").flops_per_token == 2 * 64 * 16
+    assert _group(untied, None, "embeddings").flops_per_token == 0
+    assert tied.totals["lm_head_flops_per_token"] == untied.totals["lm_head_flops_per_token"] == 2 * 64 * 16

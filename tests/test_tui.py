@@ -336,7 +336,7 @@ def test_snapshot_profile_form(snap_compare, run_here, size):
 @needs_planner
 @pytest.mark.parametrize("size", SIZES)
 def test_snapshot_plan(snap_compare, run_here, size):
-    assert snap_compare(SSMProfileApp(run_here), terminal_size=size, run_before=_after("4", wait=0.3))
+    assert snap_compare(SSMProfileApp(run_here), terminal_size=size, run_before=_after("4", wait=0.8))  # past the re-plan debounce
 
 
 @pytest.mark.parametrize("size", SIZES)
