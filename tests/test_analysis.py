@@ -129,3 +129,19 @@ def test_output_projection_flops_counted_tied_or_not(mamba1_model, mamba2_model)
     assert _group(untied, None, "lm_head").flops_per_token == 2 * 64 * 16
     assert _group(untied, None, "embeddings").flops_per_token == 0
     assert tied.totals["lm_head_flops_per_token"] == untied.totals["lm_head_flops_per_token"] == 2 * 64 * 16
+
+
+def test_cli_analyze_local_hybrid_checkpoint(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, Zamba2Config
+
+    cfg = Zamba2Config(vocab_size=64, hidden_size=32, num_hidden_layers=4, mamba_d_state=8, mamba_headdim=8,
+                       n_mamba_heads=8, num_attention_heads=4, num_key_value_heads=4, attention_head_dim=8,
+                       intermediate_size=32, layers_block_type=["mamba", "hybrid", "mamba", "mamba"],
+                       hybrid_layer_ids=[1])
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(tmp_path / "zamba2")
+    out = tmp_path / "z.json"
+    assert main(["analyze", str(tmp_path / "zamba2"), "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["model"]["architecture"] == "zamba2" and data["model"]["num_ssm_layers"] == 4
+    assert data["totals"]["parameters"] == sum({id(p): p.numel() for p in model.parameters()}.values())
