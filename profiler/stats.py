@@ -338,6 +338,7 @@ def _gradient_pass(model, mixers, tokens, grad_batch_size, progress, device, sta
                     stats.grad_sum[name] = g.clone()
                     stats.grad_sq_sum[name] = g * g
             stats.grad_batches += 1
+            stats.grad_tokens += ids.shape[0] * (ids.shape[1] - 1)  # predicted tokens in this micro-batch
             done += ids.shape[0]
             if progress:
                 progress(done, "gradients")

@@ -260,7 +260,9 @@ def test_hand_formulas(m1, m2):
         assert torch.allclose(C.get("magnitude").score(ctx, mx, "out_proj.weight"), W.abs())
         assert torch.allclose(C.get("wanda").score(ctx, mx, "out_proj.weight"), W.abs() * norm[None, :])
         g2 = st.grad_sq_sum[mx.full_name("out_proj.weight")] / st.grad_batches
-        assert torch.allclose(C.get("fisher").score(ctx, mx, "out_proj.weight"), W**2 * g2)
+        tokens_per_batch = st.grad_tokens / st.grad_batches  # per-token Fisher from micro-batch gradients
+        assert st.grad_tokens == st.tokens.shape[0] * (st.tokens.shape[1] - 1)
+        assert torch.allclose(C.get("fisher").score(ctx, mx, "out_proj.weight"), W**2 * g2 * tokens_per_batch)
         g = st.grad_sum[mx.full_name("out_proj.weight")] / st.grad_batches
         assert torch.allclose(C.get("snip").score(ctx, mx, "out_proj.weight"), (W * g).abs())
         mean = xin["sum"] / xin["n"]

@@ -54,6 +54,18 @@ def grads(stats: CalibrationStats, mixer: "MixerInfo", param: str) -> tuple[torc
     return stats.grad_sum[name].float() / n, stats.grad_sq_sum[name].float() / n
 
 
+def fisher_diagonal(stats: CalibrationStats, mixer: "MixerInfo", param: str) -> torch.Tensor:
+    """Per-token empirical Fisher diagonal, E_t[(∂ℓ_t/∂w)²], estimated from micro-batch gradients.
+
+    A micro-batch gradient averages T token gradients, so its square is about 1/T of the per-token
+    Fisher (the Hessian of the mean loss near a fit): scale by the tokens per micro-batch. Without
+    this the second-order loss estimate is ~T times too small.
+    """
+    _, g2 = grads(stats, mixer, param)
+    tokens_per_batch = stats.grad_tokens / stats.grad_batches if stats.grad_tokens else 1.0
+    return g2 * tokens_per_batch
+
+
 def stable_seed(*parts: object) -> int:
     """A seed that is the same in every run and process (``hash()`` of a str is not)."""
     return zlib.crc32(":".join(str(p) for p in parts).encode()) & 0x7FFFFFFF

@@ -42,6 +42,7 @@ class CalibrationStats:
     grad_sum: dict[str, torch.Tensor] = field(default_factory=dict)
     grad_sq_sum: dict[str, torch.Tensor] = field(default_factory=dict)
     grad_batches: int = 0
+    grad_tokens: int = 0  # predicted tokens summed over the gradient micro-batches
     # per mixer path: SSM signal statistics (dt, B, C, x energies) for SSM-specific criteria.
     ssm: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     # calibration token ids, for criteria that run their own attribution (captum)

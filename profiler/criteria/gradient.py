@@ -8,7 +8,7 @@ E[g²] = mean_b g_b². Zeroing a weight is the step δ = -w.
 from __future__ import annotations
 
 
-from ._common import expand_mask, grads, need_param, tensor
+from ._common import expand_mask, fisher_diagonal, grads, need_param, tensor
 from .base import Criterion, register
 
 
@@ -42,7 +42,7 @@ class Fisher(Criterion):
     """Fisher-Taylor: w²·E[g²] (second-order Taylor with the empirical Fisher as diagonal Hessian).
 
     ``predict_delta_loss`` of zeroing a set S:
-        ΔL ≈ Σ_S -ḡ·w  +  ½ Σ_S E[g²]·w²
+        ΔL ≈ Σ_S -ḡ·w  +  ½ Σ_S F·w²,  F = per-token empirical Fisher (see ``fisher_diagonal``)
     The first-order term is kept (``first_order=True``, default): a calibration loss is not at a
     minimum of the pruned model's parameters, ḡ ≠ 0, and for small cuts the linear term is the
     larger one. ``first_order=False`` gives the pure second-order estimate ½ Σ_S E[g²]·w².
@@ -61,15 +61,15 @@ class Fisher(Criterion):
 
     def score(self, ctx, mixer, param):
         self.check(mixer, param)
-        _, g2 = grads(ctx.stats, mixer, param)
-        return tensor(mixer, param).square() * g2
+        return tensor(mixer, param).square() * fisher_diagonal(ctx.stats, mixer, param)
 
     def predict_delta_loss(self, ctx, mixer, param, mask):
         self.check(mixer, param)
         w = tensor(mixer, param).double()
         pruned = ~expand_mask(mask, w.shape)
-        g, g2 = (t.double() for t in grads(ctx.stats, mixer, param))
-        delta = 0.5 * (g2 * w.square())[pruned].sum()
+        g, _ = grads(ctx.stats, mixer, param)
+        g, fisher = g.double(), fisher_diagonal(ctx.stats, mixer, param).double()
+        delta = 0.5 * (fisher * w.square())[pruned].sum()
         if self.first_order:
             delta = delta + (-g * w)[pruned].sum()
         return float(delta)
