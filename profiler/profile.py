@@ -3,6 +3,13 @@
 ``profile_model`` is the Python API behind `ssm-profile profile` and the TUI's profile screen;
 it returns a :class:`profiler.results.ProfileResult` and, given ``run_dir``, writes a run
 directory as it goes so an interrupted run can be resumed without redoing finished trials.
+
+Speed (``ProfileSettings.fast_scan`` / ``incremental``, both on by default): the whole profile runs
+with the fast CPU kernels of :mod:`profiler.fastscan` (Mamba-1) and :mod:`profiler.fastscan2`
+(Mamba-2), which agree with transformers' reference paths to float32 rounding, and trials are
+evaluated by :class:`profiler.incremental.IncrementalEvaluator`, which reuses the dense model's
+activations and gives the same losses as a full forward pass bit for bit. Neither setting blocks
+``--resume`` (see ``RESUMABLE_SETTINGS``).
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ from .results import DEFAULT_TOLERANCE, RUN_SCHEMA_VERSION, ProfileResult, appen
 from .sensitivity import DEFAULT_CRITERIA, DEFAULT_SPARSITIES, Scorer, mixers_of, plan_trials, run_trial
 
 Progress = Callable[[int, int, str], None]
+# Settings a resumed run may change: they change how fast trials run, not what they measure
+# (``incremental`` gives bit-identical losses; ``fast_scan`` agrees with the reference kernels to
+# float32 rounding, so a run resumed with the other kernel choice mixes trials of both).
+RESUMABLE_SETTINGS = ("fast_scan", "incremental")
 
 
 @dataclass
@@ -45,6 +56,11 @@ class ProfileSettings:
     tolerance: float = DEFAULT_TOLERANCE
     bootstrap: int = 200
     seed: int = 0
+    # How trials are computed, not what they measure (see RESUMABLE_SETTINGS): fast CPU kernels
+    # (profiler.fastscan, profiler.fastscan2; equal to transformers' paths within float32
+    # rounding) and incremental evaluation (profiler.incremental; bit-identical to batch_losses).
+    fast_scan: bool = True
+    incremental: bool = True
 
     def validate(self) -> None:
         from .criteria import get
@@ -101,9 +117,15 @@ def _check_resume(run_dir: Path, meta: dict[str, Any]) -> None:
         if old["model"].get(key) != meta["model"].get(key):
             raise RunDirError(f"cannot resume '{run_dir}': it profiles other weights ({old['model'].get('name')}); "
                               "choose a new -o")
-    if old.get("settings") != meta["settings"] or old.get("data") != meta["data"]:
+    if _comparable(old.get("settings")) != _comparable(meta["settings"]) or old.get("data") != meta["data"]:
         raise RunDirError(f"cannot resume '{run_dir}': settings or data differ from the original run; "
                           "rerun with the same options or choose a new -o")
+
+
+def _comparable(settings: dict[str, Any] | None) -> dict[str, Any] | None:
+    if settings is None:
+        return None
+    return {k: v for k, v in settings.items() if k not in RESUMABLE_SETTINGS}
 
 
 def profile_model(loaded: LoadedModel, data: DataSpec | Dataset | None = None,
@@ -140,6 +162,16 @@ def profile_model(loaded: LoadedModel, data: DataSpec | Dataset | None = None,
     if run_path is not None and resume and (run_path / "run.json").exists():
         _check_resume(run_path, meta)
 
+    from .fastscan2 import use_fast_kernels
+
+    with use_fast_kernels(settings.fast_scan):
+        return _profile(loaded, dataset, settings, targets, run_path, meta, timings, started, note, cancel)
+
+
+def _profile(loaded: LoadedModel, dataset: Dataset, settings: ProfileSettings, targets: list[Target],
+             run_path: Path | None, meta: dict[str, Any], timings: dict[str, float], started: float,
+             note: Progress, cancel: Callable[[], bool] | None) -> ProfileResult:
+    model = loaded.model
     note(0, 1, "static analysis")
     t0 = time.perf_counter()
     analysis = analyze(model, name=loaded.source.name, source=asdict(loaded.source))
@@ -183,6 +215,15 @@ def profile_model(loaded: LoadedModel, data: DataSpec | Dataset | None = None,
         analysis.to_json(run_path / "analysis.json")
         write_json_atomic(run_path / "dense.json", {"window_losses": dense.tolist()})
 
+    evaluate = None
+    if settings.incremental and any(spec.key not in done for spec in specs):
+        from .incremental import IncrementalEvaluator
+
+        note(0, 1, "caching activations")
+        t0 = time.perf_counter()
+        evaluate = IncrementalEvaluator(model, dataset.evaluation, settings.batch_size).prepare(dense)
+        timings["caching"] = time.perf_counter() - t0
+
     trials = []
     t0 = time.perf_counter()
     for i, spec in enumerate(specs):
@@ -194,7 +235,7 @@ def profile_model(loaded: LoadedModel, data: DataSpec | Dataset | None = None,
         note(i, len(specs), f"{spec.target} · {spec.criterion} · {spec.sparsity:.0%}"
              + ("" if spec.layer is None else f" · layer {spec.layer}"))
         trial = run_trial(model, spec, scorer, mixers, dataset.evaluation, dense_loss, settings.structure,
-                          settings.batch_size)
+                          settings.batch_size, evaluate=evaluate)
         trials.append(trial)
         if journal is not None:
             append_journal(journal, trial)
@@ -204,6 +245,8 @@ def profile_model(loaded: LoadedModel, data: DataSpec | Dataset | None = None,
     unit_scores = _unit_scores(scorer, mixers, criteria)
     saliency = _saliency(scorer, mixers, targets, settings.criteria)
     timings["total"] = time.perf_counter() - started
+    if evaluate is not None:
+        meta["incremental"] = evaluate.summary()
     meta.update(status="complete", timings={k: round(v, 3) for k, v in timings.items()},
                 finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     result = ProfileResult(meta=meta, analysis=analysis, dense_window_losses=dense.tolist(), trials=trials,

@@ -178,12 +178,17 @@ def run_trial(model: torch.nn.Module, spec: TrialSpec, scorer: Scorer, mixers: l
               eval_windows: torch.Tensor, dense_loss: float, structure: str = "unstructured",
               batch_size: int = 8, evaluate: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
               ) -> Trial:
+    """Measure one trial: mask, evaluate, restore. ``evaluate(model, windows)`` replaces
+    :func:`batch_losses`; an evaluator with a true ``accepts_mask`` attribute is called as
+    ``evaluate(model, windows, mask=mask)`` so it can tell what the trial changed."""
     start = time.perf_counter()
     mask = scorer.mask(spec, mixers, structure)
     predicted = scorer.predicted_delta(spec, mask, mixers)
     with MaskApplier(model) as applier:
         applier.apply(mask)
-        if evaluate is not None:
+        if evaluate is not None and getattr(evaluate, "accepts_mask", False):
+            losses = evaluate(model, eval_windows, mask=mask)  # e.g. profiler.incremental.IncrementalEvaluator
+        elif evaluate is not None:
             losses = evaluate(model, eval_windows)
         else:
             losses = batch_losses(model, eval_windows, batch_size)

@@ -41,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerance", type=float, default=0.10, help="relative perplexity increase called safe (0.10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--list-criteria", action="store_true", help="list criteria and what they can score, then exit")
+    p.add_argument("--no-fast-scan", action="store_true",
+                   help="use transformers' reference CPU kernels instead of the fast Mamba-1/Mamba-2 scans "
+                   "(results agree to float32 rounding; much slower)")
+    p.add_argument("--plain-sweep", action="store_true",
+                   help="evaluate every trial with a full forward pass instead of the incremental evaluator "
+                   "(identical results; slower)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
 
@@ -55,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         return _list_criteria(args)
     settings = ProfileSettings(probe_sparsity=args.probe_sparsity, layer_criterion=args.layer_criterion,
                                per_layer=not args.no_per_layer, batch_size=args.batch_size,
-                               tolerance=args.tolerance, seed=args.seed, targets=args.targets)
+                               tolerance=args.tolerance, seed=args.seed, targets=args.targets,
+                               fast_scan=not args.no_fast_scan, incremental=not args.plain_sweep)
     if args.criteria:
         settings.criteria = args.criteria
     if args.sparsities:
@@ -105,6 +112,10 @@ def print_summary(result) -> None:
         table.add_row(str(r.rank), r.target, r.best_criterion, f"{r.auc:.4f}", f"{r.auc_ci[0]:.4f}..{r.auc_ci[1]:.4f}",
                       f"{r.max_safe_sparsity:.0%}", "" if r.delta_at_50 is None else f"{r.delta_at_50:.4f}")
     console.print(table)
+    agreement = result.prediction_agreement()
+    if agreement:
+        console.print("predicted vs measured ΔL (Spearman over the sweep): " + ", ".join(
+            f"{name} ρ={a['spearman']:.2f} (n={a['n']})" for name, a in agreement.items()))
     ft = Table(title="Literature findings on this model")
     for col in ("finding", "holds", "numbers"):
         ft.add_column(col)

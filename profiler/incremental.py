@@ -1,0 +1,406 @@
+"""Incremental evaluation for sensitivity sweeps: recompute only what a trial can change.
+
+A trial masks some mixer parameters and measures the per-window evaluation loss
+(:func:`profiler.data.batch_losses`). :class:`IncrementalEvaluator` returns exactly those losses,
+bit for bit, while skipping work the mask cannot affect. Once per profile it runs the dense model
+over the evaluation windows (the same batches as ``batch_losses``) and keeps:
+
+* the residual-stream input of every decoder layer (layer 0's is the embedding output). A trial
+  whose first touched layer is ``l`` starts there: layers ``< l`` and the embedding are never
+  recomputed (the per-layer heatmap trials; model-wide trials start at layer 0);
+* inside the first touched layer, the outputs of the mixer stages upstream of every masked
+  tensor: ``in_proj`` (and Mamba-1's ``x_proj``) outputs, the gated norm's inputs and
+  ``out_proj``'s input. A trial on ``out_proj`` runs that layer's mixer as one matrix product;
+  one on ``A_log``/``D``/``conv1d``/``dt_bias`` skips that layer's ``in_proj``. The stored tensors
+  are the very objects the dense pass produced (same values, same strides), fed to the same
+  modules, so every later op sees identical inputs;
+* the result of each distinct mask: trials whose masks zero the same elements (e.g. 20% and 30%
+  of 8 heads both prune 2, or two criteria that rank alike) are the same model, so the second
+  one is not evaluated again. A mask that zeroes nothing returns the dense losses.
+
+The head of the model runs with preallocated buffers: ``lm_head`` writes into a reused logits
+tensor and ``log_softmax`` into a reused one (fresh 30+ MB tensors are page-faulted in on every
+call otherwise), and the loss gathers the target log-probabilities instead of copying the logits
+slice as ``cross_entropy`` does; both are the kernels ``batch_losses`` reaches, on the same rows.
+
+Trials are not batched into one forward: different trials have different weights, so a shared
+forward would need other kernels (batched matmuls) and other rounding. The only weight-shared
+part, the head, already runs on ``batch_size x seqlen`` rows per call.
+
+Equality is checked, not assumed: :meth:`IncrementalEvaluator.prepare` replays the dense model
+through every reuse mode and compares with the dense losses of ``batch_losses`` (``torch.equal``);
+a mode that differs is switched off, and if the plain replay differs, every trial falls back to
+``batch_losses`` (``reason`` says why). Supported: Mamba, Mamba-2 and FalconMamba causal LMs from
+transformers (a backbone of embeddings, decoder blocks with a ``mixer``, ``norm_f``, ``lm_head``);
+anything else falls back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import batch_losses
+from .masks import Mask
+
+# Every this many trials, hand glibc's free heap pages back to the OS. The cached activations
+# live in the heap among each trial's short-lived tensors, so without a trim the freed space is
+# kept (RSS grew ~0.7 GB over a default tiny-mamba2 profile; live memory did not).
+TRIM_EVERY = 16
+SUPPORTED_CLASSES = ("MambaForCausalLM", "Mamba2ForCausalLM", "FalconMambaForCausalLM")
+DEFAULT_CACHE_BYTES = 1 << 30
+
+# Reuse modes inside the first touched layer, by mixer kind: mode -> parameter groups it may touch.
+# Mamba-1: in_proj -> conv1d -> x_proj -> dt_proj -> scan (A_log, D, dt_proj.bias) -> out_proj.
+# Mamba-2: in_proj -> conv1d -> scan (dt_bias, A_log, D) -> norm -> out_proj.
+_MODES = {
+    "mamba1": (("out_proj", {"out_proj"}),
+               ("x_proj", {"dt_proj", "A_log", "D", "out_proj"}),
+               ("in_proj", {"conv1d", "x_proj", "dt_proj", "A_log", "D", "out_proj"})),
+    "mamba2": (("out_proj", {"out_proj"}),
+               ("norm", {"norm", "out_proj"}),
+               ("in_proj", {"conv1d", "dt_bias", "A_log", "D", "norm", "out_proj"})),
+}
+
+# Stage tensors each mode reads.
+_REQUIRES = {"out_proj": {"out_proj"}, "norm": {"norm", "out_proj"}, "in_proj": {"in_proj"},
+             "x_proj": {"in_proj", "x_proj"}}
+
+
+@dataclass
+class _Batch:
+    ids: torch.Tensor  # (b, l) input ids on the model device
+    targets: torch.Tensor  # (b, l - 1, 1) next-token ids
+    inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> residual input
+    stages: dict[int, dict[str, Any]] = field(default_factory=dict)  # layer -> stage tensors
+
+
+def supports(model: torch.nn.Module) -> str | None:
+    """None when ``model`` can be evaluated incrementally, else why not."""
+    if type(model).__name__ not in SUPPORTED_CLASSES:
+        return f"{type(model).__name__} is not one of {', '.join(SUPPORTED_CLASSES)}"
+    backbone = getattr(model, "backbone", None)
+    if backbone is None or not all(hasattr(backbone, a) for a in ("embeddings", "layers", "norm_f")):
+        return "the model has no backbone with embeddings, layers and norm_f"
+    if getattr(model, "lm_head", None) is None:
+        return "the model has no lm_head"
+    if not all(hasattr(layer, "mixer") for layer in backbone.layers):
+        return "a decoder layer has no mixer"
+    return None
+
+
+class IncrementalEvaluator:
+    """``evaluate(model, windows, mask=None) -> per-window losses`` for :func:`profiler.sensitivity.run_trial`.
+
+    Bound to one model, one set of evaluation windows and one batch size; call :meth:`prepare`
+    with the dense losses from ``batch_losses`` before the first trial. ``cache_bytes`` bounds the
+    cached activations (layer inputs first, then stage outputs from layer 0 up); layers past the
+    budget are recomputed from the nearest cached input.
+    """
+
+    accepts_mask = True
+
+    def __init__(self, model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 8,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, dedupe: bool = True):
+        self.model = model
+        self.windows = windows
+        self.batch_size = batch_size
+        self.cache_bytes = cache_bytes
+        self.dedupe = dedupe
+        self.reason: str | None = supports(model)
+        self.enabled = False
+        self.modes: dict[str, bool] = {}
+        self.stats: Counter = Counter()
+        self.seconds = {"prepare": 0.0}
+        self._dense: torch.Tensor | None = None
+        self._results: dict[bytes, torch.Tensor] = {}
+        self._batches: list[_Batch] = []
+        self._buffers: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._calls = 0
+        if self.reason is None:
+            self.backbone = model.backbone
+            self.layers = list(model.backbone.layers)
+            self.kind = "mamba2" if type(model).__name__.startswith("Mamba2") else "mamba1"
+            self._layer_of = {f"backbone.layers.{i}.": i for i in range(len(self.layers))}
+
+    # ------------------------------------------------------------------ setup
+    @torch.no_grad()
+    def prepare(self, dense_losses: torch.Tensor) -> IncrementalEvaluator:
+        """Cache the dense activations and check every reuse mode against ``dense_losses``."""
+        start = time.perf_counter()
+        self._dense = dense_losses.detach().clone()
+        if self.reason is None:
+            try:
+                self._capture()
+                self._verify()
+            except Exception as err:  # noqa: BLE001 - any surprise means: evaluate plainly
+                self.reason = f"incremental replay failed ({type(err).__name__}: {err})"
+                self.enabled = False
+                self._batches = []
+        self.seconds["prepare"] = time.perf_counter() - start
+        return self
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _budget(self) -> tuple[int, int]:
+        """(layers whose inputs are cached, layers whose stages are cached), within ``cache_bytes``."""
+        tokens = int(self.windows.numel())
+        hidden = self.backbone.norm_f.weight.shape[0]
+        per_input = tokens * hidden * 4
+        n_inputs = max(1, min(len(self.layers), self.cache_bytes // max(per_input, 1)))
+        left = self.cache_bytes - n_inputs * per_input
+        n_stages = 0
+        for layer in self.layers:
+            mixer = layer.mixer
+            width = mixer.in_proj.weight.shape[0] + 2 * mixer.out_proj.weight.shape[1]
+            if self.kind == "mamba1" and hasattr(mixer, "x_proj"):
+                width += mixer.x_proj.weight.shape[0]
+            need = tokens * width * 4
+            if need > left:
+                break
+            left -= need
+            n_stages += 1
+        return n_inputs, n_stages
+
+    def _capture(self) -> None:
+        device = self._device()
+        n_inputs, n_stages = self._budget()
+        self.cached_layers, self.staged_layers = n_inputs, n_stages
+        self._batches = []
+        for ids in self.windows.split(self.batch_size):
+            ids = ids.to(device)
+            self._batches.append(_Batch(ids=ids, targets=ids[:, 1:, None]))
+        handles = []
+        current: dict[str, Any] = {}
+        for i in range(n_stages):
+            handles += self._stage_hooks(i, current)
+        try:
+            for batch in self._batches:
+                h = self.backbone.embeddings(batch.ids)
+                for i, layer in enumerate(self.layers):
+                    if i < n_inputs:
+                        batch.inputs[i] = h
+                    current.clear()
+                    h = layer(h, cache=None, attention_mask=None)
+                    if i < n_stages:
+                        batch.stages[i] = dict(current)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _stage_hooks(self, i: int, store: dict[str, Any]) -> list:
+        mixer = self.layers[i].mixer
+
+        def keep_output(name):
+            def hook(module, args, output):
+                store[name] = output
+            return hook
+
+        def keep_args(name):
+            def hook(module, args, kwargs):
+                store[name] = (args, kwargs)
+            return hook
+
+        handles = [mixer.in_proj.register_forward_hook(keep_output("in_proj")),
+                   mixer.out_proj.register_forward_pre_hook(keep_args("out_proj"), with_kwargs=True)]
+        if self.kind == "mamba1" and hasattr(mixer, "x_proj"):
+            handles.append(mixer.x_proj.register_forward_hook(keep_output("x_proj")))
+        if self.kind == "mamba2" and hasattr(mixer, "norm"):
+            handles.append(mixer.norm.register_forward_pre_hook(keep_args("norm"), with_kwargs=True))
+        return handles
+
+    def _verify(self) -> None:
+        assert self._dense is not None
+        replay = self._evaluate(start=0, mode=None)
+        if not torch.equal(replay, self._dense):
+            self.reason = ("replaying the dense model layer by layer did not reproduce batch_losses bit for bit; "
+                           "trials use batch_losses")
+            return
+        self.enabled = True
+        for mode, _ in _MODES[self.kind]:
+            ok = self.staged_layers > 0 and all(_REQUIRES[mode] <= set(b.stages.get(0, {})) for b in self._batches)
+            if ok:
+                ok = torch.equal(self._evaluate(start=0, mode=mode), self._dense)
+            self.modes[mode] = ok
+
+    # ------------------------------------------------------------------ evaluation
+    def __call__(self, model: torch.nn.Module, windows: torch.Tensor, mask: Mask | None = None) -> torch.Tensor:
+        """Per-window losses of ``model`` (masked in place) on ``windows``, equal to ``batch_losses``."""
+        if model is not self.model or not (windows is self.windows or torch.equal(windows, self.windows)):
+            self.stats["plain"] += 1
+            return batch_losses(model, windows, self.batch_size)
+        touched = None if mask is None else _touched(mask)
+        key = None
+        if touched is not None and self.dedupe:
+            if not touched and self._dense is not None:
+                self.stats["unchanged"] += 1
+                return self._dense.clone()
+            key = _mask_key(touched)
+            if key in self._results:
+                self.stats["repeated"] += 1
+                return self._results[key].clone()
+        if not self.enabled:
+            self.stats["plain"] += 1
+            losses = batch_losses(model, windows, self.batch_size)
+        elif (plan := self._plan(touched)) is None:
+            self.stats["outside_layers"] += 1  # embeddings, final norm or head: nothing cached applies
+            losses = batch_losses(model, windows, self.batch_size)
+        else:
+            start, mode = plan
+            self.stats[f"start_layer_{start}"] += 1
+            self.stats[f"mode_{mode or 'full'}"] += 1
+            losses = self._evaluate(start, mode)
+        if key is not None:
+            self._results[key] = losses.clone()
+        self._calls += 1
+        if self._calls % TRIM_EVERY == 0:
+            _release_free_heap()
+        return losses
+
+    def _plan(self, touched: dict[str, torch.Tensor] | None) -> tuple[int, str | None] | None:
+        """(first layer to recompute, reuse mode inside it) for a trial touching ``touched``;
+        None when it touches something outside the decoder layers (then nothing cached is valid)."""
+        if touched is None:
+            return None  # no mask given: it may have changed anything
+        layers: dict[int, set[str]] = {}
+        for name in touched:
+            layer, group = self._locate(name)
+            if layer is None:
+                return None
+            layers.setdefault(layer, set()).add(group)
+        first = min(layers)
+        start = min(first, self.cached_layers - 1)
+        if start != first or first >= self.staged_layers:
+            return start, None
+        groups = layers[first]
+        for mode, allowed in _MODES[self.kind]:
+            if self.modes.get(mode) and groups <= allowed:
+                return first, mode
+        return first, None
+
+    def _locate(self, name: str) -> tuple[int | None, str]:
+        """(decoder layer, mixer parameter group) of a full parameter name."""
+        for prefix, layer in self._layer_of.items():
+            if name.startswith(prefix):
+                rest = name[len(prefix):]
+                if not rest.startswith("mixer."):
+                    return layer, "<block>"
+                return layer, rest[len("mixer."):].split(".")[0]
+        return None, ""
+
+    @torch.no_grad()
+    def _evaluate(self, start: int, mode: str | None) -> torch.Tensor:
+        losses = []
+        for batch in self._batches:
+            h = batch.inputs[start]
+            for i in range(start, len(self.layers)):
+                if i == start and mode is not None:
+                    h = self._run_layer_reusing(i, h, batch.stages[i], mode)
+                else:
+                    h = self.layers[i](h, cache=None, attention_mask=None)
+            losses.append(self._head_loss(h, batch))
+        return torch.cat(losses).double()
+
+    def _run_layer_reusing(self, i: int, h: torch.Tensor, stages: dict[str, Any], mode: str) -> torch.Tensor:
+        """Layer ``i`` with the mixer stages upstream of the masked tensors replaced by their dense outputs."""
+        layer = self.layers[i]
+        mixer = layer.mixer
+        patched = []
+
+        def returns(value):
+            return lambda *args, **kwargs: value
+
+        if mode == "out_proj":
+            args, kwargs = stages["out_proj"]
+            mixer.forward = lambda *a, **k: mixer.out_proj(*args, **kwargs)
+            patched.append(mixer)
+        elif mode == "norm":
+            (norm_args, norm_kwargs), (out_args, _) = stages["norm"], stages["out_proj"]
+            dtype = out_args[0].dtype
+            mixer.forward = lambda *a, **k: mixer.out_proj(mixer.norm(*norm_args, **norm_kwargs).to(dtype))
+            patched.append(mixer)
+        else:
+            mixer.in_proj.forward = returns(stages["in_proj"])
+            patched.append(mixer.in_proj)
+            if mode == "x_proj":
+                mixer.x_proj.forward = returns(stages["x_proj"])
+                patched.append(mixer.x_proj)
+        try:
+            return layer(h, cache=None, attention_mask=None)
+        finally:
+            for module in patched:
+                del module.forward
+
+    def _head_loss(self, h: torch.Tensor, batch: _Batch) -> torch.Tensor:
+        """``batch_losses``' loss of one batch from the last layer's output, with reused buffers."""
+        model = self.model
+        h = self.backbone.norm_f(h)
+        head = model.lm_head
+        weight = head.weight
+        x = h.to(weight.dtype)
+        key = (tuple(x.shape), weight.shape[0], weight.dtype, x.device)
+        if key not in self._buffers:
+            shape = (*x.shape[:-1], weight.shape[0])
+            self._buffers[key] = (torch.empty(shape, dtype=weight.dtype, device=x.device),
+                                  torch.empty(shape, dtype=torch.float32, device=x.device))
+        logits_buf, logp_buf = self._buffers[key]
+        if isinstance(head, torch.nn.Linear) and head.bias is None and type(head).forward is torch.nn.Linear.forward \
+                and not head._forward_hooks and not head._forward_pre_hooks:
+            logits = torch.matmul(x, weight.t(), out=logits_buf)
+        else:
+            logits = head(x)
+        logits = logits.float()
+        logp = torch.log_softmax(logits, dim=-1, out=logp_buf)
+        token = logp[:, :-1].gather(-1, batch.targets).neg_()
+        return token.view(batch.ids.shape[0], -1).mean(dim=1).cpu()
+
+    # ------------------------------------------------------------------ reporting
+    def summary(self) -> dict[str, Any]:
+        """What was reused: counts by kind, for run.json and the benchmark."""
+        return {"enabled": self.enabled, "reason": self.reason, "modes": dict(self.modes),
+                "cached_layers": getattr(self, "cached_layers", 0), "staged_layers": getattr(self, "staged_layers", 0),
+                "counts": dict(sorted(self.stats.items())), "prepare_s": round(self.seconds["prepare"], 3)}
+
+
+def _touched(mask: Mask) -> dict[str, torch.Tensor]:
+    """The mask entries that zero at least one element (an all-True entry changes nothing)."""
+    return {name: keep for name, keep in mask.items() if not bool(keep.all())}
+
+
+def _mask_key(touched: dict[str, torch.Tensor]) -> bytes:
+    """A digest of exactly which elements of which tensors are zeroed."""
+    digest = hashlib.blake2b(digest_size=32)
+    for name in sorted(touched):
+        keep = touched[name]
+        digest.update(name.encode())
+        digest.update(repr(tuple(keep.shape)).encode())
+        digest.update(np.packbits(keep.detach().cpu().numpy().reshape(-1)).tobytes())
+    return digest.digest()
+
+
+_LIBC: Any = None
+
+
+def _release_free_heap() -> None:
+    """``malloc_trim(0)`` where glibc provides it (a no-op elsewhere)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+            import ctypes.util
+
+            name = ctypes.util.find_library("c")
+            _LIBC = ctypes.CDLL(name) if name else False
+            if _LIBC and not hasattr(_LIBC, "malloc_trim"):
+                _LIBC = False
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)

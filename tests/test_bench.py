@@ -1,0 +1,32 @@
+"""`ssm-profile bench --quick` runs end to end and writes the expected JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+
+from profiler.cli.main import main
+
+
+def test_bench_quick_writes_json_and_tables(tmp_path, capsys):
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    assert main(["bench", "--quick", "--quiet", "--json", str(out), "--markdown", str(md)]) == 0
+    printed = capsys.readouterr().out
+    assert "Default profile of the embedded models" in printed and "Goals of issue 7" in printed
+    report = json.loads(out.read_text())
+    assert {"machine", "threads", "quick", "layer_forward", "layer_backward", "profiles", "throughput",
+            "goals"} <= report.keys()
+    assert report["threads"] == 1 and report["quick"] is True
+    assert {"cpu", "cores", "date", "torch"} <= report["machine"].keys()
+    fwd = report["layer_forward"]
+    assert {"reference_s", "fast_s", "floor_s", "speedup", "fast_over_floor"} <= fwd.keys()
+    assert {"reference_s", "fast_s", "speedup"} <= report["layer_backward"].keys()
+    for name in ("tiny-mamba", "tiny-mamba2"):
+        p = report["profiles"][name]
+        assert p["identical"] is True and p["trials"] > 0
+        for mode in ("plain", "incremental"):
+            assert {"seconds", "trial_seconds", "peak_rss_mib", "delta_mib", "trials"} <= p[mode].keys()
+        assert p["speedup"] > 0 and p["incremental_summary"]["enabled"]
+        t = report["throughput"][name]
+        assert t["dense_tok_s"] > 0 and t["pruned_tok_s"] > 0 and t["params_pruned"] < t["params_dense"]
+    assert all(g["met"] is None for g in report["goals"] if "identical" not in g["goal"])
+    assert "| default profile |" in md.read_text()
