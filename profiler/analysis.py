@@ -280,7 +280,7 @@ def _mixer_groups(m: MixerInfo, unique: dict[str, torch.nn.Parameter], total: in
 
 
 def _mixer_flops(m: MixerInfo, group: str) -> int:
-    E, N, H = m.intermediate_size, m.state_size, m.hidden_size
+    E, N = m.intermediate_size, m.state_size
     mod = m.module
     if group in ("in_proj", "x_proj", "dt_proj", "out_proj"):
         w = getattr(mod, group).weight

@@ -28,7 +28,6 @@ The output always reloads with plain ``transformers.AutoModelForCausalLM.from_pr
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, fields
 from datetime import datetime, timezone

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Callable, Iterable, Sequence
 
+from profiler.fmt import human_bytes, human_count  # noqa: F401  (re-exported)
+
 # --------------------------------------------------------------------------- palettes
 # One colour per criterion, the same in every chart and table of every report.
 CRITERION_COLORS = {
@@ -105,18 +107,6 @@ def fmt_pct(v: float | None, digits: int = 0) -> str:
     return "–" if v is None or not finite(v) else f"{v * 100:.{digits}f}%"
 
 
-def human_count(n: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return f"{n:.0f}"
-
-
-def human_bytes(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f} B"
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import warnings
+from ..fmt import human_bytes, human_count  # noqa: F401  (re-exported)
 
 
 def add_model_args(parser: argparse.ArgumentParser, positional: bool = True, required: bool = False) -> None:
@@ -66,15 +67,3 @@ def load_from_args(args: argparse.Namespace, with_tokenizer: bool = True):
     return loaded
 
 
-def human_count(n: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return f"{n:.0f}"
-
-
-def human_bytes(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f} B"
