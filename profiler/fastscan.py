@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .patching import GlobalPatcher
 
 try:
     import numba
@@ -747,54 +748,24 @@ def _conv_dispatch(original: Callable) -> Callable:
 # so replacing the globals is what takes effect (verified: the class decorator only registers
 # hub kernels, and on CPU ``mamba_inner_fn`` returns None so training takes this path too).
 _HOOKS = {"mamba_selective_scan": _scan_dispatch, "causal_conv1d_fn": _conv_dispatch}
-_ORIGINAL = "_ssm_profile_original"
-
-
-def _target_modules() -> Iterator:
-    for name in PATCH_TARGETS:
-        try:
-            yield importlib.import_module(name)
-        except ImportError:  # model family absent from this transformers version
-            continue
-
-
-def _hook_points() -> Iterator[tuple[object, str, Callable]]:
-    for module in _target_modules():
-        for name, make in _HOOKS.items():
-            if hasattr(module, name):
-                yield module, name, make
+_PATCHER = GlobalPatcher(PATCH_TARGETS, _HOOKS)
 
 
 def is_fast_scan_enabled() -> bool:
     """Whether transformers' Mamba modules are currently routed to the fast path."""
-    return any(hasattr(getattr(m, n), _ORIGINAL) for m, n, _ in _hook_points())
+    return _PATCHER.enabled()
 
 
 def enable_fast_scan() -> None:
     """Route transformers' Mamba-1 full-sequence scan (and its CPU conv) to this module (idempotent)."""
-    for module, name, make in _hook_points():
-        current = getattr(module, name)
-        if not hasattr(current, _ORIGINAL):
-            patched = make(current)
-            setattr(patched, _ORIGINAL, current)
-            setattr(module, name, patched)
+    _PATCHER.enable()
 
 
 def disable_fast_scan() -> None:
     """Restore transformers' own functions."""
-    for module, name, _ in _hook_points():
-        original = getattr(getattr(module, name), _ORIGINAL, None)
-        if original is not None:
-            setattr(module, name, original)
+    _PATCHER.disable()
 
 
-@contextlib.contextmanager
-def use_fast_scan(enabled: bool = True) -> Iterator[None]:
+def use_fast_scan(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     """Turn the fast path on (or off) inside the block; every patched global is restored on exit."""
-    saved = [(module, name, getattr(module, name)) for module, name, _ in _hook_points()]
-    (enable_fast_scan if enabled else disable_fast_scan)()
-    try:
-        yield
-    finally:
-        for module, name, func in saved:
-            setattr(module, name, func)
+    return _PATCHER.use(enabled)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import math
 from collections.abc import Callable, Iterator
 
@@ -32,12 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from . import fastscan
+from .patching import GlobalPatcher
 
 BACKEND = fastscan.BACKEND
 # Modules whose ``mamba2_chunk_scan`` / ``causal_conv1d_fn`` globals are transformers' Mamba-2
 # functions with the signatures handled here.
 PATCH_TARGETS = ("transformers.models.mamba2.modeling_mamba2",)
-_ORIGINAL = "_ssm_profile_original"
 
 if BACKEND == "numba":
     import numba
@@ -158,50 +157,27 @@ def _chunk_scan_dispatch(original: Callable) -> Callable:
 _HOOKS = {"mamba2_chunk_scan": _chunk_scan_dispatch, "causal_conv1d_fn": fastscan._conv_dispatch}
 
 
-def _hook_points() -> Iterator[tuple[object, str, Callable]]:
-    for name in PATCH_TARGETS:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:  # pragma: no cover - model family absent from this transformers version
-            continue
-        for attr, make in _HOOKS.items():
-            if hasattr(module, attr):
-                yield module, attr, make
+_PATCHER = GlobalPatcher(PATCH_TARGETS, _HOOKS)
 
 
 def is_fast_ssd_enabled() -> bool:
     """Whether transformers' Mamba-2 module is currently routed to the fast path."""
-    return any(hasattr(getattr(m, n), _ORIGINAL) for m, n, _ in _hook_points())
+    return _PATCHER.enabled()
 
 
 def enable_fast_ssd() -> None:
     """Route transformers' Mamba-2 chunk scan (inference) and causal conv here (idempotent)."""
-    for module, name, make in _hook_points():
-        current = getattr(module, name)
-        if not hasattr(current, _ORIGINAL):
-            patched = make(current)
-            setattr(patched, _ORIGINAL, current)
-            setattr(module, name, patched)
+    _PATCHER.enable()
 
 
 def disable_fast_ssd() -> None:
     """Restore transformers' own Mamba-2 functions."""
-    for module, name, _ in _hook_points():
-        original = getattr(getattr(module, name), _ORIGINAL, None)
-        if original is not None:
-            setattr(module, name, original)
+    _PATCHER.disable()
 
 
-@contextlib.contextmanager
-def use_fast_ssd(enabled: bool = True) -> Iterator[None]:
+def use_fast_ssd(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     """Turn the Mamba-2 fast path on (or off) inside the block; patched globals are restored on exit."""
-    saved = [(module, name, getattr(module, name)) for module, name, _ in _hook_points()]
-    (enable_fast_ssd if enabled else disable_fast_ssd)()
-    try:
-        yield
-    finally:
-        for module, name, func in saved:
-            setattr(module, name, func)
+    return _PATCHER.use(enabled)
 
 
 @contextlib.contextmanager
