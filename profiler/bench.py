@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .bench_scan import torch_threads
 
 EMBEDDED = ("tiny-mamba", "tiny-mamba2")
 GOALS = {"layer_forward_speedup": 4.0, "layer_forward_over_floor": 1.5, "layer_backward_speedup": 10.0,
@@ -75,15 +76,6 @@ def machine_info() -> dict[str, Any]:
             "numba": numba.__version__, "ssm-profile": __version__,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
-
-@contextlib.contextmanager
-def _threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _rss_mib() -> float:
@@ -154,7 +146,7 @@ def bench_profiles(threads: int = 1, quick: bool = False, reference: bool = Fals
         for mode in modes:
             note(f"default profile of {name}: {mode} sweep")
             if quick:
-                with _threads(threads):
+                with torch_threads(threads):
                     runs[mode] = _profile_once(name, mode, threads, quick)
             else:
                 runs[mode] = _isolated(_profile_once, name, mode, threads, quick)
@@ -216,7 +208,7 @@ def bench_throughput(threads: int = 1, quick: bool = False, fraction: float = 0.
 
     batch, seqlen, repeats = (2, 32, 2) if quick else (8, 256, 5)
     out = {}
-    with _threads(threads), use_fast_kernels(True):
+    with torch_threads(threads), use_fast_kernels(True):
         for name in models:
             model = load_model(name, with_tokenizer=False).model
             vocab = model.config.vocab_size

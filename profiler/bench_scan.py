@@ -36,7 +36,8 @@ def build_mixer(seed: int = 0) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with n torch threads, then restore the previous count."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -90,7 +91,7 @@ def _result(reference: float, fast: float, threads: int, seq_len: int, **extra: 
 
 def bench_layer_forward(seq_len: int = 1024, threads: int = 1, repeats: int = 3, seed: int = 0) -> dict:
     """Forward (inference) of one mixer: reference vs fast scan vs dense-projection floor."""
-    with _threads(threads), torch.no_grad():
+    with torch_threads(threads), torch.no_grad():
         mixer = build_mixer(seed).eval()
         x = torch.randn(1, seq_len, mixer.hidden_size)
         t = _best_times({"reference": _with_fast_scan(False, lambda: mixer(x)),
@@ -102,7 +103,7 @@ def bench_layer_forward(seq_len: int = 1024, threads: int = 1, repeats: int = 3,
 
 def bench_layer_backward(seq_len: int = 512, threads: int = 1, repeats: int = 3, seed: int = 0) -> dict:
     """Forward + backward (training mode) of one mixer: reference autograd loop vs fast scan."""
-    with _threads(threads):
+    with torch_threads(threads):
         mixer = build_mixer(seed).train()
         x = torch.randn(1, seq_len, mixer.hidden_size, requires_grad=True)
         grad = torch.randn(1, seq_len, mixer.hidden_size)

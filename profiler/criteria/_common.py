@@ -76,3 +76,8 @@ def expand_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     if mask.shape != shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} does not match the parameter shape {tuple(shape)}")
     return mask
+
+
+def out_proj_slot(family):
+    """The slot through which a unit family owns out_proj input channels, or None."""
+    return next((slot for slot in family.slots if slot.param == "out_proj.weight"), None)

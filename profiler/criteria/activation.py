@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..arch import MAMBA1
-from ._common import LINEAR_WEIGHTS, input_norm, input_var, inputs, need_param, tensor
+from ._common import LINEAR_WEIGHTS, input_norm, input_var, inputs, need_param, out_proj_slot, tensor
 from .base import Criterion, NotApplicable, register
 
 
@@ -85,15 +85,8 @@ class Flap(Criterion):
         var = input_var(ctx.stats, mixer, "x").view(mixer.num_heads, mixer.head_dim).sum(1)
         return w.square() * var
 
-    @staticmethod
-    def _out_slot(family):
-        for slot in family.slots:
-            if slot.param == "out_proj.weight":
-                return slot
-        return None
-
     def check_units(self, mixer, family):
-        if self._out_slot(family) is None:
+        if out_proj_slot(family) is None:
             raise NotApplicable(f"FLAP scores out_proj input channels; a {family.kind} unit owns none")
 
     def channel_fluctuation(self, ctx, mixer) -> torch.Tensor:
@@ -103,7 +96,7 @@ class Flap(Criterion):
 
     def unit_scores(self, ctx, mixer, family):
         self.check_units(mixer, family)
-        slot = self._out_slot(family)
+        slot = out_proj_slot(family)
         fluct = self.channel_fluctuation(ctx, mixer)
         idx = slot.indices(torch.arange(family.count)).view(family.count, slot.width)
         return fluct[idx].sum(1)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from captum.attr import LayerGradientXActivation
 
 from ..arch import find_mixers
+from ._common import out_proj_slot
 from .base import Criterion, NotApplicable, register
 
 
@@ -42,15 +43,8 @@ class CaptumChannelAttribution(Criterion):
     def score(self, ctx, mixer, param):
         self.check(mixer, param)
 
-    @staticmethod
-    def _out_slot(family):
-        for slot in family.slots:
-            if slot.param == "out_proj.weight":
-                return slot
-        return None
-
     def check_units(self, mixer, family):
-        if self._out_slot(family) is None:
+        if out_proj_slot(family) is None:
             raise NotApplicable(f"captum attributes out_proj input channels; a {family.kind} unit owns none")
 
     def channel_scores(self, ctx) -> dict[str, torch.Tensor]:
@@ -102,6 +96,6 @@ class CaptumChannelAttribution(Criterion):
     def unit_scores(self, ctx, mixer, family):
         self.check_units(mixer, family)
         channels = self.channel_scores(ctx)[mixer.path]
-        slot = self._out_slot(family)
+        slot = out_proj_slot(family)
         idx = slot.indices(torch.arange(family.count)).view(family.count, slot.width)
         return channels[idx].sum(1)
