@@ -247,16 +247,13 @@ def _element_masks(loaded: LoadedModel, plan: dict[str, Any], element_actions: l
 
 
 def _unit_ids(action: dict[str, Any], mixer: MixerInfo, kind: str, where: str) -> list[int]:
-    family = mixer.unit_family(kind)
-    indices = action.get("unit_indices") or {}
-    ids = indices.get(str(mixer.layer), [])
-    ids = [int(u) for u in ids]
-    bad = [u for u in ids if not 0 <= u < family.count]
-    if bad:
-        raise PlanError(f"{where}: layer {mixer.layer} {kind} ids {bad[:5]} out of range [0, {family.count})")
-    if len(set(ids)) != len(ids):
-        raise PlanError(f"{where}: layer {mixer.layer} lists a {kind} unit twice")
-    return sorted(ids)
+    from .surgery import unit_id_list
+
+    ids = (action.get("unit_indices") or {}).get(str(mixer.layer), [])
+    try:
+        return unit_id_list(ids, mixer.unit_family(kind), f"layer {mixer.layer}")
+    except ValueError as err:  # out-of-range or repeated ids: the plan is wrong, not the code
+        raise PlanError(f"{where}: {err}") from None
 
 
 class _Snapshot:

@@ -44,7 +44,7 @@ def _family(mixer: MixerInfo, kind: str) -> UnitFamily:
         raise ValueError(str(err).strip("'\"")) from None
 
 
-def _as_unit_list(units: Units, family: UnitFamily, what: str) -> list[int]:
+def unit_id_list(units: Units, family: UnitFamily, what: str) -> list[int]:
     """Sorted unit ids; rejects out-of-range and repeated ids (a repeat is almost always a bug)."""
     ids = [int(u) for u in torch.as_tensor(units, dtype=torch.long).reshape(-1).tolist()] \
         if isinstance(units, torch.Tensor) else [int(u) for u in units]
@@ -89,7 +89,7 @@ def zero_units(mixer: MixerInfo, kind: str, units: Units) -> None:
     Shapes do not change. Any family may be zeroed (also non-prunable ones such as ``group``).
     """
     family = _family(mixer, kind)
-    ids = _as_unit_list(units, family, "zero_units")
+    ids = unit_id_list(units, family, "zero_units")
     if not ids:
         return
     params = mixer.params
@@ -250,7 +250,7 @@ def slice_units(mixer: MixerInfo, kind: str, keep: Units) -> None:
     per head (Mamba-2 head channels).
     """
     family = _family(mixer, kind)
-    ids = _as_unit_list(keep, family, "slice_units")
+    ids = unit_id_list(keep, family, "slice_units")
     _check_keep(ids, family)
     kept = _kept_indices(mixer, family, ids)
     tensors = _sliced_tensors(mixer, kept)
