@@ -755,12 +755,13 @@ class _Measurer:
 
         from .criteria import NotApplicable
         from .masks import merge, unit_mask
-        from .sensitivity import TrialSpec, mixers_of
+        from .arch import find_mixers
+        from .sensitivity import TrialSpec
 
         key = (a.target, a.sparsity, a.criterion, a.structure)
         if key in self._masks:
             return self._masks[key]
-        mixers = mixers_of(self.model)
+        mixers = find_mixers(self.model)
         if a.unit_kind:
             by_layer = {m.layer: m for m in mixers}
             parts = []

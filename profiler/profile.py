@@ -28,13 +28,14 @@ import torch
 
 from . import __version__
 from .analysis import analyze
+from .arch import find_mixers
 from .data import DataSpec, Dataset, batch_losses, load_dataset
 from .errors import DataError, OutputExistsError, RunDirError, SSMProfileError
 from .io import write_json_atomic
 from .masks import Target, prunable_params, targets_for
 from .resolve import LoadedModel
 from .results import DEFAULT_TOLERANCE, RUN_SCHEMA_VERSION, ProfileResult, append_journal, read_journal
-from .sensitivity import DEFAULT_CRITERIA, DEFAULT_SPARSITIES, Scorer, mixers_of, plan_trials, run_trial
+from .sensitivity import DEFAULT_CRITERIA, DEFAULT_SPARSITIES, Scorer, plan_trials, run_trial
 
 Progress = Callable[[int, int, str], None]
 # Settings a resumed run may change: they change how fast trials run, not what they measure
@@ -86,7 +87,7 @@ def _needs(criteria: list[str]) -> set[str]:
 
 
 def _resolve_targets(model: torch.nn.Module, wanted: list[str] | None) -> list[Target]:
-    available = targets_for(mixers_of(model))
+    available = targets_for(find_mixers(model))
     if wanted is None:
         return available
     by_name = {t.name: t for t in available}
@@ -197,7 +198,7 @@ def _profile(loaded: LoadedModel, dataset: Dataset, settings: ProfileSettings, t
 
     criteria = list(dict.fromkeys([*settings.criteria, settings.layer_criterion]))
     scorer = Scorer(model, ScoringContext(model=model, stats=stats, seed=settings.seed), criteria)
-    mixers = mixers_of(model)
+    mixers = find_mixers(model)
     t0 = time.perf_counter()
     specs, skipped = plan_trials(scorer, mixers, targets, settings.criteria, settings.sparsities,
                                  settings.per_layer, settings.probe_sparsity, settings.layer_criterion)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from .arch import MixerInfo, find_mixers
+from .arch import MixerInfo
 from .criteria import NotApplicable, ScoringContext, get
 from .data import batch_losses
 from .masks import Mask, MaskApplier, Target, group_mask, merge, pruned_count, select_units, unit_mask
@@ -204,6 +204,3 @@ def run_trial(model: torch.nn.Module, spec: TrialSpec, scorer: Scorer, mixers: l
 def _exp(x: float) -> float:
     return math.exp(min(x, 700.0))
 
-
-def mixers_of(model: torch.nn.Module) -> list[MixerInfo]:
-    return find_mixers(model)

@@ -43,19 +43,12 @@ def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _available(name: str) -> bool:
-    try:
-        importlib.import_module(f".{COMMANDS[name]}", __package__)
-        return True
-    except ModuleNotFoundError:
-        return False
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in COMMANDS and not argv[0].startswith("-")):
         argv = ["tui", *argv]  # `ssm-profile mamba-1.4b` opens the UI
-    parser = build_parser([n for n in COMMANDS if _available(n)])
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
