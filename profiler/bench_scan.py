@@ -1,9 +1,13 @@
 """Benchmark of the fast selective scan on one Mamba-1 mixer at mamba-130m width.
 
 Times, in one run and on the same random (seeded) layer: transformers' reference CPU path, the
-same layer with :mod:`profiler.fastscan` switched in (its scan and its CPU causal conv), and
-(forward) the layer's dense projections alone, the floor a scan cannot beat. Numbers are wall
-seconds, best of ``repeats`` interleaved rounds after one warm-up call per case.
+same layer with the fast kernels switched in (:func:`profiler.fastscan2.use_fast_kernels`: the
+numba scan and causal conv of :mod:`profiler.fastscan`, and for inference oneDNN's float32 linear
+of :mod:`profiler.fastlinear`), and (forward) the layer's dense projections alone, the floor a
+scan cannot beat, measured twice: with torch's default linear (``floor_torch_s``) and with the
+linear the fast path uses (``floor_s``, the one ``fast_over_floor`` compares with: same matmuls,
+so the ratio is what the rest of the layer costs). Numbers are wall seconds, best of ``repeats``
+interleaved rounds after one warm-up call per case.
 
     python -m profiler.bench_scan [--threads 1] [--seq-len 1024] [--bwd-seq-len 512] [--repeats 3]
 """
@@ -61,9 +65,11 @@ def _best_times(cases: dict[str, Callable[[], object]], repeats: int) -> dict[st
     return best
 
 
-def _with_fast_scan(enabled: bool, fn: Callable[[], object]) -> Callable[[], object]:
+def _with_fast_kernels(enabled: bool, fn: Callable[[], object]) -> Callable[[], object]:
+    from profiler.fastscan2 import use_fast_kernels
+
     def run() -> object:
-        with fastscan.use_fast_scan(enabled):
+        with use_fast_kernels(enabled):
             return fn()
 
     return run
@@ -75,13 +81,20 @@ def _dense_floor(mixer: nn.Module, seq_len: int) -> Callable[[], object]:
     h = torch.randn(1, seq_len, mixer.intermediate_size)
     ts = torch.randn(1, seq_len, mixer.time_step_rank)
 
-    def run() -> None:
+    def run() -> None:  # the calls MambaMixer makes: three nn.Linear and dt_proj as a matmul
         mixer.in_proj(x)
         mixer.x_proj(h)
         mixer.dt_proj.weight @ ts.transpose(1, 2)
         mixer.out_proj(h)
 
     return run
+
+
+def _linear_backend() -> str:
+    """Which float32 linear the fast path ran: oneDNN, or torch's own when the route is off."""
+    from profiler import fastlinear
+
+    return "oneDNN" if fastlinear._self_check() else f"torch ({fastlinear.REASON})"
 
 
 def _result(reference: float, fast: float, threads: int, seq_len: int, **extra: float) -> dict:
@@ -94,11 +107,13 @@ def bench_layer_forward(seq_len: int = 1024, threads: int = 1, repeats: int = 3,
     with torch_threads(threads), torch.no_grad():
         mixer = build_mixer(seed).eval()
         x = torch.randn(1, seq_len, mixer.hidden_size)
-        t = _best_times({"reference": _with_fast_scan(False, lambda: mixer(x)),
-                         "fast": _with_fast_scan(True, lambda: mixer(x)),
-                         "floor": _dense_floor(mixer, seq_len)}, repeats)
-    return _result(t["reference"], t["fast"], threads, seq_len, floor_s=t["floor"],
-                   fast_over_floor=t["fast"] / t["floor"])
+        floor = _dense_floor(mixer, seq_len)
+        t = _best_times({"reference": _with_fast_kernels(False, lambda: mixer(x)),
+                         "fast": _with_fast_kernels(True, lambda: mixer(x)),
+                         "floor_torch": _with_fast_kernels(False, floor),
+                         "floor": _with_fast_kernels(True, floor)}, repeats)
+    return _result(t["reference"], t["fast"], threads, seq_len, floor_s=t["floor"], floor_torch_s=t["floor_torch"],
+                   fast_over_floor=t["fast"] / t["floor"], linear=_linear_backend())
 
 
 def bench_layer_backward(seq_len: int = 512, threads: int = 1, repeats: int = 3, seed: int = 0) -> dict:
@@ -113,7 +128,8 @@ def bench_layer_backward(seq_len: int = 512, threads: int = 1, repeats: int = 3,
             x.grad = None
             mixer(x).backward(grad)
 
-        t = _best_times({"reference": _with_fast_scan(False, step), "fast": _with_fast_scan(True, step)}, repeats)
+        t = _best_times({"reference": _with_fast_kernels(False, step), "fast": _with_fast_kernels(True, step)},
+                        repeats)
     return _result(t["reference"], t["fast"], threads, seq_len)
 
 

@@ -182,6 +182,9 @@ def use_fast_ssd(enabled: bool = True) -> contextlib.AbstractContextManager[None
 
 @contextlib.contextmanager
 def use_fast_kernels(enabled: bool = True) -> Iterator[None]:
-    """Mamba-1 (:func:`profiler.fastscan.use_fast_scan`) and Mamba-2 fast paths together."""
-    with fastscan.use_fast_scan(enabled), use_fast_ssd(enabled):
+    """Every fast CPU kernel together: the Mamba-1 scan (:func:`profiler.fastscan.use_fast_scan`),
+    the Mamba-2 scan and oneDNN's float32 linear (:func:`profiler.fastlinear.use_fast_linear`)."""
+    from .fastlinear import use_fast_linear
+
+    with fastscan.use_fast_scan(enabled), use_fast_ssd(enabled), use_fast_linear(enabled):
         yield

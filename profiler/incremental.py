@@ -18,14 +18,12 @@ over the evaluation windows (the same batches as ``batch_losses``) and keeps:
   of 8 heads both prune 2, or two criteria that rank alike) are the same model, so the second
   one is not evaluated again. A mask that zeroes nothing returns the dense losses.
 
-The head of the model runs with preallocated buffers: ``lm_head`` writes into a reused logits
-tensor and ``log_softmax`` into a reused one (fresh 30+ MB tensors are page-faulted in on every
-call otherwise), and the loss gathers the target log-probabilities instead of copying the logits
-slice as ``cross_entropy`` does; both are the kernels ``batch_losses`` reaches, on the same rows.
+The head and the loss are :func:`profiler.data.head_window_losses`, the function ``batch_losses``
+itself uses (row blocks that stay in cache), so they match by construction.
 
 Trials are not batched into one forward: different trials have different weights, so a shared
 forward would need other kernels (batched matmuls) and other rounding. The only weight-shared
-part, the head, already runs on ``batch_size x seqlen`` rows per call.
+part is the head, whose cost per row does not shrink with more rows.
 
 Equality is checked, not assumed: :meth:`IncrementalEvaluator.prepare` replays the dense model
 through every reuse mode and compares with the dense losses of ``batch_losses`` (``torch.equal``);
@@ -46,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import batch_losses
+from .data import batch_losses, has_blocked_head, head_window_losses
 from .masks import Mask
 
 # Every this many trials, hand glibc's free heap pages back to the OS. The cached activations
@@ -76,7 +74,6 @@ _REQUIRES = {"out_proj": {"out_proj"}, "norm": {"norm", "out_proj"}, "in_proj": 
 @dataclass
 class _Batch:
     ids: torch.Tensor  # (b, l) input ids on the model device
-    targets: torch.Tensor  # (b, l - 1, 1) next-token ids
     inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> residual input
     stages: dict[int, dict[str, Any]] = field(default_factory=dict)  # layer -> stage tensors
 
@@ -116,12 +113,12 @@ class IncrementalEvaluator:
         self.reason: str | None = supports(model)
         self.enabled = False
         self.modes: dict[str, bool] = {}
+        self._blocked = has_blocked_head(model)
         self.stats: Counter = Counter()
         self.seconds = {"prepare": 0.0}
         self._dense: torch.Tensor | None = None
         self._results: dict[bytes, torch.Tensor] = {}
         self._batches: list[_Batch] = []
-        self._buffers: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._calls = 0
         if self.reason is None:
             self.backbone = model.backbone
@@ -176,7 +173,7 @@ class IncrementalEvaluator:
         self._batches = []
         for ids in self.windows.split(self.batch_size):
             ids = ids.to(device)
-            self._batches.append(_Batch(ids=ids, targets=ids[:, 1:, None]))
+            self._batches.append(_Batch(ids=ids))
         handles = []
         current: dict[str, Any] = {}
         for i in range(n_stages):
@@ -218,8 +215,7 @@ class IncrementalEvaluator:
 
     def _verify(self) -> None:
         assert self._dense is not None
-        replay = self._evaluate(start=0, mode=None)
-        if not torch.equal(replay, self._dense):
+        if not torch.equal(self._evaluate(start=0, mode=None), self._dense):
             self.reason = ("replaying the dense model layer by layer did not reproduce batch_losses bit for bit; "
                            "trials use batch_losses")
             return
@@ -339,32 +335,20 @@ class IncrementalEvaluator:
                 del module.forward
 
     def _head_loss(self, h: torch.Tensor, batch: _Batch) -> torch.Tensor:
-        """``batch_losses``' loss of one batch from the last layer's output, with reused buffers."""
-        model = self.model
-        h = self.backbone.norm_f(h)
-        head = model.lm_head
-        weight = head.weight
-        x = h.to(weight.dtype)
-        key = (tuple(x.shape), weight.shape[0], weight.dtype, x.device)
-        if key not in self._buffers:
-            shape = (*x.shape[:-1], weight.shape[0])
-            self._buffers[key] = (torch.empty(shape, dtype=weight.dtype, device=x.device),
-                                  torch.empty(shape, dtype=torch.float32, device=x.device))
-        logits_buf, logp_buf = self._buffers[key]
-        if isinstance(head, torch.nn.Linear) and head.bias is None and type(head).forward is torch.nn.Linear.forward \
-                and not head._forward_hooks and not head._forward_pre_hooks:
-            logits = torch.matmul(x, weight.t(), out=logits_buf)
-        else:
-            logits = head(x)
-        logits = logits.float()
-        logp = torch.log_softmax(logits, dim=-1, out=logp_buf)
-        token = logp[:, :-1].gather(-1, batch.targets).neg_()
+        """``batch_losses``' loss of one batch from the last layer's output: the same final norm
+        and the same blocked head (:func:`profiler.data.head_window_losses`)."""
+        hidden = self.backbone.norm_f(h)
+        if self._blocked:
+            return head_window_losses(self.model.lm_head, hidden, batch.ids)
+        logits = self.model.lm_head(hidden.to(self.model.lm_head.weight.dtype)).float()
+        token = torch.log_softmax(logits, dim=-1)[:, :-1].gather(-1, batch.ids[:, 1:, None]).neg_()
         return token.view(batch.ids.shape[0], -1).mean(dim=1).cpu()
 
     # ------------------------------------------------------------------ reporting
     def summary(self) -> dict[str, Any]:
         """What was reused: counts by kind, for run.json and the benchmark."""
         return {"enabled": self.enabled, "reason": self.reason, "modes": dict(self.modes),
+                "blocked_head": self._blocked,
                 "cached_layers": getattr(self, "cached_layers", 0), "staged_layers": getattr(self, "staged_layers", 0),
                 "counts": dict(sorted(self.stats.items())), "prepare_s": round(self.seconds["prepare"], 3)}
 

@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from profiler.arch import find_mixers
-from profiler.data import DataSpec, consecutive_windows, load_dataset, read_text, sample_windows
+from conftest import tiny_mamba, tiny_mamba2
+
+from profiler import data as data_module
+from profiler.data import (DataSpec, batch_losses, consecutive_windows, has_blocked_head, load_dataset, read_text,
+                           sample_windows)
 from profiler.errors import DataError, SSMProfileError
 from profiler.masks import MaskApplier, Target, element_mask, select_units, targets_for, unit_mask
 from profiler.resolve import load_model
@@ -17,6 +21,36 @@ from profiler.resolve import load_model
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_model("tiny-mamba").tokenizer
+
+
+def logits_path_losses(model, windows, batch_size):
+    """batch_losses as a textbook: full logits, cross_entropy per token, mean per window."""
+    out = []
+    with torch.no_grad():
+        for batch in windows.split(batch_size):
+            logits = model(input_ids=batch).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                     batch[:, 1:].reshape(-1), reduction="none")
+            out.append(loss.view(batch.shape[0], -1).mean(dim=1))
+    return torch.cat(out).double()
+
+
+@pytest.mark.parametrize("make", [tiny_mamba, tiny_mamba2], ids=["mamba1", "mamba2"])
+@pytest.mark.parametrize("head_rows", [7, 128])
+def test_blocked_head_losses_equal_the_logits_path(make, head_rows, monkeypatch):
+    monkeypatch.setattr(data_module, "HEAD_ROWS", head_rows)
+    model = make(layers=2)
+    windows = torch.randint(0, model.config.vocab_size, (5, 19), generator=torch.Generator().manual_seed(0))
+    assert has_blocked_head(model)
+    got, want = batch_losses(model, windows, 2), logits_path_losses(model, windows, 2)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    # a hook on the head could see or change the logits: such a model takes the logits path
+    handle = model.lm_head.register_forward_hook(lambda module, args, out: out * 2)
+    try:
+        assert not has_blocked_head(model)
+        assert torch.equal(batch_losses(model, windows, 2), logits_path_losses(model, windows, 2))
+    finally:
+        handle.remove()
 
 
 def test_embedded_data_is_disjoint_and_seeded(tokenizer):

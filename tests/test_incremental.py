@@ -15,6 +15,7 @@ import torch
 from conftest import tiny_mamba, tiny_mamba2
 from transformers.models.mamba2 import modeling_mamba2
 
+from profiler import data as data_module
 from profiler import fastscan, fastscan2
 from profiler.data import Dataset, DataSpec, batch_losses, load_dataset
 from profiler.incremental import IncrementalEvaluator, supports
@@ -60,11 +61,12 @@ def assert_identical_profiles(loaded, data, **kw):
 
 @pytest.mark.parametrize("make", [tiny_mamba, tiny_mamba2], ids=["mamba1", "mamba2"])
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
-def test_incremental_equals_plain_on_random_models(make, fast):
+def test_incremental_equals_plain_on_random_models(make, fast, monkeypatch):
+    monkeypatch.setattr(data_module, "HEAD_ROWS", 7)  # several head blocks per batch, the last one ragged
     model = make(layers=3)
     summary = assert_identical_profiles(as_loaded(model), random_dataset(model.config.vocab_size), fast_scan=fast,
                                         batch_size=2)
-    assert summary["enabled"] and all(summary["modes"].values()), summary
+    assert summary["enabled"] and all(summary["modes"].values()) and summary["blocked_head"], summary
     counts = summary["counts"]
     # every path ran: later start layers (per-layer trials), each reuse mode, repeated masks
     assert counts.get("start_layer_2", 0) > 0 and counts.get("mode_full", 0) > 0
@@ -76,7 +78,7 @@ def test_incremental_equals_plain_on_embedded_models(name):
     loaded = load_model(name)
     summary = assert_identical_profiles(loaded, SMALL_DATA, criteria=["magnitude", "wanda", "fisher", "random"],
                                         sparsities=[0.2, 0.3, 0.7])
-    assert summary["enabled"] and summary["counts"].get("repeated", 0) > 0
+    assert summary["enabled"] and summary["blocked_head"] and summary["counts"].get("repeated", 0) > 0
 
 
 @pytest.fixture(scope="module")
