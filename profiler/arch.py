@@ -141,10 +141,18 @@ class MixerInfo:
         return dict(self.module.named_parameters())
 
     def param(self, name: str) -> nn.Parameter:
-        return self.params[name]
+        """One parameter by its name in the mixer (``KeyError`` if absent); no dict of all of them."""
+        try:
+            return self.module.get_parameter(name)
+        except AttributeError as err:
+            raise KeyError(name) from err
 
     def has(self, name: str) -> bool:
-        return name in self.params
+        try:
+            self.module.get_parameter(name)
+        except AttributeError:
+            return False
+        return True
 
     def full_name(self, param: str) -> str:
         return f"{self.path}.{param}"

@@ -12,8 +12,9 @@ Four measurements, all at one torch thread count (one thread is the headline):
    sparsity, the per-layer sweep, 16 evaluation windows of 256 tokens) of each embedded model,
    plain sweep (every trial a full forward, ``--plain-sweep``) vs incremental
    (:mod:`profiler.incremental`), both with the fast kernels, and whether every trial loss is
-   identical. With ``reference=True`` also the plain sweep on transformers' reference kernels,
-   i.e. the profiler before the fast kernels and the incremental sweep existed.
+   identical. With ``reference=True`` also the profiler as it was before this work: plain sweep,
+   transformers' reference kernels and torch's linear, and the loss from whole-batch logits
+   (``profiler.data.USE_BLOCKED_HEAD = False``).
 4. ``throughput``: tokens/s of a forward pass (8 x 256 tokens) of each embedded model, dense vs
    cut by a uniform structured plan (half the Mamba-1 channels, half the Mamba-2 heads; sliced
    with :func:`profiler.surgery.slice_units`).
@@ -105,7 +106,7 @@ def _profile_once(name: str, mode: str, threads: int, quick: bool) -> dict[str, 
 
     quiet_libraries()
     torch.set_num_threads(threads)
-    from .data import batch_losses, load_dataset
+    from . import data
     from .fastscan2 import use_fast_kernels
     from .profile import profile_model
     from .resolve import load_model
@@ -114,14 +115,19 @@ def _profile_once(name: str, mode: str, threads: int, quick: bool) -> dict[str, 
     spec, settings = _profile_settings(quick)
     settings.incremental = mode == "incremental"
     settings.fast_scan = mode != "reference"
-    dataset = load_dataset(loaded.tokenizer, spec)
-    with use_fast_kernels(settings.fast_scan):  # warm up: load (or compile) the kernels, touch the allocator
-        batch_losses(loaded.model, dataset.evaluation[: settings.batch_size], settings.batch_size)
-    before = _rss_mib()
-    with tempfile.TemporaryDirectory(prefix="ssm-bench-") as tmp:
-        start = time.perf_counter()
-        result = profile_model(loaded, dataset, settings, run_dir=os.path.join(tmp, "run"))
-        seconds = time.perf_counter() - start
+    dataset = data.load_dataset(loaded.tokenizer, spec)
+    # the profiler as it was: transformers' kernels, plain sweep, and the loss from whole-batch logits
+    data.USE_BLOCKED_HEAD = mode != "reference"
+    try:
+        with use_fast_kernels(settings.fast_scan):  # warm up: load (or compile) the kernels, touch the allocator
+            data.batch_losses(loaded.model, dataset.evaluation[: settings.batch_size], settings.batch_size)
+        before = _rss_mib()
+        with tempfile.TemporaryDirectory(prefix="ssm-bench-") as tmp:
+            start = time.perf_counter()
+            result = profile_model(loaded, dataset, settings, run_dir=os.path.join(tmp, "run"))
+            seconds = time.perf_counter() - start
+    finally:
+        data.USE_BLOCKED_HEAD = True
     peak = _rss_mib()
     return {"mode": mode, "seconds": seconds, "trial_seconds": result.meta["timings"].get("trials"),
             "timings": result.meta["timings"], "peak_rss_mib": round(peak, 1),

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from profiler import fastscan
+from profiler import fastlinear, fastscan
 
 # mamba-130m mixer width
 HIDDEN, STATE, EXPAND, DT_RANK, CONV = 768, 16, 2, 48, 4
@@ -90,13 +90,6 @@ def _dense_floor(mixer: nn.Module, seq_len: int) -> Callable[[], object]:
     return run
 
 
-def _linear_backend() -> str:
-    """Which float32 linear the fast path ran: oneDNN, or torch's own when the route is off."""
-    from profiler import fastlinear
-
-    return "oneDNN" if fastlinear._self_check() else f"torch ({fastlinear.REASON})"
-
-
 def _result(reference: float, fast: float, threads: int, seq_len: int, **extra: float) -> dict:
     return {"seq_len": seq_len, "threads": threads, "backend": fastscan.BACKEND,
             "reference_s": reference, "fast_s": fast, "speedup": reference / fast, **extra}
@@ -113,7 +106,7 @@ def bench_layer_forward(seq_len: int = 1024, threads: int = 1, repeats: int = 3,
                          "floor_torch": _with_fast_kernels(False, floor),
                          "floor": _with_fast_kernels(True, floor)}, repeats)
     return _result(t["reference"], t["fast"], threads, seq_len, floor_s=t["floor"], floor_torch_s=t["floor_torch"],
-                   fast_over_floor=t["fast"] / t["floor"], linear=_linear_backend())
+                   fast_over_floor=t["fast"] / t["floor"], linear=fastlinear.backend())
 
 
 def bench_layer_backward(seq_len: int = 512, threads: int = 1, repeats: int = 3, seed: int = 0) -> dict:

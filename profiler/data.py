@@ -178,6 +178,9 @@ def consecutive_windows(ids: torch.Tensor, count: int, seqlen: int, what: str) -
 HEAD_ROWS = 128
 # Causal LMs whose logits are exactly ``lm_head(backbone(ids).last_hidden_state)``.
 BLOCKED_HEAD_CLASSES = ("MambaForCausalLM", "Mamba2ForCausalLM", "FalconMambaForCausalLM")
+# False: every model goes through ``model(...).logits`` (how the profiler evaluated before the
+# blocked head; `ssm-profile bench --reference-profile` uses it to time the profiler as it was).
+USE_BLOCKED_HEAD = True
 
 
 @torch.no_grad()
@@ -206,7 +209,7 @@ def batch_losses(model: torch.nn.Module, windows: torch.Tensor, batch_size: int 
 def has_blocked_head(model: torch.nn.Module) -> bool:
     """The model's logits are a plain bias-free ``nn.Linear`` (no hooks) of its backbone's output."""
     head = getattr(model, "lm_head", None)
-    return (type(model).__name__ in BLOCKED_HEAD_CLASSES and hasattr(model, "backbone")
+    return (USE_BLOCKED_HEAD and type(model).__name__ in BLOCKED_HEAD_CLASSES and hasattr(model, "backbone")
             and isinstance(head, torch.nn.Linear) and type(head).forward is torch.nn.Linear.forward
             and head.bias is None and not head._forward_hooks and not head._forward_pre_hooks)
 

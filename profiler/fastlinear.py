@@ -112,6 +112,11 @@ def _linear_dispatch(original: Callable) -> Callable:
 _PATCHER = GlobalPatcher(PATCH_TARGETS, {"linear": _linear_dispatch})
 
 
+def backend() -> str:
+    """What the fast path's float32 inference linear is here: ``"oneDNN"`` or why torch's own."""
+    return "oneDNN" if _self_check() else f"torch's own ({REASON})"
+
+
 def is_fast_linear_enabled() -> bool:
     return _PATCHER.enabled()
 

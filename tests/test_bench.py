@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+from profiler import data
 from profiler.cli.main import main
 
 
 def test_bench_quick_writes_json_and_tables(tmp_path, capsys):
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
-    assert main(["bench", "--quick", "--quiet", "--json", str(out), "--markdown", str(md)]) == 0
+    assert main(["bench", "--quick", "--quiet", "--reference-profile", "--json", str(out), "--markdown", str(md)]) == 0
     printed = capsys.readouterr().out
     assert "Default profile of the embedded models" in printed and "Goals of issue 7" in printed
     report = json.loads(out.read_text())
@@ -18,15 +19,17 @@ def test_bench_quick_writes_json_and_tables(tmp_path, capsys):
     assert report["threads"] == 1 and report["quick"] is True
     assert {"cpu", "cores", "date", "torch"} <= report["machine"].keys()
     fwd = report["layer_forward"]
-    assert {"reference_s", "fast_s", "floor_s", "speedup", "fast_over_floor"} <= fwd.keys()
+    assert {"reference_s", "fast_s", "floor_s", "floor_torch_s", "speedup", "fast_over_floor", "linear"} <= fwd.keys()
     assert {"reference_s", "fast_s", "speedup"} <= report["layer_backward"].keys()
     for name in ("tiny-mamba", "tiny-mamba2"):
         p = report["profiles"][name]
         assert p["identical"] is True and p["trials"] > 0
-        for mode in ("plain", "incremental"):
+        assert p["reference_max_abs_loss_diff"] < 1e-3 and p["speedup_vs_reference"] > 0
+        for mode in ("plain", "incremental", "reference"):
             assert {"seconds", "trial_seconds", "peak_rss_mib", "delta_mib", "trials"} <= p[mode].keys()
         assert p["speedup"] > 0 and p["incremental_summary"]["enabled"]
         t = report["throughput"][name]
         assert t["dense_tok_s"] > 0 and t["pruned_tok_s"] > 0 and t["params_pruned"] < t["params_dense"]
     assert all(g["met"] is None for g in report["goals"] if "identical" not in g["goal"])
     assert "| default profile |" in md.read_text()
+    assert data.USE_BLOCKED_HEAD is True  # the reference run's switch is put back

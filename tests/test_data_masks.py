@@ -44,6 +44,9 @@ def test_blocked_head_losses_equal_the_logits_path(make, head_rows, monkeypatch)
     assert has_blocked_head(model)
     got, want = batch_losses(model, windows, 2), logits_path_losses(model, windows, 2)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(data_module, "USE_BLOCKED_HEAD", False)  # the bench's "profiler as it was"
+    assert not has_blocked_head(model) and torch.equal(batch_losses(model, windows, 2), want)
+    monkeypatch.setattr(data_module, "USE_BLOCKED_HEAD", True)
     # a hook on the head could see or change the logits: such a model takes the logits path
     handle = model.lm_head.register_forward_hook(lambda module, args, out: out * 2)
     try:

@@ -74,3 +74,12 @@ def test_use_fast_kernels_includes_the_linear_route():
     with use_fast_kernels(False):
         assert not fastlinear.is_fast_linear_enabled()
     assert not fastlinear.is_fast_linear_enabled()
+
+
+def test_env_command_names_the_kernels(capsys):
+    from profiler.cli.main import main
+
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "- fast scan backend: numba" in out and "- fast linear (float32 inference): " in out
+    assert fastlinear.backend() in out

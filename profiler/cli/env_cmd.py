@@ -32,6 +32,10 @@ def collect() -> dict[str, str]:
 
         info["torch threads"] = str(torch.get_num_threads())
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available"
+        from .. import fastlinear, fastscan
+
+        info["fast scan backend"] = fastscan.BACKEND
+        info["fast linear (float32 inference)"] = fastlinear.backend()
     except ImportError:  # pragma: no cover
         pass
     for var in ("HF_HOME", "HF_HUB_OFFLINE", "SSM_PROFILE_FAST_SCAN"):
