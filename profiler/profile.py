@@ -5,8 +5,9 @@ it returns a :class:`profiler.results.ProfileResult` and, given ``run_dir``, wri
 directory as it goes so an interrupted run can be resumed without redoing finished trials.
 
 Speed (``ProfileSettings.fast_scan`` / ``incremental``, both on by default): the whole profile runs
-with the fast CPU kernels of :mod:`profiler.fastscan` (Mamba-1) and :mod:`profiler.fastscan2`
-(Mamba-2), which agree with transformers' reference paths to float32 rounding, and trials are
+with the fast CPU kernels of :mod:`profiler.fastscan` (Mamba-1), :mod:`profiler.fastscan2`
+(Mamba-2) and :mod:`profiler.fastlinear` (oneDNN matmuls for inference), which agree with
+transformers' reference paths to float32 rounding, and trials are
 evaluated by :class:`profiler.incremental.IncrementalEvaluator`, which reuses the dense model's
 activations and gives the same losses as a full forward pass bit for bit. Neither setting blocks
 ``--resume`` (see ``RESUMABLE_SETTINGS``).
@@ -58,7 +59,7 @@ class ProfileSettings:
     bootstrap: int = 200
     seed: int = 0
     # How trials are computed, not what they measure (see RESUMABLE_SETTINGS): fast CPU kernels
-    # (profiler.fastscan, profiler.fastscan2; equal to transformers' paths within float32
+    # (profiler.fastscan, profiler.fastscan2, profiler.fastlinear; equal to transformers' paths within float32
     # rounding) and incremental evaluation (profiler.incremental; bit-identical to batch_losses).
     fast_scan: bool = True
     incremental: bool = True

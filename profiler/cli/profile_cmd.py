@@ -42,8 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--list-criteria", action="store_true", help="list criteria and what they can score, then exit")
     p.add_argument("--no-fast-scan", action="store_true",
-                   help="use transformers' reference CPU kernels instead of the fast Mamba-1/Mamba-2 scans "
-                   "(results agree to float32 rounding; much slower)")
+                   help="use transformers' reference CPU kernels and torch's linear instead of the fast "
+                   "Mamba-1/Mamba-2 scans and oneDNN matmuls (results agree to float32 rounding; much slower)")
     p.add_argument("--plain-sweep", action="store_true",
                    help="evaluate every trial with a full forward pass instead of the incremental evaluator "
                    "(identical results; slower)")
