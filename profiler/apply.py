@@ -208,6 +208,14 @@ def _element_masks(loaded: LoadedModel, plan: dict[str, Any], element_actions: l
     """Keep-masks of every element action, scored on the dense model (one calibration pass)."""
     if not element_actions:
         return {}, {}
+    from .fastscan2 import use_fast_kernels
+
+    with use_fast_kernels(bool((plan.get("run") or {}).get("fast_kernels", False))):  # the profile's kernels
+        return _score_element_masks(loaded, plan, element_actions, note)
+
+
+def _score_element_masks(loaded: LoadedModel, plan: dict[str, Any], element_actions: list[tuple[int, dict]],
+                         note: Progress) -> tuple[dict[int, Mask], dict[str, Any]]:
     from .criteria import NotApplicable, ScoringContext
     from .data import load_dataset
     from .profile import _needs

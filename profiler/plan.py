@@ -718,15 +718,24 @@ class _Measurer:
         settings = result.meta.get("settings", {})
         self.batch_size = int(settings.get("batch_size", 8))
         self.seed = int(settings.get("seed", 0))
+        # The profile's kernels (fast ones unless it ran with --no-fast-scan): the statistics that
+        # rebuild its masks come out as they did there, and measuring is as fast as its trials.
+        self.fast_kernels = bool(settings.get("fast_scan", True))
         self.dataset = load_dataset(loaded.tokenizer, data_spec_from_meta(result.meta["data"]))
         self.note(0, 1, "dense evaluation")
-        self.dense = batch_losses(self.model, self.dataset.evaluation, self.batch_size)
+        with self.kernels():
+            self.dense = batch_losses(self.model, self.dataset.evaluation, self.batch_size)
         self.dense_loss = float(self.dense.mean())
         self._stats = None
         self._needs: set[str] = set()
         self._scorer = None
         self._masks: dict[tuple, Any] = {}
         self.expected_criteria: set[str] = set()
+
+    def kernels(self):
+        from .fastscan2 import use_fast_kernels
+
+        return use_fast_kernels(self.fast_kernels)
 
     def _scorer_for(self, criteria: set[str]):
         from .criteria import ScoringContext, get
@@ -770,9 +779,10 @@ class _Measurer:
                 parts.append(unit_mask(mixer, mixer.unit_family(a.unit_kind), torch.tensor(ids, dtype=torch.long)))
             mask = merge(parts)
         else:
-            scorer = self._scorer_for({a.criterion})
             try:
-                mask = scorer.mask(TrialSpec(a.target, a.criterion, a.sparsity), mixers, a.structure)
+                with self.kernels():
+                    scorer = self._scorer_for({a.criterion})
+                    mask = scorer.mask(TrialSpec(a.target, a.criterion, a.sparsity), mixers, a.structure)
             except (NotApplicable, ValueError) as err:
                 raise PlanError(f"cannot rebuild the {a.target} mask with {a.criterion}: {err}") from None
         self._masks[key] = mask
@@ -795,7 +805,7 @@ class _Measurer:
         if not actions:
             return {"loss": self.dense_loss, "delta_loss": 0.0, "rel_ppl_increase": 0.0, "params_removed": 0}
         mask = self.masks(actions)
-        with MaskApplier(self.model) as applier:
+        with MaskApplier(self.model) as applier, self.kernels():
             applier.apply(mask)
             losses = batch_losses(self.model, self.dataset.evaluation, self.batch_size)
         loss = float(losses.mean())
@@ -1076,7 +1086,9 @@ def _assemble(result, metric, ratio, absolute, tol, options, choice, overlaps, s
                   "fingerprint": model_meta.get("fingerprint", ""),
                   "architecture": result.analysis.model.get("architecture", "unknown"),
                   "class": model_meta.get("class", result.analysis.model.get("class", ""))},
-        "run": {"path": str(Path(run_path).resolve()) if run_path is not None else "", "created": meta.get("created", "")},
+        "run": {"path": str(Path(run_path).resolve()) if run_path is not None else "", "created": meta.get("created", ""),
+                # kernels the profile scored with; apply rebuilds element masks with the same ones
+                "fast_kernels": bool(meta.get("settings", {}).get("fast_scan", True))},
         "data": _plan_data(meta.get("data", {})),
         "objective": {"target": metric, "ratio": None if ratio is None else float(ratio),
                       "absolute": None if absolute is None else int(absolute), "max_ppl_increase": float(tol),

@@ -187,6 +187,24 @@ def test_data_driven_criterion_is_deterministic():
     assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
 
 
+@pytest.mark.parametrize("fast", [True, False, None])
+def test_element_masks_are_scored_with_the_profiles_kernels(fast, monkeypatch):
+    from profiler import fastscan2
+    from profiler.apply import _execute
+
+    seen = []
+    original = fastscan2.use_fast_kernels
+    monkeypatch.setattr(fastscan2, "use_fast_kernels", lambda enabled=True: seen.append(enabled) or original(enabled))
+    loaded = load_model("tiny-mamba2")
+    plan = make_plan(loaded, [{"target": "in_proj", "structure": "unstructured", "criterion": "wanda", "sparsity": 0.5}])
+    if fast is not None:
+        plan["run"]["fast_kernels"] = fast
+    _execute(loaded, plan, lambda *a: None)
+    assert seen == [bool(fast)]  # an older plan without the field: transformers' kernels, as apply always did
+    zeros = [(p == 0).float().mean().item() for n, p in loaded.model.named_parameters() if "in_proj" in n]
+    assert zeros and all(z == pytest.approx(0.5, abs=0.01) for z in zeros)
+
+
 def test_existing_output_and_wrong_weights_leave_everything_as_it_was(tmp_path, mamba1_dir):
     loaded = load_model(str(mamba1_dir))
     plan = make_plan(loaded, [unit_action("channel", {0: [0], 1: [0]})])

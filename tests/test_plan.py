@@ -374,6 +374,8 @@ def test_end_to_end_plan_is_measured_within_tolerance(tiny_run):
                      progress=lambda done, total, label: steps.append(label))
     measured = plan["measured"]
     assert measured is not None and measured["within_tolerance"]
+    # measured with the profile's (fast) kernels: the re-measured dense loss is the run's, bit for bit
+    assert plan["run"]["fast_kernels"] is True and measured["delta_loss"] == measured["loss"] - result.dense_loss
     assert measured["rel_ppl_increase"] <= 0.10
     assert measured["delta_loss"] == pytest.approx(measured["loss"] - result.dense_loss, abs=1e-4)
     assert any("measuring" in s for s in steps)
