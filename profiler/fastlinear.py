@@ -34,6 +34,7 @@ _SELF_CHECK_TOLERANCE = 1e-4  # relative to the output's scale; float32 rounding
 
 _state: dict[str, object] = {"checked": False, "ok": False}
 REASON: str | None = None  # why the oneDNN route is off, once checked
+_ORIGINAL_LINEAR = torch.nn.functional.linear  # torch's own, for the self-check and the fallback
 
 
 def _op() -> Callable | None:
@@ -69,9 +70,6 @@ def _self_check() -> bool:
         return False
     _state["ok"] = True
     return True
-
-
-_ORIGINAL_LINEAR = torch.nn.functional.linear
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:

@@ -113,7 +113,6 @@ class IncrementalEvaluator:
         self.reason: str | None = supports(model)
         self.enabled = False
         self.modes: dict[str, bool] = {}
-        self._blocked = has_blocked_head(model)
         self.stats: Counter = Counter()
         self.seconds = {"prepare": 0.0}
         self._dense: torch.Tensor | None = None
@@ -338,7 +337,7 @@ class IncrementalEvaluator:
         """``batch_losses``' loss of one batch from the last layer's output: the same final norm
         and the same blocked head (:func:`profiler.data.head_window_losses`)."""
         hidden = self.backbone.norm_f(h)
-        if self._blocked:
+        if has_blocked_head(self.model):  # asked each time, as batch_losses does (hooks may come and go)
             return head_window_losses(self.model.lm_head, hidden, batch.ids)
         logits = self.model.lm_head(hidden.to(self.model.lm_head.weight.dtype)).float()
         token = torch.log_softmax(logits, dim=-1)[:, :-1].gather(-1, batch.ids[:, 1:, None]).neg_()
@@ -348,7 +347,7 @@ class IncrementalEvaluator:
     def summary(self) -> dict[str, Any]:
         """What was reused: counts by kind, for run.json and the benchmark."""
         return {"enabled": self.enabled, "reason": self.reason, "modes": dict(self.modes),
-                "blocked_head": self._blocked,
+                "blocked_head": has_blocked_head(self.model),
                 "cached_layers": getattr(self, "cached_layers", 0), "staged_layers": getattr(self, "staged_layers", 0),
                 "counts": dict(sorted(self.stats.items())), "prepare_s": round(self.seconds["prepare"], 3)}
 
