@@ -28,8 +28,19 @@ def test_bench_quick_writes_json_and_tables(tmp_path, capsys):
         for mode in ("plain", "incremental", "reference"):
             assert {"seconds", "trial_seconds", "peak_rss_mib", "delta_mib", "trials"} <= p[mode].keys()
         assert p["speedup"] > 0 and p["incremental_summary"]["enabled"]
+        assert p["exact_reuse_bound"] > 1 and len(p["stage_seconds"]["layers"]) == 4
         t = report["throughput"][name]
         assert t["dense_tok_s"] > 0 and t["pruned_tok_s"] > 0 and t["params_pruned"] < t["params_dense"]
     assert all(g["met"] is None for g in report["goals"] if "identical" not in g["goal"])
     assert "| default profile |" in md.read_text()
     assert data.USE_BLOCKED_HEAD is True  # the reference run's switch is put back
+
+
+def test_exact_reuse_bound_charges_only_what_follows_the_first_touched_layer():
+    from profiler.bench import exact_reuse_bound
+
+    stages = {"embedding": 1.0, "layers": [2.0, 2.0, 2.0], "head": 3.0}  # a full forward costs 10
+    # 4 trials: one from layer 0 (charged 2 + 2 + 3), one from layer 2 (charged 3), one repeated
+    # (free), one outside the layers (charged 10)
+    counts = {"start_layer_0": 1, "start_layer_2": 1, "repeated": 1, "outside_layers": 1, "mode_full": 2}
+    assert exact_reuse_bound(stages, counts, trials=4) == 40 / (7 + 3 + 10)
