@@ -1,17 +1,23 @@
 """Swap module-level functions of transformers for drop-ins, and restore them exactly.
 
 transformers' Mamba mixers look their kernels up as module globals at call time, so replacing a
-global is what takes effect. Both fast paths (:mod:`profiler.fastscan`, :mod:`profiler.fastscan2`)
-use one :class:`GlobalPatcher` each.
+global is what takes effect. The fast paths (:mod:`profiler.fastscan`, :mod:`profiler.fastscan2`,
+:mod:`profiler.fastlinear`) use one :class:`GlobalPatcher` each.
+
+``use(True)`` blocks may overlap across threads (the TUI runs a profile, a plan and an apply in
+separate workers): the first block to enter installs the drop-ins, the last one to leave puts
+the originals back, whatever order they leave in.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import threading
 from collections.abc import Callable, Iterator
 
 _ORIGINAL = "_ssm_profile_original"  # attribute of a drop-in that holds the function it replaced
+_LOCK = threading.RLock()
 
 
 class GlobalPatcher:
@@ -20,6 +26,8 @@ class GlobalPatcher:
     def __init__(self, targets: tuple[str, ...], hooks: dict[str, Callable[[Callable], Callable]]):
         self.targets = targets
         self.hooks = hooks
+        self._users = 0  # use(True) blocks currently open, in any thread
+        self._saved: list[tuple[object, str, Callable]] = []
 
     def points(self) -> Iterator[tuple[object, str, Callable]]:
         for target in self.targets:
@@ -52,11 +60,33 @@ class GlobalPatcher:
 
     @contextlib.contextmanager
     def use(self, enabled: bool = True) -> Iterator[None]:
-        """Drop-ins on (or off) inside the block; every global is put back as it was on exit."""
-        saved = [(module, name, getattr(module, name)) for module, name, _ in self.points()]
-        (self.enable if enabled else self.disable)()
+        """Drop-ins on (or off) inside the block; every global is put back as it was on exit.
+
+        Enabled blocks are counted: the globals are restored when the last open one leaves, so
+        overlapping blocks in different threads never leave a drop-in behind or pull one from
+        under a block that is still running."""
+        if not enabled:
+            with _LOCK:
+                saved = [(module, name, getattr(module, name)) for module, name, _ in self.points()]
+                self.disable()
+            try:
+                yield
+            finally:
+                with _LOCK:
+                    for module, name, func in saved:
+                        setattr(module, name, func)
+            return
+        with _LOCK:
+            if self._users == 0:
+                self._saved = [(module, name, getattr(module, name)) for module, name, _ in self.points()]
+                self.enable()
+            self._users += 1
         try:
             yield
         finally:
-            for module, name, func in saved:
-                setattr(module, name, func)
+            with _LOCK:
+                self._users -= 1
+                if self._users == 0:
+                    for module, name, func in self._saved:
+                        setattr(module, name, func)
+                    self._saved = []

@@ -83,3 +83,40 @@ def test_env_command_names_the_kernels(capsys):
     out = capsys.readouterr().out
     assert "- fast scan backend: numba" in out and "- fast linear (float32 inference): " in out
     assert fastlinear.backend() in out
+
+
+def test_overlapping_fast_kernel_blocks_in_threads_restore_everything():
+    """Block A enters, block B enters (another thread), A leaves first: B keeps the drop-ins until
+    it leaves, and afterwards every global is torch's and transformers' own again."""
+    import threading
+
+    from transformers.models.mamba import modeling_mamba
+
+    scan_before = modeling_mamba.mamba_selective_scan
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def block_a():
+        with use_fast_kernels(True):
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def block_b():
+        a_in.wait(5)
+        with use_fast_kernels(True):
+            b_in.set()
+            a_out.wait(5)
+            seen["linear_after_a_left"] = fastlinear.is_fast_linear_enabled()
+            seen["scan_after_a_left"] = modeling_mamba.mamba_selective_scan is not scan_before
+
+    threads = [threading.Thread(target=block_a), threading.Thread(target=block_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == {"linear_after_a_left": True, "scan_after_a_left": True}
+    assert F.linear is fastlinear._ORIGINAL_LINEAR and modeling_mamba.mamba_selective_scan is scan_before
+    with use_fast_kernels(True), use_fast_kernels(False):  # a reference block nested in a fast one
+        assert F.linear is fastlinear._ORIGINAL_LINEAR
+    assert F.linear is fastlinear._ORIGINAL_LINEAR
