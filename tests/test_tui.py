@@ -340,17 +340,19 @@ def test_snapshot_plan(snap_compare, run_here, size):
         await _after("4", wait=0.8)(pilot)  # past the re-plan debounce
         from tui.plan_view import PlanView
 
-        # A loaded machine may still be solving (or sizing the table's columns): wait until no
-        # re-plan is pending or running and two looks at the table agree.
-        view, table, last = pilot.app.query_one(PlanView), pilot.app.query_one("#plan-actions", DataTable), None
+        # A loaded machine may still be solving, handing the plan over or sizing the table's
+        # columns: wait until no re-plan is pending or running and three looks in a row agree.
+        view, table = pilot.app.query_one(PlanView), pilot.app.query_one("#plan-actions", DataTable)
+        last, agreeing = None, 0
         for _ in range(100):
             await settle(pilot, 0.1)
             await pilot.pause(0.1)
             busy = view._timer is not None or any(w.is_running for w in pilot.app.workers)
-            now = (view.plan is not None, table.row_count, tuple(c.get_render_width(table) for c in table.columns.values()))
-            if not busy and now == last and now[0]:
-                break
+            now = (id(view.plan), table.row_count, tuple(c.get_render_width(table) for c in table.columns.values()))
+            agreeing = agreeing + 1 if (not busy and view.plan is not None and now == last) else 0
             last = now
+            if agreeing >= 2:
+                break
 
     assert snap_compare(SSMProfileApp(run_here), terminal_size=size, run_before=run_before)
 
