@@ -142,27 +142,22 @@ def _profile_once(name: str, mode: str, threads: int, quick: bool) -> dict[str, 
 def _stage_seconds(model: torch.nn.Module, ids: torch.Tensor, repeats: int = 5) -> dict[str, Any]:
     """Seconds per evaluation batch of each stage of a trial (fast kernels): the embedding, every
     decoder layer, and the final norm + head + loss. Best of ``repeats``."""
+    from .bench_scan import best_times
     from .data import head_window_losses
     from .fastscan2 import use_fast_kernels
-
-    def best(fn: Callable[[], object]) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
 
     backbone = model.backbone
     with use_fast_kernels(True), torch.no_grad():
         inputs = [backbone.embeddings(ids)]
         for layer in backbone.layers:
             inputs.append(layer(inputs[-1], cache=None, attention_mask=None))
-        return {"embedding": best(lambda: backbone.embeddings(ids)),
-                "layers": [best(lambda i=i, layer=layer: layer(inputs[i], cache=None, attention_mask=None))
-                           for i, layer in enumerate(backbone.layers)],
-                "head": best(lambda: head_window_losses(model.lm_head, backbone.norm_f(inputs[-1]), ids))}
+        cases = {"embedding": lambda: backbone.embeddings(ids),
+                 "head": lambda: head_window_losses(model.lm_head, backbone.norm_f(inputs[-1]), ids)}
+        for i, layer in enumerate(backbone.layers):
+            cases[f"layer {i}"] = lambda i=i, layer=layer: layer(inputs[i], cache=None, attention_mask=None)
+        best = best_times(cases, repeats)
+    return {"embedding": best["embedding"], "layers": [best[f"layer {i}"] for i in range(len(backbone.layers))],
+            "head": best["head"]}
 
 
 def exact_reuse_bound(stages: dict[str, Any], counts: dict[str, int], trials: int) -> float:
@@ -342,6 +337,27 @@ def _fmt(v: float | None, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if abs(v) < 100 else f"{v:,.0f}"
 
 
+def _profile_rows(report: dict[str, Any]):
+    """(model, sweep, kernels, run, speedup text, numbers text) per profile run: the rows both the
+    console and the Markdown tables show, in one wording."""
+    for name, p in report["profiles"].items():
+        for mode, sweep, kernels in (("reference", "plain", "reference"), ("plain", "plain", "fast"),
+                                     ("incremental", "incremental", "fast")):
+            if mode not in p:
+                continue
+            if mode == "incremental":
+                speed = f"{p['speedup']:.2f}x vs plain" + (f", {p['speedup_vs_reference']:.2f}x vs reference"
+                                                            if "speedup_vs_reference" in p else "")
+                numbers = ("identical to plain" if p["identical"]
+                           else f"{p['identical_trials']}/{p['trials']} identical")
+            elif mode == "reference":
+                speed = "1.00x"
+                numbers = f"max abs loss diff {p.get('reference_max_abs_loss_diff') or 0:.1e} vs fast"
+            else:
+                speed, numbers = "-", "baseline"
+            yield name, sweep, kernels, p[mode], speed, numbers
+
+
 def render(report: dict[str, Any], console=None) -> None:
     """Print the report as rich tables."""
     from rich.console import Console
@@ -374,22 +390,9 @@ def render(report: dict[str, Any], console=None) -> None:
     for col in ("model", "sweep", "kernels", "trials", "total s", "trials s", "peak MiB", "+MiB",
                 "speedup", "numbers"):
         t.add_column(col, justify="left" if col in ("model", "sweep", "kernels", "numbers") else "right")
-    for name, p in report["profiles"].items():
-        rows = [("reference", "plain", "reference"), ("plain", "plain", "fast"), ("incremental", "incremental", "fast")]
-        for mode, sweep, kernels in rows:
-            if mode not in p:
-                continue
-            r = p[mode]
-            if mode == "incremental":
-                speed = f"{p['speedup']:.2f}x vs plain" + (f", {p['speedup_vs_reference']:.2f}x vs ref."
-                                                            if "speedup_vs_reference" in p else "")
-                numbers = "identical" if p["identical"] else f"{p['identical_trials']}/{p['trials']} identical"
-            elif mode == "reference":
-                speed, numbers = "1.00x", f"max |ΔL| {p.get('reference_max_abs_loss_diff', 0):.1e} vs fast"
-            else:
-                speed, numbers = "-", "baseline"
-            t.add_row(name, sweep, kernels, str(r["trials"]), _fmt(r["seconds"], 1), _fmt(r["trial_seconds"], 1),
-                      _fmt(r["peak_rss_mib"], 0), _fmt(r["delta_mib"], 0), speed, numbers)
+    for name, sweep, kernels, r, speed, numbers in _profile_rows(report):
+        t.add_row(name, sweep, kernels, str(r["trials"]), _fmt(r["seconds"], 1), _fmt(r["trial_seconds"], 1),
+                  _fmt(r["peak_rss_mib"], 0), _fmt(r["delta_mib"], 0), speed, numbers)
     console.print(t)
 
     t = Table(title="Forward throughput, fast kernels (tokens/s)")
@@ -429,24 +432,9 @@ def markdown(report: dict[str, Any]) -> str:
               "", f"Fast path's float32 linear (inference): {fwd.get('linear', '-')}.", ""]
     lines += ["| default profile | sweep | kernels | trials | total s | trial s | peak RSS MiB | speedup | numbers |",
               "|---|---|---|---:|---:|---:|---:|---:|---|"]
-    for name, p in report["profiles"].items():
-        for mode, sweep, kernels in (("reference", "plain", "reference"), ("plain", "plain", "fast"),
-                                     ("incremental", "incremental", "fast")):
-            if mode not in p:
-                continue
-            r = p[mode]
-            if mode == "incremental":
-                speed = f"{p['speedup']:.2f}x vs plain" + (f", {p['speedup_vs_reference']:.2f}x vs reference"
-                                                            if "speedup_vs_reference" in p else "")
-                numbers = ("identical to plain" if p["identical"]
-                           else f"{p['identical_trials']}/{p['trials']} identical")
-            elif mode == "reference":
-                speed = "1.00x"
-                numbers = f"max abs loss diff {p.get('reference_max_abs_loss_diff') or 0:.1e} vs fast"
-            else:
-                speed, numbers = "-", "baseline"
-            lines.append(f"| {name} | {sweep} | {kernels} | {r['trials']} | {r['seconds']:.1f} | "
-                         f"{r['trial_seconds']:.1f} | {r['peak_rss_mib']:.0f} | {speed} | {numbers} |")
+    for name, sweep, kernels, r, speed, numbers in _profile_rows(report):
+        lines.append(f"| {name} | {sweep} | {kernels} | {r['trials']} | {r['seconds']:.1f} | "
+                     f"{r['trial_seconds']:.1f} | {r['peak_rss_mib']:.0f} | {speed} | {numbers} |")
     lines += ["", "| tokens/s (fast kernels) | batch x seq | structured cut | dense | pruned | pruned / dense |",
               "|---|---|---|---:|---:|---:|"]
     for name, r in report["throughput"].items():

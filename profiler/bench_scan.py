@@ -50,7 +50,7 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _best_times(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def best_times(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Best wall time of each case over ``repeats`` rounds, after one warm-up call each (which also
     compiles or loads the numba kernels). Cases alternate within a round, so load from other
     processes hits all of them alike instead of skewing one."""
@@ -101,7 +101,7 @@ def bench_layer_forward(seq_len: int = 1024, threads: int = 1, repeats: int = 3,
         mixer = build_mixer(seed).eval()
         x = torch.randn(1, seq_len, mixer.hidden_size)
         floor = _dense_floor(mixer, seq_len)
-        t = _best_times({"reference": _with_fast_kernels(False, lambda: mixer(x)),
+        t = best_times({"reference": _with_fast_kernels(False, lambda: mixer(x)),
                          "fast": _with_fast_kernels(True, lambda: mixer(x)),
                          "floor_torch": _with_fast_kernels(False, floor),
                          "floor": _with_fast_kernels(True, floor)}, repeats)
@@ -121,7 +121,7 @@ def bench_layer_backward(seq_len: int = 512, threads: int = 1, repeats: int = 3,
             x.grad = None
             mixer(x).backward(grad)
 
-        t = _best_times({"reference": _with_fast_kernels(False, step), "fast": _with_fast_kernels(True, step)},
+        t = best_times({"reference": _with_fast_kernels(False, step), "fast": _with_fast_kernels(True, step)},
                         repeats)
     return _result(t["reference"], t["fast"], threads, seq_len)
 

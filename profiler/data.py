@@ -198,12 +198,17 @@ def batch_losses(model: torch.nn.Module, windows: torch.Tensor, batch_size: int 
             hidden = model.backbone(input_ids=ids, use_cache=False).last_hidden_state
             losses.append(head_window_losses(model.lm_head, hidden, ids))
             continue
-        logits = model(input_ids=ids).logits.float()
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
-        )
-        losses.append(loss.view(batch.shape[0], -1).mean(dim=1).cpu())
+        losses.append(logits_window_losses(model(input_ids=ids).logits, ids))
     return torch.cat(losses).double()
+
+
+def logits_window_losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss per window from whole-batch logits ``(windows, seqlen, vocab)``."""
+    logits = logits.float()
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
+    )
+    return loss.view(ids.shape[0], -1).mean(dim=1).cpu()
 
 
 def has_blocked_head(model: torch.nn.Module) -> bool:

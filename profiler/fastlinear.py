@@ -90,13 +90,6 @@ def applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     return _self_check()
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` through oneDNN where :func:`applies`, else torch's own."""
-    if applies(x, weight, bias):
-        return _op()(x, weight, bias, "none", [], "")
-    return _ORIGINAL_LINEAR(x, weight, bias)
-
-
 def _linear_dispatch(original: Callable) -> Callable:
     @functools.wraps(original)
     def fast_linear(input, weight, bias=None):  # noqa: A002 - F.linear's parameter names

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import batch_losses, has_blocked_head, head_window_losses
+from .data import batch_losses, has_blocked_head, head_window_losses, logits_window_losses
 from .masks import Mask
 
 # Every this many trials, hand glibc's free heap pages back to the OS. The cached activations
@@ -335,13 +335,12 @@ class IncrementalEvaluator:
 
     def _head_loss(self, h: torch.Tensor, batch: _Batch) -> torch.Tensor:
         """``batch_losses``' loss of one batch from the last layer's output: the same final norm
-        and the same blocked head (:func:`profiler.data.head_window_losses`)."""
+        and the same loss functions (:func:`profiler.data.head_window_losses`, or
+        :func:`profiler.data.logits_window_losses` for a head that must see the whole batch)."""
         hidden = self.backbone.norm_f(h)
         if has_blocked_head(self.model):  # asked each time, as batch_losses does (hooks may come and go)
             return head_window_losses(self.model.lm_head, hidden, batch.ids)
-        logits = self.model.lm_head(hidden.to(self.model.lm_head.weight.dtype)).float()
-        token = torch.log_softmax(logits, dim=-1)[:, :-1].gather(-1, batch.ids[:, 1:, None]).neg_()
-        return token.view(batch.ids.shape[0], -1).mean(dim=1).cpu()
+        return logits_window_losses(self.model.lm_head(hidden.to(self.model.lm_head.weight.dtype)), batch.ids)
 
     # ------------------------------------------------------------------ reporting
     def summary(self) -> dict[str, Any]:
