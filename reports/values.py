@@ -135,12 +135,17 @@ def records_html(records: list[dict[str, Any]], depth: int = 0) -> str:
         cells = []
         for c in cols:
             v = r.get(c)
-            sv = sort_value(v)
-            attr = f' data-v="{esc(sv)}" class="num"' if sv is not None else ""
-            cells.append(f"<td{attr}>{value_html(v, depth)}</td>")
+            cells.append(_cell(v, value_html(v, depth)))
         body.append("<tr>" + "".join(cells) + "</tr>")
     more = (f'<p class="note">{len(records) - MAX_ROWS} more rows not shown.</p>' if len(records) > MAX_ROWS else "")
     return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>{more}'
+
+
+def _cell(value: Any, inner: str) -> str:
+    """One ``<td>``; numeric values carry their sort key so the report's tables sort by number."""
+    key = sort_value(value)
+    attr = f' data-v="{esc(key)}" class="num"' if key is not None else ""
+    return f"<td{attr}>{inner}</td>"
 
 
 def matrix_html(d: dict[str, dict[str, Any]]) -> str:
@@ -152,9 +157,7 @@ def matrix_html(d: dict[str, dict[str, Any]]) -> str:
         cells = []
         for c in cols:
             v = row.get(c)
-            sv = sort_value(v)
-            attr = f' data-v="{esc(sv)}" class="num"' if sv is not None else ""
-            cells.append(f"<td{attr}>{scalar_html(v) if c in row else ''}</td>")
+            cells.append(_cell(v, scalar_html(v) if c in row else ""))
         body.append(f"<tr><th>{esc(name)}</th>{''.join(cells)}</tr>")
     return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 

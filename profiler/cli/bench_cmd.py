@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="shrink everything (tiny data and layers) for a smoke test; the numbers mean nothing")
     p.add_argument("--reference-profile", action="store_true",
                    help="also run each default profile the way the profiler did before the fast kernels and the "
-                   "incremental sweep (plain sweep, transformers' reference kernels); adds ~15 minutes")
+                   "incremental sweep (plain sweep, transformers' kernels, torch's linear, whole-batch logits); "
+                   "adds ~10 minutes")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(handler=run)
 
