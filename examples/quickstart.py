@@ -5,7 +5,7 @@
 
 import torch
 
-from profiler import DataSpec, ProfileSettings, analyze, load_model, profile_model
+from ssm_profile import DataSpec, ProfileSettings, analyze, load_model, profile_model
 
 torch.set_num_threads(1)
 

@@ -4,7 +4,7 @@
 ``profiler/schemas/plan.schema.json``) on the in-memory model of ``loaded``, which is pruned in
 place (load it fresh; the files it came from are never written), and saves the result with
 ``save_pretrained`` (safetensors), the tokenizer and a ``pruning.json`` that records what was
-done. The output directory is written through :func:`profiler.io.atomic_directory`: it appears
+done. The output directory is written through :func:`ssm_profile.io.atomic_directory`: it appears
 only when everything succeeded.
 
 Execution
@@ -16,8 +16,8 @@ Execution
 * Unit actions (``unit:channel``, ``unit:state``, ...): every listed unit (``unit_indices``) is
   first zeroed across all its coupled tensors. Where the action asks for ``execution: "slice"``
   and every covered layer removes the same number of units, the zeroed units are then sliced
-  out (:func:`profiler.surgery.slice_units`) and the config is updated
-  (:func:`profiler.surgery.sync_config`); when a stock config cannot express the result (e.g.
+  out (:func:`ssm_profile.surgery.slice_units`) and the config is updated
+  (:func:`ssm_profile.surgery.sync_config`); when a stock config cannot express the result (e.g.
   only some layers cut, or Mamba-2 heads x head_dim not a multiple of the hidden size) the slice
   is undone, the zeros stay, and a note says why. Either way the logits are those of the
   zeroed model (Mamba-2's gated norm: up to its eps term).
@@ -82,7 +82,7 @@ def load_plan(path: str | Path) -> dict[str, Any]:
 def check_plan(plan: Any) -> None:
     """Check what :func:`apply_plan` relies on; raises a one-line :class:`PlanError`.
 
-    The planner's full schema check (:func:`profiler.plan.validate_plan`) runs first when present.
+    The planner's full schema check (:func:`ssm_profile.plan.validate_plan`) runs first when present.
     """
     try:
         from .plan import validate_plan
@@ -267,7 +267,7 @@ def _unit_ids(action: dict[str, Any], mixer: MixerInfo, kind: str, where: str) -
 class _Snapshot:
     """Shallow record of a module tree (submodules, Parameters, size attributes) to undo a slice.
 
-    :func:`profiler.surgery.slice_units` installs new modules and Parameters instead of changing
+    :func:`ssm_profile.surgery.slice_units` installs new modules and Parameters instead of changing
     the old ones, so keeping references is enough: nothing is copied.
     """
 
@@ -416,7 +416,7 @@ def apply_plan(loaded: LoadedModel, plan: dict[str, Any] | str | Path, output_di
     """Prune ``loaded.model`` (in place) as ``plan`` says and save it to ``output_dir``.
 
     Returns the report written to ``output_dir/pruning.json`` (plus ``output_dir`` and, with
-    ``validate=True``, the ``validation`` report of :func:`profiler.validate.validate`, which is
+    ``validate=True``, the ``validation`` report of :func:`ssm_profile.validate.validate`, which is
     also written to ``output_dir/validation.json``; ``validate_options`` are passed on to it).
     Raises :class:`PlanError` for a plan made for other weights (nothing is written) and
     :class:`OutputExistsError` when ``output_dir`` exists and ``overwrite`` is false.

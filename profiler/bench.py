@@ -3,23 +3,23 @@
 Four measurements, all at one torch thread count (one thread is the headline):
 
 1. ``layer_forward``: one Mamba-1 mixer at mamba-130m width (H=768, E=1536, N=16) on 1,024 tokens:
-   transformers' reference CPU path, the fast kernels (the numba scan of :mod:`profiler.fastscan`
-   and oneDNN's linear of :mod:`profiler.fastlinear`), and the layer's dense projections alone
+   transformers' reference CPU path, the fast kernels (the numba scan of :mod:`ssm_profile.fastscan`
+   and oneDNN's linear of :mod:`ssm_profile.fastlinear`), and the layer's dense projections alone
    (the floor), with torch's linear and with the fast path's; ``fast / floor`` compares like with
-   like (the fast path's linear). From :func:`profiler.bench_scan.bench_layer_forward`.
+   like (the fast path's linear). From :func:`ssm_profile.bench_scan.bench_layer_forward`.
 2. ``layer_backward``: forward + backward of the same layer on 512 tokens, reference vs fast.
 3. ``profiles``: the default profile (``ssm-profile profile MODEL``: every criterion, target and
    sparsity, the per-layer sweep, 16 evaluation windows of 256 tokens) of each embedded model,
    plain sweep (every trial a full forward, ``--plain-sweep``) vs incremental
-   (:mod:`profiler.incremental`), both with the fast kernels, and whether every trial loss is
+   (:mod:`ssm_profile.incremental`), both with the fast kernels, and whether every trial loss is
    identical, and ``exact_reuse_bound``: from the stage times of one batch (embedding, each
    layer, head) and the incremental run's start layers, the most any exact reuse could save
    (:func:`exact_reuse_bound`). With ``reference=True`` also the profiler as it was before this work: plain sweep,
    transformers' reference kernels and torch's linear, and the loss from whole-batch logits
-   (``profiler.data.USE_BLOCKED_HEAD = False``).
+   (``ssm_profile.data.USE_BLOCKED_HEAD = False``).
 4. ``throughput``: tokens/s of a forward pass (8 x 256 tokens) of each embedded model, dense vs
    cut by a uniform structured plan (half the Mamba-1 channels, half the Mamba-2 heads; sliced
-   with :func:`profiler.surgery.slice_units`).
+   with :func:`ssm_profile.surgery.slice_units`).
 
 Memory: each profile runs in a fresh process (``multiprocessing`` spawn). ``peak_rss_mib`` is that
 process's peak resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and ``delta_mib`` its

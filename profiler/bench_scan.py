@@ -1,15 +1,15 @@
 """Benchmark of the fast selective scan on one Mamba-1 mixer at mamba-130m width.
 
 Times, in one run and on the same random (seeded) layer: transformers' reference CPU path, the
-same layer with the fast kernels switched in (:func:`profiler.fastscan2.use_fast_kernels`: the
-numba scan and causal conv of :mod:`profiler.fastscan`, and for inference oneDNN's float32 linear
-of :mod:`profiler.fastlinear`), and (forward) the layer's dense projections alone, the floor a
+same layer with the fast kernels switched in (:func:`ssm_profile.fastscan2.use_fast_kernels`: the
+numba scan and causal conv of :mod:`ssm_profile.fastscan`, and for inference oneDNN's float32 linear
+of :mod:`ssm_profile.fastlinear`), and (forward) the layer's dense projections alone, the floor a
 scan cannot beat, measured twice: with torch's default linear (``floor_torch_s``) and with the
 linear the fast path uses (``floor_s``, the one ``fast_over_floor`` compares with: same matmuls,
 so the ratio is what the rest of the layer costs). Numbers are wall seconds, best of ``repeats``
 interleaved rounds after one warm-up call per case.
 
-    python -m profiler.bench_scan [--threads 1] [--seq-len 1024] [--bwd-seq-len 512] [--repeats 3]
+    python -m ssm_profile.bench_scan [--threads 1] [--seq-len 1024] [--bwd-seq-len 512] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from profiler import fastlinear, fastscan
+from ssm_profile import fastlinear, fastscan
 
 # mamba-130m mixer width
 HIDDEN, STATE, EXPAND, DT_RANK, CONV = 768, 16, 2, 48, 4
@@ -66,7 +66,7 @@ def best_times(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str
 
 
 def _with_fast_kernels(enabled: bool, fn: Callable[[], object]) -> Callable[[], object]:
-    from profiler.fastscan2 import use_fast_kernels
+    from ssm_profile.fastscan2 import use_fast_kernels
 
     def run() -> object:
         with use_fast_kernels(enabled):

@@ -224,7 +224,7 @@ def head_window_losses(head: torch.nn.Module, hidden: torch.Tensor, ids: torch.T
 
     Runs ``head`` and ``log_softmax`` on ``HEAD_ROWS`` rows at a time, gathers each row's
     next-token log-probability and averages the ``seqlen - 1`` scored tokens of each window.
-    Deterministic given its inputs: :class:`profiler.incremental.IncrementalEvaluator` calls it
+    Deterministic given its inputs: :class:`ssm_profile.incremental.IncrementalEvaluator` calls it
     too, which is what makes its losses equal ``batch_losses`` bit for bit."""
     windows, length = ids.shape
     rows = hidden.to(head.weight.dtype).reshape(windows * length, -1)

@@ -11,7 +11,7 @@ to float32 rounding (a different summation order), not bit for bit.
 Only inference is routed (no input needs gradients), only float32 CPU tensors, and only after a
 self-check: the first call compares oneDNN with ``F.linear`` on a random problem and turns the
 route off for the process if the op is missing or disagrees (``REASON`` says why). The route is
-part of :func:`profiler.fastscan2.use_fast_kernels` and follows the same switch
+part of :func:`ssm_profile.fastscan2.use_fast_kernels` and follows the same switch
 (``SSM_PROFILE_FAST_SCAN=0`` / ``--no-fast-scan``).
 
 The drop-in replaces ``torch.nn.functional.linear``, which ``nn.Linear.forward`` looks up at call

@@ -13,10 +13,10 @@ inner loop vectorised over the head dimension. It equals the chunked form up to 
 
 Only inference is routed here: when autograd needs gradients of any input, transformers' own
 function runs (calibration and gradient-based criteria are unchanged). The Mamba-2 depthwise
-causal conv goes to :func:`profiler.fastscan.causal_conv1d`, which reads the strided half of
+causal conv goes to :func:`ssm_profile.fastscan.causal_conv1d`, which reads the strided half of
 ``in_proj`` directly (``F.conv1d`` copies it first).
 
-:func:`use_fast_kernels` is the one switch the profiler uses: Mamba-1 (:mod:`profiler.fastscan`)
+:func:`use_fast_kernels` is the one switch the profiler uses: Mamba-1 (:mod:`ssm_profile.fastscan`)
 and Mamba-2 (this module) together. ``SSM_PROFILE_FAST_SCAN=0`` disables both at call time.
 """
 
@@ -182,8 +182,8 @@ def use_fast_ssd(enabled: bool = True) -> contextlib.AbstractContextManager[None
 
 @contextlib.contextmanager
 def use_fast_kernels(enabled: bool = True) -> Iterator[None]:
-    """Every fast CPU kernel together: the Mamba-1 scan (:func:`profiler.fastscan.use_fast_scan`),
-    the Mamba-2 scan and oneDNN's float32 linear (:func:`profiler.fastlinear.use_fast_linear`)."""
+    """Every fast CPU kernel together: the Mamba-1 scan (:func:`ssm_profile.fastscan.use_fast_scan`),
+    the Mamba-2 scan and oneDNN's float32 linear (:func:`ssm_profile.fastlinear.use_fast_linear`)."""
     from .fastlinear import use_fast_linear
 
     with fastscan.use_fast_scan(enabled), use_fast_ssd(enabled), use_fast_linear(enabled):

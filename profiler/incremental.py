@@ -1,7 +1,7 @@
 """Incremental evaluation for sensitivity sweeps: recompute only what a trial can change.
 
 A trial masks some mixer parameters and measures the per-window evaluation loss
-(:func:`profiler.data.batch_losses`). :class:`IncrementalEvaluator` returns exactly those losses,
+(:func:`ssm_profile.data.batch_losses`). :class:`IncrementalEvaluator` returns exactly those losses,
 bit for bit, while skipping work the mask cannot affect. Once per profile it runs the dense model
 over the evaluation windows (the same batches as ``batch_losses``) and keeps:
 
@@ -18,7 +18,7 @@ over the evaluation windows (the same batches as ``batch_losses``) and keeps:
   of 8 heads both prune 2, or two criteria that rank alike) are the same model, so the second
   one is not evaluated again. A mask that zeroes nothing returns the dense losses.
 
-The head and the loss are :func:`profiler.data.head_window_losses`, the function ``batch_losses``
+The head and the loss are :func:`ssm_profile.data.head_window_losses`, the function ``batch_losses``
 itself uses (row blocks that stay in cache), so they match by construction.
 
 Trials are not batched into one forward: different trials have different weights, so a shared
@@ -93,7 +93,7 @@ def supports(model: torch.nn.Module) -> str | None:
 
 
 class IncrementalEvaluator:
-    """``evaluate(model, windows, mask=None) -> per-window losses`` for :func:`profiler.sensitivity.run_trial`.
+    """``evaluate(model, windows, mask=None) -> per-window losses`` for :func:`ssm_profile.sensitivity.run_trial`.
 
     Bound to one model, one set of evaluation windows and one batch size; call :meth:`prepare`
     with the dense losses from ``batch_losses`` before the first trial. ``cache_bytes`` bounds the
@@ -335,8 +335,8 @@ class IncrementalEvaluator:
 
     def _head_loss(self, h: torch.Tensor, batch: _Batch) -> torch.Tensor:
         """``batch_losses``' loss of one batch from the last layer's output: the same final norm
-        and the same loss functions (:func:`profiler.data.head_window_losses`, or
-        :func:`profiler.data.logits_window_losses` for a head that must see the whole batch)."""
+        and the same loss functions (:func:`ssm_profile.data.head_window_losses`, or
+        :func:`ssm_profile.data.logits_window_losses` for a head that must see the whole batch)."""
         hidden = self.backbone.norm_f(h)
         if has_blocked_head(self.model):  # asked each time, as batch_losses does (hooks may come and go)
             return head_window_losses(self.model.lm_head, hidden, batch.ids)

@@ -1,5 +1,5 @@
 """The pruning frontend: from saliency scores to keep-masks (torchao's split: masks here,
-making them fast or small is the backend's job, see :mod:`profiler.surgery`).
+making them fast or small is the backend's job, see :mod:`ssm_profile.surgery`).
 
 A *target* is what one sensitivity trial prunes in every selected layer:
 

@@ -1,8 +1,8 @@
 """Swap module-level functions of transformers for drop-ins, and restore them exactly.
 
 transformers' Mamba mixers look their kernels up as module globals at call time, so replacing a
-global is what takes effect. The fast paths (:mod:`profiler.fastscan`, :mod:`profiler.fastscan2`,
-:mod:`profiler.fastlinear`) use one :class:`GlobalPatcher` each.
+global is what takes effect. The fast paths (:mod:`ssm_profile.fastscan`, :mod:`ssm_profile.fastscan2`,
+:mod:`ssm_profile.fastlinear`) use one :class:`GlobalPatcher` each.
 
 ``use(True)`` blocks may overlap across threads (the TUI runs a profile, a plan and an apply in
 separate workers): the first block to enter installs the drop-ins, the last one to leave puts

@@ -1,6 +1,6 @@
 """Pruning plans: from a profile run to the cheapest set of cuts that meets a budget, measured.
 
-``make_plan`` turns a :class:`profiler.results.ProfileResult` into a plan (a JSON-ready dict,
+``make_plan`` turns a :class:`ssm_profile.results.ProfileResult` into a plan (a JSON-ready dict,
 format ``PLAN_SCHEMA_VERSION``, schema in ``profiler/schemas/plan.schema.json``):
 
 1. **Options.** For every target of the run's model-wide sweep (a parameter group such as
@@ -10,7 +10,7 @@ format ``PLAN_SCHEMA_VERSION``, schema in ``profiler/schemas/plan.schema.json``)
    single-target ΔL, negatives clipped to 0. Gain = what the cut removes of the chosen metric:
 
    * ``params``: zeroed elements (unstructured, N:M) or ``params_per_unit x units x layers``;
-   * ``flops`` (dense FLOPs per token, :mod:`profiler.analysis` conventions): structured cuts
+   * ``flops`` (dense FLOPs per token, :mod:`ssm_profile.analysis` conventions): structured cuts
      only, measured by slicing the units out of a shape-only (meta-device) copy of the model;
      unstructured and N:M zeros give 0;
    * ``state`` (recurrent-state bytes per sequence): state/head/channel unit cuts only, likewise.
@@ -79,7 +79,7 @@ Progress = Callable[[int, int, str], None]
 @lru_cache(maxsize=1)
 def plan_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of plan files."""
-    text = (resources.files("profiler") / "schemas" / "plan.schema.json").read_text(encoding="utf-8")
+    text = (resources.files("ssm_profile") / "schemas" / "plan.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 
@@ -165,7 +165,7 @@ def check_plan_for_model(plan: Mapping[str, Any], loaded: Any) -> None:
 
 
 def data_spec_from_meta(data: Mapping[str, Any]):
-    """The :class:`profiler.data.DataSpec` that reproduces a run's (or a plan's) data windows.
+    """The :class:`ssm_profile.data.DataSpec` that reproduces a run's (or a plan's) data windows.
 
     Accepts both a run's ``run.json`` ``data`` (source descriptions such as
     ``embedded:calibration.txt`` or ``file.txt [first 80%]``) and a plan's ``data``
@@ -543,7 +543,7 @@ def _shapes_for(result: ProfileResult, loaded: Any = None) -> _Shapes:
 
 
 def removed_per_block(family: Any, sparsity: float) -> int:
-    """Units :func:`profiler.masks.select_units` removes from each block at ``sparsity``."""
+    """Units :func:`ssm_profile.masks.select_units` removes from each block at ``sparsity``."""
     per_block = family.count // family.blocks
     return max(0, min(round(sparsity * per_block), per_block - 1))
 

@@ -1,14 +1,14 @@
 """The profiler: calibration statistics → saliency under every criterion → measured sensitivity.
 
 ``profile_model`` is the Python API behind `ssm-profile profile` and the TUI's profile screen;
-it returns a :class:`profiler.results.ProfileResult` and, given ``run_dir``, writes a run
+it returns a :class:`ssm_profile.results.ProfileResult` and, given ``run_dir``, writes a run
 directory as it goes so an interrupted run can be resumed without redoing finished trials.
 
 Speed (``ProfileSettings.fast_scan`` / ``incremental``, both on by default): the whole profile runs
-with the fast CPU kernels of :mod:`profiler.fastscan` (Mamba-1), :mod:`profiler.fastscan2`
-(Mamba-2) and :mod:`profiler.fastlinear` (oneDNN matmuls for inference), which agree with
+with the fast CPU kernels of :mod:`ssm_profile.fastscan` (Mamba-1), :mod:`ssm_profile.fastscan2`
+(Mamba-2) and :mod:`ssm_profile.fastlinear` (oneDNN matmuls for inference), which agree with
 transformers' reference paths to float32 rounding, and trials are
-evaluated by :class:`profiler.incremental.IncrementalEvaluator`, which reuses the dense model's
+evaluated by :class:`ssm_profile.incremental.IncrementalEvaluator`, which reuses the dense model's
 activations and gives the same losses as a full forward pass bit for bit. Neither setting blocks
 ``--resume`` (see ``RESUMABLE_SETTINGS``).
 """
@@ -59,8 +59,8 @@ class ProfileSettings:
     bootstrap: int = 200
     seed: int = 0
     # How trials are computed, not what they measure (see RESUMABLE_SETTINGS): fast CPU kernels
-    # (profiler.fastscan, profiler.fastscan2, profiler.fastlinear; equal to transformers' paths within float32
-    # rounding) and incremental evaluation (profiler.incremental; bit-identical to batch_losses).
+    # (ssm_profile.fastscan, ssm_profile.fastscan2, ssm_profile.fastlinear; equal to transformers' paths within float32
+    # rounding) and incremental evaluation (ssm_profile.incremental; bit-identical to batch_losses).
     fast_scan: bool = True
     incremental: bool = True
 

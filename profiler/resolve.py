@@ -106,7 +106,7 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 
 def embedded_dir(name: str) -> Path:
-    return Path(str(resources.files("profiler") / "embedded" / name))
+    return Path(str(resources.files("ssm_profile") / "embedded" / name))
 
 
 def embedded_data(name: str) -> Path:

@@ -8,7 +8,7 @@ whether the result was just computed or loaded from a run directory.
 Run directory layout (``RUN_SCHEMA_VERSION``)::
 
     run.json            metadata: model, weights fingerprint, config, data, settings, versions, timings
-    analysis.json       static analysis (profiler.analysis.AnalysisResult)
+    analysis.json       static analysis (ssm_profile.analysis.AnalysisResult)
     dense.json          per-window evaluation losses of the dense model
     trials.jsonl        one finished trial per line (append-only journal; makes --resume possible)
     unit_scores.json    per criterion, layer and unit kind: one score per unit (plans pick indices)

@@ -2,7 +2,7 @@
 
 A trial = (target, criterion, sparsity, layer). ``layer=None`` prunes the target in every SSM
 layer (the model-wide sweep); an integer prunes it in that layer only (the per-layer heatmap).
-Weights are restored bit for bit after every trial (:class:`profiler.masks.MaskApplier`).
+Weights are restored bit for bit after every trial (:class:`ssm_profile.masks.MaskApplier`).
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def run_trial(model: torch.nn.Module, spec: TrialSpec, scorer: Scorer, mixers: l
     with MaskApplier(model) as applier:
         applier.apply(mask)
         if evaluate is not None and getattr(evaluate, "accepts_mask", False):
-            losses = evaluate(model, eval_windows, mask=mask)  # e.g. profiler.incremental.IncrementalEvaluator
+            losses = evaluate(model, eval_windows, mask=mask)  # e.g. ssm_profile.incremental.IncrementalEvaluator
         elif evaluate is not None:
             losses = evaluate(model, eval_windows)
         else:

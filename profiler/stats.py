@@ -1,6 +1,6 @@
 """One pass (or two) over calibration data that gathers what the pruning criteria read.
 
-``collect_stats(model, tokens, needs)`` fills a :class:`~profiler.criteria.base.CalibrationStats`
+``collect_stats(model, tokens, needs)`` fills a :class:`~ssm_profile.criteria.base.CalibrationStats`
 with only what ``needs`` asks for:
 
 ``inputs``  per input channel of every linear-like operation of every mixer: ``sq`` = Σ x²,
@@ -67,7 +67,7 @@ from .criteria.base import CalibrationStats
 NEEDS = frozenset({"inputs", "hessians", "grads", "ssm", "tokens"})
 HESSIAN_GROUPS = ("in_proj", "x_proj", "dt_proj", "out_proj")
 
-Progress = Callable[[int, int, str], None]  # (done, total, label), as profiler.cli.progress
+Progress = Callable[[int, int, str], None]  # (done, total, label), as ssm_profile.cli.progress
 
 
 class _Acc:

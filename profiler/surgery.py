@@ -1,6 +1,6 @@
 """Structured surgery on Mamba mixers: zero units, slice them out, drop layers, fix the config.
 
-Every cut goes through :meth:`profiler.arch.UnitFamily.indices`, so all tensors coupled to a unit
+Every cut goes through :meth:`ssm_profile.arch.UnitFamily.indices`, so all tensors coupled to a unit
 (rows of ``in_proj``, conv channels, ``A_log`` entries, ``out_proj`` columns, ...) are cut with
 one shared index set and the model stays runnable.
 
@@ -28,7 +28,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from profiler.arch import MAMBA1, MixerInfo, UnitFamily, find_mixers
+from ssm_profile.arch import MAMBA1, MixerInfo, UnitFamily, find_mixers
 
 Units = Iterable[int] | torch.Tensor
 

@@ -5,10 +5,10 @@
 
 * held-out perplexity: the plan's evaluation windows (``plan["data"]``) or, without a plan, the
   embedded evaluation text; relative increase; measured vs predicted loss change;
-* lm-eval: the tasks shipped in :mod:`profiler.tasks` (offline) and any standard lm-eval task the
+* lm-eval: the tasks shipped in :mod:`ssm_profile.tasks` (offline) and any standard lm-eval task the
   user names (needs its dataset from the hub or the local cache);
 * parameters (total and nonzero), bytes on disk, recurrent-state bytes per sequence and FLOPs per
-  token (:func:`profiler.analysis.analyze`);
+  token (:func:`ssm_profile.analysis.analyze`);
 * CPU latency and tokens/s of one forward over a fixed batch (warm-up first, then the median of
   a few repeats, base and pruned interleaved, same thread count).
 

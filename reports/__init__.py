@@ -1,10 +1,10 @@
 """Report rendering for ssm-profile runs: one self-contained HTML page, a Markdown summary, CSV tables.
 
-Everything is rendered from :class:`profiler.results.ProfileResult` (the object the CLI and the run
+Everything is rendered from :class:`ssm_profile.results.ProfileResult` (the object the CLI and the run
 directory use), optionally with a pruning plan (``plan.json``) and a validation (``validation.json``)::
 
-    from profiler.results import ProfileResult
-    import reports
+    from ssm_profile.results import ProfileResult
+    from ssm_profile import reports
 
     result = ProfileResult.load("runs/tiny-mamba2")
     html = reports.render_html(result, plan=None, validation=None)   # str, no network needed to view
@@ -54,8 +54,8 @@ def write_report(result, output, *, fmt: str = "html", plan: dict[str, Any] | No
     ``output`` None or ``"-"`` writes no file and returns the rendered text instead."""
     from pathlib import Path
 
-    from profiler.errors import SSMProfileError
-    from profiler.io import write_text_atomic
+    from ssm_profile.errors import SSMProfileError
+    from ssm_profile.io import write_text_atomic
 
     from .facts import Facts
     from .html import render_facts

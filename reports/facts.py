@@ -1,7 +1,7 @@
 """What every report format shows, computed once from a ProfileResult by ProfileResult's own methods.
 
 Nothing here ranks, tests or bootstraps by itself: ranking, findings, intervals and prediction
-agreement come from :class:`profiler.results.ProfileResult`, so a report never disagrees with the
+agreement come from :class:`ssm_profile.results.ProfileResult`, so a report never disagrees with the
 CLI tables or the run directory's CSV files.
 """
 
@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from profiler.errors import PlanError, SSMProfileError
+from ssm_profile.errors import PlanError, SSMProfileError
 
 from .svg import fmt, human_bytes, human_count
 
 
 @dataclass
 class Facts:
-    result: Any  # profiler.results.ProfileResult
+    result: Any  # ssm_profile.results.ProfileResult
     ranking: list = field(default_factory=list)
     layer_ranking: list = field(default_factory=list)
     findings: list = field(default_factory=list)

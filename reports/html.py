@@ -36,7 +36,7 @@ def render_html(result, plan: dict[str, Any] | None = None, validation: dict[str
 
 # ---------------------------------------------------------------------- small HTML helpers
 def _asset(name: str) -> str:
-    return resources.files("reports").joinpath("assets", name).read_text(encoding="utf-8")
+    return resources.files("ssm_profile.reports").joinpath("assets", name).read_text(encoding="utf-8")
 
 
 def chip(name: str, color: str) -> str:
@@ -116,7 +116,7 @@ def cards(items: list[tuple[str, str, str]]) -> str:
 
 # ---------------------------------------------------------------------- page
 def render_facts(facts: Facts, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None) -> str:
-    from profiler import __version__
+    from ssm_profile import __version__
 
     name = facts.model_name()
     sections = [header_section(facts), anatomy_section(facts), saliency_section(facts), sensitivity_section(facts),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from profiler.io import write_text_atomic
+from ssm_profile.io import write_text_atomic
 
 from .facts import Facts
 

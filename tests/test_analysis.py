@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from profiler.analysis import AnalysisResult, analyze
-from profiler.arch import find_mixers
-from profiler.cli.main import main
+from ssm_profile.analysis import AnalysisResult, analyze
+from ssm_profile.arch import find_mixers
+from ssm_profile.cli.main import main
 
 
 def _group(result, layer, name):

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from profiler.apply import apply_plan, load_plan
-from profiler.arch import find_mixers
-from profiler.cli.main import main
-from profiler.errors import DataError, OutputExistsError, PlanError
-from profiler.resolve import load_model
-from profiler.surgery import zero_units
+from ssm_profile.apply import apply_plan, load_plan
+from ssm_profile.arch import find_mixers
+from ssm_profile.cli.main import main
+from ssm_profile.errors import DataError, OutputExistsError, PlanError
+from ssm_profile.resolve import load_model
+from ssm_profile.surgery import zero_units
 
 SMALL_DATA = {"calibration": None, "evaluation": None, "nsamples": 4, "eval_samples": 2, "seqlen": 32, "seed": 0}
 FAST_VALIDATION = dict(limit=4, speed_batch=(1, 16), speed_repeats=1, max_length=256)
@@ -51,8 +51,8 @@ def unit_action(kind: str, indices: dict[int, list[int]], execution: str = "slic
 
 def lowest_magnitude(model, kind: str, fraction: float) -> dict[int, list[int]]:
     """Unit ids removed by magnitude, per layer (what a plan would list)."""
-    from profiler.criteria import CalibrationStats, ScoringContext, get
-    from profiler.masks import select_units
+    from ssm_profile.criteria import CalibrationStats, ScoringContext, get
+    from ssm_profile.masks import select_units
 
     crit, ctx = get("magnitude"), ScoringContext(model=model, stats=CalibrationStats())
     out = {}
@@ -179,7 +179,7 @@ def test_data_driven_criterion_is_deterministic():
         loaded = load_model("tiny-mamba2")
         plan = make_plan(loaded, [{"target": "in_proj", "structure": "unstructured", "criterion": "wanda",
                                    "sparsity": 0.5}])
-        from profiler.apply import _execute
+        from ssm_profile.apply import _execute
 
         _execute(loaded, plan, lambda *a: None)
         masks.append({n: (p == 0) for n, p in loaded.model.named_parameters() if "in_proj" in n})
@@ -189,8 +189,8 @@ def test_data_driven_criterion_is_deterministic():
 
 @pytest.mark.parametrize("fast", [True, False, None])
 def test_element_masks_are_scored_with_the_profiles_kernels(fast, monkeypatch):
-    from profiler import fastscan2
-    from profiler.apply import _execute
+    from ssm_profile import fastscan2
+    from ssm_profile.apply import _execute
 
     seen = []
     original = fastscan2.use_fast_kernels
@@ -320,7 +320,7 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys, mamba1_dir):
 
 
 def test_validate_without_tokenizer_is_a_clear_error(mamba1_dir):
-    from profiler.validate import validate
+    from ssm_profile.validate import validate
 
     base, pruned = load_model(str(mamba1_dir)), load_model(str(mamba1_dir))
     with pytest.raises(DataError, match="tokenizer"):
@@ -328,8 +328,8 @@ def test_validate_without_tokenizer_is_a_clear_error(mamba1_dir):
 
 
 def test_shipped_task_data_is_regenerated_identically(tmp_path):
-    from profiler.tasks import BUILTIN_TASKS, TASKS_DIR
-    from profiler.tasks.build import write
+    from ssm_profile.tasks import BUILTIN_TASKS, TASKS_DIR
+    from ssm_profile.tasks.build import write
 
     write(tmp_path)
     for name in BUILTIN_TASKS:
@@ -344,7 +344,7 @@ def test_shipped_task_data_is_regenerated_identically(tmp_path):
 
 @pytest.mark.slow
 def test_standard_task_offline_is_a_one_line_error():
-    from profiler.validate import LmEvalRunner
+    from ssm_profile.validate import LmEvalRunner
 
     with pytest.raises(DataError, match="hellaswag"):
         LmEvalRunner((), ["hellaswag"])

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_mamba, tiny_mamba2
-from profiler import criteria as C
-from profiler.arch import find_mixers
-from profiler.errors import SSMProfileError
-from profiler.stats import collect_stats, mamba2_conv
+from ssm_profile import criteria as C
+from ssm_profile.arch import find_mixers
+from ssm_profile.errors import SSMProfileError
+from ssm_profile.stats import collect_stats, mamba2_conv
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""oneDNN float32 linear (profiler.fastlinear): inference only, agrees with F.linear, restored on exit."""
+"""oneDNN float32 linear (ssm_profile.fastlinear): inference only, agrees with F.linear, restored on exit."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from profiler import fastlinear
-from profiler.fastscan2 import use_fast_kernels
+from ssm_profile import fastlinear
+from ssm_profile.fastscan2 import use_fast_kernels
 
 torch.set_num_threads(1)
 needs_onednn = pytest.mark.skipif(fastlinear._op() is None, reason="this torch build has no oneDNN linear")
@@ -77,7 +77,7 @@ def test_use_fast_kernels_includes_the_linear_route():
 
 
 def test_env_command_names_the_kernels(capsys):
-    from profiler.cli.main import main
+    from ssm_profile.cli.main import main
 
     assert main(["env"]) == 0
     out = capsys.readouterr().out

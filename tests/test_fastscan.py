@@ -1,4 +1,4 @@
-"""profiler.fastscan: the fused selective scan equals transformers' reference, values and gradients."""
+"""ssm_profile.fastscan: the fused selective scan equals transformers' reference, values and gradients."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_mamba
 from transformers.models.mamba import modeling_mamba
 
-from profiler import fastscan
+from ssm_profile import fastscan
 
 torch.set_num_threads(1)
 
@@ -151,7 +151,7 @@ def test_torch_fallback_matches_reference():
 
 def test_without_numba_the_torch_backend_is_used(monkeypatch):
     monkeypatch.setitem(sys.modules, "numba", None)  # makes `import numba` fail
-    spec = importlib.util.spec_from_file_location("profiler._fastscan_no_numba", fastscan.__file__)  # a package member, for its relative imports
+    spec = importlib.util.spec_from_file_location("ssm_profile._fastscan_no_numba", fastscan.__file__)  # a package member, for its relative imports
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.BACKEND == "torch"
@@ -286,7 +286,7 @@ def test_tiny_falcon_mamba_same_logits():
 
 
 def test_bench_functions_report_times_and_ratios():
-    from profiler.bench_scan import bench_layer_backward, bench_layer_forward, format_table
+    from ssm_profile.bench_scan import bench_layer_backward, bench_layer_forward, format_table
 
     fwd = bench_layer_forward(seq_len=8, repeats=1)
     bwd = bench_layer_backward(seq_len=4, repeats=1)

@@ -1,9 +1,9 @@
 """The incremental sweep equals the plain sweep bit for bit; the fast kernels agree with the reference.
 
-* profiler.incremental: every trial loss and window loss of a profile is ``==`` with and without
+* ssm_profile.incremental: every trial loss and window loss of a profile is ``==`` with and without
   the incremental evaluator (model-wide and per-layer trials, Mamba-1 and Mamba-2, tiny random
   models and the embedded ones), and every reuse mode is actually exercised;
-* profiler.fastscan2: the Mamba-2 recurrence equals transformers' chunked scan to float32
+* ssm_profile.fastscan2: the Mamba-2 recurrence equals transformers' chunked scan to float32
   rounding, and falls back to it when gradients are needed;
 * fast kernels on vs off: the same profile agrees to float32 rounding.
 """
@@ -15,12 +15,12 @@ import torch
 from conftest import tiny_mamba, tiny_mamba2
 from transformers.models.mamba2 import modeling_mamba2
 
-from profiler import data as data_module
-from profiler import fastscan, fastscan2
-from profiler.data import Dataset, DataSpec, batch_losses, load_dataset
-from profiler.incremental import IncrementalEvaluator, supports
-from profiler.profile import ProfileSettings, profile_model
-from profiler.resolve import LoadedModel, ModelSource, load_model
+from ssm_profile import data as data_module
+from ssm_profile import fastscan, fastscan2
+from ssm_profile.data import Dataset, DataSpec, batch_losses, load_dataset
+from ssm_profile.incremental import IncrementalEvaluator, supports
+from ssm_profile.profile import ProfileSettings, profile_model
+from ssm_profile.resolve import LoadedModel, ModelSource, load_model
 
 torch.set_num_threads(1)
 
@@ -90,7 +90,7 @@ def m2_setup():
 
 
 def masked_losses(model, mask, windows, evaluate=None):
-    from profiler.masks import MaskApplier
+    from ssm_profile.masks import MaskApplier
 
     with MaskApplier(model) as applier:
         applier.apply(mask)

@@ -23,8 +23,8 @@ import pytest
 import torch
 from conftest import tiny_mamba2
 
-from profiler.errors import PlanError
-from profiler.plan import (
+from ssm_profile.errors import PlanError
+from ssm_profile.plan import (
     _overlaps,
     _shapes_for,
     build_options,
@@ -37,8 +37,8 @@ from profiler.plan import (
     solve_mckp,
     write_plan,
 )
-from profiler.results import ProfileResult
-from profiler.sensitivity import Trial
+from ssm_profile.results import ProfileResult
+from ssm_profile.sensitivity import Trial
 
 torch.set_num_threads(1)
 
@@ -126,8 +126,8 @@ def test_risk_breaks_ties_only():
 
 @pytest.fixture(scope="module")
 def synthetic() -> ProfileResult:
-    from profiler.analysis import analyze
-    from profiler.arch import find_mixers
+    from ssm_profile.analysis import analyze
+    from ssm_profile.arch import find_mixers
 
     model = tiny_mamba2(layers=2, n_groups=2)
     analysis = analyze(model, name="synthetic")
@@ -338,9 +338,9 @@ def test_plan_for_other_weights_is_refused(synthetic):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from profiler.data import DataSpec
-    from profiler.profile import ProfileSettings, profile_model
-    from profiler.resolve import load_model
+    from ssm_profile.data import DataSpec
+    from ssm_profile.profile import ProfileSettings, profile_model
+    from ssm_profile.resolve import load_model
 
     loaded = load_model("tiny-mamba2")
     run_dir = tmp_path_factory.mktemp("plan") / "run"
@@ -351,8 +351,8 @@ def tiny_run(tmp_path_factory):
 
 
 def _check_unit_indices(plan, result, loaded):
-    from profiler.arch import find_mixers
-    from profiler.masks import select_units
+    from ssm_profile.arch import find_mixers
+    from ssm_profile.masks import select_units
 
     mixers = {m.layer: m for m in find_mixers(loaded.model)}
     units = [a for a in plan["actions"] if a["structure"] == "units"]
@@ -421,7 +421,7 @@ def test_measuring_needs_the_runs_weights(tiny_run):
 
 
 def test_cli_writes_a_plan_and_never_overwrites(tiny_run, tmp_path, capsys):
-    from profiler.cli.main import main
+    from ssm_profile.cli.main import main
 
     run_dir, _, _ = tiny_run
     out = tmp_path / "plan.json"

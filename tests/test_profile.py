@@ -12,11 +12,11 @@ import time
 import pytest
 import torch
 
-from profiler.cli.main import main
-from profiler.data import DataSpec
-from profiler.profile import ProfileSettings, profile_model
-from profiler.resolve import load_model
-from profiler.results import ProfileResult
+from ssm_profile.cli.main import main
+from ssm_profile.data import DataSpec
+from ssm_profile.profile import ProfileSettings, profile_model
+from ssm_profile.resolve import load_model
+from ssm_profile.results import ProfileResult
 
 SMALL_DATA = DataSpec(nsamples=4, eval_samples=4, seqlen=32)
 
@@ -73,7 +73,7 @@ def test_resume_after_cancel_gives_identical_results(tmp_path, loaded2):
 
 def test_resume_refuses_other_settings(tmp_path, loaded2):
     profile_model(loaded2, SMALL_DATA, small_settings(per_layer=False, targets=["A_log"]), run_dir=tmp_path / "r")
-    from profiler.errors import OutputExistsError, RunDirError
+    from ssm_profile.errors import OutputExistsError, RunDirError
 
     with pytest.raises(OutputExistsError, match="--resume"):
         profile_model(loaded2, SMALL_DATA, small_settings(per_layer=False, targets=["A_log"]), run_dir=tmp_path / "r")
@@ -104,7 +104,7 @@ def test_cli_malformed_calibration(tmp_path, capsys):
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_results(tmp_path):
     """A real SIGKILL mid-run, then --resume, equals an uninterrupted run."""
-    args = ["-m", "profiler.cli.main", "profile", "tiny-mamba2", "--quiet", "--threads", "1", "--nsamples", "4",
+    args = ["-m", "ssm_profile.cli.main", "profile", "tiny-mamba2", "--quiet", "--threads", "1", "--nsamples", "4",
             "--eval-samples", "4", "--seqlen", "32", "--sparsities", "0.2,0.4,0.6,0.8", "--no-per-layer",
             "--criteria", "magnitude,random", "--targets", "in_proj,out_proj,A_log,D,unit:state"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import reports
-from profiler.cli.main import main
-from profiler.results import ProfileResult
+from ssm_profile import reports
+from ssm_profile.cli.main import main
+from ssm_profile.results import ProfileResult
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION_IDS = ["header", "anatomy", "saliency", "sensitivity", "ranking", "findings", "plan", "validation"]
@@ -35,9 +35,9 @@ MAX_BYTES = 5 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    from profiler.data import DataSpec
-    from profiler.profile import ProfileSettings, profile_model
-    from profiler.resolve import load_model
+    from ssm_profile.data import DataSpec
+    from ssm_profile.profile import ProfileSettings, profile_model
+    from ssm_profile.resolve import load_model
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("report") / "run"
@@ -186,7 +186,7 @@ def test_html_has_every_section_is_small_and_loads_nothing(result):
     assert not any(a.get("src") for a, _ in page.scripts)  # every script is inline
     assert html.count("<svg") > 20
     # Colour per criterion is the same everywhere: the fisher chip colour in ranking and saliency.
-    from reports.svg import CRITERION_COLORS
+    from ssm_profile.reports.svg import CRITERION_COLORS
 
     assert f'--c:{CRITERION_COLORS["fisher"]}">fisher' in html
 
@@ -248,7 +248,7 @@ def test_plan_renders_actions_and_mismatch_warning(result):
 
 
 def test_validation_renders_any_shape(result):
-    from reports.html import validation_section
+    from ssm_profile.reports.html import validation_section
 
     html = validation_section(VALIDATION)
     for text in ("464.2", "470.1", "950,000", "lambada_openai", "acc_norm", "within tolerance", "tokens_per_second",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from profiler.cli.main import main
-from profiler.convert import save_as_mamba_ssm
-from profiler.errors import HubUnreachableError, ModelNotFoundError, SSMProfileError
-from profiler.resolve import ALIASES, load_model, locate
+from ssm_profile.cli.main import main
+from ssm_profile.convert import save_as_mamba_ssm
+from ssm_profile.errors import HubUnreachableError, ModelNotFoundError, SSMProfileError
+from ssm_profile.resolve import ALIASES, load_model, locate
 
 
 def test_aliases_point_at_hub_repos():

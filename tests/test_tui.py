@@ -22,9 +22,9 @@ pytest.importorskip("textual_plotext")
 
 from textual.widgets import DataTable, Input, SelectionList, Tree
 
-from profiler.errors import SSMProfileError
-from tui.app import SSMProfileApp, is_run_dir
-from tui.screens import ErrorScreen, HelpScreen
+from ssm_profile.errors import SSMProfileError
+from ssm_profile.tui.app import SSMProfileApp, is_run_dir
+from ssm_profile.tui.screens import ErrorScreen, HelpScreen
 
 SIZE = (120, 40)
 RUN_NAME = "tiny-run"  # the saved run, opened through this relative path in snapshot tests
@@ -32,21 +32,21 @@ RUN_NAME = "tiny-run"  # the saved run, opened through this relative path in sna
 
 def _has_planner() -> bool:
     try:
-        from profiler.plan import make_plan  # noqa: F401
+        from ssm_profile.plan import make_plan  # noqa: F401
     except ImportError:
         return False
     return True
 
 
-needs_planner = pytest.mark.skipif(not _has_planner(), reason="profiler.plan (the planner) is not installed")
+needs_planner = pytest.mark.skipif(not _has_planner(), reason="ssm_profile.plan (the planner) is not installed")
 
 
 @pytest.fixture(scope="module")
 def saved_run(tmp_path_factory) -> Path:
     """A finished tiny profile of the embedded tiny-mamba2 (magnitude + fisher, two sparsities)."""
-    from profiler.data import DataSpec
-    from profiler.profile import ProfileSettings, profile_model
-    from profiler.resolve import load_model
+    from ssm_profile.data import DataSpec
+    from ssm_profile.profile import ProfileSettings, profile_model
+    from ssm_profile.resolve import load_model
 
     run_dir = tmp_path_factory.mktemp("tui") / RUN_NAME
     loaded = load_model("tiny-mamba2")
@@ -122,7 +122,7 @@ async def test_open_embedded_model_and_browse_tree():
 
 @run_async
 async def test_open_run_dir_shows_saved_profile_without_loading_the_model(saved_run):
-    from profiler.results import ProfileResult
+    from ssm_profile.results import ProfileResult
 
     assert is_run_dir(str(saved_run))
     app = SSMProfileApp(str(saved_run))
@@ -281,7 +281,7 @@ async def test_replan_export_and_apply(run_here, tmp_path):
 
 
 def test_cli_routes_model_and_run_dir_to_tui(monkeypatch, saved_run):
-    from profiler.cli import main as cli
+    from ssm_profile.cli import main as cli
 
     seen = {}
 
@@ -294,7 +294,7 @@ def test_cli_routes_model_and_run_dir_to_tui(monkeypatch, saved_run):
         def run(self):
             seen["ran"] = True
 
-    monkeypatch.setattr("tui.app.SSMProfileApp", FakeApp)
+    monkeypatch.setattr("ssm_profile.tui.app.SSMProfileApp", FakeApp)
     assert cli.main([str(saved_run)]) == 0
     assert seen["ran"] and seen["model"] == str(saved_run)
     assert cli.main(["tiny-mamba2", "--dtype", "float32"]) == 0
@@ -338,7 +338,7 @@ def test_snapshot_profile_form(snap_compare, run_here, size):
 def test_snapshot_plan(snap_compare, run_here, size):
     async def run_before(pilot) -> None:
         await _after("4", wait=0.8)(pilot)  # past the re-plan debounce
-        from tui.plan_view import PlanView
+        from ssm_profile.tui.plan_view import PlanView
 
         # A loaded machine may still be solving, handing the plan over or sizing the table's
         # columns: wait until no re-plan is pending or running and three looks in a row agree.

@@ -18,7 +18,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
-from profiler.errors import SSMProfileError
+from ssm_profile.errors import SSMProfileError
 
 from .anatomy import AnatomyView
 from .plan_view import ApplyView, PlanView
@@ -83,9 +83,9 @@ class SSMProfileApp(App[int]):
         self.target = model
         self.load_options = {k: v for k, v in (load_options or {}).items() if v is not None}
         self.threads = threads
-        self.loaded = None  # profiler.resolve.LoadedModel, once loaded
-        self.analysis = None  # profiler.analysis.AnalysisResult
-        self.result = None  # profiler.results.ProfileResult
+        self.loaded = None  # ssm_profile.resolve.LoadedModel, once loaded
+        self.analysis = None  # ssm_profile.analysis.AnalysisResult
+        self.result = None  # ssm_profile.results.ProfileResult
         self.run_dir: Path | None = None
         self.run_meta: dict[str, Any] | None = None
         self.load_error: SSMProfileError | None = None
@@ -122,8 +122,8 @@ class SSMProfileApp(App[int]):
     # ------------------------------------------------------------------ opening
     def _load_blocking(self):
         """Load the model (worker threads only); one load at a time."""
-        from profiler.cli.common import configure_threads, quiet_libraries
-        from profiler.resolve import load_model
+        from ssm_profile.cli.common import configure_threads, quiet_libraries
+        from ssm_profile.resolve import load_model
 
         quiet_libraries()
         name = model_name_of_run(self.run_meta) if self.opened_run and self.run_meta else self.target
@@ -148,12 +148,12 @@ class SSMProfileApp(App[int]):
     def _open(self) -> None:
         try:
             if self.opened_run:
-                from profiler.results import ProfileResult
+                from ssm_profile.results import ProfileResult
 
                 result = ProfileResult.load(Path(self.target).expanduser())
                 self.call_from_thread(self._opened_run, result)
             else:
-                from profiler.analysis import analyze
+                from ssm_profile.analysis import analyze
 
                 loaded = self.ensure_loaded()
                 analysis = analyze(loaded.model, name=loaded.source.name, source=asdict(loaded.source))

@@ -1,4 +1,4 @@
-"""Plan tab (``profiler.plan.make_plan``) and Apply tab (``profiler.apply.apply_plan`` + validation)."""
+"""Plan tab (``ssm_profile.plan.make_plan``) and Apply tab (``ssm_profile.apply.apply_plan`` + validation)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from textual.timer import Timer
 from textual.widgets import Button, Checkbox, ContentSwitcher, DataTable, Input, Label, ProgressBar, Select, Static
 from textual.worker import get_current_worker
 
-from profiler.errors import SSMProfileError
+from ssm_profile.errors import SSMProfileError
 
 from .format import duration, human_bytes, human_count, num, pct
 
@@ -28,7 +28,7 @@ PLAN_TARGETS = [("parameters", "params"), ("FLOPs/token", "flops"), ("state byte
 def _planner():
     """The planner module, or None while it is not installed."""
     try:
-        from profiler import plan
+        from ssm_profile import plan
     except ImportError:
         return None
     return plan if hasattr(plan, "make_plan") else None
@@ -93,7 +93,7 @@ class PlanView(Vertical):
         self.plan_inputs = None
         self.query_one("#plan-actions", DataTable).clear()
         if _planner() is None:
-            self._summary(Text("the planner (profiler.plan) is not available in this installation", style="yellow"))
+            self._summary(Text("the planner (ssm_profile.plan) is not available in this installation", style="yellow"))
             return
         self._stale = True
         self._summary(Text("the plan is solved when this tab is shown", style="dim italic"))
@@ -235,7 +235,7 @@ class PlanView(Vertical):
     def export(self) -> None:
         planner = _planner()
         if planner is None:
-            self.app.notify("the planner (profiler.plan) is not available", severity="warning")
+            self.app.notify("the planner (ssm_profile.plan) is not available", severity="warning")
             return
         if self.plan is None or self.plan_inputs is None:
             self.app.notify("no plan to export (fix the objective first)", severity="warning")
@@ -352,7 +352,7 @@ class ApplyView(Vertical):
             self.message("already running", "yellow")
             return
         try:
-            from profiler.apply import apply_plan  # noqa: F401
+            from ssm_profile.apply import apply_plan  # noqa: F401
         except ImportError:
             self.message("apply is not available in this installation", "bold red")
             return
@@ -375,7 +375,7 @@ class ApplyView(Vertical):
 
     @work(thread=True, exclusive=True, group="apply", exit_on_error=False)
     def _run(self, plan, output: str, overwrite: bool, lm_eval: bool) -> None:
-        from profiler.apply import apply_plan, load_plan
+        from ssm_profile.apply import apply_plan, load_plan
 
         try:
             if isinstance(plan, str):

@@ -1,4 +1,4 @@
-"""Profile tab: run ``profiler.profile.profile_model`` on the opened model in a thread worker."""
+"""Profile tab: run ``ssm_profile.profile.profile_model`` on the opened model in a thread worker."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, SelectionList, Static
 from textual.worker import get_current_worker
 
-from profiler.errors import RunDirError, SSMProfileError
+from ssm_profile.errors import RunDirError, SSMProfileError
 
 from .format import duration
 
@@ -53,7 +53,7 @@ class ProfileView(Vertical):
         self.running = False
 
     def compose(self) -> ComposeResult:
-        # profiler.criteria imports torch; its full list replaces this one once a model or run is open
+        # ssm_profile.criteria imports torch; its full list replaces this one once a model or run is open
         names = sorted([*DEFAULT_CRITERIA, "horizon"])
         with Horizontal(id="profile-form"):
             with Vertical(id="profile-criteria-box"):
@@ -91,7 +91,7 @@ class ProfileView(Vertical):
         chosen = set(settings.get("criteria", DEFAULT_CRITERIA))
         sel = self.query_one("#profile-criteria", SelectionList)
         with contextlib.suppress(Exception):  # keep the built-in list if the registry cannot be read
-            from profiler.criteria import available
+            from ssm_profile.criteria import available
 
             names = available()
             sel.clear_options()
@@ -114,8 +114,8 @@ class ProfileView(Vertical):
         self.query_one("#profile-resume", Checkbox).value = meta.get("status") != "complete"
 
     def read_form(self):
-        from profiler.data import DataSpec
-        from profiler.profile import ProfileSettings
+        from ssm_profile.data import DataSpec
+        from ssm_profile.profile import ProfileSettings
 
         criteria = list(self.query_one("#profile-criteria", SelectionList).selected)
         if not criteria:
@@ -180,8 +180,8 @@ class ProfileView(Vertical):
 
     @work(thread=True, exclusive=True, group="profile", exit_on_error=False)
     def _run(self, settings, spec, output: str, resume: bool) -> None:
-        from profiler.profile import profile_model
-        from profiler.results import ProfileResult
+        from ssm_profile.profile import profile_model
+        from ssm_profile.results import ProfileResult
 
         worker = get_current_worker()
         cancelled = lambda: self._cancel.is_set() or worker.is_cancelled

@@ -1,5 +1,5 @@
 """Sensitivity tab: curves, score histograms, layer × group heatmap, ranking and findings of a
-``profiler.results.ProfileResult``."""
+``ssm_profile.results.ProfileResult``."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from textual_plotext import PlotextPlot
 
 from .format import heat_cell, human_count, num, pct
 
-if TYPE_CHECKING:  # profiler.results imports torch: the UI shows before it is loaded
-    from profiler.results import ProfileResult
+if TYPE_CHECKING:  # ssm_profile.results imports torch: the UI shows before it is loaded
+    from ssm_profile.results import ProfileResult
 
 METRICS = {"delta": "ΔL (loss increase)", "rel": "relative perplexity increase"}
 VIEWS = ["curves", "scores", "heatmap", "ranking", "findings"]

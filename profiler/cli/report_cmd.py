@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from profiler.results import ProfileResult
-    from reports import load_json_input, write_report
+    from ssm_profile.results import ProfileResult
+    from ssm_profile.reports import load_json_input, write_report
 
     fmt = args.format or ("md" if args.output and str(args.output).lower().endswith((".md", ".markdown")) else "html")
     # Read every input before rendering, so a bad path fails fast with one line.
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     size = written.stat().st_size
     print(f"report: {written} ({size / 1024:.0f} KiB)" + (f"; tables: {args.csv}" if args.csv else ""))
-    from reports.facts import plan_mismatch
+    from ssm_profile.reports.facts import plan_mismatch
 
     warning = plan_mismatch(plan, result)
     if warning:

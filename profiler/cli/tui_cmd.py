@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
                               "pip install 'ssm-profile[tui]'")
     import threading
 
-    from tui.app import SSMProfileApp, is_run_dir
+    from ssm_profile.tui.app import SSMProfileApp, is_run_dir
 
     threading.Thread(target=_preload, args=(is_run_dir(args.model),), daemon=True).start()
 
@@ -88,13 +88,13 @@ def _preload(run_dir: bool) -> None:
     """Import torch (and transformers) while the UI starts: the loader needs them first."""
     try:
         if run_dir:
-            import profiler.results
+            import ssm_profile.results
         else:
             from .common import quiet_libraries
 
             quiet_libraries()
             from transformers import AutoModelForCausalLM  # noqa: F401
 
-            import profiler.resolve  # noqa: F401
+            import ssm_profile.resolve  # noqa: F401
     except Exception:  # noqa: BLE001, S110 - only a head start; the loader reports real errors
         pass

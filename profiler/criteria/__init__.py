@@ -1,4 +1,4 @@
-"""Pruning criteria behind one interface (see :mod:`profiler.criteria.base`).
+"""Pruning criteria behind one interface (see :mod:`ssm_profile.criteria.base`).
 
 =============  ===================================================================================
 name           scores
@@ -26,7 +26,7 @@ from . import activation, basic, gradient, ssm  # noqa: F401  (register the crit
 from .base import (CalibrationStats, Criterion, NotApplicable, ScoringContext, available, get, register,
                    register_lazy)
 
-register_lazy("captum", "profiler.criteria.captum_attr:CaptumChannelAttribution")
+register_lazy("captum", "ssm_profile.criteria.captum_attr:CaptumChannelAttribution")
 
 __all__ = ["CalibrationStats", "Criterion", "NotApplicable", "ScoringContext", "applicability", "available",
            "get", "register", "register_lazy"]

@@ -1,6 +1,6 @@
 """Criteria that weigh weights by the activations they multiply: WANDA, FLAP (WIFV), OBS.
 
-Input statistics are those of :func:`profiler.stats.collect_stats` (``inputs``, ``hessians``).
+Input statistics are those of :func:`ssm_profile.stats.collect_stats` (``inputs``, ``hessians``).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ class NotApplicable(Exception):
 class CalibrationStats:
     """Statistics of a model on calibration data, keyed by full parameter / module names.
 
-    Filled by :func:`profiler.stats.collect_stats`. Only what the requested criteria need
+    Filled by :func:`ssm_profile.stats.collect_stats`. Only what the requested criteria need
     (``Criterion.needs``) is collected.
     """
 

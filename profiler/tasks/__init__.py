@@ -6,9 +6,9 @@
   documents of consecutive verses.
 
 Both come from the embedded evaluation text (books held out of the embedded models' training
-and of calibration). :mod:`profiler.tasks.build` regenerates the ``.jsonl`` files
+and of calibration). :mod:`ssm_profile.tasks.build` regenerates the ``.jsonl`` files
 deterministically; the YAML files name their data relative to this folder and
-:func:`profiler.validate.run_lm_eval` rewrites the paths when it loads them.
+:func:`ssm_profile.validate.run_lm_eval` rewrites the paths when it loads them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Regenerate the shipped lm-eval task data from the embedded evaluation text.
 
-``python -m profiler.tasks.build`` rewrites ``ssm_next_verse.jsonl`` and ``ssm_heldout_ppl.jsonl``
+``python -m ssm_profile.tasks.build`` rewrites ``ssm_next_verse.jsonl`` and ``ssm_heldout_ppl.jsonl``
 beside this file. The output depends only on the evaluation text and the seed, so rerunning it
 gives byte-identical files (a test checks this).
 
