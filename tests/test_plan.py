@@ -25,15 +25,14 @@ from conftest import tiny_mamba2
 
 from ssm_profile.errors import PlanError
 from ssm_profile.plan import (
-    _overlaps,
-    _shapes_for,
     build_options,
-    check_plan_for_model,
     load_plan,
     make_plan,
     net_gain,
+    overlaps,
     plan_schema,
     removed_per_block,
+    shapes_for,
     solve_mckp,
     write_plan,
 )
@@ -170,13 +169,13 @@ def synthetic() -> ProfileResult:
 
 
 def _brute_plan(result, metric, ratio, tol):
-    options, _ = build_options(result, metric, shapes=_shapes_for(result))
-    overlaps = _overlaps(options, _shapes_for(result))[metric]
+    options, _ = build_options(result, metric, shapes=shapes_for(result))
+    pairs = overlaps(options, shapes_for(result))[metric]
     gains = [[o.gain(metric) for o in levels] for levels in options]
     costs = [[o.cost for o in levels] for levels in options]
     total = {"params": "parameters", "flops": "flops_per_token", "state": "state_bytes_per_sequence"}[metric]
     budget = None if ratio is None else ratio * result.analysis.totals[total]
-    return _brute(gains, costs, math.log1p(tol), budget, overlaps), len(options)
+    return _brute(gains, costs, math.log1p(tol), budget, pairs), len(options)
 
 
 @pytest.mark.parametrize("metric,ratio", [("params", None), ("params", 0.2), ("params", 0.3), ("flops", None),
@@ -186,23 +185,23 @@ def test_synthetic_plan_is_the_brute_force_optimum(synthetic, metric, ratio):
     assert n_targets >= 2
     if want is None:
         with pytest.raises(PlanError, match="best reachable point"):
-            make_plan(synthetic, target=metric, ratio=ratio, measure=False)
+            make_plan(synthetic, metric=metric, ratio=ratio, measure=False)
         return
-    plan = make_plan(synthetic, target=metric, ratio=ratio, max_ppl_increase=0.1, measure=False)
+    plan = make_plan(synthetic, metric=metric, ratio=ratio, max_ppl_increase=0.1, measure=False)
     key = {"params": "params_removed", "flops": "flops_removed", "state": "state_bytes_removed"}[metric]
     if ratio is None:
-        assert plan["predicted"][key] == pytest.approx(-want, abs=1)
+        assert getattr(plan.predicted, key) == pytest.approx(-want, abs=1)
     else:
-        assert plan["predicted"]["delta_loss"] == pytest.approx(want, abs=1e-7)
-        assert plan["predicted"]["reduction_ratio"] >= ratio - 1e-9
-    assert plan["predicted"]["delta_loss"] <= math.log1p(0.1) + 1e-9
+        assert plan.predicted.delta_loss == pytest.approx(want, abs=1e-7)
+        assert plan.predicted.reduction_ratio >= ratio - 1e-9
+    assert plan.predicted.delta_loss <= math.log1p(0.1) + 1e-9
     # flops and state fall only with structured cuts
     if metric != "params":
-        assert all(a["structure"] == "units" for a in plan["actions"])
+        assert all(a.structure == "units" for a in plan.actions)
 
 
 def test_options_follow_the_measurements(synthetic):
-    options, _ = build_options(synthetic, "params", shapes=_shapes_for(synthetic))
+    options, _ = build_options(synthetic, "params", shapes=shapes_for(synthetic))
     by_target = {levels[0].target: levels for levels in options}
     assert set(by_target) == {"in_proj", "conv1d", "out_proj", "unit:state", "unit:head_channel"}
     for target, levels in by_target.items():
@@ -217,39 +216,39 @@ def test_options_follow_the_measurements(synthetic):
     assert state.params == sum(u.params_per_unit * removed_per_block(SimpleNamespace(count=u.count, blocks=2), 0.5)
                                * 2 for u in rows)
     # unstructured zeros never reduce dense FLOPs or state
-    flops_targets = {levels[0].target for levels in build_options(synthetic, "flops", shapes=_shapes_for(synthetic))[0]}
+    flops_targets = {levels[0].target for levels in build_options(synthetic, "flops", shapes=shapes_for(synthetic))[0]}
     assert flops_targets == {"unit:state", "unit:head_channel"}
     with pytest.raises(PlanError, match="not measured"):
         build_options(synthetic, "params", criterion="wanda")
-    units_only, _ = build_options(synthetic, "params", structures=["units"], shapes=_shapes_for(synthetic))
+    units_only, _ = build_options(synthetic, "params", structures=["units"], shapes=shapes_for(synthetic))
     assert all(levels[0].target.startswith("unit:") for levels in units_only)
 
 
 def test_nm_runs_give_one_level_per_group(synthetic):
     nm = replace(synthetic, meta={**synthetic.meta, "settings": {**synthetic.meta["settings"], "structure": "2:4"}})
-    options, _ = build_options(nm, "params", shapes=_shapes_for(nm))
+    options, _ = build_options(nm, "params", shapes=shapes_for(nm))
     groups = [levels for levels in options if not levels[0].target.startswith("unit:")]
     assert groups and all(len(levels) == 2 and levels[1].structure == "2:4" and levels[1].sparsity == 0.5
                           for levels in groups)
-    _, notes = build_options(nm, "params", structures=["unstructured", "units"], shapes=_shapes_for(nm))
+    _, notes = build_options(nm, "params", structures=["unstructured", "units"], shapes=shapes_for(nm))
     assert any("2:4" in n and "--structures excludes" in n for n in notes)
-    plan = make_plan(nm, target="params", ratio=0.1, measure=False)
-    assert all(a["structure"] in ("2:4", "units") for a in plan["actions"])
+    plan = make_plan(nm, metric="params", ratio=0.1, measure=False)
+    assert all(a.structure in ("2:4", "units") for a in plan.actions)
 
 
 def test_impossible_budget_names_the_best_reachable_point(synthetic):
     with pytest.raises(PlanError) as info:
-        make_plan(synthetic, target="params", ratio=0.9, max_ppl_increase=0.1, measure=False, scope="model")
+        make_plan(synthetic, metric="params", ratio=0.9, max_ppl_increase=0.1, measure=False, scope="model")
     message = str(info.value)
     assert "\n" not in message and "best reachable point is" in message and "params" in message
-    best = make_plan(synthetic, target="params", max_ppl_increase=0.1, measure=False, scope="model")
-    assert f"{best['predicted']['reduction_ratio']:.1%}" in message
-    assert f"{best['predicted']['params_removed']:,}" in message
+    best = make_plan(synthetic, metric="params", max_ppl_increase=0.1, measure=False, scope="model")
+    assert f"{best.predicted.reduction_ratio:.1%}" in message
+    assert f"{best.predicted.params_removed:,}" in message
 
 
 def test_bad_arguments_are_plan_errors(synthetic):
     for kwargs, text in [({"ratio": 1.5}, "--ratio"), ({"ratio": 0.1, "absolute": 5}, "either"),
-                         ({"max_ppl_increase": 0}, "max-ppl-increase"), ({"target": "speed"}, "--target"),
+                         ({"max_ppl_increase": 0}, "max-ppl-increase"), ({"metric": "speed"}, "--metric"),
                          ({"absolute": 10**12}, "exceeds"), ({"structures": "3-4"}, "structure")]:
         with pytest.raises(PlanError, match=text):
             make_plan(synthetic, measure=False, **kwargs)
@@ -262,17 +261,18 @@ def test_bad_arguments_are_plan_errors(synthetic):
 def test_plan_validates_and_round_trips(synthetic, tmp_path):
     from jsonschema import Draft202012Validator
 
-    plan = make_plan(synthetic, target="params", ratio=0.2, measure=False, run_path=tmp_path)
+    plan = make_plan(synthetic, metric="params", ratio=0.2, measure=False, run_path=tmp_path)
     Draft202012Validator.check_schema(plan_schema())
-    Draft202012Validator(plan_schema()).validate(json.loads(json.dumps(plan)))
+    Draft202012Validator(plan_schema()).validate(json.loads(json.dumps(plan.to_dict())))
     path = write_plan(plan, tmp_path / "plan.json")
     text = path.read_text()
     assert text.startswith("{\n  \"schema_version\": 1,")  # human-readable, indent 2
-    assert load_plan(path) == json.loads(json.dumps(plan))
-    assert plan["data"] == {"calibration": None, "evaluation": None, "nsamples": 4, "eval_samples": 4,
+    assert load_plan(path) == plan
+    assert load_plan(path).to_dict() == json.loads(text)  # the file round-trips exactly
+    assert plan.data.to_dict() == {"calibration": None, "evaluation": None, "nsamples": 4, "eval_samples": 4,
                             "seqlen": 32, "seed": 0}
-    for a in plan["actions"]:
-        assert (a["unit_indices"] is not None) == (a["structure"] == "units")
+    for a in plan.actions:
+        assert (a.unit_indices is not None) == (a.structure == "units")
     with pytest.raises(Exception, match="already exists"):
         write_plan(plan, path)
 
@@ -286,7 +286,7 @@ def _one_line_error(path) -> str:
 
 
 def test_bad_plan_files_are_one_line_errors(synthetic, tmp_path):
-    plan = make_plan(synthetic, target="params", ratio=0.2, measure=False)
+    plan = make_plan(synthetic, metric="params", ratio=0.2, measure=False)
     path = tmp_path / "plan.json"
 
     assert "does not exist" in _one_line_error(tmp_path / "missing.json")
@@ -295,22 +295,22 @@ def test_bad_plan_files_are_one_line_errors(synthetic, tmp_path):
     path.write_text('{"schema_version": 1,\n  "kind": }\n')
     assert "not valid JSON" in (m := _one_line_error(path)) and "line 2 column" in m
 
-    bad = copy.deepcopy(plan)
+    bad = plan.to_dict()
     bad["actions"][0]["structure"] = "3-4"
     path.write_text(json.dumps(bad))
     assert "$.actions[0].structure" in _one_line_error(path)
 
-    bad = copy.deepcopy(plan)
+    bad = plan.to_dict()
     del bad["predicted"]["delta_loss"]
     path.write_text(json.dumps(bad))
     assert "$.predicted" in (m := _one_line_error(path)) and "delta_loss" in m
 
-    bad = copy.deepcopy(plan)
+    bad = plan.to_dict()
     bad["model"]["fingerprint"] = "md5:123"
     path.write_text(json.dumps(bad))
     assert "$.model.fingerprint" in _one_line_error(path)
 
-    bad = copy.deepcopy(plan)
+    bad = plan.to_dict()
     bad["schema_version"] = 2
     path.write_text(json.dumps(bad))
     assert "unsupported schema_version 2" in _one_line_error(path)
@@ -320,12 +320,12 @@ def test_bad_plan_files_are_one_line_errors(synthetic, tmp_path):
 
 
 def test_plan_for_other_weights_is_refused(synthetic):
-    plan = make_plan(synthetic, target="params", ratio=0.2, measure=False)
-    same = SimpleNamespace(fingerprint=plan["model"]["fingerprint"], source=SimpleNamespace(name="x"))
-    check_plan_for_model(plan, same)
+    plan = make_plan(synthetic, metric="params", ratio=0.2, measure=False)
+    same = SimpleNamespace(fingerprint=plan.model.fingerprint, source=SimpleNamespace(name="x"))
+    plan.check_model(same)
     other = SimpleNamespace(fingerprint="sha256:" + "cd" * 32, source=SimpleNamespace(name="other-model"))
     with pytest.raises(PlanError) as info:
-        check_plan_for_model(plan, other)
+        plan.check_model(other)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("plan was made for synthetic (sha256:abababababab…), this model is other-model "
@@ -355,41 +355,41 @@ def _check_unit_indices(plan, result, loaded):
     from ssm_profile.masks import select_units
 
     mixers = {m.layer: m for m in find_mixers(loaded.model)}
-    units = [a for a in plan["actions"] if a["structure"] == "units"]
+    units = [a for a in plan.actions if a.structure == "units"]
     for a in units:
-        assert set(a["unit_indices"]) == {str(l) for l in a["layers"]} == {str(l) for l in mixers}
-        for layer, ids in a["unit_indices"].items():
-            family = mixers[int(layer)].unit_family(a["unit_kind"])
+        assert set(a.unit_indices) == {str(l) for l in a.layers} == {str(l) for l in mixers}
+        for layer, ids in a.unit_indices.items():
+            family = mixers[int(layer)].unit_family(a.unit_kind)
             assert ids == sorted(set(ids)) and all(0 <= u < family.count for u in ids)
-            assert len(ids) == removed_per_block(family, a["sparsity"]) * family.blocks > 0
-            scores = torch.tensor(result.unit_scores[a["criterion"]][layer][a["unit_kind"]], dtype=torch.float64)
-            assert ids == select_units(scores, family, a["sparsity"]).tolist()
+            assert len(ids) == removed_per_block(family, a.sparsity) * family.blocks > 0
+            scores = torch.tensor(result.unit_scores[a.criterion][layer][a.unit_kind], dtype=torch.float64)
+            assert ids == select_units(scores, family, a.sparsity).tolist()
     return units
 
 
 def test_end_to_end_plan_is_measured_within_tolerance(tiny_run):
     run_dir, result, loaded = tiny_run
     steps = []
-    plan = make_plan(result, target="params", max_ppl_increase=0.10, loaded=loaded, run_path=run_dir,
+    plan = make_plan(result, metric="params", max_ppl_increase=0.10, loaded=loaded, run_path=run_dir,
                      progress=lambda done, total, label: steps.append(label))
-    measured = plan["measured"]
-    assert measured is not None and measured["within_tolerance"]
+    measured = plan.measured
+    assert measured is not None and measured.within_tolerance
     # measured with the profile's (fast) kernels: the re-measured dense loss is the run's, bit for bit
-    assert plan["run"]["fast_kernels"] is True and measured["delta_loss"] == measured["loss"] - result.dense_loss
-    assert measured["rel_ppl_increase"] <= 0.10
-    assert measured["delta_loss"] == pytest.approx(measured["loss"] - result.dense_loss, abs=1e-4)
+    assert plan.run.fast_kernels is True and measured.delta_loss == measured.loss - result.dense_loss
+    assert measured.rel_ppl_increase <= 0.10
+    assert measured.delta_loss == pytest.approx(measured.loss - result.dense_loss, abs=1e-4)
     assert any("measuring" in s for s in steps)
-    assert plan["actions"] and plan["predicted"]["reduction_ratio"] > 0
+    assert plan.actions and plan.predicted.reduction_ratio > 0
     # pairwise overlaps are exact after measuring: the prediction is a lower bound of the union
-    assert measured["params_removed"] >= plan["predicted"]["params_removed"]
+    assert measured.params_removed >= plan.predicted.params_removed
     _check_unit_indices(plan, result, loaded)
 
-    state = make_plan(result, target="state", ratio=0.3, max_ppl_increase=0.10, loaded=loaded, run_path=run_dir)
-    assert state["measured"]["within_tolerance"] and state["measured"]["rel_ppl_increase"] <= 0.10
-    assert state["predicted"]["reduction_ratio"] >= 0.3
+    state = make_plan(result, metric="state", ratio=0.3, max_ppl_increase=0.10, loaded=loaded, run_path=run_dir)
+    assert state.measured.within_tolerance and state.measured.rel_ppl_increase <= 0.10
+    assert state.predicted.reduction_ratio >= 0.3
     units = _check_unit_indices(state, result, loaded)
-    assert units and all(a["state_bytes_removed"] > 0 for a in units)
-    assert all(a["execution"] in ("slice", "zero") and a["note"] for a in units)
+    assert units and all(a.state_bytes_removed > 0 for a in units)
+    assert all(a.execution in ("slice", "zero") and a.note for a in units)
 
 
 def test_optimistic_predictions_are_backed_off(tiny_run):
@@ -400,15 +400,15 @@ def test_optimistic_predictions_are_backed_off(tiny_run):
     trials = [replace(t, delta_loss=0.0, rel_ppl_increase=0.0, window_losses=list(dense)) for t in result.trials]
     optimistic = replace(result, trials=trials)
     labels = []
-    plan = make_plan(optimistic, target="params", max_ppl_increase=0.10, loaded=loaded,
+    plan = make_plan(optimistic, metric="params", max_ppl_increase=0.10, loaded=loaded,
                      progress=lambda done, total, label: labels.append(label))
-    assert 1 <= plan["measured"]["backoff_steps"] <= 8
-    assert plan["measured"]["within_tolerance"] and plan["measured"]["rel_ppl_increase"] <= 0.10
-    assert plan["predicted"]["delta_loss"] == 0  # the (wrong) prediction is recorded as it was
-    assert any("back-off" in n for n in plan["notes"]) and any("back-off" in label for label in labels)
+    assert 1 <= plan.measured.backoff_steps <= 8
+    assert plan.measured.within_tolerance and plan.measured.rel_ppl_increase <= 0.10
+    assert plan.predicted.delta_loss == 0  # the (wrong) prediction is recorded as it was
+    assert any("back-off" in n for n in plan.notes) and any("back-off" in label for label in labels)
     # a budget that only the optimistic prediction allowed cannot be met: one line, best measured point
     with pytest.raises(PlanError) as info:
-        make_plan(optimistic, target="params", ratio=0.3, max_ppl_increase=0.10, loaded=loaded)
+        make_plan(optimistic, metric="params", ratio=0.3, max_ppl_increase=0.10, loaded=loaded)
     assert "best measured point" in str(info.value) and "\n" not in str(info.value)
 
 
@@ -417,7 +417,7 @@ def test_measuring_needs_the_runs_weights(tiny_run):
     other = replace(result, meta={**result.meta, "model": {**result.meta["model"],
                                                              "fingerprint": "sha256:" + "0" * 64}})
     with pytest.raises(PlanError, match="other weights"):
-        make_plan(other, target="params", loaded=loaded)
+        make_plan(other, metric="params", loaded=loaded)
 
 
 def test_cli_writes_a_plan_and_never_overwrites(tiny_run, tmp_path, capsys):
@@ -427,7 +427,7 @@ def test_cli_writes_a_plan_and_never_overwrites(tiny_run, tmp_path, capsys):
     out = tmp_path / "plan.json"
     assert main(["plan", str(run_dir), "-o", str(out), "--target", "state", "--ratio", "0.3", "--no-measure",
                  "--quiet"]) == 0
-    assert load_plan(out)["objective"]["target"] == "state"
+    assert load_plan(out).objective.metric == "state"
     assert "unit:state" in capsys.readouterr().out
 
     before = out.read_bytes()
@@ -443,14 +443,14 @@ def test_cli_writes_a_plan_and_never_overwrites(tiny_run, tmp_path, capsys):
     assert not (tmp_path / "x.json").exists()
 
     assert main(["plan", str(run_dir), "-o", str(out), "--overwrite", "--no-measure", "--quiet"]) == 0
-    assert load_plan(out)["objective"]["ratio"] is None
+    assert load_plan(out).objective.ratio is None
 
 
 def test_ratio_scope_is_ssm_mixers_by_default(synthetic):
-    ssm = make_plan(synthetic, target="params", max_ppl_increase=0.1, measure=False)
-    whole = make_plan(synthetic, target="params", max_ppl_increase=0.1, measure=False, scope="model")
-    assert ssm["objective"]["scope"] == "ssm" and whole["objective"]["scope"] == "model"
-    removed = ssm["predicted"]["params_removed"]
-    assert ssm["predicted"]["scope_total"] == synthetic.analysis.totals["ssm_parameters"]
-    assert ssm["predicted"]["reduction_ratio"] == pytest.approx(removed / synthetic.analysis.totals["ssm_parameters"])
-    assert whole["predicted"]["reduction_ratio"] == pytest.approx(removed / synthetic.analysis.totals["parameters"])
+    ssm = make_plan(synthetic, metric="params", max_ppl_increase=0.1, measure=False)
+    whole = make_plan(synthetic, metric="params", max_ppl_increase=0.1, measure=False, scope="model")
+    assert ssm.objective.scope == "ssm" and whole.objective.scope == "model"
+    removed = ssm.predicted.params_removed
+    assert ssm.predicted.scope_total == synthetic.analysis.totals["ssm_parameters"]
+    assert ssm.predicted.reduction_ratio == pytest.approx(removed / synthetic.analysis.totals["ssm_parameters"])
+    assert whole.predicted.reduction_ratio == pytest.approx(removed / synthetic.analysis.totals["parameters"])

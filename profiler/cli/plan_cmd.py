@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import re
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from ..documents import Plan
+
+METRIC_CHOICES = ("params", "flops", "state")
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
 
 
@@ -34,11 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="profile run directory (from `ssm-profile profile -o DIR`)")
     p.add_argument("-o", "--output", default="plan.json", help="plan file to write (default: plan.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    p.add_argument("--target", choices=("params", "flops", "state"), default="params",
+    p.add_argument("--metric", choices=METRIC_CHOICES, default="params",
                    help="what to reduce: parameters, dense FLOPs per token or recurrent-state bytes (default params)")
+    p.add_argument("--target", dest="metric", choices=METRIC_CHOICES, help=argparse.SUPPRESS)  # the older name
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--ratio", type=_fraction, default=None,
-                        help="remove at least this fraction of --scope's total for --target (e.g. 0.3 or 30%%)")
+                        help="remove at least this fraction of --scope's total for --metric (e.g. 0.3 or 30%%)")
     budget.add_argument("--absolute", type=_amount, default=None,
                         help="remove at least this many params / FLOPs per token / state bytes (e.g. 300k)")
     p.add_argument("--scope", choices=("ssm", "model"), default="ssm",
@@ -82,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model and not args.no_measure:
         loaded = load_run_model(result, name=args.model, device=args.device)
     with rich_progress("planning", enabled=not args.quiet) as progress:
-        plan = make_plan(result, target=args.target, ratio=args.ratio, absolute=args.absolute, scope=args.scope,
+        plan = make_plan(result, metric=args.metric, ratio=args.ratio, absolute=args.absolute, scope=args.scope,
                          max_ppl_increase=args.max_ppl_increase, criterion=args.criterion,
                          structures=args.structures, measure=not args.no_measure, loaded=loaded,
                          progress=progress, run_path=args.run_dir, device=args.device)
@@ -92,7 +98,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_plan(plan: dict) -> None:
+def _layer_span(layers: list[int]) -> str:
+    if len(layers) > 1 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}–{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
+def print_plan(plan: Plan) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -101,49 +113,43 @@ def print_plan(plan: dict) -> None:
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(console.width, 120))
-    obj, dense, pred, meas = plan["objective"], plan["dense"], plan["predicted"], plan["measured"]
-    metric = obj["target"]
-    total = {"params": dense["parameters"], "flops": dense["flops_per_token"],
-             "state": dense["state_bytes_per_sequence"]}[metric]
-    key = {"params": "params_removed", "flops": "flops_removed", "state": "state_bytes_removed"}[metric]
+    obj, dense, pred, meas = plan.objective, plan.dense, plan.predicted, plan.measured
+    metric = obj.metric
     fmt = human_bytes if metric == "state" else human_count
-    scope = "SSM-mixer " if obj.get("scope", "model") == "ssm" else ""
-    goal = (f"remove ≥ {obj['ratio']:.1%} of {scope}{metric}" if obj["ratio"] is not None else
-            f"remove ≥ {fmt(obj['absolute'])} {metric}" if obj["absolute"] is not None else
+    scope = "SSM-mixer " if (obj.scope or "model") == "ssm" else ""
+    goal = (f"remove ≥ {obj.ratio:.1%} of {scope}{metric}" if obj.ratio is not None else
+            f"remove ≥ {fmt(obj.absolute)} {metric}" if obj.absolute is not None else
             f"remove as much {metric} as possible")
-    console.print(f"[bold]{plan['model']['name']}[/bold]: {goal} within +{obj['max_ppl_increase']:.0%} perplexity "
-                  f"(dense loss {dense['loss']:.4f}, perplexity {dense['perplexity']:.2f})")
+    console.print(f"[bold]{plan.model.name}[/bold]: {goal} within +{obj.max_ppl_increase:.0%} perplexity "
+                  f"(dense loss {dense.loss:.4f}, perplexity {dense.perplexity:.2f})")
     table = Table(title="Plan actions")
     for col in ("target", "structure", "criterion", "sparsity", "layers", "params", "FLOPs/tok", "state",
                 "ΔL alone", "exec"):
         table.add_column(col, justify="left" if col in ("target", "structure", "criterion", "exec") else "right",
                          no_wrap=True, min_width=5 if col == "exec" else None)
-    for a in plan["actions"]:
-        layers = a["layers"]
-        span = f"{layers[0]}–{layers[-1]}" if len(layers) > 1 and layers == list(range(layers[0], layers[-1] + 1)) \
-            else ",".join(map(str, layers))
-        table.add_row(a["target"], a["structure"], a["criterion"], f"{a['sparsity']:.0%}", span,
-                      human_count(a["params_removed"]), human_count(a["flops_removed"]),
-                      human_bytes(a["state_bytes_removed"]), f"{a['predicted_delta_loss']:+.4f}", a["execution"])
-    if plan["actions"]:
+    for a in plan.actions:
+        table.add_row(a.target, a.structure, a.criterion, f"{a.sparsity:.0%}", _layer_span(a.layers),
+                      human_count(a.params_removed), human_count(a.flops_removed),
+                      human_bytes(a.state_bytes_removed), f"{a.predicted_delta_loss:+.4f}", a.execution)
+    if plan.actions:
         console.print(table)
     else:
         console.print("no actions: nothing fits the loss budget")
     summary = Table(title="Predicted vs measured")
-    total = pred.get("scope_total", total)
+    total = pred.scope_total if pred.scope_total is not None else dense.total(metric)
     for col in ("", "ΔL", "perplexity", f"{metric} removed", f"share of {scope or 'model '}{metric}"):
         summary.add_column(col, justify="left" if not col else "right")
-    summary.add_row("predicted (additive)", f"{pred['delta_loss']:+.4f}", f"{pred['rel_ppl_increase']:+.1%}",
-                    fmt(pred[key]), f"{pred['reduction_ratio']:.1%}")
+    summary.add_row("predicted (additive)", f"{pred.delta_loss:+.4f}", f"{pred.rel_ppl_increase:+.1%}",
+                    fmt(pred.removed(metric)), f"{pred.reduction_ratio:.1%}")
     if meas is not None:
-        removed = meas.get("params_removed") if metric == "params" else None
-        summary.add_row("measured (combined)", f"{meas['delta_loss']:+.4f}", f"{meas['rel_ppl_increase']:+.1%}",
+        removed = meas.params_removed if metric == "params" else None
+        summary.add_row("measured (combined)", f"{meas.delta_loss:+.4f}", f"{meas.rel_ppl_increase:+.1%}",
                         fmt(removed) if removed is not None else "—", f"{removed / total:.1%}" if removed else "—")
     console.print(summary)
     if meas is not None:
-        status = "[green]within tolerance[/green]" if meas["within_tolerance"] else "[red]above tolerance[/red]"
-        console.print(f"measured: {status}; back-off steps: {meas['backoff_steps']}")
+        status = "[green]within tolerance[/green]" if meas.within_tolerance else "[red]above tolerance[/red]"
+        console.print(f"measured: {status}; back-off steps: {meas.backoff_steps}")
     else:
         console.print("[yellow]not measured (--no-measure): the additive prediction ignores interactions[/yellow]")
-    for line in plan["notes"]:
+    for line in plan.notes:
         console.print(f"· {line}")

@@ -1,0 +1,433 @@
+"""The files that pass from one stage to the next, as typed objects: plan, pruning record, validation.
+
+``plan.json`` (:class:`Plan`, written by ``ssm-profile plan``), ``pruning.json``
+(:class:`PruningRecord`, written by ``apply``) and ``validation.json`` (:class:`ValidationReport`,
+written by ``validate``). Each has ``to_dict``/``from_dict``; ``to_dict(from_dict(x)) == x`` for
+every file the tool writes (unknown keys are kept in ``extra``), so the files stay exactly as they
+were. The JSON Schema in ``profiler/schemas/plan.schema.json`` is the file contract and the only
+validator of plan files (:func:`validate_plan`).
+
+Torch-free: reports and the TUI read these files without loading a model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
+
+from . import __version__
+from .errors import OutputExistsError, PlanError
+
+PLAN_SCHEMA_VERSION = 1
+PLAN_KIND = "ssm-profile-plan"
+PRUNING_KIND = "ssm-profile-pruning"
+VALIDATION_KIND = "ssm-profile-validation"
+PRUNING_FILE = "pruning.json"
+VALIDATION_FILE = "validation.json"
+
+
+# ============================================================================================
+# the (de)serialisation shared by every document
+
+
+def _key(f) -> str:
+    return f.metadata.get("key", f.name)
+
+
+def _optional(**kw: Any) -> Any:
+    """A field left out of the JSON when it is None (an optional key of the file format)."""
+    return field(default=None, metadata={"omit_none": True, **kw})
+
+
+def _document_type(hint: Any) -> type | None:
+    """The :class:`Document` class in ``hint`` (``X``, ``X | None``, ``list[X]``), if any."""
+    if isinstance(hint, type) and issubclass(hint, Document):
+        return hint
+    for arg in get_args(hint):
+        found = _document_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _load(hint: Any, value: Any) -> Any:
+    doc = _document_type(hint)
+    if value is None or doc is None:
+        return copy.deepcopy(value)
+    if get_origin(hint) is list or (get_origin(hint) is Union and any(get_origin(a) is list for a in get_args(hint))):
+        return [doc.from_dict(v) for v in value]
+    return doc.from_dict(value)
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, Document):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_dump(v) for v in value]
+    return copy.deepcopy(value)
+
+
+class Document:
+    """Dataclass mixin: ``to_dict``/``from_dict`` by field (JSON key = ``metadata["key"]`` or the name)."""
+
+    extra: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra" or f.metadata.get("runtime") or (value is None and f.metadata.get("omit_none")):
+                continue
+            out[_key(f)] = _dump(value)
+        out.update(copy.deepcopy(self.extra))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        hints = get_type_hints(cls)
+        own = [f for f in fields(cls) if f.name != "extra" and not f.metadata.get("runtime")]
+        kwargs = {f.name: _load(hints[f.name], data[_key(f)]) for f in own if _key(f) in data}
+        known = {_key(f) for f in own}
+        return cls(**kwargs, extra={k: copy.deepcopy(v) for k, v in data.items() if k not in known})
+
+
+def _extra() -> Any:
+    return field(default_factory=dict, repr=False)
+
+
+# ============================================================================================
+# the plan
+
+
+@dataclass(kw_only=True)
+class PlanModel(Document):
+    name: str
+    source: dict[str, Any]
+    fingerprint: str
+    architecture: str
+    class_name: str = field(metadata={"key": "class"})
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class PlanRun(Document):
+    """The profile run a plan came from and how it computed (what rebuilding its masks needs)."""
+
+    path: str
+    created: str
+    fast_kernels: bool | None = _optional()  # absent in older plans: transformers' kernels
+    batch_size: int | None = _optional()  # absent in older plans: the profiler's default (8)
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class PlanData(Document):
+    """The run's data windows as :class:`ssm_profile.data.DataSpec` values (None = embedded text)."""
+
+    calibration: str | None
+    evaluation: str | None
+    nsamples: int
+    eval_samples: int
+    seqlen: int
+    seed: int
+    extra: dict[str, Any] = _extra()
+
+    def spec(self):
+        from .data import DataSpec
+
+        return DataSpec(calibration=self.calibration, evaluation=self.evaluation, nsamples=self.nsamples,
+                        eval_samples=self.eval_samples, seqlen=self.seqlen, seed=self.seed)
+
+
+@dataclass(kw_only=True)
+class Objective(Document):
+    metric: str = field(metadata={"key": "target"})  # params | flops | state (the file's key is "target")
+    ratio: float | None
+    absolute: int | None
+    max_ppl_increase: float
+    scope: str | None = _optional()
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class Dense(Document):
+    loss: float
+    perplexity: float
+    parameters: int
+    flops_per_token: int
+    state_bytes_per_sequence: int
+    extra: dict[str, Any] = _extra()
+
+    def total(self, metric: str) -> int:
+        return {"params": self.parameters, "flops": self.flops_per_token,
+                "state": self.state_bytes_per_sequence}[metric]
+
+
+REMOVED_KEY = {"params": "params_removed", "flops": "flops_removed", "state": "state_bytes_removed"}
+
+
+@dataclass(kw_only=True)
+class PlanAction(Document):
+    target: str  # a parameter group (in_proj) or a unit kind (unit:state)
+    layers: list[int]
+    structure: str
+    criterion: str
+    sparsity: float
+    unit_kind: str | None
+    unit_indices: dict[str, list[int]] | None
+    params_removed: int
+    flops_removed: int
+    state_bytes_removed: int
+    predicted_delta_loss: float
+    execution: str = "zero"
+    note: str = ""
+    extra: dict[str, Any] = _extra()
+
+    @property
+    def is_units(self) -> bool:
+        return self.target.startswith("unit:")
+
+    def removed(self, metric: str) -> int:
+        return getattr(self, REMOVED_KEY[metric])
+
+
+@dataclass(kw_only=True)
+class Predicted(Document):
+    delta_loss: float
+    rel_ppl_increase: float
+    params_removed: int
+    flops_removed: int
+    state_bytes_removed: int
+    scope_total: int | None = _optional()
+    reduction_ratio: float
+    reduction_ratio_model: float | None = _optional()
+    extra: dict[str, Any] = _extra()
+
+    def removed(self, metric: str) -> int:
+        return getattr(self, REMOVED_KEY[metric])
+
+
+@dataclass(kw_only=True)
+class Measured(Document):
+    loss: float
+    delta_loss: float
+    rel_ppl_increase: float
+    within_tolerance: bool
+    backoff_steps: int
+    params_removed: int | None = _optional()
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class Plan(Document):
+    """A pruning plan (``plan.json``); see :mod:`ssm_profile.plan`."""
+
+    schema_version: int = PLAN_SCHEMA_VERSION
+    kind: str = PLAN_KIND
+    created: str
+    tool_version: str = __version__
+    model: PlanModel
+    run: PlanRun
+    data: PlanData
+    objective: Objective
+    dense: Dense
+    actions: list[PlanAction]
+    predicted: Predicted
+    measured: Measured | None
+    notes: list[str]
+    extra: dict[str, Any] = _extra()
+
+    def check_model(self, loaded: Any) -> None:
+        """Refuse a model (a LoadedModel) with other weights than the plan was made for (one line)."""
+        check_weights(self.model.fingerprint, loaded, "plan was made for", expected_name=self.model.name,
+                      hint="make a plan for these weights with `ssm-profile profile` and `ssm-profile plan`")
+
+    def validated(self, where: str = "the plan") -> "Plan":
+        validate_plan(self.to_dict(), where)
+        return self
+
+
+# ============================================================================================
+# plan files: the schema is the only validator
+
+
+@lru_cache(maxsize=1)
+def plan_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of plan files."""
+    text = (resources.files("ssm_profile") / "schemas" / "plan.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def _json_path(parts: Sequence[Any]) -> str:
+    out = "$"
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(p)):
+            out += f".{p}"
+        else:
+            out += f"[{json.dumps(str(p))}]"
+    return out
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def validate_plan(plan: Any, where: str = "plan") -> None:
+    """Raise a one-line :class:`PlanError` unless ``plan`` (a dict) is a valid plan of this version."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    if not isinstance(plan, dict):
+        raise PlanError(f"{where} is not a plan: expected a JSON object, got {type(plan).__name__}")
+    if plan.get("kind") != PLAN_KIND and "kind" in plan:
+        raise PlanError(f"{where} is not an ssm-profile plan (kind {plan.get('kind')!r}, expected {PLAN_KIND!r})")
+    version = plan.get("schema_version")
+    if version != PLAN_SCHEMA_VERSION:
+        raise PlanError(f"{where} has unsupported schema_version {json.dumps(version)}; this ssm-profile "
+                        f"({__version__}) reads version {PLAN_SCHEMA_VERSION}: make the plan again with "
+                        "`ssm-profile plan`")
+    error = best_match(Draft202012Validator(plan_schema()).iter_errors(plan))
+    if error is not None:
+        raise PlanError(f"{where} does not match the plan schema at {_json_path(error.absolute_path)}: "
+                        f"{one_line(error.message)}")
+
+
+def as_plan(plan: Plan | dict[str, Any], where: str = "the plan") -> Plan:
+    """``plan`` as a validated :class:`Plan` (a dict is checked against the schema first)."""
+    if isinstance(plan, Plan):
+        return plan
+    validate_plan(plan, where)
+    return Plan.from_dict(plan)
+
+
+def read_json(path: str | Path, what: str, hint: str, error: type[Exception] = PlanError) -> Any:
+    """The JSON value in ``path``; every problem is one line of ``error`` ending with ``hint``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{what} file '{path}' does not exist; {hint}") from None
+    except IsADirectoryError:
+        raise error(f"{what} '{path}' is a directory, not a {what} file; {hint}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+        raise error(f"cannot read {what} file '{path}': {reason}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(f"{what} file '{path}' is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") \
+            from None
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and validate a plan file; every problem is a one-line :class:`PlanError`."""
+    data = read_json(path, "plan", f"make one with `ssm-profile plan RUN_DIR -o {path}`")
+    return as_plan(data, where=f"plan file '{path}'")
+
+
+def write_plan(plan: Plan, path: str | Path, overwrite: bool = False) -> Path:
+    """Write ``plan`` atomically (indent 2); refuses to replace an existing file unless ``overwrite``."""
+    from .io import write_json_atomic
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"'{path}' already exists; choose another -o or pass --overwrite")
+    return write_json_atomic(path, plan.to_dict())
+
+
+def short_fingerprint(fingerprint: str | None) -> str:
+    if not fingerprint:
+        return "unknown weights"
+    algo, _, digest = str(fingerprint).partition(":")
+    return f"{algo}:{digest[:12]}…" if digest else str(fingerprint)[:16]
+
+
+def check_weights(expected: str | None, loaded: Any, what: str, hint: str = "", expected_name: str = "",
+                  error: type[Exception] = PlanError) -> None:
+    """Raise a one-line ``error`` unless ``loaded`` (a LoadedModel) holds the weights ``expected``.
+
+    ``what`` names what expected them (``"plan was made for"``, ``"the run profiled"``); ``hint``
+    says what to do instead.
+    """
+    have = loaded.fingerprint
+    if expected == have:
+        return
+    name = f"{expected_name} " if expected_name else ""
+    raise error(f"{what} {name}({short_fingerprint(expected)}), this model is {loaded.source.name} "
+                f"({short_fingerprint(have)}): other weights" + (f"; {hint}" if hint else ""))
+
+
+# ============================================================================================
+# pruning.json and validation.json
+
+
+@dataclass(kw_only=True)
+class PruningRecord(Document):
+    """What ``apply`` did (``pruning.json``); ``output_dir`` and ``validation`` are not in the file."""
+
+    KIND: ClassVar[str] = PRUNING_KIND
+    schema_version: int = 1
+    kind: str = PRUNING_KIND
+    created: str
+    source: dict[str, Any]
+    output: dict[str, Any]
+    summary: dict[str, Any]
+    parameters: dict[str, int]
+    analysis: dict[str, dict[str, int]]
+    actions: list[dict[str, Any]]
+    sliced: list[dict[str, Any]]
+    notes: list[str]
+    calibration: dict[str, Any] | None
+    plan: Plan
+    versions: dict[str, str]
+    timings: dict[str, float] | None = _optional()
+    extra: dict[str, Any] = _extra()
+    output_dir: str | None = field(default=None, metadata={"runtime": True})
+    validation: "ValidationReport | None" = field(default=None, metadata={"runtime": True})
+
+
+def load_pruning_record(path: str | Path) -> PruningRecord:
+    data = read_json(path, "pruning record", "pass --plan, or apply the plan again")
+    if not isinstance(data, dict) or data.get("kind") != PRUNING_KIND or not isinstance(data.get("plan"), dict):
+        raise PlanError(f"'{path}' is not a pruning record written by `ssm-profile apply`; pass --plan")
+    validate_plan(data["plan"], where=f"the plan recorded in '{path}'")
+    return PruningRecord.from_dict(data)
+
+
+@dataclass(kw_only=True)
+class ValidationReport(Document):
+    """Base vs pruned model, measured the same way (``validation.json``); see :mod:`ssm_profile.validate`."""
+
+    schema_version: int = 1
+    kind: str = VALIDATION_KIND
+    created: str
+    models: dict[str, Any]
+    plan: dict[str, Any] | None
+    data: dict[str, Any]
+    perplexity: dict[str, Any]
+    measured: dict[str, Any]
+    tolerance: dict[str, Any]
+    within_tolerance: bool | None
+    lm_eval: dict[str, Any]
+    size: dict[str, Any]
+    speed: dict[str, Any]
+    versions: dict[str, str]
+    threads: int
+    seconds: float
+    extra: dict[str, Any] = _extra()
+
+    def comparison_rows(self) -> list["ComparisonRow"]:
+        from .comparison import comparison_rows
+
+        return comparison_rows(self)

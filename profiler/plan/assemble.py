@@ -1,0 +1,177 @@
+"""From a chosen solution to the :class:`ssm_profile.documents.Plan` document."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..documents import (Dense, Measured, Objective, Plan, PlanAction, PlanData, PlanModel, PlanRun, Predicted,
+                         one_line)
+from ..recipe import data_spec_from_meta
+from ..results import ProfileResult
+from .options import METRICS, Option, metric_total
+from .shapes import Shapes
+from .solver import net_gain
+
+
+@dataclass
+class Solution:
+    """Everything a plan document is made of: the request, the options, the choice and its measurement."""
+
+    result: ProfileResult
+    metric: str
+    ratio: float | None
+    absolute: int | None
+    max_ppl_increase: float
+    scope: str
+    options: list[list[Option]]
+    choice: Sequence[int]
+    overlaps: dict[str, dict]
+    shapes: Shapes
+    run_path: str | Path | None = None
+    measured: dict[str, Any] | None = None  # the chosen plan's measurement (None: not measured)
+    backoff: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def actions(self) -> list[Option]:
+        return actions_of(self.options, self.choice)
+
+
+def actions_of(options: list[list[Option]], choice: Sequence[int]) -> list[Option]:
+    return [options[t][l] for t, l in enumerate(choice) if l > 0]
+
+
+def _execution(actions: list[Option], shapes: Shapes) -> dict[int, tuple[str, str]]:
+    """id(action) -> (execution, note)."""
+    out: dict[int, tuple[str, str]] = {}
+    for a in actions:
+        if not a.unit_kind:
+            kind = "N:M semi-structured" if a.structure != "unstructured" else "unstructured"
+            extra = " or N:M sparse kernels" if a.structure != "unstructured" else ""
+            out[id(a)] = ("zero", (f"{kind} zeros: shapes and dense FLOPs unchanged; saving memory needs a sparse "
+                                  f"format{extra}"))
+            continue
+        eff = shapes.effect({a.unit_kind: a.sparsity}, check=True)
+        if eff["expressible"]:
+            out[id(a)] = ("slice", (f"uniform cut ({_per_block_text(a)}) in every layer; the stock config expresses "
+                          "the sliced shapes"))
+        else:
+            why = "; ".join(eff["problems"][:1]) or "not expressible"
+            out[id(a)] = ("zero", one_line(f"applied as zeros: a stock config cannot express the sliced shapes ({why})",
+                                           300))
+    slicers = [a for a in actions if a.unit_kind and out[id(a)][0] == "slice"]
+    if len(slicers) > 1:
+        both = shapes.effect({a.unit_kind: a.sparsity for a in slicers}, check=True)
+        if not both["expressible"]:
+            why = "; ".join(both["problems"][:1])
+            for a in slicers:
+                out[id(a)] = ("zero", one_line(f"applied as zeros: expressible alone but not together with the other "
+                                               f"unit cuts ({why})", 300))
+    return out
+
+
+def _per_block_text(a: Option) -> str:
+    counts = sorted(set(a.per_block.values()))
+    return f"{'/'.join(str(c) for c in counts)} {a.unit_kind} unit(s) removed per block"
+
+
+def _plan_action(a: Option, execution: tuple[str, str]) -> PlanAction:
+    how, why = execution
+    return PlanAction(target=a.target, layers=list(a.layers), structure=a.structure, criterion=a.criterion,
+                      sparsity=float(a.sparsity), unit_kind=a.unit_kind,
+                      unit_indices=a.unit_indices if a.unit_kind else None, params_removed=int(a.params),
+                      flops_removed=int(a.flops), state_bytes_removed=int(a.state),
+                      predicted_delta_loss=float(a.delta_loss), execution=how, note=why)
+
+
+def _totals(s: Solution) -> dict[str, float]:
+    totals = {m: net_gain(s.choice, [[o.gain(m) for o in levels] for levels in s.options], s.overlaps[m])
+              for m in METRICS}
+    units = {a.unit_kind: a.sparsity for a in s.actions if a.unit_kind}
+    if len(units) > 2 and s.shapes.model is not None:  # pairwise overlaps are exact for two unit cuts, not three
+        combined = s.shapes.effect(units)
+        totals["flops"], totals["state"] = combined["flops"], combined["state"]
+    return totals
+
+
+def _notes(s: Solution, totals: dict[str, float]) -> list[str]:
+    notes, actions = list(s.notes), s.actions
+    overlap_total = sum(a.params for a in actions) - totals["params"]
+    if overlap_total > 0:
+        notes.append(f"actions overlap on about {round(overlap_total):,} parameters (counted once in the "
+                     "predicted totals)")
+    if any(a.delta_loss < 0 for a in actions):
+        notes.append("negative single-target loss changes (evaluation noise) count as 0 in the predicted total")
+    if len(actions) > 1:
+        notes.append("the predicted loss change adds single-target measurements; interactions make it an "
+                     "approximation" + ("" if s.measured else " (not measured: --no-measure)"))
+    if s.shapes.model is None:
+        notes.append(f"FLOPs/state of unit cuts are estimates: {s.shapes.problem}")
+    if not actions:
+        notes.append("no cut fits the loss budget; the plan leaves the model unchanged")
+    return notes
+
+
+def _model(result: ProfileResult) -> PlanModel:
+    model_meta = result.meta.get("model", {})
+    return PlanModel(name=model_meta.get("name", ""), source=model_meta.get("source", {}),
+                     fingerprint=model_meta.get("fingerprint", ""),
+                     architecture=result.analysis.model.get("architecture", "unknown"),
+                     class_name=model_meta.get("class", result.analysis.model.get("class", "")))
+
+
+def _run(result: ProfileResult, run_path: str | Path | None) -> PlanRun:
+    settings = result.meta.get("settings", {})
+    # how the profile scored (kernels, statistics batch size): apply rebuilds element masks the same way
+    return PlanRun(path=str(Path(run_path).resolve()) if run_path is not None else "",
+                   created=result.meta.get("created", ""), fast_kernels=bool(settings.get("fast_scan", True)),
+                   batch_size=int(settings["batch_size"]) if "batch_size" in settings else None)
+
+
+def _data(result: ProfileResult) -> PlanData:
+    spec = data_spec_from_meta(result.meta.get("data", {}))
+    return PlanData(calibration=spec.calibration, evaluation=spec.evaluation, nsamples=spec.nsamples,
+                    eval_samples=spec.eval_samples, seqlen=spec.seqlen, seed=spec.seed)
+
+
+def _measured(s: Solution) -> Measured | None:
+    m = s.measured
+    if m is None:
+        return None
+    return Measured(loss=float(m["loss"]), delta_loss=float(m["delta_loss"]),
+                    rel_ppl_increase=float(m["rel_ppl_increase"]),
+                    within_tolerance=bool(m["rel_ppl_increase"] <= s.max_ppl_increase), backoff_steps=int(s.backoff),
+                    params_removed=int(m["params_removed"]))
+
+
+def assemble(s: Solution) -> Plan:
+    """The plan document of solution ``s``, checked against the schema."""
+    result, metric = s.result, s.metric
+    actions = s.actions
+    execution = _execution(actions, s.shapes)
+    totals = _totals(s)
+    notes = _notes(s, totals)
+    delta = sum(o.cost for o in actions)
+    dense_total = {m: metric_total(result, m) for m in METRICS}
+    scope_total = metric_total(result, metric, s.scope)
+    plan = Plan(
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        model=_model(result), run=_run(result, s.run_path), data=_data(result),
+        objective=Objective(metric=metric, ratio=None if s.ratio is None else float(s.ratio),
+                            absolute=None if s.absolute is None else int(s.absolute),
+                            max_ppl_increase=float(s.max_ppl_increase), scope=s.scope),
+        dense=Dense(loss=result.dense_loss, perplexity=result.dense_perplexity, parameters=dense_total["params"],
+                    flops_per_token=dense_total["flops"], state_bytes_per_sequence=dense_total["state"]),
+        actions=[_plan_action(a, execution[id(a)]) for a in actions],
+        predicted=Predicted(delta_loss=float(delta), rel_ppl_increase=math.expm1(delta),
+                            params_removed=round(totals["params"]), flops_removed=round(totals["flops"]),
+                            state_bytes_removed=round(totals["state"]), scope_total=scope_total,
+                            reduction_ratio=float(totals[metric] / max(1, scope_total)),
+                            reduction_ratio_model=float(totals[metric] / max(1, dense_total[metric]))),
+        measured=_measured(s), notes=notes)
+    return plan.validated("the new plan")

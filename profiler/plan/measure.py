@@ -1,0 +1,136 @@
+"""Measuring a combination of plan actions on the run's model, with the masks the profile built."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..documents import check_weights
+from ..errors import PlanError, SSMProfileError
+from ..recipe import RunRecipe, needs_of
+from ..results import ProfileResult
+from .options import Option
+
+Progress = Callable[[int, int, str], None]
+
+
+def load_run_model(result: ProfileResult, name: str | None = None, device: str = "cpu") -> Any:
+    """Load the model a run profiled (from where the run found it, or ``name``), in the run's dtype."""
+    from ..resolve import DTYPES, load_model
+
+    model_meta = result.meta.get("model", {})
+    source = model_meta.get("source", {})
+    if name is None:
+        local = str(source.get("kind", "")).startswith("local")
+        name = (source.get("location") if local else None) or source.get("name") or model_meta.get("name")
+    dtype = str(model_meta.get("config", {}).get("dtype") or model_meta.get("config", {}).get("torch_dtype") or "")
+    try:
+        return load_model(name, device=device, dtype=dtype if dtype in DTYPES else None)
+    except SSMProfileError as err:
+        raise PlanError(f"cannot load the run's model to measure the plan ({err}); pass --no-measure "
+                        "or --model PATH") from None
+
+
+def check_run_weights(result: ProfileResult, loaded: Any) -> None:
+    """Refuse a model with other weights than the run profiled (one line)."""
+    model_meta = result.meta.get("model", {})
+    check_weights(model_meta.get("fingerprint"), loaded, "the run profiled", expected_name=model_meta.get("name", ""),
+                  hint="measure with the same weights or pass --no-measure")
+
+
+class Measurer:
+    """Loads once, then measures the held-out loss of any combination of plan actions."""
+
+    def __init__(self, result: ProfileResult, loaded: Any, progress: Progress, device: str = "cpu"):
+        from ..data import batch_losses, load_dataset
+
+        self.note = progress
+        if loaded is None:
+            self.note(0, 1, "loading the model")
+            loaded = load_run_model(result, device=device)
+        check_run_weights(result, loaded)
+        self.loaded = loaded
+        self.model = loaded.model
+        # The profile's recipe: its statistics rebuild its masks, and measuring is as fast as its trials.
+        self.recipe = RunRecipe.of_run(result.meta)
+        self.dataset = load_dataset(loaded.tokenizer, self.recipe.data)
+        self.note(0, 1, "dense evaluation")
+        with self.recipe.kernels():
+            self.dense = batch_losses(self.model, self.dataset.evaluation, self.recipe.batch_size)
+        self.dense_loss = float(self.dense.mean())
+        self._stats = None
+        self._needs: set[str] = set()
+        self._scorer = None
+        self._masks: dict[tuple, Any] = {}
+        self.expected_criteria: set[str] = set()
+
+    def _scorer_for(self, criteria: set[str]):
+        criteria = set(criteria) | self.expected_criteria  # one statistics pass for every criterion a re-solve may pick
+        needs = needs_of(criteria)
+        if self._stats is None or not needs <= self._needs:
+            self.note(0, 1, "calibration statistics")
+            self._needs |= needs
+            self._stats = self.recipe.statistics(self.model, self.dataset.calibration, self._needs)
+            self._scorer = None
+        if self._scorer is None or not criteria <= set(self._scorer.criteria):
+            known = set(self._scorer.criteria) if self._scorer is not None else set()
+            self._scorer = self.recipe.scorer(self.model, self._stats, sorted(known | criteria))
+        return self._scorer
+
+    def action_mask(self, a: Option):
+        """Keep-mask of one action, exactly as the profile's trial built it (cached)."""
+        key = (a.target, a.sparsity, a.criterion, a.structure)
+        if key not in self._masks:
+            self._masks[key] = self._unit_mask(a) if a.unit_kind else self._element_mask(a)
+        return self._masks[key]
+
+    def _unit_mask(self, a: Option):
+        from ..arch import find_mixers
+        from ..masks import merge, unit_mask
+
+        by_layer = {m.layer: m for m in find_mixers(self.model)}
+        parts = []
+        for layer, ids in (a.unit_indices or {}).items():
+            mixer = by_layer[int(layer)]
+            parts.append(unit_mask(mixer, mixer.unit_family(a.unit_kind), torch.tensor(ids, dtype=torch.long)))
+        return merge(parts)
+
+    def _element_mask(self, a: Option):
+        from ..arch import find_mixers
+        from ..criteria import NotApplicable
+        from ..sensitivity import TrialSpec
+
+        try:
+            with self.recipe.kernels():
+                scorer = self._scorer_for({a.criterion})
+                return scorer.mask(TrialSpec(a.target, a.criterion, a.sparsity), find_mixers(self.model), a.structure)
+        except (NotApplicable, ValueError) as err:
+            raise PlanError(f"cannot rebuild the {a.target} mask with {a.criterion}: {err}") from None
+
+    def masks(self, actions: list[Option]):
+        from ..masks import merge
+
+        return merge([self.action_mask(a) for a in actions])
+
+    def exact_overlap(self, a: Option, b: Option) -> int:
+        """Parameters both actions remove."""
+        ma, mb = self.action_mask(a), self.action_mask(b)
+        return int(sum((~ma[n] & ~mb[n]).sum() for n in set(ma) & set(mb)))
+
+    def measure(self, actions: list[Option]) -> dict[str, Any]:
+        from ..data import batch_losses
+        from ..masks import MaskApplier, pruned_count
+
+        if not actions:
+            return {"loss": self.dense_loss, "delta_loss": 0.0, "rel_ppl_increase": 0.0, "params_removed": 0}
+        mask = self.masks(actions)
+        with MaskApplier(self.model) as applier, self.recipe.kernels():
+            applier.apply(mask)
+            losses = batch_losses(self.model, self.dataset.evaluation, self.recipe.batch_size)
+        loss = float(losses.mean())
+        delta = loss - self.dense_loss
+        return {"loss": loss, "delta_loss": delta, "rel_ppl_increase": math.exp(min(delta, 700.0)) - 1.0,
+                "params_removed": pruned_count(mask)}

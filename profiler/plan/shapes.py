@@ -1,0 +1,205 @@
+"""Shape accounting: what uniform unit cuts remove, measured by slicing a shape-only (meta-device) model.
+
+Without a model to slice (the run's config cannot be rebuilt), fractions of the analysis'
+per-group numbers are used instead (an estimate, noted in the plan).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..documents import one_line
+from ..results import ProfileResult
+
+
+class Shapes:
+    """Shape-only (meta-device) copy of the run's model: unit families, sliced sizes, expressibility."""
+
+    def __init__(self, result: ProfileResult, loaded: Any = None):
+        self.result = result
+        self.model = None
+        self.problem = ""
+        self._effects: dict[tuple, dict[str, Any]] = {}
+        try:
+            self.model = self._build(result, loaded)
+        except Exception as err:  # noqa: BLE001 - any failure just means the analytic fallback
+            self.problem = one_line(f"{type(err).__name__}: {err}", 120)
+        self.numel = {}
+        for g in result.analysis.mixer_groups():
+            for name, shape in zip(g.params, g.shapes):
+                self.numel[name] = int(np.prod(shape)) if shape else 1
+
+    @staticmethod
+    def _build(result: ProfileResult, loaded: Any):
+        import torch
+        import transformers
+
+        from ..arch import find_mixers
+
+        if loaded is not None and getattr(loaded.model, "config", None) is not None:
+            cls, config = type(loaded.model), copy.deepcopy(loaded.model.config)
+        else:
+            model_meta = result.meta["model"]
+            cls = getattr(transformers, model_meta["class"])
+            config = cls.config_class.from_dict(dict(model_meta["config"]))
+        with torch.device("meta"):
+            model = cls(config)
+        if not find_mixers(model):
+            raise ValueError("no Mamba mixer in the rebuilt model")
+        return model
+
+    # --- families
+    def families(self, kind: str) -> dict[int, Any]:
+        """layer -> UnitFamily (only the count and blocks are used without the meta model)."""
+        from ..arch import UnitFamily, find_mixers
+
+        if self.model is not None:
+            return {m.layer: m.unit_family(kind) for m in find_mixers(self.model) if kind in m.unit_families()}
+        dims = self.result.analysis.model.get("dims", {})
+        blocks = 1
+        if "num_heads" in dims:
+            blocks = {"head": dims.get("n_groups", 1), "state": dims.get("n_groups", 1),
+                      "head_channel": dims["num_heads"]}.get(kind, 1)
+        return {u.layer: UnitFamily(kind, u.count, (), u.description, blocks=blocks, prunable=u.prunable)
+                for u in self.result.analysis.units if u.kind == kind and u.layer is not None}
+
+    # --- effects of uniform unit cuts
+    def effect(self, cuts: Mapping[str, float], check: bool = False) -> dict[str, Any]:
+        """Params/FLOPs/state removed and per-tensor removed elements of uniform unit cuts {kind: sparsity};
+        with ``check``, also whether a stock config expresses the sliced model (``expressible``, ``problems``)."""
+        key = (tuple(sorted(cuts.items())), check)
+        if key not in self._effects:
+            self._effects[key] = self._meta_effect(cuts, check) if self.model is not None \
+                else self._analytic_effect(cuts)
+        return self._effects[key]
+
+    def _meta_effect(self, cuts: Mapping[str, float], check: bool) -> dict[str, Any]:
+        """Slice the cuts out of meta-device copies. Mixers of identical shapes are sliced once; the
+        stock-config check (``check``) needs the whole model."""
+        from ..arch import MixerInfo, find_mixers
+        from ..surgery import is_expressible
+
+        model = copy.deepcopy(self.model) if check else self.model
+        mixers = find_mixers(model)
+        if check:
+            groups = {i: [m] for i, m in enumerate(mixers)}
+        else:
+            groups = {}
+            for m in mixers:
+                signature = (m.kind, tuple(sorted((n, tuple(p.shape)) for n, p in m.params.items())))
+                groups.setdefault(signature, []).append(m)
+        out = {"params": 0, "flops": 0, "state": 0, "removed": {}, "expressible": None, "problems": []}
+        for members in groups.values():
+            first = members[0]
+            mixer = first if check else MixerInfo(first.index, first.layer, first.path,
+                                                  copy.deepcopy(first.module), first.kind)
+            part, removed, problems = _slice_effect(mixer, cuts)
+            for key in ("params", "flops", "state"):
+                out[key] += part[key] * len(members)
+            out["problems"] += problems
+            if len(cuts) == 1:
+                for m in members:
+                    for rel, n in removed.items():
+                        out["removed"][m.full_name(rel)] = n
+        if out["problems"]:
+            out["expressible"] = False
+        elif check:
+            out["expressible"], why = is_expressible(model)
+            out["problems"] = list(why)
+        return out
+
+    def _analytic_effect(self, cuts: Mapping[str, float]) -> dict[str, Any]:
+        """Without a model to slice: fractions of the analysis' per-group numbers (an estimate)."""
+        a = self.result.analysis
+        out = {"params": 0, "flops": 0, "state": 0, "removed": {}, "expressible": False,
+               "problems": [f"could not rebuild the model from the run's config to check slicing ({self.problem})"]}
+        for kind, sparsity in cuts.items():
+            fams = self.families(kind)
+            for u in a.units:
+                if u.kind != kind or u.layer not in fams:
+                    continue
+                fam = fams[u.layer]
+                k = removed_per_block(fam, sparsity) * fam.blocks
+                frac = k / u.count if u.count else 0.0
+                out["params"] += k * u.params_per_unit
+                rel = set(u.tensors)
+                layer_groups = [g for g in a.mixer_groups() if g.layer == u.layer]
+                touched = {g.group for g in layer_groups for p in g.params if any(p.endswith("." + r) for r in rel)}
+                for g in layer_groups:
+                    scan = g.group == "A_log" and kind != "dt_rank"
+                    if g.group in touched or scan:
+                        out["flops"] += int(frac * g.flops_per_token)
+                        if kind != "dt_rank":
+                            out["state"] += int(frac * g.state_bytes)
+                    if len(cuts) == 1:
+                        for p in g.params:
+                            if any(p.endswith("." + r) for r in rel):
+                                out["removed"][p] = out["removed"].get(p, 0.0) + frac * self.numel.get(p, 0)
+        return out
+
+
+def _slice_effect(mixer: Any, cuts: Mapping[str, float]) -> tuple[dict[str, int], dict[str, float], list[str]]:
+    """Slice uniform cuts {kind: sparsity} out of one (meta) mixer in place: what it removed
+    (params, FLOPs/token and state bytes, analysis conventions), elements removed per relative
+    parameter name (single cuts), and the problems met."""
+    from ..analysis import _mixer_flops, _state_bytes
+    from ..surgery import slice_units
+
+    def totals() -> tuple[int, int, int]:
+        groups = mixer.groups()
+        return (sum(p.numel() for p in mixer.params.values()), sum(_mixer_flops(mixer, g) for g in groups),
+                sum(_state_bytes(mixer, g) for g in groups))
+
+    before = totals()
+    removed: dict[str, float] = {}
+    problems: list[str] = []
+    for kind, sparsity in cuts.items():
+        if kind not in mixer.unit_families():
+            continue
+        family = mixer.unit_family(kind)
+        k = removed_per_block(family, sparsity)
+        if k == 0:
+            continue
+        per_block = family.count // family.blocks
+        if len(cuts) == 1:
+            for param, dim, idx in family.indices([u for u in range(family.count) if u % per_block < k]):
+                shape = mixer.param(param).shape
+                removed[param] = removed.get(param, 0.0) + len(idx) * int(np.prod(shape)) / shape[dim]
+        try:
+            slice_units(mixer, kind, [u for u in range(family.count) if u % per_block >= k])
+        except ValueError as err:
+            problems.append(str(err))
+    after = totals()
+    return {"params": before[0] - after[0], "flops": before[1] - after[1], "state": before[2] - after[2]}, \
+        removed, problems
+
+
+_SHAPES_CACHE: dict[tuple, Shapes] = {}
+
+
+def shapes_for(result: ProfileResult, loaded: Any = None) -> Shapes:
+    """A :class:`Shapes` per model (its slicing results are cached: interactive re-solves stay fast)."""
+    model_meta = result.meta.get("model", {})
+    key = (model_meta.get("fingerprint"), model_meta.get("class"),
+           json.dumps(model_meta.get("config", {}), sort_keys=True, default=str),
+           json.dumps(result.analysis.model.get("dims", {}), sort_keys=True))
+    shapes = _SHAPES_CACHE.get(key)
+    if shapes is None or shapes.model is None:
+        shapes = Shapes(result, loaded)
+        if len(_SHAPES_CACHE) >= 4:
+            _SHAPES_CACHE.pop(next(iter(_SHAPES_CACHE)))
+        _SHAPES_CACHE[key] = shapes
+    shapes.result = result
+    return shapes
+
+
+def removed_per_block(family: Any, sparsity: float) -> int:
+    """Units :func:`ssm_profile.masks.select_units` removes from each block at ``sparsity``."""
+    per_block = family.count // family.blocks
+    return max(0, min(round(sparsity * per_block), per_block - 1))
+
