@@ -1,17 +1,18 @@
 """Apply a pruning plan to a model and save the pruned checkpoint.
 
-``apply_plan(loaded, plan, output_dir)`` executes every action of a plan (version 1, see
-``profiler/schemas/plan.schema.json``) on the in-memory model of ``loaded``, which is pruned in
+``apply_plan(loaded, plan, output_dir)`` executes every action of a plan (a
+:class:`ssm_profile.documents.Plan`, or its file) on the in-memory model of ``loaded``, which is pruned in
 place (load it fresh; the files it came from are never written), and saves the result with
 ``save_pretrained`` (safetensors), the tokenizer and a ``pruning.json`` that records what was
-done. The output directory is written through :func:`ssm_profile.io.atomic_directory`: it appears
+done (:class:`ssm_profile.documents.PruningRecord`). The output directory is written through :func:`ssm_profile.io.atomic_directory`: it appears
 only when everything succeeded.
 
 Execution
 ---------
 * Element actions (``in_proj``, ``A_log``, ... with ``structure`` ``unstructured`` or ``N:M``):
   element scores are recomputed from the action's criterion on the plan's calibration data
-  (``plan["data"]``, deterministic for a fixed seed) on the dense model, turned into keep-masks
+  (``plan.data``, deterministic for a fixed seed) on the dense model with the profile's recipe
+  (:class:`ssm_profile.recipe.RunRecipe`: statistics batch size, kernels), turned into keep-masks
   with the same code the profiler used, and written as zeros.
 * Unit actions (``unit:channel``, ``unit:state``, ...): every listed unit (``unit_indices``) is
   first zeroed across all its coupled tensors. Where the action asks for ``execution: "slice"``
@@ -27,9 +28,8 @@ The output always reloads with plain ``transformers.AutoModelForCausalLM.from_pr
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -38,151 +38,19 @@ import torch
 
 from . import __version__
 from .arch import MixerInfo, find_mixers
-from .data import DataSpec
+from .documents import PRUNING_FILE, VALIDATION_FILE, Plan, PlanAction, PruningRecord, as_plan, load_plan
 from .errors import OutputExistsError, PlanError, SSMProfileError
 from .io import atomic_directory, write_json_atomic
-from .masks import Mask, Target, parse_structure, pruned_count, unit_mask
+from .masks import Mask, Target, pruned_count, unit_mask
+from .recipe import RunRecipe, needs_of
 from .resolve import LoadedModel
+from .validate import count_parameters, validate as run_validation
 
 Progress = Callable[[int, int, str], None]
 PRUNING_SCHEMA_VERSION = 1
-PRUNING_FILE = "pruning.json"
 # Slicing order: head channels before heads (a head cut changes the head-channel numbering);
 # the other families number their units independently of each other.
 SLICE_ORDER = ("head_channel", "channel", "state", "dt_rank", "head")
-CALIBRATION_BATCH_SIZE = 8  # the profiler's default; statistics are sums, so only rounding depends on it
-
-
-# --------------------------------------------------------------------------------------------
-# plans
-
-
-def load_plan(path: str | Path) -> dict[str, Any]:
-    """Read a plan file; the planner's loader (schema validation) is used when it is available."""
-    try:
-        from .plan import load_plan as planner_load  # written by the planner
-    except ImportError:
-        planner_load = None
-    if planner_load is not None:
-        plan = planner_load(path)
-        if not isinstance(plan, dict) and hasattr(plan, "to_dict"):
-            plan = plan.to_dict()
-    else:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise PlanError(f"plan file '{path}' does not exist; create one with `ssm-profile plan RUN_DIR -o plan.json`")
-        try:
-            plan = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise PlanError(f"plan file '{path}' is not valid JSON ({err})") from None
-    check_plan(plan)
-    return plan
-
-
-def check_plan(plan: Any) -> None:
-    """Check what :func:`apply_plan` relies on; raises a one-line :class:`PlanError`.
-
-    The planner's full schema check (:func:`ssm_profile.plan.validate_plan`) runs first when present.
-    """
-    try:
-        from .plan import validate_plan
-    except ImportError:
-        validate_plan = None
-    if validate_plan is not None:
-        validate_plan(plan)
-    if not isinstance(plan, dict):
-        raise PlanError("a plan must be a JSON object")
-    if plan.get("kind") != "ssm-profile-plan":
-        raise PlanError(f"not an ssm-profile plan (kind {plan.get('kind')!r}); pass a file written by `ssm-profile plan`")
-    if plan.get("schema_version") != 1:
-        raise PlanError(f"plan schema_version {plan.get('schema_version')!r} is not supported (this version reads 1)")
-    model = plan.get("model")
-    if not isinstance(model, dict) or not str(model.get("fingerprint", "")).startswith("sha256:"):
-        raise PlanError("plan has no model fingerprint (model.fingerprint); it cannot be matched to a model")
-    actions = plan.get("actions")
-    if not isinstance(actions, list):
-        raise PlanError("plan has no 'actions' list")
-    for i, action in enumerate(actions):
-        where = f"plan action {i}"
-        if not isinstance(action, dict) or not isinstance(action.get("target"), str):
-            raise PlanError(f"{where} has no 'target'")
-        target = Target.parse(action["target"])
-        layers = action.get("layers")
-        if layers is not None and (not isinstance(layers, list) or not all(isinstance(x, int) for x in layers)):
-            raise PlanError(f"{where}: 'layers' must be a list of integers")
-        execution = action.get("execution", "zero")
-        if execution not in ("slice", "zero"):
-            raise PlanError(f"{where}: execution must be 'slice' or 'zero', got {execution!r}")
-        if target.kind == "group":
-            try:
-                parse_structure(str(action.get("structure", "unstructured")))
-            except ValueError as err:
-                raise PlanError(f"{where} ({action['target']}): {err}") from None
-            sparsity = action.get("sparsity")
-            if not isinstance(sparsity, (int, float)) or not 0 <= float(sparsity) < 1:
-                raise PlanError(f"{where} ({action['target']}): sparsity must be a number in [0, 1)")
-            if not isinstance(action.get("criterion"), str):
-                raise PlanError(f"{where} ({action['target']}): no criterion to score elements with")
-        else:
-            indices = action.get("unit_indices")
-            if not isinstance(indices, dict) or not all(
-                    isinstance(v, list) and all(isinstance(u, int) for u in v) for v in indices.values()):
-                raise PlanError(f"{where} ({action['target']}): unit_indices must map layer -> list of unit ids")
-
-
-def _check_model(plan: dict[str, Any], loaded: LoadedModel) -> None:
-    want = plan["model"]["fingerprint"]
-    if want != loaded.fingerprint:
-        raise PlanError(f"plan was made for other weights ({plan['model'].get('name', '?')}, {want[:19]}...) than "
-                        f"'{loaded.source.name}' ({loaded.fingerprint[:19]}...); apply it to the model it was made "
-                        "for or make a new plan")
-    try:
-        from .plan import check_plan_for_model  # the planner's own checks, when present
-    except ImportError:
-        return
-    check_plan_for_model(plan, loaded)
-
-
-def data_spec(data: dict[str, Any] | None) -> DataSpec:
-    """The :class:`DataSpec` of a plan's (or run's) ``data`` block.
-
-    Accepts both the DataSpec fields and the run's description of them
-    (``embedded:calibration.txt``, ``file.txt [first 80%]``).
-    """
-    data = dict(data or {})
-    names = {f.name for f in fields(DataSpec)}
-    kwargs = {k: v for k, v in data.items() if k in names}
-    for key in ("calibration", "evaluation"):
-        value = kwargs.get(key)
-        if isinstance(value, str):
-            if value.startswith("embedded:"):
-                value = None
-            else:
-                for suffix in (" [first 80%]", " [last 20%]"):
-                    if value.endswith(suffix):
-                        value = value[: -len(suffix)]
-            kwargs[key] = value
-    return DataSpec(**kwargs)
-
-
-# --------------------------------------------------------------------------------------------
-# counting
-
-
-def _unique_params(model: torch.nn.Module) -> list[torch.Tensor]:
-    seen, out = set(), []
-    for _, p in model.named_parameters(remove_duplicate=False):
-        if id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
-
-
-def count_parameters(model: torch.nn.Module) -> dict[str, int]:
-    """Total and nonzero parameters (tied tensors counted once)."""
-    params = _unique_params(model)
-    return {"total": int(sum(p.numel() for p in params)),
-            "nonzero": int(sum(int(torch.count_nonzero(p.detach())) for p in params))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,9 +61,8 @@ def _mixers_by_layer(model: torch.nn.Module) -> dict[int, MixerInfo]:
     return {m.layer: m for m in find_mixers(model)}
 
 
-def _covered(action: dict[str, Any], by_layer: dict[int, MixerInfo], where: str) -> list[MixerInfo]:
-    layers = action.get("layers")
-    if layers is None or layers == []:
+def _covered(layers: list[int] | None, by_layer: dict[int, MixerInfo], where: str) -> list[MixerInfo]:
+    if not layers:
         return list(by_layer.values())
     missing = [layer for layer in layers if layer not in by_layer]
     if missing:
@@ -203,61 +70,52 @@ def _covered(action: dict[str, Any], by_layer: dict[int, MixerInfo], where: str)
     return [by_layer[layer] for layer in layers]
 
 
-def _element_masks(loaded: LoadedModel, plan: dict[str, Any], element_actions: list[tuple[int, dict]],
+def _element_masks(loaded: LoadedModel, plan: Plan, element_actions: list[tuple[int, PlanAction]],
                    note: Progress) -> tuple[dict[int, Mask], dict[str, Any]]:
-    """Keep-masks of every element action, scored on the dense model (one calibration pass)."""
+    """Keep-masks of every element action, scored on the dense model as the profile scored them."""
     if not element_actions:
         return {}, {}
-    from .fastscan2 import use_fast_kernels
+    recipe = RunRecipe.of_plan(plan)
+    with recipe.kernels():
+        return _score_element_masks(loaded, recipe, element_actions, note)
 
-    with use_fast_kernels(bool((plan.get("run") or {}).get("fast_kernels", False))):  # the profile's kernels
-        return _score_element_masks(loaded, plan, element_actions, note)
 
-
-def _score_element_masks(loaded: LoadedModel, plan: dict[str, Any], element_actions: list[tuple[int, dict]],
+def _score_element_masks(loaded: LoadedModel, recipe: RunRecipe, element_actions: list[tuple[int, PlanAction]],
                          note: Progress) -> tuple[dict[int, Mask], dict[str, Any]]:
-    from .criteria import NotApplicable, ScoringContext
+    from .criteria import NotApplicable
     from .data import load_dataset
-    from .profile import _needs
-    from .sensitivity import Scorer, TrialSpec
-    from .stats import collect_stats
+    from .sensitivity import TrialSpec
 
     model = loaded.model
-    criteria = list(dict.fromkeys(a["criterion"] for _, a in element_actions))
-    spec = data_spec(plan.get("data"))
-    needs = _needs(criteria)
+    criteria = list(dict.fromkeys(a.criterion for _, a in element_actions))
+    needs = needs_of(criteria)
     described: dict[str, Any] = {}
+    calibration = None
     if needs:  # data-free criteria (magnitude, random, horizon) need no tokenizer nor data
         note(0, 1, "calibration data")
-        dataset = load_dataset(loaded.tokenizer, spec)
-        described = dataset.describe()
+        dataset = load_dataset(loaded.tokenizer, recipe.data)
+        described, calibration = dataset.describe(), dataset.calibration
         note(0, 1, "calibration statistics")
-        stats = collect_stats(model, dataset.calibration, needs, batch_size=CALIBRATION_BATCH_SIZE)
-    else:
-        from .criteria import CalibrationStats
-
-        stats = CalibrationStats(seed=spec.seed)
-    stats.seed = spec.seed
-    scorer = Scorer(model, ScoringContext(model=model, stats=stats, seed=spec.seed), criteria)
+    scorer = recipe.scorer(model, recipe.statistics(model, calibration, needs), criteria)
     by_layer = _mixers_by_layer(model)
     masks: dict[int, Mask] = {}
     for i, action in element_actions:
-        where = f"plan action {i} ({action['target']})"
-        mixers = _covered(action, by_layer, where)
-        trial = TrialSpec(action["target"], action["criterion"], float(action["sparsity"]))
+        where = f"plan action {i} ({action.target})"
+        mixers = _covered(action.layers, by_layer, where)
+        trial = TrialSpec(action.target, action.criterion, float(action.sparsity))
         try:
-            masks[i] = scorer.mask(trial, mixers, str(action.get("structure", "unstructured")))
+            masks[i] = scorer.mask(trial, mixers, action.structure)
         except NotApplicable as err:
-            raise PlanError(f"{where}: {action['criterion']} cannot score it ({err})") from None
+            raise PlanError(f"{where}: {action.criterion} cannot score it ({err})") from None
         except ValueError as err:
             raise PlanError(f"{where}: {err}") from None
     return masks, described
 
 
-def _unit_ids(action: dict[str, Any], mixer: MixerInfo, kind: str, where: str) -> list[int]:
+def _unit_ids(action: PlanAction, mixer: MixerInfo, kind: str, where: str) -> list[int]:
     from .surgery import unit_id_list
 
-    ids = (action.get("unit_indices") or {}).get(str(mixer.layer), [])
+    ids = (action.unit_indices or {}).get(str(mixer.layer), [])
     try:
         return unit_id_list(ids, mixer.unit_family(kind), f"layer {mixer.layer}")
     except ValueError as err:  # out-of-range or repeated ids: the plan is wrong, not the code
@@ -291,22 +149,22 @@ def _config_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, lis
             if before.get(k) != after.get(k) and k not in ("_name_or_path",)}
 
 
-def _execute(loaded: LoadedModel, plan: dict[str, Any], note: Progress) -> dict[str, Any]:
+def _execute(loaded: LoadedModel, plan: Plan, note: Progress) -> dict[str, Any]:
     """Prune ``loaded.model`` in place; returns the per-action record and notes."""
     from .surgery import slice_units, sync_config, zero_units
 
     model = loaded.model
-    actions = plan["actions"]
+    actions = plan.actions
     records: list[dict[str, Any]] = []
     notes: list[str] = []
-    element_actions = [(i, a) for i, a in enumerate(actions) if Target.parse(a["target"]).kind == "group"]
-    unit_actions = [(i, a) for i, a in enumerate(actions) if Target.parse(a["target"]).kind == "unit"]
+    element_actions = [(i, a) for i, a in enumerate(actions) if Target.parse(a.target).kind == "group"]
+    unit_actions = [(i, a) for i, a in enumerate(actions) if Target.parse(a.target).kind == "unit"]
     masks, calibration = _element_masks(loaded, plan, element_actions, note)
 
     for i, a in enumerate(actions):
-        records.append({"index": i, "target": a["target"], "layers": a.get("layers"),
-                        "structure": a.get("structure"), "criterion": a.get("criterion"),
-                        "sparsity": a.get("sparsity"), "requested": a.get("execution", "zero"),
+        records.append({"index": i, "target": a.target, "layers": a.layers,
+                        "structure": a.structure, "criterion": a.criterion,
+                        "sparsity": a.sparsity, "requested": a.execution,
                         "execution": "zero", "elements_zeroed": 0, "units_removed": {}, "note": ""})
 
     # 1. element masks -> zeros (all masks were scored on the dense model)
@@ -322,12 +180,11 @@ def _execute(loaded: LoadedModel, plan: dict[str, Any], note: Progress) -> dict[
     by_layer = _mixers_by_layer(model)
     picked: list[tuple[int, str, MixerInfo, list[int]]] = []
     for i, a in unit_actions:
-        where = f"plan action {i} ({a['target']})"
-        kind = a.get("unit_kind") or Target.parse(a["target"]).part
-        listed = [int(k) for k in (a.get("unit_indices") or {})]
-        covered = {m.layer: m for m in _covered({"layers": sorted(set(a.get("layers") or []) | set(listed))},
-                                                by_layer, where)} if listed else \
-            {m.layer: m for m in _covered(a, by_layer, where)}
+        where = f"plan action {i} ({a.target})"
+        kind = a.unit_kind or Target.parse(a.target).part
+        listed = [int(k) for k in (a.unit_indices or {})]
+        layers = sorted(set(a.layers or []) | set(listed)) if listed else a.layers
+        covered = {m.layer: m for m in _covered(layers, by_layer, where)}
         for m in covered.values():
             if kind not in m.unit_families():
                 raise PlanError(f"{where}: {m.kind} mixers have no '{kind}' units "
@@ -342,7 +199,7 @@ def _execute(loaded: LoadedModel, plan: dict[str, Any], note: Progress) -> dict[
             zero_units(m, kind, ids)
         records[i]["units_removed"][str(m.layer)] = len(ids)
         removed.setdefault(kind, {}).setdefault(m.layer, set()).update(ids)
-        sliceable[kind] = sliceable.get(kind, True) and actions[i].get("execution") == "slice"
+        sliceable[kind] = sliceable.get(kind, True) and actions[i].execution == "slice"
 
     # 3. slice what can be sliced, kind by kind; undo a slice the config cannot express
     kind_actions: dict[str, list[int]] = {}
@@ -410,36 +267,42 @@ def _is_within(path: Path, parent: Path) -> bool:
         return False
 
 
-def apply_plan(loaded: LoadedModel, plan: dict[str, Any] | str | Path, output_dir: str | Path,
-               validate: bool = False, overwrite: bool = False, progress: Progress | None = None,
-               validate_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Prune ``loaded.model`` (in place) as ``plan`` says and save it to ``output_dir``.
-
-    Returns the report written to ``output_dir/pruning.json`` (plus ``output_dir`` and, with
-    ``validate=True``, the ``validation`` report of :func:`ssm_profile.validate.validate`, which is
-    also written to ``output_dir/validation.json``; ``validate_options`` are passed on to it).
-    Raises :class:`PlanError` for a plan made for other weights (nothing is written) and
-    :class:`OutputExistsError` when ``output_dir`` exists and ``overwrite`` is false.
-    """
-    note = progress or (lambda done, total, label: None)
-    if not isinstance(plan, dict):
-        plan = load_plan(plan)
-    check_plan(plan)
-    out = Path(output_dir).expanduser()
+def _check_output(out: Path, loaded: LoadedModel, overwrite: bool) -> None:
     if out.exists() and not overwrite:
         raise OutputExistsError(f"output '{out}' already exists; choose another path or pass --overwrite")
     source_dir = Path(loaded.source.location)
     if source_dir.exists() and (_is_within(out.resolve(), source_dir.resolve())
                                 or _is_within(source_dir.resolve(), out.resolve())):
         raise OutputExistsError(f"output '{out}' would overwrite the source model in '{source_dir}'; choose another path")
+
+
+ANALYSIS_KEYS = ("parameters", "bytes", "flops_per_token", "state_bytes_per_sequence")
+
+
+def apply_plan(loaded: LoadedModel, plan: Plan | dict[str, Any] | str | Path, output_dir: str | Path,
+               validate: bool = False, overwrite: bool = False, progress: Progress | None = None,
+               validate_options: dict[str, Any] | None = None) -> PruningRecord:
+    """Prune ``loaded.model`` (in place) as ``plan`` says and save it to ``output_dir``.
+
+    Returns the record written to ``output_dir/pruning.json`` (with ``output_dir`` and, with
+    ``validate=True``, the :class:`ValidationReport` of :func:`ssm_profile.validate.validate`, which is
+    also written to ``output_dir/validation.json``; ``validate_options`` are passed on to it).
+    Raises :class:`PlanError` for a plan made for other weights (nothing is written) and
+    :class:`OutputExistsError` when ``output_dir`` exists and ``overwrite`` is false.
+    """
+    from .analysis import analyze
+    from .surgery import is_expressible
+
+    note = progress or (lambda done, total, label: None)
+    plan = load_plan(plan) if isinstance(plan, (str, Path)) else as_plan(plan)
+    out = Path(output_dir).expanduser()
+    _check_output(out, loaded, overwrite)
     started = time.perf_counter()
     note(0, 3, "checking the plan against the model")
     base_fingerprint = loaded.fingerprint  # before anything changes the weights
-    _check_model(plan, loaded)
+    plan.check_model(loaded)
     model = loaded.model
     before = count_parameters(model)
-    from .analysis import analyze
-
     totals_before = analyze(model).totals
     was_training = model.training
     model.eval()
@@ -448,80 +311,75 @@ def apply_plan(loaded: LoadedModel, plan: dict[str, Any] | str | Path, output_di
     executed = _execute(loaded, plan, lambda done, total, label: note(1, 3, label))
     after = count_parameters(model)
     totals_after = analyze(model).totals
-    from .surgery import is_expressible
-
     ok, problems = is_expressible(model)
     if not ok:  # pragma: no cover - every slice was checked by sync_config
         raise SSMProfileError(f"the pruned model cannot be saved with a stock config: {problems[0]}")
     loaded._fingerprint = None
-    pruned_fingerprint = loaded.fingerprint
 
-    report: dict[str, Any] = {
-        "schema_version": PRUNING_SCHEMA_VERSION,
-        "kind": "ssm-profile-pruning",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": {"name": loaded.source.name, "source": asdict(loaded.source), "fingerprint": base_fingerprint,
-                   "class": type(model).__name__},
-        "output": {"fingerprint": pruned_fingerprint},
-        "summary": {
-            "actions": len(plan["actions"]),
-            "sliced": sum(r["execution"] == "slice" for r in executed["actions"]),
-            "zeroed": sum(r["execution"] == "zero" for r in executed["actions"]),
-            "objective": plan.get("objective"), "predicted": plan.get("predicted"), "dense": plan.get("dense"),
-        },
-        "parameters": {"before": before["total"], "after": after["total"], "nonzero_before": before["nonzero"],
-                       "nonzero_after": after["nonzero"],
-                       "removed": before["total"] - after["total"],
-                       "zeroed_or_removed": before["nonzero"] - after["nonzero"]},
-        "analysis": {"before": {k: totals_before[k] for k in ("parameters", "bytes", "flops_per_token",
-                                                              "state_bytes_per_sequence")},
-                     "after": {k: totals_after[k] for k in ("parameters", "bytes", "flops_per_token",
-                                                            "state_bytes_per_sequence")}},
-        "actions": executed["actions"],
-        "sliced": executed["sliced"],
-        "notes": executed["notes"],
-        "calibration": executed["calibration"] or None,
-        "plan": plan,
-        "versions": {"ssm-profile": __version__, "torch": torch.__version__},
-    }
+    record = PruningRecord(
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        source={"name": loaded.source.name, "source": asdict(loaded.source), "fingerprint": base_fingerprint,
+                "class": type(model).__name__},
+        output={"fingerprint": loaded.fingerprint},
+        summary={"actions": len(plan.actions),
+                 "sliced": sum(r["execution"] == "slice" for r in executed["actions"]),
+                 "zeroed": sum(r["execution"] == "zero" for r in executed["actions"]),
+                 "objective": plan.objective.to_dict(), "predicted": plan.predicted.to_dict(),
+                 "dense": plan.dense.to_dict()},
+        parameters={"before": before["total"], "after": after["total"], "nonzero_before": before["nonzero"],
+                    "nonzero_after": after["nonzero"], "removed": before["total"] - after["total"],
+                    "zeroed_or_removed": before["nonzero"] - after["nonzero"]},
+        analysis={"before": {k: totals_before[k] for k in ANALYSIS_KEYS},
+                  "after": {k: totals_after[k] for k in ANALYSIS_KEYS}},
+        actions=executed["actions"], sliced=executed["sliced"], notes=executed["notes"],
+        calibration=executed["calibration"] or None, plan=plan,
+        versions={"ssm-profile": __version__, "torch": torch.__version__})
 
     note(2, 3, "saving")
-    with atomic_directory(out, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
-        if loaded.tokenizer is not None:
-            loaded.tokenizer.save_pretrained(tmp)
-        report["output"]["files"] = sorted(p.name for p in tmp.iterdir())
-        report["output"]["bytes_on_disk"] = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
-        report["timings"] = {"total": round(time.perf_counter() - started, 3)}
-        write_json_atomic(tmp / PRUNING_FILE, report)
+    _save(loaded, record, out, overwrite, started)
     model.train(was_training)
     note(3, 3, "saved")
-    report["output_dir"] = str(out)
-
+    record.output_dir = str(out)
     if validate:
-        from .resolve import load_model
-        from .validate import VALIDATION_FILE, validate as run_validation
-
-        base = reload_source(loaded, plan)
-        pruned = load_model(str(out), dtype=next(model.parameters()).dtype)
-        options = dict(validate_options or {})
-        options.setdefault("pruned_dir", out)
-        validation = run_validation(base, pruned, plan, progress=progress, **options)
-        write_json_atomic(out / VALIDATION_FILE, validation)
-        report["validation"] = validation
-    return report
+        record.validation = _validate(loaded, plan, out, progress, validate_options)
+    return record
 
 
+def _save(loaded: LoadedModel, record: PruningRecord, out: Path, overwrite: bool, started: float) -> None:
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        loaded.model.save_pretrained(tmp)
+        if loaded.tokenizer is not None:
+            loaded.tokenizer.save_pretrained(tmp)
+        record.output["files"] = sorted(p.name for p in tmp.iterdir())
+        record.output["bytes_on_disk"] = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+        record.timings = {"total": round(time.perf_counter() - started, 3)}
+        write_json_atomic(tmp / PRUNING_FILE, record.to_dict())
 
-def reload_source(loaded: LoadedModel, plan: dict[str, Any] | None = None) -> LoadedModel:
+
+def _validate(loaded: LoadedModel, plan: Plan, out: Path, progress: Progress | None,
+              validate_options: dict[str, Any] | None):
+    from .resolve import load_model
+
+    base = reload_source(loaded, plan)
+    pruned = load_model(str(out), dtype=next(loaded.model.parameters()).dtype)
+    options = dict(validate_options or {})
+    options.setdefault("pruned_dir", out)
+    validation = run_validation(base, pruned, plan, progress=progress, **options)
+    write_json_atomic(out / VALIDATION_FILE, validation.to_dict())
+    return validation
+
+
+def reload_source(loaded: LoadedModel, plan: Plan | None = None) -> LoadedModel:
     """Load the (unpruned) model ``loaded`` came from again, with the same dtype and device."""
+    from .documents import check_weights
     from .resolve import load_model
 
     src = loaded.source
     name = src.location if src.kind.startswith("local") else src.name
     p = next(loaded.model.parameters())
     base = load_model(name, dtype=p.dtype, device=str(p.device), revision=None)
-    if plan is not None and base.fingerprint != plan["model"]["fingerprint"]:
-        raise PlanError(f"'{src.name}' changed on disk since the plan was made (fingerprint differs); "
-                        "validate against the original weights")
+    if plan is not None:
+        check_weights(plan.model.fingerprint, base, "plan was made for", expected_name=plan.model.name,
+                      hint=f"'{src.name}' changed on disk since the plan was made; validate against the "
+                      "original weights")
     return base

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
 from . import __version__
+from .comparison import ComparisonRow, comparison_rows
 from .errors import OutputExistsError, PlanError
 
 PLAN_SCHEMA_VERSION = 1
@@ -427,7 +428,6 @@ class ValidationReport(Document):
     seconds: float
     extra: dict[str, Any] = _extra()
 
-    def comparison_rows(self) -> list["ComparisonRow"]:
-        from .comparison import comparison_rows
-
+    def comparison_rows(self) -> list[ComparisonRow]:
+        """The before/after table every front-end shows (:mod:`ssm_profile.comparison`)."""
         return comparison_rows(self)

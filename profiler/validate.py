@@ -1,9 +1,9 @@
 """Validate a pruned model against its base: quality, size, state and speed, before and after.
 
-``validate(base, pruned, plan)`` measures both models the same way and returns one report
-(written by the CLI to ``validation.json``):
+``validate(base, pruned, plan)`` measures both models the same way and returns one
+:class:`ssm_profile.documents.ValidationReport` (written by the CLI to ``validation.json``):
 
-* held-out perplexity: the plan's evaluation windows (``plan["data"]``) or, without a plan, the
+* held-out perplexity: the plan's evaluation windows (``plan.data``) or, without a plan, the
   embedded evaluation text; relative increase; measured vs predicted loss change;
 * lm-eval: the tasks shipped in :mod:`ssm_profile.tasks` (offline) and any standard lm-eval task the
   user names (needs its dataset from the hub or the local cache);
@@ -13,7 +13,8 @@
   a few repeats, base and pruned interleaved, same thread count).
 
 ``within_tolerance`` compares the relative perplexity increase with ``max_ppl_increase``
-(default: the plan's ``objective.max_ppl_increase``).
+(default: the plan's ``objective.max_ppl_increase``). ``ValidationReport.comparison_rows()`` is the
+before/after table every front-end shows.
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ import torch
 
 from . import __version__
 from .data import DataSpec, batch_losses, load_dataset
-from .errors import DataError, PlanError, SSMProfileError
+from .comparison import relative_change
+from .documents import VALIDATION_FILE, Plan, ValidationReport
+from .errors import DataError, SSMProfileError
 from .resolve import LoadedModel
 from .tasks import BUILTIN_TASKS, TASKS_DIR
 
 Progress = Callable[[int, int, str], None]
 VALIDATION_SCHEMA_VERSION = 1
-VALIDATION_FILE = "validation.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
@@ -84,7 +86,6 @@ def model_dir(loaded: LoadedModel) -> Path | None:
 
 def _size(loaded: LoadedModel, directory: Path | None) -> dict[str, Any]:
     from .analysis import analyze
-    from .apply import count_parameters
 
     totals = analyze(loaded.model).totals
     counts = count_parameters(loaded.model)
@@ -94,6 +95,26 @@ def _size(loaded: LoadedModel, directory: Path | None) -> dict[str, Any]:
             "weight_bytes_on_disk": None if disk is None else disk["weights"],
             "state_bytes_per_sequence": totals["state_bytes_per_sequence"],
             "flops_per_token": totals["flops_per_token"]}
+
+
+# --------------------------------------------------------------------------------------------
+# counting
+
+
+def _unique_params(model: torch.nn.Module) -> list[torch.Tensor]:
+    seen, out = set(), []
+    for _, p in model.named_parameters(remove_duplicate=False):
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    """Total and nonzero parameters (tied tensors counted once)."""
+    params = _unique_params(model)
+    return {"total": int(sum(p.numel() for p in params)),
+            "nonzero": int(sum(int(torch.count_nonzero(p.detach())) for p in params))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,27 +286,13 @@ def _exp(x: float) -> float:
     return math.exp(min(x, 700.0))
 
 
-def _plan_data_spec(plan: dict[str, Any] | None) -> DataSpec:
-    if plan and plan.get("data"):
-        from .apply import data_spec
-
-        return data_spec(plan["data"])
-    return DataSpec()
-
-
-def _change(before: float | None, after: float | None) -> float | None:
-    if before is None or after is None or not before:
-        return None
-    return after / before - 1.0
-
-
-def validate(base: LoadedModel, pruned: LoadedModel, plan: dict[str, Any] | None = None,
+def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
              tasks: Sequence[str] = BUILTIN_TASKS, lm_eval_tasks: Sequence[str] = (),
              max_ppl_increase: float | None = None, progress: Progress | None = None, *,
              data: DataSpec | None = None, limit: int | float | None = None, batch_size: int = 8,
              lm_eval_batch_size: int = 8, max_length: int = 2048, speed_batch: tuple[int, int] = (1, 128),
              speed_repeats: int = 5, base_dir: str | Path | None = None,
-             pruned_dir: str | Path | None = None) -> dict[str, Any]:
+             pruned_dir: str | Path | None = None) -> ValidationReport:
     """Measure ``base`` and ``pruned`` the same way; see the module docstring for what is in the report.
 
     ``tasks``: shipped lm-eval tasks to run (default both; ``()`` for none); ``lm_eval_tasks``:
@@ -294,16 +301,13 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: dict[str, Any] | None
     """
     note = progress or (lambda done, total, label: None)
     started = time.perf_counter()
-    if plan is not None and plan.get("model", {}).get("fingerprint") not in (None, base.fingerprint):
-        raise PlanError(f"the plan was made for other weights than the base model '{base.source.name}'; "
-                        "validate against the model the plan was made for")
+    if plan is not None:
+        plan.check_model(base)
     if max_ppl_increase is not None and not max_ppl_increase >= 0:
         raise SSMProfileError(f"--max-ppl-increase must be a non-negative fraction (0.1 = 10%), got {max_ppl_increase}")
     tolerance_source = "argument" if max_ppl_increase is not None else None
     if max_ppl_increase is None and plan is not None:
-        value = (plan.get("objective") or {}).get("max_ppl_increase")
-        if isinstance(value, (int, float)):
-            max_ppl_increase, tolerance_source = float(value), "plan"
+        max_ppl_increase, tolerance_source = float(plan.objective.max_ppl_increase), "plan"
 
     # Fail fast on lm-eval problems (unknown task, dataset not reachable) before any long work.
     runner = LmEvalRunner(tasks, lm_eval_tasks, limit, lm_eval_batch_size, max_length) \
@@ -311,7 +315,7 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: dict[str, Any] | None
     steps = 4 + (2 if runner else 0)
     try:
         note(0, steps, "evaluation data")
-        spec = data or _plan_data_spec(plan)
+        spec = data or (plan.data.spec() if plan is not None else DataSpec())
         tokenizer = base.tokenizer or pruned.tokenizer
         dataset = load_dataset(tokenizer, spec)
 
@@ -323,9 +327,9 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: dict[str, Any] | None
         rel = _exp(delta) - 1.0 if math.isfinite(pruned_loss) else float("inf")
         within = None if max_ppl_increase is None else bool(math.isfinite(rel) and rel <= max_ppl_increase)
 
-        predicted = (plan or {}).get("predicted") or {}
-        plan_dense = ((plan or {}).get("dense") or {}).get("loss")
-        plan_measured = ((plan or {}).get("measured") or {}).get("loss")
+        predicted = plan.predicted.to_dict() if plan is not None else {}
+        plan_dense = plan.dense.loss if plan is not None else None
+        plan_measured = plan.measured.loss if plan is not None and plan.measured is not None else None
         measured = {"loss": pruned_loss, "delta_loss": delta, "rel_ppl_increase": rel, "within_tolerance": within,
                     "predicted_delta_loss": predicted.get("delta_loss"),
                     "predicted_rel_ppl_increase": predicted.get("rel_ppl_increase"),
@@ -367,31 +371,26 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: dict[str, Any] | None
             runner.close()
 
     note(steps, steps, "done")
-    return {
-        "schema_version": VALIDATION_SCHEMA_VERSION,
-        "kind": "ssm-profile-validation",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "models": {"base": {"name": base.source.name, "location": base.source.location,
-                            "fingerprint": base.fingerprint, "directory": str(base_dir) if base_dir else None},
-                   "pruned": {"name": pruned.source.name, "location": pruned.source.location,
-                              "fingerprint": pruned.fingerprint, "directory": str(pruned_dir) if pruned_dir else None}},
-        "plan": None if plan is None else {"model": plan.get("model", {}).get("name"),
-                                           "objective": plan.get("objective"), "predicted": plan.get("predicted"),
-                                           "actions": len(plan.get("actions", []))},
-        "data": dataset.describe(),
-        "perplexity": {"base": {"loss": base_loss, "perplexity": _exp(base_loss)},
-                       "pruned": {"loss": pruned_loss, "perplexity": _exp(pruned_loss)},
-                       "delta_loss": delta, "rel_ppl_increase": rel},
-        "measured": measured,
-        "tolerance": {"max_ppl_increase": max_ppl_increase, "source": tolerance_source, "within_tolerance": within},
-        "within_tolerance": within,
-        "lm_eval": lm_eval,
-        "size": {
-            "base": size_base, "pruned": size_pruned,
-            "change": {k: _change(size_base[k], size_pruned[k]) for k in size_base},
-        },
-        "speed": speed,
-        "versions": {"ssm-profile": __version__, "torch": torch.__version__},
-        "threads": torch.get_num_threads(),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    return ValidationReport(
+        schema_version=VALIDATION_SCHEMA_VERSION,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        models={"base": {"name": base.source.name, "location": base.source.location,
+                         "fingerprint": base.fingerprint, "directory": str(base_dir) if base_dir else None},
+                "pruned": {"name": pruned.source.name, "location": pruned.source.location,
+                           "fingerprint": pruned.fingerprint, "directory": str(pruned_dir) if pruned_dir else None}},
+        plan=None if plan is None else {"model": plan.model.name, "objective": plan.objective.to_dict(),
+                                        "predicted": plan.predicted.to_dict(), "actions": len(plan.actions)},
+        data=dataset.describe(),
+        perplexity={"base": {"loss": base_loss, "perplexity": _exp(base_loss)},
+                    "pruned": {"loss": pruned_loss, "perplexity": _exp(pruned_loss)},
+                    "delta_loss": delta, "rel_ppl_increase": rel},
+        measured=measured,
+        tolerance={"max_ppl_increase": max_ppl_increase, "source": tolerance_source, "within_tolerance": within},
+        within_tolerance=within,
+        lm_eval=lm_eval,
+        size={"base": size_base, "pruned": size_pruned,
+              "change": {k: relative_change(size_base[k], size_pruned[k]) for k in size_base}},
+        speed=speed,
+        versions={"ssm-profile": __version__, "torch": torch.__version__},
+        threads=torch.get_num_threads(),
+        seconds=round(time.perf_counter() - started, 3))

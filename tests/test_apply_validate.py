@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssm_profile.apply import apply_plan, load_plan
+from ssm_profile.apply import apply_plan
+from ssm_profile.documents import as_plan, load_plan
 from ssm_profile.arch import find_mixers
 from ssm_profile.cli.main import main
 from ssm_profile.errors import DataError, OutputExistsError, PlanError
@@ -100,8 +101,8 @@ def test_mamba1_channel_slice_is_smaller_reloads_plainly_and_matches_zeros(tmp_p
     report = apply_plan(loaded, plan, out)
 
     assert tree_hash(mamba1_dir) == source_before  # the source is never written
-    assert report["actions"][0]["execution"] == "slice" and report["sliced"][0]["kind"] == "channel"
-    p = report["parameters"]
+    assert report.actions[0]["execution"] == "slice" and report.sliced[0]["kind"] == "channel"
+    p = report.parameters
     assert p["after"] < p["before"] and p["nonzero_after"] <= p["after"]
     assert (out / "model.safetensors").stat().st_size < (mamba1_dir / "model.safetensors").stat().st_size
     saved = json.loads((out / "pruning.json").read_text())
@@ -128,10 +129,10 @@ def test_mamba2_state_slices_and_head_channel_falls_back_to_zeros(tmp_path, mamb
     plan = make_plan(loaded, [unit_action("state", state), unit_action("head_channel", head_channel)])
     out = tmp_path / "pruned"
     report = apply_plan(loaded, plan, out)
-    executed = {a["target"]: a for a in report["actions"]}
+    executed = {a["target"]: a for a in report.actions}
     assert executed["unit:state"]["execution"] == "slice"
     assert executed["unit:head_channel"]["execution"] == "zero"
-    assert "not sliced" in executed["unit:head_channel"]["note"] and report["notes"]
+    assert "not sliced" in executed["unit:head_channel"]["note"] and report.notes
 
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     assert reloaded.config.state_size == 3 and find_mixers(reloaded)[0].intermediate_size == 32
@@ -146,10 +147,10 @@ def test_uneven_cut_is_zeroed_not_sliced(tmp_path, mamba1_dir):
     loaded = load_model(str(mamba1_dir))
     plan = make_plan(loaded, [unit_action("channel", {0: [1, 2, 3], 1: [4]})])
     report = apply_plan(loaded, plan, tmp_path / "out")
-    assert report["actions"][0]["execution"] == "zero" and "differs between layers" in report["actions"][0]["note"]
-    assert report["parameters"]["after"] == report["parameters"]["before"]
-    assert report["parameters"]["nonzero_before"] - report["parameters"]["nonzero_after"] == \
-        report["actions"][0]["elements_zeroed"]
+    assert report.actions[0]["execution"] == "zero" and "differs between layers" in report.actions[0]["note"]
+    assert report.parameters["after"] == report.parameters["before"]
+    assert report.parameters["nonzero_before"] - report.parameters["nonzero_after"] == \
+        report.actions[0]["elements_zeroed"]
 
 
 def test_unstructured_and_nm_plans_give_exact_sparsity(tmp_path, mamba1_dir):
@@ -181,7 +182,7 @@ def test_data_driven_criterion_is_deterministic():
                                    "sparsity": 0.5}])
         from ssm_profile.apply import _execute
 
-        _execute(loaded, plan, lambda *a: None)
+        _execute(loaded, as_plan(plan), lambda *a: None)
         masks.append({n: (p == 0) for n, p in loaded.model.named_parameters() if "in_proj" in n})
     assert masks[0].keys() == masks[1].keys()
     assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
@@ -199,7 +200,7 @@ def test_element_masks_are_scored_with_the_profiles_kernels(fast, monkeypatch):
     plan = make_plan(loaded, [{"target": "in_proj", "structure": "unstructured", "criterion": "wanda", "sparsity": 0.5}])
     if fast is not None:
         plan["run"]["fast_kernels"] = fast
-    _execute(loaded, plan, lambda *a: None)
+    _execute(loaded, as_plan(plan), lambda *a: None)
     assert seen == [bool(fast)]  # an older plan without the field: transformers' kernels, as apply always did
     zeros = [(p == 0).float().mean().item() for n, p in loaded.model.named_parameters() if "in_proj" in n]
     assert zeros and all(z == pytest.approx(0.5, abs=0.01) for z in zeros)
@@ -256,7 +257,7 @@ def applied(tmp_path_factory):
 def test_validate_writes_every_field_and_runs_shipped_tasks_offline(applied):
     plan, out, report = applied
     v = json.loads((out / "validation.json").read_text())
-    assert v == json.loads(json.dumps(report["validation"]))
+    assert v == json.loads(json.dumps(report.validation.to_dict()))
     assert {"perplexity", "measured", "tolerance", "within_tolerance", "lm_eval", "size", "speed", "data",
             "models"} <= set(v)
     ppl = v["perplexity"]

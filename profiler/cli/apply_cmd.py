@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..documents import PruningRecord
 
 from .common import add_model_args, human_count, load_from_args
 from .validate_cmd import add_validation_args, finish, print_validation, validation_options
@@ -25,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
 
-    from ..apply import apply_plan, load_plan
+    from ..apply import apply_plan
+    from ..documents import load_plan
     from ..errors import OutputExistsError
     from .progress import rich_progress
 
@@ -39,15 +43,15 @@ def run(args: argparse.Namespace) -> int:
                             progress=progress, validate_options=options)
     print_apply(report)
     print(f"pruned checkpoint: {args.output}")
-    if "validation" in report:
-        print_validation(report["validation"])
+    if report.validation is not None:
+        print_validation(report.validation)
         print(f"report: {Path(args.output) / 'validation.json'}")
-        return finish(report["validation"])
+        return finish(report.validation)
     print(f"next: ssm-profile validate {args.model} {args.output}")
     return 0
 
 
-def print_apply(report: dict[str, Any]) -> None:
+def print_apply(report: PruningRecord) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -55,7 +59,7 @@ def print_apply(report: dict[str, Any]) -> None:
     table = Table(title="Plan actions")
     for col in ("#", "target", "layers", "criterion", "sparsity", "done as", "zeroed"):
         table.add_column(col, justify="right" if col in ("#", "sparsity", "zeroed") else "left")
-    for a in report["actions"]:
+    for a in report.actions:
         layers = a["layers"] or []
         text = f"{len(layers)} layers" if len(layers) > 4 else ",".join(str(x) for x in layers)
         executed = a["execution"] + ("" if a["execution"] == a["requested"] else f" (asked {a['requested']})")
@@ -63,7 +67,7 @@ def print_apply(report: dict[str, Any]) -> None:
                       f"{a['sparsity']:.0%}" if isinstance(a["sparsity"], (int, float)) else "",
                       executed, human_count(a["elements_zeroed"]))
     console.print(table)
-    p, an = report["parameters"], report["analysis"]
+    p, an = report.parameters, report.analysis
     st = Table(title="Before / after")
     for col in ("", "before", "after"):
         st.add_column(col, justify="left" if not col else "right")
@@ -73,5 +77,5 @@ def print_apply(report: dict[str, Any]) -> None:
     st.add_row("state bytes / sequence", f"{an['before']['state_bytes_per_sequence']:,}",
                f"{an['after']['state_bytes_per_sequence']:,}")
     console.print(st)
-    for note in report["notes"]:
+    for note in report.notes:
         console.print(f"note: {note}")

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..comparison import ComparisonRow
 from .common import add_model_args, human_bytes, human_count, load_from_args
+
+if TYPE_CHECKING:
+    from ..documents import ValidationReport
 
 
 def _names(text: str) -> list[str]:
@@ -71,13 +75,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-
-    from ..errors import ModelNotFoundError, PlanError
+    from ..documents import PRUNING_FILE, VALIDATION_FILE, load_plan, load_pruning_record
+    from ..errors import ModelNotFoundError
     from ..io import write_json_atomic
     from ..resolve import load_model
-    from ..validate import VALIDATION_FILE, validate
+    from ..validate import validate
     from .progress import rich_progress
 
     options = validation_options(args)
@@ -87,20 +89,15 @@ def run(args: argparse.Namespace) -> int:
                                  "pass the OUT_DIR written by `ssm-profile apply`")
     plan = None
     if args.plan:
-        from ..apply import load_plan
-
         plan = load_plan(args.plan)
-    elif (out_dir / "pruning.json").is_file():
-        try:
-            plan = json.loads((out_dir / "pruning.json").read_text(encoding="utf-8")).get("plan")
-        except (OSError, json.JSONDecodeError):
-            raise PlanError(f"'{out_dir / 'pruning.json'}' is not readable JSON; pass --plan") from None
+    elif (out_dir / PRUNING_FILE).is_file():
+        plan = load_pruning_record(out_dir / PRUNING_FILE).plan
     base = load_from_args(args)
     pruned = load_model(str(out_dir), dtype=next(base.model.parameters()).dtype, device=args.device)
     with rich_progress("validating", enabled=not args.quiet) as progress:
         report = validate(base, pruned, plan, progress=progress, pruned_dir=out_dir, **options)
     output = Path(args.output) if args.output else out_dir / VALIDATION_FILE
-    write_json_atomic(output, report)
+    write_json_atomic(output, report.to_dict())
     print_validation(report)
     print(f"report: {output}")
     return finish(report)
@@ -109,15 +106,16 @@ def run(args: argparse.Namespace) -> int:
 _SOURCE = {"plan": "plan's objective", "argument": "--max-ppl-increase"}
 
 
-def finish(report: dict[str, Any]) -> int:
+def finish(report: ValidationReport) -> int:
     """0, or raise the tolerance error (exit code 3) when the perplexity rose too much."""
     from ..validate import ToleranceBreachedError
 
-    tol = report["tolerance"]
+    tol = report.tolerance
     if tol["within_tolerance"] is False:
         raise ToleranceBreachedError(
-            f"perplexity rose by {report['perplexity']['rel_ppl_increase']:.1%}, beyond the tolerance of "
-            f"+{tol['max_ppl_increase']:.1%} (from the {_SOURCE.get(tol['source'], tol['source'])}); prune less or relax --max-ppl-increase")
+            f"perplexity rose by {report.perplexity['rel_ppl_increase']:.1%}, beyond the tolerance of "
+            f"+{tol['max_ppl_increase']:.1%} (from the {_SOURCE.get(tol['source'], tol['source'])}); prune less or "
+            "relax --max-ppl-increase")
     return 0
 
 
@@ -135,61 +133,49 @@ def _num(x: Any, fmt: str = "{:.4f}") -> str:
     return fmt.format(x)
 
 
-def print_validation(report: dict[str, Any]) -> None:
+def _cell(row: ComparisonRow, value: float | None) -> str:
+    """A value of ``row`` as the CLI shows it."""
+    if value is None:
+        return "—"
+    if row.kind == "count":
+        return human_count(value)
+    if row.kind == "bytes":
+        return human_bytes(value)
+    fmt = {"loss": "{:.4f}", "perplexity": "{:.2f}", "seconds": "{:.1f} ms", "rate": "{:,.0f}"}.get(row.kind, "{:.4f}")
+    return _num(value * 1e3 if row.kind == "seconds" else value, fmt)
+
+
+def print_validation(report: ValidationReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    ppl, size, speed = report["perplexity"], report["size"], report["speed"]
+    rows = report.comparison_rows()
     table = Table(title="Before / after pruning")
     for col in ("metric", "base", "pruned", "change"):
         table.add_column(col, justify="left" if col == "metric" else "right")
-    table.add_row("held-out loss", _num(ppl["base"]["loss"]), _num(ppl["pruned"]["loss"]),
-                  _num(ppl["delta_loss"], "{:+.4f}"))
-    table.add_row("held-out perplexity", _num(ppl["base"]["perplexity"], "{:.2f}"),
-                  _num(ppl["pruned"]["perplexity"], "{:.2f}"), _pct(ppl["rel_ppl_increase"]))
-    b, p, c = size["base"], size["pruned"], size["change"]
-    table.add_row("parameters", human_count(b["parameters"]), human_count(p["parameters"]), _pct(c["parameters"]))
-    table.add_row("nonzero parameters", human_count(b["nonzero_parameters"]), human_count(p["nonzero_parameters"]),
-                  _pct(c["nonzero_parameters"]))
-    for key, label in (("weight_bytes_on_disk", "weights on disk"), ("bytes_on_disk", "directory on disk")):
-        table.add_row(label, "—" if b[key] is None else human_bytes(b[key]),
-                      "—" if p[key] is None else human_bytes(p[key]), _pct(c[key]))
-    table.add_row("state bytes / sequence", human_bytes(b["state_bytes_per_sequence"]),
-                  human_bytes(p["state_bytes_per_sequence"]), _pct(c["state_bytes_per_sequence"]))
-    table.add_row("FLOPs / token", human_count(b["flops_per_token"]), human_count(p["flops_per_token"]),
-                  _pct(c["flops_per_token"]))
-    batch = "x".join(str(v) for v in speed["batch"])
-    table.add_row(f"latency ({batch}, {speed['threads']} thr)", _num(speed["base"]["latency_s"] * 1e3, "{:.1f} ms"),
-                  _num(speed["pruned"]["latency_s"] * 1e3, "{:.1f} ms"),
-                  _pct(_ratio(speed["pruned"]["latency_s"], speed["base"]["latency_s"])))
-    table.add_row("tokens / s", _num(speed["base"]["tokens_per_s"], "{:,.0f}"),
-                  _num(speed["pruned"]["tokens_per_s"], "{:,.0f}"),
-                  _pct(_ratio(speed["pruned"]["tokens_per_s"], speed["base"]["tokens_per_s"])))
+    for row in rows:
+        if row.section == "model":
+            change = _num(row.delta, "{:+.4f}") if row.kind == "loss" else _pct(row.change)
+            table.add_row(row.label, _cell(row, row.before), _cell(row, row.after), change)
     console.print(table)
 
-    tasks = report["lm_eval"]["tasks"]
+    tasks = [row for row in rows if row.section == "lm-eval"]
     if tasks:
-        lt = Table(title="lm-eval" + (f" (limit {report['lm_eval']['limit']})" if report["lm_eval"]["limit"] else ""))
+        limit = report.lm_eval["limit"]
+        lt = Table(title="lm-eval" + (f" (limit {limit})" if limit else ""))
         for col in ("task", "items", "metric", "base", "pruned", "change"):
             lt.add_column(col, justify="left" if col in ("task", "metric") else "right")
-        for task, row in tasks.items():
-            for metric, value in row["base"].items():
-                after = row["pruned"].get(metric)
-                lt.add_row(task, str(row.get("items") or ""), metric, _num(value), _num(after),
-                           _num(row["delta"].get(metric), "{:+.4f}"))
+        for row in tasks:
+            task, _, metric = row.label.partition(" ")
+            lt.add_row(task, str(row.items or ""), metric, _num(row.before), _num(row.after),
+                       _num(row.delta, "{:+.4f}"))
         console.print(lt)
 
-    m, tol = report["measured"], report["tolerance"]
+    m, tol, ppl = report.measured, report.tolerance, report.perplexity
     if m.get("predicted_delta_loss") is not None:
         console.print(f"loss change: measured {m['delta_loss']:+.4f}, plan predicted {m['predicted_delta_loss']:+.4f}")
     if tol["max_ppl_increase"] is not None:
         verdict = "[green]within tolerance[/green]" if tol["within_tolerance"] else "[red]tolerance breached[/red]"
         console.print(f"perplexity {_pct(ppl['rel_ppl_increase'])} vs allowed +{tol['max_ppl_increase']:.1%} "
                       f"({_SOURCE.get(tol['source'], tol['source'])}): {verdict}")
-
-
-def _ratio(after: float | None, before: float | None) -> float | None:
-    if after is None or not before:
-        return None
-    return after / before - 1.0

@@ -1,0 +1,92 @@
+"""The before/after table of a validation (base vs pruned), one builder for every front-end.
+
+:func:`comparison_rows` turns a :class:`ssm_profile.documents.ValidationReport` into rows ready to
+format: the CLI (``validate``), the TUI's Apply tab, the Markdown and HTML reports show the same
+quantities in the same order. Torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .documents import ValidationReport
+
+
+def relative_change(before: float | None, after: float | None) -> float | None:
+    """``after / before - 1`` (None when either is missing or ``before`` is 0)."""
+    if before is None or after is None or not before:
+        return None
+    return after / before - 1.0
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One quantity before and after pruning.
+
+    ``kind`` says how to format the values: ``count``, ``bytes``, ``loss``, ``perplexity``,
+    ``seconds``, ``rate`` (per second) or ``score`` (lm-eval). ``change`` is relative
+    (``after / before - 1``); ``delta`` the difference (what losses and lm-eval scores show).
+    """
+
+    label: str
+    before: float | None
+    after: float | None
+    kind: str
+    lower_is_better: bool = True
+    section: str = "model"  # "model" | "lm-eval"
+    items: int | None = None  # lm-eval: items per task
+
+    @property
+    def change(self) -> float | None:
+        return relative_change(self.before, self.after)
+
+    @property
+    def delta(self) -> float | None:
+        if self.before is None or self.after is None:
+            return None
+        return self.after - self.before
+
+    @property
+    def better(self) -> bool | None:
+        """True/False when the change is an improvement/regression; None when there is none."""
+        change = self.change
+        if change is None or not math.isfinite(change) or abs(change) <= 1e-9:
+            return None
+        return change < 0 if self.lower_is_better else change > 0
+
+
+_LOWER_IS_BETTER = ("perplexity", "bits_per", "loss")  # lm-eval metrics of this kind; the rest are accuracy-like
+
+
+def comparison_rows(report: ValidationReport) -> list[ComparisonRow]:
+    """Quality, size and speed rows, then one row per lm-eval task metric."""
+    ppl, size, speed = report.perplexity, report.size, report.speed
+    b, p = size["base"], size["pruned"]
+    rows = [ComparisonRow("held-out loss", ppl["base"]["loss"], ppl["pruned"]["loss"], "loss"),
+            ComparisonRow("held-out perplexity", ppl["base"]["perplexity"], ppl["pruned"]["perplexity"], "perplexity"),
+            ComparisonRow("parameters", b["parameters"], p["parameters"], "count"),
+            ComparisonRow("nonzero parameters", b["nonzero_parameters"], p["nonzero_parameters"], "count"),
+            ComparisonRow("weights on disk", b["weight_bytes_on_disk"], p["weight_bytes_on_disk"], "bytes"),
+            ComparisonRow("directory on disk", b["bytes_on_disk"], p["bytes_on_disk"], "bytes"),
+            ComparisonRow("state bytes / sequence", b["state_bytes_per_sequence"], p["state_bytes_per_sequence"],
+                          "bytes"),
+            ComparisonRow("FLOPs / token", b["flops_per_token"], p["flops_per_token"], "count")]
+    batch = "x".join(str(v) for v in speed["batch"])
+    rows += [ComparisonRow(f"latency ({batch}, {speed['threads']} thr)", speed["base"]["latency_s"],
+                           speed["pruned"]["latency_s"], "seconds"),
+             ComparisonRow("tokens / s", speed["base"]["tokens_per_s"], speed["pruned"]["tokens_per_s"], "rate",
+                           lower_is_better=False)]
+    return rows + _lm_eval_rows(report.lm_eval)
+
+
+def _lm_eval_rows(lm_eval: dict[str, Any]) -> list[ComparisonRow]:
+    rows = []
+    for task, scores in (lm_eval.get("tasks") or {}).items():
+        for metric, value in (scores.get("base") or {}).items():
+            lower = any(w in metric for w in _LOWER_IS_BETTER)
+            rows.append(ComparisonRow(f"{task} {metric}", value, (scores.get("pruned") or {}).get(metric), "score",
+                                      lower_is_better=lower, section="lm-eval", items=scores.get("items")))
+    return rows
