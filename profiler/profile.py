@@ -34,6 +34,7 @@ from .data import DataSpec, Dataset, batch_losses, load_dataset
 from .errors import DataError, OutputExistsError, RunDirError, SSMProfileError
 from .io import write_json_atomic
 from .masks import Target, prunable_params, targets_for
+from .recipe import RunRecipe, needs_of
 from .resolve import LoadedModel
 from .results import DEFAULT_TOLERANCE, RUN_SCHEMA_VERSION, ProfileResult, append_journal, read_journal
 from .sensitivity import DEFAULT_CRITERIA, DEFAULT_SPARSITIES, Scorer, plan_trials, run_trial
@@ -76,15 +77,6 @@ class ProfileSettings:
             get(name)  # raises a one-line error for unknown names
         if self.batch_size < 1:
             raise SSMProfileError("--batch-size must be positive")
-
-
-def _needs(criteria: list[str]) -> set[str]:
-    from .criteria import get
-
-    needs: set[str] = set()
-    for name in criteria:
-        needs |= set(get(name).needs)
-    return needs
 
 
 def _resolve_targets(model: torch.nn.Module, wanted: list[str] | None) -> list[Target]:
@@ -164,13 +156,13 @@ def profile_model(loaded: LoadedModel, data: DataSpec | Dataset | None = None,
     if run_path is not None and resume and (run_path / "run.json").exists():
         _check_resume(run_path, meta)
 
-    from .fastscan2 import use_fast_kernels
+    recipe = RunRecipe(data=dataset.spec, batch_size=settings.batch_size, seed=settings.seed,
+                       fast_kernels=settings.fast_scan)
+    with recipe.kernels():
+        return _profile(recipe, loaded, dataset, settings, targets, run_path, meta, timings, started, note, cancel)
 
-    with use_fast_kernels(settings.fast_scan):
-        return _profile(loaded, dataset, settings, targets, run_path, meta, timings, started, note, cancel)
 
-
-def _profile(loaded: LoadedModel, dataset: Dataset, settings: ProfileSettings, targets: list[Target],
+def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings: ProfileSettings, targets: list[Target],
              run_path: Path | None, meta: dict[str, Any], timings: dict[str, float], started: float,
              note: Progress, cancel: Callable[[], bool] | None) -> ProfileResult:
     model = loaded.model
@@ -187,18 +179,12 @@ def _profile(loaded: LoadedModel, dataset: Dataset, settings: ProfileSettings, t
         raise DataError("the dense model's evaluation loss is not finite; check the model and data")
     timings["dense_eval"] = time.perf_counter() - t0
 
-    from .criteria import ScoringContext
-    from .stats import collect_stats
-
     note(0, 1, "calibration statistics")
     t0 = time.perf_counter()
-    needs = _needs([*settings.criteria, settings.layer_criterion])
-    stats = collect_stats(model, dataset.calibration, needs, batch_size=settings.batch_size)
-    stats.seed = settings.seed
-    timings["calibration"] = time.perf_counter() - t0
-
     criteria = list(dict.fromkeys([*settings.criteria, settings.layer_criterion]))
-    scorer = Scorer(model, ScoringContext(model=model, stats=stats, seed=settings.seed), criteria)
+    stats = recipe.statistics(model, dataset.calibration, needs_of(criteria))
+    timings["calibration"] = time.perf_counter() - t0
+    scorer = recipe.scorer(model, stats, criteria)
     mixers = find_mixers(model)
     t0 = time.perf_counter()
     specs, skipped = plan_trials(scorer, mixers, targets, settings.criteria, settings.sparsities,

@@ -351,3 +351,40 @@ def test_standard_task_offline_is_a_one_line_error():
         LmEvalRunner((), ["hellaswag"])
     with pytest.raises(Exception, match="unknown lm-eval task"):
         LmEvalRunner((), ["no_such_task_xyz"])
+
+
+# --------------------------------------------------------------------------------------------
+# the documents apply and validate write
+
+
+def test_pruning_and_validation_files_round_trip_through_their_types(applied):
+    from ssm_profile.documents import PruningRecord, ValidationReport, load_pruning_record
+
+    plan, out, report = applied
+    for cls, name in ((PruningRecord, "pruning.json"), (ValidationReport, "validation.json")):
+        data = json.loads((out / name).read_text())
+        assert cls.from_dict(data).to_dict() == data
+    record = load_pruning_record(out / "pruning.json")
+    assert record.plan.to_dict() == plan and record.parameters == report.parameters
+    assert record.output_dir is None and "output_dir" not in record.to_dict()
+
+
+def test_before_after_rows_come_from_the_validation_report(applied):
+    from ssm_profile.comparison import relative_change
+
+    _, out, report = applied
+    v = report.validation
+    rows = {row.label: row for row in v.comparison_rows()}
+    ppl, size = v.perplexity, v.size
+    assert rows["held-out perplexity"].before == ppl["base"]["perplexity"]
+    assert rows["held-out perplexity"].after == ppl["pruned"]["perplexity"]
+    assert rows["held-out loss"].delta == pytest.approx(ppl["delta_loss"])
+    params = rows["parameters"]
+    assert (params.before, params.after) == (size["base"]["parameters"], size["pruned"]["parameters"])
+    assert params.change == size["change"]["parameters"] == relative_change(params.before, params.after) < 0
+    assert params.better is True  # fewer parameters
+    assert rows["tokens / s"].lower_is_better is False
+    tasks = [row for row in v.comparison_rows() if row.section == "lm-eval"]
+    assert {row.label.split()[0] for row in tasks} == set(v.lm_eval["tasks"])
+    assert relative_change(None, 1.0) is None and relative_change(0, 1.0) is None
+    assert relative_change(2.0, 3.0) == pytest.approx(0.5)

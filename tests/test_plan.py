@@ -454,3 +454,52 @@ def test_ratio_scope_is_ssm_mixers_by_default(synthetic):
     assert ssm.predicted.scope_total == synthetic.analysis.totals["ssm_parameters"]
     assert ssm.predicted.reduction_ratio == pytest.approx(removed / synthetic.analysis.totals["ssm_parameters"])
     assert whole.predicted.reduction_ratio == pytest.approx(removed / synthetic.analysis.totals["parameters"])
+
+
+def test_plan_file_written_by_the_cli_round_trips(tiny_run, tmp_path):
+    from ssm_profile.cli.main import main
+    from ssm_profile.documents import Plan
+
+    run_dir, _, _ = tiny_run
+    out = tmp_path / "plan.json"
+    assert main(["plan", str(run_dir), "-o", str(out), "--target", "state", "--ratio", "0.3", "--no-measure",
+                 "--quiet"]) == 0  # --target: the older name of --metric
+    data = json.loads(out.read_text())
+    assert Plan.from_dict(data).to_dict() == data and data["objective"]["target"] == "state"
+    assert data["run"]["batch_size"] == 8  # the run's statistics batch size, for apply
+
+
+def test_load_plan_rejects_other_documents_in_one_line(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"kind": "ssm-profile-pruning", "schema_version": 1}))
+    assert "not an ssm-profile plan" in _one_line_error(path)
+    path.write_text(json.dumps({"kind": "ssm-profile-plan", "schema_version": 1, "actions": "none"}))
+    assert "does not match the plan schema" in _one_line_error(path)
+
+
+def test_plan_and_apply_rebuild_the_same_masks_with_the_runs_batch_size(tmp_path):
+    """A run profiled with --batch-size 2: the planner's measurer and apply collect wanda's statistics
+    in batches of 2 (not a fixed 8) and get the same keep-masks."""
+    from ssm_profile.apply import _element_masks
+    from ssm_profile.data import DataSpec
+    from ssm_profile.plan import Measurer
+    from ssm_profile.profile import ProfileSettings, profile_model
+    from ssm_profile.recipe import RunRecipe
+    from ssm_profile.resolve import load_model
+
+    loaded = load_model("tiny-mamba2")
+    run_dir = tmp_path / "run"
+    profile_model(loaded, DataSpec(nsamples=4, eval_samples=2, seqlen=32),
+                  ProfileSettings(sparsities=[0.5], criteria=["wanda"], targets=["in_proj"], per_layer=False,
+                                  batch_size=2, incremental=False), run_dir=run_dir)
+    result = ProfileResult.load(run_dir)
+    plan = make_plan(result, metric="params", max_ppl_increase=10.0, measure=False, run_path=run_dir)
+    assert plan.actions and plan.actions[0].criterion == "wanda"
+    assert RunRecipe.of_plan(plan) == RunRecipe.of_run(result.meta) and RunRecipe.of_plan(plan).batch_size == 2
+    measurer = Measurer(result, loaded, lambda *a: None)
+    options = build_options(result, "params", shapes=shapes_for(result))[0]
+    option = next(o for levels in options for o in levels[1:] if o.sparsity == plan.actions[0].sparsity)
+    planned = measurer.action_mask(option)
+    applied, _ = _element_masks(load_model("tiny-mamba2"), plan, [(0, plan.actions[0])], lambda *a: None)
+    assert planned.keys() == applied[0].keys()
+    assert all(torch.equal(planned[name], applied[0][name]) for name in planned)

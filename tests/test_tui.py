@@ -240,15 +240,15 @@ async def test_replan_export_and_apply(run_here, tmp_path):
         await pilot.press("4")
         await settle(pilot, 0.2)
         plan_view = app.query_one("PlanView")
-        assert plan_view.plan is not None and plan_view.plan["objective"]["ratio"] is None
+        assert plan_view.plan is not None and plan_view.plan.objective.ratio is None
         first = plan_view.plan
         app.query_one("#plan-ratio", Input).value = "0.05"
         app.query_one("#plan-ratio", Input).value = "0.1"  # debounced: one solve for both changes
         await settle(pilot, 0.5)
         plan = plan_view.plan
-        assert plan is not first and plan["objective"]["ratio"] == 0.1
-        assert plan["predicted"]["reduction_ratio"] >= 0.1
-        assert app.query_one("#plan-actions", DataTable).row_count == len(plan["actions"])
+        assert plan is not first and plan.objective.ratio == 0.1
+        assert plan.predicted.reduction_ratio >= 0.1
+        assert app.query_one("#plan-actions", DataTable).row_count == len(plan.actions)
         app.query_one("#plan-ratio", Input).value = "0.99"  # infeasible: a message, not a crash
         await settle(pilot, 0.5)
         assert plan_view.plan is None and "cannot remove" in str(app.query_one("#plan-summary").content)
@@ -275,7 +275,7 @@ async def test_replan_export_and_apply(run_here, tmp_path):
         assert not isinstance(app.screen, ErrorScreen)
         report = app.query_one("ApplyView").report
         assert report is not None and (tmp_path / "pruned" / "pruning.json").is_file()
-        assert report["validation"]["within_tolerance"] is not None
+        assert report.validation.within_tolerance is not None
         rows = {r[0]: r for r in cell_texts(app.query_one("#apply-table", DataTable))}
         assert "nonzero parameters" in rows and "perplexity" in rows
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +13,8 @@ from textual.timer import Timer
 from textual.widgets import Button, Checkbox, ContentSwitcher, DataTable, Input, Label, ProgressBar, Select, Static
 from textual.worker import get_current_worker
 
+from ssm_profile.comparison import ComparisonRow
+from ssm_profile.documents import Plan, PruningRecord
 from ssm_profile.errors import SSMProfileError
 
 from .format import duration, human_bytes, human_count, num, pct
@@ -23,15 +24,6 @@ if TYPE_CHECKING:
 
 DEBOUNCE_S = 0.35
 PLAN_TARGETS = [("parameters", "params"), ("FLOPs/token", "flops"), ("state bytes", "state")]
-
-
-def _planner():
-    """The planner module, or None while it is not installed."""
-    try:
-        from ssm_profile import plan
-    except ImportError:
-        return None
-    return plan if hasattr(plan, "make_plan") else None
 
 
 def _optional_float(text: str, what: str) -> float | None:
@@ -92,9 +84,6 @@ class PlanView(Vertical):
         self.plan = None
         self.plan_inputs = None
         self.query_one("#plan-actions", DataTable).clear()
-        if _planner() is None:
-            self._summary(Text("the planner (ssm_profile.plan) is not available in this installation", style="yellow"))
-            return
         self._stale = True
         self._summary(Text("the plan is solved when this tab is shown", style="dim italic"))
         if self.app.active_tab == "plan":
@@ -117,7 +106,7 @@ class PlanView(Vertical):
             self.schedule_solve()
 
     def schedule_solve(self, delay: float = DEBOUNCE_S) -> None:
-        if self.app.result is None or _planner() is None:
+        if self.app.result is None:
             return
         self._stale = False
         if self._timer is not None:
@@ -144,12 +133,11 @@ class PlanView(Vertical):
 
     @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
     def _solve(self, result, target: str, ratio: float | None, tolerance: float) -> None:
+        from ssm_profile.plan import make_plan
+
         worker = get_current_worker()
-        planner = _planner()
-        if planner is None:
-            return
         try:
-            plan = planner.make_plan(result, target=target, ratio=ratio, max_ppl_increase=tolerance, measure=False,
+            plan = make_plan(result, metric=target, ratio=ratio, max_ppl_increase=tolerance, measure=False,
                                      run_path=self.app.run_dir)
         except SSMProfileError as err:
             if not worker.is_cancelled:
@@ -178,53 +166,48 @@ class PlanView(Vertical):
         self._summary(Text(message, style="bold red"))
         self.app.refresh_bindings()
 
-    def _solved(self, plan: dict[str, Any], inputs: tuple) -> None:
+    def _solved(self, plan: Plan, inputs: tuple) -> None:
         self.plan = plan
         self.plan_inputs = inputs
         self.show_plan(plan)
         self.app.refresh_bindings()
         self.app.query_one(ApplyView).plan_changed()
 
-    def show_plan(self, plan: dict[str, Any]) -> None:
-        pred, dense, objective = plan.get("predicted", {}), plan.get("dense", {}), plan.get("objective", {})
+    def show_plan(self, plan: Plan) -> None:
+        pred, dense, objective = plan.predicted, plan.dense, plan.objective
         text = Text()
-        for key, total_key, label, fmt in (("params_removed", "parameters", "params", human_count),
-                                           ("flops_removed", "flops_per_token", "FLOPs/token", human_count),
-                                           ("state_bytes_removed", "state_bytes_per_sequence", "state", human_bytes)):
-            removed, total = pred.get(key, 0), dense.get(total_key) or 0
+        for metric, label, fmt in (("params", "params", human_count), ("flops", "FLOPs/token", human_count),
+                                   ("state", "state", human_bytes)):
+            removed, total = pred.removed(metric), dense.total(metric) or 0
             share = removed / total if total else 0.0
-            style = "bold green" if objective.get("target") and key.startswith(
-                {"params": "params", "flops": "flops", "state": "state"}[objective["target"]]) else "bold"
+            style = "bold green" if metric == objective.metric else "bold"
             text.append(f"{label} ", style="dim")
             text.append(f"−{pct(share, 1)}", style=style)
             text.append(f" ({fmt(removed)} of {fmt(total)})  ", style="dim")
         text.append("\npredicted ", style="dim")
-        text.append(f"ΔL {num(pred.get('delta_loss'))}  ppl +{pct(pred.get('rel_ppl_increase'), 1)}", style="bold")
-        text.append(f"  (limit +{pct(objective.get('max_ppl_increase'), 0)})", style="dim")
-        text.append(f"  {len(plan.get('actions', []))} action(s)", style="dim")
-        measured = plan.get("measured")
-        if measured:
-            text.append(f"  measured ppl +{pct(measured.get('rel_ppl_increase'), 1)}", style="bold cyan")
-        for note in plan.get("notes", [])[:2]:
+        text.append(f"ΔL {num(pred.delta_loss)}  ppl +{pct(pred.rel_ppl_increase, 1)}", style="bold")
+        text.append(f"  (limit +{pct(objective.max_ppl_increase, 0)})", style="dim")
+        text.append(f"  {len(plan.actions)} action(s)", style="dim")
+        if plan.measured:
+            text.append(f"  measured ppl +{pct(plan.measured.rel_ppl_increase, 1)}", style="bold cyan")
+        for note in plan.notes[:2]:
             text.append(f"\n· {note}", style="dim italic")
         self._summary(text)
         table = self.query_one("#plan-actions", DataTable)
         table.clear()
         analysis = self.app.analysis
         all_layers = set(analysis.layers()) if analysis is not None else set()
-        for a in plan.get("actions", []):
-            layers = a.get("layers") or []
-            if a.get("unit_kind"):
-                per = {len(v) for v in (a.get("unit_indices") or {}).values()}
-                cut = f"{'/'.join(map(str, sorted(per))) or '?'} {a['unit_kind']}/layer ({pct(a.get('sparsity'), 0)})"
+        for a in plan.actions:
+            layers = a.layers or []
+            if a.unit_kind:
+                per = {len(v) for v in (a.unit_indices or {}).values()}
+                cut = f"{'/'.join(map(str, sorted(per))) or '?'} {a.unit_kind}/layer ({pct(a.sparsity, 0)})"
             else:
-                cut = f"{pct(a.get('sparsity'), 0)} {a.get('structure', '')}"
-            removes = {"params": a.get("params_removed"), "flops": a.get("flops_removed"),
-                       "state": a.get("state_bytes_removed")}.get(objective.get("target", "params"))
-            table.add_row(Text(a["target"], style="bold"),
+                cut = f"{pct(a.sparsity, 0)} {a.structure}"
+            table.add_row(Text(a.target, style="bold"),
                           "all" if not layers or set(layers) == all_layers else ",".join(map(str, layers)), cut,
-                          a.get("criterion") or "", human_count(removes or 0), num(a.get("predicted_delta_loss")),
-                          a.get("execution", ""))
+                          a.criterion or "", human_count(a.removed(objective.metric) or 0),
+                          num(a.predicted_delta_loss), a.execution)
 
     # ------------------------------------------------------------------ export
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -233,10 +216,6 @@ class PlanView(Vertical):
             self.export()
 
     def export(self) -> None:
-        planner = _planner()
-        if planner is None:
-            self.app.notify("the planner (ssm_profile.plan) is not available", severity="warning")
-            return
         if self.plan is None or self.plan_inputs is None:
             self.app.notify("no plan to export (fix the objective first)", severity="warning")
             return
@@ -254,18 +233,19 @@ class PlanView(Vertical):
             return
         self._exporting = True
         self._summary(Text("measuring the plan on the model …" if measure else "writing …", style="dim italic"))
-        self._export(copy.deepcopy(self.plan), self.plan_inputs, path, measure, overwrite)
+        self._export(self.plan, self.plan_inputs, path, measure, overwrite)
 
     @work(thread=True, exclusive=True, group="plan-export", exit_on_error=False)
-    def _export(self, plan: dict[str, Any], inputs: tuple, path: str, measure: bool, overwrite: bool) -> None:
-        planner = _planner()
+    def _export(self, plan: Plan, inputs: tuple, path: str, measure: bool, overwrite: bool) -> None:
+        from ssm_profile.plan import make_plan, write_plan
+
         try:
             if measure:
-                result, target, ratio, tolerance = inputs
+                result, metric, ratio, tolerance = inputs
                 loaded = self.app.ensure_loaded()
-                plan = planner.make_plan(result, target=target, ratio=ratio, max_ppl_increase=tolerance,
-                                         measure=True, loaded=loaded, run_path=self.app.run_dir)
-            written = planner.write_plan(plan, path, overwrite=overwrite)
+                plan = make_plan(result, metric=metric, ratio=ratio, max_ppl_increase=tolerance,
+                                 measure=True, loaded=loaded, run_path=self.app.run_dir)
+            written = write_plan(plan, path, overwrite=overwrite)
         except SSMProfileError as err:
             self._call(self._exported, None, str(err), None)
             return
@@ -274,7 +254,7 @@ class PlanView(Vertical):
             return
         self._call(self._exported, str(written), "", plan)
 
-    def _exported(self, path: str | None, error: str, plan: dict[str, Any] | None) -> None:
+    def _exported(self, path: str | None, error: str, plan: Plan | None) -> None:
         self._exporting = False
         if plan is not None:
             self.plan = plan
@@ -297,7 +277,7 @@ class ApplyView(Vertical):
         super().__init__(**kw)
         self.running = False
         self._started = 0.0
-        self.report: dict[str, Any] | None = None
+        self.report: PruningRecord | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("", id="apply-source", classes="status-line")
@@ -332,10 +312,10 @@ class ApplyView(Vertical):
         if plan is None:
             text = Text("no plan yet: solve one in the Plan tab (4) or give a plan file", style="dim")
         else:
-            o, p = plan.get("objective", {}), plan.get("predicted", {})
-            text = Text.assemble(("plan: ", "dim"), (f"{len(plan.get('actions', []))} action(s)", "bold"),
-                                 ((f" · reduce {o.get('target')} by {pct(p.get('reduction_ratio'), 1)} · predicted "
-                                   f"ppl +{pct(p.get('rel_ppl_increase'), 1)} (limit +{pct(o.get('max_ppl_increase'), 0)})"),
+            o, p = plan.objective, plan.predicted
+            text = Text.assemble(("plan: ", "dim"), (f"{len(plan.actions)} action(s)", "bold"),
+                                 ((f" · reduce {o.metric} by {pct(p.reduction_ratio, 1)} · predicted "
+                                   f"ppl +{pct(p.rel_ppl_increase, 1)} (limit +{pct(o.max_ppl_increase, 0)})"),
                                   "dim"))
         self.query_one("#apply-source", Static).update(text)
 
@@ -351,11 +331,6 @@ class ApplyView(Vertical):
         if self.running:
             self.message("already running", "yellow")
             return
-        try:
-            from ssm_profile.apply import apply_plan  # noqa: F401
-        except ImportError:
-            self.message("apply is not available in this installation", "bold red")
-            return
         plan_file = self.query_one("#apply-plan-file", Input).value.strip()
         plan = self.app.query_one(PlanView).plan
         if not plan_file and plan is None:
@@ -370,12 +345,13 @@ class ApplyView(Vertical):
         self.query_one("#apply-run", Button).disabled = True
         self.query_one("#apply-bar", ProgressBar).update(total=None, progress=0)
         self.message("loading a fresh copy of the model …")
-        self._run(plan_file or copy.deepcopy(plan), output, self.query_one("#apply-overwrite", Checkbox).value,
+        self._run(plan_file or plan, output, self.query_one("#apply-overwrite", Checkbox).value,
                   self.query_one("#apply-lm-eval", Checkbox).value)
 
     @work(thread=True, exclusive=True, group="apply", exit_on_error=False)
     def _run(self, plan, output: str, overwrite: bool, lm_eval: bool) -> None:
-        from ssm_profile.apply import apply_plan, load_plan
+        from ssm_profile.apply import apply_plan
+        from ssm_profile.documents import load_plan
 
         try:
             if isinstance(plan, str):
@@ -406,7 +382,7 @@ class ApplyView(Vertical):
             self.query_one("#apply-bar", ProgressBar).update(total=total, progress=done)
         self.query_one("#apply-eta", Static).update(f"{label} · {duration(time.monotonic() - self._started)} elapsed")
 
-    def _finished(self, report: dict[str, Any] | None, error: str) -> None:
+    def _finished(self, report: PruningRecord | None, error: str) -> None:
         self.running = False
         self.query_one("#apply-run", Button).disabled = False
         bar = self.query_one("#apply-bar", ProgressBar)
@@ -417,65 +393,42 @@ class ApplyView(Vertical):
             return
         bar.update(total=1, progress=1)
         self.report = report
-        validation = report.get("validation") or {}
-        within = validation.get("within_tolerance")
+        within = report.validation.within_tolerance if report.validation is not None else None
         verdict = {True: ("within tolerance", "bold green"), False: ("ABOVE tolerance", "bold red"),
                    None: ("no tolerance", "dim")}[within]
         self.message(f"saved; {verdict[0]}", verdict[1])
         self.query_one("#apply-eta", Static).update(
-            f"saved to {report.get('output_dir')} · {duration(time.monotonic() - self._started)}")
+            f"saved to {report.output_dir} · {duration(time.monotonic() - self._started)}")
         self.show_report(report)
 
-    def show_report(self, report: dict[str, Any]) -> None:
+    def show_report(self, report: PruningRecord) -> None:
         table = self.query_one("#apply-table", DataTable)
         table.clear()
-        validation = report.get("validation") or {}
-
-        def row(label: str, before, after, fmt=human_count, lower_is_better: bool = True) -> None:
-            if before is None and after is None:
-                return
-            change = ""
-            style = ""
-            if isinstance(before, (int, float)) and isinstance(after, (int, float)) and before:
-                rel = after / before - 1.0
-                change = f"{rel:+.1%}"
-                better = rel < 0 if lower_is_better else rel > 0
-                style = "green" if better and abs(rel) > 1e-9 else ("red" if abs(rel) > 1e-9 else "")
-            table.add_row(Text(label, style="bold"), "" if before is None else fmt(before),
-                          "" if after is None else fmt(after), Text(change, style=style))
-
-        params = report.get("parameters", {})
-        row("parameters", params.get("before"), params.get("after"))
-        row("nonzero parameters", params.get("nonzero_before"), params.get("nonzero_after"))
-        analysis = report.get("analysis", {})
-        before, after = analysis.get("before", {}), analysis.get("after", {})
-        row("bytes (dense)", before.get("bytes"), after.get("bytes"), human_bytes)
-        size = validation.get("size", {})
-        row("bytes on disk", (size.get("base") or {}).get("bytes_on_disk"),
-            (size.get("pruned") or {}).get("bytes_on_disk"), human_bytes)
-        row("FLOPs/token", before.get("flops_per_token"), after.get("flops_per_token"))
-        row("state bytes/seq", before.get("state_bytes_per_sequence"), after.get("state_bytes_per_sequence"),
-            human_bytes)
-        ppl = validation.get("perplexity", {})
-        row("perplexity", (ppl.get("base") or {}).get("perplexity"), (ppl.get("pruned") or {}).get("perplexity"),
-            lambda v: f"{v:.2f}")
-        measured = validation.get("measured", {})
-        if measured.get("predicted_delta_loss") is not None:
-            table.add_row(Text("ΔL predicted → measured", style="bold"), num(measured.get("predicted_delta_loss")),
-                          num(measured.get("delta_loss")), "")
-        speed = validation.get("speed", {})
-        row("latency (s)", (speed.get("base") or {}).get("latency_s"), (speed.get("pruned") or {}).get("latency_s"),
-            lambda v: f"{v:.4f}")
-        row("tokens/s", (speed.get("base") or {}).get("tokens_per_s"), (speed.get("pruned") or {}).get("tokens_per_s"),
-            lambda v: f"{v:,.0f}", lower_is_better=False)
-        for task, scores in (validation.get("lm_eval", {}).get("tasks") or {}).items():
-            for metric, value in (scores.get("base") or {}).items():
-                after_value = (scores.get("pruned") or {}).get(metric)
-                if isinstance(value, (int, float)):
-                    lower = any(w in metric for w in ("perplexity", "bits_per", "loss"))  # else accuracy-like
-                    row(f"{task} {metric}", value, after_value, lambda v: f"{v:.4f}", lower_is_better=lower)
-        counts = report.get("summary", {})
+        validation = report.validation
+        for row in validation.comparison_rows() if validation is not None else []:
+            if row.before is None and row.after is None:
+                continue
+            change, better = row.change, row.better
+            style = "" if better is None else ("green" if better else "red")
+            table.add_row(Text(row.label, style="bold"), _cell(row, row.before), _cell(row, row.after),
+                          Text("" if change is None else f"{change:+.1%}", style=style))
+            if row.label == "held-out perplexity" and validation.measured.get("predicted_delta_loss") is not None:
+                table.add_row(Text("ΔL predicted → measured", style="bold"),
+                              num(validation.measured["predicted_delta_loss"]),
+                              num(validation.measured["delta_loss"]), "")
+        counts = report.summary
         table.add_row(Text("actions", style="bold"), f"{counts.get('actions', 0)}",
                       f"{counts.get('sliced', 0)} sliced · {counts.get('zeroed', 0)} zeroed", "")
-        for note in report.get("notes", [])[:3]:
+        for note in report.notes[:3]:
             table.add_row(Text("note", style="dim"), Text(note, style="dim italic"), "", "")
+
+
+def _cell(row: ComparisonRow, value: float | None) -> str:
+    """A value of a before/after row as the Apply tab shows it."""
+    if value is None:
+        return ""
+    if row.kind == "count":
+        return human_count(value)
+    if row.kind == "bytes":
+        return human_bytes(value)
+    return {"perplexity": f"{value:.2f}", "rate": f"{value:,.0f}"}.get(row.kind, f"{value:.4f}")
