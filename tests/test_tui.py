@@ -277,7 +277,7 @@ async def test_replan_export_and_apply(run_here, tmp_path):
         assert report is not None and (tmp_path / "pruned" / "pruning.json").is_file()
         assert report.validation.within_tolerance is not None
         rows = {r[0]: r for r in cell_texts(app.query_one("#apply-table", DataTable))}
-        assert "nonzero parameters" in rows and "perplexity" in rows
+        assert "nonzero parameters" in rows and "held-out perplexity" in rows  # the shared before/after labels
 
 
 def test_cli_routes_model_and_run_dir_to_tui(monkeypatch, saved_run):
