@@ -122,7 +122,7 @@ class SSMProfileApp(App[int]):
     # ------------------------------------------------------------------ opening
     def _load_blocking(self):
         """Load the model (worker threads only); one load at a time."""
-        from ssm_profile.cli.common import configure_threads, quiet_libraries
+        from ssm_profile.runtime import configure_threads, quiet_libraries
         from ssm_profile.resolve import load_model
 
         quiet_libraries()
