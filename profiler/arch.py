@@ -50,8 +50,9 @@ class UnitFamily:
     slots: tuple[Slot, ...]
     description: str
     # Slicing constraints: units are cut in equal numbers from each of ``blocks`` consecutive
-    # blocks (Mamba-2 heads and states per group); ``stock_expressible`` says whether a uniform
-    # cut can be saved in the stock transformers config.
+    # blocks (Mamba-2 heads and states per group); ``prunable`` False means the kind is never a
+    # pruning target and cannot be sliced out (it may still be zeroed), e.g. Mamba-2's B/C groups.
+    # Whether a uniform cut can be saved in the stock config is the analysis's ``stock_config``.
     blocks: int = 1
     prunable: bool = True
 

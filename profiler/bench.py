@@ -104,7 +104,7 @@ def _profile_settings(quick: bool):
 def _profile_once(name: str, mode: str, threads: int, quick: bool) -> dict[str, Any]:
     """One default profile of embedded ``name`` in ``mode`` (incremental | plain | reference), to a
     temporary run directory. Returns seconds, memory and every trial's losses."""
-    from .cli.common import quiet_libraries
+    from .runtime import quiet_libraries
 
     quiet_libraries()
     torch.set_num_threads(threads)
@@ -279,7 +279,7 @@ def run_bench(threads: int = 1, quick: bool = False, reference: bool = False, no
               ) -> dict[str, Any]:
     """Every measurement of the module docstring, in this process (profiles in child processes)."""
     from .bench_scan import bench_layer_backward, bench_layer_forward
-    from .cli.common import quiet_libraries
+    from .runtime import quiet_libraries
 
     quiet_libraries()
     note = note or (lambda s: None)

@@ -7,15 +7,24 @@ what the rule needs (e.g. a criterion was not selected).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .results import FRAGILE_THRESHOLD, Finding
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # results imports this module; at run time the rules only call a result's methods
     from .results import ProfileResult
 
-LIT = "../shared/pruning-literature.md"
-PROBE = 0.5
+PROBE = 0.5  # the sparsity every rule compares at
+FRAGILE_THRESHOLD = 0.20  # relative perplexity increase at PROBE that makes a group "fragile"
+
+
+@dataclass
+class Finding:
+    id: str
+    claim: str
+    source: str
+    holds: bool | None  # None: not measurable on this model/run
+    detail: str
+    numbers: dict[str, float] = field(default_factory=dict)
 
 
 def _delta(result: "ProfileResult", target: str, criterion: str) -> float | None:

@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 
 from .analysis import AnalysisResult
+from .defaults import DEFAULT_TOLERANCE
 from .errors import RunDirError
+from .findings import Finding, evaluate_findings
 from .io import write_json_atomic, write_text_atomic
 from .sensitivity import Trial
 
 RUN_SCHEMA_VERSION = 1
-DEFAULT_TOLERANCE = 0.10  # relative perplexity increase considered "safe" in the ranking
-FRAGILE_THRESHOLD = 0.20  # relative perplexity increase at 50% that makes a group "fragile"
 
 
 @dataclass
@@ -47,16 +47,6 @@ class RankRow:
     delta_at_50: float | None
     params: int  # parameters the target holds (all layers, or the layer)
     rank: int = 0
-
-
-@dataclass
-class Finding:
-    id: str
-    claim: str
-    source: str
-    holds: bool | None  # None: not measurable on this model/run
-    detail: str
-    numbers: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -207,8 +197,6 @@ class ProfileResult:
 
     # ------------------------------------------------------------------ findings
     def findings(self) -> list[Finding]:
-        from .findings import evaluate_findings
-
         return evaluate_findings(self)
 
     # ------------------------------------------------------------------ tables
@@ -223,11 +211,6 @@ class ProfileResult:
             rows.append(row)
         return pd.DataFrame(rows)
 
-    def ranking_frame(self):
-        import pandas as pd
-
-        return pd.DataFrame([asdict(r) for r in self.ranking()])
-
     # ------------------------------------------------------------------ persistence
     def save(self, run_dir: str | Path) -> Path:
         """Write everything except the journal (which the profiler appends as it goes)."""
@@ -238,15 +221,7 @@ class ProfileResult:
         write_json_atomic(run_dir / "dense.json", {"window_losses": self.dense_window_losses})
         write_json_atomic(run_dir / "unit_scores.json", self.unit_scores)
         write_json_atomic(run_dir / "saliency.json", self.saliency)
-        model_trials = self.sweep_frame()
-        write_text_atomic(run_dir / "sweep.csv", model_trials[model_trials["layer"].isna()].to_csv(index=False))
-        write_text_atomic(run_dir / "layers.csv", model_trials[model_trials["layer"].notna()].to_csv(index=False))
-        write_text_atomic(run_dir / "ranking.csv", self.ranking_frame().to_csv(index=False))
-        import pandas as pd
-
-        write_text_atomic(run_dir / "layer_ranking.csv", pd.DataFrame(self.layer_ranking()).to_csv(index=False))
-        write_text_atomic(run_dir / "findings.csv",
-                          pd.DataFrame([asdict(f) for f in self.findings()]).to_csv(index=False))
+        write_csv_tables(run_frames(self, self.ranking(), self.layer_ranking(), self.findings()), run_dir)
         return run_dir
 
     @classmethod
@@ -271,6 +246,35 @@ class ProfileResult:
         return cls(meta=meta, analysis=analysis, dense_window_losses=dense, trials=trials,
                    unit_scores=unit_scores, saliency=saliency,
                    tolerance=meta.get("settings", {}).get("tolerance", DEFAULT_TOLERANCE))
+
+
+def run_frames(result: ProfileResult, ranking: list[RankRow], layer_ranking: list[dict[str, Any]],
+               findings: list[Finding]) -> dict[str, Any]:
+    """name -> pandas DataFrame for the run directory's tables, from the result's views (computed by the caller,
+    who may already hold them): sweep (model-wide trials), layers (per-layer trials), ranking, layer_ranking,
+    findings."""
+    import pandas as pd
+
+    trials = result.sweep_frame()
+    if len(trials):
+        sweep = trials[trials["layer"].isna()].reset_index(drop=True)
+        layers = trials[trials["layer"].notna()].reset_index(drop=True)
+    else:  # no trials, no columns to split on
+        sweep = layers = trials
+    return {
+        "sweep": sweep,
+        "layers": layers,
+        "ranking": pd.DataFrame([asdict(row) for row in ranking]),
+        "layer_ranking": pd.DataFrame(layer_ranking),
+        "findings": pd.DataFrame([asdict(f) for f in findings]),
+    }
+
+
+def write_csv_tables(frames: dict[str, Any], directory: str | Path) -> list[Path]:
+    """Write each frame to ``directory/NAME.csv`` (atomically, file by file); the one CSV writer of the
+    run directory and the report's ``--csv`` export. Returns the paths."""
+    directory = Path(directory)
+    return [write_text_atomic(directory / f"{name}.csv", frame.to_csv(index=False)) for name, frame in frames.items()]
 
 
 def _read_optional(path: Path) -> dict[str, Any]:

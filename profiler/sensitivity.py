@@ -17,10 +17,9 @@ import torch
 from .arch import MixerInfo
 from .criteria import NotApplicable, ScoringContext, get
 from .data import batch_losses
+from .defaults import DEFAULT_CRITERIA, DEFAULT_SPARSITIES  # noqa: F401  (the sweep's defaults)
 from .masks import Mask, MaskApplier, Target, group_mask, merge, pruned_count, select_units, unit_mask
 
-DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-DEFAULT_CRITERIA = ("magnitude", "wanda", "snip", "fisher", "obs", "flap", "captum", "random", "ssm_gramian")
 Progress = Callable[[int, int, str], None]
 
 

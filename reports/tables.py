@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from ssm_profile.io import write_text_atomic
+from ssm_profile.results import run_frames, write_csv_tables
 
 from .facts import Facts
 
@@ -13,40 +13,26 @@ TABLES = ("ranking", "sweep", "layers", "layer_ranking", "findings", "groups", "
 
 
 def frames(facts: Facts) -> dict[str, "object"]:
-    """name -> pandas DataFrame for every exported table."""
+    """name -> pandas DataFrame for every exported table: the run directory's tables, then the analysis's."""
     import pandas as pd
 
     r = facts.result
-    sweep = r.sweep_frame()
-    if len(sweep):
-        model = sweep[sweep["layer"].isna()].reset_index(drop=True)
-        layers = sweep[sweep["layer"].notna()].reset_index(drop=True)
-    else:
-        model = layers = sweep
-    findings = pd.DataFrame([asdict(f) for f in facts.findings])
     dynamics = pd.DataFrame([
         {"layer": d.layer, "mixer_kind": d.mixer_kind,
          **{f"decay_rate_{k}": v for k, v in d.decay_rate.items()}, **{f"dt_{k}": v for k, v in d.dt.items()},
          **{f"horizon_{k}": v for k, v in d.horizon.items()}} for d in r.analysis.dynamics])
-    return {
-        "ranking": pd.DataFrame([asdict(row) for row in facts.ranking]),
-        "sweep": model,
-        "layers": layers,
-        "layer_ranking": pd.DataFrame(facts.layer_ranking),
-        "findings": findings,
+    tables = {
+        **run_frames(r, facts.ranking, facts.layer_ranking, facts.findings),
         "groups": r.analysis.groups_frame(),
         "group_summary": pd.DataFrame(r.analysis.summary_by_group()),
         "units": pd.DataFrame([asdict(u) for u in r.analysis.units]),
         "dynamics": dynamics,
     }
+    return {name: tables[name] for name in TABLES}
 
 
 def export_csv(result_or_facts, directory: str | Path) -> list[Path]:
     """Write ranking.csv, sweep.csv, layers.csv, layer_ranking.csv, findings.csv, groups.csv, group_summary.csv,
     units.csv and dynamics.csv to ``directory`` (atomically, file by file); returns the paths."""
     facts = result_or_facts if isinstance(result_or_facts, Facts) else Facts.of(result_or_facts)
-    directory = Path(directory)
-    written = []
-    for name, frame in frames(facts).items():
-        written.append(write_text_atomic(directory / f"{name}.csv", frame.to_csv(index=False)))
-    return written
+    return write_csv_tables(frames(facts), directory)

@@ -80,6 +80,15 @@ def run_async(fn):
     return wrapper
 
 
+def _columns_fit_cells(table: DataTable) -> bool:
+    """Every column has measured its cells (its width is at least its widest cell's)."""
+    from rich.text import Text
+
+    widths = [c.content_width for c in table.ordered_columns]
+    return all(Text(v).cell_len <= w if isinstance(v, str) else v.cell_len <= w
+               for i in range(table.row_count) for v, w in zip(table.get_row_at(i), widths))
+
+
 def cell_texts(table: DataTable) -> list[list[str]]:
     return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
 
@@ -340,19 +349,16 @@ def test_snapshot_plan(snap_compare, run_here, size):
         await _after("4", wait=0.8)(pilot)  # past the re-plan debounce
         from ssm_profile.tui.plan_view import PlanView
 
-        # A loaded machine may still be solving, handing the plan over or sizing the table's
-        # columns: wait until no re-plan is pending or running and three looks in a row agree.
+        # A loaded machine may still be solving, handing the plan over or sizing the table's columns
+        # (DataTable measures new rows when idle): wait until no re-plan is pending or running, the
+        # table holds the plan's actions and every column is as wide as its widest cell.
         view, table = pilot.app.query_one(PlanView), pilot.app.query_one("#plan-actions", DataTable)
-        last, agreeing = None, 0
-        for _ in range(100):
+        deadline = time.monotonic() + 120
+        while not (view._timer is None and not any(w.is_running for w in pilot.app.workers)
+                   and view.plan is not None and table.row_count == len(view.plan.actions)
+                   and _columns_fit_cells(table)):
+            assert time.monotonic() < deadline, "the Plan tab did not settle within 120 s"
             await settle(pilot, 0.1)
-            await pilot.pause(0.1)
-            busy = view._timer is not None or any(w.is_running for w in pilot.app.workers)
-            now = (id(view.plan), table.row_count, tuple(c.get_render_width(table) for c in table.columns.values()))
-            agreeing = agreeing + 1 if (not busy and view.plan is not None and now == last) else 0
-            last = now
-            if agreeing >= 2:
-                break
 
     assert snap_compare(SSMProfileApp(run_here), terminal_size=size, run_before=run_before)
 

@@ -95,9 +95,13 @@ class AnatomyView(Vertical):
         table.add_column("value", key="value")
 
     # ------------------------------------------------------------------ building
+    def set_status(self, status: str) -> None:
+        """The line above the tree: what is being opened, or what is shown."""
+        self.query_one("#anatomy-status", Static).update(status)
+
     def show(self, analysis: AnalysisResult, status: str) -> None:
         self.analysis = analysis
-        self.query_one("#anatomy-status", Static).update(status)
+        self.set_status(status)
         tree = self.query_one("#anatomy-tree", AnatomyTree)
         tree.clear()
         m, t = analysis.model, analysis.totals

@@ -111,18 +111,17 @@ class SSMProfileApp(App[int]):
     def on_mount(self) -> None:
         if self.opened_run:
             self.sub_title = "saved run"
-            self.query_one(AnatomyView).query_one("#anatomy-status").update("reading the run directory …")
+            self.query_one(AnatomyView).set_status("reading the run directory …")
         else:
             self.sub_title = self.target or "tiny-mamba"
-            self.query_one(AnatomyView).query_one("#anatomy-status").update(
-                f"loading {self.target or 'tiny-mamba'} …")
+            self.query_one(AnatomyView).set_status(f"loading {self.target or 'tiny-mamba'} …")
         # Start loading once the first frame is painted: the imports hold the GIL for seconds.
         self.call_after_refresh(self._open)
 
     # ------------------------------------------------------------------ opening
     def _load_blocking(self):
         """Load the model (worker threads only); one load at a time."""
-        from ssm_profile.cli.common import configure_threads, quiet_libraries
+        from ssm_profile.runtime import configure_threads, quiet_libraries
         from ssm_profile.resolve import load_model
 
         quiet_libraries()
@@ -193,7 +192,7 @@ class SSMProfileApp(App[int]):
     def _open_failed(self, err: Exception) -> None:
         self.load_error = err if isinstance(err, SSMProfileError) else None
         what = self.target or "tiny-mamba"
-        self.query_one(AnatomyView).query_one("#anatomy-status").update(f"could not open {what}")
+        self.query_one(AnatomyView).set_status(f"could not open {what}")
         if isinstance(err, SSMProfileError):
             self.show_error(f"Cannot open {what}", str(err),
                             "ssm-profile models lists the embedded models and aliases.")
@@ -213,6 +212,15 @@ class SSMProfileApp(App[int]):
         self.query_one(PlanView).set_result(result)
         self.refresh_bindings()
 
+    def on_plan_view_plan_changed(self, message: PlanView.PlanChanged) -> None:
+        """The views do not query each other: the Apply tab gets the Plan tab's plan from here."""
+        self.query_one(ApplyView).plan_changed(message.plan)
+
+    @property
+    def profiling(self) -> bool:
+        """A profile is running (other tabs must not measure on the model meanwhile)."""
+        return self.query_one(ProfileView).running
+
     def show_error(self, title: str, message: str, hint: str | None = None) -> None:
         self.push_screen(ErrorScreen(title, message, hint))
 
@@ -231,7 +239,7 @@ class SSMProfileApp(App[int]):
             return False
         if active not in tabs:
             return False
-        if action == "cancel" and not self.query_one(ProfileView).running:
+        if action == "cancel" and not self.profiling:
             return None
         if action.startswith("cycle_") and self.result is None:
             return None

@@ -9,6 +9,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Button, Checkbox, ContentSwitcher, DataTable, Input, Label, ProgressBar, Select, Static
 from textual.worker import get_current_worker
@@ -42,9 +43,16 @@ class PlanView(Vertical):
 
     app: SSMProfileApp
 
+    class PlanChanged(Message):
+        """The current plan changed (None: there is none); the App hands it to the Apply tab."""
+
+        def __init__(self, plan: Plan | None) -> None:
+            super().__init__()
+            self.plan = plan
+
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
-        self.plan: dict[str, Any] | None = None
+        self.plan: Plan | None = None
         self.plan_inputs: tuple | None = None
         self._timer: Timer | None = None
         self._exporting = False
@@ -83,6 +91,7 @@ class PlanView(Vertical):
         self.query_one("#plan-switcher", ContentSwitcher).current = "plan-main"
         self.plan = None
         self.plan_inputs = None
+        self.post_message(self.PlanChanged(None))
         self.query_one("#plan-actions", DataTable).clear()
         self._stale = True
         self._summary(Text("the plan is solved when this tab is shown", style="dim italic"))
@@ -162,6 +171,7 @@ class PlanView(Vertical):
     def _failed(self, message: str) -> None:
         self.plan = None
         self.plan_inputs = None
+        self.post_message(self.PlanChanged(None))
         self.query_one("#plan-actions", DataTable).clear()
         self._summary(Text(message, style="bold red"))
         self.app.refresh_bindings()
@@ -171,7 +181,7 @@ class PlanView(Vertical):
         self.plan_inputs = inputs
         self.show_plan(plan)
         self.app.refresh_bindings()
-        self.app.query_one(ApplyView).plan_changed()
+        self.post_message(self.PlanChanged(plan))
 
     def show_plan(self, plan: Plan) -> None:
         pred, dense, objective = plan.predicted, plan.dense, plan.objective
@@ -228,7 +238,7 @@ class PlanView(Vertical):
             return
         measure = self.query_one("#plan-measure", Checkbox).value
         overwrite = self.query_one("#plan-overwrite", Checkbox).value
-        if measure and self.app.query_one("ProfileView").running:
+        if measure and self.app.profiling:
             self.app.notify("wait for the running profile before measuring a plan", severity="warning")
             return
         self._exporting = True
@@ -265,7 +275,7 @@ class PlanView(Vertical):
             self.app.notify(error, title="export failed", severity="error", timeout=8)
         else:
             self.app.notify(f"plan written to {path}", title="exported")
-            self.app.query_one(ApplyView).plan_changed()
+            self.post_message(self.PlanChanged(self.plan))
 
 
 class ApplyView(Vertical):
@@ -278,6 +288,7 @@ class ApplyView(Vertical):
         self.running = False
         self._started = 0.0
         self.report: PruningRecord | None = None
+        self.plan: Plan | None = None  # the Plan tab's, as last received (PlanView.PlanChanged)
 
     def compose(self) -> ComposeResult:
         yield Static("", id="apply-source", classes="status-line")
@@ -302,13 +313,13 @@ class ApplyView(Vertical):
         table = self.query_one("#apply-table", DataTable)
         for col in ("", "before", "after", "change"):
             table.add_column(col or "quantity", key=col or "quantity")
-        self.plan_changed()
+        self.plan_changed(self.plan)
 
     def set_model_name(self, name: str) -> None:
         self.query_one("#apply-output", Input).value = f"pruned/{name}"
 
-    def plan_changed(self) -> None:
-        plan = self.app.query_one(PlanView).plan if self.is_mounted else None
+    def plan_changed(self, plan: Plan | None) -> None:
+        self.plan = plan
         if plan is None:
             text = Text("no plan yet: solve one in the Plan tab (4) or give a plan file", style="dim")
         else:
@@ -332,7 +343,7 @@ class ApplyView(Vertical):
             self.message("already running", "yellow")
             return
         plan_file = self.query_one("#apply-plan-file", Input).value.strip()
-        plan = self.app.query_one(PlanView).plan
+        plan = self.plan
         if not plan_file and plan is None:
             self.message("no plan: solve one in the Plan tab or give a plan file", "bold red")
             return

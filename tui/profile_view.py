@@ -15,6 +15,7 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, SelectionList, Static
 from textual.worker import get_current_worker
 
+from ssm_profile.defaults import DEFAULT_CRITERIA, DEFAULT_SPARSITIES
 from ssm_profile.errors import RunDirError, SSMProfileError
 
 from .format import duration
@@ -22,8 +23,14 @@ from .format import duration
 if TYPE_CHECKING:
     from .app import SSMProfileApp
 
-DEFAULT_CRITERIA = ("magnitude", "wanda", "snip", "fisher", "obs", "flap", "captum", "random", "ssm_gramian")
-DEFAULT_SPARSITIES = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
+
+# ssm_profile.criteria imports torch; its registry replaces this list once a model or run is open
+CRITERIA_BEFORE_TORCH = (*DEFAULT_CRITERIA, "horizon")
+
+
+def _listed(sparsities) -> str:
+    """Sparsities as the form shows them: ``0.1,0.5``."""
+    return ",".join(f"{s:g}" for s in sparsities)
 
 
 def _floats(text: str) -> list[float]:
@@ -53,8 +60,7 @@ class ProfileView(Vertical):
         self.running = False
 
     def compose(self) -> ComposeResult:
-        # ssm_profile.criteria imports torch; its full list replaces this one once a model or run is open
-        names = sorted([*DEFAULT_CRITERIA, "horizon"])
+        names = sorted(CRITERIA_BEFORE_TORCH)
         with Horizontal(id="profile-form"):
             with Vertical(id="profile-criteria-box"):
                 yield Label("criteria", classes="field-label")
@@ -62,7 +68,7 @@ class ProfileView(Vertical):
                                          compact=True)
             with Grid(id="profile-fields"):
                 for label, key, value, placeholder in (
-                    ("sparsities", "sparsities", DEFAULT_SPARSITIES, "0.1,0.5,0.9"),
+                    ("sparsities", "sparsities", _listed(DEFAULT_SPARSITIES), "0.1,0.5,0.9"),
                     ("calibration windows", "nsamples", "32", "32"),
                     ("evaluation windows", "eval-samples", "16", "16"),
                     ("tokens per window", "seqlen", "256", "256"),
@@ -103,7 +109,7 @@ class ProfileView(Vertical):
             with contextlib.suppress(Exception):  # a criterion this version lacks
                 sel.select(name)
         if settings.get("sparsities"):
-            self.query_one("#profile-sparsities", Input).value = ",".join(f"{s:g}" for s in settings["sparsities"])
+            self.query_one("#profile-sparsities", Input).value = _listed(settings["sparsities"])
         for key, field in (("nsamples", "nsamples"), ("eval-samples", "eval_samples"), ("seqlen", "seqlen")):
             if data.get(field):
                 self.query_one(f"#profile-{key}", Input).value = str(data[field])

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import warnings
+
+# The subcommands take these core helpers from here, with the options that use them.
 from ..fmt import human_bytes, human_count  # noqa: F401  (re-exported)
+from ..runtime import SMALL_MODEL, configure_threads, quiet_libraries  # noqa: F401  (re-exported)
 
 
 def add_model_args(parser: argparse.ArgumentParser, positional: bool = True, required: bool = False) -> None:
@@ -24,36 +24,6 @@ def add_model_args(parser: argparse.ArgumentParser, positional: bool = True, req
     parser.add_argument("--threads", type=int, default=None,
                         help=f"torch CPU threads (default: 1 for models under {SMALL_MODEL // 10**6}M parameters, "
                         "else torch's choice)")
-
-
-# Tiny models run far faster on one thread: thread hand-offs cost more than their matrix products.
-SMALL_MODEL = 20_000_000
-
-
-def configure_threads(threads: int | None, model=None) -> None:
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    elif model is not None and sum(p.numel() for p in model.parameters()) < SMALL_MODEL:
-        torch.set_num_threads(1)
-
-
-def quiet_libraries() -> None:
-    """Keep library chatter (kernel fallbacks, deprecations) out of the tool's output."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    for name in ("transformers", "huggingface_hub", "torch"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()  # "Loading weights" bars would break one-line errors
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def load_from_args(args: argparse.Namespace, with_tokenizer: bool = True):

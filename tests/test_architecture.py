@@ -1,0 +1,189 @@
+"""Layering rules checked on the source: no import cycles, the core and the UI never import the CLI, small modules.
+
+The import graph is built with ``ast`` from every module of the package: relative imports are resolved, imports
+inside functions count (a lazy import is still a dependency), imports under ``if TYPE_CHECKING:`` do not (they
+never run). Imports by string (``importlib.import_module``) are not seen.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = {"ssm_profile": "profiler", "ssm_profile.reports": "reports", "ssm_profile.tui": "tui"}
+CLI = "ssm_profile.cli"
+MAX_LINES = 600
+LONG_MODULES_ALLOWED = {
+    "ssm_profile.fastscan",  # compiled numba kernels, one per scan variant
+}
+# Cycles owned by the helper restructuring plan/apply/validate/profile (emptied when that work merges).
+CYCLES_ALLOWED: set[frozenset[str]] = set()
+
+
+def _modules() -> dict[str, Path]:
+    """module name -> source file, for every module of the package (sub-packages by their ``__init__``)."""
+    found = {}
+    for package, folder in FOLDERS.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join([package, *parts])] = path
+    return found
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _import_nodes(tree: ast.AST):
+    """Every Import/ImportFrom node, at any depth, except those under ``if TYPE_CHECKING:``."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        children = list(ast.iter_child_nodes(node))
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            children = node.orelse
+        stack.extend(children)
+
+
+def _resolve(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    if not node.level:
+        return node.module or ""
+    base = module.split(".")
+    if not is_package:
+        base.pop()
+    base = base[:len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _deepest_module(name: str, modules: dict[str, Path]) -> str | None:
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        targets = set()
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in _import_nodes(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                base = _resolve(node, module, path.name == "__init__.py")
+                # `from pkg import sub` imports the module pkg.sub when there is one, else names from pkg.
+                names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                         for alias in node.names]
+            targets.update(t for n in names if (t := _deepest_module(n, modules)) and t != module)
+        graph[module] = targets
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle path (first node repeated at the end) per strongly connected component with a cycle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's algorithm; the graph is small, recursion is fine
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.add(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                components.append(component)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return [_cycle_path(graph, component) for component in components]
+
+
+def _cycle_path(graph: dict[str, set[str]], component: set[str]) -> list[str]:
+    """A shortest cycle through the component's first module, staying inside the component."""
+    start = min(component)
+    paths = {start: [start]}
+    frontier = [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for nxt in sorted(graph[node] & component):
+                if nxt == start:
+                    return paths[node] + [start]
+                if nxt not in paths:
+                    paths[nxt] = paths[node] + [nxt]
+                    following.append(nxt)
+        frontier = following
+    raise AssertionError(f"no cycle in component {component}")  # pragma: no cover
+
+
+def test_graph_sees_relative_lazy_and_skips_type_checking_imports():
+    """The graph builder itself: a known relative import, a function-level one, and no TYPE_CHECKING edge."""
+    graph = import_graph()
+    assert "ssm_profile.io" in graph["ssm_profile.results"]  # `from .io import ...` at module level
+    assert "ssm_profile.io" in graph["ssm_profile.reports"]  # `from ssm_profile.io import ...` in a function
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x\nelse:\n    import y\n")
+    assert sorted(alias.name for node in _import_nodes(tree) for alias in node.names) == ["TYPE_CHECKING", "y"]
+
+
+def test_no_import_cycles():
+    cycles = [c for c in find_cycles(import_graph()) if frozenset(c) not in CYCLES_ALLOWED]
+    assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_only_the_cli_imports_the_cli():
+    graph = import_graph()
+    leaks = sorted(f"{module} -> {target}" for module, targets in graph.items()
+                   if not (module == CLI or module.startswith(CLI + "."))
+                   for target in targets if target == CLI or target.startswith(CLI + "."))
+    assert leaks == []
+
+
+def test_modules_are_short():
+    long = sorted(f"{name}: {n} lines" for name, path in _modules().items()
+                  if name not in LONG_MODULES_ALLOWED
+                  and (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES)
+    assert long == []
+
+
+def test_front_end_modules_load_without_torch():
+    """The TUI shows before torch loads: its views, the defaults and the runtime helpers must not import torch."""
+    code = ("import sys, ssm_profile.defaults, ssm_profile.runtime, ssm_profile.fmt, ssm_profile.tui.app, "
+            "ssm_profile.tui.profile_view; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_the_forms_criteria_before_torch_loads_are_the_registry():
+    """The Profile form lists DEFAULT_CRITERIA plus horizon until the registry (which needs torch) is read."""
+    from ssm_profile.criteria import available
+    from ssm_profile.tui.profile_view import CRITERIA_BEFORE_TORCH
+
+    assert sorted(CRITERIA_BEFORE_TORCH) == sorted(available())
