@@ -25,6 +25,8 @@ _held: dict[Path, int] = {}  # resolved run directory -> how many times this pro
 def run_dir_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
     """Hold the run directory's lock for the block (creating the directory); refuse if another process has it."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run directory '{run_dir}' is a file; choose another -o")
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -121,7 +121,7 @@ def locate(name: str | None) -> ModelSource:
         return ModelSource(name, "embedded", str(embedded_dir(name)))
     path = Path(name).expanduser()
     if path.exists():
-        if not path.is_dir() or not (path / "config.json").is_file():
+        if not path.is_dir() or not (path / "config.json").exists():
             raise ModelNotFoundError(
                 f"'{name}' exists but is not a model directory (no config.json); "
                 "pass a directory saved with save_pretrained or a mamba-ssm checkpoint folder"

@@ -254,7 +254,7 @@ class ProfileResult:
     @classmethod
     def load(cls, run_dir: str | Path) -> "ProfileResult":
         run_dir = Path(run_dir)
-        if not (run_dir / "run.json").is_file():
+        if not (run_dir / "run.json").exists():
             raise RunDirError(f"'{run_dir}' is not a profile run directory (no run.json); "
                               "create one with `ssm-profile profile MODEL -o DIR`")
         try:

@@ -57,7 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or (argv[0] not in COMMANDS and not argv[0].startswith("-")):
         argv = ["tui", *argv]  # `ssm-profile mamba-1.4b` opens the UI
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # usage errors (one line, exit 2), --help and --version
+        return 0 if done.code is None else done.code if isinstance(done.code, int) else 2
     if not getattr(args, "command", None):
         parser.print_help()
         return 0

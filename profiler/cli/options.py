@@ -24,7 +24,7 @@ def fraction(text: str) -> float:
     """A sparsity strictly between 0 and 1."""
     value = _number(text)
     if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1 (e.g. 0.5), got {text}")
+        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1); use values such as 0.1,0.5,0.9")
     return value
 
 
