@@ -20,6 +20,7 @@ from .errors import RunDirError
 from .safe_read import JOURNAL_LIMIT, read_user_file
 from .sensitivity import Trial
 
+TAIL_CHECK = 1 << 16  # bytes read from the end to tell a whole last line from a torn one
 _HINTS = typing.get_type_hints(Trial)
 _REQUIRED = {f.name for f in dataclasses.fields(Trial)
              if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
@@ -104,13 +105,13 @@ def repair_journal(path: str | os.PathLike) -> None:
     path = Path(path)
     if not path.exists():
         return
-    with path.open("rb+") as handle:
+    with path.open("rb") as handle:
         size = handle.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        handle.seek(size - 1)
-        if handle.read(1) == b"\n":
-            return
+        handle.seek(max(0, size - TAIL_CHECK))
+        tail = handle.read()
+    last_line = tail[:-1].rsplit(b"\n", 1)[-1]
+    if not tail or (tail.endswith(b"\n") and b"\x00" not in last_line):
+        return  # the common case: the last record is whole
     data = read_user_file(path, "journal", JOURNAL_LIMIT, RunDirError)
     _trials, intact = _scan(data, path)
     with path.open("rb+") as handle:

@@ -34,6 +34,7 @@ class OneLineParser(argparse.ArgumentParser):
     """Usage errors in one line, like every other user error (the usage is one --help away)."""
 
     def error(self, message: str):  # type: ignore[override]
+        message = message.replace("\n", "\\n")  # user text inside a message stays on the line
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

@@ -14,9 +14,9 @@ def _number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
 
 
@@ -24,7 +24,7 @@ def fraction(text: str) -> float:
     """A sparsity strictly between 0 and 1."""
     value = _number(text)
     if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1); use values such as 0.1,0.5,0.9")
+        raise argparse.ArgumentTypeError(f"{value:g} is outside (0, 1); use values such as 0.1,0.5,0.9")
     return value
 
 
@@ -34,7 +34,7 @@ def sparsity_list(text: str) -> list[float]:
     if not any(items):
         raise argparse.ArgumentTypeError("give at least one sparsity, e.g. 0.1,0.5,0.9")
     if not all(items):
-        raise argparse.ArgumentTypeError(f"empty item in '{text}'; separate sparsities with single commas")
+        raise argparse.ArgumentTypeError(f"empty item in {text!r}; separate sparsities with single commas")
     values = [fraction(item) for item in items]
     seen: set[float] = set()
     for value in values:
@@ -47,7 +47,7 @@ def sparsity_list(text: str) -> list[float]:
 def positive_float(text: str) -> float:
     value = _number(text)
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value:g}")
     return value
 
 
@@ -58,7 +58,7 @@ def at_least(minimum: int, why: str = "") -> Callable[[str], int]:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}{why}, got {value}")
         return value
