@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .errors import DataError
+from .safe_read import DATA_LIMIT, read_user_text
 
 SPLIT_FRACTION = 0.8
 
@@ -64,33 +65,33 @@ def read_text(source: str) -> str:
     if source.startswith("hf:"):
         return _read_hub_dataset(source)
     path = Path(source).expanduser()
-    if not path.is_file():
-        raise DataError(f"data file '{source}' does not exist; pass a .txt or .jsonl file or hf:NAME[:CONFIG][:SPLIT]")
+    hint = "pass a .txt or .jsonl file or hf:NAME[:CONFIG][:SPLIT]"
+    if not path.exists():
+        raise DataError(f"data file '{source}' does not exist; {hint}")
+    text = read_user_text(path, "data file", DATA_LIMIT, DataError)
     if path.suffix == ".jsonl":
-        return _read_jsonl(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"data file '{source}' is not UTF-8 text; pass a .txt or .jsonl file") from None
+        return _parse_jsonl(path, text)
     if not text.strip():
         raise DataError(f"data file '{source}' is empty")
     return text
 
 
-def _read_jsonl(path: Path) -> str:
+def _parse_jsonl(path: Path, text: str) -> str:
     texts = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: not valid JSON ({err.msg}); each line must be an object "
-                                'like {"text": "..."}') from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise DataError(f'{path}:{number}: each line must be a JSON object with a string "text" field')
-            texts.append(record["text"])
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: not valid JSON ({err.msg}); each line must be an object "
+                            'like {"text": "..."}') from None
+        except RecursionError:
+            raise DataError(f"{path}:{number}: nested too deeply; each line must be an object like "
+                            '{"text": "..."}') from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise DataError(f'{path}:{number}: each line must be a JSON object with a string "text" field')
+        texts.append(record["text"])
     if not texts:
         raise DataError(f"{path} holds no records")
     return "\n\n".join(texts)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -60,14 +61,19 @@ def _json_default(value: Any) -> Any:
 
 @contextmanager
 def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling directory that becomes ``final`` only if the block succeeds."""
+    """Yield a temporary sibling directory that becomes ``final`` only if the block succeeds.
+
+    The temporary directory's name carries this process's id, so the next run can remove the
+    ``.partial`` leftovers of a process that was killed (and only those: a live writer's stay)."""
     from .errors import OutputExistsError
 
     final = Path(final)
     if final.exists() and not overwrite:
         raise OutputExistsError(f"output '{final}' already exists; choose another path or pass --overwrite")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    remove_stale_partials(final)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{_partial_prefix(final)}{os.getpid()}.",
+                                suffix=PARTIAL_SUFFIX))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; outputs get the usual permissions
     try:
         yield tmp
@@ -78,3 +84,60 @@ def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def _partial_prefix(final: Path) -> str:
+    return f".{final.name}.pid"
+
+
+def remove_stale_partials(final: str | os.PathLike) -> list[Path]:
+    """Remove ``final``'s temporary ``.partial`` siblings whose writing process is dead; returns them."""
+    final = Path(final)
+    prefix = _partial_prefix(final)
+    removed = []
+    for item in final.parent.glob(f"{glob.escape(prefix)}*{PARTIAL_SUFFIX}"):
+        pid_text = item.name[len(prefix):].split(".", 1)[0]
+        if item.is_dir() and not item.is_symlink() and pid_text.isdigit() and not pid_alive(int(pid_text)):
+            shutil.rmtree(item, ignore_errors=True)
+            removed.append(item)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (another user's counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_output(path: str | os.PathLike, *, overwrite: bool, inputs: Iterable[str | os.PathLike] = (),
+                 what: str = "output") -> Path:
+    """Refuse an output path that exists (unless ``overwrite``) or that is one of the command's inputs."""
+    from .errors import OutputExistsError
+
+    path = Path(path)
+    for source in inputs:
+        if _same_file(path, Path(source)):
+            raise OutputExistsError(f"{what} '{path}' is also an input of this command ({source}); "
+                                    "choose another output path")
+    if path.is_dir() and not path.is_symlink():
+        raise OutputExistsError(f"{what} '{path}' is a directory; give a file name")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise OutputExistsError(f"{what} '{path}' already exists; choose another path or pass --overwrite")
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False

@@ -33,9 +33,11 @@ from .arch import find_mixers
 from .data import DataSpec, Dataset, batch_losses, load_dataset
 from .errors import DataError, OutputExistsError, RunDirError, SSMProfileError
 from .io import write_json_atomic
+from .lock import LOCK_NAME, run_dir_lock
 from .masks import Target, prunable_params, targets_for
 from .recipe import RunRecipe, needs_of
 from .resolve import LoadedModel
+from .safe_read import read_user_json
 from .results import DEFAULT_TOLERANCE, RUN_SCHEMA_VERSION, ProfileResult, append_journal, read_journal
 from .sensitivity import DEFAULT_CRITERIA, DEFAULT_SPARSITIES, Scorer, plan_trials, run_trial
 
@@ -106,7 +108,9 @@ def _versions() -> dict[str, str]:
 
 
 def _check_resume(run_dir: Path, meta: dict[str, Any]) -> None:
-    old = json.loads((run_dir / "run.json").read_text())
+    old = read_user_json(run_dir / "run.json", "run file", error=RunDirError)
+    if not isinstance(old, dict) or not isinstance(old.get("model"), dict):
+        raise RunDirError(f"cannot resume '{run_dir}': its run.json is damaged; profile into a new -o")
     for key in ("fingerprint",):
         if old["model"].get(key) != meta["model"].get(key):
             raise RunDirError(f"cannot resume '{run_dir}': it profiles other weights ({old['model'].get('name')}); "
@@ -133,10 +137,21 @@ def profile_model(loaded: LoadedModel, data: DataSpec | Dataset | None = None,
     targets = _resolve_targets(model, settings.targets)
     dataset = data if isinstance(data, Dataset) else load_dataset(loaded.tokenizer, data or DataSpec(seed=settings.seed))
     run_path = Path(run_dir) if run_dir is not None else None
+    if run_path is None:
+        return _checked_profile(loaded, dataset, settings, targets, run_path, resume, progress, cancel)
+    with run_dir_lock(run_path):  # one writer per run directory, from the checks below to the last trial
+        return _checked_profile(loaded, dataset, settings, targets, run_path, resume, progress, cancel)
+
+
+def _checked_profile(loaded: LoadedModel, dataset: Dataset, settings: ProfileSettings, targets: list[Target],
+                     run_path: Path | None, resume: bool, progress: Progress | None,
+                     cancel: Callable[[], bool] | None) -> ProfileResult:
+    model = loaded.model
     if run_path is not None and (run_path / "run.json").exists() and not resume:
         raise OutputExistsError(f"'{run_path}' already holds a profile; pass --resume to continue it "
                                 "or choose another -o")
-    if run_path is not None and run_path.exists() and not (run_path / "run.json").exists() and any(run_path.iterdir()):
+    if run_path is not None and run_path.exists() and not (run_path / "run.json").exists() and any(
+            item.name != LOCK_NAME for item in run_path.iterdir()):
         raise OutputExistsError(f"'{run_path}' exists and is not a profile run; choose another -o")
 
     timings: dict[str, float] = {}

@@ -121,7 +121,7 @@ def locate(name: str | None) -> ModelSource:
         return ModelSource(name, "embedded", str(embedded_dir(name)))
     path = Path(name).expanduser()
     if path.exists():
-        if not path.is_dir() or not (path / "config.json").is_file():
+        if not path.is_dir() or not (path / "config.json").exists():
             raise ModelNotFoundError(
                 f"'{name}' exists but is not a model directory (no config.json); "
                 "pass a directory saved with save_pretrained or a mamba-ssm checkpoint folder"
@@ -146,10 +146,12 @@ def _looks_like_repo_id(name: str) -> bool:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelNotFoundError(f"cannot read {path}: {err}") from None
+    from .safe_read import read_user_json
+
+    data = read_user_json(path, "model config", error=ModelNotFoundError)
+    if not isinstance(data, dict):
+        raise ModelNotFoundError(f"model config '{path}' must hold a JSON object, not {type(data).__name__}")
+    return data
 
 
 def load_model(
@@ -163,6 +165,7 @@ def load_model(
     with_tokenizer: bool = True,
 ) -> LoadedModel:
     """Resolve ``name`` and load it (see the module docstring for what ``name`` may be)."""
+    check_device(device)
     source = locate(name)
     torch_dtype = _parse_dtype(dtype)
     if source.kind == "hub":
@@ -184,6 +187,28 @@ def load_model(
     _check_has_mixers(model, source)
     tokenizer = _load_tokenizer(directory, trust_remote_code) if with_tokenizer else None
     return LoadedModel(model=model, tokenizer=tokenizer, source=source)
+
+
+def check_device(device: str) -> None:
+    """Refuse, in one line, a device this machine does not have (before anything is loaded)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SSMProfileError(f"unknown device '{device}'; use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SSMProfileError(f"--device {device}: CUDA is not available on this machine "
+                                  "(no GPU or torch built without CUDA); use --device cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise SSMProfileError(f"--device {device}: this machine has {count} CUDA device(s) "
+                                  f"(cuda:0..cuda:{count - 1})")
+    elif parsed.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise SSMProfileError(f"--device {device}: Apple MPS is not available on this machine; use --device cpu")
+    elif parsed.type != "cpu":
+        raise SSMProfileError(f"--device {device}: unsupported device type '{parsed.type}'; use cpu, cuda or mps")
 
 
 def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -254,7 +279,22 @@ def _load_transformers(directory: Path, dtype: torch.dtype | None, trust_remote_
             use_safetensors=has_safetensors or not allow_pickle,
         )
     except (OSError, ValueError, RuntimeError) as err:
-        raise UnsupportedModelError(f"cannot load {directory}: {str(err).splitlines()[0]}") from None
+        raise UnsupportedModelError(f"cannot load {directory}: {first_line(err)}") from None
+    except Exception as err:  # noqa: BLE001 - safetensors' error type lives in a compiled module
+        if not is_safetensors_error(err):
+            raise
+        raise UnsupportedModelError(f"cannot load {directory}: its .safetensors weights are damaged "
+                                    f"({first_line(err)}); download or save them again") from None
+
+
+def is_safetensors_error(err: BaseException) -> bool:
+    """A damaged or truncated .safetensors file (safetensors raises its own exception type)."""
+    return type(err).__name__ == "SafetensorError"
+
+
+def first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def _load_tokenizer(directory: Path, trust_remote_code: bool) -> Any | None:

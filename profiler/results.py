@@ -31,6 +31,8 @@ from .defaults import DEFAULT_TOLERANCE
 from .errors import RunDirError
 from .findings import Finding, evaluate_findings
 from .io import write_json_atomic, write_text_atomic
+from .safe_read import read_user_json
+from .journal import append_journal, read_journal  # noqa: F401  (the run directory's journal)
 from .sensitivity import Trial
 
 RUN_SCHEMA_VERSION = 1
@@ -227,20 +229,20 @@ class ProfileResult:
     @classmethod
     def load(cls, run_dir: str | Path) -> "ProfileResult":
         run_dir = Path(run_dir)
-        if not (run_dir / "run.json").is_file():
+        if not (run_dir / "run.json").exists():
             raise RunDirError(f"'{run_dir}' is not a profile run directory (no run.json); "
                               "create one with `ssm-profile profile MODEL -o DIR`")
         try:
-            meta = json.loads((run_dir / "run.json").read_text())
+            meta = read_user_json(run_dir / "run.json", "run file", error=RunDirError)
             if meta.get("schema_version") != RUN_SCHEMA_VERSION:
                 raise RunDirError(f"'{run_dir}' was written by an incompatible version "
                                   f"(schema {meta.get('schema_version')}, expected {RUN_SCHEMA_VERSION}); profile again")
             analysis = AnalysisResult.from_json(run_dir / "analysis.json")
-            dense = json.loads((run_dir / "dense.json").read_text())["window_losses"]
+            dense = read_user_json(run_dir / "dense.json", "run file", error=RunDirError)["window_losses"]
             trials = read_journal(run_dir / "trials.jsonl")
             unit_scores = _read_optional(run_dir / "unit_scores.json")
             saliency = _read_optional(run_dir / "saliency.json")
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
             raise RunDirError(f"run directory '{run_dir}' is incomplete or damaged ({err}); "
                               "rerun `ssm-profile profile ... --resume`") from None
         return cls(meta=meta, analysis=analysis, dense_window_losses=dense, trials=trials,
@@ -278,27 +280,4 @@ def write_csv_tables(frames: dict[str, Any], directory: str | Path) -> list[Path
 
 
 def _read_optional(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def read_journal(path: Path) -> list[Trial]:
-    """Trials from the append-only journal; a torn last line (a killed run) is ignored."""
-    trials: dict[str, Trial] = {}
-    if not path.exists():
-        return []
-    for line in path.read_text().splitlines():
-        try:
-            trial = Trial(**json.loads(line))
-        except (json.JSONDecodeError, TypeError):
-            continue
-        trials[trial.key] = trial
-    return list(trials.values())
-
-
-def append_journal(path: Path, trial: Trial) -> None:
-    import os
-
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(trial.to_dict()) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    return read_user_json(path, "run file", error=RunDirError) if path.exists() else {}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from ..io import check_output
 from .common import add_model_args, human_bytes, human_count, load_from_args
 
 
@@ -12,6 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)
     add_model_args(p)
     p.add_argument("--json", metavar="FILE", help="also write the full analysis as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--layers", action="store_true", help="print every layer's groups, not only totals")
     p.set_defaults(handler=run)
 
@@ -19,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..analysis import analyze
 
+    if args.json:  # refuse before loading the model
+        check_output(args.json, overwrite=args.overwrite, inputs=model_files(args.model), what="--json file")
     loaded = load_from_args(args, with_tokenizer=False)
     result = analyze(loaded.model, name=loaded.source.name, source=vars(loaded.source))
     print_analysis(result, per_layer=args.layers)
@@ -26,6 +31,14 @@ def run(args: argparse.Namespace) -> int:
         result.to_json(args.json)
         print(f"wrote {args.json}")
     return 0
+
+
+def model_files(name: str | None) -> list[Path]:
+    """The files of a local model directory (an output must never replace one of them)."""
+    from ..resolve import locate
+
+    directory = Path(locate(name).location)
+    return [item for item in directory.iterdir() if item.is_file()] if directory.is_dir() else []
 
 
 def print_analysis(result, per_layer: bool = False) -> None:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -29,8 +30,16 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other user error (the usage is one --help away)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        message = message.replace("\n", "\\n")  # user text inside a message stays on the line
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="ssm-profile",
         description="Profile, plan and apply pruning of state-space language models (Mamba, Mamba-2, "
         "hybrids). `ssm-profile [MODEL]` opens the terminal UI.",
@@ -49,7 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or (argv[0] not in COMMANDS and not argv[0].startswith("-")):
         argv = ["tui", *argv]  # `ssm-profile mamba-1.4b` opens the UI
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # usage errors (one line, exit 2), --help and --version
+        return 0 if done.code is None else done.code if isinstance(done.code, int) else 2
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
@@ -57,11 +69,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except SSMProfileError as err:
-        print(f"ssm-profile: error: {err}", file=sys.stderr)
-        return err.exit_code
+        return _fail(str(err), err.exit_code)
+    except UnicodeDecodeError as err:
+        return _fail(f"a file given is not UTF-8 text (byte {err.start}: {err.reason}); pass a text file")
+    except OSError as err:
+        return _fail(os_error_message(err))
+    except Exception as err:
+        from ..resolve import first_line, is_safetensors_error
+
+        if not is_safetensors_error(err):
+            raise
+        return _fail(f"a .safetensors file is damaged ({first_line(err)}); download or save it again")
     except KeyboardInterrupt:
         print("ssm-profile: interrupted; finished work is saved (rerun with --resume where offered)", file=sys.stderr)
         return 130
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"ssm-profile: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for a failed read or write: what, where, and what to do."""
+    where = f" '{err.filename}'" if err.filename else ""
+    reason = err.strerror or type(err).__name__
+    if isinstance(err, PermissionError) or err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{reason}:{where}; choose a location you can write to or fix its permissions"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{reason}:{where}; free some disk space or write elsewhere"
+    return f"{reason}:{where}; check the path"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,13 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .common import add_model_args, load_from_args
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+from .options import at_least, check_threads, fraction, positive_float, sparsity_list
 
 
 def _names(text: str) -> list[str]:
@@ -28,17 +22,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated criteria (default: all); see `ssm-profile profile --list-criteria`")
     p.add_argument("--targets", "--groups", dest="targets", type=_names, default=None,
                    help="comma-separated groups/units to sweep, e.g. in_proj,out_proj,unit:state (default: all)")
-    p.add_argument("--sparsities", type=_floats, default=None, help="comma-separated levels in (0,1) (default 0.1..0.9)")
-    p.add_argument("--probe-sparsity", type=float, default=0.5, help="sparsity of the per-layer sweep (default 0.5)")
+    p.add_argument("--sparsities", type=sparsity_list, default=None,
+                   help="comma-separated levels in (0,1) (default 0.1..0.9)")
+    p.add_argument("--probe-sparsity", type=fraction, default=0.5, help="sparsity of the per-layer sweep (default 0.5)")
     p.add_argument("--layer-criterion", default="fisher", help="criterion of the per-layer sweep (default fisher)")
     p.add_argument("--no-per-layer", action="store_true", help="skip the per-layer sweep (no heatmap)")
     p.add_argument("--calibration", default=None, help=".txt/.jsonl file or hf:NAME[:CONFIG][:SPLIT] (default: embedded)")
     p.add_argument("--evaluation", default=None, help="same forms as --calibration (default: embedded)")
-    p.add_argument("--nsamples", type=int, default=32, help="calibration windows (default 32)")
-    p.add_argument("--eval-samples", type=int, default=16, help="evaluation windows (default 16)")
-    p.add_argument("--seqlen", type=int, default=256, help="tokens per window (default 256)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--tolerance", type=float, default=0.10, help="relative perplexity increase called safe (0.10)")
+    p.add_argument("--nsamples", type=at_least(1), default=32, help="calibration windows (default 32)")
+    p.add_argument("--eval-samples", type=at_least(1), default=16, help="evaluation windows (default 16)")
+    p.add_argument("--seqlen", type=at_least(2, " (a window needs a token and the one it predicts)"), default=256, help="tokens per window (default 256)")
+    p.add_argument("--batch-size", type=at_least(1), default=8)
+    p.add_argument("--tolerance", type=positive_float, default=0.10, help="relative perplexity increase called safe (0.10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--list-criteria", action="store_true", help="list criteria and what they can score, then exit")
     p.add_argument("--no-fast-scan", action="store_true",
@@ -48,17 +43,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="evaluate every trial with a full forward pass instead of the incremental evaluator "
                    "(identical results; slower)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="run even when the up-front memory estimate exceeds the available memory")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
 
     from ..data import DataSpec
+    from ..lock import run_dir_lock
     from ..profile import ProfileSettings, profile_model
+    from ..resolve import check_device, locate
     from .progress import rich_progress
 
     if args.list_criteria:
         return _list_criteria(args)
+    check_threads(args.threads)
     settings = ProfileSettings(probe_sparsity=args.probe_sparsity, layer_criterion=args.layer_criterion,
                                per_layer=not args.no_per_layer, batch_size=args.batch_size,
                                tolerance=args.tolerance, seed=args.seed, targets=args.targets,
@@ -70,13 +70,43 @@ def run(args: argparse.Namespace) -> int:
     settings.validate()  # fail on bad options before loading a model
     spec = DataSpec(calibration=args.calibration, evaluation=args.evaluation, nsamples=args.nsamples,
                     eval_samples=args.eval_samples, seqlen=args.seqlen, seed=args.seed)
-    loaded = load_from_args(args)
-    output = args.output or f"runs/{loaded.source.name.replace('/', '--')}"
-    with rich_progress("profiling", enabled=not args.quiet) as progress:
-        result = profile_model(loaded, spec, settings, run_dir=output, resume=args.resume, progress=progress)
+    check_device(args.device)
+    output = args.output or f"runs/{locate(args.model).name.replace('/', '--')}"
+    with run_dir_lock(output):  # a second writer is refused now, not after loading a model
+        loaded = load_from_args(args)
+        _check_memory(loaded, spec, settings, args.force)
+        dataset = _load_data(loaded, spec)
+        with rich_progress("profiling", enabled=not args.quiet) as progress:
+            result = profile_model(loaded, dataset, settings, run_dir=output, resume=args.resume, progress=progress)
     print_summary(result)
     print(f"run directory: {output}  (next: ssm-profile plan {output} -o plan.json; ssm-profile report {output})")
     return 0
+
+
+def _check_memory(loaded, spec, settings, force: bool) -> None:
+    from ..estimate import check_memory, estimate_profile_memory
+    from ..incremental import DEFAULT_CACHE_BYTES
+    from ..profile import _needs
+
+    estimate = estimate_profile_memory(
+        loaded.model, nsamples=spec.nsamples, eval_samples=spec.eval_samples, seqlen=spec.seqlen,
+        batch_size=settings.batch_size, needs=_needs([*settings.criteria, settings.layer_criterion]),
+        cache_bytes=DEFAULT_CACHE_BYTES if settings.incremental else 0)
+    check_memory(estimate, force)
+
+
+def _load_data(loaded, spec):
+    """Tokenised windows; says so when the evaluation text holds fewer windows than asked for."""
+    import sys
+
+    from ..data import load_dataset
+
+    dataset = load_dataset(loaded.tokenizer, spec)
+    got = int(dataset.evaluation.shape[0])
+    if got < spec.eval_samples:
+        print(f"ssm-profile: note: the evaluation text holds {got} windows of {spec.seqlen} tokens; "
+              f"using {got}, not --eval-samples {spec.eval_samples}", file=sys.stderr)
+    return dataset
 
 
 def _list_criteria(args: argparse.Namespace) -> int:

@@ -24,7 +24,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("html", "md"), default=None,
                    help="html (default) or md; inferred from -o when it ends in .md")
     p.add_argument("--csv", default=None, metavar="DIR", help="also export the report's tables as CSV files to DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing -o file and CSV files in an existing, non-empty --csv DIR")
     p.set_defaults(handler=run)
+
+
+# What `ProfileResult.load` reads: a report must never be written over one of them.
+RUN_INPUTS = ("run.json", "analysis.json", "dense.json", "trials.jsonl", "unit_scores.json", "saliency.json")
+
+
+def _check_outputs(args: argparse.Namespace, output: str) -> None:
+    """Refuse outputs that exist (without --overwrite) or that are inputs; the default report in
+    RUN_DIR is the tool's own file and is regenerated freely."""
+    from ssm_profile.errors import OutputExistsError
+    from ssm_profile.io import check_output
+
+    inputs = [p for p in (args.plan, args.validation) if p] + [Path(args.run_dir) / name for name in RUN_INPUTS]
+    if output != "-":
+        check_output(output, overwrite=args.overwrite or not args.output, inputs=inputs, what="report")
+    if args.csv:
+        csv_dir = Path(args.csv)
+        if csv_dir.exists() and not csv_dir.is_dir():
+            raise OutputExistsError(f"--csv '{csv_dir}' is a file, not a directory; give a directory")
+        if csv_dir.is_dir() and any(csv_dir.iterdir()) and not args.overwrite:
+            raise OutputExistsError(f"--csv directory '{csv_dir}' is not empty; choose a new directory "
+                                    "or pass --overwrite to replace its CSV files")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     validation = load_json_input(args.validation, "validation")
     result = ProfileResult.load(args.run_dir)
     output = args.output or str(Path(args.run_dir) / f"report.{fmt}")
+    _check_outputs(args, output)
     written = write_report(result, output, fmt=fmt, plan=plan, validation=validation, csv_dir=args.csv)
     if isinstance(written, str):
         sys.stdout.write(written)

@@ -1,0 +1,76 @@
+"""Option parsers that refuse nonsense with a message naming the option (argparse adds its name)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from typing import Callable
+
+from ..errors import SSMProfileError
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A sparsity strictly between 0 and 1."""
+    value = _number(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value:g} is outside (0, 1); use values such as 0.1,0.5,0.9")
+    return value
+
+
+def sparsity_list(text: str) -> list[float]:
+    """Comma-separated sparsities: at least one, each in (0, 1), none twice."""
+    items = [item.strip() for item in text.split(",")]
+    if not any(items):
+        raise argparse.ArgumentTypeError("give at least one sparsity, e.g. 0.1,0.5,0.9")
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"empty item in {text!r}; separate sparsities with single commas")
+    values = [fraction(item) for item in items]
+    seen: set[float] = set()
+    for value in values:
+        if round(value, 4) in seen:  # trials are keyed on 4 decimals
+            raise argparse.ArgumentTypeError(f"sparsity {value:g} is listed twice")
+        seen.add(round(value, 4))
+    return values
+
+
+def positive_float(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value:g}")
+    return value
+
+
+def at_least(minimum: int, why: str = "") -> Callable[[str], int]:
+    """An integer parser that refuses values below ``minimum`` (``why`` explains the bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{why}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in some messages
+    return parse
+
+
+def check_threads(threads: int | None) -> None:
+    """``--threads`` between 1 and this machine's CPU cores (more only slows torch down)."""
+    if threads is None:
+        return
+    cores = os.cpu_count() or 1
+    if not 1 <= threads <= cores:
+        raise SSMProfileError(f"--threads must be between 1 and {cores} (this machine's CPU cores), got {threads}")

@@ -1,0 +1,95 @@
+"""An up-front memory estimate for a profile, so an impossible run is refused before it starts.
+
+The estimate adds the largest things a profile holds at once: the weights; per-window activations
+of one forward batch (the mixer's expanded channels, the scan's inputs, the head's logits); for
+gradient criteria, one sequence's activations kept for the backward pass (the reference scan keeps
+channels × state per token), the gradients and their running sums; for Hessian criteria, XᵀX of
+every linear layer's input; and the incremental evaluator's activation cache. It is deliberately
+coarse (within a small factor), which is all a go/no-go check needs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import SSMProfileError
+from .fmt import human_bytes
+
+FLOAT32, FLOAT64 = 4, 8
+# Tensors of the expanded width alive per token in a mixer's forward (in_proj's two halves, conv,
+# dt, B, C, gate, scan output), a coarse upper count.
+FORWARD_WIDTH_FACTOR = 8
+# Tensors saved per token and channel × state by the reference scan for the backward pass.
+BACKWARD_STATE_FACTOR = 3
+
+
+@dataclass
+class MemoryEstimate:
+    parts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def largest(self) -> str:
+        name = max(self.parts, key=self.parts.get)
+        return f"{name} {human_bytes(self.parts[name])}"
+
+
+def estimate_profile_memory(model: torch.nn.Module, *, nsamples: int, eval_samples: int, seqlen: int,
+                            batch_size: int, needs: set[str], cache_bytes: int) -> MemoryEstimate:
+    """Peak bytes a profile of ``model`` with these settings is expected to hold (see the module docstring)."""
+    from .arch import find_mixers
+
+    mixers = find_mixers(model)
+    params = sum(p.numel() for p in model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    hidden = int(getattr(model.config, "hidden_size", mixers[0].hidden_size))
+    vocab = int(getattr(model.config, "vocab_size", 0))
+    inner = max(m.intermediate_size for m in mixers)
+    state = max(m.state_size for m in mixers)
+    layers = len(mixers)
+    rows = min(batch_size, max(nsamples, eval_samples)) * seqlen  # tokens of one forward batch
+    parts = {
+        "weights": weight_bytes,
+        "forward activations": rows * (FORWARD_WIDTH_FACTOR * inner + 4 * hidden) * FLOAT32,
+        "logits": rows * vocab * FLOAT32,
+        "evaluation windows": (nsamples + eval_samples) * seqlen * 8,
+        "activation cache": min(cache_bytes, eval_samples * seqlen * hidden * (layers + 1) * FLOAT32),
+    }
+    if "grads" in needs:  # one sequence at a time, every layer's activations kept for backward
+        parts["backward activations"] = seqlen * layers * (
+            BACKWARD_STATE_FACTOR * inner * state + FORWARD_WIDTH_FACTOR * inner + 4 * hidden) * FLOAT32
+        parts["backward logits"] = 2 * seqlen * vocab * FLOAT32
+        parts["gradients"] = 3 * params * FLOAT32  # .grad, Σg, Σg²
+    if "hessians" in needs:
+        per_layer = sum(d * d for d in (hidden, inner, inner, max(m.dt_rank for m in mixers)))
+        parts["Hessians (XᵀX)"] = layers * per_layer * FLOAT64 + inner * inner * FLOAT32
+    return MemoryEstimate(parts)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation now (None when it cannot be told)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil is a dependency of the test environment only
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+
+
+def check_memory(estimate: MemoryEstimate, force: bool, available: int | None = None) -> None:
+    """Refuse (one line) a profile expected to need more memory than is available, unless ``force``."""
+    available = available_memory() if available is None else available
+    if force or available is None or estimate.total <= available:
+        return
+    raise SSMProfileError(
+        f"this profile needs about {human_bytes(estimate.total)} of memory (largest part: {estimate.largest()}) "
+        f"but {human_bytes(available)} is available; lower --seqlen, --batch-size or --eval-samples, "
+        "or pass --force to try anyway")

@@ -1,0 +1,239 @@
+"""Bad inputs: every case exits 2 with exactly one stderr line, no traceback, and changes no input file.
+
+Cases run the CLI in-process. Option errors are caught before a model loads; data, model and run
+directory cases use the embedded tiny-mamba with the smallest settings.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from ssm_profile.cli.main import main
+from ssm_profile.resolve import embedded_dir
+
+TINY = ["--nsamples", "2", "--eval-samples", "2", "--seqlen", "16", "--sparsities", "0.5",
+        "--criteria", "magnitude", "--no-per-layer", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("bad") / "run"
+    assert main(["profile", "tiny-mamba", "-o", str(run), *TINY]) == 0
+    return run
+
+
+def _profile(tmp: Path, *extra: str) -> list[str]:
+    return ["profile", "tiny-mamba", "-o", str(tmp / "out"), *TINY, *extra]
+
+
+def _file(tmp: Path, name: str, content: bytes | str) -> Path:
+    path = tmp / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+def _fifo(tmp: Path) -> Path:
+    path = tmp / "pipe.txt"
+    os.mkfifo(path)
+    return path
+
+
+def _zero_link(tmp: Path, name: str = "zero.txt") -> Path:
+    path = tmp / name
+    path.symlink_to("/dev/zero")
+    return path
+
+
+def _model_copy(tmp: Path, damage: Callable[[Path], None]) -> str:
+    model = tmp / "model"
+    shutil.copytree(embedded_dir("tiny-mamba"), model)
+    damage(model)
+    return str(model)
+
+
+def _truncate(model: Path) -> None:
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+
+
+def _run_copy(tmp: Path, run: Path, damage: Callable[[Path], None]) -> str:
+    copy = tmp / "run"
+    shutil.copytree(run, copy)
+    damage(copy)
+    return str(copy)
+
+
+def _damage_journal_middle(run: Path) -> None:
+    journal = run / "trials.jsonl"
+    journal.write_text('{"target": 1}\n' + journal.read_text())
+
+
+def _wrong_field_type(run: Path) -> None:
+    journal = run / "trials.jsonl"
+    record = json.loads(journal.read_text().splitlines()[0])
+    record["sparsity"] = "half"
+    journal.write_text(json.dumps(record) + "\n" + journal.read_text())
+
+
+def _raise(err: OSError):
+    def fail(*_args, **_kwargs):
+        raise err
+    return fail
+
+
+def _unwritable(monkeypatch, err: OSError) -> None:
+    monkeypatch.setattr("ssm_profile.io.tempfile.mkstemp", _raise(err))
+
+
+# id -> (tmp_path, run_dir, monkeypatch) -> argv
+CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
+    # profile options: refused before a model loads
+    "sparsities empty": lambda t, r, m: _profile(t, "--sparsities", ""),
+    "sparsities repeated": lambda t, r, m: _profile(t, "--sparsities", "0.5,0.5"),
+    "sparsities zero": lambda t, r, m: _profile(t, "--sparsities", "0,0.5"),
+    "sparsities one": lambda t, r, m: _profile(t, "--sparsities", "1"),
+    "sparsities nan": lambda t, r, m: _profile(t, "--sparsities", "nan"),
+    "sparsities words": lambda t, r, m: _profile(t, "--sparsities", "a,b"),
+    "sparsities empty item": lambda t, r, m: _profile(t, "--sparsities", "0.1,,0.5"),
+    "probe sparsity 2": lambda t, r, m: _profile(t, "--probe-sparsity", "2"),
+    "probe sparsity 0": lambda t, r, m: _profile(t, "--probe-sparsity", "0"),
+    "tolerance negative": lambda t, r, m: _profile(t, "--tolerance", "-1"),
+    "tolerance zero": lambda t, r, m: _profile(t, "--tolerance", "0"),
+    "tolerance infinite": lambda t, r, m: _profile(t, "--tolerance", "inf"),
+    "threads 0": lambda t, r, m: _profile(t, "--threads", "0"),
+    "threads 999": lambda t, r, m: _profile(t, "--threads", str((os.cpu_count() or 1) + 1)),
+    "seqlen 1": lambda t, r, m: _profile(t, "--seqlen", "1"),
+    "seqlen 0": lambda t, r, m: _profile(t, "--seqlen", "0"),
+    "nsamples 0": lambda t, r, m: _profile(t, "--nsamples", "0"),
+    "nsamples words": lambda t, r, m: _profile(t, "--nsamples", "many"),
+    "eval samples negative": lambda t, r, m: _profile(t, "--eval-samples", "-3"),
+    "batch size 0": lambda t, r, m: _profile(t, "--batch-size", "0"),
+    "unknown criterion": lambda t, r, m: _profile(t, "--criteria", "nonsense"),
+    "unknown layer criterion": lambda t, r, m: _profile(t, "--layer-criterion", "nonsense"),
+    "unknown option": lambda t, r, m: _profile(t, "--bogus"),
+    "device mps": lambda t, r, m: _profile(t, "--device", "mps"),
+    "device unknown": lambda t, r, m: _profile(t, "--device", "tpu9"),
+    "dtype unknown": lambda t, r, m: _profile(t, "--dtype", "float7"),
+    "unknown model": lambda t, r, m: ["profile", "no-such-model", "-o", str(t / "out"), *TINY],
+    # data files
+    "data missing": lambda t, r, m: _profile(t, "--calibration", str(t / "missing.txt")),
+    "data is a directory": lambda t, r, m: _profile(t, "--calibration", str(t)),
+    "data is a FIFO": lambda t, r, m: _profile(t, "--calibration", str(_fifo(t))),
+    "data is /dev/zero": lambda t, r, m: _profile(t, "--calibration", str(_zero_link(t))),
+    "data jsonl binary": lambda t, r, m: _profile(t, "--calibration", str(_file(t, "d.jsonl", os.urandom(4096)))),
+    "data txt binary": lambda t, r, m: _profile(t, "--calibration", str(_file(t, "d.txt", b"\xff\xfe\x00" * 999))),
+    "data jsonl bad record": lambda t, r, m: _profile(t, "--calibration", str(_file(t, "d.jsonl", '{"text": 1}\n'))),
+    "data empty": lambda t, r, m: _profile(t, "--calibration", str(_file(t, "d.txt", ""))),
+    "data too short": lambda t, r, m: _profile(t, "--calibration", str(_file(t, "c.txt", "a b")),
+                                               "--evaluation", str(_file(t, "e.txt", "c d"))),
+    # run directories
+    "output is a file": lambda t, r, m: (_file(t, "out", "mine"), _profile(t))[1],
+    "output is not a run": lambda t, r, m: ((t / "out").mkdir(), _file(t / "out", "mine.txt", "keep"),
+                                            _profile(t))[2],
+    "output already a run": lambda t, r, m: ["profile", "tiny-mamba", "-o", str(r), *TINY],
+    "resume damaged run.json": lambda t, r, m: ["profile", "tiny-mamba", "-o", _run_copy(
+        t, r, lambda d: (d / "run.json").write_text("{oops")), *TINY, "--resume"],
+    "resume damaged journal": lambda t, r, m: ["profile", "tiny-mamba", "-o", _run_copy(
+        t, r, _damage_journal_middle), *TINY, "--resume"],
+    "memory estimate too large": lambda t, r, m: (
+        m.setattr("ssm_profile.estimate.available_memory", lambda: 1 << 20), _profile(t))[1],
+    # models
+    "model weights truncated": lambda t, r, m: ["analyze", _model_copy(t, _truncate)],
+    "model weights random": lambda t, r, m: ["analyze", _model_copy(
+        t, lambda d: (d / "model.safetensors").write_bytes(os.urandom(50_000)))],
+    "model config is /dev/zero": lambda t, r, m: ["analyze", _model_copy(
+        t, lambda d: ((d / "config.json").unlink(), _zero_link(d, "config.json")))],
+    "model is a file": lambda t, r, m: ["analyze", str(_file(t, "model.bin", "x"))],
+    # reports
+    "report over the plan": lambda t, r, m: ["report", str(r), "--plan", str(_file(t, "plan.json", "{}")),
+                                             "-o", str(t / "plan.json"), "--overwrite"],
+    "report over a file": lambda t, r, m: ["report", str(r), "-o", str(_file(t, "mine.html", "keep"))],
+    "report over run.json": lambda t, r, m: ["report", str(r), "-o", str(r / "run.json"), "--overwrite"],
+    "report csv not empty": lambda t, r, m: (_file(t, "keep.csv", "a"), ["report", str(r), "-o", str(t / "r.html"),
+                                                                        "--csv", str(t)])[1],
+    "report csv is a file": lambda t, r, m: ["report", str(r), "-o", str(t / "r.html"), "--csv",
+                                             str(_file(t, "tables", "x"))],
+    "report run.json is /dev/zero": lambda t, r, m: ["report", _run_copy(
+        t, r, lambda d: ((d / "run.json").unlink(), _zero_link(d, "run.json"))), "-o", str(t / "r.html")],
+    "report run.json a list": lambda t, r, m: ["report", _run_copy(
+        t, r, lambda d: (d / "run.json").write_text("[1]")), "-o", str(t / "r.html")],
+    "report journal damaged": lambda t, r, m: ["report", _run_copy(t, r, _damage_journal_middle),
+                                               "-o", str(t / "r.html")],
+    "report journal wrong type": lambda t, r, m: ["report", _run_copy(t, r, _wrong_field_type),
+                                                  "-o", str(t / "r.html")],
+    # analyze outputs
+    "analyze json exists": lambda t, r, m: ["analyze", "--json", str(_file(t, "a.json", "{}"))],
+    "analyze json over model config": lambda t, r, m: ["analyze", _model_copy(t, lambda d: None), "--json",
+                                                       str(t / "model" / "config.json"), "--overwrite"],
+    "analyze json permission denied": lambda t, r, m: (
+        _unwritable(m, PermissionError(errno.EACCES, "Permission denied", str(t))),
+        ["analyze", "--json", str(t / "a.json")])[1],
+    "analyze json read-only filesystem": lambda t, r, m: (
+        _unwritable(m, OSError(errno.EROFS, "Read-only file system", str(t))),
+        ["analyze", "--json", str(t / "a.json")])[1],
+}
+if not torch.cuda.is_available():
+    CASES["device cuda"] = lambda t, r, m: _profile(t, "--device", "cuda")
+
+
+def _hashes(*roots: Path) -> dict[str, str]:
+    out = {}
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                out[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_line_and_changes_nothing(case, tmp_path, run_dir, monkeypatch, capsys):
+    argv = CASES[case](tmp_path, run_dir, monkeypatch)
+    before = _hashes(tmp_path, run_dir)
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (case, err)
+    assert len(lines) == 1 and err.strip() == lines[0] and "Traceback" not in err, err
+    assert "error:" in lines[0]
+    after = _hashes(tmp_path, run_dir)
+    assert {p: h for p, h in after.items() if p in before} == before, f"{case} changed an input"
+    assert not (tmp_path / "out").exists() or case.startswith("output")  # no run directory left behind
+
+
+def test_messages_name_the_problem(tmp_path, capsys):
+    """Misleading messages of the probe: a directory or FIFO 'does not exist'; --seqlen 1 'loss not finite'."""
+    expectations = {
+        "is a directory": _profile(tmp_path, "--calibration", str(tmp_path)),
+        "FIFO": _profile(tmp_path, "--calibration", str(_fifo(tmp_path))),
+        "--seqlen": _profile(tmp_path, "--seqlen", "1"),
+        "--probe-sparsity": _profile(tmp_path, "--probe-sparsity", "2"),
+    }
+    for needle, argv in expectations.items():
+        assert main(argv) == 2
+        assert needle in capsys.readouterr().err
+
+
+def test_read_user_file_names_the_limit_and_the_kind(tmp_path):
+    from ssm_profile.errors import SSMProfileError
+    from ssm_profile.safe_read import read_user_file
+
+    big = _file(tmp_path, "big.txt", "x" * 2000)
+    with pytest.raises(SSMProfileError, match="larger than the 1000 bytes limit"):
+        read_user_file(big, "data file", 1000)
+    with pytest.raises(SSMProfileError, match="a device"):
+        read_user_file(_zero_link(tmp_path), "data file", 1000)
+
+
+def test_eval_cap_is_announced(tmp_path, capsys):
+    assert main(_profile(tmp_path, "--eval-samples", "100000")) == 0
+    err = capsys.readouterr().err
+    assert "note: the evaluation text holds" in err and "--eval-samples 100000" in err

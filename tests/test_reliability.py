@@ -1,0 +1,211 @@
+"""Nothing lost, nothing hangs: the journal, the run-directory lock, stale partial outputs, option parsers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ssm_profile.errors import RunDirError, SSMProfileError
+from ssm_profile.journal import append_journal, read_journal, repair_journal
+from ssm_profile.sensitivity import Trial
+
+PYTHON = sys.executable
+TINY = ["--nsamples", "2", "--eval-samples", "2", "--seqlen", "16", "--sparsities", "0.3,0.6",
+        "--criteria", "magnitude", "--no-per-layer", "--quiet"]
+
+
+def trial(sparsity: float = 0.5, target: str = "in_proj") -> Trial:
+    return Trial(target=target, criterion="magnitude", sparsity=sparsity, layer=None, loss=5.0, delta_loss=0.1,
+                 perplexity=150.0, rel_ppl_increase=0.1, pruned_params=10, predicted_delta=None, seconds=0.1,
+                 window_losses=[5.0, 5.0])
+
+
+# ---------------------------------------------------------------------------------------------- journal
+def test_torn_tail_is_cut_before_the_next_append(tmp_path):
+    journal = tmp_path / "trials.jsonl"
+    for s in (0.1, 0.2):
+        append_journal(journal, trial(s))
+    journal.write_bytes(journal.read_bytes()[:-15])  # a killed writer
+    assert [t.sparsity for t in read_journal(journal)] == [0.1]
+    append_journal(journal, trial(0.3))
+    lines = journal.read_text().splitlines()
+    assert [json.loads(line)["sparsity"] for line in lines] == [0.1, 0.3]
+
+
+def test_record_missing_only_its_newline_is_kept(tmp_path):
+    journal = tmp_path / "trials.jsonl"
+    append_journal(journal, trial(0.1))
+    journal.write_bytes(journal.read_bytes().rstrip(b"\n"))
+    append_journal(journal, trial(0.2))
+    assert [t.sparsity for t in read_journal(journal)] == [0.1, 0.2]
+
+
+def test_nul_filled_tail_is_torn_and_nul_line_in_the_middle_is_damage(tmp_path):
+    journal = tmp_path / "trials.jsonl"
+    append_journal(journal, trial(0.1))
+    journal.write_bytes(journal.read_bytes() + b"\x00" * 64 + b"\n")
+    assert len(read_journal(journal)) == 1
+    repair_journal(journal)
+    append_journal(journal, trial(0.2))
+    assert [t.sparsity for t in read_journal(journal)] == [0.1, 0.2]
+    journal.write_bytes(b"\x00\x00\n" + journal.read_bytes())
+    with pytest.raises(RunDirError, match="line 1"):
+        read_journal(journal)
+
+
+@pytest.mark.parametrize("line,reason", [
+    ('{"target": "x"}', "missing field"),
+    ('[1, 2]', "not an object"),
+    ("{oops", "not JSON"),
+    (json.dumps({**asdict(trial()), "layer": "3"}), "field 'layer'"),
+    (json.dumps({**asdict(trial()), "pruned_params": 1.5}), "field 'pruned_params'"),
+    (json.dumps({**asdict(trial()), "sparsity": True}), "field 'sparsity'"),
+    (json.dumps({**asdict(trial()), "window_losses": ["a"]}), "field 'window_losses'"),
+    (json.dumps({**asdict(trial()), "extra": 1}), "unknown field 'extra'"),
+])
+def test_malformed_record_in_the_middle_names_its_line(tmp_path, line, reason):
+    journal = tmp_path / "trials.jsonl"
+    append_journal(journal, trial(0.1))
+    journal.write_text(journal.read_text() + line + "\n")
+    append_journal(journal, trial(0.2))
+    with pytest.raises(RunDirError, match=f"line 2 is damaged.*{reason}"):
+        read_journal(journal)
+
+
+def test_duplicate_trials_count_once(tmp_path):
+    journal = tmp_path / "trials.jsonl"
+    for s in (0.1, 0.2, 0.1):
+        append_journal(journal, trial(s))
+    assert [t.sparsity for t in read_journal(journal)] == [0.1, 0.2]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(min_value=0, max_value=2000), garbage=st.binary(max_size=60))
+def test_any_damaged_tail_is_repaired_or_one_line(tmp_path_factory, cut, garbage):
+    journal = tmp_path_factory.mktemp("j") / "trials.jsonl"
+    for s in (0.1, 0.2, 0.3):
+        append_journal(journal, trial(s))
+    data = journal.read_bytes()
+    journal.write_bytes(data[:min(cut, len(data))] + garbage)
+    try:
+        before = read_journal(journal)
+        append_journal(journal, trial(0.9))
+    except SSMProfileError as err:
+        assert "\n" not in str(err) and "line" in str(err)
+        return
+    after = read_journal(journal)
+    assert [t.key for t in after] == [t.key for t in before] + [trial(0.9).key]
+
+
+# ---------------------------------------------------------------------------------------------- options
+@given(st.text(max_size=30))
+def test_sparsity_parser_accepts_only_unique_fractions(text):
+    from ssm_profile.cli.options import sparsity_list
+
+    try:
+        values = sparsity_list(text)
+    except argparse.ArgumentTypeError as err:
+        assert "\n" not in str(err)
+        return
+    assert values and all(0 < v < 1 for v in values) and len({round(v, 4) for v in values}) == len(values)
+
+
+@given(st.text(max_size=20))
+def test_number_parsers_never_raise_anything_else(text):
+    from ssm_profile.cli.options import at_least, fraction, positive_float
+
+    for parse, ok in ((fraction, lambda v: 0 < v < 1), (positive_float, lambda v: v > 0),
+                      (at_least(2), lambda v: v >= 2)):
+        try:
+            assert ok(parse(text))
+        except argparse.ArgumentTypeError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------- partial outputs
+def test_stale_partial_of_a_dead_process_is_removed(tmp_path):
+    from ssm_profile.io import atomic_directory, pid_alive
+
+    dead = subprocess.run([PYTHON, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    assert not pid_alive(dead_pid)
+    stale = tmp_path / f".out.pid{dead_pid}.abc{'.partial'}"
+    live = tmp_path / f".out.pid{os.getpid()}.xyz.partial"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "weights").write_text("half")
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "done").write_text("ok")
+    assert not stale.exists() and live.exists() and (tmp_path / "out" / "done").exists()
+
+
+# ---------------------------------------------------------------------------------------------- run lock
+HOLD = """
+import sys, time
+from ssm_profile.lock import run_dir_lock
+with run_dir_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_lock_refuses_a_second_writer_and_names_the_holder(tmp_path):
+    from ssm_profile.lock import run_dir_lock
+
+    holder = subprocess.Popen([PYTHON, "-c", HOLD, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirError, match=f"in use by process {holder.pid} on "):
+            with run_dir_lock(tmp_path / "run"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_dir_lock(tmp_path / "run"):  # the dead holder's lock does not block
+        assert f"pid {os.getpid()} " in (tmp_path / "run" / ".lock").read_text()
+
+
+def test_two_profiles_on_one_run_directory_one_proceeds(tmp_path):
+    run = tmp_path / "run"
+    command = [PYTHON, "-m", "ssm_profile.cli.main", "profile", "tiny-mamba", "-o", str(run), *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    while not (run / ".lock").exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    first_err = first.communicate(timeout=120)[1]
+    codes = sorted([first.returncode, second.returncode])
+    assert codes == [0, 2], (first_err, second.stderr)
+    refused = second.stderr if second.returncode == 2 else first_err
+    assert len(refused.strip().splitlines()) == 1 and ("in use by process" in refused or "--resume" in refused)
+    keys = [(r["target"], r["criterion"], r["sparsity"]) for r in map(json.loads, (run / "trials.jsonl").open())]
+    assert len(keys) == len(set(keys))  # no trial twice
+
+
+def test_resume_after_a_torn_journal_gives_the_same_trials(tmp_path, capsys):
+    from ssm_profile.cli.main import main
+    from ssm_profile.results import ProfileResult
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(["profile", "tiny-mamba", "-o", str(full), *TINY]) == 0
+    assert main(["profile", "tiny-mamba", "-o", str(cut), *TINY]) == 0
+    journal = cut / "trials.jsonl"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:3]) + lines[3][:20])  # three whole records and a torn fourth
+    assert main(["profile", "tiny-mamba", "-o", str(cut), *TINY, "--resume"]) == 0
+    records = [json.loads(line) for line in journal.read_text().splitlines()]  # every line parses
+    assert len(records) == len(lines)
+    key = lambda t: t.key  # noqa: E731
+    assert [(t.key, t.loss) for t in sorted(ProfileResult.load(cut).trials, key=key)] == \
+           [(t.key, t.loss) for t in sorted(ProfileResult.load(full).trials, key=key)]
