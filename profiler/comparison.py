@@ -49,6 +49,33 @@ class ComparisonRow:
             return None
         return self.after - self.before
 
+    def text(self, value: float | None, missing: str = "—") -> str:
+        """``value`` (``before`` or ``after``) formatted for its kind, the same in every front-end."""
+        from .fmt import human_bytes, human_count
+
+        if value is None:
+            return missing
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        if self.kind == "count":
+            return human_count(value)
+        if self.kind == "bytes":
+            return human_bytes(value)
+        if self.kind == "seconds":
+            return f"{value * 1e3:.1f} ms"
+        return {"perplexity": f"{value:.2f}", "rate": f"{value:,.0f}"}.get(self.kind, f"{value:.4f}")
+
+    def change_text(self) -> str:
+        """What changed: a difference for losses and lm-eval scores, else a relative change naming
+        its total (the base model's value)."""
+        if self.kind in ("loss", "score"):
+            delta = self.delta
+            return "" if delta is None else f"{delta:+.4f}"
+        change = self.change
+        if change is None or not math.isfinite(change):
+            return ""
+        return f"{change:+.1%} of base"
+
     @property
     def better(self) -> bool | None:
         """True/False when the change is an improvement/regression; None when there is none."""

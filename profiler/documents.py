@@ -16,7 +16,7 @@ import copy
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
 from . import __version__
 from .comparison import ComparisonRow, comparison_rows
-from .errors import OutputExistsError, PlanError
+from .errors import OutputExistsError, PlanError, SSMProfileError
 
 PLAN_SCHEMA_VERSION = 1
 PLAN_KIND = "ssm-profile-plan"
@@ -313,22 +313,14 @@ def as_plan(plan: Plan | dict[str, Any], where: str = "the plan") -> Plan:
 
 
 def read_json(path: str | Path, what: str, hint: str, error: type[Exception] = PlanError) -> Any:
-    """The JSON value in ``path``; every problem is one line of ``error`` ending with ``hint``."""
-    path = Path(path)
+    """The JSON value in ``path`` (a bounded read of a regular file); every problem is one line of
+    ``error`` ending with ``hint``."""
+    from .safe_read import read_user_json
+
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise error(f"{what} file '{path}' does not exist; {hint}") from None
-    except IsADirectoryError:
-        raise error(f"{what} '{path}' is a directory, not a {what} file; {hint}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
-        raise error(f"cannot read {what} file '{path}': {reason}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise error(f"{what} file '{path}' is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") \
-            from None
+        return read_user_json(path, f"{what} file", error=error)
+    except error as err:
+        raise error(f"{err}; {hint}") from None
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -403,7 +395,7 @@ def load_pruning_record(path: str | Path) -> PruningRecord:
     if not isinstance(data, dict) or data.get("kind") != PRUNING_KIND or not isinstance(data.get("plan"), dict):
         raise PlanError(f"'{path}' is not a pruning record written by `ssm-profile apply`; pass --plan")
     validate_plan(data["plan"], where=f"the plan recorded in '{path}'")
-    return PruningRecord.from_dict(data)
+    return parse_document(PruningRecord, data, f"pruning record '{path}'")
 
 
 @dataclass(kw_only=True)
@@ -431,3 +423,24 @@ class ValidationReport(Document):
     def comparison_rows(self) -> list[ComparisonRow]:
         """The before/after table every front-end shows (:mod:`ssm_profile.comparison`)."""
         return comparison_rows(self)
+
+
+def load_validation(path: str | Path) -> ValidationReport:
+    """Read a ``validation.json`` written by ``ssm-profile validate``; every problem is one line."""
+    data = read_json(path, "validation", "make one with `ssm-profile validate MODEL PRUNED_DIR`",
+                     error=SSMProfileError)
+    if not isinstance(data, dict) or data.get("kind") != VALIDATION_KIND:
+        raise SSMProfileError(f"'{path}' is not a validation written by `ssm-profile validate` "
+                              f"(kind {data.get('kind') if isinstance(data, dict) else None!r}, expected "
+                              f"{VALIDATION_KIND!r})")
+    return parse_document(ValidationReport, data, f"validation file '{path}'")
+
+
+def parse_document(cls: type, data: dict[str, Any], where: str) -> Any:
+    """``cls.from_dict(data)``, or one line naming the keys ``data`` lacks."""
+    required = [_key(f) for f in fields(cls) if f.name != "extra" and not f.metadata.get("runtime")
+                and f.default is MISSING and f.default_factory is MISSING]
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise SSMProfileError(f"{where} lacks {', '.join(missing)}; write it again with this ssm-profile ({__version__})")
+    return cls.from_dict(data)

@@ -16,7 +16,6 @@ Loading is safe by default: safetensors only (mamba-ssm checkpoints are read wit
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from importlib import resources

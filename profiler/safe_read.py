@@ -96,6 +96,6 @@ def read_user_json(path: str | os.PathLike, what: str, max_bytes: int = JSON_LIM
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise error(f"{what} '{Path(path)}' is not valid JSON (line {err.lineno}: {err.msg})") from None
+        raise error(f"{what} '{Path(path)}' is not valid JSON (line {err.lineno} column {err.colno}: {err.msg})") from None
     except RecursionError:
         raise error(f"{what} '{Path(path)}' is nested too deeply to be a valid file") from None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["render_html", "render_markdown", "export_csv", "write_report", "load_json_input"]
+__all__ = ["render_html", "render_markdown", "export_csv", "write_report"]
 
 
 def render_html(result, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None) -> str:
@@ -38,13 +38,6 @@ def export_csv(result, directory):
     from .tables import export_csv as _export
 
     return _export(result, directory)
-
-
-def load_json_input(path, what: str):
-    """Read a plan (``what="plan"``) or validation JSON file, raising one-line SSMProfileErrors."""
-    from .facts import load_json_input as _load
-
-    return _load(path, what)
 
 
 def write_report(result, output, *, fmt: str = "html", plan: dict[str, Any] | None = None,

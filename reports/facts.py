@@ -7,12 +7,11 @@ CLI tables or the run directory's CSV files.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ssm_profile.errors import PlanError, SSMProfileError
+from ssm_profile.comparison import ComparisonRow
+from ssm_profile.documents import VALIDATION_KIND, ValidationReport
 
 from .svg import fmt, human_bytes, human_count
 
@@ -108,31 +107,18 @@ class Facts:
 
 
 # ---------------------------------------------------------------------- plan / validation input
-def load_json_input(path: str | Path | None, what: str) -> dict[str, Any] | None:
-    """Read a plan or validation JSON file; any problem is one actionable line."""
-    if path is None:
+COMPARED_KEYS = ("perplexity", "size", "speed", "lm_eval")  # what the shared before/after rows show
+
+
+def validation_rows(validation: dict[str, Any]) -> list[ComparisonRow] | None:
+    """The before/after rows every front-end shows (:mod:`ssm_profile.comparison`) for a file
+    written by ``ssm-profile validate``; None for other shapes, which render field by field."""
+    if validation.get("kind") != VALIDATION_KIND:
         return None
-    error = PlanError if what == "plan" else SSMProfileError
-    path = Path(path)
-    hint = ("create one with `ssm-profile plan RUN_DIR -o plan.json`" if what == "plan"
-            else "create one with `ssm-profile validate ... -o validation.json`")
-    if not path.exists():
-        raise error(f"{what} file '{path}' not found; {hint}")
-    if path.is_dir():
-        raise error(f"{what} path '{path}' is a directory, expected a JSON file; {hint}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise error(f"{what} file '{path}' is not a text file; {hint}") from None
-    except json.JSONDecodeError as err:
-        raise error(f"{what} file '{path}' is not valid JSON (line {err.lineno}: {err.msg})") from None
-    except OSError as err:
-        raise error(f"cannot read {what} file '{path}': {err.strerror or err}") from None
-    if not isinstance(data, dict):
-        raise error(f"{what} file '{path}' must hold a JSON object, not {type(data).__name__}")
-    if what == "plan" and "actions" in data and not isinstance(data["actions"], list):
-        raise error(f"plan file '{path}' is malformed: 'actions' must be a list")
-    return data
+        return ValidationReport.from_dict(validation).comparison_rows()
+    except (KeyError, TypeError, AttributeError):  # a hand-edited file: show it as given
+        return None
 
 
 def plan_mismatch(plan: dict[str, Any] | None, result) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .facts import Facts, plan_mismatch
+from .facts import COMPARED_KEYS, Facts, plan_mismatch, validation_rows
 from .svg import fmt, fmt_pct, human_count
 from .values import change_text, compact_layers, is_scalar, md_escape, md_table, md_value_lines, split_comparisons
 
@@ -103,11 +103,15 @@ def validation_md(validation: dict[str, Any]) -> list[str]:
         ok = validation[verdict_key]
         out += [f"**{'Within tolerance' if ok else 'Outside tolerance'}** ({md_escape(verdict_key)} = "
                 f"{str(ok).lower()})", ""]
-    rows, rest = split_comparisons({k: v for k, v in validation.items() if k != verdict_key})
-    if rows:
-        out += [md_table(["metric", "before", "after", "change"],
-                         [[" · ".join(path), b, a, change_text(b, a)] for path, b, a in rows],
-                         ["l", "r", "r", "r"]), ""]
+    shared = validation_rows(validation)
+    if shared is not None:
+        rest = {k: v for k, v in validation.items() if k != verdict_key and k not in COMPARED_KEYS}
+        table = [[r.label, r.text(r.before), r.text(r.after), r.change_text()] for r in shared]
+    else:
+        rows, rest = split_comparisons({k: v for k, v in validation.items() if k != verdict_key})
+        table = [[" · ".join(path), b, a, change_text(b, a)] for path, b, a in rows]
+    if table:
+        out += [md_table(["metric", "before", "after", "change"], table, ["l", "r", "r", "r"]), ""]
     scalars = {k: v for k, v in rest.items() if is_scalar(v)}
     if scalars:
         out += md_value_lines(scalars) + [""]

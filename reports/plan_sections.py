@@ -6,7 +6,7 @@ from typing import Any
 
 from ssm_profile.fmt import human_bytes, human_count
 
-from .facts import Facts, plan_mismatch
+from .facts import COMPARED_KEYS, Facts, plan_mismatch, validation_rows
 from .html_elements import Cell, cards, chip, crit_chip, num, section, table
 from .svg import esc, finite, fmt, fmt_pct, group_color
 from .values import (
@@ -150,10 +150,15 @@ def validation_section(validation: dict[str, Any]) -> str:
         parts.append(f'<p class="verdict {"ok" if ok else "bad"}"><span class="badge {"ok" if ok else "bad"}">'
                      f'{"within tolerance" if ok else "outside tolerance"}</span> {esc(verdict_key)} = '
                      f'{"true" if ok else "false"}</p>')
-    rows, rest = split_comparisons({k: v for k, v in validation.items() if k != verdict_key})
-    if rows:
-        parts.append("<h3>Before and after</h3>" + comparison_html(
-            [(_path_html(path), b, a) for path, b, a in rows], raw_labels=True))
+    shared = validation_rows(validation)
+    if shared is not None:
+        parts.append("<h3>Before and after</h3>" + _shared_rows_html(shared))
+        rest = {k: v for k, v in validation.items() if k != verdict_key and k not in COMPARED_KEYS}
+    else:
+        rows, rest = split_comparisons({k: v for k, v in validation.items() if k != verdict_key})
+        if rows:
+            parts.append("<h3>Before and after</h3>" + comparison_html(
+                [(_path_html(path), b, a) for path, b, a in rows], raw_labels=True))
     scalars = {k: v for k, v in rest.items() if is_scalar(v)}
     if scalars:
         parts.append("<h3>Summary</h3>" + kv_html(scalars))
@@ -164,6 +169,15 @@ def validation_section(validation: dict[str, Any]) -> str:
         parts.append(f'<details class="more"><summary>All other fields ({len(nested)})</summary>{body}</details>')
     return section("validation", "Validation", "Measurements of the pruned model against the dense one.",
                    "".join(parts) or '<p class="note">The validation file is empty.</p>')
+
+
+def _shared_rows_html(rows) -> str:
+    """The rows of :func:`ssm_profile.comparison.comparison_rows`, formatted as in the CLI and TUI."""
+    body = "".join(
+        f'<tr><th>{esc(r.label)}</th><td class="num">{esc(r.text(r.before))}</td>'
+        f'<td class="num">{esc(r.text(r.after))}</td><td class="num">{esc(r.change_text())}</td></tr>' for r in rows)
+    return ('<table class="compare"><thead><tr><th>metric</th><th class="num">before</th><th class="num">after</th>'
+            f'<th class="num">change</th></tr></thead><tbody>{body}</tbody></table>')
 
 
 def _path_html(path: tuple[str, ...]) -> str:

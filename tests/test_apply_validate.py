@@ -388,3 +388,27 @@ def test_before_after_rows_come_from_the_validation_report(applied):
     assert {row.label.split()[0] for row in tasks} == set(v.lm_eval["tasks"])
     assert relative_change(None, 1.0) is None and relative_change(0, 1.0) is None
     assert relative_change(2.0, 3.0) == pytest.approx(0.5)
+
+
+def test_every_front_end_shows_the_same_before_after_rows(applied, capsys):
+    """CLI, HTML and Markdown show the rows of one builder with one formatting (the TUI uses the same
+    ``ComparisonRow.text``/``change_text``; its Apply table is checked in test_tui)."""
+    from ssm_profile.cli.validate_cmd import print_validation
+    from ssm_profile.reports.markdown import validation_md
+    from ssm_profile.reports.plan_sections import validation_section
+
+    _, out, report = applied
+    data = json.loads((out / "validation.json").read_text())
+    html, markdown = validation_section(data), "\n".join(validation_md(data))
+    print_validation(report.validation)
+    cli = capsys.readouterr().out
+    rows = report.validation.comparison_rows()
+    assert rows and all(r.section in ("model", "lm-eval") for r in rows)
+    for row in rows:
+        after = row.text(row.after)
+        assert f"| {row.label} | {row.text(row.before)} | {after} |" in markdown, row
+        assert html.count(f">{after}<") >= 1, row
+        if row.section == "model":
+            assert row.label in cli and after in cli, row
+    held_out = next(r for r in rows if r.label == "held-out perplexity")
+    assert held_out.change_text().endswith("of base") and held_out.change_text() in html

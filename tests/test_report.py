@@ -313,11 +313,20 @@ def test_csv_export(result, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+def validation_document() -> dict:
+    """VALIDATION as the file `ssm-profile validate` writes: its kind and every key it always has."""
+    return {"schema_version": 1, "kind": "ssm-profile-validation", "created": "2026-11-29T00:00:00+00:00",
+            "models": {}, "plan": None, "data": {}, "measured": {}, "tolerance": {}, "size": {}, "speed": {},
+            "versions": {}, "threads": 1, "seconds": 1.0, **VALIDATION}
+
+
 def test_cli_writes_html_markdown_and_csv(run_dir, result, tmp_path, capsys):
+    from ssm_profile.plan import make_plan as make_real_plan
+
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps(make_plan(result)))
+    plan.write_text(json.dumps(make_real_plan(result, ratio=0.2, measure=False).to_dict()))
     validation = tmp_path / "validation.json"
-    validation.write_text(json.dumps(VALIDATION))
+    validation.write_text(json.dumps(validation_document()))
     out = tmp_path / "out" / "report.html"
     assert main(["report", str(run_dir), "-o", str(out), "--plan", str(plan), "--validation", str(validation),
                  "--csv", str(tmp_path / "csv")]) == 0
@@ -331,8 +340,13 @@ def test_cli_writes_html_markdown_and_csv(run_dir, result, tmp_path, capsys):
     assert "## Sensitivity ranking" in capsys.readouterr().out
 
 
+def run_dir_result(run_dir) -> ProfileResult:
+    return ProfileResult.load(run_dir)
+
+
 @pytest.mark.parametrize("case", ["missing_run", "not_a_run", "missing_plan", "bad_plan_json", "plan_not_object",
-                                  "missing_validation", "output_is_dir"])
+                                  "plan_fails_schema", "missing_validation", "validation_of_other_kind",
+                                  "validation_lacks_keys", "output_is_dir"])
 def test_cli_errors_are_one_line(case, run_dir, tmp_path, capsys):
     args = ["report", str(run_dir), "-o", str(tmp_path / "r.html")]
     if case == "missing_run":
@@ -347,7 +361,18 @@ def test_cli_errors_are_one_line(case, run_dir, tmp_path, capsys):
     elif case == "plan_not_object":
         (tmp_path / "p.json").write_text("[1, 2]")
         args += ["--plan", str(tmp_path / "p.json")]
+    elif case == "plan_fails_schema":  # the report reads plans with the one loader apply uses
+        (tmp_path / "p.json").write_text(json.dumps(make_plan(run_dir_result(run_dir))))
+        args += ["--plan", str(tmp_path / "p.json")]
     elif case == "missing_validation":
+        args += ["--validation", str(tmp_path / "v.json")]
+    elif case == "validation_of_other_kind":
+        (tmp_path / "v.json").write_text(json.dumps(VALIDATION))
+        args += ["--validation", str(tmp_path / "v.json")]
+    elif case == "validation_lacks_keys":
+        doc = validation_document()
+        del doc["perplexity"]
+        (tmp_path / "v.json").write_text(json.dumps(doc))
         args += ["--validation", str(tmp_path / "v.json")]
     elif case == "output_is_dir":
         args[3] = str(tmp_path)

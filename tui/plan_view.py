@@ -14,7 +14,6 @@ from textual.timer import Timer
 from textual.widgets import Button, Checkbox, ContentSwitcher, DataTable, Input, Label, ProgressBar, Select, Static
 from textual.worker import get_current_worker
 
-from ssm_profile.comparison import ComparisonRow
 from ssm_profile.documents import Plan, PruningRecord
 from ssm_profile.errors import SSMProfileError
 
@@ -419,10 +418,10 @@ class ApplyView(Vertical):
         for row in validation.comparison_rows() if validation is not None else []:
             if row.before is None and row.after is None:
                 continue
-            change, better = row.change, row.better
+            better = row.better
             style = "" if better is None else ("green" if better else "red")
-            table.add_row(Text(row.label, style="bold"), _cell(row, row.before), _cell(row, row.after),
-                          Text("" if change is None else f"{change:+.1%}", style=style))
+            table.add_row(Text(row.label, style="bold"), row.text(row.before, ""), row.text(row.after, ""),
+                          Text(row.change_text(), style=style))
             if row.label == "held-out perplexity" and validation.measured.get("predicted_delta_loss") is not None:
                 table.add_row(Text("ΔL predicted → measured", style="bold"),
                               num(validation.measured["predicted_delta_loss"]),
@@ -432,14 +431,3 @@ class ApplyView(Vertical):
                       f"{counts.get('sliced', 0)} sliced · {counts.get('zeroed', 0)} zeroed", "")
         for note in report.notes[:3]:
             table.add_row(Text("note", style="dim"), Text(note, style="dim italic"), "", "")
-
-
-def _cell(row: ComparisonRow, value: float | None) -> str:
-    """A value of a before/after row as the Apply tab shows it."""
-    if value is None:
-        return ""
-    if row.kind == "count":
-        return human_count(value)
-    if row.kind == "bytes":
-        return human_bytes(value)
-    return {"perplexity": f"{value:.2f}", "rate": f"{value:,.0f}"}.get(row.kind, f"{value:.4f}")

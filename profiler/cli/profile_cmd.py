@@ -86,11 +86,11 @@ def run(args: argparse.Namespace) -> int:
 def _check_memory(loaded, spec, settings, force: bool) -> None:
     from ..estimate import check_memory, estimate_profile_memory
     from ..incremental import DEFAULT_CACHE_BYTES
-    from ..profile import _needs
+    from ..recipe import needs_of
 
     estimate = estimate_profile_memory(
         loaded.model, nsamples=spec.nsamples, eval_samples=spec.eval_samples, seqlen=spec.seqlen,
-        batch_size=settings.batch_size, needs=_needs([*settings.criteria, settings.layer_criterion]),
+        batch_size=settings.batch_size, needs=needs_of([*settings.criteria, settings.layer_criterion]),
         cache_bytes=DEFAULT_CACHE_BYTES if settings.incremental else 0)
     check_memory(estimate, force)
 

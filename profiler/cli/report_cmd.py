@@ -53,12 +53,13 @@ def _check_outputs(args: argparse.Namespace, output: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ssm_profile.results import ProfileResult
-    from ssm_profile.reports import load_json_input, write_report
+    from ssm_profile.documents import load_plan, load_validation
+    from ssm_profile.reports import write_report
 
     fmt = args.format or ("md" if args.output and str(args.output).lower().endswith((".md", ".markdown")) else "html")
     # Read every input before rendering, so a bad path fails fast with one line.
-    plan = load_json_input(args.plan, "plan")
-    validation = load_json_input(args.validation, "validation")
+    plan = load_plan(args.plan).to_dict() if args.plan else None
+    validation = load_validation(args.validation).to_dict() if args.validation else None
     result = ProfileResult.load(args.run_dir)
     output = args.output or str(Path(args.run_dir) / f"report.{fmt}")
     _check_outputs(args, output)

@@ -7,8 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..comparison import ComparisonRow
-from .common import add_model_args, human_bytes, human_count, load_from_args
+from .common import add_model_args, load_from_args
 
 if TYPE_CHECKING:
     from ..documents import ValidationReport
@@ -133,18 +132,6 @@ def _num(x: Any, fmt: str = "{:.4f}") -> str:
     return fmt.format(x)
 
 
-def _cell(row: ComparisonRow, value: float | None) -> str:
-    """A value of ``row`` as the CLI shows it."""
-    if value is None:
-        return "—"
-    if row.kind == "count":
-        return human_count(value)
-    if row.kind == "bytes":
-        return human_bytes(value)
-    fmt = {"loss": "{:.4f}", "perplexity": "{:.2f}", "seconds": "{:.1f} ms", "rate": "{:,.0f}"}.get(row.kind, "{:.4f}")
-    return _num(value * 1e3 if row.kind == "seconds" else value, fmt)
-
-
 def print_validation(report: ValidationReport) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -156,8 +143,7 @@ def print_validation(report: ValidationReport) -> None:
         table.add_column(col, justify="left" if col == "metric" else "right")
     for row in rows:
         if row.section == "model":
-            change = _num(row.delta, "{:+.4f}") if row.kind == "loss" else _pct(row.change)
-            table.add_row(row.label, _cell(row, row.before), _cell(row, row.after), change)
+            table.add_row(row.label, row.text(row.before), row.text(row.after), row.change_text())
     console.print(table)
 
     tasks = [row for row in rows if row.section == "lm-eval"]
@@ -168,8 +154,8 @@ def print_validation(report: ValidationReport) -> None:
             lt.add_column(col, justify="left" if col in ("task", "metric") else "right")
         for row in tasks:
             task, _, metric = row.label.partition(" ")
-            lt.add_row(task, str(row.items or ""), metric, _num(row.before), _num(row.after),
-                       _num(row.delta, "{:+.4f}"))
+            lt.add_row(task, str(row.items or ""), metric, row.text(row.before), row.text(row.after),
+                       row.change_text())
         console.print(lt)
 
     m, tol, ppl = report.measured, report.tolerance, report.perplexity
