@@ -120,3 +120,33 @@ def test_overlapping_fast_kernel_blocks_in_threads_restore_everything():
     with use_fast_kernels(True), use_fast_kernels(False):  # a reference block nested in a fast one
         assert F.linear is fastlinear._ORIGINAL_LINEAR
     assert F.linear is fastlinear._ORIGINAL_LINEAR
+
+
+def test_a_fast_block_and_a_reference_block_in_threads_leave_nothing_installed():
+    """Thread A enters a fast block, thread B a reference block, A leaves, then B leaves: afterwards
+    every global is torch's and transformers' own again (B must not restore A's drop-ins)."""
+    import threading
+
+    from transformers.models.mamba import modeling_mamba
+
+    scan_before, linear_before = modeling_mamba.mamba_selective_scan, F.linear
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def block_a():
+        with use_fast_kernels(True):
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def block_b():
+        a_in.wait(5)
+        with use_fast_kernels(False):
+            b_in.set()
+            a_out.wait(5)
+
+    threads = [threading.Thread(target=block_a), threading.Thread(target=block_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert F.linear is linear_before and modeling_mamba.mamba_selective_scan is scan_before
