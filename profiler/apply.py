@@ -208,9 +208,9 @@ def _element_masks(loaded: LoadedModel, plan: dict[str, Any], element_actions: l
     """Keep-masks of every element action, scored on the dense model (one calibration pass)."""
     if not element_actions:
         return {}, {}
-    from .fastscan2 import use_fast_kernels
+    from .kernels import Kernels, installed
 
-    with use_fast_kernels(bool((plan.get("run") or {}).get("fast_kernels", False))):  # the profile's kernels
+    with installed(loaded.model, Kernels.for_run(bool((plan.get("run") or {}).get("fast_kernels", False)))):
         return _score_element_masks(loaded, plan, element_actions, note)
 
 

@@ -733,9 +733,9 @@ class _Measurer:
         self.expected_criteria: set[str] = set()
 
     def kernels(self):
-        from .fastscan2 import use_fast_kernels
+        from .kernels import Kernels, installed
 
-        return use_fast_kernels(self.fast_kernels)
+        return installed(self.model, Kernels.for_run(self.fast_kernels))
 
     def _scorer_for(self, criteria: set[str]):
         from .criteria import ScoringContext, get

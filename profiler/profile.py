@@ -164,9 +164,9 @@ def profile_model(loaded: LoadedModel, data: DataSpec | Dataset | None = None,
     if run_path is not None and resume and (run_path / "run.json").exists():
         _check_resume(run_path, meta)
 
-    from .fastscan2 import use_fast_kernels
+    from .kernels import Kernels, installed
 
-    with use_fast_kernels(settings.fast_scan):
+    with installed(loaded.model, Kernels.from_settings(settings)):
         return _profile(loaded, dataset, settings, targets, run_path, meta, timings, started, note, cancel)
 
 
