@@ -76,7 +76,7 @@ def _element_masks(loaded: LoadedModel, plan: Plan, element_actions: list[tuple[
     if not element_actions:
         return {}, {}
     recipe = RunRecipe.of_plan(plan)
-    with recipe.kernels():
+    with recipe.installed(loaded.model):
         return _score_element_masks(loaded, recipe, element_actions, note)
 
 

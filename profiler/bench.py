@@ -16,7 +16,7 @@ Four measurements, all at one torch thread count (one thread is the headline):
    layer, head) and the incremental run's start layers, the most any exact reuse could save
    (:func:`exact_reuse_bound`). With ``reference=True`` also the profiler as it was before this work: plain sweep,
    transformers' reference kernels and torch's linear, and the loss from whole-batch logits
-   (``ssm_profile.data.USE_BLOCKED_HEAD = False``).
+   (:meth:`ssm_profile.kernels.Kernels.reference`).
 4. ``throughput``: tokens/s of a forward pass (8 x 256 tokens) of each embedded model, dense vs
    cut by a uniform structured plan (half the Mamba-1 channels, half the Mamba-2 heads; sliced
    with :func:`ssm_profile.surgery.slice_units`).
@@ -109,7 +109,7 @@ def _profile_once(name: str, mode: str, threads: int, quick: bool) -> dict[str, 
     quiet_libraries()
     torch.set_num_threads(threads)
     from . import data
-    from .fastscan2 import use_fast_kernels
+    from .kernels import Kernels
     from .profile import profile_model
     from .resolve import load_model
 
@@ -117,19 +117,16 @@ def _profile_once(name: str, mode: str, threads: int, quick: bool) -> dict[str, 
     spec, settings = _profile_settings(quick)
     settings.incremental = mode == "incremental"
     settings.fast_scan = mode != "reference"
+    # "reference": the profiler as it was: transformers' kernels, plain sweep, whole-batch logits
+    kernels = Kernels.reference() if mode == "reference" else Kernels.for_run(settings.fast_scan)
     dataset = data.load_dataset(loaded.tokenizer, spec)
-    # the profiler as it was: transformers' kernels, plain sweep, and the loss from whole-batch logits
-    data.USE_BLOCKED_HEAD = mode != "reference"
-    try:
-        with use_fast_kernels(settings.fast_scan):  # warm up: load (or compile) the kernels, touch the allocator
-            data.batch_losses(loaded.model, dataset.evaluation[: settings.batch_size], settings.batch_size)
-        before = _rss_mib()
-        with tempfile.TemporaryDirectory(prefix="ssm-bench-") as tmp:
-            start = time.perf_counter()
-            result = profile_model(loaded, dataset, settings, run_dir=os.path.join(tmp, "run"))
-            seconds = time.perf_counter() - start
-    finally:
-        data.USE_BLOCKED_HEAD = True
+    # warm up: load (or compile) the kernels, touch the allocator
+    data.batch_losses(loaded.model, dataset.evaluation[: settings.batch_size], settings.batch_size, kernels=kernels)
+    before = _rss_mib()
+    with tempfile.TemporaryDirectory(prefix="ssm-bench-") as tmp:
+        start = time.perf_counter()
+        result = profile_model(loaded, dataset, settings, run_dir=os.path.join(tmp, "run"), kernels=kernels)
+        seconds = time.perf_counter() - start
     peak = _rss_mib()
     stages = _stage_seconds(loaded.model, dataset.evaluation[: settings.batch_size]) if mode == "incremental" else None
     return {"mode": mode, "seconds": seconds, "stage_seconds": stages, "trial_seconds": result.meta["timings"].get("trials"),
@@ -144,10 +141,10 @@ def _stage_seconds(model: torch.nn.Module, ids: torch.Tensor, repeats: int = 5) 
     decoder layer, and the final norm + head + loss. Best of ``repeats``."""
     from .bench_scan import best_times
     from .data import head_window_losses
-    from .fastscan2 import use_fast_kernels
+    from .kernels import Kernels, installed
 
     backbone = model.backbone
-    with use_fast_kernels(True), torch.no_grad():
+    with installed(model, Kernels.fast()), torch.no_grad():
         inputs = [backbone.embeddings(ids)]
         for layer in backbone.layers:
             inputs.append(layer(inputs[-1], cache=None, attention_mask=None))
@@ -252,20 +249,22 @@ def _tokens_per_s(model: torch.nn.Module, ids: torch.Tensor, repeats: int) -> fl
 def bench_throughput(threads: int = 1, quick: bool = False, fraction: float = 0.5,
                      models: tuple[str, ...] = EMBEDDED) -> dict[str, Any]:
     """Forward tokens/s of each embedded model, dense vs uniformly cut (fast kernels on)."""
-    from .fastscan2 import use_fast_kernels
+    from .kernels import Kernels, installed
     from .resolve import load_model
 
     batch, seqlen, repeats = (2, 32, 2) if quick else (8, 256, 5)
     out = {}
-    with torch_threads(threads), use_fast_kernels(True):
+    with torch_threads(threads):
         for name in models:
             model = load_model(name, with_tokenizer=False).model
             vocab = model.config.vocab_size
             ids = torch.randint(0, vocab, (batch, seqlen), generator=torch.Generator().manual_seed(0))
-            dense = _tokens_per_s(model, ids, repeats)
+            with installed(model, Kernels.fast()):
+                dense = _tokens_per_s(model, ids, repeats)
             params = sum(p.numel() for p in model.parameters())
             cut = _structured_cut(model, fraction)
-            pruned = _tokens_per_s(model, ids, repeats)
+            with installed(model, Kernels.fast()):  # after the cut: its sliced Linears are new modules
+                pruned = _tokens_per_s(model, ids, repeats)
             out[name] = {"batch": batch, "seqlen": seqlen, "dense_tok_s": dense, "pruned_tok_s": pruned,
                          "speedup": pruned / dense, "cut": f"{fraction:.0%} of {cut}",
                          "params_dense": params, "params_pruned": sum(p.numel() for p in model.parameters())}

@@ -1,10 +1,10 @@
 """Benchmark of the fast selective scan on one Mamba-1 mixer at mamba-130m width.
 
 Times, in one run and on the same random (seeded) layer: transformers' reference CPU path, the
-same layer with the fast kernels switched in (:func:`ssm_profile.fastscan2.use_fast_kernels`: the
-numba scan and causal conv of :mod:`ssm_profile.fastscan`, and for inference oneDNN's float32 linear
-of :mod:`ssm_profile.fastlinear`), and (forward) the layer's dense projections alone, the floor a
-scan cannot beat, measured twice: with torch's default linear (``floor_torch_s``) and with the
+same layer with the fast kernels installed (:func:`ssm_profile.kernels.installed` with
+``Kernels.fast()``: the numba scan and causal conv of :mod:`ssm_profile.fastscan`, and for
+inference oneDNN's float32 linear of :mod:`ssm_profile.fastlinear`), and (forward) the layer's
+dense projections alone, the floor a scan cannot beat, measured twice: with torch's default linear (``floor_torch_s``) and with the
 linear the fast path uses (``floor_s``, the one ``fast_over_floor`` compares with: same matmuls,
 so the ratio is what the rest of the layer costs). Numbers are wall seconds, best of ``repeats``
 interleaved rounds after one warm-up call per case.
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ssm_profile import fastlinear, fastscan
+from ssm_profile.kernels import Kernels, installed
 
 # mamba-130m mixer width
 HIDDEN, STATE, EXPAND, DT_RANK, CONV = 768, 16, 2, 48, 4
@@ -65,11 +66,12 @@ def best_times(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str
     return best
 
 
-def _with_fast_kernels(enabled: bool, fn: Callable[[], object]) -> Callable[[], object]:
-    from ssm_profile.fastscan2 import use_fast_kernels
+def _with_kernels(mixer: nn.Module, fast: bool, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with the fast kernels (or transformers' own) installed on ``mixer``."""
+    choice = Kernels.fast() if fast else Kernels.reference()
 
     def run() -> object:
-        with use_fast_kernels(enabled):
+        with installed(mixer, choice):
             return fn()
 
     return run
@@ -101,10 +103,10 @@ def bench_layer_forward(seq_len: int = 1024, threads: int = 1, repeats: int = 3,
         mixer = build_mixer(seed).eval()
         x = torch.randn(1, seq_len, mixer.hidden_size)
         floor = _dense_floor(mixer, seq_len)
-        t = best_times({"reference": _with_fast_kernels(False, lambda: mixer(x)),
-                         "fast": _with_fast_kernels(True, lambda: mixer(x)),
-                         "floor_torch": _with_fast_kernels(False, floor),
-                         "floor": _with_fast_kernels(True, floor)}, repeats)
+        t = best_times({"reference": _with_kernels(mixer, False, lambda: mixer(x)),
+                         "fast": _with_kernels(mixer, True, lambda: mixer(x)),
+                         "floor_torch": _with_kernels(mixer, False, floor),
+                         "floor": _with_kernels(mixer, True, floor)}, repeats)
     return _result(t["reference"], t["fast"], threads, seq_len, floor_s=t["floor"], floor_torch_s=t["floor_torch"],
                    fast_over_floor=t["fast"] / t["floor"], linear=fastlinear.backend())
 
@@ -121,7 +123,7 @@ def bench_layer_backward(seq_len: int = 512, threads: int = 1, repeats: int = 3,
             x.grad = None
             mixer(x).backward(grad)
 
-        t = best_times({"reference": _with_fast_kernels(False, step), "fast": _with_fast_kernels(True, step)},
+        t = best_times({"reference": _with_kernels(mixer, False, step), "fast": _with_kernels(mixer, True, step)},
                         repeats)
     return _result(t["reference"], t["fast"], threads, seq_len)
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .errors import DataError
+from .kernels import Kernels, active, installed
 from .safe_read import DATA_LIMIT, read_user_text
 
 SPLIT_FRACTION = 0.8
@@ -179,27 +180,29 @@ def consecutive_windows(ids: torch.Tensor, count: int, seqlen: int, what: str) -
 HEAD_ROWS = 128
 # Causal LMs whose logits are exactly ``lm_head(backbone(ids).last_hidden_state)``.
 BLOCKED_HEAD_CLASSES = ("MambaForCausalLM", "Mamba2ForCausalLM", "FalconMambaForCausalLM")
-# False: every model goes through ``model(...).logits`` (how the profiler evaluated before the
-# blocked head; `ssm-profile bench --reference-profile` uses it to time the profiler as it was).
-USE_BLOCKED_HEAD = True
 
 
 @torch.no_grad()
-def batch_losses(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+def batch_losses(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 8,
+                 kernels: Kernels | None = None) -> torch.Tensor:
     """Mean next-token loss of each window (shape ``(n_windows,)``): the unit of the bootstrap.
 
-    For the Mamba families the head and the loss run in row blocks (:func:`head_window_losses`)
-    rather than on the whole batch's logits; other models go through ``model(...).logits``."""
+    ``kernels``: the CPU kernels to run (installed on ``model`` for the call); None runs those
+    installed on it (:func:`ssm_profile.kernels.active`). With ``kernels.blocked_head`` the Mamba
+    families' head and loss run in row blocks (:func:`head_window_losses`); otherwise, and for other
+    models, the loss comes from ``model(...).logits``."""
+    choice = kernels or active(model)
     losses = []
     device = _device(model)
-    blocked = has_blocked_head(model)
-    for batch in windows.split(batch_size):
-        ids = batch.to(device)
-        if blocked:
-            hidden = model.backbone(input_ids=ids, use_cache=False).last_hidden_state
-            losses.append(head_window_losses(model.lm_head, hidden, ids))
-            continue
-        losses.append(logits_window_losses(model(input_ids=ids).logits, ids))
+    with installed(model, choice):
+        blocked = has_blocked_head(model, choice)
+        for batch in windows.split(batch_size):
+            ids = batch.to(device)
+            if blocked:
+                hidden = model.backbone(input_ids=ids, use_cache=False).last_hidden_state
+                losses.append(head_window_losses(model.lm_head, hidden, ids))
+                continue
+            losses.append(logits_window_losses(model(input_ids=ids).logits, ids))
     return torch.cat(losses).double()
 
 
@@ -212,11 +215,13 @@ def logits_window_losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tenso
     return loss.view(ids.shape[0], -1).mean(dim=1).cpu()
 
 
-def has_blocked_head(model: torch.nn.Module) -> bool:
-    """The model's logits are a plain bias-free ``nn.Linear`` (no hooks) of its backbone's output."""
+def has_blocked_head(model: torch.nn.Module, kernels: Kernels | None = None) -> bool:
+    """``kernels`` (None: those installed on ``model``) take the blocked head, and the model's logits
+    are a plain bias-free ``nn.Linear`` (no hooks) of its backbone's output."""
     head = getattr(model, "lm_head", None)
-    return (USE_BLOCKED_HEAD and type(model).__name__ in BLOCKED_HEAD_CLASSES and hasattr(model, "backbone")
-            and isinstance(head, torch.nn.Linear) and type(head).forward is torch.nn.Linear.forward
+    return ((kernels or active(model)).blocked_head and type(model).__name__ in BLOCKED_HEAD_CLASSES
+            and hasattr(model, "backbone") and isinstance(head, torch.nn.Linear)
+            and type(head).forward is torch.nn.Linear.forward
             and head.bias is None and not head._forward_hooks and not head._forward_pre_hooks)
 
 

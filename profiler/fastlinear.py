@@ -11,30 +11,27 @@ to float32 rounding (a different summation order), not bit for bit.
 Only inference is routed (no input needs gradients), only float32 CPU tensors, and only after a
 self-check: the first call compares oneDNN with ``F.linear`` on a random problem and turns the
 route off for the process if the op is missing or disagrees (``REASON`` says why). The route is
-part of :func:`ssm_profile.fastscan2.use_fast_kernels` and follows the same switch
-(``SSM_PROFILE_FAST_SCAN=0`` / ``--no-fast-scan``).
+one of :class:`ssm_profile.kernels.Kernels` and follows the same switch (``SSM_PROFILE_FAST_SCAN=0``
+/ ``--no-fast-scan``).
 
-The drop-in replaces ``torch.nn.functional.linear``, which ``nn.Linear.forward`` looks up at call
-time; it is installed only inside :func:`use_fast_linear` and restored exactly on exit.
+:func:`linear_forward` is ``nn.Linear.forward`` through :func:`linear`; ``kernels.installed`` sets it
+on each ``nn.Linear`` instance of one model (``torch.nn.functional`` itself is never replaced).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from .fastscan import _env_enabled
-from .patching import GlobalPatcher
+from .runtime import fast_kernels_enabled as env_enabled
 
-PATCH_TARGETS = ("torch.nn.functional",)
 _SELF_CHECK_TOLERANCE = 1e-4  # relative to the output's scale; float32 rounding is ~1e-6 here
 
 _state: dict[str, object] = {"checked": False, "ok": False}
 REASON: str | None = None  # why the oneDNN route is off, once checked
-_ORIGINAL_LINEAR = torch.nn.functional.linear  # torch's own, for the self-check and the fallback
 
 
 def _op() -> Callable | None:
@@ -58,7 +55,7 @@ def _self_check() -> bool:
         x = torch.randn(2, 33, 96, generator=gen)
         w, b = torch.randn(70, 96, generator=gen), torch.randn(70, generator=gen)
         with torch.no_grad():
-            want = _ORIGINAL_LINEAR(x, w, b)
+            want = F.linear(x, w, b)
             got = op(x, w, b, "none", [], "")
         scale = float(want.abs().max())
         if got.shape != want.shape or got.dtype != want.dtype or \
@@ -76,7 +73,7 @@ def applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     """The oneDNN route handles this call: CPU float32 inference on a plain weight."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
-    if not _env_enabled():
+    if not env_enabled():
         return False
     if x.dim() < 2 or weight.dim() != 2 or not weight.is_contiguous() or x.numel() == 0:
         return False
@@ -90,30 +87,19 @@ def applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     return _self_check()
 
 
-def _linear_dispatch(original: Callable) -> Callable:
-    @functools.wraps(original)
-    def fast_linear(input, weight, bias=None):  # noqa: A002 - F.linear's parameter names
-        if applies(input, weight, bias):
-            return _op()(input, weight, bias, "none", [], "")
-        return original(input, weight, bias)
-
-    return fast_linear
+def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:  # noqa: A002
+    """``F.linear`` through oneDNN where :func:`applies`, else torch's own."""
+    if applies(input, weight, bias):
+        return _op()(input, weight, bias, "none", [], "")
+    return F.linear(input, weight, bias)
 
 
-_PATCHER = GlobalPatcher(PATCH_TARGETS, {"linear": _linear_dispatch})
+def linear_forward(self: nn.Linear, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - nn.Linear's name
+    """``nn.Linear.forward`` through :func:`linear`; :mod:`ssm_profile.kernels` binds it to one
+    module instance at a time."""
+    return linear(input, self.weight, self.bias)
 
 
 def backend() -> str:
     """What the fast path's float32 inference linear is here: ``"oneDNN"`` or why torch's own."""
     return "oneDNN" if _self_check() else f"torch's own ({REASON})"
-
-
-def is_fast_linear_enabled() -> bool:
-    return _PATCHER.enabled()
-
-
-@contextlib.contextmanager
-def use_fast_linear(enabled: bool = True) -> Iterator[None]:
-    """oneDNN float32 linear for inference inside the block (off with ``enabled=False``)."""
-    with _PATCHER.use(enabled):
-        yield

@@ -15,48 +15,41 @@ direction is one fused numba kernel:
 Work is split over (batch, channel block) jobs; every value is computed the same way whatever the
 thread count, and cross-channel gradient sums use fixed groups, so results never depend on it.
 
-:func:`use_fast_scan` / :func:`enable_fast_scan` route transformers' Mamba-1 full-sequence path
-(Mamba, FalconMamba, Jamba, Zamba) to :func:`selective_scan`, and their CPU ``causal_conv1d_fn``
-to :func:`causal_conv1d`; the single-token decode path and CUDA inputs keep transformers' own
-functions. ``SSM_PROFILE_FAST_SCAN=0`` turns the route off at call time. Without numba,
+:data:`DROP_INS` route transformers' Mamba-1 full-sequence path (Mamba, FalconMamba, Jamba, Zamba) to
+:func:`selective_scan`, and their CPU ``causal_conv1d_fn`` to :func:`causal_conv1d`; the single-token
+decode path and CUDA inputs keep transformers' own functions. :mod:`ssm_profile.kernels` installs
+them on one model's mixers at a time. ``SSM_PROFILE_FAST_SCAN=0`` turns the route off at call time.
+The kernels' vector intrinsics and float32 math live in :mod:`ssm_profile.simd`. Without numba,
 :func:`selective_scan` is a time-chunked PyTorch implementation (``BACKEND == "torch"``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .patching import GlobalPatcher
+from .runtime import fast_kernels_enabled as env_enabled
 
 try:
     import numba
-    from llvmlite import ir
-    from numba.core import cgutils
-    from numba.core import types as nbtypes
-    from numba.extending import intrinsic, models, register_model
 
     BACKEND = "numba"
 except ImportError:  # pure-PyTorch fallback below
     numba = None
     BACKEND = "torch"
 
-ENV_VAR = "SSM_PROFILE_FAST_SCAN"
 # Modules whose ``mamba_selective_scan`` and ``causal_conv1d_fn`` globals are transformers' Mamba-1
 # functions (identical copies in each model family).
-PATCH_TARGETS = (
+MODELING_MODULES = (
     "transformers.models.mamba.modeling_mamba",
     "transformers.models.falcon_mamba.modeling_falcon_mamba",
     "transformers.models.jamba.modeling_jamba",
     "transformers.models.zamba.modeling_zamba",
 )
-_LANES = 16  # channels per forward vector: one AVX-512 register of float32 (two AVX2 ones)
 _TILE = 32  # time steps per forward tile (tiles stay in L1)
 _GRAD_GROUPS = 16  # channel groups with private dB/dC buffers; fixed so sums never depend on threads
 _TORCH_CHUNK = 64  # time steps per chunk in the torch fallback (bounds its memory)
@@ -65,243 +58,31 @@ _TORCH_CHUNK = 64  # time steps per chunk in the torch fallback (bounds its memo
 # --------------------------------------------------------------------------- numba kernels
 
 if BACKEND == "numba":
-    _f32 = np.float32
-    # Cephes expf / logf constants, all float32 so numba never widens the loops to float64.
-    _LOG2E, _LN2_HI, _LN2_LO = _f32(1.4426950408889634), _f32(0.693359375), _f32(-2.12194440e-4)
-    _EXP_P = tuple(_f32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
-                                     4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
-    _LOG_P = tuple(_f32(c) for c in (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1,
-                                     -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1,
-                                     2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1))
-    _EXP_HI, _EXP_LO = _f32(88.37626), _f32(-87.33654)
-    _SQRT_HALF, _SOFTPLUS_THRESHOLD = _f32(0.70710677), _f32(20.0)
-    _ZERO, _HALF, _ONE, _TINY = _f32(0.0), _f32(0.5), _f32(1.0), _f32(1e-30)
-    # Polynomial helpers must not be reassociated (that would undo the two-step ln2 reduction);
-    # they are separate functions so LLVM inlines them with their own flags.
-    _SAFE_MATH = {"nnan", "ninf", "nsz", "arcp", "contract", "afn"}
-    # numpy error model: no zero-division checks, whose raise paths would block vectorisation.
-    _jit = functools.partial(numba.njit, cache=True, error_model="numpy")
+    # LANES channels per forward vector (one AVX-512 register of float32); the vector intrinsics
+    # and float32 math live in ssm_profile.simd.
+    from .simd import (LANES, ONE, SOFTPLUS_THRESHOLD, ZERO, exp_f32, jit, prefetch, sigmoid_f32, softplus_f32, vexp,
+                       vfma, vload, vmul, vsplat, vstore)
 
-    @intrinsic
-    def _bits_to_f32(typingctx, bits):
-        if not (isinstance(bits, nbtypes.Integer) and bits.bitwidth == 32):
-            return None
-
-        def codegen(context, builder, sig, args):
-            return builder.bitcast(args[0], ir.FloatType())
-
-        return nbtypes.float32(bits), codegen
-
-    @intrinsic
-    def _f32_to_bits(typingctx, value):
-        if value != nbtypes.float32:
-            return None
-
-        def codegen(context, builder, sig, args):
-            return builder.bitcast(args[0], ir.IntType(32))
-
-        return nbtypes.int32(value), codegen
-
-    # ---- explicit 16 x float32 vectors. The forward recurrence is written with these rather
-    # than left to LLVM's loop vectoriser: a 16-trip inner loop over numba arrays gets runtime
-    # alias checks and a memory round trip for every accumulator, about 3x slower.
-
-    _VEC = ir.VectorType(ir.FloatType(), _LANES)
-    _IVEC = ir.VectorType(ir.IntType(32), _LANES)
-
-    class _F32x16(nbtypes.Type):
-        def __init__(self):
-            super().__init__(name="f32x16")
-
-    _f32x16 = _F32x16()
-
-    @register_model(_F32x16)
-    class _F32x16Model(models.PrimitiveModel):
-        def __init__(self, dmm, fe_type):
-            super().__init__(dmm, fe_type, _VEC)
-
-    def _vconst(value: float):
-        return ir.Constant(_VEC, [float(np.float32(value))] * _LANES)
-
-    def _vcall(builder, name: str, *args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * len(args)),
-                                            f"{name}.v{_LANES}f32")
-        return builder.call(fn, list(args))
-
-    def _vptr(context, builder, sig, args):
-        """Address of ``array[index]`` as a vector pointer (args are the array and the index)."""
-        array = context.make_array(sig.args[0])(context, builder, args[0])
-        index = context.cast(builder, args[1], sig.args[1], nbtypes.intp)
-        return builder.bitcast(builder.gep(array.data, [index]), _VEC.as_pointer())
-
-    def _is_f32_row(ty) -> bool:
-        """A contiguous 1-D float32 array (the intrinsics address it as pointer + index)."""
-        return (isinstance(ty, nbtypes.Array) and ty.dtype == nbtypes.float32 and ty.ndim == 1
-                and ty.layout == "C")
-
-    @intrinsic
-    def _vload(typingctx, array, index):
-        """array[index:index + 16] as a vector (caller guarantees the bounds)."""
-        if not (_is_f32_row(array) and isinstance(index, nbtypes.Integer)):
-            return None
-
-        def codegen(context, builder, sig, args):
-            return builder.load(_vptr(context, builder, sig, args), align=4, typ=_VEC)
-
-        return _f32x16(array, index), codegen
-
-    @intrinsic
-    def _vstore(typingctx, array, index, value):
-        if not (_is_f32_row(array) and isinstance(index, nbtypes.Integer) and value == _f32x16):
-            return None
-
-        def codegen(context, builder, sig, args):
-            builder.store(args[2], _vptr(context, builder, sig, args), align=4)
-            return context.get_dummy_value()
-
-        return nbtypes.none(array, index, value), codegen
-
-    @intrinsic
-    def _prefetch(typingctx, array, index):
-        """Hint that array[index] is read soon (the tiles' strided streams defeat the hardware
-        prefetcher)."""
-        if not (_is_f32_row(array) and isinstance(index, nbtypes.Integer)):
-            return None
-
-        def codegen(context, builder, sig, args):
-            data = context.make_array(sig.args[0])(context, builder, args[0]).data
-            ptr = builder.gep(data, [context.cast(builder, args[1], sig.args[1], nbtypes.intp)])
-            i32 = ir.IntType(32)
-            fn = builder.module.declare_intrinsic(
-                "llvm.prefetch", [ptr.type], ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]))
-            # read, low temporal locality (kept out of L1, which the tiles need), data cache
-            builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 1), ir.Constant(i32, 1)])
-            return context.get_dummy_value()
-
-        return nbtypes.none(array, index), codegen
-
-    @intrinsic
-    def _vsplat(typingctx, value):
-        if value != nbtypes.float32:
-            return None
-
-        def codegen(context, builder, sig, args):
-            one = builder.insert_element(ir.Constant(_VEC, ir.Undefined), args[0],
-                                         ir.Constant(ir.IntType(32), 0))
-            return builder.shuffle_vector(one, ir.Constant(_VEC, ir.Undefined),
-                                          ir.Constant(_IVEC, [0] * _LANES))
-
-        return _f32x16(value), codegen
-
-    @intrinsic
-    def _vmul(typingctx, a, b):
-        if not (a == _f32x16 and b == _f32x16):
-            return None
-
-        def codegen(context, builder, sig, args):
-            return builder.fmul(*args)
-
-        return _f32x16(a, b), codegen
-
-    @intrinsic
-    def _vfma(typingctx, a, b, c):
-        """a * b + c, fused."""
-        if not (a == _f32x16 and b == _f32x16 and c == _f32x16):
-            return None
-
-        def codegen(context, builder, sig, args):
-            return _vcall(builder, "llvm.fma", *args)
-
-        return _f32x16(a, b, c), codegen
-
-    @intrinsic
-    def _vexp(typingctx, x):
-        """Vector form of :func:`_exp` (same reduction and polynomial)."""
-        if x != _f32x16:
-            return None
-
-        def codegen(context, builder, sig, args):
-            x = args[0]
-            x = builder.select(builder.fcmp_ordered("<", x, _vconst(_EXP_HI)), x, _vconst(_EXP_HI))
-            x = builder.select(builder.fcmp_ordered(">", x, _vconst(_EXP_LO)), x, _vconst(_EXP_LO))
-            k = _vcall(builder, "llvm.floor", _vcall(builder, "llvm.fma", x, _vconst(_LOG2E), _vconst(_HALF)))
-            f = _vcall(builder, "llvm.fma", k, _vconst(-_LN2_HI), x)
-            f = _vcall(builder, "llvm.fma", k, _vconst(-_LN2_LO), f)
-            p = _vconst(_EXP_P[0])
-            for c in _EXP_P[1:]:
-                p = _vcall(builder, "llvm.fma", p, f, _vconst(c))
-            p = _vcall(builder, "llvm.fma", builder.fmul(p, f), f, builder.fadd(f, _vconst(1.0)))
-            bits = builder.shl(builder.add(builder.fptosi(k, _IVEC), ir.Constant(_IVEC, [127] * _LANES)),
-                               ir.Constant(_IVEC, [23] * _LANES))
-            return builder.fmul(p, builder.bitcast(bits, _VEC))
-
-        return _f32x16(x), codegen
-
-    @_jit(fastmath=_SAFE_MATH)
-    def _exp(x):
-        """float32 exp, ~1 ulp on [-87.3, 88.4] (clamped outside), vectorisable."""
-        x = min(max(x, _EXP_LO), _EXP_HI)
-        k = np.floor(x * _LOG2E + _HALF)
-        f = x - k * _LN2_HI
-        f = f - k * _LN2_LO
-        p = _EXP_P[0]
-        for c in _EXP_P[1:]:
-            p = p * f + c
-        p = p * f * f + f + _ONE
-        return p * _bits_to_f32(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
-
-    @_jit(fastmath=_SAFE_MATH)
-    def _log(x):
-        """float32 natural log for normal x > 0, vectorisable."""
-        bits = _f32_to_bits(x)
-        e = _f32((bits >> np.int32(23)) - np.int32(126))
-        m = _bits_to_f32(np.int32((bits & np.int32(0x007FFFFF)) | np.int32(0x3F000000)))  # in [0.5, 1)
-        small = m < _SQRT_HALF
-        e = e - _ONE if small else e
-        m = (m + m - _ONE) if small else (m - _ONE)
-        z = m * m
-        p = _LOG_P[0]
-        for c in _LOG_P[1:]:
-            p = p * m + c
-        y = p * m * z + _LN2_LO * e - _HALF * z
-        return m + y + _LN2_HI * e
-
-    @_jit(fastmath=_SAFE_MATH)
-    def _softplus(x):
-        """torch.nn.functional.softplus (beta 1, threshold 20)."""
-        y = _exp(min(x, _SOFTPLUS_THRESHOLD))
-        w = _ONE + y
-        d = w - _ONE
-        # log1p(y) = log(w) * y / (w - 1) stays accurate when 1 + y rounds (Goldberg). Both sides
-        # are computed unconditionally so the choice is a select and the loop vectorises.
-        q = _log(w) * (y / max(d, _TINY))
-        lp = q if d > _ZERO else y
-        return x if x > _SOFTPLUS_THRESHOLD else lp
-
-    @_jit(fastmath=_SAFE_MATH)
-    def _sigmoid(x):
-        return _ONE / (_ONE + _exp(-x))
-
-    @_jit(fastmath=True)
+    @jit(fastmath=True)
     def _row_dt(delta, bias, softplus, dts):
         """dts = softplus(delta + bias) (or without softplus) for one row."""
         for t in range(delta.shape[0]):
             x = delta[t] + bias
-            dts[t] = _softplus(x) if softplus else x
+            dts[t] = softplus_f32(x) if softplus else x
 
-    # ---- forward: lanes are channels. A block of _LANES channels steps through time together,
+    # ---- forward: lanes are channels. A block of LANES channels steps through time together,
     # so exp(dt*A) fills whole vectors for any state size and no cross-lane sum is needed.
 
-    # Tiles are flat float32 arrays indexed [t * _LANES + c], carved from one 64-byte aligned
+    # Tiles are flat float32 arrays indexed [t * LANES + c], carved from one 64-byte aligned
     # buffer: a vector then never straddles cache lines (which breaks store-to-load forwarding).
 
-    @_jit
+    @jit
     def _aligned_zeros(size):
         buf = np.zeros(size + 16, np.float32)
         offset = ((-buf.ctypes.data) % 64) // 4
         return buf[offset:offset + size]
 
-    @_jit(fastmath=True)
+    @jit(fastmath=True)
     def _load_tile(flat, strides, b, e0, nv, t0, tl, tile):
         """tile[t, c] = x[b, e0 + c, t0 + t] for a tensor x given as its flat storage and strides,
         and prefetch the next tile.
@@ -313,51 +94,51 @@ if BACKEND == "numba":
         if se == 1:  # channels contiguous, e.g. transformers' gate: copy rows of channels
             for t in range(tl):
                 start = b * sb + (t0 + t) * st + e0
-                src, dst = flat[start:start + nv], tile[t * _LANES:t * _LANES + nv]
+                src, dst = flat[start:start + nv], tile[t * LANES:t * LANES + nv]
                 for c in range(nv):
                     dst[c] = src[c]
-                _prefetch(flat, min(start + tl * st, last))
+                prefetch(flat, min(start + tl * st, last))
         elif st == 1:  # time contiguous, e.g. a contiguous (b, e, l) tensor: transpose
             for c in range(nv):
                 start = b * sb + (e0 + c) * se + t0
                 src = flat[start:start + tl]
                 for t in range(tl):
-                    tile[t * _LANES + c] = src[t]
+                    tile[t * LANES + c] = src[t]
                 for ahead in range(tl, 2 * tl, 16):
-                    _prefetch(flat, min(start + ahead, last))
+                    prefetch(flat, min(start + ahead, last))
         else:
             for c in range(nv):
                 for t in range(tl):
-                    tile[t * _LANES + c] = flat[b * sb + (e0 + c) * se + (t0 + t) * st]
+                    tile[t * LANES + c] = flat[b * sb + (e0 + c) * se + (t0 + t) * st]
 
-    @_jit(fastmath=True)
+    @jit(fastmath=True)
     def _tile_dt(dt, ut, bias, softplus, du, size):
         """In place dt <- softplus(dt + bias) (or dt + bias); du = dt * u."""
         for i in range(size):
             x = dt[i] + bias[i]
-            d = _softplus(x) if softplus else x
+            d = softplus_f32(x) if softplus else x
             dt[i] = d
             du[i] = d * ut[i]
 
-    @_jit(fastmath=True)
+    @jit(fastmath=True)
     def _tile_gate(y, ut, d_skip, zt, has_z, size):
         """In place y <- (y + D u) * silu(z)."""
         for i in range(size):
             v = y[i] + d_skip[i] * ut[i]
-            y[i] = v * (zt[i] * _sigmoid(zt[i])) if has_z else v
+            y[i] = v * (zt[i] * sigmoid_f32(zt[i])) if has_z else v
 
-    @_jit(fastmath=True, parallel=True)
+    @jit(fastmath=True, parallel=True)
     def _scan_fwd_kernel(u, delta, z, strides, a, bm, cm, d_skip, bias, has_z, softplus,
                          out_tm, last):
         """u, delta, z: flat storage of (b, e, l) tensors with ``strides[i]``; bm, cm (b, l, n);
         writes out_tm (b, l, e) and last (b, e, n)."""
         batch, length, channels = out_tm.shape
         state = a.shape[1]
-        blocks = (channels + _LANES - 1) // _LANES
-        size, width = _TILE * _LANES, state * _LANES
+        blocks = (channels + LANES - 1) // LANES
+        size, width = _TILE * LANES, state * LANES
         for job in numba.prange(batch * blocks):
-            b, e0 = job // blocks, (job % blocks) * _LANES
-            nv = min(_LANES, channels - e0)
+            b, e0 = job // blocks, (job % blocks) * LANES
+            nv = min(LANES, channels - e0)
             work = _aligned_zeros(7 * size + 2 * width)
             dt, ut, du, zt, y, bias_t, d_t = (work[0:size], work[size:2 * size],
                                               work[2 * size:3 * size], work[3 * size:4 * size],
@@ -368,39 +149,39 @@ if BACKEND == "numba":
             # they compute harmless values that are never stored.
             for c in range(nv):
                 for n in range(state):
-                    a_t[n * _LANES + c] = a[e0 + c, n]
+                    a_t[n * LANES + c] = a[e0 + c, n]
                 for t in range(_TILE):
-                    bias_t[t * _LANES + c] = bias[e0 + c]
-                    d_t[t * _LANES + c] = d_skip[e0 + c]
+                    bias_t[t * LANES + c] = bias[e0 + c]
+                    d_t[t * LANES + c] = d_skip[e0 + c]
             for t0 in range(0, length, _TILE):
                 tl = min(_TILE, length - t0)
                 _load_tile(delta, strides[1], b, e0, nv, t0, tl, dt)
                 _load_tile(u, strides[0], b, e0, nv, t0, tl, ut)
                 if has_z:
                     _load_tile(z, strides[2], b, e0, nv, t0, tl, zt)
-                _tile_dt(dt, ut, bias_t, softplus, du, tl * _LANES)
+                _tile_dt(dt, ut, bias_t, softplus, du, tl * LANES)
                 for t in range(tl):
-                    row = t * _LANES
-                    dtv, duv = _vload(dt, row), _vload(du, row)
-                    yv = _vsplat(_ZERO)
+                    row = t * LANES
+                    dtv, duv = vload(dt, row), vload(du, row)
+                    yv = vsplat(ZERO)
                     for n in range(state):
-                        col = n * _LANES
-                        hv = _vfma(_vexp(_vmul(dtv, _vload(a_t, col))), _vload(h, col),
-                                   _vmul(duv, _vsplat(bm[b, t0 + t, n])))
-                        _vstore(h, col, hv)
-                        yv = _vfma(hv, _vsplat(cm[b, t0 + t, n]), yv)
-                    _vstore(y, row, yv)
-                _tile_gate(y, ut, d_t, zt, has_z, tl * _LANES)
+                        col = n * LANES
+                        hv = vfma(vexp(vmul(dtv, vload(a_t, col))), vload(h, col),
+                                   vmul(duv, vsplat(bm[b, t0 + t, n])))
+                        vstore(h, col, hv)
+                        yv = vfma(hv, vsplat(cm[b, t0 + t, n]), yv)
+                    vstore(y, row, yv)
+                _tile_gate(y, ut, d_t, zt, has_z, tl * LANES)
                 block = out_tm[b, t0:t0 + tl, e0:e0 + nv]
                 for t in range(tl):
-                    line, row = block[t], y[t * _LANES:t * _LANES + nv]
+                    line, row = block[t], y[t * LANES:t * LANES + nv]
                     for c in range(nv):
                         line[c] = row[c]
             for c in range(nv):
                 for n in range(state):
-                    last[b, e0 + c, n] = h[n * _LANES + c]
+                    last[b, e0 + c, n] = h[n * LANES + c]
 
-    @_jit(fastmath=True, parallel=True)
+    @jit(fastmath=True, parallel=True)
     def _conv_kernel(flat, strides, w_t, bias, silu, out_tm):
         """Depthwise causal conv (+ SiLU) of a channels-contiguous (b, e, l) input given as flat
         storage and strides; w_t is (kernel, e); writes out_tm (b, l, e), vectorised over e."""
@@ -423,57 +204,57 @@ if BACKEND == "numba":
                             acc[e] += wk[e] * row[e]
                 if silu:
                     for e in range(channels):
-                        acc[e] = acc[e] * _sigmoid(acc[e])
+                        acc[e] = acc[e] * sigmoid_f32(acc[e])
 
     # ---- backward: one channel per job step, lanes are states (runs once per training step).
 
-    @_jit(fastmath=True)
+    @jit(fastmath=True)
     def _row_recurrence(u, dts, a, bm, cm, ys, dA_store, h_store):
         """Forward recompute of one row from a zero state, keeping exp(dt*A) and every state."""
         for t in range(u.shape[0]):
             d = dts[t]
             du = d * u[t]
-            acc = _ZERO
+            acc = ZERO
             for n in range(a.shape[0]):
-                da = _exp(d * a[n])
+                da = exp_f32(d * a[n])
                 hv = da * h_store[t, n] + du * bm[t, n]
                 dA_store[t, n] = da
                 h_store[t + 1, n] = hv
                 acc += hv * cm[t, n]
             ys[t] = acc
 
-    @_jit(fastmath=True)
+    @jit(fastmath=True)
     def _row_gate_bwd(gout, ys, z, has_z, gys, dz):
         """Backward through out = y * silu(z): gys = dL/dy, dz = dL/dz."""
         for t in range(gout.shape[0]):
             if has_z:
-                s = _sigmoid(z[t])
+                s = sigmoid_f32(z[t])
                 gys[t] = gout[t] * z[t] * s
-                dz[t] = gout[t] * ys[t] * s * (_ONE + z[t] * (_ONE - s))
+                dz[t] = gout[t] * ys[t] * s * (ONE + z[t] * (ONE - s))
             else:
                 gys[t] = gout[t]
 
-    @_jit(fastmath=True)
+    @jit(fastmath=True)
     def _row_dt_bwd(delta, bias, softplus, ddelta):
         """Chain dL/d(dt) through the softplus; returns the row's delta_bias gradient."""
-        total = _ZERO
+        total = ZERO
         for t in range(delta.shape[0]):
             x = delta[t] + bias
             g = ddelta[t]
-            if softplus and x <= _SOFTPLUS_THRESHOLD:
-                g = g * _sigmoid(x)
+            if softplus and x <= SOFTPLUS_THRESHOLD:
+                g = g * sigmoid_f32(x)
             ddelta[t] = g
             total += g
         return total
 
-    @_jit(fastmath=True)
+    @jit(fastmath=True)
     def _row_reverse(u, dts, a, bm, cm, d_skip, gys, gh, dA_store, h_store, du, ddelta, dA_acc, dB, dC):
         """Reverse-time recurrence of one row; dB/dC accumulate into the group's buffers."""
         state = a.shape[0]
         for t in range(u.shape[0] - 1, -1, -1):
             gy, ut, d = gys[t], u[t], dts[t]
             du_t = gy * d_skip
-            dd = _ZERO
+            dd = ZERO
             for n in range(state):
                 g = gh[n] + gy * cm[t, n]  # dL/dh_t
                 dC[t, n] += gy * h_store[t + 1, n]
@@ -486,7 +267,7 @@ if BACKEND == "numba":
             du[t] = du_t
             ddelta[t] = dd
 
-    @_jit(fastmath=True, parallel=True)
+    @jit(fastmath=True, parallel=True)
     def _scan_bwd_kernel(u, delta, a, bm, cm, d_skip, bias, z, softplus, has_z, gout, glast,
                          du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part):
         batch, channels, length = u.shape
@@ -508,12 +289,12 @@ if BACKEND == "numba":
                     ys[t] += d_skip[e] * u[b, e, t]
                 _row_gate_bwd(gout[b, e], ys, z[b, e], has_z, gys, dz[b, e])
                 h[:] = glast[b, e]
-                dA_acc[:] = _ZERO
+                dA_acc[:] = ZERO
                 _row_reverse(u[b, e], dts, a[e], bm[b], cm[b], d_skip[e], gys, h, dA_store, h_store,
                              du[b, e], ddelta[b, e], dA_acc, dB_part[g, b], dC_part[g, b])
                 dbias_part[b, e] = _row_dt_bwd(delta[b, e], bias[e], softplus, ddelta[b, e])
                 dA_part[b, e] = dA_acc
-                total = _ZERO
+                total = ZERO
                 for t in range(length):
                     total += gys[t] * u[b, e, t]
                 dD_part[b, e] = total
@@ -698,29 +479,25 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return out.transpose(1, 2)
 
 
-# --------------------------------------------------------------------------- transformers hook
+# --------------------------------------------------------------------------- transformers drop-ins
 
 
-def _env_enabled() -> bool:
-    return os.environ.get(ENV_VAR, "1").strip().lower() not in {"0", "false", "off", "no"}
-
-
-def _on_cpu_eager(tensor: torch.Tensor, kwargs: dict) -> bool:
+def on_cpu_eager(tensor: torch.Tensor, kwargs: dict) -> bool:
     """The fast path applies: enabled, CPU, not being traced, no packed-sequence arguments."""
-    return (_env_enabled()
+    return (env_enabled()
             and tensor.device.type == "cpu"
             and kwargs.get("cu_seqlens") is None and kwargs.get("seq_idx") is None
             and not torch.compiler.is_compiling())
 
 
-def _scan_dispatch(original: Callable) -> Callable:
+def scan_drop_in(original: Callable) -> Callable:
     """A drop-in for transformers' ``mamba_selective_scan`` that sends CPU work to :func:`selective_scan`."""
 
     @functools.wraps(original)
     def mamba_selective_scan(hidden_states, dt, A, B, C, D=None, z=None, delta_bias=None,
                              delta_softplus=False, return_last_state=False, use_mambapy=False,
                              use_associative_scan=False, **kwargs):
-        if _on_cpu_eager(hidden_states, kwargs) and B.dim() == 3:
+        if on_cpu_eager(hidden_states, kwargs) and B.dim() == 3:
             return selective_scan(hidden_states, dt, A, B, C, D, z, delta_bias, delta_softplus,
                                   return_last_state)
         return original(hidden_states, dt, A, B, C, D=D, z=z, delta_bias=delta_bias,
@@ -730,12 +507,12 @@ def _scan_dispatch(original: Callable) -> Callable:
     return mamba_selective_scan
 
 
-def _conv_dispatch(original: Callable) -> Callable:
+def conv_drop_in(original: Callable) -> Callable:
     """A drop-in for transformers' ``causal_conv1d_fn`` that uses :func:`causal_conv1d` when it applies."""
 
     @functools.wraps(original)
     def causal_conv1d_fn(hidden_states, weight, bias=None, activation=None, **kwargs):
-        if _on_cpu_eager(hidden_states, kwargs):
+        if on_cpu_eager(hidden_states, kwargs):
             out = causal_conv1d(hidden_states, weight, bias, activation)
             if out is not None:
                 return out
@@ -744,28 +521,9 @@ def _conv_dispatch(original: Callable) -> Callable:
     return causal_conv1d_fn
 
 
-# Module globals replaced in each target module. MambaMixer.forward looks them up at call time,
-# so replacing the globals is what takes effect (verified: the class decorator only registers
-# hub kernels, and on CPU ``mamba_inner_fn`` returns None so training takes this path too).
-_HOOKS = {"mamba_selective_scan": _scan_dispatch, "causal_conv1d_fn": _conv_dispatch}
-_PATCHER = GlobalPatcher(PATCH_TARGETS, _HOOKS)
-
-
-def is_fast_scan_enabled() -> bool:
-    """Whether transformers' Mamba modules are currently routed to the fast path."""
-    return _PATCHER.enabled()
-
-
-def enable_fast_scan() -> None:
-    """Route transformers' Mamba-1 full-sequence scan (and its CPU conv) to this module (idempotent)."""
-    _PATCHER.enable()
-
-
-def disable_fast_scan() -> None:
-    """Restore transformers' own functions."""
-    _PATCHER.disable()
-
-
-def use_fast_scan(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
-    """Turn the fast path on (or off) inside the block; every patched global is restored on exit."""
-    return _PATCHER.use(enabled)
+# Module-level names of each modeling module -> drop-in maker (``make(original) -> drop-in``).
+# The mixers' forwards look these names up at call time; :mod:`ssm_profile.kernels` gives a
+# model's mixers a copy of their forward that finds the drop-ins (verified: the class decorator
+# only registers hub kernels, and on CPU ``mamba_inner_fn`` returns None so training takes this
+# path too).
+DROP_INS = {"mamba_selective_scan": scan_drop_in, "causal_conv1d_fn": conv_drop_in}

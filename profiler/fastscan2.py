@@ -1,4 +1,4 @@
-"""Fast CPU forward for Mamba-2 (SSD) mixers, and the switch that turns every fast kernel on.
+"""Fast CPU forward for Mamba-2 (SSD) mixers.
 
 transformers' CPU path for Mamba-2 (``mamba2_chunk_scan``) is the chunked "SSD" form written in
 PyTorch: per chunk it materialises (batch, chunks, chunk, chunk, heads) decay and score tensors
@@ -16,27 +16,25 @@ function runs (calibration and gradient-based criteria are unchanged). The Mamba
 causal conv goes to :func:`ssm_profile.fastscan.causal_conv1d`, which reads the strided half of
 ``in_proj`` directly (``F.conv1d`` copies it first).
 
-:func:`use_fast_kernels` is the one switch the profiler uses: Mamba-1 (:mod:`ssm_profile.fastscan`)
-and Mamba-2 (this module) together. ``SSM_PROFILE_FAST_SCAN=0`` disables both at call time.
+:data:`DROP_INS` are installed on one model's Mamba-2 mixers at a time by :mod:`ssm_profile.kernels`
+(the one switch for every fast kernel). ``SSM_PROFILE_FAST_SCAN=0`` disables them at call time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from . import fastscan
-from .patching import GlobalPatcher
 
 BACKEND = fastscan.BACKEND
 # Modules whose ``mamba2_chunk_scan`` / ``causal_conv1d_fn`` globals are transformers' Mamba-2
 # functions with the signatures handled here.
-PATCH_TARGETS = ("transformers.models.mamba2.modeling_mamba2",)
+MODELING_MODULES = ("transformers.models.mamba2.modeling_mamba2",)
 
 if BACKEND == "numba":
     import numba
@@ -129,20 +127,20 @@ def _ssd_torch(x, dt, a, bm, cm, d_skip, heads_per_group, state):
     return torch.stack(ys, dim=1), state
 
 
-# --------------------------------------------------------------------------- transformers hook
+# --------------------------------------------------------------------------- transformers drop-in
 
 
 def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
-def _chunk_scan_dispatch(original: Callable) -> Callable:
+def chunk_scan_drop_in(original: Callable) -> Callable:
     """A drop-in for transformers' ``mamba2_chunk_scan`` that runs :func:`ssd_scan` for CPU inference."""
 
     @functools.wraps(original)
     def mamba2_chunk_scan(hidden_states, dt, A, B, C, chunk_size, D=None, dt_bias=None, initial_states=None,
                           dt_softplus=False, dt_limit=(0.0, float("inf")), return_final_states=False, **kwargs):
-        if (fastscan._on_cpu_eager(hidden_states, kwargs) and hidden_states.dim() == 4
+        if (fastscan.on_cpu_eager(hidden_states, kwargs) and hidden_states.dim() == 4
                 and not _needs_grad(hidden_states, dt, A, B, C, D, dt_bias, initial_states)
                 and not any(math.isnan(float(v)) for v in dt_limit)):
             return ssd_scan(hidden_states, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias,
@@ -154,37 +152,5 @@ def _chunk_scan_dispatch(original: Callable) -> Callable:
     return mamba2_chunk_scan
 
 
-_HOOKS = {"mamba2_chunk_scan": _chunk_scan_dispatch, "causal_conv1d_fn": fastscan._conv_dispatch}
-
-
-_PATCHER = GlobalPatcher(PATCH_TARGETS, _HOOKS)
-
-
-def is_fast_ssd_enabled() -> bool:
-    """Whether transformers' Mamba-2 module is currently routed to the fast path."""
-    return _PATCHER.enabled()
-
-
-def enable_fast_ssd() -> None:
-    """Route transformers' Mamba-2 chunk scan (inference) and causal conv here (idempotent)."""
-    _PATCHER.enable()
-
-
-def disable_fast_ssd() -> None:
-    """Restore transformers' own Mamba-2 functions."""
-    _PATCHER.disable()
-
-
-def use_fast_ssd(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
-    """Turn the Mamba-2 fast path on (or off) inside the block; patched globals are restored on exit."""
-    return _PATCHER.use(enabled)
-
-
-@contextlib.contextmanager
-def use_fast_kernels(enabled: bool = True) -> Iterator[None]:
-    """Every fast CPU kernel together: the Mamba-1 scan (:func:`ssm_profile.fastscan.use_fast_scan`),
-    the Mamba-2 scan and oneDNN's float32 linear (:func:`ssm_profile.fastlinear.use_fast_linear`)."""
-    from .fastlinear import use_fast_linear
-
-    with fastscan.use_fast_scan(enabled), use_fast_ssd(enabled), use_fast_linear(enabled):
-        yield
+# Module-level names of the Mamba-2 modeling module -> drop-in maker (see ``fastscan.DROP_INS``).
+DROP_INS = {"mamba2_chunk_scan": chunk_scan_drop_in, "causal_conv1d_fn": fastscan.conv_drop_in}

@@ -45,7 +45,9 @@ import numpy as np
 import torch
 
 from .data import batch_losses, has_blocked_head, head_window_losses, logits_window_losses
+from .kernels import Kernels, active, installed
 from .masks import Mask
+from .patching import forwards_overridden
 
 # Every this many trials, hand glibc's free heap pages back to the OS. The cached activations
 # live in the heap among each trial's short-lived tensors, so without a trim the freed space is
@@ -95,17 +97,19 @@ def supports(model: torch.nn.Module) -> str | None:
 class IncrementalEvaluator:
     """``evaluate(model, windows, mask=None) -> per-window losses`` for :func:`ssm_profile.sensitivity.run_trial`.
 
-    Bound to one model, one set of evaluation windows and one batch size; call :meth:`prepare`
-    with the dense losses from ``batch_losses`` before the first trial. ``cache_bytes`` bounds the
-    cached activations (layer inputs first, then stage outputs from layer 0 up); layers past the
-    budget are recomputed from the nearest cached input.
+    Bound to one model, one set of evaluation windows, one batch size and one choice of kernels
+    (``kernels``; None: those installed on the model now), which it installs while it runs; call
+    :meth:`prepare` with the dense losses from ``batch_losses`` (same kernels) before the first
+    trial. ``cache_bytes`` bounds the cached activations (layer inputs first, then stage outputs
+    from layer 0 up); layers past the budget are recomputed from the nearest cached input.
     """
 
     accepts_mask = True
 
     def __init__(self, model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 8,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, dedupe: bool = True):
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, dedupe: bool = True, kernels: Kernels | None = None):
         self.model = model
+        self.kernels = kernels or active(model)
         self.windows = windows
         self.batch_size = batch_size
         self.cache_bytes = cache_bytes
@@ -133,8 +137,9 @@ class IncrementalEvaluator:
         self._dense = dense_losses.detach().clone()
         if self.reason is None:
             try:
-                self._capture()
-                self._verify()
+                with installed(self.model, self.kernels):
+                    self._capture()
+                    self._verify()
             except Exception as err:  # noqa: BLE001 - any surprise means: evaluate plainly
                 self.reason = f"incremental replay failed ({type(err).__name__}: {err})"
                 self.enabled = False
@@ -230,7 +235,12 @@ class IncrementalEvaluator:
         """Per-window losses of ``model`` (masked in place) on ``windows``, equal to ``batch_losses``."""
         if model is not self.model or not (windows is self.windows or torch.equal(windows, self.windows)):
             self.stats["plain"] += 1
-            return batch_losses(model, windows, self.batch_size)
+            return batch_losses(model, windows, self.batch_size, kernels=self.kernels)
+        with installed(model, self.kernels):
+            return self._losses(model, windows, mask)
+
+    def _losses(self, model: torch.nn.Module, windows: torch.Tensor, mask: Mask | None) -> torch.Tensor:
+        """:meth:`__call__` on the bound model and windows, its kernels installed."""
         touched = None if mask is None else _touched(mask)
         key = None
         if touched is not None and self.dedupe:
@@ -243,10 +253,10 @@ class IncrementalEvaluator:
                 return self._results[key].clone()
         if not self.enabled:
             self.stats["plain"] += 1
-            losses = batch_losses(model, windows, self.batch_size)
+            losses = batch_losses(model, windows, self.batch_size, kernels=self.kernels)
         elif (plan := self._plan(touched)) is None:
             self.stats["outside_layers"] += 1  # embeddings, final norm or head: nothing cached applies
-            losses = batch_losses(model, windows, self.batch_size)
+            losses = batch_losses(model, windows, self.batch_size, kernels=self.kernels)
         else:
             start, mode = plan
             self.stats[f"start_layer_{start}"] += 1
@@ -307,38 +317,30 @@ class IncrementalEvaluator:
         """Layer ``i`` with the mixer stages upstream of the masked tensors replaced by their dense outputs."""
         layer = self.layers[i]
         mixer = layer.mixer
-        patched = []
 
         def returns(value):
             return lambda *args, **kwargs: value
 
         if mode == "out_proj":
             args, kwargs = stages["out_proj"]
-            mixer.forward = lambda *a, **k: mixer.out_proj(*args, **kwargs)
-            patched.append(mixer)
+            swaps = {mixer: lambda *a, **k: mixer.out_proj(*args, **kwargs)}
         elif mode == "norm":
             (norm_args, norm_kwargs), (out_args, _) = stages["norm"], stages["out_proj"]
             dtype = out_args[0].dtype
-            mixer.forward = lambda *a, **k: mixer.out_proj(mixer.norm(*norm_args, **norm_kwargs).to(dtype))
-            patched.append(mixer)
+            swaps = {mixer: lambda *a, **k: mixer.out_proj(mixer.norm(*norm_args, **norm_kwargs).to(dtype))}
         else:
-            mixer.in_proj.forward = returns(stages["in_proj"])
-            patched.append(mixer.in_proj)
+            swaps = {mixer.in_proj: returns(stages["in_proj"])}
             if mode == "x_proj":
-                mixer.x_proj.forward = returns(stages["x_proj"])
-                patched.append(mixer.x_proj)
-        try:
+                swaps[mixer.x_proj] = returns(stages["x_proj"])
+        with forwards_overridden(swaps):  # the fast kernels installed on other modules stay
             return layer(h, cache=None, attention_mask=None)
-        finally:
-            for module in patched:
-                del module.forward
 
     def _head_loss(self, h: torch.Tensor, batch: _Batch) -> torch.Tensor:
         """``batch_losses``' loss of one batch from the last layer's output: the same final norm
         and the same loss functions (:func:`ssm_profile.data.head_window_losses`, or
         :func:`ssm_profile.data.logits_window_losses` for a head that must see the whole batch)."""
         hidden = self.backbone.norm_f(h)
-        if has_blocked_head(self.model):  # asked each time, as batch_losses does (hooks may come and go)
+        if has_blocked_head(self.model, self.kernels):  # asked each time, as batch_losses does (hooks may come and go)
             return head_window_losses(self.model.lm_head, hidden, batch.ids)
         return logits_window_losses(self.model.lm_head(hidden.to(self.model.lm_head.weight.dtype)), batch.ids)
 
@@ -346,7 +348,7 @@ class IncrementalEvaluator:
     def summary(self) -> dict[str, Any]:
         """What was reused: counts by kind, for run.json and the benchmark."""
         return {"enabled": self.enabled, "reason": self.reason, "modes": dict(self.modes),
-                "blocked_head": has_blocked_head(self.model),
+                "blocked_head": has_blocked_head(self.model, self.kernels),
                 "cached_layers": getattr(self, "cached_layers", 0), "staged_layers": getattr(self, "staged_layers", 0),
                 "counts": dict(sorted(self.stats.items())), "prepare_s": round(self.seconds["prepare"], 3)}
 

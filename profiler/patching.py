@@ -1,92 +1,84 @@
-"""Swap module-level functions of transformers for drop-ins, and restore them exactly.
+"""Swap what one module instance runs, never a function other models or threads share.
 
-transformers' Mamba mixers look their kernels up as module globals at call time, so replacing a
-global is what takes effect. The fast paths (:mod:`ssm_profile.fastscan`, :mod:`ssm_profile.fastscan2`,
-:mod:`ssm_profile.fastlinear`) use one :class:`GlobalPatcher` each.
+``nn.Module.__call__`` runs ``self.forward`` (with every hook around it), and an instance attribute
+named ``forward`` beats the class's method. So a forward set on one module changes that module
+only: another model, or another thread working on another model, still runs the class's code.
+:func:`forwards_overridden` is the one mechanism for such swaps (the fast kernels of
+:mod:`ssm_profile.kernels`, the reused stages of :mod:`ssm_profile.incremental`); it restores each
+instance attribute exactly, so swaps nest.
 
-``use(True)`` blocks may overlap across threads (the TUI runs a profile, a plan and an apply in
-separate workers): the first block to enter installs the drop-ins, the last one to leave puts
-the originals back, whatever order they leave in.
+:func:`with_globals` builds the forwards the kernels install: a copy of a transformers ``forward``
+whose module-level names (``mamba_selective_scan``, ``causal_conv1d_fn`` ...) resolve in a
+namespace of our choosing, while transformers' own module stays untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import threading
-from collections.abc import Callable, Iterator
+import types
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
-_ORIGINAL = "_ssm_profile_original"  # attribute of a drop-in that holds the function it replaced
-_LOCK = threading.RLock()
+from torch import nn
+
+_MISSING = object()
 
 
-class GlobalPatcher:
-    """Replaces ``hooks`` names (``name -> make(original) -> drop-in``) in each target module."""
+@contextlib.contextmanager
+def forwards_overridden(overrides: Mapping[nn.Module, Callable | None]) -> Iterator[None]:
+    """Inside the block each module runs its override (None: its class's ``forward``); on exit each
+    module's instance ``forward`` is exactly what it was before (put back, or removed)."""
+    saved = [(module, module.__dict__.get("forward", _MISSING)) for module in overrides]
+    try:
+        for module, forward in overrides.items():
+            _set_forward(module, forward)
+        yield
+    finally:
+        for module, before in reversed(saved):
+            _set_forward(module, None if before is _MISSING else before)
 
-    def __init__(self, targets: tuple[str, ...], hooks: dict[str, Callable[[Callable], Callable]]):
-        self.targets = targets
-        self.hooks = hooks
-        self._users = 0  # use(True) blocks currently open, in any thread
-        self._saved: list[tuple[object, str, Callable]] = []
 
-    def points(self) -> Iterator[tuple[object, str, Callable]]:
-        for target in self.targets:
-            try:
-                module = importlib.import_module(target)
-            except ImportError:  # model family absent from this transformers version
-                continue
-            for name, make in self.hooks.items():
-                if hasattr(module, name):
-                    yield module, name, make
+def _set_forward(module: nn.Module, forward: Callable | None) -> None:
+    if forward is None:
+        module.__dict__.pop("forward", None)
+    else:
+        module.__dict__["forward"] = forward
 
-    def enabled(self) -> bool:
-        return any(hasattr(getattr(m, n), _ORIGINAL) for m, n, _ in self.points())
 
-    def enable(self) -> None:
-        """Install every drop-in (idempotent: never wraps a drop-in twice)."""
-        for module, name, make in self.points():
-            current = getattr(module, name)
-            if not hasattr(current, _ORIGINAL):
-                patched = make(current)
-                setattr(patched, _ORIGINAL, current)
-                setattr(module, name, patched)
+def with_globals(func: types.FunctionType, namespace: dict[str, Any]) -> types.FunctionType:
+    """A copy of ``func`` whose innermost function (below any ``functools.wraps`` decorators)
+    looks its globals up in ``namespace``; each decorator's wrapper is copied to call the copy
+    below it. Raises TypeError when a wrapper does not hold the function it wraps in a closure
+    cell (then it cannot be re-pointed)."""
+    inner = getattr(func, "__wrapped__", None)
+    if inner is None:
+        return _copy(func, namespace, func.__closure__)
+    new_inner = with_globals(inner, namespace)
+    cells, replaced = [], False
+    for cell in func.__closure__ or ():
+        if _holds(cell, inner):
+            cells.append(types.CellType(new_inner))
+            replaced = True
+        else:
+            cells.append(cell)
+    if not replaced:
+        raise TypeError(f"{func.__qualname__} does not call the function it wraps through a closure")
+    copy = _copy(func, func.__globals__, tuple(cells))
+    copy.__wrapped__ = new_inner
+    return copy
 
-    def disable(self) -> None:
-        """Restore transformers' own functions."""
-        for module, name, _ in self.points():
-            original = getattr(getattr(module, name), _ORIGINAL, None)
-            if original is not None:
-                setattr(module, name, original)
 
-    @contextlib.contextmanager
-    def use(self, enabled: bool = True) -> Iterator[None]:
-        """Drop-ins on (or off) inside the block; every global is put back as it was on exit.
+def _holds(cell: types.CellType, value: object) -> bool:
+    try:
+        return cell.cell_contents is value
+    except ValueError:  # an empty cell
+        return False
 
-        Enabled blocks are counted: the globals are restored when the last open one leaves, so
-        overlapping blocks in different threads never leave a drop-in behind or pull one from
-        under a block that is still running."""
-        if not enabled:
-            with _LOCK:
-                saved = [(module, name, getattr(module, name)) for module, name, _ in self.points()]
-                self.disable()
-            try:
-                yield
-            finally:
-                with _LOCK:
-                    for module, name, func in saved:
-                        setattr(module, name, func)
-            return
-        with _LOCK:
-            if self._users == 0:
-                self._saved = [(module, name, getattr(module, name)) for module, name, _ in self.points()]
-                self.enable()
-            self._users += 1
-        try:
-            yield
-        finally:
-            with _LOCK:
-                self._users -= 1
-                if self._users == 0:
-                    for module, name, func in self._saved:
-                        setattr(module, name, func)
-                    self._saved = []
+
+def _copy(func: types.FunctionType, namespace: dict[str, Any], closure: tuple | None) -> types.FunctionType:
+    copy = types.FunctionType(func.__code__, namespace, func.__name__, func.__defaults__, closure)
+    copy.__kwdefaults__ = None if func.__kwdefaults__ is None else dict(func.__kwdefaults__)
+    copy.__dict__.update(func.__dict__)
+    copy.__qualname__, copy.__doc__, copy.__module__ = func.__qualname__, func.__doc__, func.__module__
+    copy.__annotations__ = dict(func.__annotations__)
+    return copy

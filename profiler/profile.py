@@ -32,14 +32,16 @@ from .analysis import analyze
 from .arch import find_mixers
 from .data import DataSpec, Dataset, batch_losses, load_dataset
 from .errors import DataError, OutputExistsError, RunDirError, SSMProfileError
+from .defaults import DEFAULT_CRITERIA, DEFAULT_SPARSITIES, DEFAULT_TOLERANCE
 from .io import write_json_atomic
+from .kernels import Kernels
 from .lock import LOCK_NAME, run_dir_lock
 from .masks import Target, prunable_params, targets_for
 from .recipe import RunRecipe, needs_of
 from .resolve import LoadedModel
+from .results import RUN_SCHEMA_VERSION, ProfileResult, append_journal, read_journal
 from .safe_read import read_user_json
-from .results import DEFAULT_TOLERANCE, RUN_SCHEMA_VERSION, ProfileResult, append_journal, read_journal
-from .sensitivity import DEFAULT_CRITERIA, DEFAULT_SPARSITIES, Scorer, plan_trials, run_trial
+from .sensitivity import Scorer, plan_trials, run_trial
 
 Progress = Callable[[int, int, str], None]
 # Settings a resumed run may change: they change how fast trials run, not what they measure
@@ -129,22 +131,26 @@ def _comparable(settings: dict[str, Any] | None) -> dict[str, Any] | None:
 def profile_model(loaded: LoadedModel, data: DataSpec | Dataset | None = None,
                   settings: ProfileSettings | None = None, run_dir: str | Path | None = None,
                   resume: bool = False, progress: Progress | None = None,
-                  cancel: Callable[[], bool] | None = None) -> ProfileResult:
-    """Profile ``loaded``; see the module docstring. ``cancel()`` returning True stops cleanly."""
+                  cancel: Callable[[], bool] | None = None, kernels: Kernels | None = None) -> ProfileResult:
+    """Profile ``loaded``; see the module docstring. ``cancel()`` returning True stops cleanly.
+    ``kernels``: the CPU kernels to evaluate with (default: the fast ones unless ``settings.fast_scan``
+    is off; the bench passes :meth:`Kernels.reference` to time the profiler as it was)."""
     settings = settings or ProfileSettings()
     settings.validate()
     model = loaded.model
     targets = _resolve_targets(model, settings.targets)
     dataset = data if isinstance(data, Dataset) else load_dataset(loaded.tokenizer, data or DataSpec(seed=settings.seed))
+    recipe = RunRecipe(data=dataset.spec, batch_size=settings.batch_size, seed=settings.seed,
+                       kernels=kernels or Kernels.for_run(settings.fast_scan))
     run_path = Path(run_dir) if run_dir is not None else None
     if run_path is None:
-        return _checked_profile(loaded, dataset, settings, targets, run_path, resume, progress, cancel)
+        return _checked_profile(recipe, loaded, dataset, settings, targets, run_path, resume, progress, cancel)
     with run_dir_lock(run_path):  # one writer per run directory, from the checks below to the last trial
-        return _checked_profile(loaded, dataset, settings, targets, run_path, resume, progress, cancel)
+        return _checked_profile(recipe, loaded, dataset, settings, targets, run_path, resume, progress, cancel)
 
 
-def _checked_profile(loaded: LoadedModel, dataset: Dataset, settings: ProfileSettings, targets: list[Target],
-                     run_path: Path | None, resume: bool, progress: Progress | None,
+def _checked_profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings: ProfileSettings,
+                     targets: list[Target], run_path: Path | None, resume: bool, progress: Progress | None,
                      cancel: Callable[[], bool] | None) -> ProfileResult:
     model = loaded.model
     if run_path is not None and (run_path / "run.json").exists() and not resume:
@@ -171,9 +177,7 @@ def _checked_profile(loaded: LoadedModel, dataset: Dataset, settings: ProfileSet
     if run_path is not None and resume and (run_path / "run.json").exists():
         _check_resume(run_path, meta)
 
-    recipe = RunRecipe(data=dataset.spec, batch_size=settings.batch_size, seed=settings.seed,
-                       fast_kernels=settings.fast_scan)
-    with recipe.kernels():
+    with recipe.installed(loaded.model):
         return _profile(recipe, loaded, dataset, settings, targets, run_path, meta, timings, started, note, cancel)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .data import DataSpec
+from .kernels import Kernels, installed
 
 DEFAULT_BATCH_SIZE = 8  # ProfileSettings' default: what a plan without run.batch_size was profiled with
 
@@ -57,7 +58,7 @@ class RunRecipe:
     data: DataSpec
     batch_size: int = DEFAULT_BATCH_SIZE
     seed: int = 0
-    fast_kernels: bool = False
+    kernels: Kernels = Kernels.transformers()  # older plans without run.fast_kernels: transformers' own
 
     @classmethod
     def of_run(cls, meta: Mapping[str, Any]) -> "RunRecipe":
@@ -65,20 +66,18 @@ class RunRecipe:
         settings = meta.get("settings", {})
         return cls(data=data_spec_from_meta(meta["data"]), batch_size=int(settings.get("batch_size",
                                                                                        DEFAULT_BATCH_SIZE)),
-                   seed=int(settings.get("seed", 0)), fast_kernels=bool(settings.get("fast_scan", True)))
+                   seed=int(settings.get("seed", 0)), kernels=Kernels.for_run(bool(settings.get("fast_scan", True))))
 
     @classmethod
     def of_plan(cls, plan: Any) -> "RunRecipe":
         """From a :class:`ssm_profile.documents.Plan` (older plans: default batch size, reference kernels)."""
         batch = plan.run.batch_size if plan.run.batch_size is not None else DEFAULT_BATCH_SIZE
         return cls(data=plan.data.spec(), batch_size=int(batch), seed=int(plan.data.seed),
-                   fast_kernels=bool(plan.run.fast_kernels))
+                   kernels=Kernels.for_run(bool(plan.run.fast_kernels)))
 
-    def kernels(self):
-        """Context manager: the run's scan kernels (the one place they are switched)."""
-        from .fastscan2 import use_fast_kernels
-
-        return use_fast_kernels(self.fast_kernels)
+    def installed(self, model: torch.nn.Module):
+        """Context manager: the run's kernels on ``model`` (the one place they are chosen)."""
+        return installed(model, self.kernels)
 
     def statistics(self, model: torch.nn.Module, calibration: torch.Tensor | None, needs: set[str]):
         """Calibration statistics as the run collected them (``calibration`` may be None without needs)."""

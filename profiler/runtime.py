@@ -9,6 +9,14 @@ import logging
 import os
 import warnings
 
+FAST_KERNELS_ENV = "SSM_PROFILE_FAST_SCAN"  # 0/false/off/no: every fast CPU kernel off
+
+
+def fast_kernels_enabled() -> bool:
+    """False when ``SSM_PROFILE_FAST_SCAN`` switches the fast kernels off (read at call time)."""
+    return os.environ.get(FAST_KERNELS_ENV, "1").strip().lower() not in {"0", "false", "off", "no"}
+
+
 # Tiny models run far faster on one thread: thread hand-offs cost more than their matrix products.
 SMALL_MODEL = 20_000_000
 

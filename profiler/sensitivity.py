@@ -17,7 +17,7 @@ import torch
 from .arch import MixerInfo
 from .criteria import NotApplicable, ScoringContext, get
 from .data import batch_losses
-from .defaults import DEFAULT_CRITERIA, DEFAULT_SPARSITIES  # noqa: F401  (the sweep's defaults)
+from .kernels import Kernels
 from .masks import Mask, MaskApplier, Target, group_mask, merge, pruned_count, select_units, unit_mask
 
 Progress = Callable[[int, int, str], None]
@@ -176,10 +176,11 @@ def plan_trials(scorer: Scorer, mixers: list[MixerInfo], targets: list[Target], 
 def run_trial(model: torch.nn.Module, spec: TrialSpec, scorer: Scorer, mixers: list[MixerInfo],
               eval_windows: torch.Tensor, dense_loss: float, structure: str = "unstructured",
               batch_size: int = 8, evaluate: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
-              ) -> Trial:
+              kernels: Kernels | None = None) -> Trial:
     """Measure one trial: mask, evaluate, restore. ``evaluate(model, windows)`` replaces
-    :func:`batch_losses`; an evaluator with a true ``accepts_mask`` attribute is called as
-    ``evaluate(model, windows, mask=mask)`` so it can tell what the trial changed."""
+    :func:`batch_losses` (run with ``kernels``; None: those installed on the model); an evaluator
+    with a true ``accepts_mask`` attribute is called as ``evaluate(model, windows, mask=mask)`` so
+    it can tell what the trial changed."""
     start = time.perf_counter()
     mask = scorer.mask(spec, mixers, structure)
     predicted = scorer.predicted_delta(spec, mask, mixers)
@@ -190,7 +191,7 @@ def run_trial(model: torch.nn.Module, spec: TrialSpec, scorer: Scorer, mixers: l
         elif evaluate is not None:
             losses = evaluate(model, eval_windows)
         else:
-            losses = batch_losses(model, eval_windows, batch_size)
+            losses = batch_losses(model, eval_windows, batch_size, kernels=kernels)
     loss = float(losses.mean())
     return Trial(
         target=spec.target, criterion=spec.criterion, sparsity=spec.sparsity, layer=spec.layer, loss=loss,

@@ -34,16 +34,18 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from . import __version__
-from .data import DataSpec, batch_losses, load_dataset
 from .comparison import relative_change
-from .documents import VALIDATION_FILE, Plan, ValidationReport
+from .data import DataSpec, batch_losses, load_dataset
+from .documents import VALIDATION_FILE, Plan, ValidationReport  # noqa: F401  (VALIDATION_FILE: re-exported)
 from .errors import DataError, SSMProfileError
+from .kernels import Kernels
 from .resolve import LoadedModel
 from .tasks import BUILTIN_TASKS, TASKS_DIR
 
 Progress = Callable[[int, int, str], None]
 VALIDATION_SCHEMA_VERSION = 1
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+TRANSFORMERS_KERNELS = Kernels.transformers()  # validate measures as a user of the saved model runs it
 
 
 class ToleranceBreachedError(SSMProfileError):
@@ -320,9 +322,9 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
         dataset = load_dataset(tokenizer, spec)
 
         note(1, steps, "perplexity (base)")
-        base_loss = float(batch_losses(base.model, dataset.evaluation, batch_size).mean())
+        base_loss = float(batch_losses(base.model, dataset.evaluation, batch_size, TRANSFORMERS_KERNELS).mean())
         note(2, steps, "perplexity (pruned)")
-        pruned_loss = float(batch_losses(pruned.model, dataset.evaluation, batch_size).mean())
+        pruned_loss = float(batch_losses(pruned.model, dataset.evaluation, batch_size, TRANSFORMERS_KERNELS).mean())
         delta = pruned_loss - base_loss
         rel = _exp(delta) - 1.0 if math.isfinite(pruned_loss) else float("inf")
         within = None if max_ppl_increase is None else bool(math.isfinite(rel) and rel <= max_ppl_increase)

@@ -190,12 +190,13 @@ def test_data_driven_criterion_is_deterministic():
 
 @pytest.mark.parametrize("fast", [True, False, None])
 def test_element_masks_are_scored_with_the_profiles_kernels(fast, monkeypatch):
-    from ssm_profile import fastscan2
+    from ssm_profile import recipe
     from ssm_profile.apply import _execute
 
     seen = []
-    original = fastscan2.use_fast_kernels
-    monkeypatch.setattr(fastscan2, "use_fast_kernels", lambda enabled=True: seen.append(enabled) or original(enabled))
+    original = recipe.installed  # RunRecipe.installed: where plan, apply and profile choose kernels
+    monkeypatch.setattr(recipe, "installed",
+                        lambda model, choice: seen.append(choice.fast_scan) or original(model, choice))
     loaded = load_model("tiny-mamba2")
     plan = make_plan(loaded, [{"target": "in_proj", "structure": "unstructured", "criterion": "wanda", "sparsity": 0.5}])
     if fast is not None:

@@ -14,6 +14,7 @@ from ssm_profile import data as data_module
 from ssm_profile.data import (DataSpec, batch_losses, consecutive_windows, has_blocked_head, load_dataset, read_text,
                            sample_windows)
 from ssm_profile.errors import DataError, SSMProfileError
+from ssm_profile.kernels import Kernels
 from ssm_profile.masks import MaskApplier, Target, element_mask, select_units, targets_for, unit_mask
 from ssm_profile.resolve import load_model
 
@@ -44,9 +45,9 @@ def test_blocked_head_losses_equal_the_logits_path(make, head_rows, monkeypatch)
     assert has_blocked_head(model)
     got, want = batch_losses(model, windows, 2), logits_path_losses(model, windows, 2)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-    monkeypatch.setattr(data_module, "USE_BLOCKED_HEAD", False)  # the bench's "profiler as it was"
-    assert not has_blocked_head(model) and torch.equal(batch_losses(model, windows, 2), want)
-    monkeypatch.setattr(data_module, "USE_BLOCKED_HEAD", True)
+    # the bench's "profiler as it was": the loss from whole-batch logits
+    assert not has_blocked_head(model, Kernels.reference())
+    assert torch.equal(batch_losses(model, windows, 2, kernels=Kernels.reference()), want)
     # a hook on the head could see or change the logits: such a model takes the logits path
     handle = model.lm_head.register_forward_hook(lambda module, args, out: out * 2)
     try:

@@ -10,17 +10,18 @@ import torch
 from conftest import tiny_mamba
 from transformers.models.mamba import modeling_mamba
 
-from ssm_profile import fastscan
+from ssm_profile import fastscan, kernels
+from ssm_profile.kernels import Kernels, installed
 
 torch.set_num_threads(1)
+SCAN_ONLY, TRANSFORMERS = Kernels(fast_scan=True), Kernels()  # the scan alone, torch's linear either way
 
 ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
 def reference_scan():
-    """transformers' own function, even if a fast path is currently patched in."""
-    func = modeling_mamba.mamba_selective_scan
-    return getattr(func, "_ssm_profile_original", func)
+    """transformers' own function (the kernels never replace it)."""
+    return modeling_mamba.mamba_selective_scan
 
 
 def make_inputs(batch, channels, length, state, *, D=True, z=True, bias=True, softplus=True, seed=0):
@@ -168,8 +169,7 @@ def test_without_numba_the_torch_backend_is_used(monkeypatch):
 
 
 def reference_conv():
-    func = modeling_mamba.causal_conv1d_fn
-    return getattr(func, "_ssm_profile_original", func)
+    return modeling_mamba.causal_conv1d_fn
 
 
 @pytest.mark.parametrize("bias,activation", [(True, "silu"), (False, None)])
@@ -201,20 +201,27 @@ def test_causal_conv1d_declines_what_it_does_not_handle():
 # --------------------------------------------------------------------------- transformers hook
 
 
-def test_switch_patches_and_restores_module_globals():
+def test_installing_routes_only_that_models_mixers_and_restores_them(monkeypatch):
     scan, conv = modeling_mamba.mamba_selective_scan, modeling_mamba.causal_conv1d_fn
-    assert not fastscan.is_fast_scan_enabled()
-    with fastscan.use_fast_scan():
-        assert fastscan.is_fast_scan_enabled()
-        assert modeling_mamba.mamba_selective_scan._ssm_profile_original is scan
-        with fastscan.use_fast_scan(False):
-            assert modeling_mamba.mamba_selective_scan is scan
-        assert fastscan.is_fast_scan_enabled()
-        fastscan.enable_fast_scan()  # idempotent: no double wrapping
-        assert modeling_mamba.mamba_selective_scan._ssm_profile_original is scan
-    assert modeling_mamba.mamba_selective_scan is scan and modeling_mamba.causal_conv1d_fn is conv
-    fastscan.enable_fast_scan()
-    fastscan.disable_fast_scan()
+    calls = []
+    real = fastscan.selective_scan
+    monkeypatch.setattr(fastscan, "selective_scan", lambda *a: calls.append(1) or real(*a))
+    model, other = tiny_mamba(layers=2), tiny_mamba(layers=2)
+    ids = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(0))
+    mixers = [layer.mixer for layer in model.backbone.layers]
+    with torch.no_grad(), installed(model, SCAN_ONLY):
+        assert all("forward" in m.__dict__ for m in mixers) and kernels.active(model) == SCAN_ONLY
+        model(ids)
+        assert len(calls) == 2  # one fast scan per mixer
+        other(ids)  # another model: transformers' own scan
+        with installed(model, TRANSFORMERS):  # a reference block nested in a fast one
+            assert not any("forward" in m.__dict__ for m in mixers)
+            model(ids)
+        with installed(model, SCAN_ONLY):  # the same choice again changes nothing
+            model(ids)
+        assert len(calls) == 4 and all("forward" in m.__dict__ for m in mixers)
+        assert modeling_mamba.mamba_selective_scan is scan and modeling_mamba.causal_conv1d_fn is conv
+    assert not any("forward" in m.__dict__ for m in model.modules()) and kernels.active(model) == TRANSFORMERS
     assert modeling_mamba.mamba_selective_scan is scan and modeling_mamba.causal_conv1d_fn is conv
 
 
@@ -226,20 +233,20 @@ def test_dispatch_falls_back_to_the_original(monkeypatch):
         return "original"
 
     monkeypatch.setattr(fastscan, "selective_scan", lambda *a, **k: "fast")
-    dispatch = fastscan._scan_dispatch(original)
+    dispatch = fastscan.scan_drop_in(original)
     t = torch.zeros(1, 2, 3)
     assert dispatch(t, t, torch.zeros(2, 2), t[:, :2], t[:, :2]) == "fast"
     meta = torch.zeros(1, 2, 3, device="meta")  # stands in for CUDA: not CPU, so not ours
     assert dispatch(meta, meta, meta[0, :, :2], meta[:, :2], meta[:, :2]) == "original"
     assert dispatch(t, t, torch.zeros(2, 2), t[:, :2], t[:, :2], seq_idx=t) == "original"
-    monkeypatch.setenv(fastscan.ENV_VAR, "0")  # read at call time
+    monkeypatch.setenv(kernels.ENV_VAR, "0")  # read at call time
     assert dispatch(t, t, torch.zeros(2, 2), t[:, :2], t[:, :2]) == "original"
     assert len(calls) == 3
 
 
 def _logits_and_grads(model, ids, enabled):
     model.zero_grad(set_to_none=True)
-    with fastscan.use_fast_scan(enabled):
+    with installed(model, SCAN_ONLY if enabled else TRANSFORMERS):
         out = model(ids, labels=ids)
         out.loss.backward()
     return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -256,7 +263,7 @@ def test_tiny_mamba_same_logits_and_gradients(mode):
     for name, grad in grads.items():
         assert_close(grad, ref_grads[name], atol=1e-5 * max(1.0, ref_grads[name].abs().max().item()),
                      what=f"grad {name}")
-    with torch.no_grad(), fastscan.use_fast_scan():  # the no-autograd path (numba conv kernel)
+    with torch.no_grad(), installed(model, SCAN_ONLY):  # the no-autograd path (numba conv kernel)
         assert_close(model(ids).logits, ref_logits, what="no-grad logits")
 
 
@@ -265,9 +272,8 @@ def test_tiny_mamba_generation_unchanged():
     ids = torch.randint(0, 64, (1, 7), generator=torch.Generator().manual_seed(0))
     kwargs = {"max_new_tokens": 4, "do_sample": False}
     with torch.no_grad():
-        with fastscan.use_fast_scan(False):
-            expected = model.generate(ids, **kwargs)
-        with fastscan.use_fast_scan():
+        expected = model.generate(ids, **kwargs)
+        with installed(model, SCAN_ONLY):
             assert torch.equal(model.generate(ids, **kwargs), expected)
 
 
@@ -279,9 +285,9 @@ def test_tiny_falcon_mamba_same_logits():
                                                      state_size=4)).eval()
     ids = torch.randint(0, 64, (1, 11), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        with fastscan.use_fast_scan(False):
-            expected = model(ids).logits
-        with fastscan.use_fast_scan():
+        expected = model(ids).logits
+        with installed(model, SCAN_ONLY):
+            assert "forward" in model.backbone.layers[0].mixer.__dict__
             assert_close(model(ids).logits, expected, what="falcon logits")
 
 

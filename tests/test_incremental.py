@@ -16,9 +16,10 @@ from conftest import tiny_mamba, tiny_mamba2
 from transformers.models.mamba2 import modeling_mamba2
 
 from ssm_profile import data as data_module
-from ssm_profile import fastscan, fastscan2
+from ssm_profile import fastscan2
 from ssm_profile.data import Dataset, DataSpec, batch_losses, load_dataset
 from ssm_profile.incremental import IncrementalEvaluator, supports
+from ssm_profile.kernels import Kernels, installed
 from ssm_profile.profile import ProfileSettings, profile_model
 from ssm_profile.resolve import LoadedModel, ModelSource, load_model
 
@@ -166,8 +167,7 @@ def test_resume_accepts_other_kernel_and_sweep_choices(tmp_path):
 
 
 def reference_chunk_scan():
-    func = modeling_mamba2.mamba2_chunk_scan
-    return getattr(func, "_ssm_profile_original", func)
+    return modeling_mamba2.mamba2_chunk_scan  # transformers' own (the kernels never replace it)
 
 
 @pytest.mark.parametrize("length,chunk,groups", [(37, 8, 2), (64, 16, 1), (5, 64, 4)])
@@ -196,8 +196,8 @@ def test_fast_ssd_dispatch_routes_inference_only():
     model = tiny_mamba2(layers=1)
     ids = torch.randint(0, 64, (2, 20), generator=torch.Generator().manual_seed(0))
     calls = []
-    with fastscan2.use_fast_ssd(True):
-        assert fastscan2.is_fast_ssd_enabled()
+    with installed(model, Kernels(fast_scan=True)):
+        assert "forward" in model.backbone.layers[0].mixer.__dict__
         original = fastscan2.ssd_scan
 
         def spy(*a, **k):
@@ -213,7 +213,7 @@ def test_fast_ssd_dispatch_routes_inference_only():
             assert calls == [1]
         finally:
             fastscan2.ssd_scan = original
-    assert not fastscan2.is_fast_ssd_enabled()
+    assert not any("forward" in m.__dict__ for m in model.modules())
     assert modeling_mamba2.mamba2_chunk_scan is reference_chunk_scan()
 
 
@@ -224,7 +224,7 @@ def test_fast_kernels_on_and_off_agree_to_float32_rounding(name):
           "layer_criterion": "magnitude"}
     fast = profile_model(loaded, SMALL_DATA, settings(fast_scan=True, **kw))
     ref = profile_model(loaded, SMALL_DATA, settings(fast_scan=False, **kw))
-    assert fastscan.is_fast_scan_enabled() is False and fastscan2.is_fast_ssd_enabled() is False
+    assert not any("forward" in m.__dict__ for m in loaded.model.modules())  # nothing left installed
     torch.testing.assert_close(torch.tensor(fast.dense_window_losses), torch.tensor(ref.dense_window_losses),
                                rtol=1e-5, atol=1e-5)
     a, b = losses_of(fast), losses_of(ref)
@@ -236,7 +236,6 @@ def test_fast_kernels_on_and_off_agree_to_float32_rounding(name):
 def test_embedded_dense_losses_equal_with_fast_kernels_in_the_evaluator():
     loaded = load_model("tiny-mamba2")
     data = load_dataset(loaded.tokenizer, SMALL_DATA)
-    with fastscan2.use_fast_kernels(True):
-        dense = batch_losses(loaded.model, data.evaluation, 8)
-        ev = IncrementalEvaluator(loaded.model, data.evaluation, 8).prepare(dense)
+    dense = batch_losses(loaded.model, data.evaluation, 8, kernels=Kernels.fast())
+    ev = IncrementalEvaluator(loaded.model, data.evaluation, 8, kernels=Kernels.fast()).prepare(dense)
     assert ev.enabled, ev.reason

@@ -37,6 +37,9 @@ def _optional_float(text: str, what: str) -> float | None:
         raise SSMProfileError(f"{what}: expected a number such as 0.3 or 30%, got '{text}'") from None
 
 
+ACTION_COLUMNS = ("target", "layers", "cut", "criterion", "removes", "pred. ΔL", "execution")
+
+
 class PlanView(Vertical):
     """Inputs for the objective; the plan is re-solved (``measure=False``) on every change."""
 
@@ -80,9 +83,7 @@ class PlanView(Vertical):
                     yield Button("Export (e)", id="plan-export-button", variant="primary", compact=True)
 
     def on_mount(self) -> None:
-        table = self.query_one("#plan-actions", DataTable)
-        for col in ("target", "layers", "cut", "criterion", "removes", "pred. ΔL", "execution"):
-            table.add_column(col, key=col)
+        self._set_actions([])
 
     # ------------------------------------------------------------------ solving
     def set_result(self, result) -> None:
@@ -202,10 +203,9 @@ class PlanView(Vertical):
         for note in plan.notes[:2]:
             text.append(f"\n· {note}", style="dim italic")
         self._summary(text)
-        table = self.query_one("#plan-actions", DataTable)
-        table.clear()
         analysis = self.app.analysis
         all_layers = set(analysis.layers()) if analysis is not None else set()
+        rows = []
         for a in plan.actions:
             layers = a.layers or []
             if a.unit_kind:
@@ -213,10 +213,22 @@ class PlanView(Vertical):
                 cut = f"{'/'.join(map(str, sorted(per))) or '?'} {a.unit_kind}/layer ({pct(a.sparsity, 0)})"
             else:
                 cut = f"{pct(a.sparsity, 0)} {a.structure}"
-            table.add_row(Text(a.target, style="bold"),
-                          "all" if not layers or set(layers) == all_layers else ",".join(map(str, layers)), cut,
-                          a.criterion or "", human_count(a.removed(objective.metric) or 0),
-                          num(a.predicted_delta_loss), a.execution)
+            rows.append((Text(a.target, style="bold"),
+                         "all" if not layers or set(layers) == all_layers else ",".join(map(str, layers)), cut,
+                         a.criterion or "", human_count(a.removed(objective.metric) or 0),
+                         num(a.predicted_delta_loss), a.execution))
+        self._set_actions(rows)
+
+    def _set_actions(self, rows: list[tuple]) -> None:
+        """Fill the actions table with columns sized to their cells now: DataTable would measure new
+        rows only when idle, so a busy app could paint them at the headers' widths."""
+        table = self.query_one("#plan-actions", DataTable)
+        table.clear(columns=True)
+        for i, col in enumerate(ACTION_COLUMNS):
+            width = max([len(col), *(Text.from_markup(r[i]).cell_len if isinstance(r[i], str) else r[i].cell_len
+                                     for r in rows)])
+            table.add_column(col, key=col, width=width)
+        table.add_rows(rows)
 
     # ------------------------------------------------------------------ export
     def on_button_pressed(self, event: Button.Pressed) -> None:

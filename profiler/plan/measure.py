@@ -58,7 +58,7 @@ class Measurer:
         self.recipe = RunRecipe.of_run(result.meta)
         self.dataset = load_dataset(loaded.tokenizer, self.recipe.data)
         self.note(0, 1, "dense evaluation")
-        with self.recipe.kernels():
+        with self.recipe.installed(self.model):
             self.dense = batch_losses(self.model, self.dataset.evaluation, self.recipe.batch_size)
         self.dense_loss = float(self.dense.mean())
         self._stats = None
@@ -104,7 +104,7 @@ class Measurer:
         from ..sensitivity import TrialSpec
 
         try:
-            with self.recipe.kernels():
+            with self.recipe.installed(self.model):
                 scorer = self._scorer_for({a.criterion})
                 return scorer.mask(TrialSpec(a.target, a.criterion, a.sparsity), find_mixers(self.model), a.structure)
         except (NotApplicable, ValueError) as err:
@@ -127,7 +127,7 @@ class Measurer:
         if not actions:
             return {"loss": self.dense_loss, "delta_loss": 0.0, "rel_ppl_increase": 0.0, "params_removed": 0}
         mask = self.masks(actions)
-        with MaskApplier(self.model) as applier, self.recipe.kernels():
+        with MaskApplier(self.model) as applier, self.recipe.installed(self.model):
             applier.apply(mask)
             losses = batch_losses(self.model, self.dataset.evaluation, self.recipe.batch_size)
         loss = float(losses.mean())
