@@ -174,8 +174,15 @@ class Dense(Document):
 REMOVED_KEY = {"params": "params_removed", "flops": "flops_removed", "state": "state_bytes_removed"}
 
 
+class _Removes:
+    """``removed(metric)``: the ``params_removed`` / ``flops_removed`` / ``state_bytes_removed`` field."""
+
+    def removed(self, metric: str) -> int:
+        return getattr(self, REMOVED_KEY[metric])
+
+
 @dataclass(kw_only=True)
-class PlanAction(Document):
+class PlanAction(_Removes, Document):
     target: str  # a parameter group (in_proj) or a unit kind (unit:state)
     layers: list[int]
     structure: str
@@ -195,12 +202,9 @@ class PlanAction(Document):
     def is_units(self) -> bool:
         return self.target.startswith("unit:")
 
-    def removed(self, metric: str) -> int:
-        return getattr(self, REMOVED_KEY[metric])
-
 
 @dataclass(kw_only=True)
-class Predicted(Document):
+class Predicted(_Removes, Document):
     delta_loss: float
     rel_ppl_increase: float
     params_removed: int
@@ -210,9 +214,6 @@ class Predicted(Document):
     reduction_ratio: float
     reduction_ratio_model: float | None = _optional()
     extra: dict[str, Any] = _extra()
-
-    def removed(self, metric: str) -> int:
-        return getattr(self, REMOVED_KEY[metric])
 
 
 @dataclass(kw_only=True)
