@@ -213,6 +213,9 @@ class Predicted(_Removes, Document):
     scope_total: int | None = _optional()
     reduction_ratio: float
     reduction_ratio_model: float | None = _optional()
+    # what each ratio is a share of, in words (ssm_profile.fmt.scope_name), e.g. "SSM-mixer params"
+    reduction_of: str | None = _optional()
+    reduction_model_of: str | None = _optional()
     extra: dict[str, Any] = _extra()
 
 

@@ -1,6 +1,14 @@
-"""Human-readable numbers shared by every output (CLI tables, report, TUI)."""
+"""Human-readable numbers and wording shared by every output (CLI tables, JSON, report, TUI).
+
+Every percentage names its total: :func:`share` / :func:`percent_of` write ``"30.1% of SSM-mixer
+params"``, and :func:`scope_name` is the one name of each total (``"SSM-mixer params"``,
+``"whole-model params"``), so the CLI, the plan JSON, the HTML report and the TUI say the same.
+"""
 
 from __future__ import annotations
+
+METRIC_NOUNS = {"params": "params", "flops": "FLOPs/token", "state": "state bytes/sequence"}
+SCOPE_PREFIX = {"ssm": "SSM-mixer", "model": "whole-model"}
 
 
 def human_count(n: float) -> str:
@@ -15,3 +23,22 @@ def human_bytes(n: float) -> str:
         if abs(n) >= size:
             return f"{n / size:.2f} {unit}"
     return f"{n:.0f} B"
+
+
+def scope_name(scope: str | None, metric: str = "params") -> str:
+    """The total a share is of: ``scope_name("ssm") == "SSM-mixer params"``,
+    ``scope_name("model", "flops") == "whole-model FLOPs/token"`` (no scope: the whole model)."""
+    return f"{SCOPE_PREFIX[scope or 'model']} {METRIC_NOUNS.get(metric, metric)}"
+
+
+def percent_of(ratio: float | None, of: str, signed: bool = False) -> str:
+    """``"30.1% of SSM-mixer params"`` (``signed``: ``"-30.1% of ..."``); ``"—"`` without a ratio."""
+    if ratio is None:
+        return "—"
+    return f"{ratio:{'+' if signed else ''}.1%} of {of}"
+
+
+def share(part: float | None, total: float | None, of: str, signed: bool = False) -> str:
+    """``part`` as a percentage of ``total``, naming the total: ``share(3, 10, of="SSM-mixer params")``
+    is ``"30.0% of SSM-mixer params"``."""
+    return percent_of(part / total if part is not None and total else None, of, signed)

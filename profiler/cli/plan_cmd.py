@@ -6,6 +6,8 @@ import argparse
 import re
 from typing import TYPE_CHECKING
 
+from .options import proportion
+
 if TYPE_CHECKING:
     from ..documents import Plan
 
@@ -24,14 +26,6 @@ def _amount(text: str) -> int:
     return round(value)
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number such as 0.3 or 30%, got '{text}'") from None
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="choose the cuts that meet a reduction budget within a perplexity tolerance",
                        description=__doc__ + " Solves a multiple-choice knapsack exactly over the run's measured "
@@ -43,14 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what to reduce: parameters, dense FLOPs per token or recurrent-state bytes (default params)")
     p.add_argument("--target", dest="metric", choices=METRIC_CHOICES, help=argparse.SUPPRESS)  # the older name
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--ratio", type=_fraction, default=None,
+    budget.add_argument("--ratio", type=proportion(0.3, below_one=True), default=None,
                         help="remove at least this fraction of --scope's total for --metric (e.g. 0.3 or 30%%)")
     budget.add_argument("--absolute", type=_amount, default=None,
                         help="remove at least this many params / FLOPs per token / state bytes (e.g. 300k)")
     p.add_argument("--scope", choices=("ssm", "model"), default="ssm",
                    help="what --ratio and the reduction are fractions of: the SSM mixers (default, as the "
                    "literature reports sparsity) or the whole model")
-    p.add_argument("--max-ppl-increase", type=_fraction, default=0.10,
+    p.add_argument("--max-ppl-increase", type=proportion(0.1), default=0.10,
                    help="largest relative perplexity increase allowed (default 0.10 = +10%%)")
     p.add_argument("--criterion", default=None,
                    help="use this criterion wherever the run measured it (default: the best one per target and level)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .common import add_model_args, load_from_args
-from .options import at_least, check_threads, fraction, positive_float, sparsity_list
+from .options import at_least, check_threads, fraction, proportion, sparsity_list
 
 
 def _names(text: str) -> list[str]:
@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-samples", type=at_least(1), default=16, help="evaluation windows (default 16)")
     p.add_argument("--seqlen", type=at_least(2, " (a window needs a token and the one it predicts)"), default=256, help="tokens per window (default 256)")
     p.add_argument("--batch-size", type=at_least(1), default=8)
-    p.add_argument("--tolerance", type=positive_float, default=0.10, help="relative perplexity increase called safe (0.10)")
+    p.add_argument("--tolerance", type=proportion(0.1), default=0.10,
+                   help="relative perplexity increase called safe (0.10 or 10%%)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--list-criteria", action="store_true", help="list criteria and what they can score, then exit")
     p.add_argument("--no-fast-scan", action="store_true",

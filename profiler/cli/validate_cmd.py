@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .common import add_model_args, load_from_args
+from .options import proportion
 
 if TYPE_CHECKING:
     from ..documents import ValidationReport
@@ -37,8 +38,8 @@ def add_validation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-builtin-tasks", action="store_true", help="skip the shipped lm-eval tasks")
     p.add_argument("--no-lm-eval", action="store_true", help="run no lm-eval task at all")
     p.add_argument("--limit", type=_limit, default=None, help="items per lm-eval task (number or fraction; default all)")
-    p.add_argument("--max-ppl-increase", type=float, default=None,
-                   help="allowed relative perplexity increase, e.g. 0.1 (default: the plan's objective)")
+    p.add_argument("--max-ppl-increase", type=proportion(0.1, allow_zero=True), default=None,
+                   help="allowed relative perplexity increase, e.g. 0.1 or 10%% (default: the plan's objective)")
     p.add_argument("--speed-batch", type=int, nargs=2, default=(1, 128), metavar=("BATCH", "SEQLEN"),
                    help="fixed batch of the latency measurement (default 1 128)")
     p.add_argument("--speed-repeats", type=int, default=5, help="timed forwards per model (median; default 5)")
@@ -54,10 +55,6 @@ def validation_options(args: argparse.Namespace) -> dict[str, Any]:
         raise SSMProfileError("--speed-batch and --speed-repeats must be positive")
     builtin = () if (args.no_builtin_tasks or args.no_lm_eval) else BUILTIN_TASKS
     extra = () if args.no_lm_eval else tuple(args.tasks)
-    from ..errors import SSMProfileError
-
-    if args.max_ppl_increase is not None and not args.max_ppl_increase >= 0:
-        raise SSMProfileError("--max-ppl-increase must be a non-negative fraction (0.1 = 10%)")
     return {"tasks": builtin, "lm_eval_tasks": extra, "limit": args.limit, "max_ppl_increase": args.max_ppl_increase,
             "speed_batch": tuple(args.speed_batch), "speed_repeats": args.speed_repeats}
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..documents import (Dense, Measured, Objective, Plan, PlanAction, PlanData, PlanModel, PlanRun, Predicted,
                          one_line)
+from ..fmt import scope_name
 from ..recipe import data_spec_from_meta
 from ..results import ProfileResult
 from .options import METRICS, Option, metric_total
@@ -172,6 +173,7 @@ def assemble(s: Solution) -> Plan:
                             params_removed=round(totals["params"]), flops_removed=round(totals["flops"]),
                             state_bytes_removed=round(totals["state"]), scope_total=scope_total,
                             reduction_ratio=float(totals[metric] / max(1, scope_total)),
-                            reduction_ratio_model=float(totals[metric] / max(1, dense_total[metric]))),
+                            reduction_ratio_model=float(totals[metric] / max(1, dense_total[metric])),
+                            reduction_of=scope_name(s.scope, metric), reduction_model_of=scope_name("model", metric)),
         measured=_measured(s), notes=notes)
     return plan.validated("the new plan")

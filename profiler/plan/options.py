@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import PlanError
+from ..fmt import scope_name
 from ..results import ProfileResult
 from .shapes import Shapes, removed_per_block
 
@@ -62,7 +63,7 @@ def metric_total(result: ProfileResult, metric: str, scope: str = "model") -> in
 
 
 def scope_words(metric: str, scope: str) -> str:
-    return f"SSM-mixer {metric}" if scope == "ssm" else f"the model's {metric}"
+    return scope_name(scope, metric)  # the one wording of every front-end
 
 
 def parse_structures(structures: str | Sequence[str] | None) -> list[str] | None:
