@@ -503,3 +503,76 @@ def test_plan_and_apply_rebuild_the_same_masks_with_the_runs_batch_size(tmp_path
     applied, _ = _element_masks(load_model("tiny-mamba2"), plan, [(0, plan.actions[0])], lambda *a: None)
     assert planned.keys() == applied[0].keys()
     assert all(torch.equal(planned[name], applied[0][name]) for name in planned)
+
+
+# --------------------------------------------------------------------------------------------
+# what the plan summary says (issue #15): physical change first, every percentage names its total
+
+
+def test_zeros_only_plan_warns_that_nothing_physical_changes(synthetic, capsys):
+    from ssm_profile.cli.plan_cmd import print_plan
+    from ssm_profile.summary import changes_nothing, physical_change
+
+    plan = make_plan(synthetic, metric="params", max_ppl_increase=0.1, measure=False, structures="unstructured")
+    assert plan.actions and all(a.execution == "zero" for a in plan.actions)
+    assert changes_nothing(plan) and physical_change(plan) == {"params": 0, "flops": 0, "state": 0}
+    print_plan(plan)
+    out = " ".join(capsys.readouterr().out.split())
+    lead = out.index("changes no shapes")
+    assert lead < out.index("Plan actions") and "--structures units" in out
+    assert f"{plan.predicted.reduction_ratio:.1%} of SSM-mixer params" in out
+    assert f"{plan.predicted.reduction_ratio_model:.1%} of whole-model params" in out
+
+
+def test_sliced_plan_leads_with_the_physical_change(synthetic, capsys):
+    from ssm_profile.cli.plan_cmd import print_plan
+    from ssm_profile.summary import changes_nothing, physical_change
+
+    plan = make_plan(synthetic, metric="state", max_ppl_increase=0.1, measure=False, structures="units")
+    sliced = [a for a in plan.actions if a.execution == "slice"]
+    assert sliced and not changes_nothing(plan)
+    assert physical_change(plan)["state"] == sum(a.state_bytes_removed for a in sliced) > 0
+    print_plan(plan)
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.index("physically removed (sliced)") < out.index("Plan actions")
+    assert "changes no shapes" not in out and "of whole-model state bytes/sequence" in out
+
+
+def test_plan_json_names_what_each_ratio_is_a_share_of(synthetic):
+    ssm = make_plan(synthetic, metric="params", max_ppl_increase=0.1, measure=False)
+    whole = make_plan(synthetic, metric="flops", max_ppl_increase=0.1, measure=False, scope="model")
+    assert ssm.predicted.reduction_of == "SSM-mixer params"
+    assert ssm.predicted.reduction_model_of == "whole-model params"
+    assert whole.predicted.reduction_of == whole.predicted.reduction_model_of == "whole-model FLOPs/token"
+    data = ssm.to_dict()
+    assert data["predicted"]["reduction_of"] == "SSM-mixer params" and "reduction_ratio" in data["predicted"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ratio", "30"], "30 would mean 3000%"),
+    (["--max-ppl-increase", "10"], "10 would mean 1000%"),
+    (["--ratio", "100%"], "all of the total"),
+    (["--max-ppl-increase=-5%"], "more than 0"),
+])
+def test_cli_refuses_ratios_that_cannot_be_meant(tmp_path, capsys, argv, message):
+    from ssm_profile.cli.main import main
+
+    assert main(["plan", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_reads_ratios_as_fractions_or_percentages():
+    from ssm_profile.cli.main import build_parser
+
+    parser = build_parser(["plan", "validate", "profile"])
+    for text in ("0.1", "10%"):
+        args = parser.parse_args(["plan", "RUN", "--ratio", text.replace("1", "3"), "--max-ppl-increase", text])
+        assert args.ratio == pytest.approx(0.3) and args.max_ppl_increase == pytest.approx(0.1)
+        args = parser.parse_args(["validate", "M", "D", "--max-ppl-increase", text])
+        assert args.max_ppl_increase == pytest.approx(0.1)
+        assert parser.parse_args(["profile", "M", "--tolerance", text]).tolerance == pytest.approx(0.1)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["validate", "M", "D", "--max-ppl-increase", "10"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["profile", "M", "--tolerance", "10"])

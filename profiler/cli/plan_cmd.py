@@ -100,8 +100,11 @@ def _layer_span(layers: list[int]) -> str:
 
 def print_plan(plan: Plan) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    from ..fmt import percent_of, scope_name, share
+    from ..summary import changes_nothing, plan_summary_lines
     from .common import human_bytes, human_count
 
     console = Console()
@@ -110,12 +113,16 @@ def print_plan(plan: Plan) -> None:
     obj, dense, pred, meas = plan.objective, plan.dense, plan.predicted, plan.measured
     metric = obj.metric
     fmt = human_bytes if metric == "state" else human_count
-    scope = "SSM-mixer " if (obj.scope or "model") == "ssm" else ""
-    goal = (f"remove ≥ {obj.ratio:.1%} of {scope}{metric}" if obj.ratio is not None else
+    of = pred.reduction_of or scope_name(obj.scope, metric)
+    goal = (f"remove ≥ {percent_of(obj.ratio, of)}" if obj.ratio is not None else
             f"remove ≥ {fmt(obj.absolute)} {metric}" if obj.absolute is not None else
             f"remove as much {metric} as possible")
-    console.print(f"[bold]{plan.model.name}[/bold]: {goal} within +{obj.max_ppl_increase:.0%} perplexity "
+    console.print(f"[bold]{escape(plan.model.name)}[/bold]: {goal} within +{obj.max_ppl_increase:.0%} perplexity "
                   f"(dense loss {dense.loss:.4f}, perplexity {dense.perplexity:.2f})")
+    lead, *rest = plan_summary_lines(plan)  # what physically changes first
+    console.print(escape(lead), style="bold yellow" if changes_nothing(plan) else "bold")
+    for line in rest:
+        console.print(escape(line))
     table = Table(title="Plan actions")
     for col in ("target", "structure", "criterion", "sparsity", "layers", "params", "FLOPs/tok", "state",
                 "ΔL alone", "exec"):
@@ -127,18 +134,19 @@ def print_plan(plan: Plan) -> None:
                       human_bytes(a.state_bytes_removed), f"{a.predicted_delta_loss:+.4f}", a.execution)
     if plan.actions:
         console.print(table)
-    else:
-        console.print("no actions: nothing fits the loss budget")
     summary = Table(title="Predicted vs measured")
     total = pred.scope_total if pred.scope_total is not None else dense.total(metric)
-    for col in ("", "ΔL", "perplexity", f"{metric} removed", f"share of {scope or 'model '}{metric}"):
+    model_of = pred.reduction_model_of or scope_name("model", metric)
+    for col in ("", "ΔL", "perplexity", f"{metric} removed/zeroed", "reduction", "of the whole model"):
         summary.add_column(col, justify="left" if not col else "right")
     summary.add_row("predicted (additive)", f"{pred.delta_loss:+.4f}", f"{pred.rel_ppl_increase:+.1%}",
-                    fmt(pred.removed(metric)), f"{pred.reduction_ratio:.1%}")
+                    fmt(pred.removed(metric)), percent_of(pred.reduction_ratio, of),
+                    percent_of(pred.reduction_ratio_model, model_of))
     if meas is not None:
         removed = meas.params_removed if metric == "params" else None
         summary.add_row("measured (combined)", f"{meas.delta_loss:+.4f}", f"{meas.rel_ppl_increase:+.1%}",
-                        fmt(removed) if removed is not None else "—", f"{removed / total:.1%}" if removed else "—")
+                        fmt(removed) if removed is not None else "—", share(removed, total, of),
+                        share(removed, dense.total(metric), model_of))
     console.print(summary)
     if meas is not None:
         status = "[green]within tolerance[/green]" if meas.within_tolerance else "[red]above tolerance[/red]"
@@ -146,4 +154,4 @@ def print_plan(plan: Plan) -> None:
     else:
         console.print("[yellow]not measured (--no-measure): the additive prediction ignores interactions[/yellow]")
     for line in plan.notes:
-        console.print(f"· {line}")
+        console.print(f"· {escape(line)}")
