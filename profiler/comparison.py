@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     from .documents import ValidationReport
@@ -22,6 +22,27 @@ def relative_change(before: float | None, after: float | None) -> float | None:
     return after / before - 1.0
 
 
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal's 1.96)
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def paired_change(before: Sequence[float], after: Sequence[float]) -> dict[str, float | None]:
+    """Mean relative change over paired runs (``after[i] / before[i] - 1``) and its 95% t-interval.
+
+    ``low``/``high`` are None with fewer than two pairs (no spread to judge the noise by)."""
+    ratios = [a / b - 1.0 for b, a in zip(before, after) if b > 0]
+    if not ratios:
+        return {"mean": None, "low": None, "high": None}
+    mean = sum(ratios) / len(ratios)
+    if len(ratios) < 2:
+        return {"mean": mean, "low": None, "high": None}
+    sd = math.sqrt(sum((r - mean) ** 2 for r in ratios) / (len(ratios) - 1))
+    df = len(ratios) - 1
+    half = (_T95[df - 1] if df <= len(_T95) else 1.96) * sd / math.sqrt(len(ratios))
+    return {"mean": mean, "low": mean - half, "high": mean + half}
+
+
 @dataclass(frozen=True)
 class ComparisonRow:
     """One quantity before and after pruning.
@@ -29,6 +50,8 @@ class ComparisonRow:
     ``kind`` says how to format the values: ``count``, ``bytes``, ``loss``, ``perplexity``,
     ``seconds``, ``rate`` (per second) or ``score`` (lm-eval). ``change`` is relative
     (``after / before - 1``); ``delta`` the difference (what losses and lm-eval scores show).
+    Timings carry ``interval``, the 95% interval of the relative change over repeated paired runs,
+    and ``same_work`` when both models do the same FLOPs: their differences are noise, not speed.
     """
 
     label: str
@@ -38,6 +61,13 @@ class ComparisonRow:
     lower_is_better: bool = True
     section: str = "model"  # "model" | "lm-eval"
     items: int | None = None  # lm-eval: items per task
+    interval: tuple[float, float] | None = None  # 95% interval of the relative change (timings)
+    same_work: bool = False  # same FLOPs/token before and after: a timing change is noise
+
+    @property
+    def within_noise(self) -> bool:
+        """The change cannot be told from timing noise: same work, or a 95% interval that holds 0."""
+        return self.same_work or (self.interval is not None and self.interval[0] <= 0.0 <= self.interval[1])
 
     @property
     def change(self) -> float | None:
@@ -74,13 +104,19 @@ class ComparisonRow:
         change = self.change
         if change is None or not math.isfinite(change):
             return ""
-        return f"{change:+.1%} of base"
+        text = f"{change:+.1%} of base"
+        ci = "" if self.interval is None else f"95% CI {self.interval[0]:+.1%} to {self.interval[1]:+.1%}"
+        if self.same_work:
+            return f"{text}: within noise (same FLOPs/token{', ' + ci if ci else ''})"
+        if self.within_noise:
+            return f"{text}: within noise ({ci})"
+        return f"{text} ({ci})" if ci else text
 
     @property
     def better(self) -> bool | None:
-        """True/False when the change is an improvement/regression; None when there is none."""
+        """True/False when the change is an improvement/regression; None when there is none (or noise)."""
         change = self.change
-        if change is None or not math.isfinite(change) or abs(change) <= 1e-9:
+        if change is None or not math.isfinite(change) or abs(change) <= 1e-9 or self.within_noise:
             return None
         return change < 0 if self.lower_is_better else change > 0
 
@@ -102,11 +138,21 @@ def comparison_rows(report: ValidationReport) -> list[ComparisonRow]:
                           "bytes"),
             ComparisonRow("FLOPs / token", b["flops_per_token"], p["flops_per_token"], "count")]
     batch = "x".join(str(v) for v in speed["batch"])
+    same_work = b["flops_per_token"] == p["flops_per_token"]
+    change = speed.get("change") or {}  # absent in older validation files
     rows += [ComparisonRow(f"latency ({batch}, {speed['threads']} thr)", speed["base"]["latency_s"],
-                           speed["pruned"]["latency_s"], "seconds"),
+                           speed["pruned"]["latency_s"], "seconds", interval=_interval(change.get("latency")),
+                           same_work=same_work),
              ComparisonRow("tokens / s", speed["base"]["tokens_per_s"], speed["pruned"]["tokens_per_s"], "rate",
-                           lower_is_better=False)]
+                           lower_is_better=False, interval=_interval(change.get("tokens_per_s")),
+                           same_work=same_work)]
     return rows + _lm_eval_rows(report.lm_eval)
+
+
+def _interval(change: dict[str, Any] | None) -> tuple[float, float] | None:
+    if not change or change.get("low") is None or change.get("high") is None:
+        return None
+    return float(change["low"]), float(change["high"])
 
 
 def _lm_eval_rows(lm_eval: dict[str, Any]) -> list[ComparisonRow]:

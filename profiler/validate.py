@@ -10,7 +10,8 @@
 * parameters (total and nonzero), bytes on disk, recurrent-state bytes per sequence and FLOPs per
   token (:func:`ssm_profile.analysis.analyze`);
 * CPU latency and tokens/s of one forward over a fixed batch (warm-up first, then the median of
-  a few repeats, base and pruned interleaved, same thread count).
+  a few repeats, base and pruned paired in alternating order, same thread count), with the mean
+  paired change and its 95% interval: "within noise" when the interval holds 0.
 
 ``within_tolerance`` compares the relative perplexity increase with ``max_ppl_increase``
 (default: the plan's ``objective.max_ppl_increase``). ``ValidationReport.comparison_rows()`` is the
@@ -20,11 +21,12 @@ before/after table every front-end shows.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import math
 import os
+import shutil
 import statistics
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -34,7 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from . import __version__
-from .comparison import relative_change
+from .comparison import paired_change, relative_change
 from .data import DataSpec, batch_losses, load_dataset
 from .documents import VALIDATION_FILE, Plan, ValidationReport  # noqa: F401  (VALIDATION_FILE: re-exported)
 from .errors import DataError, SSMProfileError
@@ -132,30 +134,45 @@ def _forward_seconds(model: torch.nn.Module, ids: torch.Tensor) -> float:
 
 def measure_speed(models: dict[str, torch.nn.Module], vocab_size: int, batch: int = 1, seqlen: int = 128,
                   repeats: int = 5, warmup: int = 1, seed: int = 0) -> dict[str, Any]:
-    """Median forward time over a fixed batch of token ids for each model (interleaved runs)."""
+    """Median forward time over a fixed batch of token ids for each model, and for ``base`` vs
+    ``pruned`` the mean paired change with its 95% interval (``change``).
+
+    Each repeat times every model once, in an order that alternates between repeats, so drift on a
+    shared machine and who-runs-first effects hit both models alike and the pairs can be compared."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab_size, (batch, seqlen), generator=gen)
     times: dict[str, list[float]] = {name: [] for name in models}
-    for name, model in models.items():
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
+    names = list(models)
+    for name in names:
         for _ in range(warmup):
-            _forward_seconds(model, ids.to(device))
-        model.train(was_training)
-    for _ in range(repeats):
-        for name, model in models.items():  # interleaved: drift on a shared machine hits both
-            was_training = model.training
-            model.eval()
-            times[name].append(_forward_seconds(model, ids.to(next(model.parameters()).device)))
-            model.train(was_training)
+            _timed(models[name], ids)
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            times[name].append(_timed(models[name], ids))
     out: dict[str, Any] = {"batch": [batch, seqlen], "repeats": repeats, "warmup": warmup,
                            "threads": torch.get_num_threads()}
     for name, ts in times.items():
         median = statistics.median(ts)
         out[name] = {"latency_s": median, "tokens_per_s": batch * seqlen / median if median > 0 else None,
                      "runs_s": [round(t, 6) for t in ts]}
+    if "base" in times and "pruned" in times:
+        base, pruned = times["base"], times["pruned"]
+        latency = paired_change(base, pruned)
+        rate = paired_change([1 / t for t in base if t > 0], [1 / t for t in pruned if t > 0])
+        low, high = latency["low"], latency["high"]
+        out["change"] = {"pairs": repeats, "latency": latency, "tokens_per_s": rate,
+                         "within_noise": None if low is None else bool(low <= 0.0 <= high)}
     return out
+
+
+def _timed(model: torch.nn.Module, ids: torch.Tensor) -> float:
+    """One forward of ``model`` in eval mode (its training flag restored), in seconds."""
+    was_training = model.training
+    model.eval()
+    try:
+        return _forward_seconds(model, ids.to(next(model.parameters()).device))
+    finally:
+        model.train(was_training)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,18 +180,27 @@ def measure_speed(models: dict[str, torch.nn.Module], vocab_size: int, batch: in
 
 
 @contextlib.contextmanager
-def _quiet_lm_eval() -> Iterator[None]:
-    """Silence lm-eval's and datasets' logs and progress bars (they write to stderr)."""
+def _quiet_lm_eval(log_file: Path | None = None) -> Iterator[None]:
+    """Keep lm-eval's and datasets' logs and progress bars off the terminal, and the messages of the
+    programs they start too (lm-eval runs ``git describe``, which prints "fatal: not a git repository"
+    outside one): both Python's stderr and file descriptor 2 go to ``log_file`` (appended) or nowhere."""
     loggers = [logging.getLogger(n) for n in ("lm_eval", "lm-eval", "datasets", "fsspec", "filelock")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+    sys.stderr.flush()
+    with open(log_file if log_file is not None else os.devnull, "a", encoding="utf-8") as sink:
+        saved_fd = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with contextlib.redirect_stderr(sink):
+                yield
+        finally:
+            sink.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
 
 
 def _builtin_include_dir(tmp: Path, names: Sequence[str]) -> Path:
@@ -207,6 +233,7 @@ class LmEvalRunner:
         self.lm_eval_tasks = [t for t in dict.fromkeys(lm_eval_tasks) if t not in self.tasks]
         self.limit, self.batch_size, self.max_length = limit, batch_size, max_length
         self._tmp = tempfile.TemporaryDirectory(prefix="ssm-profile-lm-eval-")
+        self.log_file = Path(self._tmp.name) / "lm-eval.log"  # what lm-eval and its tools printed
         self.items: dict[str, int] = {}
         try:
             import lm_eval  # noqa: F401
@@ -223,7 +250,7 @@ class LmEvalRunner:
     def _load(self) -> None:
         from lm_eval.tasks import TaskManager
 
-        with _quiet_lm_eval():
+        with _quiet_lm_eval(self.log_file):
             include = _builtin_include_dir(Path(self._tmp.name), self.tasks) if self.tasks else None
             manager = TaskManager(include_path=str(include) if include else None,
                                   include_defaults=bool(self.lm_eval_tasks), verbosity="ERROR")
@@ -256,7 +283,7 @@ class LmEvalRunner:
 
         if loaded.tokenizer is None:
             raise DataError("lm-eval needs a tokenizer; save one beside the weights (tokenizer.json)")
-        with _quiet_lm_eval():
+        with _quiet_lm_eval(self.log_file):
             lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, max_length=self.max_length,
                       batch_size=self.batch_size)
             out = simple_evaluate(model=lm, tasks=self.names, task_manager=self.manager, limit=self.limit,
@@ -276,7 +303,10 @@ class LmEvalRunner:
                       for task, n in (out or {}).get("n-samples", {}).items()}
         return results
 
-    def close(self) -> None:
+    def close(self, keep_log: str | Path | None = None) -> None:
+        """Remove the temporary files; copy what lm-eval printed to ``keep_log`` first, if anything."""
+        if keep_log is not None and self.log_file.is_file() and self.log_file.stat().st_size:
+            shutil.copyfile(self.log_file, keep_log)
         self._tmp.cleanup()
 
 
@@ -294,12 +324,13 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
              data: DataSpec | None = None, limit: int | float | None = None, batch_size: int = 8,
              lm_eval_batch_size: int = 8, max_length: int = 2048, speed_batch: tuple[int, int] = (1, 128),
              speed_repeats: int = 5, base_dir: str | Path | None = None,
-             pruned_dir: str | Path | None = None) -> ValidationReport:
+             pruned_dir: str | Path | None = None, lm_eval_log: str | Path | None = None) -> ValidationReport:
     """Measure ``base`` and ``pruned`` the same way; see the module docstring for what is in the report.
 
     ``tasks``: shipped lm-eval tasks to run (default both; ``()`` for none); ``lm_eval_tasks``:
     standard lm-eval task names; ``limit``: items per lm-eval task (None = all). ``data`` overrides
-    the evaluation data (default: the plan's, else the embedded evaluation text).
+    the evaluation data (default: the plan's, else the embedded evaluation text). ``lm_eval_log``:
+    where to keep what lm-eval printed (written after the sizes are measured; default: dropped).
     """
     note = progress or (lambda done, total, label: None)
     started = time.perf_counter()
@@ -370,7 +401,7 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
         speed["speedup"] = b_lat / p_lat if p_lat else None
     finally:
         if runner is not None:
-            runner.close()
+            runner.close(keep_log=lm_eval_log)
 
     note(steps, steps, "done")
     return ValidationReport(

@@ -413,3 +413,65 @@ def test_every_front_end_shows_the_same_before_after_rows(applied, capsys):
             assert row.label in cli and after in cli, row
     held_out = next(r for r in rows if r.label == "held-out perplexity")
     assert held_out.change_text().endswith("of base") and held_out.change_text() in html
+
+
+# --------------------------------------------------------------------------------------------
+# timing noise and third-party noise (issue #15)
+
+
+def test_speed_change_has_a_paired_interval_and_noise_is_called_noise():
+    from ssm_profile.comparison import ComparisonRow, paired_change
+    from ssm_profile.validate import measure_speed
+
+    model = load_model("tiny-mamba").model
+    speed = measure_speed({"base": model, "pruned": model}, 64, batch=1, seqlen=8, repeats=4)
+    change = speed["change"]
+    assert change["pairs"] == 4 and len(speed["base"]["runs_s"]) == len(speed["pruned"]["runs_s"]) == 4
+    latency = change["latency"]
+    assert latency["low"] <= latency["mean"] <= latency["high"]
+    recorded = paired_change(speed["base"]["runs_s"], speed["pruned"]["runs_s"])  # runs_s are rounded to 1 µs
+    assert latency["mean"] == pytest.approx(recorded["mean"], abs=0.01)
+    noisy = ComparisonRow("latency", 1.0, 0.8, "seconds", interval=(-0.3, 0.1))
+    clear = ComparisonRow("latency", 1.0, 0.5, "seconds", interval=(-0.6, -0.4))
+    same = ComparisonRow("latency", 1.0, 0.8, "seconds", interval=(-0.3, -0.1), same_work=True)
+    assert "within noise" in noisy.change_text() and noisy.better is None
+    assert "within noise" not in clear.change_text() and "95% CI -60.0% to -40.0%" in clear.change_text()
+    assert clear.better is True
+    assert "within noise (same FLOPs/token" in same.change_text() and same.better is None
+    assert paired_change([1.0, 1.0, 1.0], [1.1, 1.1, 1.1]) == pytest.approx({"mean": 0.1, "low": 0.1, "high": 0.1})
+    assert paired_change([1.0], [2.0]) == {"mean": 1.0, "low": None, "high": None}
+
+
+def test_zeros_only_validation_claims_no_speed_up(tmp_path, capsys):
+    loaded = load_model("tiny-mamba")
+    plan = make_plan(loaded, [{"target": "in_proj", "structure": "unstructured", "criterion": "magnitude",
+                               "sparsity": 0.5}])
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    out = tmp_path / "out"
+    assert main(["apply", "tiny-mamba", str(path), "-o", str(out), "--validate", "--no-lm-eval", "--quiet",
+                 "--speed-repeats", "3", "--speed-batch", "1", "8", "--max-ppl-increase", "100%"]) == 0
+    text = capsys.readouterr().out
+    speed = json.loads((out / "validation.json").read_text())["speed"]
+    assert speed["change"]["pairs"] == 3 and speed["change"]["latency"]["low"] is not None
+    lines = [line for line in text.splitlines() if "latency" in line or "tokens / s" in line]
+    assert len(lines) >= 2 and all("within noise" in line for line in lines), text
+    assert "nothing physical changed" in " ".join(text.split()) and "--structures units" in text
+
+
+def test_lm_eval_prints_nothing_on_the_terminal_outside_a_git_repository(tmp_path, monkeypatch, capfd):
+    """lm-eval runs `git describe`, which writes "fatal: not a git repository" to file descriptor 2."""
+    from ssm_profile.validate import LmEvalRunner
+
+    monkeypatch.chdir(tmp_path)
+    runner = LmEvalRunner(["ssm_next_verse"], limit=2, max_length=256)
+    try:
+        runner.evaluate(load_model("tiny-mamba"))
+        capfd.readouterr()
+        runner.evaluate(load_model("tiny-mamba"))
+        err = capfd.readouterr().err
+        assert "fatal" not in err and "not a git repository" not in err, err
+        runner.close(keep_log=tmp_path / "lm-eval.log")
+        assert "not a git repository" in (tmp_path / "lm-eval.log").read_text()
+    finally:
+        runner.close()

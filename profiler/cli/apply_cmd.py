@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from ..documents import PruningRecord
 
 from .common import add_model_args, human_count, load_from_args
-from .validate_cmd import add_validation_args, finish, print_validation, validation_options
+from .validate_cmd import LM_EVAL_LOG, add_validation_args, finish, print_validation, validation_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,13 +27,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-
     from ..apply import apply_plan
     from ..documents import load_plan
     from ..errors import OutputExistsError
     from .progress import rich_progress
 
     options = validation_options(args) if args.validate else None
+    if options is not None:
+        options["lm_eval_log"] = Path(args.output) / LM_EVAL_LOG  # lm-eval's messages, off the terminal
     plan = load_plan(args.plan)  # a bad plan fails before the model loads
     if Path(args.output).exists() and not args.overwrite:
         raise OutputExistsError(f"output '{args.output}' already exists; choose another path or pass --overwrite")
@@ -55,6 +56,10 @@ def print_apply(report: PruningRecord) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from ..comparison import relative_change
+    from ..fmt import percent_of
+    from ..summary import UNITS_HINT
+
     console = Console()
     table = Table(title="Plan actions")
     for col in ("#", "target", "layers", "criterion", "sparsity", "done as", "zeroed"):
@@ -68,14 +73,19 @@ def print_apply(report: PruningRecord) -> None:
                       executed, human_count(a["elements_zeroed"]))
     console.print(table)
     p, an = report.parameters, report.analysis
+    before, after = an["before"], an["after"]
+    rows = [("parameters", p["before"], p["after"]), ("nonzero parameters", p["nonzero_before"], p["nonzero_after"]),
+            ("FLOPs / token", before["flops_per_token"], after["flops_per_token"]),
+            ("state bytes / sequence", before["state_bytes_per_sequence"], after["state_bytes_per_sequence"])]
     st = Table(title="Before / after")
-    for col in ("", "before", "after"):
+    for col in ("", "before", "after", "change"):
         st.add_column(col, justify="left" if not col else "right")
-    st.add_row("parameters", f"{p['before']:,}", f"{p['after']:,}")
-    st.add_row("nonzero parameters", f"{p['nonzero_before']:,}", f"{p['nonzero_after']:,}")
-    st.add_row("FLOPs / token", f"{an['before']['flops_per_token']:,}", f"{an['after']['flops_per_token']:,}")
-    st.add_row("state bytes / sequence", f"{an['before']['state_bytes_per_sequence']:,}",
-               f"{an['after']['state_bytes_per_sequence']:,}")
+    for label, old, new in rows:
+        st.add_row(label, f"{old:,}", f"{new:,}", percent_of(relative_change(old, new), "base", signed=True))
     console.print(st)
+    if report.actions and all(old == new for label, old, new in rows if label != "nonzero parameters"):
+        console.print(f"WARNING: nothing physical changed: every action was applied as zeros, so the parameter "
+                      f"count, weights on disk, FLOPs/token and state are the same as before. {UNITS_HINT}",
+                      style="bold yellow", markup=False)
     for note in report.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {note}", markup=False)

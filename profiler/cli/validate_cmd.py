@@ -90,9 +90,10 @@ def run(args: argparse.Namespace) -> int:
         plan = load_pruning_record(out_dir / PRUNING_FILE).plan
     base = load_from_args(args)
     pruned = load_model(str(out_dir), dtype=next(base.model.parameters()).dtype, device=args.device)
+    output = Path(args.output) if args.output else out_dir / VALIDATION_FILE
+    options["lm_eval_log"] = output.parent / LM_EVAL_LOG  # lm-eval's messages, off the terminal
     with rich_progress("validating", enabled=not args.quiet) as progress:
         report = validate(base, pruned, plan, progress=progress, pruned_dir=out_dir, **options)
-    output = Path(args.output) if args.output else out_dir / VALIDATION_FILE
     write_json_atomic(output, report.to_dict())
     print_validation(report)
     print(f"report: {output}")
@@ -100,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 _SOURCE = {"plan": "plan's objective", "argument": "--max-ppl-increase"}
+LM_EVAL_LOG = "lm-eval.log"  # beside validation.json: what lm-eval and the tools it runs printed
 
 
 def finish(report: ValidationReport) -> int:
