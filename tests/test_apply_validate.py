@@ -454,8 +454,12 @@ def test_zeros_only_validation_claims_no_speed_up(tmp_path, capsys):
     text = capsys.readouterr().out
     speed = json.loads((out / "validation.json").read_text())["speed"]
     assert speed["change"]["pairs"] == 3 and speed["change"]["latency"]["low"] is not None
-    lines = [line for line in text.splitlines() if "latency" in line or "tokens / s" in line]
-    assert len(lines) >= 2 and all("within noise" in line for line in lines), text
+    from ssm_profile.documents import load_validation
+
+    timings = [row for row in load_validation(out / "validation.json").comparison_rows()
+               if row.kind in ("seconds", "rate")]
+    assert len(timings) == 2 and all(row.same_work and row.better is None for row in timings)
+    assert all("within noise (same FLOPs/token" in row.change_text() for row in timings)
     assert "nothing physical changed" in " ".join(text.split()) and "--structures units" in text
 
 
