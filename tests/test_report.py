@@ -725,7 +725,7 @@ def test_answer_is_on_the_first_screen(result, tmp_path):
         for domain in ("Page", "Runtime"):
             cdp.call(f"{domain}.enable")
         cdp.call("Emulation.setDeviceMetricsOverride", width=1400, height=900, deviceScaleFactor=1, mobile=False)
-        for path in (page, bare):
+        for path in (bare, page):  # the page with a plan last: it is the gallery picture
             _visit(cdp, path)
             top = cdp.eval("document.getElementById('decision').getBoundingClientRect().top")
             assert 0 <= top < 900 - 200, (path.name, top)  # the panel, not just its edge, is on screen
