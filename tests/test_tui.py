@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -485,3 +486,19 @@ def test_snapshot_help(snap_compare, run_here, size):
 @pytest.mark.parametrize("size", SIZES)
 def test_snapshot_error(snap_compare, size):
     assert snap_compare(SSMProfileApp("no-such-model-xyz"), terminal_size=size, run_before=_after())
+
+
+@pytest.mark.skipif(os.environ.get("SSM_PROFILE_GALLERY") != "1" or shutil.which("rsvg-convert") is None,
+                    reason="writes the README gallery picture: set SSM_PROFILE_GALLERY=1 (needs rsvg-convert)")
+@run_async
+async def test_gallery_picture_of_the_curves(run_here):
+    import subprocess
+
+    out = Path(__file__).resolve().parents[1] / "docs" / "gallery" / "tui-sensitivity.png"
+    app = SSMProfileApp(run_here)
+    async with app.run_test(size=SIZE) as pilot:
+        await _after("2")(pilot)
+        svg = Path(app.save_screenshot(filename="tui.svg", path=str(Path.cwd())))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["rsvg-convert", "--width", "1000", str(svg), "-o", str(out)], check=True)
+    assert 10_000 < out.stat().st_size < 300_000

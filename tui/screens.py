@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -13,33 +14,33 @@ from textual.widgets import Button, Input, Static
 
 HELP_SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
     ("Everywhere", [
-        ("1 … 5", "Anatomy · Sensitivity · Profile · Plan · Apply tabs"),
+        ("1 … 5", "the tabs: Anatomy, Sensitivity … Apply"),
         ("o", "open another model or run directory"),
         ("tab / shift+tab", "move focus between panes and fields"),
         ("? / F1 · ctrl+p", "this help · command palette (every action)"),
-        ("q / ctrl+q", "quit (a running profile stops after its current trial)"),
+        ("q / ctrl+q", "quit (a profile stops after its trial)"),
     ]),
     ("Anatomy", [
         ("↑ ↓ · shift+↑ ↓", "move in the tree · previous / next sibling"),
-        ("→ ← · enter", "expand / collapse (← on a leaf: go to the parent)"),
+        ("→ ← · enter", "expand / collapse (← on a leaf: parent)"),
     ]),
     ("Sensitivity", [
         ("c / C", "next / previous criterion"),
         ("m", "metric: ΔL ↔ relative perplexity increase"),
-        ("t / T", "next / previous target (group or unit kind)"),
-        ("v", "next view: curves · scores · heatmap · ranking · findings"),
+        ("t / T", "next / previous target (group, unit kind)"),
+        ("v", "next view (curves, scores, heatmap, …)"),
     ]),
     ("Profile", [
-        ("r", "start profiling the opened model with the form's settings"),
-        ("x", "cancel (finished trials stay; tick resume to continue)"),
+        ("r", "profile the opened model as set here"),
+        ("x", "cancel (done trials stay; tick resume)"),
     ]),
     ("Plan", [
-        ("(typing)", "re-solved as you edit (empty ratio: as much as the tolerance allows)"),
-        ("e / enter", "export the plan as JSON to the path in the form"),
+        ("(typing)", "re-solved as you edit (empty ratio: max)"),
+        ("e / enter", "export the plan as JSON to the form's path"),
         ("a", "go to Apply with this plan"),
     ]),
     ("Apply", [
-        ("r", "apply the plan to the model, save it and validate it"),
+        ("r", "prune a copy, save it and validate it"),
     ]),
 ]
 
@@ -52,12 +53,12 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         # One line per key, the tab in its own column: fits an 80x24 terminal without scrolling.
         table = Table.grid(padding=(0, 1))
-        table.add_column(style="reverse", no_wrap=True)
+        table.add_column(no_wrap=True)
         table.add_column(style="bold", no_wrap=True)
         table.add_column(no_wrap=True, overflow="ellipsis")
         for section, rows in HELP_SECTIONS:
             for i, (key, what) in enumerate(rows):
-                table.add_row(f" {section} " if i == 0 else "", key, what)
+                table.add_row(Text(f" {section} ", style="reverse") if i == 0 else "", key, what)
         with Vertical(id="help-box", classes="dialog"):
             yield Static("ssm-profile · keys", classes="dialog-title")
             with VerticalScroll(id="help-scroll"):

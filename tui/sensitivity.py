@@ -212,8 +212,11 @@ class SensitivityView(Vertical):
         tolerance = self.tolerance_line()
         plt.hline(tolerance, color=TOLERANCE_COLOR)
         plt.title(f"{target}: {ylabel} vs sparsity · red: tolerance +{r.tolerance:.0%} ppl")
-        plt.xlim(0, 100)
-        plt.xticks([0, 25, 50, 75, 100], ["0%", "25%", "50%", "75%", "100%"])
+        top = max([t.sparsity for c in self.criteria for t in r.curve(target, c)] + [0.25])
+        right = min(100, 25 * math.ceil(top * 4 - 1e-9))  # up to the largest measured sparsity, in 25% steps
+        ticks = list(range(0, right + 1, 25 if right > 50 else 10))
+        plt.xlim(0, right)
+        plt.xticks(ticks, [f"{v}%" for v in ticks])
         plt.xlabel("sparsity")
         for t in selected:
             lo, hi = r.delta_ci(t)

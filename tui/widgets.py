@@ -18,7 +18,7 @@ class Tick(Checkbox):
     @property
     def _button(self) -> Content:
         style = self.get_visual_style("toggle--button")
-        return Content.assemble(("[", ""), (TICKED if self.value else UNTICKED, style), ("]", ""))
+        return Content.assemble(("[", ""), (TICKED if self.value else UNTICKED, style), ("] ", ""))
 
 
 class TickList(SelectionList[SelectionType]):
