@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -606,6 +607,28 @@ def _start_chromium(profile: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("chromium did not start its DevTools endpoint")
 
 
+@contextlib.contextmanager
+def _chromium(tmp_path: Path, width: int, height: int, domains=("Page", "Runtime", "Log", "Network")):
+    """A headless chromium page at width x height, driven over the DevTools protocol; closed after."""
+    proc, browser_ws = _start_chromium(tmp_path / "profile")
+    ws = None
+    try:
+        ws = _WebSocket(_page_socket(browser_ws))
+        cdp = _DevTools(ws)
+        for domain in domains:
+            cdp.call(f"{domain}.enable")
+        cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        yield cdp
+    finally:
+        if ws is not None:
+            ws.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def _page_socket(browser_ws: str) -> str:
     u = urllib.parse.urlparse(browser_ws)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # localhost only, never a proxy
@@ -643,15 +666,7 @@ def test_page_renders_in_chromium_without_errors_or_network(result, hostile, tmp
     page.write_text(reports.render_html(result, plan=make_plan(result), validation=VALIDATION), encoding="utf-8")
     evil = tmp_path / "evil.html"
     evil.write_text(reports.render_html(hostile, plan=make_plan(hostile, note=XSS2), validation=VALIDATION))
-    proc, browser_ws = _start_chromium(tmp_path / "profile")
-    ws = None
-    try:
-        ws = _WebSocket(_page_socket(browser_ws))
-        cdp = _DevTools(ws)
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            cdp.call(f"{domain}.enable")
-        cdp.call("Emulation.setDeviceMetricsOverride", width=1280, height=2400, deviceScaleFactor=1, mobile=False)
-
+    with _chromium(tmp_path, 1280, 2400) as cdp:
         seen = _visit(cdp, page)
         assert seen == {"errors": [], "requests": [], "dialogs": []}, seen
         assert cdp.eval("document.documentElement.getAttribute('data-ready')") == "1"
@@ -698,14 +713,6 @@ def test_page_renders_in_chromium_without_errors_or_network(result, hostile, tmp
         assert cdp.eval("document.title").startswith(XSS)
         assert cdp.eval("document.querySelector('h1.title').textContent") == XSS
         assert cdp.eval("document.scripts.length") == 3
-    finally:
-        if ws is not None:
-            ws.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.mark.browser
@@ -717,14 +724,7 @@ def test_answer_is_on_the_first_screen(result, tmp_path):
     page.write_text(reports.render_html(result, plan=make_plan(result), validation=VALIDATION), encoding="utf-8")
     bare = tmp_path / "bare.html"
     bare.write_text(reports.render_html(result), encoding="utf-8")
-    proc, browser_ws = _start_chromium(tmp_path / "profile")
-    ws = None
-    try:
-        ws = _WebSocket(_page_socket(browser_ws))
-        cdp = _DevTools(ws)
-        for domain in ("Page", "Runtime"):
-            cdp.call(f"{domain}.enable")
-        cdp.call("Emulation.setDeviceMetricsOverride", width=1400, height=900, deviceScaleFactor=1, mobile=False)
+    with _chromium(tmp_path, 1400, 900, domains=("Page", "Runtime")) as cdp:
         for path in (bare, page):  # the page with a plan last: it is the gallery picture
             _visit(cdp, path)
             top = cdp.eval("document.getElementById('decision').getBoundingClientRect().top")
@@ -734,11 +734,3 @@ def test_answer_is_on_the_first_screen(result, tmp_path):
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(base64.b64decode(cdp.call("Page.captureScreenshot", format="png")["data"]))
             assert out.stat().st_size < 300_000
-    finally:
-        if ws is not None:
-            ws.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
