@@ -6,12 +6,13 @@ from typing import Any
 
 from ssm_profile.fmt import human_bytes, human_count
 
+from .decision import share_of
 from .facts import COMPARED_KEYS, Facts, plan_mismatch, validation_rows
 from .html_elements import Cell, cards, chip, crit_chip, num, section, table
 from .svg import esc, finite, fmt, fmt_pct, group_color
 from .values import (
-    change_text, compact_layers, comparison_html, is_scalar, kv_html, records_html, scalar_html, sort_value,
-    split_comparisons, value_html,
+    change_text, compact_layers, comparison_html, human_key, is_scalar, key_html, kv_html, records_html, scalar_html,
+    sort_value, split_comparisons, value_html,
 )
 
 
@@ -31,7 +32,7 @@ def plan_section(facts: Facts, plan: dict[str, Any]) -> str:
     objective = plan.get("objective") if isinstance(plan.get("objective"), dict) else None
     summary = []
     if "reduction_ratio" in predicted and finite(predicted["reduction_ratio"]):
-        summary.append(("Parameter reduction", fmt_pct(predicted["reduction_ratio"], 1), "predicted"))
+        summary.append(("Reduction", fmt_pct(predicted["reduction_ratio"], 1), f"predicted, {share_of(objective)}"))
     if "params_removed" in predicted and finite(predicted["params_removed"]):
         summary.append(("Parameters removed", human_count(predicted["params_removed"]), "predicted"))
     if "delta_loss" in predicted and finite(predicted["delta_loss"]):
@@ -59,7 +60,7 @@ def plan_section(facts: Facts, plan: dict[str, Any]) -> str:
         rows = [(k, predicted.get(k), (measured or {}).get(k)) for k in keys
                 if is_scalar(predicted.get(k)) and is_scalar((measured or {}).get(k))]
         if rows:
-            body = "".join(f'<tr><th>{esc(k)}</th><td class="num">{scalar_html(p)}</td><td class="num">'
+            body = "".join(f'<tr><th>{key_html(k)}</th><td class="num">{scalar_html(p)}</td><td class="num">'
                            f'{scalar_html(m) if measured is not None else "<span class=muted>not measured</span>"}</td>'
                            f'<td class="num">{esc(change_text(p, m)) if measured is not None else ""}</td></tr>'
                            for k, p, m in rows)
@@ -77,7 +78,7 @@ def plan_section(facts: Facts, plan: dict[str, Any]) -> str:
         parts.append(f"<h3>Notes</h3><p>{esc(notes)}</p>")
     rest = {k: v for k, v in plan.items() if k not in ("objective", "actions", "predicted", "measured", "notes")}
     if rest:
-        parts.append(f'<details class="more"><summary>Plan details ({esc(", ".join(rest))})</summary>'
+        parts.append(f'<details class="more"><summary>Plan details ({esc(", ".join(human_key(k) for k in rest))})</summary>'
                      f"{kv_html(rest)}</details>")
     return section("plan", "Pruning plan", "What the plan removes, and what it predicts (and, once applied, measured).",
                    "".join(parts) or '<p class="note">The plan file is empty.</p>')
@@ -92,12 +93,15 @@ def actions_table(actions: list[dict[str, Any]], crits: list[str]) -> str:
               "state_bytes_removed": "state bytes removed", "predicted_delta_loss": "predicted ΔL",
               "unit_kind": "unit kind"}
     numeric = {"sparsity", "params_removed", "flops_removed", "state_bytes_removed", "predicted_delta_loss"}
+    shared = _shared_notes(actions)
     rows = []
     for i, a in enumerate(actions, 1):
         cells = [num(i)]
         for c in cols:
             v = a.get(c)
-            if c == "criterion" and isinstance(v, str):
+            if c == "note" and v in shared:
+                cells.append(Cell(f'<span class="muted">see note {shared.index(v) + 1} below</span>', ""))
+            elif c == "criterion" and isinstance(v, str):
                 cells.append(Cell(crit_chip(v, crits), v))
             elif c == "target" and isinstance(v, str):
                 cells.append(Cell(chip(v, group_color(v)), v))
@@ -118,7 +122,16 @@ def actions_table(actions: list[dict[str, Any]], crits: list[str]) -> str:
                 cells.append(Cell(value_html(v, 2), sv, num=sv is not None))
         rows.append(cells)
     headers = [("#", "", True)] + [(labels.get(c, c), "", c in numeric) for c in cols]
-    return table(headers, rows, tid="plan-actions")
+    notes = "".join(f"<li>{esc(n)} <span class=\"muted\">(actions "
+                    f"{', '.join(str(i) for i, a in enumerate(actions, 1) if a.get('note') == n)})</span></li>"
+                    for n in shared)
+    return table(headers, rows, tid="plan-actions") + (f'<ol class="notes shared-notes">{notes}</ol>' if notes else "")
+
+
+def _shared_notes(actions: list[dict[str, Any]]) -> list[str]:
+    """Notes several actions repeat word for word: shown once under the table instead of in every row."""
+    notes = [a.get("note") for a in actions if isinstance(a.get("note"), str) and a.get("note")]
+    return [n for n in dict.fromkeys(notes) if notes.count(n) > 1]
 
 
 def _indices_cell(v: Any) -> Cell:
@@ -182,5 +195,5 @@ def _shared_rows_html(rows) -> str:
 
 def _path_html(path: tuple[str, ...]) -> str:
     *group, name = path
-    prefix = "".join(f'<span class="muted">{esc(g)} · </span>' for g in group)
-    return prefix + esc(name)
+    prefix = "".join(f'<span class="muted">{key_html(g)} · </span>' for g in group)
+    return prefix + key_html(name)

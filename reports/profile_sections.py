@@ -19,7 +19,6 @@ from .values import compact_layers, scalar_html
 # ---------------------------------------------------------------------- 1 header
 def header_section(facts: Facts) -> str:
     r = facts.result
-    name = facts.model_name()
     items = facts.header_items()
     dl = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in items if k != "Model")
     glance = []
@@ -44,9 +43,8 @@ def header_section(facts: Facts) -> str:
         headers = [("criterion", "", False), ("target", "", False), ("reason", "", False)]
         skipped_html = (f"<details><summary>{len(rows)} criterion/target pairs were not applicable and skipped"
                         f"</summary>{table(headers, rows)}</details>")
-    body = (f'<p class="eyebrow">Profile report</p><h1 class="title">{esc(name)}</h1>'
-            f"{cards(glance)}<dl class=\"facts\">{dl}</dl>{skipped_html}")
-    return f'<section id="header" aria-label="overview">{body}</section>'
+    body = f"<h2 id=\"header-title\">Overview</h2>{cards(glance)}<dl class=\"facts\">{dl}</dl>{skipped_html}"
+    return f'<section id="header" aria-labelledby="header-title">{body}</section>'
 
 
 # ---------------------------------------------------------------------- 2 anatomy
@@ -286,6 +284,7 @@ def sensitivity_section(facts: Facts) -> str:
                                  f"({fmt(t.perplexity)})\npruned {t.pruned_params:,} parameters{pred}"))
             return out
 
+        limits, reference = decision_scale(facts)
         by_crit = []
         for c in crits:
             series = [Series(tsid[t], t, group_color(t, targets), pts(r.curve(t, c)), dashed=t.startswith("unit:"))
@@ -293,7 +292,7 @@ def sensitivity_section(facts: Facts) -> str:
             if series:
                 by_crit.append(f'<div class="panel"><h4>{crit_chip(c, crits)}</h4>' + line_panel(
                     series, label=f"loss increase vs sparsity, {c}", x_label="sparsity", y_label="ΔL (nats/token)",
-                    x_max=x_max) + "</div>")
+                    x_max=x_max, y_limits=limits, reference=reference) + "</div>")
         by_target = []
         for t in targets:
             series = [Series(csid[c], c, criterion_color(c, crits), pts(r.curve(t, c)), dashed=c == "random")
@@ -301,13 +300,15 @@ def sensitivity_section(facts: Facts) -> str:
             if series:
                 by_target.append(f'<div class="panel"><h4>{chip(t, group_color(t, targets))}</h4>' + line_panel(
                     series, label=f"loss increase vs sparsity, {t}", x_label="sparsity", y_label="ΔL (nats/token)",
-                    x_max=x_max) + "</div>")
+                    x_max=x_max, y_limits=limits, reference=reference) + "</div>")
         tkeys = [(tsid[t], t, group_color(t, targets), t.startswith("unit:")) for t in targets]
         ckeys = [(csid[c], c, criterion_color(c, crits), c == "random") for c in crits]
         parts.append(
             '<h3>Loss vs sparsity</h3><p class="note">Held-out loss increase ΔL when one target is pruned in every '
             "layer at rising sparsity; shaded: paired bootstrap 95% interval over evaluation windows. Dashed: "
-            "structured units (or the random baseline).</p>"
+            f"structured units (or the random baseline). Red dashed line: the tolerance (perplexity +"
+            f"{r.tolerance:.0%} = ΔL {fmt(reference[0], 3)}). Every panel shares one y scale, zoomed on the region "
+            f"that decides (up to {fmt(limits[1], 3)} nats); points above it sit on the top edge as ▲.</p>"
             '<div class="views"><div class="viewswitch" role="tablist">'
             '<button type="button" class="active" data-view="by-criterion" aria-selected="true">one panel per criterion'
             '</button><button type="button" data-view="by-target" aria-selected="false">one panel per target</button>'
@@ -320,6 +321,22 @@ def sensitivity_section(facts: Facts) -> str:
     parts.append(prediction_block(facts))
     return section("sensitivity", "Sensitivity", "Measured loss increase when pruning each target, with uncertainty.",
                    "".join(parts))
+
+
+ZOOM = 4.0  # the curves show ΔL up to this many times the tolerance's ΔL
+
+
+def decision_scale(facts: Facts) -> tuple[tuple[float, float], tuple[float, str]]:
+    """The y range every loss-vs-sparsity panel shares, and the tolerance line in ΔL.
+
+    A perplexity tolerance ``tol`` is ``ΔL = ln(1 + tol)`` nats; the range stops at ``ZOOM`` times
+    that so the region below the tolerance is not flattened by one catastrophic point.
+    """
+    tol_dl = math.log1p(facts.result.tolerance)
+    values = [v for t in facts.result.model_trials for v in (t.delta_loss, *facts.ci.get(t.key, ())) if finite(v)]
+    top = min(max(values + [tol_dl * 1.25]), ZOOM * tol_dl)
+    bottom = max(min(values + [0.0]), -top / 4)
+    return (bottom, top), (tol_dl, f"tolerance +{facts.result.tolerance:.0%} ppl")
 
 
 def layer_heatmap_block(facts: Facts) -> str:

@@ -43,9 +43,9 @@ GROUP_COLORS = {
     "norm": "#7a7a7a",
     "out_proj": "#1b9e77",
     "unit:head": "#1f3b73",
-    "unit:channel": "#1f3b73",
-    "unit:head_channel": "#c2185b",
-    "unit:state": "#00838f",
+    "unit:channel": "#1a1a1a",  # near-black: in_proj's blue and channels appear in the same Mamba-1 panels
+    "unit:head_channel": "#7b1fa2",
+    "unit:state": "#17becf",
     "unit:dt_rank": "#6d4c41",
     "layer": "#37474f",
     "embeddings": "#b0bec5",
@@ -248,11 +248,21 @@ def _x_axis(frame: Frame, xs, ticks: list[float], label: str, fmt_tick: Callable
 
 
 def line_panel(series: list[Series], *, label: str, x_label: str, y_label: str, x_max: float = 1.0,
-               width: float = 360, height: float = 230, x_pct: bool = True, y_log: bool = False) -> str:
-    """Lines with optional uncertainty bands (``Point.lo``/``hi``), a zero line and point tooltips."""
+               width: float = 360, height: float = 230, x_pct: bool = True, y_log: bool = False,
+               y_limits: tuple[float, float] | None = None, reference: tuple[float, str] | None = None) -> str:
+    """Lines with optional uncertainty bands (``Point.lo``/``hi``), a zero line and point tooltips.
+
+    ``y_limits`` fixes the linear y range (shared by the panels of one figure); values beyond it are
+    drawn at the edge and marked off-scale with a triangle. ``reference`` is a dashed labelled
+    horizontal line (the tolerance).
+    """
     f = Frame(width=width, height=height)
     ys_all = [v for s in series for p in s.points for v in (p.y, p.lo, p.hi) if finite(v)]
-    if y_log:
+    if y_limits is not None and not y_log:
+        ticks = nice_ticks(*y_limits, 5)
+        ticks = [t for t in ticks if y_limits[0] - 1e-12 <= t <= y_limits[1] + 1e-12] or list(y_limits)
+        ys = _Clamped(y_limits[0], y_limits[1], height - f.bottom, f.top)
+    elif y_log:
         pos = [v for v in ys_all if v > 0] or [1.0]
         lo, hi = min(pos), max(pos)
         if hi / lo < 10:
@@ -280,6 +290,10 @@ def line_panel(series: list[Series], *, label: str, x_label: str, y_label: str, 
     else:
         parts += _y_axis(f, ys, ticks, y_label)
     parts += _x_axis(f, xs, xticks, x_label, (lambda t: f"{t:.0%}") if x_pct else (lambda t: fmt(t, 3)))
+    if reference is not None and finite(reference[0]):
+        y = ys(reference[0])
+        parts.append(f'<line class="tolerance" x1="{f.left}" x2="{width - f.right}" y1="{y:.1f}" y2="{y:.1f}"/>'
+                     f'<text class="tol-label" x="{f.left + 4}" y="{y - 3:.1f}">{esc(reference[1])}</text>')
     for s in series:
         pts = [p for p in s.points if finite(p.y) and (not y_log or p.y > 0)]
         if not pts:
@@ -295,11 +309,27 @@ def line_panel(series: list[Series], *, label: str, x_label: str, y_label: str, 
                  f'stroke="{s.color}"{dash}/>')
         for p in pts:
             tip = f' data-tip="{esc(p.tip)}"' if p.tip else ""
+            if isinstance(ys, _Clamped) and p.y > ys.hi:  # off the top: a triangle at the edge says so
+                x, y = xs(p.x), ys(p.y)
+                g.append(f'<path class="pt offscale" d="M{x - 4:.1f},{y + 4:.1f} L{x + 4:.1f},{y + 4:.1f} '
+                         f'L{x:.1f},{y - 3:.1f} Z" fill="{s.color}"{tip}/>')
+                continue
             g.append(f'<circle class="pt" cx="{xs(p.x):.1f}" cy="{ys(p.y):.1f}" r="3" fill="{s.color}"{tip}/>')
         g.append("</g>")
         parts.append("".join(g))
+    if isinstance(ys, _Clamped) and any(v > ys.hi for v in ys_all):
+        parts.append(f'<text class="offscale" x="{width - f.right}" y="{height - 4}" text-anchor="end">'
+                     "▲ above the scale</text>")
     parts.append("</svg>")
     return "".join(parts)
+
+
+@dataclass
+class _Clamped(Linear):
+    """A linear scale that pins values outside [lo, hi] to the plot's edge."""
+
+    def __call__(self, v: float) -> float:
+        return super().__call__(min(max(v, self.lo), self.hi))
 
 
 # --------------------------------------------------------------------------- scatter

@@ -114,8 +114,34 @@ def value_html(v: Any, depth: int = 0) -> str:
     return esc(str(v))
 
 
+# Words for the keys plan and validation files use; any other key shows with spaces for underscores.
+KEY_LABELS = {
+    "schema_version": "file format version", "kind": "file kind", "tool_version": "written by ssm-profile",
+    "created": "created", "target": "reduce", "ratio": "fraction to remove", "absolute": "amount to remove",
+    "max_ppl_increase": "perplexity tolerance", "scope": "share of", "delta_loss": "loss increase ΔL",
+    "rel_ppl_increase": "perplexity increase", "params_removed": "parameters removed",
+    "flops_removed": "FLOPs per token removed", "state_bytes_removed": "state bytes removed",
+    "scope_total": "total the share is of", "reduction_ratio": "share removed",
+    "reduction_ratio_model": "share of the whole model removed", "bytes_on_disk": "weights on disk",
+    "within_tolerance": "within tolerance", "backoff_steps": "back-off steps", "fingerprint": "weights fingerprint",
+    "tokens_per_second": "tokens per second", "latency_ms": "latency (ms)", "lm_eval": "lm-eval scores",
+    "lm_eval_paired": "lm-eval paired comparison",
+}
+
+
+def human_key(key: Any) -> str:
+    key = str(key)
+    return KEY_LABELS.get(key, key.replace("_", " "))
+
+
+def key_html(key: Any) -> str:
+    """A key in words, with the file's own key as its tooltip (to find it in the JSON)."""
+    label = human_key(key)
+    return esc(label) if label == str(key) else f'<span data-tip="{esc(key)}">{esc(label)}</span>'
+
+
 def kv_html(d: dict[str, Any], depth: int = 0, cls: str = "kv") -> str:
-    rows = "".join(f"<tr><th>{esc(k)}</th><td>{value_html(v, depth)}</td></tr>" for k, v in d.items())
+    rows = "".join(f"<tr><th>{key_html(k)}</th><td>{value_html(v, depth)}</td></tr>" for k, v in d.items())
     return f'<table class="{cls}"><tbody>{rows}</tbody></table>'
 
 
@@ -129,7 +155,7 @@ def _columns(records: list[dict[str, Any]]) -> list[str]:
 
 def records_html(records: list[dict[str, Any]], depth: int = 0) -> str:
     cols = _columns(records)
-    head = "".join(f'<th>{esc(c)}</th>' for c in cols)
+    head = "".join(f'<th>{key_html(c)}</th>' for c in cols)
     body = []
     for r in records[:MAX_ROWS]:
         cells = []

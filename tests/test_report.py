@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -16,6 +17,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -260,6 +262,89 @@ def test_validation_renders_any_shape(result):
                               "z": float("nan"), "w": "", "v": []})
     assert "x" in odd and "n/a" in odd
     assert validation_section({})
+
+
+def test_report_opens_with_the_answer(result):
+    """The decision comes first: safe sparsity per target (with its interval) and the next command."""
+    html = reports.render_html(result)
+    assert html.index('id="decision"') < min(html.index(f'id="{s}"') for s in SECTION_IDS[:6])
+    rows = parse(html).tables["decision-table"]
+    ranking = {r.target: r for r in result.ranking()}
+    assert sorted(row[0] for row in rows) == sorted(ranking)
+    for row in rows:
+        assert row[1] == f"{ranking[row[0]].max_safe_sparsity:.0%}"
+        assert row[2].startswith(("between", "at least"))
+    assert "ssm-profile plan RUN_DIR" in html
+
+
+@pytest.mark.parametrize("scope,words", [("ssm", "of SSM-mixer parameters"), (None, "of the model's parameters")])
+def test_plan_answer_names_its_total_and_promise(result, scope, words):
+    from ssm_profile.reports.decision import decision_section
+    from ssm_profile.reports.facts import Facts
+
+    plan = make_plan(result)
+    plan["objective"]["scope"] = scope
+    plan["predicted"]["scope_total"] = 965000
+    panel = unescape(decision_section(Facts.of(result), plan))
+    assert f"1.1% {words} (total 965.00k)" in panel
+    assert "perplexity rises by at most 10%" in panel and "predicted +1.6%" in panel
+    assert "ssm-profile apply" in panel and "--validate" in panel
+
+
+def test_loss_curves_zoom_on_the_tolerance(result):
+    import math
+
+    from ssm_profile.reports.facts import Facts
+    from ssm_profile.reports.profile_sections import ZOOM, decision_scale, sensitivity_section
+
+    facts = Facts.of(result)
+    (low, high), (line, _) = decision_scale(facts)
+    assert line == pytest.approx(math.log1p(result.tolerance))
+    assert line < high <= ZOOM * line and low <= 0
+    html = sensitivity_section(facts)
+    panels = html.count('class="panel"')
+    assert html.count('class="tolerance"') == panels > 0  # a tolerance line in every panel
+    if max(t.delta_loss for t in result.model_trials) > high:
+        assert "offscale" in html and "above the scale" in html
+
+
+def _rgb_distance(a: str, b: str) -> float:
+    rgb = [tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in (a, b)]
+    return sum((x - y) ** 2 for x, y in zip(*rgb)) ** 0.5
+
+
+@pytest.mark.parametrize("family", [
+    ["in_proj", "conv1d", "x_proj", "dt_proj", "A_log", "D", "out_proj", "unit:channel", "unit:state", "unit:dt_rank"],
+    ["in_proj", "conv1d", "dt_bias", "A_log", "D", "norm", "out_proj", "unit:head", "unit:head_channel", "unit:state"],
+])
+def test_targets_of_one_model_have_distinguishable_colours(family):
+    from itertools import combinations
+
+    from ssm_profile.reports.svg import group_color
+
+    assert _rgb_distance(group_color("in_proj"), group_color("unit:channel")) > 120
+    closest = min(combinations(family, 2), key=lambda p: _rgb_distance(group_color(p[0]), group_color(p[1])))
+    assert _rgb_distance(group_color(closest[0]), group_color(closest[1])) > 60, closest
+
+
+def test_plan_and_validation_read_in_words(result):
+    from ssm_profile.reports.html import validation_section
+    from ssm_profile.reports.plan_sections import plan_section
+    from ssm_profile.reports.facts import Facts
+
+    note = "uniform cut: saved in the stock config\n(re-run validate after applying)"
+    plan = make_plan(result)
+    for action in plan["actions"]:
+        action["note"] = note
+    plan["schema_version"] = 1
+    html = plan_section(Facts.of(result), plan)
+    actions = html[html.index('id="plan-actions"'):]
+    assert actions.count(note.split("\n")[0]) == 1 and "see note 1 below" in actions
+    assert ">perplexity tolerance<" in html and ">max_ppl_increase<" not in html
+    assert "file format version" in html and ">schema_version<" not in html
+    assert "of the model's parameters" in unescape(html)
+    shown = validation_section(VALIDATION)
+    assert "weights on disk" in shown and ">bytes_on_disk<" not in shown
 
 
 def test_size_stays_bounded_for_a_large_model(result):
@@ -522,6 +607,28 @@ def _start_chromium(profile: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("chromium did not start its DevTools endpoint")
 
 
+@contextlib.contextmanager
+def _chromium(tmp_path: Path, width: int, height: int, domains=("Page", "Runtime", "Log", "Network")):
+    """A headless chromium page at width x height, driven over the DevTools protocol; closed after."""
+    proc, browser_ws = _start_chromium(tmp_path / "profile")
+    ws = None
+    try:
+        ws = _WebSocket(_page_socket(browser_ws))
+        cdp = _DevTools(ws)
+        for domain in domains:
+            cdp.call(f"{domain}.enable")
+        cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        yield cdp
+    finally:
+        if ws is not None:
+            ws.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def _page_socket(browser_ws: str) -> str:
     u = urllib.parse.urlparse(browser_ws)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # localhost only, never a proxy
@@ -559,15 +666,7 @@ def test_page_renders_in_chromium_without_errors_or_network(result, hostile, tmp
     page.write_text(reports.render_html(result, plan=make_plan(result), validation=VALIDATION), encoding="utf-8")
     evil = tmp_path / "evil.html"
     evil.write_text(reports.render_html(hostile, plan=make_plan(hostile, note=XSS2), validation=VALIDATION))
-    proc, browser_ws = _start_chromium(tmp_path / "profile")
-    ws = None
-    try:
-        ws = _WebSocket(_page_socket(browser_ws))
-        cdp = _DevTools(ws)
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            cdp.call(f"{domain}.enable")
-        cdp.call("Emulation.setDeviceMetricsOverride", width=1280, height=2400, deviceScaleFactor=1, mobile=False)
-
+    with _chromium(tmp_path, 1280, 2400) as cdp:
         seen = _visit(cdp, page)
         assert seen == {"errors": [], "requests": [], "dialogs": []}, seen
         assert cdp.eval("document.documentElement.getAttribute('data-ready')") == "1"
@@ -614,11 +713,24 @@ def test_page_renders_in_chromium_without_errors_or_network(result, hostile, tmp
         assert cdp.eval("document.title").startswith(XSS)
         assert cdp.eval("document.querySelector('h1.title').textContent") == XSS
         assert cdp.eval("document.scripts.length") == 3
-    finally:
-        if ws is not None:
-            ws.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium on PATH")
+def test_answer_is_on_the_first_screen(result, tmp_path):
+    """At 1400x900 the decision panel starts on the first screen; with SSM_PROFILE_GALLERY=1 the
+    screen is saved as the README's gallery picture."""
+    page = tmp_path / "report.html"
+    page.write_text(reports.render_html(result, plan=make_plan(result), validation=VALIDATION), encoding="utf-8")
+    bare = tmp_path / "bare.html"
+    bare.write_text(reports.render_html(result), encoding="utf-8")
+    with _chromium(tmp_path, 1400, 900, domains=("Page", "Runtime")) as cdp:
+        for path in (bare, page):  # the page with a plan last: it is the gallery picture
+            _visit(cdp, path)
+            top = cdp.eval("document.getElementById('decision').getBoundingClientRect().top")
+            assert 0 <= top < 900 - 200, (path.name, top)  # the panel, not just its edge, is on screen
+        if os.environ.get("SSM_PROFILE_GALLERY") == "1":
+            out = REPO / "docs" / "gallery" / "report-first-screen.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(base64.b64decode(cdp.call("Page.captureScreenshot", format="png")["data"]))
+            assert out.stat().st_size < 300_000

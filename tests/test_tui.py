@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -289,6 +290,119 @@ async def test_replan_export_and_apply(run_here, tmp_path):
         assert "nonzero parameters" in rows and "held-out perplexity" in rows  # the shared before/after labels
 
 
+@run_async
+async def test_keys_show_on_tabs_footer_and_palette(run_here):
+    """Every tab names its key; every tab's footer shows open, tabs and help; the palette lists the app's actions."""
+    from textual.widgets import TabbedContent
+
+    app = SSMProfileApp(run_here)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        tabs = app.query_one("#main", TabbedContent)
+        labels = [str(tabs.get_tab(t).label) for t in ("anatomy", "sensitivity", "profile", "plan", "apply")]
+        assert labels == ["1 Anatomy", "2 Sensitivity", "3 Profile", "4 Plan", "5 Apply"]
+        for key in "12345":
+            await pilot.press(key)
+            await settle(pilot, 0.2)
+            shown = {b.binding.description for b in app.active_bindings.values() if b.binding.show}
+            assert {"Open", "Tabs", "Help", "Quit"} <= shown, (key, shown)
+        await pilot.press("4")
+        await settle(pilot, 0.8)  # the plan is solved
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Open model or run (o)" in titles and "Go to Plan (4)" in titles
+        assert "Export plan (e)" in titles  # on the Plan tab …
+        assert "Next criterion (c)" not in titles  # … but not the Sensitivity tab's keys
+        await pilot.press("2")
+        assert "Next criterion (c)" in [c.title for c in app.get_system_commands(app.screen)]
+
+
+@run_async
+async def test_open_another_model_after_a_load_error():
+    from ssm_profile.tui.screens import OpenScreen
+
+    app = SSMProfileApp("no-such-model-xyz")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert isinstance(app.screen, ErrorScreen) and app.screen.query("#error-open")
+        await pilot.press("o")
+        assert isinstance(app.screen, OpenScreen)
+        app.screen.query_one("#open-target", Input).value = "tiny-mamba"
+        await pilot.press("enter")
+        await settle(pilot, 0.3)
+        assert not isinstance(app.screen, ErrorScreen)
+        assert app.loaded is not None and app.loaded.source.name == "tiny-mamba" and app.analysis is not None
+
+
+@needs_planner
+@run_async
+async def test_enter_in_the_export_path_exports(run_here, tmp_path):
+    app = SSMProfileApp(run_here)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("4")
+        await settle(pilot, 0.8)
+        path = app.query_one("#plan-path", Input)
+        path.value = str(tmp_path / "entered.json")
+        path.focus()
+        await pilot.press("enter")
+        await settle(pilot)
+        assert json.loads((tmp_path / "entered.json").read_text())["kind"] == "ssm-profile-plan"
+
+
+@run_async
+async def test_help_fits_an_80x24_terminal(run_here):
+    app = SSMProfileApp(run_here)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("question_mark")
+        await pilot.pause(0.2)
+        scroll = app.screen.query_one("#help-scroll")
+        assert scroll.max_scroll_y == 0 and scroll.max_scroll_x == 0  # nothing hidden
+
+
+@run_async
+async def test_ticked_and_unticked_boxes_differ_by_a_glyph(run_here):
+    app = SSMProfileApp(run_here)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("3")
+        await settle(pilot)
+        box = app.query_one("#profile-per-layer")
+        box.value = True
+        assert str(box.render()).startswith("[x]")
+        box.value = False
+        assert str(box.render()).startswith("[ ]")
+        criteria = app.query_one("#profile-criteria", SelectionList)
+        lines = ["".join(seg.text for seg in criteria.render_line(y)) for y in range(criteria.option_count)]
+        chosen = set(criteria.selected)
+        for line, option in zip(lines, (criteria.get_option_at_index(i) for i in range(criteria.option_count))):
+            assert line.startswith("[x]" if option.value in chosen else "[ ]"), line
+
+
+def test_default_save_path_is_beside_never_inside(tmp_path):
+    from ssm_profile.tui.plan_view import free_output_dir
+
+    assert free_output_dir("tiny-mamba", tmp_path) == "pruned-tiny-mamba"
+    (tmp_path / "pruned-tiny-mamba").mkdir()  # the quick start's output: never nested into, never reused
+    assert free_output_dir("tiny-mamba", tmp_path) == "pruned-tiny-mamba-2"
+    assert "/" not in free_output_dir("state-spaces/mamba-130m-hf", tmp_path)
+
+
+@run_async
+async def test_curves_label_every_criterion_and_use_percent(run_here):
+    app = SSMProfileApp(run_here)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot, 0.3)
+        view = app.query_one("SensitivityView")
+        drawn = app.query_one("#curve-plot").plt.build()
+        for criterion in view.criteria:
+            assert criterion in drawn, criterion  # in the legend, not only the selected one
+        assert "50%" in drawn and "tolerance" in drawn
+        assert view.tolerance_line() > 0
+
+
 def test_cli_routes_model_and_run_dir_to_tui(monkeypatch, saved_run):
     from ssm_profile.cli import main as cli
 
@@ -372,3 +486,19 @@ def test_snapshot_help(snap_compare, run_here, size):
 @pytest.mark.parametrize("size", SIZES)
 def test_snapshot_error(snap_compare, size):
     assert snap_compare(SSMProfileApp("no-such-model-xyz"), terminal_size=size, run_before=_after())
+
+
+@pytest.mark.skipif(os.environ.get("SSM_PROFILE_GALLERY") != "1" or shutil.which("rsvg-convert") is None,
+                    reason="writes the README gallery picture: set SSM_PROFILE_GALLERY=1 (needs rsvg-convert)")
+@run_async
+async def test_gallery_picture_of_the_curves(run_here):
+    import subprocess
+
+    out = Path(__file__).resolve().parents[1] / "docs" / "gallery" / "tui-sensitivity.png"
+    app = SSMProfileApp(run_here)
+    async with app.run_test(size=SIZE) as pilot:
+        await _after("2")(pilot)
+        svg = Path(app.save_screenshot(filename="tui.svg", path=str(Path.cwd())))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["rsvg-convert", "--width", "1000", str(svg), "-o", str(out)], check=True)
+    assert 10_000 < out.stat().st_size < 300_000

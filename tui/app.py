@@ -11,11 +11,12 @@ import contextlib
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 from textual import work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
 from ssm_profile.errors import SSMProfileError
@@ -23,7 +24,7 @@ from ssm_profile.errors import SSMProfileError
 from .anatomy import AnatomyView
 from .plan_view import ApplyView, PlanView
 from .profile_view import ProfileView
-from .screens import ErrorScreen, HelpScreen
+from .screens import ErrorScreen, HelpScreen, OpenScreen
 from .sensitivity import SensitivityView
 
 TABS = ["anatomy", "sensitivity", "profile", "plan", "apply"]
@@ -32,6 +33,19 @@ CONTEXT_ACTIONS = {
     "cycle_view": {"sensitivity"}, "run": {"profile", "apply"}, "cancel": {"profile"},
     "export_plan": {"plan"}, "goto_apply": {"plan"},
 }
+
+
+# (action, palette title, help) for the context actions; listed on the tabs where they apply.
+PALETTE_ACTIONS = [
+    ("cycle_criterion", "Next criterion (c)", "Sensitivity: show the next criterion's curve"),
+    ("cycle_metric", "Switch metric (m)", "Sensitivity: ΔL or relative perplexity increase"),
+    ("cycle_target", "Next target (t)", "Sensitivity: the next parameter group or unit kind"),
+    ("cycle_view", "Next view (v)", "Sensitivity: curves, scores, heatmap, ranking, findings"),
+    ("run", "Run (r)", "Profile: start profiling · Apply: prune, save and validate"),
+    ("cancel", "Cancel profiling (x)", "Stop after the current trial"),
+    ("export_plan", "Export plan (e)", "Write the plan as JSON to the path in the form"),
+    ("goto_apply", "Apply this plan (a)", "Go to the Apply tab with this plan"),
+]
 
 
 def is_run_dir(path: str | None) -> bool:
@@ -64,7 +78,10 @@ class SSMProfileApp(App[int]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark,f1", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
-        *[Binding(str(i + 1), f"show_tab('{tab}')", tab.title(), show=False) for i, tab in enumerate(TABS)],
+        Binding("o", "open", "Open"),
+        # The tab keys show once in the footer, as "1-5 Tabs" (each tab's label also starts with its key).
+        *[Binding(str(i + 1), f"show_tab('{tab}')", "Tabs" if i == 0 else tab.title(), show=i == 0,
+                  key_display="1-5" if i == 0 else None) for i, tab in enumerate(TABS)],
         Binding("c", "cycle_criterion(1)", "Criterion"),
         Binding("C", "cycle_criterion(-1)", "Criterion", show=False),
         Binding("m", "cycle_metric", "Metric"),
@@ -96,19 +113,22 @@ class SSMProfileApp(App[int]):
     def compose(self) -> ComposeResult:
         yield Header(icon="≋")
         with TabbedContent(id="main", initial="anatomy"):
-            with TabPane("Anatomy", id="anatomy"):
+            with TabPane("1 Anatomy", id="anatomy"):
                 yield AnatomyView(id="anatomy-view")
-            with TabPane("Sensitivity", id="sensitivity"):
+            with TabPane("2 Sensitivity", id="sensitivity"):
                 yield SensitivityView(id="sensitivity-view")
-            with TabPane("Profile", id="profile"):
+            with TabPane("3 Profile", id="profile"):
                 yield ProfileView(id="profile-view")
-            with TabPane("Plan", id="plan"):
+            with TabPane("4 Plan", id="plan"):
                 yield PlanView(id="plan-view")
-            with TabPane("Apply", id="apply"):
+            with TabPane("5 Apply", id="apply"):
                 yield ApplyView(id="apply-view")
         yield Footer()
 
     def on_mount(self) -> None:
+        self._start_opening()
+
+    def _start_opening(self) -> None:
         if self.opened_run:
             self.sub_title = "saved run"
             self.query_one(AnatomyView).set_status("reading the run directory …")
@@ -192,13 +212,29 @@ class SSMProfileApp(App[int]):
     def _open_failed(self, err: Exception) -> None:
         self.load_error = err if isinstance(err, SSMProfileError) else None
         what = self.target or "tiny-mamba"
-        self.query_one(AnatomyView).set_status(f"could not open {what}")
+        self.query_one(AnatomyView).set_status(f"could not open {what} · press o to open another model or run")
         if isinstance(err, SSMProfileError):
             self.show_error(f"Cannot open {what}", str(err),
-                            "ssm-profile models lists the embedded models and aliases.")
+                            "ssm-profile models lists the embedded models and aliases.", can_open=True)
         else:
             self.show_error(f"Cannot open {what}", f"{type(err).__name__}: {err}",
-                            "This looks like a bug; `ssm-profile env` prints versions for a report.")
+                            "This looks like a bug; `ssm-profile env` prints versions for a report.", can_open=True)
+
+    def open_target(self, target: str) -> None:
+        """Open another model or run directory in place of the current one (also after a failed load)."""
+        target = target.strip()
+        if not target:
+            return
+        if self.profiling:
+            self.notify("wait for (or cancel) the running profile first", severity="warning")
+            return
+        with self._model_lock:
+            self.target, self.opened_run, self.load_error = target, is_run_dir(target), None
+            self.loaded = self.analysis = self.result = self.run_meta = self.run_dir = None
+        self.query_one(SensitivityView).clear()
+        self.query_one(PlanView).clear()
+        self.action_show_tab("anatomy")
+        self._start_opening()
 
     # ------------------------------------------------------------------ shared state
     def set_result(self, result, run_dir: Path | None, note: str = "") -> None:
@@ -221,8 +257,9 @@ class SSMProfileApp(App[int]):
         """A profile is running (other tabs must not measure on the model meanwhile)."""
         return self.query_one(ProfileView).running
 
-    def show_error(self, title: str, message: str, hint: str | None = None) -> None:
-        self.push_screen(ErrorScreen(title, message, hint))
+    def show_error(self, title: str, message: str, hint: str | None = None, can_open: bool = False) -> None:
+        self.push_screen(ErrorScreen(title, message, hint, can_open=can_open),
+                         lambda choice: self.action_open() if choice == "open" else None)
 
     # ------------------------------------------------------------------ actions
     @property
@@ -269,6 +306,27 @@ class SSMProfileApp(App[int]):
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one("#main", TabbedContent).active = tab
+
+    def action_open(self) -> None:
+        if not isinstance(self.screen, OpenScreen):
+            self.push_screen(OpenScreen(self.target or ""), self._open_chosen)
+
+    def _open_chosen(self, target: str | None) -> None:
+        if target:
+            self.open_target(target)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """The app's own actions in the command palette (ctrl+p), each with its key."""
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Open model or run (o)", "Open another model (name, hub id, folder) or run directory",
+                            self.action_open)
+        yield SystemCommand("Help: keys (?)", "Every key binding, by tab", self.action_help)
+        for i, tab in enumerate(TABS, 1):
+            yield SystemCommand(f"Go to {tab.title()} ({i})", f"Show the {tab.title()} tab",
+                                lambda tab=tab: self.action_show_tab(tab))
+        for action, title, helptext in PALETTE_ACTIONS:
+            if self.check_action(action, ()) is not False:
+                yield SystemCommand(title, helptext, getattr(self, f"action_{action}"))
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

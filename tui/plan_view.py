@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
@@ -18,6 +19,7 @@ from ssm_profile.documents import Plan, PruningRecord
 from ssm_profile.errors import SSMProfileError
 
 from .format import duration, human_bytes, human_count, num, pct
+from .widgets import Tick
 
 if TYPE_CHECKING:
     from .app import SSMProfileApp
@@ -78,14 +80,20 @@ class PlanView(Vertical):
                 with Horizontal(id="plan-export", classes="form-row"):
                     yield Label("export to", classes="field-label")
                     yield Input("plan.json", id="plan-path", compact=True)
-                    yield Checkbox("measure", False, id="plan-measure", compact=True)
-                    yield Checkbox("overwrite", False, id="plan-overwrite", compact=True)
+                    yield Tick("measure", False, id="plan-measure", compact=True)
+                    yield Tick("overwrite", False, id="plan-overwrite", compact=True)
                     yield Button("Export (e)", id="plan-export-button", variant="primary", compact=True)
 
     def on_mount(self) -> None:
         self._set_actions([])
 
     # ------------------------------------------------------------------ solving
+    def clear(self) -> None:
+        """Another model is being opened: no result, no plan."""
+        self.query_one("#plan-switcher", ContentSwitcher).current = "plan-empty"
+        self.plan, self.plan_inputs, self._stale = None, None, False
+        self.post_message(self.PlanChanged(None))
+
     def set_result(self, result) -> None:
         """A new profile result: solve now if the Plan tab is showing, else when it is first shown."""
         self.query_one("#plan-switcher", ContentSwitcher).current = "plan-main"
@@ -236,6 +244,14 @@ class PlanView(Vertical):
             event.stop()
             self.export()
 
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in the export path exports; in the objective's fields it re-solves at once."""
+        event.stop()
+        if event.input.id == "plan-path":
+            self.export()
+        else:
+            self.schedule_solve(0.0)
+
     def export(self) -> None:
         if self.plan is None or self.plan_inputs is None:
             self.app.notify("no plan to export (fix the objective first)", severity="warning")
@@ -289,6 +305,19 @@ class PlanView(Vertical):
             self.post_message(self.PlanChanged(self.plan))
 
 
+def free_output_dir(model: str, base: Path | None = None) -> str:
+    """A save path beside, never inside, existing folders: ``pruned-<model>``, else ``pruned-<model>-2`` …
+
+    (A path inside the quick start's ``pruned/`` model folder made ``validate`` count both models.)
+    """
+    base = base or Path.cwd()
+    name = f"pruned-{model.replace('/', '--')}"
+    n = 1
+    while (base / (name if n == 1 else f"{name}-{n}")).exists():
+        n += 1
+    return name if n == 1 else f"{name}-{n}"
+
+
 class ApplyView(Vertical):
     """Apply the current (or a saved) plan to a fresh copy of the model, save it, validate it."""
 
@@ -308,11 +337,11 @@ class ApplyView(Vertical):
             yield Input("", placeholder="empty: the Plan tab's plan", id="apply-plan-file", compact=True)
         with Horizontal(classes="form-row"):
             yield Label("save to", classes="field-label")
-            yield Input("pruned/tiny-mamba", id="apply-output", compact=True)
+            yield Input(free_output_dir("tiny-mamba"), id="apply-output", compact=True)
         with Horizontal(classes="form-row checks"):
             yield Label("options", classes="field-label")
-            yield Checkbox("overwrite", False, id="apply-overwrite", compact=True)
-            yield Checkbox("lm-eval tasks", True, id="apply-lm-eval", compact=True)
+            yield Tick("overwrite", False, id="apply-overwrite", compact=True)
+            yield Tick("lm-eval tasks", True, id="apply-lm-eval", compact=True)
         with Horizontal(classes="actions"):
             yield Button("Apply & validate (r)", id="apply-run", variant="primary", compact=True)
             yield Static("", id="apply-msg", classes="msg")
@@ -327,7 +356,12 @@ class ApplyView(Vertical):
         self.plan_changed(self.plan)
 
     def set_model_name(self, name: str) -> None:
-        self.query_one("#apply-output", Input).value = f"pruned/{name}"
+        self.query_one("#apply-output", Input).value = free_output_dir(name)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in a field moves to the Apply button (pruning is long: one more key to start it)."""
+        event.stop()
+        self.query_one("#apply-run", Button).focus()
 
     def plan_changed(self, plan: Plan | None) -> None:
         self.plan = plan

@@ -19,6 +19,7 @@ from ssm_profile.defaults import DEFAULT_CRITERIA, DEFAULT_SPARSITIES
 from ssm_profile.errors import RunDirError, SSMProfileError
 
 from .format import duration
+from .widgets import Tick, TickList
 
 if TYPE_CHECKING:
     from .app import SSMProfileApp
@@ -64,7 +65,7 @@ class ProfileView(Vertical):
         with Horizontal(id="profile-form"):
             with Vertical(id="profile-criteria-box"):
                 yield Label("criteria", classes="field-label")
-                yield SelectionList[str](*[(n, n, n in DEFAULT_CRITERIA) for n in names], id="profile-criteria",
+                yield TickList[str](*[(n, n, n in DEFAULT_CRITERIA) for n in names], id="profile-criteria",
                                          compact=True)
             with Grid(id="profile-fields"):
                 for label, key, value, placeholder in (
@@ -80,8 +81,8 @@ class ProfileView(Vertical):
                     yield Input(value, placeholder=placeholder, id=f"profile-{key}", compact=True)
                 yield Label("options", classes="field-label")
                 with Horizontal(classes="checks"):
-                    yield Checkbox("per-layer sweep", True, id="profile-per-layer", compact=True)
-                    yield Checkbox("resume", False, id="profile-resume", compact=True)
+                    yield Tick("per-layer sweep", True, id="profile-per-layer", compact=True)
+                    yield Tick("resume", False, id="profile-resume", compact=True)
         with Horizontal(id="profile-actions", classes="actions"):
             yield Button("Start (r)", id="profile-start", variant="primary", compact=True)
             yield Button("Cancel (x)", id="profile-cancel", variant="error", compact=True, disabled=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # ssm_profile.results imports torch: the UI shows before it i
 METRICS = {"delta": "ΔL (loss increase)", "rel": "relative perplexity increase"}
 VIEWS = ["curves", "scores", "heatmap", "ranking", "findings"]
 SELECTED_COLOR = (255, 170, 0)
+TOLERANCE_COLOR = (230, 60, 60)
 OTHER_COLORS = [(90, 150, 220), (120, 190, 120), (200, 120, 200), (110, 200, 200), (200, 200, 110),
                 (220, 120, 120), (150, 150, 150), (170, 130, 90), (130, 130, 220), (230, 160, 190)]
 
@@ -105,6 +107,11 @@ class SensitivityView(Vertical):
         self._fill_findings()
         self.refresh_views()
 
+    def clear(self) -> None:
+        """Another model is being opened: back to the placeholder."""
+        self.result = None
+        self.query_one("#sens-switcher", ContentSwitcher).current = "sens-empty"
+
     def cycle_criterion(self, step: int = 1) -> None:
         crits = self.criteria
         if not crits:
@@ -162,6 +169,11 @@ class SensitivityView(Vertical):
             event.stop()
             self._fill_active()
 
+    def tolerance_line(self) -> float:
+        """The run's perplexity tolerance in the plotted metric (ΔL = ln(1 + tolerance) nats, or %)."""
+        tolerance = self.result.tolerance if self.result else 0.0
+        return math.log1p(tolerance) if self.metric == "delta" else 100.0 * tolerance
+
     def _value(self, trial) -> float:
         return trial.delta_loss if self.metric == "delta" else 100.0 * trial.rel_ppl_increase
 
@@ -186,19 +198,26 @@ class SensitivityView(Vertical):
         others = [c for c in self.criteria if c != self.criterion and r.curve(target, c)]
         for i, c in enumerate(others):
             curve = r.curve(target, c)
-            plt.plot([0.0] + [t.sparsity for t in curve], [0.0] + [self._value(t) for t in curve],
-                     color=OTHER_COLORS[i % len(OTHER_COLORS)], marker="braille")
+            plt.plot([0.0] + [100 * t.sparsity for t in curve], [0.0] + [self._value(t) for t in curve],
+                     color=OTHER_COLORS[i % len(OTHER_COLORS)], marker="braille", label=c)
         selected = r.curve(target, self.criterion) if self.criterion else []
         if selected:
-            xs = [0.0] + [t.sparsity for t in selected]
+            xs = [0.0] + [100 * t.sparsity for t in selected]
             if self.metric == "delta":
                 cis = [(0.0, 0.0)] + [r.delta_ci(t) for t in selected]
                 plt.plot(xs, [lo for lo, _ in cis], color=(150, 110, 40), marker="dot")
-                plt.plot(xs, [hi for _, hi in cis], color=(150, 110, 40), marker="dot")
+                plt.plot(xs, [hi for _, hi in cis], color=(150, 110, 40), marker="dot", label="95% CI")
             plt.plot(xs, [0.0] + [self._value(t) for t in selected], color=SELECTED_COLOR, marker="hd",
-                     label=self.criterion)
-        plt.title(f"{target}: {ylabel} vs sparsity")
-        plt.xlim(0, 1)
+                     label=f"{self.criterion} (c)")
+        tolerance = self.tolerance_line()
+        plt.hline(tolerance, color=TOLERANCE_COLOR)
+        plt.title(f"{target}: {ylabel} vs sparsity · red: tolerance +{r.tolerance:.0%} ppl")
+        top = max([t.sparsity for c in self.criteria for t in r.curve(target, c)] + [0.25])
+        right = min(100, 25 * math.ceil(top * 4 - 1e-9))  # up to the largest measured sparsity, in 25% steps
+        ticks = list(range(0, right + 1, 25 if right > 50 else 10))
+        plt.xlim(0, right)
+        plt.xticks(ticks, [f"{v}%" for v in ticks])
+        plt.xlabel("sparsity")
         for t in selected:
             lo, hi = r.delta_ci(t)
             table.add_row(pct(t.sparsity, 0), num(t.delta_loss), f"{num(lo)}..{num(hi)}", pct(t.rel_ppl_increase),

@@ -1,0 +1,118 @@
+"""The report's first section: the answer (what to prune and how much), before any evidence.
+
+With a plan: what it removes, of which total, and what it promises. Without one: the safe sparsity
+of every target with the interval the measured sparsities leave open, and the command to run next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ssm_profile.fmt import human_bytes, human_count
+
+from .facts import Facts
+from .html_elements import Cell, chip, crit_chip, num, section, table, txt
+from .svg import esc, finite, fmt_pct, group_color
+
+METRIC_WORDS = {"params": "parameters", "flops": "FLOPs per token", "state": "recurrent-state bytes"}
+
+
+def share_of(objective: dict[str, Any] | None) -> str:
+    """What a plan's percentages are a share of, from its ``objective`` ("of SSM-mixer parameters").
+
+    The one place the report words a plan's total; point it at ``reduction_of`` once plans carry it.
+    """
+    objective = objective if isinstance(objective, dict) else {}
+    what = METRIC_WORDS.get(str(objective.get("target", "params")), "parameters")
+    return f"of SSM-mixer {what}" if objective.get("scope") == "ssm" else f"of the model's {what}"
+
+
+def _amount(metric: str, value: float) -> str:
+    return human_bytes(value) if metric == "state" else human_count(value)
+
+
+def decision_section(facts: Facts, plan: dict[str, Any] | None) -> str:
+    body = _plan_answer(facts, plan) if isinstance(plan, dict) else _profile_answer(facts)
+    return section("decision", "What can I prune, and how much", "", body)
+
+
+def safe_interval(facts: Facts, row) -> tuple[float, float | None]:
+    """(last measured sparsity within tolerance, first one beyond it or None): the true limit lies between."""
+    curve = facts.result.curve(row.target, row.best_criterion)
+    above = next((t.sparsity for t in curve if t.sparsity > row.max_safe_sparsity + 1e-9), None)
+    return row.max_safe_sparsity, above
+
+
+def _profile_answer(facts: Facts) -> str:
+    r = facts.result
+    if not facts.ranking:
+        return '<p class="answer">No model-wide trials yet: nothing to decide from. Run a profile first.</p>'
+    rows = []
+    for row in sorted(facts.ranking, key=lambda x: (-x.max_safe_sparsity, x.auc)):
+        low, high = safe_interval(facts, row)
+        limit = (f"between {fmt_pct(low)} and {fmt_pct(high)}" if high is not None
+                 else f"at least {fmt_pct(low)} (largest measured)")
+        removable = row.max_safe_sparsity * row.params
+        rows.append([Cell(chip(row.target, group_color(row.target)), row.target),
+                     num(row.max_safe_sparsity, fmt_pct(row.max_safe_sparsity)), txt(limit),
+                     Cell(crit_chip(row.best_criterion, facts.criteria()), row.best_criterion),
+                     num(removable, f"{human_count(removable)} of {human_count(row.params)}")])
+    best = max(facts.ranking, key=lambda x: x.max_safe_sparsity * x.params)
+    best = best if best.max_safe_sparsity > 0 else None
+    head = (f"Safe sparsity per target: the largest measured sparsity at which perplexity rises by at most "
+            f"{r.tolerance:.0%} (pruning that one target alone, in every layer).")
+    if best is not None:
+        lead = (f'<p class="answer"><strong>{esc(best.target)}</strong> can be pruned to '
+                f"<strong>{fmt_pct(best.max_safe_sparsity)}</strong> with {esc(best.best_criterion)} within the "
+                f"{r.tolerance:.0%} perplexity tolerance, the most parameters of any single target "
+                f"({human_count(best.max_safe_sparsity * best.params)}). {esc(head)}</p>")
+    else:
+        lead = (f'<p class="answer">No target stays within the {r.tolerance:.0%} perplexity tolerance at the '
+                f"smallest measured sparsity. {esc(head)}</p>")
+    cmd = f"ssm-profile plan RUN_DIR --ratio 0.2 --max-ppl-increase {r.tolerance:g}"
+    return (lead + table([("target", "", False), ("safe sparsity", "largest measured sparsity within tolerance",
+                                                                      True),
+                          ("true limit", "between the last measured sparsity within tolerance and the next one",
+                           False), ("criterion", "the target's best criterion", False),
+                          ("parameters removable", "at the safe sparsity, of the target's parameters", True)],
+                         rows, tid="decision-table")
+            + _next_step("Next: a plan that combines targets for a budget (RUN_DIR is this run's directory)", cmd))
+
+
+def _plan_answer(facts: Facts, plan: dict[str, Any]) -> str:
+    objective = plan.get("objective") if isinstance(plan.get("objective"), dict) else {}
+    predicted = plan.get("predicted") if isinstance(plan.get("predicted"), dict) else {}
+    measured = plan.get("measured") if isinstance(plan.get("measured"), dict) else None
+    metric = str(objective.get("target", "params"))
+    removed = predicted.get(f"{metric}_removed" if metric != "state" else "state_bytes_removed")
+    ratio = predicted.get("reduction_ratio")
+    total = predicted.get("scope_total")
+    parts = []
+    if finite(removed):
+        of_total = f" (total {_amount(metric, total)})" if finite(total) else ""
+        share = f"{fmt_pct(ratio, 1)} {share_of(objective)}{of_total}" if finite(ratio) else share_of(objective)
+        parts.append(f'<p class="answer">This plan removes <strong>{esc(_amount(metric, removed))} '
+                     f"{esc(METRIC_WORDS.get(metric, metric))}</strong>: <strong>{esc(share)}</strong>.</p>")
+    tol = objective.get("max_ppl_increase")
+    promise = f"perplexity rises by at most {tol:.0%}" if finite(tol) else "perplexity stays within the tolerance"
+    if measured and finite(measured.get("rel_ppl_increase")):
+        held = "kept" if measured.get("within_tolerance") else "NOT kept"
+        parts.append(f'<p class="promise">Promise: {esc(promise)} — {held}: measured '
+                     f"{measured['rel_ppl_increase']:+.1%} on the evaluation data.</p>")
+    elif finite(predicted.get("rel_ppl_increase")):
+        parts.append(f'<p class="promise">Promise: {esc(promise)} — predicted {predicted["rel_ppl_increase"]:+.1%}'
+                     " (not measured yet: validate after applying).</p>")
+    actions = [a for a in plan.get("actions") or [] if isinstance(a, dict)]
+    if actions:
+        items = "".join(f"<li>{chip(str(a.get('target')), group_color(str(a.get('target'))))} "
+                        f"{esc(fmt_pct(a.get('sparsity')) if finite(a.get('sparsity')) else '?')} "
+                        f"{esc(a.get('structure') or '')} by {esc(a.get('criterion') or '?')}</li>" for a in actions)
+        parts.append(f'<ul class="plan-cuts">{items}</ul>')
+    model = facts.model_name()
+    cmd = f"ssm-profile apply {model} plan.json -o pruned-{model.replace('/', '--')} --validate"
+    parts.append(_next_step("Next: prune and validate (plan.json is this plan's file)", cmd))
+    return "".join(parts)
+
+
+def _next_step(label: str, command: str) -> str:
+    return f'<p class="next">{esc(label)}:</p><pre class="command"><code>{esc(command)}</code></pre>'
