@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ssm_profile.fmt import human_bytes, human_count
+from ssm_profile.fmt import human_bytes, human_count, scope_name
 
 from .facts import Facts
 from .html_elements import Cell, chip, crit_chip, num, section, table, txt
@@ -18,13 +18,10 @@ METRIC_WORDS = {"params": "parameters", "flops": "FLOPs per token", "state": "re
 
 
 def share_of(objective: dict[str, Any] | None) -> str:
-    """What a plan's percentages are a share of, from its ``objective`` ("of SSM-mixer parameters").
-
-    The one place the report words a plan's total; point it at ``reduction_of`` once plans carry it.
-    """
+    """What a plan's percentages are a share of, from its ``objective``: ``"of SSM-mixer params"``,
+    worded by :func:`ssm_profile.fmt.scope_name` as in the CLI, the TUI and the plan JSON."""
     objective = objective if isinstance(objective, dict) else {}
-    what = METRIC_WORDS.get(str(objective.get("target", "params")), "parameters")
-    return f"of SSM-mixer {what}" if objective.get("scope") == "ssm" else f"of the model's {what}"
+    return f"of {scope_name(objective.get('scope'), str(objective.get('target', 'params')))}"
 
 
 def _amount(metric: str, value: float) -> str:

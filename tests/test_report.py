@@ -277,7 +277,7 @@ def test_report_opens_with_the_answer(result):
     assert "ssm-profile plan RUN_DIR" in html
 
 
-@pytest.mark.parametrize("scope,words", [("ssm", "of SSM-mixer parameters"), (None, "of the model's parameters")])
+@pytest.mark.parametrize("scope,words", [("ssm", "of SSM-mixer params"), (None, "of whole-model params")])
 def test_plan_answer_names_its_total_and_promise(result, scope, words):
     from ssm_profile.reports.decision import decision_section
     from ssm_profile.reports.facts import Facts
@@ -342,7 +342,7 @@ def test_plan_and_validation_read_in_words(result):
     assert actions.count(note.split("\n")[0]) == 1 and "see note 1 below" in actions
     assert ">perplexity tolerance<" in html and ">max_ppl_increase<" not in html
     assert "file format version" in html and ">schema_version<" not in html
-    assert "of the model's parameters" in unescape(html)
+    assert "of whole-model params" in unescape(html)
     shown = validation_section(VALIDATION)
     assert "weights on disk" in shown and ">bytes_on_disk<" not in shown
 

@@ -17,6 +17,8 @@ from textual.worker import get_current_worker
 
 from ssm_profile.documents import Plan, PruningRecord
 from ssm_profile.errors import SSMProfileError
+from ssm_profile.fmt import percent_of, scope_name
+from ssm_profile.summary import changes_nothing, physical_change
 
 from .format import duration, human_bytes, human_count, num, pct
 from .widgets import Tick
@@ -194,14 +196,15 @@ class PlanView(Vertical):
     def show_plan(self, plan: Plan) -> None:
         pred, dense, objective = plan.predicted, plan.dense, plan.objective
         text = Text()
-        for metric, label, fmt in (("params", "params", human_count), ("flops", "FLOPs/token", human_count),
-                                   ("state", "state", human_bytes)):
+        if changes_nothing(plan):
+            text.append("no shapes change: every action is executed as zeros (structured units slice)\n",
+                        style="bold yellow")
+        physical = physical_change(plan)
+        for metric, fmt in (("params", human_count), ("flops", human_count), ("state", human_bytes)):
             removed, total = pred.removed(metric), dense.total(metric) or 0
-            share = removed / total if total else 0.0
             style = "bold green" if metric == objective.metric else "bold"
-            text.append(f"{label} ", style="dim")
-            text.append(f"−{pct(share, 1)}", style=style)
-            text.append(f" ({fmt(removed)} of {fmt(total)})  ", style="dim")
+            text.append(f"−{percent_of(removed / total if total else 0.0, scope_name('model', metric))}", style=style)
+            text.append(f" ({fmt(physical[metric])} sliced)  ", style="dim")
         text.append("\npredicted ", style="dim")
         text.append(f"ΔL {num(pred.delta_loss)}  ppl +{pct(pred.rel_ppl_increase, 1)}", style="bold")
         text.append(f"  (limit +{pct(objective.max_ppl_increase, 0)})", style="dim")
@@ -370,7 +373,8 @@ class ApplyView(Vertical):
         else:
             o, p = plan.objective, plan.predicted
             text = Text.assemble(("plan: ", "dim"), (f"{len(plan.actions)} action(s)", "bold"),
-                                 ((f" · reduce {o.metric} by {pct(p.reduction_ratio, 1)} · predicted "
+                                 ((f" · reduce {percent_of(p.reduction_ratio, p.reduction_of or scope_name(o.scope, o.metric))}"
+                                   " · predicted "
                                    f"ppl +{pct(p.rel_ppl_increase, 1)} (limit +{pct(o.max_ppl_increase, 0)})"),
                                   "dim"))
         self.query_one("#apply-source", Static).update(text)
