@@ -6,7 +6,7 @@ import argparse
 
 # The subcommands take these core helpers from here, with the options that use them.
 from ..fmt import human_bytes, human_count  # noqa: F401  (re-exported)
-from ..runtime import SMALL_MODEL, configure_threads, quiet_libraries  # noqa: F401  (re-exported)
+from ..runtime import SMALL_MODEL, check_threads, configure_threads, quiet_libraries  # noqa: F401  (re-exported)
 
 
 def add_model_args(parser: argparse.ArgumentParser, positional: bool = True, required: bool = False) -> None:
@@ -27,6 +27,7 @@ def add_model_args(parser: argparse.ArgumentParser, positional: bool = True, req
 
 
 def load_from_args(args: argparse.Namespace, with_tokenizer: bool = True):
+    check_threads(getattr(args, "threads", None))  # before seconds of loading, not after
     quiet_libraries()
     from ..resolve import load_model
 
