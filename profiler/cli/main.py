@@ -65,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
+    args.argv = argv  # the user's command line (after the program name), for hints that repeat it
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return int(args.handler(args) or 0)
@@ -81,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _fail(f"a .safetensors file is damaged ({first_line(err)}); download or save it again")
     except KeyboardInterrupt:
-        print("ssm-profile: interrupted; finished work is saved (rerun with --resume where offered)", file=sys.stderr)
+        hint = getattr(args, "interrupt_hint", None) or "finished work is saved"
+        print(f"ssm-profile: interrupted; {hint}", file=sys.stderr)
         return 130
 
 
