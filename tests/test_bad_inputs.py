@@ -233,14 +233,15 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
     "apply plan without actions key": lambda t, r, m: ["apply", _plan_copy(t, r, lambda p: p.pop("actions")),
                                                        "-o", str(t / "out")],
     "apply no plan": lambda t, r, m: ["apply", "-o", str(t / "out")],
-    "apply output exists": lambda t, r, m: (_file(t, "out", "keep"), _apply(t, r))[1],
+    "apply output exists": lambda t, r, m: ((t / "out").mkdir(), _file(t / "out", "mine.txt", "keep"),
+                                            _apply(t, r))[2],
     "apply output is a file": lambda t, r, m: (_file(t, "out", "keep"), _apply(t, r, "--overwrite"))[1],
     "apply output holds the plan": lambda t, r, m: ["apply", "tiny-mamba", str(_file(t, "p.json", _plan(r).read_text())),
                                                     "-o", str(t), "--overwrite"],
     "apply output inside the model": lambda t, r, m: ["apply", _model_copy(t, lambda d: None), str(_plan(r)),
                                                       "-o", str(t / "model" / "pruned")],
-    "apply output exists validated": lambda t, r, m: ((t / "out").mkdir(), _file(t / "out", "mine.txt", "keep"),
-                                                      _apply(t, r, "--validate"))[2],
+    "apply output validated already": lambda t, r, m: (shutil.copytree(_pruned(r), t / "out"), _file(
+        t / "out", "validation.json", "{}"), _apply(t, r, "--validate"))[2],
     "apply threads 0": lambda t, r, m: _apply(t, r, "--threads", "0"),
     "apply plan of other weights": lambda t, r, m: [
         "apply", "tiny-mamba2", _plan_copy(t, r, lambda p: None), "-o", str(t / "out"), "--quiet"],
@@ -256,7 +257,7 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
     "validate not a pruned directory": lambda t, r, m: ["validate", "tiny-mamba", str(t)],
     # report
     "report plan of other weights": lambda t, r, m: [
-        "report", str(r), "--plan", _plan_copy(t, r, lambda p: p["model"].update(fingerprint="0" * 16)),
+        "report", str(r), "--plan", _plan_copy(t, r, lambda p: p["model"].update(fingerprint="sha256:" + "0" * 64)),
         "-o", str(t / "r.html")],
     "report plan is a directory": lambda t, r, m: ["report", str(r), "--plan", str(t), "-o", str(t / "r.html")],
 }
