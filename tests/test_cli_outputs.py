@@ -184,3 +184,16 @@ def test_failed_replacement_keeps_the_old_directory(tmp_path):
     with atomic_directory(final, overwrite=True) as fresh:
         (fresh / "new.txt").write_text("new")
     assert [p.name for p in final.iterdir()] == ["new.txt"] and _leftovers(tmp_path) == []
+
+
+def test_ctrl_c_of_other_commands_prints_the_command_to_run_again(planned, tmp_path, monkeypatch, capsys):
+    _, plan = planned
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ssm_profile.apply.apply_plan", interrupted)
+    argv = ["apply", "tiny-mamba", str(plan), "-o", str(tmp_path / "out"), "--quiet"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "ssm-profile: interrupted; run it again with: ssm-profile " + " ".join(argv)

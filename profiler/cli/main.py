@@ -9,6 +9,7 @@ import argparse
 import errno
 import importlib
 import os
+import shlex
 import sys
 from typing import Sequence
 
@@ -82,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _fail(f"a .safetensors file is damaged ({first_line(err)}); download or save it again")
     except KeyboardInterrupt:
-        hint = getattr(args, "interrupt_hint", None) or "finished work is saved"
+        hint = getattr(args, "interrupt_hint", None) or f"run it again with: {shlex.join(['ssm-profile', *argv])}"
         print(f"ssm-profile: interrupted; {hint}", file=sys.stderr)
         return 130
 
