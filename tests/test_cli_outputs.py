@@ -197,3 +197,13 @@ def test_ctrl_c_of_other_commands_prints_the_command_to_run_again(planned, tmp_p
     assert main(argv) == 130
     err = capsys.readouterr().err.strip()
     assert err == "ssm-profile: interrupted; run it again with: ssm-profile " + " ".join(argv)
+
+
+def test_a_long_profile_is_announced_even_when_quiet(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ssm_profile.estimate.estimate_profile_seconds", lambda *a: 3 * 3600.0)
+    monkeypatch.setattr("ssm_profile.profile.profile_model", interrupted)
+    assert main(["profile", "tiny-mamba", "-o", str(tmp_path / "run"), *TINY]) == 130
+    assert "this profile should take about 3.0 h" in capsys.readouterr().err

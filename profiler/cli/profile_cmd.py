@@ -146,6 +146,9 @@ def _free_path(name: str) -> str:
     return str(path)
 
 
+QUIET_NOTE_S = 600  # with --quiet, the estimate is printed from this duration on
+
+
 def _check_time(loaded, dataset, settings, args: argparse.Namespace) -> None:
     import sys
 
@@ -157,7 +160,7 @@ def _check_time(loaded, dataset, settings, args: argparse.Namespace) -> None:
                        kernels=Kernels.for_run(settings.fast_scan))
     seconds = estimate_profile_seconds(recipe, loaded.model, dataset, settings)
     check_time(seconds, args.force)
-    if not args.quiet:
+    if not args.quiet or seconds >= QUIET_NOTE_S:  # a long run is never silent
         print(f"ssm-profile: note: this profile should take about {duration_text(seconds)}", file=sys.stderr)
 
 
