@@ -260,6 +260,13 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
         "report", str(r), "--plan", _plan_copy(t, r, lambda p: p["model"].update(fingerprint="sha256:" + "0" * 64)),
         "-o", str(t / "r.html")],
     "report plan is a directory": lambda t, r, m: ["report", str(r), "--plan", str(t), "-o", str(t / "r.html")],
+    # bench and the terminal UI: refused before anything runs
+    "bench json exists": lambda t, r, m: ["bench", "--quick", "--json", str(_file(t, "b.json", "keep"))],
+    "bench markdown is a directory": lambda t, r, m: ["bench", "--quick", "--markdown", str(t), "--overwrite"],
+    "bench json and markdown the same": lambda t, r, m: ["bench", "--quick", "--json", str(t / "b"),
+                                                         "--markdown", str(t / "b")],
+    "bench threads 0": lambda t, r, m: ["bench", "--quick", "--threads", "0"],
+    "tui threads 0": lambda t, r, m: ["tui", "tiny-mamba", "--threads", "0"],
 }
 if not torch.cuda.is_available():
     CASES["device cuda"] = lambda t, r, m: _profile(t, "--device", "cuda")

@@ -108,15 +108,13 @@ def _check_report_path(args: argparse.Namespace, out_dir: Path) -> Path:
     the tool's own file and is regenerated freely."""
     from ..documents import VALIDATION_FILE
     from ..io import check_output
-    from ..resolve import locate
+    from .common import model_files
 
     if not args.output:
         return out_dir / VALIDATION_FILE
     inputs = [item for item in out_dir.iterdir() if item.name != VALIDATION_FILE]
     inputs += [args.plan] if args.plan else []
-    source = locate(args.model)
-    if source.kind != "hub":  # the base model's own files
-        inputs += list(Path(source.location).iterdir())
+    inputs += model_files(args.model)  # the base model's own files
     return check_output(args.output, overwrite=args.overwrite, inputs=inputs, what="validation report")
 
 
