@@ -69,6 +69,8 @@ def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
     from .errors import OutputExistsError
 
     final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise OutputExistsError(f"output '{final}' is a file; give a directory")
     if final.exists() and not overwrite:
         raise OutputExistsError(f"output '{final}' already exists; choose another path or pass --overwrite")
     final.parent.mkdir(parents=True, exist_ok=True)
