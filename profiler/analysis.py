@@ -156,7 +156,10 @@ class AnalysisResult:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "AnalysisResult":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        from .errors import RunDirError
+        from .safe_read import read_user_json
+
+        return cls.from_dict(read_user_json(path, "analysis file", error=RunDirError))
 
     # --- views
     def mixer_groups(self) -> list[GroupRow]:

@@ -316,20 +316,25 @@ def as_plan(plan: Plan | dict[str, Any], where: str = "the plan") -> Plan:
     return Plan.from_dict(plan)
 
 
-def read_json(path: str | Path, what: str, hint: str, error: type[Exception] = PlanError) -> Any:
-    """The JSON value in ``path`` (a bounded read of a regular file); every problem is one line of
-    ``error`` ending with ``hint``."""
-    from .safe_read import read_user_json
+# A plan lists a few dozen actions (kilobytes); apply copies it whole into pruning.json.
+PLAN_LIMIT = 32 << 20
+
+
+def read_json(path: str | Path, what: str, hint: str, error: type[Exception] = PlanError,
+              max_bytes: int | None = None) -> Any:
+    """The JSON value in ``path`` (a bounded read of a regular file, at most ``max_bytes``, default
+    the safe_read JSON limit); every problem is one line of ``error`` ending with ``hint``."""
+    from .safe_read import JSON_LIMIT, read_user_json
 
     try:
-        return read_user_json(path, f"{what} file", error=error)
+        return read_user_json(path, f"{what} file", max_bytes or JSON_LIMIT, error=error)
     except error as err:
         raise error(f"{err}; {hint}") from None
 
 
 def load_plan(path: str | Path) -> Plan:
     """Read and validate a plan file; every problem is a one-line :class:`PlanError`."""
-    data = read_json(path, "plan", f"make one with `ssm-profile plan RUN_DIR -o {path}`")
+    data = read_json(path, "plan", f"make one with `ssm-profile plan RUN_DIR -o {path}`", max_bytes=PLAN_LIMIT)
     return as_plan(data, where=f"plan file '{path}'")
 
 

@@ -93,3 +93,62 @@ def check_memory(estimate: MemoryEstimate, force: bool, available: int | None = 
         f"this profile needs about {human_bytes(estimate.total)} of memory (largest part: {estimate.largest()}) "
         f"but {human_bytes(available)} is available; lower --seqlen, --batch-size or --eval-samples, "
         "or pass --force to try anyway")
+
+
+# --------------------------------------------------------------------------------------------
+# time
+
+TIME_LIMIT_S = 24 * 3600  # beyond this a profile is refused unless --force
+# A per-layer probe re-runs only the layers from the pruned one on (incremental evaluator): about half.
+PER_LAYER_SHARE = 0.5
+
+
+def estimate_profile_seconds(recipe, model: torch.nn.Module, dataset, settings) -> float:
+    """Seconds a profile is expected to take: one timed evaluation batch and one timed calibration
+    batch (after a warm-up batch), times the planned counts. Trials are counted as full evaluations
+    (an upper bound for the incremental evaluator), so the figure errs long."""
+    import math
+    import time
+
+    from .arch import find_mixers
+    from .data import batch_losses
+    from .masks import targets_for
+    from .recipe import needs_of
+
+    batch = settings.batch_size
+    evaluation, calibration = dataset.evaluation, dataset.calibration
+    with recipe.installed(model):
+        batch_losses(model, evaluation[:batch], batch)  # warm-up: kernel compilation, allocator
+        started = time.perf_counter()
+        batch_losses(model, evaluation[:batch], batch)
+        eval_batch = time.perf_counter() - started
+        needs = needs_of([*settings.criteria, settings.layer_criterion])
+        started = time.perf_counter()
+        if needs and calibration is not None:
+            recipe.statistics(model, calibration[:batch], needs)
+        calib_batch = time.perf_counter() - started
+    mixers = find_mixers(model)
+    targets = [t for t in targets_for(mixers) if settings.targets is None or t.name in settings.targets]
+    trials = len(targets) * len(settings.criteria) * len(settings.sparsities)
+    probes = len(targets) * len(mixers) if settings.per_layer else 0
+    eval_batches = math.ceil(int(evaluation.shape[0]) / batch)
+    calib_batches = math.ceil(int(calibration.shape[0]) / batch) if calibration is not None else 0
+    return (eval_batch * eval_batches * (1 + trials + PER_LAYER_SHARE * probes)
+            + calib_batch * calib_batches)
+
+
+def duration_text(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def check_time(seconds: float, force: bool, limit: float = TIME_LIMIT_S) -> None:
+    """Refuse (one line) a profile expected to run longer than ``limit``, unless ``force``."""
+    if force or seconds <= limit:
+        return
+    raise SSMProfileError(
+        f"this profile would take about {duration_text(seconds)} (more than {duration_text(limit)}); lower "
+        "--nsamples, --eval-samples, --seqlen or the criteria, sparsities and targets, or pass --force to run anyway")

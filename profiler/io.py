@@ -16,7 +16,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_stale(path, TMP_SUFFIX, Path.is_file, Path.unlink)  # left by a writer that was killed
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_partial_prefix(path)}{os.getpid()}.", suffix=TMP_SUFFIX)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -68,6 +69,8 @@ def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
     from .errors import OutputExistsError
 
     final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise OutputExistsError(f"output '{final}' is a file; give a directory")
     if final.exists() and not overwrite:
         raise OutputExistsError(f"output '{final}' already exists; choose another path or pass --overwrite")
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -78,15 +81,32 @@ def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
     try:
         yield tmp
         _default_permissions(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _swap_in(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Put the finished ``tmp`` in ``final``'s place. An existing ``final`` is first renamed to a
+    ``.partial`` sibling (removed after the swap, or by the next run if this process is killed), so
+    the old output is never deleted before the new one is complete and in place."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{_partial_prefix(final)}{os.getpid()}.",
+                                suffix=".old" + PARTIAL_SUFFIX))
+    os.replace(final, old)  # replaces the empty placeholder directory
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.replace(old, final)  # put the old output back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 PARTIAL_SUFFIX = ".partial"
+TMP_SUFFIX = ".tmp"
 
 
 def _partial_prefix(final: Path) -> str:
@@ -95,13 +115,20 @@ def _partial_prefix(final: Path) -> str:
 
 def remove_stale_partials(final: str | os.PathLike) -> list[Path]:
     """Remove ``final``'s temporary ``.partial`` siblings whose writing process is dead; returns them."""
-    final = Path(final)
+    return _remove_stale(Path(final), PARTIAL_SUFFIX, Path.is_dir, lambda item: shutil.rmtree(item, ignore_errors=True))
+
+
+def _remove_stale(final: Path, suffix: str, is_kind, remove) -> list[Path]:
+    """Remove ``final``'s temporary siblings ``.NAME.pidPID.*SUFFIX`` whose process PID is dead."""
     prefix = _partial_prefix(final)
     removed = []
-    for item in final.parent.glob(f"{glob.escape(prefix)}*{PARTIAL_SUFFIX}"):
+    for item in final.parent.glob(f"{glob.escape(prefix)}*{suffix}"):
         pid_text = item.name[len(prefix):].split(".", 1)[0]
-        if item.is_dir() and not item.is_symlink() and pid_text.isdigit() and not pid_alive(int(pid_text)):
-            shutil.rmtree(item, ignore_errors=True)
+        if is_kind(item) and not item.is_symlink() and pid_text.isdigit() and not pid_alive(int(pid_text)):
+            try:
+                remove(item)
+            except OSError:
+                continue
             removed.append(item)
     return removed
 

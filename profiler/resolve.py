@@ -278,12 +278,36 @@ def _load_transformers(directory: Path, dtype: torch.dtype | None, trust_remote_
             use_safetensors=has_safetensors or not allow_pickle,
         )
     except (OSError, ValueError, RuntimeError) as err:
+        if "mismatched_sizes" in str(err):  # transformers' message points at a report it printed
+            raise UnsupportedModelError(_shape_mismatch(directory, config)) from None
         raise UnsupportedModelError(f"cannot load {directory}: {first_line(err)}") from None
     except Exception as err:  # noqa: BLE001 - safetensors' error type lives in a compiled module
         if not is_safetensors_error(err):
             raise
         raise UnsupportedModelError(f"cannot load {directory}: its .safetensors weights are damaged "
                                     f"({first_line(err)}); download or save them again") from None
+
+
+def _shape_mismatch(directory: Path, config: Any) -> str:
+    """One line naming the tensors whose saved shape differs from what config.json builds."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()}
+    differing = []
+    for file in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as weights:
+            for key in weights.keys():
+                saved = tuple(weights.get_slice(key).get_shape())
+                if key in expected and expected[key] != saved:
+                    differing.append((key, saved, expected[key]))
+    what = "its weights do not match its config.json"
+    if differing:
+        key, saved, wanted = differing[0]
+        what += (f": {len(differing)} tensors differ in shape, e.g. {key} is {list(saved)} in the weights but "
+                 f"{list(wanted)} by the config")
+    return f"cannot load {directory}: {what}; restore the config.json saved with these weights"
 
 
 def is_safetensors_error(err: BaseException) -> bool:

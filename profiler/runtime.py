@@ -21,7 +21,20 @@ def fast_kernels_enabled() -> bool:
 SMALL_MODEL = 20_000_000
 
 
+def check_threads(threads: int | None) -> None:
+    """``--threads`` between 1 and this machine's CPU cores (more only slows torch down)."""
+    if threads is None:
+        return
+    cores = os.cpu_count() or 1
+    if not 1 <= threads <= cores:
+        from .errors import SSMProfileError
+
+        raise SSMProfileError(f"--threads must be between 1 and {cores} (this machine's CPU cores), got {threads}")
+
+
 def configure_threads(threads: int | None, model=None) -> None:
+    """Set torch's thread count: ``threads`` (checked), else 1 for small models, else torch's choice."""
+    check_threads(threads)
     import torch
 
     if threads:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -26,9 +27,36 @@ TINY = ["--nsamples", "2", "--eval-samples", "2", "--seqlen", "16", "--sparsitie
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
+    """A run, with its plan (``_plan(run)``) and pruned checkpoint (``_pruned(run)``) beside it."""
     run = tmp_path_factory.mktemp("bad") / "run"
     assert main(["profile", "tiny-mamba", "-o", str(run), *TINY]) == 0
+    assert main(["plan", str(run), "-o", str(_plan(run)), "--ratio", "0.1", "--no-measure", "--quiet"]) == 0
+    assert main(["apply", "tiny-mamba", str(_plan(run)), "-o", str(_pruned(run)), "--quiet"]) == 0
     return run
+
+
+def _plan(run: Path) -> Path:
+    return run.parent / "plan.json"
+
+
+def _pruned(run: Path) -> Path:
+    return run.parent / "pruned"
+
+
+def _plan_copy(tmp: Path, run: Path, change: Callable[[dict], None]) -> str:
+    plan = json.loads(_plan(run).read_text())
+    change(plan)
+    return str(_file(tmp, "changed-plan.json", json.dumps(plan)))
+
+
+def _apply(tmp: Path, run: Path, *extra: str) -> list[str]:
+    return ["apply", "tiny-mamba", str(_plan(run)), "-o", str(tmp / "out"), "--quiet", *extra]
+
+
+def _double_width(model: Path) -> None:
+    config = json.loads((model / "config.json").read_text())
+    config["intermediate_size"] *= 2
+    (model / "config.json").write_text(json.dumps(config))
 
 
 def _profile(tmp: Path, *extra: str) -> list[str]:
@@ -180,6 +208,65 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
     "analyze json read-only filesystem": lambda t, r, m: (
         _unwritable(m, OSError(errno.EROFS, "Read-only file system", str(t))),
         ["analyze", "--json", str(t / "a.json")])[1],
+    # profile run directories: refused before a model loads
+    "profile resume and overwrite": lambda t, r, m: _profile(t, "--resume", "--overwrite"),
+    "profile overwrite of a non-run": lambda t, r, m: ((t / "out").mkdir(), _file(t / "out", "mine.txt", "keep"),
+                                                       _profile(t, "--overwrite"))[2],
+    "profile time estimate too long": lambda t, r, m: (
+        m.setattr("ssm_profile.estimate.estimate_profile_seconds", lambda *a: 90_000.0), _profile(t))[1],
+    "model config shape mismatch": lambda t, r, m: ["analyze", _model_copy(t, _double_width)],
+    # plan outputs and options
+    "plan output exists": lambda t, r, m: ["plan", str(r), "-o", str(_file(t, "p.json", "keep")), "--no-measure"],
+    "plan output is run.json": lambda t, r, m: ["plan", str(r), "-o", str(r / "run.json"), "--overwrite",
+                                                "--no-measure"],
+    "plan output is a directory": lambda t, r, m: ["plan", str(r), "-o", str(t), "--overwrite", "--no-measure"],
+    "plan threads 0": lambda t, r, m: ["plan", str(r), "-o", str(t / "p.json"), "--threads", "0"],
+    "plan run missing": lambda t, r, m: ["plan", str(t / "nothing"), "-o", str(t / "p.json")],
+    # apply: plans, outputs and options, all refused before the model loads
+    "apply plan missing": lambda t, r, m: ["apply", "tiny-mamba", str(t / "none.json"), "-o", str(t / "out")],
+    "apply plan is /dev/zero": lambda t, r, m: ["apply", "tiny-mamba", str(_zero_link(t, "p.json")), "-o",
+                                                str(t / "out")],
+    "apply plan random bytes": lambda t, r, m: ["apply", str(_file(t, "p.json", os.urandom(2000))), "-o",
+                                                str(t / "out")],
+    "apply plan over the size limit": lambda t, r, m: (
+        m.setattr("ssm_profile.documents.PLAN_LIMIT", 100), _apply(t, r))[1],
+    "apply plan without actions key": lambda t, r, m: ["apply", _plan_copy(t, r, lambda p: p.pop("actions")),
+                                                       "-o", str(t / "out")],
+    "apply no plan": lambda t, r, m: ["apply", "-o", str(t / "out")],
+    "apply output exists": lambda t, r, m: ((t / "out").mkdir(), _file(t / "out", "mine.txt", "keep"),
+                                            _apply(t, r))[2],
+    "apply output is a file": lambda t, r, m: (_file(t, "out", "keep"), _apply(t, r, "--overwrite"))[1],
+    "apply output holds the plan": lambda t, r, m: ["apply", "tiny-mamba", str(_file(t, "p.json", _plan(r).read_text())),
+                                                    "-o", str(t), "--overwrite"],
+    "apply output inside the model": lambda t, r, m: ["apply", _model_copy(t, lambda d: None), str(_plan(r)),
+                                                      "-o", str(t / "model" / "pruned")],
+    "apply output validated already": lambda t, r, m: (shutil.copytree(_pruned(r), t / "out"), _file(
+        t / "out", "validation.json", "{}"), _apply(t, r, "--validate"))[2],
+    "apply threads 0": lambda t, r, m: _apply(t, r, "--threads", "0"),
+    "apply plan of other weights": lambda t, r, m: [
+        "apply", "tiny-mamba2", _plan_copy(t, r, lambda p: None), "-o", str(t / "out"), "--quiet"],
+    # validate
+    "validate output over pruning.json": lambda t, r, m: ["validate", "tiny-mamba", str(_pruned(r)), "-o",
+                                                          str(_pruned(r) / "pruning.json"), "--overwrite"],
+    "validate output exists": lambda t, r, m: ["validate", "tiny-mamba", str(_pruned(r)), "-o",
+                                               str(_file(t, "v.json", "keep"))],
+    "validate output over the plan": lambda t, r, m: ["validate", "tiny-mamba", str(_pruned(r)), "--plan",
+                                                      str(_plan(r)), "-o", str(_plan(r)), "--overwrite"],
+    "validate threads too many": lambda t, r, m: ["validate", "tiny-mamba", str(_pruned(r)), "--threads",
+                                                  str((os.cpu_count() or 1) + 1)],
+    "validate not a pruned directory": lambda t, r, m: ["validate", "tiny-mamba", str(t)],
+    # report
+    "report plan of other weights": lambda t, r, m: [
+        "report", str(r), "--plan", _plan_copy(t, r, lambda p: p["model"].update(fingerprint="sha256:" + "0" * 64)),
+        "-o", str(t / "r.html")],
+    "report plan is a directory": lambda t, r, m: ["report", str(r), "--plan", str(t), "-o", str(t / "r.html")],
+    # bench and the terminal UI: refused before anything runs
+    "bench json exists": lambda t, r, m: ["bench", "--quick", "--json", str(_file(t, "b.json", "keep"))],
+    "bench markdown is a directory": lambda t, r, m: ["bench", "--quick", "--markdown", str(t), "--overwrite"],
+    "bench json and markdown the same": lambda t, r, m: ["bench", "--quick", "--json", str(t / "b"),
+                                                         "--markdown", str(t / "b")],
+    "bench threads 0": lambda t, r, m: ["bench", "--quick", "--threads", "0"],
+    "tui threads 0": lambda t, r, m: ["tui", "tiny-mamba", "--threads", "0"],
 }
 if not torch.cuda.is_available():
     CASES["device cuda"] = lambda t, r, m: _profile(t, "--device", "cuda")
@@ -197,16 +284,21 @@ def _hashes(*roots: Path) -> dict[str, str]:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_is_one_line_and_changes_nothing(case, tmp_path, run_dir, monkeypatch, capsys):
     argv = CASES[case](tmp_path, run_dir, monkeypatch)
-    before = _hashes(tmp_path, run_dir)
+    before = _hashes(tmp_path, run_dir.parent)
+    started = time.monotonic()
     code = main(argv)
+    elapsed = time.monotonic() - started
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, (case, err)
     assert len(lines) == 1 and err.strip() == lines[0] and "Traceback" not in err, err
     assert "error:" in lines[0]
-    after = _hashes(tmp_path, run_dir)
+    after = _hashes(tmp_path, run_dir.parent)
     assert {p: h for p, h in after.items() if p in before} == before, f"{case} changed an input"
-    assert not (tmp_path / "out").exists() or case.startswith("output")  # no run directory left behind
+    out = str(tmp_path / "out")
+    out_existed = any(p == out or p.startswith(out + os.sep) for p in before)
+    assert out_existed or not (tmp_path / "out").exists(), f"{case} left an output behind"
+    assert elapsed < 30, f"{case} took {elapsed:.0f} s"
 
 
 def test_messages_name_the_problem(tmp_path, capsys):

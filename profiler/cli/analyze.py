@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..io import check_output
-from .common import add_model_args, human_bytes, human_count, load_from_args
+from .common import add_model_args, human_bytes, human_count, load_from_args, model_files
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,14 +30,6 @@ def run(args: argparse.Namespace) -> int:
         result.to_json(args.json)
         print(f"wrote {args.json}")
     return 0
-
-
-def model_files(name: str | None) -> list[Path]:
-    """The files of a local model directory (an output must never replace one of them)."""
-    from ..resolve import locate
-
-    directory = Path(locate(name).location)
-    return [item for item in directory.iterdir() if item.is_file()] if directory.is_dir() else []
 
 
 def print_analysis(result, per_layer: bool = False) -> None:

@@ -14,12 +14,15 @@ from .validate_cmd import LM_EVAL_LOG, add_validation_args, finish, print_valida
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("apply", help="apply a pruning plan and save the pruned checkpoint", description=__doc__)
-    add_model_args(p, required=True)
-    p.add_argument("plan", metavar="PLAN", help="plan JSON written by `ssm-profile plan`")
+    p.add_argument("model", nargs="?", default=None, metavar="MODEL",
+                   help="the model the plan was made for (default: where the plan says it came from)")
+    p.add_argument("plan", nargs="?", default=None, metavar="PLAN", help="plan JSON written by `ssm-profile plan`")
+    add_model_args(p, positional=False)
     p.add_argument("-o", "--output", required=True, help="output directory for the pruned checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--validate", action="store_true",
-                   help="also compare the pruned model with the base (writes OUT_DIR/validation.json)")
+                   help="also compare the pruned model with the base (writes OUT_DIR/validation.json); "
+                   "validates an existing OUT_DIR of the same plan that has no validation.json yet")
     add_validation_args(p)
     p.set_defaults(handler=run)
 
@@ -29,15 +32,17 @@ def run(args: argparse.Namespace) -> int:
 
     from ..apply import apply_plan
     from ..documents import load_plan
-    from ..errors import OutputExistsError
     from .progress import rich_progress
 
+    _plan_and_model(args)
     options = validation_options(args) if args.validate else None
     if options is not None:
         options["lm_eval_log"] = Path(args.output) / LM_EVAL_LOG  # lm-eval's messages, off the terminal
     plan = load_plan(args.plan)  # a bad plan fails before the model loads
-    if Path(args.output).exists() and not args.overwrite:
-        raise OutputExistsError(f"output '{args.output}' already exists; choose another path or pass --overwrite")
+    if args.model is None:
+        args.model = model_of(plan)
+    if _check_output(args, plan) == "validate":
+        return _validate_existing(args)
     loaded = load_from_args(args)
     with rich_progress("applying", enabled=not args.quiet) as progress:
         report = apply_plan(loaded, plan, args.output, validate=args.validate, overwrite=args.overwrite,
@@ -50,6 +55,76 @@ def run(args: argparse.Namespace) -> int:
         return finish(report.validation)
     print(f"next: ssm-profile validate {args.model} {args.output}")
     return 0
+
+
+def _plan_and_model(args: argparse.Namespace) -> None:
+    """``apply PLAN -o OUT`` (one positional) is the plan; the model then comes from it."""
+    from ..errors import SSMProfileError
+
+    if args.plan is None:
+        if args.model is None:
+            raise SSMProfileError("give a plan: ssm-profile apply [MODEL] PLAN -o OUT_DIR")
+        args.model, args.plan = None, args.model
+
+
+def model_of(plan) -> str:
+    """Where the plan's model was loaded from: its directory when local, else its name."""
+    source = plan.model.source or {}
+    local = str(source.get("kind", "")).startswith("local")
+    return (source.get("location") if local else None) or source.get("name") or plan.model.name
+
+
+def _check_output(args: argparse.Namespace, plan) -> str:
+    """Refuse, before loading the model, an output that holds an input or exists (without --overwrite);
+    'validate' when OUT_DIR is this plan's complete but unvalidated checkpoint and --validate is given."""
+    import sys
+    from pathlib import Path
+
+    from ..errors import OutputExistsError
+    from ..resolve import locate
+
+    out = Path(args.output).expanduser()
+    inputs = [Path(args.plan)]
+    source = locate(args.model)
+    if source.kind != "hub":
+        inputs.append(Path(source.location))
+    for item in inputs:
+        if _overlaps(out, item):
+            raise OutputExistsError(f"output '{out}' would replace the input '{item}'; choose another path")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output '{out}' is a file; give a directory for the pruned checkpoint")
+    if not out.exists() or args.overwrite:
+        return "apply"
+    if args.validate and _unvalidated_checkpoint_of(out, plan):
+        print(f"ssm-profile: note: '{out}' already holds this plan's pruned checkpoint without a validation; "
+              "validating it (pass --overwrite to prune again)", file=sys.stderr)
+        return "validate"
+    raise OutputExistsError(f"output '{out}' already exists; choose another path or pass --overwrite")
+
+
+def _overlaps(a, b) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def _unvalidated_checkpoint_of(out, plan) -> bool:
+    from ..documents import PRUNING_FILE, VALIDATION_FILE, load_pruning_record
+    from ..errors import SSMProfileError
+
+    if (out / VALIDATION_FILE).exists() or not (out / "config.json").is_file():
+        return False
+    try:
+        record = load_pruning_record(out / PRUNING_FILE)
+    except SSMProfileError:
+        return False
+    return record.plan is not None and record.plan.to_dict() == plan.to_dict()
+
+
+def _validate_existing(args: argparse.Namespace) -> int:
+    from . import validate_cmd
+
+    args.pruned, args.output = args.output, None  # validate's OUT_DIR; its report goes to the default place
+    return validate_cmd.run(args)
 
 
 def print_apply(report: PruningRecord) -> None:

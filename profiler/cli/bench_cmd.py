@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also run each default profile the way the profiler did before the fast kernels and the "
                    "incremental sweep (plain sweep, transformers' kernels, torch's linear, whole-batch logits); "
                    "adds ~10 minutes")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --json / --markdown files")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(handler=run)
 
@@ -30,10 +31,17 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..bench import markdown, render, run_bench
-    from ..errors import SSMProfileError
+    from ..io import check_output, write_text_atomic
+    from ..runtime import check_threads
 
-    if args.threads < 1:
-        raise SSMProfileError("--threads must be positive")
+    check_threads(args.threads)  # and the outputs, before minutes of measuring
+    for path, what in ((args.json_path, "--json file"), (args.markdown, "--markdown file")):
+        if path:
+            check_output(path, overwrite=args.overwrite, what=what)
+    if args.json_path and args.markdown and Path(args.json_path).resolve() == Path(args.markdown).resolve():
+        from ..errors import OutputExistsError
+
+        raise OutputExistsError("--json and --markdown name the same file; give two paths")
     console = Console(stderr=True)
 
     def note(what: str) -> None:
@@ -43,13 +51,9 @@ def run(args: argparse.Namespace) -> int:
     report = run_bench(threads=args.threads, quick=args.quick, reference=args.reference_profile, note=note)
     render(report)
     if args.json_path:
-        path = Path(args.json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+        path = write_text_atomic(args.json_path, json.dumps(report, indent=2, default=str) + "\n")
         print(f"results written to {path}")
     if args.markdown:
-        path = Path(args.markdown)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(markdown(report), encoding="utf-8")
+        path = write_text_atomic(args.markdown, markdown(report))
         print(f"tables written to {path}")
     return 0

@@ -9,6 +9,7 @@ import argparse
 import errno
 import importlib
 import os
+import shlex
 import sys
 from typing import Sequence
 
@@ -65,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
+    args.argv = argv  # the user's command line (after the program name), for hints that repeat it
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return int(args.handler(args) or 0)
@@ -81,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _fail(f"a .safetensors file is damaged ({first_line(err)}); download or save it again")
     except KeyboardInterrupt:
-        print("ssm-profile: interrupted; finished work is saved (rerun with --resume where offered)", file=sys.stderr)
+        hint = getattr(args, "interrupt_hint", None) or f"run it again with: {shlex.join(['ssm-profile', *argv])}"
+        print(f"ssm-profile: interrupted; {hint}", file=sys.stderr)
         return 130
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from typing import Callable
 
-from ..errors import SSMProfileError
+from ..runtime import check_threads  # noqa: F401  (re-exported: the option's check lives in the core)
 
 
 def _number(text: str) -> float:
@@ -65,15 +64,6 @@ def at_least(minimum: int, why: str = "") -> Callable[[str], int]:
 
     parse.__name__ = "integer"  # argparse names the type in some messages
     return parse
-
-
-def check_threads(threads: int | None) -> None:
-    """``--threads`` between 1 and this machine's CPU cores (more only slows torch down)."""
-    if threads is None:
-        return
-    cores = os.cpu_count() or 1
-    if not 1 <= threads <= cores:
-        raise SSMProfileError(f"--threads must be between 1 and {cores} (this machine's CPU cores), got {threads}")
 
 
 def proportion(example: float, *, below_one: bool = False, allow_zero: bool = False) -> Callable[[str], float]:

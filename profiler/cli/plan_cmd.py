@@ -63,12 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..errors import OutputExistsError
+    from ..io import check_output
     from ..results import ProfileResult
+    from ..runtime import check_threads
 
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:  # before any heavy work
-        raise OutputExistsError(f"'{output}' already exists; choose another -o or pass --overwrite")
+    check_threads(args.threads)  # before any heavy work
+    run_files = [item for item in Path(args.run_dir).glob("*") if item.is_file()]
+    output = check_output(args.output, overwrite=args.overwrite, inputs=run_files, what="plan")
     result = ProfileResult.load(args.run_dir)
 
     from ..plan import load_run_model, make_plan, write_plan

@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("-o", "--output", default=None, help="run directory to write (default: runs/<model>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the profile run in --output (the old run stays until the new one is complete)")
     p.add_argument("--criteria", type=_names, default=None,
                    help="comma-separated criteria (default: all); see `ssm-profile profile --list-criteria`")
     p.add_argument("--targets", "--groups", dest="targets", type=_names, default=None,
@@ -45,21 +47,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(identical results; slower)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true",
-                   help="run even when the up-front memory estimate exceeds the available memory")
+                   help="run even when the up-front memory or time estimate exceeds the available memory "
+                   "or 24 hours")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
 
     from ..data import DataSpec
+    from ..errors import SSMProfileError
     from ..lock import run_dir_lock
-    from ..profile import ProfileSettings, profile_model
+    from ..profile import ProfileSettings
     from ..resolve import check_device, locate
-    from .progress import rich_progress
 
     if args.list_criteria:
         return _list_criteria(args)
     check_threads(args.threads)
+    if args.resume and args.overwrite:
+        raise SSMProfileError("--resume continues the run in --output and --overwrite replaces it; pass one of them")
     settings = ProfileSettings(probe_sparsity=args.probe_sparsity, layer_criterion=args.layer_criterion,
                                per_layer=not args.no_per_layer, batch_size=args.batch_size,
                                tolerance=args.tolerance, seed=args.seed, targets=args.targets,
@@ -73,15 +79,90 @@ def run(args: argparse.Namespace) -> int:
                     eval_samples=args.eval_samples, seqlen=args.seqlen, seed=args.seed)
     check_device(args.device)
     output = args.output or f"runs/{locate(args.model).name.replace('/', '--')}"
+    replace = args.overwrite and (Path(output) / "run.json").exists()
+    args.interrupt_hint = _rerun_hint(args, output, replace)
     with run_dir_lock(output):  # a second writer is refused now, not after loading a model
+        _check_run_dir(Path(output), args)
         loaded = load_from_args(args)
         _check_memory(loaded, spec, settings, args.force)
         dataset = _load_data(loaded, spec)
-        with rich_progress("profiling", enabled=not args.quiet) as progress:
-            result = profile_model(loaded, dataset, settings, run_dir=output, resume=args.resume, progress=progress)
+        _check_time(loaded, dataset, settings, args)
+        result = _profile_into(loaded, dataset, settings, Path(output), args, replace)
     print_summary(result)
-    print(f"run directory: {output}  (next: ssm-profile plan {output} -o plan.json; ssm-profile report {output})")
+    print(f"run directory: {output}  (next: ssm-profile plan {output} -o {_free_path('plan.json')}; "
+          f"ssm-profile report {output})")
     return 0
+
+
+def _check_run_dir(output, args: argparse.Namespace) -> None:
+    """Refuse before loading a model: a run without --resume/--overwrite, or a directory that is no run."""
+    from ..errors import OutputExistsError
+    from ..lock import LOCK_NAME
+
+    if (output / "run.json").exists():
+        if not (args.resume or args.overwrite):
+            raise OutputExistsError(f"'{output}' already holds a profile; pass --resume to continue it, "
+                                    "--overwrite to replace it, or choose another -o")
+    elif any(item.name != LOCK_NAME for item in output.iterdir()):
+        raise OutputExistsError(f"'{output}' exists and is not a profile run; choose another -o")
+
+
+def _profile_into(loaded, dataset, settings, output, args: argparse.Namespace, replace: bool):
+    """Profile into ``output``; with ``replace``, into a sibling that takes the old run's place only
+    once complete (an interrupted --overwrite leaves the old run as it was)."""
+    from ..io import atomic_directory
+    from ..profile import profile_model
+    from .progress import rich_progress
+
+    with rich_progress("profiling", enabled=not args.quiet) as progress:
+        if not replace:
+            return profile_model(loaded, dataset, settings, run_dir=output, resume=args.resume, progress=progress)
+        with atomic_directory(output, overwrite=True) as fresh:
+            return profile_model(loaded, dataset, settings, run_dir=fresh, progress=progress)
+
+
+def _rerun_hint(args: argparse.Namespace, output: str, replace: bool) -> str:
+    """The command that continues this profile after Ctrl-C: the user's own options, with -o and
+    --resume (or, for an interrupted --overwrite, which leaves the old run, the same command again)."""
+    import shlex
+
+    words = list(getattr(args, "argv", None) or ["profile"])
+    if not replace:
+        words = [w for w in words if w != "--overwrite"]
+        if not args.output:
+            words += ["-o", output]
+        if not args.resume:
+            words.append("--resume")
+        return "continue with: " + shlex.join(["ssm-profile", *words])
+    return "the old run is unchanged; start again with: " + shlex.join(["ssm-profile", *words])
+
+
+def _free_path(name: str) -> str:
+    """``name``, or ``stem-2.suffix``, ``stem-3.suffix``... : the first that does not exist yet."""
+    from pathlib import Path
+
+    path, n = Path(name), 2
+    while path.exists():
+        path, n = Path(f"{Path(name).stem}-{n}{Path(name).suffix}"), n + 1
+    return str(path)
+
+
+QUIET_NOTE_S = 600  # with --quiet, the estimate is printed from this duration on
+
+
+def _check_time(loaded, dataset, settings, args: argparse.Namespace) -> None:
+    import sys
+
+    from ..estimate import check_time, duration_text, estimate_profile_seconds
+    from ..recipe import RunRecipe
+    from ..kernels import Kernels
+
+    recipe = RunRecipe(data=dataset.spec, batch_size=settings.batch_size, seed=settings.seed,
+                       kernels=Kernels.for_run(settings.fast_scan))
+    seconds = estimate_profile_seconds(recipe, loaded.model, dataset, settings)
+    check_time(seconds, args.force)
+    if not args.quiet or seconds >= QUIET_NOTE_S:  # a long run is never silent
+        print(f"ssm-profile: note: this profile should take about {duration_text(seconds)}", file=sys.stderr)
 
 
 def _check_memory(loaded, spec, settings, force: bool) -> None:

@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("html", "md"), default=None,
                    help="html (default) or md; inferred from -o when it ends in .md")
     p.add_argument("--csv", default=None, metavar="DIR", help="also export the report's tables as CSV files to DIR")
+    p.add_argument("--allow-other-plan", action="store_true",
+                   help="include a plan made for other weights than the profiled ones (refused by default)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing -o file and CSV files in an existing, non-empty --csv DIR")
     p.set_defaults(handler=run)
@@ -63,15 +65,23 @@ def run(args: argparse.Namespace) -> int:
     result = ProfileResult.load(args.run_dir)
     output = args.output or str(Path(args.run_dir) / f"report.{fmt}")
     _check_outputs(args, output)
+    _check_plan_matches(plan, result, args.allow_other_plan)
     written = write_report(result, output, fmt=fmt, plan=plan, validation=validation, csv_dir=args.csv)
     if isinstance(written, str):
         sys.stdout.write(written)
         return 0
     size = written.stat().st_size
     print(f"report: {written} ({size / 1024:.0f} KiB)" + (f"; tables: {args.csv}" if args.csv else ""))
+    return 0
+
+
+def _check_plan_matches(plan, result, allow: bool) -> None:
+    """A plan of other weights is refused (its numbers would be reported as this run's), or a warning with --allow-other-plan."""
+    from ssm_profile.errors import PlanError
     from ssm_profile.reports.facts import plan_mismatch
 
-    warning = plan_mismatch(plan, result)
-    if warning:
-        print(f"ssm-profile: warning: {warning}", file=sys.stderr)
-    return 0
+    mismatch = plan_mismatch(plan, result)
+    if mismatch and not allow:
+        raise PlanError(f"{mismatch}; pass the run's own plan, or --allow-other-plan to include it anyway")
+    if mismatch:
+        print(f"ssm-profile: warning: {mismatch}", file=sys.stderr)

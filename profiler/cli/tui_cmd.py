@@ -34,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
                               "pip install 'ssm-profile[tui]'")
     import threading
 
+    from ssm_profile.runtime import check_threads
     from ssm_profile.tui.app import SSMProfileApp, is_run_dir
+
+    check_threads(args.threads)  # a one-line error here, not inside the UI
 
     threading.Thread(target=_preload, args=(is_run_dir(args.model),), daemon=True).start()
 

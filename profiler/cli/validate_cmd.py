@@ -66,12 +66,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plan", default=None,
                    help="plan JSON (default: the plan recorded in OUT_DIR/pruning.json, if any)")
     p.add_argument("-o", "--output", default=None, help="report file (default: OUT_DIR/validation.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
     add_validation_args(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..documents import PRUNING_FILE, VALIDATION_FILE, load_plan, load_pruning_record
+    from ..documents import PRUNING_FILE, load_plan, load_pruning_record
     from ..errors import ModelNotFoundError
     from ..io import write_json_atomic
     from ..resolve import load_model
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if not (out_dir / "config.json").is_file():
         raise ModelNotFoundError(f"'{out_dir}' is not a pruned model directory (no config.json); "
                                  "pass the OUT_DIR written by `ssm-profile apply`")
+    output = _check_report_path(args, out_dir)  # before loading anything
     plan = None
     if args.plan:
         plan = load_plan(args.plan)
@@ -90,7 +92,6 @@ def run(args: argparse.Namespace) -> int:
         plan = load_pruning_record(out_dir / PRUNING_FILE).plan
     base = load_from_args(args)
     pruned = load_model(str(out_dir), dtype=next(base.model.parameters()).dtype, device=args.device)
-    output = Path(args.output) if args.output else out_dir / VALIDATION_FILE
     options["lm_eval_log"] = output.parent / LM_EVAL_LOG  # lm-eval's messages, off the terminal
     with rich_progress("validating", enabled=not args.quiet) as progress:
         report = validate(base, pruned, plan, progress=progress, pruned_dir=out_dir, **options)
@@ -98,6 +99,21 @@ def run(args: argparse.Namespace) -> int:
     print_validation(report)
     print(f"report: {output}")
     return finish(report)
+
+
+def _check_report_path(args: argparse.Namespace, out_dir: Path) -> Path:
+    """-o must be new (or --overwrite) and none of the inputs; the default OUT_DIR/validation.json is
+    the tool's own file and is regenerated freely."""
+    from ..documents import VALIDATION_FILE
+    from ..io import check_output
+    from .common import model_files
+
+    if not args.output:
+        return out_dir / VALIDATION_FILE
+    inputs = [item for item in out_dir.iterdir() if item.name != VALIDATION_FILE]
+    inputs += [args.plan] if args.plan else []
+    inputs += model_files(args.model)  # the base model's own files
+    return check_output(args.output, overwrite=args.overwrite, inputs=inputs, what="validation report")
 
 
 _SOURCE = {"plan": "plan's objective", "argument": "--max-ppl-increase"}
