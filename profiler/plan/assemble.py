@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..documents import (Dense, Measured, Objective, Plan, PlanAction, PlanData, PlanModel, PlanRun, Predicted,
-                         one_line)
+                         Verification, one_line)
 from ..recipe import data_spec_from_meta
 from ..results import ProfileResult
 from .options import METRICS, Option, metric_total
@@ -36,6 +36,7 @@ class Solution:
     measured: dict[str, Any] | None = None  # the chosen plan's measurement (None: not measured)
     backoff: int = 0
     notes: list[str] = field(default_factory=list)
+    verification: Verification | None = None  # the promise on the held-out windows (None: not measured)
 
     @property
     def actions(self) -> list[Option]:
@@ -136,7 +137,8 @@ def _run(result: ProfileResult, run_path: str | Path | None) -> PlanRun:
 def _data(result: ProfileResult) -> PlanData:
     spec = data_spec_from_meta(result.meta.get("data", {}))
     return PlanData(calibration=spec.calibration, evaluation=spec.evaluation, nsamples=spec.nsamples,
-                    eval_samples=spec.eval_samples, seqlen=spec.seqlen, seed=spec.seed)
+                    eval_samples=spec.eval_samples, seqlen=spec.seqlen, seed=spec.seed,
+                    verify_samples=spec.verify_samples)
 
 
 def _measured(s: Solution) -> Measured | None:
@@ -173,5 +175,5 @@ def assemble(s: Solution) -> Plan:
                             state_bytes_removed=round(totals["state"]), scope_total=scope_total,
                             reduction_ratio=float(totals[metric] / max(1, scope_total)),
                             reduction_ratio_model=float(totals[metric] / max(1, dense_total[metric]))),
-        measured=_measured(s), notes=notes)
+        measured=_measured(s), notes=notes, verification=s.verification)
     return plan.validated("the new plan")

@@ -120,6 +120,24 @@ class Measurer:
         ma, mb = self.action_mask(a), self.action_mask(b)
         return int(sum((~ma[n] & ~mb[n]).sum() for n in set(ma) & set(mb)))
 
+    def verify(self, actions: list[Option], max_ppl_increase: float) -> Any:
+        """The plan's promise on the verification windows (after selection; nothing is chosen from it)."""
+        from ..data import batch_losses, paired_increase
+        from ..documents import Verification
+        from ..masks import MaskApplier
+
+        windows = self.dataset.verification
+        with self.recipe.installed(self.model):
+            dense = batch_losses(self.model, windows, self.recipe.batch_size)
+            with MaskApplier(self.model) as applier:
+                if actions:
+                    applier.apply(self.masks(actions))
+                pruned = batch_losses(self.model, windows, self.recipe.batch_size)
+        m = paired_increase(dense.tolist(), pruned.tolist(), seed=self.recipe.seed)
+        return Verification(**m, max_ppl_increase=float(max_ppl_increase),
+                            kept=bool(math.isfinite(m["rel_ppl_increase"])
+                                      and m["rel_ppl_increase"] <= max_ppl_increase))
+
     def measure(self, actions: list[Option]) -> dict[str, Any]:
         from ..data import batch_losses
         from ..masks import MaskApplier, pruned_count
