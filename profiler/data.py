@@ -176,6 +176,14 @@ def load_dataset(tokenizer: Any, spec: DataSpec | None = None) -> Dataset:
     )
 
 
+def text_windows(tokenizer: Any, source: str, count: int, seqlen: int) -> torch.Tensor:
+    """Up to ``count`` consecutive windows of a whole text source (``validate --evaluation``: another
+    domain, which no plan was chosen on)."""
+    if tokenizer is None:
+        raise DataError("this model has no tokenizer; pass --tokenizer PATH|embedded")
+    return consecutive_windows(_tokenize(tokenizer, read_text(source)), count, seqlen, f"evaluation text '{source}'")
+
+
 def split_windows(ids: torch.Tensor, search: int, verify: int, seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Search windows from the start of the evaluation text, verification windows from its end.
 
@@ -268,6 +276,14 @@ def embedding_rows(model: torch.nn.Module) -> int | None:
         return int(model.get_input_embeddings().num_embeddings)
     except (AttributeError, NotImplementedError, TypeError):
         return None
+
+
+def check_vocabulary(tokenizer: Any, model: torch.nn.Module) -> None:
+    """One line, before any forward pass, when the tokenizer can produce ids the model cannot read."""
+    rows = embedding_rows(model)
+    if tokenizer is not None and rows is not None and len(tokenizer) > rows:
+        raise DataError(f"the tokenizer's vocabulary ({len(tokenizer)} tokens) is larger than the model's embedding "
+                        f"({rows} rows): it is not this model's tokenizer; pass --tokenizer with the model's own")
 
 
 def check_token_ids(model: torch.nn.Module, windows: torch.Tensor) -> None:

@@ -449,6 +449,9 @@ class ValidationReport(Document):
     versions: dict[str, str]
     threads: int
     seconds: float
+    # the verification split (decides within_tolerance) and other --evaluation sources; absent in older files
+    verification: dict[str, Any] | None = _optional()
+    evaluations: list[dict[str, Any]] | None = _optional()
     extra: dict[str, Any] = _extra()
 
     def comparison_rows(self) -> list[ComparisonRow]:

@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
 
     from ..apply import apply_plan
+    from ..resolve import use_tokenizer
     from ..documents import load_plan
     from ..errors import OutputExistsError
     from .progress import rich_progress
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)  # a bad plan fails before the model loads
     if Path(args.output).exists() and not args.overwrite:
         raise OutputExistsError(f"output '{args.output}' already exists; choose another path or pass --overwrite")
-    loaded = load_from_args(args)
+    loaded = use_tokenizer(load_from_args(args), args.tokenizer, args.trust_remote_code)
     with rich_progress("applying", enabled=not args.quiet) as progress:
         report = apply_plan(loaded, plan, args.output, validate=args.validate, overwrite=args.overwrite,
                             progress=progress, validate_options=options)

@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="evaluate every trial with a full forward pass instead of the incremental evaluator "
                    "(identical results; slower)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--tokenizer", default=None, metavar="PATH|embedded",
+                   help="tokenizer folder to use instead of the model's own (embedded: the shipped one)")
     p.add_argument("--force", action="store_true",
                    help="run even when the up-front memory estimate exceeds the available memory")
     p.set_defaults(handler=run)
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import DataSpec
     from ..lock import run_dir_lock
     from ..profile import ProfileSettings, profile_model
-    from ..resolve import check_device, locate
+    from ..resolve import check_device, locate, use_tokenizer
     from .progress import rich_progress
 
     if args.list_criteria:
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     output = args.output or f"runs/{locate(args.model).name.replace('/', '--')}"
     with run_dir_lock(output):  # a second writer is refused now, not after loading a model
-        loaded = load_from_args(args)
+        loaded = use_tokenizer(load_from_args(args), args.tokenizer, args.trust_remote_code)
         _check_memory(loaded, spec, settings, args.force)
         dataset = _load_data(loaded, spec)
         with rich_progress("profiling", enabled=not args.quiet) as progress:

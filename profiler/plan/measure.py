@@ -45,7 +45,7 @@ class Measurer:
     """Loads once, then measures the held-out loss of any combination of plan actions."""
 
     def __init__(self, result: ProfileResult, loaded: Any, progress: Progress, device: str = "cpu"):
-        from ..data import batch_losses, load_dataset
+        from ..data import batch_losses, check_vocabulary, load_dataset
 
         self.note = progress
         if loaded is None:
@@ -56,6 +56,7 @@ class Measurer:
         self.model = loaded.model
         # The profile's recipe: its statistics rebuild its masks, and measuring is as fast as its trials.
         self.recipe = RunRecipe.of_run(result.meta)
+        check_vocabulary(loaded.tokenizer, self.model)
         self.dataset = load_dataset(loaded.tokenizer, self.recipe.data)
         self.note(0, 1, "dense evaluation")
         with self.recipe.installed(self.model):
