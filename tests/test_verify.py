@@ -171,3 +171,35 @@ def test_tokenizer_option_and_missing_tokenizer(tiny, tmp_path):
     code = main(["profile", "tiny-mamba", "--tokenizer", str(tmp_path / "nope"), "-o", str(tmp_path / "r"),
                  "--quiet"])
     assert code == 2
+
+
+def test_validate_reports_verification_and_extra_texts(tiny_run, tmp_path, capsys):
+    from ssm_profile.apply import apply_plan
+    from ssm_profile.documents import write_plan
+
+    run_dir, result, loaded = tiny_run
+    plan = make_plan(result, metric="params", ratio=0.2, max_ppl_increase=0.5, loaded=loaded, run_path=run_dir)
+    write_plan(plan, tmp_path / "plan.json")
+    out = tmp_path / "pruned"
+    apply_plan(load_model("tiny-mamba2"), plan, out)
+    other = tmp_path / "other.txt"
+    other.write_text("The quick brown fox jumps over the lazy dog. " * 200)
+    report_path = tmp_path / "v.json"
+    args = ["validate", "tiny-mamba2", str(out), "--no-lm-eval", "--speed-repeats", "1", "--speed-batch", "1", "8",
+            "--evaluation", str(other), "-o", str(report_path), "--quiet"]
+    code = main(args)
+    v = json.loads(report_path.read_text())
+    assert v["verification"]["windows"] == 8 and v["tolerance"]["decided_by"] == "verification"
+    assert v["within_tolerance"] == v["verification"]["within_tolerance"] and code == (0 if v["within_tolerance"] else 3)
+    assert [e["source"] for e in v["evaluations"]] == [str(other)]
+    lo, hi = v["evaluations"][0]["interval"]
+    assert lo <= v["evaluations"][0]["rel_ppl_increase"] <= hi
+    # the verification windows are the plan's held-out ones, bit for bit the planner's measurement
+    assert v["verification"]["rel_ppl_increase"] == pytest.approx(plan.verification.rel_ppl_increase, abs=1e-4)
+    capsys.readouterr()
+    # a tolerance below the verification increase: exit 3, and the message names the verification windows
+    tight = v["verification"]["rel_ppl_increase"] / 2
+    assert tight > 0  # a 20% cut costs something
+    code = main([*args[:-3], "--max-ppl-increase", str(tight), "-o", str(report_path), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1 and "verification" in err[0]
