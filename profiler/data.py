@@ -270,24 +270,10 @@ def paired_increase(dense: Any, pruned: Any, seed: int = 0, resamples: int = 200
             "rel_ppl_increase": math.expm1(min(delta, 700.0)), "interval": [float(lo), float(hi)], "windows": len(d)}
 
 
-def embedding_rows(model: torch.nn.Module) -> int | None:
-    """Rows of the model's input embedding (the largest token id it can read, plus one)."""
-    try:
-        return int(model.get_input_embeddings().num_embeddings)
-    except (AttributeError, NotImplementedError, TypeError):
-        return None
-
-
-def check_vocabulary(tokenizer: Any, model: torch.nn.Module) -> None:
-    """One line, before any forward pass, when the tokenizer can produce ids the model cannot read."""
-    rows = embedding_rows(model)
-    if tokenizer is not None and rows is not None and len(tokenizer) > rows:
-        raise DataError(f"the tokenizer's vocabulary ({len(tokenizer)} tokens) is larger than the model's embedding "
-                        f"({rows} rows): it is not this model's tokenizer; pass --tokenizer with the model's own")
-
-
 def check_token_ids(model: torch.nn.Module, windows: torch.Tensor) -> None:
     """One line, before any forward pass, when a token id is beyond the model's embedding rows."""
+    from .resolve import embedding_rows
+
     rows = embedding_rows(model)
     if rows is not None and windows.numel() and int(windows.max()) >= rows:
         raise DataError(f"token id {int(windows.max())} is beyond the model's {rows} embedding rows: the tokenizer "

@@ -34,7 +34,7 @@ import torch
 from . import __version__
 from .analysis import analyze
 from .arch import find_mixers
-from .data import DataSpec, Dataset, batch_losses, check_vocabulary, load_dataset
+from .data import DataSpec, Dataset, batch_losses, load_dataset
 from .errors import DataError, OutputExistsError, RunDirError, SSMProfileError
 from .defaults import DEFAULT_CRITERIA, DEFAULT_SPARSITIES, DEFAULT_TOLERANCE
 from .io import write_json_atomic
@@ -42,7 +42,7 @@ from .kernels import Kernels
 from .lock import LOCK_NAME, run_dir_lock
 from .masks import Target, prunable_params, targets_for
 from .recipe import RunRecipe, needs_of
-from .resolve import LoadedModel, tokenizer_info
+from .resolve import LoadedModel, check_vocabulary, tokenizer_info
 from .results import RUN_SCHEMA_VERSION, ProfileResult, append_journal, read_journal
 from .safe_read import read_user_json
 from .sensitivity import Scorer, plan_trials, run_trial

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .errors import HubUnreachableError, ModelNotFoundError, SSMProfileError, UnsupportedModelError
+from .errors import DataError, HubUnreachableError, ModelNotFoundError, SSMProfileError, UnsupportedModelError
 
 DEFAULT_MODEL = "tiny-mamba"
 EMBEDDED_MODELS = ("tiny-mamba", "tiny-mamba2")
@@ -194,8 +194,6 @@ def use_tokenizer(loaded: LoadedModel, where: str | None, trust_remote_code: boo
     None: keep the model's own); one line when it cannot be read or does not fit the model."""
     if where is None:
         return loaded
-    from .data import check_vocabulary
-
     directory = embedded_dir("tokenizer") if where == "embedded" else Path(where).expanduser()
     if not directory.is_dir():
         raise ModelNotFoundError(f"--tokenizer '{where}' is not a folder; pass a folder holding tokenizer.json "
@@ -208,6 +206,22 @@ def use_tokenizer(loaded: LoadedModel, where: str | None, trust_remote_code: boo
     loaded.tokenizer = tokenizer
     loaded.tokenizer_path = "embedded" if where == "embedded" else str(directory.resolve())
     return loaded
+
+
+def embedding_rows(model: torch.nn.Module) -> int | None:
+    """Rows of the model's input embedding (the largest token id it can read, plus one)."""
+    try:
+        return int(model.get_input_embeddings().num_embeddings)
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+
+
+def check_vocabulary(tokenizer: Any, model: torch.nn.Module) -> None:
+    """One line, before any forward pass, when the tokenizer can produce ids the model cannot read."""
+    rows = embedding_rows(model)
+    if tokenizer is not None and rows is not None and len(tokenizer) > rows:
+        raise DataError(f"the tokenizer's vocabulary ({len(tokenizer)} tokens) is larger than the model's embedding "
+                        f"({rows} rows): it is not this model's tokenizer; pass --tokenizer with the model's own")
 
 
 def tokenizer_info(loaded: LoadedModel) -> dict[str, Any] | None:

@@ -41,11 +41,11 @@ import torch
 
 from . import __version__
 from .comparison import relative_change
-from .data import DataSpec, batch_losses, check_vocabulary, load_dataset, paired_increase, text_windows
+from .data import DataSpec, batch_losses, load_dataset, paired_increase, text_windows
 from .documents import VALIDATION_FILE, Plan, ValidationReport  # noqa: F401  (VALIDATION_FILE: re-exported)
 from .errors import DataError, SSMProfileError
 from .kernels import Kernels
-from .resolve import LoadedModel
+from .resolve import LoadedModel, check_vocabulary
 from .tasks import BUILTIN_TASKS, TASKS_DIR
 
 Progress = Callable[[int, int, str], None]

@@ -45,7 +45,8 @@ class Measurer:
     """Loads once, then measures the held-out loss of any combination of plan actions."""
 
     def __init__(self, result: ProfileResult, loaded: Any, progress: Progress, device: str = "cpu"):
-        from ..data import batch_losses, check_vocabulary, load_dataset
+        from ..data import batch_losses, load_dataset
+        from ..resolve import check_vocabulary
 
         self.note = progress
         if loaded is None:
