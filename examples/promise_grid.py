@@ -47,13 +47,13 @@ def main() -> None:
                     try:
                         plan = make_plan(result, metric=metric, ratio=ratio, max_ppl_increase=tol, loaded=loaded)
                     except PlanError:
-                        print(f"{model:12} {metric:6} {ratio:.1f} {tol:.2f}  infeasible")
+                        print(f"{model:12} {metric:6} {ratio:.1f} {tol:.2f}  infeasible", flush=True)
                         continue
                     v = plan.verification
                     rows.append((v.rel_ppl_increase / tol, v.kept))
                     print(f"{model:12} {metric:6} {ratio:.1f} {tol:.2f}  search {plan.measured.rel_ppl_increase:+.2%}  "
                           f"verification {v.rel_ppl_increase:+.2%} [{v.interval[0]:+.2%}, {v.interval[1]:+.2%}]  "
-                          f"{'kept' if v.kept else 'NOT KEPT'}")
+                          f"{'kept' if v.kept else 'NOT KEPT'}", flush=True)
     if rows:
         kept = sum(k for _, k in rows)
         print(f"\n{len(rows)} feasible plans: {kept / len(rows):.0%} within tolerance on verification; "
