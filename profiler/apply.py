@@ -43,7 +43,7 @@ from .errors import OutputExistsError, PlanError, SSMProfileError
 from .io import atomic_directory, write_json_atomic
 from .masks import Mask, Target, pruned_count, unit_mask
 from .recipe import RunRecipe, needs_of
-from .resolve import LoadedModel
+from .resolve import LoadedModel, check_vocabulary
 from .validate import count_parameters, validate as run_validation
 
 Progress = Callable[[int, int, str], None]
@@ -93,6 +93,7 @@ def _score_element_masks(loaded: LoadedModel, recipe: RunRecipe, element_actions
     calibration = None
     if needs:  # data-free criteria (magnitude, random, horizon) need no tokenizer nor data
         note(0, 1, "calibration data")
+        check_vocabulary(loaded.tokenizer, loaded.model)  # one line, not an IndexError in the embedding
         dataset = load_dataset(loaded.tokenizer, recipe.data)
         described, calibration = dataset.describe(), dataset.calibration
         note(0, 1, "calibration statistics")

@@ -1,4 +1,13 @@
-"""Calibration and evaluation data: texts in, token windows out, never overlapping.
+"""Calibration, search and verification data: texts in, token windows out, never overlapping.
+
+Three data roles, disjoint by construction:
+
+* **calibration** (``nsamples`` windows): the statistics the saliency scores are computed from;
+* **search** (``eval_samples`` windows, ``Dataset.evaluation``): the sensitivity sweep, the
+  planner's measurements and its choice of plan;
+* **verification** (``verify_samples`` windows, ``Dataset.verification``): never seen by the
+  profile or by the plan's selection; the plan's promise is checked on it after selection, and
+  ``validate`` reports it by default.
 
 Sources (``--calibration`` / ``--evaluation``):
 
@@ -12,11 +21,17 @@ Calibration windows are drawn at seeded random offsets; evaluation windows are c
 non-overlapping so every evaluation token is scored once. When calibration and evaluation come
 from the same source, the text is split in two (first 80% calibration, last 20% evaluation)
 so that they cannot overlap.
+
+The evaluation text (embedded, a user's file, or the last 20% of a single source) is cut into
+consecutive windows; search takes the first ``eval_samples`` of them and verification the last
+``verify_samples`` (a held-out tail). On a short text verification takes at most half the windows
+and search at most the rest, so the two never share a window (:func:`split_windows`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +43,7 @@ from .kernels import Kernels, active, installed
 from .safe_read import DATA_LIMIT, read_user_text
 
 SPLIT_FRACTION = 0.8
+DEFAULT_VERIFY_SAMPLES = 32  # verification windows: more than the search's 16, for a tighter interval
 
 
 @dataclass
@@ -35,30 +51,39 @@ class DataSpec:
     calibration: str | None = None  # None = embedded
     evaluation: str | None = None
     nsamples: int = 32  # calibration windows
-    eval_samples: int = 16  # evaluation windows
+    eval_samples: int = 16  # search windows (the sweep and the plan's selection)
     seqlen: int = 256
     seed: int = 0
+    verify_samples: int = DEFAULT_VERIFY_SAMPLES  # verification windows (held-out tail of the evaluation text)
 
     def __post_init__(self) -> None:
-        for name in ("nsamples", "eval_samples", "seqlen"):
+        for name in ("nsamples", "eval_samples", "seqlen", "verify_samples"):
             if int(getattr(self, name)) < 1:
                 raise DataError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
 
 
 @dataclass
 class Dataset:
-    """Tokenised calibration and evaluation windows with their provenance."""
+    """Tokenised calibration, search (``evaluation``) and verification windows with their provenance."""
 
     calibration: torch.Tensor  # (nsamples, seqlen)
-    evaluation: torch.Tensor  # (eval_samples, seqlen)
+    evaluation: torch.Tensor  # (eval_samples, seqlen): the search windows
     spec: DataSpec
     sources: dict[str, str] = field(default_factory=dict)
+    verification: torch.Tensor | None = None  # (verify_samples, seqlen): held out from profile and plan selection
 
     def describe(self) -> dict[str, Any]:
-        return {"calibration": self.sources.get("calibration"), "evaluation": self.sources.get("evaluation"),
-                "nsamples": int(self.calibration.shape[0]), "eval_samples": int(self.evaluation.shape[0]),
-                "seqlen": int(self.evaluation.shape[1]), "seed": self.spec.seed,
-                "calibration_tokens": int(self.calibration.numel()), "evaluation_tokens": int(self.evaluation.numel())}
+        out = {"calibration": self.sources.get("calibration"), "evaluation": self.sources.get("evaluation"),
+               "nsamples": int(self.calibration.shape[0]), "eval_samples": int(self.evaluation.shape[0]),
+               "seqlen": int(self.evaluation.shape[1]), "seed": self.spec.seed,
+               "calibration_tokens": int(self.calibration.numel()), "evaluation_tokens": int(self.evaluation.numel())}
+        if self.verification is not None:
+            out.update(verification=self.sources.get("verification"),
+                       verify_samples=int(self.verification.shape[0]),
+                       verification_tokens=int(self.verification.numel()),
+                       roles={"calibration": "saliency scores", "evaluation": "search: sweep and plan selection",
+                              "verification": "held out: the plan's promise, checked after selection"})
+        return out
 
 
 def read_text(source: str) -> str:
@@ -125,7 +150,8 @@ def load_dataset(tokenizer: Any, spec: DataSpec | None = None) -> Dataset:
     """Tokenise the calibration and evaluation sources of ``spec`` into windows."""
     spec = spec or DataSpec()
     if tokenizer is None:
-        raise DataError("this model has no tokenizer; save one beside the weights (tokenizer.json)")
+        raise DataError("this model has no tokenizer; save one beside the weights (tokenizer.json) "
+                        "or pass --tokenizer PATH|embedded")
     if spec.calibration is None and spec.evaluation is None:
         calib_text, eval_text = _embedded("calibration.txt"), _embedded("evaluation.txt")
         sources = {"calibration": "embedded:calibration.txt", "evaluation": "embedded:evaluation.txt"}
@@ -142,11 +168,34 @@ def load_dataset(tokenizer: Any, spec: DataSpec | None = None) -> Dataset:
         sources = {"calibration": f"{source} [first 80%]", "evaluation": f"{source} [last 20%]"}
     calib_ids = _tokenize(tokenizer, calib_text)
     eval_ids = _tokenize(tokenizer, eval_text)
+    search, verification = split_windows(eval_ids, spec.eval_samples, spec.verify_samples, spec.seqlen)
+    sources["verification"] = f"{sources['evaluation']} [last {verification.shape[0]} windows, held out]"
     return Dataset(
         calibration=sample_windows(calib_ids, spec.nsamples, spec.seqlen, spec.seed, "calibration"),
-        evaluation=consecutive_windows(eval_ids, spec.eval_samples, spec.seqlen, "evaluation"),
-        spec=spec, sources=sources,
+        evaluation=search, verification=verification, spec=spec, sources=sources,
     )
+
+
+def text_windows(tokenizer: Any, source: str, count: int, seqlen: int) -> torch.Tensor:
+    """Up to ``count`` consecutive windows of a whole text source (``validate --evaluation``: another
+    domain, which no plan was chosen on)."""
+    if tokenizer is None:
+        raise DataError("this model has no tokenizer; pass --tokenizer PATH|embedded")
+    return consecutive_windows(_tokenize(tokenizer, read_text(source)), count, seqlen, f"evaluation text '{source}'")
+
+
+def split_windows(ids: torch.Tensor, search: int, verify: int, seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Search windows from the start of the evaluation text, verification windows from its end.
+
+    Verification takes ``min(verify, n // 2)`` of the ``n`` available windows and search at most the
+    rest, so they never overlap; a text of fewer than two windows cannot hold both roles."""
+    windows = consecutive_windows(ids, len(ids) // max(1, seqlen), seqlen, "evaluation")
+    n = windows.shape[0]
+    if n < 2:
+        raise DataError(f"evaluation text has {len(ids)} tokens: fewer than two windows of --seqlen {seqlen} "
+                        "(one to search, one to verify); give more text or a shorter --seqlen")
+    held_out = min(verify, n // 2)
+    return windows[: min(search, n - held_out)].clone(), windows[n - held_out:].clone()
 
 
 def _tokenize(tokenizer: Any, text: str) -> torch.Tensor:
@@ -191,6 +240,7 @@ def batch_losses(model: torch.nn.Module, windows: torch.Tensor, batch_size: int 
     installed on it (:func:`ssm_profile.kernels.active`). With ``kernels.blocked_head`` the Mamba
     families' head and loss run in row blocks (:func:`head_window_losses`); otherwise, and for other
     models, the loss comes from ``model(...).logits``."""
+    check_token_ids(model, windows)
     choice = kernels or active(model)
     losses = []
     device = _device(model)
@@ -204,6 +254,30 @@ def batch_losses(model: torch.nn.Module, windows: torch.Tensor, batch_size: int 
                 continue
             losses.append(logits_window_losses(model(input_ids=ids).logits, ids))
     return torch.cat(losses).double()
+
+
+def paired_increase(dense: Any, pruned: Any, seed: int = 0, resamples: int = 2000) -> dict[str, Any]:
+    """Relative perplexity increase of ``pruned`` over ``dense`` (per-window losses of the same windows)
+    with a paired bootstrap 95% interval: windows are resampled together for both models."""
+    import numpy as np
+
+    d, p = np.asarray(dense, dtype=np.float64), np.asarray(pruned, dtype=np.float64)
+    delta = float(p.mean() - d.mean())
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(resamples, len(d)))
+    boots = np.expm1(np.minimum(p[idx].mean(axis=1) - d[idx].mean(axis=1), 700.0))
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"dense_loss": float(d.mean()), "loss": float(p.mean()), "delta_loss": delta,
+            "rel_ppl_increase": math.expm1(min(delta, 700.0)), "interval": [float(lo), float(hi)], "windows": len(d)}
+
+
+def check_token_ids(model: torch.nn.Module, windows: torch.Tensor) -> None:
+    """One line, before any forward pass, when a token id is beyond the model's embedding rows."""
+    from .resolve import embedding_rows
+
+    rows = embedding_rows(model)
+    if rows is not None and windows.numel() and int(windows.max()) >= rows:
+        raise DataError(f"token id {int(windows.max())} is beyond the model's {rows} embedding rows: the tokenizer "
+                        "does not belong to this model; pass --tokenizer with the model's own tokenizer")
 
 
 def logits_window_losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -138,13 +138,15 @@ class PlanData(Document):
     eval_samples: int
     seqlen: int
     seed: int
+    verify_samples: int | None = _optional()  # absent in older plans: the default held-out tail
     extra: dict[str, Any] = _extra()
 
     def spec(self):
-        from .data import DataSpec
+        from .data import DEFAULT_VERIFY_SAMPLES, DataSpec
 
         return DataSpec(calibration=self.calibration, evaluation=self.evaluation, nsamples=self.nsamples,
-                        eval_samples=self.eval_samples, seqlen=self.seqlen, seed=self.seed)
+                        eval_samples=self.eval_samples, seqlen=self.seqlen, seed=self.seed,
+                        verify_samples=self.verify_samples or DEFAULT_VERIFY_SAMPLES)
 
 
 @dataclass(kw_only=True)
@@ -231,6 +233,33 @@ class Measured(Document):
 
 
 @dataclass(kw_only=True)
+class Verification(Document):
+    """The plan's promise checked on the verification windows (never seen by the profile or the
+    plan's selection): the relative perplexity increase with a paired bootstrap 95% interval."""
+
+    dense_loss: float
+    loss: float
+    delta_loss: float
+    rel_ppl_increase: float
+    interval: list[float]  # [low, high] of rel_ppl_increase
+    windows: int
+    max_ppl_increase: float
+    kept: bool  # rel_ppl_increase <= max_ppl_increase
+    extra: dict[str, Any] = _extra()
+
+    def sentence(self) -> str:
+        """One line a user reads: the verified increase, its interval and whether the promise holds."""
+        lo, hi = self.interval
+        head = (f"verification ({self.windows} held-out windows): perplexity {self.rel_ppl_increase:+.1%} "
+                f"(95% interval {lo:+.1%} to {hi:+.1%}) vs promised at most +{self.max_ppl_increase:.1%}")
+        if not self.kept:
+            return head + ": the promise is NOT kept on verification"
+        if hi > self.max_ppl_increase:
+            return head + ": kept, but the interval reaches beyond the tolerance"
+        return head + ": kept"
+
+
+@dataclass(kw_only=True)
 class Plan(Document):
     """A pruning plan (``plan.json``); see :mod:`ssm_profile.plan`."""
 
@@ -247,6 +276,7 @@ class Plan(Document):
     predicted: Predicted
     measured: Measured | None
     notes: list[str]
+    verification: Verification | None = _optional()  # absent: not measured (--no-measure) or an older plan
     extra: dict[str, Any] = _extra()
 
     def check_model(self, loaded: Any) -> None:
@@ -427,6 +457,9 @@ class ValidationReport(Document):
     versions: dict[str, str]
     threads: int
     seconds: float
+    # the verification split (decides within_tolerance) and other --evaluation sources; absent in older files
+    verification: dict[str, Any] | None = _optional()
+    evaluations: list[dict[str, Any]] | None = _optional()
     extra: dict[str, Any] = _extra()
 
     def comparison_rows(self) -> list[ComparisonRow]:

@@ -1,5 +1,9 @@
 """The profiler: calibration statistics → saliency under every criterion → measured sensitivity.
 
+Data roles (:mod:`ssm_profile.data`): scores come from the calibration windows, the sweep runs on
+the search windows (``Dataset.evaluation``); the verification windows are recorded in run.json
+(``data``) but never evaluated here, so plans can be checked on windows nothing was chosen on.
+
 ``profile_model`` is the Python API behind `ssm-profile profile` and the TUI's profile screen;
 it returns a :class:`ssm_profile.results.ProfileResult` and, given ``run_dir``, writes a run
 directory as it goes so an interrupted run can be resumed without redoing finished trials.
@@ -38,7 +42,7 @@ from .kernels import Kernels
 from .lock import LOCK_NAME, run_dir_lock
 from .masks import Target, prunable_params, targets_for
 from .recipe import RunRecipe, needs_of
-from .resolve import LoadedModel
+from .resolve import LoadedModel, check_vocabulary, tokenizer_info
 from .results import RUN_SCHEMA_VERSION, ProfileResult, append_journal, read_journal
 from .safe_read import read_user_json
 from .sensitivity import Scorer, plan_trials, run_trial
@@ -139,6 +143,7 @@ def profile_model(loaded: LoadedModel, data: DataSpec | Dataset | None = None,
     settings.validate()
     model = loaded.model
     targets = _resolve_targets(model, settings.targets)
+    check_vocabulary(loaded.tokenizer, model)
     dataset = data if isinstance(data, Dataset) else load_dataset(loaded.tokenizer, data or DataSpec(seed=settings.seed))
     recipe = RunRecipe(data=dataset.spec, batch_size=settings.batch_size, seed=settings.seed,
                        kernels=kernels or Kernels.for_run(settings.fast_scan))
@@ -168,7 +173,8 @@ def _checked_profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, s
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"name": loaded.source.name, "source": asdict(loaded.source), "fingerprint": loaded.fingerprint,
                   "class": type(model).__name__, "config": _config_dict(model)},
-        "data": dataset.describe(),
+        "data": dataset.describe(),  # calibration, search ("evaluation") and verification windows
+        "tokenizer": tokenizer_info(loaded),
         "settings": {**asdict(settings), "targets": [t.name for t in targets]},
         "versions": _versions(),
         "threads": torch.get_num_threads(),

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .data import DataSpec
+from .data import DEFAULT_VERIFY_SAMPLES, DataSpec
 from .kernels import Kernels, installed
 
 DEFAULT_BATCH_SIZE = 8  # ProfileSettings' default: what a plan without run.batch_size was profiled with
@@ -29,6 +29,8 @@ def data_spec_from_meta(data: Mapping[str, Any]) -> DataSpec:
     ``embedded:calibration.txt`` or ``file.txt [first 80%]``) and a plan's ``data`` (the DataSpec
     values themselves, ``null`` = embedded). One source named for both calibration and evaluation
     is the run's single source split 80/20 (:mod:`ssm_profile.data`), so it is named once.
+    Runs and plans from before the verification split have no ``verify_samples``: the default
+    held-out tail, which never overlaps their search windows (:func:`ssm_profile.data.split_windows`).
     """
 
     def source(value: Any) -> str | None:
@@ -40,7 +42,8 @@ def data_spec_from_meta(data: Mapping[str, Any]) -> DataSpec:
     if cal is not None and cal == ev:
         ev = None  # one source split 80/20, as the run did
     return DataSpec(calibration=cal, evaluation=ev, nsamples=int(data["nsamples"]),
-                    eval_samples=int(data["eval_samples"]), seqlen=int(data["seqlen"]), seed=int(data.get("seed", 0)))
+                    eval_samples=int(data["eval_samples"]), seqlen=int(data["seqlen"]), seed=int(data.get("seed", 0)),
+                    verify_samples=int(data.get("verify_samples") or DEFAULT_VERIFY_SAMPLES))
 
 
 def needs_of(criteria: Iterable[str]) -> set[str]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .errors import HubUnreachableError, ModelNotFoundError, SSMProfileError, UnsupportedModelError
+from .errors import DataError, HubUnreachableError, ModelNotFoundError, SSMProfileError, UnsupportedModelError
 
 DEFAULT_MODEL = "tiny-mamba"
 EMBEDDED_MODELS = ("tiny-mamba", "tiny-mamba2")
@@ -82,6 +82,7 @@ class LoadedModel:
     tokenizer: Any | None
     source: ModelSource
     _fingerprint: str | None = field(default=None, repr=False)
+    tokenizer_path: str | None = None  # folder the tokenizer was read from ("embedded": the shipped one)
 
     @property
     def config(self) -> Any:
@@ -184,8 +185,58 @@ def load_model(
     model.to(device)
     model.eval()
     _check_has_mixers(model, source)
-    tokenizer = _load_tokenizer(directory, trust_remote_code) if with_tokenizer else None
-    return LoadedModel(model=model, tokenizer=tokenizer, source=source)
+    tokenizer, tokenizer_path = _load_tokenizer(directory, trust_remote_code) if with_tokenizer else (None, None)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, tokenizer_path=tokenizer_path)
+
+
+def use_tokenizer(loaded: LoadedModel, where: str | None, trust_remote_code: bool = False) -> LoadedModel:
+    """Replace ``loaded``'s tokenizer with the one in folder ``where`` (``embedded``: the shipped one;
+    None: keep the model's own); one line when it cannot be read or does not fit the model."""
+    if where is None:
+        return loaded
+    directory = embedded_dir("tokenizer") if where == "embedded" else Path(where).expanduser()
+    if not directory.is_dir():
+        raise ModelNotFoundError(f"--tokenizer '{where}' is not a folder; pass a folder holding tokenizer.json "
+                                 "(or tokenizer_config.json) or 'embedded'")
+    tokenizer, _ = _load_tokenizer(directory, trust_remote_code, sibling=False)
+    if tokenizer is None:
+        raise ModelNotFoundError(f"--tokenizer '{where}' holds no tokenizer AutoTokenizer can read; pass a folder "
+                                 "with tokenizer.json or 'embedded'")
+    check_vocabulary(tokenizer, loaded.model)
+    loaded.tokenizer = tokenizer
+    loaded.tokenizer_path = "embedded" if where == "embedded" else str(directory.resolve())
+    return loaded
+
+
+def embedding_rows(model: torch.nn.Module) -> int | None:
+    """Rows of the model's input embedding (the largest token id it can read, plus one)."""
+    try:
+        return int(model.get_input_embeddings().num_embeddings)
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+
+
+def check_vocabulary(tokenizer: Any, model: torch.nn.Module) -> None:
+    """One line, before any forward pass, when the tokenizer can produce ids the model cannot read."""
+    rows = embedding_rows(model)
+    if tokenizer is not None and rows is not None and len(tokenizer) > rows:
+        raise DataError(f"the tokenizer's vocabulary ({len(tokenizer)} tokens) is larger than the model's embedding "
+                        f"({rows} rows): it is not this model's tokenizer; pass --tokenizer with the model's own")
+
+
+def tokenizer_info(loaded: LoadedModel) -> dict[str, Any] | None:
+    """What run.json records of the tokenizer: where it came from, its class, vocabulary size and a
+    SHA-256 of its tokenizer.json (when there is one)."""
+    tokenizer = loaded.tokenizer
+    if tokenizer is None:
+        return None
+    info: dict[str, Any] = {"path": loaded.tokenizer_path, "class": type(tokenizer).__name__,
+                            "vocab_size": len(tokenizer)}
+    path = embedded_dir("tokenizer") if loaded.tokenizer_path == "embedded" else \
+        Path(loaded.tokenizer_path) if loaded.tokenizer_path else None
+    if path is not None and (path / "tokenizer.json").is_file():
+        info["tokenizer_json_sha256"] = hashlib.sha256((path / "tokenizer.json").read_bytes()).hexdigest()
+    return info
 
 
 def check_device(device: str) -> None:
@@ -320,18 +371,21 @@ def first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def _load_tokenizer(directory: Path, trust_remote_code: bool) -> Any | None:
+def _load_tokenizer(directory: Path, trust_remote_code: bool, sibling: bool = True) -> tuple[Any | None, str | None]:
+    """The tokenizer in ``directory`` (or, for embedded models, the shared sibling folder) and where it is."""
     if not any((directory / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        sibling = directory.parent / "tokenizer"  # embedded models share one tokenizer
-        if not (sibling / "tokenizer.json").exists():
-            return None
-        directory = sibling
+        shared = directory.parent / "tokenizer"  # embedded models share one tokenizer
+        if not sibling or not (shared / "tokenizer.json").exists():
+            return None, None
+        directory = shared
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
-        return None
+        return None, None
+    where = "embedded" if directory.resolve() == embedded_dir("tokenizer").resolve() else str(directory.resolve())
+    return tokenizer, where
 
 
 def _check_has_mixers(model: torch.nn.Module, source: ModelSource) -> None:

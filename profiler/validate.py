@@ -3,8 +3,12 @@
 ``validate(base, pruned, plan)`` measures both models the same way and returns one
 :class:`ssm_profile.documents.ValidationReport` (written by the CLI to ``validation.json``):
 
-* held-out perplexity: the plan's evaluation windows (``plan.data``) or, without a plan, the
-  embedded evaluation text; relative increase; measured vs predicted loss change;
+* held-out perplexity on the verification windows of the plan's data (``plan.data``; without a
+  plan, the embedded evaluation text's): never seen by the profile or the plan's selection;
+  relative increase with a paired bootstrap 95% interval; measured vs predicted loss change. The
+  search windows (what the plan was chosen on) are reported too, for the comparison with the
+  plan's own measurement, and any ``evaluations`` (other texts, e.g. other domains), each with
+  its own interval (``report.evaluations``);
 * lm-eval: the tasks shipped in :mod:`ssm_profile.tasks` (offline) and any standard lm-eval task the
   user names (needs its dataset from the hub or the local cache);
 * parameters (total and nonzero), bytes on disk, recurrent-state bytes per sequence and FLOPs per
@@ -13,8 +17,10 @@
   a few repeats, base and pruned paired in alternating order, same thread count), with the mean
   paired change and its 95% interval: "within noise" when the interval holds 0.
 
-``within_tolerance`` compares the relative perplexity increase with ``max_ppl_increase``
-(default: the plan's ``objective.max_ppl_increase``). ``ValidationReport.comparison_rows()`` is the
+``within_tolerance`` compares the verification split's relative perplexity increase with
+``max_ppl_increase`` (default: the plan's ``objective.max_ppl_increase``); it is what decides
+(``tolerance["decided_by"]``). ``perplexity`` and ``measured`` keep their older meaning: the
+search windows. ``ValidationReport.comparison_rows()`` is the
 before/after table every front-end shows.
 """
 
@@ -37,11 +43,11 @@ import torch
 
 from . import __version__
 from .comparison import paired_change, relative_change
-from .data import DataSpec, batch_losses, load_dataset
+from .data import DataSpec, batch_losses, load_dataset, paired_increase, text_windows
 from .documents import VALIDATION_FILE, Plan, ValidationReport  # noqa: F401  (VALIDATION_FILE: re-exported)
 from .errors import DataError, SSMProfileError
 from .kernels import Kernels
-from .resolve import LoadedModel
+from .resolve import LoadedModel, check_vocabulary
 from .tasks import BUILTIN_TASKS, TASKS_DIR
 
 Progress = Callable[[int, int, str], None]
@@ -318,18 +324,29 @@ def _exp(x: float) -> float:
     return math.exp(min(x, 700.0))
 
 
+def _increase(base: torch.Tensor, pruned: torch.Tensor, seed: int, source: str | None,
+              max_ppl_increase: float | None) -> dict[str, Any]:
+    """Relative perplexity increase on one set of windows, with its paired bootstrap interval."""
+    m = paired_increase(base.tolist(), pruned.tolist(), seed=seed)
+    rel = m["rel_ppl_increase"] if math.isfinite(m["loss"]) else float("inf")
+    within = None if max_ppl_increase is None else bool(math.isfinite(rel) and rel <= max_ppl_increase)
+    return {**m, "rel_ppl_increase": rel, "source": source, "within_tolerance": within}
+
+
 def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
              tasks: Sequence[str] = BUILTIN_TASKS, lm_eval_tasks: Sequence[str] = (),
              max_ppl_increase: float | None = None, progress: Progress | None = None, *,
              data: DataSpec | None = None, limit: int | float | None = None, batch_size: int = 8,
              lm_eval_batch_size: int = 8, max_length: int = 2048, speed_batch: tuple[int, int] = (1, 128),
              speed_repeats: int = 5, base_dir: str | Path | None = None,
-             pruned_dir: str | Path | None = None, lm_eval_log: str | Path | None = None) -> ValidationReport:
+             pruned_dir: str | Path | None = None, lm_eval_log: str | Path | None = None,
+             evaluations: Sequence[str] = ()) -> ValidationReport:
     """Measure ``base`` and ``pruned`` the same way; see the module docstring for what is in the report.
 
     ``tasks``: shipped lm-eval tasks to run (default both; ``()`` for none); ``lm_eval_tasks``:
     standard lm-eval task names; ``limit``: items per lm-eval task (None = all). ``data`` overrides
-    the evaluation data (default: the plan's, else the embedded evaluation text). ``lm_eval_log``:
+    the evaluation data (default: the plan's, else the embedded evaluation text); ``evaluations``:
+    other text sources (files, ``hf:``) measured the same way on their own windows. ``lm_eval_log``:
     where to keep what lm-eval printed (written after the sizes are measured; default: dropped).
     """
     note = progress or (lambda done, total, label: None)
@@ -350,15 +367,28 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
         note(0, steps, "evaluation data")
         spec = data or (plan.data.spec() if plan is not None else DataSpec())
         tokenizer = base.tokenizer or pruned.tokenizer
+        check_vocabulary(tokenizer, base.model)
+        check_vocabulary(tokenizer, pruned.model)
         dataset = load_dataset(tokenizer, spec)
 
+        extra = [(source, text_windows(tokenizer, source, spec.eval_samples + spec.verify_samples, spec.seqlen))
+                 for source in evaluations]
+
+        def losses(loaded: LoadedModel, windows: torch.Tensor) -> torch.Tensor:
+            return batch_losses(loaded.model, windows, batch_size, TRANSFORMERS_KERNELS)
+
         note(1, steps, "perplexity (base)")
-        base_loss = float(batch_losses(base.model, dataset.evaluation, batch_size, TRANSFORMERS_KERNELS).mean())
+        base_search, base_verify = losses(base, dataset.evaluation), losses(base, dataset.verification)
         note(2, steps, "perplexity (pruned)")
-        pruned_loss = float(batch_losses(pruned.model, dataset.evaluation, batch_size, TRANSFORMERS_KERNELS).mean())
+        pruned_search, pruned_verify = losses(pruned, dataset.evaluation), losses(pruned, dataset.verification)
+        base_loss, pruned_loss = float(base_search.mean()), float(pruned_search.mean())
         delta = pruned_loss - base_loss
         rel = _exp(delta) - 1.0 if math.isfinite(pruned_loss) else float("inf")
-        within = None if max_ppl_increase is None else bool(math.isfinite(rel) and rel <= max_ppl_increase)
+        verification = _increase(base_verify, pruned_verify, spec.seed, dataset.sources.get("verification"),
+                                 max_ppl_increase)
+        others = [_increase(losses(base, windows), losses(pruned, windows), spec.seed, source, max_ppl_increase)
+                  for source, windows in extra]
+        within = verification["within_tolerance"]
 
         predicted = plan.predicted.to_dict() if plan is not None else {}
         plan_dense = plan.dense.loss if plan is not None else None
@@ -418,7 +448,9 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
                     "pruned": {"loss": pruned_loss, "perplexity": _exp(pruned_loss)},
                     "delta_loss": delta, "rel_ppl_increase": rel},
         measured=measured,
-        tolerance={"max_ppl_increase": max_ppl_increase, "source": tolerance_source, "within_tolerance": within},
+        tolerance={"max_ppl_increase": max_ppl_increase, "source": tolerance_source, "within_tolerance": within,
+                   "decided_by": "verification"},
+        verification=verification, evaluations=others,
         within_tolerance=within,
         lm_eval=lm_eval,
         size={"base": size_base, "pruned": size_pruned,

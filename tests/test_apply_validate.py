@@ -265,7 +265,8 @@ def test_validate_writes_every_field_and_runs_shipped_tasks_offline(applied):
     assert ppl["base"]["perplexity"] > 1 and ppl["pruned"]["perplexity"] > 1
     assert abs(ppl["rel_ppl_increase"] - (ppl["pruned"]["perplexity"] / ppl["base"]["perplexity"] - 1)) < 1e-9
     assert v["measured"]["predicted_delta_loss"] == plan["predicted"]["delta_loss"]
-    assert v["tolerance"] == {"max_ppl_increase": 0.5, "source": "plan", "within_tolerance": v["within_tolerance"]}
+    assert v["tolerance"] == {"max_ppl_increase": 0.5, "source": "plan", "within_tolerance": v["within_tolerance"],
+                              "decided_by": "verification"}
     assert v["data"]["eval_samples"] == 2 and v["data"]["seqlen"] == 32  # the plan's evaluation windows
     tasks = v["lm_eval"]["tasks"]
     assert set(tasks) == {"ssm_next_verse", "ssm_heldout_ppl"}

@@ -270,7 +270,7 @@ def test_plan_validates_and_round_trips(synthetic, tmp_path):
     assert load_plan(path) == plan
     assert load_plan(path).to_dict() == json.loads(text)  # the file round-trips exactly
     assert plan.data.to_dict() == {"calibration": None, "evaluation": None, "nsamples": 4, "eval_samples": 4,
-                            "seqlen": 32, "seed": 0}
+                            "seqlen": 32, "seed": 0, "verify_samples": 32}
     for a in plan.actions:
         assert (a.unit_indices is not None) == (a.structure == "units")
     with pytest.raises(Exception, match="already exists"):

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..apply import apply_plan
+    from ..resolve import use_tokenizer
     from ..documents import load_plan
     from .progress import rich_progress
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         args.model = model_of(plan)
     if _check_output(args, plan) == "validate":
         return _validate_existing(args)
-    loaded = load_from_args(args)
+    loaded = use_tokenizer(load_from_args(args), args.tokenizer, args.trust_remote_code)
     with rich_progress("applying", enabled=not args.quiet) as progress:
         report = apply_plan(loaded, plan, args.output, validate=args.validate, overwrite=args.overwrite,
                             progress=progress, validate_options=options)

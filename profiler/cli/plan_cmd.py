@@ -154,5 +154,8 @@ def print_plan(plan: Plan) -> None:
         console.print(f"measured: {status}; back-off steps: {meas.backoff_steps}")
     else:
         console.print("[yellow]not measured (--no-measure): the additive prediction ignores interactions[/yellow]")
+    if plan.verification is not None:
+        colour = "green" if plan.verification.kept else "red"
+        console.print(f"[{colour}]{plan.verification.sentence()}[/{colour}]")
     for line in plan.notes:
         console.print(f"· {escape(line)}")

@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="evaluate every trial with a full forward pass instead of the incremental evaluator "
                    "(identical results; slower)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--tokenizer", default=None, metavar="PATH|embedded",
+                   help="tokenizer folder to use instead of the model's own (embedded: the shipped one)")
     p.add_argument("--force", action="store_true",
                    help="run even when the up-front memory or time estimate exceeds the available memory "
                    "or 24 hours")
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import SSMProfileError
     from ..lock import run_dir_lock
     from ..profile import ProfileSettings
-    from ..resolve import check_device, locate
+    from ..resolve import check_device, locate, use_tokenizer
 
     if args.list_criteria:
         return _list_criteria(args)
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     args.interrupt_hint = _rerun_hint(args, output, replace)
     with run_dir_lock(output):  # a second writer is refused now, not after loading a model
         _check_run_dir(Path(output), args)
-        loaded = load_from_args(args)
+        loaded = use_tokenizer(load_from_args(args), args.tokenizer, args.trust_remote_code)
         _check_memory(loaded, spec, settings, args.force)
         dataset = _load_data(loaded, spec)
         _check_time(loaded, dataset, settings, args)

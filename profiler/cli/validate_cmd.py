@@ -44,6 +44,11 @@ def add_validation_args(p: argparse.ArgumentParser) -> None:
                    help="fixed batch of the latency measurement (default 1 128)")
     p.add_argument("--speed-repeats", type=int, default=5, help="timed forwards per model (median; default 5)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--evaluation", action="append", default=[], metavar="SOURCE",
+                   help="also measure on this text (.txt, .jsonl or hf:NAME...; repeatable), e.g. another domain; "
+                   "the plan's held-out verification windows are always measured and decide the exit code")
+    p.add_argument("--tokenizer", default=None, metavar="PATH|embedded",
+                   help="tokenizer folder to use instead of the model's own (embedded: the shipped one)")
 
 
 def validation_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -56,7 +61,8 @@ def validation_options(args: argparse.Namespace) -> dict[str, Any]:
     builtin = () if (args.no_builtin_tasks or args.no_lm_eval) else BUILTIN_TASKS
     extra = () if args.no_lm_eval else tuple(args.tasks)
     return {"tasks": builtin, "lm_eval_tasks": extra, "limit": args.limit, "max_ppl_increase": args.max_ppl_increase,
-            "speed_batch": tuple(args.speed_batch), "speed_repeats": args.speed_repeats}
+            "speed_batch": tuple(args.speed_batch), "speed_repeats": args.speed_repeats,
+            "evaluations": tuple(args.evaluation)}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from ..documents import PRUNING_FILE, load_plan, load_pruning_record
     from ..errors import ModelNotFoundError
     from ..io import write_json_atomic
-    from ..resolve import load_model
+    from ..resolve import load_model, use_tokenizer
     from ..validate import validate
     from .progress import rich_progress
 
@@ -90,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         plan = load_plan(args.plan)
     elif (out_dir / PRUNING_FILE).is_file():
         plan = load_pruning_record(out_dir / PRUNING_FILE).plan
-    base = load_from_args(args)
+    base = use_tokenizer(load_from_args(args), args.tokenizer, args.trust_remote_code)
     pruned = load_model(str(out_dir), dtype=next(base.model.parameters()).dtype, device=args.device)
     options["lm_eval_log"] = output.parent / LM_EVAL_LOG  # lm-eval's messages, off the terminal
     with rich_progress("validating", enabled=not args.quiet) as progress:
@@ -125,9 +131,11 @@ def finish(report: ValidationReport) -> int:
     from ..validate import ToleranceBreachedError
 
     tol = report.tolerance
+    decided = report.verification or {"rel_ppl_increase": report.perplexity["rel_ppl_increase"]}
+    where = f" on the {decided.get('windows', '')} held-out verification windows" if report.verification else ""
     if tol["within_tolerance"] is False:
         raise ToleranceBreachedError(
-            f"perplexity rose by {report.perplexity['rel_ppl_increase']:.1%}, beyond the tolerance of "
+            f"perplexity rose by {decided['rel_ppl_increase']:.1%}{where}, beyond the tolerance of "
             f"+{tol['max_ppl_increase']:.1%} (from the {_SOURCE.get(tol['source'], tol['source'])}); prune less or "
             "relax --max-ppl-increase")
     return 0
@@ -174,9 +182,15 @@ def print_validation(report: ValidationReport) -> None:
         console.print(lt)
 
     m, tol, ppl = report.measured, report.tolerance, report.perplexity
+    for split in [*([report.verification] if report.verification else []), *(report.evaluations or [])]:
+        lo, hi = split["interval"]
+        console.print(f"{split['source']}: perplexity {_pct(split['rel_ppl_increase'])} (95% interval {_pct(lo)} to "
+                      f"{_pct(hi)}, {split['windows']} windows)")
     if m.get("predicted_delta_loss") is not None:
         console.print(f"loss change: measured {m['delta_loss']:+.4f}, plan predicted {m['predicted_delta_loss']:+.4f}")
     if tol["max_ppl_increase"] is not None:
         verdict = "[green]within tolerance[/green]" if tol["within_tolerance"] else "[red]tolerance breached[/red]"
-        console.print(f"perplexity {_pct(ppl['rel_ppl_increase'])} vs allowed +{tol['max_ppl_increase']:.1%} "
+        decided = report.verification or ppl
+        console.print(f"perplexity {_pct(decided['rel_ppl_increase'])}"
+                      f"{' on verification' if report.verification else ''} vs allowed +{tol['max_ppl_increase']:.1%} "
                       f"({_SOURCE.get(tol['source'], tol['source'])}): {verdict}")

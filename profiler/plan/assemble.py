@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..documents import (Dense, Measured, Objective, Plan, PlanAction, PlanData, PlanModel, PlanRun, Predicted,
-                         one_line)
+                         Verification, one_line)
 from ..fmt import scope_name
 from ..recipe import data_spec_from_meta
 from ..results import ProfileResult
@@ -37,6 +37,7 @@ class Solution:
     measured: dict[str, Any] | None = None  # the chosen plan's measurement (None: not measured)
     backoff: int = 0
     notes: list[str] = field(default_factory=list)
+    verification: Verification | None = None  # the promise on the held-out windows (None: not measured)
 
     @property
     def actions(self) -> list[Option]:
@@ -137,7 +138,8 @@ def _run(result: ProfileResult, run_path: str | Path | None) -> PlanRun:
 def _data(result: ProfileResult) -> PlanData:
     spec = data_spec_from_meta(result.meta.get("data", {}))
     return PlanData(calibration=spec.calibration, evaluation=spec.evaluation, nsamples=spec.nsamples,
-                    eval_samples=spec.eval_samples, seqlen=spec.seqlen, seed=spec.seed)
+                    eval_samples=spec.eval_samples, seqlen=spec.seqlen, seed=spec.seed,
+                    verify_samples=spec.verify_samples)
 
 
 def _measured(s: Solution) -> Measured | None:
@@ -175,5 +177,5 @@ def assemble(s: Solution) -> Plan:
                             reduction_ratio=float(totals[metric] / max(1, scope_total)),
                             reduction_ratio_model=float(totals[metric] / max(1, dense_total[metric])),
                             reduction_of=scope_name(s.scope, metric), reduction_model_of=scope_name("model", metric)),
-        measured=_measured(s), notes=notes)
+        measured=_measured(s), notes=notes, verification=s.verification)
     return plan.validated("the new plan")

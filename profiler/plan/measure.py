@@ -46,6 +46,7 @@ class Measurer:
 
     def __init__(self, result: ProfileResult, loaded: Any, progress: Progress, device: str = "cpu"):
         from ..data import batch_losses, load_dataset
+        from ..resolve import check_vocabulary
 
         self.note = progress
         if loaded is None:
@@ -56,6 +57,7 @@ class Measurer:
         self.model = loaded.model
         # The profile's recipe: its statistics rebuild its masks, and measuring is as fast as its trials.
         self.recipe = RunRecipe.of_run(result.meta)
+        check_vocabulary(loaded.tokenizer, self.model)
         self.dataset = load_dataset(loaded.tokenizer, self.recipe.data)
         self.note(0, 1, "dense evaluation")
         with self.recipe.installed(self.model):
@@ -119,6 +121,24 @@ class Measurer:
         """Parameters both actions remove."""
         ma, mb = self.action_mask(a), self.action_mask(b)
         return int(sum((~ma[n] & ~mb[n]).sum() for n in set(ma) & set(mb)))
+
+    def verify(self, actions: list[Option], max_ppl_increase: float) -> Any:
+        """The plan's promise on the verification windows (after selection; nothing is chosen from it)."""
+        from ..data import batch_losses, paired_increase
+        from ..documents import Verification
+        from ..masks import MaskApplier
+
+        windows = self.dataset.verification
+        with self.recipe.installed(self.model):
+            dense = batch_losses(self.model, windows, self.recipe.batch_size)
+            with MaskApplier(self.model) as applier:
+                if actions:
+                    applier.apply(self.masks(actions))
+                pruned = batch_losses(self.model, windows, self.recipe.batch_size)
+        m = paired_increase(dense.tolist(), pruned.tolist(), seed=self.recipe.seed)
+        return Verification(**m, max_ppl_increase=float(max_ppl_increase),
+                            kept=bool(math.isfinite(m["rel_ppl_increase"])
+                                      and m["rel_ppl_increase"] <= max_ppl_increase))
 
     def measure(self, actions: list[Option]) -> dict[str, Any]:
         from ..data import batch_losses

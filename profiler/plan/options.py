@@ -1,6 +1,17 @@
 """Options: for every target of the run's model-wide sweep, level 0 and each measured level, with
 what it costs (measured ΔL) and removes; and the pairwise overlaps of options.
 
+Choosing and estimating on different windows (cross-fitting). At each level the criterion is
+the one with the lowest ΔL, and the minimum of several noisy ΔL is biased low (the winner's
+curse): the plan would promise less loss than it delivers. So the level's cost is estimated on
+windows that did not choose its criterion: the run's search windows are split in two folds
+(even and odd windows); the criterion chosen on fold A is costed on fold B and the one chosen on
+B is costed on A; the cost is the average of the two. When both folds choose the same criterion
+that average is its ΔL over all windows (the folds are of equal size), which is used as measured.
+The action keeps the criterion chosen on all windows. With one candidate (a single criterion, or
+``--criterion`` where it was measured) nothing is chosen and the cost is its measured ΔL. Trials
+without per-window losses fall back to the minimum.
+
 Two targets may cut the same tensors (``in_proj`` zeros and ``unit:channel`` rows); their joint
 gain is less than the sum. Overlaps are exact for two unit cuts (both sliced on the meta model)
 and, for zeros vs units, estimated assuming the zeros fall independently of the units.
@@ -95,6 +106,23 @@ def _unit_indices(result: ProfileResult, criterion: str, kind: str, families: Ma
     return out
 
 
+def crossfit_delta(trials: Sequence[Any], dense: Sequence[float]) -> float:
+    """ΔL of "the criterion with the lowest ΔL", estimated on windows that did not choose it
+    (see the module docstring); ``dense``: the dense model's loss on each search window."""
+    import numpy as np
+
+    n = len(dense)
+    if len(trials) == 1 or n < 2 or any(len(t.window_losses) != n for t in trials):
+        return float(min(t.delta_loss for t in trials))
+    base = np.asarray(dense, dtype=np.float64)
+    losses = {t.criterion: np.asarray(t.window_losses, dtype=np.float64) - base for t in trials}
+    folds = (np.arange(0, n, 2), np.arange(1, n, 2))
+    chosen = [min(sorted(losses), key=lambda c: float(losses[c][fold].mean())) for fold in folds]
+    if chosen[0] == chosen[1]:
+        return float(next(t.delta_loss for t in trials if t.criterion == chosen[0]))
+    return float((losses[chosen[0]][folds[1]].mean() + losses[chosen[1]][folds[0]].mean()) / 2)
+
+
 def build_options(result: ProfileResult, metric: str, criterion: str | None = None,
                   structures: Sequence[str] | None = None, shapes: Shapes | None = None,
                   ) -> tuple[list[list[Option]], list[str]]:
@@ -148,8 +176,9 @@ def build_options(result: ProfileResult, metric: str, criterion: str | None = No
             if criterion is not None and not mine and target not in fallback:
                 fallback.append(target)
             best = min(mine or trials, key=lambda t: (t.delta_loss, t.criterion))
-            opt = Option(target, sparsity, structure, best.criterion, float(best.delta_loss),
-                         float(best.rel_ppl_increase), risk=max(0.0, float(result.delta_ci(best)[1])))
+            cost = crossfit_delta(mine or trials, result.dense_window_losses)
+            opt = Option(target, sparsity, structure, best.criterion, cost, math.expm1(min(cost, 700.0)),
+                         risk=max(0.0, float(result.delta_ci(best)[1])))
             if is_unit:
                 eff = shapes.effect({kind: best.sparsity})
                 opt.params, opt.flops, opt.state = int(eff["params"]), int(eff["flops"]), int(eff["state"])

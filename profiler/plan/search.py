@@ -129,7 +129,10 @@ def make_plan(result: ProfileResult, metric: str = "params", ratio: float | None
                         max_ppl_increase=max_ppl_increase, scope=scope, options=options, choice=choice,
                         overlaps=search.overlaps, shapes=shapes, run_path=run_path, notes=notes)
     if measure:
-        _measure_and_back_off(search, solution, Measurer(result, loaded, note, device=device), note)
+        measurer = Measurer(result, loaded, note, device=device)
+        _measure_and_back_off(search, solution, measurer, note)
+        note(0, 1, "verifying on held-out windows")
+        solution.verification = measurer.verify(solution.actions, max_ppl_increase)
     return assemble(solution)
 
 
