@@ -168,3 +168,14 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
     except OSError:
         return False
+
+
+def free_path(name: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
+    """``name``, else ``stem-2.suffix``, ``stem-3.suffix`` ...: the first that does not exist yet in
+    ``base`` (default: the working directory). Next-step hints and default outputs use it so that a
+    suggested command works when copied and never writes into an existing folder."""
+    root, first = Path(base) if base is not None else Path.cwd(), Path(name)
+    candidate, n = first, 2
+    while (root / candidate).exists():
+        candidate, n = first.with_name(f"{first.stem}-{n}{first.suffix}"), n + 1
+    return str(candidate)

@@ -207,3 +207,15 @@ def test_a_long_profile_is_announced_even_when_quiet(tmp_path, monkeypatch, caps
     monkeypatch.setattr("ssm_profile.profile.profile_model", interrupted)
     assert main(["profile", "tiny-mamba", "-o", str(tmp_path / "run"), *TINY]) == 130
     assert "this profile should take about 3.0 h" in capsys.readouterr().err
+
+
+def test_free_path_names_a_path_that_does_not_exist_yet(tmp_path):
+    """Next-step hints (profile -> plan -> apply) and the TUI's save path must work when copied."""
+    from ssm_profile.io import free_path
+
+    assert free_path("plan.json", tmp_path) == "plan.json"
+    (tmp_path / "plan.json").write_text("{}")
+    (tmp_path / "plan-2.json").write_text("{}")
+    assert free_path("plan.json", tmp_path) == "plan-3.json"
+    (tmp_path / "pruned-tiny").mkdir()
+    assert free_path("pruned-tiny", tmp_path) == "pruned-tiny-2"

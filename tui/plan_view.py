@@ -18,6 +18,7 @@ from textual.worker import get_current_worker
 from ssm_profile.documents import Plan, PruningRecord
 from ssm_profile.errors import SSMProfileError
 from ssm_profile.fmt import percent_of, scope_name
+from ssm_profile.io import free_path
 from ssm_profile.summary import changes_nothing, physical_change
 
 from .format import duration, human_bytes, human_count, num, pct
@@ -313,12 +314,7 @@ def free_output_dir(model: str, base: Path | None = None) -> str:
 
     (A path inside the quick start's ``pruned/`` model folder made ``validate`` count both models.)
     """
-    base = base or Path.cwd()
-    name = f"pruned-{model.replace('/', '--')}"
-    n = 1
-    while (base / (name if n == 1 else f"{name}-{n}")).exists():
-        n += 1
-    return name if n == 1 else f"{name}-{n}"
+    return free_path(f"pruned-{model.replace('/', '--')}", base)
 
 
 class ApplyView(Vertical):

@@ -89,7 +89,12 @@ def run(args: argparse.Namespace) -> int:
                          progress=progress, run_path=args.run_dir, device=args.device)
     write_plan(plan, output, overwrite=args.overwrite)
     print_plan(plan)
-    print(f"plan: {output}  (next: `ssm-profile apply` with this plan)")
+    import shlex
+
+    from ..io import free_path
+
+    out_dir = free_path(f"pruned-{plan.model.name.replace('/', '--')}")
+    print(f"plan: {output}  (next: ssm-profile apply {shlex.quote(str(output))} -o {shlex.quote(out_dir)} --validate)")
     return 0
 
 

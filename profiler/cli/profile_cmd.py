@@ -91,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
         _check_time(loaded, dataset, settings, args)
         result = _profile_into(loaded, dataset, settings, Path(output), args, replace)
     print_summary(result)
-    print(f"run directory: {output}  (next: ssm-profile plan {output} -o {_free_path('plan.json')}; "
+    from ..io import free_path
+
+    print(f"run directory: {output}  (next: ssm-profile plan {output} -o {free_path('plan.json')}; "
           f"ssm-profile report {output})")
     return 0
 
@@ -137,16 +139,6 @@ def _rerun_hint(args: argparse.Namespace, output: str, replace: bool) -> str:
             words.append("--resume")
         return "continue with: " + shlex.join(["ssm-profile", *words])
     return "the old run is unchanged; start again with: " + shlex.join(["ssm-profile", *words])
-
-
-def _free_path(name: str) -> str:
-    """``name``, or ``stem-2.suffix``, ``stem-3.suffix``... : the first that does not exist yet."""
-    from pathlib import Path
-
-    path, n = Path(name), 2
-    while path.exists():
-        path, n = Path(f"{Path(name).stem}-{n}{Path(name).suffix}"), n + 1
-    return str(path)
 
 
 QUIET_NOTE_S = 600  # with --quiet, the estimate is printed from this duration on
