@@ -92,10 +92,18 @@ def _plan_answer(facts: Facts, plan: dict[str, Any]) -> str:
                      f"{esc(METRIC_WORDS.get(metric, metric))}</strong>: <strong>{esc(share)}</strong>.</p>")
     tol = objective.get("max_ppl_increase")
     promise = f"perplexity rises by at most {tol:.0%}" if finite(tol) else "perplexity stays within the tolerance"
-    if measured and finite(measured.get("rel_ppl_increase")):
+    verification = plan.get("verification") if isinstance(plan.get("verification"), dict) else None
+    interval = (verification or {}).get("interval")
+    if verification and finite(verification.get("rel_ppl_increase")) and isinstance(interval, list) \
+            and len(interval) == 2 and all(finite(x) for x in interval):
+        held = "kept" if verification.get("kept") else "NOT kept"
+        parts.append(f'<p class="promise">Promise: {esc(promise)} — {held} on {esc(verification.get("windows"))} '
+                     f"held-out verification windows: {verification['rel_ppl_increase']:+.1%} (95% interval "
+                     f"{interval[0]:+.1%} to {interval[1]:+.1%}).</p>")
+    elif measured and finite(measured.get("rel_ppl_increase")):
         held = "kept" if measured.get("within_tolerance") else "NOT kept"
         parts.append(f'<p class="promise">Promise: {esc(promise)} — {held}: measured '
-                     f"{measured['rel_ppl_increase']:+.1%} on the evaluation data.</p>")
+                     f"{measured['rel_ppl_increase']:+.1%} on the search windows that chose it.</p>")
     elif finite(predicted.get("rel_ppl_increase")):
         parts.append(f'<p class="promise">Promise: {esc(promise)} — predicted {predicted["rel_ppl_increase"]:+.1%}'
                      " (not measured yet: validate after applying).</p>")

@@ -734,3 +734,16 @@ def test_answer_is_on_the_first_screen(result, tmp_path):
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(base64.b64decode(cdp.call("Page.captureScreenshot", format="png")["data"]))
             assert out.stat().st_size < 300_000
+
+
+def test_answer_states_the_promise_checked_on_verification(result):
+    from ssm_profile.reports.decision import decision_section
+    from ssm_profile.reports.facts import Facts
+
+    plan = make_plan(result)
+    plan["objective"]["max_ppl_increase"] = 0.1
+    plan["verification"] = {"rel_ppl_increase": 0.034, "interval": [0.021, 0.047], "windows": 32, "kept": True}
+    html = unescape(decision_section(Facts.of(result), plan))
+    assert "kept on 32 held-out verification windows: +3.4% (95% interval +2.1% to +4.7%)" in html
+    plan["verification"]["kept"] = False
+    assert "NOT kept on 32 held-out" in unescape(decision_section(Facts.of(result), plan))
