@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from .errors import DataError
-from .kernels import Kernels, active, installed
+from .kernels import Kernels, active, installed, model_device
 from .safe_read import DATA_LIMIT, read_user_text
 
 SPLIT_FRACTION = 0.8
@@ -243,7 +243,7 @@ def batch_losses(model: torch.nn.Module, windows: torch.Tensor, batch_size: int 
     check_token_ids(model, windows)
     choice = kernels or active(model)
     losses = []
-    device = _device(model)
+    device = model_device(model)
     with installed(model, choice):
         blocked = has_blocked_head(model, choice)
         for batch in windows.split(batch_size):
@@ -282,7 +282,7 @@ def check_token_ids(model: torch.nn.Module, windows: torch.Tensor) -> None:
 
 def logits_window_losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Mean next-token loss per window from whole-batch logits ``(windows, seqlen, vocab)``."""
-    logits = logits.float()
+    logits = logits.float()  # bf16/fp16 models: log-softmax and loss in float32
     loss = torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
     )
@@ -313,12 +313,8 @@ def head_window_losses(head: torch.nn.Module, hidden: torch.Tensor, ids: torch.T
     logp = torch.empty(min(HEAD_ROWS, rows.shape[0]), head.weight.shape[0], dtype=torch.float32, device=rows.device)
     token = torch.empty(rows.shape[0], 1, dtype=torch.float32, device=rows.device)
     for start in range(0, rows.shape[0], HEAD_ROWS):
-        logits = head(rows[start:start + HEAD_ROWS]).float()
+        logits = head(rows[start:start + HEAD_ROWS]).float()  # bf16/fp16 models: the loss in float32
         block = torch.log_softmax(logits, dim=-1, out=logp[:logits.shape[0]])
         torch.gather(block, -1, next_ids[start:start + HEAD_ROWS], out=token[start:start + logits.shape[0]])
     per_token = token.view(windows, length)[:, :-1].neg().contiguous()
     return per_token.view(windows, -1).mean(dim=1).cpu()
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device

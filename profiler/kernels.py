@@ -20,6 +20,11 @@ in place anyway).
 
 ``SSM_PROFILE_FAST_SCAN=0`` switches every fast kernel off: :meth:`Kernels.for_run` then chooses
 transformers' kernels, and the drop-ins also read it at call time.
+
+The fast paths are CPU kernels: on any other device (CUDA, where transformers calls mamba-ssm's
+kernels by itself when it is installed) a model runs transformers' kernels. :meth:`Kernels.for_run`
+chooses so given the device, and :func:`installed` applies :meth:`Kernels.on_device` to the model's
+own device, so a choice made without one (a run's recipe) never puts CPU kernels on a GPU model.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ import types
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 from torch import nn
 
 from .patching import forwards_overridden, with_globals
@@ -68,10 +74,18 @@ class Kernels:
         return cls(fast_scan=False, fast_linear=False, blocked_head=False)
 
     @classmethod
-    def for_run(cls, fast: bool = True) -> Kernels:
-        """The profiler's choice: every fast path unless ``fast`` is false (``--no-fast-scan``, a
-        run's ``fast_scan`` setting, a plan's ``fast_kernels``) or ``SSM_PROFILE_FAST_SCAN=0``."""
-        return cls.fast() if fast and env_enabled() else cls.transformers()
+    def for_run(cls, fast: bool = True, device: str | torch.device = "cpu") -> Kernels:
+        """The profiler's choice for a model on ``device``: every fast path unless ``fast`` is false
+        (``--no-fast-scan``, a run's ``fast_scan`` setting, a plan's ``fast_kernels``), the device is
+        not the CPU, or ``SSM_PROFILE_FAST_SCAN=0``."""
+        return (cls.fast() if fast and env_enabled() else cls.transformers()).on_device(device)
+
+    def on_device(self, device: str | torch.device) -> Kernels:
+        """This choice for a model on ``device``: unchanged on the CPU, without the fast CPU
+        kernels elsewhere (the blocked head stays: it is device-neutral and saves memory)."""
+        if torch.device(device).type == "cpu":
+            return self
+        return replace(self, fast_scan=False, fast_linear=False)
 
 
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, Kernels] = weakref.WeakKeyDictionary()
@@ -86,9 +100,10 @@ def active(model: nn.Module) -> Kernels:
 
 @contextlib.contextmanager
 def installed(model: nn.Module, choice: Kernels) -> Iterator[nn.Module]:
-    """``model`` runs ``choice`` inside the block; afterwards exactly what it ran before. Blocks
-    nest (an inner block with another choice wins until it leaves; one with the same choice
-    changes nothing). Yields the model."""
+    """``model`` runs ``choice`` (for its device: :meth:`Kernels.on_device`) inside the block;
+    afterwards exactly what it ran before. Blocks nest (an inner block with another choice wins
+    until it leaves; one with the same choice changes nothing). Yields the model."""
+    choice = choice.on_device(model_device(model))
     with _ACTIVE_LOCK:
         before = _ACTIVE.get(model)
     if before == choice:
@@ -100,6 +115,12 @@ def installed(model: nn.Module, choice: Kernels) -> Iterator[nn.Module]:
             yield model
         finally:
             _set_active(model, before)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (the CPU for a model without parameters)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def _set_active(model: nn.Module, choice: Kernels | None) -> None:

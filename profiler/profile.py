@@ -38,7 +38,7 @@ from .data import DataSpec, Dataset, batch_losses, load_dataset
 from .errors import DataError, OutputExistsError, RunDirError, SSMProfileError
 from .defaults import DEFAULT_CRITERIA, DEFAULT_SPARSITIES, DEFAULT_TOLERANCE
 from .io import write_json_atomic
-from .kernels import Kernels
+from .kernels import Kernels, model_device
 from .lock import LOCK_NAME, run_dir_lock
 from .masks import Target, prunable_params, targets_for
 from .recipe import RunRecipe, needs_of
@@ -146,7 +146,7 @@ def profile_model(loaded: LoadedModel, data: DataSpec | Dataset | None = None,
     check_vocabulary(loaded.tokenizer, model)
     dataset = data if isinstance(data, Dataset) else load_dataset(loaded.tokenizer, data or DataSpec(seed=settings.seed))
     recipe = RunRecipe(data=dataset.spec, batch_size=settings.batch_size, seed=settings.seed,
-                       kernels=kernels or Kernels.for_run(settings.fast_scan))
+                       kernels=kernels or Kernels.for_run(settings.fast_scan, model_device(model)))
     run_path = Path(run_dir) if run_dir is not None else None
     if run_path is None:
         return _checked_profile(recipe, loaded, dataset, settings, targets, run_path, resume, progress, cancel)
@@ -178,6 +178,7 @@ def _checked_profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, s
         "settings": {**asdict(settings), "targets": [t.name for t in targets]},
         "versions": _versions(),
         "threads": torch.get_num_threads(),
+        "device": str(model_device(model)),  # where it ran (--device auto resolves to cuda or cpu)
         "status": "running",
     }
     if run_path is not None and resume and (run_path / "run.json").exists():

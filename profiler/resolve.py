@@ -60,6 +60,7 @@ ALIASES: dict[str, Alias] = {
     ]
 }
 
+AUTO_DEVICE = "auto"  # --device default: CUDA when available, else the CPU
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -164,8 +165,9 @@ def load_model(
     revision: str | None = None,
     with_tokenizer: bool = True,
 ) -> LoadedModel:
-    """Resolve ``name`` and load it (see the module docstring for what ``name`` may be)."""
-    check_device(device)
+    """Resolve ``name`` and load it (see the module docstring for what ``name`` may be) onto ``device``
+    (``auto``: CUDA when available, else the CPU; see :func:`resolve_device`)."""
+    device = resolve_device(device)
     source = locate(name)
     torch_dtype = _parse_dtype(dtype)
     if source.kind == "hub":
@@ -239,12 +241,24 @@ def tokenizer_info(loaded: LoadedModel) -> dict[str, Any] | None:
     return info
 
 
+def resolve_device(device: str | None) -> str:
+    """The device to load onto: ``auto`` (or None) is ``cuda`` when torch sees a GPU, else ``cpu``;
+    any other name is checked (:func:`check_device`) and returned as given."""
+    if device is None or device == AUTO_DEVICE:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(device)
+    return device
+
+
 def check_device(device: str) -> None:
-    """Refuse, in one line, a device this machine does not have (before anything is loaded)."""
+    """Refuse, in one line, a device this machine does not have (before anything is loaded);
+    ``auto`` is always accepted (it falls back to the CPU)."""
+    if device == AUTO_DEVICE:
+        return
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
-        raise SSMProfileError(f"unknown device '{device}'; use cpu, cuda, cuda:N or mps") from None
+        raise SSMProfileError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps") from None
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

@@ -63,6 +63,7 @@ from torch import nn
 
 from .arch import MAMBA1, MixerInfo, find_mixers
 from .criteria.base import CalibrationStats
+from .kernels import model_device
 
 NEEDS = frozenset({"inputs", "hessians", "grads", "ssm", "tokens"})
 HESSIAN_GROUPS = ("in_proj", "x_proj", "dt_proj", "out_proj")
@@ -235,13 +236,6 @@ def _batches(tokens: torch.Tensor, size: int) -> Iterable[torch.Tensor]:
         yield tokens[start:start + size]
 
 
-def _device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 def collect_stats(model: nn.Module, tokens: torch.Tensor, needs: Iterable[str], batch_size: int = 8,
                   progress: Progress | None = None, *, grad_batch_size: int = 1,
                   hessian_dtype: torch.dtype = torch.float64, seed: int = 0) -> CalibrationStats:
@@ -257,7 +251,7 @@ def collect_stats(model: nn.Module, tokens: torch.Tensor, needs: Iterable[str], 
     if "tokens" in needs:
         stats.tokens = tokens.clone()
     mixers = find_mixers(model)
-    device = _device(model)
+    device = model_device(model)
     was_training = model.training
     try:
         model.eval()

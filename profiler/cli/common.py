@@ -16,7 +16,8 @@ def add_model_args(parser: argparse.ArgumentParser, positional: bool = True, req
                             help="embedded name (tiny-mamba, tiny-mamba2), alias (mamba-1.4b), hub id or "
                             "local directory; default: the embedded tiny-mamba")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto (default: as saved)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    parser.add_argument("--device", default="auto",
+                        help="torch device: auto, cpu, cuda or cuda:N (default: auto = CUDA when available, else cpu)")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow model code from the hub repository to run (off by default)")
