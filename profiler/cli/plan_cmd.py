@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="trust the additive prediction; do not load the model to measure the combined plan")
     p.add_argument("--model", default=None,
                    help="where to load the run's model from if it moved (its weights must match the run)")
-    p.add_argument("--device", default="cpu", help="torch device for the measurement (default cpu)")
+    p.add_argument("--device", default="auto", help="torch device for the measurement: auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
