@@ -16,12 +16,12 @@ Execution
   with the same code the profiler used, and written as zeros.
 * Unit actions (``unit:channel``, ``unit:state``, ...): every listed unit (``unit_indices``) is
   first zeroed across all its coupled tensors. Where the action asks for ``execution: "slice"``
-  and every covered layer removes the same number of units, the zeroed units are then sliced
-  out (:func:`ssm_profile.surgery.slice_units`) and the config is updated
-  (:func:`ssm_profile.surgery.sync_config`); when a stock config cannot express the result (e.g.
-  only some layers cut, or Mamba-2 heads x head_dim not a multiple of the hidden size) the slice
-  is undone, the zeros stay, and a note says why. Either way the logits are those of the
-  zeroed model (Mamba-2's gated norm: up to its eps term).
+  the zeroed units are then sliced out by :func:`ssm_profile.surgery.slice_cuts`, the one decision
+  the planner also asked (so a plan's "slice" is what apply does); it keeps a kind as zeros, with a
+  note saying why, when slicing would change the model (a norm over the cut dimension, e.g.
+  FalconMamba's B/C/dt RMSNorm), layers cut different numbers of units, or a stock config cannot
+  express the result. Either way the logits are those of the zeroed model (Mamba-2's gated norm:
+  up to its eps term).
 
 The output always reloads with plain ``transformers.AutoModelForCausalLM.from_pretrained``.
 """

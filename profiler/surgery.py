@@ -33,6 +33,8 @@ from torch import nn
 from ssm_profile.arch import MAMBA1, MixerInfo, UnitFamily, find_mixers
 
 Units = Iterable[int] | torch.Tensor
+# Model types whose stock config can describe a width cut (hybrids' configs cannot).
+STOCK_WIDTH_TYPES = ("mamba", "falcon_mamba", "mamba2")
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,7 +416,7 @@ def _plan(model: nn.Module) -> tuple[dict, list[str]]:
     dims, problems = _uniform_dims(mixers)
     if problems:
         return {}, problems
-    if getattr(config, "model_type", None) not in ("mamba", "falcon_mamba", "mamba2"):
+    if getattr(config, "model_type", None) not in STOCK_WIDTH_TYPES:
         return {}, [f"no stock-config mapping for model_type {config.model_type!r} after a width cut"]
     fields, problems = _proposed_updates(model, next(iter(kinds)), dims)
     if problems:
