@@ -212,7 +212,8 @@ def analyze(model: torch.nn.Module, *, name: str | None = None, source: dict[str
     groups.sort(key=lambda g: (g.layer is None and g.group != "embeddings", -1 if g.layer is None else g.layer,
                                g.scope != "mixer"))
 
-    units = [_unit_row(m, fam) for m in mixers for fam in m.unit_families().values()]
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    units = [_unit_row(m, fam, model_type) for m in mixers for fam in m.unit_families().values()]
     if mixers:
         per_layer = sum(p.numel() for p in mixers[0].params.values())
         units.append(UnitRow(None, "layer", len(mixers), per_layer, ["<whole mixer>"],
@@ -357,8 +358,18 @@ def _other_groups(model, unique, mixer_of, total) -> list[GroupRow]:
     return rows
 
 
-def _unit_row(m: MixerInfo, fam) -> UnitRow:
-    if m.kind == MAMBA1:
+def _unit_row(m: MixerInfo, fam, model_type: str | None) -> UnitRow:
+    """The unit's row; ``stock_config`` says "expressible" only where apply slices
+    (:func:`ssm_profile.surgery.slice_cuts`), else that the cut is applied as zeros and why."""
+    from .surgery import STOCK_WIDTH_TYPES
+
+    if not fam.prunable:
+        stock = "not pruned"
+    elif fam.normalised:
+        stock = f"applied as zeros: {fam.normalised}"
+    elif model_type not in STOCK_WIDTH_TYPES:
+        stock = f"applied as zeros: no stock config of {model_type or 'this model'} expresses a width cut"
+    elif m.kind == MAMBA1:
         stock = "expressible: uniform count across layers (intermediate_size / state_size / time_step_rank)"
     elif fam.kind == "state":
         stock = "expressible: uniform count across layers and groups (state_size)"

@@ -16,12 +16,12 @@ Execution
   with the same code the profiler used, and written as zeros.
 * Unit actions (``unit:channel``, ``unit:state``, ...): every listed unit (``unit_indices``) is
   first zeroed across all its coupled tensors. Where the action asks for ``execution: "slice"``
-  and every covered layer removes the same number of units, the zeroed units are then sliced
-  out (:func:`ssm_profile.surgery.slice_units`) and the config is updated
-  (:func:`ssm_profile.surgery.sync_config`); when a stock config cannot express the result (e.g.
-  only some layers cut, or Mamba-2 heads x head_dim not a multiple of the hidden size) the slice
-  is undone, the zeros stay, and a note says why. Either way the logits are those of the
-  zeroed model (Mamba-2's gated norm: up to its eps term).
+  the zeroed units are then sliced out by :func:`ssm_profile.surgery.slice_cuts`, the one decision
+  the planner also asked (so a plan's "slice" is what apply does); it keeps a kind as zeros, with a
+  note saying why, when slicing would change the model (a norm over the cut dimension, e.g.
+  FalconMamba's B/C/dt RMSNorm), layers cut different numbers of units, or a stock config cannot
+  express the result. Either way the logits are those of the zeroed model (Mamba-2's gated norm:
+  up to its eps term).
 
 The output always reloads with plain ``transformers.AutoModelForCausalLM.from_pretrained``.
 """
@@ -48,9 +48,6 @@ from .validate import count_parameters, validate as run_validation
 
 Progress = Callable[[int, int, str], None]
 PRUNING_SCHEMA_VERSION = 1
-# Slicing order: head channels before heads (a head cut changes the head-channel numbering);
-# the other families number their units independently of each other.
-SLICE_ORDER = ("head_channel", "channel", "state", "dt_rank", "head")
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,36 +120,9 @@ def _unit_ids(action: PlanAction, mixer: MixerInfo, kind: str, where: str) -> li
         raise PlanError(f"{where}: {err}") from None
 
 
-class _Snapshot:
-    """Shallow record of a module tree (submodules, Parameters, size attributes) to undo a slice.
-
-    :func:`ssm_profile.surgery.slice_units` installs new modules and Parameters instead of changing
-    the old ones, so keeping references is enough: nothing is copied.
-    """
-
-    def __init__(self, module: torch.nn.Module):
-        self.entries = [(m, dict(m._modules), dict(m._parameters),
-                         {k: v for k, v in vars(m).items() if isinstance(v, (int, float, bool)) and not k.startswith("_")})
-                        for m in module.modules()]
-
-    def restore(self) -> None:
-        for m, modules, params, attrs in self.entries:
-            m._modules.clear()
-            m._modules.update(modules)
-            m._parameters.clear()
-            m._parameters.update(params)
-            for k, v in attrs.items():
-                setattr(m, k, v)
-
-
-def _config_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[Any]]:
-    return {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after))
-            if before.get(k) != after.get(k) and k not in ("_name_or_path",)}
-
-
 def _execute(loaded: LoadedModel, plan: Plan, note: Progress) -> dict[str, Any]:
     """Prune ``loaded.model`` in place; returns the per-action record and notes."""
-    from .surgery import slice_units, sync_config, zero_units
+    from .surgery import slice_cuts, zero_units
 
     model = loaded.model
     actions = plan.actions
@@ -202,51 +172,29 @@ def _execute(loaded: LoadedModel, plan: Plan, note: Progress) -> dict[str, Any]:
         removed.setdefault(kind, {}).setdefault(m.layer, set()).update(ids)
         sliceable[kind] = sliceable.get(kind, True) and actions[i].execution == "slice"
 
-    # 3. slice what can be sliced, kind by kind; undo a slice the config cannot express
+    # 3. slice what the plan asks to slice; surgery.slice_cuts is also what the planner asked, so a
+    # kind it refuses here was planned as zeros (only a hand-edited plan meets a refusal)
     kind_actions: dict[str, list[int]] = {}
     for i, kind, _, _ in picked:
         kind_actions.setdefault(kind, [])
         if i not in kind_actions[kind]:
             kind_actions[kind].append(i)
+    note(0, 1, "slicing units")
+    outcomes = slice_cuts(model, {kind: removed[kind] for kind in removed if sliceable[kind]})
     sliced: list[dict[str, Any]] = []
-    ordered = sorted(removed, key=lambda k: SLICE_ORDER.index(k) if k in SLICE_ORDER else len(SLICE_ORDER))
-    for kind in ordered:
-        per_layer = {layer: ids for layer, ids in removed[kind].items() if ids}
-        if not sliceable[kind] or not per_layer:
-            continue
-        counts = {len(ids) for ids in per_layer.values()}
-        if len(counts) > 1:
-            reason = (f"{kind} cut differs between layers ({ {k: len(v) for k, v in sorted(per_layer.items())} }); "
-                      "kept as zeros (no stock config expresses per-layer widths)")
-            _set_note(records, kind_actions[kind], reason)
-            notes.append(reason)
-            continue
-        note(0, 1, f"slicing {kind} units")
-        current = _mixers_by_layer(model)
-        snaps = [_Snapshot(current[layer].module) for layer in per_layer]
-        config_before = model.config.to_dict()
-        try:
-            for layer, ids in per_layer.items():
-                mixer = current[layer]
-                keep = [u for u in range(mixer.unit_family(kind).count) if u not in ids]
-                slice_units(mixer, kind, keep)
-            problems = sync_config(model)
-        except ValueError as err:
-            problems = [str(err)]
-        if problems:
-            for snap in snaps:
-                snap.restore()
-            reason = f"{kind} units kept as zeros, not sliced: {problems[0]}"
-            _set_note(records, kind_actions[kind], reason)
-            notes.append(reason)
+    for kind, outcome in outcomes.items():
+        if not outcome.sliced:
+            _set_note(records, kind_actions[kind], outcome.reason)
+            notes.append(outcome.reason)
             continue
         for i in kind_actions[kind]:
             records[i]["execution"] = "slice"
         if kind in ("head", "head_channel"):
             notes.append(f"sliced Mamba-2 {kind} units: the gated norm's weights were rescaled, so the logits equal "
                          "the zeroed model's up to the norm's eps term (not bit for bit)")
-        sliced.append({"kind": kind, "layers": sorted(per_layer), "removed_per_layer": counts.pop(),
-                       "config": _config_diff(config_before, model.config.to_dict())})
+        per_layer = {layer: ids for layer, ids in removed[kind].items() if ids}
+        sliced.append({"kind": kind, "layers": sorted(per_layer),
+                       "removed_per_layer": len(next(iter(per_layer.values()))), "config": outcome.config})
 
     return {"actions": records, "sliced": sliced, "notes": notes, "calibration": calibration}
 

@@ -53,8 +53,11 @@ class UnitFamily:
     # blocks (Mamba-2 heads and states per group); ``prunable`` False means the kind is never a
     # pruning target and cannot be sliced out (it may still be zeroed), e.g. Mamba-2's B/C groups.
     # Whether a uniform cut can be saved in the stock config is the analysis's ``stock_config``.
+    # ``normalised``: why slicing these units would change the model (a norm averages over their
+    # dimension, so a zeroed unit counts in the mean and a sliced one does not); empty when it would not.
     blocks: int = 1
     prunable: bool = True
+    normalised: str = ""
 
     def indices(self, units: torch.Tensor | list[int]) -> list[tuple[str, int, torch.Tensor]]:
         """The shared index set of ``units`` in every coupled tensor: (param, dim, indices)."""
@@ -212,9 +215,19 @@ def _mamba1_units(m: MixerInfo) -> dict[str, UnitFamily]:
     return {
         "channel": UnitFamily("channel", E, channel, "inner channel c: x and z rows of in_proj, conv "
                               "filter, x_proj column, dt_proj row, A_log row, D, out_proj column"),
-        "state": UnitFamily("state", N, state, "SSM state n: B and C rows of x_proj, A_log column"),
-        "dt_rank": UnitFamily("dt_rank", R, dt_rank, "dt low-rank direction r: x_proj dt row, dt_proj column"),
+        "state": UnitFamily("state", N, state, "SSM state n: B and C rows of x_proj, A_log column",
+                            normalised=_norm_over(m, ("b_layernorm", "c_layernorm"), "B and C over the states")),
+        "dt_rank": UnitFamily("dt_rank", R, dt_rank, "dt low-rank direction r: x_proj dt row, dt_proj column",
+                              normalised=_norm_over(m, ("dt_layernorm",), "dt over its rank")),
     }
+
+
+def _norm_over(m: MixerInfo, norms: tuple[str, ...], what: str) -> str:
+    """Why slicing changes a mixer that RMS-normalises ``what`` (FalconMamba, Jamba), else ""."""
+    if not any(hasattr(m.module, n) for n in norms):
+        return ""
+    return (f"the mixer RMS-normalises {what}: a zeroed unit still counts in the mean, a sliced one "
+            "does not, so slicing would change the model")
 
 
 def _mamba2_units(m: MixerInfo) -> dict[str, UnitFamily]:

@@ -23,7 +23,9 @@ from __future__ import annotations
 import math
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,6 +33,8 @@ from torch import nn
 from ssm_profile.arch import MAMBA1, MixerInfo, UnitFamily, find_mixers
 
 Units = Iterable[int] | torch.Tensor
+# Model types whose stock config can describe a width cut (hybrids' configs cannot).
+STOCK_WIDTH_TYPES = ("mamba", "falcon_mamba", "mamba2")
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,7 +416,7 @@ def _plan(model: nn.Module) -> tuple[dict, list[str]]:
     dims, problems = _uniform_dims(mixers)
     if problems:
         return {}, problems
-    if getattr(config, "model_type", None) not in ("mamba", "falcon_mamba", "mamba2"):
+    if getattr(config, "model_type", None) not in STOCK_WIDTH_TYPES:
         return {}, [f"no stock-config mapping for model_type {config.model_type!r} after a width cut"]
     fields, problems = _proposed_updates(model, next(iter(kinds)), dims)
     if problems:
@@ -445,3 +449,96 @@ def sync_config(model: nn.Module) -> list[str]:
     for key, value in updates.items():
         setattr(model.config, key, value)
     return []
+
+
+# --------------------------------------------------------------------------------------------
+# the one slicing decision (the planner asks it on a meta copy, apply executes it)
+
+# Head channels before heads (a head cut changes the head-channel numbering); the other families
+# number their units independently of each other.
+SLICE_ORDER = ("head_channel", "channel", "state", "dt_rank", "head")
+
+
+@dataclass
+class SliceOutcome:
+    """What :func:`slice_cuts` did with one kind: ``reason`` is empty when it was sliced, else why
+    the units stay zeros; ``config``: the config fields the slice changed, {field: [before, after]}."""
+
+    reason: str = ""
+    config: dict[str, list[Any]] = field(default_factory=dict)
+
+    @property
+    def sliced(self) -> bool:
+        return not self.reason
+
+
+class _Snapshot:
+    """Shallow record of a module tree (submodules, Parameters, size attributes) to undo a slice.
+
+    :func:`slice_units` installs new modules and Parameters instead of changing the old ones, so
+    keeping references is enough: nothing is copied.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.entries = [(m, dict(m._modules), dict(m._parameters),
+                         {k: v for k, v in vars(m).items() if isinstance(v, (int, float, bool)) and not k.startswith("_")})
+                        for m in module.modules()]
+
+    def restore(self) -> None:
+        for m, modules, params, attrs in self.entries:
+            m._modules.clear()
+            m._modules.update(modules)
+            m._parameters.clear()
+            m._parameters.update(params)
+            for k, v in attrs.items():
+                setattr(m, k, v)
+
+
+def _config_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[Any]]:
+    return {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after))
+            if before.get(k) != after.get(k) and k not in ("_name_or_path",)}
+
+
+def _slice_kind(model: nn.Module, kind: str, cut: Mapping[int, set[int]]) -> SliceOutcome:
+    mixers = {m.layer: m for m in find_mixers(model)}
+    missing = sorted(layer for layer in cut if layer not in mixers)
+    if missing:
+        return SliceOutcome(f"layer(s) {missing} have no SSM mixer")
+    changes = next((f.normalised for f in (mixers[l].unit_family(kind) for l in cut) if f.normalised), "")
+    if changes:
+        return SliceOutcome(f"{kind} units kept as zeros, not sliced: {changes}")
+    counts = {layer: len(ids) for layer, ids in sorted(cut.items())}
+    if len(set(counts.values())) > 1:
+        return SliceOutcome(f"{kind} cut differs between layers ({counts}); kept as zeros "
+                            "(no stock config expresses per-layer widths)")
+    snaps = [_Snapshot(mixers[layer].module) for layer in cut]
+    config_before = model.config.to_dict() if getattr(model, "config", None) is not None else {}
+    try:
+        for layer, ids in cut.items():
+            slice_units(mixers[layer], kind, [u for u in range(mixers[layer].unit_family(kind).count) if u not in ids])
+        problems = sync_config(model)
+    except ValueError as err:
+        problems = [str(err)]
+    if problems:
+        for snap in snaps:
+            snap.restore()
+        return SliceOutcome(f"{kind} units kept as zeros, not sliced: {problems[0]}")
+    return SliceOutcome("", _config_diff(config_before, model.config.to_dict()))
+
+
+def slice_cuts(model: nn.Module, cuts: Mapping[str, Mapping[int, Iterable[int]]]) -> dict[str, SliceOutcome]:
+    """Slice removed units {kind: {layer: unit ids}} out of ``model`` in place, kind by kind in
+    :data:`SLICE_ORDER`, and sync the config: the one decision of what is sliced and what stays zeros.
+
+    A kind is left untouched (its outcome says why) when slicing would change the model (a norm
+    over its dimension, :attr:`ssm_profile.arch.UnitFamily.normalised`), when layers cut different
+    numbers of units, or when a stock config cannot express the result (that slice is undone).
+    Layers without ids are skipped; a kind without any id is not reported.
+    """
+    out: dict[str, SliceOutcome] = {}
+    for kind in sorted(cuts, key=lambda k: SLICE_ORDER.index(k) if k in SLICE_ORDER else len(SLICE_ORDER)):
+        per_layer = {layer: {int(u) for u in ids} for layer, ids in cuts[kind].items()}
+        per_layer = {layer: ids for layer, ids in per_layer.items() if ids}
+        if per_layer:
+            out[kind] = _slice_kind(model, kind, per_layer)
+    return out

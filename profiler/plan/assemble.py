@@ -49,31 +49,25 @@ def actions_of(options: list[list[Option]], choice: Sequence[int]) -> list[Optio
 
 
 def _execution(actions: list[Option], shapes: Shapes) -> dict[int, tuple[str, str]]:
-    """id(action) -> (execution, note)."""
+    """id(action) -> (execution, note). Unit cuts are sliced where :meth:`Shapes.execution` (the
+    slicing apply runs, asked for all unit cuts together) slices them, else applied as zeros."""
     out: dict[int, tuple[str, str]] = {}
+    together = shapes.execution({a.unit_kind: a.sparsity for a in actions if a.unit_kind})
     for a in actions:
         if not a.unit_kind:
             kind = "N:M semi-structured" if a.structure != "unstructured" else "unstructured"
             extra = " or N:M sparse kernels" if a.structure != "unstructured" else ""
             out[id(a)] = ("zero", (f"{kind} zeros: shapes and dense FLOPs unchanged; saving memory needs a sparse "
                                   f"format{extra}"))
-            continue
-        eff = shapes.effect({a.unit_kind: a.sparsity}, check=True)
-        if eff["expressible"]:
+        elif not together[a.unit_kind]:
             out[id(a)] = ("slice", (f"uniform cut ({_per_block_text(a)}) in every layer; the stock config expresses "
                           "the sliced shapes"))
         else:
-            why = "; ".join(eff["problems"][:1]) or "not expressible"
-            out[id(a)] = ("zero", one_line(f"applied as zeros: a stock config cannot express the sliced shapes ({why})",
-                                           300))
-    slicers = [a for a in actions if a.unit_kind and out[id(a)][0] == "slice"]
-    if len(slicers) > 1:
-        both = shapes.effect({a.unit_kind: a.sparsity for a in slicers}, check=True)
-        if not both["expressible"]:
-            why = "; ".join(both["problems"][:1])
-            for a in slicers:
-                out[id(a)] = ("zero", one_line(f"applied as zeros: expressible alone but not together with the other "
-                                               f"unit cuts ({why})", 300))
+            why = together[a.unit_kind]
+            if not shapes.execution({a.unit_kind: a.sparsity})[a.unit_kind]:
+                why = f"sliceable alone, not with the other unit cuts: {why}"
+            out[id(a)] = ("zero", one_line(f"applied as zeros ({why}); removes parameters (nonzeros) only, "
+                                           "no FLOPs or state", 300))
     return out
 
 
@@ -84,19 +78,22 @@ def _per_block_text(a: Option) -> str:
 
 def _plan_action(a: Option, execution: tuple[str, str]) -> PlanAction:
     how, why = execution
+    sliced = how == "slice"  # zeros remove no FLOPs nor state
     return PlanAction(target=a.target, layers=list(a.layers), structure=a.structure, criterion=a.criterion,
                       sparsity=float(a.sparsity), unit_kind=a.unit_kind,
                       unit_indices=a.unit_indices if a.unit_kind else None, params_removed=int(a.params),
-                      flops_removed=int(a.flops), state_bytes_removed=int(a.state),
+                      flops_removed=int(a.flops) if sliced else 0, state_bytes_removed=int(a.state) if sliced else 0,
                       predicted_delta_loss=float(a.delta_loss), execution=how, note=why)
 
 
-def _totals(s: Solution) -> dict[str, float]:
-    totals = {m: net_gain(s.choice, [[o.gain(m) for o in levels] for levels in s.options], s.overlaps[m])
-              for m in METRICS}
-    units = {a.unit_kind: a.sparsity for a in s.actions if a.unit_kind}
-    if len(units) > 2 and s.shapes.model is not None:  # pairwise overlaps are exact for two unit cuts, not three
-        combined = s.shapes.effect(units)
+def _totals(s: Solution, execution: dict[int, tuple[str, str]]) -> dict[str, float]:
+    """Params: every zeroed or removed parameter (overlaps counted once); FLOPs and state: exactly
+    what the sliced unit cuts remove together (zeros remove none)."""
+    totals = {"params": net_gain(s.choice, [[o.gain("params") for o in levels] for levels in s.options],
+                                 s.overlaps["params"]), "flops": 0, "state": 0}
+    sliced = {a.unit_kind: a.sparsity for a in s.actions if a.unit_kind and execution[id(a)][0] == "slice"}
+    if sliced:
+        combined = s.shapes.effect(sliced)
         totals["flops"], totals["state"] = combined["flops"], combined["state"]
     return totals
 
@@ -157,7 +154,7 @@ def assemble(s: Solution) -> Plan:
     result, metric = s.result, s.metric
     actions = s.actions
     execution = _execution(actions, s.shapes)
-    totals = _totals(s)
+    totals = _totals(s, execution)
     notes = _notes(s, totals)
     delta = sum(o.cost for o in actions)
     dense_total = {m: metric_total(result, m) for m in METRICS}

@@ -150,6 +150,7 @@ def build_options(result: ProfileResult, metric: str, criterion: str | None = No
         layers_of_group.setdefault(g.group, []).append(g.layer)
         params_of_group.setdefault(g.group, []).extend(p for p in g.params if not p.endswith(".bias"))
     fallback: list[str] = []
+    zero_executed: set[str] = set()
 
     out: list[list[Option]] = []
     for target in dict.fromkeys(t.target for t in result.model_trials):
@@ -182,6 +183,9 @@ def build_options(result: ProfileResult, metric: str, criterion: str | None = No
             if is_unit:
                 eff = shapes.effect({kind: best.sparsity})
                 opt.params, opt.flops, opt.state = int(eff["params"]), int(eff["flops"]), int(eff["state"])
+                if shapes.execution({kind: best.sparsity}).get(kind, ""):
+                    opt.flops = opt.state = 0  # executed as zeros: only the zeroed params count
+                    zero_executed.add(target)
                 opt.removed = dict(eff["removed"])
                 opt.unit_kind = kind
                 opt.per_block = {layer: removed_per_block(f, best.sparsity) for layer, f in families.items()}
@@ -204,7 +208,9 @@ def build_options(result: ProfileResult, metric: str, criterion: str | None = No
     if not out:
         what = {"params": "parameters", "flops": "dense FLOPs (only structured unit cuts do)",
                 "state": "recurrent state (only state/head/channel unit cuts do)"}[metric]
-        raise PlanError(f"nothing measured in this run reduces {what}; profile unit targets "
+        zeros = (f"; {', '.join(sorted(zero_executed))} would be applied as zeros on this model, which "
+                 "removes parameters (nonzeros) only") if zero_executed and metric != "params" else ""
+        raise PlanError(f"nothing measured in this run reduces {what}{zeros}; profile unit targets "
                         "(e.g. --targets unit:state) or choose another --metric")
     if fallback:
         notes.append(f"{criterion} was not measured for {', '.join(fallback)}; the best measured criterion is used there")

@@ -69,55 +69,64 @@ class Shapes:
                 for u in self.result.analysis.units if u.kind == kind and u.layer is not None}
 
     # --- effects of uniform unit cuts
-    def effect(self, cuts: Mapping[str, float], check: bool = False) -> dict[str, Any]:
-        """Params/FLOPs/state removed and per-tensor removed elements of uniform unit cuts {kind: sparsity};
-        with ``check``, also whether a stock config expresses the sliced model (``expressible``, ``problems``)."""
-        key = (tuple(sorted(cuts.items())), check)
+    def effect(self, cuts: Mapping[str, float]) -> dict[str, Any]:
+        """Params/FLOPs/state that slicing uniform unit cuts {kind: sparsity} removes, and per-tensor
+        removed elements (single cuts). The params equal the elements zeroed when the cut is executed
+        as zeros; FLOPs and state are only removed where :meth:`execution` slices."""
+        key = tuple(sorted(cuts.items()))
         if key not in self._effects:
-            self._effects[key] = self._meta_effect(cuts, check) if self.model is not None \
-                else self._analytic_effect(cuts)
+            self._effects[key] = self._meta_effect(cuts) if self.model is not None else self._analytic_effect(cuts)
         return self._effects[key]
 
-    def _meta_effect(self, cuts: Mapping[str, float], check: bool) -> dict[str, Any]:
-        """Slice the cuts out of meta-device copies. Mixers of identical shapes are sliced once; the
-        stock-config check (``check``) needs the whole model."""
-        from ..arch import MixerInfo, find_mixers
-        from ..surgery import is_expressible
+    def execution(self, cuts: Mapping[str, float]) -> dict[str, str]:
+        """{kind: why it stays zeros, "" when sliced} for uniform unit cuts executed together, decided
+        by :func:`ssm_profile.surgery.slice_cuts` (what apply runs) on a meta copy of the model."""
+        from ..arch import find_mixers
+        from ..surgery import slice_cuts
 
-        model = copy.deepcopy(self.model) if check else self.model
-        mixers = find_mixers(model)
-        if check:
-            groups = {i: [m] for i, m in enumerate(mixers)}
-        else:
-            groups = {}
-            for m in mixers:
-                signature = (m.kind, tuple(sorted((n, tuple(p.shape)) for n, p in m.params.items())))
-                groups.setdefault(signature, []).append(m)
-        out = {"params": 0, "flops": 0, "state": 0, "removed": {}, "expressible": None, "problems": []}
+        cuts = {kind: s for kind, s in cuts.items() if s > 0}
+        key = ("execution", tuple(sorted(cuts.items())))
+        if key not in self._effects:
+            if self.model is None:
+                why = f"could not rebuild the model from the run's config to check slicing ({self.problem})"
+                self._effects[key] = {kind: why for kind in cuts}
+            else:
+                model = copy.deepcopy(self.model)
+                ids: dict[str, dict[int, list[int]]] = {}
+                for m in find_mixers(model):
+                    for kind, sparsity in cuts.items():
+                        if kind in m.unit_families():
+                            ids.setdefault(kind, {})[m.layer] = first_units(m.unit_family(kind), sparsity)
+                outcomes = slice_cuts(model, ids)
+                self._effects[key] = {kind: outcomes[kind].reason if kind in outcomes else "no unit removed"
+                                      for kind in cuts}
+        return dict(self._effects[key])
+
+    def _meta_effect(self, cuts: Mapping[str, float]) -> dict[str, Any]:
+        """Slice the cuts out of meta-device copies; mixers of identical shapes are sliced once."""
+        from ..arch import MixerInfo, find_mixers
+
+        groups: dict[tuple, list] = {}
+        for m in find_mixers(self.model):
+            signature = (m.kind, tuple(sorted((n, tuple(p.shape)) for n, p in m.params.items())))
+            groups.setdefault(signature, []).append(m)
+        out = {"params": 0, "flops": 0, "state": 0, "removed": {}}
         for members in groups.values():
             first = members[0]
-            mixer = first if check else MixerInfo(first.index, first.layer, first.path,
-                                                  copy.deepcopy(first.module), first.kind)
-            part, removed, problems = _slice_effect(mixer, cuts)
+            part, removed = _slice_effect(MixerInfo(first.index, first.layer, first.path,
+                                                    copy.deepcopy(first.module), first.kind), cuts)
             for key in ("params", "flops", "state"):
                 out[key] += part[key] * len(members)
-            out["problems"] += problems
             if len(cuts) == 1:
                 for m in members:
                     for rel, n in removed.items():
                         out["removed"][m.full_name(rel)] = n
-        if out["problems"]:
-            out["expressible"] = False
-        elif check:
-            out["expressible"], why = is_expressible(model)
-            out["problems"] = list(why)
         return out
 
     def _analytic_effect(self, cuts: Mapping[str, float]) -> dict[str, Any]:
         """Without a model to slice: fractions of the analysis' per-group numbers (an estimate)."""
         a = self.result.analysis
-        out = {"params": 0, "flops": 0, "state": 0, "removed": {}, "expressible": False,
-               "problems": [f"could not rebuild the model from the run's config to check slicing ({self.problem})"]}
+        out = {"params": 0, "flops": 0, "state": 0, "removed": {}}
         for kind, sparsity in cuts.items():
             fams = self.families(kind)
             for u in a.units:
@@ -143,10 +152,10 @@ class Shapes:
         return out
 
 
-def _slice_effect(mixer: Any, cuts: Mapping[str, float]) -> tuple[dict[str, int], dict[str, float], list[str]]:
+def _slice_effect(mixer: Any, cuts: Mapping[str, float]) -> tuple[dict[str, int], dict[str, float]]:
     """Slice uniform cuts {kind: sparsity} out of one (meta) mixer in place: what it removed
-    (params, FLOPs/token and state bytes, analysis conventions), elements removed per relative
-    parameter name (single cuts), and the problems met."""
+    (params, FLOPs/token and state bytes, analysis conventions) and elements removed per relative
+    parameter name (single cuts)."""
     from ..analysis import _mixer_flops, _state_bytes
     from ..surgery import slice_units
 
@@ -157,26 +166,24 @@ def _slice_effect(mixer: Any, cuts: Mapping[str, float]) -> tuple[dict[str, int]
 
     before = totals()
     removed: dict[str, float] = {}
-    problems: list[str] = []
     for kind, sparsity in cuts.items():
         if kind not in mixer.unit_families():
             continue
         family = mixer.unit_family(kind)
-        k = removed_per_block(family, sparsity)
-        if k == 0:
+        cut = first_units(family, sparsity)
+        if not cut:
             continue
-        per_block = family.count // family.blocks
         if len(cuts) == 1:
-            for param, dim, idx in family.indices([u for u in range(family.count) if u % per_block < k]):
+            for param, dim, idx in family.indices(cut):
                 shape = mixer.param(param).shape
                 removed[param] = removed.get(param, 0.0) + len(idx) * int(np.prod(shape)) / shape[dim]
-        try:
-            slice_units(mixer, kind, [u for u in range(family.count) if u % per_block >= k])
-        except ValueError as err:
-            problems.append(str(err))
+        gone = set(cut)
+        try:  # sliced here only to count: whether apply slices is Shapes.execution's question
+            slice_units(mixer, kind, [u for u in range(family.count) if u not in gone])
+        except ValueError:
+            continue  # not a prunable kind: nothing to count
     after = totals()
-    return {"params": before[0] - after[0], "flops": before[1] - after[1], "state": before[2] - after[2]}, \
-        removed, problems
+    return {"params": before[0] - after[0], "flops": before[1] - after[1], "state": before[2] - after[2]}, removed
 
 
 _SHAPES_CACHE: dict[tuple, Shapes] = {}
@@ -196,6 +203,12 @@ def shapes_for(result: ProfileResult, loaded: Any = None) -> Shapes:
         _SHAPES_CACHE[key] = shapes
     shapes.result = result
     return shapes
+
+
+def first_units(family: Any, sparsity: float) -> list[int]:
+    """The first :func:`removed_per_block` units of every block (the shapes of any uniform cut)."""
+    per_block, k = family.count // family.blocks, removed_per_block(family, sparsity)
+    return [u for u in range(family.count) if u % per_block < k]
 
 
 def removed_per_block(family: Any, sparsity: float) -> int:

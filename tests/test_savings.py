@@ -1,0 +1,143 @@
+"""Plans promise only what apply delivers (issue #12).
+
+* A unit cut that slicing would change (FalconMamba RMS-normalises B/C over the states and dt over
+  its rank) is executed as zeros: the saved model's logits are the zeroed model's.
+* Budgets and totals count FLOPs and state only for cuts apply slices; zeros count as params
+  (nonzeros) only. On Mamba, Mamba-2 (with a head cut no stock config expresses), FalconMamba and a
+  hybrid, the FLOPs/state/params that apply removes equal what the plan states.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import perturb, tiny_mamba, tiny_mamba2
+from ssm_profile.analysis import analyze
+from ssm_profile.apply import apply_plan
+from ssm_profile.arch import find_mixers
+from ssm_profile.plan import make_plan
+from ssm_profile.resolve import load_model
+from ssm_profile.results import ProfileResult, Trial
+from ssm_profile.summary import physical_change
+from ssm_profile.surgery import zero_units
+
+
+def tiny_falcon_mamba():
+    from transformers import FalconMambaConfig, FalconMambaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = FalconMambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, state_size=8, time_step_rank=4)
+    return perturb(FalconMambaForCausalLM(cfg).eval())
+
+
+def tiny_zamba2():
+    from transformers import AutoModelForCausalLM, Zamba2Config
+
+    torch.manual_seed(0)
+    cfg = Zamba2Config(vocab_size=64, hidden_size=32, num_hidden_layers=3, mamba_d_state=8, mamba_headdim=8,
+                       n_mamba_heads=8, num_attention_heads=4, num_key_value_heads=4, attention_head_dim=8,
+                       intermediate_size=32, layers_block_type=["mamba", "hybrid", "mamba"], hybrid_layer_ids=[1])
+    return perturb(AutoModelForCausalLM.from_config(cfg).eval())
+
+
+def saved(model, path: Path):
+    model.save_pretrained(path)
+    return load_model(str(path))
+
+
+def unit_result(loaded, kinds: dict[str, float]) -> ProfileResult:
+    """A profile run of ``loaded`` that measured cheap unit cuts {kind: sparsity} (one criterion)."""
+    model = loaded.model
+    dense = [4.0, 4.1, 3.9, 4.0]
+    trials = [Trial(f"unit:{kind}", "magnitude", s, None, dense[0] + 0.001, 0.001, math.exp(4.001),
+                    math.expm1(0.001), 0, None, 0.0, [x + 0.001 for x in dense]) for kind, s in kinds.items()]
+    scores: dict[str, dict] = {}
+    for m in find_mixers(model):
+        for kind in kinds:
+            fam = m.unit_family(kind)
+            values = fam.count - torch.arange(fam.count, dtype=torch.float64)  # the last units score lowest
+            scores.setdefault(str(m.layer), {})[kind] = values.tolist()
+    meta = {
+        "schema_version": 1, "created": "2026-01-01T00:00:00+00:00",
+        "model": {"name": loaded.source.name, "source": {"name": loaded.source.name, "kind": loaded.source.kind,
+                                                        "location": loaded.source.location, "alias": None},
+                  "fingerprint": loaded.fingerprint, "class": type(model).__name__,
+                  "config": json.loads(json.dumps(model.config.to_dict(), default=str))},
+        "data": {"calibration": "embedded:calibration.txt", "evaluation": "embedded:evaluation.txt", "nsamples": 4,
+                 "eval_samples": 4, "seqlen": 32, "seed": 0},
+        "settings": {"structure": "unstructured", "seed": 0, "batch_size": 8, "tolerance": 0.1},
+    }
+    return ProfileResult(meta=meta, analysis=analyze(model, name=loaded.source.name), dense_window_losses=dense,
+                         trials=trials, unit_scores={"magnitude": scores})
+
+
+def logits(model) -> torch.Tensor:
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_falcon_mamba_state_and_dt_rank_cuts_give_the_zeroed_models_logits(tmp_path):
+    loaded = saved(tiny_falcon_mamba(), tmp_path / "base")
+    plan = make_plan(unit_result(loaded, {"state": 0.5, "dt_rank": 0.5}), metric="params", max_ppl_increase=0.5,
+                     measure=False, structures="units")
+    assert {a.unit_kind for a in plan.actions} == {"state", "dt_rank"}
+    assert all(a.execution == "zero" and "normalises" in a.note for a in plan.actions)
+    apply_plan(loaded, plan, tmp_path / "out")
+
+    reference = load_model(str(tmp_path / "base")).model
+    by_layer = {m.layer: m for m in find_mixers(reference)}
+    for a in plan.actions:
+        for layer, ids in a.unit_indices.items():
+            zero_units(by_layer[int(layer)], a.unit_kind, ids)
+    pruned = load_model(str(tmp_path / "out")).model
+    assert torch.allclose(logits(pruned), logits(reference), atol=1e-6, rtol=0)
+
+
+def test_analyze_calls_only_what_apply_slices_expressible():
+    rows = {u.kind: u.stock_config for u in analyze(tiny_falcon_mamba()).units if u.layer == 0}
+    assert rows["channel"].startswith("expressible")
+    assert rows["state"].startswith("applied as zeros") and rows["dt_rank"].startswith("applied as zeros")
+    hybrid = {u.stock_config for u in analyze(tiny_zamba2()).units if u.layer is not None and u.prunable}
+    assert hybrid and all(s.startswith("applied as zeros") for s in hybrid)
+
+
+CASES = {
+    "mamba": (lambda: perturb(tiny_mamba(layers=2).eval()), {"channel": 0.25, "state": 0.5, "dt_rank": 0.5}),
+    # 1 of 4 heads per layer: 3 heads x head_dim is no multiple of hidden_size, so zeros
+    "mamba2": (lambda: perturb(tiny_mamba2(layers=2, n_groups=1).eval()), {"head": 0.25, "state": 0.5}),
+    "falcon_mamba": (tiny_falcon_mamba, {"channel": 0.25, "state": 0.5, "dt_rank": 0.5}),
+    "zamba2": (tiny_zamba2, {"head": 0.25, "state": 0.5}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("metric", ["params", "flops"])
+def test_what_apply_removes_is_what_the_plan_states(tmp_path, case, metric):
+    build, kinds = CASES[case]
+    loaded = saved(build(), tmp_path / "base")
+    before = analyze(loaded.model).totals
+    try:
+        plan = make_plan(unit_result(loaded, kinds), metric=metric, max_ppl_increase=0.5, measure=False,
+                         structures="units")
+    except Exception as err:  # a FLOPs budget with nothing sliceable: refused, not promised
+        assert case == "zamba2" and metric == "flops" and "applied as zeros" in str(err)
+        return
+    assert plan.actions
+    record = apply_plan(loaded, plan, tmp_path / "out")
+    after = analyze(load_model(str(tmp_path / "out")).model).totals
+    executed = {r["target"]: r["execution"] for r in record.actions}
+    assert executed == {a.target: a.execution for a in plan.actions}
+    physical = physical_change(plan)
+    assert before["flops_per_token"] - after["flops_per_token"] == plan.predicted.flops_removed == physical["flops"]
+    assert before["state_bytes_per_sequence"] - after["state_bytes_per_sequence"] \
+        == plan.predicted.state_bytes_removed == physical["state"]
+    assert before["parameters"] - after["parameters"] == physical["params"]
+    assert record.parameters["zeroed_or_removed"] == plan.predicted.params_removed
+    if case == "mamba2":  # the zero-executed head cut buys params only, so a FLOPs plan leaves it out
+        assert {a.unit_kind: a.execution for a in plan.actions}.get("head") == ("zero" if metric == "params" else None)
