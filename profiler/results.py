@@ -101,15 +101,22 @@ class ProfileResult:
         rng = np.random.default_rng(int(self.meta.get("data", {}).get("seed", 0)))
         return rng.integers(0, n, size=(self.bootstrap, n))
 
+    def resampled_means(self, trials: list[Trial]) -> np.ndarray | None:
+        """Mean loss of the dense model (column 0) and of each trial (columns 1..) on the SAME bootstrap
+        resamples of the evaluation windows (one row per resample), so differences between columns are
+        paired. None when the per-window losses are missing or do not line up with the dense ones."""
+        dense = np.asarray(self.dense_window_losses, dtype=float)
+        if len(dense) < 2 or any(len(t.window_losses) != len(dense) for t in trials):
+            return None
+        losses = np.stack([dense] + [np.asarray(t.window_losses, dtype=float) for t in trials])
+        return losses[:, self._resamples()].mean(axis=2).T
+
     def delta_ci(self, trial: Trial) -> tuple[float, float]:
         """Paired bootstrap 95% interval of ΔL over evaluation windows."""
-        dense = np.asarray(self.dense_window_losses)
-        pruned = np.asarray(trial.window_losses)
-        if len(pruned) != len(dense):
+        means = self.resampled_means([trial])
+        if means is None:
             return (trial.delta_loss, trial.delta_loss)
-        idx = self._resamples()
-        deltas = pruned[idx].mean(axis=1) - dense[idx].mean(axis=1)
-        lo, hi = np.percentile(deltas, [2.5, 97.5])
+        lo, hi = np.percentile(means[:, 1] - means[:, 0], [2.5, 97.5])
         return float(lo), float(hi)
 
     def _auc(self, curve: list[Trial], idx: np.ndarray | None = None) -> float:
