@@ -8,7 +8,7 @@ from typing import Any
 from ssm_profile.fmt import human_bytes, human_count
 
 from .facts import Facts
-from .html_elements import Cell, badge, cards, chip, crit_chip, legend, num, section, table, txt
+from .html_elements import Cell, cards, chip, crit_chip, legend, num, section, table, txt
 from .svg import (
     Dot, Point, Segment, Series, Strip, color_scale_legend, criterion_color, esc, finite, fmt, fmt_pct, group_color,
     heatmap, histogram, line_panel, scatter, stacked_rows, strips, thin,
@@ -26,10 +26,12 @@ def header_section(facts: Facts) -> str:
         top, low = facts.ranking[0], facts.ranking[-1]
         glance.append(("Most sensitive", top.target, f"AUC ΔL {fmt(top.auc, 3)} ({top.best_criterion})"))
         glance.append(("Least sensitive", low.target, f"AUC ΔL {fmt(low.auc, 3)} ({low.best_criterion})"))
-    measured = [f for f in facts.findings if f.holds is not None]
+    measured = [f for f in facts.findings if f.verdict != "not measured"]
     unmeasured = len(facts.findings) - len(measured)
-    glance.append(("Literature findings", f"{sum(1 for f in measured if f.holds)} of {len(measured)} hold",
-                   f"{unmeasured} not measured" if unmeasured else ""))
+    inconclusive = sum(1 for f in measured if f.verdict == "inconclusive")
+    glance.append(("Literature findings", f"{sum(1 for f in measured if f.verdict == 'holds')} of {len(measured)} hold",
+                   ", ".join(part for part in (f"{inconclusive} inconclusive" if inconclusive else "",
+                                               f"{unmeasured} not measured" if unmeasured else "") if part)))
     totals = r.analysis.totals or {}
     if totals.get("parameters"):
         glance.append(("Parameters", human_count(totals["parameters"]),
@@ -437,14 +439,25 @@ def ranking_section(facts: Facts) -> str:
                    "ranking as <code>ssm-profile profile</code> prints. Click a header to sort.", body)
 
 
+VERDICT_ORDER = {"holds": 3, "inconclusive": 2, "contradicted": 1, "not measured": 0}  # sort key of the column
+VERDICT_CLASS = {"holds": "ok", "contradicted": "bad", "inconclusive": "na", "not measured": "na"}
+
+
+def verdict_badge(verdict: str) -> str:
+    return f'<span class="badge {VERDICT_CLASS[verdict]}">{esc(verdict)}</span>'
+
+
 def findings_section(facts: Facts) -> str:
     rows = []
     for f in facts.findings:
         numbers = ", ".join(f"{k} {fmt(v)}" for k, v in (f.numbers or {}).items())
         rows.append([Cell(f"<strong>{esc(f.claim)}</strong><div class=\"small muted\">{esc(f.source)}</div>", f.claim),
-                     Cell(badge(f.holds), {True: "2", False: "1", None: "0"}[f.holds]), txt(f.detail),
+                     Cell(verdict_badge(f.verdict), str(VERDICT_ORDER[f.verdict])), txt(f.detail),
                      Cell(f'<span class="mono small">{esc(numbers)}</span>')])
     body = table([("finding", "claim and source", False), ("on this model", "", False), ("measured", "", False),
                   ("numbers", "", False)], rows, tid="findings-table")
     return section("findings", "Literature findings",
-                   "Claims from the pruning literature, each checked on this model by a rule fixed in advance.", body)
+                   "Claims from the pruning literature, each checked on this model by a rule fixed in advance: a "
+                   "claim holds when the paired bootstrap 95% interval (over evaluation windows) of the difference "
+                   "it predicts excludes 0 in the claimed direction, is contradicted when it excludes 0 the other "
+                   "way, and is inconclusive otherwise.", body)

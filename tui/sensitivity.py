@@ -72,7 +72,7 @@ class SensitivityView(Vertical):
         for col in ("#", "target", "best criterion", "AUC ΔL", "95% CI", "safe sparsity", "ΔL @50%", "params"):
             rank.add_column(col, key=col)
         find = self.query_one("#find-table", DataTable)
-        for col in ("holds", "finding", "numbers"):
+        for col in ("verdict", "finding", "numbers"):
             find.add_column(col, key=col)
 
     # ------------------------------------------------------------------ state
@@ -310,10 +310,9 @@ class SensitivityView(Vertical):
             table.add_row("", Text(f"findings unavailable: {err}", style="italic"), "")
             return
         self._findings = findings
-        marks = {True: Text("holds", style="bold green"), False: Text("does not", style="bold red"),
-                 None: Text("n/a", style="dim")}
+        styles = {"holds": "bold green", "contradicted": "bold red", "inconclusive": "yellow", "not measured": "dim"}
         for f in findings:
-            table.add_row(marks[f.holds], f.claim, f.detail, key=f.id)
+            table.add_row(Text(f.verdict, style=styles[f.verdict]), f.claim, f.detail, key=f.id)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id != "find-table" or self.result is None or event.row_key is None:
@@ -321,9 +320,8 @@ class SensitivityView(Vertical):
         event.stop()
         finding = next((f for f in self._findings if f.id == event.row_key.value), None)
         if finding is not None:
-            holds = {True: "holds", False: "does not hold", None: "not measurable here"}[finding.holds]
             self.query_one("#find-detail", Static).update(Text.assemble(
-                (finding.claim, "bold"), (f" — {holds}\n", "italic"), (finding.detail, ""),
+                (finding.claim, "bold"), (f" — {finding.verdict}\n", "italic"), (finding.detail, ""),
                 (f"\nsource: {finding.source}", "dim")))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
