@@ -28,4 +28,4 @@ print(f"dense perplexity {result.dense_perplexity:.2f}")
 for row in result.ranking():
     print(f"  #{row.rank} {row.target:<18} best={row.best_criterion:<10} safe up to {row.max_safe_sparsity:.0%}")
 for finding in result.findings():
-    print(f"  [{ {True: 'holds', False: 'does not hold', None: 'n/a'}[finding.holds] }] {finding.claim}")
+    print(f"  [{finding.verdict}] {finding.claim}")

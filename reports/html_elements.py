@@ -17,12 +17,6 @@ def crit_chip(name: str, order: Iterable[str] = ()) -> str:
     return chip(name, criterion_color(name, list(order)))
 
 
-def badge(holds: bool | None) -> str:
-    if holds is None:
-        return '<span class="badge na">not measured</span>'
-    return '<span class="badge ok">holds</span>' if holds else '<span class="badge bad">does not hold</span>'
-
-
 class Cell:
     def __init__(self, html: str, v: Any = None, num: bool = False, cls: str = ""):
         self.html, self.v, self.num, self.cls = html, v, num, cls

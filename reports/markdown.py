@@ -41,9 +41,8 @@ def render_facts_md(facts: Facts, plan: dict[str, Any] | None = None, validation
         out += ["", "Predicted vs measured ΔL (Spearman ρ over model-wide trials): "
                 + "; ".join(f"{md_escape(c)} {a['spearman']:.2f} (n={a['n']})" for c, a in facts.agreement.items()), ""]
     out += ["", "## Literature findings", ""]
-    verdict = {True: "holds", False: "does not hold", None: "not measured"}
     out.append(md_table(["finding", "on this model", "measured", "source"],
-                        [[f.claim, verdict[f.holds], f.detail, f.source] for f in facts.findings]))
+                        [[f.claim, f.verdict, f.detail, f.source] for f in facts.findings]))
     if plan is not None:
         out += ["", "## Pruning plan", ""] + plan_md(facts, plan)
     if validation is not None:

@@ -223,8 +223,8 @@ def print_summary(result) -> None:
         console.print("predicted vs measured ΔL (Spearman over the sweep): " + ", ".join(
             f"{name} ρ={a['spearman']:.2f} (n={a['n']})" for name, a in agreement.items()))
     ft = Table(title="Literature findings on this model")
-    for col in ("finding", "holds", "numbers"):
+    for col in ("finding", "verdict", "numbers (95% paired intervals)"):
         ft.add_column(col)
     for f in result.findings():
-        ft.add_row(f.claim, {True: "holds", False: "does not hold", None: "not measured"}[f.holds], f.detail)
+        ft.add_row(f.claim, f.verdict, f.detail)
     console.print(ft)
