@@ -78,8 +78,9 @@ class Criterion:
     comparison: ClassVar[str] = "tensor"  # "tensor" | "row"
     # Whether ``predict_delta_loss`` gives a first/second-order estimate of the loss change.
     predicts_loss: ClassVar[bool] = False
-    # How per-tensor unit scores combine into one score per unit (see aggregate_unit_scores).
-    unit_aggregation: ClassVar[str] = "sum"
+    # How per-tensor unit scores combine into one score per unit (see aggregate_unit_scores);
+    # "mean" had the lowest summed ΔL over both embedded models (examples/unit_score_norms.py).
+    unit_aggregation: ClassVar[str] = "mean"
     # False for criteria that only score structured units (e.g. channel attributions).
     scores_elements: ClassVar[bool] = True
 
@@ -150,7 +151,7 @@ class Criterion:
         raise NotApplicable(f"{self.name} gives no loss estimate")
 
 
-UNIT_AGGREGATIONS = ("sum", "mean", "rank")
+UNIT_AGGREGATIONS = ("sum", "mean", "std", "rank")
 
 
 def aggregate_unit_scores(per_tensor: dict[str, torch.Tensor], how: str = "sum") -> torch.Tensor:
@@ -173,6 +174,9 @@ def _comparable(scores: torch.Tensor, how: str) -> torch.Tensor:
     if how == "mean":
         mean = scores.mean()
         return scores / mean if mean > 0 else torch.zeros_like(scores)
+    if how == "std":
+        std = scores.std() if len(scores) > 1 else scores.new_tensor(0.0)
+        return (scores - scores.mean()) / std if std > 0 else torch.zeros_like(scores)
     if how == "rank":
         ordered = scores.sort().values
         low = torch.searchsorted(ordered, scores, right=False)
