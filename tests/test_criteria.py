@@ -8,7 +8,9 @@ import torch.nn.functional as F
 
 from conftest import tiny_mamba, tiny_mamba2
 from ssm_profile import criteria as C
+from ssm_profile import load_model
 from ssm_profile.arch import find_mixers
+from ssm_profile.criteria.base import aggregate_unit_scores
 from ssm_profile.errors import SSMProfileError
 from ssm_profile.stats import collect_stats, mamba2_conv
 
@@ -295,17 +297,22 @@ def test_unit_scores_sum_the_coupled_slices(m1, m2):
         for name in ("magnitude", "wanda", "fisher"):
             crit = C.get(name)
             for kind, fam in mx.unit_families().items():
-                got = crit.unit_scores(ctx, mx, fam)
-                expect = torch.zeros(fam.count, dtype=torch.float64)
+                per_tensor = crit.tensor_unit_scores(ctx, mx, fam)
+                expect: dict[str, torch.Tensor] = {}
                 for u in range(fam.count):
                     for param, dim, idx in fam.indices([u]):
                         try:
                             s = crit.score(ctx, mx, param)
                         except C.NotApplicable:
                             continue
-                        expect[u] += s.index_select(dim, idx).double().sum()
-                assert torch.allclose(got, expect, rtol=1e-6), (name, kind)
-    # Mamba-1 channel for magnitude, written out by hand
+                        expect.setdefault(param, torch.zeros(fam.count, dtype=torch.float64))
+                        expect[param][u] += s.index_select(dim, idx).double().sum()
+                assert per_tensor.keys() == expect.keys(), (name, kind)
+                for param in expect:
+                    assert torch.allclose(per_tensor[param], expect[param], rtol=1e-6), (name, kind, param)
+                assert torch.equal(crit.unit_scores(ctx, mx, fam),
+                                   aggregate_unit_scores(per_tensor, crit.unit_aggregation)), (name, kind)
+    # Mamba-1 channel for magnitude, written out by hand (raw sum over the coupled slices)
     model, st = m1
     mx = find_mixers(model)[0]
     E, c = mx.intermediate_size, 3
@@ -313,8 +320,38 @@ def test_unit_scores_sum_the_coupled_slices(m1, m2):
     hand = (p["in_proj.weight"][c].sum() + p["in_proj.weight"][E + c].sum() + p["conv1d.weight"][c].sum()
             + p["conv1d.bias"][c] + p["x_proj.weight"][:, c].sum() + p["dt_proj.weight"][c].sum()
             + p["dt_proj.bias"][c] + p["A_log"][c].sum() + p["D"][c] + p["out_proj.weight"][:, c].sum())
-    got = C.get("magnitude").unit_scores(C.ScoringContext(model, st), mx, mx.unit_family("channel"))[c]
-    assert torch.isclose(got, hand)
+    per_tensor = C.get("magnitude").tensor_unit_scores(C.ScoringContext(model, st), mx, mx.unit_family("channel"))
+    assert torch.isclose(aggregate_unit_scores(per_tensor, "sum")[c], hand)
+
+
+def test_aggregation_lets_every_tensor_influence_the_ranking():
+    big = torch.tensor([1000.0, 1001.0, 1002.0, 1003.0], dtype=torch.float64)  # huge scale: cuts unit 0 first
+    small = torch.tensor([0.009, 0.001, 0.002, 0.003], dtype=torch.float64)  # tiny scale: cuts unit 1 first
+    assert int(aggregate_unit_scores({"big": big, "small": small}, "sum").argmin()) == 0  # big alone decides
+    for how in ("mean", "std", "rank"):
+        assert int(aggregate_unit_scores({"big": big}, how).argmin()) == 0, how
+        assert int(aggregate_unit_scores({"big": big, "small": small}, how).argmin()) == 1, how
+    ties = aggregate_unit_scores({"t": torch.tensor([2.0, 1.0, 2.0])}, "rank")
+    assert ties.tolist() == [0.75, 0.0, 0.75]
+    with pytest.raises(ValueError):
+        aggregate_unit_scores({"t": big}, "median")
+
+
+def test_magnitude_state_scores_are_not_dominated_by_A_log():
+    """Raw |A_log| is 34-95% of every tiny-mamba magnitude state score; after normalisation no
+    tensor holds more than 70% of the total."""
+    model = load_model("tiny-mamba").model
+    ctx = C.ScoringContext(model, C.CalibrationStats())
+    crit = C.get("magnitude")
+    for mx in find_mixers(model):
+        per_tensor = crit.tensor_unit_scores(ctx, mx, mx.unit_family("state"))
+        assert set(per_tensor) == {"A_log", "x_proj.weight"}
+        raw_share = per_tensor["A_log"].sum() / sum(t.sum() for t in per_tensor.values())
+        assert raw_share > 0.8  # the problem being fixed
+        parts = {k: aggregate_unit_scores({k: v}, crit.unit_aggregation) for k, v in per_tensor.items()}
+        total = sum(v.abs().sum() for v in parts.values())
+        for name, part in parts.items():
+            assert part.abs().sum() / total < 0.7, (mx.layer, name)
 
 
 def test_random_is_reproducible(m1):

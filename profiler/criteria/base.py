@@ -2,8 +2,8 @@
 
 A criterion scores the *elements* of the parameters of a parameter group (higher = more
 important, keep). Structured units are scored as one object across all their coupled tensors:
-by default the sum of their elements' scores over the unit's shared index set
-(:meth:`Criterion.unit_scores`); criteria that are natively per unit (FLAP, captum channel
+by default each tensor's element scores are summed over the unit's shared index set and the
+per-tensor sums combined by :func:`aggregate_unit_scores` (:meth:`Criterion.unit_scores`); criteria that are natively per unit (FLAP, captum channel
 attributions, SSM gramians) override it.
 
 Criteria never run the model themselves: they read a :class:`CalibrationStats` gathered once
@@ -78,6 +78,9 @@ class Criterion:
     comparison: ClassVar[str] = "tensor"  # "tensor" | "row"
     # Whether ``predict_delta_loss`` gives a first/second-order estimate of the loss change.
     predicts_loss: ClassVar[bool] = False
+    # How per-tensor unit scores combine into one score per unit (see aggregate_unit_scores);
+    # "mean" had the lowest summed ΔL over both embedded models (examples/unit_score_norms.py).
+    unit_aggregation: ClassVar[str] = "mean"
     # False for criteria that only score structured units (e.g. channel attributions).
     scores_elements: ClassVar[bool] = True
 
@@ -109,34 +112,77 @@ class Criterion:
                             + "; ".join(dict.fromkeys(reasons)) + ")")
 
     def unit_scores(self, ctx: ScoringContext, mixer: "MixerInfo", family: "UnitFamily") -> torch.Tensor:
-        """One score per unit of ``family`` (shape ``(family.count,)``): sum over coupled slices.
+        """One score per unit of ``family`` (shape ``(family.count,)``): the unit's slices in every
+        coupled tensor, combined by :func:`aggregate_unit_scores` (``unit_aggregation``).
 
-        Slices of tensors the criterion cannot score (:class:`NotApplicable`, e.g. ``A_log`` for
-        WANDA) are left out; every unit of a family has the same slots, so the sums stay
-        comparable within the family. Raises :class:`NotApplicable` if no slot can be scored.
+        Raises :class:`NotApplicable` if no slot can be scored.
+        """
+        return aggregate_unit_scores(self.tensor_unit_scores(ctx, mixer, family), self.unit_aggregation)
+
+    def tensor_unit_scores(self, ctx: ScoringContext, mixer: "MixerInfo",
+                           family: "UnitFamily") -> dict[str, torch.Tensor]:
+        """Per coupled tensor: each unit's summed element scores over its slices, float64 ``(count,)``.
+
+        Tensors the criterion cannot score (:class:`NotApplicable`, e.g. ``A_log`` for WANDA) are
+        left out; every unit of a family has the same slots, so the sums stay comparable.
         """
         self.check_units(mixer, family)
-        total = torch.zeros(family.count, dtype=torch.float64)
         units = torch.arange(family.count)
-        cache: dict[str, torch.Tensor] = {}
+        element_scores: dict[str, torch.Tensor | None] = {}
+        per_tensor: dict[str, torch.Tensor] = {}
         for slot in family.slots:
-            if slot.param not in cache:
+            if slot.param not in element_scores:
                 try:
-                    cache[slot.param] = self.score(ctx, mixer, slot.param).double().cpu()
+                    element_scores[slot.param] = self.score(ctx, mixer, slot.param).double().cpu()
                 except NotApplicable:
-                    cache[slot.param] = None
-            scores = cache[slot.param]
+                    element_scores[slot.param] = None
+            scores = element_scores[slot.param]
             if scores is None:
                 continue
             moved = scores.movedim(slot.dim, 0)
             idx = slot.indices(units).view(family.count, slot.width)
-            total += moved[idx].reshape(family.count, -1).sum(dim=1)
-        return total
+            sums = moved[idx].reshape(family.count, -1).sum(dim=1)
+            per_tensor[slot.param] = per_tensor.get(slot.param, 0) + sums
+        return per_tensor
 
     def predict_delta_loss(self, ctx: ScoringContext, mixer: "MixerInfo", param: str,
                            mask: torch.Tensor) -> float:
         """Estimated loss change from zeroing the elements where ``mask`` is False."""
         raise NotApplicable(f"{self.name} gives no loss estimate")
+
+
+UNIT_AGGREGATIONS = ("sum", "mean", "std", "rank")
+
+
+def aggregate_unit_scores(per_tensor: dict[str, torch.Tensor], how: str = "sum") -> torch.Tensor:
+    """Combine per-tensor unit scores (each float64 ``(count,)``) into one score per unit.
+
+    Raw element scores of unlike tensors are on unlike scales (on tiny-mamba |A_log| is most of
+    every magnitude state score), so each tensor's scores are made comparable before summing:
+    ``"sum"`` adds them raw; ``"mean"`` divides each tensor's by its mean over the units (every
+    tensor then contributes the same total); ``"rank"`` replaces each by its rank among the units
+    scaled to [0, 1] (ties share their mean rank).
+    """
+    if how not in UNIT_AGGREGATIONS:
+        raise ValueError(f"unknown unit aggregation '{how}'; choose from {', '.join(UNIT_AGGREGATIONS)}")
+    if not per_tensor:
+        raise ValueError("no tensor scores to aggregate")
+    return sum(_comparable(scores, how) for scores in per_tensor.values())
+
+
+def _comparable(scores: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "mean":
+        mean = scores.mean()
+        return scores / mean if mean > 0 else torch.zeros_like(scores)
+    if how == "std":
+        std = scores.std() if len(scores) > 1 else scores.new_tensor(0.0)
+        return (scores - scores.mean()) / std if std > 0 else torch.zeros_like(scores)
+    if how == "rank":
+        ordered = scores.sort().values
+        low = torch.searchsorted(ordered, scores, right=False)
+        high = torch.searchsorted(ordered, scores, right=True)
+        return (low + high - 1).double() / 2 / max(len(scores) - 1, 1)
+    return scores
 
 
 _REGISTRY: dict[str, type[Criterion]] = {}
