@@ -326,6 +326,7 @@ def test_read_user_file_names_the_limit_and_the_kind(tmp_path):
 
 
 def test_eval_cap_is_announced(tmp_path, capsys):
-    assert main(_profile(tmp_path, "--eval-samples", "100000")) == 0
+    text = _file(tmp_path, "short.txt", "In the beginning God created the heaven and the earth. " * 40)
+    assert main(_profile(tmp_path, "--evaluation", str(text), "--eval-samples", "100000")) == 0
     err = capsys.readouterr().err
     assert "note: the evaluation text holds" in err and "--eval-samples 100000" in err
