@@ -12,8 +12,9 @@ from typing import Any
 
 from ssm_profile.comparison import ComparisonRow
 from ssm_profile.documents import VALIDATION_KIND, ValidationReport
+from ssm_profile.fmt import human_bytes, human_count
 
-from .svg import fmt, human_bytes, human_count
+from .svg import fmt
 
 
 @dataclass

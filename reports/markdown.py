@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ssm_profile.fmt import human_count
+
 from .facts import COMPARED_KEYS, Facts, plan_mismatch, validation_rows
-from .svg import fmt, fmt_pct, human_count
+from .svg import fmt, fmt_pct
 from .values import change_text, compact_layers, is_scalar, md_escape, md_table, md_value_lines, split_comparisons
 
 

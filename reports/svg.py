@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Callable, Iterable, Sequence
 
-from ssm_profile.fmt import human_bytes, human_count  # noqa: F401  (re-exported)
 
 # --------------------------------------------------------------------------- palettes
 # One colour per criterion, the same in every chart and table of every report.
