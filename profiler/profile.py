@@ -154,16 +154,24 @@ def profile_model(loaded: LoadedModel, data: DataSpec | Dataset | None = None,
         return _checked_profile(recipe, loaded, dataset, settings, targets, run_path, resume, progress, cancel)
 
 
+def check_run_dir(run_path: Path, *, resume: bool, overwrite: bool = False) -> None:
+    """Refuse a directory that holds a run (unless resumed or, by the CLI, replaced) or that is no run.
+
+    The CLI calls it before loading a model; :func:`profile_model` again under the run's lock."""
+    if (run_path / "run.json").exists():
+        if not (resume or overwrite):
+            raise OutputExistsError(f"'{run_path}' already holds a profile; pass --resume to continue it, "
+                                    "--overwrite to replace it, or choose another -o")
+    elif run_path.exists() and any(item.name != LOCK_NAME for item in run_path.iterdir()):
+        raise OutputExistsError(f"'{run_path}' exists and is not a profile run; choose another -o")
+
+
 def _checked_profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings: ProfileSettings,
                      targets: list[Target], run_path: Path | None, resume: bool, progress: Progress | None,
                      cancel: Callable[[], bool] | None) -> ProfileResult:
     model = loaded.model
-    if run_path is not None and (run_path / "run.json").exists() and not resume:
-        raise OutputExistsError(f"'{run_path}' already holds a profile; pass --resume to continue it "
-                                "or choose another -o")
-    if run_path is not None and run_path.exists() and not (run_path / "run.json").exists() and any(
-            item.name != LOCK_NAME for item in run_path.iterdir()):
-        raise OutputExistsError(f"'{run_path}' exists and is not a profile run; choose another -o")
+    if run_path is not None:
+        check_run_dir(run_path, resume=resume)
 
     timings: dict[str, float] = {}
     started = time.perf_counter()

@@ -352,6 +352,12 @@ def test_magnitude_state_scores_are_not_dominated_by_A_log():
         total = sum(v.abs().sum() for v in parts.values())
         for name, part in parts.items():
             assert part.abs().sum() / total < 0.7, (mx.layer, name)
+    # the share alone holds by construction under "mean"; what matters is that B/C (x_proj) now move
+    # the state ranking away from A_log's own order somewhere in the model
+    orders = [(torch.argsort(crit.unit_scores(ctx, mx, mx.unit_family("state"))),
+               torch.argsort(crit.tensor_unit_scores(ctx, mx, mx.unit_family("state"))["A_log"]))
+              for mx in find_mixers(model)]
+    assert any(not torch.equal(mine, a_log_only) for mine, a_log_only in orders)
 
 
 def test_random_is_reproducible(m1):

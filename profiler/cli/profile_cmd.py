@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import DataSpec
     from ..errors import SSMProfileError
     from ..lock import run_dir_lock
-    from ..profile import ProfileSettings
+    from ..profile import ProfileSettings, check_run_dir
     from ..resolve import check_device, locate, use_tokenizer
 
     if args.list_criteria:
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     replace = args.overwrite and (Path(output) / "run.json").exists()
     args.interrupt_hint = _rerun_hint(args, output, replace)
     with run_dir_lock(output):  # a second writer is refused now, not after loading a model
-        _check_run_dir(Path(output), args)
+        check_run_dir(Path(output), resume=args.resume, overwrite=args.overwrite)
         loaded = use_tokenizer(load_from_args(args), args.tokenizer, args.trust_remote_code)
         _check_memory(loaded, spec, settings, args.force)
         dataset = _load_data(loaded, spec)
@@ -96,19 +96,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"run directory: {output}  (next: ssm-profile plan {output} -o {free_path('plan.json')}; "
           f"ssm-profile report {output})")
     return 0
-
-
-def _check_run_dir(output, args: argparse.Namespace) -> None:
-    """Refuse before loading a model: a run without --resume/--overwrite, or a directory that is no run."""
-    from ..errors import OutputExistsError
-    from ..lock import LOCK_NAME
-
-    if (output / "run.json").exists():
-        if not (args.resume or args.overwrite):
-            raise OutputExistsError(f"'{output}' already holds a profile; pass --resume to continue it, "
-                                    "--overwrite to replace it, or choose another -o")
-    elif any(item.name != LOCK_NAME for item in output.iterdir()):
-        raise OutputExistsError(f"'{output}' exists and is not a profile run; choose another -o")
 
 
 def _profile_into(loaded, dataset, settings, output, args: argparse.Namespace, replace: bool):

@@ -147,14 +147,6 @@ def _pct(x: float | None) -> str:
     return f"{x:+.1%}"
 
 
-def _num(x: Any, fmt: str = "{:.4f}") -> str:
-    if x is None:
-        return "—"
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    return fmt.format(x)
-
-
 def print_validation(report: ValidationReport) -> None:
     from rich.console import Console
     from rich.table import Table
