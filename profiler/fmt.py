@@ -31,6 +31,14 @@ def scope_name(scope: str | None, metric: str = "params") -> str:
     return f"{SCOPE_PREFIX[scope or 'model']} {METRIC_NOUNS.get(metric, metric)}"
 
 
+def amount(metric: str, value: float) -> str:
+    """``value`` of ``metric`` with its unit: ``"10.23k params"``, ``"132.10k FLOPs/token"``,
+    ``"65.50 KiB state/sequence"``."""
+    if metric == "state":
+        return f"{human_bytes(value)} state/sequence"
+    return f"{human_count(value)} {METRIC_NOUNS.get(metric, metric)}"
+
+
 def percent_of(ratio: float | None, of: str, signed: bool = False) -> str:
     """``"30.1% of SSM-mixer params"`` (``signed``: ``"-30.1% of ..."``); ``"—"`` without a ratio."""
     if ratio is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .fmt import human_bytes, human_count, percent_of, scope_name, share
+from .fmt import amount, human_count, percent_of, scope_name, share
 
 if TYPE_CHECKING:
     from .documents import Plan
@@ -33,12 +33,6 @@ def changes_nothing(plan: Plan) -> bool:
     return bool(plan.actions) and not any(physical_change(plan).values())
 
 
-def _amount(metric: str, value: float) -> str:
-    if metric == "state":
-        return f"{human_bytes(value)} state/sequence"
-    return f"{human_count(value)} {'params' if metric == 'params' else 'FLOPs/token'}"
-
-
 def plan_summary_lines(plan: Plan) -> list[str]:
     """Plain-text lines: the physical change (or the warning that there is none), then the zeros and
     the predicted reduction of the objective, each percentage naming its total."""
@@ -49,7 +43,7 @@ def plan_summary_lines(plan: Plan) -> list[str]:
     zeroed = pred.params_removed - physical["params"]
     lines = []
     if any(physical.values()):
-        parts = [f"{_amount(m, physical[m])} ({share(physical[m], dense.total(m), scope_name('model', m))})"
+        parts = [f"{amount(m, physical[m])} ({share(physical[m], dense.total(m), scope_name('model', m))})"
                  for m in METRICS if physical[m]]
         lines.append("physically removed (sliced): " + ", ".join(parts) + "; weights on disk shrink with the params")
         if zeroed > 0:

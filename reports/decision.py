@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ssm_profile.fmt import human_bytes, human_count, scope_name
+from ssm_profile.fmt import amount, human_bytes, human_count, scope_name
 
 from .facts import Facts
 from .html_elements import Cell, chip, crit_chip, num, section, table, txt
 from .svg import esc, finite, fmt_pct, group_color
 
-METRIC_WORDS = {"params": "parameters", "flops": "FLOPs per token", "state": "recurrent-state bytes"}
 
 
 def share_of(objective: dict[str, Any] | None) -> str:
@@ -22,10 +21,6 @@ def share_of(objective: dict[str, Any] | None) -> str:
     worded by :func:`ssm_profile.fmt.scope_name` as in the CLI, the TUI and the plan JSON."""
     objective = objective if isinstance(objective, dict) else {}
     return f"of {scope_name(objective.get('scope'), str(objective.get('target', 'params')))}"
-
-
-def _amount(metric: str, value: float) -> str:
-    return human_bytes(value) if metric == "state" else human_count(value)
 
 
 def decision_section(facts: Facts, plan: dict[str, Any] | None) -> str:
@@ -86,10 +81,12 @@ def _plan_answer(facts: Facts, plan: dict[str, Any]) -> str:
     total = predicted.get("scope_total")
     parts = []
     if finite(removed):
-        of_total = f" (total {_amount(metric, total)})" if finite(total) else ""
+        of_total = ""
+        if finite(total):  # the bare total: its unit is named by the share that follows
+            of_total = f" (total {human_bytes(total) if metric == 'state' else human_count(total)})"
         share = f"{fmt_pct(ratio, 1)} {share_of(objective)}{of_total}" if finite(ratio) else share_of(objective)
-        parts.append(f'<p class="answer">This plan removes <strong>{esc(_amount(metric, removed))} '
-                     f"{esc(METRIC_WORDS.get(metric, metric))}</strong>: <strong>{esc(share)}</strong>.</p>")
+        parts.append(f'<p class="answer">This plan removes <strong>{esc(amount(metric, removed))}</strong>: '
+                     f"<strong>{esc(share)}</strong>.</p>")
     tol = objective.get("max_ppl_increase")
     promise = f"perplexity rises by at most {tol:.0%}" if finite(tol) else "perplexity stays within the tolerance"
     verification = plan.get("verification") if isinstance(plan.get("verification"), dict) else None
