@@ -43,9 +43,10 @@ from .lock import LOCK_NAME, run_dir_lock
 from .masks import Target, prunable_params, targets_for
 from .recipe import RunRecipe, needs_of
 from .resolve import LoadedModel, check_vocabulary, tokenizer_info
-from .results import RUN_SCHEMA_VERSION, ProfileResult, append_journal, read_journal
+from .results import RUN_SCHEMA_VERSION, ProfileResult, read_journal
 from .safe_read import read_user_json
-from .sensitivity import Scorer, plan_trials, run_trial
+from .schedule import GridSchedule, run_schedule
+from .sensitivity import LocalTrialRunner, Scorer, Trial, plan_trials
 
 Progress = Callable[[int, int, str], None]
 # Settings a resumed run may change: they change how fast trials run, not what they measure
@@ -228,7 +229,7 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
     meta["trials_planned"] = len(specs)
 
     journal = None
-    done: dict[str, Any] = {}
+    done: dict[str, Trial] = {}
     if run_path is not None:
         run_path.mkdir(parents=True, exist_ok=True)
         journal = run_path / "trials.jsonl"
@@ -246,21 +247,10 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
         evaluate = IncrementalEvaluator(model, dataset.evaluation, settings.batch_size).prepare(dense)
         timings["caching"] = time.perf_counter() - t0
 
-    trials = []
+    runner = LocalTrialRunner(model, scorer, mixers, dataset.evaluation, dense_loss, settings.structure,
+                              settings.batch_size, evaluate=evaluate)
     t0 = time.perf_counter()
-    for i, spec in enumerate(specs):
-        if spec.key in done:
-            trials.append(done[spec.key])
-            continue
-        if cancel is not None and cancel():
-            raise KeyboardInterrupt
-        note(i, len(specs), f"{spec.target} · {spec.criterion} · {spec.sparsity:.0%}"
-             + ("" if spec.layer is None else f" · layer {spec.layer}"))
-        trial = run_trial(model, spec, scorer, mixers, dataset.evaluation, dense_loss, settings.structure,
-                          settings.batch_size, evaluate=evaluate)
-        trials.append(trial)
-        if journal is not None:
-            append_journal(journal, trial)
+    trials = run_schedule(GridSchedule(specs), runner, done, journal, note, cancel)
     note(len(specs), len(specs), "summaries")
     timings["trials"] = time.perf_counter() - t0
 

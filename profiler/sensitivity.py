@@ -204,3 +204,29 @@ def run_trial(model: torch.nn.Module, spec: TrialSpec, scorer: Scorer, mixers: l
 def _exp(x: float) -> float:
     return math.exp(min(x, 700.0))
 
+
+
+@dataclass
+class LocalTrialRunner:
+    """Evaluates trials one after another in this process (:class:`ssm_profile.schedule.TrialRunner`)."""
+
+    model: torch.nn.Module
+    scorer: Scorer
+    mixers: list[MixerInfo]
+    windows: torch.Tensor
+    dense_loss: float
+    structure: str = "unstructured"
+    batch_size: int = 8
+    evaluate: Callable[..., torch.Tensor] | None = None
+
+    def run_one(self, spec: TrialSpec) -> Trial:
+        return run_trial(self.model, spec, self.scorer, self.mixers, self.windows, self.dense_loss,
+                         self.structure, self.batch_size, evaluate=self.evaluate)
+
+    def run(self, specs, on_start: Callable[[TrialSpec], None], on_trial: Callable[[Trial], None]) -> list[Trial]:
+        trials = []
+        for spec in specs:
+            on_start(spec)
+            trials.append(self.run_one(spec))
+            on_trial(trials[-1])
+        return trials
