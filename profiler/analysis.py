@@ -361,23 +361,14 @@ def _other_groups(model, unique, mixer_of, total) -> list[GroupRow]:
 def _unit_row(m: MixerInfo, fam, model_type: str | None) -> UnitRow:
     """The unit's row; ``stock_config`` says "expressible" only where apply slices
     (:func:`ssm_profile.surgery.slice_cuts`), else that the cut is applied as zeros and why."""
-    from .surgery import STOCK_WIDTH_TYPES
+    from .stock import stock_arch
 
     if not fam.prunable:
         stock = "not pruned"
     elif fam.normalised:
         stock = f"applied as zeros: {fam.normalised}"
-    elif model_type not in STOCK_WIDTH_TYPES:
-        stock = f"applied as zeros: no stock config of {model_type or 'this model'} expresses a width cut"
-    elif m.kind == MAMBA1:
-        stock = "expressible: uniform count across layers (intermediate_size / state_size / time_step_rank)"
-    elif fam.kind == "state":
-        stock = "expressible: uniform count across layers and groups (state_size)"
-    elif fam.kind in ("head", "head_channel"):
-        stock = ("expressible only when the kept width stays expand x hidden_size for an integer expand; "
-                 "otherwise applied as zeros")
     else:
-        stock = "not pruned"
+        stock = stock_arch(model_type).unit_note(fam.kind, model_type)
     return UnitRow(layer=m.layer, kind=fam.kind, count=fam.count, params_per_unit=fam.elements_per_unit(m),
                    tensors=fam.tensors, description=fam.description, prunable=fam.prunable, stock_config=stock)
 
