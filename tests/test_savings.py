@@ -139,3 +139,33 @@ def test_what_apply_removes_is_what_the_plan_states(tmp_path, case, metric):
             ("zero" if metric == "params" else None)
     if metric == "flops":  # every architecture has a cut that apply slices: FLOPs really go
         assert physical["flops"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["zamba2", "jamba", "nemotron_h", "bamba"])
+def test_cli_flops_plan_realises_its_savings_on_hybrids(tmp_path, case):
+    """profile -> plan --metric flops -> apply -> analyze: the applied model loses what the plan states."""
+    from transformers import AutoTokenizer
+
+    from ssm_profile.cli.main import main
+    from ssm_profile.documents import load_plan
+    from ssm_profile.resolve import embedded_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir("tokenizer"))
+    base, run, plan_path, out = (tmp_path / n for n in ("base", "run", "plan.json", "out"))
+    tiny_hybrid(case, vocab_size=len(tokenizer)).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    targets = ",".join(f"unit:{k}" for k in CASES[case][1])
+    assert main(["profile", str(base), "-o", str(run), "--nsamples", "2", "--eval-samples", "2", "--seqlen", "16",
+                 "--sparsities", "0.5", "--criteria", "magnitude", "--no-per-layer", "--quiet",
+                 "--targets", targets]) == 0
+    assert main(["plan", str(run), "-o", str(plan_path), "--metric", "flops", "--ratio", "0.01",
+                 "--structures", "units", "--no-measure", "--quiet"]) == 0
+    assert main(["apply", str(base), str(plan_path), "-o", str(out), "--quiet"]) == 0
+    plan = load_plan(plan_path)
+    before, after = (analyze(load_model(str(p)).model).totals for p in (base, out))
+    physical = physical_change(plan)
+    assert physical["flops"] > 0
+    assert before["flops_per_token"] - after["flops_per_token"] == plan.predicted.flops_removed == physical["flops"]
+    assert before["state_bytes_per_sequence"] - after["state_bytes_per_sequence"] == physical["state"]
+    assert before["parameters"] - after["parameters"] == physical["params"]
