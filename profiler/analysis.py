@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .arch import MAMBA1, MixerInfo, find_mixers
+from .stock import stock_arch
 
 SCHEMA_VERSION = 1
 OUTLIER_SIGMA = 4.0
@@ -218,7 +219,7 @@ def analyze(model: torch.nn.Module, *, name: str | None = None, source: dict[str
         per_layer = sum(p.numel() for p in mixers[0].params.values())
         units.append(UnitRow(None, "layer", len(mixers), per_layer, ["<whole mixer>"],
                              "a whole SSM mixer (the residual stream passes the layer unchanged)", True,
-                             "expressible: fewer layers in the config"))
+                             stock_arch(model_type).layer_note))
     config = getattr(model, "config", None)
     lm_head_flops = sum(g.flops_per_token for g in groups if g.group in ("lm_head", "embeddings"))
     info = {
@@ -361,8 +362,6 @@ def _other_groups(model, unique, mixer_of, total) -> list[GroupRow]:
 def _unit_row(m: MixerInfo, fam, model_type: str | None) -> UnitRow:
     """The unit's row; ``stock_config`` says "expressible" only where apply slices
     (:func:`ssm_profile.surgery.slice_cuts`), else that the cut is applied as zeros and why."""
-    from .stock import stock_arch
-
     if not fam.prunable:
         stock = "not pruned"
     elif fam.normalised:

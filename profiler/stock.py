@@ -55,6 +55,8 @@ class StockArch:
             return self.notes[kind]
         return f"{ZEROS}: no stock config of {model_type or 'this model'} expresses a width cut"
 
+    layer_note = "expressible: fewer layers in the config"
+
     def layer_updates(self, config: Any, kept: list[int]) -> dict[str, Any]:
         """Config fields after keeping only the layers ``kept`` (old indices, ascending)."""
         updates: dict[str, Any] = {"num_hidden_layers": len(kept)}
@@ -138,6 +140,9 @@ class JambaArch(StockArch):
     notes = {"channel": ("expressible only when the kept channels stay an integer multiple of hidden_size "
                          "(mamba_expand is an int); otherwise applied as zeros")}
 
+    layer_note = ("expressible only when the remaining attention and expert layers stay periodic "
+                  "(attn/expert_layer_period and offset); otherwise refused")
+
     def width_updates(self, config, dims):
         expand, problems = _multiple_of_hidden(config, dims, "mamba_expand", "Jamba mixer width")
         return {"mamba_d_state": dims["state_size"], "mamba_dt_rank": dims["dt_rank"], **expand}, problems
@@ -170,6 +175,9 @@ class Zamba2Arch(StockArch):
     model_types = ("zamba2",)
     notes = {"state": "expressible: uniform count across layers (mamba_d_state)",
              **dict.fromkeys(("head", "head_channel"), _CONDITIONAL.format(field="mamba_expand"))}
+
+    layer_note = ("expressible: fewer layers in layers_block_type (with several shared blocks only when every "
+                  "remaining hybrid layer keeps its block; otherwise refused)")
 
     def width_updates(self, config, dims):
         expand, problems = _multiple_of_hidden(config, dims, "mamba_expand", "Zamba2 mixer width")

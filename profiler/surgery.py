@@ -31,11 +31,9 @@ import torch
 from torch import nn
 
 from ssm_profile.arch import MAMBA1, MixerInfo, UnitFamily, find_mixers
-from ssm_profile.stock import STOCK_WIDTH_TYPES, stock_arch
+from ssm_profile.stock import STOCK_WIDTH_TYPES, stock_arch  # noqa: F401 - STOCK_WIDTH_TYPES re-exported
 
 Units = Iterable[int] | torch.Tensor
-__all__ = ["STOCK_WIDTH_TYPES", "is_expressible", "remove_layers", "slice_cuts", "slice_units", "sync_config",
-           "zero_units"]
 
 
 # --------------------------------------------------------------------------------------------
