@@ -186,22 +186,19 @@ class Zamba2Arch(StockArch):
 
     def layer_updates(self, config, kept):
         types = [config.layers_block_type[i] for i in kept]
-        old_hybrid = [i for i in kept if config.layers_block_type[i] == "hybrid"]
-        order = [i for i, t in enumerate(config.layers_block_type) if t == "hybrid"]
+        order = _hybrid_layers(config.layers_block_type)
         blocks = int(config.num_mem_blocks)
-        moved = [i for new, i in enumerate(old_hybrid) if order.index(i) % blocks != new % blocks]
+        moved = [i for new, i in enumerate(i for i in order if i in kept) if order.index(i) % blocks != new % blocks]
         if moved:
             raise ValueError(f"Zamba2 shares {blocks} transformer blocks in turn between hybrid layers; removing "
                              f"these layers would move hybrid layer(s) {moved} to a different block; remove the "
                              f"last hybrid layers or {blocks} consecutive ones")
-        return {"num_hidden_layers": len(kept), "layers_block_type": types,
-                "hybrid_layer_ids": [i for i, t in enumerate(types) if t == "hybrid"]}
+        return {"num_hidden_layers": len(kept), "layers_block_type": types, "hybrid_layer_ids": _hybrid_layers(types)}
 
     def fix_layers(self, model, layers, kept, old_config):
         types = old_config["layers_block_type"]
-        order = [i for i, t in enumerate(types) if t == "hybrid"]
-        dropped = [k for k, i in enumerate(order) if i not in kept]  # hybrid ordinals whose adapters go
-        new_ids = [new for new, old in enumerate(kept) if types[old] == "hybrid"]
+        dropped = [k for k, i in enumerate(_hybrid_layers(types)) if i not in kept]  # ordinals whose adapters go
+        new_ids = _hybrid_layers([types[i] for i in kept])
         seen: set[int] = set()
         for layer in layers:
             block = getattr(layer, "shared_transformer", None)
@@ -211,15 +208,17 @@ class Zamba2Arch(StockArch):
             for owner, lists in ((block.self_attn, ("linear_q_adapter_list", "linear_k_adapter_list",
                                                     "linear_v_adapter_list")),
                                  (block.feed_forward, ("gate_up_proj_adapter_list",))):
-                for name in lists:
-                    adapters = getattr(owner, name, None)
+                for adapters in filter(None, (getattr(owner, name, None) for name in lists)):
                     for k in reversed(dropped):
-                        if adapters is not None:
-                            del adapters[k]
+                        del adapters[k]
                 owner.num_fwd_mem_blocks = len(new_ids)
                 owner.layer_dic = {layer_id: k for k, layer_id in enumerate(new_ids)}
             block.self_attn.layer_block_map = new_ids
         _retie_shared_blocks(model, layers, new_ids, int(old_config["num_mem_blocks"]))
+
+
+def _hybrid_layers(types: list[str]) -> list[int]:
+    return [i for i, t in enumerate(types) if t == "hybrid"]
 
 
 def _retie_shared_blocks(model: nn.Module, layers: nn.ModuleList, hybrid_ids: list[int], blocks: int) -> None:
@@ -229,7 +228,7 @@ def _retie_shared_blocks(model: nn.Module, layers: nn.ModuleList, hybrid_ids: li
     sources = [f"layers.{i}.shared_transformer" for i in hybrid_ids[:blocks]]
     inner._tied_weights_keys = {f"layers.{i}.shared_transformer": sources[k % blocks]
                                 for k, i in enumerate(hybrid_ids) if k >= blocks}
-    for sub in [m for m in model.modules() if hasattr(m, "get_expanded_tied_weights_keys")][::-1]:
+    for sub in [m for m in model.modules() if hasattr(m, "get_expanded_tied_weights_keys")]:
         sub.all_tied_weights_keys = sub.get_expanded_tied_weights_keys(all_submodels=True)
 
 
