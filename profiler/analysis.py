@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .arch import MAMBA1, MixerInfo, find_mixers
+from .stock import stock_arch
 
 SCHEMA_VERSION = 1
 OUTLIER_SIGMA = 4.0
@@ -218,7 +219,7 @@ def analyze(model: torch.nn.Module, *, name: str | None = None, source: dict[str
         per_layer = sum(p.numel() for p in mixers[0].params.values())
         units.append(UnitRow(None, "layer", len(mixers), per_layer, ["<whole mixer>"],
                              "a whole SSM mixer (the residual stream passes the layer unchanged)", True,
-                             "expressible: fewer layers in the config"))
+                             stock_arch(model_type).layer_note))
     config = getattr(model, "config", None)
     lm_head_flops = sum(g.flops_per_token for g in groups if g.group in ("lm_head", "embeddings"))
     info = {
@@ -361,23 +362,12 @@ def _other_groups(model, unique, mixer_of, total) -> list[GroupRow]:
 def _unit_row(m: MixerInfo, fam, model_type: str | None) -> UnitRow:
     """The unit's row; ``stock_config`` says "expressible" only where apply slices
     (:func:`ssm_profile.surgery.slice_cuts`), else that the cut is applied as zeros and why."""
-    from .surgery import STOCK_WIDTH_TYPES
-
     if not fam.prunable:
         stock = "not pruned"
     elif fam.normalised:
         stock = f"applied as zeros: {fam.normalised}"
-    elif model_type not in STOCK_WIDTH_TYPES:
-        stock = f"applied as zeros: no stock config of {model_type or 'this model'} expresses a width cut"
-    elif m.kind == MAMBA1:
-        stock = "expressible: uniform count across layers (intermediate_size / state_size / time_step_rank)"
-    elif fam.kind == "state":
-        stock = "expressible: uniform count across layers and groups (state_size)"
-    elif fam.kind in ("head", "head_channel"):
-        stock = ("expressible only when the kept width stays expand x hidden_size for an integer expand; "
-                 "otherwise applied as zeros")
     else:
-        stock = "not pruned"
+        stock = stock_arch(model_type).unit_note(fam.kind, model_type)
     return UnitRow(layer=m.layer, kind=fam.kind, count=fam.count, params_per_unit=fam.elements_per_unit(m),
                    tensors=fam.tensors, description=fam.description, prunable=fam.prunable, stock_config=stock)
 

@@ -31,10 +31,9 @@ import torch
 from torch import nn
 
 from ssm_profile.arch import MAMBA1, MixerInfo, UnitFamily, find_mixers
+from ssm_profile.stock import STOCK_WIDTH_TYPES, stock_arch  # noqa: F401 - STOCK_WIDTH_TYPES re-exported
 
 Units = Iterable[int] | torch.Tensor
-# Model types whose stock config can describe a width cut (hybrids' configs cannot).
-STOCK_WIDTH_TYPES = ("mamba", "falcon_mamba", "mamba2")
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,17 +290,14 @@ def _layer_list(model: nn.Module) -> tuple[nn.ModuleList, str]:
     raise ValueError(f"cannot find the decoder layer list of {type(model).__name__}")
 
 
-def _has_settable(config: object, name: str) -> bool:
-    # Mamba/Mamba-2 configs define layer_types as a read-only property derived from the layer count.
-    return hasattr(config, name) and not isinstance(getattr(type(config), name, None), property)
-
-
 def remove_layers(model: nn.Module, layers: list[int]) -> dict[int, int]:
     """Delete whole decoder layers; returns {old index: new index} for the layers that remain.
 
-    Renumbers every ``layer_idx`` attribute inside the kept layers (caches are indexed by it)
-    and updates ``config.num_hidden_layers`` and a settable ``config.layer_types`` list.
-    Other per-layer config lists of hybrid models are not rewritten.
+    Renumbers every ``layer_idx`` attribute inside the kept layers (caches are indexed by it) and
+    rewrites the config's layer bookkeeping through the architecture's
+    :class:`ssm_profile.stock.StockArch` (layer count, layer type lists, attention/expert periods,
+    shared-block maps). Raises ValueError, leaving the model untouched, for bad indices or when the
+    stock config cannot describe the remaining layers.
     """
     container, _ = _layer_list(model)
     n = len(container)
@@ -313,22 +309,22 @@ def remove_layers(model: nn.Module, layers: list[int]) -> dict[int, int]:
         raise ValueError(f"remove_layers: layer indices must be in [0, {n}); got {drop}")
     if len(drop) == n:
         raise ValueError("remove_layers: cannot remove every layer")
+    gone = set(drop)
+    kept = [i for i in range(n) if i not in gone]
+    config = getattr(model, "config", None)
+    arch = stock_arch(getattr(config, "model_type", None))
+    updates = arch.layer_updates(config, kept) if config is not None else {}
+    old_config = config.to_dict() if config is not None else {}
     for i in reversed(drop):
         del container[i]  # ModuleList renumbers its keys, so state-dict names stay contiguous
-    gone = set(drop)
-    mapping = {old: new for new, old in enumerate(i for i in range(n) if i not in gone)}
-    for new, block in enumerate(container):
-        for mod in block.modules():
-            if isinstance(getattr(mod, "layer_idx", None), int):
+    for new, old in enumerate(kept):
+        for mod in container[new].modules():
+            if getattr(mod, "layer_idx", None) == old:  # shared blocks carry other (placeholder) ids
                 mod.layer_idx = new
-    config = getattr(model, "config", None)
-    if config is not None:
-        if _has_settable(config, "layer_types") and isinstance(config.layer_types, (list, tuple)) \
-                and len(config.layer_types) == n:
-            config.layer_types = [t for i, t in enumerate(config.layer_types) if i not in gone]
-        if hasattr(config, "num_hidden_layers"):
-            config.num_hidden_layers = len(container)
-    return mapping
+    arch.fix_layers(model, container, kept, old_config)
+    for key, value in updates.items():
+        setattr(config, key, value)
+    return {old: new for new, old in enumerate(kept)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,30 +339,6 @@ def _uniform_dims(mixers: list[MixerInfo]) -> tuple[dict[str, int] | None, list[
         if len(set(values.values())) > 1:
             problems.append(f"layers differ in {key}: {values}; no stock config expresses per-layer widths")
     return (dims[0] if not problems else None), problems
-
-
-def _proposed_updates(model: nn.Module, kind: str, dims: dict[str, int]) -> tuple[dict, list[str]]:
-    """Config fields that describe ``dims``, and the problems no field can fix."""
-    config = model.config
-    hidden = int(config.hidden_size)
-    E = dims["intermediate_size"]
-    if kind == MAMBA1:
-        # MambaConfig/FalconMambaConfig keep an explicit intermediate_size over expand*hidden_size
-        # (verified by the meta build below); expand is an int field, so only set it when exact.
-        updates = {"intermediate_size": E, "state_size": dims["state_size"], "time_step_rank": dims["dt_rank"]}
-        if E % hidden == 0:
-            updates["expand"] = E // hidden
-        return updates, []
-    # Mamba2Config derives E = int(expand * hidden_size), expand must be an int and
-    # num_heads * head_dim == hidden_size * expand is validated.
-    updates = {"num_heads": dims["num_heads"], "head_dim": dims["head_dim"], "state_size": dims["state_size"],
-               "n_groups": dims["n_groups"]}
-    if E % hidden:
-        return updates, [f"Mamba-2 intermediate size {E} (= {dims['num_heads']} heads x {dims['head_dim']}) is not "
-                         f"an integer multiple of hidden_size {hidden}; a stock config derives it as "
-                         f"int expand x hidden_size"]
-    updates["expand"] = E // hidden
-    return updates, []
 
 
 def _reloaded_config(config, updates: dict):
@@ -416,9 +388,7 @@ def _plan(model: nn.Module) -> tuple[dict, list[str]]:
     dims, problems = _uniform_dims(mixers)
     if problems:
         return {}, problems
-    if getattr(config, "model_type", None) not in STOCK_WIDTH_TYPES:
-        return {}, [f"no stock-config mapping for model_type {config.model_type!r} after a width cut"]
-    fields, problems = _proposed_updates(model, next(iter(kinds)), dims)
+    fields, problems = stock_arch(getattr(config, "model_type", None)).width_updates(config, dims)
     if problems:
         return {}, problems
     updates.update(fields)

@@ -69,3 +69,40 @@ def mamba2_dir(tmp_path, mamba2_model) -> Path:
     out = tmp_path / "tiny-m2"
     mamba2_model.save_pretrained(out)
     return out
+
+
+def _hybrid_configs() -> dict:
+    from transformers import BambaConfig, JambaConfig, NemotronHConfig, Zamba2Config
+
+    return {
+        # two hybrid layers sharing one transformer block, each with its own adapter
+        "zamba2": lambda **kw: Zamba2Config(**{
+            "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 4, "mamba_d_state": 8, "n_mamba_heads": 8,
+            "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 32, "chunk_size": 8,
+            "layers_block_type": ["mamba", "hybrid", "mamba", "hybrid"], **kw}),
+        # layers: mamba, attention + experts, mamba, attention + experts
+        "jamba": lambda **kw: JambaConfig(**{
+            "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 4, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "intermediate_size": 32, "mamba_d_state": 4, "mamba_dt_rank": 4,
+            "attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1,
+            "num_experts": 2, "num_experts_per_tok": 1, **kw}),
+        "nemotron_h": lambda **kw: NemotronHConfig(**{
+            "vocab_size": 64, "hidden_size": 32, "hybrid_override_pattern": "M*M-", "mamba_num_heads": 4,
+            "mamba_head_dim": 16, "ssm_state_size": 8, "n_groups": 2, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 32, "chunk_size": 8, **kw}),
+        "bamba": lambda **kw: BambaConfig(**{
+            "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "intermediate_size": 32, "mamba_n_heads": 4, "mamba_n_groups": 2,
+            "mamba_d_state": 4, "mamba_chunk_size": 8, "attn_layer_indices": [1], **kw}),
+    }
+
+
+HYBRIDS = ("zamba2", "jamba", "nemotron_h", "bamba")
+
+
+def tiny_hybrid(name: str, **kw):
+    """A tiny random (perturbed) Zamba2, Jamba, NemotronH or Bamba in eval mode; ``kw`` overrides config fields."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return perturb(AutoModelForCausalLM.from_config(_hybrid_configs()[name](**kw)))

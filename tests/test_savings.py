@@ -3,8 +3,9 @@
 * A unit cut that slicing would change (FalconMamba RMS-normalises B/C over the states and dt over
   its rank) is executed as zeros: the saved model's logits are the zeroed model's.
 * Budgets and totals count FLOPs and state only for cuts apply slices; zeros count as params
-  (nonzeros) only. On Mamba, Mamba-2 (with a head cut no stock config expresses), FalconMamba and a
-  hybrid, the FLOPs/state/params that apply removes equal what the plan states.
+  (nonzeros) only. On Mamba, Mamba-2 (with a head cut no stock config expresses), FalconMamba and the
+  hybrids Zamba2, Jamba, NemotronH and Bamba, the FLOPs/state/params that apply removes equal what
+  the plan states, and a FLOPs plan removes FLOPs for real.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import perturb, tiny_mamba, tiny_mamba2
+from conftest import perturb, tiny_hybrid, tiny_mamba, tiny_mamba2
 from ssm_profile.analysis import analyze
 from ssm_profile.apply import apply_plan
 from ssm_profile.arch import find_mixers
@@ -33,16 +34,6 @@ def tiny_falcon_mamba():
     torch.manual_seed(0)
     cfg = FalconMambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, state_size=8, time_step_rank=4)
     return perturb(FalconMambaForCausalLM(cfg).eval())
-
-
-def tiny_zamba2():
-    from transformers import AutoModelForCausalLM, Zamba2Config
-
-    torch.manual_seed(0)
-    cfg = Zamba2Config(vocab_size=64, hidden_size=32, num_hidden_layers=3, mamba_d_state=8, mamba_headdim=8,
-                       n_mamba_heads=8, num_attention_heads=4, num_key_value_heads=4, attention_head_dim=8,
-                       intermediate_size=32, layers_block_type=["mamba", "hybrid", "mamba"], hybrid_layer_ids=[1])
-    return perturb(AutoModelForCausalLM.from_config(cfg).eval())
 
 
 def saved(model, path: Path):
@@ -103,8 +94,9 @@ def test_analyze_calls_only_what_apply_slices_expressible():
     rows = {u.kind: u.stock_config for u in analyze(tiny_falcon_mamba()).units if u.layer == 0}
     assert rows["channel"].startswith("expressible")
     assert rows["state"].startswith("applied as zeros") and rows["dt_rank"].startswith("applied as zeros")
-    hybrid = {u.stock_config for u in analyze(tiny_zamba2()).units if u.layer is not None and u.prunable}
-    assert hybrid and all(s.startswith("applied as zeros") for s in hybrid)
+    # a hybrid: its config expresses a uniform state cut, a head cut only at k x hidden_size
+    hybrid = {u.kind: u.stock_config for u in analyze(tiny_hybrid("zamba2")).units if u.layer == 0}
+    assert hybrid["state"].startswith("expressible") and hybrid["head"].startswith("expressible only when")
 
 
 CASES = {
@@ -112,7 +104,12 @@ CASES = {
     # 1 of 4 heads per layer: 3 heads x head_dim is no multiple of hidden_size, so zeros
     "mamba2": (lambda: perturb(tiny_mamba2(layers=2, n_groups=1).eval()), {"head": 0.25, "state": 0.5}),
     "falcon_mamba": (tiny_falcon_mamba, {"channel": 0.25, "state": 0.5, "dt_rank": 0.5}),
-    "zamba2": (tiny_zamba2, {"head": 0.25, "state": 0.5}),
+    # hybrids: heads halve the mixer width to 1 x hidden_size (sliced); Jamba's state cut stays zeros
+    # (its B/C RMSNorms), Bamba's head-channel quarter leaves 24 of 32 channels (not k x hidden: zeros)
+    "zamba2": (lambda: tiny_hybrid("zamba2"), {"head": 0.5, "state": 0.5}),
+    "jamba": (lambda: tiny_hybrid("jamba"), {"channel": 0.5, "state": 0.5}),
+    "nemotron_h": (lambda: tiny_hybrid("nemotron_h"), {"head": 0.5, "state": 0.25}),
+    "bamba": (lambda: tiny_hybrid("bamba"), {"head_channel": 0.25, "state": 0.5}),
 }
 
 
@@ -122,12 +119,8 @@ def test_what_apply_removes_is_what_the_plan_states(tmp_path, case, metric):
     build, kinds = CASES[case]
     loaded = saved(build(), tmp_path / "base")
     before = analyze(loaded.model).totals
-    try:
-        plan = make_plan(unit_result(loaded, kinds), metric=metric, max_ppl_increase=0.5, measure=False,
-                         structures="units")
-    except Exception as err:  # a FLOPs budget with nothing sliceable: refused, not promised
-        assert case == "zamba2" and metric == "flops" and "applied as zeros" in str(err)
-        return
+    plan = make_plan(unit_result(loaded, kinds), metric=metric, max_ppl_increase=0.5, measure=False,
+                     structures="units")
     assert plan.actions
     record = apply_plan(loaded, plan, tmp_path / "out")
     after = analyze(load_model(str(tmp_path / "out")).model).totals
@@ -139,5 +132,40 @@ def test_what_apply_removes_is_what_the_plan_states(tmp_path, case, metric):
         == plan.predicted.state_bytes_removed == physical["state"]
     assert before["parameters"] - after["parameters"] == physical["params"]
     assert record.parameters["zeroed_or_removed"] == plan.predicted.params_removed
-    if case == "mamba2":  # the zero-executed head cut buys params only, so a FLOPs plan leaves it out
-        assert {a.unit_kind: a.execution for a in plan.actions}.get("head") == ("zero" if metric == "params" else None)
+    # the zero-executed cuts buy params only, so a FLOPs plan leaves them out
+    zeros = {"mamba2": "head", "jamba": "state", "bamba": "head_channel"}
+    if case in zeros:
+        assert {a.unit_kind: a.execution for a in plan.actions}.get(zeros[case]) == \
+            ("zero" if metric == "params" else None)
+    if metric == "flops":  # every architecture has a cut that apply slices: FLOPs really go
+        assert physical["flops"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["zamba2", "jamba", "nemotron_h", "bamba"])
+def test_cli_flops_plan_realises_its_savings_on_hybrids(tmp_path, case):
+    """profile -> plan --metric flops -> apply -> analyze: the applied model loses what the plan states."""
+    from transformers import AutoTokenizer
+
+    from ssm_profile.cli.main import main
+    from ssm_profile.documents import load_plan
+    from ssm_profile.resolve import embedded_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir("tokenizer"))
+    base, run, plan_path, out = (tmp_path / n for n in ("base", "run", "plan.json", "out"))
+    tiny_hybrid(case, vocab_size=len(tokenizer)).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    targets = ",".join(f"unit:{k}" for k in CASES[case][1])
+    assert main(["profile", str(base), "-o", str(run), "--nsamples", "2", "--eval-samples", "2", "--seqlen", "16",
+                 "--sparsities", "0.5", "--criteria", "magnitude", "--no-per-layer", "--quiet",
+                 "--targets", targets]) == 0
+    assert main(["plan", str(run), "-o", str(plan_path), "--metric", "flops", "--ratio", "0.01",
+                 "--structures", "units", "--no-measure", "--quiet"]) == 0
+    assert main(["apply", str(base), str(plan_path), "-o", str(out), "--quiet"]) == 0
+    plan = load_plan(plan_path)
+    before, after = (analyze(load_model(str(p)).model).totals for p in (base, out))
+    physical = physical_change(plan)
+    assert physical["flops"] > 0
+    assert before["flops_per_token"] - after["flops_per_token"] == plan.predicted.flops_removed == physical["flops"]
+    assert before["state_bytes_per_sequence"] - after["state_bytes_per_sequence"] == physical["state"]
+    assert before["parameters"] - after["parameters"] == physical["params"]
