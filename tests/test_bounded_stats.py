@@ -1,0 +1,117 @@
+"""Memory-bounded calibration: statistics collected layer chunk by layer chunk and kept on disk
+are the same numbers, and give the same criterion scores, as the in-memory path."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+from conftest import tiny_mamba, tiny_mamba2
+from ssm_profile.arch import find_mixers
+from ssm_profile.criteria import NotApplicable
+from ssm_profile.data import DataSpec
+from ssm_profile.defaults import DEFAULT_CRITERIA
+from ssm_profile.offload import DiskTensors
+from ssm_profile.recipe import RunRecipe, needs_of
+from ssm_profile.stats import collect_stats, layer_chunks, statistics_bytes
+
+ALL = {"inputs", "hessians", "grads", "ssm", "tokens"}
+
+
+def calib(n=6, L=16):
+    return torch.randint(0, 64, (n, L), generator=torch.Generator().manual_seed(1))
+
+
+def _equal_maps(a, b) -> None:
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _clean(model) -> bool:
+    hooks = all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    no_forward = all("forward" not in m.__dict__ for m in model.modules())
+    return hooks and no_forward and all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("make", [tiny_mamba, tiny_mamba2])
+def test_bounded_statistics_equal_in_memory(make, tmp_path):
+    model = make(layers=3)
+    free = collect_stats(model, calib(), ALL, batch_size=4)
+    progress = []
+    bounded = collect_stats(model, calib(), ALL, batch_size=4, memory_budget=1, offload_dir=tmp_path,
+                            progress=lambda done, total, label: progress.append((done, total, label)))
+    assert isinstance(bounded.hessians, DiskTensors) and isinstance(bounded.grad_sum, DiskTensors)
+    assert bounded.hessians.directory.parent == tmp_path and len(bounded.hessians) > 0
+    assert _clean(model)
+    # one pass per layer for the activations, one per layer for the gradients
+    assert progress[-1] == (2 * 3 * 6, 2 * 3 * 6, "gradients")
+    _equal_maps(free.hessians, bounded.hessians)
+    _equal_maps(free.grad_sum, bounded.grad_sum)
+    _equal_maps(free.grad_sq_sum, bounded.grad_sq_sum)
+    assert (free.grad_batches, free.grad_tokens) == (bounded.grad_batches, bounded.grad_tokens)
+    for key in free.inputs:
+        _equal_maps(free.inputs[key], bounded.inputs[key])
+    for path in free.ssm:
+        _equal_maps(free.ssm[path], bounded.ssm[path])
+
+    recipe = RunRecipe(data=DataSpec())
+    criteria = list(DEFAULT_CRITERIA)
+    a, b = recipe.scorer(model, free, criteria), recipe.scorer(model, bounded, criteria)
+    compared = 0
+    for mixer in find_mixers(model):
+        for criterion in criteria:
+            for param in ("in_proj.weight", "out_proj.weight", "A_log", "D"):
+                try:
+                    want = a.element(criterion, mixer, param)
+                except NotApplicable:
+                    continue
+                assert torch.equal(want, b.element(criterion, mixer, param)), (criterion, param)
+                compared += 1
+            for kind, family in mixer.unit_families().items():
+                try:
+                    want = a.units(criterion, mixer, kind)
+                except NotApplicable:
+                    continue
+                assert torch.equal(want, b.units(criterion, mixer, kind)), (criterion, kind)
+                compared += 1
+    assert compared > 40
+
+    directory = bounded.hessians.directory
+    del b, bounded
+    gc.collect()
+    assert not directory.exists()  # offloaded statistics go with the statistics
+
+
+def test_hessians_only_keep_their_token_counts(tmp_path):
+    model = tiny_mamba(layers=3)
+    free = collect_stats(model, calib(), {"hessians"})
+    bounded = collect_stats(model, calib(), {"hessians"}, memory_budget=1, offload_dir=tmp_path)
+    assert set(bounded.inputs) == set(bounded.hessians) == set(free.hessians)
+    assert not bounded.grad_sum
+
+
+def test_layer_chunks_fit_the_budget():
+    mixers = find_mixers(tiny_mamba(layers=5))
+    size = statistics_bytes(mixers[0], ALL)
+    assert size > 0
+    assert layer_chunks(mixers, ALL, None) == [mixers]
+    assert layer_chunks(mixers, ALL, 5 * size) == [mixers]
+    chunks = layer_chunks(mixers, ALL, 2 * size)
+    assert [len(c) for c in chunks] == [2, 2, 1] and sum(chunks, []) == mixers
+    assert [len(c) for c in layer_chunks(mixers, ALL, 1)] == [1] * 5  # at least one layer each
+
+
+def test_recipe_bounds_statistics_by_available_memory(tmp_path, monkeypatch):
+    """RunRecipe.statistics takes the bounded path when the memory said to be available is small."""
+    model = tiny_mamba(layers=3)
+    recipe = RunRecipe(data=DataSpec())
+    needs = needs_of(DEFAULT_CRITERIA)
+    roomy = recipe.statistics(model, calib(), needs)
+    assert isinstance(roomy.hessians, dict)
+    monkeypatch.setenv("SSM_PROFILE_AVAILABLE_MEMORY", "1")
+    tight = recipe.statistics(model, calib(), needs, offload_dir=tmp_path)
+    assert isinstance(tight.hessians, DiskTensors)
+    _equal_maps(roomy.grad_sum, tight.grad_sum)
