@@ -38,7 +38,7 @@ BACKWARD_STATE_FACTOR = 3
 # float64 per-token copies the statistics hooks make of a mixer's expanded channels (x, dt, x², ...).
 HOOK_WIDTH_FACTOR = 6
 # Statistics in RAM may use this share of what is left after activations (allocator slack, copies).
-STATISTICS_SHARE = 0.6
+STATISTICS_SHARE = 0.4
 AVAILABLE_ENV = "SSM_PROFILE_AVAILABLE_MEMORY"
 CAPTUM_SEQUENCES = 4  # sequences per attribution batch of the captum criterion (its default batch_size)
 KINDS = ("weights", "statistics", "activations")

@@ -301,9 +301,10 @@ def collect_stats(model: nn.Module, tokens: torch.Tensor, needs: Iterable[str], 
         stats.tokens = tokens.clone()
     mixers = find_mixers(model)
     want = needs & {"inputs", "hessians", "ssm"}
-    hessian_chunks = layer_chunks(mixers, want, memory_budget, hessian_dtype) if want else []
-    grad_chunks = layer_chunks(mixers, {"grads"}, memory_budget) if "grads" in needs else []
-    bounded = len(hessian_chunks) > 1 or len(grad_chunks) > 1
+    bounded = memory_budget is not None and sum(statistics_bytes(m, needs, hessian_dtype) for m in mixers) > memory_budget
+    budget = memory_budget if bounded else None
+    hessian_chunks = layer_chunks(mixers, want, budget, hessian_dtype) if want else []
+    grad_chunks = layer_chunks(mixers, {"grads"}, budget) if "grads" in needs else []
     if bounded:
         stats.hessians = DiskTensors(offload_dir, prefix="ssm-profile-hessians-")
         stats.grad_sum = DiskTensors(offload_dir, prefix="ssm-profile-grad-sums-")
