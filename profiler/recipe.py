@@ -87,11 +87,11 @@ class RunRecipe:
                    offload_dir: str | Path | None = None):
         """Calibration statistics as the run collected them (``calibration`` may be None without needs).
 
-        When they would not fit in the memory available (:func:`ssm_profile.estimate.statistics_budget`)
+        When they would not fit in the memory available (:func:`ssm_profile.memory.statistics_budget`)
         they take the memory-bounded path, with the large ones on disk under ``offload_dir`` (default:
         ``SSM_PROFILE_TMPDIR`` or the system's temporary folder); the numbers are the same."""
         from .criteria import CalibrationStats
-        from .estimate import statistics_budget
+        from .memory import statistics_budget
         from .stats import collect_stats
 
         if needs:

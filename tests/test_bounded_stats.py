@@ -115,3 +115,29 @@ def test_recipe_bounds_statistics_by_available_memory(tmp_path, monkeypatch):
     tight = recipe.statistics(model, calib(), needs, offload_dir=tmp_path)
     assert isinstance(tight.hessians, DiskTensors)
     _equal_maps(roomy.grad_sum, tight.grad_sum)
+
+
+def test_profile_refused_up_front_when_memory_is_short(tmp_path, monkeypatch, capsys):
+    from ssm_profile.cli.main import main
+
+    monkeypatch.setenv("SSM_PROFILE_AVAILABLE_MEMORY", "64KiB")
+    assert main(["profile", "tiny-mamba", "-o", str(tmp_path / "run"), "--nsamples", "2", "--eval-samples", "2",
+                 "--seqlen", "16", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "profiling this model needs ~" in err[0]
+    assert "weights" in err[0] and "statistics" in err[0] and "activations" in err[0] and "available" in err[0]
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_estimate_covers_every_statistic():
+    from ssm_profile.estimate import estimate_profile_memory
+
+    model = tiny_mamba(layers=3)
+    settings = dict(nsamples=4, eval_samples=4, seqlen=16, batch_size=4, cache_bytes=0)
+    none = estimate_profile_memory(model, needs=set(), **settings)
+    every = estimate_profile_memory(model, needs=needs_of(DEFAULT_CRITERIA), **settings)
+    bounded = estimate_profile_memory(model, needs=needs_of(DEFAULT_CRITERIA), bounded=True, **settings)
+    one_layer = statistics_bytes(find_mixers(model)[0], ALL)
+    assert none.of("statistics") == 0 and every.of("statistics") == 3 * one_layer
+    assert bounded.of("statistics") == one_layer and bounded.of("activations") < every.of("activations")
+    assert every.of("weights") == none.of("weights") > 0
