@@ -80,7 +80,7 @@ def test_bounded_statistics_equal_in_memory(make, tmp_path):
     assert all(torch.equal(want[key], got[key]) for key in want)
 
     directory = bounded.hessians.directory
-    del b, bounded
+    del bounded
     gc.collect()
     assert not directory.exists()  # offloaded statistics go with the statistics
 
