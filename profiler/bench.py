@@ -170,7 +170,7 @@ def exact_reuse_bound(stages: dict[str, Any], counts: dict[str, int], trials: in
     return trials * full / spent if spent > 0 else math.inf
 
 
-def _isolated(fn: Callable[..., dict], *args) -> dict:
+def isolated(fn: Callable[..., dict], *args) -> dict:
     """Run ``fn(*args)`` in a fresh spawned process (its own memory high-water mark)."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
@@ -191,7 +191,7 @@ def bench_profiles(threads: int = 1, quick: bool = False, reference: bool = Fals
                 with torch_threads(threads):
                     runs[mode] = _profile_once(name, mode, threads, quick)
             else:
-                runs[mode] = _isolated(_profile_once, name, mode, threads, quick)
+                runs[mode] = isolated(_profile_once, name, mode, threads, quick)
         plain, inc = runs["plain"], runs["incremental"]
         same = sum(plain["losses"].get(k) == v for k, v in inc["losses"].items())
         entry = {"trials": inc["trials"], "identical_trials": same,

@@ -1,38 +1,46 @@
-"""An up-front memory estimate for a profile, so an impossible run is refused before it starts.
+"""Up-front estimates for a profile, so an impossible run is refused before it starts.
 
-The estimate adds the largest things a profile holds at once: the weights; per-window activations
-of one forward batch (the mixer's expanded channels, the scan's inputs, the head's logits); for
-gradient criteria, one sequence's activations kept for the backward pass (the reference scan keeps
-channels × state per token), the gradients and their running sums; for Hessian criteria, XᵀX of
-every linear layer's input; and the incremental evaluator's activation cache. It is deliberately
-coarse (within a small factor), which is all a go/no-go check needs.
+Memory: the estimate adds the largest things a profile holds at once, in three kinds:
+
+* **weights**;
+* **statistics**: XᵀX of every linear layer's input (``hessians``) and the two gradient sums per
+  mixer parameter (``grads``), in full when they fit, else the largest layer's (the memory-bounded
+  path of :func:`ssm_profile.stats.collect_stats` holds one chunk of layers and keeps the rest on disk);
+* **activations**: one forward batch (the mixer's expanded channels, the scan's inputs, the head's
+  logits); for gradient criteria one sequence's activations kept for backward (every layer's, or
+  with the bounded path's checkpointing one layer's plus every block's input); captum's attribution
+  batch; the incremental evaluator's activation cache.
+
+It is deliberately coarse (within a small factor), which is all a go/no-go check needs.
+The parts come from :mod:`ssm_profile.memory`, which also sizes the statistics' chunks.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
 
 from .errors import SSMProfileError
 from .fmt import human_bytes
+from .memory import (CAPTUM_SEQUENCES, FLOAT32, FORWARD_WIDTH_FACTOR, ModelDims, available_memory,
+                     resident_weights, statistics_activations, statistics_bytes_held)
 
-FLOAT32, FLOAT64 = 4, 8
-# Tensors of the expanded width alive per token in a mixer's forward (in_proj's two halves, conv,
-# dt, B, C, gate, scan output), a coarse upper count.
-FORWARD_WIDTH_FACTOR = 8
-# Tensors saved per token and channel × state by the reference scan for the backward pass.
-BACKWARD_STATE_FACTOR = 3
+KINDS = ("weights", "statistics", "activations")
 
 
 @dataclass
 class MemoryEstimate:
     parts: dict[str, int] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)  # part -> one of KINDS (default: activations)
+    bounded: bool = False  # whether the statistics take the memory-bounded path
 
     @property
     def total(self) -> int:
         return sum(self.parts.values())
+
+    def of(self, kind: str) -> int:
+        return sum(size for name, size in self.parts.items() if self.kinds.get(name, "activations") == kind)
 
     def largest(self) -> str:
         name = max(self.parts, key=self.parts.get)
@@ -40,59 +48,51 @@ class MemoryEstimate:
 
 
 def estimate_profile_memory(model: torch.nn.Module, *, nsamples: int, eval_samples: int, seqlen: int,
-                            batch_size: int, needs: set[str], cache_bytes: int) -> MemoryEstimate:
-    """Peak bytes a profile of ``model`` with these settings is expected to hold (see the module docstring)."""
+                            batch_size: int, needs: set[str], cache_bytes: int,
+                            bounded: bool = False) -> MemoryEstimate:
+    """Peak bytes a profile of ``model`` with these settings is expected to hold (see the module
+    docstring); ``bounded``: with the statistics' memory-bounded path."""
     from .arch import find_mixers
 
     mixers = find_mixers(model)
-    params = sum(p.numel() for p in model.parameters())
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    hidden = int(getattr(model.config, "hidden_size", mixers[0].hidden_size))
-    vocab = int(getattr(model.config, "vocab_size", 0))
-    inner = max(m.intermediate_size for m in mixers)
-    state = max(m.state_size for m in mixers)
-    layers = len(mixers)
+    shape = ModelDims.of(model, mixers)
     rows = min(batch_size, max(nsamples, eval_samples)) * seqlen  # tokens of one forward batch
     parts = {
-        "weights": weight_bytes,
-        "forward activations": rows * (FORWARD_WIDTH_FACTOR * inner + 4 * hidden) * FLOAT32,
-        "logits": rows * vocab * FLOAT32,
+        "weights": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "statistics": statistics_bytes_held(model, needs, bounded),
+        "forward activations": rows * (FORWARD_WIDTH_FACTOR * shape.inner + 4 * shape.hidden) * FLOAT32,
+        "logits": rows * shape.vocab * FLOAT32,
         "evaluation windows": (nsamples + eval_samples) * seqlen * 8,
-        "activation cache": min(cache_bytes, eval_samples * seqlen * hidden * (layers + 1) * FLOAT32),
+        "activation cache": min(cache_bytes, eval_samples * seqlen * shape.hidden * (shape.layers + 1) * FLOAT32),
     }
-    if "grads" in needs:  # one sequence at a time, every layer's activations kept for backward
-        parts["backward activations"] = seqlen * layers * (
-            BACKWARD_STATE_FACTOR * inner * state + FORWARD_WIDTH_FACTOR * inner + 4 * hidden) * FLOAT32
-        parts["backward logits"] = 2 * seqlen * vocab * FLOAT32
-        parts["gradients"] = 3 * params * FLOAT32  # .grad, Σg, Σg²
-    if "hessians" in needs:
-        per_layer = sum(d * d for d in (hidden, inner, inner, max(m.dt_rank for m in mixers)))
-        parts["Hessians (XᵀX)"] = layers * per_layer * FLOAT64 + inner * inner * FLOAT32
-    return MemoryEstimate(parts)
+    parts.update(statistics_activations(model, batch_size=batch_size, seqlen=seqlen, needs=needs, bounded=bounded))
+    if "tokens" in needs:  # captum: gradient × activation of a few sequences at once, every layer kept
+        sequences = min(CAPTUM_SEQUENCES, nsamples)
+        parts["captum attribution"] = sequences * (shape.layers * shape.backward_layer(seqlen)
+                                                   + shape.logits_backward(seqlen))
+    return MemoryEstimate(parts, kinds={"weights": "weights", "statistics": "statistics"}, bounded=bounded)
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation now (None when it cannot be told)."""
-    try:
-        import psutil
+def check_memory(model: torch.nn.Module, force: bool, available: int | None = None, **settings) -> MemoryEstimate:
+    """Refuse (one line) a profile expected to need more memory than is available, unless ``force``.
 
-        return int(psutil.virtual_memory().available)
-    except ImportError:  # pragma: no cover - psutil is a dependency of the test environment only
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
-
-
-def check_memory(estimate: MemoryEstimate, force: bool, available: int | None = None) -> None:
-    """Refuse (one line) a profile expected to need more memory than is available, unless ``force``."""
+    ``settings``: those of :func:`estimate_profile_memory`. The bounded statistics path is tried
+    when the in-memory one does not fit. Returns the estimate that fits (or the bounded one)."""
     available = available_memory() if available is None else available
-    if force or available is None or estimate.total <= available:
-        return
+    resident = resident_weights(model)
+    estimate = estimate_profile_memory(model, **settings)
+    if available is None or estimate.total <= available + resident:
+        return estimate
+    estimate = estimate_profile_memory(model, **settings, bounded=True)
+    if force or estimate.total <= available + resident:
+        return estimate
+    gib = 1 << 30
     raise SSMProfileError(
-        f"this profile needs about {human_bytes(estimate.total)} of memory (largest part: {estimate.largest()}) "
-        f"but {human_bytes(available)} is available; lower --seqlen, --batch-size or --eval-samples, "
-        "or pass --force to try anyway")
+        f"profiling this model needs ~{estimate.total / gib:.1f} GiB (weights {estimate.of('weights') / gib:.1f}, "
+        f"statistics {estimate.of('statistics') / gib:.1f}, activations {estimate.of('activations') / gib:.1f}; "
+        f"largest part: {estimate.largest()}) but ~{(available + resident) / gib:.1f} GiB is available; "
+        "use --criteria without fisher/snip/obs/captum, fewer --nsamples, a lower --seqlen or --batch-size, "
+        "a larger machine, or pass --force to try anyway")
 
 
 # --------------------------------------------------------------------------------------------

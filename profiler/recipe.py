@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,13 +83,22 @@ class RunRecipe:
         """Context manager: the run's kernels on ``model`` (the one place they are chosen)."""
         return installed(model, self.kernels)
 
-    def statistics(self, model: torch.nn.Module, calibration: torch.Tensor | None, needs: set[str]):
-        """Calibration statistics as the run collected them (``calibration`` may be None without needs)."""
+    def statistics(self, model: torch.nn.Module, calibration: torch.Tensor | None, needs: set[str],
+                   offload_dir: str | Path | None = None):
+        """Calibration statistics as the run collected them (``calibration`` may be None without needs).
+
+        When they would not fit in the memory available (:func:`ssm_profile.memory.statistics_budget`)
+        they take the memory-bounded path, with the large ones on disk under ``offload_dir`` (default:
+        ``SSM_PROFILE_TMPDIR`` or the system's temporary folder); the numbers are the same."""
         from .criteria import CalibrationStats
+        from .memory import statistics_budget
         from .stats import collect_stats
 
         if needs:
-            stats = collect_stats(model, calibration, needs, batch_size=self.batch_size)
+            budget = statistics_budget(model, batch_size=self.batch_size, seqlen=int(calibration.shape[-1]),
+                                       needs=needs)
+            stats = collect_stats(model, calibration, needs, batch_size=self.batch_size, memory_budget=budget,
+                                  offload_dir=offload_dir)
         else:
             stats = CalibrationStats(seed=self.seed)
         stats.seed = self.seed

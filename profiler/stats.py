@@ -55,7 +55,10 @@ over both passes, their total, and the pass ("activations" or "gradients"). All 
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import contextlib
+import functools
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +67,7 @@ from torch import nn
 from .arch import MAMBA1, MixerInfo, find_mixers
 from .criteria.base import CalibrationStats
 from .kernels import model_device
+from .offload import DiskTensors
 
 NEEDS = frozenset({"inputs", "hessians", "grads", "ssm", "tokens"})
 HESSIAN_GROUPS = ("in_proj", "x_proj", "dt_proj", "out_proj")
@@ -78,6 +82,7 @@ class _Acc:
         self.stats = stats
         self.want = want
         self.hessian_dtype = hessian_dtype
+        self.hessians: dict[str, torch.Tensor] = {}  # this pass's XᵀX (moved to stats.hessians after it)
 
     def channels(self, key: str, x: torch.Tensor, per: int = 1) -> None:
         """x: (..., d) -> Σx², Σx per channel; ``per`` values summed per entry (Mamba-2 D)."""
@@ -101,10 +106,10 @@ class _Acc:
         x = x.detach().reshape(-1, x.shape[-1])
         x = x.to(torch.promote_types(x.dtype, torch.float32))
         h = (x.T @ x).to(self.hessian_dtype)
-        if key in self.stats.hessians:
-            self.stats.hessians[key] += h
+        if key in self.hessians:
+            self.hessians[key] += h
         else:
-            self.stats.hessians[key] = h
+            self.hessians[key] = h
 
     def linear_input(self, key: str, x: torch.Tensor) -> None:
         """A linear layer's input: channel stats when inputs or hessians are wanted, X^T X if hessians."""
@@ -236,10 +241,54 @@ def _batches(tokens: torch.Tensor, size: int) -> Iterable[torch.Tensor]:
         yield tokens[start:start + size]
 
 
+def hessian_dims(m: MixerInfo) -> list[int]:
+    """Input widths of the linear layers whose XᵀX ``hessians`` collects for mixer ``m``."""
+    groups = HESSIAN_GROUPS if m.kind == MAMBA1 else ("in_proj", "out_proj")
+    return [getattr(m.module, g).weight.shape[1] for g in groups]
+
+
+def statistics_bytes(m: MixerInfo, needs: Iterable[str], hessian_dtype: torch.dtype = torch.float64) -> int:
+    """Bytes of the large statistics of mixer ``m`` that ``needs`` collects: XᵀX and the two
+    gradient sums (the per-channel ones are a few vectors and are left out)."""
+    needs = set(needs)
+    size = 0
+    if "hessians" in needs:
+        size += sum(d * d for d in hessian_dims(m)) * hessian_dtype.itemsize
+    if "grads" in needs:
+        size += 2 * 4 * sum(p.numel() for p in m.module.parameters())  # Σg, Σg² in float32
+    return size
+
+
+def layer_chunks(mixers: list[MixerInfo], needs: Iterable[str], budget: int | None,
+                 hessian_dtype: torch.dtype = torch.float64) -> list[list[MixerInfo]]:
+    """Consecutive mixers whose ``needs`` statistics fit ``budget`` bytes together (at least one
+    mixer each); one chunk of all mixers when ``budget`` is None or they all fit."""
+    chunks: list[list[MixerInfo]] = [[]]
+    held = 0
+    for m in mixers:
+        size = statistics_bytes(m, needs, hessian_dtype)
+        if budget is not None and chunks[-1] and held + size > budget:
+            chunks.append([])
+            held = 0
+        chunks[-1].append(m)
+        held += size
+    return chunks
+
+
 def collect_stats(model: nn.Module, tokens: torch.Tensor, needs: Iterable[str], batch_size: int = 8,
                   progress: Progress | None = None, *, grad_batch_size: int = 1,
-                  hessian_dtype: torch.dtype = torch.float64, seed: int = 0) -> CalibrationStats:
-    """Gather what ``needs`` asks for (see the module docstring) from ``tokens`` (nsamples, seqlen)."""
+                  hessian_dtype: torch.dtype = torch.float64, seed: int = 0,
+                  memory_budget: int | None = None, offload_dir: str | Path | None = None) -> CalibrationStats:
+    """Gather what ``needs`` asks for (see the module docstring) from ``tokens`` (nsamples, seqlen).
+
+    ``memory_budget``: bytes the large statistics (XᵀX, gradient sums) may hold in RAM at once.
+    None, or enough for all of them: one pass each, everything in RAM. Otherwise the bounded path:
+    each pass runs once per chunk of layers (:func:`layer_chunks`) that fits the budget, moves
+    that chunk's statistics to disk (:class:`~ssm_profile.offload.DiskTensors` under
+    ``offload_dir``) before the next, and the gradient pass recomputes each block's activations in
+    backward instead of keeping them. The numbers are the same either way (same batches, same
+    float operations in the same order); only where they are kept changes.
+    """
     needs = set(needs)
     unknown = needs - NEEDS
     if unknown:
@@ -251,47 +300,82 @@ def collect_stats(model: nn.Module, tokens: torch.Tensor, needs: Iterable[str], 
     if "tokens" in needs:
         stats.tokens = tokens.clone()
     mixers = find_mixers(model)
+    want = needs & {"inputs", "hessians", "ssm"}
+    bounded = memory_budget is not None and sum(statistics_bytes(m, needs, hessian_dtype) for m in mixers) > memory_budget
+    budget = memory_budget if bounded else None
+    hessian_chunks = layer_chunks(mixers, want, budget, hessian_dtype) if want else []
+    grad_chunks = layer_chunks(mixers, {"grads"}, budget) if "grads" in needs else []
+    if bounded:
+        stats.hessians = DiskTensors(offload_dir, prefix="ssm-profile-hessians-")
+        stats.grad_sum = DiskTensors(offload_dir, prefix="ssm-profile-grad-sums-")
+        stats.grad_sq_sum = DiskTensors(offload_dir, prefix="ssm-profile-grad-squares-")
     device = model_device(model)
     was_training = model.training
+    n = tokens.shape[0]
+    total = n * (len(hessian_chunks) + len(grad_chunks))
+    done = 0
     try:
         model.eval()
-        want = needs & {"inputs", "hessians", "ssm"}
-        n = tokens.shape[0]
-        total = n * (bool(want) + ("grads" in needs))
-        if want:
-            note = (lambda done, label: progress(done, total, label)) if progress else None
-            _activation_pass(model, mixers, tokens, want, batch_size, note, hessian_dtype, device, stats)
-        if "grads" in needs:
-            offset = n if want else 0
-            note = (lambda done, label: progress(offset + done, total, label)) if progress else None
-            _gradient_pass(model, mixers, tokens, grad_batch_size, note, device, stats)
+        for chunk in hessian_chunks:
+            note = (lambda k, label, at=done: progress(at + k, total, label)) if progress else None
+            _activation_pass(model, chunk, tokens, want, batch_size, note, hessian_dtype, device, stats)
+            done += n
+        for chunk in grad_chunks:
+            note = (lambda k, label, at=done: progress(at + k, total, label)) if progress else None
+            counted = chunk is grad_chunks[0]
+            _gradient_pass(model, chunk, tokens, grad_batch_size, note, device, stats, count=counted,
+                           checkpoint=bounded)
+            done += n
     finally:
         model.train(was_training)
     return _to_cpu(stats)
 
 
 def _to_cpu(stats: CalibrationStats) -> CalibrationStats:
-    """Statistics live on the CPU (criteria score on the CPU, whatever device the model is on)."""
-    stats.inputs = {k: {f: t.cpu() for f, t in v.items()} for k, v in stats.inputs.items()}
-    stats.hessians = {k: v.cpu() for k, v in stats.hessians.items()}
-    stats.grad_sum = {k: v.cpu() for k, v in stats.grad_sum.items()}
-    stats.grad_sq_sum = {k: v.cpu() for k, v in stats.grad_sq_sum.items()}
-    stats.ssm = {k: {f: t.cpu() for f, t in v.items()} for k, v in stats.ssm.items()}
+    """Statistics live on the CPU (criteria score on the CPU, whatever device the model is on);
+    offloaded ones are on disk already."""
+
+    def cpu(tensors):
+        return {k: v.cpu() for k, v in tensors.items()} if isinstance(tensors, dict) else tensors
+
+    stats.inputs = {k: cpu(v) for k, v in stats.inputs.items()}
+    stats.hessians = cpu(stats.hessians)
+    stats.grad_sum = cpu(stats.grad_sum)
+    stats.grad_sq_sum = cpu(stats.grad_sq_sum)
+    stats.ssm = {k: cpu(v) for k, v in stats.ssm.items()}
     if stats.tokens is not None:
         stats.tokens = stats.tokens.cpu()
     return stats
 
 
+class _ChunkDone(Exception):
+    """Raised by the last hook of a chunk: the rest of the forward pass is not needed."""
+
+
 def _activation_pass(model, mixers, tokens, want, batch_size, progress, hessian_dtype, device, stats) -> None:
+    """One activation pass over ``tokens`` for ``mixers``; their XᵀX accumulate in RAM, then go
+    into ``stats.hessians`` (a dict, or the disk store of the bounded path)."""
     acc = _Acc(stats, want, hessian_dtype)
     handles = []
+    finished = []
+
+    def stop_after_last(_mod, _args, _out):
+        finished.append(True)
+        if len(finished) == len(mixers):
+            raise _ChunkDone
+
     try:
         for m in mixers:
             handles += _mamba1_hooks(m, acc) if m.kind == MAMBA1 else _mamba2_hooks(m, acc)
+            handles.append(m.module.out_proj.register_forward_hook(stop_after_last))
         done = 0
         with torch.no_grad():
             for ids in _batches(tokens, max(1, batch_size)):
-                model(input_ids=ids.to(device))
+                finished.clear()
+                try:
+                    model(input_ids=ids.to(device))
+                except _ChunkDone:
+                    pass
                 done += ids.shape[0]
                 if progress:
                     progress(done, "activations")
@@ -300,44 +384,102 @@ def _activation_pass(model, mixers, tokens, want, batch_size, progress, hessian_
             h.remove()
     if "hessians" in want and "inputs" not in want:
         # keep only the entries that give the hessians their token counts
-        keep = {k for k in stats.hessians}
-        stats.inputs = {k: v for k, v in stats.inputs.items() if k in keep}
+        stats.inputs = {k: v for k, v in stats.inputs.items() if k in acc.hessians or k in stats.hessians}
+    stats.hessians.update(acc.hessians)
 
 
-def _gradient_pass(model, mixers, tokens, grad_batch_size, progress, device, stats) -> None:
-    targets: dict[str, nn.Parameter] = {}
-    for m in mixers:
-        for name, p in m.module.named_parameters():
-            targets[m.full_name(name)] = p
+def _gradient_pass(model, mixers, tokens, grad_batch_size, progress, device, stats, *, count: bool = True,
+                   checkpoint: bool = False) -> None:
+    """Σg and Σg² of ``mixers``' parameters over gradient micro-batches of ``tokens``.
+
+    Every mixer's parameters take part in backward, whichever are kept, so that each chunk of the
+    bounded path runs the very backward graph of the in-memory path (a smaller graph rounds some
+    gradients differently). Each parameter's gradient is added to its sums (``mixers``' only) as
+    soon as backward has computed it and then freed, so no full set of ``.grad`` is ever held.
+    ``count``: add the micro-batches to ``stats.grad_batches``/``grad_tokens`` (once over the
+    chunks); ``checkpoint``: recompute each block's activations in backward (:func:`_checkpointed`).
+    """
+    every = find_mixers(model)
+    targets = {m.full_name(name): p for m in every for name, p in m.module.named_parameters()}
+    kept = {m.full_name(name): p for m in mixers for name, p in m.module.named_parameters()}
     target_ids = {id(p) for p in targets.values()}
     params = list(model.parameters())
     saved_req = [p.requires_grad for p in params]
     saved_grad = [p.grad for p in params]
+    sums: dict[str, torch.Tensor] = {}
+    squares: dict[str, torch.Tensor] = {}
+    reached: set[str] = set()
+
+    def add(name: str, g: torch.Tensor) -> None:
+        if name in sums:
+            sums[name] += g
+            squares[name] += g * g
+        else:
+            sums[name] = g.clone()
+            squares[name] = g * g
+
+    def accumulate(name: str):
+        def hook(p: nn.Parameter) -> None:
+            if name in kept:
+                add(name, p.grad.detach().float())
+                reached.add(name)
+            p.grad = None
+        return hook
+
+    handles = []
     try:
         for p in params:
             p.grad = None
             p.requires_grad_(id(p) in target_ids)
+        handles = [p.register_post_accumulate_grad_hook(accumulate(name)) for name, p in targets.items()]
         done = 0
-        for ids in _batches(tokens, max(1, grad_batch_size)):
-            model.zero_grad(set_to_none=True)
-            ids = ids.to(device)
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            for name, p in targets.items():
-                g = p.grad.detach().float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)
-                if name in stats.grad_sum:
-                    stats.grad_sum[name] += g
-                    stats.grad_sq_sum[name] += g * g
-                else:
-                    stats.grad_sum[name] = g.clone()
-                    stats.grad_sq_sum[name] = g * g
-            stats.grad_batches += 1
-            stats.grad_tokens += ids.shape[0] * (ids.shape[1] - 1)  # predicted tokens in this micro-batch
-            done += ids.shape[0]
-            if progress:
-                progress(done, "gradients")
+        with _checkpointed(model, every if checkpoint else []):
+            for ids in _batches(tokens, max(1, grad_batch_size)):
+                reached.clear()
+                ids = ids.to(device)
+                # no cache: a checkpointed block must see the same inputs when it is recomputed
+                model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+                for name, p in kept.items():
+                    if name not in reached:  # not on the loss's path: a zero gradient
+                        add(name, torch.zeros_like(p, dtype=torch.float32))
+                if count:
+                    stats.grad_batches += 1
+                    stats.grad_tokens += ids.shape[0] * (ids.shape[1] - 1)  # predicted tokens in this micro-batch
+                done += ids.shape[0]
+                if progress:
+                    progress(done, "gradients")
     finally:
+        for h in handles:
+            h.remove()
         model.zero_grad(set_to_none=True)
         for p, req, g in zip(params, saved_req, saved_grad):
             p.requires_grad_(req)
             p.grad = g
+    stats.grad_sum.update(sums)
+    stats.grad_sq_sum.update(squares)
+
+
+@contextlib.contextmanager
+def _checkpointed(model: nn.Module, mixers: list[MixerInfo]) -> Iterator[None]:
+    """The blocks holding ``mixers`` keep only their inputs for backward and recompute the rest
+    there (activation checkpointing, in eval mode; the recomputation is the same forward, so the
+    gradients are the same)."""
+    paths = [m.path.rpartition(".")[0] for m in mixers]
+    blocks = [model.get_submodule(p) for p in paths if p]
+    own = [block.__dict__.get("forward") for block in blocks]  # an instance forward someone installed
+    for block in blocks:
+        block.forward = functools.partial(_checkpoint_call, block.forward)
+    try:
+        yield
+    finally:
+        for block, forward in zip(blocks, own):
+            if forward is None:
+                del block.forward  # the class's forward again
+            else:
+                block.forward = forward
+
+
+def _checkpoint_call(forward, *args, **kwargs):
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)

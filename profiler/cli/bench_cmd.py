@@ -22,6 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also run each default profile the way the profiler did before the fast kernels and the "
                    "incremental sweep (plain sweep, transformers' kernels, torch's linear, whole-batch logits); "
                    "adds ~10 minutes")
+    p.add_argument("--scaling", action="store_true",
+                   help="instead: the profile's cost at the mamba-130m and mamba-370m shapes (mamba-1.4b on a CUDA GPU) "
+                   "with random weights: calibration, seconds per trial, trial counts, total, peak memory "
+                   "(a few trials timed and the rest extrapolated; a few minutes)")
+    p.add_argument("--scaling-full", action="store_true", help="with --scaling: run every trial and all calibration "
+                   "windows instead of extrapolating (hours on a CPU)")
+    p.add_argument("--scaling-shapes", type=_shapes, default=None, metavar="NAME:LAYERS:HIDDEN[:VOCAB],...",
+                   help="with --scaling: these shapes instead of the Mamba ones (e.g. small:4:256:4096)")
     p.add_argument("--overwrite", action="store_true", help="replace existing --json / --markdown files")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(handler=run)
@@ -30,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..bench import markdown, render, run_bench
+    from ..bench import machine_info, markdown, render, run_bench
     from ..io import check_output, write_text_atomic
     from ..runtime import check_threads
 
@@ -48,12 +56,38 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             console.print(f"[dim]bench: {what}…[/dim]")
 
-    report = run_bench(threads=args.threads, quick=args.quick, reference=args.reference_profile, note=note)
-    render(report)
+    if args.scaling or args.scaling_full or args.scaling_shapes:
+        from ..bench_scaling import bench_scaling, render_scaling
+
+        entries = bench_scaling(args.scaling_shapes, threads=args.threads, full=args.scaling_full, quick=args.quick,
+                                note=note)
+        report = {"machine": machine_info(), "threads": args.threads, "scaling": entries}
+        render_scaling(entries)
+    else:
+        report = run_bench(threads=args.threads, quick=args.quick, reference=args.reference_profile, note=note)
+        render(report)
     if args.json_path:
         path = write_text_atomic(args.json_path, json.dumps(report, indent=2, default=str) + "\n")
         print(f"results written to {path}")
     if args.markdown:
-        path = write_text_atomic(args.markdown, markdown(report))
+        path = write_text_atomic(args.markdown, markdown(report) if "scaling" not in report else
+                                 _scaling_markdown(report["scaling"]))
         print(f"tables written to {path}")
     return 0
+
+
+def _shapes(text: str):
+    from ..bench_scaling import parse_shape
+
+    try:
+        return [parse_shape(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _scaling_markdown(entries) -> str:
+    keys = ("params", "calibration_seconds", "trial_seconds", "trials_adaptive", "trials_grid", "profile_seconds",
+            "extrapolated", "peak_rss_mib")
+    lines = ["| shape | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += ["| " + e["shape"]["name"] + " | " + " | ".join(str(e[k]) for k in keys) + " |" for e in entries]
+    return "\n".join(lines) + "\n"

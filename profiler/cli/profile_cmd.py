@@ -147,15 +147,13 @@ def _check_time(loaded, dataset, settings, args: argparse.Namespace) -> None:
 
 
 def _check_memory(loaded, spec, settings, force: bool) -> None:
-    from ..estimate import check_memory, estimate_profile_memory
+    from ..estimate import check_memory
     from ..incremental import DEFAULT_CACHE_BYTES
     from ..recipe import needs_of
 
-    estimate = estimate_profile_memory(
-        loaded.model, nsamples=spec.nsamples, eval_samples=spec.eval_samples, seqlen=spec.seqlen,
-        batch_size=settings.batch_size, needs=needs_of([*settings.criteria, settings.layer_criterion]),
-        cache_bytes=DEFAULT_CACHE_BYTES if settings.incremental else 0)
-    check_memory(estimate, force)
+    check_memory(loaded.model, force, nsamples=spec.nsamples, eval_samples=spec.eval_samples, seqlen=spec.seqlen,
+                 batch_size=settings.batch_size, needs=needs_of([*settings.criteria, settings.layer_criterion]),
+                 cache_bytes=DEFAULT_CACHE_BYTES if settings.incremental else 0)
 
 
 def _load_data(loaded, spec):

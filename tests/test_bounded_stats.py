@@ -1,0 +1,143 @@
+"""Memory-bounded calibration: statistics collected layer chunk by layer chunk and kept on disk
+are the same numbers, and give the same criterion scores, as the in-memory path."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+from conftest import tiny_mamba, tiny_mamba2
+from ssm_profile.arch import find_mixers
+from ssm_profile.criteria import NotApplicable
+from ssm_profile.data import DataSpec
+from ssm_profile.defaults import DEFAULT_CRITERIA
+from ssm_profile.offload import DiskTensors
+from ssm_profile.recipe import RunRecipe, needs_of
+from ssm_profile.stats import collect_stats, layer_chunks, statistics_bytes
+
+ALL = {"inputs", "hessians", "grads", "ssm", "tokens"}
+
+
+def calib(n=6, L=16):
+    return torch.randint(0, 64, (n, L), generator=torch.Generator().manual_seed(1))
+
+
+def _equal_maps(a, b) -> None:
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _every_score(scorer, mixers, criteria) -> dict:
+    """(criterion, layer, param or unit kind) -> scores, for every score the criteria can give."""
+    out = {}
+    for mixer in mixers:
+        calls = [(p, scorer.element) for p in ("in_proj.weight", "out_proj.weight", "A_log", "D")]
+        calls += [(kind, scorer.units) for kind in mixer.unit_families()]
+        for criterion in criteria:
+            for what, score in calls:
+                try:
+                    out[criterion, mixer.layer, what] = score(criterion, mixer, what)
+                except NotApplicable:
+                    pass
+    return out
+
+
+def _clean(model) -> bool:
+    hooks = all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    no_forward = all("forward" not in m.__dict__ for m in model.modules())
+    return hooks and no_forward and all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("make", [tiny_mamba, tiny_mamba2])
+def test_bounded_statistics_equal_in_memory(make, tmp_path):
+    model = make(layers=3)
+    free = collect_stats(model, calib(), ALL, batch_size=4)
+    progress = []
+    bounded = collect_stats(model, calib(), ALL, batch_size=4, memory_budget=1, offload_dir=tmp_path,
+                            progress=lambda done, total, label: progress.append((done, total, label)))
+    assert isinstance(bounded.hessians, DiskTensors) and isinstance(bounded.grad_sum, DiskTensors)
+    assert bounded.hessians.directory.parent == tmp_path and len(bounded.hessians) > 0
+    assert _clean(model)
+    # one pass per layer for the activations, one per layer for the gradients
+    assert progress[-1] == (2 * 3 * 6, 2 * 3 * 6, "gradients")
+    _equal_maps(free.hessians, bounded.hessians)
+    _equal_maps(free.grad_sum, bounded.grad_sum)
+    _equal_maps(free.grad_sq_sum, bounded.grad_sq_sum)
+    assert (free.grad_batches, free.grad_tokens) == (bounded.grad_batches, bounded.grad_tokens)
+    for key in free.inputs:
+        _equal_maps(free.inputs[key], bounded.inputs[key])
+    for path in free.ssm:
+        _equal_maps(free.ssm[path], bounded.ssm[path])
+
+    recipe = RunRecipe(data=DataSpec())
+    criteria = list(DEFAULT_CRITERIA)
+    want = _every_score(recipe.scorer(model, free, criteria), find_mixers(model), criteria)
+    got = _every_score(recipe.scorer(model, bounded, criteria), find_mixers(model), criteria)
+    assert want.keys() == got.keys() and len(want) > 40
+    assert all(torch.equal(want[key], got[key]) for key in want)
+
+    directory = bounded.hessians.directory
+    del bounded
+    gc.collect()
+    assert not directory.exists()  # offloaded statistics go with the statistics
+
+
+def test_hessians_only_keep_their_token_counts(tmp_path):
+    model = tiny_mamba(layers=3)
+    free = collect_stats(model, calib(), {"hessians"})
+    bounded = collect_stats(model, calib(), {"hessians"}, memory_budget=1, offload_dir=tmp_path)
+    assert set(bounded.inputs) == set(bounded.hessians) == set(free.hessians)
+    assert not bounded.grad_sum
+
+
+def test_layer_chunks_fit_the_budget():
+    mixers = find_mixers(tiny_mamba(layers=5))
+    size = statistics_bytes(mixers[0], ALL)
+    assert size > 0
+    assert layer_chunks(mixers, ALL, None) == [mixers]
+    assert layer_chunks(mixers, ALL, 5 * size) == [mixers]
+    chunks = layer_chunks(mixers, ALL, 2 * size)
+    assert [len(c) for c in chunks] == [2, 2, 1] and sum(chunks, []) == mixers
+    assert [len(c) for c in layer_chunks(mixers, ALL, 1)] == [1] * 5  # at least one layer each
+
+
+def test_recipe_bounds_statistics_by_available_memory(tmp_path, monkeypatch):
+    """RunRecipe.statistics takes the bounded path when the memory said to be available is small."""
+    model = tiny_mamba(layers=3)
+    recipe = RunRecipe(data=DataSpec())
+    needs = needs_of(DEFAULT_CRITERIA)
+    roomy = recipe.statistics(model, calib(), needs)
+    assert isinstance(roomy.hessians, dict)
+    monkeypatch.setenv("SSM_PROFILE_AVAILABLE_MEMORY", "1")
+    tight = recipe.statistics(model, calib(), needs, offload_dir=tmp_path)
+    assert isinstance(tight.hessians, DiskTensors)
+    _equal_maps(roomy.grad_sum, tight.grad_sum)
+
+
+def test_profile_refused_up_front_when_memory_is_short(tmp_path, monkeypatch, capsys):
+    from ssm_profile.cli.main import main
+
+    monkeypatch.setenv("SSM_PROFILE_AVAILABLE_MEMORY", "64KiB")
+    assert main(["profile", "tiny-mamba", "-o", str(tmp_path / "run"), "--nsamples", "2", "--eval-samples", "2",
+                 "--seqlen", "16", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "profiling this model needs ~" in err[0]
+    assert "weights" in err[0] and "statistics" in err[0] and "activations" in err[0] and "available" in err[0]
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_estimate_covers_every_statistic():
+    from ssm_profile.estimate import estimate_profile_memory
+
+    model = tiny_mamba(layers=3)
+    settings = dict(nsamples=4, eval_samples=4, seqlen=16, batch_size=4, cache_bytes=0)
+    none = estimate_profile_memory(model, needs=set(), **settings)
+    every = estimate_profile_memory(model, needs=needs_of(DEFAULT_CRITERIA), **settings)
+    bounded = estimate_profile_memory(model, needs=needs_of(DEFAULT_CRITERIA), bounded=True, **settings)
+    one_layer = statistics_bytes(find_mixers(model)[0], ALL)
+    assert none.of("statistics") == 0 and every.of("statistics") == 3 * one_layer
+    assert bounded.of("statistics") == one_layer and bounded.of("activations") < every.of("activations")
+    assert every.of("weights") == none.of("weights") > 0
