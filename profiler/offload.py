@@ -22,12 +22,19 @@ from pathlib import Path
 import torch
 
 TMPDIR_ENV = "SSM_PROFILE_TMPDIR"  # where offloaded statistics go when no run directory is given
+STATS_PREFIX = ".ssm-profile-stats-"  # hidden, so a run directory's own files stay what a user sees
+
+
+def remove_leftovers(parent: str | Path) -> None:
+    """Delete statistics folders left in ``parent`` by a killed run (call under the run's lock)."""
+    for item in Path(parent).glob(STATS_PREFIX + "*"):
+        shutil.rmtree(item, ignore_errors=True)
 
 
 class DiskTensors(MutableMapping):
     """A str -> tensor mapping stored as one file per key in a private temporary directory."""
 
-    def __init__(self, parent: str | Path | None = None, prefix: str = "ssm-profile-stats-"):
+    def __init__(self, parent: str | Path | None = None, prefix: str = STATS_PREFIX):
         parent = parent if parent is not None else os.environ.get(TMPDIR_ENV) or None
         if parent is not None:
             Path(parent).mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ from .defaults import DEFAULT_CRITERIA, DEFAULT_SPARSITIES, DEFAULT_TOLERANCE
 from .io import write_json_atomic
 from .kernels import Kernels, model_device
 from .lock import LOCK_NAME, run_dir_lock
+from .offload import STATS_PREFIX, remove_leftovers
 from .masks import Target, prunable_params, targets_for
 from .recipe import RunRecipe, needs_of
 from .resolve import LoadedModel, check_vocabulary, tokenizer_info
@@ -163,7 +164,8 @@ def check_run_dir(run_path: Path, *, resume: bool, overwrite: bool = False) -> N
         if not (resume or overwrite):
             raise OutputExistsError(f"'{run_path}' already holds a profile; pass --resume to continue it, "
                                     "--overwrite to replace it, or choose another -o")
-    elif run_path.exists() and any(item.name != LOCK_NAME for item in run_path.iterdir()):
+    elif run_path.exists() and any(item.name != LOCK_NAME and not item.name.startswith(STATS_PREFIX)
+                                   for item in run_path.iterdir()):
         raise OutputExistsError(f"'{run_path}' exists and is not a profile run; choose another -o")
 
 
@@ -217,7 +219,9 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
     note(0, 1, "calibration statistics")
     t0 = time.perf_counter()
     criteria = list(dict.fromkeys([*settings.criteria, settings.layer_criterion]))
-    stats = recipe.statistics(model, dataset.calibration, needs_of(criteria))
+    if run_path is not None and run_path.exists():
+        remove_leftovers(run_path)  # offloaded statistics of a run that was killed
+    stats = recipe.statistics(model, dataset.calibration, needs_of(criteria), offload_dir=run_path)
     timings["calibration"] = time.perf_counter() - t0
     scorer = recipe.scorer(model, stats, criteria)
     mixers = find_mixers(model)

@@ -125,3 +125,14 @@ def test_killed_run_resumes_to_the_same_results(tmp_path):
     cut = ProfileResult.load(tmp_path / "cut")
     assert {t.key: t.loss for t in cut.trials} == {t.key: t.loss for t in full.trials}
     assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "complete"
+
+
+def test_statistics_left_by_a_killed_run_neither_block_nor_stay(tmp_path, loaded2):
+    from ssm_profile.offload import STATS_PREFIX
+
+    leftover = tmp_path / "run" / f"{STATS_PREFIX}killed"
+    leftover.mkdir(parents=True)
+    (leftover / "0.pt").write_bytes(b"half a tensor")
+    profile_model(loaded2, SMALL_DATA, small_settings(per_layer=False, targets=["D"], criteria=["magnitude"]),
+                  run_dir=tmp_path / "run")
+    assert not leftover.exists() and (tmp_path / "run" / "run.json").exists()
