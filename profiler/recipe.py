@@ -82,12 +82,17 @@ class RunRecipe:
         """Context manager: the run's kernels on ``model`` (the one place they are chosen)."""
         return installed(model, self.kernels)
 
-    def statistics(self, model: torch.nn.Module, calibration: torch.Tensor | None, needs: set[str]):
-        """Calibration statistics as the run collected them (``calibration`` may be None without needs)."""
+    def statistics(self, model: torch.nn.Module, calibration: torch.Tensor | None, needs: set[str], world=None):
+        """Calibration statistics as the run collected them (``calibration`` may be None without needs);
+        ``world``: a :class:`ssm_profile.distributed.World` whose ranks share the work (same sums bit for bit)."""
         from .criteria import CalibrationStats
         from .stats import collect_stats
 
-        if needs:
+        if needs and world is not None and world.sharded:
+            from .distributed import sharded_statistics
+
+            stats = sharded_statistics(world, model, calibration, needs, self.batch_size)
+        elif needs:
             stats = collect_stats(model, calibration, needs, batch_size=self.batch_size)
         else:
             stats = CalibrationStats(seed=self.seed)
