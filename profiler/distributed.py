@@ -137,9 +137,12 @@ class World:
         if not self.sharded or dist.is_initialized():
             yield self
             return
-        seconds = int(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
-        dist.init_process_group("gloo", init_method="env://", rank=self.rank, world_size=self.size,
-                                timeout=timedelta(seconds=seconds))
+        try:
+            dist.init_process_group("gloo", init_method="env://", rank=self.rank, world_size=self.size,
+                                    timeout=timedelta(seconds=wait_limit_s()))
+        except (RuntimeError, ValueError) as err:  # e.g. MASTER_PORT taken, peers never came
+            raise SSMProfileError(f"rank {self.rank}: cannot join the other ranks ({str(err).splitlines()[0]}); "
+                                  "check the launcher's MASTER_ADDR/MASTER_PORT") from None
         try:
             yield self
         finally:
@@ -201,8 +204,19 @@ class World:
             call()
         except RuntimeError as err:  # a timeout, or a peer that died
             raise RankStopped(f"rank {self.rank}: lost the other ranks ({str(err).splitlines()[0]}); "
-                              f"a rank died or hangs (wait limit: ${TIMEOUT_ENV}, "
-                              f"{os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)} s)", 1) from None
+                              f"a rank died or hangs (wait limit: ${TIMEOUT_ENV}, {wait_limit_s()} s)", 1) from None
+
+
+def wait_limit_s() -> int:
+    """How long a rank waits for the others at a collective (``$SSM_PROFILE_DIST_TIMEOUT``)."""
+    text = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = int(text)
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise SSMProfileError(f"{TIMEOUT_ENV}={text!r} is not a positive number of seconds; e.g. 1800")
+    return seconds
 
 
 

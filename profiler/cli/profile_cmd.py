@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     output = args.output or f"runs/{locate(args.model).name.replace('/', '--')}"
     replace = args.overwrite and (Path(output) / "run.json").exists()
-    args.interrupt_hint = _rerun_hint(args, output, replace)
+    args.interrupt_hint = (_rerun_hint(args, output, replace) if world.writer
+                           else f"rank {world.rank} stopped (rank 0 says how to continue)")
     with world.running(), world.writer_lock(output):  # a second writer is refused now, not after loading a model
         world.from_writer(lambda: check_run_dir(Path(output), resume=args.resume, overwrite=args.overwrite))
         loaded = use_tokenizer(load_from_args(args), args.tokenizer, args.trust_remote_code)
