@@ -35,11 +35,12 @@ from . import __version__
 from .analysis import analyze
 from .arch import find_mixers
 from .data import DataSpec, Dataset, batch_losses, load_dataset
+from .distributed import ShardedTrialRunner, World
 from .errors import DataError, OutputExistsError, RunDirError, SSMProfileError
 from .defaults import DEFAULT_CRITERIA, DEFAULT_SPARSITIES, DEFAULT_TOLERANCE
 from .io import write_json_atomic
 from .kernels import Kernels, model_device
-from .lock import LOCK_NAME, run_dir_lock
+from .lock import LOCK_NAME
 from .offload import STATS_PREFIX, remove_leftovers
 from .masks import Target, prunable_params, targets_for
 from .recipe import RunRecipe, needs_of
@@ -137,10 +138,14 @@ def _comparable(settings: dict[str, Any] | None) -> dict[str, Any] | None:
 def profile_model(loaded: LoadedModel, data: DataSpec | Dataset | None = None,
                   settings: ProfileSettings | None = None, run_dir: str | Path | None = None,
                   resume: bool = False, progress: Progress | None = None,
-                  cancel: Callable[[], bool] | None = None, kernels: Kernels | None = None) -> ProfileResult:
+                  cancel: Callable[[], bool] | None = None, kernels: Kernels | None = None,
+                  world: World | None = None) -> ProfileResult:
     """Profile ``loaded``; see the module docstring. ``cancel()`` returning True stops cleanly.
     ``kernels``: the CPU kernels to evaluate with (default: the fast ones unless ``settings.fast_scan``
-    is off; the bench passes :meth:`Kernels.reference` to time the profiler as it was)."""
+    is off; the bench passes :meth:`Kernels.reference` to time the profiler as it was).
+    ``world``: this process's rank among several that share the work (:mod:`ssm_profile.distributed`;
+    every rank calls with the same arguments, rank 0 alone writes ``run_dir``); default: one process."""
+    world = world or World()
     settings = settings or ProfileSettings()
     settings.validate()
     model = loaded.model
@@ -150,10 +155,11 @@ def profile_model(loaded: LoadedModel, data: DataSpec | Dataset | None = None,
     recipe = RunRecipe(data=dataset.spec, batch_size=settings.batch_size, seed=settings.seed,
                        kernels=kernels or Kernels.for_run(settings.fast_scan, model_device(model)))
     run_path = Path(run_dir) if run_dir is not None else None
+    args = (recipe, loaded, dataset, settings, targets, run_path, resume, progress, cancel, world)
     if run_path is None:
-        return _checked_profile(recipe, loaded, dataset, settings, targets, run_path, resume, progress, cancel)
-    with run_dir_lock(run_path):  # one writer per run directory, from the checks below to the last trial
-        return _checked_profile(recipe, loaded, dataset, settings, targets, run_path, resume, progress, cancel)
+        return _checked_profile(*args)
+    with world.writer_lock(run_path):  # one writer per run directory, from the checks below to the last trial
+        return _checked_profile(*args)
 
 
 def check_run_dir(run_path: Path, *, resume: bool, overwrite: bool = False) -> None:
@@ -171,11 +177,8 @@ def check_run_dir(run_path: Path, *, resume: bool, overwrite: bool = False) -> N
 
 def _checked_profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings: ProfileSettings,
                      targets: list[Target], run_path: Path | None, resume: bool, progress: Progress | None,
-                     cancel: Callable[[], bool] | None) -> ProfileResult:
+                     cancel: Callable[[], bool] | None, world: World) -> ProfileResult:
     model = loaded.model
-    if run_path is not None:
-        check_run_dir(run_path, resume=resume)
-
     timings: dict[str, float] = {}
     started = time.perf_counter()
     note = progress or (lambda done, total, label: None)
@@ -190,18 +193,26 @@ def _checked_profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, s
         "versions": _versions(),
         "threads": torch.get_num_threads(),
         "device": str(model_device(model)),  # where it ran (--device auto resolves to cuda or cpu)
+        "processes": world.size,
         "status": "running",
     }
-    if run_path is not None and resume and (run_path / "run.json").exists():
-        _check_resume(run_path, meta)
+    if run_path is not None:
+        world.from_writer(lambda: _check_run_path(run_path, meta, resume))
 
     with recipe.installed(loaded.model):
-        return _profile(recipe, loaded, dataset, settings, targets, run_path, meta, timings, started, note, cancel)
+        return _profile(recipe, loaded, dataset, settings, targets, run_path, meta, timings, started, note, cancel,
+                        world)
+
+
+def _check_run_path(run_path: Path, meta: dict[str, Any], resume: bool) -> None:
+    check_run_dir(run_path, resume=resume)
+    if resume and (run_path / "run.json").exists():
+        _check_resume(run_path, meta)
 
 
 def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings: ProfileSettings, targets: list[Target],
              run_path: Path | None, meta: dict[str, Any], timings: dict[str, float], started: float,
-             note: Progress, cancel: Callable[[], bool] | None) -> ProfileResult:
+             note: Progress, cancel: Callable[[], bool] | None, world: World) -> ProfileResult:
     model = loaded.model
     note(0, 1, "static analysis")
     t0 = time.perf_counter()
@@ -219,9 +230,9 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
     note(0, 1, "calibration statistics")
     t0 = time.perf_counter()
     criteria = list(dict.fromkeys([*settings.criteria, settings.layer_criterion]))
-    if run_path is not None and run_path.exists():
+    if run_path is not None and run_path.exists() and world.writer:
         remove_leftovers(run_path)  # offloaded statistics of a run that was killed
-    stats = recipe.statistics(model, dataset.calibration, needs_of(criteria), offload_dir=run_path)
+    stats = recipe.statistics(model, dataset.calibration, needs_of(criteria), offload_dir=run_path, world=world)
     timings["calibration"] = time.perf_counter() - t0
     scorer = recipe.scorer(model, stats, criteria)
     mixers = find_mixers(model)
@@ -232,15 +243,11 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
     meta["skipped"] = skipped
     meta["trials_planned"] = len(specs)
 
-    journal = None
+    journal = None  # only the writing rank's trials go to it (every rank's ``done`` is the same)
     done: dict[str, Trial] = {}
     if run_path is not None:
-        run_path.mkdir(parents=True, exist_ok=True)
-        journal = run_path / "trials.jsonl"
-        done = {t.key: t for t in read_journal(journal)}
-        write_json_atomic(run_path / "run.json", meta)
-        analysis.to_json(run_path / "analysis.json")
-        write_json_atomic(run_path / "dense.json", {"window_losses": dense.tolist()})
+        done = world.from_writer(lambda: _start_run_dir(run_path, meta, analysis, dense))
+        journal = run_path / "trials.jsonl" if world.writer else None
 
     evaluate = None
     if settings.incremental and any(spec.key not in done for spec in specs):
@@ -253,6 +260,8 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
 
     runner = LocalTrialRunner(model, scorer, mixers, dataset.evaluation, dense_loss, settings.structure,
                               settings.batch_size, evaluate=evaluate)
+    if world.sharded:
+        runner = ShardedTrialRunner(runner, world)
     t0 = time.perf_counter()
     trials = run_schedule(GridSchedule(specs), runner, done, journal, note, cancel)
     note(len(specs), len(specs), "summaries")
@@ -268,9 +277,19 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
     result = ProfileResult(meta=meta, analysis=analysis, dense_window_losses=dense.tolist(), trials=trials,
                            unit_scores=unit_scores, saliency=saliency, tolerance=settings.tolerance,
                            bootstrap=settings.bootstrap)
-    if run_path is not None:
+    if run_path is not None and world.writer:
         result.save(run_path)
     return result
+
+
+def _start_run_dir(run_path: Path, meta: dict[str, Any], analysis, dense: torch.Tensor) -> dict[str, Trial]:
+    """Write the run's description and return the trials its journal holds (from an interrupted run)."""
+    run_path.mkdir(parents=True, exist_ok=True)
+    done = {t.key: t for t in read_journal(run_path / "trials.jsonl")}
+    write_json_atomic(run_path / "run.json", meta)
+    analysis.to_json(run_path / "analysis.json")
+    write_json_atomic(run_path / "dense.json", {"window_losses": dense.tolist()})
+    return done
 
 
 def _config_dict(model: torch.nn.Module) -> dict[str, Any]:

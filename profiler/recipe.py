@@ -84,17 +84,23 @@ class RunRecipe:
         return installed(model, self.kernels)
 
     def statistics(self, model: torch.nn.Module, calibration: torch.Tensor | None, needs: set[str],
-                   offload_dir: str | Path | None = None):
+                   offload_dir: str | Path | None = None, world=None):
         """Calibration statistics as the run collected them (``calibration`` may be None without needs).
 
         When they would not fit in the memory available (:func:`ssm_profile.memory.statistics_budget`)
         they take the memory-bounded path, with the large ones on disk under ``offload_dir`` (default:
-        ``SSM_PROFILE_TMPDIR`` or the system's temporary folder); the numbers are the same."""
+        ``SSM_PROFILE_TMPDIR`` or the system's temporary folder); the numbers are the same.
+        ``world``: a :class:`ssm_profile.distributed.World` whose ranks share the work (same sums bit
+        for bit; each rank then holds the statistics in memory)."""
         from .criteria import CalibrationStats
         from .memory import statistics_budget
         from .stats import collect_stats
 
-        if needs:
+        if needs and world is not None and world.sharded:
+            from .distributed import sharded_statistics
+
+            stats = sharded_statistics(world, model, calibration, needs, self.batch_size)
+        elif needs:
             budget = statistics_budget(model, batch_size=self.batch_size, seqlen=int(calibration.shape[-1]),
                                        needs=needs)
             stats = collect_stats(model, calibration, needs, batch_size=self.batch_size, memory_budget=budget,

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "numpy", "scipy", "pandas", "numba",
-            "captum", "lm_eval", "textual", "textual_plotext", "rich", "mamba_ssm", "causal_conv1d")
+            "captum", "lm_eval", "accelerate", "textual", "textual_plotext", "rich", "mamba_ssm", "causal_conv1d")
 
 
 def collect() -> dict[str, str]:
@@ -38,7 +38,9 @@ def collect() -> dict[str, str]:
         info["fast linear (float32 inference)"] = fastlinear.backend()
     except ImportError:  # pragma: no cover
         pass
-    for var in ("HF_HOME", "HF_HUB_OFFLINE", "SSM_PROFILE_FAST_SCAN"):
+    # WORLD_SIZE/RANK/LOCAL_RANK: launched by torchrun or accelerate launch (ssm_profile.distributed)
+    for var in ("HF_HOME", "HF_HUB_OFFLINE", "SSM_PROFILE_FAST_SCAN", "WORLD_SIZE", "RANK", "LOCAL_RANK",
+                "SSM_PROFILE_DIST_TIMEOUT"):
         if var in os.environ:
             info[var] = os.environ[var]
     return info

@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..data import DataSpec
+    from ..distributed import World
     from ..errors import SSMProfileError
-    from ..lock import run_dir_lock
     from ..profile import ProfileSettings, check_run_dir
     from ..resolve import check_device, locate, use_tokenizer
 
@@ -79,17 +79,23 @@ def run(args: argparse.Namespace) -> int:
     settings.validate()  # fail on bad options before loading a model
     spec = DataSpec(calibration=args.calibration, evaluation=args.evaluation, nsamples=args.nsamples,
                     eval_samples=args.eval_samples, seqlen=args.seqlen, seed=args.seed)
+    world = World.from_env()  # launched by torchrun / accelerate launch: one of several ranks
+    args.device = world.device(args.device)
+    args.quiet = args.quiet or not world.writer
     check_device(args.device)
     output = args.output or f"runs/{locate(args.model).name.replace('/', '--')}"
     replace = args.overwrite and (Path(output) / "run.json").exists()
-    args.interrupt_hint = _rerun_hint(args, output, replace)
-    with run_dir_lock(output):  # a second writer is refused now, not after loading a model
-        check_run_dir(Path(output), resume=args.resume, overwrite=args.overwrite)
+    args.interrupt_hint = (_rerun_hint(args, output, replace) if world.writer
+                           else f"rank {world.rank} stopped (rank 0 says how to continue)")
+    with world.running(), world.writer_lock(output):  # a second writer is refused now, not after loading a model
+        world.from_writer(lambda: check_run_dir(Path(output), resume=args.resume, overwrite=args.overwrite))
         loaded = use_tokenizer(load_from_args(args), args.tokenizer, args.trust_remote_code)
         _check_memory(loaded, spec, settings, args.force)
         dataset = _load_data(loaded, spec)
         _check_time(loaded, dataset, settings, args)
-        result = _profile_into(loaded, dataset, settings, Path(output), args, replace)
+        result = _profile_into(loaded, dataset, settings, Path(output), args, replace, world)
+    if not world.writer:
+        return 0
     print_summary(result)
     from ..io import free_path
 
@@ -98,18 +104,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _profile_into(loaded, dataset, settings, output, args: argparse.Namespace, replace: bool):
+def _profile_into(loaded, dataset, settings, output, args: argparse.Namespace, replace: bool, world):
     """Profile into ``output``; with ``replace``, into a sibling that takes the old run's place only
-    once complete (an interrupted --overwrite leaves the old run as it was)."""
+    once complete (an interrupted --overwrite leaves the old run as it was). Ranks other than 0 never
+    touch the run directory, so they pass ``output`` as it is."""
     from ..io import atomic_directory
     from ..profile import profile_model
     from .progress import rich_progress
 
     with rich_progress("profiling", enabled=not args.quiet) as progress:
-        if not replace:
-            return profile_model(loaded, dataset, settings, run_dir=output, resume=args.resume, progress=progress)
+        if not replace or not world.writer:
+            return profile_model(loaded, dataset, settings, run_dir=output, resume=args.resume,
+                                 progress=progress, world=world)
         with atomic_directory(output, overwrite=True) as fresh:
-            return profile_model(loaded, dataset, settings, run_dir=fresh, progress=progress)
+            return profile_model(loaded, dataset, settings, run_dir=fresh, progress=progress, world=world)
 
 
 def _rerun_hint(args: argparse.Namespace, output: str, replace: bool) -> str:
