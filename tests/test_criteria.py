@@ -406,7 +406,7 @@ def test_fisher_predicts_loss_change_of_a_small_cut(make):
     assert clean(model)
 
 
-def test_ssm_gramian_and_horizon_formulas(m1, m2):
+def test_ssm_energy_and_horizon_formulas(m1, m2):
     model, st = m1
     ctx = C.ScoringContext(model, st)
     mx = find_mixers(model)[0]
@@ -416,7 +416,7 @@ def test_ssm_gramian_and_horizon_formulas(m1, m2):
     dt = s["dt_sum"] / n
     G = (s["dt2x2_sum"] / n)[:, None] * (s["B2_sum"] / n)[None] / (1 - torch.exp(2 * dt[:, None] * A)) \
         * (s["C2_sum"] / n)[None]
-    crit = C.get("ssm_gramian")
+    crit = C.get("ssm_energy")
     assert torch.allclose(crit.score(ctx, mx, "A_log").double(), G, rtol=1e-5)
     assert torch.allclose(crit.unit_scores(ctx, mx, mx.unit_family("state")), G.sum(0))
     assert torch.allclose(crit.unit_scores(ctx, mx, mx.unit_family("channel")), G.sum(1))

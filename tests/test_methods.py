@@ -177,3 +177,32 @@ def test_apply_obs_plan_writes_reconstructed_weights_that_reload(tmp_path):
     kept = torch.ones(out_proj.shape[1], dtype=torch.bool)
     kept[[0, 3]] = False
     assert not torch.equal(out_proj[:, kept], dense[f"backbone.layers.{layers[0]}.mixer.out_proj.weight"][:, kept])
+
+
+# ------------------------------------------------------------------ the Gramian of a diagonal SSM
+
+
+def test_ssm_gramian_is_the_hankel_proxy_of_a_constant_diagonal_ssm():
+    """Constant dt, B, C: Wc_ii = Σ_k a^2k (dt·B)², Wo_ii = Σ_k a^2k C² summed term by term."""
+    from ssm_profile.criteria import get
+
+    model = tiny_mamba(layers=1)
+    mixer = find_mixers(model)[0]
+    E, N = mixer.intermediate_size, mixer.state_size
+    dt = torch.linspace(0.05, 0.4, E, dtype=torch.float64)
+    B = torch.linspace(0.5, 2.0, N, dtype=torch.float64)
+    Cc = torch.linspace(1.5, 0.2, N, dtype=torch.float64)
+    T = 7  # tokens: every statistic is a sum over T equal tokens
+    stats = CalibrationStats(ssm={mixer.path: {
+        "dt_sum": T * dt, "dt2_sum": T * dt**2, "dt2x2_sum": T * dt**2 * 3.0, "x2_sum": T * torch.full((E,), 3.0),
+        "B2_sum": T * B**2, "C2_sum": T * Cc**2, "n": torch.tensor(T)}})
+    A = -torch.exp(mixer.param("A_log").detach().double())
+    decay = torch.exp(dt[:, None] * A)[..., None] ** (2 * torch.arange(20000, dtype=torch.float64))  # a^2k
+    wc = (decay * (dt[:, None] * B[None, :])[..., None] ** 2).sum(-1)
+    wo = (decay * (Cc[None, :] ** 2)[..., None]).sum(-1)
+    oracle = (wc * wo).sqrt()
+    ctx = ScoringContext(model=model, stats=stats)
+    got = get("ssm_gramian").score(ctx, mixer, "A_log").double()
+    torch.testing.assert_close(got, oracle, rtol=1e-4, atol=0)
+    torch.testing.assert_close(get("ssm_gramian").unit_scores(ctx, mixer, mixer.unit_family("state")),
+                               got.sum(0), rtol=1e-5, atol=0)
