@@ -206,3 +206,37 @@ def test_ssm_gramian_is_the_hankel_proxy_of_a_constant_diagonal_ssm():
     torch.testing.assert_close(got, oracle, rtol=1e-4, atol=0)
     torch.testing.assert_close(get("ssm_gramian").unit_scores(ctx, mixer, mixer.unit_family("state")),
                                got.sum(0), rtol=1e-5, atol=0)
+
+
+# ------------------------------------------------------------------ predicted vs measured
+
+
+def test_prediction_agreement_is_spearman_with_an_interval():
+    import math
+
+    import numpy as np
+
+    from ssm_profile.results import ProfileResult
+    from ssm_profile.sensitivity import Trial
+
+    rng = np.random.default_rng(3)
+    measured = rng.random(12)
+    predicted = measured + rng.normal(0, 0.3, 12)
+
+    def t(criterion, s, pred, meas):
+        return Trial("in_proj", criterion, s, None, 1 + meas, meas, 0, 0, 0, pred, 0.0, [])
+
+    trials = [t("fisher", i / 20, float(p), float(m)) for i, (p, m) in enumerate(zip(predicted, measured))]
+    trials += [t("magnitude", 0.5, None, 0.1), t("snip", 0.1, 0.0, 0.1), t("snip", 0.2, 1.0, 0.2)]
+    result = ProfileResult(meta={}, analysis=None, dense_window_losses=[1.0, 1.0], trials=trials)
+    agreement = result.prediction_agreement()
+    assert set(agreement) == {"fisher"}  # magnitude predicts nothing; 2 snip trials are too few
+    # oracle: Pearson correlation of the ranks (no ties), Fisher z interval by hand
+    rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731
+    rho = float(np.corrcoef(rank(predicted), rank(measured))[0, 1])
+    half = 1.959964 * math.sqrt(1.06 / 9)
+    a = agreement["fisher"]
+    assert a["n"] == 12 and math.isclose(a["spearman"], rho, rel_tol=1e-12)
+    assert math.isclose(a["low"], math.tanh(math.atanh(rho) - half), rel_tol=1e-9)
+    assert math.isclose(a["high"], math.tanh(math.atanh(rho) + half), rel_tol=1e-9)
+    assert a["low"] < rho < a["high"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from ._common import need_param, stable_seed, tensor
@@ -14,9 +16,17 @@ class Magnitude(Criterion):
 
     name = "magnitude"
     description = "|w|: weight magnitude (data-free)"
+    # Whether state units read |A_log| (see examples/magnitude_states.py for the measurement).
+    states_read_a_log: ClassVar[bool] = True
 
     def check(self, mixer, param):
         need_param(mixer, param)
+
+    def tensor_unit_scores(self, ctx, mixer, family):
+        per_tensor = super().tensor_unit_scores(ctx, mixer, family)
+        if family.kind == "state" and not self.states_read_a_log and len(per_tensor) > 1:
+            per_tensor.pop("A_log", None)
+        return per_tensor
 
     def score(self, ctx, mixer, param):
         self.check(mixer, param)
