@@ -240,3 +240,45 @@ def test_prediction_agreement_is_spearman_with_an_interval():
     assert math.isclose(a["low"], math.tanh(math.atanh(rho) - half), rel_tol=1e-9)
     assert math.isclose(a["high"], math.tanh(math.atanh(rho) + half), rel_tol=1e-9)
     assert a["low"] < rho < a["high"]
+
+
+# ------------------------------------------------------------------ FLAP bias compensation
+
+
+@pytest.mark.parametrize("make,kind", [(tiny_mamba, "channel"), (tiny_mamba2, "head")])
+def test_flap_unit_cut_keeps_the_mean_output_of_out_proj(make, kind):
+    """Oracle: the out_proj's mean output over the calibration inputs (captured by a hook) is the same
+    before and after the cut with compensation; the trial restores every tensor exactly."""
+    model = make(layers=1, use_bias=True)
+    tokens = calib()
+    stats = collect_stats(model, tokens, {"inputs"}, batch_size=4)
+    mixer = find_mixers(model)[0]
+    captured = []
+    handle = mixer.module.out_proj.register_forward_hook(lambda m, args, out: captured.append(args[0].detach()))
+    with torch.no_grad():
+        model(input_ids=tokens)
+    handle.remove()
+    x = torch.cat(captured).reshape(-1, captured[0].shape[-1]).double()
+    w, b = (mixer.param(p).detach().double().clone() for p in ("out_proj.weight", "out_proj.bias"))
+    scorer = Scorer(model, ScoringContext(model=model, stats=stats), ["flap"])
+    pruning = scorer.prune(TrialSpec(f"unit:{kind}", "flap", 0.5), [mixer])
+    name = mixer.full_name("out_proj.weight")
+    keep = pruning.mask[name]
+    assert not bool(keep.all())
+    new_bias = pruning.values[mixer.full_name("out_proj.bias")].double()
+    before = (x @ w.T + b).mean(0)
+    after = (x @ (w * keep).T + new_bias).mean(0)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(new_bias, b)
+    originals = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with MaskApplier(model) as applier:
+        applier.apply(pruning.mask, pruning.values)
+        assert torch.equal(mixer.param("out_proj.bias").detach(), pruning.values[mixer.full_name("out_proj.bias")])
+    assert all(torch.equal(p, originals[n]) for n, p in model.named_parameters())
+
+
+def test_flap_without_a_bias_changes_nothing_but_zeros():
+    model = tiny_mamba2(layers=1)
+    stats = collect_stats(model, calib(), {"inputs"}, batch_size=4)
+    scorer = Scorer(model, ScoringContext(model=model, stats=stats), ["flap"])
+    assert scorer.prune(TrialSpec("unit:head", "flap", 0.5), find_mixers(model)).values == {}

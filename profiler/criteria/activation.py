@@ -61,11 +61,20 @@ class Flap(Criterion):
       out_proj input fluctuation Var(x_c)·‖W_out[:, c]‖² summed over the unit's channels.
     * NotApplicable: conv1d, A_log, dt_bias, norm, biases; state and dt_rank units (they own no
       out_proj input channel).
+    * Bias compensation (:meth:`reconstruct`, trials and ``apply`` alike): a cut of a linear's weights
+      adds the removed weights' mean contribution Σ_j W_ij·E[x_j] (E over the calibration inputs) to
+      that linear's bias — for whole input channels (units) FLAP's own compensation, for single
+      weights its element-wise form. Only where the linear HAS a bias: Mamba-1's ``dt_proj``, and
+      in_proj/out_proj of models saved with ``use_bias=True``. Stock Mamba/Mamba-2 checkpoints have
+      ``use_bias=False``: their out_proj cuts are FLAP without bias compensation (adding a bias would
+      need a config that turns on every in_proj and out_proj bias).
     """
 
     name = "flap"
-    description = "fluctuation Var(x_j)·W_ij² (FLAP/WIFV); units by out_proj input channel fluctuation"
+    description = ("fluctuation Var(x_j)·W_ij² (FLAP/WIFV); units by out_proj input channel fluctuation; "
+                   "bias compensation where the linear has a bias")
     needs = frozenset({"inputs"})
+    reconstructs = True
 
     def check(self, mixer, param):
         need_param(mixer, param)
@@ -94,6 +103,18 @@ class Flap(Criterion):
         """Var(x_c)·‖W_out[:, c]‖² per out_proj input channel c, shape (E,)."""
         w = tensor(mixer, "out_proj.weight")
         return input_var(ctx.stats, mixer, "out_proj").double() * w.double().square().sum(0)
+
+    def reconstruct(self, ctx, mixer, keeps):
+        values = {}
+        for param, keep in keeps.items():
+            bias = param[: -len("weight")] + "bias"
+            if param not in LINEAR_WEIGHTS or not mixer.has(bias) or bool(keep.all()):
+                continue
+            st = inputs(ctx.stats, mixer, LINEAR_WEIGHTS[param])
+            mean = st["sum"].double() / max(float(st["n"]), 1.0)
+            removed = tensor(mixer, param).double() * (~keep).double()
+            values[bias] = tensor(mixer, bias).double() + removed @ mean
+        return values
 
     def unit_scores(self, ctx, mixer, family):
         self.check_units(mixer, family)
