@@ -151,8 +151,13 @@ class Scorer:
 
     def _chosen(self, spec: TrialSpec, mixer: MixerInfo, param: str,
                 nm: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The criterion's own (keep, values) of an element cut (SparseGPT), cached."""
-        key = (spec.criterion, mixer.path, param, round(spec.sparsity, 6), nm)
+        """The criterion's own (keep, values) of an element cut (SparseGPT), cached for the current
+        (criterion, sparsity, structure) only: a copy of every weight at every level would not fit
+        for a large model."""
+        level = (spec.criterion, round(spec.sparsity, 6), nm)
+        key = (*level, mixer.path, param)
+        if any(k[:3] != level for k in self._chosen_cuts):
+            self._chosen_cuts.clear()
         if key not in self._chosen_cuts:
             chosen = self.criteria[spec.criterion].prune(self.ctx, mixer, param, spec.sparsity, nm)
             self._chosen_cuts[key] = None if chosen is None else (chosen[0], chosen[1].detach().float().cpu())

@@ -413,9 +413,9 @@ def prediction_block(facts: Facts) -> str:
             + "</div></figure>")
 
 
-def _interval(agreement: dict) -> str:
+def _interval(agreement: dict) -> Cell:
     low, high = agreement.get("low"), agreement.get("high")
-    return f"{low:.2f} … {high:.2f}" if finite(low) and finite(high) else "n/a"
+    return txt(f"{low:.2f} … {high:.2f}" if finite(low) and finite(high) else "n/a")
 
 
 # ---------------------------------------------------------------------- 5 ranking + findings
