@@ -41,7 +41,7 @@ from .arch import MixerInfo, find_mixers
 from .documents import PRUNING_FILE, VALIDATION_FILE, Plan, PlanAction, PruningRecord, as_plan, load_plan
 from .errors import OutputExistsError, PlanError, SSMProfileError
 from .io import atomic_directory, write_json_atomic
-from .masks import Mask, Target, pruned_count, unit_mask
+from .masks import Pruning, Target, pruned_count, unit_mask, write_cut
 from .recipe import RunRecipe, needs_of
 from .resolve import LoadedModel, check_vocabulary
 from .validate import count_parameters, validate as run_validation
@@ -67,24 +67,35 @@ def _covered(layers: list[int] | None, by_layer: dict[int, MixerInfo], where: st
     return [by_layer[layer] for layer in layers]
 
 
-def _element_masks(loaded: LoadedModel, plan: Plan, element_actions: list[tuple[int, PlanAction]],
-                   note: Progress) -> tuple[dict[int, Mask], dict[str, Any]]:
-    """Keep-masks of every element action, scored on the dense model as the profile scored them."""
-    if not element_actions:
-        return {}, {}
+def _dense_cuts(loaded: LoadedModel, plan: Plan, element_actions: list[tuple[int, PlanAction]],
+                unit_picks: list[tuple[int, str, MixerInfo, list[int]]],
+                note: Progress) -> tuple[dict[int, Pruning], dict[str, torch.Tensor], dict[str, Any]]:
+    """Every element action's cut, and the values reconstructing criteria (OBS, FLAP) rewrite for unit
+    actions, all computed on the dense model as the profile computed them."""
+    criteria = {a.criterion for _, a in element_actions}
+    criteria |= {plan.actions[i].criterion for i, *_ in unit_picks if _reconstructs(plan.actions[i].criterion)}
+    if not criteria:
+        return {}, {}, {}
     recipe = RunRecipe.of_plan(plan)
     with recipe.installed(loaded.model):
-        return _score_element_masks(loaded, recipe, element_actions, note)
+        return _score_cuts(loaded, recipe, sorted(criteria), element_actions, unit_picks, plan, note)
 
 
-def _score_element_masks(loaded: LoadedModel, recipe: RunRecipe, element_actions: list[tuple[int, PlanAction]],
-                         note: Progress) -> tuple[dict[int, Mask], dict[str, Any]]:
+def _reconstructs(criterion: str) -> bool:
+    """Whether a unit action's criterion rewrites kept values (an unknown name only listed the units: no)."""
+    from .criteria import available, get
+
+    return criterion in available() and get(criterion).reconstructs
+
+
+def _score_cuts(loaded: LoadedModel, recipe: RunRecipe, criteria: list[str],
+                element_actions: list[tuple[int, PlanAction]], unit_picks: list[tuple[int, str, MixerInfo, list[int]]],
+                plan: Plan, note: Progress) -> tuple[dict[int, Pruning], dict[str, torch.Tensor], dict[str, Any]]:
     from .criteria import NotApplicable
     from .data import load_dataset
-    from .sensitivity import TrialSpec
+    from .sensitivity import TrialSpec, relative
 
     model = loaded.model
-    criteria = list(dict.fromkeys(a.criterion for _, a in element_actions))
     needs = needs_of(criteria)
     described: dict[str, Any] = {}
     calibration = None
@@ -96,18 +107,24 @@ def _score_element_masks(loaded: LoadedModel, recipe: RunRecipe, element_actions
         note(0, 1, "calibration statistics")
     scorer = recipe.scorer(model, recipe.statistics(model, calibration, needs), criteria)
     by_layer = _mixers_by_layer(model)
-    masks: dict[int, Mask] = {}
+    cuts: dict[int, Pruning] = {}
     for i, action in element_actions:
         where = f"plan action {i} ({action.target})"
         mixers = _covered(action.layers, by_layer, where)
         trial = TrialSpec(action.target, action.criterion, float(action.sparsity))
         try:
-            masks[i] = scorer.mask(trial, mixers, action.structure)
+            cuts[i] = scorer.prune(trial, mixers, action.structure)
         except NotApplicable as err:
             raise PlanError(f"{where}: {action.criterion} cannot score it ({err})") from None
         except ValueError as err:
             raise PlanError(f"{where}: {err}") from None
-    return masks, described
+    unit_values: dict[str, torch.Tensor] = {}
+    for i, kind, m, ids in unit_picks:
+        criterion = plan.actions[i].criterion
+        if ids and _reconstructs(criterion):
+            keeps = relative(m, unit_mask(m, m.unit_family(kind), torch.tensor(ids)))
+            unit_values.update(scorer.reconstruction(criterion, m, keeps).values)
+    return cuts, unit_values, described
 
 
 def _unit_ids(action: PlanAction, mixer: MixerInfo, kind: str, where: str) -> list[int]:
@@ -120,34 +137,9 @@ def _unit_ids(action: PlanAction, mixer: MixerInfo, kind: str, where: str) -> li
         raise PlanError(f"{where}: {err}") from None
 
 
-def _execute(loaded: LoadedModel, plan: Plan, note: Progress) -> dict[str, Any]:
-    """Prune ``loaded.model`` in place; returns the per-action record and notes."""
-    from .surgery import slice_cuts, zero_units
-
-    model = loaded.model
-    actions = plan.actions
-    records: list[dict[str, Any]] = []
-    notes: list[str] = []
-    element_actions = [(i, a) for i, a in enumerate(actions) if Target.parse(a.target).kind == "group"]
-    unit_actions = [(i, a) for i, a in enumerate(actions) if Target.parse(a.target).kind == "unit"]
-    masks, calibration = _element_masks(loaded, plan, element_actions, note)
-
-    for i, a in enumerate(actions):
-        records.append({"index": i, "target": a.target, "layers": a.layers,
-                        "structure": a.structure, "criterion": a.criterion,
-                        "sparsity": a.sparsity, "requested": a.execution,
-                        "execution": "zero", "elements_zeroed": 0, "units_removed": {}, "note": ""})
-
-    # 1. element masks -> zeros (all masks were scored on the dense model)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for i, mask in masks.items():
-            for name, keep in mask.items():
-                params[name].masked_fill_(~keep.to(params[name].device), 0)
-            records[i]["elements_zeroed"] = pruned_count(mask)
-            records[i]["units_removed"] = None
-
-    # 2. unit actions -> zeros; remember the removed ids per (kind, layer) for slicing
+def _unit_picks(model: torch.nn.Module,
+                unit_actions: list[tuple[int, PlanAction]]) -> list[tuple[int, str, MixerInfo, list[int]]]:
+    """(action index, unit kind, mixer, unit ids) of every unit action and layer it covers."""
     by_layer = _mixers_by_layer(model)
     picked: list[tuple[int, str, MixerInfo, list[int]]] = []
     for i, a in unit_actions:
@@ -161,6 +153,38 @@ def _execute(loaded: LoadedModel, plan: Plan, note: Progress) -> dict[str, Any]:
                 raise PlanError(f"{where}: {m.kind} mixers have no '{kind}' units "
                                 f"(they have {', '.join(m.unit_families())})")
             picked.append((i, kind, m, _unit_ids(a, m, kind, where)))
+    return picked
+
+
+def _execute(loaded: LoadedModel, plan: Plan, note: Progress) -> dict[str, Any]:
+    """Prune ``loaded.model`` in place; returns the per-action record and notes."""
+    from .surgery import slice_cuts, zero_units
+
+    model = loaded.model
+    actions = plan.actions
+    records: list[dict[str, Any]] = []
+    notes: list[str] = []
+    element_actions = [(i, a) for i, a in enumerate(actions) if Target.parse(a.target).kind == "group"]
+    unit_actions = [(i, a) for i, a in enumerate(actions) if Target.parse(a.target).kind == "unit"]
+    picked = _unit_picks(model, unit_actions)
+    cuts, unit_values, calibration = _dense_cuts(loaded, plan, element_actions, picked, note)
+
+    for i, a in enumerate(actions):
+        records.append({"index": i, "target": a.target, "layers": a.layers,
+                        "structure": a.structure, "criterion": a.criterion,
+                        "sparsity": a.sparsity, "requested": a.execution,
+                        "execution": "zero", "elements_zeroed": 0, "units_removed": {}, "note": ""})
+
+    # 1. reconstructed values (OBS updates, FLAP bias compensation), then element masks -> zeros
+    # (all were computed on the dense model; every action's zeros hold, a tensor two actions rewrite
+    # keeps the later one's values)
+    combined = Pruning.combine([*cuts.values(), Pruning({}, unit_values)])
+    write_cut(dict(model.named_parameters()), combined.mask, combined.values)
+    for i, cut in cuts.items():
+        records[i]["elements_zeroed"] = pruned_count(cut.mask)
+        records[i]["units_removed"] = None
+
+    # 2. unit actions -> zeros; remember the removed ids per (kind, layer) for slicing
     removed: dict[str, dict[int, set[int]]] = {}
     sliceable: dict[str, bool] = {}
     for i, kind, m, ids in picked:

@@ -7,6 +7,8 @@ params"``, and :func:`scope_name` is the one name of each total (``"SSM-mixer pa
 
 from __future__ import annotations
 
+import math
+
 METRIC_NOUNS = {"params": "params", "flops": "FLOPs/token", "state": "state bytes/sequence"}
 SCOPE_PREFIX = {"ssm": "SSM-mixer", "model": "whole-model"}
 
@@ -50,3 +52,11 @@ def share(part: float | None, total: float | None, of: str, signed: bool = False
     """``part`` as a percentage of ``total``, naming the total: ``share(3, 10, of="SSM-mixer params")``
     is ``"30.0% of SSM-mixer params"``."""
     return percent_of(part / total if part is not None and total else None, of, signed)
+
+
+def agreement_text(name: str, agreement: dict) -> str:
+    """``fisher ρ=0.95 (95% CI 0.92…0.97, n=90)``: one criterion's predicted-vs-measured Spearman."""
+    rho, low, high = agreement.get("spearman"), agreement.get("low"), agreement.get("high")
+    finite = [v is not None and math.isfinite(v) for v in (rho, low, high)]
+    interval = f"95% CI {low:.2f}…{high:.2f}, " if all(finite[1:]) else ""
+    return f"{name} ρ={rho:.2f} ({interval}n={agreement.get('n')})" if finite[0] else f"{name} ρ n/a"

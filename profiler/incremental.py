@@ -231,23 +231,30 @@ class IncrementalEvaluator:
             self.modes[mode] = ok
 
     # ------------------------------------------------------------------ evaluation
-    def __call__(self, model: torch.nn.Module, windows: torch.Tensor, mask: Mask | None = None) -> torch.Tensor:
-        """Per-window losses of ``model`` (masked in place) on ``windows``, equal to ``batch_losses``."""
+    def __call__(self, model: torch.nn.Module, windows: torch.Tensor, mask: Mask | None = None,
+                 values: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Per-window losses of ``model`` (masked in place) on ``windows``, equal to ``batch_losses``.
+
+        ``values``: tensors the trial rewrote besides zeroing (a reconstructing criterion's kept
+        weights): they count as touched, and their contents are part of the repeat key."""
         if model is not self.model or not (windows is self.windows or torch.equal(windows, self.windows)):
             self.stats["plain"] += 1
             return batch_losses(model, windows, self.batch_size, kernels=self.kernels)
         with installed(model, self.kernels):
-            return self._losses(model, windows, mask)
+            return self._losses(model, windows, mask, values or {})
 
-    def _losses(self, model: torch.nn.Module, windows: torch.Tensor, mask: Mask | None) -> torch.Tensor:
+    def _losses(self, model: torch.nn.Module, windows: torch.Tensor, mask: Mask | None,
+                values: dict[str, torch.Tensor]) -> torch.Tensor:
         """:meth:`__call__` on the bound model and windows, its kernels installed."""
         touched = None if mask is None else _touched(mask)
+        if touched is not None:
+            touched.update({name: None for name in values if name not in touched})
         key = None
         if touched is not None and self.dedupe:
             if not touched and self._dense is not None:
                 self.stats["unchanged"] += 1
                 return self._dense.clone()
-            key = _mask_key(touched)
+            key = _mask_key(touched, values)
             if key in self._results:
                 self.stats["repeated"] += 1
                 return self._results[key].clone()
@@ -353,19 +360,24 @@ class IncrementalEvaluator:
                 "counts": dict(sorted(self.stats.items())), "prepare_s": round(self.seconds["prepare"], 3)}
 
 
-def _touched(mask: Mask) -> dict[str, torch.Tensor]:
+def _touched(mask: Mask) -> dict[str, torch.Tensor | None]:
     """The mask entries that zero at least one element (an all-True entry changes nothing)."""
     return {name: keep for name, keep in mask.items() if not bool(keep.all())}
 
 
-def _mask_key(touched: dict[str, torch.Tensor]) -> bytes:
-    """A digest of exactly which elements of which tensors are zeroed."""
+def _mask_key(touched: dict[str, torch.Tensor | None], values: dict[str, torch.Tensor]) -> bytes:
+    """A digest of exactly which elements of which tensors are zeroed, and of any rewritten values."""
     digest = hashlib.blake2b(digest_size=32)
     for name in sorted(touched):
         keep = touched[name]
         digest.update(name.encode())
-        digest.update(repr(tuple(keep.shape)).encode())
-        digest.update(np.packbits(keep.detach().cpu().numpy().reshape(-1)).tobytes())
+        if keep is not None:
+            digest.update(repr(tuple(keep.shape)).encode())
+            digest.update(np.packbits(keep.detach().cpu().numpy().reshape(-1)).tobytes())
+    for name in sorted(values):
+        value = values[name].detach().cpu().contiguous()
+        digest.update(f"values:{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.numpy().tobytes())
     return digest.digest()
 
 

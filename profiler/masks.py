@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -119,13 +118,6 @@ def unit_mask(mixer: MixerInfo, family: UnitFamily, units: torch.Tensor) -> Mask
     return masks
 
 
-def group_mask(mixer: MixerInfo, group: str, sparsity: float, score_fn: Callable[[str], torch.Tensor],
-               comparison: str = "tensor", structure: str = "unstructured") -> Mask:
-    nm = parse_structure(structure)
-    return {mixer.full_name(p): element_mask(score_fn(p), sparsity, comparison, nm)
-            for p in prunable_params(mixer, group)}
-
-
 def merge(masks: list[Mask]) -> Mask:
     out: Mask = {}
     for mask in masks:
@@ -134,8 +126,34 @@ def merge(masks: list[Mask]) -> Mask:
     return out
 
 
+@dataclass
+class Pruning:
+    """A cut: the keep-masks, and the new values of tensors whose kept elements a reconstructing
+    criterion changed (SparseGPT updates, FLAP bias compensation); full names -> tensors."""
+
+    mask: Mask
+    values: dict[str, torch.Tensor]
+
+    @classmethod
+    def combine(cls, parts: list["Pruning"]) -> "Pruning":
+        """Every part's zeros; where two parts rewrite the same tensor, the later part's values."""
+        values: dict[str, torch.Tensor] = {}
+        for part in parts:
+            values.update(part.values)
+        return cls(merge([part.mask for part in parts]), values)
+
+
 def pruned_count(mask: Mask) -> int:
     return int(sum((~keep).sum() for keep in mask.values()))
+
+
+def write_cut(params: dict[str, torch.nn.Parameter], mask: Mask, values: dict[str, torch.Tensor] | None = None) -> None:
+    """In place: write ``values`` (new tensors, e.g. reconstructed weights), then zero where ``mask`` is False."""
+    with torch.no_grad():
+        for name, value in (values or {}).items():
+            params[name].copy_(value.to(dtype=params[name].dtype, device=params[name].device))
+        for name, keep in mask.items():
+            params[name].masked_fill_(~keep.to(params[name].device), 0)
 
 
 class MaskApplier:
@@ -148,13 +166,12 @@ class MaskApplier:
     def __enter__(self) -> "MaskApplier":
         return self
 
-    def apply(self, mask: Mask) -> None:
-        with torch.no_grad():
-            for name, keep in mask.items():
-                param = self.params[name]
-                if name not in self._saved:
-                    self._saved[name] = param.detach().clone()
-                param.masked_fill_(~keep.to(param.device), 0)
+    def apply(self, mask: Mask, values: dict[str, torch.Tensor] | None = None) -> None:
+        """:func:`write_cut` after saving the original of every tensor it changes."""
+        for name in [*(values or {}), *mask]:
+            if name not in self._saved:
+                self._saved[name] = self.params[name].detach().clone()
+        write_cut(self.params, mask, values)
 
     def restore(self) -> None:
         with torch.no_grad():

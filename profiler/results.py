@@ -191,7 +191,10 @@ class ProfileResult:
 
     # ------------------------------------------------------------------ predictions
     def prediction_agreement(self) -> dict[str, dict[str, float]]:
-        """Spearman rank correlation between predicted and measured ΔL, per criterion."""
+        """Spearman rank correlation between predicted and measured ΔL, per criterion that predicts the
+        loss, over its model-wide trials (at least 3): ``spearman``, ``n`` and a 95% interval ``low``/
+        ``high`` from Fisher's z with the Spearman standard error sqrt(1.06/(n-3)) (Fieller, Hartley &
+        Pearson 1957; NaN below 5 trials)."""
         from scipy.stats import spearmanr
 
         out = {}
@@ -200,8 +203,10 @@ class ProfileResult:
                      if t.criterion == criterion and t.predicted_delta is not None]
             if len(pairs) >= 3:
                 pred, meas = zip(*pairs)
-                rho = spearmanr(pred, meas).statistic
-                out[criterion] = {"spearman": float(rho) if rho == rho else float("nan"), "n": len(pairs)}
+                rho = float(spearmanr(pred, meas).statistic)
+                low, high = spearman_interval(rho, len(pairs))
+                out[criterion] = {"spearman": rho if rho == rho else float("nan"), "n": len(pairs),
+                                  "low": low, "high": high}
         return out
 
     # ------------------------------------------------------------------ findings
@@ -255,6 +260,15 @@ class ProfileResult:
         return cls(meta=meta, analysis=analysis, dense_window_losses=dense, trials=trials,
                    unit_scores=unit_scores, saliency=saliency,
                    tolerance=meta.get("settings", {}).get("tolerance", DEFAULT_TOLERANCE))
+
+
+def spearman_interval(rho: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% interval of a Spearman correlation of ``n`` pairs (Fisher z, se = sqrt(1.06/(n-3)))."""
+    if n < 5 or not math.isfinite(rho):
+        return float("nan"), float("nan")
+    centre = math.atanh(max(min(rho, 1 - 1e-12), -1 + 1e-12))
+    half = z * math.sqrt(1.06 / (n - 3))
+    return math.tanh(centre - half), math.tanh(centre + half)
 
 
 def run_frames(result: ProfileResult, ranking: list[RankRow], layer_ranking: list[dict[str, Any]],

@@ -18,7 +18,8 @@ from .arch import MixerInfo
 from .criteria import NotApplicable, ScoringContext, get
 from .data import batch_losses
 from .kernels import Kernels
-from .masks import Mask, MaskApplier, Target, group_mask, merge, pruned_count, select_units, unit_mask
+from .masks import (Mask, MaskApplier, Pruning, Target, element_mask, parse_structure, pruned_count, prunable_params,
+                    select_units, unit_mask)
 
 Progress = Callable[[int, int, str], None]
 
@@ -66,6 +67,7 @@ class Scorer:
         self.criteria = {name: get(name) for name in criteria}
         self._elements: dict[tuple[str, str, str], torch.Tensor | NotApplicable] = {}
         self._units: dict[tuple[str, str, str], torch.Tensor | NotApplicable] = {}
+        self._chosen_cuts: dict[tuple, tuple[torch.Tensor, torch.Tensor] | None] = {}
 
     def element(self, criterion: str, mixer: MixerInfo, param: str) -> torch.Tensor:
         key = (criterion, mixer.path, param)
@@ -95,29 +97,71 @@ class Scorer:
             raise value
         return value
 
-    def mask(self, spec: TrialSpec, mixers: list[MixerInfo], structure: str = "unstructured") -> Mask:
-        """The keep-mask of one trial across the selected layers (raises NotApplicable)."""
+    def prune(self, spec: TrialSpec, mixers: list[MixerInfo], structure: str = "unstructured") -> Pruning:
+        """The keep-mask of one trial across the selected layers, and the new values of the tensors a
+        reconstructing criterion changes (raises NotApplicable)."""
         target = Target.parse(spec.target)
-        crit = self.criteria[spec.criterion]
-        masks = []
+        parts = []
         for mixer in mixers:
             if spec.layer is not None and mixer.layer != spec.layer:
                 continue
             if target.kind == "group":
                 if target.part not in mixer.groups():
                     continue
-                masks.append(group_mask(mixer, target.part, spec.sparsity,
-                                        lambda p, m=mixer: self.element(spec.criterion, m, p),
-                                        crit.comparison, structure))
+                keeps, values = self._group_cut(spec, mixer, target.part, structure)
             else:
                 if target.part not in mixer.unit_families():
                     continue
                 family = mixer.unit_family(target.part)
                 units = select_units(self.units(spec.criterion, mixer, target.part), family, spec.sparsity)
-                masks.append(unit_mask(mixer, family, units))
-        if not masks:
+                keeps, values = relative(mixer, unit_mask(mixer, family, units)), {}
+            parts.append(self.reconstruction(spec.criterion, mixer, keeps, values))
+        if not parts:
             raise NotApplicable(f"no layer has {spec.target}")
-        return merge(masks)
+        return Pruning.combine(parts)
+
+    def reconstruction(self, criterion: str, mixer: MixerInfo, keeps: dict[str, torch.Tensor],
+                       chosen: dict[str, torch.Tensor] | None = None) -> Pruning:
+        """The cut ``keeps`` of ``mixer`` (relative names) with the values ``criterion`` rewrites: those it
+        ``chosen`` with the mask, and its :meth:`~ssm_profile.criteria.Criterion.reconstruct` of the rest."""
+        values = dict(chosen or {})
+        values.update(self.criteria[criterion].reconstruct(self.ctx, mixer, {
+            p: k for p, k in keeps.items() if p not in values}))
+        return Pruning({mixer.full_name(p): k for p, k in keeps.items()},
+                       {mixer.full_name(p): v.detach().float().cpu() for p, v in values.items()})
+
+    def mask(self, spec: TrialSpec, mixers: list[MixerInfo], structure: str = "unstructured") -> Mask:
+        """The keep-mask of one trial across the selected layers (raises NotApplicable)."""
+        return self.prune(spec, mixers, structure).mask
+
+    def _group_cut(self, spec: TrialSpec, mixer: MixerInfo, group: str,
+                   structure: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(keep-masks, values the criterion chose with them) of the group's prunable tensors."""
+        crit = self.criteria[spec.criterion]
+        nm = parse_structure(structure)
+        keeps, values = {}, {}
+        for param in prunable_params(mixer, group):
+            chosen = self._chosen(spec, mixer, param, nm) if crit.reconstructs else None
+            if chosen is None:
+                scores = self.element(spec.criterion, mixer, param)
+                keeps[param] = element_mask(scores, spec.sparsity, crit.comparison, nm)
+            else:
+                keeps[param], values[param] = chosen
+        return keeps, values
+
+    def _chosen(self, spec: TrialSpec, mixer: MixerInfo, param: str,
+                nm: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The criterion's own (keep, values) of an element cut (SparseGPT), cached for the current
+        (criterion, sparsity, structure) only: a copy of every weight at every level would not fit
+        for a large model."""
+        level = (spec.criterion, round(spec.sparsity, 6), nm)
+        key = (*level, mixer.path, param)
+        if any(k[:3] != level for k in self._chosen_cuts):
+            self._chosen_cuts.clear()
+        if key not in self._chosen_cuts:
+            chosen = self.criteria[spec.criterion].prune(self.ctx, mixer, param, spec.sparsity, nm)
+            self._chosen_cuts[key] = None if chosen is None else (chosen[0], chosen[1].detach().float().cpu())
+        return self._chosen_cuts[key]
 
     def predicted_delta(self, spec: TrialSpec, mask: Mask, mixers: list[MixerInfo]) -> float | None:
         crit = self.criteria[spec.criterion]
@@ -143,6 +187,11 @@ class Scorer:
         except ValueError as err:
             return str(err)
         return None
+
+
+def relative(mixer: MixerInfo, mask: Mask) -> dict[str, torch.Tensor]:
+    """A mask of ``mixer``'s tensors keyed by names relative to the mixer."""
+    return {name[len(mixer.path) + 1:]: keep for name, keep in mask.items()}
 
 
 def _split_param(name: str, by_path: dict[str, MixerInfo]) -> tuple[str, str]:
@@ -179,15 +228,17 @@ def run_trial(model: torch.nn.Module, spec: TrialSpec, scorer: Scorer, mixers: l
               kernels: Kernels | None = None) -> Trial:
     """Measure one trial: mask, evaluate, restore. ``evaluate(model, windows)`` replaces
     :func:`batch_losses` (run with ``kernels``; None: those installed on the model); an evaluator
-    with a true ``accepts_mask`` attribute is called as ``evaluate(model, windows, mask=mask)`` so
-    it can tell what the trial changed."""
+    with a true ``accepts_mask`` attribute is called as ``evaluate(model, windows, mask=mask, values=values)``
+    so it can tell what the trial changed (``values``: tensors a reconstructing criterion rewrote)."""
     start = time.perf_counter()
-    mask = scorer.mask(spec, mixers, structure)
+    pruning = scorer.prune(spec, mixers, structure)
+    mask = pruning.mask
     predicted = scorer.predicted_delta(spec, mask, mixers)
     with MaskApplier(model) as applier:
-        applier.apply(mask)
+        applier.apply(mask, pruning.values)
         if evaluate is not None and getattr(evaluate, "accepts_mask", False):
-            losses = evaluate(model, eval_windows, mask=mask)  # e.g. ssm_profile.incremental.IncrementalEvaluator
+            # e.g. ssm_profile.incremental.IncrementalEvaluator; ``values``: kept weights the cut changed
+            losses = evaluate(model, eval_windows, mask=mask, values=pruning.values)
         elif evaluate is not None:
             losses = evaluate(model, eval_windows)
         else:

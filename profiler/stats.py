@@ -40,9 +40,10 @@ with only what ``needs`` asks for:
             behind.
 
 ``ssm``     per mixer path, sums over tokens (``n`` = token count):
-            Mamba-1: ``dt_sum`` (E) Σ dt_c; ``dt2x2_sum`` (E) Σ dt_c² x_c²; ``x2_sum`` (E) Σ x_c²;
+            Mamba-1: ``dt_sum`` (E) Σ dt_c; ``dt2_sum`` (E) Σ dt_c²; ``dt2x2_sum`` (E) Σ dt_c² x_c²;
+            ``x2_sum`` (E) Σ x_c²;
             ``B2_sum`` (N) Σ B_n²; ``C2_sum`` (N) Σ C_n², with dt = softplus(dt_proj.W·dt_raw + b).
-            Mamba-2: ``dt_sum`` (nH) Σ dt_h; ``dt2x2_sum`` (E) Σ dt_h² x_hp²; ``x2_sum`` (E);
+            Mamba-2: ``dt_sum`` (nH) Σ dt_h; ``dt2_sum`` (nH) Σ dt_h²; ``dt2x2_sum`` (E) Σ dt_h² x_hp²; ``x2_sum`` (E);
             ``B2_sum``/``C2_sum`` (G·N) per group and state, with dt = clamp(softplus(dt_raw + dt_bias),
             time_step_limit).
 
@@ -165,7 +166,8 @@ def _mamba1_hooks(m: MixerInfo, acc: _Acc) -> list:
                 pre = pre + bias.detach().double()
             dt = F.softplus(pre)  # (T, E)
             xt = _tok(x)
-            acc.ssm(path, dt_sum=dt.sum(0), dt2x2_sum=(dt * dt * xt * xt).sum(0), x2_sum=(xt * xt).sum(0),
+            acc.ssm(path, dt_sum=dt.sum(0), dt2_sum=(dt * dt).sum(0), dt2x2_sum=(dt * dt * xt * xt).sum(0),
+                    x2_sum=(xt * xt).sum(0),
                     B2_sum=(_tok(B) ** 2).sum(0), C2_sum=(_tok(C) ** 2).sum(0),
                     n=torch.tensor(xt.shape[0], dtype=torch.int64))
 
@@ -214,7 +216,8 @@ def _mamba2_hooks(m: MixerInfo, acc: _Acc) -> list:
             dt = dt.clamp(min=lo, max=hi)  # (T, H)
             xt = _tok(x)
             dt_ch = dt.repeat_interleave(P, dim=1)  # (T, E)
-            acc.ssm(path, dt_sum=dt.sum(0), dt2x2_sum=(dt_ch**2 * xt**2).sum(0), x2_sum=(xt**2).sum(0),
+            acc.ssm(path, dt_sum=dt.sum(0), dt2_sum=(dt * dt).sum(0), dt2x2_sum=(dt_ch**2 * xt**2).sum(0),
+                    x2_sum=(xt**2).sum(0),
                     B2_sum=(_tok(B) ** 2).sum(0), C2_sum=(_tok(C) ** 2).sum(0),
                     n=torch.tensor(xt.shape[0], dtype=torch.int64))
 

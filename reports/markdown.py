@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ssm_profile.fmt import human_count
+from ssm_profile.fmt import agreement_text, human_count
 
 from .facts import COMPARED_KEYS, Facts, plan_mismatch, validation_rows
 from .svg import fmt, fmt_pct
@@ -41,7 +41,7 @@ def render_facts_md(facts: Facts, plan: dict[str, Any] | None = None, validation
                           for row in top], ["r", "r", "l", "r", "r", "r"])]
     if facts.agreement:
         out += ["", "Predicted vs measured ΔL (Spearman ρ over model-wide trials): "
-                + "; ".join(f"{md_escape(c)} {a['spearman']:.2f} (n={a['n']})" for c, a in facts.agreement.items()), ""]
+                + "; ".join(agreement_text(md_escape(c), a) for c, a in facts.agreement.items()), ""]
     out += ["", "## Literature findings", ""]
     out.append(md_table(["finding", "on this model", "measured", "source"],
                         [[f.claim, f.verdict, f.detail, f.source] for f in facts.findings]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ssm_profile.fmt import human_bytes, human_count
+from ssm_profile.fmt import agreement_text, human_bytes, human_count
 
 from .facts import Facts
 from .html_elements import Cell, cards, chip, crit_chip, legend, num, section, table, txt
@@ -398,18 +398,24 @@ def prediction_block(facts: Facts) -> str:
     keys = []
     for c in pcrits:
         a = facts.agreement.get(c)
-        label = f"{c}: ρ = {a['spearman']:.2f} (n={a['n']})" if a and finite(a.get("spearman")) else f"{c}: ρ n/a"
+        label = agreement_text(c, a or {})
         keys.append((sid[c], label, criterion_color(c, crits), False))
     rows = [[Cell(crit_chip(c, crits), c), num(facts.agreement.get(c, {}).get("spearman")),
-             num(facts.agreement.get(c, {}).get("n"))] for c in pcrits]
+             _interval(facts.agreement.get(c, {})), num(facts.agreement.get(c, {}).get("n"))] for c in pcrits]
     return ('<h3>Predicted vs measured ΔL</h3><p class="note">Each dot is one model-wide trial: the loss increase the '
             "criterion's second-order model predicts against the measured one. Spearman ρ: does the prediction at "
             "least order the trials correctly? (computed over at least 3 trials per criterion)</p>"
             f'<figure class="fig">{legend(keys)}<div class="side-by-side">'
             + scatter(dots, label="predicted vs measured loss increase", x_label="predicted ΔL",
                       y_label="measured ΔL") + table([("criterion", "", False), ("Spearman ρ", "", True),
+                                                      ("95% CI", "Fisher z, se = sqrt(1.06/(n-3))", False),
                                                       ("trials", "", True)], rows, sortable=False)
             + "</div></figure>")
+
+
+def _interval(agreement: dict) -> Cell:
+    low, high = agreement.get("low"), agreement.get("high")
+    return txt(f"{low:.2f} … {high:.2f}" if finite(low) and finite(high) else "n/a")
 
 
 # ---------------------------------------------------------------------- 5 ranking + findings

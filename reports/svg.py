@@ -26,7 +26,8 @@ CRITERION_COLORS = {
     "flap": "#2a9d8f",
     "captum": "#c9a227",
     "random": "#8c8c8c",
-    "ssm_gramian": "#9c755f",
+    "ssm_energy": "#9c755f",
+    "ssm_gramian": "#6b5b95",
 }
 _EXTRA = ["#ff9da7", "#17becf", "#bcbd22", "#6b5b95", "#d37295", "#3d5a80", "#e76f51", "#588157"]
 

@@ -480,7 +480,7 @@ def test_load_plan_rejects_other_documents_in_one_line(tmp_path):
 def test_plan_and_apply_rebuild_the_same_masks_with_the_runs_batch_size(tmp_path):
     """A run profiled with --batch-size 2: the planner's measurer and apply collect wanda's statistics
     in batches of 2 (not a fixed 8) and get the same keep-masks."""
-    from ssm_profile.apply import _element_masks
+    from ssm_profile.apply import _dense_cuts
     from ssm_profile.data import DataSpec
     from ssm_profile.plan import Measurer
     from ssm_profile.profile import ProfileSettings, profile_model
@@ -500,7 +500,8 @@ def test_plan_and_apply_rebuild_the_same_masks_with_the_runs_batch_size(tmp_path
     options = build_options(result, "params", shapes=shapes_for(result))[0]
     option = next(o for levels in options for o in levels[1:] if o.sparsity == plan.actions[0].sparsity)
     planned = measurer.action_mask(option)
-    applied, _ = _element_masks(load_model("tiny-mamba2"), plan, [(0, plan.actions[0])], lambda *a: None)
+    cuts, _, _ = _dense_cuts(load_model("tiny-mamba2"), plan, [(0, plan.actions[0])], [], lambda *a: None)
+    applied = {0: cuts[0].mask}
     assert planned.keys() == applied[0].keys()
     assert all(torch.equal(planned[name], applied[0][name]) for name in planned)
 

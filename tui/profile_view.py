@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 # ssm_profile.criteria imports torch; its registry replaces this list once a model or run is open
-CRITERIA_BEFORE_TORCH = (*DEFAULT_CRITERIA, "horizon")
+CRITERIA_BEFORE_TORCH = (*DEFAULT_CRITERIA, "horizon", "ssm_gramian")
 
 
 def _listed(sparsities) -> str:

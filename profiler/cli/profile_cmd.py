@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..fmt import agreement_text
 from .common import add_model_args, load_from_args
 from .options import at_least, check_threads, fraction, proportion, sparsity_list
 
@@ -214,7 +215,7 @@ def print_summary(result) -> None:
     agreement = result.prediction_agreement()
     if agreement:
         console.print("predicted vs measured ΔL (Spearman over the sweep): " + ", ".join(
-            f"{name} ρ={a['spearman']:.2f} (n={a['n']})" for name, a in agreement.items()))
+            agreement_text(name, a) for name, a in agreement.items()))
     ft = Table(title="Literature findings on this model")
     for col in ("finding", "verdict", "numbers (95% paired intervals)"):
         ft.add_column(col)

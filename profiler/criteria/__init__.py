@@ -11,7 +11,8 @@ obs            w²/[H⁻¹]_jj; in_proj/x_proj/dt_proj/out_proj weights
 flap           Var(x_j)·W_ij² (linear weights, D); units by out_proj input channel fluctuation
 captum         units only: gradient×activation of out_proj input channels (captum, lazy import)
 random         seeded uniform
-ssm_gramian    A_log; state/channel/head units: E[dt²x²]E[B²]/(1-exp(2E[dt]A))·E[C²]
+ssm_gramian    A_log; state/channel/head units: sqrt(Wc·Wo) = sqrt(E[dt²]E[B²]E[C²])/(1-exp(2E[dt]A))
+ssm_energy     A_log; state/channel/head units: E[dt²x²]E[B²]/(1-exp(2E[dt]A))·E[C²] (output energy)
 horizon        A_log; state/channel/head units: 1/(softplus(dt_bias)·|A|) (data-free)
 =============  ===================================================================================
 """

@@ -9,6 +9,7 @@ import torch
 
 from ..arch import MAMBA1
 from ._common import LINEAR_WEIGHTS, input_norm, input_var, inputs, need_param, out_proj_slot, tensor
+from . import sparsegpt
 from .base import Criterion, NotApplicable, register
 
 
@@ -60,11 +61,20 @@ class Flap(Criterion):
       out_proj input fluctuation Var(x_c)·‖W_out[:, c]‖² summed over the unit's channels.
     * NotApplicable: conv1d, A_log, dt_bias, norm, biases; state and dt_rank units (they own no
       out_proj input channel).
+    * Bias compensation (:meth:`reconstruct`, trials and ``apply`` alike): a cut of a linear's weights
+      adds the removed weights' mean contribution Σ_j W_ij·E[x_j] (E over the calibration inputs) to
+      that linear's bias — for whole input channels (units) FLAP's own compensation, for single
+      weights its element-wise form. Only where the linear HAS a bias: Mamba-1's ``dt_proj``, and
+      in_proj/out_proj of models saved with ``use_bias=True``. Stock Mamba/Mamba-2 checkpoints have
+      ``use_bias=False``: their out_proj cuts are FLAP without bias compensation (adding a bias would
+      need a config that turns on every in_proj and out_proj bias).
     """
 
     name = "flap"
-    description = "fluctuation Var(x_j)·W_ij² (FLAP/WIFV); units by out_proj input channel fluctuation"
+    description = ("fluctuation Var(x_j)·W_ij² (FLAP/WIFV); units by out_proj input channel fluctuation; "
+                   "bias compensation where the linear has a bias")
     needs = frozenset({"inputs"})
+    reconstructs = True
 
     def check(self, mixer, param):
         need_param(mixer, param)
@@ -94,6 +104,18 @@ class Flap(Criterion):
         w = tensor(mixer, "out_proj.weight")
         return input_var(ctx.stats, mixer, "out_proj").double() * w.double().square().sum(0)
 
+    def reconstruct(self, ctx, mixer, keeps):
+        values = {}
+        for param, keep in keeps.items():
+            bias = param[: -len("weight")] + "bias"
+            if param not in LINEAR_WEIGHTS or not mixer.has(bias) or bool(keep.all()):
+                continue
+            st = inputs(ctx.stats, mixer, LINEAR_WEIGHTS[param])
+            mean = st["sum"].double() / max(float(st["n"]), 1.0)
+            removed = tensor(mixer, param).double() * (~keep).double()
+            values[bias] = tensor(mixer, bias).double() + removed @ mean
+        return values
+
     def unit_scores(self, ctx, mixer, family):
         self.check_units(mixer, family)
         slot = out_proj_slot(family)
@@ -104,20 +126,33 @@ class Flap(Criterion):
 
 @register
 class OBS(Criterion):
-    """Second-order OBS / SparseGPT saliency: w_ij² / [H⁻¹]_jj, H = XᵀX/n + λ·mean(diag(XᵀX/n))·I.
+    """Second-order OBS / SparseGPT: saliency w_ij² / [H⁻¹]_jj, and SparseGPT's reconstruction.
 
-    The increase of the layer's squared output error when w_ij alone is removed and the rest of
-    its row is optimally updated. Linear weights (in_proj, x_proj, dt_proj, out_proj) only; λ = 0.01
-    (SparseGPT's dampening). Compared within rows, as SparseGPT keeps a uniform sparsity per row.
+    H = XᵀX of the layer's calibration input + λ·mean(diag)·I, λ = ``damp`` (SparseGPT's 1%).
+    Linear weights only (in_proj, x_proj, dt_proj, out_proj).
+
+    * :meth:`score`: the increase of the layer's squared output error when w_ij alone is removed
+      and its row optimally updated (saliency distributions, unit scores).
+    * Group cuts (:meth:`prune`): SparseGPT, :func:`ssm_profile.criteria.sparsegpt.sparsegpt` — the
+      mask is chosen per block of ``block`` input columns from w²/U_jj² on the already-updated
+      weights (unstructured: across the block's rows; N:M per row) and the kept weights of each
+      row absorb the error. Every pruned layer uses the Hessian of the DENSE model's inputs (all
+      layers pruned in parallel, not SparseGPT's layer-by-layer pass on the pruned model).
+    * Unit cuts (:meth:`reconstruct`): a linear whose whole input columns a unit removes (out_proj
+      for channel/head/head_channel units, x_proj for Mamba-1 channels, dt_proj for dt_rank) gets
+      the exact structured OBS update of its other columns; removed rows (outputs) have nothing to
+      compensate them and are only zeroed.
     """
 
     name = "obs"
-    description = "w²/[H⁻¹]_jj (OBS/SparseGPT second order, layer input Hessian)"
+    description = "SparseGPT: w²/[H⁻¹]_jj saliency, cuts update the kept weights (layer input Hessian)"
     needs = frozenset({"inputs", "hessians"})
     comparison = "row"
+    reconstructs = True
 
-    def __init__(self, damp: float = 0.01):
+    def __init__(self, damp: float = sparsegpt.DEFAULT_DAMP, block: int = sparsegpt.DEFAULT_BLOCK):
         self.damp = damp
+        self.block = block
         self._cache: dict[str, torch.Tensor] = {}
         self._owner = None  # the CalibrationStats the cache belongs to
 
@@ -127,30 +162,51 @@ class OBS(Criterion):
             raise NotApplicable("OBS needs the input Hessian of a linear layer (in_proj, x_proj, dt_proj, "
                                 "out_proj weights only)")
 
-    def inverse_diag(self, ctx, mixer, key: str) -> torch.Tensor:
+    def hessian(self, ctx, mixer, param: str) -> torch.Tensor:
+        """XᵀX/n of ``param``'s layer input (float64, undamped)."""
+        key = LINEAR_WEIGHTS[param]
         full = f"{mixer.path}.{key}"
-        if self._owner is not ctx.stats:
-            self._cache, self._owner = {}, ctx.stats
-        cached = self._cache.get(full)
-        if cached is not None:
-            return cached
         if full not in ctx.stats.hessians:
             raise KeyError(f"calibration statistics hold no Hessian for '{full}'; collect them with "
                            "needs={'hessians'}")
         n = float(inputs(ctx.stats, mixer, key)["n"])
-        h = ctx.stats.hessians[full].double() / max(n, 1.0)
-        mean_diag = float(h.diagonal().mean())
-        damp = self.damp * mean_diag if mean_diag > 0 else 1e-8
-        h = h + damp * torch.eye(h.shape[0], dtype=h.dtype)
-        try:
-            inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
-        except RuntimeError:  # not positive definite in float rounding: fall back to a pseudo-inverse
-            inv = torch.linalg.pinv(h, hermitian=True)
-        diag = inv.diagonal().clamp_min(1e-30).float()
-        self._cache[full] = diag
-        return diag
+        return ctx.stats.hessians[full].double() / max(n, 1.0)
+
+    def inverse_diag(self, ctx, mixer, key: str) -> torch.Tensor:
+        full = f"{mixer.path}.{key}"
+        if self._owner is not ctx.stats:
+            self._cache, self._owner = {}, ctx.stats
+        if full not in self._cache:
+            param = next(p for p, k in LINEAR_WEIGHTS.items() if k == key)
+            inv = sparsegpt.inverse(sparsegpt.damped(self.hessian(ctx, mixer, param), self.damp))
+            self._cache[full] = inv.diagonal().clamp_min(1e-30).float()
+        return self._cache[full]
 
     def score(self, ctx, mixer, param):
         self.check(mixer, param)
         w = tensor(mixer, param)
         return w.square() / self.inverse_diag(ctx, mixer, LINEAR_WEIGHTS[param])[None, :]
+
+    def prune(self, ctx, mixer, param, sparsity, nm):
+        self.check(mixer, param)
+        weight, keep = sparsegpt.sparsegpt(tensor(mixer, param), self.hessian(ctx, mixer, param), sparsity, nm,
+                                           block=self.block, damp=self.damp)
+        return keep, weight
+
+    def reconstruct(self, ctx, mixer, keeps):
+        values = {}
+        for param, keep in keeps.items():
+            if param not in LINEAR_WEIGHTS or bool(keep.all()):
+                continue
+            columns = ~keep.any(dim=0)
+            rows = ~keep.any(dim=1)
+            if not bool(columns.any()):
+                continue  # rows only: other outputs cannot make up for a removed output
+            w, h = tensor(mixer, param), self.hessian(ctx, mixer, param)
+            if torch.equal(keep, ~columns[None, :] & ~rows[:, None]):
+                new = sparsegpt.remove_columns(w, h, columns.nonzero().flatten(), self.damp)
+                new[rows] = 0.0
+            else:
+                new, _ = sparsegpt.sparsegpt(w, h, keep=keep, block=self.block, damp=self.damp)
+            values[param] = new.float()
+        return values

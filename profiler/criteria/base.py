@@ -83,6 +83,9 @@ class Criterion:
     unit_aggregation: ClassVar[str] = "mean"
     # False for criteria that only score structured units (e.g. channel attributions).
     scores_elements: ClassVar[bool] = True
+    # True for criteria whose cuts also change kept weights (OBS/SparseGPT updates, FLAP's bias
+    # compensation): :meth:`prune` / :meth:`reconstruct` give the new values.
+    reconstructs: ClassVar[bool] = False
 
     def score(self, ctx: ScoringContext, mixer: "MixerInfo", param: str) -> torch.Tensor:
         """Element saliency of ``mixer.<param>``, same shape as the parameter (float32, >= 0 preferred).
@@ -144,6 +147,19 @@ class Criterion:
             sums = moved[idx].reshape(family.count, -1).sum(dim=1)
             per_tensor[slot.param] = per_tensor.get(slot.param, 0) + sums
         return per_tensor
+
+    def prune(self, ctx: ScoringContext, mixer: "MixerInfo", param: str, sparsity: float,
+              nm: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(keep-mask, new weight) of an element cut of ``param`` when the criterion chooses the mask
+        and the kept values together (SparseGPT); None: the mask comes from :meth:`score`."""
+        return None
+
+    def reconstruct(self, ctx: ScoringContext, mixer: "MixerInfo",
+                    keeps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """New values of ``mixer``'s parameters (relative names, any of them, e.g. a bias) after the
+        cut ``keeps`` (relative name -> keep-mask), computed from the dense weights; the masked
+        elements are zeroed afterwards. Empty: the cut only zeroes (the default)."""
+        return {}
 
     def predict_delta_loss(self, ctx: ScoringContext, mixer: "MixerInfo", param: str,
                            mask: torch.Tensor) -> float:

@@ -1,4 +1,5 @@
-"""SSM-specific criteria: a controllability × observability (Gramian) proxy and the memory horizon.
+"""SSM-specific criteria: the controllability × observability (Gramian) proxy, the stationary output
+energy and the memory horizon.
 
 Notation: A = -exp(A_log); dt the discretisation step (softplus); x the scan input; B, C the input
 and output projections of the state. Mamba-1: channel c ∈ [0, E), state n ∈ [0, N). Mamba-2: head h
@@ -17,59 +18,28 @@ from .base import Criterion, NotApplicable, register
 _EPS = 1e-12
 
 
-@register
-class SSMGramian(Criterion):
-    """Controllability × observability of each state (a balanced-truncation proxy).
-
-    For a state driven by u_t = dt_t·x_t·B_t with decay a = exp(dt·A) < 1, its stationary energy is
-    the geometric sum E[u²]/(1 - a²); what the output sees of it is weighted by E[C²]. With
-    per-token averages (E over calibration tokens):
-
-    Mamba-1, channel c, state n:
-        G[c, n] = E[dt_c²·x_c²] · E[B_n²] / (1 - exp(2·E[dt_c]·A[c, n])) · E[C_n²]
-    Mamba-2, head h, state n (of group g(h)), channel p of h:
-        G[h, p, n] = E[dt_h²·x_hp²] · E[B_gn²] / (1 - exp(2·E[dt_h]·A_h)) · E[C_gn²]
-
-    Element scores: ``A_log`` only (Mamba-1 G[c, n]; Mamba-2 Σ_{p,n} G[h, p, n]).
+class _StateEnergy(Criterion):
+    """Shared by the SSM state criteria: a per-(channel, state) / (head, channel, state) value G summed
+    into units. Element scores: ``A_log`` only (Mamba-1 G[c, n]; Mamba-2 Σ_{p,n} G[h, p, n]).
     Units: Mamba-1 state n = Σ_c G[c, n], channel c = Σ_n G[c, n]; Mamba-2 state (g, n) =
     Σ_{h in g, p} G, head h = Σ_{p,n} G, head_channel (h, p) = Σ_n G, group = Σ over its heads.
-    dt_rank units and all other tensors: NotApplicable.
-    """
+    dt_rank units and all other tensors: NotApplicable."""
 
-    name = "ssm_gramian"
-    description = "controllability × observability of each SSM state (E[dt²x²]E[B²]/(1-e^{2dtA})·E[C²])"
     needs = frozenset({"ssm"})
 
     def check(self, mixer, param):
         need_param(mixer, param)
         if param != "A_log":
-            raise NotApplicable("the Gramian scores SSM states (A_log and state/channel/head units), not "
+            raise NotApplicable(f"{self.name} scores SSM states (A_log and state/channel/head units), not "
                                 "other tensors")
 
     def check_units(self, mixer, family):
         if family.kind == "dt_rank":
-            raise NotApplicable("dt_rank directions own no state; the Gramian says nothing about them")
+            raise NotApplicable(f"dt_rank directions own no state; {self.name} says nothing about them")
 
     def gramian(self, ctx, mixer) -> torch.Tensor:
         """Mamba-1: (E, N); Mamba-2: (nH, P, N), float64."""
-        st = ctx.stats.ssm.get(mixer.path)
-        if st is None:
-            raise KeyError(f"calibration statistics hold no SSM statistics for '{mixer.path}'; collect them "
-                           "with needs={'ssm'}")
-        n = float(st["n"])
-        dt = st["dt_sum"].double() / n
-        e_in = st["dt2x2_sum"].double() / n
-        b2 = st["B2_sum"].double() / n
-        c2 = st["C2_sum"].double() / n
-        A = -torch.exp(mixer.param("A_log").detach().double().cpu())
-        if mixer.kind == MAMBA1:
-            denom = (-torch.expm1(2 * dt[:, None] * A)).clamp_min(_EPS)  # 1 - exp(2 dt A)
-            return e_in[:, None] * b2[None, :] / denom * c2[None, :]
-        H, P, N, G = mixer.num_heads, mixer.head_dim, mixer.state_size, mixer.n_groups
-        group = torch.arange(H) // (H // G)
-        b2, c2 = b2.view(G, N)[group], c2.view(G, N)[group]  # (H, N)
-        denom = (-torch.expm1(2 * dt * A)).clamp_min(_EPS)  # (H,)
-        return e_in.view(H, P)[:, :, None] * (b2 * c2 / denom[:, None])[:, None, :]
+        raise NotImplementedError
 
     def score(self, ctx, mixer, param):
         self.check(mixer, param)
@@ -95,7 +65,84 @@ class SSMGramian(Criterion):
                 return g.sum(1).view(G, H // G, -1).sum(1).reshape(-1)
             if kind == "group":
                 return g.sum(dim=(1, 2)).view(G, H // G).sum(1)
-        raise NotApplicable(f"ssm_gramian does not score {kind} units")
+        raise NotApplicable(f"{self.name} does not score {kind} units")
+
+
+def _signals(ctx, mixer) -> dict[str, torch.Tensor]:
+    """Per-token means of the SSM statistics (dt, dt², dt²x², B², C²) and A = -exp(A_log), float64."""
+    st = ctx.stats.ssm.get(mixer.path)
+    if st is None:
+        raise KeyError(f"calibration statistics hold no SSM statistics for '{mixer.path}'; collect them "
+                       "with needs={'ssm'}")
+    n = float(st["n"])
+    means = {k[:-4]: st[k].double() / n for k in ("dt_sum", "dt2_sum", "dt2x2_sum", "B2_sum", "C2_sum") if k in st}
+    means["A"] = -torch.exp(mixer.param("A_log").detach().double().cpu())
+    return means
+
+
+def _one_minus_a2(dt: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """1 - a² with a = exp(E[dt]·A), the state's decay per step (clamped away from 0)."""
+    return (-torch.expm1(2 * dt * A)).clamp_min(_EPS)
+
+
+def _per_head(mixer, b2: torch.Tensor, c2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba-2: per-(group, state) B²/C² means as (nH, N), each head reading its group's."""
+    H, N, G = mixer.num_heads, mixer.state_size, mixer.n_groups
+    group = torch.arange(H) // (H // G)
+    return b2.view(G, N)[group], c2.view(G, N)[group]
+
+
+@register
+class SSMGramian(_StateEnergy):
+    """Controllability × observability of each state: the Hankel singular value proxy of balanced
+    truncation for a diagonal SSM, sqrt(Wc_ii·Wo_ii).
+
+    State i = (channel c, state n) (Mamba-1) or (head h, state n) (Mamba-2) with decay
+    a = exp(E[dt]·A) and, averaged over calibration tokens,
+        Wc = E[dt²]·E[B_n²] / (1 - a²)      (controllability: energy the input matrix dt·B puts in)
+        Wo = E[C_n²] / (1 - a²)             (observability: energy C reads out)
+        G = sqrt(Wc·Wo) = sqrt(E[dt²]·E[B_n²]·E[C_n²]) / (1 - a²)
+    (E[dt²B²] taken as E[dt²]·E[B²]). Mamba-2: G[h, p, n] = G[h, n] for every channel p of the head.
+    Unlike ``ssm_energy`` it does not weigh a state by the energy of the input x it is fed.
+    """
+
+    name = "ssm_gramian"
+    description = "Hankel singular value proxy sqrt(Wc·Wo) of each SSM state (controllability × observability)"
+
+    def gramian(self, ctx, mixer) -> torch.Tensor:
+        s = _signals(ctx, mixer)
+        if "dt2" not in s:
+            raise KeyError(f"the SSM statistics of '{mixer.path}' predate dt2_sum; collect them again")
+        if mixer.kind == MAMBA1:
+            return (s["dt2"][:, None] * s["B2"][None, :] * s["C2"][None, :]).sqrt() / _one_minus_a2(
+                s["dt"][:, None], s["A"])
+        b2, c2 = _per_head(mixer, s["B2"], s["C2"])
+        g = (s["dt2"][:, None] * b2 * c2).sqrt() / _one_minus_a2(s["dt"], s["A"])[:, None]  # (nH, N)
+        return g[:, None, :].expand(mixer.num_heads, mixer.head_dim, mixer.state_size)
+
+
+@register
+class SSMEnergy(_StateEnergy):
+    """Stationary output energy of each state: what C reads of the state's energy when it is fed its
+    input u_t = dt_t·x_t·B_t with decay a = exp(dt·A) (the geometric sum E[u²]/(1 - a²), weighted by
+    E[C²]). Formerly (mis)named ``ssm_gramian``; run directories from then hold its trials under that name.
+
+    Mamba-1, channel c, state n:
+        G[c, n] = E[dt_c²·x_c²] · E[B_n²] / (1 - exp(2·E[dt_c]·A[c, n])) · E[C_n²]
+    Mamba-2, head h, state n (of group g(h)), channel p of h:
+        G[h, p, n] = E[dt_h²·x_hp²] · E[B_gn²] / (1 - exp(2·E[dt_h]·A_h)) · E[C_gn²]
+    """
+
+    name = "ssm_energy"
+    description = "stationary output energy of each SSM state (E[dt²x²]E[B²]/(1-e^{2dtA})·E[C²])"
+
+    def gramian(self, ctx, mixer) -> torch.Tensor:
+        s = _signals(ctx, mixer)
+        if mixer.kind == MAMBA1:
+            return s["dt2x2"][:, None] * s["B2"][None, :] / _one_minus_a2(s["dt"][:, None], s["A"]) * s["C2"][None, :]
+        H, P = mixer.num_heads, mixer.head_dim
+        b2, c2 = _per_head(mixer, s["B2"], s["C2"])
+        return s["dt2x2"].view(H, P)[:, :, None] * (b2 * c2 / _one_minus_a2(s["dt"], s["A"])[:, None])[:, None, :]
 
 
 @register

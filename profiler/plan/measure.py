@@ -84,23 +84,36 @@ class Measurer:
 
     def action_mask(self, a: Option):
         """Keep-mask of one action, exactly as the profile's trial built it (cached)."""
+        return self.action_cut(a).mask
+
+    def action_cut(self, a: Option):
+        """Keep-mask and rewritten values (OBS, FLAP) of one action, as the profile's trial built them (cached)."""
         key = (a.target, a.sparsity, a.criterion, a.structure)
         if key not in self._masks:
-            self._masks[key] = self._unit_mask(a) if a.unit_kind else self._element_mask(a)
+            self._masks[key] = self._unit_cut(a) if a.unit_kind else self._element_cut(a)
         return self._masks[key]
 
-    def _unit_mask(self, a: Option):
+    def _unit_cut(self, a: Option):
         from ..arch import find_mixers
-        from ..masks import merge, unit_mask
+        from ..criteria import get
+        from ..masks import Pruning, unit_mask
+        from ..sensitivity import relative
 
         by_layer = {m.layer: m for m in find_mixers(self.model)}
+        reconstructs = get(a.criterion).reconstructs
         parts = []
         for layer, ids in (a.unit_indices or {}).items():
             mixer = by_layer[int(layer)]
-            parts.append(unit_mask(mixer, mixer.unit_family(a.unit_kind), torch.tensor(ids, dtype=torch.long)))
-        return merge(parts)
+            mask = unit_mask(mixer, mixer.unit_family(a.unit_kind), torch.tensor(ids, dtype=torch.long))
+            if reconstructs and ids:
+                with self.recipe.installed(self.model):
+                    parts.append(self._scorer_for({a.criterion}).reconstruction(a.criterion, mixer,
+                                                                                 relative(mixer, mask)))
+            else:
+                parts.append(Pruning(mask, {}))
+        return Pruning.combine(parts)
 
-    def _element_mask(self, a: Option):
+    def _element_cut(self, a: Option):
         from ..arch import find_mixers
         from ..criteria import NotApplicable
         from ..sensitivity import TrialSpec
@@ -108,14 +121,15 @@ class Measurer:
         try:
             with self.recipe.installed(self.model):
                 scorer = self._scorer_for({a.criterion})
-                return scorer.mask(TrialSpec(a.target, a.criterion, a.sparsity), find_mixers(self.model), a.structure)
+                return scorer.prune(TrialSpec(a.target, a.criterion, a.sparsity), find_mixers(self.model), a.structure)
         except (NotApplicable, ValueError) as err:
             raise PlanError(f"cannot rebuild the {a.target} mask with {a.criterion}: {err}") from None
 
-    def masks(self, actions: list[Option]):
-        from ..masks import merge
+    def cut(self, actions: list[Option]):
+        """The combined cut of ``actions`` (every action's zeros; a tensor two rewrite: the later's values)."""
+        from ..masks import Pruning
 
-        return merge([self.action_mask(a) for a in actions])
+        return Pruning.combine([self.action_cut(a) for a in actions])
 
     def exact_overlap(self, a: Option, b: Option) -> int:
         """Parameters both actions remove."""
@@ -133,7 +147,8 @@ class Measurer:
             dense = batch_losses(self.model, windows, self.recipe.batch_size)
             with MaskApplier(self.model) as applier:
                 if actions:
-                    applier.apply(self.masks(actions))
+                    cut = self.cut(actions)
+                    applier.apply(cut.mask, cut.values)
                 pruned = batch_losses(self.model, windows, self.recipe.batch_size)
         m = paired_increase(dense.tolist(), pruned.tolist(), seed=self.recipe.seed)
         return Verification(**m, max_ppl_increase=float(max_ppl_increase),
@@ -146,9 +161,10 @@ class Measurer:
 
         if not actions:
             return {"loss": self.dense_loss, "delta_loss": 0.0, "rel_ppl_increase": 0.0, "params_removed": 0}
-        mask = self.masks(actions)
+        cut = self.cut(actions)
+        mask = cut.mask
         with MaskApplier(self.model) as applier, self.recipe.installed(self.model):
-            applier.apply(mask)
+            applier.apply(mask, cut.values)
             losses = batch_losses(self.model, self.dataset.evaluation, self.recipe.batch_size)
         loss = float(losses.mean())
         delta = loss - self.dense_loss
