@@ -5,9 +5,9 @@ name           scores
 =============  ===================================================================================
 magnitude      |w|; every parameter
 wanda          |W_ij|·‖X_j‖₂ (row comparison); in_proj/x_proj/dt_proj/out_proj/conv1d weights, D
-snip           |w·ḡ|; every parameter; first-order ΔL
+snip           |w·ḡ|; every parameter (no ΔL prediction: the first-order term is ~0 at trained weights)
 fisher         w²·E[g²]; every parameter; ΔL = Σ -ḡw + ½ Σ E[g²]w²
-obs            w²/[H⁻¹]_jj; in_proj/x_proj/dt_proj/out_proj weights
+obs            SparseGPT: mask by w²/[chol(H⁻¹)]_jj² per block, kept weights reconstructed; in_proj/x_proj/dt_proj/out_proj
 flap           Var(x_j)·W_ij² (linear weights, D); units by out_proj input channel fluctuation
 captum         units only: gradient×activation of out_proj input channels (captum, lazy import)
 random         seeded uniform
