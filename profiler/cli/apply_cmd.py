@@ -70,9 +70,7 @@ def _plan_and_model(args: argparse.Namespace) -> None:
 
 def model_of(plan) -> str:
     """Where the plan's model was loaded from: its directory when local, else its name."""
-    source = plan.model.source or {}
-    local = str(source.get("kind", "")).startswith("local")
-    return (source.get("location") if local else None) or source.get("name") or plan.model.name
+    return plan.source_model()
 
 
 def _check_output(args: argparse.Namespace, plan) -> str:
