@@ -9,6 +9,6 @@ DEFAULT_TOLERANCE = 0.10  # relative perplexity increase considered "safe" in th
 
 # `ssm-profile recover` (ssm_profile.recover): the default budget is a few minutes of training for the
 # embedded models on 2 busy cores, inside the 10 minutes with the measurements before and after.
-RECOVER_STEPS = 200
+RECOVER_STEPS = 100
 RECOVER_LR = 1e-3
 RECOVER_TEMPERATURE = 2.0
