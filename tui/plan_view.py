@@ -22,6 +22,7 @@ from ssm_profile.io import free_path
 from ssm_profile.summary import changes_nothing, physical_change
 
 from .format import duration, human_bytes, human_count, num, pct
+from .recover_view import RecoverPanel
 from .widgets import Tick
 
 if TYPE_CHECKING:
@@ -347,6 +348,7 @@ class ApplyView(Vertical):
         yield ProgressBar(total=1, show_eta=False, id="apply-bar")
         yield Static("idle", id="apply-eta", classes="status-line")
         yield DataTable(id="apply-table", cursor_type="row", zebra_stripes=True)
+        yield RecoverPanel(id="recover-panel")
 
     def on_mount(self) -> None:
         table = self.query_one("#apply-table", DataTable)
@@ -449,6 +451,7 @@ class ApplyView(Vertical):
             return
         bar.update(total=1, progress=1)
         self.report = report
+        self.query_one(RecoverPanel).set_pruned(str(report.output_dir))
         within = report.validation.within_tolerance if report.validation is not None else None
         verdict = {True: ("within tolerance", "bold green"), False: ("ABOVE tolerance", "bold red"),
                    None: ("no tolerance", "dim")}[within]
