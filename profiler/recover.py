@@ -34,8 +34,8 @@ import torch
 
 from . import __version__
 from .defaults import RECOVER_LR, RECOVER_STEPS, RECOVER_TEMPERATURE
-from .distill import (World, apply_masks, barrier, batch_at, broadcast_object, frozen_entries, frozen_masks, gather_objects,
-                      join_world, learning_rate, ngram_overlap, rank_rows, train_step)
+from .distill import (World, apply_masks, barrier, batch_at, broadcast_object, frozen_entries, frozen_masks,
+                      gather_objects, join_world, learning_rate, ngram_overlap, rank_rows, train_step)
 from .documents import (PRUNING_FILE, RECOVERY_FILE, Plan, PlanRecover, RecoveryRecord, check_weights,
                         load_pruning_record)
 from .errors import DataError, ModelNotFoundError, OutputExistsError, SSMProfileError

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +18,11 @@ from ssm_profile.cli.main import main
 from ssm_profile.data import DataSpec, load_dataset
 from ssm_profile.distill import ngram_overlap
 from ssm_profile.documents import RECOVERY_FILE, load_recovery
-from ssm_profile.errors import DataError
 from ssm_profile.recover import OVERLAP_SPAN, RecoverSettings, checkpoint_dir, recover, training_stream
 from ssm_profile.resolve import embedded_data, load_model
 
 from test_apply_validate import make_plan
+from test_report import run_dir  # noqa: F401  (a fixture: a tiny profile run)
 
 # small windows and batches: a step takes a fraction of a second on one thread
 DATA = {"calibration": None, "evaluation": None, "nsamples": 4, "eval_samples": 2, "seqlen": 32, "seed": 0,
@@ -40,17 +41,23 @@ def sparse_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def recovered(tmp_path_factory, sparse_dir):
+    """``sparse_dir`` after three quick steps of recovery: (output folder, record)."""
+    out = tmp_path_factory.mktemp("recovered") / "recovered"
+    return out, recover(sparse_dir, out, settings=QUICK)
+
+
 def weights(directory: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(directory / "model.safetensors")
 
 
-def test_masks_hold_unstructured_and_nm_and_the_output_loads_plainly(tmp_path, sparse_dir):
+def test_masks_hold_unstructured_and_nm_and_the_output_loads_plainly(recovered, sparse_dir):
     from transformers import AutoModelForCausalLM
 
-    out = tmp_path / "recovered"
-    record = recover(sparse_dir, out, settings=QUICK)
+    out, record = recovered
     before, after = weights(sparse_dir), weights(out)
     for name, tensor in after.items():
         if name.endswith(("mixer.in_proj.weight", "mixer.out_proj.weight")):
@@ -200,3 +207,36 @@ def test_two_processes_match_one_process(tmp_path, sparse_dir):
     for name in a:  # the same updates, their gradients summed in another order
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
     assert [round(p["kd_loss"], 4) for p in record.curve[1:]] == [round(p["kd_loss"], 4) for p in single.curve[1:]]
+
+
+def test_report_shows_the_recovery_curve(recovered, run_dir, tmp_path):  # noqa: F811
+    out, record = recovered
+    page = tmp_path / "report.html"
+    assert main(["report", str(run_dir), "-o", str(page), "--recovery", str(out)]) == 0
+    html = page.read_text()
+    section = html[html.index('<section id="recovery"'):]
+    section = section[:section.index("</section>")]
+    assert section.count("<polyline") == 2 and "increase removed" in section
+    assert f"{record.recovered_fraction():.0%}" in section
+    run_copy = tmp_path / "run"  # found without the option when the run folder holds recovery.json
+    shutil.copytree(run_dir, run_copy)
+    shutil.copyfile(out / RECOVERY_FILE, run_copy / RECOVERY_FILE)
+    assert main(["report", str(run_copy)]) == 0
+    assert '<section id="recovery"' in (run_copy / "report.html").read_text()
+
+
+def test_a_time_budget_is_turned_into_steps(tmp_path, sparse_dir):
+    record = recover(sparse_dir, tmp_path / "out", settings=RecoverSettings(minutes=0.005, lr=1e-2, batch_size=2,
+                                                                           lm_eval=False))
+    assert record.progress["steps_done"] == record.progress["total_steps"] >= 4  # the probe steps at least
+    assert record.settings["steps"] is None and record.settings["minutes"] == 0.005
+
+
+def test_apply_names_the_recover_command_a_plan_asks_for(tmp_path, capsys):
+    loaded = load_model("tiny-mamba")
+    plan = make_plan(loaded, SPARSE_ACTIONS[:1], data=DATA)
+    plan["recover"] = {"steps": 5}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    assert main(["apply", "tiny-mamba", str(tmp_path / "plan.json"), "-o", str(tmp_path / "pruned"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"next: ssm-profile recover {tmp_path / 'pruned'} -o {tmp_path / 'pruned-recovered'}" in out

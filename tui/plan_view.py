@@ -23,7 +23,7 @@ from ssm_profile.summary import changes_nothing, physical_change
 
 from .format import duration, human_bytes, human_count, num, pct
 from .recover_view import RecoverPanel
-from .widgets import Tick
+from .widgets import Tick, WorkerView
 
 if TYPE_CHECKING:
     from .app import SSMProfileApp
@@ -318,8 +318,10 @@ def free_output_dir(model: str, base: Path | None = None) -> str:
     return free_path(f"pruned-{model.replace('/', '--')}", base)
 
 
-class ApplyView(Vertical):
+class ApplyView(WorkerView, Vertical):
     """Apply the current (or a saved) plan to a fresh copy of the model, save it, validate it."""
+
+    MESSAGE_ID, RUN_ID = "apply-msg", "apply-run"
 
     app: SSMProfileApp
 
@@ -377,14 +379,6 @@ class ApplyView(Vertical):
                                   "dim"))
         self.query_one("#apply-source", Static).update(text)
 
-    def message(self, text: str, style: str = "") -> None:
-        self.query_one("#apply-msg", Static).update(Text(text, style=style))
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "apply-run":
-            event.stop()
-            self.start()
-
     def start(self) -> None:
         if self.running:
             self.message("already running", "yellow")
@@ -425,15 +419,6 @@ class ApplyView(Vertical):
             self._call(self._finished, None, f"{type(err).__name__}: {err}")
             return
         self._call(self._finished, report, "")
-
-    def _call(self, fn, *args) -> None:
-        try:
-            self.app.call_from_thread(fn, *args)
-        except RuntimeError:
-            pass
-
-    def _progress_from_thread(self, done: int, total: int, label: str) -> None:
-        self._call(self._progress, done, total, label)
 
     def _progress(self, done: int, total: int, label: str) -> None:
         if total > 1:

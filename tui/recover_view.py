@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -18,6 +17,7 @@ from ssm_profile.errors import SSMProfileError
 from ssm_profile.io import free_path
 
 from .format import duration
+from .widgets import WorkerView
 
 
 def recovered_dir(pruned: str) -> str:
@@ -25,8 +25,10 @@ def recovered_dir(pruned: str) -> str:
     return free_path(f"{pruned.rstrip('/')}-recovered")
 
 
-class RecoverPanel(Vertical):
+class RecoverPanel(WorkerView, Vertical):
     """Pruned folder, step budget and output; the Recover button runs distillation in a thread."""
+
+    MESSAGE_ID, RUN_ID = "recover-msg", "recover-run"
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
@@ -47,14 +49,6 @@ class RecoverPanel(Vertical):
     def set_pruned(self, directory: str) -> None:
         """The checkpoint Apply just saved becomes what Recover trains."""
         self.query_one("#recover-pruned", Input).value = directory
-
-    def message(self, text: str, style: str = "") -> None:
-        self.query_one("#recover-msg", Static).update(Text(text, style=style))
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "recover-run":
-            event.stop()
-            self.start()
 
     def start(self) -> None:
         if self.running:
@@ -88,15 +82,6 @@ class RecoverPanel(Vertical):
             self._call(self._finished, None, output, f"{type(err).__name__}: {err}")
             return
         self._call(self._finished, record, output, "")
-
-    def _call(self, fn, *args) -> None:
-        try:
-            self.app.call_from_thread(fn, *args)
-        except RuntimeError:
-            pass
-
-    def _progress_from_thread(self, done: int, total: int, label: str) -> None:
-        self._call(self._progress, done, total, label)
 
     def _progress(self, done: int, total: int, label: str) -> None:
         elapsed = time.monotonic() - self._started

@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"distillation temperature (default {defaults.RECOVER_TEMPERATURE})")
     p.add_argument("--lm-weight", type=float, default=None,
                    help="weight of the plain LM loss added to the KD loss (default: the plan's, else 0)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per optimiser step, over all processes (default 8)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="windows per optimiser step, over all processes (default 8)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per window (default: the plan's)")
     p.add_argument("--data", default=None, metavar="SOURCE",
                    help="training text (.txt, .jsonl, hf:NAME...; default: the run's calibration text); it must "

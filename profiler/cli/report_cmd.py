@@ -44,7 +44,8 @@ def _check_outputs(args: argparse.Namespace, output: str) -> None:
     from ssm_profile.errors import OutputExistsError
     from ssm_profile.io import check_output
 
-    inputs = [p for p in (args.plan, args.validation, args.recovery) if p] + [Path(args.run_dir) / name for name in RUN_INPUTS]
+    inputs = [p for p in (args.plan, args.validation, args.recovery) if p]
+    inputs += [Path(args.run_dir) / name for name in RUN_INPUTS]
     if output != "-":
         check_output(output, overwrite=args.overwrite or not args.output, inputs=inputs, what="report")
     if args.csv:
