@@ -94,7 +94,8 @@ def run(name: str, root: Path) -> dict:
             "interval_before": before["interval"], "increase_after": after["rel_ppl_increase"],
             "interval_after": after["interval"], "recovered_fraction": record.recovered_fraction(),
             "accuracy_before_after": accuracy, "steps": record.progress["steps_done"],
-            "train_seconds": record.progress["train_seconds"], "wall_seconds": round(seconds, 1),
+            "train_seconds": record.progress["train_seconds"],
+            "train_cpu_seconds": record.progress.get("train_cpu_seconds"), "wall_seconds": round(seconds, 1),
             "goal_ppl": before["rel_ppl_increase"] >= 0.15 and record.recovered_fraction() >= 0.5,
             "goal_tasks": all(a is not None and b is not None and a >= b for b, a in accuracy.values())}
 
@@ -104,11 +105,12 @@ def main() -> int:
     root.mkdir(parents=True, exist_ok=True)
     rows = [run(name, root) for name in CUTS]
     print(f"{'model':12} {'ppl before':>11} {'ppl after':>10} {'recovered':>9} {'tasks (acc before -> after)':>30} "
-          f"{'steps':>5} {'train s':>7}")
+          f"{'steps':>5} {'train s':>7} {'cpu s':>6} {'wall s':>6}")
     for r in rows:
         tasks = ", ".join(f"{t} {b:.3f}->{a:.3f}" for t, (b, a) in r["accuracy_before_after"].items())
         print(f"{r['model']:12} {r['increase_before']:+11.1%} {r['increase_after']:+10.1%} "
-              f"{r['recovered_fraction']:9.0%} {tasks:>30} {r['steps']:5d} {r['train_seconds']:7.0f}")
+              f"{r['recovered_fraction']:9.0%} {tasks:>30} {r['steps']:5d} {r['train_seconds']:7.0f} "
+              f"{r['train_cpu_seconds'] or 0:6.0f} {r['wall_seconds']:6.0f}")
     (root / "recover_goal.json").write_text(json.dumps(rows, indent=2))
     print(f"results: {root / 'recover_goal.json'}")
     return 0 if all(r["goal_ppl"] and r["goal_tasks"] for r in rows) else 1

@@ -34,7 +34,7 @@ import torch
 
 from . import __version__
 from .defaults import RECOVER_LR, RECOVER_STEPS, RECOVER_TEMPERATURE
-from .distill import (World, apply_masks, barrier, batch_at, broadcast_object, frozen_entries, frozen_masks,
+from .distill import (World, barrier, batch_at, broadcast_object, frozen_entries, frozen_masks,
                       gather_objects, join_world, learning_rate, ngram_overlap, rank_rows, train_step)
 from .documents import (PRUNING_FILE, RECOVERY_FILE, Plan, PlanRecover, RecoveryRecord, check_weights,
                         load_pruning_record)
@@ -153,12 +153,13 @@ def training_stream(tokenizer: Any, spec, data: str | None) -> tuple[torch.Tenso
 
 
 def check_disjoint(stream: torch.Tensor, verification: torch.Tensor, source: str) -> int:
+    """The span length checked; one line when the training text holds a span of the verification windows."""
     span = min(OVERLAP_SPAN, verification.shape[1])
     shared = ngram_overlap(stream, verification, span)
     if shared:
         raise DataError(f"the training text '{source}' contains {shared} spans of {span} tokens of the "
                         "verification windows the result is judged on; train on other text (--data)")
-    return shared
+    return span
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,13 +237,82 @@ def _kernel_notes(student: torch.nn.Module, device: torch.device) -> tuple[Kerne
     return kernels, {"choice": asdict(kernels), "training": how}
 
 
+@dataclass
+class _Inputs:
+    """What a recovery run reads: the two models, the plan and the data."""
+
+    student: LoadedModel
+    teacher: LoadedModel
+    is_source: bool  # the teacher is the model apply pruned (not a --teacher)
+    plan: Plan | None
+    spec: Any  # DataSpec
+    dataset: Any  # Dataset (its verification windows judge the result)
+    stream: torch.Tensor  # training tokens
+    stream_source: str
+    span: int  # the overlap check's span length
+
+
+def _load_inputs(pruned_dir: Path, teacher: str | None, settings: RecoverSettings, plan: Plan | None,
+                 source: dict[str, Any] | None, device: str) -> _Inputs:
+    from .data import DataSpec, load_dataset
+    from .resolve import load_model
+
+    student = load_model(str(pruned_dir), device=device)
+    on = str(next(student.model.parameters()).device)
+    teacher_loaded = load_model(teacher or teacher_name(plan), device=on)
+    check_teacher(teacher_loaded, student)
+    if teacher is None and source is not None:
+        check_weights(source.get("fingerprint"), teacher_loaded, "the checkpoint was pruned from",
+                      expected_name=source.get("name", ""), error=SSMProfileError,
+                      hint="its weights changed on disk since apply; pass --teacher")
+    student.tokenizer = student.tokenizer or teacher_loaded.tokenizer
+    spec = plan.data.spec() if plan is not None else DataSpec()
+    if settings.seqlen is not None:
+        spec = replace(spec, seqlen=settings.seqlen)
+    dataset = load_dataset(student.tokenizer, spec)
+    stream, stream_source = training_stream(student.tokenizer, spec, settings.data)
+    if len(stream) < spec.seqlen + 1:
+        raise DataError(f"the training text has {len(stream)} tokens, fewer than one window of {spec.seqlen}")
+    span = check_disjoint(stream, dataset.verification, stream_source)
+    return _Inputs(student, teacher_loaded, teacher is None, plan, spec, dataset, stream, stream_source, span)
+
+
+def _start(where: Path, resume: bool, overwrite: bool, student: torch.nn.Module, optimizer: torch.optim.Optimizer,
+           identity: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The checkpoint's state (weights and optimiser loaded) when resuming, else an empty state."""
+    if resume and (where / "state.json").is_file():
+        state = _load_checkpoint(where, student, optimizer, identity)
+        return state, [f"resumed from step {state['step']} ({where})"]
+    if resume:
+        return {}, [f"--resume: no checkpoint in '{where}', started from step 0"]
+    if where.exists() and not overwrite:
+        raise OutputExistsError(f"'{where}' holds the checkpoint of an interrupted run; continue it with --resume, "
+                                "or pass --overwrite to start over")
+    return {}, []
+
+
+def _measure_before(inputs: _Inputs, settings: RecoverSettings, kernels: Kernels, runner: Any,
+                    identity: dict[str, Any], world: World, note: Progress) -> dict[str, Any]:
+    """A fresh run's state: the teacher's verification losses and the pruned model's scores (rank 0)."""
+    from .data import batch_losses
+
+    state: dict[str, Any] = {"step": 0, "total_steps": settings.steps, "warmup": max(1, (settings.steps or 100) // 20),
+                             "curve": [], "train_seconds": 0.0, "train_cpu_seconds": 0.0, "identity": identity}
+    if world.writes:
+        note(0, 1, "measuring before recovery")
+        verification = inputs.dataset.verification
+        teacher_losses = batch_losses(inputs.teacher.model, verification, kernels=kernels)
+        state["teacher_losses"] = teacher_losses.tolist()
+        state["before"] = measure(inputs.student, teacher_losses, verification, kernels, runner, inputs.spec.seed)
+        state["teacher_scores"] = runner.evaluate(inputs.teacher) if runner is not None else None
+        state["curve"].append({"step": 0, "verification_loss": state["before"]["verification"]["loss"]})
+    return state
+
+
 def recover(pruned_dir: str | Path, output_dir: str | Path, teacher: str | None = None,
             settings: RecoverSettings | None = None, resume: bool = False, overwrite: bool = False,
             device: str = "auto", progress: Progress | None = None) -> RecoveryRecord:
     """Distil the pruned checkpoint in ``pruned_dir`` into ``output_dir`` (see the module docstring)."""
-    from .data import DataSpec, batch_losses, load_dataset
-    from .resolve import load_model
-
     note = progress or (lambda done, total, label: None)
     pruned_dir, out = Path(pruned_dir).expanduser(), Path(output_dir).expanduser()
     check_paths(pruned_dir, out, overwrite)
@@ -251,95 +321,58 @@ def recover(pruned_dir: str | Path, output_dir: str | Path, teacher: str | None 
     settings.check()
     started = time.perf_counter()
     note(0, 1, "loading models")
-    student = load_model(str(pruned_dir), device=device)
-    torch_device = next(student.model.parameters()).device
-    world = join_world(torch_device)
-    teacher_source = teacher or teacher_name(plan)
-    teacher_loaded = load_model(teacher_source, device=str(torch_device))
-    check_teacher(teacher_loaded, student)
-    is_source = teacher is None
-    if is_source and source is not None:
-        check_weights(source.get("fingerprint"), teacher_loaded, "the checkpoint was pruned from",
-                      expected_name=source.get("name", ""), error=SSMProfileError,
-                      hint="its weights changed on disk since apply; pass --teacher")
-    tokenizer = student.tokenizer or teacher_loaded.tokenizer
-    student.tokenizer = tokenizer
-    spec = plan.data.spec() if plan is not None else DataSpec()
-    if settings.seqlen is not None:
-        spec = replace(spec, seqlen=settings.seqlen)
-    dataset = load_dataset(tokenizer, spec)
-    stream, stream_source = training_stream(tokenizer, spec, settings.data)
-    if len(stream) < spec.seqlen + 1:
-        raise DataError(f"the training text has {len(stream)} tokens, fewer than one window of {spec.seqlen}")
-    check_disjoint(stream, dataset.verification, stream_source)
+    inputs = _load_inputs(pruned_dir, teacher, settings, plan, source, device)
+    student, verification = inputs.student, inputs.dataset.verification
+    world = join_world(next(student.model.parameters()).device)
     masks = frozen_masks(student.model)
     nonzero_before = count_parameters(student.model)["nonzero"]
-    kernels, kernel_notes = _kernel_notes(student.model, torch_device)
-    teacher_loaded.model.eval().requires_grad_(False)
+    kernels, kernel_notes = _kernel_notes(student.model, next(student.model.parameters()).device)
+    inputs.teacher.model.eval().requires_grad_(False)
     student.model.train()
     optimizer = torch.optim.AdamW(student.model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0)
-
-    identity = {"pruned": student.fingerprint, "teacher": teacher_loaded.fingerprint,
+    identity = {"pruned": student.fingerprint, "teacher": inputs.teacher.fingerprint,
                 "settings": {k: v for k, v in asdict(settings).items() if k not in ("lm_eval", "lm_eval_limit")},
-                "seqlen": spec.seqlen}
+                "seqlen": inputs.spec.seqlen}
     where = checkpoint_dir(out)
-    state: dict[str, Any] = {}
-    notes: list[str] = []
-    if resume and (where / "state.json").is_file():
-        state = _load_checkpoint(where, student.model, optimizer, identity)
-        apply_masks(student.model, masks)
-        notes.append(f"resumed from step {state['step']} ({where})")
-    elif resume:
-        notes.append(f"--resume: no checkpoint in '{where}', started from step 0")
-    elif where.exists() and not overwrite:
-        raise OutputExistsError(f"'{where}' holds the checkpoint of an interrupted run; continue it with --resume, "
-                                "or pass --overwrite to start over")
+    state, notes = _start(where, resume, overwrite, student.model, optimizer, identity)
 
     runner = None
-    if world.writes and settings.lm_eval and not state:
+    if world.writes and settings.lm_eval:
         from .validate import LmEvalRunner
 
         runner = LmEvalRunner(limit=settings.lm_eval_limit)
+    after: dict[str, Any] = {}
     try:
-        with installed(student.model, kernels), installed(teacher_loaded.model, kernels):
-            if not state:
-                state = {"step": 0, "total_steps": settings.steps, "warmup": max(1, (settings.steps or 100) // 20),
-                         "curve": [], "train_seconds": 0.0, "identity": identity}
-                if world.writes:
-                    note(0, 1, "measuring before recovery")
-                    teacher_losses = batch_losses(teacher_loaded.model, dataset.verification, kernels=kernels)
-                    state["teacher_losses"] = teacher_losses.tolist()
-                    state["before"] = measure(student, teacher_losses, dataset.verification, kernels, runner, spec.seed)
-                    state["teacher_scores"] = runner.evaluate(teacher_loaded) if runner is not None else None
-                    state["curve"].append({"step": 0, "verification_loss": state["before"]["verification"]["loss"]})
-            state = _train(student.model, teacher_loaded.model, optimizer, masks, stream, dataset.verification,
-                           settings, spec.seqlen, world, kernels, state, where, note)
+        with installed(student.model, kernels), installed(inputs.teacher.model, kernels):
+            state = state or _measure_before(inputs, settings, kernels, runner, identity, world, note)
+            state = _train(student.model, inputs.teacher.model, optimizer, masks, inputs.stream, verification,
+                           settings, inputs.spec.seqlen, world, kernels, state, where, note)
             if world.writes:
                 note(state["step"], state["step"], "measuring after recovery")
                 teacher_losses = torch.tensor(state["teacher_losses"], dtype=torch.float64)
-                after = measure(student, teacher_losses, dataset.verification, kernels, runner, spec.seed)
+                after = measure(student, teacher_losses, verification, kernels, runner, inputs.spec.seed)
     finally:
         if runner is not None:
             runner.close()
-    nonzero_after = count_parameters(student.model)["nonzero"]
-    rank_weights = gather_objects(world, weights_fingerprint(student.model))
     record = RecoveryRecord(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         pruned={"directory": str(pruned_dir), "fingerprint": identity["pruned"],
                 "plan_model": plan.model.name if plan is not None else None},
-        teacher={"name": teacher_loaded.source.name, "location": teacher_loaded.source.location,
-                 "fingerprint": teacher_loaded.fingerprint, "source_model": is_source},
+        teacher={"name": inputs.teacher.source.name, "location": inputs.teacher.source.location,
+                 "fingerprint": inputs.teacher.fingerprint, "source_model": inputs.is_source},
         output={}, settings=asdict(settings),
-        data={"training": stream_source, "training_tokens": int(len(stream)), "seqlen": spec.seqlen,
-              "verification": dataset.sources.get("verification"),
-              "verification_windows": int(dataset.verification.shape[0]),
-              f"shared_{OVERLAP_SPAN}_token_spans": 0},
-        kernels=kernel_notes, world={"size": world.size, "rank_weights": rank_weights},
+        data={"training": inputs.stream_source, "training_tokens": int(len(inputs.stream)),
+              "seqlen": inputs.spec.seqlen, "verification": inputs.dataset.sources.get("verification"),
+              "verification_windows": int(verification.shape[0]), "overlap_check_span": inputs.span,
+              "shared_spans": 0},
+        kernels=kernel_notes,
+        world={"size": world.size, "rank_weights": gather_objects(world, weights_fingerprint(student.model))},
         progress={"steps_done": state["step"], "total_steps": state["total_steps"],
                   "train_seconds": round(state["train_seconds"], 3),
+                  "train_cpu_seconds": round(state["train_cpu_seconds"], 3),  # this process's CPU time
                   "seconds": round(time.perf_counter() - started, 3)},
-        curve=state["curve"], before=state.get("before", {}), after=after if world.writes else {},
-        sparsity={"nonzero_before": nonzero_before, "nonzero_after": nonzero_after,
+        curve=state["curve"], before=state.get("before", {}), after=after,
+        sparsity={"nonzero_before": nonzero_before, "nonzero_after": count_parameters(student.model)["nonzero"],
                   "frozen_entries": frozen_entries(masks)},
         notes=notes, versions={"ssm-profile": __version__, "torch": torch.__version__},
         teacher_scores=state.get("teacher_scores"))
@@ -357,7 +390,7 @@ def _train(student: torch.nn.Module, teacher: torch.nn.Module, optimizer: torch.
     """Train from ``state["step"]`` to the budget; checkpoints and the curve go into ``state``."""
     total, warmup = state["total_steps"], state["warmup"]
     step = state["step"]
-    clock = time.perf_counter()
+    clock, cpu = time.perf_counter(), time.process_time()
     probe_started = None
     while total is None or step < total:
         if total is None and step == 1:
@@ -381,12 +414,14 @@ def _train(student: torch.nn.Module, teacher: torch.nn.Module, optimizer: torch.
         state["step"] = step
         if step % settings.checkpoint_every == 0 and (total is None or step < total):
             state["train_seconds"] += time.perf_counter() - clock
-            clock = time.perf_counter()
+            state["train_cpu_seconds"] += time.process_time() - cpu
+            clock, cpu = time.perf_counter(), time.process_time()
             if world.writes:
                 _save_checkpoint(where, student, optimizer, state)
             barrier(world)
         note(step, total or step + 1, f"KD loss {kd:.4f}")
     state["train_seconds"] += time.perf_counter() - clock
+    state["train_cpu_seconds"] += time.process_time() - cpu
     return state
 
 
