@@ -106,18 +106,25 @@ def rank_rows(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
 
 
 def ngram_overlap(stream: torch.Tensor, windows: torch.Tensor, n: int = 64) -> int:
-    """How many ``n``-token spans of ``windows`` also occur in ``stream`` (0: no verification text in
-    the training text). Spans are compared by a 64-bit polynomial hash (collisions ~2^-64)."""
+    """How many ``n``-token spans of ``stream`` also occur in ``windows`` (0: no verification text in
+    the training text). Spans are compared by two polynomial hashes modulo 31-bit primes (a 62-bit key)."""
     held = {h for row in windows for h in _span_hashes(row, n)}
     return sum(1 for h in _span_hashes(stream, n) if h in held) if held else 0
+
+
+# (prime, base): no product or sum of n <= 256 terms leaves int64 for vocabularies under 2**18
+_HASHES = ((2_147_483_647, 1_000_003), (2_147_483_629, 999_983))
 
 
 def _span_hashes(ids: torch.Tensor, n: int) -> list[int]:
     if len(ids) < n:
         return []
     spans = ids.long().unfold(0, n, 1)
-    base = torch.tensor([pow(1_000_003, n - 1 - i, 2 ** 61 - 1) for i in range(n)], dtype=torch.long)
-    return ((spans * base) % (2 ** 61 - 1)).sum(dim=1).tolist()
+    key = torch.zeros(spans.shape[0], dtype=torch.long)
+    for prime, base in _HASHES:
+        powers = torch.tensor([pow(base, n - 1 - i, prime) for i in range(n)], dtype=torch.long)
+        key = key * prime + (spans * powers).sum(dim=1) % prime
+    return key.tolist()
 
 
 # --------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import os
+    import shlex
 
     from ..recover import RecoverSettings, check_paths, checkpoint_dir, recover
     from ..runtime import check_threads, configure_threads, quiet_libraries
@@ -70,10 +71,10 @@ def run(args: argparse.Namespace) -> int:
                                data=args.data, lm_eval=not args.no_lm_eval)
     settings.check()
     quiet_libraries()
-    configure_threads(args.threads or (1 if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None))
+    configure_threads(args.threads or _default_threads(args.pruned))
     rank = int(os.environ.get("RANK", "0"))
-    args.interrupt_hint = (f"continue from {checkpoint_dir(args.output)} with: ssm-profile "
-                           f"{' '.join([*args.argv, '--resume'] if '--resume' not in args.argv else args.argv)}")
+    again = args.argv if "--resume" in args.argv else [*args.argv, "--resume"]
+    args.interrupt_hint = f"continue from {checkpoint_dir(args.output)} with: {shlex.join(['ssm-profile', *again])}"
     with rich_progress("recovering", enabled=not args.quiet and rank == 0) as progress:
         record = recover(args.pruned, args.output, teacher=args.teacher, settings=settings, resume=args.resume,
                          overwrite=args.overwrite, device=args.device, progress=progress)
@@ -82,6 +83,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"recovered checkpoint: {args.output}")
         print(f"next: ssm-profile validate {record.teacher['location']} {args.output}")
     return 0
+
+
+def _default_threads(pruned: str) -> int | None:
+    """One thread per process under torchrun and for small models (under SMALL_MODEL float32 parameters
+    by the size of their weight files), else torch's choice."""
+    import os
+    from pathlib import Path
+
+    from ..runtime import SMALL_MODEL
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return 1
+    weight_bytes = sum(f.stat().st_size for f in Path(pruned).glob("*.safetensors"))
+    return 1 if weight_bytes < 4 * SMALL_MODEL else None
 
 
 def print_recovery(record: RecoveryRecord) -> None:
