@@ -152,6 +152,19 @@ def load_dataset(tokenizer: Any, spec: DataSpec | None = None) -> Dataset:
     if tokenizer is None:
         raise DataError("this model has no tokenizer; save one beside the weights (tokenizer.json) "
                         "or pass --tokenizer PATH|embedded")
+    calib_text, eval_text, sources = role_texts(spec)
+    calib_ids = _tokenize(tokenizer, calib_text)
+    eval_ids = _tokenize(tokenizer, eval_text)
+    search, verification = split_windows(eval_ids, spec.eval_samples, spec.verify_samples, spec.seqlen)
+    sources["verification"] = f"{sources['evaluation']} [last {verification.shape[0]} windows, held out]"
+    return Dataset(
+        calibration=sample_windows(calib_ids, spec.nsamples, spec.seqlen, spec.seed, "calibration"),
+        evaluation=search, verification=verification, spec=spec, sources=sources,
+    )
+
+
+def role_texts(spec: DataSpec) -> tuple[str, str, dict[str, str]]:
+    """The calibration text, the evaluation text (search + verification) and their descriptions."""
     if spec.calibration is None and spec.evaluation is None:
         calib_text, eval_text = _embedded("calibration.txt"), _embedded("evaluation.txt")
         sources = {"calibration": "embedded:calibration.txt", "evaluation": "embedded:evaluation.txt"}
@@ -166,14 +179,17 @@ def load_dataset(tokenizer: Any, spec: DataSpec | None = None) -> Dataset:
         cut = int(len(text) * SPLIT_FRACTION)
         calib_text, eval_text = text[:cut], text[cut:]
         sources = {"calibration": f"{source} [first 80%]", "evaluation": f"{source} [last 20%]"}
-    calib_ids = _tokenize(tokenizer, calib_text)
-    eval_ids = _tokenize(tokenizer, eval_text)
-    search, verification = split_windows(eval_ids, spec.eval_samples, spec.verify_samples, spec.seqlen)
-    sources["verification"] = f"{sources['evaluation']} [last {verification.shape[0]} windows, held out]"
-    return Dataset(
-        calibration=sample_windows(calib_ids, spec.nsamples, spec.seqlen, spec.seed, "calibration"),
-        evaluation=search, verification=verification, spec=spec, sources=sources,
-    )
+    return calib_text, eval_text, sources
+
+
+def calibration_windows(tokenizer: Any, spec: DataSpec) -> tuple[torch.Tensor, str]:
+    """Every consecutive ``spec.seqlen`` window of the whole calibration text (not only the
+    ``nsamples`` drawn for statistics) and its description: what recovery trains on by default.
+    It never reaches the evaluation text, so never a search or verification window."""
+    calib_text, _, sources = role_texts(spec)
+    ids = _tokenize(tokenizer, calib_text)
+    return consecutive_windows(ids, len(ids) // spec.seqlen, spec.seqlen, "calibration"), sources["calibration"]
+
 
 
 def text_windows(tokenizer: Any, source: str, count: int, seqlen: int) -> torch.Tensor:

@@ -32,6 +32,8 @@ PRUNING_KIND = "ssm-profile-pruning"
 VALIDATION_KIND = "ssm-profile-validation"
 PRUNING_FILE = "pruning.json"
 VALIDATION_FILE = "validation.json"
+RECOVERY_KIND = "ssm-profile-recovery"
+RECOVERY_FILE = "recovery.json"
 
 
 # ============================================================================================
@@ -260,6 +262,16 @@ class Verification(Document):
 
 
 @dataclass(kw_only=True)
+class PlanRecover(Document):
+    """Optional: the recovery the plan asks for after apply (``ssm-profile recover``'s budget)."""
+
+    steps: int | None = _optional()
+    minutes: float | None = _optional()
+    lm_weight: float | None = _optional()
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
 class Plan(Document):
     """A pruning plan (``plan.json``); see :mod:`ssm_profile.plan`."""
 
@@ -277,7 +289,14 @@ class Plan(Document):
     measured: Measured | None
     notes: list[str]
     verification: Verification | None = _optional()  # absent: not measured (--no-measure) or an older plan
+    recover: PlanRecover | None = _optional()  # absent: no recovery asked for
     extra: dict[str, Any] = _extra()
+
+    def source_model(self) -> str:
+        """Where the plan's model was loaded from: its directory when local, else its name."""
+        source = self.model.source or {}
+        local = str(source.get("kind", "")).startswith("local")
+        return (source.get("location") if local else None) or source.get("name") or self.model.name
 
     def check_model(self, loaded: Any) -> None:
         """Refuse a model (a LoadedModel) with other weights than the plan was made for (one line)."""
@@ -476,6 +495,53 @@ def load_validation(path: str | Path) -> ValidationReport:
                               f"(kind {data.get('kind') if isinstance(data, dict) else None!r}, expected "
                               f"{VALIDATION_KIND!r})")
     return parse_document(ValidationReport, data, f"validation file '{path}'")
+
+
+@dataclass(kw_only=True)
+class RecoveryRecord(Document):
+    """What ``ssm-profile recover`` did (``recovery.json``): distillation settings, the loss curve
+    (``curve``: ``{"step", "kd_loss", "lm_loss", "lr"}`` every step, plus ``verification_loss`` at
+    the periodic checks) and the verification perplexity (and offline tasks) before and after."""
+
+    schema_version: int = 1
+    kind: str = RECOVERY_KIND
+    created: str
+    pruned: dict[str, Any]
+    teacher: dict[str, Any]
+    output: dict[str, Any]
+    settings: dict[str, Any]
+    data: dict[str, Any]
+    kernels: dict[str, Any]
+    world: dict[str, Any]  # {"size": processes, "rank_weights": each rank's final weight fingerprint}
+    progress: dict[str, Any]
+    curve: list[dict[str, Any]]
+    before: dict[str, Any]  # {"verification": paired_increase vs the teacher, "lm_eval": {task: metrics}}
+    after: dict[str, Any]
+    sparsity: dict[str, int]
+    notes: list[str]
+    versions: dict[str, str]
+    teacher_scores: dict[str, Any] | None = _optional()  # the teacher's own lm-eval scores
+    extra: dict[str, Any] = _extra()
+
+    def recovered_fraction(self) -> float | None:
+        """Share of the pruning's verification perplexity increase that recovery removed (1 = all)."""
+        before = self.before["verification"]["rel_ppl_increase"]
+        after = self.after["verification"]["rel_ppl_increase"]
+        return None if before <= 0 else 1.0 - after / before
+
+    def verification_points(self) -> list[tuple[int, float]]:
+        """(step, verification loss) of the periodic checks (step 0: before training)."""
+        return [(int(p["step"]), float(p["verification_loss"])) for p in self.curve
+                if p.get("verification_loss") is not None]
+
+
+def load_recovery(path: str | Path) -> RecoveryRecord:
+    """Read a ``recovery.json`` written by ``ssm-profile recover``; every problem is one line."""
+    data = read_json(path, "recovery", "make one with `ssm-profile recover PRUNED_DIR -o OUT_DIR`",
+                     error=SSMProfileError)
+    if not isinstance(data, dict) or data.get("kind") != RECOVERY_KIND:
+        raise SSMProfileError(f"'{path}' is not a recovery record written by `ssm-profile recover`")
+    return parse_document(RecoveryRecord, data, f"recovery file '{path}'")
 
 
 def parse_document(cls: type, data: dict[str, Any], where: str) -> Any:

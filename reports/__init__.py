@@ -19,11 +19,12 @@ from typing import Any
 __all__ = ["render_html", "render_markdown", "export_csv", "write_report"]
 
 
-def render_html(result, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None) -> str:
+def render_html(result, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
+                recovery: dict[str, Any] | None = None) -> str:
     """The self-contained HTML report of ``result`` (a ProfileResult)."""
     from .html import render_html as _render
 
-    return _render(result, plan, validation)
+    return _render(result, plan, validation, recovery)
 
 
 def render_markdown(result, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None) -> str:
@@ -41,7 +42,7 @@ def export_csv(result, directory):
 
 
 def write_report(result, output, *, fmt: str = "html", plan: dict[str, Any] | None = None,
-                 validation: dict[str, Any] | None = None, csv_dir=None):
+                 validation: dict[str, Any] | None = None, csv_dir=None, recovery: dict[str, Any] | None = None):
     """Render and write ``output`` atomically (and the CSV tables to ``csv_dir``); returns the output path.
 
     ``output`` None or ``"-"`` writes no file and returns the rendered text instead."""
@@ -58,7 +59,7 @@ def write_report(result, output, *, fmt: str = "html", plan: dict[str, Any] | No
     if fmt not in ("html", "md"):
         raise SSMProfileError(f"unknown report format '{fmt}'; choose html or md")
     facts = Facts.of(result)
-    text = render_facts(facts, plan, validation) if fmt == "html" else render_facts_md(facts, plan, validation)
+    text = render_facts(facts, plan, validation, recovery) if fmt == "html" else render_facts_md(facts, plan, validation)
     target = None if output is None or str(output) == "-" else Path(output)
     if target is not None and target.is_dir():
         raise SSMProfileError(f"output '{target}' is a directory; give a file name such as {target / 'report.html'}")

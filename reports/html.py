@@ -25,13 +25,15 @@ from .values import script_json
 
 # The answer first, then the evidence for it, then the model's anatomy and scores in depth.
 SECTIONS = [("decision", "Answer"), ("header", "Overview"), ("plan", "Plan"), ("validation", "Validation"),
+            ("recovery", "Recovery"),
             ("ranking", "Ranking"), ("sensitivity", "Sensitivity"), ("findings", "Findings"), ("anatomy", "Anatomy"),
             ("saliency", "Saliency")]
 
 
-def render_html(result, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None) -> str:
-    """The report page for ``result`` (a ProfileResult), with plan/validation sections when given."""
-    return render_facts(Facts.of(result), plan, validation)
+def render_html(result, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
+                recovery: dict[str, Any] | None = None) -> str:
+    """The report page for ``result`` (a ProfileResult), with plan/validation/recovery sections when given."""
+    return render_facts(Facts.of(result), plan, validation, recovery)
 
 
 def _asset(name: str) -> str:
@@ -39,7 +41,8 @@ def _asset(name: str) -> str:
 
 
 # ---------------------------------------------------------------------- page
-def render_facts(facts: Facts, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None) -> str:
+def render_facts(facts: Facts, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
+                 recovery: dict[str, Any] | None = None) -> str:
     from ssm_profile import __version__
 
     name = facts.model_name()
@@ -51,6 +54,10 @@ def render_facts(facts: Facts, plan: dict[str, Any] | None = None, validation: d
         built["plan"] = plan_section(facts, plan)
     if validation is not None:
         built["validation"] = validation_section(validation)
+    if recovery is not None:
+        from .recovery_section import recovery_section
+
+        built["recovery"] = recovery_section(recovery)
     sections = [built[sid] for sid, _ in SECTIONS if sid in built]
     present = set(built)
     nav = "".join(f'<a href="#{sid}">{esc(label)}</a>' for sid, label in SECTIONS if sid in present)

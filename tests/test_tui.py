@@ -502,3 +502,30 @@ async def test_gallery_picture_of_the_curves(run_here):
     out.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["rsvg-convert", "--width", "1000", str(svg), "-o", str(out)], check=True)
     assert 10_000 < out.stat().st_size < 300_000
+
+
+@run_async
+async def test_apply_tab_recovers_a_pruned_checkpoint(run_here, tmp_path):
+    """The Recover button distils the pruned folder in a worker and reports before → after."""
+    from ssm_profile.apply import apply_plan
+    from ssm_profile.resolve import load_model
+
+    from test_recover import DATA, SPARSE_ACTIONS
+    from test_apply_validate import make_plan
+
+    loaded = load_model("tiny-mamba")
+    pruned = tmp_path / "pruned"
+    apply_plan(loaded, make_plan(loaded, SPARSE_ACTIONS, data=DATA), pruned)
+    app = SSMProfileApp(run_here)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("5")
+        app.query_one("#recover-pruned", Input).value = str(pruned)
+        app.query_one("#recover-steps", Input).value = "2"
+        app.query_one("#recover-run").press()
+        await settle(pilot)
+        assert not isinstance(app.screen, ErrorScreen)
+        record = app.query_one("RecoverPanel").record
+        assert record is not None and record.progress["steps_done"] == 2
+        assert (tmp_path / "pruned-recovered" / "recovery.json").is_file()
+        assert "→" in str(app.query_one("#recover-msg").content)

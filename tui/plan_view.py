@@ -22,7 +22,8 @@ from ssm_profile.io import free_path
 from ssm_profile.summary import changes_nothing, physical_change
 
 from .format import duration, human_bytes, human_count, num, pct
-from .widgets import Tick
+from .recover_view import RecoverPanel
+from .widgets import Tick, WorkerView
 
 if TYPE_CHECKING:
     from .app import SSMProfileApp
@@ -317,8 +318,10 @@ def free_output_dir(model: str, base: Path | None = None) -> str:
     return free_path(f"pruned-{model.replace('/', '--')}", base)
 
 
-class ApplyView(Vertical):
+class ApplyView(WorkerView, Vertical):
     """Apply the current (or a saved) plan to a fresh copy of the model, save it, validate it."""
+
+    MESSAGE_ID, RUN_ID = "apply-msg", "apply-run"
 
     app: SSMProfileApp
 
@@ -347,6 +350,7 @@ class ApplyView(Vertical):
         yield ProgressBar(total=1, show_eta=False, id="apply-bar")
         yield Static("idle", id="apply-eta", classes="status-line")
         yield DataTable(id="apply-table", cursor_type="row", zebra_stripes=True)
+        yield RecoverPanel(id="recover-panel")
 
     def on_mount(self) -> None:
         table = self.query_one("#apply-table", DataTable)
@@ -374,14 +378,6 @@ class ApplyView(Vertical):
                                    f"ppl +{pct(p.rel_ppl_increase, 1)} (limit +{pct(o.max_ppl_increase, 0)})"),
                                   "dim"))
         self.query_one("#apply-source", Static).update(text)
-
-    def message(self, text: str, style: str = "") -> None:
-        self.query_one("#apply-msg", Static).update(Text(text, style=style))
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "apply-run":
-            event.stop()
-            self.start()
 
     def start(self) -> None:
         if self.running:
@@ -424,15 +420,6 @@ class ApplyView(Vertical):
             return
         self._call(self._finished, report, "")
 
-    def _call(self, fn, *args) -> None:
-        try:
-            self.app.call_from_thread(fn, *args)
-        except RuntimeError:
-            pass
-
-    def _progress_from_thread(self, done: int, total: int, label: str) -> None:
-        self._call(self._progress, done, total, label)
-
     def _progress(self, done: int, total: int, label: str) -> None:
         if total > 1:
             self.query_one("#apply-bar", ProgressBar).update(total=total, progress=done)
@@ -449,6 +436,7 @@ class ApplyView(Vertical):
             return
         bar.update(total=1, progress=1)
         self.report = report
+        self.query_one(RecoverPanel).set_pruned(str(report.output_dir))
         within = report.validation.within_tolerance if report.validation is not None else None
         verdict = {True: ("within tolerance", "bold green"), False: ("ABOVE tolerance", "bold red"),
                    None: ("no tolerance", "dim")}[within]

@@ -38,3 +38,32 @@ class TickList(SelectionList[SelectionType]):
         plain = segments[3].style if len(segments) > 3 else None
         return Strip([Segment("[", plain), Segment(glyph, inner.style), Segment("]", plain), *segments[3:]],
                      line.cell_length)
+
+
+class WorkerView:
+    """Mixin of a view whose long work runs in a thread worker: its button (id ``RUN_ID``) calls
+    ``start``, a one-line message (the Static with id ``MESSAGE_ID``), and reports from the worker
+    thread that are dropped once the app has closed."""
+
+    MESSAGE_ID = ""
+    RUN_ID = ""  # the button that starts the work (calls ``start``)
+
+    def on_button_pressed(self, event) -> None:
+        if event.button.id == self.RUN_ID:
+            event.stop()
+            self.start()  # type: ignore[attr-defined]
+
+    def message(self, text: str, style: str = "") -> None:
+        from rich.text import Text
+        from textual.widgets import Static
+
+        self.query_one(f"#{self.MESSAGE_ID}", Static).update(Text(text, style=style))  # type: ignore[attr-defined]
+
+    def _call(self, fn, *args) -> None:
+        try:
+            self.app.call_from_thread(fn, *args)  # type: ignore[attr-defined]
+        except RuntimeError:  # the app closed while the worker ran
+            pass
+
+    def _progress_from_thread(self, done: int, total: int, label: str) -> None:
+        self._call(self._progress, done, total, label)  # type: ignore[attr-defined]

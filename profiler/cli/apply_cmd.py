@@ -53,9 +53,25 @@ def run(args: argparse.Namespace) -> int:
     if report.validation is not None:
         print_validation(report.validation)
         print(f"report: {Path(args.output) / 'validation.json'}")
+    if plan.recover is not None:
+        print(f"next: {recover_command(args.output, plan)}")
+    if report.validation is not None:
         return finish(report.validation)
     print(f"next: ssm-profile validate {args.model} {args.output}")
     return 0
+
+
+def recover_command(pruned: str, plan) -> str:
+    """The `ssm-profile recover` line the plan's recover section asks for (its budget is read from the
+    plan's copy in pruning.json, so the line needs no options)."""
+    import shlex
+    from pathlib import Path
+
+    from ..io import free_path
+
+    out = Path(pruned)
+    target = free_path(out.with_name(out.name + "-recovered"))
+    return shlex.join(["ssm-profile", "recover", str(out), "-o", target])
 
 
 def _plan_and_model(args: argparse.Namespace) -> None:
@@ -70,9 +86,7 @@ def _plan_and_model(args: argparse.Namespace) -> None:
 
 def model_of(plan) -> str:
     """Where the plan's model was loaded from: its directory when local, else its name."""
-    source = plan.model.source or {}
-    local = str(source.get("kind", "")).startswith("local")
-    return (source.get("location") if local else None) or source.get("name") or plan.model.name
+    return plan.source_model()
 
 
 def _check_output(args: argparse.Namespace, plan) -> str:

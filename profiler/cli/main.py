@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "plan": "plan_cmd",
     "apply": "apply_cmd",
     "validate": "validate_cmd",
+    "recover": "recover_cmd",
     "report": "report_cmd",
     "bench": "bench_cmd",
     "tui": "tui_cmd",

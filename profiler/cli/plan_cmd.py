@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="torch device for the measurement: auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--recover-steps", type=int, default=None, metavar="N",
+                   help="ask for recovery by distillation after apply (the plan's recover section; "
+                   "`ssm-profile recover` then trains N steps)")
     p.set_defaults(handler=run)
 
 
@@ -68,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime import check_threads
 
     check_threads(args.threads)  # before any heavy work
+    if args.recover_steps is not None and args.recover_steps < 1:
+        from ..errors import SSMProfileError
+
+        raise SSMProfileError(f"--recover-steps must be a positive integer, got {args.recover_steps}")
     run_files = [item for item in Path(args.run_dir).glob("*") if item.is_file()]
     output = check_output(args.output, overwrite=args.overwrite, inputs=run_files, what="plan")
     result = ProfileResult.load(args.run_dir)
@@ -87,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
                          max_ppl_increase=args.max_ppl_increase, criterion=args.criterion,
                          structures=args.structures, measure=not args.no_measure, loaded=loaded,
                          progress=progress, run_path=args.run_dir, device=args.device)
+    if args.recover_steps is not None:
+        from ..documents import PlanRecover
+
+        plan.recover = PlanRecover(steps=args.recover_steps)
     write_plan(plan, output, overwrite=args.overwrite)
     print_plan(plan)
     import shlex

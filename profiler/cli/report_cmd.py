@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plan", default=None, metavar="PLAN.json", help="include a pruning plan (ssm-profile plan)")
     p.add_argument("--validation", default=None, metavar="VALIDATION.json",
                    help="include a validation (ssm-profile validate)")
+    p.add_argument("--recovery", default=None, metavar="RECOVERY.json",
+                   help="include a recovery curve (ssm-profile recover; default: the recovery.json beside "
+                   "--validation or in RUN_DIR, if any)")
     p.add_argument("--format", choices=("html", "md"), default=None,
                    help="html (default) or md; inferred from -o when it ends in .md")
     p.add_argument("--csv", default=None, metavar="DIR", help="also export the report's tables as CSV files to DIR")
@@ -41,7 +44,8 @@ def _check_outputs(args: argparse.Namespace, output: str) -> None:
     from ssm_profile.errors import OutputExistsError
     from ssm_profile.io import check_output
 
-    inputs = [p for p in (args.plan, args.validation) if p] + [Path(args.run_dir) / name for name in RUN_INPUTS]
+    inputs = [p for p in (args.plan, args.validation, args.recovery) if p]
+    inputs += [Path(args.run_dir) / name for name in RUN_INPUTS]
     if output != "-":
         check_output(output, overwrite=args.overwrite or not args.output, inputs=inputs, what="report")
     if args.csv:
@@ -62,17 +66,31 @@ def run(args: argparse.Namespace) -> int:
     # Read every input before rendering, so a bad path fails fast with one line.
     plan = load_plan(args.plan).to_dict() if args.plan else None
     validation = load_validation(args.validation).to_dict() if args.validation else None
+    recovery = _recovery(args)
     result = ProfileResult.load(args.run_dir)
     output = args.output or str(Path(args.run_dir) / f"report.{fmt}")
     _check_outputs(args, output)
     _check_plan_matches(plan, result, args.allow_other_plan)
-    written = write_report(result, output, fmt=fmt, plan=plan, validation=validation, csv_dir=args.csv)
+    written = write_report(result, output, fmt=fmt, plan=plan, validation=validation, csv_dir=args.csv,
+                           recovery=recovery)
     if isinstance(written, str):
         sys.stdout.write(written)
         return 0
     size = written.stat().st_size
     print(f"report: {written} ({size / 1024:.0f} KiB)" + (f"; tables: {args.csv}" if args.csv else ""))
     return 0
+
+
+def _recovery(args: argparse.Namespace) -> dict | None:
+    """--recovery, else the recovery.json beside --validation (a recovered checkpoint validated) or in RUN_DIR."""
+    from ssm_profile.documents import RECOVERY_FILE, load_recovery
+
+    if args.recovery:
+        path = Path(args.recovery)
+        return load_recovery(path / RECOVERY_FILE if path.is_dir() else path).to_dict()
+    places = ([Path(args.validation).parent] if args.validation else []) + [Path(args.run_dir)]
+    found = next((place / RECOVERY_FILE for place in places if (place / RECOVERY_FILE).is_file()), None)
+    return load_recovery(found).to_dict() if found is not None else None
 
 
 def _check_plan_matches(plan, result, allow: bool) -> None:

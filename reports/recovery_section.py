@@ -1,0 +1,58 @@
+"""The report's Recovery section: the distillation loss curve and the verification perplexity before
+and after ``ssm-profile recover`` (from ``recovery.json``, :class:`ssm_profile.documents.RecoveryRecord`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ssm_profile.documents import RecoveryRecord
+
+from .html_elements import cards, legend, section
+from .svg import Point, Series, esc, line_panel
+
+KD_COLOR, VERIFY_COLOR = "#4c78a8", "#e45756"
+
+
+def _change(split: dict[str, Any]) -> str:
+    lo, hi = split["interval"]
+    return f"{split['rel_ppl_increase']:+.1%}", f"95% interval {lo:+.1%} to {hi:+.1%}"
+
+
+def recovery_section(data: dict[str, Any]) -> str:
+    """Cards (perplexity change before/after, share recovered, sparsity) and the two curves."""
+    record = RecoveryRecord.from_dict(data)
+    before, after = record.before["verification"], record.after["verification"]
+    fraction = record.recovered_fraction()
+    steps = int(record.progress.get("steps_done") or 0)
+    items = [("perplexity, pruned", *_change(before)), ("perplexity, recovered", *_change(after)),
+             ("increase removed", "" if fraction is None else f"{fraction:.0%}",
+              f"{steps} steps, {record.progress.get('train_seconds', 0):.0f} s of training"),
+             ("nonzero parameters", f"{record.sparsity['nonzero_after']:,}",
+              f"{record.sparsity['frozen_entries']:,} pruned entries held at zero")]
+    kd = [Point(p["step"], p["kd_loss"], tip=f"step {p['step']}: KD loss {p['kd_loss']:.4f}")
+          for p in record.curve if p.get("kd_loss") is not None]
+    verify = [Point(step, loss, tip=f"step {step}: verification loss {loss:.4f}")
+              for step, loss in record.verification_points()]
+    x_max = max(1, steps)
+    panels = [
+        '<div class="panel"><h4>distillation loss (training text)</h4>' + line_panel(
+            [Series("kd", "KD loss", KD_COLOR, kd)], label="KD loss per step", x_label="step",
+            y_label="KD loss", x_max=x_max, x_pct=False) + "</div>",
+        '<div class="panel"><h4>verification loss (held out)</h4>' + line_panel(
+            [Series("verify", "verification loss", VERIFY_COLOR, verify)], label="verification loss",
+            x_label="step", y_label="loss (nats/token)", x_max=x_max, x_pct=False,
+            y_limits=_limits([p.y for p in verify] + [before["dense_loss"]]),
+            reference=(before["dense_loss"], "teacher")) + "</div>"]
+    keys = [("kd", "KD loss", KD_COLOR, False), ("verify", "verification loss", VERIFY_COLOR, False)]
+    note = (f'<p class="note">Teacher: {esc(record.teacher.get("name"))}; training text: '
+            f'{esc(record.data.get("training"))}; the verification windows ({esc(record.data.get("verification"))}) '
+            "were never trained on and chose nothing.</p>")
+    body = cards(items) + f'<figure class="fig">{legend(keys)}<div class="panels">{"".join(panels)}</div></figure>'
+    return section("recovery", "Recovery", "Knowledge distillation of the pruned model from its dense teacher "
+                   "(ssm-profile recover); perplexity changes are against the teacher.", body + note)
+
+
+def _limits(values: list[float]) -> tuple[float, float]:
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.1 or 0.1
+    return lo - pad, hi + pad
