@@ -186,7 +186,7 @@ def test_old_journal_records_still_load():
     assert TrialSpec("D", "fisher", 0.5, 4, 3).key == "D|fisher|0.5000|4-6"
 
 
-SMALL = DataSpec(nsamples=4, eval_samples=8, seqlen=48)
+SMALL = DataSpec(nsamples=4, eval_samples=8, seqlen=32)
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,8 @@ def loaded():
 @pytest.fixture(scope="module")
 def runs(loaded, tmp_path_factory):
     """Grid and adaptive profiles of tiny-mamba on the same small data."""
-    base = dict(criteria=["magnitude", "wanda", "fisher", "random"], per_layer=False, batch_size=4)
+    base = dict(criteria=["magnitude", "fisher"], per_layer=False, batch_size=4,
+                targets=["in_proj", "conv1d", "D", "out_proj", "unit:state"])
     out = tmp_path_factory.mktemp("runs")
     grid = profile_model(loaded, SMALL, ProfileSettings(sweep="grid", **base), run_dir=out / "grid")
     adaptive = profile_model(loaded, SMALL, ProfileSettings(**base), run_dir=out / "adaptive")
@@ -265,3 +266,66 @@ def test_chunked_evaluation_is_bit_identical(loaded):
         pieces = list(evaluator.chunks(model, windows, mask={name: keep}))
         full = batch_losses(model, windows, 4)
     assert len(pieces) == 2 and torch.equal(torch.cat(pieces), full)
+
+
+# ---------------------------------------------------------------------- front-ends on an adaptive run
+@pytest.fixture(scope="module")
+def deep_run(tmp_path_factory):
+    """An adaptive profile of an 8-layer model: the layer stage measures blocks of two layers first."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    from conftest import perturb
+    from ssm_profile.resolve import use_tokenizer
+
+    folder = tmp_path_factory.mktemp("deep")
+    torch.manual_seed(0)
+    model = perturb(MambaForCausalLM(MambaConfig(vocab_size=4096, hidden_size=16, num_hidden_layers=8, state_size=4)))
+    model.save_pretrained(folder / "model")
+    loaded = use_tokenizer(load_model(str(folder / "model")), "embedded")
+    settings = ProfileSettings(criteria=["magnitude", "fisher"], targets=["in_proj", "D", "unit:state"])
+    profile_model(loaded, DataSpec(nsamples=4, eval_samples=8, seqlen=16), settings, run_dir=folder / "run")
+    return folder / "run"
+
+
+def test_report_renders_an_adaptive_run(deep_run, tmp_path):
+    from ssm_profile.results import ProfileResult
+
+    result = ProfileResult.load(deep_run)
+    assert any(t.span > 1 for t in result.layer_trials)  # blocks were measured
+    layers, targets, matrix = result.heatmap()
+    assert layers == list(range(8)) and all(v is not None for row in matrix for v in row)
+    assert main(["report", str(deep_run), "-o", str(tmp_path / "r.html")]) == 0
+    html = (tmp_path / "r.html").read_text()
+    assert "Per-layer sensitivity" in html and "ΔL shared" in html
+    assert main(["report", str(deep_run), "-o", str(tmp_path / "r.md"), "--format", "md"]) == 0
+
+
+def test_tui_shows_an_adaptive_run(deep_run):
+    import asyncio
+
+    pytest.importorskip("textual")
+    from textual.widgets import DataTable
+    from ssm_profile.results import ProfileResult
+    from ssm_profile.tui.app import SSMProfileApp
+
+    expected = ProfileResult.load(deep_run)
+
+    async def body():
+        app = SSMProfileApp(str(deep_run))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause(0.1)
+            await app.workers.wait_for_complete()
+            await pilot.press("2")
+            await pilot.pause()
+            view = app.query_one("SensitivityView")
+            curve = app.query_one("#curve-table", DataTable)
+            measured = expected.curve(view.target, view.criterion)
+            assert curve.row_count == len(measured)  # the levels this run measured, not 9
+            await pilot.press("v", "v")
+            await pilot.pause()
+            assert app.query_one("#heat-table", DataTable).row_count == 8
+            await pilot.press("m")
+            await pilot.pause()
+            assert app.query_one("#heat-table", DataTable).row_count == 8
+
+    asyncio.run(body())
