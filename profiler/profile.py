@@ -4,6 +4,10 @@ Data roles (:mod:`ssm_profile.data`): scores come from the calibration windows, 
 the search windows (``Dataset.evaluation``); the verification windows are recorded in run.json
 (``data``) but never evaluated here, so plans can be checked on windows nothing was chosen on.
 
+Which trials run: ``ProfileSettings.sweep`` "adaptive" (the default; :mod:`ssm_profile.adaptive`,
+with early stopping from :mod:`ssm_profile.earlystop`, optionally bounded by ``budget`` seconds) or
+"grid" (every target x criterion x sparsity, and every target in every layer).
+
 ``profile_model`` is the Python API behind `ssm-profile profile` and the TUI's profile screen;
 it returns a :class:`ssm_profile.results.ProfileResult` and, given ``run_dir``, writes a run
 directory as it goes so an interrupted run can be resumed without redoing finished trials.
