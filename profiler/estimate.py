@@ -131,10 +131,17 @@ def estimate_profile_seconds(recipe, model: torch.nn.Module, dataset, settings) 
     targets = [t for t in targets_for(mixers) if settings.targets is None or t.name in settings.targets]
     trials = len(targets) * len(settings.criteria) * len(settings.sparsities)
     probes = len(targets) * len(mixers) if settings.per_layer else 0
+    if getattr(settings, "sweep", "grid") == "adaptive":  # early stopping not counted: errs long too
+        from .adaptive import expected_trials
+
+        trials, probes = expected_trials(len(targets) * len(settings.criteria), len(targets), len(settings.sparsities),
+                                         len(targets) if settings.per_layer else 0, len(mixers))
     eval_batches = math.ceil(int(evaluation.shape[0]) / batch)
     calib_batches = math.ceil(int(calibration.shape[0]) / batch) if calibration is not None else 0
-    return (eval_batch * eval_batches * (1 + trials + PER_LAYER_SHARE * probes)
-            + calib_batch * calib_batches)
+    seconds = (eval_batch * eval_batches * (1 + trials + PER_LAYER_SHARE * probes)
+               + calib_batch * calib_batches)
+    budget = getattr(settings, "budget", None)
+    return min(seconds, budget) if budget else seconds
 
 
 def duration_text(seconds: float) -> str:

@@ -39,7 +39,7 @@ import hashlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -237,15 +237,24 @@ class IncrementalEvaluator:
 
         ``values``: tensors the trial rewrote besides zeroing (a reconstructing criterion's kept
         weights): they count as touched, and their contents are part of the repeat key."""
+        return torch.cat(list(self.chunks(model, windows, mask, values)))
+
+    def chunks(self, model: torch.nn.Module, windows: torch.Tensor, mask: Mask | None = None,
+               values: dict[str, torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
+        """:meth:`__call__`'s losses batch by batch (window order), so a caller may stop early
+        (:mod:`ssm_profile.earlystop`); each batch's losses are the very numbers of a full evaluation.
+        Close the iterator (or exhaust it) before changing the model's weights."""
         if model is not self.model or not (windows is self.windows or torch.equal(windows, self.windows)):
             self.stats["plain"] += 1
-            return batch_losses(model, windows, self.batch_size, kernels=self.kernels)
+            yield batch_losses(model, windows, self.batch_size, kernels=self.kernels)
+            return
         with installed(model, self.kernels):
-            return self._losses(model, windows, mask, values or {})
+            yield from self._pieces(model, windows, mask, values or {})
 
-    def _losses(self, model: torch.nn.Module, windows: torch.Tensor, mask: Mask | None,
-                values: dict[str, torch.Tensor]) -> torch.Tensor:
-        """:meth:`__call__` on the bound model and windows, its kernels installed."""
+    def _pieces(self, model: torch.nn.Module, windows: torch.Tensor, mask: Mask | None,
+                values: dict[str, torch.Tensor]) -> Iterator[torch.Tensor]:
+        """:meth:`chunks` on the bound model and windows, its kernels installed. Only complete
+        results are remembered for repeated masks."""
         touched = None if mask is None else _touched(mask)
         if touched is not None:
             touched.update({name: None for name in values if name not in touched})
@@ -253,28 +262,35 @@ class IncrementalEvaluator:
         if touched is not None and self.dedupe:
             if not touched and self._dense is not None:
                 self.stats["unchanged"] += 1
-                return self._dense.clone()
+                yield self._dense.clone()
+                return
             key = _mask_key(touched, values)
             if key in self._results:
                 self.stats["repeated"] += 1
-                return self._results[key].clone()
+                yield self._results[key].clone()
+                return
+        self._calls += 1
+        if self._calls % TRIM_EVERY == 0:
+            _release_free_heap()
         if not self.enabled:
             self.stats["plain"] += 1
-            losses = batch_losses(model, windows, self.batch_size, kernels=self.kernels)
+            pieces = (batch_losses(model, part, self.batch_size, kernels=self.kernels)
+                      for part in windows.split(self.batch_size))
         elif (plan := self._plan(touched)) is None:
             self.stats["outside_layers"] += 1  # embeddings, final norm or head: nothing cached applies
-            losses = batch_losses(model, windows, self.batch_size, kernels=self.kernels)
+            pieces = (batch_losses(model, part, self.batch_size, kernels=self.kernels)
+                      for part in windows.split(self.batch_size))
         else:
             start, mode = plan
             self.stats[f"start_layer_{start}"] += 1
             self.stats[f"mode_{mode or 'full'}"] += 1
-            losses = self._evaluate(start, mode)
+            pieces = self._batch_losses(start, mode)
+        done = []
+        for piece in pieces:
+            done.append(piece.double())
+            yield done[-1]
         if key is not None:
-            self._results[key] = losses.clone()
-        self._calls += 1
-        if self._calls % TRIM_EVERY == 0:
-            _release_free_heap()
-        return losses
+            self._results[key] = torch.cat(done)
 
     def _plan(self, touched: dict[str, torch.Tensor] | None) -> tuple[int, str | None] | None:
         """(first layer to recompute, reuse mode inside it) for a trial touching ``touched``;
@@ -307,18 +323,21 @@ class IncrementalEvaluator:
                 return layer, rest[len("mixer."):].split(".")[0]
         return None, ""
 
-    @torch.no_grad()
     def _evaluate(self, start: int, mode: str | None) -> torch.Tensor:
-        losses = []
+        return torch.cat(list(self._batch_losses(start, mode))).double()
+
+    def _batch_losses(self, start: int, mode: str | None) -> Iterator[torch.Tensor]:
+        """Per-window losses of each cached batch in turn, recomputed from layer ``start``."""
         for batch in self._batches:
-            h = batch.inputs[start]
-            for i in range(start, len(self.layers)):
-                if i == start and mode is not None:
-                    h = self._run_layer_reusing(i, h, batch.stages[i], mode)
-                else:
-                    h = self.layers[i](h, cache=None, attention_mask=None)
-            losses.append(self._head_loss(h, batch))
-        return torch.cat(losses).double()
+            with torch.no_grad():
+                h = batch.inputs[start]
+                for i in range(start, len(self.layers)):
+                    if i == start and mode is not None:
+                        h = self._run_layer_reusing(i, h, batch.stages[i], mode)
+                    else:
+                        h = self.layers[i](h, cache=None, attention_mask=None)
+                loss = self._head_loss(h, batch)
+            yield loss
 
     def _run_layer_reusing(self, i: int, h: torch.Tensor, stages: dict[str, Any], mode: str) -> torch.Tensor:
         """Layer ``i`` with the mixer stages upstream of the masked tensors replaced by their dense outputs."""

@@ -4,6 +4,10 @@ Data roles (:mod:`ssm_profile.data`): scores come from the calibration windows, 
 the search windows (``Dataset.evaluation``); the verification windows are recorded in run.json
 (``data``) but never evaluated here, so plans can be checked on windows nothing was chosen on.
 
+Which trials run: ``ProfileSettings.sweep`` "adaptive" (the default; :mod:`ssm_profile.adaptive`,
+with early stopping from :mod:`ssm_profile.earlystop`, optionally bounded by ``budget`` seconds) or
+"grid" (every target x criterion x sparsity, and every target in every layer).
+
 ``profile_model`` is the Python API behind `ssm-profile profile` and the TUI's profile screen;
 it returns a :class:`ssm_profile.results.ProfileResult` and, given ``run_dir``, writes a run
 directory as it goes so an interrupted run can be resumed without redoing finished trials.
@@ -47,14 +51,19 @@ from .recipe import RunRecipe, needs_of
 from .resolve import LoadedModel, check_vocabulary, tokenizer_info
 from .results import RUN_SCHEMA_VERSION, ProfileResult, read_journal
 from .safe_read import read_user_json
-from .schedule import GridSchedule, run_schedule
-from .sensitivity import LocalTrialRunner, Scorer, Trial, plan_trials
+from .adaptive import AdaptiveSchedule, Budget
+from .earlystop import CHUNK_WINDOWS, StopRule
+from .schedule import GridSchedule, Schedule, run_schedule
+from .sensitivity import LocalTrialRunner, Scorer, Trial, TrialSpec, plan_trials
 
 Progress = Callable[[int, int, str], None]
 # Settings a resumed run may change: they change how fast trials run, not what they measure
 # (``incremental`` gives bit-identical losses; ``fast_scan`` agrees with the reference kernels to
 # float32 rounding, so a run resumed with the other kernel choice mixes trials of both).
 RESUMABLE_SETTINGS = ("fast_scan", "incremental")
+SWEEPS = ("adaptive", "grid")
+# Settings older runs lack, with the value they ran with (so they still resume).
+SETTINGS_BEFORE = {"sweep": "grid", "budget": None}
 
 
 @dataclass
@@ -75,9 +84,16 @@ class ProfileSettings:
     # rounding) and incremental evaluation (ssm_profile.incremental; bit-identical to batch_losses).
     fast_scan: bool = True
     incremental: bool = True
+    sweep: str = "adaptive"  # "grid": every trial; "adaptive": ssm_profile.adaptive (with early stopping)
+    budget: float | None = None  # seconds the adaptive sweep may take in all (None: no bound)
 
     def validate(self) -> None:
         from .criteria import get
+
+        if self.sweep not in SWEEPS:
+            raise SSMProfileError(f"unknown sweep '{self.sweep}'; choose from {', '.join(SWEEPS)}")
+        if self.budget is not None and (self.sweep != "adaptive" or not self.budget > 0):
+            raise SSMProfileError("--budget needs --sweep adaptive and a positive duration such as 10m")
 
         for s in [*self.sparsities, self.probe_sparsity]:
             if not 0.0 < float(s) < 1.0:
@@ -132,7 +148,7 @@ def _check_resume(run_dir: Path, meta: dict[str, Any]) -> None:
 def _comparable(settings: dict[str, Any] | None) -> dict[str, Any] | None:
     if settings is None:
         return None
-    return {k: v for k, v in settings.items() if k not in RESUMABLE_SETTINGS}
+    return {**SETTINGS_BEFORE, **{k: v for k, v in settings.items() if k not in RESUMABLE_SETTINGS}}
 
 
 def profile_model(loaded: LoadedModel, data: DataSpec | Dataset | None = None,
@@ -221,7 +237,8 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
 
     note(0, 1, "dense evaluation")
     t0 = time.perf_counter()
-    dense = batch_losses(model, dataset.evaluation, settings.batch_size)
+    eval_batch = evaluation_batch(settings)
+    dense = batch_losses(model, dataset.evaluation, eval_batch)
     dense_loss = float(dense.mean())
     if not math.isfinite(dense_loss):
         raise DataError("the dense model's evaluation loss is not finite; check the model and data")
@@ -243,29 +260,38 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
     meta["skipped"] = skipped
     meta["trials_planned"] = len(specs)
 
-    journal = None  # only the writing rank's trials go to it (every rank's ``done`` is the same)
+    journal = recorded = None  # only the writing rank's trials go to the journal (every rank's ``done`` is the same)
     done: dict[str, Trial] = {}
     if run_path is not None:
-        done = world.from_writer(lambda: _start_run_dir(run_path, meta, analysis, dense))
+        done, recorded = world.from_writer(lambda: _start_run_dir(run_path, meta, analysis, dense))
         journal = run_path / "trials.jsonl" if world.writer else None
 
     evaluate = None
-    if settings.incremental and any(spec.key not in done for spec in specs):
+    if settings.incremental and make_schedule(settings, specs, scorer, mixers, None).next_batch(done):
         from .incremental import IncrementalEvaluator
 
         note(0, 1, "caching activations")
         t0 = time.perf_counter()
-        evaluate = IncrementalEvaluator(model, dataset.evaluation, settings.batch_size).prepare(dense)
+        evaluate = IncrementalEvaluator(model, dataset.evaluation, eval_batch).prepare(dense)
         timings["caching"] = time.perf_counter() - t0
 
+    # rank 0's numbers, so every rank's schedule makes the same decisions
+    meta["budget"] = world.from_writer(
+        lambda: _budget_record(settings, recorded, time.perf_counter() - started, timings))
+    schedule = make_schedule(settings, specs, scorer, mixers, meta["budget"])
+    meta["trials_planned"] = schedule.expected_total(done)
+    if run_path is not None and world.writer and meta["budget"] is not None:
+        write_json_atomic(run_path / "run.json", meta)  # the budget's numbers, before the first trial
+    stop = None if settings.sweep == "grid" else StopRule(settings.tolerance, len(dense), eval_batch)
     runner = LocalTrialRunner(model, scorer, mixers, dataset.evaluation, dense_loss, settings.structure,
-                              settings.batch_size, evaluate=evaluate)
+                              eval_batch, evaluate=evaluate, dense_losses=dense, stop=stop)
     if world.sharded:
         runner = ShardedTrialRunner(runner, world)
     t0 = time.perf_counter()
-    trials = run_schedule(GridSchedule(specs), runner, done, journal, note, cancel)
-    note(len(specs), len(specs), "summaries")
+    trials = run_schedule(schedule, runner, done, journal, note, cancel)
+    note(len(trials), len(trials), "summaries")
     timings["trials"] = time.perf_counter() - t0
+    meta["sweep"] = sweep_summary(schedule, done, int(dataset.evaluation.shape[1]))
 
     unit_scores = _unit_scores(scorer, mixers, criteria)
     saliency = _saliency(scorer, mixers, targets, settings.criteria)
@@ -282,14 +308,69 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
     return result
 
 
-def _start_run_dir(run_path: Path, meta: dict[str, Any], analysis, dense: torch.Tensor) -> dict[str, Trial]:
-    """Write the run's description and return the trials its journal holds (from an interrupted run)."""
+def _start_run_dir(run_path: Path, meta: dict[str, Any], analysis,
+                   dense: torch.Tensor) -> tuple[dict[str, Trial], dict[str, float] | None]:
+    """Write the run's description; return the trials its journal holds (from an interrupted run)
+    and the budget numbers that run recorded (read before run.json is rewritten)."""
     run_path.mkdir(parents=True, exist_ok=True)
     done = {t.key: t for t in read_journal(run_path / "trials.jsonl")}
+    recorded = _recorded_budget(run_path) if done else None
     write_json_atomic(run_path / "run.json", meta)
     analysis.to_json(run_path / "analysis.json")
     write_json_atomic(run_path / "dense.json", {"window_losses": dense.tolist()})
-    return done
+    return done, recorded
+
+
+def evaluation_batch(settings: ProfileSettings) -> int:
+    """Windows per evaluation batch: the adaptive sweep looks for an early stop after every batch,
+    so it evaluates at most ``CHUNK_WINDOWS`` at a time (the dense losses use the same batches)."""
+    return settings.batch_size if settings.sweep == "grid" else min(settings.batch_size, CHUNK_WINDOWS)
+
+
+def make_schedule(settings: ProfileSettings, specs: list[TrialSpec], scorer: Scorer, mixers,
+                  budget: dict[str, float] | None) -> Schedule:
+    """The schedule of ``settings.sweep`` over the grid's ``specs``."""
+    if settings.sweep == "grid":
+        return GridSchedule(specs)
+
+    def predict(spec: TrialSpec) -> float | None:
+        return scorer.predicted_delta(spec, scorer.mask(spec, mixers, settings.structure), mixers)
+
+    return AdaptiveSchedule.from_grid(specs, probe=settings.probe_sparsity, tolerance=settings.tolerance,
+                                      layer_criterion=settings.layer_criterion, predict=predict,
+                                      budget=Budget(**budget) if budget else None)
+
+
+def _recorded_budget(run_path: Path) -> dict[str, float] | None:
+    """The budget numbers an earlier start of this run recorded in its run.json (None: none)."""
+    if not (run_path / "run.json").exists():
+        return None
+    old = read_user_json(run_path / "run.json", "run file", error=RunDirError).get("budget")
+    return old if isinstance(old, dict) and set(old) == {"seconds", "setup_s", "trial_s"} else None
+
+
+def _budget_record(settings: ProfileSettings, recorded: dict[str, float] | None, setup_s: float,
+                   timings: dict[str, float]) -> dict[str, float] | None:
+    """The numbers the budget rests on, fixed when the run starts; a resumed run reuses those it
+    recorded (so the schedule replays the same decisions)."""
+    if settings.budget is None:
+        return None
+    if recorded is not None:
+        return recorded
+    return {"seconds": float(settings.budget), "setup_s": round(setup_s, 3),
+            "trial_s": round(timings.get("dense_eval", 0.0), 3)}
+
+
+def sweep_summary(schedule: Schedule, finished: dict[str, Trial], seqlen: int) -> dict[str, Any]:
+    """What the sweep spent: trials, early stops, windows and window-tokens evaluated."""
+    trials = list(finished.values())
+    windows = sum(t.windows_evaluated for t in trials)
+    out: dict[str, Any] = {"trials": len(trials), "stopped": sum(t.stopped for t in trials),
+                           "windows_evaluated": windows, "window_tokens": windows * seqlen,
+                           "trial_seconds": round(sum(t.seconds for t in trials), 3)}
+    if isinstance(schedule, AdaptiveSchedule) and schedule.budget is not None:
+        out["budget_exhausted"] = schedule.exhausted(finished)
+    return out
 
 
 def _config_dict(model: torch.nn.Module) -> dict[str, Any]:

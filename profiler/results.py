@@ -33,7 +33,7 @@ from .findings import Finding, evaluate_findings
 from .io import write_json_atomic, write_text_atomic
 from .safe_read import read_user_json
 from .journal import append_journal, read_journal  # noqa: F401  (the run directory's journal)
-from .sensitivity import Trial
+from .sensitivity import Trial, layer_text
 
 RUN_SCHEMA_VERSION = 1
 
@@ -96,20 +96,29 @@ class ProfileResult:
         return None
 
     # ------------------------------------------------------------------ uncertainty
-    def _resamples(self) -> np.ndarray:
-        n = len(self.dense_window_losses)
+    def _resamples(self, n: int | None = None) -> np.ndarray:
+        """Bootstrap resamples of the first ``n`` windows (default: all of them)."""
+        n = len(self.dense_window_losses) if n is None else n
         rng = np.random.default_rng(int(self.meta.get("data", {}).get("seed", 0)))
         return rng.integers(0, n, size=(self.bootstrap, n))
+
+    def shared_windows(self, trials: list[Trial]) -> int:
+        """How many windows every one of ``trials`` was evaluated on: a trial stopped early
+        (``Trial.stopped``) holds a prefix of the search windows, so paired statistics use the
+        windows all of them share."""
+        return min([len(self.dense_window_losses), *(len(t.window_losses) for t in trials)])
 
     def resampled_means(self, trials: list[Trial]) -> np.ndarray | None:
         """Mean loss of the dense model (column 0) and of each trial (columns 1..) on the SAME bootstrap
         resamples of the evaluation windows (one row per resample), so differences between columns are
-        paired. None when the per-window losses are missing or do not line up with the dense ones."""
-        dense = np.asarray(self.dense_window_losses, dtype=float)
-        if len(dense) < 2 or any(len(t.window_losses) != len(dense) for t in trials):
+        paired. Only the windows every trial was evaluated on take part (all of them unless a trial
+        stopped early). None when fewer than two windows are shared."""
+        n = self.shared_windows(trials)
+        if n < 2:
             return None
-        losses = np.stack([dense] + [np.asarray(t.window_losses, dtype=float) for t in trials])
-        return losses[:, self._resamples()].mean(axis=2).T
+        dense = np.asarray(self.dense_window_losses[:n], dtype=float)
+        losses = np.stack([dense] + [np.asarray(t.window_losses[:n], dtype=float) for t in trials])
+        return losses[:, self._resamples(n)].mean(axis=2).T
 
     def delta_ci(self, trial: Trial) -> tuple[float, float]:
         """Paired bootstrap 95% interval of ΔL over evaluation windows."""
@@ -120,6 +129,8 @@ class ProfileResult:
         return float(lo), float(hi)
 
     def _auc(self, curve: list[Trial], idx: np.ndarray | None = None) -> float:
+        """Area under ΔL(sparsity) from 0 (ΔL 0) over the measured levels; with ``idx``, on those
+        window indices (a resample of the windows every trial of the curve shares)."""
         xs, ys = [0.0], [0.0]
         dense = np.asarray(self.dense_window_losses)
         for t in curve:
@@ -130,19 +141,27 @@ class ProfileResult:
                 ys.append(float(np.asarray(t.window_losses)[idx].mean() - dense[idx].mean()))
         return float(np.trapezoid(ys, xs))
 
+    def _best_criterion(self, curves: dict[str, list[Trial]]) -> str:
+        """The criterion with the least area under ΔL over the levels every curve measured (all of
+        them in a grid sweep; an adaptive sweep measures other criteria at the probe level only)."""
+        common = set.intersection(*({round(t.sparsity, 6) for t in c} for c in curves.values()))
+        if not common:
+            return min(curves, key=lambda c: self._auc(curves[c]))
+        return min(curves, key=lambda c: self._auc([t for t in curves[c] if round(t.sparsity, 6) in common]))
+
     # ------------------------------------------------------------------ ranking
     def ranking(self) -> list[RankRow]:
         """Targets from most to least sensitive (model-wide sweep, best criterion per target)."""
         rows = []
-        resamples = self._resamples()
         for target in dict.fromkeys(t.target for t in self.model_trials):
             curves = {c: self.curve(target, c) for c in self.criteria()}
             curves = {c: v for c, v in curves.items() if v}
             if not curves:
                 continue
-            best = min(curves, key=lambda c: self._auc(curves[c]))
+            best = self._best_criterion(curves)
             curve = curves[best]
-            boots = [self._auc(curve, idx) for idx in resamples] if len(curve[0].window_losses) else [0.0]
+            shared = self.shared_windows(curve)
+            boots = [self._auc(curve, idx) for idx in self._resamples(shared)] if shared else [0.0]
             at50 = next((t.delta_loss for t in curve if abs(t.sparsity - 0.5) < 1e-9), None)
             rows.append(RankRow(target=target, layer=None, best_criterion=best, auc=self._auc(curve),
                                 auc_ci=tuple(float(v) for v in np.percentile(boots, [2.5, 97.5])),
@@ -156,30 +175,48 @@ class ProfileResult:
     def _max_safe(self, curve: list[Trial]) -> float:
         safe = 0.0
         for t in curve:
-            if t.rel_ppl_increase > self.tolerance:
+            if t.stopped or t.rel_ppl_increase > self.tolerance:  # a stopped trial is far outside
                 break
             safe = t.sparsity
         return safe
 
     def layer_ranking(self) -> list[dict[str, Any]]:
-        """Per (layer, target) loss increase at the probe sparsity, most sensitive first."""
+        """Per (layer, target) loss increase at the probe sparsity, most sensitive per layer first.
+        A row of an adaptive run may cover a block of ``span`` layers from ``layer`` (``layers``: "4-7")."""
         rows = []
         for t in self.layer_trials:
             lo, hi = self.delta_ci(t)
-            rows.append({"layer": t.layer, "target": t.target, "criterion": t.criterion, "sparsity": t.sparsity,
-                         "delta_loss": t.delta_loss, "ci_low": lo, "ci_high": hi,
-                         "rel_ppl_increase": t.rel_ppl_increase, "params": self._target_params(t.target, t.layer)})
-        rows.sort(key=lambda r: -r["delta_loss"])
+            rows.append({"layer": t.layer, "span": t.span, "layers": layer_text(t.layer, t.span), "target": t.target,
+                         "criterion": t.criterion, "sparsity": t.sparsity, "delta_loss": t.delta_loss,
+                         "ci_low": lo, "ci_high": hi, "rel_ppl_increase": t.rel_ppl_increase,
+                         "params": sum(self._target_params(t.target, layer) for layer in range(t.layer, t.layer + t.span))})
+        rows.sort(key=lambda r: -r["delta_loss"] / r["span"])
         for i, r in enumerate(rows, 1):
             r["rank"] = i
         return rows
 
-    def heatmap(self) -> tuple[list[int], list[str], list[list[float | None]]]:
-        """Layer × target matrix of ΔL at the probe sparsity (None where not measured)."""
-        layers = sorted({t.layer for t in self.layer_trials})
+    def layer_cell(self, layer: int, target: str) -> Trial | None:
+        """The narrowest per-layer trial of ``target`` that covers ``layer`` (None: not measured)."""
+        covering = [t for t in self.layer_trials if t.target == target and t.spec.covers(layer)]
+        return min(covering, key=lambda t: t.span) if covering else None
+
+    def heatmap(self, metric: str = "delta") -> tuple[list[int], list[str], list[list[float | None]]]:
+        """Layer × target matrix at the probe sparsity (None where not measured): ΔL (``metric``
+        "delta") or the relative perplexity increase ("rel"). Where only a block of layers was
+        measured (adaptive sweep), each of its layers shows the block's ΔL shared evenly."""
+        mixer_layers = {g.layer for g in self.analysis.mixer_groups()}
+        layers = sorted({l for t in self.layer_trials for l in range(t.layer, t.layer + t.span)
+                         if t.span == 1 or l in mixer_layers})
         targets = list(dict.fromkeys(t.target for t in self.layer_trials))
-        cell = {(t.layer, t.target): t.delta_loss for t in self.layer_trials}
-        return layers, targets, [[cell.get((l, g)) for g in targets] for l in layers]
+
+        def value(layer: int, target: str) -> float | None:
+            t = self.layer_cell(layer, target)
+            if t is None:
+                return None
+            share = t.delta_loss / t.span
+            return share if metric == "delta" else math.expm1(min(share, 700.0))
+
+        return layers, targets, [[value(l, g) for g in targets] for l in layers]
 
     def _target_params(self, target: str, layer: int | None) -> int:
         if target.startswith("unit:"):
@@ -221,7 +258,7 @@ class ProfileResult:
         for t in self.trials:
             lo, hi = self.delta_ci(t)
             row = {k: v for k, v in t.to_dict().items() if k != "window_losses"}
-            row.update(ci_low=lo, ci_high=hi)
+            row.update(ci_low=lo, ci_high=hi, windows_evaluated=t.windows_evaluated)
             rows.append(row)
         return pd.DataFrame(rows)
 

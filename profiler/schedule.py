@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
 
 from .journal import append_journal
-from .sensitivity import Trial, TrialSpec
+from .sensitivity import Trial, TrialSpec, layer_text
 
 Progress = Callable[[int, int, str], None]
 
@@ -76,4 +76,4 @@ def run_schedule(schedule: Schedule, runner: TrialRunner, finished: dict[str, Tr
 
 def _label(spec: TrialSpec) -> str:
     return (f"{spec.target} · {spec.criterion} · {spec.sparsity:.0%}"
-            + ("" if spec.layer is None else f" · layer {spec.layer}"))
+            + ("" if spec.layer is None else f" · layer {layer_text(spec.layer, spec.span)}"))

@@ -1,8 +1,13 @@
 """Measured sensitivity: prune one target at rising sparsity, measure held-out loss, restore.
 
 A trial = (target, criterion, sparsity, layer). ``layer=None`` prunes the target in every SSM
-layer (the model-wide sweep); an integer prunes it in that layer only (the per-layer heatmap).
+layer (the model-wide sweep); an integer prunes it in that layer only (the per-layer heatmap), or
+in the ``span`` layers from it on (a block of layers, which the adaptive sweep probes first).
 Weights are restored bit for bit after every trial (:class:`ssm_profile.masks.MaskApplier`).
+
+With a :class:`ssm_profile.earlystop.StopRule` a trial is evaluated chunk by chunk and may stop
+early (``stopped``): its ``window_losses`` then hold the windows evaluated (a prefix of the search
+windows) and ``delta_loss`` is the paired mean over them.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 from .arch import MixerInfo
 from .criteria import NotApplicable, ScoringContext, get
 from .data import batch_losses
+from .earlystop import StopRule
 from .kernels import Kernels
 from .masks import (Mask, MaskApplier, Pruning, Target, element_mask, parse_structure, pruned_count, prunable_params,
                     select_units, unit_mask)
@@ -30,10 +36,21 @@ class TrialSpec:
     criterion: str
     sparsity: float
     layer: int | None = None  # None = every SSM layer
+    span: int = 1  # with a layer: the layers layer .. layer + span - 1
 
     @property
     def key(self) -> str:
-        return f"{self.target}|{self.criterion}|{self.sparsity:.4f}|{'all' if self.layer is None else self.layer}"
+        return f"{self.target}|{self.criterion}|{self.sparsity:.4f}|{layer_text(self.layer, self.span)}"
+
+    def covers(self, layer: int) -> bool:
+        return self.layer is None or self.layer <= layer < self.layer + self.span
+
+
+def layer_text(layer: int | None, span: int = 1) -> str:
+    """'all', '3', or '4-7' for a block of layers (the journal key's last field)."""
+    if layer is None:
+        return "all"
+    return str(layer) if span == 1 else f"{layer}-{layer + span - 1}"
 
 
 @dataclass
@@ -50,10 +67,20 @@ class Trial:
     predicted_delta: float | None
     seconds: float
     window_losses: list[float] = field(default_factory=list)
+    span: int = 1  # layers pruned from ``layer`` on (see TrialSpec)
+    stopped: bool = False  # ended early, far outside tolerance (ssm_profile.earlystop): "lost"
 
     @property
     def key(self) -> str:
-        return TrialSpec(self.target, self.criterion, self.sparsity, self.layer).key
+        return self.spec.key
+
+    @property
+    def spec(self) -> TrialSpec:
+        return TrialSpec(self.target, self.criterion, self.sparsity, self.layer, self.span)
+
+    @property
+    def windows_evaluated(self) -> int:
+        return len(self.window_losses)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,7 +130,7 @@ class Scorer:
         target = Target.parse(spec.target)
         parts = []
         for mixer in mixers:
-            if spec.layer is not None and mixer.layer != spec.layer:
+            if not spec.covers(mixer.layer):
                 continue
             if target.kind == "group":
                 if target.part not in mixer.groups():
@@ -225,31 +252,69 @@ def plan_trials(scorer: Scorer, mixers: list[MixerInfo], targets: list[Target], 
 def run_trial(model: torch.nn.Module, spec: TrialSpec, scorer: Scorer, mixers: list[MixerInfo],
               eval_windows: torch.Tensor, dense_loss: float, structure: str = "unstructured",
               batch_size: int = 8, evaluate: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
-              kernels: Kernels | None = None) -> Trial:
+              kernels: Kernels | None = None, dense_losses: torch.Tensor | None = None,
+              stop: StopRule | None = None) -> Trial:
     """Measure one trial: mask, evaluate, restore. ``evaluate(model, windows)`` replaces
     :func:`batch_losses` (run with ``kernels``; None: those installed on the model); an evaluator
     with a true ``accepts_mask`` attribute is called as ``evaluate(model, windows, mask=mask, values=values)``
-    so it can tell what the trial changed (``values``: tensors a reconstructing criterion rewrote)."""
+    so it can tell what the trial changed (``values``: tensors a reconstructing criterion rewrote), and
+    one with a ``chunks`` method is evaluated batch by batch. With ``stop`` (and the dense model's
+    per-window ``dense_losses``) the trial ends once the rule says it is far outside tolerance."""
     start = time.perf_counter()
     pruning = scorer.prune(spec, mixers, structure)
     mask = pruning.mask
     predicted = scorer.predicted_delta(spec, mask, mixers)
     with MaskApplier(model) as applier:
         applier.apply(mask, pruning.values)
-        if evaluate is not None and getattr(evaluate, "accepts_mask", False):
-            # e.g. ssm_profile.incremental.IncrementalEvaluator; ``values``: kept weights the cut changed
-            losses = evaluate(model, eval_windows, mask=mask, values=pruning.values)
-        elif evaluate is not None:
-            losses = evaluate(model, eval_windows)
-        else:
-            losses = batch_losses(model, eval_windows, batch_size, kernels=kernels)
-    loss = float(losses.mean())
+        pieces = _chunks(model, eval_windows, pruning, batch_size, evaluate, kernels, chunked=stop is not None)
+        losses, stopped = _evaluate_until(pieces, dense_losses, stop)
+    if stopped:  # the paired mean over the windows evaluated, and the full-data loss it implies
+        assert dense_losses is not None
+        delta = float((losses - dense_losses[: len(losses)]).mean())
+        loss = dense_loss + delta
+    else:
+        loss = float(losses.mean())
+        delta = loss - dense_loss
     return Trial(
         target=spec.target, criterion=spec.criterion, sparsity=spec.sparsity, layer=spec.layer, loss=loss,
-        delta_loss=loss - dense_loss, perplexity=_exp(loss), rel_ppl_increase=_exp(loss - dense_loss) - 1.0,
+        delta_loss=delta, perplexity=_exp(loss), rel_ppl_increase=_exp(delta) - 1.0,
         pruned_params=pruned_count(mask), predicted_delta=predicted, seconds=time.perf_counter() - start,
-        window_losses=[round(float(x), 6) for x in losses],
+        window_losses=[round(float(x), 6) for x in losses], span=spec.span, stopped=stopped,
     )
+
+
+def _chunks(model: torch.nn.Module, windows: torch.Tensor, pruning: Pruning, batch_size: int,
+            evaluate: Callable[..., torch.Tensor] | None, kernels: Kernels | None, chunked: bool):
+    """The trial's per-window losses, in pieces (window order); one piece unless ``chunked``."""
+    if evaluate is not None and getattr(evaluate, "accepts_mask", False):
+        # e.g. ssm_profile.incremental.IncrementalEvaluator; ``values``: kept weights the cut changed
+        told = dict(mask=pruning.mask, values=pruning.values)
+        if chunked and hasattr(evaluate, "chunks"):
+            return evaluate.chunks(model, windows, **told)
+        return iter([evaluate(model, windows, **told)])
+    if evaluate is not None:
+        return iter([evaluate(model, windows)])
+    if not chunked:
+        return iter([batch_losses(model, windows, batch_size, kernels=kernels)])
+    # batch_losses evaluates batch by batch, so one call per batch gives the same numbers
+    return (batch_losses(model, piece, batch_size, kernels=kernels) for piece in windows.split(batch_size))
+
+
+def _evaluate_until(pieces, dense_losses: torch.Tensor | None, stop: StopRule | None) -> tuple[torch.Tensor, bool]:
+    """Concatenated losses of ``pieces``, drawn until the last or until ``stop`` says stop."""
+    done: list[torch.Tensor] = []
+    try:
+        for piece in pieces:
+            done.append(piece.double())
+            if stop is not None and dense_losses is not None:
+                seen = torch.cat(done)
+                if stop.should_stop((seen - dense_losses[: len(seen)]).numpy()):
+                    return seen, True
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()  # a generator's contexts (installed kernels) end here, before the weights are restored
+    return torch.cat(done), False
 
 
 def _exp(x: float) -> float:
@@ -269,10 +334,13 @@ class LocalTrialRunner:
     structure: str = "unstructured"
     batch_size: int = 8
     evaluate: Callable[..., torch.Tensor] | None = None
+    dense_losses: torch.Tensor | None = None  # per window; with ``stop``, trials may end early
+    stop: StopRule | None = None
 
     def run_one(self, spec: TrialSpec) -> Trial:
         return run_trial(self.model, spec, self.scorer, self.mixers, self.windows, self.dense_loss,
-                         self.structure, self.batch_size, evaluate=self.evaluate)
+                         self.structure, self.batch_size, evaluate=self.evaluate,
+                         dense_losses=self.dense_losses, stop=self.stop)
 
     def run(self, specs, on_start: Callable[[TrialSpec], None], on_trial: Callable[[Trial], None]) -> list[Trial]:
         trials = []

@@ -346,7 +346,8 @@ def layer_heatmap_block(facts: Facts) -> str:
     if not layers:
         return '<h3>Per-layer sensitivity</h3><p class="note">No per-layer sweep in this run.</p>'
     settings = facts.meta.get("settings") or {}
-    info = {(row["layer"], row["target"]): row for row in facts.layer_ranking}
+    info = {(layer, row["target"]): row for row in facts.layer_ranking  # a row may cover a block of layers
+            for layer in range(row["layer"], row["layer"] + row.get("span", 1))}
     crit = settings.get("layer_criterion") or (facts.layer_ranking[0]["criterion"] if facts.layer_ranking else "?")
     probe = settings.get("probe_sparsity")
     if probe is None and facts.layer_ranking:
@@ -356,7 +357,8 @@ def layer_heatmap_block(facts: Facts) -> str:
         row = info.get((layers[i], targets[j]))
         if row is None or v is None:
             return f"layer {layers[i]} · {targets[j]}: not measured"
-        return (f"layer {layers[i]} · {targets[j]} · {row['criterion']} {row['sparsity']:.0%}\nΔL {fmt(v)} (95% CI "
+        block = f" (block {row['layers']}, ΔL shared)" if row.get("span", 1) > 1 else ""
+        return (f"layer {layers[i]} · {targets[j]} · {row['criterion']} {row['sparsity']:.0%}{block}\nΔL {fmt(v)} (95% CI "
                 f"{fmt(row['ci_low'])} … {fmt(row['ci_high'])})\nperplexity {row['rel_ppl_increase']:+.2%}\n"
                 f"rank {row['rank']} of {len(facts.layer_ranking)}")
 
@@ -367,7 +369,7 @@ def layer_heatmap_block(facts: Facts) -> str:
     svg = heatmap([f"layer {layer}" for layer in layers], list(targets), [list(row) for row in matrix],
                   label="per-layer sensitivity heatmap", limit=limit, cell_w=cell_w,
                   cell_h=14 if many else 26, value_fmt=lambda v: fmt(v, 2), tip=tip, show_values=not many)
-    rows = [[num(row["rank"]), num(row["layer"]), Cell(chip(row["target"], group_color(row["target"], targets)),
+    rows = [[num(row["rank"]), num(row["layer"], row.get("layers", str(row["layer"]))), Cell(chip(row["target"], group_color(row["target"], targets)),
                                                        row["target"]),
              num(row["delta_loss"]), num(row["ci_low"], f"{fmt(row['ci_low'])} … {fmt(row['ci_high'])}"),
              num(row["rel_ppl_increase"], f"{row['rel_ppl_increase']:+.2%}"), num(row["params"], f"{row['params']:,}")]

@@ -35,7 +35,7 @@ def loaded2():
 
 def test_profile_writes_a_loadable_run(tmp_path, loaded2):
     before = {k: v.clone() for k, v in loaded2.model.state_dict().items()}
-    result = profile_model(loaded2, SMALL_DATA, small_settings(), run_dir=tmp_path / "run")
+    result = profile_model(loaded2, SMALL_DATA, small_settings(sweep="grid"), run_dir=tmp_path / "run")
     # Every trial restored the weights bit for bit.
     assert all(torch.equal(before[k], v) for k, v in loaded2.model.state_dict().items())
     files = {p.name for p in (tmp_path / "run").iterdir()}

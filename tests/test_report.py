@@ -48,7 +48,8 @@ def run_dir(tmp_path_factory) -> Path:
         mp.setenv("TRANSFORMERS_VERBOSITY", "error")
         loaded = load_model("tiny-mamba2")
         profile_model(loaded, DataSpec(nsamples=4, eval_samples=4, seqlen=32),
-                      ProfileSettings(sparsities=[0.25, 0.5], criteria=["magnitude", "wanda", "fisher", "random"]),
+                      ProfileSettings(sparsities=[0.25, 0.5], criteria=["magnitude", "wanda", "fisher", "random"],
+                                      sweep="grid"),
                       run_dir=out)
     return out
 

@@ -52,7 +52,8 @@ def saved_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("tui") / RUN_NAME
     loaded = load_model("tiny-mamba2")
     profile_model(loaded, DataSpec(nsamples=4, eval_samples=4, seqlen=32),
-                  ProfileSettings(sparsities=[0.25, 0.5], criteria=["magnitude", "fisher"]), run_dir=run_dir)
+                  ProfileSettings(sparsities=[0.25, 0.5], criteria=["magnitude", "fisher"], sweep="grid"),
+                  run_dir=run_dir)
     return run_dir
 
 

@@ -274,8 +274,7 @@ class SensitivityView(Vertical):
         crit = settings.get("layer_criterion", "?")
         probe = settings.get("probe_sparsity")
         if self.metric == "rel":
-            matrix = [[(t.rel_ppl_increase if (t := r.trial(g, crit, probe, layer)) is not None else None)
-                       for g in targets] for layer in layers] if probe is not None else matrix
+            matrix = r.heatmap("rel")[2]
         what = "ΔL" if self.metric == "delta" else "rel. ppl increase"
         note.update(Text.assemble((f"{what}", "bold"), (" when one layer's target is pruned to ", "dim"),
                                   (pct(probe, 0) if probe is not None else "?", "bold"), (" by ", "dim"),

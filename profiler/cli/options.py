@@ -91,3 +91,20 @@ def proportion(example: float, *, below_one: bool = False, allow_zero: bool = Fa
 
     parse.__name__ = "fraction"  # argparse names the type in some messages
     return parse
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def duration(text: str) -> float:
+    """A time span such as ``30s``, ``10m``, ``1.5h`` (a bare number is seconds), in seconds."""
+    raw = text.strip().lower()
+    unit = raw[-1:] if raw[-1:] in _DURATION_UNITS else "s"
+    number = raw[:-1] if raw[-1:] in _DURATION_UNITS else raw
+    try:
+        value = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 30s, 10m or 1h, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive duration such as 30s, 10m or 1h, got {text!r}")
+    return value

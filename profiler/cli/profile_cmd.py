@@ -6,7 +6,7 @@ import argparse
 
 from ..fmt import agreement_text
 from .common import add_model_args, load_from_args
-from .options import at_least, check_threads, fraction, proportion, sparsity_list
+from .options import at_least, check_threads, duration, fraction, proportion, sparsity_list
 
 
 def _names(text: str) -> list[str]:
@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated groups/units to sweep, e.g. in_proj,out_proj,unit:state (default: all)")
     p.add_argument("--sparsities", type=sparsity_list, default=None,
                    help="comma-separated levels in (0,1) (default 0.1..0.9)")
+    p.add_argument("--sweep", choices=("adaptive", "grid"), default="adaptive",
+                   help="adaptive (default): probe every criterion, then bisect each target's curve with its best "
+                   "one, layer blocks refined where they differ, trials far outside tolerance stopped early; "
+                   "grid: every target x criterion x sparsity and every layer")
+    p.add_argument("--budget", type=duration, default=None, metavar="TIME",
+                   help="bound the whole adaptive run, e.g. 30s, 10m, 1h; spent where uncertainty is largest")
     p.add_argument("--probe-sparsity", type=fraction, default=0.5, help="sparsity of the per-layer sweep (default 0.5)")
     p.add_argument("--layer-criterion", default="fisher", help="criterion of the per-layer sweep (default fisher)")
     p.add_argument("--no-per-layer", action="store_true", help="skip the per-layer sweep (no heatmap)")
@@ -72,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     settings = ProfileSettings(probe_sparsity=args.probe_sparsity, layer_criterion=args.layer_criterion,
                                per_layer=not args.no_per_layer, batch_size=args.batch_size,
                                tolerance=args.tolerance, seed=args.seed, targets=args.targets,
-                               fast_scan=not args.no_fast_scan, incremental=not args.plain_sweep)
+                               fast_scan=not args.no_fast_scan, incremental=not args.plain_sweep,
+                               sweep=args.sweep, budget=args.budget)
     if args.criteria:
         settings.criteria = args.criteria
     if args.sparsities:

@@ -1,0 +1,277 @@
+"""The adaptive sweep (`--sweep adaptive`, the default): spend trials where they decide something.
+
+The grid measures every target x criterion x sparsity and every target in every layer. The adaptive
+schedule asks, from the trials finished so far, only what is still undecided:
+
+1. **probe**: every applicable (target, criterion) at the probe sparsity (``probe_sparsity``, the
+   level the findings compare at); the criterion with the lowest ΔL there is the target's best.
+2. **boundary**, per target with its best criterion: the largest safe sparsity of the grid levels
+   (``sparsities``; safe = relative perplexity increase <= tolerance, every lower level safe too)
+   is bracketed between the largest measured safe level and the smallest measured lost one, and the
+   bracket is narrowed one level at a time until the two are adjacent grid levels: the boundary is
+   always verified by measurement. The next level is where the criterion's loss prediction
+   (``predicted_delta``, for criteria that make one), scaled by measured/predicted at the nearest
+   measured level, crosses log(1 + tolerance), so levels predicted clearly safe or clearly lost are
+   skipped; without a prediction, the lower middle level of the bracket. The top level is always measured
+   (the ranking's area under the curve spans the whole range).
+3. **knee**: once the boundary is found, levels are added until the curve holds ``CURVE_LEVELS``,
+   each in the gap with the largest trapezoid error bound (gap width x ΔL jump across it, from
+   sparsity 0 where ΔL = 0), i.e. where the curve bends most.
+4. **layers**: the layer criterion at the probe sparsity on ``LAYER_BLOCKS`` contiguous blocks of
+   layers per target; a block whose ΔL per layer is at least ``REFINE_RATIO`` x the median block's is
+   split in halves, down to single layers, so layers are resolved only where blocks differ.
+
+Stages 2-4 of different targets (and stage 4 with stage 1) are independent and share batches, so a
+sharded runner evaluates them side by side. Trials are evaluated with early stopping
+(:mod:`ssm_profile.earlystop`): a stopped trial is lost, with ΔL estimated on its windows.
+
+**Budget** (``--budget 10m``): the run's setup (analysis, calibration, caching; measured once and
+recorded in run.json, so a resume replays it) plus the ``seconds`` of every finished trial may not
+exceed it. Each batch is cut to what the remaining time allows (cost per trial: the mean of the
+finished trials, before any the dense evaluation's), in priority order (probe, top level, boundary,
+layer blocks, then by the size of the curve gap or block share); time left after the stages above
+goes to further knee levels and block splits, largest first. Everything is a function of the
+finished trials and of numbers fixed at the start, so ``next_batch`` stays pure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import median
+from typing import Callable, Mapping, Sequence
+
+from .sensitivity import Trial, TrialSpec
+
+CURVE_LEVELS = 5  # the knee stage fills the best criterion's curve up to this many levels (more with a budget)
+LAYER_BLOCKS = 4  # blocks of contiguous layers the per-layer stage starts with
+REFINE_RATIO = 2.0  # split a block whose ΔL per layer is this many times the median block's
+
+Predict = Callable[[TrialSpec], "float | None"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A bound on a run's time: ``seconds`` in all, of which ``setup_s`` went before the first trial;
+    ``trial_s``: the cost of one trial until some have finished (the dense evaluation's time)."""
+
+    seconds: float
+    setup_s: float = 0.0
+    trial_s: float = 0.0
+
+
+def is_lost(trial: Trial, tolerance: float) -> bool:
+    """Outside tolerance: measured above it, or stopped early (far above it)."""
+    return trial.stopped or not trial.rel_ppl_increase <= tolerance
+
+
+def expected_trials(pairs: int, targets: int, levels: int, layer_targets: int, layers: int) -> tuple[int, int]:
+    """A guess of the (model-wide, per-layer) trials of an adaptive sweep without a budget: the
+    probe, a boundary search of ~log2(levels) plus the top level, filled up to ``CURVE_LEVELS``, and
+    the layer blocks with a split or two."""
+    search = max(CURVE_LEVELS, 2 + math.ceil(math.log2(max(2, levels)))) - 1
+    blocks = min(layers, LAYER_BLOCKS + (2 if layers > LAYER_BLOCKS else 0))
+    return pairs + targets * search, layer_targets * blocks
+
+
+class AdaptiveSchedule:
+    """:class:`ssm_profile.schedule.Schedule` of the adaptive sweep (see the module docstring)."""
+
+    def __init__(self, pairs: Sequence[tuple[str, str]], sparsities: Sequence[float], probe: float,
+                 tolerance: float, layer_targets: Sequence[str] = (), layers: Sequence[int] = (),
+                 layer_criterion: str = "fisher", predict: Predict | None = None, budget: Budget | None = None):
+        self.pairs = list(pairs)
+        self.targets = list(dict.fromkeys(t for t, _ in self.pairs))
+        self.levels = sorted({round(float(s), 6) for s in sparsities})
+        self.probe = round(float(probe), 6)
+        self.tolerance = tolerance
+        self.layer_targets = list(layer_targets)
+        self.layers = sorted(layers)
+        self.layer_criterion = layer_criterion
+        self.predict = predict
+        self.budget = budget
+        self._predictions: dict[str, float | None] = {}
+
+    @classmethod
+    def from_grid(cls, specs: Sequence[TrialSpec], **kw) -> "AdaptiveSchedule":
+        """The adaptive schedule over the trials a grid would run (``plan_trials``' specs)."""
+        pairs = list(dict.fromkeys((s.target, s.criterion) for s in specs if s.layer is None))
+        layer_specs = [s for s in specs if s.layer is not None]
+        layer_targets = list(dict.fromkeys(s.target for s in layer_specs))
+        layers = sorted({s.layer for s in layer_specs})
+        sparsities = sorted({s.sparsity for s in specs if s.layer is None})
+        return cls(pairs, sparsities, layer_targets=layer_targets, layers=layers, **kw)
+
+    # ------------------------------------------------------------------ the Schedule protocol
+    def next_batch(self, finished: Mapping[str, Trial]) -> list[TrialSpec]:
+        """Replays the batches from the start: each is decided from the trials of the batches
+        before it, so a run interrupted mid-batch resumes with the rest of that same batch (and
+        a budget cuts the same batches) whatever the order trials finished in."""
+        known: dict[str, Trial] = {}
+        while batch := self._decide(known):
+            missing = [spec for spec in batch if spec.key not in finished]
+            if missing:
+                return missing
+            known.update((spec.key, finished[spec.key]) for spec in batch)
+        return []
+
+    def _decide(self, known: Mapping[str, Trial]) -> list[TrialSpec]:
+        """The batch that follows the trials ``known``, in priority order, cut to the budget."""
+        wanted = self._wanted(known, extra=self.budget is not None)
+        batch = [spec for _, spec in sorted(wanted, key=lambda item: item[0])]
+        batch = list({s.key: s for s in batch}.values())
+        return self._affordable(batch, known) if self.budget is not None else batch
+
+    def expected_total(self, finished: Mapping[str, Trial]) -> int:
+        model, layer = expected_trials(len(self.pairs), len(self.targets), len(self.levels),
+                                       len(self.layer_targets), len(self.layers))
+        return max(model + layer, len(finished) + len(self._wanted(finished, extra=False)))
+
+    # ------------------------------------------------------------------ stages
+    def _wanted(self, finished: Mapping[str, Trial], extra: bool) -> list[tuple[tuple, TrialSpec]]:
+        """(priority, spec) of every trial that can be decided now; lower priority tuples go first."""
+        out = [((0, 0.0), TrialSpec(t, c, self.probe)) for t, c in self.pairs
+               if TrialSpec(t, c, self.probe).key not in finished]
+        if not out:
+            for target in self.targets:
+                out += self._curve_next(target, finished, extra)
+        for target in self.layer_targets:
+            out += self._layers_next(target, finished, extra)
+        return [item for item in out if item[1].key not in finished]
+
+    def best_criterion(self, target: str, finished: Mapping[str, Trial]) -> str | None:
+        """The criterion with the lowest ΔL at the probe sparsity (ties: by name)."""
+        probes = [t for c in (c for t_, c in self.pairs if t_ == target)
+                  if (t := finished.get(TrialSpec(target, c, self.probe).key)) is not None]
+        return min(probes, key=lambda t: (t.delta_loss, t.criterion)).criterion if probes else None
+
+    def _curve(self, target: str, criterion: str, finished: Mapping[str, Trial]) -> dict[float, Trial]:
+        return {s: t for s in self.levels if (t := finished.get(TrialSpec(target, criterion, s).key)) is not None}
+
+    def _curve_next(self, target: str, finished: Mapping[str, Trial], extra: bool) -> list[tuple[tuple, TrialSpec]]:
+        criterion = self.best_criterion(target, finished)
+        if criterion is None:
+            return []
+        curve = self._curve(target, criterion, finished)
+        out = []
+        if self.levels[-1] not in curve:
+            out.append(((1, 0.0), TrialSpec(target, criterion, self.levels[-1])))
+        candidates = self._bracket(curve)
+        if candidates:
+            level = self._next_in_bracket(target, criterion, candidates, curve)
+            out.append(((2, 0.0), TrialSpec(target, criterion, level)))
+            return out
+        if out:
+            return out
+        gap = self._widest_gap(curve)
+        if gap is None or not (extra or len(curve) < CURVE_LEVELS):
+            return out
+        size, level = gap
+        return [((3 if len(curve) < CURVE_LEVELS else 5, -size), TrialSpec(target, criterion, level))]
+
+    def _bracket(self, curve: dict[float, Trial]) -> list[float]:
+        """Unmeasured grid levels between the largest safe level (all lower measured levels safe)
+        and the first measured level above it (lost): where the boundary may still lie."""
+        safe, above = 0.0, None
+        for level in sorted(curve):
+            if is_lost(curve[level], self.tolerance):
+                above = level
+                break
+            safe = level
+        return [s for s in self.levels if s > safe and (above is None or s < above) and s not in curve]
+
+    def _next_in_bracket(self, target: str, criterion: str, candidates: list[float],
+                         curve: dict[float, Trial]) -> float:
+        """The candidate where the scaled prediction crosses the tolerance; else the middle one."""
+        threshold = math.log1p(self.tolerance)
+        scored = []
+        for level in candidates:
+            predicted = self._predicted(TrialSpec(target, criterion, level))
+            scale = self._scale(curve, level)
+            if predicted is None or scale is None:
+                return candidates[(len(candidates) - 1) // 2]
+            scored.append((abs(math.log(max(scale * predicted, 1e-12)) - math.log(threshold)), level))
+        return min(scored)[1]
+
+    def _predicted(self, spec: TrialSpec) -> float | None:
+        if self.predict is None:
+            return None
+        if spec.key not in self._predictions:  # a cache of a pure function of the spec
+            self._predictions[spec.key] = self.predict(spec)
+        return self._predictions[spec.key]
+
+    def _scale(self, curve: dict[float, Trial], level: float) -> float | None:
+        """Measured / predicted ΔL at the measured level nearest ``level`` (completed trials only)."""
+        usable = [s for s, t in curve.items() if not t.stopped and (t.predicted_delta or 0) > 0 and t.delta_loss > 0]
+        if not usable:
+            return None
+        nearest = min(usable, key=lambda s: (abs(s - level), s))
+        return curve[nearest].delta_loss / curve[nearest].predicted_delta
+
+    def _widest_gap(self, curve: dict[float, Trial]) -> tuple[float, float] | None:
+        """(error bound, middle grid level) of the curve gap with the largest width x ΔL jump."""
+        points = [(0.0, 0.0)] + [(s, curve[s].delta_loss) for s in sorted(curve)]
+        best = None
+        for (a, da), (b, db) in zip(points, points[1:]):
+            inside = [s for s in self.levels if a < s < b]
+            if inside:
+                size = (b - a) * abs(db - da)
+                if best is None or size > best[0]:
+                    best = (size, inside[len(inside) // 2])
+        return best
+
+    # ------------------------------------------------------------------ per-layer blocks
+    def blocks(self) -> list[list[int]]:
+        """The first partition of the SSM layers into ``LAYER_BLOCKS`` contiguous blocks."""
+        n = len(self.layers)
+        size = math.ceil(n / min(LAYER_BLOCKS, n)) if n else 1
+        return [self.layers[i:i + size] for i in range(0, n, size)]
+
+    def _layer_spec(self, target: str, block: list[int]) -> TrialSpec:
+        return TrialSpec(target, self.layer_criterion, self.probe, block[0], block[-1] - block[0] + 1)
+
+    def _layers_next(self, target: str, finished: Mapping[str, Trial], extra: bool) -> list[tuple[tuple, TrialSpec]]:
+        leaves, pending = [], []
+        stack = list(self.blocks())
+        while stack:
+            block = stack.pop()
+            trial = finished.get(self._layer_spec(target, block).key)
+            if trial is None:
+                pending.append(block)
+                continue
+            halves = [block[: len(block) // 2], block[len(block) // 2:]]
+            if len(block) > 1 and any(self._layer_spec(target, h).key in finished for h in halves):
+                stack += halves  # refined before: descend
+            else:
+                leaves.append((trial.delta_loss / len(block), block))
+        out = [((4, 0.0), self._layer_spec(target, b)) for b in pending]
+        if pending or not leaves:
+            return out
+        share, block = max(leaves, key=lambda item: (item[0], -item[1][0]))
+        middle = median(s for s, _ in leaves)
+        if len(block) > 1 and share > 0 and (extra or share >= REFINE_RATIO * max(middle, 0.0)):
+            urgent = share >= REFINE_RATIO * max(middle, 0.0)
+            for half in (block[: len(block) // 2], block[len(block) // 2:]):
+                out.append(((4 if urgent else 5, -share), self._layer_spec(target, half)))
+        return out
+
+    # ------------------------------------------------------------------ budget
+    def spent(self, finished: Mapping[str, Trial]) -> float:
+        """Seconds of the run so far as the schedule counts them: setup plus the finished trials'."""
+        setup = self.budget.setup_s if self.budget is not None else 0.0
+        return setup + sum(t.seconds for t in finished.values())
+
+    def _affordable(self, batch: list[TrialSpec], finished: Mapping[str, Trial]) -> list[TrialSpec]:
+        """The head of ``batch`` (priority order) whose estimated cost fits the time left."""
+        assert self.budget is not None
+        left = self.budget.seconds - self.spent(finished)
+        if left <= 0:
+            return []
+        times = [t.seconds for t in finished.values() if t.layer is None and not t.stopped]
+        each = sum(times) / len(times) if times else self.budget.trial_s
+        count = max(1, int(left // each)) if each > 0 else len(batch)
+        return batch[:count]
+
+    def exhausted(self, finished: Mapping[str, Trial]) -> bool:
+        """Whether the budget ended the run before the stages above were complete."""
+        return self.budget is not None and bool(self._wanted(finished, extra=False)) and not self.next_batch(finished)
