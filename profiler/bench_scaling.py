@@ -1,13 +1,15 @@
 """`ssm-profile bench --scaling`: how a profile's cost grows with the model, on random-weight models
 at real Mamba shapes (mamba-130m, mamba-370m; mamba-1.4b only on a CUDA GPU).
 
-Per shape, in a fresh process (so ``peak_rss_mib`` is that shape's): the calibration statistics of
-every default criterion, the scoring and trial planning, the incremental evaluator's activation
-cache, and a few timed trials. ``trial_seconds`` is their mean; ``profile_seconds`` = calibration +
-scoring + caching + ``trials_adaptive`` × ``trial_seconds``, flagged ``extrapolated: true``, unless
-``full`` runs every trial. Without ``full`` the calibration runs on ``CALIBRATION_WINDOWS`` windows
-and is scaled to the default count (statistics are sums over windows, so the cost is linear in
-them). The data are random token windows of the default profile's size; the weights are random,
+Per shape, in a fresh process (so ``peak_rss_mib`` is that shape's). With ``full``, the default
+profile (:func:`ssm_profile.profile.profile_model`, adaptive sweep) runs for real and every number
+is measured (``extrapolated: false``). Without it: the calibration statistics of every default
+criterion on ``CALIBRATION_WINDOWS`` windows, scaled to the default count (statistics are sums over
+windows, so the cost is linear in them), the scoring and trial planning, the incremental
+evaluator's activation cache, and a few timed full trials; ``trials_adaptive`` is the adaptive
+schedule's own expectation (:meth:`AdaptiveSchedule.expected_total` before any trial) and
+``profile_seconds`` = calibration + scoring + caching + ``trials_adaptive`` × ``trial_seconds``,
+flagged ``extrapolated: true`` (an overestimate: early stopping makes many trials shorter). The data are random token windows of the default profile's size; the weights are random,
 so the losses mean nothing, only the seconds and bytes do.
 """
 
@@ -52,14 +54,6 @@ def parse_shape(text: str) -> ModelShape:
     return ModelShape(parts[0], *numbers[:2], **({"vocab": numbers[2]} if len(numbers) == 3 else {}))
 
 
-def default_profile_trials(grid_trials: int) -> int:
-    """Trials of the default profile.
-
-    TODO(adaptive schedule): return the adaptive profile schedule's trial count once it is merged;
-    until then the default profile runs the whole grid, so this is ``grid_trials``."""
-    return grid_trials
-
-
 def _random_model(shape: ModelShape, device: torch.device) -> torch.nn.Module:
     from transformers import MambaConfig, MambaForCausalLM
 
@@ -73,67 +67,91 @@ def _random_model(shape: ModelShape, device: torch.device) -> torch.nn.Module:
 def measure_shape(shape: ModelShape, threads: int = 1, full: bool = False, quick: bool = False) -> dict[str, Any]:
     """The measurements of the module docstring for one shape (run it in a fresh process);
     ``quick``: tiny data windows for a smoke test (the numbers mean nothing)."""
-    from .arch import find_mixers
-    from .data import DataSpec, batch_losses
-    from .incremental import IncrementalEvaluator
-    from .kernels import Kernels
-    from .masks import targets_for
-    from .profile import ProfileSettings
-    from .recipe import RunRecipe, needs_of
+    from .data import DataSpec, Dataset
     from .runtime import quiet_libraries
-    from .sensitivity import plan_trials, run_trial
 
     quiet_libraries()
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = _random_model(shape, device)
     spec = DataSpec(nsamples=4, eval_samples=4, seqlen=32) if quick else DataSpec()
-    settings = ProfileSettings()
     gen = torch.Generator().manual_seed(0)
-    calibration = torch.randint(0, shape.vocab, (spec.nsamples, spec.seqlen), generator=gen)
-    evaluation = torch.randint(0, shape.vocab, (spec.eval_samples, spec.seqlen), generator=gen)
-    windows = spec.nsamples if full else min(CALIBRATION_WINDOWS, spec.nsamples)
+    data = Dataset(calibration=torch.randint(0, shape.vocab, (spec.nsamples, spec.seqlen), generator=gen),
+                   evaluation=torch.randint(0, shape.vocab, (spec.eval_samples, spec.seqlen), generator=gen),
+                   spec=spec, sources={"calibration": "random tokens", "evaluation": "random tokens"})
+    entry = _measure_profile(shape, model, data) if full else _measure_parts(model, data)
+    entry.update({"shape": asdict(shape), "device": device.type, "threads": threads,
+                  "params": sum(p.numel() for p in model.parameters()), "extrapolated": not full,
+                  "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+    if device.type == "cuda":
+        entry["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return entry
+
+
+def _measure_profile(shape: ModelShape, model: torch.nn.Module, data) -> dict[str, Any]:
+    """The default profile, run and timed end to end."""
+    from .profile import profile_model
+    from .resolve import LoadedModel, ModelSource
+
+    loaded = LoadedModel(model=model, tokenizer=None, source=ModelSource(shape.name, "random", "memory"))
+    start = time.perf_counter()
+    result = profile_model(loaded, data)
+    total = time.perf_counter() - start
+    timings, sweep = result.meta["timings"], result.meta["sweep"]
+    return {"calibration_seconds": round(timings["calibration"], 3), "calibration_windows": data.spec.nsamples,
+            "calibration_windows_measured": data.spec.nsamples, "scoring_seconds": round(timings["scoring"], 3),
+            "caching_seconds": round(timings.get("caching", 0.0), 3),
+            "dense_eval_seconds": round(timings["dense_eval"], 3),
+            "trial_seconds": round(timings["trials"] / max(1, sweep["trials"]), 4), "trials_timed": sweep["trials"],
+            "trials_stopped_early": sweep["stopped"], "trials_adaptive": sweep["trials"],
+            "trials_grid": result.meta["trials_grid"], "profile_seconds": round(total, 3),
+            "statistics_offloaded": False}
+
+
+def _measure_parts(model: torch.nn.Module, data) -> dict[str, Any]:
+    """Calibration on a few windows, scoring, caching and a few timed trials (see the module docstring)."""
+    from .arch import find_mixers
+    from .data import batch_losses
+    from .incremental import IncrementalEvaluator
+    from .kernels import Kernels, model_device
+    from .masks import targets_for
+    from .profile import ProfileSettings, make_schedule
+    from .recipe import RunRecipe, needs_of
+    from .sensitivity import plan_trials, run_trial
+
+    settings, spec, evaluation = ProfileSettings(), data.spec, data.evaluation
+    windows = min(CALIBRATION_WINDOWS, spec.nsamples)
     recipe = RunRecipe(data=spec, batch_size=settings.batch_size, seed=settings.seed,
-                       kernels=Kernels.for_run(settings.fast_scan, device))
+                       kernels=Kernels.for_run(settings.fast_scan, model_device(model)))
     criteria = list(dict.fromkeys([*settings.criteria, settings.layer_criterion]))
     seconds: dict[str, float] = {}
     with recipe.installed(model):
         dense = _timed(seconds, "dense_eval", lambda: batch_losses(model, evaluation, settings.batch_size))
-        stats = _timed(seconds, "calibration", lambda: recipe.statistics(model, calibration[:windows], needs_of(criteria)))
+        stats = _timed(seconds, "calibration",
+                       lambda: recipe.statistics(model, data.calibration[:windows], needs_of(criteria)))
         seconds["calibration"] *= spec.nsamples / windows
         scorer = recipe.scorer(model, stats, criteria)
         mixers = find_mixers(model)
         specs, _skipped = _timed(seconds, "scoring", lambda: plan_trials(
             scorer, mixers, targets_for(mixers), settings.criteria, settings.sparsities, settings.per_layer,
             settings.probe_sparsity, settings.layer_criterion))
+        trials_adaptive = make_schedule(settings, specs, scorer, mixers, None).expected_total({})
         evaluate = _timed(seconds, "caching", lambda: IncrementalEvaluator(
             model, evaluation, settings.batch_size).prepare(dense))
-        timed = specs if full else specs[:: max(1, len(specs) // TIMED_TRIALS)][:TIMED_TRIALS]
+        timed = specs[:: max(1, len(specs) // TIMED_TRIALS)][:TIMED_TRIALS]
         dense_loss = float(dense.mean())
         _timed(seconds, "trials", lambda: [run_trial(model, s, scorer, mixers, evaluation, dense_loss,
                                                      settings.structure, settings.batch_size, evaluate=evaluate)
                                            for s in timed])
     trial_seconds = seconds["trials"] / max(1, len(timed))
-    trials_grid = len(specs)
-    trials_adaptive = default_profile_trials(trials_grid)
-    extrapolated = not full
     fixed = seconds["calibration"] + seconds["scoring"] + seconds["caching"] + seconds["dense_eval"]
-    entry = {
-        "shape": asdict(shape), "device": device.type, "threads": threads,
-        "params": sum(p.numel() for p in model.parameters()),
-        "calibration_seconds": round(seconds["calibration"], 3), "calibration_windows": spec.nsamples,
-        "calibration_windows_measured": windows, "scoring_seconds": round(seconds["scoring"], 3),
-        "caching_seconds": round(seconds["caching"], 3), "dense_eval_seconds": round(seconds["dense_eval"], 3),
-        "trial_seconds": round(trial_seconds, 4), "trials_timed": len(timed),
-        "trials_adaptive": trials_adaptive, "trials_grid": trials_grid,
-        "profile_seconds": round(fixed + (trials_adaptive * trial_seconds if extrapolated else seconds["trials"]), 3),
-        "extrapolated": extrapolated,
-        "statistics_offloaded": not isinstance(stats.hessians, dict),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }
-    if device.type == "cuda":
-        entry["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return entry
+    return {"calibration_seconds": round(seconds["calibration"], 3), "calibration_windows": spec.nsamples,
+            "calibration_windows_measured": windows, "scoring_seconds": round(seconds["scoring"], 3),
+            "caching_seconds": round(seconds["caching"], 3), "dense_eval_seconds": round(seconds["dense_eval"], 3),
+            "trial_seconds": round(trial_seconds, 4), "trials_timed": len(timed),
+            "trials_adaptive": trials_adaptive, "trials_grid": len(specs),
+            "profile_seconds": round(fixed + trials_adaptive * trial_seconds, 3),
+            "statistics_offloaded": not isinstance(stats.hessians, dict)}
 
 
 def _timed(seconds: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:

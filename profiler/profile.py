@@ -258,7 +258,7 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
                                  settings.per_layer, settings.probe_sparsity, settings.layer_criterion)
     timings["scoring"] = time.perf_counter() - t0
     meta["skipped"] = skipped
-    meta["trials_planned"] = len(specs)
+    meta["trials_planned"] = meta["trials_grid"] = len(specs)
 
     journal = recorded = None  # only the writing rank's trials go to the journal (every rank's ``done`` is the same)
     done: dict[str, Trial] = {}
