@@ -141,3 +141,40 @@ def test_estimate_covers_every_statistic():
     assert none.of("statistics") == 0 and every.of("statistics") == 3 * one_layer
     assert bounded.of("statistics") == one_layer and bounded.of("activations") < every.of("activations")
     assert every.of("weights") == none.of("weights") > 0
+
+
+def _float_matrices_held(model) -> int:
+    """Bytes of float tensors of two or more dimensions alive in this process besides the model's
+    own (XᵀX and gradient sums are such; the per-channel statistics are vectors)."""
+    own = {t.data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    gc.collect()
+    return sum(t.numel() * t.element_size() for t in gc.get_objects()
+               if isinstance(t, torch.Tensor) and t.is_floating_point() and t.ndim >= 2
+               and t.data_ptr() not in own)
+
+
+@pytest.mark.parametrize("layers", [2, 4])
+def test_bounded_passes_leave_nothing_large_in_ram(layers, tmp_path, monkeypatch):
+    """After every chunk's pass of the bounded path, no XᵀX or gradient sum is left in RAM (they are
+    all on disk), so what RAM holds does not grow with the layer count; the in-memory path holds them."""
+    import ssm_profile.stats as stats_module
+
+    model = tiny_mamba(layers=layers)
+    held = []
+
+    def measured(run):
+        def wrapper(*args, **kwargs):
+            run(*args, **kwargs)
+            held.append(_float_matrices_held(model))
+        return wrapper
+
+    monkeypatch.setattr(stats_module, "_activation_pass", measured(stats_module._activation_pass))
+    monkeypatch.setattr(stats_module, "_gradient_pass", measured(stats_module._gradient_pass))
+    baseline = _float_matrices_held(model)
+    collect_stats(model, calib(), ALL, batch_size=4, memory_budget=1, offload_dir=tmp_path)
+    assert len(held) == 2 * layers and max(held) == baseline
+    held.clear()
+    in_memory = collect_stats(model, calib(), ALL, batch_size=4)
+    hessians = sum(h.numel() * h.element_size() for h in in_memory.hessians.values())
+    assert held[-1] - baseline > hessians > 0  # XᵀX and the gradient sums of the matrices
+    del in_memory
