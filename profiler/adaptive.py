@@ -16,7 +16,8 @@ schedule asks, from the trials finished so far, only what is still undecided:
    (the ranking's area under the curve spans the whole range).
 3. **knee**: once the boundary is found, levels are added until the curve holds ``CURVE_LEVELS``,
    each in the gap with the largest trapezoid error bound (gap width x ΔL jump across it, from
-   sparsity 0 where ΔL = 0), i.e. where the curve bends most.
+   sparsity 0 where ΔL = 0), i.e. where the curve bends most; gaps in the safe region come first,
+   because a plan chooses among the measured safe levels.
 4. **layers**: the layer criterion at the probe sparsity on ``LAYER_BLOCKS`` contiguous blocks of
    layers per target; a block whose ΔL per layer is at least ``REFINE_RATIO`` x the median block's is
    split in halves, down to single layers, so layers are resolved only where blocks differ.
@@ -209,16 +210,18 @@ class AdaptiveSchedule:
         return curve[nearest].delta_loss / curve[nearest].predicted_delta
 
     def _widest_gap(self, curve: dict[float, Trial]) -> tuple[float, float] | None:
-        """(error bound, middle grid level) of the curve gap with the largest width x ΔL jump."""
+        """(error bound, middle grid level) of the curve gap with the largest width x ΔL jump; gaps up
+        to the first lost level come first, since a plan can only choose measured levels, and safe ones."""
         points = [(0.0, 0.0)] + [(s, curve[s].delta_loss) for s in sorted(curve)]
+        first_lost = next((s for s in sorted(curve) if is_lost(curve[s], self.tolerance)), None)
         best = None
         for (a, da), (b, db) in zip(points, points[1:]):
             inside = [s for s in self.levels if a < s < b]
             if inside:
-                size = (b - a) * abs(db - da)
-                if best is None or size > best[0]:
-                    best = (size, inside[len(inside) // 2])
-        return best
+                key = (first_lost is None or b <= first_lost, (b - a) * abs(db - da))
+                if best is None or key > best[0]:
+                    best = (key, inside[len(inside) // 2])
+        return None if best is None else (best[0][1], best[1])
 
     # ------------------------------------------------------------------ per-layer blocks
     def blocks(self) -> list[list[int]]:

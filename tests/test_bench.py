@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from ssm_profile import data
 from ssm_profile.cli.main import main
 
 
+@pytest.mark.slow  # ~15 s: runs every benchmark once on tiny data
 def test_bench_quick_writes_json_and_tables(tmp_path, capsys):
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     assert main(["bench", "--quick", "--quiet", "--reference-profile", "--json", str(out), "--markdown", str(md)]) == 0

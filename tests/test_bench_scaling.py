@@ -13,6 +13,7 @@ KEYS = {"params", "trial_seconds", "calibration_seconds", "trials_adaptive", "tr
         "extrapolated", "peak_rss_mib"}
 
 
+@pytest.mark.slow  # ~15 s; test_scaling_full_runs_the_default_profile checks the JSON in the default run
 def test_scaling_json_on_tiny_shapes(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--scaling-shapes", "a:1:32:128,b:2:32:128", "--quick", "--json", str(out),
