@@ -205,15 +205,21 @@ class Scorer:
         return total
 
     def applies(self, criterion: str, target: Target, mixers: list[MixerInfo]) -> str | None:
-        """None when ``criterion`` can score ``target``, else the reason it cannot."""
-        spec = TrialSpec(target.name, criterion, 0.5)
+        """None when ``criterion`` can score ``target``, else the reason it cannot. Decided on the first
+        layer that has the target; a group from its element scores (cached for the sweep), not from a
+        whole cut, which for a reconstructing criterion (SparseGPT) would solve every layer."""
         try:
-            self.mask(spec, mixers[:1] if target.kind == "unit" else mixers)
-        except NotApplicable as err:
+            if target.kind == "unit":
+                self.mask(TrialSpec(target.name, criterion, 0.5), mixers[:1])
+                return None
+            for mixer in mixers:
+                if target.part in mixer.groups():
+                    for param in prunable_params(mixer, target.part):
+                        self.element(criterion, mixer, param)
+                    return None
+        except (NotApplicable, ValueError) as err:
             return str(err)
-        except ValueError as err:
-            return str(err)
-        return None
+        return f"no layer has {target.name}"
 
 
 def relative(mixer: MixerInfo, mask: Mask) -> dict[str, torch.Tensor]:
