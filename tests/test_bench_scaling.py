@@ -31,6 +31,7 @@ def test_scaling_json_on_tiny_shapes(tmp_path, capsys):
     assert "Profile cost by model shape" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 10-13 s: keeps the default run under 5 minutes
 def test_scaling_full_runs_the_default_profile(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "--scaling-shapes", "a:2:32:128", "--scaling-full", "--quick", "--json", str(out),

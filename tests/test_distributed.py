@@ -44,6 +44,7 @@ def one_process(loaded, tmp_path_factory) -> list[tuple]:
     return journal(run_dir)
 
 
+@pytest.mark.slow  # 10-13 s: keeps the default run under 5 minutes
 def test_two_ranks_measure_what_one_process_measures(tmp_path, one_process):
     # The user's command: torchrun ... --no-python ssm-profile profile.
     done = torchrun(2, "--no-python", CLI, "profile", MODEL, "-o", str(tmp_path / "run"), "--quiet", *CLI_ARGS)

@@ -14,7 +14,7 @@ from ssm_profile.resolve import embedded_data, embedded_dir, load_model
 SEQ_LEN = 256  # the protocol of examples/train_embedded.py
 
 
-@pytest.mark.parametrize("name", ["tiny-mamba", "tiny-mamba2"])
+@pytest.mark.parametrize("name", [pytest.param("tiny-mamba", marks=pytest.mark.slow), "tiny-mamba2"])  # one in the default run
 def test_embedded_model_beats_bigram_on_held_out_text(name):
     metrics = json.loads((embedded_dir(name) / "metrics.json").read_text())
     loaded = load_model(name)

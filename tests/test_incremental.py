@@ -217,7 +217,7 @@ def test_fast_ssd_dispatch_routes_inference_only():
     assert modeling_mamba2.mamba2_chunk_scan is reference_chunk_scan()
 
 
-@pytest.mark.parametrize("name", ["tiny-mamba", "tiny-mamba2"])
+@pytest.mark.parametrize("name", [pytest.param("tiny-mamba", marks=pytest.mark.slow), "tiny-mamba2"])  # one in the default run
 def test_fast_kernels_on_and_off_agree_to_float32_rounding(name):
     loaded = load_model(name)
     kw = {"criteria": ["magnitude", "random"], "sparsities": [0.3, 0.7], "per_layer": True,

@@ -189,6 +189,7 @@ def _recover_on_two_processes(sparse_dir: Path, out: Path, steps: int):
     return load_recovery(out / RECOVERY_FILE)
 
 
+@pytest.mark.slow  # 10-13 s: keeps the default run under 5 minutes
 def test_two_processes_end_with_identical_weights(tmp_path, sparse_dir):
     from transformers import AutoModelForCausalLM
 

@@ -175,6 +175,7 @@ def test_lock_refuses_a_second_writer_and_names_the_holder(tmp_path):
         assert f"pid {os.getpid()} " in (tmp_path / "run" / ".lock").read_text()
 
 
+@pytest.mark.slow  # 10-13 s: keeps the default run under 5 minutes
 def test_two_profiles_on_one_run_directory_one_proceeds(tmp_path):
     run = tmp_path / "run"
     command = [PYTHON, "-m", "ssm_profile.cli.main", "profile", "tiny-mamba", "-o", str(run), *TINY]
