@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if rank == 0:
         print_recovery(record)
         print(f"recovered checkpoint: {args.output}")
-        print(f"next: ssm-profile validate {record.teacher['location']} {args.output}")
+        print(f"next: ssm-profile validate {record.teacher['name']} {args.output}")
     return 0
 
 
