@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from .distributed import World
 
 Masks = dict[str, torch.Tensor]  # parameter name -> keep (bool), only for parameters with pruned entries
 
@@ -131,38 +134,7 @@ def _span_hashes(ids: torch.Tensor, n: int) -> list[int]:
 # data-parallel processes
 
 
-@dataclass(frozen=True)
-class World:
-    rank: int = 0
-    size: int = 1
-
-    @property
-    def writes(self) -> bool:
-        """Only rank 0 writes files."""
-        return self.rank == 0
-
-
-def join_world(device: torch.device) -> World:
-    """The process group torchrun set up (``RANK``/``WORLD_SIZE``), initialised once: gloo on the
-    CPU, nccl on CUDA. A plain process is a world of one."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1:
-        return World()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return World(rank=dist.get_rank(), size=dist.get_world_size())
-
-
-def barrier(world: World) -> None:
-    if world.size > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def sum_over_ranks(world: World, values: list[torch.Tensor]) -> None:
+def sum_over_ranks(world: "World", values: list[torch.Tensor]) -> None:
     """Sum tensors over ranks in place (one flat buffer, one all-reduce)."""
     if world.size <= 1 or not values:
         return
@@ -174,28 +146,6 @@ def sum_over_ranks(world: World, values: list[torch.Tensor]) -> None:
     for v in values:
         v.copy_(flat[offset:offset + v.numel()].view_as(v))
         offset += v.numel()
-
-
-def broadcast_object(world: World, value):
-    """Rank 0's ``value`` on every rank (e.g. a step budget measured on rank 0's clock)."""
-    if world.size <= 1:
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def gather_objects(world: World, value) -> list:
-    """Every rank's ``value``, in rank order (e.g. each rank's weight fingerprint)."""
-    if world.size <= 1:
-        return [value]
-    import torch.distributed as dist
-
-    out: list = [None] * world.size
-    dist.all_gather_object(out, value)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,7 +160,7 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def train_step(student: nn.Module, teacher: nn.Module, optimizer: torch.optim.Optimizer, rows: torch.Tensor,
-               global_tokens: int, masks: Masks, world: World, temperature: float, lm_weight: float,
+               global_tokens: int, masks: Masks, world: "World", temperature: float, lm_weight: float,
                lr: float) -> tuple[float, float]:
     """One optimiser step on this rank's ``rows`` (gradients summed over ranks, masks held); returns
     the global KD and LM losses (means over the global batch)."""

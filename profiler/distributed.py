@@ -180,6 +180,10 @@ class World:
                 value.raise_on(self)
         return [value for _, value in everyone]
 
+    def barrier(self) -> None:
+        """Wait until every rank is here (a failure on rank 0 reaches the others)."""
+        self.from_writer(lambda: None)
+
     def writer_lock(self, run_dir: str | os.PathLike) -> ExitStack:
         """The run directory's lock, held by rank 0 alone (the others wait until it has it)."""
         from .lock import run_dir_lock

@@ -34,8 +34,9 @@ import torch
 
 from . import __version__
 from .defaults import RECOVER_LR, RECOVER_STEPS, RECOVER_TEMPERATURE
-from .distill import (World, barrier, batch_at, broadcast_object, frozen_entries, frozen_masks,
-                      gather_objects, join_world, learning_rate, ngram_overlap, rank_rows, train_step)
+from .distill import (batch_at, frozen_entries, frozen_masks, learning_rate, ngram_overlap, rank_rows,
+                      train_step)
+from .distributed import World
 from .documents import (PRUNING_FILE, RECOVERY_FILE, Plan, PlanRecover, RecoveryRecord, check_weights,
                         load_pruning_record)
 from .errors import DataError, ModelNotFoundError, OutputExistsError, SSMProfileError
@@ -298,7 +299,7 @@ def _measure_before(inputs: _Inputs, settings: RecoverSettings, kernels: Kernels
 
     state: dict[str, Any] = {"step": 0, "total_steps": settings.steps, "warmup": max(1, (settings.steps or 100) // 20),
                              "curve": [], "train_seconds": 0.0, "train_cpu_seconds": 0.0, "identity": identity}
-    if world.writes:
+    if world.writer:
         note(0, 1, "measuring before recovery")
         verification = inputs.dataset.verification
         teacher_losses = batch_losses(inputs.teacher.model, verification, kernels=kernels)
@@ -312,7 +313,15 @@ def _measure_before(inputs: _Inputs, settings: RecoverSettings, kernels: Kernels
 def recover(pruned_dir: str | Path, output_dir: str | Path, teacher: str | None = None,
             settings: RecoverSettings | None = None, resume: bool = False, overwrite: bool = False,
             device: str = "auto", progress: Progress | None = None) -> RecoveryRecord:
-    """Distil the pruned checkpoint in ``pruned_dir`` into ``output_dir`` (see the module docstring)."""
+    """Distil the pruned checkpoint in ``pruned_dir`` into ``output_dir`` (see the module docstring);
+    under torchrun every process runs it, in the launcher's process group."""
+    with World.from_env().running() as world:
+        return _recover(world, pruned_dir, output_dir, teacher, settings, resume, overwrite, device, progress)
+
+
+def _recover(world: World, pruned_dir: str | Path, output_dir: str | Path, teacher: str | None,
+             settings: RecoverSettings | None, resume: bool, overwrite: bool, device: str,
+             progress: Progress | None) -> RecoveryRecord:
     note = progress or (lambda done, total, label: None)
     pruned_dir, out = Path(pruned_dir).expanduser(), Path(output_dir).expanduser()
     check_paths(pruned_dir, out, overwrite)
@@ -323,7 +332,6 @@ def recover(pruned_dir: str | Path, output_dir: str | Path, teacher: str | None 
     note(0, 1, "loading models")
     inputs = _load_inputs(pruned_dir, teacher, settings, plan, source, device)
     student, verification = inputs.student, inputs.dataset.verification
-    world = join_world(next(student.model.parameters()).device)
     masks = frozen_masks(student.model)
     nonzero_before = count_parameters(student.model)["nonzero"]
     kernels, kernel_notes = _kernel_notes(student.model, next(student.model.parameters()).device)
@@ -337,7 +345,7 @@ def recover(pruned_dir: str | Path, output_dir: str | Path, teacher: str | None 
     state, notes = _start(where, resume, overwrite, student.model, optimizer, identity)
 
     runner = None
-    if world.writes and settings.lm_eval:
+    if world.writer and settings.lm_eval:
         from .validate import LmEvalRunner
 
         runner = LmEvalRunner(limit=settings.lm_eval_limit)
@@ -347,7 +355,7 @@ def recover(pruned_dir: str | Path, output_dir: str | Path, teacher: str | None 
             state = state or _measure_before(inputs, settings, kernels, runner, identity, world, note)
             state = _train(student.model, inputs.teacher.model, optimizer, masks, inputs.stream, verification,
                            settings, inputs.spec.seqlen, world, kernels, state, where, note)
-            if world.writes:
+            if world.writer:
                 note(state["step"], state["step"], "measuring after recovery")
                 teacher_losses = torch.tensor(state["teacher_losses"], dtype=torch.float64)
                 after = measure(student, teacher_losses, verification, kernels, runner, inputs.spec.seed)
@@ -366,7 +374,7 @@ def recover(pruned_dir: str | Path, output_dir: str | Path, teacher: str | None 
               "verification_windows": int(verification.shape[0]), "overlap_check_span": inputs.span,
               "shared_spans": 0},
         kernels=kernel_notes,
-        world={"size": world.size, "rank_weights": gather_objects(world, weights_fingerprint(student.model))},
+        world={"size": world.size, "rank_weights": world.gather(lambda: weights_fingerprint(student.model))},
         progress={"steps_done": state["step"], "total_steps": state["total_steps"],
                   "train_seconds": round(state["train_seconds"], 3),
                   "train_cpu_seconds": round(state["train_cpu_seconds"], 3),  # this process's CPU time
@@ -376,11 +384,11 @@ def recover(pruned_dir: str | Path, output_dir: str | Path, teacher: str | None 
                   "frozen_entries": frozen_entries(masks)},
         notes=notes, versions={"ssm-profile": __version__, "torch": torch.__version__},
         teacher_scores=state.get("teacher_scores"))
-    if world.writes:
+    if world.writer:
         note(state["step"], state["step"], "saving")
         _save(student, record, pruned_dir, out, overwrite)
         shutil.rmtree(where, ignore_errors=True)
-    barrier(world)
+    world.barrier()
     return record
 
 
@@ -405,10 +413,10 @@ def _train(student: torch.nn.Module, teacher: torch.nn.Module, optimizer: torch.
                                  "lr": lr}
         if total is None and step == 1 + PROBE_STEPS:
             per_step = (time.perf_counter() - probe_started) / PROBE_STEPS
-            total = broadcast_object(world, max(step, int(settings.minutes * 60 / per_step)))
+            total = world.from_writer(lambda: max(step, int(settings.minutes * 60 / per_step)))
             state["total_steps"] = total
         every = settings.eval_every or max(1, (total or 1) // 10)
-        if world.writes and total is not None and (step % every == 0 or step == total):
+        if world.writer and total is not None and (step % every == 0 or step == total):
             point["verification_loss"] = verification_loss(student, verification, kernels)
         state["curve"].append(point)
         state["step"] = step
@@ -416,9 +424,9 @@ def _train(student: torch.nn.Module, teacher: torch.nn.Module, optimizer: torch.
             state["train_seconds"] += time.perf_counter() - clock
             state["train_cpu_seconds"] += time.process_time() - cpu
             clock, cpu = time.perf_counter(), time.process_time()
-            if world.writes:
+            if world.writer:
                 _save_checkpoint(where, student, optimizer, state)
-            barrier(world)
+            world.barrier()
         note(step, total or step + 1, f"KD loss {kd:.4f}")
     state["train_seconds"] += time.perf_counter() - clock
     state["train_cpu_seconds"] += time.process_time() - cpu
