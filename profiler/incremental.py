@@ -272,12 +272,9 @@ class IncrementalEvaluator:
         self._calls += 1
         if self._calls % TRIM_EVERY == 0:
             _release_free_heap()
-        if not self.enabled:
-            self.stats["plain"] += 1
-            pieces = (batch_losses(model, part, self.batch_size, kernels=self.kernels)
-                      for part in windows.split(self.batch_size))
-        elif (plan := self._plan(touched)) is None:
-            self.stats["outside_layers"] += 1  # embeddings, final norm or head: nothing cached applies
+        plan = self._plan(touched) if self.enabled else None
+        if plan is None:  # disabled, or a cut of embeddings, final norm or head: nothing cached applies
+            self.stats["outside_layers" if self.enabled else "plain"] += 1
             pieces = (batch_losses(model, part, self.batch_size, kernels=self.kernels)
                       for part in windows.split(self.batch_size))
         else:

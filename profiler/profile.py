@@ -266,8 +266,9 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
         done, recorded = world.from_writer(lambda: _start_run_dir(run_path, meta, analysis, dense))
         journal = run_path / "trials.jsonl" if world.writer else None
 
+    schedule = make_schedule(settings, specs, scorer, mixers)
     evaluate = None
-    if settings.incremental and make_schedule(settings, specs, scorer, mixers, None).next_batch(done):
+    if settings.incremental and schedule.next_batch(done):
         from .incremental import IncrementalEvaluator
 
         note(0, 1, "caching activations")
@@ -278,7 +279,8 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
     # rank 0's numbers, so every rank's schedule makes the same decisions
     meta["budget"] = world.from_writer(
         lambda: _budget_record(settings, recorded, time.perf_counter() - started, timings))
-    schedule = make_schedule(settings, specs, scorer, mixers, meta["budget"])
+    if meta["budget"] is not None and isinstance(schedule, AdaptiveSchedule):
+        schedule.budget = Budget(**meta["budget"])  # bounded from here on; keeps the predictions it cached
     meta["trials_planned"] = schedule.expected_total(done)
     if run_path is not None and world.writer and meta["budget"] is not None:
         write_json_atomic(run_path / "run.json", meta)  # the budget's numbers, before the first trial
@@ -327,9 +329,9 @@ def evaluation_batch(settings: ProfileSettings) -> int:
     return settings.batch_size if settings.sweep == "grid" else min(settings.batch_size, CHUNK_WINDOWS)
 
 
-def make_schedule(settings: ProfileSettings, specs: list[TrialSpec], scorer: Scorer, mixers,
-                  budget: dict[str, float] | None) -> Schedule:
-    """The schedule of ``settings.sweep`` over the grid's ``specs``."""
+def make_schedule(settings: ProfileSettings, specs: list[TrialSpec], scorer: Scorer, mixers) -> Schedule:
+    """The schedule of ``settings.sweep`` over the grid's ``specs`` (without a budget: the profiler
+    sets ``AdaptiveSchedule.budget`` once the setup's time is known)."""
     if settings.sweep == "grid":
         return GridSchedule(specs)
 
@@ -337,8 +339,7 @@ def make_schedule(settings: ProfileSettings, specs: list[TrialSpec], scorer: Sco
         return scorer.predicted_delta(spec, scorer.mask(spec, mixers, settings.structure), mixers)
 
     return AdaptiveSchedule.from_grid(specs, probe=settings.probe_sparsity, tolerance=settings.tolerance,
-                                      layer_criterion=settings.layer_criterion, predict=predict,
-                                      budget=Budget(**budget) if budget else None)
+                                      layer_criterion=settings.layer_criterion, predict=predict)
 
 
 def _recorded_budget(run_path: Path) -> dict[str, float] | None:
