@@ -66,4 +66,3 @@ class DiskTensors(MutableMapping):
         """Remove the files now (the mapping is empty afterwards)."""
         self._files.clear()
         self._remove()
-
