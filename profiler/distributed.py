@@ -223,7 +223,6 @@ def wait_limit_s() -> int:
     return seconds
 
 
-
 @dataclass
 class ShardedTrialRunner:
     """Evaluates each batch across the ranks (:class:`ssm_profile.schedule.TrialRunner`).

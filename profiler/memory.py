@@ -141,5 +141,3 @@ def statistics_budget(model: torch.nn.Module, *, batch_size: int, seqlen: int, n
     activations = sum(statistics_activations(model, batch_size=batch_size, seqlen=seqlen, needs=needs,
                                              bounded=True).values())
     return max(1, int(STATISTICS_SHARE * (available - activations)))
-
-

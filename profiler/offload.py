@@ -62,16 +62,7 @@ class DiskTensors(MutableMapping):
     def __contains__(self, key: object) -> bool:
         return key in self._files
 
-    def nbytes(self) -> int:
-        return sum(p.stat().st_size for p in self._files.values())
-
     def close(self) -> None:
         """Remove the files now (the mapping is empty afterwards)."""
         self._files.clear()
         self._remove()
-
-
-def offload(tensors: MutableMapping, keys, store: DiskTensors) -> None:
-    """Move ``keys`` of ``tensors`` (an in-RAM dict) into ``store``, dropping them from RAM."""
-    for key in list(keys):
-        store[key] = tensors.pop(key)

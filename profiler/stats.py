@@ -68,7 +68,7 @@ from torch import nn
 from .arch import MAMBA1, MixerInfo, find_mixers
 from .criteria.base import CalibrationStats
 from .kernels import model_device
-from .offload import DiskTensors
+from .offload import STATS_PREFIX, DiskTensors
 
 NEEDS = frozenset({"inputs", "hessians", "grads", "ssm", "tokens"})
 HESSIAN_GROUPS = ("in_proj", "x_proj", "dt_proj", "out_proj")
@@ -309,9 +309,9 @@ def collect_stats(model: nn.Module, tokens: torch.Tensor, needs: Iterable[str], 
     hessian_chunks = layer_chunks(mixers, want, budget, hessian_dtype) if want else []
     grad_chunks = layer_chunks(mixers, {"grads"}, budget) if "grads" in needs else []
     if bounded:
-        stats.hessians = DiskTensors(offload_dir, prefix="ssm-profile-hessians-")
-        stats.grad_sum = DiskTensors(offload_dir, prefix="ssm-profile-grad-sums-")
-        stats.grad_sq_sum = DiskTensors(offload_dir, prefix="ssm-profile-grad-squares-")
+        stats.hessians = DiskTensors(offload_dir, prefix=f"{STATS_PREFIX}hessians-")
+        stats.grad_sum = DiskTensors(offload_dir, prefix=f"{STATS_PREFIX}grad-sums-")
+        stats.grad_sq_sum = DiskTensors(offload_dir, prefix=f"{STATS_PREFIX}grad-squares-")
     device = model_device(model)
     was_training = model.training
     n = tokens.shape[0]

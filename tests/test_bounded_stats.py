@@ -178,3 +178,16 @@ def test_bounded_passes_leave_nothing_large_in_ram(layers, tmp_path, monkeypatch
     hessians = sum(h.numel() * h.element_size() for h in in_memory.hessians.values())
     assert held[-1] - baseline > hessians > 0  # XᵀX and the gradient sums of the matrices
     del in_memory
+
+
+def test_offloaded_folders_are_the_ones_a_later_run_removes(tmp_path):
+    """A killed run leaves its offloaded statistics behind; the next run in that directory must
+    recognise (and remove) them, so they carry the prefix remove_leftovers looks for."""
+    from ssm_profile.offload import remove_leftovers
+
+    model = tiny_mamba(layers=2)
+    stats = collect_stats(model, calib(), ALL, batch_size=4, memory_budget=1, offload_dir=tmp_path)
+    stores = [stats.hessians.directory, stats.grad_sum.directory, stats.grad_sq_sum.directory]
+    assert all(d.exists() for d in stores)
+    remove_leftovers(tmp_path)
+    assert not any(d.exists() for d in stores)
