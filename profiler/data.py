@@ -191,7 +191,6 @@ def calibration_windows(tokenizer: Any, spec: DataSpec) -> tuple[torch.Tensor, s
     return consecutive_windows(ids, len(ids) // spec.seqlen, spec.seqlen, "calibration"), sources["calibration"]
 
 
-
 def text_windows(tokenizer: Any, source: str, count: int, seqlen: int) -> torch.Tensor:
     """Up to ``count`` consecutive windows of a whole text source (``validate --evaluation``: another
     domain, which no plan was chosen on)."""

@@ -72,6 +72,14 @@ async def settle(pilot, seconds: float = 0.1) -> None:
     await pilot.pause()
 
 
+async def on_tab(pilot, *keys: str, wait: float = 0.1) -> None:
+    """Settle the start-up, then press each key (a tab, a row move) and settle ``wait`` seconds after it."""
+    await settle(pilot)
+    for key in keys:
+        await pilot.press(key)
+        await settle(pilot, wait)
+
+
 def run_async(fn):
     """Run an async test body in a fresh event loop (no pytest-asyncio needed)."""
 
@@ -247,9 +255,7 @@ async def test_profile_from_the_ui_cancel_then_resume(tmp_path):
 async def test_replan_export_and_apply(run_here, tmp_path):
     app = SSMProfileApp(run_here)
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        await pilot.press("4")
-        await settle(pilot, 0.2)
+        await on_tab(pilot, "4", wait=0.2)
         plan_view = app.query_one("PlanView")
         assert plan_view.plan is not None and plan_view.plan.objective.ratio is None
         first = plan_view.plan
@@ -339,9 +345,7 @@ async def test_open_another_model_after_a_load_error():
 async def test_enter_in_the_export_path_exports(run_here, tmp_path):
     app = SSMProfileApp(run_here)
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        await pilot.press("4")
-        await settle(pilot, 0.8)
+        await on_tab(pilot, "4", wait=0.8)
         path = app.query_one("#plan-path", Input)
         path.value = str(tmp_path / "entered.json")
         path.focus()
@@ -365,9 +369,7 @@ async def test_help_fits_an_80x24_terminal(run_here):
 async def test_ticked_and_unticked_boxes_differ_by_a_glyph(run_here):
     app = SSMProfileApp(run_here)
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        await pilot.press("3")
-        await settle(pilot)
+        await on_tab(pilot, "3")
         box = app.query_one("#profile-per-layer")
         box.value = True
         assert str(box.render()).startswith("[x]")
@@ -393,9 +395,7 @@ def test_default_save_path_is_beside_never_inside(tmp_path):
 async def test_curves_label_every_criterion_and_use_percent(run_here):
     app = SSMProfileApp(run_here)
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        await pilot.press("2")
-        await settle(pilot, 0.3)
+        await on_tab(pilot, "2", wait=0.3)
         view = app.query_one("SensitivityView")
         drawn = app.query_one("#curve-plot").plt.build()
         for criterion in view.criteria:
@@ -432,10 +432,7 @@ SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40"
 
 def _after(*keys: str, wait: float = 0.05):
     async def run_before(pilot) -> None:
-        await settle(pilot)
-        for key in keys:
-            await pilot.press(key)
-            await settle(pilot, wait)
+        await on_tab(pilot, *keys, wait=wait)
         await pilot.pause(0.2)  # tables size their columns when idle
 
     return run_before
