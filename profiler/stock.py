@@ -234,8 +234,6 @@ def _retie_shared_blocks(model: nn.Module, layers: nn.ModuleList, hybrid_ids: li
 
 ARCHES: dict[str, StockArch] = {t: a for a in (MambaArch(), Mamba2Arch(), NemotronHArch(), BambaArch(), JambaArch(),
                                               Zamba2Arch()) for t in a.model_types}
-# Model types whose stock config can describe a uniform width cut.
-STOCK_WIDTH_TYPES = tuple(ARCHES)
 
 
 def stock_arch(model_type: str | None) -> StockArch:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ssm_profile.arch import MAMBA1, MixerInfo, UnitFamily, find_mixers
-from ssm_profile.stock import STOCK_WIDTH_TYPES, stock_arch  # noqa: F401 - STOCK_WIDTH_TYPES re-exported
+from ssm_profile.stock import stock_arch
 
 Units = Iterable[int] | torch.Tensor
 
