@@ -38,7 +38,6 @@ import traceback
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch

@@ -327,9 +327,24 @@ def _exp(x: float) -> float:
     return math.exp(min(x, 700.0))
 
 
+class SequentialRunner:
+    """A :class:`ssm_profile.schedule.TrialRunner` that measures a batch one trial after another in
+    this process; a subclass says how one trial is measured (``run_one``)."""
+
+    def run_one(self, spec: TrialSpec) -> Trial:
+        raise NotImplementedError
+
+    def run(self, specs, on_start: Callable[[TrialSpec], None], on_trial: Callable[[Trial], None]) -> list[Trial]:
+        trials = []
+        for spec in specs:
+            on_start(spec)
+            trials.append(self.run_one(spec))
+            on_trial(trials[-1])
+        return trials
+
 
 @dataclass
-class LocalTrialRunner:
+class LocalTrialRunner(SequentialRunner):
     """Evaluates trials one after another in this process (:class:`ssm_profile.schedule.TrialRunner`)."""
 
     model: torch.nn.Module
@@ -348,10 +363,3 @@ class LocalTrialRunner:
                          self.structure, self.batch_size, evaluate=self.evaluate,
                          dense_losses=self.dense_losses, stop=self.stop)
 
-    def run(self, specs, on_start: Callable[[TrialSpec], None], on_trial: Callable[[Trial], None]) -> list[Trial]:
-        trials = []
-        for spec in specs:
-            on_start(spec)
-            trials.append(self.run_one(spec))
-            on_trial(trials[-1])
-        return trials

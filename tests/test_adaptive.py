@@ -19,7 +19,7 @@ from ssm_profile.journal import parse_record
 from ssm_profile.profile import ProfileSettings, profile_model
 from ssm_profile.resolve import load_model
 from ssm_profile.schedule import run_schedule
-from ssm_profile.sensitivity import Trial, TrialSpec
+from ssm_profile.sensitivity import SequentialRunner, Trial, TrialSpec
 
 TOL = 0.10
 
@@ -62,14 +62,14 @@ def _curve(target: str, criterion: str, sparsity: float, layer: int | None, span
     return scale * sparsity ** 2 * (1 + 4 * sparsity ** 4)
 
 
-class FakeRunner:
+class FakeRunner(SequentialRunner):
     """Trials from ``_curve`` with per-window noise; stopped when far outside tolerance."""
 
     def __init__(self, seconds: float = 1.0):
         self.seconds = seconds
         self.rule = StopRule(TOL, windows=8, chunk=4)
 
-    def trial(self, spec: TrialSpec) -> Trial:
+    def run_one(self, spec: TrialSpec) -> Trial:
         delta = _curve(spec.target, spec.criterion, spec.sparsity, spec.layer, spec.span)
         seed = abs(hash(spec.key)) % (2 ** 32)  # str hash is salted per process, but fixed within one
         paired = delta + np.random.default_rng(seed).normal(0, 0.002, size=8)
@@ -79,13 +79,6 @@ class FakeRunner:
         return Trial(spec.target, spec.criterion, spec.sparsity, spec.layer, 3.0 + mean, mean, math.exp(3 + mean),
                      math.expm1(mean), 1, mean * 0.5, self.seconds, [3.0 + x for x in losses], spec.span, stopped)
 
-    def run(self, specs, on_start, on_trial):
-        out = []
-        for spec in specs:
-            on_start(spec)
-            out.append(self.trial(spec))
-            on_trial(out[-1])
-        return out
 
 
 def _schedule(**kw) -> AdaptiveSchedule:
