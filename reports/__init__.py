@@ -27,11 +27,12 @@ def render_html(result, plan: dict[str, Any] | None = None, validation: dict[str
     return _render(result, plan, validation, recovery)
 
 
-def render_markdown(result, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None) -> str:
-    """A Markdown summary: header, ranking, findings, plan/validation summaries."""
+def render_markdown(result, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
+                    recovery: dict[str, Any] | None = None) -> str:
+    """A Markdown summary: header, ranking, findings, plan/validation/recovery summaries."""
     from .markdown import render_markdown as _render
 
-    return _render(result, plan, validation)
+    return _render(result, plan, validation, recovery)
 
 
 def export_csv(result, directory):
@@ -59,7 +60,7 @@ def write_report(result, output, *, fmt: str = "html", plan: dict[str, Any] | No
     if fmt not in ("html", "md"):
         raise SSMProfileError(f"unknown report format '{fmt}'; choose html or md")
     facts = Facts.of(result)
-    text = render_facts(facts, plan, validation, recovery) if fmt == "html" else render_facts_md(facts, plan, validation)
+    text = render_facts(facts, plan, validation, recovery) if fmt == "html" else render_facts_md(facts, plan, validation, recovery)
     target = None if output is None or str(output) == "-" else Path(output)
     if target is not None and target.is_dir():
         raise SSMProfileError(f"output '{target}' is a directory; give a file name such as {target / 'report.html'}")

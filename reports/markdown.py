@@ -11,12 +11,14 @@ from .svg import fmt, fmt_pct
 from .values import change_text, compact_layers, is_scalar, md_escape, md_table, md_value_lines, split_comparisons
 
 
-def render_markdown(result, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None) -> str:
+def render_markdown(result, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
+                    recovery: dict[str, Any] | None = None) -> str:
     """The Markdown summary for ``result`` (a ProfileResult)."""
-    return render_facts_md(Facts.of(result), plan, validation)
+    return render_facts_md(Facts.of(result), plan, validation, recovery)
 
 
-def render_facts_md(facts: Facts, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None) -> str:
+def render_facts_md(facts: Facts, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
+                    recovery: dict[str, Any] | None = None) -> str:
     r = facts.result
     out = [f"# Profile report: {md_escape(facts.model_name())}", ""]
     out += [f"- **{md_escape(k)}**: {md_escape(v)}" for k, v in facts.header_items() if k != "Model"]
@@ -49,6 +51,8 @@ def render_facts_md(facts: Facts, plan: dict[str, Any] | None = None, validation
         out += ["", "## Pruning plan", ""] + plan_md(facts, plan)
     if validation is not None:
         out += ["", "## Validation", ""] + validation_md(validation)
+    if recovery is not None:
+        out += ["", "## Recovery", ""] + recovery_md(recovery)
     out.append("")
     return "\n".join(out)
 
@@ -119,4 +123,27 @@ def validation_md(validation: dict[str, Any]) -> list[str]:
     more = [k for k, v in rest.items() if not is_scalar(v)]
     if more:
         out += [f"More fields in the validation file: {', '.join(md_escape(k) for k in more)}.", ""]
+    return out
+
+
+def recovery_md(data: dict[str, Any]) -> list[str]:
+    """The recovery numbers of the HTML section (:mod:`.recovery_section`), the verification curve as a table."""
+    from ssm_profile.documents import RecoveryRecord
+
+    from .recovery_section import recovery_items, task_rows
+
+    record = RecoveryRecord.from_dict(data)
+    out = [f"Knowledge distillation from {md_escape(record.teacher.get('name'))} on "
+           f"{md_escape(record.data.get('training'))}; judged on {md_escape(record.data.get('verification'))}, "
+           "which was never trained on.", "",
+           md_table(["", "value", "detail"], [list(item) for item in recovery_items(record)], ["l", "r", "l"]), ""]
+    points = record.verification_points()
+    if points:
+        out += [md_table(["step", "verification loss"], [[step, f"{loss:.4f}"] for step, loss in points],
+                         ["r", "r"]), ""]
+    tasks = task_rows(record)
+    if tasks:
+        out += [md_table(["task", "metric", "teacher", "pruned", "recovered"],
+                         [[t, m, *(fmt(v) for v in values)] for t, m, *values in tasks],
+                         ["l", "l", "r", "r", "r"]), ""]
     return out

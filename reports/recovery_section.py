@@ -7,28 +7,53 @@ from typing import Any
 
 from ssm_profile.documents import RecoveryRecord
 
-from .html_elements import cards, legend, section
+from .html_elements import cards, legend, num, section, table, txt
 from .svg import Point, Series, esc, line_panel
 
 KD_COLOR, VERIFY_COLOR = "#4c78a8", "#e45756"
 
 
-def _change(split: dict[str, Any]) -> str:
+def _change(split: dict[str, Any]) -> tuple[str, str]:
     lo, hi = split["interval"]
     return f"{split['rel_ppl_increase']:+.1%}", f"95% interval {lo:+.1%} to {hi:+.1%}"
 
 
-def recovery_section(data: dict[str, Any]) -> str:
-    """Cards (perplexity change before/after, share recovered, sparsity) and the two curves."""
-    record = RecoveryRecord.from_dict(data)
+def recovery_items(record: RecoveryRecord) -> list[tuple[str, str, str]]:
+    """(label, value, detail) of the headline numbers, for the HTML cards and the Markdown table."""
     before, after = record.before["verification"], record.after["verification"]
     fraction = record.recovered_fraction()
     steps = int(record.progress.get("steps_done") or 0)
-    items = [("perplexity, pruned", *_change(before)), ("perplexity, recovered", *_change(after)),
-             ("increase removed", "" if fraction is None else f"{fraction:.0%}",
-              f"{steps} steps, {record.progress.get('train_seconds', 0):.0f} s of training"),
-             ("nonzero parameters", f"{record.sparsity['nonzero_after']:,}",
-              f"{record.sparsity['frozen_entries']:,} pruned entries held at zero")]
+    return [("verification perplexity vs teacher, pruned", *_change(before)),
+            ("verification perplexity vs teacher, recovered", *_change(after)),
+            ("share of the increase removed", "" if fraction is None else f"{fraction:.0%}",
+             f"{steps} steps, {record.progress.get('train_seconds', 0):.0f} s of training"),
+            ("nonzero parameters", f"{record.sparsity['nonzero_after']:,}",
+             f"{record.sparsity['frozen_entries']:,} pruned entries held at zero")]
+
+
+def task_rows(record: RecoveryRecord) -> list[tuple[str, str, float | None, float | None, float | None]]:
+    """(task, metric, teacher, pruned, recovered) of the offline tasks scored before and after."""
+    before, after = record.before.get("lm_eval") or {}, record.after.get("lm_eval") or {}
+    teacher = record.teacher_scores or {}
+    rows = []
+    for task in dict.fromkeys([*before, *after]):
+        metrics = {**(before.get(task) or {}), **(after.get(task) or {})}
+        for metric in metrics:
+            rows.append((task, metric, *(_score(side, task, metric) for side in (teacher, before, after))))
+    return rows
+
+
+def _score(scores: dict[str, Any], task: str, metric: str) -> float | None:
+    value = (scores.get(task) or {}).get(metric)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def recovery_section(data: dict[str, Any]) -> str:
+    """Cards (perplexity change before/after, share recovered, sparsity), the two curves and the tasks."""
+    record = RecoveryRecord.from_dict(data)
+    before = record.before["verification"]
+    steps = int(record.progress.get("steps_done") or 0)
+    items = recovery_items(record)
     kd = [Point(p["step"], p["kd_loss"], tip=f"step {p['step']}: KD loss {p['kd_loss']:.4f}")
           for p in record.curve if p.get("kd_loss") is not None]
     verify = [Point(step, loss, tip=f"step {step}: verification loss {loss:.4f}")
@@ -48,6 +73,12 @@ def recovery_section(data: dict[str, Any]) -> str:
             f'{esc(record.data.get("training"))}; the verification windows ({esc(record.data.get("verification"))}) '
             "were never trained on and chose nothing.</p>")
     body = cards(items) + f'<figure class="fig">{legend(keys)}<div class="panels">{"".join(panels)}</div></figure>'
+    rows = task_rows(record)
+    if rows:
+        body += "<h3>Offline tasks</h3>" + table(
+            [("task", "", False), ("metric", "", False), ("teacher", "the dense model", True),
+             ("pruned", "before recovery", True), ("recovered", "after recovery", True)],
+            [[txt(t), txt(m), num(a), num(b), num(c)] for t, m, a, b, c in rows])
     return section("recovery", "Recovery", "Knowledge distillation of the pruned model from its dense teacher "
                    "(ssm-profile recover); perplexity changes are against the teacher.", body + note)
 

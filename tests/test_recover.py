@@ -219,6 +219,11 @@ def test_report_shows_the_recovery_curve(recovered, run_dir, tmp_path):  # noqa:
     section = section[:section.index("</section>")]
     assert section.count("<polyline") == 2 and "increase removed" in section
     assert f"{record.recovered_fraction():.0%}" in section
+    markdown = tmp_path / "report.md"  # the same numbers in the Markdown summary
+    assert main(["report", str(run_dir), "-o", str(markdown), "--format", "md", "--recovery", str(out)]) == 0
+    recovery_md = markdown.read_text().split("## Recovery", 1)[1]
+    assert f"| share of the increase removed | {record.recovered_fraction():.0%} |" in recovery_md
+    assert all(f"| {step} | {loss:.4f} |" in recovery_md for step, loss in record.verification_points())
     run_copy = tmp_path / "run"  # found without the option when the run folder holds recovery.json
     shutil.copytree(run_dir, run_copy)
     shutil.copyfile(out / RECOVERY_FILE, run_copy / RECOVERY_FILE)
