@@ -4,7 +4,11 @@ The grid measures every target x criterion x sparsity and every target in every 
 schedule asks, from the trials finished so far, only what is still undecided:
 
 1. **probe**: every applicable (target, criterion) at the probe sparsity (``probe_sparsity``, the
-   level the findings compare at); the criterion with the lowest ΔL there is the target's best.
+   level the findings compare at). With ``screen`` = n, each is first a *screen* on the first n
+   search windows; per target only the screen's leader (lowest paired ΔL on those windows; the
+   ``random`` baseline leads only when it is the target's one criterion) is completed on every
+   window, and it is the target's best criterion. Without screening, every pair is completed and
+   the lowest ΔL is the best.
 2. **boundary**, per target with its best criterion: the largest safe sparsity of the grid levels
    (``sparsities``; safe = relative perplexity increase <= tolerance, every lower level safe too)
    is bracketed between the largest measured safe level and the smallest measured lost one, and the
@@ -20,7 +24,9 @@ schedule asks, from the trials finished so far, only what is still undecided:
    because a plan chooses among the measured safe levels.
 4. **layers**: the layer criterion at the probe sparsity on ``LAYER_BLOCKS`` contiguous blocks of
    layers per target; a block whose ΔL per layer is at least ``REFINE_RATIO`` x the median block's is
-   split in halves, down to single layers, so layers are resolved only where blocks differ.
+   split in halves, down to single layers, so layers are resolved only where blocks differ. A block
+   whose whole ΔL is under ``REFINE_FLOOR`` x log(1 + tolerance) is not split: how a cost that small
+   divides among its layers is noise at the search windows' size and decides nothing.
 
 Stages 2-4 of different targets (and stage 4 with stage 1) are independent and share batches, so a
 sharded runner evaluates them side by side. Trials are evaluated with early stopping
@@ -47,6 +53,7 @@ from .sensitivity import Trial, TrialSpec
 CURVE_LEVELS = 5  # the knee stage fills the best criterion's curve up to this many levels (more with a budget)
 LAYER_BLOCKS = 4  # blocks of contiguous layers the per-layer stage starts with
 REFINE_RATIO = 2.0  # split a block whose ΔL per layer is this many times the median block's
+REFINE_FLOOR = 0.1  # ... and whose ΔL is at least this share of the tolerance's ΔL, log(1 + tolerance)
 
 Predict = Callable[[TrialSpec], "float | None"]
 
@@ -80,8 +87,10 @@ class AdaptiveSchedule:
 
     def __init__(self, pairs: Sequence[tuple[str, str]], sparsities: Sequence[float], probe: float,
                  tolerance: float, layer_targets: Sequence[str] = (), layers: Sequence[int] = (),
-                 layer_criterion: str = "fisher", predict: Predict | None = None, budget: Budget | None = None):
+                 layer_criterion: str = "fisher", predict: Predict | None = None, budget: Budget | None = None,
+                 screen: int = 0):
         self.pairs = list(pairs)
+        self.screen = screen
         self.targets = list(dict.fromkeys(t for t, _ in self.pairs))
         self.levels = sorted({round(float(s), 6) for s in sparsities})
         self.probe = round(float(probe), 6)
@@ -126,13 +135,13 @@ class AdaptiveSchedule:
     def expected_total(self, finished: Mapping[str, Trial]) -> int:
         model, layer = expected_trials(len(self.pairs), len(self.targets), len(self.levels),
                                        len(self.layer_targets), len(self.layers))
+        model += len(self.targets) if self.screen else 0  # the screen leaders' completions
         return max(model + layer, len(finished) + len(self._wanted(finished, extra=False)))
 
     # ------------------------------------------------------------------ stages
     def _wanted(self, finished: Mapping[str, Trial], extra: bool) -> list[tuple[tuple, TrialSpec]]:
         """(priority, spec) of every trial that can be decided now; lower priority tuples go first."""
-        out = [((0, 0.0), TrialSpec(t, c, self.probe)) for t, c in self.pairs
-               if TrialSpec(t, c, self.probe).key not in finished]
+        out = [item for item in self._probe_next(finished) if item[1].key not in finished]
         if not out:
             for target in self.targets:
                 out += self._curve_next(target, finished, extra)
@@ -140,8 +149,32 @@ class AdaptiveSchedule:
             out += self._layers_next(target, finished, extra)
         return [item for item in out if item[1].key not in finished]
 
+    def _criteria(self, target: str) -> list[str]:
+        return [c for t, c in self.pairs if t == target]
+
+    def _probe_next(self, finished: Mapping[str, Trial]) -> list[tuple[tuple, TrialSpec]]:
+        """The probe stage's trials that can be decided now: every screen, then the leaders' full probes."""
+        out = []
+        for target in self.targets:
+            criteria = self._criteria(target)
+            if self.screen and len(criteria) > 1:
+                screens = [TrialSpec(target, c, self.probe, screen=self.screen) for c in criteria]
+                if any(spec.key not in finished for spec in screens):
+                    out += [((0, 0.0), spec) for spec in screens]
+                    continue
+                criteria = [self.screen_leader([finished[spec.key] for spec in screens])]
+            out += [((0, 0.0), TrialSpec(target, c, self.probe)) for c in criteria]
+        return out
+
+    @staticmethod
+    def screen_leader(screens: Sequence[Trial]) -> str:
+        """The criterion with the lowest screened ΔL (ties: by name); ``random``, a baseline, only alone."""
+        methods = [t for t in screens if t.criterion != "random"] or list(screens)
+        return min(methods, key=lambda t: (t.delta_loss, t.criterion)).criterion
+
     def best_criterion(self, target: str, finished: Mapping[str, Trial]) -> str | None:
-        """The criterion with the lowest ΔL at the probe sparsity (ties: by name)."""
+        """The criterion with the lowest ΔL at the probe sparsity over every window (ties: by name);
+        with screening, the one completed there: the screen's leader."""
         probes = [t for c in (c for t_, c in self.pairs if t_ == target)
                   if (t := finished.get(TrialSpec(target, c, self.probe).key)) is not None]
         return min(probes, key=lambda t: (t.delta_loss, t.criterion)).criterion if probes else None
@@ -252,7 +285,8 @@ class AdaptiveSchedule:
             return out
         share, block = max(leaves, key=lambda item: (item[0], -item[1][0]))
         middle = median(s for s, _ in leaves)
-        if len(block) > 1 and share > 0 and (extra or share >= REFINE_RATIO * max(middle, 0.0)):
+        material = share * len(block) >= REFINE_FLOOR * math.log1p(self.tolerance)
+        if len(block) > 1 and material and (extra or share >= REFINE_RATIO * max(middle, 0.0)):
             urgent = share >= REFINE_RATIO * max(middle, 0.0)
             for half in (block[: len(block) // 2], block[len(block) // 2:]):
                 out.append(((4 if urgent else 5, -share), self._layer_spec(target, half)))
@@ -270,7 +304,7 @@ class AdaptiveSchedule:
         left = self.budget.seconds - self.spent(finished)
         if left <= 0:
             return []
-        times = [t.seconds for t in finished.values() if t.layer is None and not t.stopped]
+        times = [t.seconds for t in finished.values() if t.layer is None and not t.partial]
         each = sum(times) / len(times) if times else self.budget.trial_s
         count = max(1, int(left // each)) if each > 0 else len(batch)
         return batch[:count]

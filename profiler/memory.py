@@ -27,6 +27,9 @@ BACKWARD_STATE_FACTOR = 3
 HOOK_WIDTH_FACTOR = 6
 # Statistics in RAM may use this share of what is left after activations (allocator slack, copies).
 STATISTICS_SHARE = 0.4
+# Cached element scores (ssm_profile.sensitivity.Scorer) may use this share of the memory left
+# once the statistics are in; beyond it the least recently used are recomputed when needed.
+SCORE_CACHE_SHARE = 0.25
 AVAILABLE_ENV = "SSM_PROFILE_AVAILABLE_MEMORY"
 CAPTUM_SEQUENCES = 4  # sequences per attribution batch of the captum criterion (its default batch_size)
 
@@ -141,3 +144,9 @@ def statistics_budget(model: torch.nn.Module, *, batch_size: int, seqlen: int, n
     activations = sum(statistics_activations(model, batch_size=batch_size, seqlen=seqlen, needs=needs,
                                              bounded=True).values())
     return max(1, int(STATISTICS_SHARE * (available - activations)))
+
+
+def score_cache_budget() -> int | None:
+    """Bytes of element scores a :class:`ssm_profile.sensitivity.Scorer` may cache (None: unknown)."""
+    available = available_memory()
+    return None if available is None else int(SCORE_CACHE_SHARE * available)

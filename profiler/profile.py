@@ -266,7 +266,7 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
         done, recorded = world.from_writer(lambda: _start_run_dir(run_path, meta, analysis, dense))
         journal = run_path / "trials.jsonl" if world.writer else None
 
-    schedule = make_schedule(settings, specs, scorer, mixers)
+    schedule = make_schedule(settings, specs, scorer, mixers, windows=len(dense))
     evaluate = None
     if settings.incremental and schedule.next_batch(done):
         from .incremental import IncrementalEvaluator
@@ -329,17 +329,19 @@ def evaluation_batch(settings: ProfileSettings) -> int:
     return settings.batch_size if settings.sweep == "grid" else min(settings.batch_size, CHUNK_WINDOWS)
 
 
-def make_schedule(settings: ProfileSettings, specs: list[TrialSpec], scorer: Scorer, mixers) -> Schedule:
+def make_schedule(settings: ProfileSettings, specs: list[TrialSpec], scorer: Scorer, mixers,
+                  windows: int) -> Schedule:
     """The schedule of ``settings.sweep`` over the grid's ``specs`` (without a budget: the profiler
-    sets ``AdaptiveSchedule.budget`` once the setup's time is known)."""
+    sets ``AdaptiveSchedule.budget`` once the setup's time is known); ``windows``: search windows."""
     if settings.sweep == "grid":
         return GridSchedule(specs)
 
     def predict(spec: TrialSpec) -> float | None:
         return scorer.predicted_delta(spec, scorer.mask(spec, mixers, settings.structure), mixers)
 
+    screen = CHUNK_WINDOWS if windows > CHUNK_WINDOWS else 0  # a screen is one evaluation batch
     return AdaptiveSchedule.from_grid(specs, probe=settings.probe_sparsity, tolerance=settings.tolerance,
-                                      layer_criterion=settings.layer_criterion, predict=predict)
+                                      layer_criterion=settings.layer_criterion, predict=predict, screen=screen)
 
 
 def _recorded_budget(run_path: Path) -> dict[str, float] | None:
@@ -367,6 +369,7 @@ def sweep_summary(schedule: Schedule, finished: dict[str, Trial], seqlen: int) -
     trials = list(finished.values())
     windows = sum(t.windows_evaluated for t in trials)
     out: dict[str, Any] = {"trials": len(trials), "stopped": sum(t.stopped for t in trials),
+                           "screens": sum(t.screen > 0 for t in trials),
                            "windows_evaluated": windows, "window_tokens": windows * seqlen,
                            "trial_seconds": round(sum(t.seconds for t in trials), 3)}
     if isinstance(schedule, AdaptiveSchedule) and schedule.budget is not None:
@@ -408,41 +411,52 @@ def _scores_for(scorer: Scorer, mixers, target: Target, criterion: str) -> np.nd
         for mixer in mixers:
             if target.kind == "group":
                 for param in prunable_params(mixer, target.part):
-                    parts.append(scorer.element(criterion, mixer, param).reshape(-1).double().numpy())
+                    parts.append(scorer.element(criterion, mixer, param).reshape(-1).numpy())
             elif target.part in mixer.unit_families():
                 parts.append(scorer.units(criterion, mixer, target.part).numpy())
     except NotApplicable:
         return None
-    return np.concatenate(parts) if parts else None
+    return np.concatenate(parts).astype(np.float64) if parts else None
 
 
 def _saliency(scorer: Scorer, mixers, targets: list[Target], criteria: list[str],
               max_points: int = 20000, bins: int = 24) -> dict[str, Any]:
-    """Score distributions (log10 histograms, quantiles) and criteria rank agreement per target."""
+    """Score distributions (log10 histograms, quantiles) and criteria rank agreement per target.
+    One criterion's scores are held at a time (all of them at 1.4B would not fit); the agreement
+    uses the same ``max_points`` sampled positions of each."""
     from scipy.stats import spearmanr
 
     out: dict[str, Any] = {"distributions": {}, "agreement": {}}
     rng = np.random.default_rng(0)
     for target in targets:
-        scores = {c: s for c in criteria if (s := _scores_for(scorer, mixers, target, c)) is not None}
-        if not scores:
+        dists, sampled, n, pick = {}, {}, None, None
+        for c in criteria:
+            s = _scores_for(scorer, mixers, target, c)
+            if s is None:
+                continue
+            if n is None:
+                n = len(s)
+                pick = rng.choice(n, size=min(n, max_points), replace=False) if n > max_points else np.arange(n)
+            dists[c] = _distribution(s, bins)
+            if len(s) == n:
+                sampled[c] = s[pick]
+            del s
+        if not dists:
             continue
-        n = len(next(iter(scores.values())))
-        pick = rng.choice(n, size=min(n, max_points), replace=False) if n > max_points else np.arange(n)
-        dists = {}
-        for c, s in scores.items():
-            logs = np.log10(np.abs(s) + 1e-30)
-            finite = logs[np.isfinite(logs)]
-            hist, edges = np.histogram(finite, bins=bins) if finite.size else (np.zeros(bins), np.zeros(bins + 1))
-            dists[c] = {"quantiles": {q: float(np.quantile(s, v)) for q, v in
-                                      (("min", 0), ("p05", .05), ("median", .5), ("p95", .95), ("max", 1))},
-                        "log10_hist": {"counts": hist.tolist(), "edges": [float(e) for e in edges]}, "n": int(n)}
         out["distributions"][target.name] = dists
-        names = [c for c in scores if len(scores[c]) == n]
-        matrix = [[1.0 if a == b else _spearman(spearmanr, scores[a][pick], scores[b][pick]) for b in names]
-                  for a in names]
+        names = list(sampled)
+        matrix = [[1.0 if a == b else _spearman(spearmanr, sampled[a], sampled[b]) for b in names] for a in names]
         out["agreement"][target.name] = {"criteria": names, "spearman": matrix}
     return out
+
+
+def _distribution(s: np.ndarray, bins: int) -> dict[str, Any]:
+    logs = np.log10(np.abs(s) + 1e-30)
+    finite = logs[np.isfinite(logs)]
+    hist, edges = np.histogram(finite, bins=bins) if finite.size else (np.zeros(bins), np.zeros(bins + 1))
+    return {"quantiles": {q: float(np.quantile(s, v)) for q, v in
+                          (("min", 0), ("p05", .05), ("median", .5), ("p95", .95), ("max", 1))},
+            "log10_hist": {"counts": hist.tolist(), "edges": [float(e) for e in edges]}, "n": int(len(s))}
 
 
 def _spearman(fn, a: np.ndarray, b: np.ndarray) -> float:

@@ -113,6 +113,8 @@ class RunRecipe:
     def scorer(self, model: torch.nn.Module, stats: Any, criteria: Iterable[str]):
         """The :class:`ssm_profile.sensitivity.Scorer` the run scored ``criteria`` with."""
         from .criteria import ScoringContext
+        from .memory import score_cache_budget
         from .sensitivity import Scorer
 
-        return Scorer(model, ScoringContext(model=model, stats=stats, seed=self.seed), list(criteria))
+        return Scorer(model, ScoringContext(model=model, stats=stats, seed=self.seed), list(criteria),
+                      cache_bytes=score_cache_budget())

@@ -62,6 +62,9 @@ class ProfileResult:
     tolerance: float = DEFAULT_TOLERANCE
     bootstrap: int = 200
 
+    def __post_init__(self) -> None:
+        self.trials = without_superseded_screens(self.trials)
+
     # ------------------------------------------------------------------ basic views
     @property
     def dense_loss(self) -> float:
@@ -143,7 +146,11 @@ class ProfileResult:
 
     def _best_criterion(self, curves: dict[str, list[Trial]]) -> str:
         """The criterion with the least area under ΔL over the levels every curve measured (all of
-        them in a grid sweep; an adaptive sweep measures other criteria at the probe level only)."""
+        them in a grid sweep; an adaptive sweep measures other criteria at the probe level only).
+        A criterion measured only by a screen (a few windows; :mod:`ssm_profile.adaptive`) lost that
+        screen to a completed one, so it competes only when no curve is complete."""
+        complete = {c: v for c, v in curves.items() if not any(t.screen for t in v)}
+        curves = complete or curves
         common = set.intersection(*({round(t.sparsity, 6) for t in c} for c in curves.values()))
         if not common:
             return min(curves, key=lambda c: self._auc(curves[c]))
@@ -339,3 +346,10 @@ def write_csv_tables(frames: dict[str, Any], directory: str | Path) -> list[Path
 
 def _read_optional(path: Path) -> dict[str, Any]:
     return read_user_json(path, "run file", error=RunDirError) if path.exists() else {}
+
+
+def without_superseded_screens(trials: list[Trial]) -> list[Trial]:
+    """``trials`` less each screen whose trial was also completed on every window (the completion
+    supersedes its preview; the journal keeps both)."""
+    complete = {t.key for t in trials if not t.screen}
+    return [t for t in trials if not (t.screen and t.spec.completed.key in complete)]

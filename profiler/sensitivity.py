@@ -7,13 +7,16 @@ Weights are restored bit for bit after every trial (:class:`ssm_profile.masks.Ma
 
 With a :class:`ssm_profile.earlystop.StopRule` a trial is evaluated chunk by chunk and may stop
 early (``stopped``): its ``window_losses`` then hold the windows evaluated (a prefix of the search
-windows) and ``delta_loss`` is the paired mean over them.
+windows) and ``delta_loss`` is the paired mean over them. A *screen* (``screen=n``) is evaluated on
+the first ``n`` search windows only, by design: the adaptive sweep screens every criterion that way
+and completes only the leader (:mod:`ssm_profile.adaptive`).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -37,10 +40,17 @@ class TrialSpec:
     sparsity: float
     layer: int | None = None  # None = every SSM layer
     span: int = 1  # with a layer: the layers layer .. layer + span - 1
+    screen: int = 0  # > 0: evaluated on the first ``screen`` search windows only
 
     @property
     def key(self) -> str:
-        return f"{self.target}|{self.criterion}|{self.sparsity:.4f}|{layer_text(self.layer, self.span)}"
+        key = f"{self.target}|{self.criterion}|{self.sparsity:.4f}|{layer_text(self.layer, self.span)}"
+        return key + (f"|screen{self.screen}" if self.screen else "")
+
+    @property
+    def completed(self) -> "TrialSpec":
+        """The same trial on every search window (what a screen is a preview of)."""
+        return TrialSpec(self.target, self.criterion, self.sparsity, self.layer, self.span)
 
     def covers(self, layer: int) -> bool:
         return self.layer is None or self.layer <= layer < self.layer + self.span
@@ -69,6 +79,7 @@ class Trial:
     window_losses: list[float] = field(default_factory=list)
     span: int = 1  # layers pruned from ``layer`` on (see TrialSpec)
     stopped: bool = False  # ended early, far outside tolerance (ssm_profile.earlystop): "lost"
+    screen: int = 0  # > 0: a screen, evaluated on the first ``screen`` search windows only (see TrialSpec)
 
     @property
     def key(self) -> str:
@@ -76,7 +87,12 @@ class Trial:
 
     @property
     def spec(self) -> TrialSpec:
-        return TrialSpec(self.target, self.criterion, self.sparsity, self.layer, self.span)
+        return TrialSpec(self.target, self.criterion, self.sparsity, self.layer, self.span, self.screen)
+
+    @property
+    def partial(self) -> bool:
+        """Measured on fewer than all search windows (stopped early or a screen): never a plan option."""
+        return self.stopped or self.screen > 0
 
     @property
     def windows_evaluated(self) -> int:
@@ -87,12 +103,17 @@ class Trial:
 
 
 class Scorer:
-    """Element and unit scores per criterion, computed once and cached."""
+    """Element and unit scores per criterion, computed on first use and cached. ``cache_bytes``
+    bounds the element scores held at once (least recently used go first and are recomputed from
+    the statistics when asked again): every criterion's scores of every weight of a 1.4B model
+    would take ~35 GB."""
 
-    def __init__(self, model: torch.nn.Module, ctx: ScoringContext, criteria: Iterable[str]):
+    def __init__(self, model: torch.nn.Module, ctx: ScoringContext, criteria: Iterable[str],
+                 cache_bytes: int | None = None):
         self.ctx = ctx
         self.criteria = {name: get(name) for name in criteria}
-        self._elements: dict[tuple[str, str, str], torch.Tensor | NotApplicable] = {}
+        self.cache_bytes = cache_bytes
+        self._elements: OrderedDict[tuple[str, str, str], torch.Tensor | NotApplicable] = OrderedDict()
         self._units: dict[tuple[str, str, str], torch.Tensor | NotApplicable] = {}
         self._chosen_cuts: dict[tuple, tuple[torch.Tensor, torch.Tensor] | None] = {}
 
@@ -106,10 +127,25 @@ class Scorer:
                 self._elements[key] = crit.score(self.ctx, mixer, param).detach().float().cpu()
             except NotApplicable as err:
                 self._elements[key] = err
+            self._evict(keep=key)
+        self._elements.move_to_end(key)
         value = self._elements[key]
         if isinstance(value, NotApplicable):
             raise value
         return value
+
+    def _evict(self, keep: tuple[str, str, str]) -> None:
+        """Drop the least recently used element scores until the cache fits ``cache_bytes``."""
+        if self.cache_bytes is None:
+            return
+        held = {k: v.numel() * v.element_size() for k, v in self._elements.items() if isinstance(v, torch.Tensor)}
+        total = sum(held.values())
+        for key in list(held):
+            if total <= self.cache_bytes:
+                break
+            if key != keep:
+                total -= held[key]
+                del self._elements[key]
 
     def units(self, criterion: str, mixer: MixerInfo, kind: str) -> torch.Tensor:
         key = (criterion, mixer.path, kind)
@@ -272,10 +308,13 @@ def run_trial(model: torch.nn.Module, spec: TrialSpec, scorer: Scorer, mixers: l
     predicted = scorer.predicted_delta(spec, mask, mixers)
     with MaskApplier(model) as applier:
         applier.apply(mask, pruning.values)
-        pieces = _chunks(model, eval_windows, pruning, batch_size, evaluate, kernels, chunked=stop is not None)
-        losses, stopped = _evaluate_until(pieces, dense_losses, stop)
-    if stopped:  # the paired mean over the windows evaluated, and the full-data loss it implies
-        assert dense_losses is not None
+        pieces = _chunks(model, eval_windows, pruning, batch_size, evaluate, kernels,
+                         chunked=stop is not None or spec.screen > 0)
+        losses, stopped = _evaluate_until(pieces, dense_losses, stop, spec.screen or None)
+    if stopped or spec.screen:  # the paired mean over the windows evaluated, and the full-data loss it implies
+        if dense_losses is None:
+            raise ValueError("a screen needs the dense model's per-window losses")
+        losses = losses[: spec.screen or None]
         delta = float((losses - dense_losses[: len(losses)]).mean())
         loss = dense_loss + delta
     else:
@@ -285,7 +324,7 @@ def run_trial(model: torch.nn.Module, spec: TrialSpec, scorer: Scorer, mixers: l
         target=spec.target, criterion=spec.criterion, sparsity=spec.sparsity, layer=spec.layer, loss=loss,
         delta_loss=delta, perplexity=_exp(loss), rel_ppl_increase=_exp(delta) - 1.0,
         pruned_params=pruned_count(mask), predicted_delta=predicted, seconds=time.perf_counter() - start,
-        window_losses=[round(float(x), 6) for x in losses], span=spec.span, stopped=stopped,
+        window_losses=[round(float(x), 6) for x in losses], span=spec.span, stopped=stopped, screen=spec.screen,
     )
 
 
@@ -306,16 +345,22 @@ def _chunks(model: torch.nn.Module, windows: torch.Tensor, pruning: Pruning, bat
     return (batch_losses(model, piece, batch_size, kernels=kernels) for piece in windows.split(batch_size))
 
 
-def _evaluate_until(pieces, dense_losses: torch.Tensor | None, stop: StopRule | None) -> tuple[torch.Tensor, bool]:
-    """Concatenated losses of ``pieces``, drawn until the last or until ``stop`` says stop."""
+def _evaluate_until(pieces, dense_losses: torch.Tensor | None, stop: StopRule | None,
+                    limit: int | None = None) -> tuple[torch.Tensor, bool]:
+    """Concatenated losses of ``pieces``, drawn until the last, until ``limit`` windows are in, or
+    until ``stop`` says stop (then True)."""
     done: list[torch.Tensor] = []
+    seen = 0
     try:
         for piece in pieces:
             done.append(piece.double())
+            seen += len(piece)
+            if limit is not None and seen >= limit:
+                break
             if stop is not None and dense_losses is not None:
-                seen = torch.cat(done)
-                if stop.should_stop((seen - dense_losses[: len(seen)]).numpy()):
-                    return seen, True
+                losses = torch.cat(done)
+                if stop.should_stop((losses - dense_losses[: len(losses)]).numpy()):
+                    return losses, True
     finally:
         close = getattr(pieces, "close", None)
         if close is not None:

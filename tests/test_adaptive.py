@@ -188,11 +188,16 @@ def loaded():
 
 
 @pytest.fixture(scope="module")
-def runs(loaded, tmp_path_factory):
+def runs_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def runs(loaded, runs_dir):
     """Grid and adaptive profiles of tiny-mamba on the same small data."""
     base = dict(criteria=["magnitude", "fisher"], per_layer=False, batch_size=4,
                 targets=["in_proj", "conv1d", "D", "out_proj", "unit:state"])
-    out = tmp_path_factory.mktemp("runs")
+    out = runs_dir
     grid = profile_model(loaded, SMALL, ProfileSettings(sweep="grid", **base), run_dir=out / "grid")
     adaptive = profile_model(loaded, SMALL, ProfileSettings(**base), run_dir=out / "adaptive")
     return grid, adaptive
@@ -212,8 +217,36 @@ def test_adaptive_agrees_with_the_grid_on_tiny_mamba(runs):
     tau = kendalltau([g[t].rank for t in order], [a[t].rank for t in order]).statistic
     assert tau >= 0.8
     # a trial the adaptive run measured to the end equals the grid's (same windows, same batches)
-    both = [(t, grid.trial(t.target, t.criterion, t.sparsity)) for t in adaptive.trials if not t.stopped]
+    both = [(t, grid.trial(t.target, t.criterion, t.sparsity)) for t in adaptive.trials if not t.partial]
     assert both and all(abs(t.loss - u.loss) < 1e-5 for t, u in both if u is not None)
+    # and a screen (the first windows only) holds the grid trial's losses on those windows
+    screens = [(t, grid.trial(t.target, t.criterion, t.sparsity)) for t in adaptive.trials if t.screen]
+    assert screens and all(t.windows_evaluated == t.screen for t, _ in screens)
+    assert all(t.window_losses == pytest.approx(u.window_losses[: t.screen], abs=1e-5) for t, u in screens)
+
+
+def test_screens_complete_only_the_leader(runs, runs_dir):
+    """Per target every criterion is screened on the first windows; the leader alone is completed,
+    its completion supersedes its screen, and the ranking's best criterion is that leader."""
+    from ssm_profile.journal import read_journal
+
+    _, adaptive = runs
+    journal = read_journal(runs_dir / "adaptive" / "trials.jsonl")
+    best = {row.target: row.best_criterion for row in adaptive.ranking()}
+    screened = 0
+    for target in best:
+        screens = [t for t in journal if t.target == target and t.screen]
+        if len(screens) < 2:
+            continue
+        screened += 1
+        assert {t.criterion for t in screens} == {"magnitude", "fisher"} and all(t.sparsity == 0.5 for t in screens)
+        leader = AdaptiveSchedule.screen_leader(screens)
+        assert leader == best[target]
+        completed = [t for t in adaptive.trials if t.target == target and t.layer is None and not t.partial
+                     and abs(t.sparsity - 0.5) < 1e-9]
+        assert [t.criterion for t in completed] == [leader]
+        assert not any(t.screen and t.criterion == leader for t in adaptive.trials if t.target == target)
+    assert screened >= 3
 
 
 def test_stopped_trials_are_lost_and_paired_on_their_windows(runs):

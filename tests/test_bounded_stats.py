@@ -191,3 +191,26 @@ def test_offloaded_folders_are_the_ones_a_later_run_removes(tmp_path):
     assert all(d.exists() for d in stores)
     remove_leftovers(tmp_path)
     assert not any(d.exists() for d in stores)
+
+
+def test_a_bounded_score_cache_recomputes_the_same_scores():
+    """Element scores past ``cache_bytes`` are dropped (least recently used) and recomputed equal."""
+    from ssm_profile.criteria import ScoringContext
+    from ssm_profile.sensitivity import Scorer
+
+    model = tiny_mamba(layers=3)
+    stats = collect_stats(model, calib(), ALL, batch_size=4)
+    mixers = find_mixers(model)
+    criteria = ["magnitude", "wanda", "fisher", "obs"]
+    free = Scorer(model, ScoringContext(model=model, stats=stats), criteria)
+    weight = mixers[0].param("in_proj.weight").numel() * 4
+    bounded = Scorer(model, ScoringContext(model=model, stats=stats), criteria, cache_bytes=2 * weight)
+    first = _every_score(free, mixers, criteria)
+    for _ in range(2):  # the second pass finds most scores evicted and recomputes them
+        again = {k: v for k, v in _every_score(bounded, mixers, criteria).items() if k[2] in
+                 ("in_proj.weight", "out_proj.weight", "A_log", "D")}
+        _equal_maps({k: v for k, v in first.items() if k in again}, again)
+        held = sum(v.numel() * 4 for v in bounded._elements.values() if isinstance(v, torch.Tensor))
+        assert held <= 2 * weight
+    assert len([v for v in free._elements.values() if isinstance(v, torch.Tensor)]) > len(
+        [v for v in bounded._elements.values() if isinstance(v, torch.Tensor)])

@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sparsities", type=sparsity_list, default=None,
                    help="comma-separated levels in (0,1) (default 0.1..0.9)")
     p.add_argument("--sweep", choices=("adaptive", "grid"), default="adaptive",
-                   help="adaptive (default): probe every criterion, then bisect each target's curve with its best "
-                   "one, layer blocks refined where they differ, trials far outside tolerance stopped early; "
+                   help="adaptive (default): screen every criterion on the first windows and complete the leader, "
+                   "then bisect each target's curve with it, layer blocks refined where they differ, trials far outside tolerance stopped early; "
                    "grid: every target x criterion x sparsity and every layer")
     p.add_argument("--budget", type=duration, default=None, metavar="TIME",
                    help="bound the whole adaptive run, e.g. 30s, 10m, 1h; spent where uncertainty is largest")

@@ -162,8 +162,8 @@ def build_options(result: ProfileResult, metric: str, criterion: str | None = No
         families = shapes.families(kind) if is_unit else {}
         by_level: dict[float, list] = {}
         for t in result.model_trials:
-            if t.target != target or t.stopped or not math.isfinite(t.delta_loss):
-                continue  # a trial stopped early is far outside tolerance: never an option
+            if t.target != target or t.partial or not math.isfinite(t.delta_loss):
+                continue  # stopped early (far outside tolerance) or a screen (a few windows): never an option
             if t.criterion == "random" and criterion != "random":
                 continue  # a baseline, not a method: only when asked for by name
             if is_unit and _unit_indices(result, t.criterion, kind, families, t.sparsity) is None:
