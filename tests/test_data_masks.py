@@ -130,3 +130,18 @@ def test_targets_cover_groups_and_units(mamba1_model, mamba2_model):
     assert {"dt_bias", "norm", "unit:head", "unit:head_channel", "unit:state"} <= set(names2)
     assert "unit:group" not in names2
     assert Target.parse("unit:state").kind == "unit"
+
+
+@pytest.mark.parametrize("comparison", ["tensor", "row"])
+def test_element_mask_equals_a_stable_sort_with_ties(comparison):
+    """The selection-based mask removes exactly a stable argsort's k lowest (ties: lower index first)."""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        rows, cols = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(1, 30, (1,), generator=g))
+        x = torch.randint(0, 3, (rows, cols), generator=g).float() if trial % 2 else torch.randn(rows, cols, generator=g)
+        flat = x.reshape(rows, -1) if comparison == "row" else x.reshape(1, -1)
+        for sparsity in (0.1, 0.5, 0.9, 1.0):
+            k = int(round(sparsity * flat.shape[1]))
+            expected = torch.ones_like(flat, dtype=torch.bool)
+            expected.scatter_(1, torch.argsort(flat, dim=1, stable=True)[:, :k], False)
+            assert torch.equal(element_mask(x, sparsity, comparison), expected.view_as(x))
