@@ -21,12 +21,18 @@ schedule asks, from the trials finished so far, only what is still undecided:
 3. **knee**: once the boundary is found, levels are added until the curve holds ``CURVE_LEVELS``,
    each in the gap with the largest trapezoid error bound (gap width x ΔL jump across it, from
    sparsity 0 where ΔL = 0), i.e. where the curve bends most; gaps in the safe region come first,
-   because a plan chooses among the measured safe levels.
+   because a plan chooses among the measured safe levels. A gap across which ΔL does not surely
+   change by the floor gets no level (the curve is flat there as far as the windows tell).
 4. **layers**: the layer criterion at the probe sparsity on ``LAYER_BLOCKS`` contiguous blocks of
-   layers per target; a block whose ΔL per layer is at least ``REFINE_RATIO`` x the median block's is
-   split in halves, down to single layers, so layers are resolved only where blocks differ. A block
-   whose whole ΔL is under ``REFINE_FLOOR`` x log(1 + tolerance) is not split: how a cost that small
-   divides among its layers is noise at the search windows' size and decides nothing.
+   layers per target, for each target whose model-wide probe with that criterion surely costs at
+   least the floor (a cheaper cut of every layer leaves nothing to localize); a block whose ΔL per
+   layer is at least ``REFINE_RATIO`` x the median block's, and surely at least the floor, is split
+   in halves, down to single layers, so layers are resolved only where blocks differ.
+
+**The floor** is ``REFINE_FLOOR`` x log(1 + tolerance), a tenth of the ΔL the tolerance allows;
+"surely" means by a one-sided 95% paired bound over the trial's windows (given the dense model's
+window losses; without them, by the mean). Differences the search windows cannot tell from noise,
+or too small to change a plan, buy no further trials.
 
 Stages 2-4 of different targets (and stage 4 with stage 1) are independent and share batches, so a
 sharded runner evaluates them side by side. Trials are evaluated with early stopping
@@ -48,12 +54,16 @@ from dataclasses import dataclass
 from statistics import median
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
+
+from .earlystop import lower_bound
 from .sensitivity import Trial, TrialSpec
 
 CURVE_LEVELS = 5  # the knee stage fills the best criterion's curve up to this many levels (more with a budget)
 LAYER_BLOCKS = 4  # blocks of contiguous layers the per-layer stage starts with
 REFINE_RATIO = 2.0  # split a block whose ΔL per layer is this many times the median block's
-REFINE_FLOOR = 0.1  # ... and whose ΔL is at least this share of the tolerance's ΔL, log(1 + tolerance)
+REFINE_FLOOR = 0.1  # ... and whose ΔL is surely at least this share of the tolerance's ΔL, log(1 + tolerance)
+REFINE_ALPHA = 0.05  # the one-sided level of "surely"
 
 Predict = Callable[[TrialSpec], "float | None"]
 
@@ -88,9 +98,10 @@ class AdaptiveSchedule:
     def __init__(self, pairs: Sequence[tuple[str, str]], sparsities: Sequence[float], probe: float,
                  tolerance: float, layer_targets: Sequence[str] = (), layers: Sequence[int] = (),
                  layer_criterion: str = "fisher", predict: Predict | None = None, budget: Budget | None = None,
-                 screen: int = 0):
+                 screen: int = 0, dense_losses: Sequence[float] | None = None):
         self.pairs = list(pairs)
         self.screen = screen
+        self.dense_losses = None if dense_losses is None else np.asarray(dense_losses, dtype=np.float64)
         self.targets = list(dict.fromkeys(t for t, _ in self.pairs))
         self.levels = sorted({round(float(s), 6) for s in sparsities})
         self.probe = round(float(probe), 6)
@@ -244,13 +255,16 @@ class AdaptiveSchedule:
 
     def _widest_gap(self, curve: dict[float, Trial]) -> tuple[float, float] | None:
         """(error bound, middle grid level) of the curve gap with the largest width x ΔL jump; gaps up
-        to the first lost level come first, since a plan can only choose measured levels, and safe ones."""
+        to the first lost level come first, since a plan can only choose measured levels, and safe ones.
+        A gap across which ΔL surely changes by less than the floor (see :meth:`_material_change`) needs
+        no level inside: the curve is flat there as far as the windows can tell."""
+        ends = [None] + [curve[s] for s in sorted(curve)]
         points = [(0.0, 0.0)] + [(s, curve[s].delta_loss) for s in sorted(curve)]
         first_lost = next((s for s in sorted(curve) if is_lost(curve[s], self.tolerance)), None)
         best = None
-        for (a, da), (b, db) in zip(points, points[1:]):
+        for (a, da), (b, db), left, right in zip(points, points[1:], ends, ends[1:]):
             inside = [s for s in self.levels if a < s < b]
-            if inside:
+            if inside and self._material_change(left, right):
                 key = (first_lost is None or b <= first_lost, (b - a) * abs(db - da))
                 if best is None or key > best[0]:
                     best = (key, inside[len(inside) // 2])
@@ -266,7 +280,19 @@ class AdaptiveSchedule:
     def _layer_spec(self, target: str, block: list[int]) -> TrialSpec:
         return TrialSpec(target, self.layer_criterion, self.probe, block[0], block[-1] - block[0] + 1)
 
+    def _layer_probe(self, target: str, finished: Mapping[str, Trial]) -> Trial | None:
+        """The layer criterion's model-wide probe of ``target`` (completed, else its screen)."""
+        for screen in (0, self.screen):
+            trial = finished.get(TrialSpec(target, self.layer_criterion, self.probe, screen=screen).key)
+            if trial is not None:
+                return trial
+        return None
+
     def _layers_next(self, target: str, finished: Mapping[str, Trial], extra: bool) -> list[tuple[tuple, TrialSpec]]:
+        if (target, self.layer_criterion) in self.pairs:  # gate: is there anything to localize?
+            probe = self._layer_probe(target, finished)
+            if probe is None or not (probe.stopped or self._surely_at_least(probe, self._floor())):
+                return []
         leaves, pending = [], []
         stack = list(self.blocks())
         while stack:
@@ -285,12 +311,37 @@ class AdaptiveSchedule:
             return out
         share, block = max(leaves, key=lambda item: (item[0], -item[1][0]))
         middle = median(s for s, _ in leaves)
-        material = share * len(block) >= REFINE_FLOOR * math.log1p(self.tolerance)
+        material = self._surely_at_least(finished[self._layer_spec(target, block).key], self._floor())
         if len(block) > 1 and material and (extra or share >= REFINE_RATIO * max(middle, 0.0)):
             urgent = share >= REFINE_RATIO * max(middle, 0.0)
             for half in (block[: len(block) // 2], block[len(block) // 2:]):
                 out.append(((4 if urgent else 5, -share), self._layer_spec(target, half)))
         return out
+
+    def _floor(self) -> float:
+        return REFINE_FLOOR * math.log1p(self.tolerance)
+
+    def _material_change(self, left: Trial | None, right: Trial) -> bool:
+        """Whether ΔL surely changes by at least the floor from ``left`` (None: sparsity 0, ΔL 0) to
+        ``right``: a paired bound over their shared windows, either way; a trial stopped early (far
+        outside tolerance) always differs."""
+        if right.stopped or (left is not None and left.stopped):
+            return True
+        if self.dense_losses is None:
+            return abs(right.delta_loss - (left.delta_loss if left is not None else 0.0)) >= self._floor()
+        base = self.dense_losses if left is None else np.asarray(left.window_losses, dtype=np.float64)
+        after = np.asarray(right.window_losses, dtype=np.float64)
+        n = min(len(base), len(after))
+        paired = after[:n] - base[:n]
+        return max(lower_bound(paired, REFINE_ALPHA), lower_bound(-paired, REFINE_ALPHA)) >= self._floor()
+
+    def _surely_at_least(self, trial: Trial, level: float) -> bool:
+        """Whether ``trial``'s ΔL is at least ``level``: by its paired lower bound when the dense window
+        losses are known, else by its mean."""
+        if self.dense_losses is None or not trial.window_losses:
+            return trial.delta_loss >= level
+        losses = np.asarray(trial.window_losses, dtype=np.float64)
+        return lower_bound(losses - self.dense_losses[: len(losses)], REFINE_ALPHA) >= level
 
     # ------------------------------------------------------------------ budget
     def spent(self, finished: Mapping[str, Trial]) -> float:

@@ -183,6 +183,7 @@ def _execute(loaded: LoadedModel, plan: Plan, note: Progress) -> dict[str, Any]:
     for i, cut in cuts.items():
         records[i]["elements_zeroed"] = pruned_count(cut.mask)
         records[i]["units_removed"] = None
+        records[i]["zeroed_params"] = sorted(name for name, keep in cut.mask.items() if not bool(keep.all()))
 
     # 2. unit actions -> zeros; remember the removed ids per (kind, layer) for slicing
     removed: dict[str, dict[int, set[int]]] = {}
@@ -190,7 +191,10 @@ def _execute(loaded: LoadedModel, plan: Plan, note: Progress) -> dict[str, Any]:
     for i, kind, m, ids in picked:
         family = m.unit_family(kind)
         if ids:
-            records[i]["elements_zeroed"] += pruned_count(unit_mask(m, family, torch.tensor(ids)))
+            zeroed = unit_mask(m, family, torch.tensor(ids))
+            records[i]["elements_zeroed"] += pruned_count(zeroed)
+            records[i]["zeroed_params"] = sorted({*records[i].get("zeroed_params", ()),
+                                                  *(name for name, keep in zeroed.items() if not bool(keep.all()))})
             zero_units(m, kind, ids)
         records[i]["units_removed"][str(m.layer)] = len(ids)
         removed.setdefault(kind, {}).setdefault(m.layer, set()).update(ids)

@@ -135,7 +135,7 @@ def _measure_parts(model: torch.nn.Module, data) -> dict[str, Any]:
         specs, _skipped = _timed(seconds, "scoring", lambda: plan_trials(
             scorer, mixers, targets_for(mixers), settings.criteria, settings.sparsities, settings.per_layer,
             settings.probe_sparsity, settings.layer_criterion))
-        trials_adaptive = make_schedule(settings, specs, scorer, mixers, windows=spec.eval_samples).expected_total({})
+        trials_adaptive = make_schedule(settings, specs, scorer, mixers, dense.tolist()).expected_total({})
         evaluate = _timed(seconds, "caching", lambda: IncrementalEvaluator(
             model, evaluation, settings.batch_size).prepare(dense))
         timed = specs[:: max(1, len(specs) // TIMED_TRIALS)][:TIMED_TRIALS]

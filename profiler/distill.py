@@ -27,11 +27,14 @@ Masks = dict[str, torch.Tensor]  # parameter name -> keep (bool), only for param
 # masks: what apply zeroed stays zero
 
 
-def frozen_masks(model: nn.Module) -> Masks:
-    """Keep-masks of every parameter that has exact zeros: what ``apply`` zeroed (unstructured, N:M or
-    zeroed units). A trained dense weight is never exactly 0.0, so the zeros are the pruning."""
+def frozen_masks(model: nn.Module, names: set[str] | None = None) -> Masks:
+    """Keep-masks of the zeros ``apply`` wrote (unstructured, N:M or zeroed units): of the parameters
+    ``names`` its record lists, else (an older record, or none) of every parameter with exact zeros,
+    since a trained dense weight is almost never exactly 0.0."""
     masks: Masks = {}
     for name, p in model.named_parameters():
+        if names is not None and name not in names:
+            continue
         keep = p.detach() != 0
         if not bool(keep.all()):
             masks[name] = keep

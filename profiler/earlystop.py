@@ -51,14 +51,20 @@ class StopRule:
 
     def lower_bound(self, paired: np.ndarray) -> float:
         """One-sided lower confidence bound (level 1 - alpha/looks) of the mean of ``paired``."""
-        from scipy.stats import t
-
-        n = len(paired)
-        if n < MIN_WINDOWS:
-            return -math.inf
-        spread = float(np.std(paired, ddof=1)) / math.sqrt(n)
-        return float(np.mean(paired)) - float(t.ppf(1.0 - self.alpha / self.looks, n - 1)) * spread
+        return lower_bound(paired, self.alpha / self.looks)
 
     def should_stop(self, paired: np.ndarray) -> bool:
         """Whether to stop after seeing ``paired`` (trial minus dense, per window, in window order)."""
         return len(paired) < self.windows and self.lower_bound(np.asarray(paired, dtype=np.float64)) > self.threshold
+
+
+def lower_bound(paired: np.ndarray, alpha: float) -> float:
+    """One-sided lower confidence bound (level 1 - ``alpha``, t-approximation) of the mean of
+    ``paired``; -inf with fewer than ``MIN_WINDOWS`` values."""
+    from scipy.stats import t
+
+    n = len(paired)
+    if n < MIN_WINDOWS:
+        return -math.inf
+    spread = float(np.std(paired, ddof=1)) / math.sqrt(n)
+    return float(np.mean(paired)) - float(t.ppf(1.0 - alpha, n - 1)) * spread

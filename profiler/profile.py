@@ -266,7 +266,7 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
         done, recorded = world.from_writer(lambda: _start_run_dir(run_path, meta, analysis, dense))
         journal = run_path / "trials.jsonl" if world.writer else None
 
-    schedule = make_schedule(settings, specs, scorer, mixers, windows=len(dense))
+    schedule = make_schedule(settings, specs, scorer, mixers, dense_losses=dense.tolist())
     evaluate = None
     if settings.incremental and schedule.next_batch(done):
         from .incremental import IncrementalEvaluator
@@ -330,18 +330,20 @@ def evaluation_batch(settings: ProfileSettings) -> int:
 
 
 def make_schedule(settings: ProfileSettings, specs: list[TrialSpec], scorer: Scorer, mixers,
-                  windows: int) -> Schedule:
+                  dense_losses: list[float]) -> Schedule:
     """The schedule of ``settings.sweep`` over the grid's ``specs`` (without a budget: the profiler
-    sets ``AdaptiveSchedule.budget`` once the setup's time is known); ``windows``: search windows."""
+    sets ``AdaptiveSchedule.budget`` once the setup's time is known); ``dense_losses``: the dense
+    model's loss on each search window."""
     if settings.sweep == "grid":
         return GridSchedule(specs)
 
     def predict(spec: TrialSpec) -> float | None:
         return scorer.predicted_delta(spec, scorer.mask(spec, mixers, settings.structure), mixers)
 
-    screen = CHUNK_WINDOWS if windows > CHUNK_WINDOWS else 0  # a screen is one evaluation batch
+    screen = CHUNK_WINDOWS if len(dense_losses) > CHUNK_WINDOWS else 0  # a screen is one evaluation batch
     return AdaptiveSchedule.from_grid(specs, probe=settings.probe_sparsity, tolerance=settings.tolerance,
-                                      layer_criterion=settings.layer_criterion, predict=predict, screen=screen)
+                                      layer_criterion=settings.layer_criterion, predict=predict, screen=screen,
+                                      dense_losses=dense_losses)
 
 
 def _recorded_budget(run_path: Path) -> dict[str, float] | None:

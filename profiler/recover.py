@@ -126,6 +126,17 @@ def pruning_plan(pruned_dir: Path) -> tuple[Plan | None, dict[str, Any] | None]:
     return record.plan, record.source
 
 
+def zeroed_parameters(pruned_dir: Path) -> set[str] | None:
+    """Names of the parameters apply wrote pruned zeros into (its record's actions); None when the
+    record does not say (no pruning.json, or one written before apply recorded them)."""
+    if not (pruned_dir / PRUNING_FILE).is_file():
+        return None
+    actions = load_pruning_record(pruned_dir / PRUNING_FILE).actions
+    if any("zeroed_params" not in a for a in actions if a.get("elements_zeroed")):
+        return None
+    return {name for a in actions for name in a.get("zeroed_params", ())}
+
+
 def teacher_name(plan: Plan | None) -> str:
     """The model apply pruned: its directory when local, else its name."""
     if plan is not None:
@@ -332,7 +343,7 @@ def _recover(world: World, pruned_dir: str | Path, output_dir: str | Path, teach
     note(0, 1, "loading models")
     inputs = _load_inputs(pruned_dir, teacher, settings, plan, source, device)
     student, verification = inputs.student, inputs.dataset.verification
-    masks = frozen_masks(student.model)
+    masks = frozen_masks(student.model, zeroed_parameters(pruned_dir))
     nonzero_before = count_parameters(student.model)["nonzero"]
     kernels, kernel_notes = _kernel_notes(student.model, next(student.model.parameters()).device)
     inputs.teacher.model.eval().requires_grad_(False)

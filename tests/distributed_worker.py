@@ -19,7 +19,7 @@ MODEL = "tiny-mamba"
 DATA = DataSpec(nsamples=5, eval_samples=4, seqlen=16)
 CRITERIA = ["wanda", "obs", "ssm_gramian", "fisher"]  # every statistic: inputs, hessians, ssm, grads
 TARGETS = ["in_proj", "unit:state"]
-SPARSITIES = [0.5]
+SPARSITIES = [0.3, 0.5, 0.7]
 SETTINGS = dict(criteria=CRITERIA, targets=TARGETS, sparsities=SPARSITIES, batch_size=2)
 CLI_ARGS = ["--criteria", ",".join(CRITERIA), "--targets", ",".join(TARGETS),
             "--sparsities", ",".join(map(str, SPARSITIES)), "--batch-size", "2",

@@ -38,10 +38,43 @@ def loaded():
 
 
 @pytest.fixture(scope="module")
-def one_process(loaded, tmp_path_factory) -> list[tuple]:
+def one_run(loaded, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("one") / "run"
     profile_model(loaded, DATA, settings(), run_dir=run_dir)
-    return journal(run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def one_process(one_run) -> list[tuple]:
+    return journal(one_run)
+
+
+def test_two_ranks_share_the_plans_back_off_measurements(one_run, tmp_path):
+    """A run whose trials all claim ΔL = 0 makes the first plan prune everything; measuring it backs
+    off, and the leave-one-out measurements are shared by 2 ranks: the plan equals one process's."""
+    import shutil
+    from dataclasses import replace
+
+    from ssm_profile.journal import append_journal
+    from ssm_profile.results import ProfileResult
+
+    run = tmp_path / "optimistic"
+    shutil.copytree(one_run, run)
+    result = ProfileResult.load(run)
+    (run / "trials.jsonl").unlink()
+    for t in result.trials:
+        append_journal(run / "trials.jsonl", replace(t, delta_loss=0.0, rel_ppl_increase=0.0,
+                                                     loss=result.dense_loss,
+                                                     window_losses=list(result.dense_window_losses)))
+    ask = ["plan", str(run), "--max-ppl-increase", "0.02", "--metric", "params"]
+    single = subprocess.run([CLI, *ask, "-o", str(tmp_path / "one.json")], capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr
+    done = torchrun(2, "--no-python", CLI, *ask, "-o", str(tmp_path / "two.json"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert one["measured"]["backoff_steps"] >= 1
+    for key in ("actions", "measured", "predicted", "verification"):
+        assert one[key] == two[key], key
 
 
 @pytest.mark.slow  # 10-13 s: keeps the default run under 5 minutes
@@ -56,9 +89,10 @@ def test_two_ranks_measure_what_one_process_measures(tmp_path, one_process):
 
 
 def test_resume_with_one_process_after_two(tmp_path, loaded, one_process):
-    cut = torchrun(2, WORKER, str(tmp_path / "run"), "--cancel-after", "10")  # rounds of 8: stops in the second
+    # the probe batch (7 trials: one round of up to 8) completes; the next round is cancelled at its start
+    cut = torchrun(2, WORKER, str(tmp_path / "run"), "--cancel-after", "8")
     assert cut.returncode != 0
-    assert len(journal(tmp_path / "run")) == 8
+    assert len(journal(tmp_path / "run")) == 7 < len(one_process)
     profile_model(loaded, DATA, settings(), run_dir=tmp_path / "run", resume=True)
     assert journal(tmp_path / "run") == one_process
 

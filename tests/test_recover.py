@@ -81,6 +81,22 @@ def test_masks_hold_unstructured_and_nm_and_the_output_loads_plainly(recovered, 
                                                                     "tokenizer.json", "tokenizer_config.json"])
 
 
+def test_masks_come_from_the_pruning_record_not_from_any_zero(sparse_dir):
+    """apply records which parameters it zeroed; an exact zero anywhere else is trainable."""
+    from ssm_profile.distill import frozen_masks
+    from ssm_profile.recover import zeroed_parameters
+
+    names = zeroed_parameters(sparse_dir)
+    pruned = load_model(str(sparse_dir)).model
+    zeroed = {n for n, p in pruned.named_parameters() if bool((p == 0).any())}
+    assert names and names <= zeroed
+    assert all(n.endswith(("mixer.in_proj.weight", "mixer.out_proj.weight")) for n in names)
+    with torch.no_grad():
+        pruned.backbone.layers[0].mixer.D[0] = 0.0  # a dense weight that happens to be zero
+    assert "backbone.layers.0.mixer.D" in frozen_masks(pruned)  # inferring from zeros would freeze it
+    assert set(frozen_masks(pruned, names)) == names
+
+
 class Interrupt(Exception):
     pass
 

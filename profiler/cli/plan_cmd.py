@@ -83,17 +83,24 @@ def run(args: argparse.Namespace) -> int:
     from .common import SMALL_MODEL, configure_threads, quiet_libraries
     from .progress import rich_progress
 
+    from ..distributed import World
+
     quiet_libraries()
     small = result.analysis.totals["parameters"] < SMALL_MODEL
     configure_threads(args.threads or (1 if small else None))
-    loaded = None
-    if args.model and not args.no_measure:
-        loaded = load_run_model(result, name=args.model, device=args.device)
-    with rich_progress("planning", enabled=not args.quiet) as progress:
-        plan = make_plan(result, metric=args.metric, ratio=args.ratio, absolute=args.absolute, scope=args.scope,
-                         max_ppl_increase=args.max_ppl_increase, criterion=args.criterion,
-                         structures=args.structures, measure=not args.no_measure, loaded=loaded,
-                         progress=progress, run_path=args.run_dir, device=args.device)
+    world = World.from_env()  # under torchrun: the ranks share the back-off's measurements, rank 0 writes
+    args.device = world.device(args.device)
+    with world.running():
+        loaded = None
+        if args.model and not args.no_measure:
+            loaded = load_run_model(result, name=args.model, device=args.device)
+        with rich_progress("planning", enabled=not args.quiet and world.writer) as progress:
+            plan = make_plan(result, metric=args.metric, ratio=args.ratio, absolute=args.absolute, scope=args.scope,
+                             max_ppl_increase=args.max_ppl_increase, criterion=args.criterion,
+                             structures=args.structures, measure=not args.no_measure, loaded=loaded,
+                             progress=progress, run_path=args.run_dir, device=args.device, world=world)
+    if not world.writer:
+        return 0
     if args.recover_steps is not None:
         from ..documents import PlanRecover
 

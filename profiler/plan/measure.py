@@ -44,11 +44,13 @@ def check_run_weights(result: ProfileResult, loaded: Any) -> None:
 class Measurer:
     """Loads once, then measures the held-out loss of any combination of plan actions."""
 
-    def __init__(self, result: ProfileResult, loaded: Any, progress: Progress, device: str = "cpu"):
+    def __init__(self, result: ProfileResult, loaded: Any, progress: Progress, device: str = "cpu",
+                 world: Any = None):
         from ..data import batch_losses, load_dataset
         from ..resolve import check_vocabulary
 
         self.note = progress
+        self.world = world  # ssm_profile.distributed.World: several ranks share a batch of measurements
         if loaded is None:
             self.note(0, 1, "loading the model")
             loaded = load_run_model(result, device=device)
@@ -154,6 +156,17 @@ class Measurer:
         return Verification(**m, max_ppl_increase=float(max_ppl_increase),
                             kept=bool(math.isfinite(m["rel_ppl_increase"])
                                       and m["rel_ppl_increase"] <= max_ppl_increase))
+
+    def measure_many(self, combinations: list[list[Option]]) -> list[dict[str, Any]]:
+        """:meth:`measure` of each combination; under torchrun the ranks take turns (combination i on
+        rank i mod size) and all-gather, so every rank returns the same list a single process would."""
+        world = self.world
+        if world is None or not world.sharded or len(combinations) < 2:
+            return [self.measure(actions) for actions in combinations]
+        mine = range(world.rank, len(combinations), world.size)
+        shares = world.gather(lambda: [(i, self.measure(combinations[i])) for i in mine])
+        by_index = dict(pair for share in shares for pair in share)
+        return [by_index[i] for i in range(len(combinations))]
 
     def measure(self, actions: list[Option]) -> dict[str, Any]:
         from ..data import batch_losses

@@ -102,11 +102,13 @@ def make_plan(result: ProfileResult, metric: str = "params", ratio: float | None
               absolute: int | None = None, max_ppl_increase: float = DEFAULT_MAX_PPL_INCREASE,
               criterion: str | None = None, structures: str | Sequence[str] | None = None, measure: bool = True,
               loaded: Any = None, progress: Progress | None = None, *, run_path: str | Path | None = None,
-              device: str = "cpu", scope: str = "ssm") -> Plan:
+              device: str = "cpu", scope: str = "ssm", world: Any = None) -> Plan:
     """Build a :class:`Plan` from a profile result; see :mod:`ssm_profile.plan`.
 
     ``metric``: what to reduce (params | flops | state); ``ratio`` (of ``scope``'s total) or
     ``absolute``: the reduction to reach (neither: as much as ``max_ppl_increase`` allows).
+    ``world`` (:class:`ssm_profile.distributed.World`, under torchrun): every rank runs the same
+    search and the back-off's leave-one-out measurements are shared out among the ranks.
     """
     note = progress or (lambda done, total, label: None)
     _check_request(metric, ratio, absolute, max_ppl_increase, scope)
@@ -129,7 +131,7 @@ def make_plan(result: ProfileResult, metric: str = "params", ratio: float | None
                         max_ppl_increase=max_ppl_increase, scope=scope, options=options, choice=choice,
                         overlaps=search.overlaps, shapes=shapes, run_path=run_path, notes=notes)
     if measure:
-        measurer = Measurer(result, loaded, note, device=device)
+        measurer = Measurer(result, loaded, note, device=device, world=world)
         _measure_and_back_off(search, solution, measurer, note)
         note(0, 1, "verifying on held-out windows")
         solution.verification = measurer.verify(solution.actions, max_ppl_increase)
@@ -182,10 +184,11 @@ def _learn_marginals(search: _Search, measurer: Measurer, choice: list[int], m: 
     plan and every plan at least as aggressive in all of its targets."""
     options = search.options
     chosen = [(t, l) for t, l in enumerate(choice) if l > 0]
-    for t, l in chosen if len(chosen) > 1 else []:
-        note(backoff, MAX_BACKOFF + 1, f"back-off {backoff}: plan without {options[t][l].target}")
-        without = [lv if i != t else 0 for i, lv in enumerate(choice)]
-        mw = measurer.measure(actions_of(options, without))
+    leave_one_out = chosen if len(chosen) > 1 else []
+    withouts = [[lv if i != t else 0 for i, lv in enumerate(choice)] for t, _ in leave_one_out]
+    note(backoff, MAX_BACKOFF + 1, f"back-off {backoff}: {len(withouts)} plans, each without one action")
+    measured = measurer.measure_many([actions_of(options, without) for without in withouts])
+    for (t, l), without, mw in zip(leave_one_out, withouts, measured):
         attempts.append((without, mw, search.gain(without)))
         search.learn(t, l, m["delta_loss"] - mw["delta_loss"])
     if len(chosen) == 1:
