@@ -53,6 +53,7 @@ from .results import RUN_SCHEMA_VERSION, ProfileResult, read_journal
 from .safe_read import read_user_json
 from .adaptive import AdaptiveSchedule, Budget
 from .earlystop import CHUNK_WINDOWS, StopRule
+from .saliency import saliency_summary
 from .schedule import GridSchedule, Schedule, run_schedule
 from .sensitivity import LocalTrialRunner, Scorer, Trial, TrialSpec, plan_trials
 
@@ -296,7 +297,7 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
     meta["sweep"] = sweep_summary(schedule, done, int(dataset.evaluation.shape[1]))
 
     unit_scores = _unit_scores(scorer, mixers, criteria)
-    saliency = _saliency(scorer, mixers, targets, settings.criteria)
+    saliency = saliency_summary(scorer, mixers, targets, settings.criteria)
     timings["total"] = time.perf_counter() - started
     if evaluate is not None:
         meta["incremental"] = evaluate.summary()
@@ -405,63 +406,3 @@ def _unit_scores(scorer: Scorer, mixers, criteria: list[str]) -> dict[str, Any]:
     return out
 
 
-def _scores_for(scorer: Scorer, mixers, target: Target, criterion: str) -> np.ndarray | None:
-    from .criteria import NotApplicable
-
-    parts = []
-    try:
-        for mixer in mixers:
-            if target.kind == "group":
-                for param in prunable_params(mixer, target.part):
-                    parts.append(scorer.element(criterion, mixer, param).reshape(-1).numpy())
-            elif target.part in mixer.unit_families():
-                parts.append(scorer.units(criterion, mixer, target.part).numpy())
-    except NotApplicable:
-        return None
-    return np.concatenate(parts).astype(np.float64) if parts else None
-
-
-def _saliency(scorer: Scorer, mixers, targets: list[Target], criteria: list[str],
-              max_points: int = 20000, bins: int = 24) -> dict[str, Any]:
-    """Score distributions (log10 histograms, quantiles) and criteria rank agreement per target.
-    One criterion's scores are held at a time (all of them at 1.4B would not fit); the agreement
-    uses the same ``max_points`` sampled positions of each."""
-    from scipy.stats import spearmanr
-
-    out: dict[str, Any] = {"distributions": {}, "agreement": {}}
-    rng = np.random.default_rng(0)
-    for target in targets:
-        dists, sampled, n, pick = {}, {}, None, None
-        for c in criteria:
-            s = _scores_for(scorer, mixers, target, c)
-            if s is None:
-                continue
-            if n is None:
-                n = len(s)
-                pick = rng.choice(n, size=min(n, max_points), replace=False) if n > max_points else np.arange(n)
-            dists[c] = _distribution(s, bins)
-            if len(s) == n:
-                sampled[c] = s[pick]
-            del s
-        if not dists:
-            continue
-        out["distributions"][target.name] = dists
-        names = list(sampled)
-        matrix = [[1.0 if a == b else _spearman(spearmanr, sampled[a], sampled[b]) for b in names] for a in names]
-        out["agreement"][target.name] = {"criteria": names, "spearman": matrix}
-    return out
-
-
-def _distribution(s: np.ndarray, bins: int) -> dict[str, Any]:
-    logs = np.log10(np.abs(s) + 1e-30)
-    finite = logs[np.isfinite(logs)]
-    hist, edges = np.histogram(finite, bins=bins) if finite.size else (np.zeros(bins), np.zeros(bins + 1))
-    return {"quantiles": {q: float(np.quantile(s, v)) for q, v in
-                          (("min", 0), ("p05", .05), ("median", .5), ("p95", .95), ("max", 1))},
-            "log10_hist": {"counts": hist.tolist(), "edges": [float(e) for e in edges]}, "n": int(len(s))}
-
-
-def _spearman(fn, a: np.ndarray, b: np.ndarray) -> float:
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(fn(a, b).statistic)
