@@ -32,7 +32,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from . import __version__
@@ -46,7 +45,7 @@ from .io import write_json_atomic
 from .kernels import Kernels, model_device
 from .lock import LOCK_NAME
 from .offload import STATS_PREFIX, remove_leftovers
-from .masks import Target, prunable_params, targets_for
+from .masks import Target, targets_for
 from .recipe import RunRecipe, needs_of
 from .resolve import LoadedModel, check_vocabulary, tokenizer_info
 from .results import RUN_SCHEMA_VERSION, ProfileResult, read_journal
