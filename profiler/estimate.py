@@ -138,8 +138,14 @@ def estimate_profile_seconds(recipe, model: torch.nn.Module, dataset, settings) 
     if getattr(settings, "sweep", "grid") == "adaptive":  # early stopping not counted: errs long too
         from .adaptive import expected_trials
 
-        trials, probes = expected_trials(len(targets) * len(settings.criteria), len(targets), len(settings.sparsities),
+        from .earlystop import CHUNK_WINDOWS
+
+        pairs = len(targets) * len(settings.criteria)
+        trials, probes = expected_trials(pairs, len(targets), len(settings.sparsities),
                                          len(targets) if settings.per_layer else 0, len(mixers))
+        windows = int(evaluation.shape[0])
+        if windows > CHUNK_WINDOWS:  # every pair screened on one chunk, each target's leader completed
+            trials += len(targets) - pairs * (1 - CHUNK_WINDOWS / windows)
     eval_batches = math.ceil(int(evaluation.shape[0]) / batch)
     calib_batches = math.ceil(int(calibration.shape[0]) / batch) if calibration is not None else 0
     seconds = (eval_batch * eval_batches * (1 + trials + PER_LAYER_SHARE * probes)
