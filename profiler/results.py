@@ -207,6 +207,23 @@ class ProfileResult:
         covering = [t for t in self.layer_trials if t.target == target and t.spec.covers(layer)]
         return min(covering, key=lambda t: t.span) if covering else None
 
+    def layer_stage_note(self) -> str | None:
+        """Why targets have no per-layer rows (None when every profiled target has some)."""
+        settings = self.meta.get("settings") or {}
+        if not settings.get("per_layer", True):
+            return "no per-layer sweep in this run (profiled with --no-per-layer)"
+        missing = [t for t in dict.fromkeys(t.target for t in self.model_trials)
+                   if not any(u.target == t for u in self.layer_trials)]
+        if not missing or settings.get("sweep", "grid") != "adaptive":
+            return None
+        from .adaptive import REFINE_FLOOR
+
+        floor = REFINE_FLOOR * math.log1p(self.tolerance)
+        which = "any target" if len(missing) == len(self.targets()) else ", ".join(missing)
+        return (f"no layer blocks for {which}: pruning it in every layer ({settings.get('layer_criterion', '?')} at "
+                f"{settings.get('probe_sparsity', 0.5):.0%}) did not surely cost more than the floor (ΔL {floor:.4f}, "
+                "a tenth of the tolerance's), so there was nothing to localize")
+
     def heatmap(self, metric: str = "delta") -> tuple[list[int], list[str], list[list[float | None]]]:
         """Layer × target matrix at the probe sparsity (None where not measured): ΔL (``metric``
         "delta") or the relative perplexity increase ("rel"). Where only a block of layers was

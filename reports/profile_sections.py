@@ -343,8 +343,9 @@ def decision_scale(facts: Facts) -> tuple[tuple[float, float], tuple[float, str]
 
 def layer_heatmap_block(facts: Facts) -> str:
     layers, targets, matrix = facts.heatmap
+    why = facts.result.layer_stage_note()
     if not layers:
-        return '<h3>Per-layer sensitivity</h3><p class="note">No per-layer sweep in this run.</p>'
+        return f'<h3>Per-layer sensitivity</h3><p class="note">{esc((why or "no per-layer sweep in this run").capitalize())}.</p>'
     settings = facts.meta.get("settings") or {}
     info = {(layer, row["target"]): row for row in facts.layer_ranking  # a row may cover a block of layers
             for layer in range(row["layer"], row["layer"] + row.get("span", 1))}
@@ -377,7 +378,8 @@ def layer_heatmap_block(facts: Facts) -> str:
     probe_text = f"{probe:.0%}" if isinstance(probe, (int, float)) else "?"
     return (f'<h3>Per-layer sensitivity</h3><p class="note">ΔL when one target is pruned in one layer only, with '
             f"{esc(crit)} at {esc(probe_text)} sparsity. Red: loss rises; blue: loss falls.</p>"
-            f'<figure class="fig">{svg}{color_scale_legend(limit, "ΔL")}</figure>'
+            + (f'<p class="note">{esc(why.capitalize())}.</p>' if why else "")
+            + f'<figure class="fig">{svg}{color_scale_legend(limit, "ΔL")}</figure>'
             f"<details><summary>All {len(rows)} layer trials, most sensitive first</summary>" + table(
                 [("#", "", True), ("layer", "", True), ("target", "", False), ("ΔL", "", True),
                  ("95% CI", "paired bootstrap over evaluation windows", True),

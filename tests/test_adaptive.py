@@ -371,3 +371,20 @@ def test_tui_shows_an_adaptive_run(deep_run):
             assert app.query_one("#heat-table", DataTable).row_count == 8
 
     asyncio.run(body())
+
+
+def test_report_says_why_no_layer_was_resolved(deep_run):
+    """An adaptive run whose targets' probes cost less than the floor has no layer blocks; the report
+    says so (and why) instead of implying the per-layer sweep was off."""
+    from dataclasses import replace
+
+    from ssm_profile import reports
+    from ssm_profile.results import ProfileResult
+
+    result = ProfileResult.load(deep_run)
+    flat = replace(result, trials=[t for t in result.trials if t.layer is None])
+    note = flat.layer_stage_note()
+    assert note and "any target" in note and "floor" in note
+    assert "nothing to localize" in reports.render_html(flat)
+    assert replace(flat, meta={**flat.meta, "settings": {**flat.meta["settings"], "per_layer": False}}
+                   ).layer_stage_note().startswith("no per-layer sweep")

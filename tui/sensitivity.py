@@ -269,7 +269,7 @@ class SensitivityView(Vertical):
         layers, targets, matrix = r.heatmap()
         settings = r.meta.get("settings", {})
         if not layers:
-            note.update(Text("no per-layer sweep in this run (profile with the per-layer sweep on)", style="italic"))
+            note.update(Text(r.layer_stage_note() or "no per-layer sweep in this run", style="italic"))
             return
         crit = settings.get("layer_criterion", "?")
         probe = settings.get("probe_sparsity")
