@@ -87,13 +87,13 @@ class Replay:
         if spec.layer is None:
             t = self.grid.trial(spec.target, spec.criterion, spec.sparsity)
             paired = [w - d for w, d in zip(t.window_losses, self.grid.dense_window_losses)]
-            used = next((n for n in range(CHUNK_WINDOWS, self.windows, CHUNK_WINDOWS)
-                         if self.rule.should_stop(paired[:n])), self.windows)
+            used = spec.screen or next((n for n in range(CHUNK_WINDOWS, self.windows, CHUNK_WINDOWS)
+                                        if self.rule.should_stop(paired[:n])), self.windows)
             delta = sum(paired[:used]) / used
             self.equivalents += used / self.windows
             return Trial(spec.target, spec.criterion, spec.sparsity, None, t.loss, delta, t.perplexity,
                          math.expm1(delta), t.pruned_params, t.predicted_delta, 1.0, t.window_losses[:used],
-                         stopped=used < self.windows)
+                         stopped=not spec.screen and used < self.windows, screen=spec.screen)
         per = len(self.shallow) / DEEP_LAYERS
         delta = sum((self.grid.trial(spec.target, spec.criterion, spec.sparsity,
                                      self.shallow[int(layer * per)]) or _nothing()).delta_loss * per
@@ -118,7 +118,8 @@ def deep_equivalents(grid: ProfileResult) -> tuple[float, int]:
     settings = grid.meta["settings"]
     layer_targets = list(dict.fromkeys(t.target for t in grid.layer_trials))
     schedule = AdaptiveSchedule(pairs, settings["sparsities"], settings["probe_sparsity"], grid.tolerance,
-                                layer_targets, range(DEEP_LAYERS), settings["layer_criterion"])
+                                layer_targets, range(DEEP_LAYERS), settings["layer_criterion"], screen=CHUNK_WINDOWS,
+                                dense_losses=grid.dense_window_losses)
     runner = Replay(grid)
     finished: dict[str, Trial] = {}
     run_schedule(schedule, runner, finished, None, lambda *a: None)

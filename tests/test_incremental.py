@@ -40,7 +40,10 @@ def as_loaded(model: torch.nn.Module) -> LoadedModel:
 
 
 def settings(**kw) -> ProfileSettings:
-    base = {"criteria": ["magnitude", "random", "fisher"], "sparsities": [0.3, 0.6], "bootstrap": 10}
+    # the grid: every path of the evaluator (each start layer, reuse mode, repeated mask) runs whatever
+    # the losses, where the adaptive sweep's choices depend on them
+    base = {"criteria": ["magnitude", "random", "fisher"], "sparsities": [0.3, 0.6], "bootstrap": 10,
+            "sweep": "grid"}
     base.update(kw)
     return ProfileSettings(**base)
 
