@@ -341,11 +341,16 @@ def decision_scale(facts: Facts) -> tuple[tuple[float, float], tuple[float, str]
     return (bottom, top), (tol_dl, f"tolerance +{facts.result.tolerance:.0%} ppl")
 
 
+def _sentence(text: str) -> str:
+    """``text`` with a capital first letter and a full stop (``str.capitalize`` would lower ΔL)."""
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
 def layer_heatmap_block(facts: Facts) -> str:
     layers, targets, matrix = facts.heatmap
     why = facts.result.layer_stage_note()
     if not layers:
-        return f'<h3>Per-layer sensitivity</h3><p class="note">{esc((why or "no per-layer sweep in this run").capitalize())}.</p>'
+        return f'<h3>Per-layer sensitivity</h3><p class="note">{esc(_sentence(why or "no per-layer sweep in this run"))}</p>'
     settings = facts.meta.get("settings") or {}
     info = {(layer, row["target"]): row for row in facts.layer_ranking  # a row may cover a block of layers
             for layer in range(row["layer"], row["layer"] + row.get("span", 1))}
@@ -378,7 +383,7 @@ def layer_heatmap_block(facts: Facts) -> str:
     probe_text = f"{probe:.0%}" if isinstance(probe, (int, float)) else "?"
     return (f'<h3>Per-layer sensitivity</h3><p class="note">ΔL when one target is pruned in one layer only, with '
             f"{esc(crit)} at {esc(probe_text)} sparsity. Red: loss rises; blue: loss falls.</p>"
-            + (f'<p class="note">{esc(why.capitalize())}.</p>' if why else "")
+            + (f'<p class="note">{esc(_sentence(why))}</p>' if why else "")
             + f'<figure class="fig">{svg}{color_scale_legend(limit, "ΔL")}</figure>'
             f"<details><summary>All {len(rows)} layer trials, most sensitive first</summary>" + table(
                 [("#", "", True), ("layer", "", True), ("target", "", False), ("ΔL", "", True),
