@@ -219,10 +219,12 @@ class ProfileResult:
         from .adaptive import REFINE_FLOOR
 
         floor = REFINE_FLOOR * math.log1p(self.tolerance)
-        which = "any target" if len(missing) == len(self.targets()) else ", ".join(missing)
-        return (f"no layer blocks for {which}: pruning it in every layer ({settings.get('layer_criterion', '?')} at "
-                f"{settings.get('probe_sparsity', 0.5):.0%}) did not surely cost more than the floor (ΔL {floor:.4f}, "
-                "a tenth of the tolerance's), so there was nothing to localize")
+        probe = f"({settings.get('layer_criterion', '?')} at {settings.get('probe_sparsity', 0.5):.0%})"
+        limit = f"the floor (ΔL {floor:.4f}, a tenth of the tolerance's), so there was nothing to localize"
+        if len(missing) == len(self.targets()):
+            return f"no layer blocks: no target pruned in every layer {probe} surely cost more than {limit}"
+        return (f"no layer blocks for {', '.join(missing)}: pruned in every layer {probe}, they did not surely "
+                f"cost more than {limit}")
 
     def heatmap(self, metric: str = "delta") -> tuple[list[int], list[str], list[list[float | None]]]:
         """Layer × target matrix at the probe sparsity (None where not measured): ΔL (``metric``

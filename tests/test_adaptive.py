@@ -384,7 +384,7 @@ def test_report_says_why_no_layer_was_resolved(deep_run):
     result = ProfileResult.load(deep_run)
     flat = replace(result, trials=[t for t in result.trials if t.layer is None])
     note = flat.layer_stage_note()
-    assert note and "any target" in note and "floor" in note
+    assert note and "no target" in note and "floor" in note
     assert "nothing to localize" in reports.render_html(flat)
     assert replace(flat, meta={**flat.meta, "settings": {**flat.meta["settings"], "per_layer": False}}
                    ).layer_stage_note().startswith("no per-layer sweep")
