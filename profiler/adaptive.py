@@ -256,8 +256,8 @@ class AdaptiveSchedule:
     def _widest_gap(self, curve: dict[float, Trial]) -> tuple[float, float] | None:
         """(error bound, middle grid level) of the curve gap with the largest width x ΔL jump; gaps up
         to the first lost level come first, since a plan can only choose measured levels, and safe ones.
-        A gap across which ΔL surely changes by less than the floor (see :meth:`_material_change`) needs
-        no level inside: the curve is flat there as far as the windows can tell."""
+        A gap across which ΔL does not surely change by the floor (:meth:`_material_change`) needs no
+        level inside: the curve is flat there as far as the windows can tell."""
         ends = [None] + [curve[s] for s in sorted(curve)]
         points = [(0.0, 0.0)] + [(s, curve[s].delta_loss) for s in sorted(curve)]
         first_lost = next((s for s in sorted(curve) if is_lost(curve[s], self.tolerance)), None)
