@@ -282,7 +282,7 @@ class AdaptiveSchedule:
 
     def _layer_probe(self, target: str, finished: Mapping[str, Trial]) -> Trial | None:
         """The layer criterion's model-wide probe of ``target`` (completed, else its screen)."""
-        for screen in (0, self.screen):
+        for screen in dict.fromkeys((0, self.screen)):
             trial = finished.get(TrialSpec(target, self.layer_criterion, self.probe, screen=screen).key)
             if trial is not None:
                 return trial

@@ -179,6 +179,15 @@ class World:
                 value.raise_on(self)
         return [value for _, value in everyone]
 
+    def share(self, items: Sequence[Any], fn: Callable[[Any], T], owners: Sequence[int] | None = None) -> list[T]:
+        """``fn(item)`` for every item, each on one rank (``owners[i]``; default: round robin), all
+        gathered: every rank returns the results in ``items`` order (or the first error)."""
+        owners = [i % self.size for i in range(len(items))] if owners is None else owners
+        mine = [i for i, owner in enumerate(owners) if owner == self.rank]
+        shares = self.gather(lambda: [(i, fn(items[i])) for i in mine])
+        by_index = dict(pair for share in shares for pair in share)
+        return [by_index[i] for i in range(len(items))]
+
     def barrier(self) -> None:
         """Wait until every rank is here (a failure on rank 0 reaches the others)."""
         self.from_writer(lambda: None)
@@ -248,12 +257,9 @@ class ShardedTrialRunner:
 
             self.world.from_writer(starting)
             owners = balanced_owners([self.expected_cost(spec) for spec in part], self.world.size)
-            mine = [i for i, owner in enumerate(owners) if owner == self.world.rank]
-            shares = self.world.gather(lambda: [(i, self.local.run_one(part[i])) for i in mine])
-            by_index = dict(pair for share in shares for pair in share)
-            for i in range(len(part)):
-                on_trial(by_index[i])
-                trials.append(by_index[i])
+            for trial in self.world.share(part, self.local.run_one, owners):
+                on_trial(trial)
+                trials.append(trial)
         return trials
 
     def expected_cost(self, spec: TrialSpec) -> float:

@@ -94,22 +94,35 @@ def _lerp(a: np.float64, b: np.float64, t: np.float64) -> float:
 
 
 def _log_histogram(s: np.ndarray, bins: int) -> dict[str, list]:
-    """``np.histogram`` of the finite log10(|s| + 1e-30), computed in float64 chunks."""
-    def logs(start: int) -> np.ndarray:
-        chunk = np.log10(np.abs(s[start:start + CHUNK].astype(np.float64)) + 1e-30)
-        return chunk[np.isfinite(chunk)]
-
-    starts = range(0, len(s), CHUNK)
-    finite = [(float(x.min()), float(x.max())) for x in map(logs, starts) if x.size]
-    if not finite:
-        return {"counts": np.zeros(bins).tolist(), "edges": [float(e) for e in np.zeros(bins + 1)]}
-    span = (min(lo for lo, _ in finite), max(hi for _, hi in finite))
+    """``np.histogram`` of the finite log10(|s| + 1e-30), computed in float64 chunks. The range needs
+    no pass over the logs: log10 is monotone, so its ends are the logs of the smallest and largest
+    finite |s| (the very float64 operations the chunks apply)."""
+    extremes = [(m.min(), m.max()) for start in range(0, len(s), CHUNK)
+                if (m := _finite(np.abs(s[start:start + CHUNK]))).size]
+    ends = (np.log10(np.array([min(lo for lo, _ in extremes), max(hi for _, hi in extremes)], dtype=np.float64)
+                     + 1e-30) if extremes else None)
+    if ends is None or not np.isfinite(ends).all():
+        return _histogram_of_logs(s, bins)  # extreme values whose log overflows: the plain two passes
     counts = np.zeros(bins, dtype=np.int64)
     edges = None
-    for start in starts:
-        hist, edges = np.histogram(logs(start), bins=bins, range=span)
+    for start in range(0, len(s), CHUNK):
+        hist, edges = np.histogram(_finite_logs(s[start:start + CHUNK]), bins=bins, range=(ends[0], ends[1]))
         counts += hist
     return {"counts": counts.tolist(), "edges": [float(e) for e in edges]}
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values)]
+
+
+def _finite_logs(chunk: np.ndarray) -> np.ndarray:
+    return _finite(np.log10(np.abs(chunk.astype(np.float64)) + 1e-30))
+
+
+def _histogram_of_logs(s: np.ndarray, bins: int) -> dict[str, list]:
+    logs = _finite_logs(s)
+    hist, edges = np.histogram(logs, bins=bins) if logs.size else (np.zeros(bins), np.zeros(bins + 1))
+    return {"counts": hist.tolist(), "edges": [float(e) for e in edges]}
 
 
 def _spearman(fn, a: np.ndarray, b: np.ndarray) -> float:

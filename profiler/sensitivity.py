@@ -114,6 +114,7 @@ class Scorer:
         self.criteria = {name: get(name) for name in criteria}
         self.cache_bytes = cache_bytes
         self._elements: OrderedDict[tuple[str, str, str], torch.Tensor | NotApplicable] = OrderedDict()
+        self._element_bytes = 0  # of the tensors in ``_elements``
         self._units: dict[tuple[str, str, str], torch.Tensor | NotApplicable] = {}
         self._chosen_cuts: dict[tuple, tuple[torch.Tensor, torch.Tensor] | None] = {}
 
@@ -125,6 +126,7 @@ class Scorer:
                 if not crit.scores_elements:
                     raise NotApplicable(f"{criterion} scores structured units only")
                 self._elements[key] = crit.score(self.ctx, mixer, param).detach().float().cpu()
+                self._element_bytes += _nbytes(self._elements[key])
             except NotApplicable as err:
                 self._elements[key] = err
             self._evict(keep=key)
@@ -138,13 +140,12 @@ class Scorer:
         """Drop the least recently used element scores until the cache fits ``cache_bytes``."""
         if self.cache_bytes is None:
             return
-        held = {k: v.numel() * v.element_size() for k, v in self._elements.items() if isinstance(v, torch.Tensor)}
-        total = sum(held.values())
-        for key in list(held):
-            if total <= self.cache_bytes:
+        for key in list(self._elements):  # oldest first
+            if self._element_bytes <= self.cache_bytes:
                 break
-            if key != keep:
-                total -= held[key]
+            value = self._elements[key]
+            if key != keep and isinstance(value, torch.Tensor):
+                self._element_bytes -= _nbytes(value)
                 del self._elements[key]
 
     def units(self, criterion: str, mixer: MixerInfo, kind: str) -> torch.Tensor:
@@ -256,6 +257,10 @@ class Scorer:
         except (NotApplicable, ValueError) as err:
             return str(err)
         return f"no layer has {target.name}"
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 def relative(mixer: MixerInfo, mask: Mask) -> dict[str, torch.Tensor]:

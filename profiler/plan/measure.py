@@ -160,13 +160,9 @@ class Measurer:
     def measure_many(self, combinations: list[list[Option]]) -> list[dict[str, Any]]:
         """:meth:`measure` of each combination; under torchrun the ranks take turns (combination i on
         rank i mod size) and all-gather, so every rank returns the same list a single process would."""
-        world = self.world
-        if world is None or not world.sharded or len(combinations) < 2:
+        if self.world is None or not self.world.sharded:
             return [self.measure(actions) for actions in combinations]
-        mine = range(world.rank, len(combinations), world.size)
-        shares = world.gather(lambda: [(i, self.measure(combinations[i])) for i in mine])
-        by_index = dict(pair for share in shares for pair in share)
-        return [by_index[i] for i in range(len(combinations))]
+        return self.world.share(combinations, self.measure)
 
     def measure(self, actions: list[Option]) -> dict[str, Any]:
         from ..data import batch_losses
