@@ -15,24 +15,17 @@ direction is one fused numba kernel:
 Work is split over (batch, channel block) jobs; every value is computed the same way whatever the
 thread count, and cross-channel gradient sums use fixed groups, so results never depend on it.
 
-:data:`DROP_INS` route transformers' Mamba-1 full-sequence path (Mamba, FalconMamba, Jamba, Zamba) to
-:func:`selective_scan`, and their CPU ``causal_conv1d_fn`` to :func:`causal_conv1d`; the single-token
-decode path and CUDA inputs keep transformers' own functions. :mod:`ssm_profile.kernels` installs
-them on one model's mixers at a time. ``SSM_PROFILE_FAST_SCAN=0`` turns the route off at call time.
-The kernels' vector intrinsics and float32 math live in :mod:`ssm_profile.simd`. Without numba,
+The Mamba-1 mixer family (:mod:`ssm_profile.mixers.selective`) calls :func:`selective_scan` and
+:func:`causal_conv1d` from its own forward; this module knows nothing of transformers. The kernels'
+vector intrinsics and float32 math live in :mod:`ssm_profile.simd`. Without numba,
 :func:`selective_scan` is a time-chunked PyTorch implementation (``BACKEND == "torch"``).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from .runtime import fast_kernels_enabled as env_enabled
 
 try:
     import numba
@@ -42,14 +35,6 @@ except ImportError:  # pure-PyTorch fallback below
     numba = None
     BACKEND = "torch"
 
-# Modules whose ``mamba_selective_scan`` and ``causal_conv1d_fn`` globals are transformers' Mamba-1
-# functions (identical copies in each model family).
-MODELING_MODULES = (
-    "transformers.models.mamba.modeling_mamba",
-    "transformers.models.falcon_mamba.modeling_falcon_mamba",
-    "transformers.models.jamba.modeling_jamba",
-    "transformers.models.zamba.modeling_zamba",
-)
 _TILE = 32  # time steps per forward tile (tiles stay in L1)
 _GRAD_GROUPS = 16  # channel groups with private dB/dC buffers; fixed so sums never depend on threads
 _TORCH_CHUNK = 64  # time steps per chunk in the torch fallback (bounds its memory)
@@ -404,7 +389,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                    C: torch.Tensor, D: torch.Tensor | None = None, z: torch.Tensor | None = None,
                    delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
                    return_last_state: bool = False):
-    """Mamba-1 selective scan with the semantics of transformers' ``mamba_selective_scan``.
+    """Mamba-1 selective scan (the reference semantics of mamba-ssm's ``selective_scan_fn``).
 
     Shapes: u, delta, z (batch, channels, length); A (channels, state); B, C (batch, state, length);
     D, delta_bias (channels,). Computes in float32, differentiable in every tensor argument.
@@ -452,8 +437,8 @@ def selective_scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   activation: str | None = None) -> torch.Tensor | None:
-    """transformers' CPU ``causal_conv1d_fn`` (depthwise causal conv, optional SiLU) for float32
-    inputs whose channels are contiguous (as MambaMixer's strided half of ``in_proj``), where
+    """Depthwise causal conv (optional SiLU) for float32 CPU inputs whose channels are contiguous
+    (the mixers' strided view of ``in_proj``'s output), where
     ``F.conv1d`` is ~10x slower than on a contiguous tensor. Returns None for any other case.
 
     Without autograd the conv runs in a numba kernel that writes time-major output (what the
@@ -477,53 +462,3 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     _conv_kernel(flat, np.array(strides, dtype=np.int64), weight.detach().t().contiguous().numpy(),
                  bias.numpy(), activation is not None, out.numpy())
     return out.transpose(1, 2)
-
-
-# --------------------------------------------------------------------------- transformers drop-ins
-
-
-def on_cpu_eager(tensor: torch.Tensor, kwargs: dict) -> bool:
-    """The fast path applies: enabled, CPU, not being traced, no packed-sequence arguments."""
-    return (env_enabled()
-            and tensor.device.type == "cpu"
-            and kwargs.get("cu_seqlens") is None and kwargs.get("seq_idx") is None
-            and not torch.compiler.is_compiling())
-
-
-def scan_drop_in(original: Callable) -> Callable:
-    """A drop-in for transformers' ``mamba_selective_scan`` that sends CPU work to :func:`selective_scan`."""
-
-    @functools.wraps(original)
-    def mamba_selective_scan(hidden_states, dt, A, B, C, D=None, z=None, delta_bias=None,
-                             delta_softplus=False, return_last_state=False, use_mambapy=False,
-                             use_associative_scan=False, **kwargs):
-        if on_cpu_eager(hidden_states, kwargs) and B.dim() == 3:
-            return selective_scan(hidden_states, dt, A, B, C, D, z, delta_bias, delta_softplus,
-                                  return_last_state)
-        return original(hidden_states, dt, A, B, C, D=D, z=z, delta_bias=delta_bias,
-                        delta_softplus=delta_softplus, return_last_state=return_last_state,
-                        use_mambapy=use_mambapy, use_associative_scan=use_associative_scan, **kwargs)
-
-    return mamba_selective_scan
-
-
-def conv_drop_in(original: Callable) -> Callable:
-    """A drop-in for transformers' ``causal_conv1d_fn`` that uses :func:`causal_conv1d` when it applies."""
-
-    @functools.wraps(original)
-    def causal_conv1d_fn(hidden_states, weight, bias=None, activation=None, **kwargs):
-        if on_cpu_eager(hidden_states, kwargs):
-            out = causal_conv1d(hidden_states, weight, bias, activation)
-            if out is not None:
-                return out
-        return original(hidden_states, weight, bias, activation=activation, **kwargs)
-
-    return causal_conv1d_fn
-
-
-# Module-level names of each modeling module -> drop-in maker (``make(original) -> drop-in``).
-# The mixers' forwards look these names up at call time; :mod:`ssm_profile.kernels` gives a
-# model's mixers a copy of their forward that finds the drop-ins (verified: the class decorator
-# only registers hub kernels, and on CPU ``mamba_inner_fn`` returns None so training takes this
-# path too).
-DROP_INS = {"mamba_selective_scan": scan_drop_in, "causal_conv1d_fn": conv_drop_in}

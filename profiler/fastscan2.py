@@ -1,6 +1,6 @@
 """Fast CPU forward for Mamba-2 (SSD) mixers.
 
-transformers' CPU path for Mamba-2 (``mamba2_chunk_scan``) is the chunked "SSD" form written in
+The usual CPU path for Mamba-2 (transformers' ``mamba2_chunk_scan``, :func:`ssd_chunked` here) is the chunked "SSD" form written in
 PyTorch: per chunk it materialises (batch, chunks, chunk, chunk, heads) decay and score tensors
 and runs a dozen einsums, exps and masked fills, so a tiny mixer spends most of its time in
 allocation and dispatch. Inference needs none of that: the same recurrence,
@@ -11,20 +11,13 @@ runs here as one numba kernel, one (batch, head) job at a time, its P x N state 
 inner loop vectorised over the head dimension. It equals the chunked form up to float32 rounding
 (a different summation order), never bit for bit.
 
-Only inference is routed here: when autograd needs gradients of any input, transformers' own
-function runs (calibration and gradient-based criteria are unchanged). The Mamba-2 depthwise
-causal conv goes to :func:`ssm_profile.fastscan.causal_conv1d`, which reads the strided half of
-``in_proj`` directly (``F.conv1d`` copies it first).
-
-:data:`DROP_INS` are installed on one model's Mamba-2 mixers at a time by :mod:`ssm_profile.kernels`
-(the one switch for every fast kernel). ``SSM_PROFILE_FAST_SCAN=0`` disables them at call time.
+The kernel is forward-only: when autograd needs gradients the SSD mixer family
+(:mod:`ssm_profile.mixers.ssd`) runs :func:`ssd_chunked`, the chunked form in PyTorch, written here.
+The Mamba-2 depthwise causal conv goes to :func:`ssm_profile.fastscan.causal_conv1d`, which reads the
+strided view of ``in_proj``'s output directly (``F.conv1d`` copies it first).
 """
 
 from __future__ import annotations
-
-import functools
-import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +25,6 @@ import torch.nn.functional as F
 from . import fastscan
 
 BACKEND = fastscan.BACKEND
-# Modules whose ``mamba2_chunk_scan`` / ``causal_conv1d_fn`` globals are transformers' Mamba-2
-# functions with the signatures handled here.
-MODELING_MODULES = ("transformers.models.mamba2.modeling_mamba2",)
 
 if BACKEND == "numba":
     import numba
@@ -127,30 +117,53 @@ def _ssd_torch(x, dt, a, bm, cm, d_skip, heads_per_group, state):
     return torch.stack(ys, dim=1), state
 
 
-# --------------------------------------------------------------------------- transformers drop-in
+def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                chunk_size: int, D: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None,
+                dt_limit: tuple[float, float] = (0.0, float("inf"))) -> torch.Tensor:
+    """The Mamba-2 scan in its chunked (SSD) form, in PyTorch: differentiable, any device.
+
+    Same meaning as :func:`ssd_scan` with ``dt_softplus=True`` and no initial state: x (b, l, h, p),
+    dt (b, l, h), A, D, dt_bias (h), B, C (b, l, g, n); returns float32 y (b, l, h, p). Within a chunk
+    of ``chunk_size`` steps the output is one masked (decay-weighted) attention-like product; across
+    chunks the state is carried by a recurrence over chunk boundaries."""
+    batch, length, heads, hdim = x.shape
+    groups = B.shape[2]
+    dtp = _prepare_dt(dt, dt_bias, True, dt_limit).float()  # (b, l, h)
+    xf = x.float()
+    bm = B.float().repeat_interleave(heads // groups, dim=2)  # (b, l, h, n)
+    cm = C.float().repeat_interleave(heads // groups, dim=2)
+    q = max(1, min(int(chunk_size), length))
+    pad = (-length) % q
+    if pad:  # zero steps at the end change nothing before them (dt = 0 there: no decay, no input)
+        xf, bm, cm = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xf, bm, cm))
+        dtp = F.pad(dtp, (0, 0, 0, pad))
+    chunks = xf.shape[1] // q
+    xs = (xf * dtp[..., None]).view(batch, chunks, q, heads, hdim)
+    bs, cs = bm.view(batch, chunks, q, heads, -1), cm.view(batch, chunks, q, heads, -1)
+    a = (dtp * A.float()).view(batch, chunks, q, heads).permute(0, 3, 1, 2)  # (b, h, c, q)
+    a_cum = torch.cumsum(a, dim=-1)
+    # 1. within each chunk
+    decay = torch.exp(_segment_sum(a))  # (b, h, c, q, q)
+    y_diag = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", cs, bs, decay, xs)
+    # 2. the state each chunk leaves, from its own inputs
+    to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, h, c, q)
+    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", bs, to_end, xs)
+    # 3. states carried across chunk boundaries (zero initial state)
+    states = torch.cat([torch.zeros_like(states[:, :1]), states], dim=1)
+    carry = torch.exp(_segment_sum(F.pad(a_cum[..., -1], (1, 0))))  # (b, h, c+1, c+1)
+    states = torch.einsum("bhzc,bchpn->bzhpn", carry, states)[:, :-1]
+    # 4. what the carried state contributes inside each chunk
+    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", cs, states, torch.exp(a_cum))
+    y = (y_diag + y_off).reshape(batch, chunks * q, heads, hdim)[:, :length]
+    if D is not None:
+        y = y + x.float() * D.float()[:, None]
+    return y
 
 
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
-
-
-def chunk_scan_drop_in(original: Callable) -> Callable:
-    """A drop-in for transformers' ``mamba2_chunk_scan`` that runs :func:`ssd_scan` for CPU inference."""
-
-    @functools.wraps(original)
-    def mamba2_chunk_scan(hidden_states, dt, A, B, C, chunk_size, D=None, dt_bias=None, initial_states=None,
-                          dt_softplus=False, dt_limit=(0.0, float("inf")), return_final_states=False, **kwargs):
-        if (fastscan.on_cpu_eager(hidden_states, kwargs) and hidden_states.dim() == 4
-                and not _needs_grad(hidden_states, dt, A, B, C, D, dt_bias, initial_states)
-                and not any(math.isnan(float(v)) for v in dt_limit)):
-            return ssd_scan(hidden_states, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias,
-                            initial_states=initial_states, dt_softplus=dt_softplus, dt_limit=dt_limit,
-                            return_final_states=return_final_states)
-        return original(hidden_states, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, initial_states=initial_states,
-                        dt_softplus=dt_softplus, dt_limit=dt_limit, return_final_states=return_final_states, **kwargs)
-
-    return mamba2_chunk_scan
-
-
-# Module-level names of the Mamba-2 modeling module -> drop-in maker (see ``fastscan.DROP_INS``).
-DROP_INS = {"mamba2_chunk_scan": chunk_scan_drop_in, "causal_conv1d_fn": fastscan.conv_drop_in}
+def _segment_sum(a: torch.Tensor) -> torch.Tensor:
+    """(..., t) -> (..., t, t): out[i, j] = a[j+1] + ... + a[i] for i >= j, -inf above the diagonal."""
+    t = a.shape[-1]
+    rows = a[..., None].expand(*a.shape, t)  # rows[..., i, j] = a[i]
+    below = torch.tril(torch.ones(t, t, dtype=torch.bool, device=a.device), diagonal=-1)
+    sums = torch.cumsum(rows.masked_fill(~below, 0), dim=-2)
+    return sums.masked_fill(~torch.tril(torch.ones(t, t, dtype=torch.bool, device=a.device)), float("-inf"))

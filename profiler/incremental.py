@@ -8,12 +8,13 @@ over the evaluation windows (the same batches as ``batch_losses``) and keeps:
 * the residual-stream input of every decoder layer (layer 0's is the embedding output). A trial
   whose first touched layer is ``l`` starts there: layers ``< l`` and the embedding are never
   recomputed (the per-layer heatmap trials; model-wide trials start at layer 0);
-* inside the first touched layer, the outputs of the mixer stages upstream of every masked
-  tensor: ``in_proj`` (and Mamba-1's ``x_proj``) outputs, the gated norm's inputs and
-  ``out_proj``'s input. A trial on ``out_proj`` runs that layer's mixer as one matrix product;
-  one on ``A_log``/``D``/``conv1d``/``dt_bias`` skips that layer's ``in_proj``. The stored tensors
-  are the very objects the dense pass produced (same values, same strides), fed to the same
-  modules, so every later op sees identical inputs;
+* inside the first touched layer, the input of every resumable stage of the mixer's family
+  (:mod:`ssm_profile.mixers`: the very stages its owned forward runs). A trial restarts that layer's
+  mixer at the last such stage before the first stage that reads a touched parameter group: one on
+  ``out_proj`` runs the mixer as one matrix product, one on ``A_log``/``D``/``conv1d``/``dt_bias``
+  skips ``in_proj``. The stored tensors are the very objects the dense pass produced (same values,
+  same strides), fed to the same code, so every later op sees identical inputs. Stage reuse needs the
+  owned forward (``Kernels.fast_scan``); with transformers' forward only whole layers are reused;
 * the result of each distinct mask: trials whose masks zero the same elements (e.g. 20% and 30%
   of 8 heads both prune 2, or two criteria that rank alike) are the same model, so the second
   one is not evaluated again. A mask that zeroes nothing returns the dense losses.
@@ -26,8 +27,8 @@ forward would need other kernels (batched matmuls) and other rounding. The only 
 part is the head, whose cost per row does not shrink with more rows.
 
 Equality is checked, not assumed: :meth:`IncrementalEvaluator.prepare` replays the dense model
-through every reuse mode and compares with the dense losses of ``batch_losses`` (``torch.equal``);
-a mode that differs is switched off, and if the plain replay differs, every trial falls back to
+through every restart stage and compares with the dense losses of ``batch_losses`` (``torch.equal``);
+a stage that differs is switched off, and if the plain replay differs, every trial falls back to
 ``batch_losses`` (``reason`` says why). Supported: Mamba, Mamba-2 and FalconMamba causal LMs from
 transformers (a backbone of embeddings, decoder blocks with a ``mixer``, ``norm_f``, ``lm_head``);
 anything else falls back.
@@ -47,6 +48,7 @@ import torch
 from .data import batch_losses, has_blocked_head, head_window_losses, logits_window_losses
 from .kernels import Kernels, active, installed
 from .masks import Mask
+from .mixers import owned_family, owned_kernel, run_owned
 from .patching import forwards_overridden
 
 # Every this many trials, hand glibc's free heap pages back to the OS. The cached activations
@@ -55,23 +57,6 @@ from .patching import forwards_overridden
 TRIM_EVERY = 16
 SUPPORTED_CLASSES = ("MambaForCausalLM", "Mamba2ForCausalLM", "FalconMambaForCausalLM")
 DEFAULT_CACHE_BYTES = 1 << 30
-
-# Reuse modes inside the first touched layer, by mixer kind: mode -> parameter groups it may touch.
-# Mamba-1: in_proj -> conv1d -> x_proj -> dt_proj -> scan (A_log, D, dt_proj.bias) -> out_proj.
-# Mamba-2: in_proj -> conv1d -> scan (dt_bias, A_log, D) -> norm -> out_proj.
-_MODES = {
-    "mamba1": (("out_proj", {"out_proj"}),
-               ("x_proj", {"dt_proj", "A_log", "D", "out_proj"}),
-               ("in_proj", {"conv1d", "x_proj", "dt_proj", "A_log", "D", "out_proj"})),
-    "mamba2": (("out_proj", {"out_proj"}),
-               ("norm", {"norm", "out_proj"}),
-               ("in_proj", {"conv1d", "dt_bias", "A_log", "D", "norm", "out_proj"})),
-}
-
-# Stage tensors each mode reads.
-_REQUIRES = {"out_proj": {"out_proj"}, "norm": {"norm", "out_proj"}, "in_proj": {"in_proj"},
-             "x_proj": {"in_proj", "x_proj"}}
-
 
 @dataclass
 class _Batch:
@@ -126,7 +111,6 @@ class IncrementalEvaluator:
         if self.reason is None:
             self.backbone = model.backbone
             self.layers = list(model.backbone.layers)
-            self.kind = "mamba2" if type(model).__name__.startswith("Mamba2") else "mamba1"
             self._layer_of = {f"backbone.layers.{i}.": i for i in range(len(self.layers))}
 
     # ------------------------------------------------------------------ setup
@@ -161,7 +145,7 @@ class IncrementalEvaluator:
         for layer in self.layers:
             mixer = layer.mixer
             width = mixer.in_proj.weight.shape[0] + 2 * mixer.out_proj.weight.shape[1]
-            if self.kind == "mamba1" and hasattr(mixer, "x_proj"):
+            if isinstance(getattr(mixer, "x_proj", None), torch.nn.Module):
                 width += mixer.x_proj.weight.shape[0]
             need = tokens * width * 4
             if need > left:
@@ -173,52 +157,35 @@ class IncrementalEvaluator:
     def _capture(self) -> None:
         device = self._device()
         n_inputs, n_stages = self._budget()
-        self.cached_layers, self.staged_layers = n_inputs, n_stages
-        self._batches = []
-        for ids in self.windows.split(self.batch_size):
-            ids = ids.to(device)
-            self._batches.append(_Batch(ids=ids))
-        handles = []
-        current: dict[str, Any] = {}
-        for i in range(n_stages):
-            handles += self._stage_hooks(i, current)
-        try:
-            for batch in self._batches:
-                h = self.backbone.embeddings(batch.ids)
-                for i, layer in enumerate(self.layers):
-                    if i < n_inputs:
-                        batch.inputs[i] = h
-                    current.clear()
+        self.cached_layers = n_inputs
+        # stages are kept only where the mixer runs the owned forward (its stages are the model)
+        self._kernels = {i: owned_kernel(self.layers[i].mixer) for i in range(len(self.layers))}
+        self.staged_layers = next((i for i in range(n_stages) if self._kernels[i] is None), n_stages)
+        self._batches = [_Batch(ids=ids.to(device)) for ids in self.windows.split(self.batch_size)]
+        for batch in self._batches:
+            h = self.backbone.embeddings(batch.ids)
+            for i, layer in enumerate(self.layers):
+                if i < n_inputs:
+                    batch.inputs[i] = h
+                if i < self.staged_layers:
+                    batch.stages[i] = {}
+                    with forwards_overridden({layer.mixer: self._mixer_run(i, keep=batch.stages[i])}):
+                        h = layer(h, cache=None, attention_mask=None)
+                else:
                     h = layer(h, cache=None, attention_mask=None)
-                    if i < n_stages:
-                        batch.stages[i] = dict(current)
-        finally:
-            for handle in handles:
-                handle.remove()
 
-    def _stage_hooks(self, i: int, store: dict[str, Any]) -> list:
+    def _mixer_run(self, i: int, **how: Any):
+        """Layer ``i``'s mixer forward through its family's stages (``how``: start, state, keep)."""
         mixer = self.layers[i].mixer
+        family, kernel = owned_family(mixer), self._kernels[i]
+        return lambda hidden_states, *a, **k: run_owned(mixer, family, kernel, hidden_states, **how)
 
-        def keep_output(name):
-            def hook(module, args, output):
-                store[name] = output
-            return hook
-
-        def keep_args(name):
-            def hook(module, args, kwargs):
-                store[name] = (args, kwargs)
-            return hook
-
-        handles = [mixer.in_proj.register_forward_hook(keep_output("in_proj")),
-                   mixer.out_proj.register_forward_pre_hook(keep_args("out_proj"), with_kwargs=True)]
-        if self.kind == "mamba1" and hasattr(mixer, "x_proj"):
-            handles.append(mixer.x_proj.register_forward_hook(keep_output("x_proj")))
-        if self.kind == "mamba2" and hasattr(mixer, "norm"):
-            handles.append(mixer.norm.register_forward_pre_hook(keep_args("norm"), with_kwargs=True))
-        return handles
+    def _restart_stages(self) -> list[str]:
+        family = owned_family(self.layers[0].mixer) if self.staged_layers else None
+        return [stage.name for stage in family.stages if stage.resumable] if family is not None else []
 
     def _verify(self) -> None:
-        """Replay the first batch from layer 0, plainly and in every reuse mode: each must give the
+        """Replay the first batch from layer 0, plainly and from every restart stage: each must give the
         dense losses bit for bit (one batch: the others run the very same code on other windows)."""
         assert self._dense is not None
         first = self._dense[: len(self._batches[0].ids)]
@@ -227,11 +194,8 @@ class IncrementalEvaluator:
                            "trials use batch_losses")
             return
         self.enabled = True
-        for mode, _ in _MODES[self.kind]:
-            ok = self.staged_layers > 0 and all(_REQUIRES[mode] <= set(b.stages.get(0, {})) for b in self._batches)
-            if ok:
-                ok = torch.equal(self._evaluate(start=0, mode=mode, batches=1), first)
-            self.modes[mode] = ok
+        for stage in self._restart_stages():
+            self.modes[stage] = torch.equal(self._evaluate(start=0, mode=stage, batches=1), first)
 
     # ------------------------------------------------------------------ evaluation
     def __call__(self, model: torch.nn.Module, windows: torch.Tensor, mask: Mask | None = None,
@@ -293,7 +257,7 @@ class IncrementalEvaluator:
             self._results[key] = torch.cat(done)
 
     def _plan(self, touched: dict[str, torch.Tensor] | None) -> tuple[int, str | None] | None:
-        """(first layer to recompute, reuse mode inside it) for a trial touching ``touched``;
+        """(first layer to recompute, stage of its mixer to restart at) for a trial touching ``touched``;
         None when it touches something outside the decoder layers (then nothing cached is valid)."""
         if touched is None:
             return None  # no mask given: it may have changed anything
@@ -307,11 +271,8 @@ class IncrementalEvaluator:
         start = min(first, self.cached_layers - 1)
         if start != first or first >= self.staged_layers:
             return start, None
-        groups = layers[first]
-        for mode, allowed in _MODES[self.kind]:
-            if self.modes.get(mode) and groups <= allowed:
-                return first, mode
-        return first, None
+        stage = owned_family(self.layers[first].mixer).restart_stage(layers[first])
+        return first, stage if stage is not None and self.modes.get(stage) else None
 
     def _locate(self, name: str) -> tuple[int | None, str]:
         """(decoder layer, mixer parameter group) of a full parameter name."""
@@ -340,26 +301,10 @@ class IncrementalEvaluator:
             yield loss
 
     def _run_layer_reusing(self, i: int, h: torch.Tensor, stages: dict[str, Any], mode: str) -> torch.Tensor:
-        """Layer ``i`` with the mixer stages upstream of the masked tensors replaced by their dense outputs."""
-        layer = self.layers[i]
-        mixer = layer.mixer
-
-        def returns(value):
-            return lambda *args, **kwargs: value
-
-        if mode == "out_proj":
-            args, kwargs = stages["out_proj"]
-            swaps = {mixer: lambda *a, **k: mixer.out_proj(*args, **kwargs)}
-        elif mode == "norm":
-            (norm_args, norm_kwargs), (out_args, _) = stages["norm"], stages["out_proj"]
-            dtype = out_args[0].dtype
-            swaps = {mixer: lambda *a, **k: mixer.out_proj(mixer.norm(*norm_args, **norm_kwargs).to(dtype))}
-        else:
-            swaps = {mixer.in_proj: returns(stages["in_proj"])}
-            if mode == "x_proj":
-                swaps[mixer.x_proj] = returns(stages["x_proj"])
-        with forwards_overridden(swaps):  # the fast kernels installed on other modules stay
-            return layer(h, cache=None, attention_mask=None)
+        """Layer ``i`` with its mixer restarted at stage ``mode`` from the dense pass's input of it."""
+        run = self._mixer_run(i, start=mode, state=stages[mode])
+        with forwards_overridden({self.layers[i].mixer: run}):  # the fast kernels installed on other modules stay
+            return self.layers[i](h, cache=None, attention_mask=None)
 
     def _head_loss(self, h: torch.Tensor, batch: _Batch) -> torch.Tensor:
         """``batch_losses``' loss of one batch from the last layer's output: the same final norm

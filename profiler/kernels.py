@@ -1,51 +1,45 @@
-"""Which CPU kernels a model runs, as a value, and installing that choice on one model.
+"""Which forwards and kernels a model runs, as a value, and installing that choice on one model.
 
-A :class:`Kernels` says which of the profiler's fast CPU paths an evaluation takes:
+A :class:`Kernels` says which of the profiler's fast paths an evaluation takes:
 
-* ``fast_scan``: the numba scans and causal conv of :mod:`ssm_profile.fastscan` (Mamba-1: Mamba,
-  FalconMamba, Jamba, Zamba) and :mod:`ssm_profile.fastscan2` (Mamba-2) instead of transformers' own
-  CPU functions;
+* ``fast_scan``: every SSM mixer runs the project's own forward (:mod:`ssm_profile.mixers`: one
+  family per mixer kind, its computation written here, never borrowed from transformers' modeling
+  files) with the fast kernel of its device (numba on the CPU, mamba-ssm on CUDA when installed);
+  off, the mixers run transformers' own forward;
 * ``fast_linear``: oneDNN's float32 linear (:mod:`ssm_profile.fastlinear`) for every ``nn.Linear``;
 * ``blocked_head``: the loss from row blocks of the LM head (:func:`ssm_profile.data.head_window_losses`)
   instead of whole-batch logits (a speed choice; equal to float32 rounding).
 
-:func:`installed` puts a choice on ONE model for the duration of a block: each Mamba mixer gets an
-instance ``forward``, a copy of its class's forward whose kernel names (``mamba_selective_scan``,
-``causal_conv1d_fn``, ``mamba2_chunk_scan``) resolve to the drop-ins, and each ``nn.Linear`` one that
-calls oneDNN. On exit those instance attributes go again. Nothing shared is replaced (neither
-``torch.nn.functional`` nor transformers' modeling modules), so other models, and other threads
-working on them, run whatever their own choice is. Hooks keep working: ``Module.__call__`` calls
-them around the instance forward. One model is not meant for two threads at once (trials mask it
-in place anyway).
+:func:`installed` puts a choice on ONE model for the duration of a block: each mixer gets an
+instance ``forward`` (the owned one, or transformers' own behind a call counter), each ``nn.Linear``
+one that calls oneDNN. On exit those instance attributes go again. Nothing shared is replaced
+(neither ``torch.nn.functional`` nor transformers' modeling modules), so other models, and other
+threads working on them, run whatever their own choice is. Hooks keep working: ``Module.__call__``
+calls them around the instance forward. One model is not meant for two threads at once (trials mask
+it in place anyway).
 
-``SSM_PROFILE_FAST_SCAN=0`` switches every fast kernel off: :meth:`Kernels.for_run` then chooses
-transformers' kernels, and the drop-ins also read it at call time.
+Every owned forward is checked against transformers' before its first use in a process
+(:func:`ssm_profile.mixers.check`); a class that disagrees falls back to transformers' forward with
+one warning. What ran is counted per call: :func:`ssm_profile.mixers.usage`.
 
-The fast paths are CPU kernels: on any other device (CUDA, where transformers calls mamba-ssm's
-kernels by itself when it is installed) a model runs transformers' kernels. :meth:`Kernels.for_run`
-chooses so given the device, and :func:`installed` applies :meth:`Kernels.on_device` to the model's
-own device, so a choice made without one (a run's recipe) never puts CPU kernels on a GPU model.
+``SSM_PROFILE_FAST_SCAN=0`` switches every fast path off: :meth:`Kernels.for_run` then chooses
+transformers' forwards, and the fast linear also reads it at call time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import threading
 import types
-import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 from torch import nn
 
-from .patching import forwards_overridden, with_globals
+from .patching import forwards_overridden
 from .runtime import FAST_KERNELS_ENV as ENV_VAR, fast_kernels_enabled as env_enabled  # noqa: F401
-
-_MARK = "_ssm_profile_kernel"  # attribute of the forwards installed here (to tell them from others')
 
 
 @dataclass(frozen=True)
@@ -64,12 +58,12 @@ class Kernels:
 
     @classmethod
     def transformers(cls) -> Kernels:
-        """transformers' kernels and torch's linear, the loss from row blocks of the head."""
+        """transformers' mixer forwards and torch's linear, the loss from row blocks of the head."""
         return cls(fast_scan=False, fast_linear=False, blocked_head=True)
 
     @classmethod
     def reference(cls) -> Kernels:
-        """transformers' kernels, torch's linear and the loss from whole-batch logits: the
+        """transformers' mixer forwards, torch's linear and the loss from whole-batch logits: the
         profiler before any of its fast paths (``ssm-profile bench --reference-profile``)."""
         return cls(fast_scan=False, fast_linear=False, blocked_head=False)
 
@@ -81,11 +75,12 @@ class Kernels:
         return (cls.fast() if fast and env_enabled() else cls.transformers()).on_device(device)
 
     def on_device(self, device: str | torch.device) -> Kernels:
-        """This choice for a model on ``device``: unchanged on the CPU, without the fast CPU
-        kernels elsewhere (the blocked head stays: it is device-neutral and saves memory)."""
+        """This choice for a model on ``device``: unchanged on the CPU; elsewhere without the oneDNN
+        linear (a CPU kernel). The owned mixer forwards stay: each family picks its device's kernel,
+        or runs transformers' forward where it has none (mamba-ssm not installed on CUDA)."""
         if torch.device(device).type == "cpu":
             return self
-        return replace(self, fast_scan=False, fast_linear=False)
+        return replace(self, fast_linear=False)
 
 
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, Kernels] = weakref.WeakKeyDictionary()
@@ -135,60 +130,21 @@ def _forwards(model: nn.Module, choice: Kernels) -> dict[nn.Module, Callable | N
     """module -> the instance forward ``choice`` wants (None: the class's), for every module whose
     forward this changes. Modules carrying someone else's instance forward are left alone."""
     from .fastlinear import linear_forward
+    from .mixers import mixer_forwards
 
-    namespaces: dict[str, dict[str, Any]] = {}
-    rebuilt: dict[type, types.FunctionType | None] = {}
+    mixers = mixer_forwards(model, owned=choice.fast_scan)
     out: dict[nn.Module, Callable | None] = {}
     for module in model.modules():
         current = module.__dict__.get("forward")
         if current is not None and not _is_ours(current, linear_forward):
             continue
-        cls = type(module)
-        forward = None
-        if choice.fast_linear and cls.forward is nn.Linear.forward:
+        forward = mixers.get(module)
+        if forward is None and choice.fast_linear and type(module).forward is nn.Linear.forward:
             forward = types.MethodType(linear_forward, module)
-        elif choice.fast_scan:
-            if cls not in rebuilt:
-                rebuilt[cls] = _scan_forward(cls, namespaces)
-            if rebuilt[cls] is not None:
-                forward = types.MethodType(rebuilt[cls], module)
         if forward is not None or current is not None:
             out[module] = forward
     return out
 
 
 def _is_ours(forward: Callable, linear_forward: Callable) -> bool:
-    return getattr(forward, "__func__", None) is linear_forward or getattr(forward, _MARK, False)
-
-
-def _drop_ins() -> dict[str, dict[str, Callable[[Callable], Callable]]]:
-    """transformers modeling module -> {module-level name: make(original) -> drop-in}."""
-    from . import fastscan, fastscan2
-
-    table = {name: fastscan.DROP_INS for name in fastscan.MODELING_MODULES}
-    table.update({name: fastscan2.DROP_INS for name in fastscan2.MODELING_MODULES})
-    return table
-
-
-def _scan_forward(cls: type, namespaces: dict[str, dict[str, Any]]) -> types.FunctionType | None:
-    """A copy of ``cls.forward`` that calls the fast drop-ins, or None when ``cls`` is no mixer of
-    a supported modeling module. ``namespaces`` caches each module's namespace with its drop-ins."""
-    forward = getattr(cls, "forward", None)
-    if not isinstance(forward, types.FunctionType):
-        return None
-    inner = inspect.unwrap(forward)
-    module_name = inner.__globals__.get("__name__")
-    drop_ins = _drop_ins().get(module_name)
-    if not drop_ins or not set(drop_ins) & set(inner.__code__.co_names):
-        return None
-    if module_name not in namespaces:
-        originals = inner.__globals__
-        namespaces[module_name] = {**originals, **{name: make(originals[name]) for name, make in drop_ins.items()
-                                                   if name in originals}}
-    try:
-        fast = with_globals(forward, namespaces[module_name])
-    except TypeError as err:
-        warnings.warn(f"{cls.__name__} keeps transformers' kernels: {err}", RuntimeWarning, stacklevel=3)
-        return None
-    setattr(fast, _MARK, True)
-    return fast
+    return getattr(forward, "__func__", None) is linear_forward or hasattr(forward, "__ssm_profile_mixer__")

@@ -72,7 +72,8 @@ def mamba2_dir(tmp_path, mamba2_model) -> Path:
 
 
 def _hybrid_configs() -> dict:
-    from transformers import BambaConfig, JambaConfig, NemotronHConfig, Zamba2Config
+    from transformers import (BambaConfig, FalconH1Config, GraniteMoeHybridConfig, JambaConfig, NemotronHConfig,
+                              ZambaConfig, Zamba2Config)
 
     return {
         # two hybrid layers sharing one transformer block, each with its own adapter
@@ -94,6 +95,23 @@ def _hybrid_configs() -> dict:
             "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2,
             "num_key_value_heads": 2, "intermediate_size": 32, "mamba_n_heads": 4, "mamba_n_groups": 2,
             "mamba_d_state": 4, "mamba_chunk_size": 8, "attn_layer_indices": [1], **kw}),
+        # multi-head Mamba-1 layers; attention shared by the hybrid layers
+        "zamba": lambda **kw: ZambaConfig(**{
+            "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 4, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "attention_hidden_size": 32, "intermediate_size": 32, "n_mamba_heads": 2,
+            "mamba_d_state": 4, "mamba_dt_rank": 4, "layers_block_type": ["mamba", "hybrid", "mamba", "hybrid"], **kw}),
+        "granitemoehybrid": lambda **kw: GraniteMoeHybridConfig(**{
+            "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "intermediate_size": 32, "shared_intermediate_size": 32, "num_local_experts": 0,
+            "layer_types": ["mamba", "attention", "mamba"], "mamba_n_heads": 4, "mamba_n_groups": 2,
+            "mamba_d_state": 4, "mamba_d_head": 8, "mamba_chunk_size": 8, **kw}),
+        # every layer runs attention and a Mamba-2 mixer side by side; µP multipliers away from 1
+        "falcon_h1": lambda **kw: FalconH1Config(**{
+            "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "intermediate_size": 32, "mamba_n_heads": 4, "mamba_n_groups": 2,
+            "mamba_d_state": 4, "mamba_d_head": 8, "mamba_chunk_size": 8, "mamba_d_ssm": 32,
+            "ssm_multipliers": [0.5, 1.5, 0.75, 1.25, 2.0], "ssm_in_multiplier": 0.8, "ssm_out_multiplier": 1.1,
+            "mlp_multipliers": [0.9, 1.2], **kw}),
     }
 
 
@@ -101,8 +119,27 @@ HYBRIDS = ("zamba2", "jamba", "nemotron_h", "bamba")
 
 
 def tiny_hybrid(name: str, **kw):
-    """A tiny random (perturbed) Zamba2, Jamba, NemotronH or Bamba in eval mode; ``kw`` overrides config fields."""
+    """A tiny random (perturbed) hybrid of ``_hybrid_configs`` in eval mode; ``kw`` overrides config fields."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     return perturb(AutoModelForCausalLM.from_config(_hybrid_configs()[name](**kw)))
+
+
+def tiny_falcon_mamba(layers: int = 2, **kw):
+    from transformers import FalconMambaConfig, FalconMambaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = FalconMambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=layers, state_size=4, **kw)
+    return perturb(FalconMambaForCausalLM(cfg))
+
+
+# Every architecture whose SSM mixers the project computes itself, by mixer family.
+MIXER_ARCHITECTURES = {"selective_scan": ("mamba", "falcon_mamba", "jamba", "zamba"),
+                       "ssd": ("mamba2", "bamba", "nemotron_h", "zamba2", "granitemoehybrid", "falcon_h1")}
+
+
+def tiny_architecture(name: str):
+    """A tiny random (perturbed) causal LM of any architecture in ``MIXER_ARCHITECTURES``."""
+    makers = {"mamba": tiny_mamba, "mamba2": tiny_mamba2, "falcon_mamba": tiny_falcon_mamba}
+    return makers[name]() if name in makers else tiny_hybrid(name)

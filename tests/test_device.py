@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import tiny_mamba
 
+from ssm_profile import mixers
 from ssm_profile.cli.main import build_parser, main
 from ssm_profile.data import batch_losses, head_window_losses, logits_window_losses
 from ssm_profile.errors import SSMProfileError
@@ -58,9 +59,11 @@ def test_load_model_resolves_auto():
 # --------------------------------------------------------------------------- CPU kernels only on the CPU
 
 @pytest.mark.parametrize("device", ["meta", "cuda", "cuda:1", torch.device("mps")])
-def test_no_fast_kernels_off_the_cpu(device):
-    assert Kernels.for_run(True, device) == Kernels.transformers()
-    assert Kernels.fast().on_device(device) == Kernels(fast_scan=False, fast_linear=False, blocked_head=True)
+def test_no_cpu_linear_off_the_cpu(device):
+    """Off the CPU the owned mixer forwards stay (each family picks its device's kernel, or runs
+    transformers' forward where it has none); the oneDNN linear is a CPU kernel and goes."""
+    assert Kernels.for_run(True, device) == Kernels(fast_scan=True, fast_linear=False, blocked_head=True)
+    assert Kernels.fast().on_device(device) == Kernels(fast_scan=True, fast_linear=False, blocked_head=True)
     assert Kernels.reference().on_device(device) == Kernels.reference()
 
 
@@ -78,8 +81,9 @@ def test_a_model_off_the_cpu_gets_no_fast_kernels_installed():
         model = MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, state_size=4))
     assert model_device(model).type == "meta"
     with installed(model, Kernels.fast()):
-        assert active(model) == Kernels.transformers()
-        assert not any("forward" in m.__dict__ for m in model.modules())
+        assert active(model) == Kernels(fast_scan=True, fast_linear=False, blocked_head=True)
+        assert not any("forward" in m.__dict__ for m in model.modules() if isinstance(m, torch.nn.Linear))
+        assert not any(mixers.owned_kernel(m) for m in model.modules())  # no owned kernel on this device
     cpu_model = tiny_mamba()
     with installed(cpu_model, Kernels.fast()):
         assert active(cpu_model) == Kernels.fast()

@@ -3,8 +3,9 @@
 * ssm_profile.incremental: every trial loss and window loss of a profile is ``==`` with and without
   the incremental evaluator (model-wide and per-layer trials, Mamba-1 and Mamba-2, tiny random
   models and the embedded ones), and every reuse mode is actually exercised;
-* ssm_profile.fastscan2: the Mamba-2 recurrence equals transformers' chunked scan to float32
-  rounding, and falls back to it when gradients are needed;
+* ssm_profile.fastscan2: the Mamba-2 recurrence (numba and torch) and the chunked form equal a
+  step-by-step loop written here to float32 rounding; the owned forward takes the recurrence for
+  inference and the chunked form when gradients are needed;
 * fast kernels on vs off: the same profile agrees to float32 rounding.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_mamba, tiny_mamba2
-from transformers.models.mamba2 import modeling_mamba2
 
 from ssm_profile import data as data_module
 from ssm_profile import fastscan2
@@ -89,16 +89,17 @@ def test_incremental_equals_plain_on_embedded_models(name):
 def m2_setup():
     model = tiny_mamba2(layers=3)
     data = random_dataset(model.config.vocab_size)
-    dense = batch_losses(model, data.evaluation, 2)
-    return model, data, dense, IncrementalEvaluator(model, data.evaluation, 2).prepare(dense)
+    dense = batch_losses(model, data.evaluation, 2, kernels=Kernels.fast())
+    return model, data, dense, IncrementalEvaluator(model, data.evaluation, 2, kernels=Kernels.fast()).prepare(dense)
 
 
-def masked_losses(model, mask, windows, evaluate=None):
+def masked_losses(model, mask, windows, evaluate=None, kernels=Kernels.fast()):
+    """Per-window losses with ``mask`` applied: by ``evaluate``, else plainly (the profiler's kernels)."""
     from ssm_profile.masks import MaskApplier
 
     with MaskApplier(model) as applier:
         applier.apply(mask)
-        return evaluate(model, windows, mask=mask) if evaluate else batch_losses(model, windows, 2)
+        return evaluate(model, windows, mask=mask) if evaluate else batch_losses(model, windows, 2, kernels=kernels)
 
 
 def test_evaluator_reuse_and_repeats(m2_setup):
@@ -124,7 +125,7 @@ def test_evaluator_reuse_and_repeats(m2_setup):
     nothing = {"backbone.layers.0.mixer.D": torch.ones_like(params["backbone.layers.0.mixer.D"], dtype=torch.bool)}
     assert torch.equal(masked_losses(model, nothing, data.evaluation, ev), dense)
     assert ev.stats["unchanged"] >= 1
-    assert ev.stats["start_layer_1"] >= 2 and ev.stats["mode_out_proj"] >= 1 and ev.stats["mode_in_proj"] >= 1
+    assert ev.stats["start_layer_1"] >= 2 and ev.stats["mode_out_proj"] >= 1 and ev.stats["mode_conv1d"] >= 1
 
 
 def test_evaluator_falls_back_when_the_replay_differs(monkeypatch):
@@ -141,7 +142,8 @@ def test_evaluator_falls_back_when_the_replay_differs(monkeypatch):
     assert not ev.enabled and "bit for bit" in ev.reason
     mask = {"backbone.layers.1.mixer.out_proj.weight": torch.rand(model.backbone.layers[1].mixer.out_proj.weight.shape,
                                                                   generator=torch.Generator().manual_seed(0)) > 0.5}
-    assert torch.equal(masked_losses(model, mask, data.evaluation, ev), masked_losses(model, mask, data.evaluation))
+    assert torch.equal(masked_losses(model, mask, data.evaluation, ev),
+                       masked_losses(model, mask, data.evaluation, kernels=Kernels.transformers()))
     assert ev.stats["plain"] == 1
 
 
@@ -169,14 +171,26 @@ def test_resume_accepts_other_kernel_and_sweep_choices(tmp_path):
 # ------------------------------------------------------------------------------ Mamba-2 fast path
 
 
-def reference_chunk_scan():
-    return modeling_mamba2.mamba2_chunk_scan  # transformers' own (the kernels never replace it)
+def stepwise_ssd(x, dt, A, B, C, D, dt_bias, dt_limit, initial=None):
+    """The Mamba-2 recurrence one step at a time in float64: the oracle for both SSD forms."""
+    x, dt, A, B, C, D, dt_bias = (t.double() for t in (x, dt, A, B, C, D, dt_bias))
+    b, length, h, p = x.shape
+    rep = h // B.shape[2]
+    B, C = B.repeat_interleave(rep, dim=2), C.repeat_interleave(rep, dim=2)
+    dt = torch.nn.functional.softplus(dt + dt_bias).clamp(*dt_limit)
+    state = torch.zeros(b, h, p, B.shape[-1], dtype=torch.float64) if initial is None else initial.double()
+    ys = []
+    for t in range(length):
+        decay = torch.exp(dt[:, t] * A)[..., None, None]
+        state = decay * state + (dt[:, t, :, None, None] * x[:, t, :, :, None]) * B[:, t, :, None, :]
+        ys.append((state * C[:, t, :, None, :]).sum(-1) + D[:, None] * x[:, t])
+    return torch.stack(ys, dim=1), state
 
 
 @pytest.mark.parametrize("length,chunk,groups", [(37, 8, 2), (64, 16, 1), (5, 64, 4)])
 @pytest.mark.parametrize("initial", [False, True])
 @pytest.mark.parametrize("backend", ["numba", "torch"])
-def test_ssd_scan_matches_transformers(length, chunk, groups, initial, backend, monkeypatch):
+def test_ssd_scan_matches_the_stepwise_recurrence(length, chunk, groups, initial, backend, monkeypatch):
     monkeypatch.setattr(fastscan2, "BACKEND", backend)
     gen = torch.Generator().manual_seed(length)
     b, h, p, n = 2, 4, 8, 6
@@ -184,40 +198,37 @@ def test_ssd_scan_matches_transformers(length, chunk, groups, initial, backend, 
     def rand(*shape):
         return torch.randn(*shape, generator=gen)
 
-    args = (rand(b, length, h, p), rand(b, length, h), -torch.rand(h, generator=gen) - 0.05,
-            rand(b, length, groups, n), rand(b, length, groups, n))
-    kw = {"D": rand(h), "dt_bias": rand(h), "dt_softplus": True, "dt_limit": (0.0, 5.0), "return_final_states": True,
-          "initial_states": rand(b, h, p, n) if initial else None}
-    want_y, want_state = reference_chunk_scan()(*args, chunk, **kw)
-    got_y, got_state = fastscan2.ssd_scan(*args, chunk, **kw)
-    torch.testing.assert_close(got_y, want_y, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(got_state, want_state, rtol=1e-4, atol=1e-4)
-    assert torch.equal(fastscan2.ssd_scan(*args, chunk, **{**kw, "return_final_states": False}), got_y)
+    x, dt, A, B, C = (rand(b, length, h, p), rand(b, length, h), -torch.rand(h, generator=gen) - 0.05,
+                      rand(b, length, groups, n), rand(b, length, groups, n))
+    D, bias, start = rand(h), rand(h), rand(b, h, p, n) if initial else None
+    want_y, want_state = stepwise_ssd(x, dt, A, B, C, D, bias, (0.0, 5.0), start)
+    kw = {"D": D, "dt_bias": bias, "dt_softplus": True, "dt_limit": (0.0, 5.0), "return_final_states": True,
+          "initial_states": start}
+    got_y, got_state = fastscan2.ssd_scan(x, dt, A, B, C, chunk, **kw)
+    torch.testing.assert_close(got_y.double(), want_y, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_state.double(), want_state, rtol=1e-4, atol=1e-4)
+    assert torch.equal(fastscan2.ssd_scan(x, dt, A, B, C, chunk, **{**kw, "return_final_states": False}), got_y)
+    if not initial:  # the chunked form (the gradient path) starts from zero
+        chunked = fastscan2.ssd_chunked(x, dt, A, B, C, chunk, D=D, dt_bias=bias, dt_limit=(0.0, 5.0))
+        torch.testing.assert_close(chunked.double(), want_y, rtol=1e-4, atol=1e-4)
 
 
-def test_fast_ssd_dispatch_routes_inference_only():
+def test_owned_ssd_forward_takes_the_recurrence_for_inference_and_the_chunked_form_for_gradients(monkeypatch):
     model = tiny_mamba2(layers=1)
     ids = torch.randint(0, 64, (2, 20), generator=torch.Generator().manual_seed(0))
     calls = []
+    for name in ("ssd_scan", "ssd_chunked"):
+        original = getattr(fastscan2, name)
+        monkeypatch.setattr(fastscan2, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     with installed(model, Kernels(fast_scan=True)):
         assert "forward" in model.backbone.layers[0].mixer.__dict__
-        original = fastscan2.ssd_scan
-
-        def spy(*a, **k):
-            calls.append(1)
-            return original(*a, **k)
-
-        fastscan2.ssd_scan = spy
-        try:
-            with torch.no_grad():
-                model(input_ids=ids)
-            assert calls == [1]
-            model(input_ids=ids).logits.sum().backward()  # gradients: transformers' own path
-            assert calls == [1]
-        finally:
-            fastscan2.ssd_scan = original
+        calls.clear()  # the first use checked the owned forward against transformers'
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+        assert calls == ["ssd_scan"]
+        model(input_ids=ids, use_cache=False).logits.sum().backward()
+        assert calls == ["ssd_scan", "ssd_chunked"]
     assert not any("forward" in m.__dict__ for m in model.modules())
-    assert modeling_mamba2.mamba2_chunk_scan is reference_chunk_scan()
 
 
 @pytest.mark.parametrize("name", [pytest.param("tiny-mamba", marks=pytest.mark.slow), "tiny-mamba2"])  # one in the default run

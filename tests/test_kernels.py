@@ -9,13 +9,14 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_mamba, tiny_mamba2
 
-from ssm_profile import fastscan, fastscan2, kernels
+from ssm_profile import fastscan2, kernels, mixers
 from ssm_profile.data import batch_losses
 from ssm_profile.kernels import Kernels, installed
 from ssm_profile.patching import forwards_overridden
 
 torch.set_num_threads(1)
-SHARED_MODULES = ("torch.nn.functional", *fastscan.MODELING_MODULES, *fastscan2.MODELING_MODULES)
+SHARED_MODULES = ("torch.nn.functional", "transformers.models.mamba.modeling_mamba",
+                  "transformers.models.mamba2.modeling_mamba2")
 # every name of torch.nn.functional and of transformers' modeling modules, as first imported
 ORIGINALS = {name: dict(vars(importlib.import_module(name))) for name in SHARED_MODULES}
 
@@ -43,17 +44,19 @@ def test_shared_functions_stay_torchs_and_transformers_inside_and_outside_blocks
         assert not any("forward" in m.__dict__ for m in model.modules())
 
 
-def test_fast_kernels_reach_the_drop_ins_and_agree_with_transformers(monkeypatch):
+def test_fast_kernels_reach_the_owned_forward_and_agree_with_transformers(monkeypatch):
     calls = []
     real = fastscan2.ssd_scan
     monkeypatch.setattr(fastscan2, "ssd_scan", lambda *a, **k: calls.append(1) or real(*a, **k))
     model = tiny_mamba2(layers=2)
     ids = ids_for(model)
     with torch.no_grad():
-        want = model(ids).logits
+        want = model(ids, use_cache=False).logits
         assert calls == []
         with installed(model, Kernels.fast()):
-            got = model(ids).logits
+            model(ids, use_cache=False)  # the first use in this process also checks the owned forward
+            calls.clear()
+            got = model(ids, use_cache=False).logits
     assert len(calls) == 2  # one Mamba-2 scan per mixer
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
@@ -107,7 +110,8 @@ def test_a_fast_block_and_a_reference_block_in_two_threads_do_not_meet():
         a_in.wait(10)
         with torch.no_grad(), installed(b, Kernels.reference()):
             seen["b"] = b(ids).logits
-            seen["b_plain"] = not any("forward" in m.__dict__ for m in b.modules())
+            seen["b_plain"] = (not any(mixers.owned_kernel(m) for m in b.modules())
+                               and "forward" not in b.lm_head.__dict__)
             b_done.set()
             a_out.wait(10)
             seen["b_after_a"] = b(ids).logits

@@ -1,0 +1,22 @@
+"""SSM mixer families the project computes itself (see :mod:`ssm_profile.mixers._base`).
+
+Public face:
+
+* :func:`family_of` / :data:`FAMILIES`: which family a transformers mixer module is;
+* :class:`MixerFamily`, :class:`Stage`: the interface (its forward as stages);
+* :func:`mixer_forwards`, :func:`owned_family`, :func:`owned_kernel`, :func:`run_owned`, :func:`check`, :class:`MixerFallbackWarning`: the
+  owned forwards installed on a model (by :func:`ssm_profile.kernels.installed`) and their proof;
+* :func:`usage`, :func:`snapshot`, :func:`describe`: what ran, from a counter of real calls.
+"""
+
+from __future__ import annotations
+
+from ._base import MixerFamily, Stage
+from ._install import (CHECK_LENGTH, MixerFallbackWarning, check, mixer_forwards, owned_family, owned_kernel,
+                       run_owned, tolerance)
+from ._ledger import OWNED, TRANSFORMERS, Verdict, describe, snapshot, usage
+from .registry import FAMILIES, family_named, family_of
+
+__all__ = ["FAMILIES", "CHECK_LENGTH", "MixerFallbackWarning", "MixerFamily", "OWNED", "Stage", "TRANSFORMERS",
+           "Verdict", "check", "describe", "family_named", "family_of", "mixer_forwards", "owned_family", "owned_kernel",
+           "run_owned", "snapshot", "tolerance", "usage"]
