@@ -267,7 +267,7 @@ def batch_losses(model: torch.nn.Module, windows: torch.Tensor, batch_size: int 
                 hidden = model.backbone(input_ids=ids, use_cache=False).last_hidden_state
                 losses.append(head_window_losses(model.lm_head, hidden, ids))
                 continue
-            losses.append(logits_window_losses(model(input_ids=ids).logits, ids))
+            losses.append(logits_window_losses(model(input_ids=ids, use_cache=False).logits, ids))
     return torch.cat(losses).double()
 
 

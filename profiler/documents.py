@@ -479,6 +479,8 @@ class ValidationReport(Document):
     # the verification split (decides within_tolerance) and other --evaluation sources; absent in older files
     verification: dict[str, Any] | None = _optional()
     evaluations: list[dict[str, Any]] | None = _optional()
+    # which forward each mixer class ran, counted per call (ssm_profile.mixers.usage); absent in older files
+    mixer_forwards: dict[str, Any] | None = _optional()
     extra: dict[str, Any] = _extra()
 
     def comparison_rows(self) -> list[ComparisonRow]:

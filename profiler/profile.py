@@ -43,6 +43,7 @@ from .errors import DataError, OutputExistsError, RunDirError, SSMProfileError
 from .defaults import DEFAULT_CRITERIA, DEFAULT_SPARSITIES, DEFAULT_TOLERANCE
 from .io import write_json_atomic
 from .kernels import Kernels, model_device
+from .mixers import snapshot as mixer_calls, usage as mixer_usage
 from .lock import LOCK_NAME
 from .offload import STATS_PREFIX, remove_leftovers
 from .masks import Target, targets_for
@@ -230,6 +231,7 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
              run_path: Path | None, meta: dict[str, Any], timings: dict[str, float], started: float,
              note: Progress, cancel: Callable[[], bool] | None, world: World) -> ProfileResult:
     model = loaded.model
+    calls_before = mixer_calls()  # what the mixers run is recorded from their calls, not the settings
     note(0, 1, "static analysis")
     t0 = time.perf_counter()
     analysis = analyze(model, name=loaded.source.name, source=asdict(loaded.source))
@@ -300,6 +302,7 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
     timings["total"] = time.perf_counter() - started
     if evaluate is not None:
         meta["incremental"] = evaluate.summary()
+    meta["mixer_forwards"] = mixer_usage(calls_before)
     meta.update(status="complete", timings={k: round(v, 3) for k, v in timings.items()},
                 finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     result = ProfileResult(meta=meta, analysis=analysis, dense_window_losses=dense.tolist(), trials=trials,

@@ -42,6 +42,7 @@ from .documents import (PRUNING_FILE, RECOVERY_FILE, Plan, PlanRecover, Recovery
 from .errors import DataError, ModelNotFoundError, OutputExistsError, SSMProfileError
 from .io import atomic_directory, write_json_atomic
 from .kernels import Kernels, installed
+from .mixers import family_of, snapshot as mixer_calls, usage as mixer_usage
 from .resolve import LoadedModel, embedding_rows, weights_fingerprint
 from .validate import count_parameters
 
@@ -238,15 +239,17 @@ def _load_checkpoint(where: Path, student: torch.nn.Module, optimizer: torch.opt
 
 def _kernel_notes(student: torch.nn.Module, device: torch.device) -> tuple[Kernels, dict[str, Any]]:
     kernels = Kernels.for_run(True, device)
-    if device.type == "cuda":
-        return kernels, {"choice": asdict(kernels), "training": "transformers' kernels (mamba-ssm when installed), "
-                         "bf16 autocast"}
-    mamba2 = type(student).__name__.startswith("Mamba2")
-    how = ("the fast Mamba-2 scan has no backward: the student trains through transformers' chunked scan "
-           "(the teacher and the measurements run the fast forward)" if mamba2 else
-           "the fast numba scan with its backward kernel (Mamba-1)" if kernels.fast_scan else
-           "transformers' kernels (fast kernels are switched off)")
-    return kernels, {"choice": asdict(kernels), "training": how}
+    if not kernels.fast_scan:
+        return kernels, {"choice": asdict(kernels), "training": "transformers' forward (fast kernels are switched off)"}
+    families = {family.name for family in map(family_of, student.modules()) if family is not None}
+    how = {"selective_scan": "the owned Mamba-1 forward, its scan and backward in one numba kernel",
+           "ssd": "the owned Mamba-2 forward: the chunked SSD in torch for training (the numba recurrence is "
+                  "forward-only and serves the teacher and the measurements)"}
+    if device.type != "cpu":
+        how = {name: "the owned forward with mamba-ssm's kernels where they import, else transformers'"
+               for name in how}
+    return kernels, {"choice": asdict(kernels), "training": "; ".join(how[f] for f in sorted(families)) or
+                     "transformers' forward (no SSM mixer the project owns)"}
 
 
 @dataclass
@@ -346,6 +349,7 @@ def _recover(world: World, pruned_dir: str | Path, output_dir: str | Path, teach
     masks = frozen_masks(student.model, zeroed_parameters(pruned_dir))
     nonzero_before = count_parameters(student.model)["nonzero"]
     kernels, kernel_notes = _kernel_notes(student.model, next(student.model.parameters()).device)
+    calls_before = mixer_calls()
     inputs.teacher.model.eval().requires_grad_(False)
     student.model.train()
     optimizer = torch.optim.AdamW(student.model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -384,7 +388,7 @@ def _recover(world: World, pruned_dir: str | Path, output_dir: str | Path, teach
               "seqlen": inputs.spec.seqlen, "verification": inputs.dataset.sources.get("verification"),
               "verification_windows": int(verification.shape[0]), "overlap_check_span": inputs.span,
               "shared_spans": 0},
-        kernels=kernel_notes,
+        kernels={**kernel_notes, "mixer_forwards": mixer_usage(calls_before)},
         world={"size": world.size, "rank_weights": world.gather(lambda: weights_fingerprint(student.model))},
         progress={"steps_done": state["step"], "total_steps": state["total_steps"],
                   "train_seconds": round(state["train_seconds"], 3),

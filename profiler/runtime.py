@@ -43,8 +43,21 @@ def configure_threads(threads: int | None, model=None) -> None:
         torch.set_num_threads(1)
 
 
+_FORMAT_WARNING = warnings.formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """The project's own warnings (an owned mixer forward switched off, ...) as one line."""
+    if category.__module__.startswith("ssm_profile"):
+        return f"ssm-profile: warning: {message}\n"
+    return _FORMAT_WARNING(message, category, filename, lineno, line)
+
+
 def quiet_libraries() -> None:
-    """Keep library chatter (kernel fallbacks, deprecations) out of the tool's output."""
+    """Keep library chatter (kernel fallbacks, deprecations) out of the tool's output; the tool's own
+    warnings (e.g. a mixer that runs transformers' slower forward, :mod:`ssm_profile.mixers`) stay,
+    one line each."""
+    warnings.formatwarning = _one_line_warning
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=UserWarning)

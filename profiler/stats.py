@@ -376,7 +376,7 @@ def _activation_pass(model, mixers, tokens, want, batch_size, progress, hessian_
             for ids in _batches(tokens, max(1, batch_size)):
                 finished.clear()
                 try:
-                    model(input_ids=ids.to(device))
+                    model(input_ids=ids.to(device), use_cache=False)
                 except _ChunkDone:
                     pass
                 done += ids.shape[0]

@@ -46,7 +46,8 @@ from .comparison import paired_change, relative_change
 from .data import DataSpec, batch_losses, load_dataset, paired_increase, text_windows
 from .documents import VALIDATION_FILE, Plan, ValidationReport  # noqa: F401  (VALIDATION_FILE: re-exported)
 from .errors import DataError, SSMProfileError
-from .kernels import Kernels
+from .kernels import Kernels, installed
+from .mixers import snapshot as mixer_calls, usage as mixer_usage
 from .resolve import LoadedModel, check_vocabulary
 from .tasks import BUILTIN_TASKS, TASKS_DIR
 
@@ -363,6 +364,7 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
     runner = LmEvalRunner(tasks, lm_eval_tasks, limit, lm_eval_batch_size, max_length) \
         if (tasks or lm_eval_tasks) else None
     steps = 4 + (2 if runner else 0)
+    calls_before = mixer_calls()
     try:
         note(0, steps, "evaluation data")
         spec = data or (plan.data.spec() if plan is not None else DataSpec())
@@ -408,9 +410,11 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
         lm_eval: dict[str, Any] = {"tasks": {}, "limit": limit, "skipped": None}
         if runner is not None:
             note(3, steps, "lm-eval (base)")
-            scores_base = runner.evaluate(base)
+            with installed(base.model, TRANSFORMERS_KERNELS):  # counted in mixer_forwards, like every step
+                scores_base = runner.evaluate(base)
             note(4, steps, "lm-eval (pruned)")
-            scores_pruned = runner.evaluate(pruned)
+            with installed(pruned.model, TRANSFORMERS_KERNELS):
+                scores_pruned = runner.evaluate(pruned)
             for task in runner.names:
                 b, p = scores_base.get(task, {}), scores_pruned.get(task, {})
                 lm_eval["tasks"][task] = {"builtin": task in BUILTIN_TASKS, "items": runner.items.get(task),
@@ -425,8 +429,9 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
         size_base, size_pruned = _size(base, Path(base_dir) if base_dir else None), \
             _size(pruned, Path(pruned_dir) if pruned_dir else None)
         vocab = int(getattr(base.model.config, "vocab_size", 0) or base.model.get_input_embeddings().num_embeddings)
-        speed = measure_speed({"base": base.model, "pruned": pruned.model}, vocab, batch=speed_batch[0],
-                              seqlen=speed_batch[1], repeats=speed_repeats)
+        with installed(base.model, TRANSFORMERS_KERNELS), installed(pruned.model, TRANSFORMERS_KERNELS):
+            speed = measure_speed({"base": base.model, "pruned": pruned.model}, vocab, batch=speed_batch[0],
+                                  seqlen=speed_batch[1], repeats=speed_repeats)
         b_lat, p_lat = speed["base"]["latency_s"], speed["pruned"]["latency_s"]
         speed["speedup"] = b_lat / p_lat if p_lat else None
     finally:
@@ -458,4 +463,5 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
         speed=speed,
         versions={"ssm-profile": __version__, "torch": torch.__version__},
         threads=torch.get_num_threads(),
-        seconds=round(time.perf_counter() - started, 3))
+        seconds=round(time.perf_counter() - started, 3),
+        mixer_forwards=mixer_usage(calls_before))

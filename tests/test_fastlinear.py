@@ -90,5 +90,7 @@ def test_env_command_names_the_kernels(capsys):
 
     assert main(["env"]) == 0
     out = capsys.readouterr().out
-    assert "- fast scan backend: numba" in out and "- fast linear (float32 inference): " in out
+    line = next(line for line in out.splitlines() if line.startswith("- SSM mixers on cpu: "))
+    assert "MambaMixer: own forward, numba kernel" in line and "Mamba2Mixer: own forward, numba kernel" in line
+    assert "- fast linear (float32 inference): " in out
     assert fastlinear.backend() in out

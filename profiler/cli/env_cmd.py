@@ -19,7 +19,9 @@ PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "numpy", "scip
 
 def collect() -> dict[str, str]:
     from .. import __version__
+    from ..runtime import quiet_libraries
 
+    quiet_libraries()
     info = {"ssm-profile": __version__, "python": platform.python_version(),
             "platform": platform.platform(), "cpu cores": str(os.cpu_count())}
     for name in PACKAGES:
@@ -32,10 +34,14 @@ def collect() -> dict[str, str]:
 
         info["torch threads"] = str(torch.get_num_threads())
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available"
-        from .. import fastlinear, fastscan
+        from .. import fastlinear
+        from ..mixers import describe
+        from ..mixers._selftest import self_test
 
-        info["fast scan backend"] = fastscan.BACKEND
         info["fast linear (float32 inference)"] = fastlinear.backend()
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        for device in devices:  # found by running each family once, not from the settings
+            info[f"SSM mixers on {device}"] = describe(self_test(device), calls=False)
     except ImportError:  # pragma: no cover
         pass
     # WORLD_SIZE/RANK/LOCAL_RANK: launched by torchrun or accelerate launch (ssm_profile.distributed)

@@ -154,12 +154,17 @@ def _check_time(loaded, dataset, settings, args: argparse.Namespace) -> None:
     from ..recipe import RunRecipe
     from ..kernels import Kernels
 
+    from ..mixers import describe, snapshot, usage
+
     recipe = RunRecipe(data=dataset.spec, batch_size=settings.batch_size, seed=settings.seed,
                        kernels=Kernels.for_run(settings.fast_scan))
+    before = snapshot()
     seconds = estimate_profile_seconds(recipe, loaded.model, dataset, settings)
     check_time(seconds, args.force)
     if not args.quiet or seconds >= QUIET_NOTE_S:  # a long run is never silent
         print(f"ssm-profile: note: this profile should take about {duration_text(seconds)}", file=sys.stderr)
+    if not args.quiet:  # what the estimate's evaluations actually ran, counted call by call
+        print(f"ssm-profile: note: mixers run {describe(usage(before), calls=False)}", file=sys.stderr)
 
 
 def _check_memory(loaded, spec, settings, force: bool) -> None:

@@ -62,7 +62,7 @@ class CaptumChannelAttribution(Criterion):
         device = params[0].device if params else torch.device("cpu")
 
         def forward(ids: torch.Tensor) -> torch.Tensor:
-            logits = model(input_ids=ids).logits.float()
+            logits = model(input_ids=ids, use_cache=False).logits.float()
             nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
             return -nll.view(ids.shape[0], -1).mean(1)  # per-sequence mean log-likelihood
 
