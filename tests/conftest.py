@@ -30,6 +30,14 @@ def perturb(model: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.
     return model.eval()
 
 
+def cached_step_logits(model, prefix: torch.Tensor, last: torch.Tensor, **kw) -> torch.Tensor:
+    """Logits of ``last`` computed from the cache of ``prefix``, whatever this transformers release
+    calls the cache (``cache`` since 5.2x, ``cache_params`` or ``past_key_values`` before)."""
+    out = model(prefix, use_cache=True)
+    name = next(n for n in ("cache", "cache_params", "past_key_values") if getattr(out, n, None) is not None)
+    return model(last, use_cache=True, **{name: getattr(out, name)}, **kw).logits
+
+
 def tiny_mamba(layers: int = 2, **kw):
     from transformers import MambaConfig, MambaForCausalLM
 

@@ -280,6 +280,8 @@ def test_validate_writes_every_field_and_runs_shipped_tasks_offline(applied):
     for name in ("base", "pruned"):
         assert v["speed"][name]["latency_s"] > 0 and v["speed"][name]["tokens_per_s"] > 0
     assert v["speed"]["threads"] == torch.get_num_threads()
+    # validate measures as a user runs the saved model: transformers' forward, every call counted
+    assert v["mixer_forwards"]["MambaMixer"]["calls"].keys() == {"transformers"}
 
 
 def test_cli_validate_exits_3_when_tolerance_is_breached(applied, tmp_path, capsys):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import HYBRIDS, tiny_hybrid
+from conftest import HYBRIDS, cached_step_logits, tiny_hybrid
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging
 
@@ -106,12 +106,13 @@ def test_uniform_cut_is_sliced_reloads_and_matches_the_zeroed_model(tmp_path, na
     # state and Jamba channel cuts do not touch a norm group and match without compensation.
     if kind in ("head", "head_channel"):
         assert (sliced - zeroed).abs().max() < 0.1
-    else:
-        assert (sliced - zeroed).abs().max() <= 1e-5
+    else:  # float32 rounding of shorter sums, relative to the logits' scale (2.3e-5 on Zamba2 in 5.16)
+        assert (sliced - zeroed).abs().max() <= 1e-5 * max(1.0, zeroed.abs().max().item())
     compensate_norm_eps(model, kind, drop)
     # Relative to the logits' scale: float32 rounding of the rescaled norm weights and of the
     # shorter sums (Zamba2 head channels: 4e-5 on logits of magnitude 3.6; 1e-6 in float64).
-    tolerance = 1e-5 if kind not in ("head", "head_channel") else 2e-5 * zeroed.abs().max().item()
+    tolerance = 1e-5 * max(1.0, zeroed.abs().max().item()) if kind not in ("head", "head_channel") \
+        else 2e-5 * zeroed.abs().max().item()
     assert (logits(model) - zeroed).abs().max() <= tolerance
 
 
@@ -154,8 +155,7 @@ def cached_step(model) -> torch.Tensor:
     without attention layers cannot count the cached tokens)."""
     n = IDS.shape[1]
     with torch.no_grad():
-        cache = model(IDS[:, :-1], use_cache=True).cache
-        return model(IDS[:, -1:], cache=cache, use_cache=True, position_ids=torch.tensor([[n - 1]])).logits[:, -1]
+        return cached_step_logits(model, IDS[:, :-1], IDS[:, -1:], position_ids=torch.tensor([[n - 1]]))[:, -1]
 
 
 def unique_params(module) -> dict[int, torch.nn.Parameter]:

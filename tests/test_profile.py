@@ -50,6 +50,11 @@ def test_profile_writes_a_loadable_run(tmp_path, loaded2):
     assert len(pd.read_csv(tmp_path / "run" / "sweep.csv")) == 18
     pruned = result.trial("unit:state", "magnitude", 0.5)
     assert pruned.pruned_params > 0 and pruned.delta_loss != 0
+    # what the mixers ran, counted: every call the owned forward (numba for inference, the chunked
+    # SSD in torch for fisher's gradients), its check recorded
+    ran = back.meta["mixer_forwards"]["Mamba2Mixer"]
+    assert ran["family"] == "ssd" and set(ran["calls"]) == {"owned/numba", "owned/torch"}
+    assert ran["calls"]["owned/numba"] >= 4 * (1 + 18 + 12) and all(c["ok"] for c in ran["checks"])
 
 
 def test_resume_after_cancel_gives_identical_results(tmp_path, loaded2):

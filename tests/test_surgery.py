@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_mamba, tiny_mamba2
+from conftest import cached_step_logits, tiny_mamba, tiny_mamba2
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging
 
@@ -194,8 +194,7 @@ def test_per_layer_widths_run_with_cache_but_are_not_expressible(name):
     # The recurrent (one-token) path reads the updated sizes too.
     with torch.no_grad():
         full = model(IDS).logits
-        cache = model(IDS[:, :-1], use_cache=True).cache
-        step = model(IDS[:, -1:], cache=cache, use_cache=True).logits
+        step = cached_step_logits(model, IDS[:, :-1], IDS[:, -1:])
     torch.testing.assert_close(step[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
 
 
@@ -213,8 +212,7 @@ def test_remove_layers_round_trip(tmp_path, name):
     assert [b.mixer.layer_idx for b in model.backbone.layers] == [0, 1]
     assert torch.equal(logits(model), skipped)
     with torch.no_grad():  # the cache is indexed by the renumbered layer_idx
-        cache = model(IDS[:, :-1], use_cache=True).cache
-        step = model(IDS[:, -1:], cache=cache, use_cache=True).logits
+        step = cached_step_logits(model, IDS[:, :-1], IDS[:, -1:])
     torch.testing.assert_close(step[:, -1], skipped[:, -1], atol=1e-5, rtol=1e-5)
     assert sync_config(model) == []
     model.save_pretrained(tmp_path)
