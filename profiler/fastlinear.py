@@ -12,7 +12,8 @@ Only inference is routed (no input needs gradients), only float32 CPU tensors, a
 self-check: the first call compares oneDNN with ``F.linear`` on a random problem and turns the
 route off for the process if the op is missing or disagrees (``REASON`` says why). The route is
 one of :class:`ssm_profile.kernels.Kernels` and follows the same switch (``SSM_PROFILE_FAST_SCAN=0``
-/ ``--no-fast-scan``).
+/ ``--no-fast-scan``), which decides whether it is installed; like every kernel module, this one
+imports nothing of the rest of the project.
 
 :func:`linear_forward` is ``nn.Linear.forward`` through :func:`linear`; ``kernels.installed`` sets it
 on each ``nn.Linear`` instance of one model (``torch.nn.functional`` itself is never replaced).
@@ -26,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .runtime import fast_kernels_enabled as env_enabled
 
 _SELF_CHECK_TOLERANCE = 1e-4  # relative to the output's scale; float32 rounding is ~1e-6 here
 
@@ -72,8 +72,6 @@ def _self_check() -> bool:
 def applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """The oneDNN route handles this call: CPU float32 inference on a plain weight."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
-        return False
-    if not env_enabled():
         return False
     if x.dim() < 2 or weight.dim() != 2 or not weight.is_contiguous() or x.numel() == 0:
         return False

@@ -43,6 +43,7 @@ from .errors import DataError, OutputExistsError, RunDirError, SSMProfileError
 from .defaults import DEFAULT_CRITERIA, DEFAULT_SPARSITIES, DEFAULT_TOLERANCE
 from .io import write_json_atomic
 from .kernels import Kernels, model_device
+from .registry import Registry
 from .mixers import snapshot as mixer_calls, usage as mixer_usage
 from .lock import LOCK_NAME
 from .offload import STATS_PREFIX, remove_leftovers
@@ -62,7 +63,6 @@ Progress = Callable[[int, int, str], None]
 # (``incremental`` gives bit-identical losses; ``fast_scan`` agrees with the reference kernels to
 # float32 rounding, so a run resumed with the other kernel choice mixes trials of both).
 RESUMABLE_SETTINGS = ("fast_scan", "incremental")
-SWEEPS = ("adaptive", "grid")
 # Settings older runs lack, with the value they ran with (so they still resume).
 SETTINGS_BEFORE = {"sweep": "grid", "budget": None}
 
@@ -91,8 +91,7 @@ class ProfileSettings:
     def validate(self) -> None:
         from .criteria import get
 
-        if self.sweep not in SWEEPS:
-            raise SSMProfileError(f"unknown sweep '{self.sweep}'; choose from {', '.join(SWEEPS)}")
+        SWEEPS.get(self.sweep)  # an unknown name is a one-line error listing the sweeps
         if self.budget is not None and (self.sweep != "adaptive" or not self.budget > 0):
             raise SSMProfileError("--budget needs --sweep adaptive and a positive duration such as 10m")
 
@@ -337,9 +336,16 @@ def make_schedule(settings: ProfileSettings, specs: list[TrialSpec], scorer: Sco
     """The schedule of ``settings.sweep`` over the grid's ``specs`` (without a budget: the profiler
     sets ``AdaptiveSchedule.budget`` once the setup's time is known); ``dense_losses``: the dense
     model's loss on each search window."""
-    if settings.sweep == "grid":
-        return GridSchedule(specs)
+    return SWEEPS.get(settings.sweep)(settings, specs, scorer, mixers, dense_losses)
 
+
+def _grid(settings: ProfileSettings, specs: list[TrialSpec], scorer: Scorer, mixers,
+          dense_losses: list[float]) -> Schedule:
+    return GridSchedule(specs)
+
+
+def _adaptive(settings: ProfileSettings, specs: list[TrialSpec], scorer: Scorer, mixers,
+              dense_losses: list[float]) -> Schedule:
     def predict(spec: TrialSpec) -> float | None:
         return scorer.predicted_delta(spec, scorer.mask(spec, mixers, settings.structure), mixers)
 
@@ -347,6 +353,12 @@ def make_schedule(settings: ProfileSettings, specs: list[TrialSpec], scorer: Sco
     return AdaptiveSchedule.from_grid(specs, probe=settings.probe_sparsity, tolerance=settings.tolerance,
                                       layer_criterion=settings.layer_criterion, predict=predict, screen=screen,
                                       dense_losses=dense_losses)
+
+
+# How a sweep picks its trials: name -> schedule builder (``--sweep``; "adaptive" is the default).
+SWEEPS: Registry[Callable[..., Schedule]] = Registry("sweep")
+SWEEPS.add("adaptive", _adaptive)
+SWEEPS.add("grid", _grid)
 
 
 def _recorded_budget(run_path: Path) -> dict[str, float] | None:

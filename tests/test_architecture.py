@@ -16,9 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"ssm_profile": "profiler", "ssm_profile.reports": "reports", "ssm_profile.tui": "tui"}
 CLI = "ssm_profile.cli"
 MAX_LINES = 600
-LONG_MODULES_ALLOWED = {
-    "ssm_profile.fastscan",  # compiled numba kernels, one per scan variant
-}
+LONG_MODULES_ALLOWED: set[str] = set()
+# The compute kernels: they import one another and nothing else of the project.
+KERNEL_MODULES = {"ssm_profile.fastscan", "ssm_profile.fastscan2", "ssm_profile.fastlinear", "ssm_profile.simd"}
+FRONT_ENDS = ("ssm_profile.cli", "ssm_profile.tui", "ssm_profile.reports")
 # Cycles owned by the helper restructuring plan/apply/validate/profile (emptied when that work merges).
 CYCLES_ALLOWED: set[frozenset[str]] = set()
 
@@ -86,8 +87,25 @@ def import_graph() -> dict[str, set[str]]:
                 names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
                          for alias in node.names]
             targets.update(t for n in names if (t := _deepest_module(n, modules)) and t != module)
+        targets.update(t for n in _string_imports(tree) if (t := _deepest_module(n, modules)) and t != module)
         graph[module] = targets
     return graph
+
+
+def _string_imports(tree: ast.AST) -> set[str]:
+    """Modules named by string where they are imported: ``importlib.import_module("...")`` and lazy
+    registry entries (``add_lazy(name, "ssm_profile.x:Attr")``, ``register_lazy(...)``)."""
+    found = set()
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))):
+            continue
+        called = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
+        position = {"import_module": 0, "add_lazy": 1, "register_lazy": 1}.get(called)
+        if position is not None and len(node.args) > position:
+            arg = node.args[position]
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                found.add(arg.value.partition(":")[0])
+    return found
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -164,6 +182,32 @@ def test_only_the_cli_imports_the_cli():
                    if not (module == CLI or module.startswith(CLI + "."))
                    for target in targets if target == CLI or target.startswith(CLI + "."))
     assert leaks == []
+
+
+def _inside(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_the_core_never_imports_a_front_end():
+    """The core computes results; the CLI, the TUI and the reports render them (never the other way)."""
+    leaks = sorted(f"{module} -> {target}" for module, targets in import_graph().items()
+                   if not any(_inside(module, front) for front in FRONT_ENDS)
+                   for target in targets if any(_inside(target, front) for front in FRONT_ENDS))
+    assert leaks == []
+
+
+def test_kernel_modules_import_nothing_of_the_core():
+    graph = import_graph()
+    leaks = sorted(f"{module} -> {target}" for module in KERNEL_MODULES for target in graph[module]
+                   if target not in KERNEL_MODULES)
+    assert leaks == []
+
+
+def test_importlib_imports_are_in_the_graph():
+    """``importlib.import_module("ssm_profile....")`` and registry entries ("module:attr") count as imports."""
+    graph = import_graph()
+    assert "ssm_profile.cli.env_cmd" in graph["ssm_profile.cli.main"]  # a lazily registered command
+    assert "ssm_profile.criteria.captum_attr" in graph["ssm_profile.criteria"]  # a lazy criterion
 
 
 def test_modules_are_short():

@@ -7,29 +7,30 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import os
 import shlex
 import sys
+from types import ModuleType
 from typing import Sequence
 
 from .. import __version__
 from ..errors import SSMProfileError
+from ..registry import Registry
 
-# name -> module (imported lazily so `ssm-profile models` does not pay for torch/textual)
-COMMANDS: dict[str, str] = {
-    "analyze": "analyze",
-    "profile": "profile_cmd",
-    "plan": "plan_cmd",
-    "apply": "apply_cmd",
-    "validate": "validate_cmd",
-    "recover": "recover_cmd",
-    "report": "report_cmd",
-    "bench": "bench_cmd",
-    "tui": "tui_cmd",
-    "models": "models_cmd",
-    "env": "env_cmd",
-}
+# name -> its module (``register(subparsers)``, ``run(args)``), imported lazily so `ssm-profile models`
+# does not pay for torch/textual; other packages add commands through "ssm_profile.commands" entry points.
+COMMANDS: Registry[ModuleType] = Registry("command", "ssm_profile.commands")
+COMMANDS.add_lazy("analyze", "ssm_profile.cli.analyze")
+COMMANDS.add_lazy("profile", "ssm_profile.cli.profile_cmd")
+COMMANDS.add_lazy("plan", "ssm_profile.cli.plan_cmd")
+COMMANDS.add_lazy("apply", "ssm_profile.cli.apply_cmd")
+COMMANDS.add_lazy("validate", "ssm_profile.cli.validate_cmd")
+COMMANDS.add_lazy("recover", "ssm_profile.cli.recover_cmd")
+COMMANDS.add_lazy("report", "ssm_profile.cli.report_cmd")
+COMMANDS.add_lazy("bench", "ssm_profile.cli.bench_cmd")
+COMMANDS.add_lazy("tui", "ssm_profile.cli.tui_cmd")
+COMMANDS.add_lazy("models", "ssm_profile.cli.models_cmd")
+COMMANDS.add_lazy("env", "ssm_profile.cli.env_cmd")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -48,9 +49,8 @@ def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ssm-profile {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in names or COMMANDS:
-        module = importlib.import_module(f".{COMMANDS[name]}", __package__)
-        module.register(sub)
+    for name in names or COMMANDS.names():
+        COMMANDS.get(name).register(sub)
     return parser
 
 

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated groups/units to sweep, e.g. in_proj,out_proj,unit:state (default: all)")
     p.add_argument("--sparsities", type=sparsity_list, default=None,
                    help="comma-separated levels in (0,1) (default 0.1..0.9)")
-    p.add_argument("--sweep", choices=("adaptive", "grid"), default="adaptive",
+    p.add_argument("--sweep", default="adaptive",
                    help="adaptive (default): screen every criterion on the first windows and complete the leader, "
                    "then bisect each target's curve with it, layer blocks refined where they differ, trials far outside tolerance stopped early; "
                    "grid: every target x criterion x sparsity and every layer")

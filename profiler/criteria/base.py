@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from ..registry import Registry
+
 if TYPE_CHECKING:
     from ..arch import MixerInfo, UnitFamily
 
@@ -201,37 +203,28 @@ def _comparable(scores: torch.Tensor, how: str) -> torch.Tensor:
     return scores
 
 
-_REGISTRY: dict[str, type[Criterion]] = {}
-# Lazy entries: name -> "module:Class", imported on first use (captum only when asked for).
-_LAZY: dict[str, str] = {}
+def _needs_extra(name: str, err: ImportError) -> str:
+    return f"criterion '{name}' needs an optional dependency ({err.name}); pip install 'ssm-profile[{name}]'"
+
+
+# Every criterion by name; other packages add theirs through the "ssm_profile.criteria" entry points.
+CRITERIA: Registry[type[Criterion]] = Registry("criterion", "ssm_profile.criteria", _needs_extra)
 
 
 def register(cls: type[Criterion]) -> type[Criterion]:
-    _REGISTRY[cls.name] = cls
-    return cls
+    """Class decorator: register a criterion under its ``name`` (a taken name is an error)."""
+    return CRITERIA.add(cls.name, cls)
 
 
 def register_lazy(name: str, target: str) -> None:
-    _LAZY[name] = target
+    """Register ``"module:Class"`` under ``name``, imported on first use (optional dependencies)."""
+    CRITERIA.add_lazy(name, target)
 
 
 def available() -> list[str]:
-    return sorted({*_REGISTRY, *_LAZY})
+    return sorted(CRITERIA.names())
 
 
 def get(name: str, **kwargs: Any) -> Criterion:
     """Instantiate a criterion by name; unknown names raise a one-line error listing the options."""
-    from ..errors import SSMProfileError
-
-    if name not in _REGISTRY and name in _LAZY:
-        import importlib
-
-        module, _, cls = _LAZY[name].partition(":")
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            raise SSMProfileError(f"criterion '{name}' needs an optional dependency ({err.name}); "
-                                  f"pip install 'ssm-profile[{name}]'") from None
-    if name not in _REGISTRY:
-        raise SSMProfileError(f"unknown criterion '{name}'; choose from {', '.join(available())}")
-    return _REGISTRY[name](**kwargs)
+    return CRITERIA.get(name)(**kwargs)

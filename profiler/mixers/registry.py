@@ -1,25 +1,31 @@
-"""Which mixer family a module belongs to: every family the project owns, tried in order."""
+"""Which mixer family a module belongs to: every family the project computes, in one registry
+(other packages add theirs through the ``ssm_profile.mixer_families`` entry points)."""
 
 from __future__ import annotations
 
 from torch import nn
 
+from ..registry import Registry
 from ._base import MixerFamily
 from .selective import SelectiveScan
 from .ssd import SSD
 
-FAMILIES: tuple[MixerFamily, ...] = (SelectiveScan(), SSD())
+FAMILIES: Registry[MixerFamily] = Registry("mixer family", "ssm_profile.mixer_families")
+for _family in (SelectiveScan(), SSD()):
+    FAMILIES.add(_family.name, _family)
 
 
 def family_of(module: nn.Module) -> MixerFamily | None:
     """The family whose forward computes ``module``, or None when it is no SSM mixer the project owns."""
     if not hasattr(module, "_parameters") or module._parameters.get("A_log") is None:
         return None
-    return next((family for family in FAMILIES if family.matches(module)), None)
+    return next((family for family in map(_instance, FAMILIES.values()) if family.matches(module)), None)
 
 
 def family_named(name: str) -> MixerFamily:
-    for family in FAMILIES:
-        if family.name == name:
-            return family
-    raise KeyError(f"no mixer family '{name}' (known: {', '.join(f.name for f in FAMILIES)})")
+    """The family registered as ``name`` (an unknown name is a one-line error listing the known ones)."""
+    return _instance(FAMILIES.get(name))
+
+
+def _instance(entry) -> MixerFamily:
+    return entry() if isinstance(entry, type) else entry  # an entry point may name the class
