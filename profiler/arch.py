@@ -294,6 +294,28 @@ def find_mixers(model: nn.Module) -> list[MixerInfo]:
     return mixers
 
 
+# Recurrent layers of other families (read from transformers' class names): Gated DeltaNet (Qwen3-Next,
+# Qwen3.5), Kimi Linear's delta attention, RecurrentGemma's RG-LRU block, RWKV's time mixing, xLSTM,
+# LFM2's short convolutions, linear attention and retention layers.
+_OTHER_RECURRENT = re.compile(r"GatedDeltaNet|DeltaAttention|RecurrentBlock|Rglru|RwkvSelfAttention|RwkvAttention|"
+                              r"xLSTMLayer|[ms]LSTM|ShortConv|LinearAttention|Retention")
+
+
+def other_recurrent_layers(model: nn.Module) -> dict[str, list[int]]:
+    """Recurrent layers of families ssm-profile does not support yet: class name -> layer indices
+    (outermost matching module only; e.g. RecurrentGemma's block, not also the RG-LRU inside it)."""
+    found: dict[str, list[int]] = {}
+    matched: list[str] = []
+    for path, module in model.named_modules():
+        name = type(module).__name__
+        if not _OTHER_RECURRENT.search(name) or any(path.startswith(p + ".") for p in matched):
+            continue
+        matched.append(path)
+        layer = _LAYER_RE.search(path)
+        found.setdefault(name, []).append(int(layer.group(1)) if layer else len(found.get(name, [])))
+    return found
+
+
 def architecture_name(model: nn.Module) -> str:
     return getattr(getattr(model, "config", None), "model_type", type(model).__name__)
 

@@ -403,13 +403,25 @@ def _load_tokenizer(directory: Path, trust_remote_code: bool, sibling: bool = Tr
 
 
 def _check_has_mixers(model: torch.nn.Module, source: ModelSource) -> None:
-    from .arch import find_mixers
+    from .arch import find_mixers, other_recurrent_layers
 
-    if not find_mixers(model):
+    if find_mixers(model):
+        return
+    others = other_recurrent_layers(model)
+    if others:
+        found = "; ".join(f"{len(layers)} {kind} (layer{'s' if len(layers) > 1 else ''} {_layer_list(layers)})"
+                          for kind, layers in others.items())
         raise UnsupportedModelError(
-            f"'{source.name}' loaded as {type(model).__name__} but has no Mamba/Mamba-2 mixer "
-            "(no module with an A_log parameter); ssm-profile analyses state-space models only"
-        )
+            f"'{source.name}' loaded as {type(model).__name__}; its recurrent layers are {found}: that family is "
+            "not supported yet (ssm-profile profiles Mamba and Mamba-2 mixers, in Mamba, Mamba-2, FalconMamba, "
+            "Jamba, Zamba, Zamba2, Bamba, NemotronH, GraniteMoeHybrid and FalconH1 models)")
+    raise UnsupportedModelError(f"'{source.name}' loaded as {type(model).__name__} but has no Mamba/Mamba-2 mixer "
+                                "(no module with an A_log parameter); ssm-profile analyses state-space models only")
+
+
+def _layer_list(layers: list[int], shown: int = 6) -> str:
+    text = ", ".join(str(i) for i in layers[:shown])
+    return text + (f", … ({len(layers)} in all)" if len(layers) > shown else "")
 
 
 def list_models() -> list[dict[str, str]]:

@@ -85,3 +85,38 @@ def test_cli_model_without_mixers(tmp_path, capsys):
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=32)).save_pretrained(tmp_path / "gpt2")
     assert main(["analyze", str(tmp_path / "gpt2")]) == 2
     assert "no Mamba" in capsys.readouterr().err
+
+
+# Tiny random checkpoints of recurrent families ssm-profile does not support yet, and the layer
+# class the refusal must name.
+OTHER_RECURRENT = {
+    "recurrent_gemma": ({"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+                         "num_attention_heads": 2, "num_key_value_heads": 1, "lru_width": 16, "head_dim": 8,
+                         "attention_window_size": 8, "block_types": ["recurrent", "attention"]},
+                        "1 RecurrentGemmaRecurrentBlock (layer 0)"),
+    "rwkv": ({"vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 2, "attention_hidden_size": 16,
+              "intermediate_size": 32, "context_length": 64}, "2 RwkvSelfAttention (layers 0, 1)"),
+    "lfm2": ({"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "num_key_value_heads": 1, "layer_types": ["conv", "full_attention"]},
+             "1 Lfm2ShortConv (layer 0)"),
+    "qwen3_next": ({"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+                    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8, "linear_num_value_heads": 2,
+                    "linear_num_key_heads": 1, "linear_key_head_dim": 8, "linear_value_head_dim": 8,
+                    "layer_types": ["linear_attention", "full_attention"], "num_experts": 2, "num_experts_per_tok": 1,
+                    "moe_intermediate_size": 16, "shared_expert_intermediate_size": 16},
+                   "1 Qwen3NextGatedDeltaNet (layer 0)"),
+    "xlstm": ({"vocab_size": 64, "hidden_size": 16, "embedding_dim": 16, "num_hidden_layers": 2, "num_blocks": 2,
+               "num_heads": 2}, "2 xLSTMLayer (layers 0, 1)"),
+}
+
+
+@pytest.mark.parametrize("model_type", OTHER_RECURRENT)
+def test_other_recurrent_families_are_named_in_one_line(model_type, tmp_path, capsys):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields, named = OTHER_RECURRENT[model_type]
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **fields)).save_pretrained(tmp_path / "m")
+    assert main(["analyze", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and named in err and "not supported yet" in err, err
