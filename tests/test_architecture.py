@@ -2,7 +2,8 @@
 
 The import graph is built with ``ast`` from every module of the package: relative imports are resolved, imports
 inside functions count (a lazy import is still a dependency), imports under ``if TYPE_CHECKING:`` do not (they
-never run). Imports by string (``importlib.import_module``) are not seen.
+never run). Imports by string count where the string is literal: ``importlib.import_module("...")`` and
+lazy registry entries (``add_lazy(name, "module:attr")``, ``register_lazy``).
 """
 
 from __future__ import annotations
