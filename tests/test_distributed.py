@@ -49,6 +49,7 @@ def one_process(one_run) -> list[tuple]:
     return journal(one_run)
 
 
+@pytest.mark.slow  # 23 s; the default run keeps the 2 -> 1 resume and the rank-0 error of torchrun
 def test_two_ranks_share_the_plans_back_off_measurements(one_run, tmp_path):
     """A run whose trials all claim ΔL = 0 makes the first plan prune everything; measuring it backs
     off, and the leave-one-out measurements are shared by 2 ranks: the plan equals one process's."""

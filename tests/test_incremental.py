@@ -63,8 +63,9 @@ def assert_identical_profiles(loaded, data, **kw):
     return inc.meta["incremental"]
 
 
-@pytest.mark.parametrize("make", [tiny_mamba, tiny_mamba2], ids=["mamba1", "mamba2"])
-@pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
+@pytest.mark.parametrize("make,fast", [(tiny_mamba, True), (tiny_mamba2, True), (tiny_mamba2, False),
+                                       pytest.param(tiny_mamba, False, marks=pytest.mark.slow)],  # transformers' loop: 6 s
+                         ids=["fast-mamba1", "fast-mamba2", "reference-mamba2", "reference-mamba1"])
 def test_incremental_equals_plain_on_random_models(make, fast, monkeypatch):
     monkeypatch.setattr(data_module, "HEAD_ROWS", 7)  # several head blocks per batch, the last one ragged
     model = make(layers=3)
@@ -77,7 +78,7 @@ def test_incremental_equals_plain_on_random_models(make, fast, monkeypatch):
     assert all(counts.get(f"mode_{m}", 0) > 0 for m in summary["modes"]), counts
 
 
-@pytest.mark.parametrize("name", ["tiny-mamba", "tiny-mamba2"])
+@pytest.mark.parametrize("name", [pytest.param("tiny-mamba", marks=pytest.mark.slow), "tiny-mamba2"])  # one by default
 def test_incremental_equals_plain_on_embedded_models(name):
     loaded = load_model(name)
     summary = assert_identical_profiles(loaded, SMALL_DATA, criteria=["magnitude", "wanda", "fisher", "random"],
