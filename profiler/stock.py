@@ -132,6 +132,35 @@ class BambaArch(StockArch):
         return {"num_hidden_layers": len(kept), "attn_layer_indices": attention or None}
 
 
+class GraniteMoeHybridArch(StockArch):
+    """GraniteMoeHybrid (IBM Granite 4.0-H): E = mamba_expand x hidden_size (int), validated against
+    mamba_n_heads x mamba_d_head; layer kinds in the stored layer_types list."""
+
+    model_types = ("granitemoehybrid",)
+    notes = BambaArch.notes
+
+    def width_updates(self, config, dims):
+        expand, problems = _multiple_of_hidden(config, dims, "mamba_expand", "Granite mixer width")
+        return {"mamba_n_heads": dims["num_heads"], "mamba_d_head": dims["head_dim"],
+                "mamba_d_state": dims["state_size"], "mamba_n_groups": dims["n_groups"], **expand}, problems
+
+
+class FalconH1Arch(StockArch):
+    """FalconH1: the mixer width is mamba_d_ssm, free of hidden_size; the µP multipliers
+    (ssm_multipliers per in_proj block, ssm_in/out, mlp ...) are per block, so a cut keeps their
+    meaning (the per-row mup_vector is rebuilt from the config at load, sliced in memory)."""
+
+    model_types = ("falcon_h1",)
+    notes = {"state": "expressible: uniform count across layers and groups (mamba_d_state)",
+             "head": "expressible: uniform count across layers and groups (mamba_n_heads, mamba_d_ssm)",
+             "head_channel": "expressible: uniform count across layers and heads (mamba_d_head, mamba_d_ssm)"}
+
+    def width_updates(self, config, dims):
+        return {"mamba_d_ssm": dims["intermediate_size"], "mamba_n_heads": dims["num_heads"],
+                "mamba_d_head": dims["head_dim"], "mamba_d_state": dims["state_size"],
+                "mamba_n_groups": dims["n_groups"]}, []
+
+
 class JambaArch(StockArch):
     """Jamba: Mamba-1 mixers with E = mamba_expand x hidden_size (int); attention and expert layers
     follow period/offset rules, so only layer removals that leave periodic patterns are expressible."""
@@ -233,7 +262,8 @@ def _retie_shared_blocks(model: nn.Module, layers: nn.ModuleList, hybrid_ids: li
 
 
 ARCHES: dict[str, StockArch] = {t: a for a in (MambaArch(), Mamba2Arch(), NemotronHArch(), BambaArch(), JambaArch(),
-                                              Zamba2Arch()) for t in a.model_types}
+                                              Zamba2Arch(), GraniteMoeHybridArch(), FalconH1Arch())
+                                 for t in a.model_types}
 
 
 def stock_arch(model_type: str | None) -> StockArch:

@@ -262,7 +262,17 @@ def slice_units(mixer: MixerInfo, kind: str, keep: Units) -> None:
         if counts is not None:
             _rescale_gated_norm(tensors, *counts)
     _install(mixer.module, tensors)
+    _slice_mup_vector(mixer.module, kept.get(("in_proj.weight", 0)))
     _update_sizes(mixer)
+
+
+def _slice_mup_vector(module: nn.Module, rows: torch.Tensor | None) -> None:
+    """FalconH1 multiplies each block of in_proj's output by its µP multiplier (the buffer
+    ``mup_vector``, rebuilt from the config at load): keep the entries of the kept rows."""
+    mup = getattr(module, "mup_vector", None)
+    if rows is None or not isinstance(mup, torch.Tensor):
+        return
+    module.mup_vector = mup.index_select(-1, rows.to(mup.device)).contiguous()
 
 
 # --------------------------------------------------------------------------------------------

@@ -119,11 +119,11 @@ def _hybrid_configs() -> dict:
             "num_key_value_heads": 2, "intermediate_size": 32, "mamba_n_heads": 4, "mamba_n_groups": 2,
             "mamba_d_state": 4, "mamba_d_head": 8, "mamba_chunk_size": 8, "mamba_d_ssm": 32,
             "ssm_multipliers": [0.5, 1.5, 0.75, 1.25, 2.0], "ssm_in_multiplier": 0.8, "ssm_out_multiplier": 1.1,
-            "mlp_multipliers": [0.9, 1.2], **kw}),
+            "mlp_multipliers": [0.9, 1.2], "mamba_rms_norm": True, **kw}),  # the gated norm (before the gate)
     }
 
 
-HYBRIDS = ("zamba2", "jamba", "nemotron_h", "bamba")
+HYBRIDS = ("zamba2", "jamba", "nemotron_h", "bamba", "granitemoehybrid", "falcon_h1")
 
 
 def tiny_hybrid(name: str, **kw):

@@ -1,4 +1,5 @@
-"""Structured surgery on the Mamba layers of hybrid models: Zamba2, Jamba, NemotronH, Bamba.
+"""Structured surgery on the Mamba layers of hybrid models: Zamba2, Jamba, NemotronH, Bamba,
+GraniteMoeHybrid (Granite 4.0-H) and FalconH1 (its µP multipliers kept).
 
 * uniform unit cuts the stock config expresses are sliced for real (config updated, plain
   ``AutoModelForCausalLM.from_pretrained`` reloads them); others stay zeros and analyze says so;
@@ -45,6 +46,12 @@ SLICED = [
     ("bamba", "head", [1, 2]),
     ("bamba", "head_channel", per_head(4, 4, 8)),
     ("bamba", "state", [0, 5]),
+    ("granitemoehybrid", "head", [1, 2]),  # one head per group: 2 x 8 = 16 = 1 x hidden_size
+    ("granitemoehybrid", "head_channel", per_head(4, 4, 8)),
+    ("granitemoehybrid", "state", [0, 5]),
+    ("falcon_h1", "head", [0, 3]),  # FalconH1's width (mamba_d_ssm) is free of hidden_size
+    ("falcon_h1", "head_channel", per_head(3, 4, 8)),
+    ("falcon_h1", "state", [1, 6]),
 ]
 # cuts no stock config expresses: executed as zeros
 ZEROS = [
@@ -54,6 +61,7 @@ ZEROS = [
     ("jamba", "state", [0], "normalises"),  # B/C RMSNorms average over the states
     ("jamba", "dt_rank", [1], "normalises"),
     ("bamba", "head_channel", per_head(2, 4, 8), "not an integer multiple of hidden_size"),  # 4 x 6 = 24
+    ("granitemoehybrid", "head_channel", per_head(2, 4, 8), "not an integer multiple of hidden_size"),
 ]
 
 
@@ -180,6 +188,8 @@ REMOVALS = [
     ("nemotron_h", [1], {"hybrid_override_pattern": "MM-"}, {}),
     ("bamba", [0], {"attn_layer_indices": [0]}, {}),
     ("bamba", [1], {"attn_layer_indices": None}, {}),
+    ("granitemoehybrid", [0], {"num_hidden_layers": 2}, {}),  # layer_types follows (checked by the reload)
+    ("falcon_h1", [0], {"num_hidden_layers": 1}, {}),
 ]
 
 

@@ -4,8 +4,8 @@
   its rank) is executed as zeros: the saved model's logits are the zeroed model's.
 * Budgets and totals count FLOPs and state only for cuts apply slices; zeros count as params
   (nonzeros) only. On Mamba, Mamba-2 (with a head cut no stock config expresses), FalconMamba and the
-  hybrids Zamba2, Jamba, NemotronH and Bamba, the FLOPs/state/params that apply removes equal what
-  the plan states, and a FLOPs plan removes FLOPs for real.
+  hybrids Zamba2, Jamba, NemotronH, Bamba, GraniteMoeHybrid and FalconH1, the FLOPs/state/params that
+  apply removes equal what the plan states, and a FLOPs plan removes FLOPs for real.
 """
 
 from __future__ import annotations
@@ -110,6 +110,9 @@ CASES = {
     "jamba": (lambda: tiny_hybrid("jamba"), {"channel": 0.5, "state": 0.5}),
     "nemotron_h": (lambda: tiny_hybrid("nemotron_h"), {"head": 0.5, "state": 0.25}),
     "bamba": (lambda: tiny_hybrid("bamba"), {"head_channel": 0.25, "state": 0.5}),
+    # Granite 4.0-H and FalconH1: heads, head channels and states sliced for real (FalconH1's µP kept)
+    "granitemoehybrid": (lambda: tiny_hybrid("granitemoehybrid"), {"head": 0.5, "state": 0.5}),
+    "falcon_h1": (lambda: tiny_hybrid("falcon_h1"), {"head_channel": 0.25, "state": 0.5}),
 }
 
 
@@ -142,7 +145,7 @@ def test_what_apply_removes_is_what_the_plan_states(tmp_path, case, metric):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["zamba2", "jamba", "nemotron_h", "bamba"])
+@pytest.mark.parametrize("case", ["zamba2", "jamba", "nemotron_h", "bamba", "granitemoehybrid", "falcon_h1"])
 def test_cli_flops_plan_realises_its_savings_on_hybrids(tmp_path, case):
     """profile -> plan --metric flops -> apply -> analyze: the applied model loses what the plan states."""
     from transformers import AutoTokenizer
@@ -169,3 +172,15 @@ def test_cli_flops_plan_realises_its_savings_on_hybrids(tmp_path, case):
     assert before["flops_per_token"] - after["flops_per_token"] == plan.predicted.flops_removed == physical["flops"]
     assert before["state_bytes_per_sequence"] - after["state_bytes_per_sequence"] == physical["state"]
     assert before["parameters"] - after["parameters"] == physical["params"]
+
+
+def test_a_run_whose_unit_cuts_are_all_zeros_is_told_what_to_do_not_to_profile_them_again(tmp_path):
+    from ssm_profile.errors import SSMProfileError
+
+    loaded = saved(perturb(tiny_mamba2(layers=2, n_groups=1).eval()), tmp_path / "base")
+    with pytest.raises(SSMProfileError) as err:  # 3 of 4 heads: no stock Mamba2Config expresses the width
+        make_plan(unit_result(loaded, {"head": 0.25}), metric="state", max_ppl_increase=0.5, measure=False,
+                  structures="units")
+    message = str(err.value)
+    assert "unit:head would be applied as zeros" in message and "choose --metric params" in message
+    assert "profile unit targets" not in message  # the run did profile them

@@ -210,8 +210,9 @@ def build_options(result: ProfileResult, metric: str, criterion: str | None = No
                 "state": "recurrent state (only state/head/channel unit cuts do)"}[metric]
         zeros = (f"; {', '.join(sorted(zero_executed))} would be applied as zeros on this model, which "
                  "removes parameters (nonzeros) only") if zero_executed and metric != "params" else ""
-        raise PlanError(f"nothing measured in this run reduces {what}{zeros}; profile unit targets "
-                        "(e.g. --targets unit:state) or choose another --metric")
+        advice = ("choose --metric params, or a model whose config can express these cuts" if zeros else
+                  "profile unit targets (e.g. --targets unit:state) or choose another --metric")
+        raise PlanError(f"nothing measured in this run reduces {what}{zeros}; {advice}")
     if fallback:
         notes.append(f"{criterion} was not measured for {', '.join(fallback)}; the best measured criterion is used there")
     if "random" in measured and criterion != "random":
