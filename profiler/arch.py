@@ -285,8 +285,8 @@ def find_mixers(model: nn.Module) -> list[MixerInfo]:
         a_log = module._parameters.get("A_log") if hasattr(module, "_parameters") else None
         if a_log is None or not hasattr(module, "in_proj") or not hasattr(module, "out_proj"):
             continue
-        if not hasattr(module, "conv1d"):
-            continue
+        if not hasattr(module, "conv1d") or a_log.ndim not in (1, 2):
+            continue  # rank 3: Zamba's multi-head Mamba-1 layers, not analysed yet (other_recurrent_layers)
         kind = MAMBA1 if a_log.ndim == 2 else MAMBA2
         match = _LAYER_RE.search(path)
         layer = int(match.group(1)) if match else len(mixers)
@@ -296,7 +296,8 @@ def find_mixers(model: nn.Module) -> list[MixerInfo]:
 
 # Recurrent layers of other families (read from transformers' class names): Gated DeltaNet (Qwen3-Next,
 # Qwen3.5), Kimi Linear's delta attention, RecurrentGemma's RG-LRU block, RWKV's time mixing, xLSTM,
-# LFM2's short convolutions, linear attention and retention layers.
+# LFM2's short convolutions, linear attention and retention layers; and, by its A_log of rank 3,
+# Zamba (v1)'s multi-head Mamba-1 mixer.
 _OTHER_RECURRENT = re.compile(r"GatedDeltaNet|DeltaAttention|RecurrentBlock|Rglru|RwkvSelfAttention|RwkvAttention|"
                               r"xLSTMLayer|[ms]LSTM|ShortConv|LinearAttention|Retention")
 
@@ -308,7 +309,9 @@ def other_recurrent_layers(model: nn.Module) -> dict[str, list[int]]:
     matched: list[str] = []
     for path, module in model.named_modules():
         name = type(module).__name__
-        if not _OTHER_RECURRENT.search(name) or any(path.startswith(p + ".") for p in matched):
+        a_log = module._parameters.get("A_log") if hasattr(module, "_parameters") else None
+        multi_head_mamba1 = a_log is not None and a_log.ndim == 3  # Zamba (v1): x_proj/dt_proj per head
+        if not (_OTHER_RECURRENT.search(name) or multi_head_mamba1) or any(path.startswith(p + ".") for p in matched):
             continue
         matched.append(path)
         layer = _LAYER_RE.search(path)
