@@ -419,10 +419,32 @@ def test_cli_routes_model_and_run_dir_to_tui(monkeypatch, saved_run):
             seen["ran"] = True
 
     monkeypatch.setattr("ssm_profile.tui.app.SSMProfileApp", FakeApp)
+    monkeypatch.setattr("ssm_profile.cli.tui_cmd._has_terminal", lambda: True)
     assert cli.main([str(saved_run)]) == 0
     assert seen["ran"] and seen["model"] == str(saved_run)
     assert cli.main(["tiny-mamba2", "--dtype", "float32"]) == 0
     assert seen["model"] == "tiny-mamba2" and seen["options"]["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["plann", "runs/x"], "unknown command 'plann'; did you mean 'plan'?"),
+    (["valdate"], "unknown command 'valdate'; did you mean 'validate'?"),
+    (["zzz"], "'zzz' is neither a command, a model nor a run directory"),
+])
+def test_a_mistyped_command_is_one_line_with_the_nearest_command(argv, message, capsys):
+    from ssm_profile.cli import main as cli
+
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_the_ui_never_starts_without_a_terminal(capsys):
+    from ssm_profile.cli import main as cli
+
+    assert cli.main(["tiny-mamba"]) == 2  # pytest's output is no terminal
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs a terminal" in err
 
 
 # ---------------------------------------------------------------------------------- snapshots

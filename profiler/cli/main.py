@@ -58,6 +58,9 @@ def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in COMMANDS and not argv[0].startswith("-")):
+        unknown = _not_a_model(argv[0]) if argv else None
+        if unknown:
+            return _fail(unknown)
         argv = ["tui", *argv]  # `ssm-profile mamba-1.4b` opens the UI
     parser = build_parser()
     try:
@@ -87,6 +90,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = getattr(args, "interrupt_hint", None) or f"run it again with: {shlex.join(['ssm-profile', *argv])}"
         print(f"ssm-profile: interrupted; {hint}", file=sys.stderr)
         return 130
+
+
+def _not_a_model(word: str) -> str | None:
+    """Why ``word`` (the first argument, not a command) cannot be a model or a run directory for the
+    UI, with the nearest command; None when it may be one (a path, a hub id, an embedded or alias name)."""
+    import difflib
+    from pathlib import Path
+
+    near = difflib.get_close_matches(word, COMMANDS.names(), n=1, cutoff=0.6)
+    hint = f"; did you mean '{near[0]}'?" if near else ""
+    if Path(word).exists() or "/" in word:
+        return None
+    if near and not word.startswith("tiny-"):  # a typo of a command is never a model name worth loading
+        return f"unknown command '{word}'{hint} (see ssm-profile --help)"
+    from ..resolve import ALIASES, EMBEDDED_MODELS
+
+    if word in EMBEDDED_MODELS or word in ALIASES:
+        return None
+    return (f"'{word}' is neither a command, a model nor a run directory{hint} (see ssm-profile --help; "
+            "models: ssm-profile models)")
 
 
 def _fail(message: str, code: int = 2) -> int:

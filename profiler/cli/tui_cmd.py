@@ -27,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def _has_terminal() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
 def run(args: argparse.Namespace) -> int:
     missing = [m for m in ("textual", "textual_plotext") if importlib.util.find_spec(m) is None]
     if missing:
@@ -38,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from ssm_profile.tui.app import SSMProfileApp, is_run_dir
 
     check_threads(args.threads)  # a one-line error here, not inside the UI
+    if not _has_terminal():  # a UI with its input or output redirected would wait forever
+        raise SSMProfileError("the terminal UI needs a terminal (input or output is redirected); run a command "
+                              "instead, e.g. ssm-profile analyze MODEL (see ssm-profile --help)")
 
     threading.Thread(target=_preload, args=(is_run_dir(args.model),), daemon=True).start()
 
