@@ -143,6 +143,28 @@ def test_plan_records_its_verification(tiny_run, tmp_path, capsys):
     assert "NOT kept on verification" in " ".join(capsys.readouterr().out.split())
 
 
+def test_a_plan_that_breaks_its_promise_exits_3_and_suggests_no_apply(tiny_run, tmp_path, capsys, monkeypatch):
+    import ssm_profile.plan as plan_module
+    from ssm_profile.cli.main import main
+
+    run_dir, _, _ = tiny_run
+    real = plan_module.make_plan
+
+    def breaking(*args, **kw):  # the same plan, its verification measured above the tolerance
+        plan = real(*args, **kw)
+        return replace(plan, verification=replace(plan.verification, rel_ppl_increase=0.5, kept=False))
+
+    monkeypatch.setattr(plan_module, "make_plan", breaking)
+    out = tmp_path / "plan.json"
+    assert main(["plan", str(run_dir), "-o", str(out), "--metric", "params", "--quiet"]) == 3
+    printed = " ".join(capsys.readouterr().out.split())
+    assert out.exists() and "do not apply it" in printed and "ssm-profile apply" not in printed
+    monkeypatch.setattr(plan_module, "make_plan", real)
+    assert main(["plan", str(run_dir), "-o", str(tmp_path / "kept.json"), "--metric", "params", "--ratio", "0.05",
+                 "--quiet"]) == 0
+    assert "next: ssm-profile apply" in " ".join(capsys.readouterr().out.split())
+
+
 def test_larger_tokenizer_is_one_line_before_any_forward(tiny, tmp_path):
     from ssm_profile.profile import profile_model
     from tests.conftest import tiny_mamba

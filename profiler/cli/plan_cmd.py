@@ -111,9 +111,17 @@ def run(args: argparse.Namespace) -> int:
 
     from ..io import free_path
 
+    if plan.verification is not None and not plan.verification.kept:
+        # the promise broke on text no step of the plan saw: say so, suggest no apply, exit as validate does
+        print(f"plan: {output}  (its promise is NOT kept on the verification windows: do not apply it; plan again "
+              "with a smaller --ratio or a larger --max-ppl-increase)")
+        return BROKEN_PROMISE_EXIT
     out_dir = free_path(f"pruned-{plan.model.name.replace('/', '--')}")
     print(f"plan: {output}  (next: ssm-profile apply {shlex.quote(str(output))} -o {shlex.quote(out_dir)} --validate)")
     return 0
+
+
+BROKEN_PROMISE_EXIT = 3  # the exit status of `validate` when the verification increase breaks the promise
 
 
 def _layer_span(layers: list[int]) -> str:
