@@ -402,7 +402,7 @@ def render(report: dict[str, Any], console=None) -> None:
                   f"{r['pruned_tok_s']:,.0f}", f"{r['speedup']:.2f}x")
     console.print(t)
 
-    t = Table(title="Goals of issue 7")
+    t = Table(title="Speed goals: fast kernels and the incremental sweep against their baselines")
     for col in ("goal", "measured", "met", "note"):
         t.add_column(col)
     for g in report["goals"]:

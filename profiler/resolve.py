@@ -134,10 +134,14 @@ def locate(name: str | None) -> ModelSource:
         return ModelSource(name, "hub", ALIASES[name].repo, alias=name)
     if _looks_like_repo_id(name):
         return ModelSource(name, "hub", name)
+    import difflib
+
+    near = difflib.get_close_matches(name, [*EMBEDDED_MODELS, *ALIASES], n=1, cutoff=0.6)
+    hint = f"did you mean '{near[0]}'? " if near else ""
     known = ", ".join([*EMBEDDED_MODELS, *ALIASES])
     raise ModelNotFoundError(
         f"unknown model '{name}': not a local directory, an alias or a hub id (owner/name); "
-        f"known names: {known} (see `ssm-profile models`)"
+        f"{hint}known names: {known} (see `ssm-profile models`)"
     )
 
 

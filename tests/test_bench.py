@@ -15,7 +15,7 @@ def test_bench_quick_writes_json_and_tables(tmp_path, capsys):
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     assert main(["bench", "--quick", "--quiet", "--reference-profile", "--json", str(out), "--markdown", str(md)]) == 0
     printed = capsys.readouterr().out
-    assert "Default profile of the embedded models" in printed and "Goals of issue 7" in printed
+    assert "Default profile of the embedded models" in printed and "Speed goals: fast kernels and the incremental sweep" in printed
     report = json.loads(out.read_text())
     assert {"machine", "threads", "quick", "layer_forward", "layer_backward", "profiles", "throughput",
             "goals"} <= report.keys()

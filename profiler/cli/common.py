@@ -14,7 +14,7 @@ def add_model_args(parser: argparse.ArgumentParser, positional: bool = True, req
     if positional:
         parser.add_argument("model", nargs=None if required else "?", default=None,
                             help="embedded name (tiny-mamba, tiny-mamba2), alias (mamba-1.4b), hub id or "
-                            "local directory; default: the embedded tiny-mamba")
+                            "local directory" + ("" if required else "; default: the embedded tiny-mamba"))
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto (default: as saved)")
     parser.add_argument("--device", default="auto",
                         help="torch device: auto, cpu, cuda or cuda:N (default: auto = CUDA when available, else cpu)")

@@ -18,8 +18,11 @@ def run(args: argparse.Namespace) -> int:
 
     table = Table(title="Models (`ssm-profile analyze NAME`; also any hub id or local directory)")
     for col in ("name", "source", "architecture", "params", "note"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("name", "source"), overflow="fold")
     for row in list_models():
         table.add_row(*(row[c] for c in ("name", "source", "architecture", "params", "note")))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped: as wide as the names need (a cut hub id cannot be pasted)
+        console = Console(width=max(console.width, 160))
+    console.print(table)
     return 0

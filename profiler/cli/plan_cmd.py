@@ -75,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
         from ..errors import SSMProfileError
 
         raise SSMProfileError(f"--recover-steps must be a positive integer, got {args.recover_steps}")
+    result = ProfileResult.load(args.run_dir)  # a missing or damaged run is the first thing to say
     run_files = [item for item in Path(args.run_dir).glob("*") if item.is_file()]
     output = check_output(args.output, overwrite=args.overwrite, inputs=run_files, what="plan")
-    result = ProfileResult.load(args.run_dir)
 
     from ..plan import load_run_model, make_plan, write_plan
     from .common import SMALL_MODEL, configure_threads, quiet_libraries

@@ -1,0 +1,37 @@
+"""Small truths a user acts on: the right error first, near names, nothing cut, bars off stdout."""
+
+from __future__ import annotations
+
+from ssm_profile.cli.main import main
+
+
+def test_plan_of_a_run_that_does_not_exist_says_so_first(tmp_path, capsys):
+    (tmp_path / "plan.json").write_text("{}")  # an output that exists must not be the first complaint
+    assert main(["plan", str(tmp_path / "does-not-exist"), "-o", str(tmp_path / "plan.json")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a profile run directory" in err and "already" not in err
+
+
+def test_an_unknown_model_names_the_nearest_known_one(capsys):
+    assert main(["analyze", "mamba-1.4c"]) == 2
+    assert "did you mean 'mamba-1.4b'?" in capsys.readouterr().err
+
+
+def test_validate_help_does_not_claim_a_default_model(capsys):
+    assert main(["validate", "--help"]) == 0
+    assert "default: the embedded tiny-mamba" not in " ".join(capsys.readouterr().out.split())
+
+
+def test_models_piped_keeps_every_hub_id_whole(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "state-spaces/mamba-130m-hf" in out and "Zyphra/Zamba2-1.2B" in out
+
+
+def test_progress_bars_go_to_stderr(capsys):
+    from ssm_profile.cli.progress import rich_progress
+
+    with rich_progress("working") as update:
+        update(1, 2, "half")
+    captured = capsys.readouterr()
+    assert captured.out == "" and "working" in captured.err
