@@ -60,3 +60,29 @@ def agreement_text(name: str, agreement: dict) -> str:
     finite = [v is not None and math.isfinite(v) for v in (rho, low, high)]
     interval = f"95% CI {low:.2f}…{high:.2f}, " if all(finite[1:]) else ""
     return f"{name} ρ={rho:.2f} ({interval}n={agreement.get('n')})" if finite[0] else f"{name} ρ n/a"
+
+
+def parse_proportion(text: str, example: float, *, below_one: bool = False, allow_zero: bool = False) -> float:
+    """A ratio or tolerance a person typed: a fraction (``0.1``) or a percentage (``10%``). The one rule
+    for every front end (CLI flags, the TUI's fields).
+
+    A bare number of 1 or more is refused: ``10`` would mean +1000%, almost surely a percentage without
+    its sign. ``below_one``: also refuse 100% and more (a share of a total); ``allow_zero``: accept 0.
+    ``example`` is the fraction the messages suggest. Raises ``ValueError`` with a one-line message."""
+    hint = f"write a fraction ({example:g}) or a percentage ({example:.0%})"
+    stripped = text.strip()
+    percent = stripped.endswith("%")
+    try:
+        value = float(stripped[:-1] if percent else stripped)
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}; {hint}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {text!r}; {hint}")
+    if not percent and value >= 1:
+        raise ValueError(f"{value:g} would mean {value:.0%}; {hint}")
+    value = value / 100 if percent else value
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"must be {'at least' if allow_zero else 'more than'} 0, got {text!r}; {hint}")
+    if below_one and value >= 1:
+        raise ValueError(f"{text!r} is all of the total or more; {hint}")
+    return value

@@ -270,7 +270,12 @@ async def test_replan_export_and_apply(run_here, tmp_path):
         await settle(pilot, 0.5)
         assert plan_view.plan is None and "cannot remove" in str(app.query_one("#plan-summary").content)
         app.query_one("#plan-ratio", Input).value = "0.1"
+        app.query_one("#plan-tolerance", Input).value = "10"  # the CLI's rule: refused, never read as +1000%
         await settle(pilot, 0.5)
+        assert plan_view.plan is None and "would mean 1000%" in str(app.query_one("#plan-summary").content)
+        app.query_one("#plan-tolerance", Input).value = "10%"
+        await settle(pilot, 0.5)
+        assert plan_view.plan is not None and plan_view.plan.objective.max_ppl_increase == 0.1
 
         app.query_one("#plan-path", Input).value = str(tmp_path / "plan.json")
         app.query_one("#plan-actions").focus()

@@ -32,15 +32,16 @@ DEBOUNCE_S = 0.35
 PLAN_TARGETS = [("parameters", "params"), ("FLOPs/token", "flops"), ("state bytes", "state")]
 
 
-def _optional_float(text: str, what: str) -> float | None:
-    """``0.3`` or ``30%`` -> 0.3 (as the CLI reads --ratio); empty -> None."""
-    text = text.strip()
-    if not text:
+def _optional_float(text: str, what: str, example: float, below_one: bool = False) -> float | None:
+    """``0.3`` or ``30%`` -> 0.3 by the CLI's rule (a bare 10 is refused, not read as +1000%); empty -> None."""
+    from ssm_profile.fmt import parse_proportion
+
+    if not text.strip():
         return None
     try:
-        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise SSMProfileError(f"{what}: expected a number such as 0.3 or 30%, got '{text}'") from None
+        return parse_proportion(text, example, below_one=below_one)
+    except ValueError as err:
+        raise SSMProfileError(f"{what}: {err}") from None
 
 
 ACTION_COLUMNS = ("target", "layers", "cut", "criterion", "removes", "pred. ΔL", "execution")
@@ -136,8 +137,8 @@ class PlanView(Vertical):
 
     def read_inputs(self) -> tuple[str, float | None, float]:
         target = self.query_one("#plan-target", Select).value
-        ratio = _optional_float(self.query_one("#plan-ratio", Input).value, "ratio")
-        tolerance = _optional_float(self.query_one("#plan-tolerance", Input).value, "max ppl increase")
+        ratio = _optional_float(self.query_one("#plan-ratio", Input).value, "ratio", 0.3, below_one=True)
+        tolerance = _optional_float(self.query_one("#plan-tolerance", Input).value, "max ppl increase", 0.1)
         if tolerance is None:
             raise SSMProfileError("give the largest allowed perplexity increase, e.g. 0.10 for +10%")
         return str(target), ratio, tolerance

@@ -67,27 +67,14 @@ def at_least(minimum: int, why: str = "") -> Callable[[str], int]:
 
 
 def proportion(example: float, *, below_one: bool = False, allow_zero: bool = False) -> Callable[[str], float]:
-    """A ratio or tolerance written as a fraction (``0.1``) or a percentage (``10%``).
-
-    A bare number of 1 or more is refused: ``--max-ppl-increase 10`` would mean +1000%, almost surely
-    a percentage without its sign. ``below_one``: also refuse 100% and more (a share of a total);
-    ``allow_zero``: accept 0. ``example`` is the fraction the messages suggest.
-    """
-    hint = f"write a fraction ({example:g}) or a percentage ({example:.0%})"
+    """A ratio or tolerance flag: :func:`ssm_profile.fmt.parse_proportion`, the rule the TUI applies too."""
+    from ..fmt import parse_proportion
 
     def parse(text: str) -> float:
-        stripped = text.strip()
-        percent = stripped.endswith("%")
-        value = _number(stripped[:-1] if percent else stripped)
-        if not percent and value >= 1:
-            raise argparse.ArgumentTypeError(f"{value:g} would mean {value:.0%}; {hint}")
-        value = value / 100 if percent else value
-        if value < 0 or (value == 0 and not allow_zero):
-            raise argparse.ArgumentTypeError(f"must be {'at least' if allow_zero else 'more than'} 0, got {text!r}; "
-                                             f"{hint}")
-        if below_one and value >= 1:
-            raise argparse.ArgumentTypeError(f"{text!r} is all of the total or more; {hint}")
-        return value
+        try:
+            return parse_proportion(text, example, below_one=below_one, allow_zero=allow_zero)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
 
     parse.__name__ = "fraction"  # argparse names the type in some messages
     return parse
