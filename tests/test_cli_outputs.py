@@ -116,6 +116,23 @@ def test_validate_output_needs_overwrite(planned, tmp_path, capsys):
     assert main(["validate", "tiny-mamba", str(out), "-o", str(report), *NO_EVAL]) == 2
     assert report.read_bytes() == first
     assert main(["validate", "tiny-mamba", str(out), "-o", str(report), "--overwrite", *NO_EVAL]) in (0, 3)
+    # the default OUT_DIR/validation.json is the user's file too: replaced only with --overwrite
+    assert main(["validate", "tiny-mamba", str(out), *NO_EVAL]) in (0, 3)
+    default = (out / "validation.json").read_bytes()
+    assert main(["validate", "tiny-mamba", str(out), *NO_EVAL]) == 2
+    assert (out / "validation.json").read_bytes() == default and "--overwrite" in capsys.readouterr().err
+    assert main(["validate", "tiny-mamba", str(out), "--overwrite", *NO_EVAL]) in (0, 3)
+
+
+def test_the_default_report_is_replaced_only_with_overwrite(planned, capsys):
+    run, _ = planned
+    report = run / "report.md"
+    assert main(["report", str(run), "--format", "md"]) == 0
+    first = report.read_bytes()
+    assert main(["report", str(run), "--format", "md"]) == 2
+    assert report.read_bytes() == first and "--overwrite" in capsys.readouterr().err
+    assert main(["report", str(run), "--format", "md", "--overwrite"]) == 0
+    report.unlink()
 
 
 def test_report_takes_another_runs_plan_only_when_allowed(planned, tmp_path, capsys):

@@ -39,15 +39,15 @@ RUN_INPUTS = ("run.json", "analysis.json", "dense.json", "trials.jsonl", "unit_s
 
 
 def _check_outputs(args: argparse.Namespace, output: str) -> None:
-    """Refuse outputs that exist (without --overwrite) or that are inputs; the default report in
-    RUN_DIR is the tool's own file and is regenerated freely."""
+    """Refuse outputs that exist (without --overwrite; the default report in RUN_DIR too) or that are
+    inputs."""
     from ssm_profile.errors import OutputExistsError
     from ssm_profile.io import check_output
 
     inputs = [p for p in (args.plan, args.validation, args.recovery) if p]
     inputs += [Path(args.run_dir) / name for name in RUN_INPUTS]
     if output != "-":
-        check_output(output, overwrite=args.overwrite or not args.output, inputs=inputs, what="report")
+        check_output(output, overwrite=args.overwrite, inputs=inputs, what="report")
     if args.csv:
         csv_dir = Path(args.csv)
         if csv_dir.exists() and not csv_dir.is_dir():

@@ -108,14 +108,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_report_path(args: argparse.Namespace, out_dir: Path) -> Path:
-    """-o must be new (or --overwrite) and none of the inputs; the default OUT_DIR/validation.json is
-    the tool's own file and is regenerated freely."""
+    """-o, or the default OUT_DIR/validation.json, must be new (or --overwrite) and none of the inputs:
+    nothing a user has is replaced without being asked."""
     from ..documents import VALIDATION_FILE
     from ..io import check_output
     from .common import model_files
 
     if not args.output:
-        return out_dir / VALIDATION_FILE
+        return check_output(out_dir / VALIDATION_FILE, overwrite=args.overwrite, what="validation report")
     inputs = [item for item in out_dir.iterdir() if item.name != VALIDATION_FILE]
     inputs += [args.plan] if args.plan else []
     inputs += model_files(args.model)  # the base model's own files
