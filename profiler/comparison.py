@@ -128,8 +128,15 @@ def comparison_rows(report: ValidationReport) -> list[ComparisonRow]:
     """Quality, size and speed rows, then one row per lm-eval task metric."""
     ppl, size, speed = report.perplexity, report.size, report.speed
     b, p = size["base"], size["pruned"]
-    rows = [ComparisonRow("held-out loss", ppl["base"]["loss"], ppl["pruned"]["loss"], "loss"),
-            ComparisonRow("held-out perplexity", ppl["base"]["perplexity"], ppl["pruned"]["perplexity"], "perplexity"),
+    # every perplexity names its split: the held-out verification windows (they decide the promise,
+    # with their paired interval), any other text measured, then the search windows the plan chose on
+    rows = [_split_row(f"perplexity, {report.verification.get('windows', '?')} verification windows (held out)",
+                       report.verification)] if report.verification else []
+    rows += [_split_row(f"perplexity, {e.get('source') or 'other text'} ({e.get('windows', '?')} windows)", e)
+             for e in report.evaluations or []]
+    rows += [ComparisonRow("loss, search windows", ppl["base"]["loss"], ppl["pruned"]["loss"], "loss"),
+             ComparisonRow("perplexity, search windows", ppl["base"]["perplexity"], ppl["pruned"]["perplexity"],
+                           "perplexity"),
             ComparisonRow("parameters", b["parameters"], p["parameters"], "count"),
             ComparisonRow("nonzero parameters", b["nonzero_parameters"], p["nonzero_parameters"], "count"),
             ComparisonRow("weights on disk", b["weight_bytes_on_disk"], p["weight_bytes_on_disk"], "bytes"),
@@ -147,6 +154,17 @@ def comparison_rows(report: ValidationReport) -> list[ComparisonRow]:
                            lower_is_better=False, interval=_interval(change.get("tokens_per_s")),
                            same_work=same_work)]
     return rows + _lm_eval_rows(report.lm_eval)
+
+
+def _split_row(label: str, measured: dict[str, Any]) -> ComparisonRow:
+    """Perplexity before/after on one set of windows, with the paired bootstrap 95% interval of the increase."""
+    interval = measured.get("interval")
+    return ComparisonRow(label, _exp(measured.get("dense_loss")), _exp(measured.get("loss")), "perplexity",
+                         interval=(float(interval[0]), float(interval[1])) if interval else None)
+
+
+def _exp(loss: Any) -> float | None:
+    return math.exp(min(float(loss), 700.0)) if isinstance(loss, (int, float)) else None
 
 
 def _interval(change: dict[str, Any] | None) -> tuple[float, float] | None:

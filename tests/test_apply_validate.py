@@ -380,9 +380,13 @@ def test_before_after_rows_come_from_the_validation_report(applied):
     v = report.validation
     rows = {row.label: row for row in v.comparison_rows()}
     ppl, size = v.perplexity, v.size
-    assert rows["held-out perplexity"].before == ppl["base"]["perplexity"]
-    assert rows["held-out perplexity"].after == ppl["pruned"]["perplexity"]
-    assert rows["held-out loss"].delta == pytest.approx(ppl["delta_loss"])
+    assert rows["perplexity, search windows"].before == ppl["base"]["perplexity"]
+    assert rows["perplexity, search windows"].after == ppl["pruned"]["perplexity"]
+    assert rows["loss, search windows"].delta == pytest.approx(ppl["delta_loss"])
+    # "held out" is the verification split, with its paired interval (it was the search split's label)
+    verified = rows[f"perplexity, {v.verification['windows']} verification windows (held out)"]
+    assert verified.change == pytest.approx(v.verification["rel_ppl_increase"])
+    assert verified.interval == tuple(v.verification["interval"]) and "95% CI" in verified.change_text()
     params = rows["parameters"]
     assert (params.before, params.after) == (size["base"]["parameters"], size["pruned"]["parameters"])
     assert params.change == size["change"]["parameters"] == relative_change(params.before, params.after) < 0
@@ -414,8 +418,8 @@ def test_every_front_end_shows_the_same_before_after_rows(applied, capsys):
         assert html.count(f">{after}<") >= 1, row
         if row.section == "model":
             assert row.label in cli and after in cli, row
-    held_out = next(r for r in rows if r.label == "held-out perplexity")
-    assert held_out.change_text().endswith("of base") and held_out.change_text() in html
+    held_out = next(r for r in rows if r.label.endswith("verification windows (held out)"))
+    assert "of base" in held_out.change_text() and held_out.change_text() in html
 
 
 # --------------------------------------------------------------------------------------------

@@ -299,7 +299,8 @@ async def test_replan_export_and_apply(run_here, tmp_path):
         assert report is not None and (tmp_path / "pruned" / "pruning.json").is_file()
         assert report.validation.within_tolerance is not None
         rows = {r[0]: r for r in cell_texts(app.query_one("#apply-table", DataTable))}
-        assert "nonzero parameters" in rows and "held-out perplexity" in rows  # the shared before/after labels
+        assert "nonzero parameters" in rows and "perplexity, search windows" in rows  # the shared before/after labels
+        assert any(label.endswith("verification windows (held out)") for label in rows)
 
 
 @run_async

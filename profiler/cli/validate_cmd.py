@@ -152,10 +152,12 @@ def print_validation(report: ValidationReport) -> None:
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:  # piped or captured: wide enough for whole labels and intervals
+        console = Console(width=max(console.width, 140))
     rows = report.comparison_rows()
     table = Table(title="Before / after pruning")
     for col in ("metric", "base", "pruned", "change"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
+        table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=col == "metric")
     for row in rows:
         if row.section == "model":
             table.add_row(row.label, row.text(row.before), row.text(row.after), row.change_text())
