@@ -43,7 +43,8 @@ def export_csv(result, directory):
 
 
 def write_report(result, output, *, fmt: str = "html", plan: dict[str, Any] | None = None,
-                 validation: dict[str, Any] | None = None, csv_dir=None, recovery: dict[str, Any] | None = None):
+                 validation: dict[str, Any] | None = None, csv_dir=None, recovery: dict[str, Any] | None = None,
+                 plan_path: str | None = None):
     """Render and write ``output`` atomically (and the CSV tables to ``csv_dir``); returns the output path.
 
     ``output`` None or ``"-"`` writes no file and returns the rendered text instead."""
@@ -60,7 +61,8 @@ def write_report(result, output, *, fmt: str = "html", plan: dict[str, Any] | No
     if fmt not in ("html", "md"):
         raise SSMProfileError(f"unknown report format '{fmt}'; choose html or md")
     facts = Facts.of(result)
-    text = render_facts(facts, plan, validation, recovery) if fmt == "html" else render_facts_md(facts, plan, validation, recovery)
+    text = (render_facts(facts, plan, validation, recovery, plan_path=plan_path) if fmt == "html"
+            else render_facts_md(facts, plan, validation, recovery))
     target = None if output is None or str(output) == "-" else Path(output)
     if target is not None and target.is_dir():
         raise SSMProfileError(f"output '{target}' is a directory; give a file name such as {target / 'report.html'}")

@@ -6,6 +6,7 @@ of every target with the interval the measured sparsities leave open, and the co
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from ssm_profile.fmt import amount, human_bytes, human_count, scope_name
@@ -23,8 +24,12 @@ def share_of(objective: dict[str, Any] | None) -> str:
     return f"of {scope_name(objective.get('scope'), str(objective.get('target', 'params')))}"
 
 
-def decision_section(facts: Facts, plan: dict[str, Any] | None) -> str:
-    body = _plan_answer(facts, plan) if isinstance(plan, dict) else _profile_answer(facts)
+def decision_section(facts: Facts, plan: dict[str, Any] | None, validation: dict[str, Any] | None = None,
+                     recovery: dict[str, Any] | None = None, plan_path: str | None = None) -> str:
+    """The answer; with a plan, also what its validation and recovery found, and the next command for
+    the files given (``plan_path``: the plan file the user passed)."""
+    body = (_plan_answer(facts, plan, validation, recovery, plan_path) if isinstance(plan, dict)
+            else _profile_answer(facts))
     return section("decision", "What can I prune, and how much", "", body)
 
 
@@ -71,7 +76,8 @@ def _profile_answer(facts: Facts) -> str:
             + _next_step("Next: a plan that combines targets for a budget (RUN_DIR is this run's directory)", cmd))
 
 
-def _plan_answer(facts: Facts, plan: dict[str, Any]) -> str:
+def _plan_answer(facts: Facts, plan: dict[str, Any], validation: dict[str, Any] | None = None,
+                 recovery: dict[str, Any] | None = None, plan_path: str | None = None) -> str:
     objective = plan.get("objective") if isinstance(plan.get("objective"), dict) else {}
     predicted = plan.get("predicted") if isinstance(plan.get("predicted"), dict) else {}
     measured = plan.get("measured") if isinstance(plan.get("measured"), dict) else None
@@ -110,10 +116,59 @@ def _plan_answer(facts: Facts, plan: dict[str, Any]) -> str:
                         f"{esc(fmt_pct(a.get('sparsity')) if finite(a.get('sparsity')) else '?')} "
                         f"{esc(a.get('structure') or '')} by {esc(a.get('criterion') or '?')}</li>" for a in actions)
         parts.append(f'<ul class="plan-cuts">{items}</ul>')
-    model = facts.model_name()
-    cmd = f"ssm-profile apply {model} plan.json -o pruned-{model.replace('/', '--')} --validate"
-    parts.append(_next_step("Next: prune and validate (plan.json is this plan's file)", cmd))
+    parts += _outcome(validation, recovery)
+    parts.append(_plan_next_step(facts, verification, validation, recovery, plan_path))
     return "".join(parts)
+
+
+def _increase_text(measured: dict[str, Any]) -> str | None:
+    """"+8.9% (95% interval +7.6% to +10.3%) on 32 verification windows", or None when incomplete."""
+    rel, interval = measured.get("rel_ppl_increase"), measured.get("interval")
+    if not finite(rel) or not (isinstance(interval, list) and len(interval) == 2 and all(finite(x) for x in interval)):
+        return None
+    return (f"{rel:+.1%} (95% interval {interval[0]:+.1%} to {interval[1]:+.1%}) on {measured.get('windows', '?')} "
+            "verification windows")
+
+
+def _outcome(validation: dict[str, Any] | None, recovery: dict[str, Any] | None) -> list[str]:
+    """What happened after the plan: the applied model's validation, and its recovery."""
+    parts = []
+    measured = (validation or {}).get("verification")
+    text = _increase_text(measured) if isinstance(measured, dict) else None
+    if text is not None:
+        verdict = {True: "within the tolerance", False: "ABOVE the tolerance"}.get(validation.get("within_tolerance"),
+                                                                                   "no tolerance given")
+        parts.append(f'<p class="promise">Validated after applying: perplexity {esc(text)}: {verdict}.</p>')
+    after = ((recovery or {}).get("after") or {}).get("verification")
+    text = _increase_text(after) if isinstance(after, dict) else None
+    if text is not None:
+        parts.append(f'<p class="promise">After recovery by distillation: perplexity {esc(text)} against the '
+                     "dense teacher.</p>")
+    return parts
+
+
+def _plan_next_step(facts: Facts, verification: dict[str, Any] | None, validation: dict[str, Any] | None,
+                    recovery: dict[str, Any] | None, plan_path: str | None) -> str:
+    """The command that follows from what this report was given."""
+    if verification is not None and verification.get("kept") is False:
+        return _next_step("Next: do not apply this plan (its promise broke on the verification windows); plan "
+                          "again with a smaller ratio", "ssm-profile plan RUN_DIR --ratio SMALLER -o plan.json")
+    if recovery is not None:
+        out = (recovery.get("output") or {}).get("directory") or "RECOVERED_DIR"
+        return _next_step("Next: the recovered model is a plain transformers checkpoint; validate it against the "
+                          "dense model", f"ssm-profile validate {shlex.quote(facts.model_name())} {shlex.quote(out)}")
+    if validation is not None:
+        pruned = shlex.quote(((validation.get("models") or {}).get("pruned") or {}).get("directory") or "PRUNED_DIR")
+        if validation.get("within_tolerance") is False:
+            return _next_step("Next: the pruned model broke the tolerance; recover what pruning cost, or plan "
+                              "again with a smaller ratio", f"ssm-profile recover {pruned} -o RECOVERED_DIR")
+        return _next_step("Next: use the pruned model, or recover what pruning cost by distillation",
+                          f"ssm-profile recover {pruned} -o RECOVERED_DIR")
+    model = facts.model_name()
+    path = shlex.quote(str(plan_path)) if plan_path else "plan.json"
+    label = "Next: prune and validate" + ("" if plan_path else " (plan.json is this plan's file)")
+    return _next_step(label, f"ssm-profile apply {shlex.quote(model)} {path} -o "
+                      f"{shlex.quote('pruned-' + model.replace('/', '--'))} --validate")
 
 
 def _next_step(label: str, command: str) -> str:

@@ -42,11 +42,11 @@ def _asset(name: str) -> str:
 
 # ---------------------------------------------------------------------- page
 def render_facts(facts: Facts, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
-                 recovery: dict[str, Any] | None = None) -> str:
+                 recovery: dict[str, Any] | None = None, plan_path: str | None = None) -> str:
     from ssm_profile import __version__
 
     name = facts.model_name()
-    built = {"decision": decision_section(facts, plan), "header": header_section(facts),
+    built = {"decision": decision_section(facts, plan, validation, recovery, plan_path), "header": header_section(facts),
              "ranking": ranking_section(facts), "sensitivity": sensitivity_section(facts),
              "findings": findings_section(facts), "anatomy": anatomy_section(facts),
              "saliency": saliency_section(facts)}

@@ -291,6 +291,29 @@ def test_plan_answer_names_its_total_and_promise(result, scope, words):
     assert "ssm-profile apply" in panel and "--validate" in panel
 
 
+def test_the_answers_next_command_follows_the_files_given(result):
+    """The plan file the user passed, the validation's outcome and recovery: never a made-up plan.json."""
+    from ssm_profile.reports.decision import decision_section
+    from ssm_profile.reports.facts import Facts
+
+    facts, plan = Facts.of(result), make_plan(result)
+    panel = unescape(decision_section(facts, plan, plan_path="plans/thirty percent.json"))
+    assert "'plans/thirty percent.json'" in panel and "plan.json is this plan's file" not in panel
+    validation = {"verification": {"rel_ppl_increase": 0.089, "interval": [0.076, 0.103], "windows": 32},
+                  "within_tolerance": True, "models": {"pruned": {"directory": "out/pruned"}}}
+    panel = unescape(decision_section(facts, plan, validation, plan_path="p.json"))
+    assert "Validated after applying: perplexity +8.9% (95% interval +7.6% to +10.3%) on 32 verification windows: " \
+           "within the tolerance" in panel
+    assert "ssm-profile recover out/pruned" in panel and "ssm-profile apply" not in panel
+    recovery = {"after": {"verification": {"rel_ppl_increase": 0.02, "interval": [0.01, 0.03], "windows": 32}},
+                "output": {"directory": "out/recovered"}}
+    panel = unescape(decision_section(facts, plan, validation, recovery))
+    assert "After recovery by distillation: perplexity +2.0%" in panel and "validate" in panel.split("Next")[-1]
+    plan["verification"] = {"rel_ppl_increase": 0.2, "interval": [0.15, 0.25], "windows": 32, "kept": False}
+    panel = unescape(decision_section(facts, plan, plan_path="p.json"))
+    assert "do not apply this plan" in panel and "ssm-profile apply" not in panel
+
+
 def test_loss_curves_zoom_on_the_tolerance(result):
     import math
 

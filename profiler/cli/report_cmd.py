@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     _check_outputs(args, output)
     _check_plan_matches(plan, result, args.allow_other_plan)
     written = write_report(result, output, fmt=fmt, plan=plan, validation=validation, csv_dir=args.csv,
-                           recovery=recovery)
+                           recovery=recovery, plan_path=args.plan)
     if isinstance(written, str):
         sys.stdout.write(written)
         return 0
