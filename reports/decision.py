@@ -11,7 +11,7 @@ from typing import Any
 
 from ssm_profile.fmt import amount, human_bytes, human_count, scope_name
 
-from .facts import Facts
+from .facts import Facts, plan_change_lines
 from .html_elements import Cell, chip, crit_chip, num, section, table, txt
 from .svg import esc, finite, fmt_pct, group_color
 
@@ -91,8 +91,14 @@ def _plan_answer(facts: Facts, plan: dict[str, Any], validation: dict[str, Any] 
         if finite(total):  # the bare total: its unit is named by the share that follows
             of_total = f" (total {human_bytes(total) if metric == 'state' else human_count(total)})"
         share = f"{fmt_pct(ratio, 1)} {share_of(objective)}{of_total}" if finite(ratio) else share_of(objective)
-        parts.append(f'<p class="answer">This plan removes <strong>{esc(amount(metric, removed))}</strong>: '
+        changes = plan_change_lines(plan)
+        zeros_only = bool(changes) and changes[0].startswith("WARNING")
+        verb = "sets to zero" if zeros_only else "removes"
+        parts.append(f'<p class="answer">This plan {verb} <strong>{esc(amount(metric, removed))}</strong>: '
                      f"<strong>{esc(share)}</strong>.</p>")
+        # sliced vs zeroed, in the CLI's words: a zeros-only plan is no size win, and says so up front
+        parts += [f'<p class="{"warning" if line.startswith("WARNING") else "answer"}">{esc(line)}</p>'
+                  for line in changes[:-1]]
     tol = objective.get("max_ppl_increase")
     promise = f"perplexity rises by at most {tol:.0%}" if finite(tol) else "perplexity stays within the tolerance"
     verification = plan.get("verification") if isinstance(plan.get("verification"), dict) else None

@@ -132,3 +132,15 @@ def plan_mismatch(plan: dict[str, Any] | None, result) -> str | None:
         return (f"this plan was made for other weights ({plan['model'].get('name', '?')}, {theirs}) than the "
                 f"profiled model ({ours}); its numbers may not apply")
     return None
+
+
+def plan_change_lines(plan: dict[str, Any]) -> list[str]:
+    """The CLI's words for what a plan physically changes (:func:`ssm_profile.summary.plan_summary_lines`:
+    sliced vs zeroed, a WARNING first when no shape changes), or [] for a plan that does not read."""
+    from ssm_profile.documents import Plan
+    from ssm_profile.summary import plan_summary_lines
+
+    try:
+        return plan_summary_lines(Plan.from_dict(plan))
+    except Exception:  # noqa: BLE001 - a damaged or foreign plan: the report shows what it can
+        return []

@@ -6,7 +6,7 @@ from typing import Any
 
 from ssm_profile.fmt import agreement_text, human_count
 
-from .facts import COMPARED_KEYS, Facts, plan_mismatch, validation_rows
+from .facts import COMPARED_KEYS, Facts, plan_change_lines, plan_mismatch, validation_rows
 from .svg import fmt, fmt_pct
 from .values import change_text, compact_layers, is_scalar, md_escape, md_table, md_value_lines, split_comparisons
 
@@ -62,6 +62,9 @@ def plan_md(facts: Facts, plan: dict[str, Any]) -> list[str]:
     warning = plan_mismatch(plan, facts.result)
     if warning:
         out += [f"> **Warning**: {md_escape(warning)}", ""]
+    changes = plan_change_lines(plan)  # what physically changes first, in the CLI's words
+    out += [f"> **{md_escape(line)}**" if line.startswith("WARNING") else md_escape(line) for line in changes[:-1]]
+    out += [""] if changes else []
     objective = plan.get("objective")
     if isinstance(objective, dict) and objective:
         out += ["Objective: " + ", ".join(f"{md_escape(k)} = {md_escape(v)}" for k, v in objective.items()

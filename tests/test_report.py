@@ -291,6 +291,23 @@ def test_plan_answer_names_its_total_and_promise(result, scope, words):
     assert "ssm-profile apply" in panel and "--validate" in panel
 
 
+def test_a_zeros_only_plan_reads_as_no_size_win_in_html_and_markdown(result):
+    from ssm_profile.reports.decision import decision_section
+    from ssm_profile.reports.facts import Facts
+    from ssm_profile.reports.markdown import plan_md
+
+    from ssm_profile.plan import make_plan as real_plan
+
+    plan = real_plan(result, metric="params", ratio=0.1, measure=False, structures="unstructured").to_dict()
+    assert {a["execution"] for a in plan["actions"]} == {"zero"}
+    panel = unescape(decision_section(Facts.of(result), plan))
+    assert "This plan sets to zero" in panel and "This plan removes" not in panel
+    assert '<p class="warning">WARNING: this plan changes no shapes' in panel
+    assert panel.index("WARNING") < panel.index("Promise")  # before the promise, not a footnote
+    markdown = "\n".join(plan_md(Facts.of(result), plan))
+    assert markdown.startswith("> **WARNING: this plan changes no shapes")
+
+
 def test_the_answers_next_command_follows_the_files_given(result):
     """The plan file the user passed, the validation's outcome and recovery: never a made-up plan.json."""
     from ssm_profile.reports.decision import decision_section
