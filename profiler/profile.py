@@ -104,6 +104,10 @@ class ProfileSettings:
             get(name)  # raises a one-line error for unknown names
         if self.batch_size < 1:
             raise SSMProfileError("--batch-size must be positive")
+        if not 0 <= int(self.seed) < 2**32:  # numpy's and torch's generators take [0, 2**32)
+            raise SSMProfileError(f"--seed must be between 0 and {2**32 - 1}, got {self.seed}")
+        if self.targets is not None and not self.targets:
+            raise SSMProfileError("--targets is empty; name groups or units, e.g. in_proj,unit:state")
 
 
 def _resolve_targets(model: torch.nn.Module, wanted: list[str] | None) -> list[Target]:

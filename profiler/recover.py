@@ -23,6 +23,8 @@ The output appears atomically and loads with plain ``AutoModelForCausalLM.from_p
 
 from __future__ import annotations
 
+import math
+
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -87,12 +89,14 @@ class RecoverSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SSMProfileError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-        for name in ("minutes", "lr", "temperature"):
+        for name in ("minutes", "lr", "temperature"):  # inf would train to non-finite weights
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise SSMProfileError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if self.lm_weight is not None and self.lm_weight < 0:
-            raise SSMProfileError(f"--lm-weight must be 0 or more, got {self.lm_weight}")
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise SSMProfileError(f"--{name.replace('_', '-')} must be a positive finite number, got {value}")
+        if self.lm_weight is not None and not (math.isfinite(self.lm_weight) and self.lm_weight >= 0):
+            raise SSMProfileError(f"--lm-weight must be a finite number of 0 or more, got {self.lm_weight}")
+        if not 0 <= int(self.seed) < 2**32:
+            raise SSMProfileError(f"--seed must be between 0 and {2**32 - 1}, got {self.seed}")
 
 
 def checkpoint_dir(output: str | Path) -> Path:

@@ -208,6 +208,19 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
     "analyze json read-only filesystem": lambda t, r, m: (
         _unwritable(m, OSError(errno.EROFS, "Read-only file system", str(t))),
         ["analyze", "--json", str(t / "a.json")])[1],
+    # numbers that cannot be meant: refused before anything loads (they were tracebacks, or trained to inf)
+    "profile seed negative": lambda t, r, m: _profile(t, "--seed", "-1"),
+    "profile seed past 2**32": lambda t, r, m: _profile(t, "--seed", str(2**90)),
+    "profile targets empty": lambda t, r, m: _profile(t, "--targets", ","),
+    "recover lr inf": lambda t, r, m: ["recover", _model_copy(t, lambda d: None), "-o", str(t / "out"), "--lr", "inf"],
+    "recover temperature inf": lambda t, r, m: ["recover", _model_copy(t, lambda d: None), "-o", str(t / "out"),
+                                                "--temperature", "inf"],
+    "recover lm-weight nan": lambda t, r, m: ["recover", _model_copy(t, lambda d: None), "-o", str(t / "out"),
+                                              "--lm-weight", "nan"],
+    "recover minutes inf": lambda t, r, m: ["recover", _model_copy(t, lambda d: None), "-o", str(t / "out"),
+                                            "--minutes", "inf"],
+    "recover seed negative": lambda t, r, m: ["recover", _model_copy(t, lambda d: None), "-o", str(t / "out"),
+                                              "--seed", "-1"],
     # profile run directories: refused before a model loads
     "profile resume and overwrite": lambda t, r, m: _profile(t, "--resume", "--overwrite"),
     "profile overwrite of a non-run": lambda t, r, m: ((t / "out").mkdir(), _file(t / "out", "mine.txt", "keep"),

@@ -169,7 +169,7 @@ def test_cli_user_errors_are_one_line(tmp_path, sparse_dir, mamba1_dir, capsys):
     fails(str(sparse_dir), "-o", str(tmp_path / "exists"), says="already exists")
     fails(str(sparse_dir), "-o", str(sparse_dir / "inside"), says="would replace the input")
     fails(str(sparse_dir), "-o", str(tmp_path / "b"), "--teacher", str(mamba1_dir), says="vocabulary")
-    fails(str(sparse_dir), "-o", str(tmp_path / "c"), "--lr", "0", says="--lr must be positive")
+    fails(str(sparse_dir), "-o", str(tmp_path / "c"), "--lr", "0", says="--lr must be a positive finite number")
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 

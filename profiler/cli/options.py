@@ -19,6 +19,28 @@ def _number(text: str) -> float:
     return value
 
 
+SEED_MAX = 2**32 - 1  # numpy's and torch's generators both take any seed in [0, 2**32)
+
+
+def seed(text: str) -> int:
+    """A random seed: a whole number from 0 to 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {SEED_MAX}, got {text}")
+    return value
+
+
+def names(text: str) -> list[str]:
+    """A comma-separated list of names (criteria, targets); an empty list is refused."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return items
+
+
 def fraction(text: str) -> float:
     """A sparsity strictly between 0 and 1."""
     value = _number(text)

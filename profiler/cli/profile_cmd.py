@@ -6,11 +6,7 @@ import argparse
 
 from ..fmt import agreement_text
 from .common import add_model_args, load_from_args
-from .options import at_least, check_threads, duration, fraction, proportion, sparsity_list
-
-
-def _names(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+from .options import at_least, check_threads, duration, fraction, names, proportion, seed, sparsity_list
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,9 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the profile run in --output (the old run stays until the new one is complete)")
-    p.add_argument("--criteria", type=_names, default=None,
+    p.add_argument("--criteria", type=names, default=None,
                    help="comma-separated criteria (default: all); see `ssm-profile profile --list-criteria`")
-    p.add_argument("--targets", "--groups", dest="targets", type=_names, default=None,
+    p.add_argument("--targets", "--groups", dest="targets", type=names, default=None,
                    help="comma-separated groups/units to sweep, e.g. in_proj,out_proj,unit:state (default: all)")
     p.add_argument("--sparsities", type=sparsity_list, default=None,
                    help="comma-separated levels in (0,1) (default 0.1..0.9)")
@@ -44,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=at_least(1), default=8)
     p.add_argument("--tolerance", type=proportion(0.1), default=0.10,
                    help="relative perplexity increase called safe (0.10 or 10%%)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="seed of the data windows and random criteria (0 to 2**32-1)")
     p.add_argument("--list-criteria", action="store_true", help="list criteria and what they can score, then exit")
     p.add_argument("--no-fast-scan", action="store_true",
                    help="use transformers' reference CPU kernels and torch's linear instead of the fast "

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from .. import defaults
+    from .options import seed
 
     p = sub.add_parser("recover", help="recover a pruned checkpoint's quality by distillation", description=__doc__)
     p.add_argument("pruned", metavar="PRUNED_DIR", help="directory written by `ssm-profile apply`")
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, metavar="SOURCE",
                    help="training text (.txt, .jsonl, hf:NAME...; default: the run's calibration text); it must "
                    "not contain the verification text")
-    p.add_argument("--seed", type=int, default=0, help="seed of the batch offsets (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the batch offsets (0 to 2**32-1; default 0)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (default 50)")
     p.add_argument("--eval-every", type=int, default=None,
                    help="steps between verification-loss samples of the curve (default: ten over the run)")
