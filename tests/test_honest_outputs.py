@@ -35,3 +35,12 @@ def test_progress_bars_go_to_stderr(capsys):
         update(1, 2, "half")
     captured = capsys.readouterr()
     assert captured.out == "" and "working" in captured.err
+
+
+def test_list_criteria_names_the_target_of_every_row(capsys):
+    assert main(["profile", "tiny-mamba2", "--list-criteria"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split("│") for line in out.splitlines() if line.startswith("│")]
+    rows = [cells for cells in rows if cells[1].strip()]  # a row's first line (wrapped reasons continue below)
+    assert rows and all(cells[2].strip() for cells in rows), "a blank target"
+    assert "unit:head" in out and "unit:state" in out and "None" not in out

@@ -199,8 +199,8 @@ def _list_criteria(args: argparse.Namespace) -> int:
     for col in ("criterion", "target", "applies", "why not"):
         table.add_column(col)
     for row in rows:
-        table.add_row(row["criterion"], row.get("target", row.get("group", "")), "yes" if row["applies"] else "no",
-                      row.get("reason", "") or "")
+        target = row.get("group") or f"unit:{row.get('unit')}"  # a unit row has no group: name its target
+        table.add_row(row["criterion"], target, "yes" if row["applies"] else "no", row.get("reason", "") or "")
     Console().print(table)
     return 0
 
