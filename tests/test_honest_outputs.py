@@ -44,3 +44,10 @@ def test_list_criteria_names_the_target_of_every_row(capsys):
     rows = [cells for cells in rows if cells[1].strip()]  # a row's first line (wrapped reasons continue below)
     assert rows and all(cells[2].strip() for cells in rows), "a blank target"
     assert "unit:head" in out and "unit:state" in out and "None" not in out
+
+
+def test_analyze_names_what_every_percentage_is_a_share_of(capsys):
+    assert main(["analyze", "tiny-mamba"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "of whole-model params" in out and "SSM share" not in out
+    assert "% of model params" in out  # the groups table's column

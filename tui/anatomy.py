@@ -105,7 +105,8 @@ class AnatomyView(Vertical):
         tree = self.query_one("#anatomy-tree", AnatomyTree)
         tree.clear()
         m, t = analysis.model, analysis.totals
-        tree.root.set_label(_label(m["name"], t["parameters"], None, f"{m['class']}", width=0))
+        tree.root.set_label(_label(m["name"], t["parameters"], None, f"{m['class']}; % = share of model params",
+                                   width=0))
         tree.root.data = Node("root")
         model_groups = [g for g in analysis.groups if g.layer is None]
         if model_groups:
@@ -197,13 +198,13 @@ class AnatomyView(Vertical):
                 title = pname
                 n = prod(dims) if dims else 1
                 rows = [("group", f"{g.group} ({where})"), ("shape", shape(dims)), ("numel", f"{n:,}"),
-                        ("share", pct(n / a.totals["parameters"], 3)), ("dtype", a.model["dtype"])]
+                        ("share of model params", pct(n / a.totals["parameters"], 3)), ("dtype", a.model["dtype"])]
             else:
                 title = f"{where} · {g.group}"
                 rows = [("scope", g.scope + (f" ({g.mixer_kind})" if g.mixer_kind else "")),
                         ("tensors", "\n".join(f"{'.'.join(p.split('.')[-2:])} {shape(s)}"
                                               for p, s in zip(g.params, g.shapes))),
-                        ("numel", f"{g.numel:,} ({human_count(g.numel)})"), ("share", pct(g.share, 3)),
+                        ("numel", f"{g.numel:,} ({human_count(g.numel)})"), ("share of model params", pct(g.share, 3)),
                         ("bytes", human_bytes(g.bytes)), ("FLOPs/token", human_count(g.flops_per_token)),
                         ("state bytes/seq", human_bytes(g.state_bytes))]
                 rows += self._stats_rows(g.stats)
@@ -244,7 +245,7 @@ class AnatomyView(Vertical):
     @staticmethod
     def _sum_rows(groups: list[GroupRow]) -> list[tuple[str, Any]]:
         return [("numel", f"{sum(g.numel for g in groups):,} ({human_count(sum(g.numel for g in groups))})"),
-                ("share", pct(sum(g.share for g in groups))), ("bytes", human_bytes(sum(g.bytes for g in groups))),
+                ("share of model params", pct(sum(g.share for g in groups))), ("bytes", human_bytes(sum(g.bytes for g in groups))),
                 ("FLOPs/token", human_count(sum(g.flops_per_token for g in groups))),
                 ("state bytes/seq", human_bytes(sum(g.state_bytes for g in groups))), ("groups", len(groups))]
 

@@ -37,15 +37,17 @@ def print_analysis(result, per_layer: bool = False) -> None:
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:  # piped: wide enough that headers and numbers are not cut
+        console = Console(width=max(console.width, 140))
     m, t = result.model, result.totals
     console.print(f"[bold]{m['name']}[/bold]  {m['class']} ({m['architecture']}), "
                   f"{m['num_ssm_layers']}/{m['num_layers']} SSM layers, dims {m['dims']}, {m['dtype']}")
-    console.print(f"parameters {human_count(t['parameters'])} ({human_bytes(t['bytes'])}); SSM share "
-                  f"{t['ssm_share']:.1%}; {human_count(t['flops_per_token'])} FLOPs/token; recurrent state "
-                  f"{human_bytes(t['state_bytes_per_sequence'])}/sequence")
+    console.print(f"parameters {human_count(t['parameters'])} ({human_bytes(t['bytes'])}); SSM mixers "
+                  f"{t['ssm_share']:.1%} of whole-model params; {human_count(t['flops_per_token'])} FLOPs/token; "
+                  f"recurrent state {human_bytes(t['state_bytes_per_sequence'])}/sequence")
 
     table = Table(title="Parameter groups (summed over layers)")
-    for col in ("group", "scope", "layers", "params", "share", "bytes", "FLOPs/token", "state/seq"):
+    for col in ("group", "scope", "layers", "params", "% of model params", "bytes", "FLOPs/token", "state/seq"):
         table.add_column(col, justify="left" if col in ("group", "scope") else "right")
     for row in result.summary_by_group():
         table.add_row(row["group"], row["scope"], str(row["layers"]), human_count(row["numel"]),
