@@ -177,3 +177,18 @@ def test_the_check_is_stated_and_sees_no_hooks(fresh_ledger):
         handle.remove()
     assert seen == [] and verdict.ok and verdict.bound >= mixers.tolerance(torch.float32) == 1e-4
     assert 0 <= verdict.max_abs_diff < 1e-5  # float32 rounding, far inside the bound
+
+
+def test_arguments_passed_by_position_are_read_by_name(fresh_ledger):
+    """A release whose block passes the cache or the mask by position is understood, not guessed."""
+    model = tiny_mamba(layers=1)
+    mixer = model.backbone.layers[0].mixer
+    h = torch.randn(1, 9, 16, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(1, 9, dtype=torch.long)
+    with torch.no_grad(), installed(model, Kernels.fast()):
+        want = mixer(h)
+        assert torch.equal(mixer(h, None, mask), want)  # (hidden_states, cache, attention_mask) by position
+        mask[0, 0] = 0
+        mixer(h, None, mask)
+    entry = mixers.usage()["MambaMixer"]
+    assert entry["calls"]["owned/numba"] == 2 and entry["transformers_because"] == {"a padding mask was passed": 1}

@@ -21,6 +21,7 @@ warning line says so (and that it is slower), and the ledger records the verdict
 from __future__ import annotations
 
 import contextlib
+import inspect
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -63,10 +64,12 @@ def _forward(module: nn.Module, family: MixerFamily, owned: bool) -> Callable:
     name = cls.__name__
     why_not = None if owned else "asked for transformers' kernels"
     why_not = why_not or family.unsupported(module)
+    signature = _signature(cls)
 
     def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
-        hidden_states = args[0] if args else kwargs.get("hidden_states")
-        why = why_not or _needs_transformers(args, kwargs)
+        named = _named_arguments(signature, module, args, kwargs)
+        hidden_states = named.pop("__first__", None)
+        why = why_not or _needs_transformers(named)
         kernel = None
         if why is None:
             kernel = family.kernels(hidden_states.device, _grad(module, hidden_states))
@@ -110,11 +113,44 @@ def owned_kernel(module: nn.Module) -> str | None:
     return kernel
 
 
-def _needs_transformers(args: tuple, kwargs: dict[str, Any]) -> str | None:
+def _signature(cls: type) -> inspect.Signature | None:
+    """The class forward's signature when it names its arguments (None for ``*args``-style forwards)."""
+    try:
+        signature = inspect.signature(cls.forward)
+    except (TypeError, ValueError):
+        return None
+    kinds = [p.kind for p in signature.parameters.values()]
+    return None if inspect.Parameter.VAR_POSITIONAL in kinds or len(kinds) < 2 else signature
+
+
+def _named_arguments(signature: inspect.Signature | None, module: nn.Module, args: tuple,
+                     kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The call's arguments by name (positional ones too, as the class's forward names them); the
+    hidden states under ``"__first__"``."""
+    try:
+        bound = signature.bind_partial(module, *args, **kwargs) if signature is not None else None
+    except TypeError:
+        bound = None
+    if bound is None:  # unknown signature: a positional argument beyond the input is not understood
+        named = dict(kwargs, **({"__positional__": args[1:]} if len(args) > 1 else {}))
+        named["__first__"] = args[0] if args else kwargs.get("hidden_states")
+        named.pop("hidden_states", None)
+        return named
+    items = dict(bound.arguments)
+    items.pop(next(iter(signature.parameters)), None)  # self
+    first = next(iter(items)) if items else None
+    named = {k: v for k, v in items.items() if signature.parameters[k].kind is not inspect.Parameter.VAR_KEYWORD}
+    named.update(next((v for k, v in items.items()
+                       if signature.parameters[k].kind is inspect.Parameter.VAR_KEYWORD), {}))
+    named["__first__"] = named.pop(first, None) if first is not None else None
+    return named
+
+
+def _needs_transformers(named: dict[str, Any]) -> str | None:
     """Why this call must run transformers' forward: a cache, packed sequences or padding."""
-    if len(args) > 1 or any(kwargs.get(name) is not None for name in CACHE_ARGUMENTS):
+    if named.get("__positional__") or any(named.get(name) is not None for name in CACHE_ARGUMENTS):
         return "a cache or packed sequences were passed"
-    mask = kwargs.get("attention_mask")
+    mask = named.get("attention_mask")
     if mask is not None and not bool(mask.all()):
         return "a padding mask was passed"
     return None
