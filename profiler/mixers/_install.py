@@ -131,10 +131,18 @@ def _named_arguments(signature: inspect.Signature | None, module: nn.Module, arg
         bound = signature.bind_partial(module, *args, **kwargs) if signature is not None else None
     except TypeError:
         bound = None
-    if bound is None:  # unknown signature: a positional argument beyond the input is not understood
-        named = dict(kwargs, **({"__positional__": args[1:]} if len(args) > 1 else {}))
-        named["__first__"] = args[0] if args else kwargs.get("hidden_states")
-        named.pop("hidden_states", None)
+    if bound is None:  # a forward wrapped as (*args, **kwargs): read positional extras by what they are
+        named = dict(kwargs)
+        first = args[0] if args else named.pop("hidden_states", None)
+        for value in args[1:]:
+            if value is None:  # an absent cache or mask
+                continue
+            if (isinstance(value, torch.Tensor) and isinstance(first, torch.Tensor) and value.dim() == 2
+                    and tuple(value.shape) == tuple(first.shape[:2])):
+                named.setdefault("attention_mask", value)  # (batch, length): a padding mask
+                continue
+            named["__positional__"] = True  # anything else (a cache ...): transformers' forward
+        named["__first__"] = first
         return named
     items = dict(bound.arguments)
     items.pop(next(iter(signature.parameters)), None)  # self
