@@ -44,10 +44,24 @@ def test_bf16_on_gpu_is_close_to_float32(name):
     torch.testing.assert_close(got, batch_losses(cpu, windows, batch_size=4), rtol=0.05, atol=0.05)
 
 
-def test_a_gpu_model_gets_no_fast_cpu_kernels():
-    gpu = load_model("tiny-mamba", device="cuda", with_tokenizer=False).model
-    with installed(gpu, Kernels.fast()):
-        assert active(gpu) == Kernels.transformers()
+@pytest.mark.parametrize("name", EMBEDDED_MODELS)
+def test_a_gpu_model_runs_the_owned_forward_with_mamba_ssm_or_says_why_not(name):
+    """No CPU kernel on the GPU; the mixers run the owned forward on mamba-ssm's kernels when they
+    import (checked against transformers' forward first), else transformers' forward, recorded."""
+    from ssm_profile import mixers
+    from ssm_profile.mixers._kernels import cuda_kernels
+
+    gpu = load_model(name, device="cuda", with_tokenizer=False).model
+    before = mixers.snapshot()
+    with torch.no_grad(), installed(gpu, Kernels.fast()):
+        assert active(gpu) == Kernels(fast_scan=True, fast_linear=False, blocked_head=True)
+        gpu(input_ids=_windows(gpu, count=2).cuda(), use_cache=False)
+    (entry,) = mixers.usage(before).values()
+    if cuda_kernels() is not None:
+        assert entry["calls"].keys() == {"owned/mamba-ssm"}, entry
+    else:
+        assert entry["calls"].keys() == {"transformers"} and "no owned kernel on this device" in \
+            entry["transformers_because"], entry
 
 
 def test_statistics_agree_on_cpu_and_gpu():
