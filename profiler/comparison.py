@@ -140,7 +140,7 @@ def comparison_rows(report: ValidationReport) -> list[ComparisonRow]:
             ComparisonRow("parameters", b["parameters"], p["parameters"], "count"),
             ComparisonRow("nonzero parameters", b["nonzero_parameters"], p["nonzero_parameters"], "count"),
             ComparisonRow("weights on disk", b["weight_bytes_on_disk"], p["weight_bytes_on_disk"], "bytes"),
-            ComparisonRow("directory on disk", b["bytes_on_disk"], p["bytes_on_disk"], "bytes"),
+            ComparisonRow("model files on disk", b["bytes_on_disk"], p["bytes_on_disk"], "bytes"),
             ComparisonRow("state bytes / sequence", b["state_bytes_per_sequence"], p["state_bytes_per_sequence"],
                           "bytes"),
             ComparisonRow("FLOPs / token", b["flops_per_token"], p["flops_per_token"], "count")]

@@ -34,6 +34,7 @@ PRUNING_FILE = "pruning.json"
 VALIDATION_FILE = "validation.json"
 RECOVERY_KIND = "ssm-profile-recovery"
 RECOVERY_FILE = "recovery.json"
+LM_EVAL_LOG = "lm-eval.log"  # beside validation.json: what lm-eval and the tools it runs printed
 
 
 # ============================================================================================

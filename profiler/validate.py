@@ -44,7 +44,8 @@ import torch
 from . import __version__
 from .comparison import paired_change, relative_change
 from .data import DataSpec, batch_losses, load_dataset, paired_increase, text_windows
-from .documents import VALIDATION_FILE, Plan, ValidationReport  # noqa: F401  (VALIDATION_FILE: re-exported)
+from .documents import (LM_EVAL_LOG, PRUNING_FILE, RECOVERY_FILE, VALIDATION_FILE, Plan,  # noqa: F401
+                        ValidationReport)
 from .errors import DataError, SSMProfileError
 from .kernels import Kernels, installed
 from .mixers import snapshot as mixer_calls, usage as mixer_usage
@@ -67,14 +68,19 @@ class ToleranceBreachedError(SSMProfileError):
 # sizes
 
 
+# ssm-profile's own records and logs beside a checkpoint: not part of the model's size
+TOOL_FILES = frozenset({PRUNING_FILE, VALIDATION_FILE, RECOVERY_FILE, LM_EVAL_LOG})
+
+
 def dir_bytes(path: str | Path | None) -> dict[str, int] | None:
-    """Bytes of every file under ``path`` and of its weight files, or None if it is not a folder."""
+    """Bytes of the model's files under ``path`` (ssm-profile's own records and logs left out) and of
+    its weight files, or None if it is not a folder."""
     if path is None:
         return None
     p = Path(path)
     if not p.is_dir():
         return None
-    files = [f for f in p.rglob("*") if f.is_file()]
+    files = [f for f in p.rglob("*") if f.is_file() and f.name not in TOOL_FILES]
     return {"total": sum(f.stat().st_size for f in files),
             "weights": sum(f.stat().st_size for f in files if f.name.endswith(WEIGHT_SUFFIXES))}
 

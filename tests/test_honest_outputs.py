@@ -51,3 +51,14 @@ def test_analyze_names_what_every_percentage_is_a_share_of(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "of whole-model params" in out and "SSM share" not in out
     assert "% of model params" in out  # the groups table's column
+
+
+def test_model_size_on_disk_leaves_out_the_tools_own_records_and_logs(tmp_path):
+    from ssm_profile.validate import dir_bytes
+
+    (tmp_path / "model.safetensors").write_bytes(b"w" * 100)
+    (tmp_path / "config.json").write_text("{}")
+    before = dir_bytes(tmp_path)
+    for name in ("pruning.json", "validation.json", "recovery.json", "lm-eval.log"):
+        (tmp_path / name).write_text("x" * 1000)
+    assert dir_bytes(tmp_path) == before == {"total": 102, "weights": 100}

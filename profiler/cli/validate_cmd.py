@@ -123,7 +123,7 @@ def _check_report_path(args: argparse.Namespace, out_dir: Path) -> Path:
 
 
 _SOURCE = {"plan": "plan's objective", "argument": "--max-ppl-increase"}
-LM_EVAL_LOG = "lm-eval.log"  # beside validation.json: what lm-eval and the tools it runs printed
+from ..documents import LM_EVAL_LOG  # noqa: E402,F401  (re-exported for apply)
 
 
 def finish(report: ValidationReport) -> int:
