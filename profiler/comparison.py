@@ -159,11 +159,12 @@ def comparison_rows(report: ValidationReport) -> list[ComparisonRow]:
 def _split_row(label: str, measured: dict[str, Any]) -> ComparisonRow:
     """Perplexity before/after on one set of windows, with the paired bootstrap 95% interval of the increase."""
     interval = measured.get("interval")
-    return ComparisonRow(label, _exp(measured.get("dense_loss")), _exp(measured.get("loss")), "perplexity",
+    return ComparisonRow(label, perplexity(measured.get("dense_loss")), perplexity(measured.get("loss")), "perplexity",
                          interval=(float(interval[0]), float(interval[1])) if interval else None)
 
 
-def _exp(loss: Any) -> float | None:
+def perplexity(loss: Any) -> float | None:
+    """exp(loss), capped so a huge loss reads as a huge perplexity, not an overflow; None for no number."""
     return math.exp(min(float(loss), 700.0)) if isinstance(loss, (int, float)) else None
 
 

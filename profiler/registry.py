@@ -41,6 +41,7 @@ class Registry(Generic[T]):
         self._order: list[str] = []
         self._plugins_read = entry_point_group is None
         self._lock = threading.RLock()
+        self._loading_now = threading.local()  # .name: the lazy entry this thread is importing
 
     def add(self, name: str, entry: T) -> T:
         """Register ``entry`` under ``name``; returns it (so ``add`` can end a decorator)."""
@@ -65,7 +66,7 @@ class Registry(Generic[T]):
         """Every name, in the order registered (entry points last)."""
         self._read_plugins()
         with self._lock:
-            return list(dict.fromkeys([*self._order]))
+            return list(self._order)
 
     def __contains__(self, name: object) -> bool:
         self._read_plugins()
@@ -92,18 +93,13 @@ class Registry(Generic[T]):
 
     # ------------------------------------------------------------------ internals
     def _loading(self, name: str) -> bool:
-        return getattr(self._local(), "name", None) == name
-
-    def _local(self) -> threading.local:
-        if not hasattr(self, "_state"):
-            self._state = threading.local()
-        return self._state
+        return getattr(self._loading_now, "name", None) == name
 
     def _load(self, name: str, target: str) -> T:
         from .errors import SSMProfileError
 
         module_name, _, attribute = target.partition(":")
-        state = self._local()
+        state = self._loading_now
         state.name = name  # importing the module may register ``name`` itself (a decorator)
         try:
             module = importlib.import_module(module_name)

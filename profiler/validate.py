@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from . import __version__
-from .comparison import paired_change, relative_change
+from .comparison import paired_change, perplexity, relative_change
 from .data import DataSpec, batch_losses, load_dataset, paired_increase, text_windows
 from .documents import (LM_EVAL_LOG, PRUNING_FILE, RECOVERY_FILE, VALIDATION_FILE, Plan,  # noqa: F401
                         ValidationReport)
@@ -327,10 +327,6 @@ class LmEvalRunner:
 # the report
 
 
-def _exp(x: float) -> float:
-    return math.exp(min(x, 700.0))
-
-
 def _increase(base: torch.Tensor, pruned: torch.Tensor, seed: int, source: str | None,
               max_ppl_increase: float | None) -> dict[str, Any]:
     """Relative perplexity increase on one set of windows, with its paired bootstrap interval."""
@@ -391,7 +387,7 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
         pruned_search, pruned_verify = losses(pruned, dataset.evaluation), losses(pruned, dataset.verification)
         base_loss, pruned_loss = float(base_search.mean()), float(pruned_search.mean())
         delta = pruned_loss - base_loss
-        rel = _exp(delta) - 1.0 if math.isfinite(pruned_loss) else float("inf")
+        rel = perplexity(delta) - 1.0 if math.isfinite(pruned_loss) else float("inf")
         verification = _increase(base_verify, pruned_verify, spec.seed, dataset.sources.get("verification"),
                                  max_ppl_increase)
         others = [_increase(losses(base, windows), losses(pruned, windows), spec.seed, source, max_ppl_increase)
@@ -455,8 +451,8 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
         plan=None if plan is None else {"model": plan.model.name, "objective": plan.objective.to_dict(),
                                         "predicted": plan.predicted.to_dict(), "actions": len(plan.actions)},
         data=dataset.describe(),
-        perplexity={"base": {"loss": base_loss, "perplexity": _exp(base_loss)},
-                    "pruned": {"loss": pruned_loss, "perplexity": _exp(pruned_loss)},
+        perplexity={"base": {"loss": base_loss, "perplexity": perplexity(base_loss)},
+                    "pruned": {"loss": pruned_loss, "perplexity": perplexity(pruned_loss)},
                     "delta_loss": delta, "rel_ppl_increase": rel},
         measured=measured,
         tolerance={"max_ppl_increase": max_ppl_increase, "source": tolerance_source, "within_tolerance": within,

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..documents import LM_EVAL_LOG  # noqa: F401  (re-exported for apply)
 from .common import add_model_args, load_from_args
 from .options import proportion
 
@@ -123,7 +124,6 @@ def _check_report_path(args: argparse.Namespace, out_dir: Path) -> Path:
 
 
 _SOURCE = {"plan": "plan's objective", "argument": "--max-ppl-increase"}
-from ..documents import LM_EVAL_LOG  # noqa: E402,F401  (re-exported for apply)
 
 
 def finish(report: ValidationReport) -> int:

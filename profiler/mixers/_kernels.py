@@ -4,7 +4,7 @@
 
 Which one a call takes is the family's choice (:meth:`MixerFamily.kernels`); every function here has
 the same meaning whatever the kernel, and the families' forwards are checked against transformers'
-at first use (:mod:`ssm_profile.mixers._verify`).
+at first use (:func:`ssm_profile.mixers.check`).
 """
 
 from __future__ import annotations

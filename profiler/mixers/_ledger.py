@@ -86,9 +86,6 @@ def snapshot() -> Counter[tuple[str, str, str, str]]:
     return LEDGER.snapshot()
 
 
-LABELS = {TRANSFORMERS: "transformers' forward"}
-
-
 def describe(record: dict[str, Any], calls: bool = True) -> str:
     """One line for a usage ``record``: which forward and kernel each mixer class ran (with call
     counts unless ``calls`` is false), and why transformers' forward ran where it did."""
@@ -103,4 +100,4 @@ def describe(record: dict[str, Any], calls: bool = True) -> str:
 def _label(forward: str) -> str:
     if forward.startswith(OWNED + "/"):
         return f"own forward, {forward.split('/', 1)[1]} kernel"
-    return LABELS.get(forward, forward)
+    return "transformers' forward" if forward == TRANSFORMERS else forward

@@ -56,6 +56,12 @@ def _gated_norm(module: nn.Module, inner: int) -> GatedNorm | None:
                      before_gate=bool(getattr(norm, "norm_before_gate", False)))
 
 
+def _sizes(module: nn.Module) -> tuple[int, int, int, int]:
+    """(heads, inner width, B/C groups, B and C rows of in_proj), read from the tensor shapes."""
+    heads, inner = module.A_log.shape[0], module.out_proj.weight.shape[1]
+    return heads, inner, int(getattr(module, "n_groups", 1)), module.in_proj.weight.shape[0] - 2 * inner - heads
+
+
 def _in_proj(module: nn.Module, spec: SSDSpec, state: State, kernel: str) -> State:
     h = state["h"]
     dtype = h.dtype
@@ -125,19 +131,14 @@ class SSD(MixerFamily):
         activation = getattr(module, "activation", "silu")
         if activation not in K.ACTIVATIONS:
             return f"its activation '{activation}' is not one the owned forward computes"
-        heads = module.A_log.shape[0]
-        inner = module.out_proj.weight.shape[1]
-        groups = int(getattr(module, "n_groups", 1))
-        width = module.in_proj.weight.shape[0]
-        if inner % heads or heads % groups or (width - 2 * inner - heads) % (2 * groups):
+        heads, inner, groups, bc_rows = _sizes(module)
+        if inner % heads or heads % groups or bc_rows % (2 * groups):
             return "its in_proj rows do not split into z, x, B, C and dt"
         return None
 
     def spec(self, module: nn.Module) -> SSDSpec:
-        heads = module.A_log.shape[0]
-        inner = module.out_proj.weight.shape[1]
-        groups = int(getattr(module, "n_groups", 1))
-        state = (module.in_proj.weight.shape[0] - 2 * inner - heads) // (2 * groups)
+        heads, inner, groups, bc_rows = _sizes(module)
+        state = bc_rows // (2 * groups)
         limit = tuple(float(v) for v in getattr(module, "time_step_limit", (0.0, float("inf"))))
         multiplier = getattr(module, "ssm_in_multiplier", None)
         return SSDSpec(heads=heads, head_dim=inner // heads, groups=groups, state=state,
