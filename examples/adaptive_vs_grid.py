@@ -23,15 +23,16 @@ from pathlib import Path
 
 from scipy.stats import kendalltau
 
-from ssm_profile.adaptive import AdaptiveSchedule
-from ssm_profile.earlystop import CHUNK_WINDOWS, StopRule
-from ssm_profile.errors import PlanError
+from ssm_profile.profiling.adaptive import AdaptiveSchedule
+from ssm_profile.profiling.earlystop import CHUNK_WINDOWS, StopRule
+from ssm_profile.base.errors import PlanError
 from ssm_profile.plan import make_plan
-from ssm_profile.profile import ProfileSettings, profile_model
-from ssm_profile.resolve import load_model
-from ssm_profile.results import ProfileResult
-from ssm_profile.schedule import run_schedule
-from ssm_profile.sensitivity import Trial, TrialSpec
+from ssm_profile.profiling.record import ProfileSettings
+from ssm_profile.profiling.profile import profile_model
+from ssm_profile.model.resolve import load_model
+from ssm_profile.profiling.results import ProfileResult
+from ssm_profile.profiling.schedule import run_schedule
+from ssm_profile.profiling.sensitivity import Trial, TrialSpec
 
 MODELS = ("tiny-mamba", "tiny-mamba2")
 DEEP_LAYERS = 24

@@ -4,7 +4,7 @@ For each embedded model, prunes the target in every layer with each criterion (`
 SparseGPT: adaptive mask per block + the OBS update of the kept weights; ``wanda`` = |W|·‖X‖ per
 row, mask only) and measures ΔL on the search windows and on the held-out verification windows of
 the default data. ``obs − wanda`` is the paired difference of their ΔL with a paired bootstrap 95%
-interval over windows (:func:`ssm_profile.findings.difference`); negative = OBS is better.
+interval over windows (:func:`ssm_profile.profiling.findings.difference`); negative = OBS is better.
 
 ``--sequential`` prunes layer by layer as SparseGPT does: each layer's Hessians are collected on
 the model whose earlier layers are already pruned (default: every layer from the dense model's
@@ -20,15 +20,15 @@ import argparse
 import torch
 
 from ssm_profile import DataSpec, load_model
-from ssm_profile.arch import find_mixers
+from ssm_profile.model.arch import find_mixers
 from ssm_profile.criteria import ScoringContext, get
-from ssm_profile.data import batch_losses, load_dataset
-from ssm_profile.findings import difference
-from ssm_profile.kernels import Kernels, installed
-from ssm_profile.masks import MaskApplier, Pruning
-from ssm_profile.results import ProfileResult
-from ssm_profile.sensitivity import Scorer, Trial, TrialSpec
-from ssm_profile.stats import collect_stats
+from ssm_profile.calibration.data import batch_losses, load_dataset
+from ssm_profile.profiling.findings import difference
+from ssm_profile.mixers.choice import Kernels, installed
+from ssm_profile.criteria.masks import MaskApplier, Pruning
+from ssm_profile.profiling.results import ProfileResult
+from ssm_profile.profiling.sensitivity import Scorer, Trial, TrialSpec
+from ssm_profile.calibration.stats import collect_stats
 
 MODELS = ("tiny-mamba", "tiny-mamba2")
 TARGETS = ("in_proj", "out_proj")

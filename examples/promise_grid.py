@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ssm_profile.errors import PlanError
+from ssm_profile.base.errors import PlanError
 from ssm_profile.plan import make_plan
-from ssm_profile.profile import profile_model
-from ssm_profile.resolve import load_model
-from ssm_profile.results import ProfileResult
+from ssm_profile.profiling.profile import profile_model
+from ssm_profile.model.resolve import load_model
+from ssm_profile.profiling.results import ProfileResult
 
 MODELS = ("tiny-mamba", "tiny-mamba2")
 METRICS = ("params", "flops", "state")

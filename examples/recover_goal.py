@@ -24,9 +24,9 @@ CUTS = {"tiny-mamba": {"state": 0.5, "channel": 0.25}, "tiny-mamba2": {"state": 
 
 
 def lowest_magnitude(model, kind: str, fraction: float) -> dict[str, list[int]]:
-    from ssm_profile.arch import find_mixers
+    from ssm_profile.model.arch import find_mixers
     from ssm_profile.criteria import CalibrationStats, ScoringContext, get
-    from ssm_profile.masks import select_units
+    from ssm_profile.criteria.masks import select_units
 
     crit, ctx = get("magnitude"), ScoringContext(model=model, stats=CalibrationStats())
     out = {}
@@ -38,8 +38,8 @@ def lowest_magnitude(model, kind: str, fraction: float) -> dict[str, list[int]]:
 
 def handcrafted_plan(name: str) -> dict:
     """A schema-valid plan for the embedded model ``name`` with the CUTS above (execution: slice)."""
-    from ssm_profile.arch import find_mixers
-    from ssm_profile.resolve import load_model
+    from ssm_profile.model.arch import find_mixers
+    from ssm_profile.model.resolve import load_model
 
     loaded = load_model(name)
     model = loaded.model

@@ -21,7 +21,7 @@ import torch
 
 from ssm_profile import DataSpec, ProfileSettings, load_model, profile_model
 from ssm_profile.criteria.basic import Magnitude
-from ssm_profile.data import load_dataset
+from ssm_profile.calibration.data import load_dataset
 
 MODELS = ("tiny-mamba", "tiny-mamba2")
 SPARSITIES = [0.3, 0.5, 0.7]

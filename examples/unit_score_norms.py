@@ -17,7 +17,7 @@ import torch
 from ssm_profile import DataSpec, ProfileSettings, load_model, profile_model
 from ssm_profile.criteria import Criterion
 from ssm_profile.criteria.base import UNIT_AGGREGATIONS
-from ssm_profile.data import load_dataset
+from ssm_profile.calibration.data import load_dataset
 
 MODELS = {"tiny-mamba": ["unit:state", "unit:channel"], "tiny-mamba2": ["unit:state", "unit:head"]}
 CRITERIA = ["magnitude", "wanda", "fisher"]

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
 from . import __version__
-from .comparison import ComparisonRow, comparison_rows
-from .errors import OutputExistsError, PlanError, SSMProfileError
+from .base.errors import OutputExistsError, PlanError, SSMProfileError
 
 PLAN_SCHEMA_VERSION = 1
 PLAN_KIND = "ssm-profile-plan"
@@ -133,7 +132,7 @@ class PlanRun(Document):
 
 @dataclass(kw_only=True)
 class PlanData(Document):
-    """The run's data windows as :class:`ssm_profile.data.DataSpec` values (None = embedded text)."""
+    """The run's data windows as :class:`ssm_profile.calibration.data.DataSpec` values (None = embedded text)."""
 
     calibration: str | None
     evaluation: str | None
@@ -145,7 +144,7 @@ class PlanData(Document):
     extra: dict[str, Any] = _extra()
 
     def spec(self):
-        from .data import DEFAULT_VERIFY_SAMPLES, DataSpec
+        from .calibration.data import DEFAULT_VERIFY_SAMPLES, DataSpec
 
         return DataSpec(calibration=self.calibration, evaluation=self.evaluation, nsamples=self.nsamples,
                         eval_samples=self.eval_samples, seqlen=self.seqlen, seed=self.seed,
@@ -218,7 +217,7 @@ class Predicted(_Removes, Document):
     scope_total: int | None = _optional()
     reduction_ratio: float
     reduction_ratio_model: float | None = _optional()
-    # what each ratio is a share of, in words (ssm_profile.fmt.scope_name), e.g. "SSM-mixer params"
+    # what each ratio is a share of, in words (ssm_profile.base.fmt.scope_name), e.g. "SSM-mixer params"
     reduction_of: str | None = _optional()
     reduction_model_of: str | None = _optional()
     extra: dict[str, Any] = _extra()
@@ -374,7 +373,7 @@ def read_json(path: str | Path, what: str, hint: str, error: type[Exception] = P
               max_bytes: int | None = None) -> Any:
     """The JSON value in ``path`` (a bounded read of a regular file, at most ``max_bytes``, default
     the safe_read JSON limit); every problem is one line of ``error`` ending with ``hint``."""
-    from .safe_read import JSON_LIMIT, read_user_json
+    from .base.safe_read import JSON_LIMIT, read_user_json
 
     try:
         return read_user_json(path, f"{what} file", max_bytes or JSON_LIMIT, error=error)
@@ -390,7 +389,7 @@ def load_plan(path: str | Path) -> Plan:
 
 def write_plan(plan: Plan, path: str | Path, overwrite: bool = False) -> Path:
     """Write ``plan`` atomically (indent 2); refuses to replace an existing file unless ``overwrite``."""
-    from .io import write_json_atomic
+    from .base.io import write_json_atomic
 
     path = Path(path)
     if path.exists() and not overwrite:
@@ -459,7 +458,7 @@ def load_pruning_record(path: str | Path) -> PruningRecord:
 
 @dataclass(kw_only=True)
 class ValidationReport(Document):
-    """Base vs pruned model, measured the same way (``validation.json``); see :mod:`ssm_profile.validate`."""
+    """Base vs pruned model, measured the same way (``validation.json``); see :mod:`ssm_profile.validation.validate`."""
 
     schema_version: int = 1
     kind: str = VALIDATION_KIND
@@ -483,10 +482,6 @@ class ValidationReport(Document):
     # which forward each mixer class ran, counted per call (ssm_profile.mixers.usage); absent in older files
     mixer_forwards: dict[str, Any] | None = _optional()
     extra: dict[str, Any] = _extra()
-
-    def comparison_rows(self) -> list[ComparisonRow]:
-        """The before/after table every front-end shows (:mod:`ssm_profile.comparison`)."""
-        return comparison_rows(self)
 
 
 def load_validation(path: str | Path) -> ValidationReport:

@@ -1,9 +1,9 @@
 """Report rendering for ssm-profile runs: one self-contained HTML page, a Markdown summary, CSV tables.
 
-Everything is rendered from :class:`ssm_profile.results.ProfileResult` (the object the CLI and the run
+Everything is rendered from :class:`ssm_profile.profiling.results.ProfileResult` (the object the CLI and the run
 directory use), optionally with a pruning plan (``plan.json``) and a validation (``validation.json``)::
 
-    from ssm_profile.results import ProfileResult
+    from ssm_profile.profiling.results import ProfileResult
     from ssm_profile import reports
 
     result = ProfileResult.load("runs/tiny-mamba2")
@@ -50,8 +50,8 @@ def write_report(result, output, *, fmt: str = "html", plan: dict[str, Any] | No
     ``output`` None or ``"-"`` writes no file and returns the rendered text instead."""
     from pathlib import Path
 
-    from ssm_profile.errors import SSMProfileError
-    from ssm_profile.io import write_text_atomic
+    from ssm_profile.base.errors import SSMProfileError
+    from ssm_profile.base.io import write_text_atomic
 
     from .facts import Facts
     from .html import render_facts

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from ssm_profile.fmt import amount, human_bytes, human_count, scope_name
+from ssm_profile.base.fmt import amount, human_bytes, human_count, scope_name
 
 from .facts import Facts, plan_change_lines
 from .html_elements import Cell, chip, crit_chip, num, section, table, txt
@@ -19,7 +19,7 @@ from .svg import esc, finite, fmt_pct, group_color
 
 def share_of(objective: dict[str, Any] | None) -> str:
     """What a plan's percentages are a share of, from its ``objective``: ``"of SSM-mixer params"``,
-    worded by :func:`ssm_profile.fmt.scope_name` as in the CLI, the TUI and the plan JSON."""
+    worded by :func:`ssm_profile.base.fmt.scope_name` as in the CLI, the TUI and the plan JSON."""
     objective = objective if isinstance(objective, dict) else {}
     return f"of {scope_name(objective.get('scope'), str(objective.get('target', 'params')))}"
 

@@ -68,7 +68,7 @@ def render_facts(facts: Facts, plan: dict[str, Any] | None = None, validation: d
            f"base-uri 'none'; form-action 'none'; script-src {_hash(guard)} {_hash(script)}")
     assert not set('"<>&') & set(csp)  # written unescaped below: only our own constants and base64 hashes
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    meta = {"report": {"generator": f"ssm-profile {__version__}", "generated": now}, "run": facts.meta}
+    meta = {"report": {"generator": f"ssm-profile {__version__}", "generated": now}, "run": facts.record.to_dict()}
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ssm_profile.fmt import agreement_text, human_count
+from ssm_profile.base.fmt import agreement_text, human_count
 
 from .facts import COMPARED_KEYS, Facts, plan_change_lines, plan_mismatch, validation_rows
 from .svg import fmt, fmt_pct

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ssm_profile.fmt import human_bytes, human_count
+from ssm_profile.base.fmt import human_bytes, human_count
 
 from .decision import share_of
 from .facts import COMPARED_KEYS, Facts, plan_mismatch, validation_rows
@@ -185,7 +185,7 @@ def validation_section(validation: dict[str, Any]) -> str:
 
 
 def _shared_rows_html(rows) -> str:
-    """The rows of :func:`ssm_profile.comparison.comparison_rows`, formatted as in the CLI and TUI."""
+    """The rows of :func:`ssm_profile.validation.comparison.comparison_rows`, formatted as in the CLI and TUI."""
     body = "".join(
         f'<tr><th>{esc(r.label)}</th><td class="num">{esc(r.text(r.before))}</td>'
         f'<td class="num">{esc(r.text(r.after))}</td><td class="num">{esc(r.change_text())}</td></tr>' for r in rows)

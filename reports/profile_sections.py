@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ssm_profile.fmt import agreement_text, human_bytes, human_count
+from ssm_profile.base.fmt import agreement_text, human_bytes, human_count
 
 from .facts import Facts
 from .html_elements import Cell, cards, chip, crit_chip, legend, num, section, table, txt
@@ -37,11 +37,10 @@ def header_section(facts: Facts) -> str:
         glance.append(("Parameters", human_count(totals["parameters"]),
                        f"SSM mixers {totals.get('ssm_share', 0):.0%}"))
     glance.append(("Dense perplexity", fmt(r.dense_perplexity, 4), f"loss {r.dense_loss:.4f}"))
-    skipped = facts.meta.get("skipped") or []
+    skipped = facts.record.skipped
     skipped_html = ""
     if skipped:
-        rows = [[txt(s.get("criterion")), txt(s.get("target")), txt(s.get("reason"))] for s in skipped
-                if isinstance(s, dict)]
+        rows = [[txt(s.criterion), txt(s.target), txt(s.reason)] for s in skipped]
         headers = [("criterion", "", False), ("target", "", False), ("reason", "", False)]
         skipped_html = (f"<details><summary>{len(rows)} criterion/target pairs were not applicable and skipped"
                         f"</summary>{table(headers, rows)}</details>")
@@ -351,13 +350,11 @@ def layer_heatmap_block(facts: Facts) -> str:
     why = facts.result.layer_stage_note()
     if not layers:
         return f'<h3>Per-layer sensitivity</h3><p class="note">{esc(_sentence(why or "no per-layer sweep in this run"))}</p>'
-    settings = facts.meta.get("settings") or {}
+    settings = facts.record.settings
     info = {(layer, row["target"]): row for row in facts.layer_ranking  # a row may cover a block of layers
             for layer in range(row["layer"], row["layer"] + row.get("span", 1))}
-    crit = settings.get("layer_criterion") or (facts.layer_ranking[0]["criterion"] if facts.layer_ranking else "?")
-    probe = settings.get("probe_sparsity")
-    if probe is None and facts.layer_ranking:
-        probe = facts.layer_ranking[0]["sparsity"]
+    crit = settings.layer_criterion
+    probe = settings.probe_sparsity
 
     def tip(i, j, v):
         row = info.get((layers[i], targets[j]))

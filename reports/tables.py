@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from ssm_profile.results import run_frames, write_csv_tables
+from ssm_profile.profiling.results import run_frames, write_csv_tables
 
 from .facts import Facts
 

@@ -12,8 +12,8 @@ import sys
 
 import torch
 
-from ssm_profile.data import DataSpec
-from ssm_profile.profile import ProfileSettings
+from ssm_profile.calibration.data import DataSpec
+from ssm_profile.profiling.record import ProfileSettings
 
 MODEL = "tiny-mamba"
 DATA = DataSpec(nsamples=5, eval_samples=4, seqlen=16)
@@ -31,9 +31,9 @@ def settings() -> ProfileSettings:
 
 
 def main(argv: list[str]) -> int:
-    from ssm_profile.distributed import RankStopped, World
-    from ssm_profile.profile import profile_model
-    from ssm_profile.resolve import load_model
+    from ssm_profile.profiling.distributed import RankStopped, World
+    from ssm_profile.profiling.profile import profile_model
+    from ssm_profile.model.resolve import load_model
 
     torch.set_num_threads(1)
     run_dir, resume = argv[0], "--resume" in argv

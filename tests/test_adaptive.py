@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from ssm_profile.adaptive import AdaptiveSchedule, Budget
+from ssm_profile.profiling.adaptive import AdaptiveSchedule, Budget
 from ssm_profile.cli.main import main
 from ssm_profile.cli.options import duration
-from ssm_profile.data import DataSpec
-from ssm_profile.earlystop import StopRule
-from ssm_profile.journal import parse_record
-from ssm_profile.profile import ProfileSettings, profile_model
-from ssm_profile.resolve import load_model
-from ssm_profile.schedule import run_schedule
-from ssm_profile.sensitivity import SequentialRunner, Trial, TrialSpec
+from ssm_profile.calibration.data import DataSpec
+from ssm_profile.profiling.earlystop import StopRule
+from ssm_profile.profiling.journal import parse_record
+from ssm_profile.profiling.record import ProfileSettings
+from ssm_profile.profiling.profile import profile_model
+from ssm_profile.model.resolve import load_model
+from ssm_profile.profiling.schedule import run_schedule
+from ssm_profile.profiling.sensitivity import SequentialRunner, Trial, TrialSpec
 
 TOL = 0.10
 
@@ -244,7 +245,7 @@ def test_adaptive_agrees_with_the_grid_on_tiny_mamba(runs):
 def test_screens_complete_only_the_leader(runs, runs_dir):
     """Per target every criterion is screened on the first windows; the leader alone is completed,
     its completion supersedes its screen, and the ranking's best criterion is that leader."""
-    from ssm_profile.journal import read_journal
+    from ssm_profile.profiling.journal import read_journal
 
     _, adaptive = runs
     journal = read_journal(runs_dir / "adaptive" / "trials.jsonl")
@@ -292,10 +293,10 @@ def test_plans_never_use_a_stopped_trial(runs):
 
 
 def test_chunked_evaluation_is_bit_identical(loaded):
-    from ssm_profile.data import load_dataset
-    from ssm_profile.incremental import IncrementalEvaluator
-    from ssm_profile.data import batch_losses
-    from ssm_profile.masks import MaskApplier
+    from ssm_profile.calibration.data import load_dataset
+    from ssm_profile.profiling.incremental import IncrementalEvaluator
+    from ssm_profile.calibration.data import batch_losses
+    from ssm_profile.criteria.masks import MaskApplier
 
     windows = load_dataset(loaded.tokenizer, SMALL).evaluation
     model = loaded.model
@@ -317,7 +318,7 @@ def deep_run(tmp_path_factory):
     from transformers import MambaConfig, MambaForCausalLM
 
     from conftest import perturb
-    from ssm_profile.resolve import use_tokenizer
+    from ssm_profile.model.resolve import use_tokenizer
 
     folder = tmp_path_factory.mktemp("deep")
     torch.manual_seed(0)
@@ -331,7 +332,7 @@ def deep_run(tmp_path_factory):
 
 
 def test_report_renders_an_adaptive_run(deep_run, tmp_path):
-    from ssm_profile.results import ProfileResult
+    from ssm_profile.profiling.results import ProfileResult
 
     result = ProfileResult.load(deep_run)
     assert any(t.span > 1 for t in result.layer_trials)  # blocks were measured
@@ -348,7 +349,7 @@ def test_tui_shows_an_adaptive_run(deep_run):
 
     pytest.importorskip("textual")
     from textual.widgets import DataTable
-    from ssm_profile.results import ProfileResult
+    from ssm_profile.profiling.results import ProfileResult
     from ssm_profile.tui.app import SSMProfileApp
 
     expected = ProfileResult.load(deep_run)
@@ -380,12 +381,12 @@ def test_report_says_why_no_layer_was_resolved(deep_run):
     from dataclasses import replace
 
     from ssm_profile import reports
-    from ssm_profile.results import ProfileResult
+    from ssm_profile.profiling.results import ProfileResult
 
     result = ProfileResult.load(deep_run)
     flat = replace(result, trials=[t for t in result.trials if t.layer is None])
     note = flat.layer_stage_note()
     assert note and "no target" in note and "floor" in note
     assert "nothing to localize" in reports.render_html(flat)
-    assert replace(flat, meta={**flat.meta, "settings": {**flat.meta["settings"], "per_layer": False}}
+    assert replace(flat, record=replace(flat.record, settings=replace(flat.record.settings, per_layer=False))
                    ).layer_stage_note().startswith("no per-layer sweep")

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from ssm_profile.analysis import AnalysisResult, analyze
-from ssm_profile.arch import find_mixers
+from ssm_profile.model.analysis import AnalysisResult, analyze
+from ssm_profile.model.arch import find_mixers
 from ssm_profile.cli.main import main
 
 

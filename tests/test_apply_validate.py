@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssm_profile.apply import apply_plan
+from ssm_profile.pruning.apply import apply_plan
 from ssm_profile.documents import as_plan, load_plan
-from ssm_profile.arch import find_mixers
+from ssm_profile.validation.comparison import comparison_rows
+from ssm_profile.model.arch import find_mixers
 from ssm_profile.cli.main import main
-from ssm_profile.errors import DataError, OutputExistsError, PlanError
-from ssm_profile.resolve import load_model
-from ssm_profile.surgery import zero_units
+from ssm_profile.base.errors import DataError, OutputExistsError, PlanError
+from ssm_profile.model.resolve import load_model
+from ssm_profile.pruning.surgery import zero_units
 
 SMALL_DATA = {"calibration": None, "evaluation": None, "nsamples": 4, "eval_samples": 2, "seqlen": 32, "seed": 0}
 FAST_VALIDATION = dict(limit=4, speed_batch=(1, 16), speed_repeats=1, max_length=256)
@@ -53,7 +54,7 @@ def unit_action(kind: str, indices: dict[int, list[int]], execution: str = "slic
 def lowest_magnitude(model, kind: str, fraction: float) -> dict[int, list[int]]:
     """Unit ids removed by magnitude, per layer (what a plan would list)."""
     from ssm_profile.criteria import CalibrationStats, ScoringContext, get
-    from ssm_profile.masks import select_units
+    from ssm_profile.criteria.masks import select_units
 
     crit, ctx = get("magnitude"), ScoringContext(model=model, stats=CalibrationStats())
     out = {}
@@ -180,7 +181,7 @@ def test_data_driven_criterion_is_deterministic():
         loaded = load_model("tiny-mamba2")
         plan = make_plan(loaded, [{"target": "in_proj", "structure": "unstructured", "criterion": "wanda",
                                    "sparsity": 0.5}])
-        from ssm_profile.apply import _execute
+        from ssm_profile.pruning.apply import _execute
 
         _execute(loaded, as_plan(plan), lambda *a: None)
         masks.append({n: (p == 0) for n, p in loaded.model.named_parameters() if "in_proj" in n})
@@ -190,8 +191,8 @@ def test_data_driven_criterion_is_deterministic():
 
 @pytest.mark.parametrize("fast", [True, False, None])
 def test_element_masks_are_scored_with_the_profiles_kernels(fast, monkeypatch):
-    from ssm_profile import recipe
-    from ssm_profile.apply import _execute
+    from ssm_profile.profiling import recipe
+    from ssm_profile.pruning.apply import _execute
 
     seen = []
     original = recipe.installed  # RunRecipe.installed: where plan, apply and profile choose kernels
@@ -325,7 +326,7 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys, mamba1_dir):
 
 
 def test_validate_without_tokenizer_is_a_clear_error(mamba1_dir):
-    from ssm_profile.validate import validate
+    from ssm_profile.validation.validate import validate
 
     base, pruned = load_model(str(mamba1_dir)), load_model(str(mamba1_dir))
     with pytest.raises(DataError, match="tokenizer"):
@@ -349,7 +350,7 @@ def test_shipped_task_data_is_regenerated_identically(tmp_path):
 
 @pytest.mark.slow
 def test_standard_task_offline_is_a_one_line_error():
-    from ssm_profile.validate import LmEvalRunner
+    from ssm_profile.validation.validate import LmEvalRunner
 
     with pytest.raises(DataError, match="hellaswag"):
         LmEvalRunner((), ["hellaswag"])
@@ -374,11 +375,11 @@ def test_pruning_and_validation_files_round_trip_through_their_types(applied):
 
 
 def test_before_after_rows_come_from_the_validation_report(applied):
-    from ssm_profile.comparison import relative_change
+    from ssm_profile.validation.comparison import relative_change
 
     _, out, report = applied
     v = report.validation
-    rows = {row.label: row for row in v.comparison_rows()}
+    rows = {row.label: row for row in comparison_rows(v)}
     ppl, size = v.perplexity, v.size
     assert rows["perplexity, search windows"].before == ppl["base"]["perplexity"]
     assert rows["perplexity, search windows"].after == ppl["pruned"]["perplexity"]
@@ -392,7 +393,7 @@ def test_before_after_rows_come_from_the_validation_report(applied):
     assert params.change == size["change"]["parameters"] == relative_change(params.before, params.after) < 0
     assert params.better is True  # fewer parameters
     assert rows["tokens / s"].lower_is_better is False
-    tasks = [row for row in v.comparison_rows() if row.section == "lm-eval"]
+    tasks = [row for row in comparison_rows(v) if row.section == "lm-eval"]
     assert {row.label.split()[0] for row in tasks} == set(v.lm_eval["tasks"])
     assert relative_change(None, 1.0) is None and relative_change(0, 1.0) is None
     assert relative_change(2.0, 3.0) == pytest.approx(0.5)
@@ -410,7 +411,7 @@ def test_every_front_end_shows_the_same_before_after_rows(applied, capsys):
     html, markdown = validation_section(data), "\n".join(validation_md(data))
     print_validation(report.validation)
     cli = capsys.readouterr().out
-    rows = report.validation.comparison_rows()
+    rows = comparison_rows(report.validation)
     assert rows and all(r.section in ("model", "lm-eval") for r in rows)
     for row in rows:
         after = row.text(row.after)
@@ -427,8 +428,8 @@ def test_every_front_end_shows_the_same_before_after_rows(applied, capsys):
 
 
 def test_speed_change_has_a_paired_interval_and_noise_is_called_noise():
-    from ssm_profile.comparison import ComparisonRow, paired_change
-    from ssm_profile.validate import measure_speed
+    from ssm_profile.validation.comparison import ComparisonRow, paired_change
+    from ssm_profile.validation.validate import measure_speed
 
     model = load_model("tiny-mamba").model
     speed = measure_speed({"base": model, "pruned": model}, 64, batch=1, seqlen=8, repeats=4)
@@ -463,7 +464,7 @@ def test_zeros_only_validation_claims_no_speed_up(tmp_path, capsys):
     assert speed["change"]["pairs"] == 3 and speed["change"]["latency"]["low"] is not None
     from ssm_profile.documents import load_validation
 
-    timings = [row for row in load_validation(out / "validation.json").comparison_rows()
+    timings = [row for row in comparison_rows(load_validation(out / "validation.json"))
                if row.kind in ("seconds", "rate")]
     assert len(timings) == 2 and all(row.same_work and row.better is None for row in timings)
     assert all("within noise (same FLOPs/token" in row.change_text() for row in timings)
@@ -472,7 +473,7 @@ def test_zeros_only_validation_claims_no_speed_up(tmp_path, capsys):
 
 def test_lm_eval_prints_nothing_on_the_terminal_outside_a_git_repository(tmp_path, monkeypatch, capfd):
     """lm-eval runs `git describe`, which writes "fatal: not a git repository" to file descriptor 2."""
-    from ssm_profile.validate import LmEvalRunner
+    from ssm_profile.validation.validate import LmEvalRunner
 
     monkeypatch.chdir(tmp_path)
     runner = LmEvalRunner(["ssm_next_verse"], limit=2, max_length=256)

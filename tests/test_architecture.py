@@ -19,10 +19,12 @@ CLI = "ssm_profile.cli"
 MAX_LINES = 600
 LONG_MODULES_ALLOWED: set[str] = set()
 # The compute kernels: they import one another and nothing else of the project.
-KERNEL_MODULES = {"ssm_profile.fastscan", "ssm_profile.fastscan2", "ssm_profile.fastlinear", "ssm_profile.simd"}
+KERNEL_MODULES = {"ssm_profile.kernels.fastscan", "ssm_profile.kernels.fastscan2", "ssm_profile.kernels.fastlinear", "ssm_profile.kernels.simd"}
 FRONT_ENDS = ("ssm_profile.cli", "ssm_profile.tui", "ssm_profile.reports")
-# Cycles owned by the helper restructuring plan/apply/validate/profile (emptied when that work merges).
-CYCLES_ALLOWED: set[frozenset[str]] = set()
+# The wings, bottom to top: a wing imports only wings below it (the README's "How it is built" draws
+# the same order). The package's top module is no wing: it holds the version and the lazy public face.
+WINGS = ("base", "model", "tasks", "kernels", "mixers", "criteria", "calibration", "documents", "profiling",
+         "validation", "pruning", "recovery", "plan", "bench", "reports", "tui", "cli")
 
 
 def _modules() -> dict[str, Path]:
@@ -43,15 +45,16 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _import_nodes(tree: ast.AST):
-    """Every Import/ImportFrom node, at any depth, except those under ``if TYPE_CHECKING:``."""
+def _import_nodes(tree: ast.AST, type_only: bool = False):
+    """Every Import/ImportFrom node, at any depth, except those under ``if TYPE_CHECKING:`` (unless
+    ``type_only``: then those count too)."""
     stack = [tree]
     while stack:
         node = stack.pop()
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
         children = list(ast.iter_child_nodes(node))
-        if isinstance(node, ast.If) and _is_type_checking(node):
+        if not type_only and isinstance(node, ast.If) and _is_type_checking(node):
             children = node.orelse
         stack.extend(children)
 
@@ -72,14 +75,14 @@ def _deepest_module(name: str, modules: dict[str, Path]) -> str | None:
     return name or None
 
 
-def import_graph() -> dict[str, set[str]]:
-    """module -> the package modules it imports."""
+def import_graph(type_only: bool = False) -> dict[str, set[str]]:
+    """module -> the package modules it imports (``type_only``: counting imports for type checkers)."""
     modules = _modules()
     graph: dict[str, set[str]] = {}
     for module, path in modules.items():
         targets = set()
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        for node in _import_nodes(tree):
+        for node in _import_nodes(tree, type_only):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             else:
@@ -165,16 +168,44 @@ def _cycle_path(graph: dict[str, set[str]], component: set[str]) -> list[str]:
 def test_graph_sees_relative_lazy_and_skips_type_checking_imports():
     """The graph builder itself: a known relative import, a function-level one, and no TYPE_CHECKING edge."""
     graph = import_graph()
-    assert "ssm_profile.io" in graph["ssm_profile.results"]  # `from .io import ...` at module level
-    assert "ssm_profile.io" in graph["ssm_profile.reports"]  # `from ssm_profile.io import ...` in a function
+    assert "ssm_profile.base.io" in graph["ssm_profile.profiling.results"]  # `from .io import ...` at module level
+    assert "ssm_profile.base.io" in graph["ssm_profile.reports"]  # `from ssm_profile.base.io import ...` in a function
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x\nelse:\n    import y\n")
     assert sorted(alias.name for node in _import_nodes(tree) for alias in node.names) == ["TYPE_CHECKING", "y"]
 
 
-def test_no_import_cycles():
-    cycles = [c for c in find_cycles(import_graph()) if frozenset(c) not in CYCLES_ALLOWED]
+def test_no_import_cycles_counting_type_only_imports():
+    cycles = find_cycles(import_graph(type_only=True))
     assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def wing_of(module: str) -> str | None:
+    """``ssm_profile.profiling.results`` -> ``profiling``; the package's top module is no wing."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def test_every_module_lives_in_a_wing():
+    """No module beside the wings: a newcomer finds every file under a name that says what it does."""
+    loose = sorted(m for m in _modules() if m != "ssm_profile" and wing_of(m) not in WINGS)
+    assert loose == []
+
+
+def test_a_wing_imports_only_the_wings_below_it():
+    rank = {wing: i for i, wing in enumerate(WINGS)}
+    upward = sorted(f"{module} -> {target}" for module, targets in import_graph(type_only=True).items()
+                    for target in targets
+                    if wing_of(module) and wing_of(target) and rank[wing_of(target)] > rank[wing_of(module)])
+    assert upward == []
+
+
+def test_the_readme_draws_the_wings_in_this_order():
+    """The README's "How it is built" lists the wings bottom to top exactly as :data:`WINGS`."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## How it is built", 1)[1].split("\n## ", 1)[0]
+    drawn = [line.split("`")[1] for line in section.splitlines() if line.startswith("| `") and "`" in line[3:]]
+    assert [w for w in drawn if w in WINGS] == list(reversed(WINGS))
 
 
 def test_only_the_cli_imports_the_cli():
@@ -220,7 +251,7 @@ def test_modules_are_short():
 
 def test_front_end_modules_load_without_torch():
     """The TUI shows before torch loads: its views, the defaults and the runtime helpers must not import torch."""
-    code = ("import sys, ssm_profile.defaults, ssm_profile.runtime, ssm_profile.fmt, ssm_profile.tui.app, "
+    code = ("import sys, ssm_profile.base.defaults, ssm_profile.base.runtime, ssm_profile.base.fmt, ssm_profile.tui.app, "
             "ssm_profile.tui.profile_view; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
@@ -232,3 +263,15 @@ def test_the_forms_criteria_before_torch_loads_are_the_registry():
     from ssm_profile.tui.profile_view import CRITERIA_BEFORE_TORCH
 
     assert sorted(CRITERIA_BEFORE_TORCH) == sorted(available())
+
+
+def test_the_public_face_names_functions_and_classes_not_modules():
+    """``from ssm_profile import validate`` is the function (no module of that name shadows it)."""
+    import inspect
+
+    import ssm_profile
+
+    for name in ssm_profile.__all__:
+        value = getattr(ssm_profile, name)
+        assert not inspect.ismodule(value), f"ssm_profile.{name} is a module"
+    assert inspect.isfunction(ssm_profile.validate) and ssm_profile.validate.__module__.endswith("validation.validate")

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from ssm_profile.cli.main import main
-from ssm_profile.resolve import embedded_dir
+from ssm_profile.model.resolve import embedded_dir
 
 TINY = ["--nsamples", "2", "--eval-samples", "2", "--seqlen", "16", "--sparsities", "0.5",
         "--criteria", "magnitude", "--no-per-layer", "--quiet"]
@@ -119,7 +119,7 @@ def _raise(err: OSError):
 
 
 def _unwritable(monkeypatch, err: OSError) -> None:
-    monkeypatch.setattr("ssm_profile.io.tempfile.mkstemp", _raise(err))
+    monkeypatch.setattr("ssm_profile.base.io.tempfile.mkstemp", _raise(err))
 
 
 # id -> (tmp_path, run_dir, monkeypatch) -> argv
@@ -173,7 +173,7 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
     "resume damaged journal": lambda t, r, m: ["profile", "tiny-mamba", "-o", _run_copy(
         t, r, _damage_journal_middle), *TINY, "--resume"],
     "memory estimate too large": lambda t, r, m: (
-        m.setattr("ssm_profile.estimate.available_memory", lambda: 1 << 20), _profile(t))[1],
+        m.setattr("ssm_profile.profiling.estimate.available_memory", lambda: 1 << 20), _profile(t))[1],
     # models
     "model weights truncated": lambda t, r, m: ["analyze", _model_copy(t, _truncate)],
     "model weights random": lambda t, r, m: ["analyze", _model_copy(
@@ -226,7 +226,7 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
     "profile overwrite of a non-run": lambda t, r, m: ((t / "out").mkdir(), _file(t / "out", "mine.txt", "keep"),
                                                        _profile(t, "--overwrite"))[2],
     "profile time estimate too long": lambda t, r, m: (
-        m.setattr("ssm_profile.estimate.estimate_profile_seconds", lambda *a: 90_000.0), _profile(t))[1],
+        m.setattr("ssm_profile.profiling.estimate.estimate_profile_seconds", lambda *a: 90_000.0), _profile(t))[1],
     "model config shape mismatch": lambda t, r, m: ["analyze", _model_copy(t, _double_width)],
     # plan outputs and options
     "plan output exists": lambda t, r, m: ["plan", str(r), "-o", str(_file(t, "p.json", "keep")), "--no-measure"],
@@ -328,8 +328,8 @@ def test_messages_name_the_problem(tmp_path, capsys):
 
 
 def test_read_user_file_names_the_limit_and_the_kind(tmp_path):
-    from ssm_profile.errors import SSMProfileError
-    from ssm_profile.safe_read import read_user_file
+    from ssm_profile.base.errors import SSMProfileError
+    from ssm_profile.base.safe_read import read_user_file
 
     big = _file(tmp_path, "big.txt", "x" * 2000)
     with pytest.raises(SSMProfileError, match="larger than the 1000 bytes limit"):

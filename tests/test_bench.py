@@ -6,7 +6,7 @@ import pytest
 
 import json
 
-from ssm_profile import data
+from ssm_profile.calibration import data
 from ssm_profile.cli.main import main
 
 
@@ -40,7 +40,7 @@ def test_bench_quick_writes_json_and_tables(tmp_path, capsys):
 
 
 def test_exact_reuse_bound_charges_only_what_follows_the_first_touched_layer():
-    from ssm_profile.bench import exact_reuse_bound
+    from ssm_profile.bench.bench import exact_reuse_bound
 
     stages = {"embedding": 1.0, "layers": [2.0, 2.0, 2.0], "head": 3.0}  # a full forward costs 10
     # 4 trials: one from layer 0 (charged 2 + 2 + 3), one from layer 2 (charged 3), one repeated

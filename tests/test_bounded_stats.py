@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from conftest import tiny_mamba, tiny_mamba2
-from ssm_profile.arch import find_mixers
+from ssm_profile.model.arch import find_mixers
 from ssm_profile.criteria import NotApplicable
-from ssm_profile.data import DataSpec
-from ssm_profile.defaults import DEFAULT_CRITERIA
-from ssm_profile.offload import DiskTensors
-from ssm_profile.recipe import RunRecipe, needs_of
-from ssm_profile.stats import collect_stats, layer_chunks, statistics_bytes
+from ssm_profile.calibration.data import DataSpec
+from ssm_profile.base.defaults import DEFAULT_CRITERIA
+from ssm_profile.calibration.offload import DiskTensors
+from ssm_profile.profiling.recipe import RunRecipe, needs_of
+from ssm_profile.calibration.stats import collect_stats, layer_chunks, statistics_bytes
 
 ALL = {"inputs", "hessians", "grads", "ssm", "tokens"}
 
@@ -130,7 +130,7 @@ def test_profile_refused_up_front_when_memory_is_short(tmp_path, monkeypatch, ca
 
 
 def test_estimate_covers_every_statistic():
-    from ssm_profile.estimate import estimate_profile_memory
+    from ssm_profile.profiling.estimate import estimate_profile_memory
 
     model = tiny_mamba(layers=3)
     settings = dict(nsamples=4, eval_samples=4, seqlen=16, batch_size=4, cache_bytes=0)
@@ -157,7 +157,7 @@ def _float_matrices_held(model) -> int:
 def test_bounded_passes_leave_nothing_large_in_ram(layers, tmp_path, monkeypatch):
     """After every chunk's pass of the bounded path, no XᵀX or gradient sum is left in RAM (they are
     all on disk), so what RAM holds does not grow with the layer count; the in-memory path holds them."""
-    import ssm_profile.stats as stats_module
+    import ssm_profile.calibration.stats as stats_module
 
     model = tiny_mamba(layers=layers)
     held = []
@@ -183,7 +183,7 @@ def test_bounded_passes_leave_nothing_large_in_ram(layers, tmp_path, monkeypatch
 def test_offloaded_folders_are_the_ones_a_later_run_removes(tmp_path):
     """A killed run leaves its offloaded statistics behind; the next run in that directory must
     recognise (and remove) them, so they carry the prefix remove_leftovers looks for."""
-    from ssm_profile.offload import remove_leftovers
+    from ssm_profile.calibration.offload import remove_leftovers
 
     model = tiny_mamba(layers=2)
     stats = collect_stats(model, calib(), ALL, batch_size=4, memory_budget=1, offload_dir=tmp_path)
@@ -196,7 +196,7 @@ def test_offloaded_folders_are_the_ones_a_later_run_removes(tmp_path):
 def test_a_bounded_score_cache_recomputes_the_same_scores():
     """Element scores past ``cache_bytes`` are dropped (least recently used) and recomputed equal."""
     from ssm_profile.criteria import ScoringContext
-    from ssm_profile.sensitivity import Scorer
+    from ssm_profile.profiling.sensitivity import Scorer
 
     model = tiny_mamba(layers=3)
     stats = collect_stats(model, calib(), ALL, batch_size=4)

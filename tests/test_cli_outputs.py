@@ -56,7 +56,7 @@ def test_interrupted_overwrite_keeps_the_old_run(tmp_path, monkeypatch, capsys):
         (Path(run_dir) / "run.json").write_text("{}")  # half a new run
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("ssm_profile.profile.profile_model", interrupted)
+    monkeypatch.setattr("ssm_profile.profiling.profile.profile_model", interrupted)
     capsys.readouterr()
     assert main(["profile", "tiny-mamba", "-o", str(run), *TINY, "--overwrite"]) == 130
     err = capsys.readouterr().err
@@ -68,7 +68,7 @@ def test_ctrl_c_prints_the_exact_resume_command(tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("ssm_profile.profile.profile_model", interrupted)
+    monkeypatch.setattr("ssm_profile.profiling.profile.profile_model", interrupted)
     monkeypatch.chdir(tmp_path)
     assert main(["profile", "tiny-mamba", *TINY, "--seed", "3"]) == 130
     err = capsys.readouterr().err.strip()
@@ -149,8 +149,8 @@ def test_report_takes_another_runs_plan_only_when_allowed(planned, tmp_path, cap
 
 
 def test_configure_threads_refuses_what_the_machine_lacks():
-    from ssm_profile.errors import SSMProfileError
-    from ssm_profile.runtime import configure_threads
+    from ssm_profile.base.errors import SSMProfileError
+    from ssm_profile.base.runtime import configure_threads
 
     for bad in (0, -1, (os.cpu_count() or 1) + 1):
         with pytest.raises(SSMProfileError, match="--threads must be between 1 and"):
@@ -158,8 +158,8 @@ def test_configure_threads_refuses_what_the_machine_lacks():
 
 
 def test_time_check_refuses_beyond_the_limit_unless_forced():
-    from ssm_profile.errors import SSMProfileError
-    from ssm_profile.estimate import check_time, duration_text
+    from ssm_profile.base.errors import SSMProfileError
+    from ssm_profile.profiling.estimate import check_time, duration_text
 
     check_time(3600, force=False)
     check_time(10**7, force=True)
@@ -175,7 +175,7 @@ def test_profile_prints_its_time_estimate(tmp_path, capsys):
 
 
 def test_stale_tmp_of_a_dead_writer_is_removed(tmp_path):
-    from ssm_profile.io import write_text_atomic
+    from ssm_profile.base.io import write_text_atomic
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
@@ -188,7 +188,7 @@ def test_stale_tmp_of_a_dead_writer_is_removed(tmp_path):
 
 
 def test_failed_replacement_keeps_the_old_directory(tmp_path):
-    from ssm_profile.io import atomic_directory
+    from ssm_profile.base.io import atomic_directory
 
     final = tmp_path / "out"
     final.mkdir()
@@ -209,7 +209,7 @@ def test_ctrl_c_of_other_commands_prints_the_command_to_run_again(planned, tmp_p
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("ssm_profile.apply.apply_plan", interrupted)
+    monkeypatch.setattr("ssm_profile.pruning.apply.apply_plan", interrupted)
     argv = ["apply", "tiny-mamba", str(plan), "-o", str(tmp_path / "out"), "--quiet"]
     assert main(argv) == 130
     err = capsys.readouterr().err.strip()
@@ -220,15 +220,15 @@ def test_a_long_profile_is_announced_even_when_quiet(tmp_path, monkeypatch, caps
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("ssm_profile.estimate.estimate_profile_seconds", lambda *a: 3 * 3600.0)
-    monkeypatch.setattr("ssm_profile.profile.profile_model", interrupted)
+    monkeypatch.setattr("ssm_profile.profiling.estimate.estimate_profile_seconds", lambda *a: 3 * 3600.0)
+    monkeypatch.setattr("ssm_profile.profiling.profile.profile_model", interrupted)
     assert main(["profile", "tiny-mamba", "-o", str(tmp_path / "run"), *TINY]) == 130
     assert "this profile should take about 3.0 h" in capsys.readouterr().err
 
 
 def test_free_path_names_a_path_that_does_not_exist_yet(tmp_path):
     """Next-step hints (profile -> plan -> apply) and the TUI's save path must work when copied."""
-    from ssm_profile.io import free_path
+    from ssm_profile.base.io import free_path
 
     assert free_path("plan.json", tmp_path) == "plan.json"
     (tmp_path / "plan.json").write_text("{}")

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from conftest import tiny_mamba, tiny_mamba2
 from ssm_profile import criteria as C
 from ssm_profile import load_model
-from ssm_profile.arch import find_mixers
+from ssm_profile.model.arch import find_mixers
 from ssm_profile.criteria.base import aggregate_unit_scores
-from ssm_profile.errors import SSMProfileError
-from ssm_profile.stats import collect_stats, mamba2_conv
+from ssm_profile.base.errors import SSMProfileError
+from ssm_profile.calibration.stats import collect_stats, mamba2_conv
 
 torch.set_num_threads(1)
 

@@ -7,16 +7,16 @@ import json
 import pytest
 import torch
 
-from ssm_profile.arch import find_mixers
+from ssm_profile.model.arch import find_mixers
 from conftest import tiny_mamba, tiny_mamba2
 
-from ssm_profile import data as data_module
-from ssm_profile.data import (DataSpec, batch_losses, consecutive_windows, has_blocked_head, load_dataset, read_text,
+from ssm_profile.calibration import data as data_module
+from ssm_profile.calibration.data import (DataSpec, batch_losses, consecutive_windows, has_blocked_head, load_dataset, read_text,
                            sample_windows)
-from ssm_profile.errors import DataError, SSMProfileError
-from ssm_profile.kernels import Kernels
-from ssm_profile.masks import MaskApplier, Target, element_mask, select_units, targets_for, unit_mask
-from ssm_profile.resolve import load_model
+from ssm_profile.base.errors import DataError, SSMProfileError
+from ssm_profile.mixers.choice import Kernels
+from ssm_profile.criteria.masks import MaskApplier, Target, element_mask, select_units, targets_for, unit_mask
+from ssm_profile.model.resolve import load_model
 
 
 @pytest.fixture(scope="module")

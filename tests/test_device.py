@@ -10,11 +10,11 @@ from conftest import tiny_mamba
 
 from ssm_profile import mixers
 from ssm_profile.cli.main import build_parser, main
-from ssm_profile.data import batch_losses, head_window_losses, logits_window_losses
-from ssm_profile.errors import SSMProfileError
-from ssm_profile.kernels import Kernels, active, installed, model_device
-from ssm_profile.resolve import check_device, load_model, resolve_device
-from ssm_profile.stats import collect_stats
+from ssm_profile.calibration.data import batch_losses, head_window_losses, logits_window_losses
+from ssm_profile.base.errors import SSMProfileError
+from ssm_profile.mixers.choice import Kernels, active, installed, model_device
+from ssm_profile.model.resolve import check_device, load_model, resolve_device
+from ssm_profile.calibration.stats import collect_stats
 
 TINY = ["--nsamples", "2", "--eval-samples", "2", "--seqlen", "16", "--sparsities", "0.5",
         "--criteria", "magnitude", "--no-per-layer", "--quiet"]

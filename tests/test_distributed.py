@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from distributed_worker import CLI_ARGS, DATA, MODEL, settings
-from ssm_profile.distributed import World, balanced_owners, sharded_statistics
-from ssm_profile.errors import SSMProfileError
-from ssm_profile.profile import profile_model
-from ssm_profile.resolve import load_model
-from ssm_profile.stats import collect_stats
+from ssm_profile.profiling.distributed import World, balanced_owners, sharded_statistics
+from ssm_profile.base.errors import SSMProfileError
+from ssm_profile.profiling.profile import profile_model
+from ssm_profile.model.resolve import load_model
+from ssm_profile.calibration.stats import collect_stats
 
 WORKER = str(Path(__file__).with_name("distributed_worker.py"))
 CLI = str(Path(sys.executable).with_name("ssm-profile"))
@@ -56,8 +56,8 @@ def test_two_ranks_share_the_plans_back_off_measurements(one_run, tmp_path):
     import shutil
     from dataclasses import replace
 
-    from ssm_profile.journal import append_journal
-    from ssm_profile.results import ProfileResult
+    from ssm_profile.profiling.journal import append_journal
+    from ssm_profile.profiling.results import ProfileResult
 
     run = tmp_path / "optimistic"
     shutil.copytree(one_run, run)

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from ssm_profile.data import consecutive_windows
-from ssm_profile.resolve import embedded_data, embedded_dir, load_model
+from ssm_profile.calibration.data import consecutive_windows
+from ssm_profile.model.resolve import embedded_data, embedded_dir, load_model
 
 SEQ_LEN = 256  # the protocol of examples/train_embedded.py
 

@@ -1,4 +1,4 @@
-"""oneDNN float32 linear (ssm_profile.fastlinear): inference only, agrees with F.linear, installed per model."""
+"""oneDNN float32 linear (ssm_profile.kernels.fastlinear): inference only, agrees with F.linear, installed per model."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from conftest import tiny_mamba
 
-from ssm_profile import fastlinear
-from ssm_profile.kernels import Kernels, installed
+from ssm_profile.kernels import fastlinear
+from ssm_profile.mixers.choice import Kernels, installed
 
 torch.set_num_threads(1)
 LINEAR_ONLY = Kernels(fast_linear=True)

@@ -1,4 +1,4 @@
-"""ssm_profile.fastscan: the fused selective scan equals transformers' reference function (an
+"""ssm_profile.kernels.fastscan: the fused selective scan equals transformers' reference function (an
 independent oracle here), values and gradients; installed, it is what the Mamba-1 mixers run."""
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import torch
 from conftest import tiny_mamba
 from transformers.models.mamba import modeling_mamba
 
-from ssm_profile import fastscan, kernels, mixers
-from ssm_profile.kernels import Kernels, installed
+from ssm_profile import mixers
+from ssm_profile.kernels import fastscan
+from ssm_profile.mixers import choice as kernels
+from ssm_profile.mixers.choice import Kernels, installed
 
 torch.set_num_threads(1)
 SCAN_ONLY, TRANSFORMERS = Kernels(fast_scan=True), Kernels()  # the scan alone, torch's linear either way
@@ -275,7 +277,7 @@ def test_tiny_falcon_mamba_same_logits():
 
 
 def test_bench_functions_report_times_and_ratios():
-    from ssm_profile.bench_scan import bench_layer_backward, bench_layer_forward, format_table
+    from ssm_profile.bench.bench_scan import bench_layer_backward, bench_layer_forward, format_table
 
     fwd = bench_layer_forward(seq_len=8, repeats=1)
     bwd = bench_layer_backward(seq_len=4, repeats=1)

@@ -84,7 +84,7 @@ def _leftovers(root: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_killed_commands_resume_to_the_uninterrupted_result(tmp_path):
-    from ssm_profile.lock import run_dir_lock
+    from ssm_profile.base.lock import run_dir_lock
 
     seed = int(os.environ.get("FAULT_SEED", random.randrange(10**6)))
     rng = random.Random(seed)

@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from ssm_profile.analysis import AnalysisResult
-from ssm_profile.findings import Finding, difference, evaluate_findings
-from ssm_profile.results import ProfileResult
-from ssm_profile.sensitivity import Trial
+from ssm_profile.model.analysis import AnalysisResult
+from ssm_profile.profiling.findings import Finding, difference, evaluate_findings
+from ssm_profile.profiling.results import ProfileResult
+from ssm_profile.profiling.sensitivity import Trial
+from ssm_profile.profiling.record import RunRecord
 
 WINDOWS = 40
 
@@ -26,7 +27,7 @@ def make_trial(target: str, criterion: str, dense: np.ndarray, shift: np.ndarray
 
 def make_result(trials: list[Trial], dense: np.ndarray, kind: str = "mamba2") -> ProfileResult:
     analysis = AnalysisResult(model={"mixer_kinds": [kind]}, totals={}, groups=[], units=[], dynamics=[])
-    return ProfileResult(meta={"data": {"seed": 0}}, analysis=analysis, dense_window_losses=[float(x) for x in dense],
+    return ProfileResult(record=RunRecord.from_dict({"data": {"seed": 0}}), analysis=analysis, dense_window_losses=[float(x) for x in dense],
                          trials=trials, bootstrap=400)
 
 

@@ -16,9 +16,9 @@ from conftest import HYBRIDS, cached_step_logits, tiny_hybrid
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging
 
-from ssm_profile.analysis import analyze
-from ssm_profile.arch import find_mixers
-from ssm_profile.surgery import remove_layers, slice_cuts, slice_units, sync_config, zero_units
+from ssm_profile.model.analysis import analyze
+from ssm_profile.model.arch import find_mixers
+from ssm_profile.pruning.surgery import remove_layers, slice_cuts, slice_units, sync_config, zero_units
 
 logging.set_verbosity_error()
 IDS = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))  # 12 > chunk_size 8

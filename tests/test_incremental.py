@@ -1,9 +1,9 @@
 """The incremental sweep equals the plain sweep bit for bit; the fast kernels agree with the reference.
 
-* ssm_profile.incremental: every trial loss and window loss of a profile is ``==`` with and without
+* ssm_profile.profiling.incremental: every trial loss and window loss of a profile is ``==`` with and without
   the incremental evaluator (model-wide and per-layer trials, Mamba-1 and Mamba-2, tiny random
   models and the embedded ones), and every reuse mode is actually exercised;
-* ssm_profile.fastscan2: the Mamba-2 recurrence (numba and torch) and the chunked form equal a
+* ssm_profile.kernels.fastscan2: the Mamba-2 recurrence (numba and torch) and the chunked form equal a
   step-by-step loop written here to float32 rounding; the owned forward takes the recurrence for
   inference and the chunked form when gradients are needed;
 * fast kernels on vs off: the same profile agrees to float32 rounding.
@@ -15,13 +15,14 @@ import pytest
 import torch
 from conftest import tiny_mamba, tiny_mamba2
 
-from ssm_profile import data as data_module
-from ssm_profile import fastscan2
-from ssm_profile.data import Dataset, DataSpec, batch_losses, load_dataset
-from ssm_profile.incremental import IncrementalEvaluator, supports
-from ssm_profile.kernels import Kernels, installed
-from ssm_profile.profile import ProfileSettings, profile_model
-from ssm_profile.resolve import LoadedModel, ModelSource, load_model
+from ssm_profile.calibration import data as data_module
+from ssm_profile.kernels import fastscan2
+from ssm_profile.calibration.data import Dataset, DataSpec, batch_losses, load_dataset
+from ssm_profile.profiling.incremental import IncrementalEvaluator, supports
+from ssm_profile.mixers.choice import Kernels, installed
+from ssm_profile.profiling.record import ProfileSettings
+from ssm_profile.profiling.profile import profile_model
+from ssm_profile.model.resolve import LoadedModel, ModelSource, load_model
 
 torch.set_num_threads(1)
 
@@ -60,7 +61,7 @@ def assert_identical_profiles(loaded, data, **kw):
     assert a.keys() == b.keys() and len(a) > 10
     assert [k for k in a if a[k] != b[k]] == []  # == on floats: bit for bit
     assert any(t.layer is not None for t in inc.trials) and any(t.layer is None for t in inc.trials)
-    return inc.meta["incremental"]
+    return inc.record.incremental
 
 
 @pytest.mark.parametrize("make,fast", [(tiny_mamba, True), (tiny_mamba2, True), (tiny_mamba2, False),
@@ -96,7 +97,7 @@ def m2_setup():
 
 def masked_losses(model, mask, windows, evaluate=None, kernels=Kernels.fast()):
     """Per-window losses with ``mask`` applied: by ``evaluate``, else plainly (the profiler's kernels)."""
-    from ssm_profile.masks import MaskApplier
+    from ssm_profile.criteria.masks import MaskApplier
 
     with MaskApplier(model) as applier:
         applier.apply(mask)
@@ -166,7 +167,7 @@ def test_resume_accepts_other_kernel_and_sweep_choices(tmp_path):
     again = profile_model(loaded, data, settings(fast_scan=False, incremental=False, **kw), run_dir=tmp_path / "r",
                           resume=True)
     assert losses_of(first) == losses_of(again)
-    assert again.meta["settings"]["fast_scan"] is False
+    assert again.record.settings.fast_scan is False
 
 
 # ------------------------------------------------------------------------------ Mamba-2 fast path

@@ -1,4 +1,4 @@
-"""ssm_profile.kernels: a choice of kernels is a value installed on one model, never on torch or transformers."""
+"""ssm_profile.mixers.choice: a choice of kernels is a value installed on one model, never on torch or transformers."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_mamba, tiny_mamba2
 
-from ssm_profile import fastscan2, kernels, mixers
-from ssm_profile.data import batch_losses
-from ssm_profile.kernels import Kernels, installed
-from ssm_profile.patching import forwards_overridden
+from ssm_profile import mixers
+from ssm_profile.kernels import fastscan2
+from ssm_profile.mixers import choice as kernels
+from ssm_profile.calibration.data import batch_losses
+from ssm_profile.mixers.choice import Kernels, installed
+from ssm_profile.base.patching import forwards_overridden
+from ssm_profile.profiling.record import RunRecord
 
 torch.set_num_threads(1)
 SHARED_MODULES = ("torch.nn.functional", "transformers.models.mamba.modeling_mamba",
@@ -168,11 +171,11 @@ def test_batch_losses_takes_its_kernels_as_a_value():
 
 
 def test_kernels_of_a_run(monkeypatch):
-    from ssm_profile.recipe import RunRecipe
+    from ssm_profile.profiling.recipe import RunRecipe
 
     assert Kernels.for_run(True) == Kernels.fast() and Kernels.for_run(False) == Kernels.transformers()
     meta = {"data": {"nsamples": 1, "eval_samples": 1, "seqlen": 8}, "settings": {"fast_scan": True}}
-    assert RunRecipe.of_run(meta).kernels == Kernels.fast()
-    assert RunRecipe.of_run({**meta, "settings": {"fast_scan": False}}).kernels == Kernels.transformers()
+    assert RunRecipe.of_run(RunRecord.from_dict(meta)).kernels == Kernels.fast()
+    assert RunRecipe.of_run(RunRecord.from_dict({**meta, "settings": {"fast_scan": False}})).kernels == Kernels.transformers()
     monkeypatch.setenv(kernels.ENV_VAR, "off")
-    assert Kernels.for_run(True) == Kernels.transformers() and RunRecipe.of_run(meta).kernels == Kernels.transformers()
+    assert Kernels.for_run(True) == Kernels.transformers() and RunRecipe.of_run(RunRecord.from_dict(meta)).kernels == Kernels.transformers()

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from conftest import tiny_mamba, tiny_mamba2
-from ssm_profile.arch import find_mixers
+from ssm_profile.model.arch import find_mixers
 from ssm_profile.criteria import CalibrationStats, ScoringContext
 from ssm_profile.criteria.sparsegpt import remove_columns, sparsegpt
-from ssm_profile.data import batch_losses
-from ssm_profile.masks import MaskApplier
-from ssm_profile.sensitivity import Scorer, TrialSpec, run_trial
-from ssm_profile.stats import collect_stats
+from ssm_profile.calibration.data import batch_losses
+from ssm_profile.criteria.masks import MaskApplier
+from ssm_profile.profiling.sensitivity import Scorer, TrialSpec, run_trial
+from ssm_profile.calibration.stats import collect_stats
+from ssm_profile.profiling.record import RunRecord
 
 torch.set_num_threads(1)
 
@@ -115,7 +116,7 @@ def test_obs_trial_changes_kept_weights_and_restores_exactly(obs_setup, target):
 
 
 def test_incremental_evaluator_equals_full_forward_for_obs(obs_setup):
-    from ssm_profile.incremental import IncrementalEvaluator
+    from ssm_profile.profiling.incremental import IncrementalEvaluator
 
     model, scorer, windows, dense = obs_setup
     mixers = find_mixers(model)
@@ -141,9 +142,9 @@ def test_incremental_evaluator_equals_full_forward_for_obs(obs_setup):
 def test_apply_obs_plan_writes_reconstructed_weights_that_reload(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from ssm_profile.apply import apply_plan
-    from ssm_profile.recipe import RunRecipe
-    from ssm_profile.resolve import load_model
+    from ssm_profile.pruning.apply import apply_plan
+    from ssm_profile.profiling.recipe import RunRecipe
+    from ssm_profile.model.resolve import load_model
     from test_apply_validate import make_plan, unit_action
 
     loaded = load_model("tiny-mamba")
@@ -154,7 +155,7 @@ def test_apply_obs_plan_writes_reconstructed_weights_that_reload(tmp_path):
     # oracle: the same cuts through the profiler's own scorer on a fresh copy of the dense model
     fresh = load_model("tiny-mamba")
     from ssm_profile.documents import as_plan
-    from ssm_profile.data import load_dataset
+    from ssm_profile.calibration.data import load_dataset
 
     recipe = RunRecipe.of_plan(as_plan(plan))
     with recipe.installed(fresh.model):
@@ -216,8 +217,8 @@ def test_prediction_agreement_is_spearman_with_an_interval():
 
     import numpy as np
 
-    from ssm_profile.results import ProfileResult
-    from ssm_profile.sensitivity import Trial
+    from ssm_profile.profiling.results import ProfileResult
+    from ssm_profile.profiling.sensitivity import Trial
 
     rng = np.random.default_rng(3)
     measured = rng.random(12)
@@ -228,7 +229,7 @@ def test_prediction_agreement_is_spearman_with_an_interval():
 
     trials = [t("fisher", i / 20, float(p), float(m)) for i, (p, m) in enumerate(zip(predicted, measured))]
     trials += [t("magnitude", 0.5, None, 0.1), t("snip", 0.1, 0.0, 0.1), t("snip", 0.2, 1.0, 0.2)]
-    result = ProfileResult(meta={}, analysis=None, dense_window_losses=[1.0, 1.0], trials=trials)
+    result = ProfileResult(record=RunRecord.from_dict({}), analysis=None, dense_window_losses=[1.0, 1.0], trials=trials)
     agreement = result.prediction_agreement()
     assert set(agreement) == {"fisher"}  # magnitude predicts nothing; 2 snip trials are too few
     # oracle: Pearson correlation of the ranks (no ties), Fisher z interval by hand
@@ -287,7 +288,7 @@ def test_flap_without_a_bias_changes_nothing_but_zeros():
 def test_applicability_is_decided_without_solving_a_cut(obs_setup, monkeypatch):
     """plan_trials asks `applies` for every (criterion, target): at mamba-130m size, building SparseGPT
     cuts of every layer there took over 15 minutes before the first trial."""
-    from ssm_profile.masks import Target
+    from ssm_profile.criteria.masks import Target
 
     model, scorer, _, _ = obs_setup
     crit = scorer.criteria["obs"]

@@ -13,8 +13,9 @@ import pytest
 import torch
 from conftest import MIXER_ARCHITECTURES, tiny_architecture, tiny_mamba, tiny_mamba2
 
-from ssm_profile import fastscan, fastscan2, mixers
-from ssm_profile.kernels import Kernels, installed
+from ssm_profile import mixers
+from ssm_profile.kernels import fastscan, fastscan2
+from ssm_profile.mixers.choice import Kernels, installed
 from ssm_profile.mixers import _install, _ledger
 
 torch.set_num_threads(1)

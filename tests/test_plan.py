@@ -23,21 +23,15 @@ import pytest
 import torch
 from conftest import tiny_mamba2
 
-from ssm_profile.errors import PlanError
-from ssm_profile.plan import (
-    build_options,
-    load_plan,
-    make_plan,
-    net_gain,
-    overlaps,
-    plan_schema,
-    removed_per_block,
-    shapes_for,
-    solve_mckp,
-    write_plan,
-)
-from ssm_profile.results import ProfileResult
-from ssm_profile.sensitivity import Trial
+from ssm_profile.base.errors import PlanError
+from ssm_profile.documents import load_plan, plan_schema, write_plan
+from ssm_profile.plan import make_plan
+from ssm_profile.plan.options import build_options, overlaps
+from ssm_profile.plan.shapes import removed_per_block, shapes_for
+from ssm_profile.plan.solver import net_gain, solve_mckp
+from ssm_profile.profiling.results import ProfileResult
+from ssm_profile.profiling.sensitivity import Trial
+from ssm_profile.profiling.record import RunRecord
 
 torch.set_num_threads(1)
 
@@ -125,8 +119,8 @@ def test_risk_breaks_ties_only():
 
 @pytest.fixture(scope="module")
 def synthetic() -> ProfileResult:
-    from ssm_profile.analysis import analyze
-    from ssm_profile.arch import find_mixers
+    from ssm_profile.model.analysis import analyze
+    from ssm_profile.model.arch import find_mixers
 
     model = tiny_mamba2(layers=2, n_groups=2)
     analysis = analyze(model, name="synthetic")
@@ -164,7 +158,7 @@ def synthetic() -> ProfileResult:
                  "eval_samples": 4, "seqlen": 32, "seed": 0},
         "settings": {"structure": "unstructured", "seed": 0, "batch_size": 8, "tolerance": 0.1},
     }
-    return ProfileResult(meta=meta, analysis=analysis, dense_window_losses=dense, trials=trials,
+    return ProfileResult(record=RunRecord.from_dict(meta), analysis=analysis, dense_window_losses=dense, trials=trials,
                          unit_scores=unit_scores)
 
 
@@ -225,7 +219,7 @@ def test_options_follow_the_measurements(synthetic):
 
 
 def test_nm_runs_give_one_level_per_group(synthetic):
-    nm = replace(synthetic, meta={**synthetic.meta, "settings": {**synthetic.meta["settings"], "structure": "2:4"}})
+    nm = replace(synthetic, record=replace(synthetic.record, settings=replace(synthetic.record.settings, structure="2:4")))
     options, _ = build_options(nm, "params", shapes=shapes_for(nm))
     groups = [levels for levels in options if not levels[0].target.startswith("unit:")]
     assert groups and all(len(levels) == 2 and levels[1].structure == "2:4" and levels[1].sparsity == 0.5
@@ -338,9 +332,10 @@ def test_plan_for_other_weights_is_refused(synthetic):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from ssm_profile.data import DataSpec
-    from ssm_profile.profile import ProfileSettings, profile_model
-    from ssm_profile.resolve import load_model
+    from ssm_profile.calibration.data import DataSpec
+    from ssm_profile.profiling.record import ProfileSettings
+    from ssm_profile.profiling.profile import profile_model
+    from ssm_profile.model.resolve import load_model
 
     loaded = load_model("tiny-mamba2")
     run_dir = tmp_path_factory.mktemp("plan") / "run"
@@ -351,8 +346,8 @@ def tiny_run(tmp_path_factory):
 
 
 def _check_unit_indices(plan, result, loaded):
-    from ssm_profile.arch import find_mixers
-    from ssm_profile.masks import select_units
+    from ssm_profile.model.arch import find_mixers
+    from ssm_profile.criteria.masks import select_units
 
     mixers = {m.layer: m for m in find_mixers(loaded.model)}
     units = [a for a in plan.actions if a.structure == "units"]
@@ -414,8 +409,8 @@ def test_optimistic_predictions_are_backed_off(tiny_run):
 
 def test_measuring_needs_the_runs_weights(tiny_run):
     _, result, loaded = tiny_run
-    other = replace(result, meta={**result.meta, "model": {**result.meta["model"],
-                                                             "fingerprint": "sha256:" + "0" * 64}})
+    other = replace(result, record=replace(result.record, model=replace(result.record.model,
+                                                                         fingerprint="sha256:" + "0" * 64)))
     with pytest.raises(PlanError, match="other weights"):
         make_plan(other, metric="params", loaded=loaded)
 
@@ -480,12 +475,13 @@ def test_load_plan_rejects_other_documents_in_one_line(tmp_path):
 def test_plan_and_apply_rebuild_the_same_masks_with_the_runs_batch_size(tmp_path):
     """A run profiled with --batch-size 2: the planner's measurer and apply collect wanda's statistics
     in batches of 2 (not a fixed 8) and get the same keep-masks."""
-    from ssm_profile.apply import _dense_cuts
-    from ssm_profile.data import DataSpec
-    from ssm_profile.plan import Measurer
-    from ssm_profile.profile import ProfileSettings, profile_model
-    from ssm_profile.recipe import RunRecipe
-    from ssm_profile.resolve import load_model
+    from ssm_profile.pruning.apply import _dense_cuts
+    from ssm_profile.calibration.data import DataSpec
+    from ssm_profile.plan.measure import Measurer
+    from ssm_profile.profiling.record import ProfileSettings
+    from ssm_profile.profiling.profile import profile_model
+    from ssm_profile.profiling.recipe import RunRecipe
+    from ssm_profile.model.resolve import load_model
 
     loaded = load_model("tiny-mamba2")
     run_dir = tmp_path / "run"
@@ -495,7 +491,7 @@ def test_plan_and_apply_rebuild_the_same_masks_with_the_runs_batch_size(tmp_path
     result = ProfileResult.load(run_dir)
     plan = make_plan(result, metric="params", max_ppl_increase=10.0, measure=False, run_path=run_dir)
     assert plan.actions and plan.actions[0].criterion == "wanda"
-    assert RunRecipe.of_plan(plan) == RunRecipe.of_run(result.meta) and RunRecipe.of_plan(plan).batch_size == 2
+    assert RunRecipe.of_plan(plan) == RunRecipe.of_run(result.record) and RunRecipe.of_plan(plan).batch_size == 2
     measurer = Measurer(result, loaded, lambda *a: None)
     options = build_options(result, "params", shapes=shapes_for(result))[0]
     option = next(o for levels in options for o in levels[1:] if o.sparsity == plan.actions[0].sparsity)
@@ -512,7 +508,7 @@ def test_plan_and_apply_rebuild_the_same_masks_with_the_runs_batch_size(tmp_path
 
 def test_zeros_only_plan_warns_that_nothing_physical_changes(synthetic, capsys):
     from ssm_profile.cli.plan_cmd import print_plan
-    from ssm_profile.summary import changes_nothing, physical_change
+    from ssm_profile.pruning.summary import changes_nothing, physical_change
 
     plan = make_plan(synthetic, metric="params", max_ppl_increase=0.1, measure=False, structures="unstructured")
     assert plan.actions and all(a.execution == "zero" for a in plan.actions)
@@ -527,7 +523,7 @@ def test_zeros_only_plan_warns_that_nothing_physical_changes(synthetic, capsys):
 
 def test_sliced_plan_leads_with_the_physical_change(synthetic, capsys):
     from ssm_profile.cli.plan_cmd import print_plan
-    from ssm_profile.summary import changes_nothing, physical_change
+    from ssm_profile.pruning.summary import changes_nothing, physical_change
 
     plan = make_plan(synthetic, metric="state", max_ppl_increase=0.1, measure=False, structures="units")
     sliced = [a for a in plan.actions if a.execution == "slice"]

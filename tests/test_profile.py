@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from ssm_profile.cli.main import main
-from ssm_profile.data import DataSpec
-from ssm_profile.profile import ProfileSettings, profile_model
-from ssm_profile.resolve import load_model
-from ssm_profile.results import ProfileResult
+from ssm_profile.calibration.data import DataSpec
+from ssm_profile.profiling.record import ProfileSettings
+from ssm_profile.profiling.profile import profile_model
+from ssm_profile.model.resolve import load_model
+from ssm_profile.profiling.results import ProfileResult
 
 SMALL_DATA = DataSpec(nsamples=4, eval_samples=4, seqlen=32)
 
@@ -42,7 +43,7 @@ def test_profile_writes_a_loadable_run(tmp_path, loaded2):
     assert {"run.json", "analysis.json", "trials.jsonl", "sweep.csv", "ranking.csv", "findings.csv"} <= files
     back = ProfileResult.load(tmp_path / "run")
     assert [r.target for r in back.ranking()] == [r.target for r in result.ranking()]
-    assert back.meta["model"]["fingerprint"] == loaded2.fingerprint
+    assert back.record.model.fingerprint == loaded2.fingerprint
     # 3 targets x 3 criteria x 2 levels model-wide + 3 targets x 4 layers per-layer
     assert len(result.model_trials) == 18 and len(result.layer_trials) == 12
     import pandas as pd
@@ -52,7 +53,7 @@ def test_profile_writes_a_loadable_run(tmp_path, loaded2):
     assert pruned.pruned_params > 0 and pruned.delta_loss != 0
     # what the mixers ran, counted: every call the owned forward (numba for inference, the chunked
     # SSD in torch for fisher's gradients), its check recorded
-    ran = back.meta["mixer_forwards"]["Mamba2Mixer"]
+    ran = back.record.mixer_forwards["Mamba2Mixer"]
     assert ran["family"] == "ssd" and set(ran["calls"]) == {"owned/numba", "owned/torch"}
     assert ran["calls"]["owned/numba"] >= 4 * (1 + 18 + 12) and all(c["ok"] for c in ran["checks"])
 
@@ -78,7 +79,7 @@ def test_resume_after_cancel_gives_identical_results(tmp_path, loaded2):
 
 def test_resume_refuses_other_settings(tmp_path, loaded2):
     profile_model(loaded2, SMALL_DATA, small_settings(per_layer=False, targets=["A_log"]), run_dir=tmp_path / "r")
-    from ssm_profile.errors import OutputExistsError, RunDirError
+    from ssm_profile.base.errors import OutputExistsError, RunDirError
 
     with pytest.raises(OutputExistsError, match="--resume"):
         profile_model(loaded2, SMALL_DATA, small_settings(per_layer=False, targets=["A_log"]), run_dir=tmp_path / "r")
@@ -133,7 +134,7 @@ def test_killed_run_resumes_to_the_same_results(tmp_path):
 
 
 def test_statistics_left_by_a_killed_run_neither_block_nor_stay(tmp_path, loaded2):
-    from ssm_profile.offload import STATS_PREFIX
+    from ssm_profile.calibration.offload import STATS_PREFIX
 
     leftover = tmp_path / "run" / f"{STATS_PREFIX}killed"
     leftover.mkdir(parents=True)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ssm_profile.cli.main import main
-from ssm_profile.errors import DataError, PlanError
+from ssm_profile.base.errors import DataError, PlanError
 
 TINY = ["--nsamples", "2", "--eval-samples", "2", "--seqlen", "16", "--sparsities", "0.5",
         "--criteria", "magnitude", "--no-per-layer", "--quiet"]
@@ -111,7 +111,7 @@ def test_a_torn_or_garbled_plan_file_is_one_line(real_plan, scratch, cut, garbag
 @given(content=st.binary(max_size=600) | st.text(max_size=300).map(str.encode),
        suffix=st.sampled_from([".txt", ".jsonl"]))
 def test_any_data_file_is_text_or_one_line(scratch, content, suffix):
-    from ssm_profile.data import read_text
+    from ssm_profile.calibration.data import read_text
 
     path = scratch / f"data{suffix}"
     path.write_bytes(content)
@@ -126,7 +126,7 @@ def test_any_data_file_is_text_or_one_line(scratch, content, suffix):
 @PROPERTY
 @given(lines=st.lists(JSON.map(json.dumps) | st.text(max_size=30), max_size=6))
 def test_any_jsonl_lines_are_text_or_one_line(scratch, lines):
-    from ssm_profile.data import read_text
+    from ssm_profile.calibration.data import read_text
 
     path = scratch / "records.jsonl"
     path.write_text("\n".join(lines))

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssm_profile.apply import apply_plan
+from ssm_profile.pruning.apply import apply_plan
 from ssm_profile.cli.main import main
-from ssm_profile.data import DataSpec, load_dataset
-from ssm_profile.distill import ngram_overlap
+from ssm_profile.calibration.data import DataSpec, load_dataset
+from ssm_profile.recovery.distill import ngram_overlap
 from ssm_profile.documents import RECOVERY_FILE, load_recovery
-from ssm_profile.recover import OVERLAP_SPAN, RecoverSettings, checkpoint_dir, recover, training_stream
-from ssm_profile.resolve import embedded_data, load_model
+from ssm_profile.recovery.recover import OVERLAP_SPAN, RecoverSettings, checkpoint_dir, recover, training_stream
+from ssm_profile.model.resolve import embedded_data, load_model
 
 from test_apply_validate import make_plan
 from test_report import run_dir  # noqa: F401  (a fixture: a tiny profile run)
@@ -83,8 +83,8 @@ def test_masks_hold_unstructured_and_nm_and_the_output_loads_plainly(recovered, 
 
 def test_masks_come_from_the_pruning_record_not_from_any_zero(sparse_dir):
     """apply records which parameters it zeroed; an exact zero anywhere else is trainable."""
-    from ssm_profile.distill import frozen_masks
-    from ssm_profile.recover import zeroed_parameters
+    from ssm_profile.recovery.distill import frozen_masks
+    from ssm_profile.recovery.recover import zeroed_parameters
 
     names = zeroed_parameters(sparse_dir)
     pruned = load_model(str(sparse_dir)).model
@@ -121,7 +121,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, spars
 
 
 def test_resume_with_other_options_is_refused(tmp_path, sparse_dir):
-    from ssm_profile.errors import SSMProfileError
+    from ssm_profile.base.errors import SSMProfileError
 
     settings = RecoverSettings(steps=4, lr=1e-2, batch_size=2, checkpoint_every=2, lm_eval=False)
 
@@ -185,7 +185,7 @@ def test_plan_recover_section_sets_the_budget(tmp_path):
     assert RecoverSettings(minutes=2.0).resolved(parsed).steps is None  # the command line wins
     assert parsed.to_dict() == plan
     plan["recover"] = {"steps": 0}
-    from ssm_profile.errors import PlanError
+    from ssm_profile.base.errors import PlanError
 
     with pytest.raises(PlanError, match="recover"):
         as_plan(plan)

@@ -1,4 +1,4 @@
-"""ssm_profile.registry: one registry for criteria, mixer families, sweeps and commands: a taken name
+"""ssm_profile.base.registry: one registry for criteria, mixer families, sweeps and commands: a taken name
 is an error, lazy entries import on first use, other packages add entries through entry points."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from ssm_profile.errors import SSMProfileError
-from ssm_profile.registry import NameClashError, Registry
+from ssm_profile.base.errors import SSMProfileError
+from ssm_profile.base.registry import NameClashError, Registry
 
 
 def test_a_name_is_taken_once():
@@ -51,7 +51,7 @@ def test_lazy_entries_import_on_first_use_and_name_what_is_missing(monkeypatch):
 
 def test_an_unknown_name_is_one_line_with_the_choices():
     from ssm_profile.criteria import get
-    from ssm_profile.profile import ProfileSettings
+    from ssm_profile.profiling.record import ProfileSettings
 
     with pytest.raises(SSMProfileError, match=r"^unknown criterion 'magnitud'; choose from captum, fisher, "):
         get("magnitud")
@@ -85,8 +85,25 @@ def test_the_projects_registries_hold_what_they_should():
     from ssm_profile.cli.main import COMMANDS
     from ssm_profile.criteria.base import CRITERIA
     from ssm_profile.mixers import FAMILIES
-    from ssm_profile.profile import SWEEPS
+    from ssm_profile.profiling.sweeps import SWEEPS
 
     assert COMMANDS.names()[:3] == ["analyze", "profile", "plan"] and "env" in COMMANDS
     assert {"magnitude", "wanda", "obs", "captum"} <= set(CRITERIA.names())
     assert FAMILIES.names() == ["selective_scan", "ssd"] and SWEEPS.names() == ["adaptive", "grid"]
+
+
+def test_importing_a_lazy_entrys_module_directly_registers_that_entry_not_a_clash():
+    """``import ssm_profile.criteria.captum_attr`` before anyone asked for 'captum' is no second entry."""
+    import subprocess
+
+    code = ("import ssm_profile.criteria.captum_attr as m; from ssm_profile.criteria.base import CRITERIA; "
+            "assert CRITERIA.get('captum') is m.CaptumChannelAttribution")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    things: Registry[type] = Registry("thing")
+    things.add_lazy("impostor", "json:JSONDecoder")
+
+    class JSONDecoder:  # same attribute name, another module: still a clash
+        pass
+
+    with pytest.raises(NameClashError):
+        things.add("impostor", JSONDecoder)

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ssm_profile.errors import RunDirError, SSMProfileError
-from ssm_profile.journal import append_journal, read_journal, repair_journal
-from ssm_profile.sensitivity import Trial
+from ssm_profile.base.errors import RunDirError, SSMProfileError
+from ssm_profile.profiling.journal import append_journal, read_journal, repair_journal
+from ssm_profile.profiling.sensitivity import Trial
 
 PYTHON = sys.executable
 TINY = ["--nsamples", "2", "--eval-samples", "2", "--seqlen", "16", "--sparsities", "0.3,0.6",
@@ -134,7 +134,7 @@ def test_number_parsers_never_raise_anything_else(text):
 
 # ---------------------------------------------------------------------------------------------- partial outputs
 def test_stale_partial_of_a_dead_process_is_removed(tmp_path):
-    from ssm_profile.io import atomic_directory, pid_alive
+    from ssm_profile.base.io import atomic_directory, pid_alive
 
     dead = subprocess.run([PYTHON, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
@@ -152,7 +152,7 @@ def test_stale_partial_of_a_dead_process_is_removed(tmp_path):
 # ---------------------------------------------------------------------------------------------- run lock
 HOLD = """
 import sys, time
-from ssm_profile.lock import run_dir_lock
+from ssm_profile.base.lock import run_dir_lock
 with run_dir_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(60)
@@ -160,7 +160,7 @@ with run_dir_lock(sys.argv[1]):
 
 
 def test_lock_refuses_a_second_writer_and_names_the_holder(tmp_path):
-    from ssm_profile.lock import run_dir_lock
+    from ssm_profile.base.lock import run_dir_lock
 
     holder = subprocess.Popen([PYTHON, "-c", HOLD, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
     try:
@@ -196,7 +196,7 @@ def test_two_profiles_on_one_run_directory_one_proceeds(tmp_path):
 
 def test_resume_after_a_torn_journal_gives_the_same_trials(tmp_path, capsys):
     from ssm_profile.cli.main import main
-    from ssm_profile.results import ProfileResult
+    from ssm_profile.profiling.results import ProfileResult
 
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert main(["profile", "tiny-mamba", "-o", str(full), *TINY]) == 0

@@ -26,7 +26,7 @@ import torch
 
 from ssm_profile import reports
 from ssm_profile.cli.main import main
-from ssm_profile.results import ProfileResult
+from ssm_profile.profiling.results import ProfileResult
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION_IDS = ["header", "anatomy", "saliency", "sensitivity", "ranking", "findings", "plan", "validation"]
@@ -37,9 +37,10 @@ MAX_BYTES = 5 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    from ssm_profile.data import DataSpec
-    from ssm_profile.profile import ProfileSettings, profile_model
-    from ssm_profile.resolve import load_model
+    from ssm_profile.calibration.data import DataSpec
+    from ssm_profile.profiling.record import ProfileSettings
+    from ssm_profile.profiling.profile import profile_model
+    from ssm_profile.model.resolve import load_model
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("report") / "run"
@@ -63,16 +64,16 @@ def result(run_dir) -> ProfileResult:
 def hostile(result) -> ProfileResult:
     """The run with script-injection attempts in every user-controlled string the header shows."""
     bad = copy.deepcopy(result)
-    bad.meta["model"]["name"] = XSS
+    bad.record.model.name = XSS
     bad.analysis.model["name"] = XSS
-    bad.meta["data"]["calibration"] = XSS2
-    bad.meta["versions"]["evil"] = XSS2
+    bad.record.data.calibration = XSS2
+    bad.record.versions["evil"] = XSS2
     return bad
 
 
 def make_plan(result, note: str = "keep the <b>dense</b> heads") -> dict:
     return {
-        "model": {"name": result.meta["model"]["name"], "fingerprint": result.meta["model"]["fingerprint"]},
+        "model": {"name": result.record.model.name, "fingerprint": result.record.model.fingerprint},
         "objective": {"target": "params", "ratio": 0.2, "absolute": None, "max_ppl_increase": 0.1},
         "dense": {"loss": result.dense_loss, "params": 962528},
         "actions": [

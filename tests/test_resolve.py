@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from ssm_profile.cli.main import main
-from ssm_profile.convert import save_as_mamba_ssm
-from ssm_profile.errors import HubUnreachableError, ModelNotFoundError, SSMProfileError
-from ssm_profile.resolve import ALIASES, load_model, locate
+from ssm_profile.model.convert import save_as_mamba_ssm
+from ssm_profile.base.errors import HubUnreachableError, ModelNotFoundError, SSMProfileError
+from ssm_profile.model.resolve import ALIASES, load_model, locate
 
 
 def test_aliases_point_at_hub_repos():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ssm_profile import saliency
+from ssm_profile.profiling import saliency
 
 
 def _numpy_summary(scores: np.ndarray, bins: int) -> dict:

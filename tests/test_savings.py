@@ -18,14 +18,15 @@ import pytest
 import torch
 
 from conftest import perturb, tiny_hybrid, tiny_mamba, tiny_mamba2
-from ssm_profile.analysis import analyze
-from ssm_profile.apply import apply_plan
-from ssm_profile.arch import find_mixers
+from ssm_profile.model.analysis import analyze
+from ssm_profile.pruning.apply import apply_plan
+from ssm_profile.model.arch import find_mixers
 from ssm_profile.plan import make_plan
-from ssm_profile.resolve import load_model
-from ssm_profile.results import ProfileResult, Trial
-from ssm_profile.summary import physical_change
-from ssm_profile.surgery import zero_units
+from ssm_profile.model.resolve import load_model
+from ssm_profile.profiling.results import ProfileResult, Trial
+from ssm_profile.pruning.summary import physical_change
+from ssm_profile.pruning.surgery import zero_units
+from ssm_profile.profiling.record import RunRecord
 
 
 def tiny_falcon_mamba():
@@ -63,7 +64,7 @@ def unit_result(loaded, kinds: dict[str, float]) -> ProfileResult:
                  "eval_samples": 4, "seqlen": 32, "seed": 0},
         "settings": {"structure": "unstructured", "seed": 0, "batch_size": 8, "tolerance": 0.1},
     }
-    return ProfileResult(meta=meta, analysis=analyze(model, name=loaded.source.name), dense_window_losses=dense,
+    return ProfileResult(record=RunRecord.from_dict(meta), analysis=analyze(model, name=loaded.source.name), dense_window_losses=dense,
                          trials=trials, unit_scores={"magnitude": scores})
 
 
@@ -152,7 +153,7 @@ def test_cli_flops_plan_realises_its_savings_on_hybrids(tmp_path, case):
 
     from ssm_profile.cli.main import main
     from ssm_profile.documents import load_plan
-    from ssm_profile.resolve import embedded_dir
+    from ssm_profile.model.resolve import embedded_dir
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_dir("tokenizer"))
     base, run, plan_path, out = (tmp_path / n for n in ("base", "run", "plan.json", "out"))
@@ -175,7 +176,7 @@ def test_cli_flops_plan_realises_its_savings_on_hybrids(tmp_path, case):
 
 
 def test_a_run_whose_unit_cuts_are_all_zeros_is_told_what_to_do_not_to_profile_them_again(tmp_path):
-    from ssm_profile.errors import SSMProfileError
+    from ssm_profile.base.errors import SSMProfileError
 
     loaded = saved(perturb(tiny_mamba2(layers=2, n_groups=1).eval()), tmp_path / "base")
     with pytest.raises(SSMProfileError) as err:  # 3 of 4 heads: no stock Mamba2Config expresses the width

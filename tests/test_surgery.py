@@ -17,8 +17,8 @@ from conftest import cached_step_logits, tiny_mamba, tiny_mamba2
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging
 
-from ssm_profile.arch import find_mixers
-from ssm_profile.surgery import is_expressible, remove_layers, slice_units, sync_config, zero_units
+from ssm_profile.model.arch import find_mixers
+from ssm_profile.pruning.surgery import is_expressible, remove_layers, slice_units, sync_config, zero_units
 
 torch.set_num_threads(1)
 logging.set_verbosity_error()

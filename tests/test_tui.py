@@ -23,7 +23,7 @@ pytest.importorskip("textual_plotext")
 
 from textual.widgets import DataTable, Input, SelectionList, Tree
 
-from ssm_profile.errors import SSMProfileError
+from ssm_profile.base.errors import SSMProfileError
 from ssm_profile.tui.app import SSMProfileApp, is_run_dir
 from ssm_profile.tui.screens import ErrorScreen, HelpScreen
 
@@ -45,9 +45,10 @@ needs_planner = pytest.mark.skipif(not _has_planner(), reason="ssm_profile.plan 
 @pytest.fixture(scope="module")
 def saved_run(tmp_path_factory) -> Path:
     """A finished tiny profile of the embedded tiny-mamba2 (magnitude + fisher, two sparsities)."""
-    from ssm_profile.data import DataSpec
-    from ssm_profile.profile import ProfileSettings, profile_model
-    from ssm_profile.resolve import load_model
+    from ssm_profile.calibration.data import DataSpec
+    from ssm_profile.profiling.record import ProfileSettings
+    from ssm_profile.profiling.profile import profile_model
+    from ssm_profile.model.resolve import load_model
 
     run_dir = tmp_path_factory.mktemp("tui") / RUN_NAME
     loaded = load_model("tiny-mamba2")
@@ -141,7 +142,7 @@ async def test_open_embedded_model_and_browse_tree():
 
 @run_async
 async def test_open_run_dir_shows_saved_profile_without_loading_the_model(saved_run):
-    from ssm_profile.results import ProfileResult
+    from ssm_profile.profiling.results import ProfileResult
 
     assert is_run_dir(str(saved_run))
     app = SSMProfileApp(str(saved_run))
@@ -237,12 +238,12 @@ async def test_profile_from_the_ui_cancel_then_resume(tmp_path):
         assert not view.running
         assert "cancelled:" in str(app.query_one("#profile-msg").content)
         assert 0 < len(app.result.trials) < 10  # partial results from the journal are shown
-        assert app.result.meta["status"] == "running"
+        assert app.result.record.status == "running"
         assert app.query_one("#profile-resume").value  # resume ticked for the next start
         view._progress_from_thread = report
         await pilot.press("r")
         await settle(pilot)
-        assert app.result is not None and app.result.meta["status"] == "complete"
+        assert app.result is not None and app.result.record.status == "complete"
         assert {t.target for t in app.result.trials} >= {"in_proj", "unit:head"}
         assert app.query_one("#profile-bar").percentage == 1.0
         assert (tmp_path / "ui-run" / "run.json").is_file()
@@ -533,8 +534,8 @@ async def test_gallery_picture_of_the_curves(run_here):
 @run_async
 async def test_apply_tab_recovers_a_pruned_checkpoint(run_here, tmp_path):
     """The Recover button distils the pruned folder in a worker and reports before → after."""
-    from ssm_profile.apply import apply_plan
-    from ssm_profile.resolve import load_model
+    from ssm_profile.pruning.apply import apply_plan
+    from ssm_profile.model.resolve import load_model
 
     from test_recover import DATA, SPARSE_ACTIONS
     from test_apply_validate import make_plan

@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from ssm_profile.cli.main import main
-from ssm_profile.data import DataSpec, load_dataset, paired_increase, split_windows
-from ssm_profile.errors import DataError
-from ssm_profile.plan import build_options, make_plan
+from ssm_profile.calibration.data import DataSpec, load_dataset, paired_increase, split_windows
+from ssm_profile.base.errors import DataError
+from ssm_profile.plan import make_plan
+from ssm_profile.plan.options import build_options
 from ssm_profile.plan.options import crossfit_delta
-from ssm_profile.recipe import data_spec_from_meta
-from ssm_profile.resolve import load_model, tokenizer_info, use_tokenizer
-from ssm_profile.sensitivity import Trial
+from ssm_profile.calibration.data import data_spec_from_meta
+from ssm_profile.model.resolve import load_model, tokenizer_info, use_tokenizer
+from ssm_profile.profiling.sensitivity import Trial
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +107,9 @@ def test_paired_interval_brackets_the_estimate():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from ssm_profile.profile import ProfileSettings, profile_model
-    from ssm_profile.results import ProfileResult
+    from ssm_profile.profiling.record import ProfileSettings
+    from ssm_profile.profiling.profile import profile_model
+    from ssm_profile.profiling.results import ProfileResult
 
     loaded = load_model("tiny-mamba2")
     run_dir = tmp_path_factory.mktemp("verify") / "run"
@@ -166,7 +168,7 @@ def test_a_plan_that_breaks_its_promise_exits_3_and_suggests_no_apply(tiny_run, 
 
 
 def test_larger_tokenizer_is_one_line_before_any_forward(tiny, tmp_path):
-    from ssm_profile.profile import profile_model
+    from ssm_profile.profiling.profile import profile_model
     from tests.conftest import tiny_mamba
 
     small = tiny_mamba()  # a test model with fewer embedding rows than the shipped tokenizer
@@ -186,7 +188,7 @@ def test_tokenizer_option_and_missing_tokenizer(tiny, tmp_path):
         load_dataset(bare.tokenizer, DataSpec())
     with_tok = use_tokenizer(bare, "embedded")
     assert tokenizer_info(with_tok)["path"] == "embedded"
-    from ssm_profile.errors import ModelNotFoundError
+    from ssm_profile.base.errors import ModelNotFoundError
 
     with pytest.raises(ModelNotFoundError, match="not a folder"):
         use_tokenizer(bare, str(tmp_path / "nope"))
@@ -196,7 +198,7 @@ def test_tokenizer_option_and_missing_tokenizer(tiny, tmp_path):
 
 
 def test_validate_reports_verification_and_extra_texts(tiny_run, tmp_path, capsys):
-    from ssm_profile.apply import apply_plan
+    from ssm_profile.pruning.apply import apply_plan
     from ssm_profile.documents import write_plan
 
     run_dir, result, loaded = tiny_run

@@ -1,4 +1,4 @@
-"""Anatomy tab: the static analysis (``ssm_profile.analysis.AnalysisResult``) as a tree + detail pane."""
+"""Anatomy tab: the static analysis (``ssm_profile.model.analysis.AnalysisResult``) as a tree + detail pane."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from textual.widgets.tree import TreeNode
 
 from .format import human_bytes, human_count, pct, shape
 
-if TYPE_CHECKING:  # ssm_profile.analysis imports torch: the UI shows before it is loaded
-    from ssm_profile.analysis import AnalysisResult, GroupRow, LayerDynamics, UnitRow, WeightStats
+if TYPE_CHECKING:  # ssm_profile.model.analysis imports torch: the UI shows before it is loaded
+    from ssm_profile.model.analysis import AnalysisResult, GroupRow, LayerDynamics, UnitRow, WeightStats
 
 
 @dataclass

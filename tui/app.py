@@ -11,7 +11,7 @@ import contextlib
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
@@ -19,13 +19,16 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
-from ssm_profile.errors import SSMProfileError
+from ssm_profile.base.errors import SSMProfileError
 
 from .anatomy import AnatomyView
 from .plan_view import ApplyView, PlanView
 from .profile_view import ProfileView
 from .screens import ErrorScreen, HelpScreen, OpenScreen
 from .sensitivity import SensitivityView
+
+if TYPE_CHECKING:  # the TUI shows before torch loads
+    from ssm_profile.profiling.record import RunRecord
 
 TABS = ["anatomy", "sensitivity", "profile", "plan", "apply"]
 CONTEXT_ACTIONS = {
@@ -60,15 +63,6 @@ def is_run_dir(path: str | None) -> bool:
     return not (p / "config.json").exists() and any((p / f).exists() for f in ("trials.jsonl", "analysis.json"))
 
 
-def model_name_of_run(meta: dict[str, Any]) -> str:
-    """What to load for a run directory's model (as `apply.reload_source` does)."""
-    model = meta.get("model", {})
-    source = model.get("source") or {}
-    if str(source.get("kind", "")).startswith("local") and source.get("location"):
-        return source["location"]
-    return source.get("name") or model.get("name")
-
-
 class SSMProfileApp(App[int]):
     """Tabs: Anatomy, Sensitivity, Profile, Plan, Apply."""
 
@@ -100,11 +94,11 @@ class SSMProfileApp(App[int]):
         self.target = model
         self.load_options = {k: v for k, v in (load_options or {}).items() if v is not None}
         self.threads = threads
-        self.loaded = None  # ssm_profile.resolve.LoadedModel, once loaded
-        self.analysis = None  # ssm_profile.analysis.AnalysisResult
-        self.result = None  # ssm_profile.results.ProfileResult
+        self.loaded = None  # ssm_profile.model.resolve.LoadedModel, once loaded
+        self.analysis = None  # ssm_profile.model.analysis.AnalysisResult
+        self.result = None  # ssm_profile.profiling.results.ProfileResult
         self.run_dir: Path | None = None
-        self.run_meta: dict[str, Any] | None = None
+        self.run_record: RunRecord | None = None
         self.load_error: SSMProfileError | None = None
         self.opened_run = is_run_dir(model)
         self._model_lock = threading.Lock()
@@ -141,11 +135,11 @@ class SSMProfileApp(App[int]):
     # ------------------------------------------------------------------ opening
     def _load_blocking(self):
         """Load the model (worker threads only); one load at a time."""
-        from ssm_profile.runtime import configure_threads, quiet_libraries
-        from ssm_profile.resolve import load_model
+        from ssm_profile.base.runtime import configure_threads, quiet_libraries
+        from ssm_profile.model.resolve import load_model
 
         quiet_libraries()
-        name = model_name_of_run(self.run_meta) if self.opened_run and self.run_meta else self.target
+        name = self.run_record.model.load_name() if self.opened_run and self.run_record else self.target
         loaded = load_model(name, with_tokenizer=True, **self.load_options)
         configure_threads(self.threads, loaded.model)  # as the CLI: 1 thread for tiny models
         return loaded
@@ -167,12 +161,12 @@ class SSMProfileApp(App[int]):
     def _open(self) -> None:
         try:
             if self.opened_run:
-                from ssm_profile.results import ProfileResult
+                from ssm_profile.profiling.results import ProfileResult
 
                 result = ProfileResult.load(Path(self.target).expanduser())
                 self.call_from_thread(self._opened_run, result)
             else:
-                from ssm_profile.analysis import analyze
+                from ssm_profile.model.analysis import analyze
 
                 loaded = self.ensure_loaded()
                 analysis = analyze(loaded.model, name=loaded.source.name, source=asdict(loaded.source))
@@ -195,18 +189,18 @@ class SSMProfileApp(App[int]):
         self.query_one(ApplyView).set_model_name(name)
 
     def _opened_run(self, result) -> None:
-        self.run_meta = result.meta
-        self.sub_title = f"{result.meta.get('model', {}).get('name', '?')} · saved run"
+        self.run_record = record = result.record
+        self.sub_title = f"{record.model.name or '?'} · saved run"
         a = result.analysis
         m, t = a.model, a.totals
-        status = "complete" if result.meta.get("status") == "complete" else "incomplete (resume in Profile)"
+        status = "complete" if record.complete else "incomplete (resume in Profile)"
         self.query_one(AnatomyView).show(a, f"{m['name']} · {m['architecture']} · {m['num_ssm_layers']} SSM "
                                             f"layers · {t['parameters']:,} parameters · saved run ({status})")
         self.analysis = a
         self._focus_tab(self.active_tab)
-        self.query_one(ProfileView).prefill(result.meta, str(self.target))
+        self.query_one(ProfileView).prefill(record, str(self.target))
         self.query_one(ApplyView).set_model_name(str(m["name"]).replace("/", "--"))
-        self.set_result(result, Path(self.target), note="" if result.meta.get("status") == "complete"
+        self.set_result(result, Path(self.target), note="" if record.complete
                         else "partial (incomplete run)")
 
     def _open_failed(self, err: Exception) -> None:
@@ -230,7 +224,7 @@ class SSMProfileApp(App[int]):
             return
         with self._model_lock:
             self.target, self.opened_run, self.load_error = target, is_run_dir(target), None
-            self.loaded = self.analysis = self.result = self.run_meta = self.run_dir = None
+            self.loaded = self.analysis = self.result = self.run_record = self.run_dir = None
         self.query_one(SensitivityView).clear()
         self.query_one(PlanView).clear()
         self.action_show_tab("anatomy")
@@ -241,7 +235,7 @@ class SSMProfileApp(App[int]):
         """A profile result (opened, just computed, or partial) for the result-driven tabs."""
         self.result = result
         self.run_dir = run_dir
-        self.run_meta = result.meta
+        self.run_record = result.record
         if self.analysis is None:
             self.analysis = result.analysis
         self.query_one(SensitivityView).show(result, note)

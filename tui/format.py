@@ -6,7 +6,7 @@ import math
 
 from rich.text import Text
 
-from ssm_profile.fmt import human_bytes, human_count
+from ssm_profile.base.fmt import human_bytes, human_count
 
 __all__ = ["duration", "heat_cell", "human_bytes", "human_count", "num", "pct", "shape"]
 

@@ -1,10 +1,10 @@
-"""Plan tab (``ssm_profile.plan.make_plan``) and Apply tab (``ssm_profile.apply.apply_plan`` + validation)."""
+"""Plan tab (``ssm_profile.plan.make_plan``) and Apply tab (``ssm_profile.pruning.apply.apply_plan`` + validation)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.text import Text
 from textual import work
@@ -16,17 +16,18 @@ from textual.widgets import Button, Checkbox, ContentSwitcher, DataTable, Input,
 from textual.worker import get_current_worker
 
 from ssm_profile.documents import Plan, PruningRecord
-from ssm_profile.errors import SSMProfileError
-from ssm_profile.fmt import percent_of, scope_name
-from ssm_profile.io import free_path
-from ssm_profile.summary import changes_nothing, physical_change
+from ssm_profile.validation.comparison import comparison_rows
+from ssm_profile.base.errors import SSMProfileError
+from ssm_profile.base.fmt import percent_of, scope_name
+from ssm_profile.base.io import free_path
+from ssm_profile.pruning.summary import changes_nothing, physical_change
 
 from .format import duration, human_bytes, human_count, num, pct
+from .host import AppHost
 from .recover_view import RecoverPanel
 from .widgets import Tick, WorkerView
 
-if TYPE_CHECKING:
-    from .app import SSMProfileApp
+
 
 DEBOUNCE_S = 0.35
 PLAN_TARGETS = [("parameters", "params"), ("FLOPs/token", "flops"), ("state bytes", "state")]
@@ -34,7 +35,7 @@ PLAN_TARGETS = [("parameters", "params"), ("FLOPs/token", "flops"), ("state byte
 
 def _optional_float(text: str, what: str, example: float, below_one: bool = False) -> float | None:
     """``0.3`` or ``30%`` -> 0.3 by the CLI's rule (a bare 10 is refused, not read as +1000%); empty -> None."""
-    from ssm_profile.fmt import parse_proportion
+    from ssm_profile.base.fmt import parse_proportion
 
     if not text.strip():
         return None
@@ -50,7 +51,7 @@ ACTION_COLUMNS = ("target", "layers", "cut", "criterion", "removes", "pred. ΔL"
 class PlanView(Vertical):
     """Inputs for the objective; the plan is re-solved (``measure=False``) on every change."""
 
-    app: SSMProfileApp
+    app: AppHost
 
     class PlanChanged(Message):
         """The current plan changed (None: there is none); the App hands it to the Apply tab."""
@@ -280,7 +281,8 @@ class PlanView(Vertical):
 
     @work(thread=True, exclusive=True, group="plan-export", exit_on_error=False)
     def _export(self, plan: Plan, inputs: tuple, path: str, measure: bool, overwrite: bool) -> None:
-        from ssm_profile.plan import make_plan, write_plan
+        from ssm_profile.documents import write_plan
+        from ssm_profile.plan import make_plan
 
         try:
             if measure:
@@ -324,7 +326,7 @@ class ApplyView(WorkerView, Vertical):
 
     MESSAGE_ID, RUN_ID = "apply-msg", "apply-run"
 
-    app: SSMProfileApp
+    app: AppHost
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
@@ -403,7 +405,7 @@ class ApplyView(WorkerView, Vertical):
 
     @work(thread=True, exclusive=True, group="apply", exit_on_error=False)
     def _run(self, plan, output: str, overwrite: bool, lm_eval: bool) -> None:
-        from ssm_profile.apply import apply_plan
+        from ssm_profile.pruning.apply import apply_plan
         from ssm_profile.documents import load_plan
 
         try:
@@ -450,7 +452,7 @@ class ApplyView(WorkerView, Vertical):
         table = self.query_one("#apply-table", DataTable)
         table.clear()
         validation = report.validation
-        for row in validation.comparison_rows() if validation is not None else []:
+        for row in comparison_rows(validation) if validation is not None else []:
             if row.before is None and row.after is None:
                 continue
             better = row.better

@@ -1,4 +1,4 @@
-"""Profile tab: run ``ssm_profile.profile.profile_model`` on the opened model in a thread worker."""
+"""Profile tab: run ``ssm_profile.profiling.profile.profile_model`` on the opened model in a thread worker."""
 
 from __future__ import annotations
 
@@ -15,14 +15,15 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, SelectionList, Static
 from textual.worker import get_current_worker
 
-from ssm_profile.defaults import DEFAULT_CRITERIA, DEFAULT_SPARSITIES
-from ssm_profile.errors import RunDirError, SSMProfileError
+from ssm_profile.base.defaults import DEFAULT_CRITERIA, DEFAULT_SPARSITIES
+from ssm_profile.base.errors import RunDirError, SSMProfileError
 
 from .format import duration
+from .host import AppHost
 from .widgets import Tick, TickList
 
-if TYPE_CHECKING:
-    from .app import SSMProfileApp
+if TYPE_CHECKING:  # the TUI shows before torch loads
+    from ssm_profile.profiling.record import RunRecord
 
 
 # ssm_profile.criteria imports torch; its registry replaces this list once a model or run is open
@@ -51,7 +52,7 @@ def _int(text: str, what: str) -> int:
 class ProfileView(Vertical):
     """A form with the settings of `ssm-profile profile`, a start/cancel pair and progress."""
 
-    app: SSMProfileApp
+    app: AppHost
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
@@ -91,11 +92,10 @@ class ProfileView(Vertical):
         yield Static("idle", id="profile-eta", classes="status-line")
 
     # ------------------------------------------------------------------ form
-    def prefill(self, meta: dict[str, Any] | None, output: str) -> None:
+    def prefill(self, record: RunRecord | None, output: str) -> None:
         """Defaults for the opened model, or the settings of an opened run directory."""
         self.query_one("#profile-output", Input).value = output
-        settings, data = (meta or {}).get("settings", {}), (meta or {}).get("data", {})
-        chosen = set(settings.get("criteria", DEFAULT_CRITERIA))
+        chosen = set(record.settings.criteria if record is not None else DEFAULT_CRITERIA)
         sel = self.query_one("#profile-criteria", SelectionList)
         with contextlib.suppress(Exception):  # keep the built-in list if the registry cannot be read
             from ssm_profile.criteria import available
@@ -103,26 +103,25 @@ class ProfileView(Vertical):
             names = available()
             sel.clear_options()
             sel.add_options([(n, n, n in chosen) for n in names])
-        if not meta:
+        if record is None:
             return
+        settings, data = record.settings, record.data_spec()
         sel.deselect_all()
         for name in chosen:
             with contextlib.suppress(Exception):  # a criterion this version lacks
                 sel.select(name)
-        if settings.get("sparsities"):
-            self.query_one("#profile-sparsities", Input).value = _listed(settings["sparsities"])
-        for key, field in (("nsamples", "nsamples"), ("eval-samples", "eval_samples"), ("seqlen", "seqlen")):
-            if data.get(field):
-                self.query_one(f"#profile-{key}", Input).value = str(data[field])
-        for key in ("calibration", "evaluation"):
-            source = data.get(key) or ""
-            self.query_one(f"#profile-{key}", Input).value = "" if source.startswith("embedded:") else source
-        self.query_one("#profile-per-layer", Checkbox).value = bool(settings.get("per_layer", True))
-        self.query_one("#profile-resume", Checkbox).value = meta.get("status") != "complete"
+        if settings.sparsities:
+            self.query_one("#profile-sparsities", Input).value = _listed(settings.sparsities)
+        for key, value in (("nsamples", data.nsamples), ("eval-samples", data.eval_samples), ("seqlen", data.seqlen)):
+            self.query_one(f"#profile-{key}", Input).value = str(value)
+        for key, source in (("calibration", data.calibration), ("evaluation", data.evaluation)):
+            self.query_one(f"#profile-{key}", Input).value = source or ""
+        self.query_one("#profile-per-layer", Checkbox).value = bool(settings.per_layer)
+        self.query_one("#profile-resume", Checkbox).value = not record.complete
 
     def read_form(self):
-        from ssm_profile.data import DataSpec
-        from ssm_profile.profile import ProfileSettings
+        from ssm_profile.calibration.data import DataSpec
+        from ssm_profile.profiling.record import ProfileSettings
 
         criteria = list(self.query_one("#profile-criteria", SelectionList).selected)
         if not criteria:
@@ -187,8 +186,8 @@ class ProfileView(Vertical):
 
     @work(thread=True, exclusive=True, group="profile", exit_on_error=False)
     def _run(self, settings, spec, output: str, resume: bool) -> None:
-        from ssm_profile.profile import profile_model
-        from ssm_profile.results import ProfileResult
+        from ssm_profile.profiling.profile import profile_model
+        from ssm_profile.profiling.results import ProfileResult
 
         worker = get_current_worker()
         cancelled = lambda: self._cancel.is_set() or worker.is_cancelled

@@ -1,5 +1,5 @@
 """The Apply tab's recovery row: distil the pruned checkpoint from its dense teacher in a worker
-(``ssm_profile.recover.recover``) and show the verification perplexity before and after."""
+(``ssm_profile.recovery.recover.recover``) and show the verification perplexity before and after."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Input, Label, Static
 
-from ssm_profile.defaults import RECOVER_STEPS
+from ssm_profile.base.defaults import RECOVER_STEPS
 from ssm_profile.documents import RecoveryRecord
-from ssm_profile.errors import SSMProfileError
-from ssm_profile.io import free_path
+from ssm_profile.base.errors import SSMProfileError
+from ssm_profile.base.io import free_path
 
 from .format import duration
 from .widgets import WorkerView
@@ -70,7 +70,7 @@ class RecoverPanel(WorkerView, Vertical):
 
     @work(thread=True, exclusive=True, group="recover", exit_on_error=False)
     def _run(self, pruned: str, output: str, steps: int) -> None:
-        from ssm_profile.recover import RecoverSettings, recover
+        from ssm_profile.recovery.recover import RecoverSettings, recover
 
         try:
             record = recover(pruned, output, settings=RecoverSettings(steps=steps, lm_eval=False),

@@ -1,5 +1,5 @@
 """Sensitivity tab: curves, score histograms, layer × group heatmap, ranking and findings of a
-``ssm_profile.results.ProfileResult``."""
+``ssm_profile.profiling.results.ProfileResult``."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from textual_plotext import PlotextPlot
 
 from .format import heat_cell, human_count, num, pct
 
-if TYPE_CHECKING:  # ssm_profile.results imports torch: the UI shows before it is loaded
-    from ssm_profile.results import ProfileResult
+if TYPE_CHECKING:  # ssm_profile.profiling.results imports torch: the UI shows before it is loaded
+    from ssm_profile.profiling.results import ProfileResult
 
 METRICS = {"delta": "ΔL (loss increase)", "rel": "relative perplexity increase"}
 VIEWS = ["curves", "scores", "heatmap", "ranking", "findings"]
@@ -89,7 +89,7 @@ class SensitivityView(Vertical):
         self._status_note = status
         crits, targets = self.criteria, self.targets
         if self.criterion not in crits:
-            default = result.meta.get("settings", {}).get("layer_criterion")
+            default = result.record.settings.layer_criterion
             self.criterion = default if default in crits else (crits[0] if crits else None)
         ranking = result.ranking()
         if self.target not in targets:
@@ -178,9 +178,9 @@ class SensitivityView(Vertical):
         return trial.delta_loss if self.metric == "delta" else 100.0 * trial.rel_ppl_increase
 
     def _skip_reason(self, target: str | None, criterion: str | None) -> str:
-        for s in self.result.meta.get("skipped", []) if self.result else []:
-            if s.get("target") == target and s.get("criterion") == criterion:
-                return s.get("reason", "")
+        for s in self.result.record.skipped if self.result else []:
+            if s.target == target and s.criterion == criterion:
+                return s.reason
         return ""
 
     def _fill_curves(self) -> None:
@@ -267,12 +267,12 @@ class SensitivityView(Vertical):
         if r is None:
             return
         layers, targets, matrix = r.heatmap()
-        settings = r.meta.get("settings", {})
+        settings = r.record.settings
         if not layers:
             note.update(Text(r.layer_stage_note() or "no per-layer sweep in this run", style="italic"))
             return
-        crit = settings.get("layer_criterion", "?")
-        probe = settings.get("probe_sparsity")
+        crit = settings.layer_criterion
+        probe = settings.probe_sparsity
         if self.metric == "rel":
             matrix = r.heatmap("rel")[2]
         what = "ΔL" if self.metric == "delta" else "rel. ppl increase"

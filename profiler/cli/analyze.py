@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..io import check_output
+from ..base.io import check_output
 from .common import add_model_args, human_bytes, human_count, load_from_args, model_files
 
 
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis import analyze
+    from ..model.analysis import analyze
 
     if args.json:  # refuse before loading the model
         check_output(args.json, overwrite=args.overwrite, inputs=model_files(args.model), what="--json file")

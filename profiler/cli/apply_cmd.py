@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..apply import apply_plan
-    from ..resolve import use_tokenizer
+    from ..pruning.apply import apply_plan
+    from ..model.resolve import use_tokenizer
     from ..documents import load_plan
     from .progress import rich_progress
 
@@ -67,7 +67,7 @@ def recover_command(pruned: str, plan) -> str:
     import shlex
     from pathlib import Path
 
-    from ..io import free_path
+    from ..base.io import free_path
 
     out = Path(pruned)
     target = free_path(out.with_name(out.name + "-recovered"))
@@ -76,7 +76,7 @@ def recover_command(pruned: str, plan) -> str:
 
 def _plan_and_model(args: argparse.Namespace) -> None:
     """``apply PLAN -o OUT`` (one positional) is the plan; the model then comes from it."""
-    from ..errors import SSMProfileError
+    from ..base.errors import SSMProfileError
 
     if args.plan is None:
         if args.model is None:
@@ -95,8 +95,8 @@ def _check_output(args: argparse.Namespace, plan) -> str:
     import sys
     from pathlib import Path
 
-    from ..errors import OutputExistsError
-    from ..resolve import locate
+    from ..base.errors import OutputExistsError
+    from ..model.resolve import locate
 
     out = Path(args.output).expanduser()
     inputs = [Path(args.plan)]
@@ -124,7 +124,7 @@ def _overlaps(a, b) -> bool:
 
 def _unvalidated_checkpoint_of(out, plan) -> bool:
     from ..documents import PRUNING_FILE, VALIDATION_FILE, load_pruning_record
-    from ..errors import SSMProfileError
+    from ..base.errors import SSMProfileError
 
     if (out / VALIDATION_FILE).exists() or not (out / "config.json").is_file():
         return False
@@ -146,9 +146,9 @@ def print_apply(report: PruningRecord) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..comparison import relative_change
-    from ..fmt import percent_of
-    from ..summary import UNITS_HINT
+    from ..validation.comparison import relative_change
+    from ..base.fmt import percent_of
+    from ..pruning.summary import UNITS_HINT
 
     console = Console()
     table = Table(title="Plan actions")

@@ -38,16 +38,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..bench import machine_info, markdown, render, run_bench
-    from ..io import check_output, write_text_atomic
-    from ..runtime import check_threads
+    from ..bench.bench import machine_info, markdown, render, run_bench
+    from ..base.io import check_output, write_text_atomic
+    from ..base.runtime import check_threads
 
     check_threads(args.threads)  # and the outputs, before minutes of measuring
     for path, what in ((args.json_path, "--json file"), (args.markdown, "--markdown file")):
         if path:
             check_output(path, overwrite=args.overwrite, what=what)
     if args.json_path and args.markdown and Path(args.json_path).resolve() == Path(args.markdown).resolve():
-        from ..errors import OutputExistsError
+        from ..base.errors import OutputExistsError
 
         raise OutputExistsError("--json and --markdown name the same file; give two paths")
     console = Console(stderr=True)
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"[dim]bench: {what}…[/dim]")
 
     if args.scaling or args.scaling_full or args.scaling_shapes:
-        from ..bench_scaling import bench_scaling, render_scaling
+        from ..bench.bench_scaling import bench_scaling, render_scaling
 
         entries = bench_scaling(args.scaling_shapes, threads=args.threads, full=args.scaling_full, quick=args.quick,
                                 note=note)
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _shapes(text: str):
-    from ..bench_scaling import parse_shape
+    from ..bench.bench_scaling import parse_shape
 
     try:
         return [parse_shape(part) for part in text.split(",") if part.strip()]

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 # The subcommands take these core helpers from here, with the options that use them.
-from ..fmt import human_bytes, human_count  # noqa: F401  (re-exported)
-from ..runtime import SMALL_MODEL, check_threads, configure_threads, quiet_libraries  # noqa: F401  (re-exported)
+from ..base.fmt import human_bytes, human_count  # noqa: F401  (re-exported)
+from ..base.runtime import SMALL_MODEL, check_threads, configure_threads, quiet_libraries  # noqa: F401  (re-exported)
 
 
 def add_model_args(parser: argparse.ArgumentParser, positional: bool = True, required: bool = False) -> None:
@@ -31,7 +31,7 @@ def add_model_args(parser: argparse.ArgumentParser, positional: bool = True, req
 def load_from_args(args: argparse.Namespace, with_tokenizer: bool = True):
     check_threads(getattr(args, "threads", None))  # before seconds of loading, not after
     quiet_libraries()
-    from ..resolve import load_model
+    from ..model.resolve import load_model
 
     loaded = load_model(args.model, dtype=args.dtype, device=args.device, revision=args.revision,
                         trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
@@ -42,7 +42,7 @@ def load_from_args(args: argparse.Namespace, with_tokenizer: bool = True):
 
 def model_files(name: str | None) -> list[Path]:
     """The files of a local model directory (an output must never replace one of them)."""
-    from ..resolve import locate
+    from ..model.resolve import locate
 
     directory = Path(locate(name).location)
     return [item for item in directory.iterdir() if item.is_file()] if directory.is_dir() else []

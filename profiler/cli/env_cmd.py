@@ -19,7 +19,7 @@ PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "numpy", "scip
 
 def collect() -> dict[str, str]:
     from .. import __version__
-    from ..runtime import quiet_libraries
+    from ..base.runtime import quiet_libraries
 
     quiet_libraries()
     info = {"ssm-profile": __version__, "python": platform.python_version(),
@@ -34,7 +34,7 @@ def collect() -> dict[str, str]:
 
         info["torch threads"] = str(torch.get_num_threads())
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available"
-        from .. import fastlinear
+        from ..kernels import fastlinear
         from ..mixers import describe
         from ..mixers._selftest import self_test
 
@@ -44,7 +44,7 @@ def collect() -> dict[str, str]:
             info[f"SSM mixers on {device}"] = describe(self_test(device), calls=False)
     except ImportError:  # pragma: no cover
         pass
-    # WORLD_SIZE/RANK/LOCAL_RANK: launched by torchrun or accelerate launch (ssm_profile.distributed)
+    # WORLD_SIZE/RANK/LOCAL_RANK: launched by torchrun or accelerate launch (ssm_profile.profiling.distributed)
     for var in ("HF_HOME", "HF_HUB_OFFLINE", "SSM_PROFILE_FAST_SCAN", "WORLD_SIZE", "RANK", "LOCAL_RANK",
                 "SSM_PROFILE_DIST_TIMEOUT"):
         if var in os.environ:

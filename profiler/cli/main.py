@@ -14,8 +14,8 @@ from types import ModuleType
 from typing import Sequence
 
 from .. import __version__
-from ..errors import SSMProfileError
-from ..registry import Registry
+from ..base.errors import SSMProfileError
+from ..base.registry import Registry
 
 # name -> its module (``register(subparsers)``, ``run(args)``), imported lazily so `ssm-profile models`
 # does not pay for torch/textual; other packages add commands through "ssm_profile.commands" entry points.
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:
         return _fail(os_error_message(err))
     except Exception as err:
-        from ..resolve import first_line, is_safetensors_error
+        from ..model.resolve import first_line, is_safetensors_error
 
         if not is_safetensors_error(err):
             raise
@@ -104,7 +104,7 @@ def _not_a_model(word: str) -> str | None:
         return None
     if near and not word.startswith("tiny-"):  # a typo of a command is never a model name worth loading
         return f"unknown command '{word}'{hint} (see ssm-profile --help)"
-    from ..resolve import ALIASES, EMBEDDED_MODELS
+    from ..model.resolve import ALIASES, EMBEDDED_MODELS
 
     if word in EMBEDDED_MODELS or word in ALIASES:
         return None

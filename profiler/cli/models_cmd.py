@@ -14,7 +14,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..resolve import list_models
+    from ..model.resolve import list_models
 
     table = Table(title="Models (`ssm-profile analyze NAME`; also any hub id or local directory)")
     for col in ("name", "source", "architecture", "params", "note"):

@@ -6,7 +6,7 @@ import argparse
 import math
 from typing import Callable
 
-from ..runtime import check_threads  # noqa: F401  (re-exported: the option's check lives in the core)
+from ..base.runtime import check_threads  # noqa: F401  (re-exported: the option's check lives in the core)
 
 
 def _number(text: str) -> float:
@@ -89,8 +89,8 @@ def at_least(minimum: int, why: str = "") -> Callable[[str], int]:
 
 
 def proportion(example: float, *, below_one: bool = False, allow_zero: bool = False) -> Callable[[str], float]:
-    """A ratio or tolerance flag: :func:`ssm_profile.fmt.parse_proportion`, the rule the TUI applies too."""
-    from ..fmt import parse_proportion
+    """A ratio or tolerance flag: :func:`ssm_profile.base.fmt.parse_proportion`, the rule the TUI applies too."""
+    from ..base.fmt import parse_proportion
 
     def parse(text: str) -> float:
         try:

@@ -66,24 +66,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..io import check_output
-    from ..results import ProfileResult
-    from ..runtime import check_threads
+    from ..base.io import check_output
+    from ..profiling.results import ProfileResult
+    from ..base.runtime import check_threads
 
     check_threads(args.threads)  # before any heavy work
     if args.recover_steps is not None and args.recover_steps < 1:
-        from ..errors import SSMProfileError
+        from ..base.errors import SSMProfileError
 
         raise SSMProfileError(f"--recover-steps must be a positive integer, got {args.recover_steps}")
     result = ProfileResult.load(args.run_dir)  # a missing or damaged run is the first thing to say
     run_files = [item for item in Path(args.run_dir).glob("*") if item.is_file()]
     output = check_output(args.output, overwrite=args.overwrite, inputs=run_files, what="plan")
 
-    from ..plan import load_run_model, make_plan, write_plan
+    from ..documents import write_plan
+    from ..plan import load_run_model, make_plan
     from .common import SMALL_MODEL, configure_threads, quiet_libraries
     from .progress import rich_progress
 
-    from ..distributed import World
+    from ..profiling.distributed import World
 
     quiet_libraries()
     small = result.analysis.totals["parameters"] < SMALL_MODEL
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     print_plan(plan)
     import shlex
 
-    from ..io import free_path
+    from ..base.io import free_path
 
     if plan.verification is not None and not plan.verification.kept:
         # the promise broke on text no step of the plan saw: say so, suggest no apply, exit as validate does
@@ -135,8 +136,8 @@ def print_plan(plan: Plan) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..fmt import percent_of, scope_name, share
-    from ..summary import changes_nothing, plan_summary_lines
+    from ..base.fmt import percent_of, scope_name, share
+    from ..pruning.summary import changes_nothing, plan_summary_lines
     from .common import human_bytes, human_count
 
     console = Console()

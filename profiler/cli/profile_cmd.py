@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..fmt import agreement_text
+from ..base.fmt import agreement_text
 from .common import add_model_args, load_from_args
 from .options import at_least, check_threads, duration, fraction, names, proportion, seed, sparsity_list
 
@@ -60,11 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..data import DataSpec
-    from ..distributed import World
-    from ..errors import SSMProfileError
-    from ..profile import ProfileSettings, check_run_dir
-    from ..resolve import check_device, locate, use_tokenizer
+    from ..calibration.data import DataSpec
+    from ..profiling.distributed import World
+    from ..base.errors import SSMProfileError
+    from ..profiling.record import ProfileSettings
+    from ..profiling.profile import check_run_dir
+    from ..model.resolve import check_device, locate, use_tokenizer
 
     if args.list_criteria:
         return _list_criteria(args)
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if not world.writer:
         return 0
     print_summary(result)
-    from ..io import free_path
+    from ..base.io import free_path
 
     print(f"run directory: {output}  (next: ssm-profile plan {output} -o {free_path('plan.json')}; "
           f"ssm-profile report {output})")
@@ -112,8 +113,8 @@ def _profile_into(loaded, dataset, settings, output, args: argparse.Namespace, r
     """Profile into ``output``; with ``replace``, into a sibling that takes the old run's place only
     once complete (an interrupted --overwrite leaves the old run as it was). Ranks other than 0 never
     touch the run directory, so they pass ``output`` as it is."""
-    from ..io import atomic_directory
-    from ..profile import profile_model
+    from ..base.io import atomic_directory
+    from ..profiling.profile import profile_model
     from .progress import rich_progress
 
     with rich_progress("profiling", enabled=not args.quiet) as progress:
@@ -146,9 +147,9 @@ QUIET_NOTE_S = 600  # with --quiet, the estimate is printed from this duration o
 def _check_time(loaded, dataset, settings, args: argparse.Namespace) -> None:
     import sys
 
-    from ..estimate import check_time, duration_text, estimate_profile_seconds
-    from ..recipe import RunRecipe
-    from ..kernels import Kernels
+    from ..profiling.estimate import check_time, duration_text, estimate_profile_seconds
+    from ..profiling.recipe import RunRecipe
+    from ..mixers.choice import Kernels
 
     from ..mixers import describe, snapshot, usage
 
@@ -164,9 +165,9 @@ def _check_time(loaded, dataset, settings, args: argparse.Namespace) -> None:
 
 
 def _check_memory(loaded, spec, settings, force: bool) -> None:
-    from ..estimate import check_memory
-    from ..incremental import DEFAULT_CACHE_BYTES
-    from ..recipe import needs_of
+    from ..profiling.estimate import check_memory
+    from ..profiling.incremental import DEFAULT_CACHE_BYTES
+    from ..profiling.recipe import needs_of
 
     check_memory(loaded.model, force, nsamples=spec.nsamples, eval_samples=spec.eval_samples, seqlen=spec.seqlen,
                  batch_size=settings.batch_size, needs=needs_of([*settings.criteria, settings.layer_criterion]),
@@ -177,7 +178,7 @@ def _load_data(loaded, spec):
     """Tokenised windows; says so when the evaluation text holds fewer windows than asked for."""
     import sys
 
-    from ..data import load_dataset
+    from ..calibration.data import load_dataset
 
     dataset = load_dataset(loaded.tokenizer, spec)
     got = int(dataset.evaluation.shape[0])
@@ -211,7 +212,7 @@ def print_summary(result) -> None:
 
     console = Console()
     console.print(f"dense evaluation loss {result.dense_loss:.4f} (perplexity {result.dense_perplexity:.2f}); "
-                  f"{len(result.trials)} trials in {result.meta.get('timings', {}).get('total', 0):.0f} s")
+                  f"{len(result.trials)} trials in {result.record.timings.get('total', 0):.0f} s")
     table = Table(title="Sensitivity ranking (most sensitive first; best criterion per target)")
     for col in ("#", "target", "best criterion", "AUC ΔL", "95% CI", f"safe sparsity (≤{result.tolerance:.0%} ppl)",
                 "ΔL @50%"):

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .. import defaults
+    from ..base import defaults
     from .options import seed
 
     p = sub.add_parser("recover", help="recover a pruned checkpoint's quality by distillation", description=__doc__)
@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     import os
     import shlex
 
-    from ..recover import RecoverSettings, check_paths, checkpoint_dir, recover
-    from ..runtime import check_threads, configure_threads, quiet_libraries
+    from ..recovery.recover import RecoverSettings, check_paths, checkpoint_dir, recover
+    from ..base.runtime import check_threads, configure_threads, quiet_libraries
     from .progress import rich_progress
 
     check_threads(args.threads)
@@ -92,7 +92,7 @@ def _default_threads(pruned: str) -> int | None:
     import os
     from pathlib import Path
 
-    from ..runtime import SMALL_MODEL
+    from ..base.runtime import SMALL_MODEL
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return 1

@@ -41,8 +41,8 @@ RUN_INPUTS = ("run.json", "analysis.json", "dense.json", "trials.jsonl", "unit_s
 def _check_outputs(args: argparse.Namespace, output: str) -> None:
     """Refuse outputs that exist (without --overwrite; the default report in RUN_DIR too) or that are
     inputs."""
-    from ssm_profile.errors import OutputExistsError
-    from ssm_profile.io import check_output
+    from ssm_profile.base.errors import OutputExistsError
+    from ssm_profile.base.io import check_output
 
     inputs = [p for p in (args.plan, args.validation, args.recovery) if p]
     inputs += [Path(args.run_dir) / name for name in RUN_INPUTS]
@@ -58,7 +58,7 @@ def _check_outputs(args: argparse.Namespace, output: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssm_profile.results import ProfileResult
+    from ssm_profile.profiling.results import ProfileResult
     from ssm_profile.documents import load_plan, load_validation
     from ssm_profile.reports import write_report
 
@@ -95,7 +95,7 @@ def _recovery(args: argparse.Namespace) -> dict | None:
 
 def _check_plan_matches(plan, result, allow: bool) -> None:
     """A plan of other weights is refused (its numbers would be reported as this run's), or a warning with --allow-other-plan."""
-    from ssm_profile.errors import PlanError
+    from ssm_profile.base.errors import PlanError
     from ssm_profile.reports.facts import plan_mismatch
 
     mismatch = plan_mismatch(plan, result)

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-from ..errors import SSMProfileError
+from ..base.errors import SSMProfileError
 from .common import add_model_args
 
 
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
                               "pip install 'ssm-profile[tui]'")
     import threading
 
-    from ssm_profile.runtime import check_threads
+    from ssm_profile.base.runtime import check_threads
     from ssm_profile.tui.app import SSMProfileApp, is_run_dir
 
     check_threads(args.threads)  # a one-line error here, not inside the UI
@@ -98,13 +98,13 @@ def _preload(run_dir: bool) -> None:
     """Import torch (and transformers) while the UI starts: the loader needs them first."""
     try:
         if run_dir:
-            import ssm_profile.results
+            import ssm_profile.profiling.results
         else:
             from .common import quiet_libraries
 
             quiet_libraries()
             from transformers import AutoModelForCausalLM  # noqa: F401
 
-            import ssm_profile.resolve  # noqa: F401
+            import ssm_profile.model.resolve  # noqa: F401
     except Exception:  # noqa: BLE001, S110 - only a head start; the loader reports real errors
         pass

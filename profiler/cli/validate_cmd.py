@@ -56,7 +56,7 @@ def validation_options(args: argparse.Namespace) -> dict[str, Any]:
     from ..tasks import BUILTIN_TASKS
 
     if args.speed_repeats < 1 or min(args.speed_batch) < 1:
-        from ..errors import SSMProfileError
+        from ..base.errors import SSMProfileError
 
         raise SSMProfileError("--speed-batch and --speed-repeats must be positive")
     builtin = () if (args.no_builtin_tasks or args.no_lm_eval) else BUILTIN_TASKS
@@ -80,10 +80,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..documents import PRUNING_FILE, load_plan, load_pruning_record
-    from ..errors import ModelNotFoundError
-    from ..io import write_json_atomic
-    from ..resolve import load_model, use_tokenizer
-    from ..validate import validate
+    from ..base.errors import ModelNotFoundError
+    from ..base.io import write_json_atomic
+    from ..model.resolve import load_model, use_tokenizer
+    from ..validation.validate import validate
     from .progress import rich_progress
 
     options = validation_options(args)
@@ -112,7 +112,7 @@ def _check_report_path(args: argparse.Namespace, out_dir: Path) -> Path:
     """-o, or the default OUT_DIR/validation.json, must be new (or --overwrite) and none of the inputs:
     nothing a user has is replaced without being asked."""
     from ..documents import VALIDATION_FILE
-    from ..io import check_output
+    from ..base.io import check_output
     from .common import model_files
 
     if not args.output:
@@ -128,7 +128,7 @@ _SOURCE = {"plan": "plan's objective", "argument": "--max-ppl-increase"}
 
 def finish(report: ValidationReport) -> int:
     """0, or raise the tolerance error (exit code 3) when the perplexity rose too much."""
-    from ..validate import ToleranceBreachedError
+    from ..validation.validate import ToleranceBreachedError
 
     tol = report.tolerance
     decided = report.verification or {"rel_ppl_increase": report.perplexity["rel_ppl_increase"]}
@@ -154,7 +154,9 @@ def print_validation(report: ValidationReport) -> None:
     console = Console()
     if not console.is_terminal:  # piped or captured: wide enough for whole labels and intervals
         console = Console(width=max(console.width, 140))
-    rows = report.comparison_rows()
+    from ..validation.comparison import comparison_rows
+
+    rows = comparison_rows(report)
     table = Table(title="Before / after pruning")
     for col in ("metric", "base", "pruned", "change"):
         table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=col == "metric")

@@ -40,8 +40,8 @@ def applicability(model: nn.Module, criteria_names: Iterable[str]) -> list[dict]
     None) and one per unit kind (``group`` None). A group applies when at least one of its
     tensors can be scored; ``reason`` then names the tensors that cannot (or is empty).
     """
-    from ..arch import find_mixers
-    from ..errors import SSMProfileError, UnsupportedModelError
+    from ..model.arch import find_mixers
+    from ..base.errors import SSMProfileError, UnsupportedModelError
 
     mixers = find_mixers(model)
     if not mixers:

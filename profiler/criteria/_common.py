@@ -10,7 +10,7 @@ import torch
 from .base import CalibrationStats, NotApplicable
 
 if TYPE_CHECKING:
-    from ..arch import MixerInfo
+    from ..model.arch import MixerInfo
 
 # weight -> key of its input statistics (relative to the mixer path)
 LINEAR_WEIGHTS = {"in_proj.weight": "in_proj", "x_proj.weight": "x_proj", "dt_proj.weight": "dt_proj",

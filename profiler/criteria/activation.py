@@ -1,13 +1,13 @@
 """Criteria that weigh weights by the activations they multiply: WANDA, FLAP (WIFV), OBS.
 
-Input statistics are those of :func:`ssm_profile.stats.collect_stats` (``inputs``, ``hessians``).
+Input statistics are those of :func:`ssm_profile.calibration.stats.collect_stats` (``inputs``, ``hessians``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..arch import MAMBA1
+from ..model.arch import MAMBA1
 from ._common import LINEAR_WEIGHTS, input_norm, input_var, inputs, need_param, out_proj_slot, tensor
 from . import sparsegpt
 from .base import Criterion, NotApplicable, register

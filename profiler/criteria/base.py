@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ..registry import Registry
+from ..base.registry import Registry
 
 if TYPE_CHECKING:
-    from ..arch import MixerInfo, UnitFamily
+    from ..model.arch import MixerInfo, UnitFamily
 
 
 class NotApplicable(Exception):
@@ -31,7 +31,7 @@ class NotApplicable(Exception):
 class CalibrationStats:
     """Statistics of a model on calibration data, keyed by full parameter / module names.
 
-    Filled by :func:`ssm_profile.stats.collect_stats`. Only what the requested criteria need
+    Filled by :func:`ssm_profile.calibration.stats.collect_stats`. Only what the requested criteria need
     (``Criterion.needs``) is collected.
     """
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import LayerGradientXActivation
 
-from ..arch import find_mixers
+from ..model.arch import find_mixers
 from ._common import out_proj_slot
 from .base import Criterion, NotApplicable, register
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..arch import MAMBA1
+from ..model.arch import MAMBA1
 from ._common import need_param
 from .base import Criterion, NotApplicable, register
 

@@ -5,7 +5,7 @@ Public face:
 * :func:`family_of` / :data:`FAMILIES`: which family a transformers mixer module is;
 * :class:`MixerFamily`, :class:`Stage`: the interface (its forward as stages);
 * :func:`mixer_forwards`, :func:`owned_family`, :func:`owned_kernel`, :func:`run_owned`, :func:`check`, :class:`MixerFallbackWarning`: the
-  owned forwards installed on a model (by :func:`ssm_profile.kernels.installed`) and their proof;
+  owned forwards installed on a model (by :func:`ssm_profile.mixers.choice.installed`) and their proof;
 * :func:`usage`, :func:`snapshot`, :func:`describe`: what ran, from a counter of real calls.
 """
 

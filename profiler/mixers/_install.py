@@ -1,7 +1,7 @@
 """Owned forwards on one model's mixers, proven equal to transformers' before they run.
 
 :func:`mixer_forwards` gives every SSM mixer of a model an instance ``forward`` (installed by
-:func:`ssm_profile.kernels.installed`, restored on exit):
+:func:`ssm_profile.mixers.choice.installed`, restored on exit):
 
 * with ``owned=True``, the family's own forward (:meth:`MixerFamily.run`) for full-sequence calls
   without a cache or padding; anything else (a decode step with a cache, a padding mask, packed
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..patching import forwards_overridden
+from ..base.patching import forwards_overridden
 from ._base import MixerFamily
 from ._ledger import LEDGER, OWNED, TRANSFORMERS, Verdict
 from .registry import family_of

@@ -21,7 +21,7 @@ ACTIVATIONS = {None: None, "silu": F.silu, "swish": F.silu}
 
 @functools.lru_cache(maxsize=1)
 def numba_available() -> bool:
-    from .. import fastscan
+    from ..kernels import fastscan
 
     return fastscan.BACKEND == "numba"
 
@@ -58,7 +58,7 @@ def causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if kernel == MAMBA_SSM:
         return cuda_kernels()["conv"](x, weight, bias, activation=activation)
     if kernel == NUMBA:
-        from .. import fastscan
+        from ..kernels import fastscan
 
         out = fastscan.causal_conv1d(x, weight, bias, activation)
         if out is not None:
@@ -74,7 +74,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                    D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
                    kernel: str) -> torch.Tensor:
     """Mamba-1 scan with softplus(delta + delta_bias): u, delta, z (b, e, l); A (e, n); B, C (b, n, l)."""
-    from .. import fastscan
+    from ..kernels import fastscan
 
     if kernel == MAMBA_SSM:
         return cuda_kernels()["scan"](u, delta, A, B, C, D, z, delta_bias, True)
@@ -88,7 +88,7 @@ def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
              kernel: str) -> torch.Tensor:
     """Mamba-2 scan with dt = clamp(softplus(dt + dt_bias), *dt_limit): x (b, l, h, p); dt (b, l, h);
     A, D, dt_bias (h); B, C (b, l, g, n). Returns y (b, l, h, p) in float32 (D skip included)."""
-    from .. import fastscan2
+    from ..kernels import fastscan2
 
     if kernel == MAMBA_SSM:
         return cuda_kernels()["ssd"](x, dt, A, B, C, chunk_size, D=D, z=None, dt_bias=dt_bias,

@@ -12,7 +12,7 @@ def self_test(device: str | torch.device = "cpu") -> dict[str, Any]:
     return what their mixers ran (:func:`ssm_profile.mixers.usage` of those calls)."""
     from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
-    from ..kernels import Kernels, installed
+    from .choice import Kernels, installed
     from ._ledger import snapshot, usage
 
     before = snapshot()

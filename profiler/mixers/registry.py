@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..registry import Registry
+from ..base.registry import Registry
 from ._base import MixerFamily
 from .selective import SelectiveScan
 from .ssd import SSD

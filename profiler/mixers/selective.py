@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..arch import MAMBA1
+from ..model.arch import MAMBA1
 from . import _kernels as K
 from ._base import MixerFamily, Stage, State
 

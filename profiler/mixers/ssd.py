@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..arch import MAMBA2
-from ..patching import forwards_overridden
+from ..model.arch import MAMBA2
+from ..base.patching import forwards_overridden
 from . import _kernels as K
 from ._base import MixerFamily, Stage, State
 

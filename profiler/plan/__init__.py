@@ -1,6 +1,6 @@
 """Pruning plans: from a profile run to the cheapest set of cuts that meets a budget, measured.
 
-``make_plan(result, metric=...)`` turns a :class:`ssm_profile.results.ProfileResult` into a
+``make_plan(result, metric=...)`` turns a :class:`ssm_profile.profiling.results.ProfileResult` into a
 :class:`ssm_profile.documents.Plan` (``plan.json``, schema ``profiler/schemas/plan.schema.json``).
 The *metric* is what the plan reduces (params | flops | state); a *target* is what a cut acts on
 (a parameter group or a unit kind), as in the profile.
@@ -12,7 +12,7 @@ The *metric* is what the plan reduces (params | flops | state); a *target* is wh
    single-target ΔL, negatives clipped to 0. Gain = what the cut removes of the chosen metric:
 
    * ``params``: zeroed elements (unstructured, N:M) or ``params_per_unit x units x layers``;
-   * ``flops`` (dense FLOPs per token, :mod:`ssm_profile.analysis` conventions): structured cuts
+   * ``flops`` (dense FLOPs per token, :mod:`ssm_profile.model.analysis` conventions): structured cuts
      only, measured by slicing the units out of a shape-only (meta-device) copy of the model;
      unstructured and N:M zeros give 0;
    * ``state`` (recurrent-state bytes per sequence): state/head/channel unit cuts only, likewise.
@@ -40,24 +40,15 @@ The *metric* is what the plan reduces (params | flops | state); a *target* is wh
 
 Modules: :mod:`.options` (options, overlaps), :mod:`.shapes` (shape accounting on a meta-device
 model), :mod:`.solver` (the MILP, scipy only), :mod:`.measure` (the measurer, masks rebuilt through
-:class:`ssm_profile.recipe.RunRecipe`), :mod:`.search` (make_plan and the back-off), :mod:`.assemble`
-(the plan document). ``load_plan``/``write_plan`` and :class:`Plan` live in :mod:`ssm_profile.documents`;
+:class:`ssm_profile.profiling.recipe.RunRecipe`), :mod:`.search` (make_plan and the back-off), :mod:`.assemble`
+(the plan document). The plan document (:class:`Plan`, ``load_plan``, ``write_plan``) lives in :mod:`ssm_profile.documents`;
 ``Plan.check_model`` refuses other weights.
 """
 
 from __future__ import annotations
 
-from ..documents import (PLAN_KIND, PLAN_SCHEMA_VERSION, Plan, PlanAction, check_weights, load_plan, plan_schema,
-                         validate_plan, write_plan)
-from ..recipe import data_spec_from_meta
-from .measure import Measurer, load_run_model
-from .options import METRICS, SCOPES, Option, build_options, metric_total, overlaps, parse_structures
-from .search import BACKOFF_LOSS_FACTOR, DEFAULT_MAX_PPL_INCREASE, MAX_BACKOFF, make_plan
-from .shapes import Shapes, removed_per_block, shapes_for
-from .solver import net_gain, solve_mckp
+from .measure import load_run_model
+from .options import METRICS, SCOPES, parse_structures
+from .search import DEFAULT_MAX_PPL_INCREASE, make_plan
 
-__all__ = ["PLAN_KIND", "PLAN_SCHEMA_VERSION", "Plan", "PlanAction", "check_weights", "load_plan", "plan_schema",
-           "validate_plan", "write_plan", "data_spec_from_meta", "Measurer", "load_run_model", "METRICS", "SCOPES",
-           "Option", "build_options", "metric_total", "overlaps", "parse_structures", "BACKOFF_LOSS_FACTOR",
-           "DEFAULT_MAX_PPL_INCREASE", "MAX_BACKOFF", "make_plan", "Shapes", "removed_per_block", "shapes_for",
-           "net_gain", "solve_mckp"]
+__all__ = ["make_plan", "load_run_model", "METRICS", "SCOPES", "parse_structures", "DEFAULT_MAX_PPL_INCREASE"]

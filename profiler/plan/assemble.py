@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..documents import (Dense, Measured, Objective, Plan, PlanAction, PlanData, PlanModel, PlanRun, Predicted,
                          Verification, one_line)
-from ..fmt import scope_name
-from ..recipe import data_spec_from_meta
-from ..results import ProfileResult
+from ..base.fmt import scope_name
+from ..profiling.results import ProfileResult
 from .options import METRICS, Option, metric_total
 from .shapes import Shapes
 from .solver import net_gain
@@ -117,23 +116,22 @@ def _notes(s: Solution, totals: dict[str, float]) -> list[str]:
 
 
 def _model(result: ProfileResult) -> PlanModel:
-    model_meta = result.meta.get("model", {})
-    return PlanModel(name=model_meta.get("name", ""), source=model_meta.get("source", {}),
-                     fingerprint=model_meta.get("fingerprint", ""),
+    model = result.record.model
+    return PlanModel(name=model.name, source=asdict(model.source), fingerprint=model.fingerprint,
                      architecture=result.analysis.model.get("architecture", "unknown"),
-                     class_name=model_meta.get("class", result.analysis.model.get("class", "")))
+                     class_name=model.class_name or result.analysis.model.get("class", ""))
 
 
 def _run(result: ProfileResult, run_path: str | Path | None) -> PlanRun:
-    settings = result.meta.get("settings", {})
+    settings = result.record.settings
     # how the profile scored (kernels, statistics batch size): apply rebuilds element masks the same way
     return PlanRun(path=str(Path(run_path).resolve()) if run_path is not None else "",
-                   created=result.meta.get("created", ""), fast_kernels=bool(settings.get("fast_scan", True)),
-                   batch_size=int(settings["batch_size"]) if "batch_size" in settings else None)
+                   created=result.record.created, fast_kernels=bool(settings.fast_scan),
+                   batch_size=int(settings.batch_size))
 
 
 def _data(result: ProfileResult) -> PlanData:
-    spec = data_spec_from_meta(result.meta.get("data", {}))
+    spec = result.record.data_spec()
     return PlanData(calibration=spec.calibration, evaluation=spec.evaluation, nsamples=spec.nsamples,
                     eval_samples=spec.eval_samples, seqlen=spec.seqlen, seed=spec.seed,
                     verify_samples=spec.verify_samples)

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from ..documents import check_weights
-from ..errors import PlanError, SSMProfileError
-from ..recipe import RunRecipe, needs_of
-from ..results import ProfileResult
+from ..base.errors import PlanError, SSMProfileError
+from ..profiling.recipe import RunRecipe, needs_of
+from ..profiling.results import ProfileResult
 from .options import Option
 
 Progress = Callable[[int, int, str], None]
@@ -19,14 +19,11 @@ Progress = Callable[[int, int, str], None]
 
 def load_run_model(result: ProfileResult, name: str | None = None, device: str = "cpu") -> Any:
     """Load the model a run profiled (from where the run found it, or ``name``), in the run's dtype."""
-    from ..resolve import DTYPES, load_model
+    from ..model.resolve import DTYPES, load_model
 
-    model_meta = result.meta.get("model", {})
-    source = model_meta.get("source", {})
-    if name is None:
-        local = str(source.get("kind", "")).startswith("local")
-        name = (source.get("location") if local else None) or source.get("name") or model_meta.get("name")
-    dtype = str(model_meta.get("config", {}).get("dtype") or model_meta.get("config", {}).get("torch_dtype") or "")
+    model = result.record.model
+    name = name if name is not None else model.load_name()
+    dtype = model.dtype
     try:
         return load_model(name, device=device, dtype=dtype if dtype in DTYPES else None)
     except SSMProfileError as err:
@@ -36,8 +33,8 @@ def load_run_model(result: ProfileResult, name: str | None = None, device: str =
 
 def check_run_weights(result: ProfileResult, loaded: Any) -> None:
     """Refuse a model with other weights than the run profiled (one line)."""
-    model_meta = result.meta.get("model", {})
-    check_weights(model_meta.get("fingerprint"), loaded, "the run profiled", expected_name=model_meta.get("name", ""),
+    model = result.record.model
+    check_weights(model.fingerprint, loaded, "the run profiled", expected_name=model.name,
                   hint="measure with the same weights or pass --no-measure")
 
 
@@ -46,11 +43,11 @@ class Measurer:
 
     def __init__(self, result: ProfileResult, loaded: Any, progress: Progress, device: str = "cpu",
                  world: Any = None):
-        from ..data import batch_losses, load_dataset
-        from ..resolve import check_vocabulary
+        from ..calibration.data import batch_losses, load_dataset
+        from ..model.resolve import check_vocabulary
 
         self.note = progress
-        self.world = world  # ssm_profile.distributed.World: several ranks share a batch of measurements
+        self.world = world  # ssm_profile.profiling.distributed.World: several ranks share a batch of measurements
         if loaded is None:
             self.note(0, 1, "loading the model")
             loaded = load_run_model(result, device=device)
@@ -58,7 +55,7 @@ class Measurer:
         self.loaded = loaded
         self.model = loaded.model
         # The profile's recipe: its statistics rebuild its masks, and measuring is as fast as its trials.
-        self.recipe = RunRecipe.of_run(result.meta)
+        self.recipe = RunRecipe.of_run(result.record)
         check_vocabulary(loaded.tokenizer, self.model)
         self.dataset = load_dataset(loaded.tokenizer, self.recipe.data)
         self.note(0, 1, "dense evaluation")
@@ -96,10 +93,10 @@ class Measurer:
         return self._masks[key]
 
     def _unit_cut(self, a: Option):
-        from ..arch import find_mixers
+        from ..model.arch import find_mixers
         from ..criteria import get
-        from ..masks import Pruning, unit_mask
-        from ..sensitivity import relative
+        from ..criteria.masks import Pruning, unit_mask
+        from ..profiling.sensitivity import relative
 
         by_layer = {m.layer: m for m in find_mixers(self.model)}
         reconstructs = get(a.criterion).reconstructs
@@ -116,9 +113,9 @@ class Measurer:
         return Pruning.combine(parts)
 
     def _element_cut(self, a: Option):
-        from ..arch import find_mixers
+        from ..model.arch import find_mixers
         from ..criteria import NotApplicable
-        from ..sensitivity import TrialSpec
+        from ..profiling.sensitivity import TrialSpec
 
         try:
             with self.recipe.installed(self.model):
@@ -129,7 +126,7 @@ class Measurer:
 
     def cut(self, actions: list[Option]):
         """The combined cut of ``actions`` (every action's zeros; a tensor two rewrite: the later's values)."""
-        from ..masks import Pruning
+        from ..criteria.masks import Pruning
 
         return Pruning.combine([self.action_cut(a) for a in actions])
 
@@ -140,9 +137,9 @@ class Measurer:
 
     def verify(self, actions: list[Option], max_ppl_increase: float) -> Any:
         """The plan's promise on the verification windows (after selection; nothing is chosen from it)."""
-        from ..data import batch_losses, paired_increase
+        from ..calibration.data import batch_losses, paired_increase
         from ..documents import Verification
-        from ..masks import MaskApplier
+        from ..criteria.masks import MaskApplier
 
         windows = self.dataset.verification
         with self.recipe.installed(self.model):
@@ -165,8 +162,8 @@ class Measurer:
         return self.world.share(combinations, self.measure)
 
     def measure(self, actions: list[Option]) -> dict[str, Any]:
-        from ..data import batch_losses
-        from ..masks import MaskApplier, pruned_count
+        from ..calibration.data import batch_losses
+        from ..criteria.masks import MaskApplier, pruned_count
 
         if not actions:
             return {"loss": self.dense_loss, "delta_loss": 0.0, "rel_ppl_increase": 0.0, "params_removed": 0}

@@ -25,9 +25,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import PlanError
-from ..fmt import scope_name
-from ..results import ProfileResult
+from ..base.errors import PlanError
+from ..base.fmt import scope_name
+from ..profiling.results import ProfileResult
 from .shapes import Shapes, removed_per_block
 
 METRICS = ("params", "flops", "state")
@@ -94,7 +94,7 @@ def _unit_indices(result: ProfileResult, criterion: str, kind: str, families: Ma
                   sparsity: float) -> dict[str, list[int]] | None:
     import torch
 
-    from ..masks import select_units
+    from ..criteria.masks import select_units
 
     scores = result.unit_scores.get(criterion, {})
     out = {}
@@ -131,7 +131,7 @@ def build_options(result: ProfileResult, metric: str, criterion: str | None = No
         raise PlanError(f"unknown --metric '{metric}'; choose from {', '.join(METRICS)}")
     shapes = shapes or Shapes(result)
     notes: list[str] = []
-    run_structure = str(result.meta.get("settings", {}).get("structure", "unstructured"))
+    run_structure = result.record.settings.structure
     measured = result.criteria()
     if criterion is not None and criterion not in measured:
         raise PlanError(f"criterion '{criterion}' was not measured in this run; measured: {', '.join(measured)}")

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..documents import Plan
-from ..errors import PlanError
-from ..results import ProfileResult
+from ..base.errors import PlanError
+from ..profiling.results import ProfileResult
 from .assemble import Solution, actions_of, assemble
 from .measure import Measurer, check_run_weights
 from .options import METRICS, SCOPES, Option, build_options, metric_total, overlaps, parse_structures, scope_words
@@ -107,7 +107,7 @@ def make_plan(result: ProfileResult, metric: str = "params", ratio: float | None
 
     ``metric``: what to reduce (params | flops | state); ``ratio`` (of ``scope``'s total) or
     ``absolute``: the reduction to reach (neither: as much as ``max_ppl_increase`` allows).
-    ``world`` (:class:`ssm_profile.distributed.World`, under torchrun): every rank runs the same
+    ``world`` (:class:`ssm_profile.profiling.distributed.World`, under torchrun): every rank runs the same
     search and the back-off's leave-one-out measurements are shared out among the ranks.
     """
     note = progress or (lambda done, total, label: None)

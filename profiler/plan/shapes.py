@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..documents import one_line
-from ..results import ProfileResult
+from ..profiling.results import ProfileResult
 
 
 class Shapes:
@@ -39,14 +39,13 @@ class Shapes:
         import torch
         import transformers
 
-        from ..arch import find_mixers
+        from ..model.arch import find_mixers
 
         if loaded is not None and getattr(loaded.model, "config", None) is not None:
             cls, config = type(loaded.model), copy.deepcopy(loaded.model.config)
         else:
-            model_meta = result.meta["model"]
-            cls = getattr(transformers, model_meta["class"])
-            config = cls.config_class.from_dict(dict(model_meta["config"]))
+            cls = getattr(transformers, result.record.model.class_name)
+            config = cls.config_class.from_dict(dict(result.record.model.config))
         with torch.device("meta"):
             model = cls(config)
         if not find_mixers(model):
@@ -56,7 +55,7 @@ class Shapes:
     # --- families
     def families(self, kind: str) -> dict[int, Any]:
         """layer -> UnitFamily (only the count and blocks are used without the meta model)."""
-        from ..arch import UnitFamily, find_mixers
+        from ..model.arch import UnitFamily, find_mixers
 
         if self.model is not None:
             return {m.layer: m.unit_family(kind) for m in find_mixers(self.model) if kind in m.unit_families()}
@@ -80,9 +79,9 @@ class Shapes:
 
     def execution(self, cuts: Mapping[str, float]) -> dict[str, str]:
         """{kind: why it stays zeros, "" when sliced} for uniform unit cuts executed together, decided
-        by :func:`ssm_profile.surgery.slice_cuts` (what apply runs) on a meta copy of the model."""
-        from ..arch import find_mixers
-        from ..surgery import slice_cuts
+        by :func:`ssm_profile.pruning.surgery.slice_cuts` (what apply runs) on a meta copy of the model."""
+        from ..model.arch import find_mixers
+        from ..pruning.surgery import slice_cuts
 
         cuts = {kind: s for kind, s in cuts.items() if s > 0}
         key = ("execution", tuple(sorted(cuts.items())))
@@ -104,7 +103,7 @@ class Shapes:
 
     def _meta_effect(self, cuts: Mapping[str, float]) -> dict[str, Any]:
         """Slice the cuts out of meta-device copies; mixers of identical shapes are sliced once."""
-        from ..arch import MixerInfo, find_mixers
+        from ..model.arch import MixerInfo, find_mixers
 
         groups: dict[tuple, list] = {}
         for m in find_mixers(self.model):
@@ -156,8 +155,8 @@ def _slice_effect(mixer: Any, cuts: Mapping[str, float]) -> tuple[dict[str, int]
     """Slice uniform cuts {kind: sparsity} out of one (meta) mixer in place: what it removed
     (params, FLOPs/token and state bytes, analysis conventions) and elements removed per relative
     parameter name (single cuts)."""
-    from ..analysis import _mixer_flops, _state_bytes
-    from ..surgery import slice_units
+    from ..model.analysis import _mixer_flops, _state_bytes
+    from ..pruning.surgery import slice_units
 
     def totals() -> tuple[int, int, int]:
         groups = mixer.groups()
@@ -191,9 +190,8 @@ _SHAPES_CACHE: dict[tuple, Shapes] = {}
 
 def shapes_for(result: ProfileResult, loaded: Any = None) -> Shapes:
     """A :class:`Shapes` per model (its slicing results are cached: interactive re-solves stay fast)."""
-    model_meta = result.meta.get("model", {})
-    key = (model_meta.get("fingerprint"), model_meta.get("class"),
-           json.dumps(model_meta.get("config", {}), sort_keys=True, default=str),
+    model = result.record.model
+    key = (model.fingerprint, model.class_name, json.dumps(model.config, sort_keys=True, default=str),
            json.dumps(result.analysis.model.get("dims", {}), sort_keys=True))
     shapes = _SHAPES_CACHE.get(key)
     if shapes is None or shapes.model is None:
@@ -212,7 +210,7 @@ def first_units(family: Any, sparsity: float) -> list[int]:
 
 
 def removed_per_block(family: Any, sparsity: float) -> int:
-    """Units :func:`ssm_profile.masks.select_units` removes from each block at ``sparsity``."""
+    """Units :func:`ssm_profile.criteria.masks.select_units` removes from each block at ``sparsity``."""
     per_block = family.count // family.blocks
     return max(0, min(round(sparsity * per_block), per_block - 1))
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..documents import one_line
-from ..errors import PlanError
+from ..base.errors import PlanError
 
 _OBJ_SCALE = 1e6  # MILP objectives are scaled so that HiGHS' absolute gap (1e-6) is negligible
 

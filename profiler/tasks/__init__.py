@@ -8,7 +8,7 @@
 Both come from the embedded evaluation text (books held out of the embedded models' training
 and of calibration). :mod:`ssm_profile.tasks.build` regenerates the ``.jsonl`` files
 deterministically; the YAML files name their data relative to this folder and
-:class:`ssm_profile.validate.LmEvalRunner` rewrites the paths (to absolute ones) when it loads them.
+:class:`ssm_profile.validation.validate.LmEvalRunner` rewrites the paths (to absolute ones) when it loads them.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def build_records(text: str, seed: int = 0) -> dict[str, list[dict]]:
 
 def write(out_dir: str | Path | None = None, seed: int = 0) -> list[Path]:
     """Write the task ``.jsonl`` files into ``out_dir`` (default: this package folder)."""
-    from ..resolve import embedded_data
+    from ..model.resolve import embedded_data
 
     out = Path(out_dir) if out_dir is not None else TASKS_DIR
     out.mkdir(parents=True, exist_ok=True)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from ssm_profile.cli.main import main
-from ssm_profile.data import batch_losses
-from ssm_profile.kernels import Kernels, active, installed
-from ssm_profile.resolve import EMBEDDED_MODELS, load_model, resolve_device
-from ssm_profile.stats import collect_stats
+from ssm_profile.calibration.data import batch_losses
+from ssm_profile.mixers.choice import Kernels, active, installed
+from ssm_profile.model.resolve import EMBEDDED_MODELS, load_model, resolve_device
+from ssm_profile.calibration.stats import collect_stats
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -1,0 +1,152 @@
+"""How much memory the calibration statistics and their passes take, and how much there is.
+
+Shared by :mod:`ssm_profile.profiling.estimate` (the up-front check of a whole profile) and
+:meth:`ssm_profile.profiling.recipe.RunRecipe.statistics` (:func:`statistics_budget`: whether the statistics
+fit in RAM or take the memory-bounded path of :func:`ssm_profile.calibration.stats.collect_stats`, and how many
+bytes one chunk of layers may hold). ``SSM_PROFILE_AVAILABLE_MEMORY`` (bytes, or a number with
+KiB/MiB/GiB) overrides the memory said to be available, for tests and for sharing a machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+
+from ..base.errors import SSMProfileError
+
+FLOAT32, FLOAT64 = 4, 8
+# Tensors of the expanded width alive per token in a mixer's forward (in_proj's two halves, conv,
+# dt, B, C, gate, scan output), a coarse upper count.
+FORWARD_WIDTH_FACTOR = 8
+# Tensors saved per token and channel × state by the reference scan for the backward pass.
+BACKWARD_STATE_FACTOR = 3
+# float64 per-token copies the statistics hooks make of a mixer's expanded channels (x, dt, x², ...).
+HOOK_WIDTH_FACTOR = 6
+# Statistics in RAM may use this share of what is left after activations (allocator slack, copies).
+STATISTICS_SHARE = 0.4
+# Cached element scores (ssm_profile.profiling.sensitivity.Scorer) may use this share of the memory left
+# once the statistics are in; beyond it the least recently used are recomputed when needed.
+SCORE_CACHE_SHARE = 0.25
+AVAILABLE_ENV = "SSM_PROFILE_AVAILABLE_MEMORY"
+CAPTUM_SEQUENCES = 4  # sequences per attribution batch of the captum criterion (its default batch_size)
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    layers: int
+    hidden: int
+    inner: int
+    state: int
+    vocab: int
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, mixers) -> "ModelDims":
+        return cls(layers=len(mixers), hidden=int(getattr(model.config, "hidden_size", mixers[0].hidden_size)),
+                   inner=max(m.intermediate_size for m in mixers), state=max(m.state_size for m in mixers),
+                   vocab=int(getattr(model.config, "vocab_size", 0)))
+
+    def backward_layer(self, seqlen: int) -> int:
+        """Bytes one layer keeps for backward per sequence."""
+        return seqlen * (BACKWARD_STATE_FACTOR * self.inner * self.state + FORWARD_WIDTH_FACTOR * self.inner
+                         + 4 * self.hidden) * FLOAT32
+
+    def logits_backward(self, seqlen: int) -> int:
+        return 3 * seqlen * self.vocab * FLOAT32  # logits, log-softmax, their gradient
+
+
+def statistics_activations(model: torch.nn.Module, *, batch_size: int, seqlen: int, needs: set[str],
+                           bounded: bool) -> dict[str, int]:
+    """Bytes of activations the statistics passes hold besides the statistics (by part)."""
+    from ..model.arch import find_mixers
+
+    mixers = find_mixers(model)
+    shape = ModelDims.of(model, mixers)
+    parts = {}
+    if needs & {"inputs", "hessians", "ssm"}:
+        rows = batch_size * seqlen
+        parts["calibration batch"] = rows * (FORWARD_WIDTH_FACTOR * shape.inner * FLOAT32 + 4 * shape.hidden * FLOAT32
+                                             + HOOK_WIDTH_FACTOR * shape.inner * FLOAT64)
+    if "grads" in needs:  # one sequence at a time
+        kept = shape.layers * seqlen * shape.hidden * FLOAT32 + shape.backward_layer(seqlen) if bounded \
+            else shape.layers * shape.backward_layer(seqlen)
+        largest = max(p.numel() for m in mixers for p in m.module.parameters())
+        parts["backward activations"] = kept + shape.logits_backward(seqlen) + 2 * largest * FLOAT32
+    return parts
+
+
+def statistics_bytes_held(model: torch.nn.Module, needs: set[str], bounded: bool) -> int:
+    """Bytes of XᵀX and gradient sums held in RAM: all of them, or (bounded) the largest layer's."""
+    from ..model.arch import find_mixers
+    from .stats import statistics_bytes
+
+    sizes = [statistics_bytes(m, needs) for m in find_mixers(model)]
+    return max(sizes, default=0) if bounded else sum(sizes)
+
+
+def parse_bytes(text: str) -> int:
+    """'1234', '1.5GiB', '512 MiB', '2G' -> bytes."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)(i?B)?\s*", text, flags=re.IGNORECASE)
+    if not match:
+        raise SSMProfileError(f"{AVAILABLE_ENV}={text!r} is not an amount of memory; use e.g. 8GiB or 8589934592")
+    power = " KMGT".index(match.group(2).upper() or " ")
+    return int(float(match.group(1)) * 1024 ** power)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation now (None when it cannot be told);
+    ``SSM_PROFILE_AVAILABLE_MEMORY`` overrides it."""
+    if os.environ.get(AVAILABLE_ENV):
+        return parse_bytes(os.environ[AVAILABLE_ENV])
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil is a dependency of the test environment only
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+
+
+def device_memory(model: torch.nn.Module) -> int | None:
+    """Free bytes on the model's accelerator (None on the CPU)."""
+    from ..mixers.choice import model_device
+
+    device = model_device(model)
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+def resident_weights(model: torch.nn.Module) -> int:
+    """Bytes of weights already in the memory that ``available_memory`` measures (CPU weights)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.device.type == "cpu")
+
+
+def statistics_budget(model: torch.nn.Module, *, batch_size: int, seqlen: int, needs: set[str]) -> int | None:
+    """Bytes the large calibration statistics may hold at once (``collect_stats(memory_budget=...)``):
+    None when all of them fit with their activations (or nothing can be told), else a chunk's share."""
+    available = available_memory()
+    on_device = device_memory(model)
+    if on_device is not None:  # statistics accumulate on the model's device
+        available = on_device if available is None else min(available, on_device)
+    if available is None or not needs & {"hessians", "grads"}:
+        return None
+    full = statistics_bytes_held(model, needs, bounded=False)
+    activations = sum(statistics_activations(model, batch_size=batch_size, seqlen=seqlen, needs=needs,
+                                             bounded=False).values())
+    if full + activations <= STATISTICS_SHARE * available:
+        return None
+    activations = sum(statistics_activations(model, batch_size=batch_size, seqlen=seqlen, needs=needs,
+                                             bounded=True).values())
+    return max(1, int(STATISTICS_SHARE * (available - activations)))
+
+
+def score_cache_budget() -> int | None:
+    """Bytes of element scores a :class:`ssm_profile.profiling.sensitivity.Scorer` may cache (None: unknown)."""
+    available = available_memory()
+    return None if available is None else int(SCORE_CACHE_SHARE * available)

@@ -1,0 +1,406 @@
+"""Static analysis: what a model's SSM parameter groups are, cost and do, read from weights alone.
+
+``analyze(model)`` returns an :class:`AnalysisResult`, the one object behind every output of the
+``analyze`` command (tables, JSON) and the anatomy views of the report and the TUI.
+
+Conventions
+-----------
+* FLOPs per token are for recurrent (token-by-token) inference; a multiply-add counts 2. With
+  tied embeddings the output projection's FLOPs are charged to ``embeddings``. The
+  selective scan (discretisation, state update, readout) is charged to ``A_log``, the skip
+  connection to ``D``.
+* Recurrent-state bytes are per sequence: the SSM state (charged to ``A_log``) and the
+  ``K - 1`` inputs the causal convolution keeps (charged to ``conv1d``).
+* Memory horizon of a channel/state: ``1 / (softplus(dt_bias) * |A|)`` tokens, the time constant
+  of its decay ``exp(dt * A)`` at the bias time step (the data-free operating point).
+* Outliers: weights more than ``OUTLIER_SIGMA`` standard deviations from the tensor mean.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .arch import MAMBA1, MixerInfo, find_mixers
+from .stock import stock_arch
+
+SCHEMA_VERSION = 1
+OUTLIER_SIGMA = 4.0
+_LAYER_RE = re.compile(r"^(.*?(?:layers|h|blocks))\.(\d+)\.(.+)$")
+
+
+@dataclass
+class WeightStats:
+    l2_norm: float
+    mean_abs: float
+    std: float
+    kurtosis: float  # excess kurtosis; 0 for a Gaussian
+    outlier_fraction: float
+
+    @classmethod
+    def of(cls, tensors: list[torch.Tensor]) -> "WeightStats":
+        w = torch.cat([t.detach().float().reshape(-1) for t in tensors])
+        if w.numel() < 2:
+            value = float(w.abs().sum())
+            return cls(value, value, 0.0, 0.0, 0.0)
+        mean, std = w.mean(), w.std()
+        z = (w - mean) / std.clamp_min(1e-12)
+        return cls(
+            l2_norm=float(w.norm()), mean_abs=float(w.abs().mean()), std=float(std),
+            kurtosis=float((z**4).mean() - 3.0), outlier_fraction=float((z.abs() > OUTLIER_SIGMA).float().mean()),
+        )
+
+
+@dataclass
+class SubBlock:
+    name: str  # e.g. "B" inside in_proj
+    rows: tuple[int, int]
+    numel: int
+    stats: WeightStats
+
+
+@dataclass
+class GroupRow:
+    """One parameter group: a mixer's ``in_proj``, or ``embeddings`` outside the layers."""
+
+    layer: int | None  # decoder layer index; None outside the layers
+    group: str
+    scope: str  # "mixer" (an SSM parameter group), "block" (other parts of a layer) or "model"
+    mixer_kind: str | None
+    params: list[str]  # full parameter names
+    shapes: list[list[int]]
+    numel: int
+    bytes: int
+    share: float  # of all parameters
+    flops_per_token: int
+    state_bytes: int  # recurrent state per sequence charged to this group
+    stats: WeightStats
+    sub_blocks: list[SubBlock] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return self.group if self.layer is None else f"{self.layer}.{self.group}"
+
+
+@dataclass
+class UnitRow:
+    """A family of coupled structural units in one layer (or whole layers, with layer None)."""
+
+    layer: int | None
+    kind: str
+    count: int
+    params_per_unit: int
+    tensors: list[str]
+    description: str
+    prunable: bool
+    stock_config: str  # how a uniform cut of this kind can be saved
+
+
+@dataclass
+class LayerDynamics:
+    """SSM dynamics of one mixer read from A_log and the dt bias."""
+
+    layer: int
+    mixer_kind: str
+    decay_rate: dict[str, float]  # quantiles of |A| = exp(A_log)
+    dt: dict[str, float]  # softplus(dt bias): min / median / max
+    dt_bias: dict[str, float]  # raw bias range
+    horizon: dict[str, float]  # quantiles of the memory horizon in tokens
+    horizon_per_state: list[float]  # Mamba-1: median over channels for each state n
+    horizon_per_channel: list[float]  # Mamba-1: median over states per channel; Mamba-2: per head
+
+
+@dataclass
+class AnalysisResult:
+    """Everything the static analysis found. ``to_dict``/``from_dict`` round-trip through JSON."""
+
+    model: dict[str, Any]
+    totals: dict[str, Any]
+    groups: list[GroupRow]
+    units: list[UnitRow]
+    dynamics: list[LayerDynamics]
+    schema_version: int = SCHEMA_VERSION
+
+    # --- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            from ..base.io import write_text_atomic
+
+            write_text_atomic(path, text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AnalysisResult":
+        def group(g: dict[str, Any]) -> GroupRow:
+            g = dict(g)
+            g["stats"] = WeightStats(**g["stats"])
+            g["sub_blocks"] = [SubBlock(b["name"], tuple(b["rows"]), b["numel"], WeightStats(**b["stats"]))
+                               for b in g.get("sub_blocks", [])]
+            return GroupRow(**g)
+
+        return cls(
+            model=data["model"], totals=data["totals"], groups=[group(g) for g in data["groups"]],
+            units=[UnitRow(**u) for u in data["units"]], dynamics=[LayerDynamics(**d) for d in data["dynamics"]],
+            schema_version=data.get("schema_version", SCHEMA_VERSION),
+        )
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "AnalysisResult":
+        from ..base.errors import RunDirError
+        from ..base.safe_read import read_user_json
+
+        return cls.from_dict(read_user_json(path, "analysis file", error=RunDirError))
+
+    # --- views
+    def mixer_groups(self) -> list[GroupRow]:
+        return [g for g in self.groups if g.scope == "mixer"]
+
+    def group_names(self) -> list[str]:
+        """SSM parameter group names present, in display order."""
+        seen: dict[str, None] = {}
+        for g in self.mixer_groups():
+            seen.setdefault(g.group, None)
+        return list(seen)
+
+    def layers(self) -> list[int]:
+        return sorted({g.layer for g in self.mixer_groups() if g.layer is not None})
+
+    def groups_frame(self):
+        import pandas as pd
+
+        rows = []
+        for g in self.groups:
+            rows.append({"layer": g.layer, "group": g.group, "scope": g.scope, "numel": g.numel, "bytes": g.bytes,
+                         "share": g.share, "flops_per_token": g.flops_per_token, "state_bytes": g.state_bytes,
+                         **{f"w_{k}": v for k, v in asdict(g.stats).items()}})
+        return pd.DataFrame(rows)
+
+    def summary_by_group(self) -> list[dict[str, Any]]:
+        """Totals per group name across layers (mixer groups first, then the rest)."""
+        out: dict[str, dict[str, Any]] = {}
+        for g in self.groups:
+            name = g.group if g.scope != "block" else f"{g.group} (block)"
+            row = out.setdefault(name, {"group": name, "scope": g.scope, "layers": 0, "numel": 0, "bytes": 0,
+                                        "share": 0.0, "flops_per_token": 0, "state_bytes": 0})
+            row["layers"] += 1
+            for k in ("numel", "bytes", "share", "flops_per_token", "state_bytes"):
+                row[k] += getattr(g, k)
+        return list(out.values())
+
+
+def analyze(model: torch.nn.Module, *, name: str | None = None, source: dict[str, Any] | None = None) -> AnalysisResult:
+    """Analyse ``model`` (a transformers model with Mamba mixers) without running any data."""
+    mixers = find_mixers(model)
+    unique = _unique_parameters(model)
+    total = sum(p.numel() for p in unique.values())
+    mixer_of = {f"{m.path}.{p}": m for m in mixers for p in m.params}
+
+    groups: list[GroupRow] = []
+    for m in mixers:
+        groups.extend(_mixer_groups(m, unique, total))
+    groups.extend(_other_groups(model, unique, mixer_of, total))
+    groups.sort(key=lambda g: (g.layer is None and g.group != "embeddings", -1 if g.layer is None else g.layer,
+                               g.scope != "mixer"))
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    units = [_unit_row(m, fam, model_type) for m in mixers for fam in m.unit_families().values()]
+    if mixers:
+        per_layer = sum(p.numel() for p in mixers[0].params.values())
+        units.append(UnitRow(None, "layer", len(mixers), per_layer, ["<whole mixer>"],
+                             "a whole SSM mixer (the residual stream passes the layer unchanged)", True,
+                             stock_arch(model_type).layer_note))
+    config = getattr(model, "config", None)
+    lm_head_flops = sum(g.flops_per_token for g in groups if g.group in ("lm_head", "embeddings"))
+    info = {
+        "name": name or getattr(config, "_name_or_path", "") or type(model).__name__,
+        "class": type(model).__name__,
+        "architecture": getattr(config, "model_type", "unknown"),
+        "mixer_kinds": sorted({m.kind for m in mixers}),
+        "num_layers": int(getattr(config, "num_hidden_layers", len(mixers)) or len(mixers)),
+        "num_ssm_layers": len(mixers),
+        "dims": mixers[0].dims() if mixers else {},
+        "vocab_size": getattr(config, "vocab_size", None),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
+        "source": source or {},
+    }
+    ssm_params = sum(g.numel for g in groups if g.scope == "mixer")
+    totals = {
+        "parameters": total,
+        "bytes": sum(p.numel() * p.element_size() for p in unique.values()),
+        "ssm_parameters": ssm_params,
+        "ssm_share": ssm_params / total if total else 0.0,
+        "flops_per_token": sum(g.flops_per_token for g in groups),
+        "ssm_flops_per_token": sum(g.flops_per_token for g in groups if g.scope == "mixer"),
+        "lm_head_flops_per_token": lm_head_flops,
+        "state_bytes_per_sequence": sum(g.state_bytes for g in groups),
+    }
+    dynamics = [_dynamics(m) for m in mixers]
+    return AnalysisResult(model=info, totals=totals, groups=groups, units=units, dynamics=dynamics)
+
+
+def _unique_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Named parameters with tied tensors counted once (first name wins)."""
+    seen: set[int] = set()
+    out = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        out[name] = p
+    return out
+
+
+def _mixer_groups(m: MixerInfo, unique: dict[str, torch.nn.Parameter], total: int) -> list[GroupRow]:
+    rows = []
+    blocks = m.sub_blocks()
+    for group, names in m.groups().items():
+        names = [n for n in names if m.full_name(n) in unique]
+        if not names:
+            continue
+        tensors = [m.param(n) for n in names]
+        numel = sum(t.numel() for t in tensors)
+        subs = []
+        for sub, start, stop in blocks.get(group, []):
+            part = [m.param(n)[start:stop] for n in names if m.param(n).ndim >= 1 and m.param(n).shape[0] >= stop]
+            subs.append(SubBlock(sub, (start, stop), sum(t.numel() for t in part), WeightStats.of(part)))
+        rows.append(GroupRow(
+            layer=m.layer, group=group, scope="mixer", mixer_kind=m.kind, params=[m.full_name(n) for n in names],
+            shapes=[list(t.shape) for t in tensors], numel=numel, bytes=sum(t.numel() * t.element_size() for t in tensors),
+            share=numel / total, flops_per_token=_mixer_flops(m, group), state_bytes=_state_bytes(m, group),
+            stats=WeightStats.of(tensors), sub_blocks=subs,
+        ))
+    return rows
+
+
+def _mixer_flops(m: MixerInfo, group: str) -> int:
+    E, N = m.intermediate_size, m.state_size
+    mod = m.module
+    if group in ("in_proj", "x_proj", "dt_proj", "out_proj"):
+        w = getattr(mod, group).weight
+        return 2 * w.shape[0] * w.shape[1]
+    if group == "conv1d":
+        return 2 * m.conv_channels * m.conv_kernel
+    if group == "A_log":  # the scan: exp(dt*A), dt*B*x, h = a*h + b, y = C.h
+        if m.kind == MAMBA1:
+            return 8 * E * N
+        return 2 * m.num_heads + 6 * E * N
+    if group == "D":
+        return 2 * E
+    if group == "dt_bias":
+        return m.num_heads
+    if group == "norm":
+        return 5 * E
+    return 0
+
+
+def _state_bytes(m: MixerInfo, group: str) -> int:
+    itemsize = m.module.out_proj.weight.element_size()
+    if group == "A_log":
+        return m.intermediate_size * m.state_size * itemsize
+    if group == "conv1d":
+        return m.conv_channels * (m.conv_kernel - 1) * itemsize
+    return 0
+
+
+def _other_groups(model, unique, mixer_of, total) -> list[GroupRow]:
+    buckets: dict[tuple[int | None, str, str], list[str]] = {}
+    for name in unique:
+        if name in mixer_of:
+            continue
+        match = _LAYER_RE.match(name)
+        if match:
+            layer, rest = int(match.group(2)), match.group(3)
+            first = rest.split(".")[0]
+            group = "layer_norm" if first == "norm" else first
+            # Hybrids keep the Mamba mixer under e.g. layers.i.mamba; its non-SSM extras
+            # (Jamba's dt/B/C norms) stay with the layer's other parameters.
+            buckets.setdefault((layer, group, "block"), []).append(name)
+        else:
+            parts = name.split(".")
+            group = parts[-2] if len(parts) >= 2 and parts[-1] in ("weight", "bias") else parts[0]
+            if group in ("embed_tokens", "embedding", "wte"):
+                group = "embeddings"
+            if group in ("norm", "final_layernorm", "ln_f"):
+                group = "norm_f"
+            buckets.setdefault((None, group, "model"), []).append(name)
+    hidden = getattr(model.config, "hidden_size", 0)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_flops = 2 * head.weight.numel() if head is not None and getattr(head, "weight", None) is not None else 0
+    tied = not any(group == "lm_head" for (_, group, _) in buckets)
+    rows = []
+    for (layer, group, scope), names in buckets.items():
+        tensors = [unique[n] for n in names]
+        numel = sum(t.numel() for t in tensors)
+        flops = 0
+        if group == "lm_head" or (group == "embeddings" and tied):
+            flops = head_flops  # tied models run the output projection with the embedding matrix
+        elif "norm" in group:
+            flops = 4 * hidden
+        elif scope == "block" and group not in ("layer_norm",):
+            flops = 2 * sum(t.numel() for t in tensors if t.ndim == 2)  # attention/MLP matmuls, lower bound
+        rows.append(GroupRow(
+            layer=layer, group=group, scope=scope, mixer_kind=None, params=names,
+            shapes=[list(t.shape) for t in tensors], numel=numel,
+            bytes=sum(t.numel() * t.element_size() for t in tensors), share=numel / total,
+            flops_per_token=flops, state_bytes=0, stats=WeightStats.of(tensors),
+        ))
+    return rows
+
+
+def _unit_row(m: MixerInfo, fam, model_type: str | None) -> UnitRow:
+    """The unit's row; ``stock_config`` says "expressible" only where apply slices
+    (:func:`ssm_profile.pruning.surgery.slice_cuts`), else that the cut is applied as zeros and why."""
+    if not fam.prunable:
+        stock = "not pruned"
+    elif fam.normalised:
+        stock = f"applied as zeros: {fam.normalised}"
+    else:
+        stock = stock_arch(model_type).unit_note(fam.kind, model_type)
+    return UnitRow(layer=m.layer, kind=fam.kind, count=fam.count, params_per_unit=fam.elements_per_unit(m),
+                   tensors=fam.tensors, description=fam.description, prunable=fam.prunable, stock_config=stock)
+
+
+def _quantiles(x: torch.Tensor) -> dict[str, float]:
+    x = x.detach().double().reshape(-1)
+    q = torch.quantile(x, torch.tensor([0.0, 0.05, 0.5, 0.95, 1.0], dtype=torch.float64))
+    return {"min": float(q[0]), "p05": float(q[1]), "median": float(q[2]), "p95": float(q[3]), "max": float(q[4])}
+
+
+def _dt_bias(m: MixerInfo) -> torch.Tensor:
+    mod = m.module
+    if m.kind == MAMBA1:
+        bias = mod.dt_proj.bias
+        return bias if bias is not None else torch.zeros(m.intermediate_size)
+    return mod.dt_bias
+
+
+@torch.no_grad()
+def _dynamics(m: MixerInfo) -> LayerDynamics:
+    rate = torch.exp(m.module.A_log.detach().double())  # |A|
+    bias = _dt_bias(m).detach().double()
+    dt = F.softplus(bias)
+    if m.kind == MAMBA1:
+        horizon = 1.0 / (dt[:, None] * rate).clamp_min(1e-30)  # (E, N)
+        per_state = horizon.median(dim=0).values.tolist()
+        per_channel = horizon.median(dim=1).values.tolist()
+    else:
+        horizon = 1.0 / (dt * rate).clamp_min(1e-30)  # (H,)
+        per_state, per_channel = [], horizon.tolist()
+    clean = lambda xs: [round(float(v), 6) if math.isfinite(v) else 1e30 for v in xs]  # noqa: E731
+    return LayerDynamics(
+        layer=m.layer, mixer_kind=m.kind, decay_rate=_quantiles(rate), dt={k: v for k, v in _quantiles(dt).items()},
+        dt_bias={"min": float(bias.min()), "max": float(bias.max())}, horizon=_quantiles(horizon),
+        horizon_per_state=clean(per_state), horizon_per_channel=clean(per_channel),
+    )

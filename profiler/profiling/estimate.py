@@ -1,0 +1,171 @@
+"""Up-front estimates for a profile, so an impossible run is refused before it starts.
+
+Memory: the estimate adds the largest things a profile holds at once, in three kinds:
+
+* **weights**;
+* **statistics**: XᵀX of every linear layer's input (``hessians``) and the two gradient sums per
+  mixer parameter (``grads``), in full when they fit, else the largest layer's (the memory-bounded
+  path of :func:`ssm_profile.calibration.stats.collect_stats` holds one chunk of layers and keeps the rest on disk);
+* **activations**: one forward batch (the mixer's expanded channels, the scan's inputs, the head's
+  logits); for gradient criteria one sequence's activations kept for backward (every layer's, or
+  with the bounded path's checkpointing one layer's plus every block's input); captum's attribution
+  batch; the incremental evaluator's activation cache.
+
+It is deliberately coarse (within a small factor), which is all a go/no-go check needs.
+The parts come from :mod:`ssm_profile.calibration.memory`, which also sizes the statistics' chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..base.errors import SSMProfileError
+from ..base.fmt import human_bytes
+from ..calibration.memory import (CAPTUM_SEQUENCES, FLOAT32, FORWARD_WIDTH_FACTOR, ModelDims, available_memory,
+                     resident_weights, statistics_activations, statistics_bytes_held)
+
+KINDS = ("weights", "statistics", "activations")
+
+
+@dataclass
+class MemoryEstimate:
+    parts: dict[str, int] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)  # part -> one of KINDS (default: activations)
+    bounded: bool = False  # whether the statistics take the memory-bounded path
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def of(self, kind: str) -> int:
+        return sum(size for name, size in self.parts.items() if self.kinds.get(name, "activations") == kind)
+
+    def largest(self) -> str:
+        name = max(self.parts, key=self.parts.get)
+        return f"{name} {human_bytes(self.parts[name])}"
+
+
+def estimate_profile_memory(model: torch.nn.Module, *, nsamples: int, eval_samples: int, seqlen: int,
+                            batch_size: int, needs: set[str], cache_bytes: int,
+                            bounded: bool = False) -> MemoryEstimate:
+    """Peak bytes a profile of ``model`` with these settings is expected to hold (see the module
+    docstring); ``bounded``: with the statistics' memory-bounded path."""
+    from ..model.arch import find_mixers
+
+    mixers = find_mixers(model)
+    shape = ModelDims.of(model, mixers)
+    rows = min(batch_size, max(nsamples, eval_samples)) * seqlen  # tokens of one forward batch
+    parts = {
+        "weights": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "statistics": statistics_bytes_held(model, needs, bounded),
+        "forward activations": rows * (FORWARD_WIDTH_FACTOR * shape.inner + 4 * shape.hidden) * FLOAT32,
+        "logits": rows * shape.vocab * FLOAT32,
+        "evaluation windows": (nsamples + eval_samples) * seqlen * 8,
+        "activation cache": min(cache_bytes, eval_samples * seqlen * shape.hidden * (shape.layers + 1) * FLOAT32),
+    }
+    parts.update(statistics_activations(model, batch_size=batch_size, seqlen=seqlen, needs=needs, bounded=bounded))
+    if "tokens" in needs:  # captum: gradient × activation of a few sequences at once, every layer kept
+        sequences = min(CAPTUM_SEQUENCES, nsamples)
+        parts["captum attribution"] = sequences * (shape.layers * shape.backward_layer(seqlen)
+                                                   + shape.logits_backward(seqlen))
+    return MemoryEstimate(parts, kinds={"weights": "weights", "statistics": "statistics"}, bounded=bounded)
+
+
+def check_memory(model: torch.nn.Module, force: bool, available: int | None = None, **settings) -> MemoryEstimate:
+    """Refuse (one line) a profile expected to need more memory than is available, unless ``force``.
+
+    ``settings``: those of :func:`estimate_profile_memory`. The bounded statistics path is tried
+    when the in-memory one does not fit. Returns the estimate that fits (or the bounded one)."""
+    available = available_memory() if available is None else available
+    resident = resident_weights(model)
+    estimate = estimate_profile_memory(model, **settings)
+    if available is None or estimate.total <= available + resident:
+        return estimate
+    estimate = estimate_profile_memory(model, **settings, bounded=True)
+    if force or estimate.total <= available + resident:
+        return estimate
+    gib = 1 << 30
+    raise SSMProfileError(
+        f"profiling this model needs ~{estimate.total / gib:.1f} GiB (weights {estimate.of('weights') / gib:.1f}, "
+        f"statistics {estimate.of('statistics') / gib:.1f}, activations {estimate.of('activations') / gib:.1f}; "
+        f"largest part: {estimate.largest()}) but ~{(available + resident) / gib:.1f} GiB is available; "
+        "use --criteria without fisher/snip/obs/captum, fewer --nsamples, a lower --seqlen or --batch-size, "
+        "a larger machine, or pass --force to try anyway")
+
+
+# --------------------------------------------------------------------------------------------
+# time
+
+TIME_LIMIT_S = 24 * 3600  # beyond this a profile is refused unless --force
+# A per-layer probe re-runs only the layers from the pruned one on (incremental evaluator): about half.
+PER_LAYER_SHARE = 0.5
+
+
+CALIBRATION_TIMED = 2  # calibration windows the estimate times (a batch of 8 took ~20 s at mamba-130m)
+
+
+def estimate_profile_seconds(recipe, model: torch.nn.Module, dataset, settings) -> float:
+    """Seconds a profile is expected to take: one timed evaluation batch and one timed calibration
+    batch (after a warm-up batch), times the planned counts. Trials are counted as full evaluations
+    (an upper bound for the incremental evaluator), so the figure errs long."""
+    import math
+    import time
+
+    from ..model.arch import find_mixers
+    from ..calibration.data import batch_losses
+    from ..criteria.masks import targets_for
+    from .recipe import needs_of
+
+    batch = settings.batch_size
+    evaluation, calibration = dataset.evaluation, dataset.calibration
+    with recipe.installed(model):
+        batch_losses(model, evaluation[:1], batch)  # warm-up: kernel compilation, allocator
+        started = time.perf_counter()
+        batch_losses(model, evaluation[:batch], batch)
+        eval_batch = time.perf_counter() - started
+        needs = needs_of([*settings.criteria, settings.layer_criterion])
+        started = time.perf_counter()
+        timed = min(CALIBRATION_TIMED, batch)  # statistics are sums over windows: time linear in them
+        if needs and calibration is not None:
+            recipe.statistics(model, calibration[:timed], needs)
+        calib_batch = (time.perf_counter() - started) * batch / timed
+    mixers = find_mixers(model)
+    targets = [t for t in targets_for(mixers) if settings.targets is None or t.name in settings.targets]
+    trials = len(targets) * len(settings.criteria) * len(settings.sparsities)
+    probes = len(targets) * len(mixers) if settings.per_layer else 0
+    if getattr(settings, "sweep", "grid") == "adaptive":  # early stopping not counted: errs long too
+        from .adaptive import expected_trials
+
+        from .earlystop import CHUNK_WINDOWS
+
+        pairs = len(targets) * len(settings.criteria)
+        trials, probes = expected_trials(pairs, len(targets), len(settings.sparsities),
+                                         len(targets) if settings.per_layer else 0, len(mixers))
+        windows = int(evaluation.shape[0])
+        if windows > CHUNK_WINDOWS:  # every pair screened on one chunk, each target's leader completed
+            trials += len(targets) - pairs * (1 - CHUNK_WINDOWS / windows)
+    eval_batches = math.ceil(int(evaluation.shape[0]) / batch)
+    calib_batches = math.ceil(int(calibration.shape[0]) / batch) if calibration is not None else 0
+    seconds = (eval_batch * eval_batches * (1 + trials + PER_LAYER_SHARE * probes)
+               + calib_batch * calib_batches)
+    budget = getattr(settings, "budget", None)
+    return min(seconds, budget) if budget else seconds
+
+
+def duration_text(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def check_time(seconds: float, force: bool, limit: float = TIME_LIMIT_S) -> None:
+    """Refuse (one line) a profile expected to run longer than ``limit``, unless ``force``."""
+    if force or seconds <= limit:
+        return
+    raise SSMProfileError(
+        f"this profile would take about {duration_text(seconds)} (more than {duration_text(limit)}); lower "
+        "--nsamples, --eval-samples, --seqlen or the criteria, sparsities and targets, or pass --force to run anyway")

@@ -1,0 +1,1 @@
+"""Recovery: knowledge distillation from the dense teacher (``recover``) and its pieces (``distill``)."""
