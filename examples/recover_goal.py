@@ -86,17 +86,17 @@ def run(name: str, root: Path) -> dict:
     ssm_profile("recover", str(pruned), "-o", str(recovered), "--overwrite", "--quiet")
     seconds = time.perf_counter() - started
     record = load_recovery(recovered / "recovery.json")
-    before, after = record.before["verification"], record.after["verification"]
-    tasks_before, tasks_after = record.before.get("lm_eval") or {}, record.after.get("lm_eval") or {}
+    before, after = record.before.verification, record.after.verification
+    tasks_before, tasks_after = record.before.lm_eval or {}, record.after.lm_eval or {}
     accuracy = {task: (tasks_before[task].get("acc"), tasks_after[task].get("acc"))
                 for task in tasks_before if "acc" in tasks_before[task]}
-    return {"model": name, "cut": CUTS[name], "increase_before": before["rel_ppl_increase"],
-            "interval_before": before["interval"], "increase_after": after["rel_ppl_increase"],
-            "interval_after": after["interval"], "recovered_fraction": record.recovered_fraction(),
+    return {"model": name, "cut": CUTS[name], "increase_before": before.rel_ppl_increase,
+            "interval_before": before.interval, "increase_after": after.rel_ppl_increase,
+            "interval_after": after.interval, "recovered_fraction": record.recovered_fraction(),
             "accuracy_before_after": accuracy, "steps": record.progress["steps_done"],
             "train_seconds": record.progress["train_seconds"],
             "train_cpu_seconds": record.progress.get("train_cpu_seconds"), "wall_seconds": round(seconds, 1),
-            "goal_ppl": before["rel_ppl_increase"] >= 0.15 and record.recovered_fraction() >= 0.5,
+            "goal_ppl": before.rel_ppl_increase >= 0.15 and record.recovered_fraction() >= 0.5,
             "goal_tasks": all(a is not None and b is not None and a >= b for b, a in accuracy.values())}
 
 

@@ -20,7 +20,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 from . import __version__
 from .base.errors import OutputExistsError, PlanError, SSMProfileError
@@ -64,8 +64,11 @@ def _load(hint: Any, value: Any) -> Any:
     doc = _document_type(hint)
     if value is None or doc is None:
         return copy.deepcopy(value)
-    if get_origin(hint) is list or (get_origin(hint) is Union and any(get_origin(a) is list for a in get_args(hint))):
+    container = next((get_origin(a) for a in (hint, *get_args(hint)) if get_origin(a) in (list, dict)), None)
+    if container is list:
         return [doc.from_dict(v) for v in value]
+    if container is dict:
+        return {k: doc.from_dict(v) for k, v in value.items()}
     return doc.from_dict(value)
 
 
@@ -74,6 +77,8 @@ def _dump(value: Any) -> Any:
         return value.to_dict()
     if isinstance(value, list):
         return [_dump(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _dump(v) for k, v in value.items()}
     return copy.deepcopy(value)
 
 
@@ -110,9 +115,26 @@ def _extra() -> Any:
 
 
 @dataclass(kw_only=True)
+class ModelOrigin(Document):
+    """Where a model was loaded from, as the user named it (:class:`ssm_profile.model.resolve.ModelSource`)."""
+
+    name: str = ""  # what the user typed
+    kind: str = ""  # "embedded" | "local" | "local-mamba-ssm" | "hub"
+    location: str = ""  # directory or repository id
+    alias: str | None = None
+    extra: dict[str, Any] = _extra()
+
+    def load_name(self) -> str:
+        """What :func:`ssm_profile.load_model` takes to load this model again: the folder it was read
+        from when it was local, else the name the user typed (embedded name, alias, hub id)."""
+        local = self.kind.startswith("local")
+        return (self.location if local else "") or self.name
+
+
+@dataclass(kw_only=True)
 class PlanModel(Document):
     name: str
-    source: dict[str, Any]
+    source: ModelOrigin
     fingerprint: str
     architecture: str
     class_name: str = field(metadata={"key": "class"})
@@ -235,9 +257,10 @@ class Measured(Document):
 
 
 @dataclass(kw_only=True)
-class Verification(Document):
-    """The plan's promise checked on the verification windows (never seen by the profile or the
-    plan's selection): the relative perplexity increase with a paired bootstrap 95% interval."""
+class Increase(Document):
+    """The relative perplexity increase of a model over its base on one set of windows, with the
+    paired bootstrap 95% interval (windows resampled together for both): the one typed interval
+    result of plans, validations and recoveries, and :meth:`phrase` the one place that words it."""
 
     dense_loss: float
     loss: float
@@ -245,6 +268,21 @@ class Verification(Document):
     rel_ppl_increase: float
     interval: list[float]  # [low, high] of rel_ppl_increase
     windows: int
+    source: str | None = _optional()  # the windows' text, as described to people
+    within_tolerance: bool | None = _optional()
+    extra: dict[str, Any] = _extra()
+
+    def phrase(self, windows: str = "verification windows") -> str:
+        """``+8.9% (95% interval +7.6% to +10.3%) on 32 verification windows``."""
+        lo, hi = self.interval
+        return f"{self.rel_ppl_increase:+.1%} (95% interval {lo:+.1%} to {hi:+.1%}) on {self.windows} {windows}"
+
+
+@dataclass(kw_only=True)
+class Verification(Increase):
+    """The plan's promise checked on the verification windows (never seen by the profile or the
+    plan's selection)."""
+
     max_ppl_increase: float
     kept: bool  # rel_ppl_increase <= max_ppl_increase
     extra: dict[str, Any] = _extra()
@@ -294,9 +332,7 @@ class Plan(Document):
 
     def source_model(self) -> str:
         """Where the plan's model was loaded from: its directory when local, else its name."""
-        source = self.model.source or {}
-        local = str(source.get("kind", "")).startswith("local")
-        return (source.get("location") if local else None) or source.get("name") or self.model.name
+        return self.model.source.load_name() or self.model.name
 
     def check_model(self, loaded: Any) -> None:
         """Refuse a model (a LoadedModel) with other weights than the plan was made for (one line)."""
@@ -424,6 +460,47 @@ def check_weights(expected: str | None, loaded: Any, what: str, hint: str = "", 
 
 
 @dataclass(kw_only=True)
+class ExecutedAction(Document):
+    """One plan action as ``apply`` carried it out."""
+
+    index: int  # the action's place in the plan
+    target: str
+    layers: list[int]
+    structure: str
+    criterion: str
+    sparsity: float
+    requested: str  # the plan's execution ("slice" | "zero")
+    execution: str  # what was done: a slice the config cannot express is done as zeros
+    elements_zeroed: int
+    units_removed: dict[str, int] | None  # per layer, for unit actions
+    note: str = ""
+    zeroed_params: list[str] | None = _optional()  # the tensors it zeroed (recover keeps them at zero)
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class PruningSummary(Document):
+    actions: int
+    sliced: int
+    zeroed: int
+    objective: Objective
+    predicted: Predicted
+    dense: Dense
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class ParameterCounts(Document):
+    before: int
+    after: int
+    nonzero_before: int
+    nonzero_after: int
+    removed: int
+    zeroed_or_removed: int
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
 class PruningRecord(Document):
     """What ``apply`` did (``pruning.json``); ``output_dir`` and ``validation`` are not in the file."""
 
@@ -433,10 +510,10 @@ class PruningRecord(Document):
     created: str
     source: dict[str, Any]
     output: dict[str, Any]
-    summary: dict[str, Any]
-    parameters: dict[str, int]
-    analysis: dict[str, dict[str, int]]
-    actions: list[dict[str, Any]]
+    summary: PruningSummary
+    parameters: ParameterCounts
+    analysis: dict[str, dict[str, int]]  # "before"/"after": the static analysis' totals
+    actions: list[ExecutedAction]
     sliced: list[dict[str, Any]]
     notes: list[str]
     calibration: dict[str, Any] | None
@@ -457,28 +534,167 @@ def load_pruning_record(path: str | Path) -> PruningRecord:
 
 
 @dataclass(kw_only=True)
+class ModelRef(Document):
+    """A model a validation compared: its name, where it was read from, its weights' fingerprint."""
+
+    name: str
+    location: str
+    fingerprint: str
+    directory: str | None = None
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class LossPerplexity(Document):
+    loss: float
+    perplexity: float
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class SearchPerplexity(Document):
+    """Base and pruned model on the search windows (the plan chose on them: not a promise's check)."""
+
+    base: LossPerplexity
+    pruned: LossPerplexity
+    delta_loss: float
+    rel_ppl_increase: float
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class ModelSize(Document):
+    parameters: int
+    nonzero_parameters: int
+    bytes_on_disk: int | None  # model files (None: the model was not read from a folder)
+    weight_bytes_on_disk: int | None
+    state_bytes_per_sequence: int
+    flops_per_token: int
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class Sizes(Document):
+    base: ModelSize
+    pruned: ModelSize
+    change: dict[str, float | None]  # relative change per ModelSize field
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class Timing(Document):
+    latency_s: float
+    tokens_per_s: float | None
+    runs_s: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class PairedChange(Document):
+    """Mean relative change over paired runs and its 95% t-interval (None with fewer than two pairs)."""
+
+    mean: float | None
+    low: float | None
+    high: float | None
+    extra: dict[str, Any] = _extra()
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        return None if self.low is None or self.high is None else (float(self.low), float(self.high))
+
+
+@dataclass(kw_only=True)
+class SpeedChange(Document):
+    pairs: int
+    latency: PairedChange
+    tokens_per_s: PairedChange
+    within_noise: bool | None
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class Speed(Document):
+    batch: list[int]  # [sequences, tokens]
+    threads: int
+    base: Timing
+    pruned: Timing
+    speedup: float | None = None
+    repeats: int | None = _optional()
+    warmup: int | None = _optional()
+    change: SpeedChange | None = _optional()  # absent in older validation files
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class TaskScores(Document):
+    builtin: bool
+    items: int | None
+    base: dict[str, float]
+    pruned: dict[str, float]
+    delta: dict[str, float]
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class LmEval(Document):
+    tasks: dict[str, TaskScores]
+    limit: int | float | None
+    skipped: str | None
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class AgainstPlan(Document):
+    """The pruned model's search-window loss beside what its plan predicted and measured."""
+
+    loss: float
+    delta_loss: float
+    rel_ppl_increase: float
+    within_tolerance: bool | None
+    predicted_delta_loss: float | None = None
+    predicted_rel_ppl_increase: float | None = None
+    prediction_error: float | None = None  # measured minus predicted ΔL
+    plan_measured_loss: float | None = None
+    matches_plan_measurement: bool | None = None
+    plan_dense_loss: float | None = None
+    dense_loss_matches_plan: bool | None = None
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class Tolerance(Document):
+    """The perplexity increase a validation allows, where that number came from, and the verdict."""
+
+    max_ppl_increase: float | None
+    source: str | None  # "plan" (its objective) | "argument" (--max-ppl-increase) | None
+    within_tolerance: bool | None
+    decided_by: str | None = _optional()  # "verification": the held-out windows decide
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
 class ValidationReport(Document):
     """Base vs pruned model, measured the same way (``validation.json``); see :mod:`ssm_profile.validation.validate`."""
 
     schema_version: int = 1
     kind: str = VALIDATION_KIND
     created: str
-    models: dict[str, Any]
+    models: dict[str, ModelRef]  # "base", "pruned"
     plan: dict[str, Any] | None
     data: dict[str, Any]
-    perplexity: dict[str, Any]
-    measured: dict[str, Any]
-    tolerance: dict[str, Any]
+    perplexity: SearchPerplexity
+    measured: AgainstPlan
+    tolerance: Tolerance
     within_tolerance: bool | None
-    lm_eval: dict[str, Any]
-    size: dict[str, Any]
-    speed: dict[str, Any]
+    lm_eval: LmEval
+    size: Sizes
+    speed: Speed
     versions: dict[str, str]
     threads: int
     seconds: float
     # the verification split (decides within_tolerance) and other --evaluation sources; absent in older files
-    verification: dict[str, Any] | None = _optional()
-    evaluations: list[dict[str, Any]] | None = _optional()
+    verification: Increase | None = _optional()
+    evaluations: list[Increase] | None = _optional()
     # which forward each mixer class ran, counted per call (ssm_profile.mixers.usage); absent in older files
     mixer_forwards: dict[str, Any] | None = _optional()
     extra: dict[str, Any] = _extra()
@@ -496,6 +712,73 @@ def load_validation(path: str | Path) -> ValidationReport:
 
 
 @dataclass(kw_only=True)
+class RecoveryCheck(Document):
+    """The student measured against its teacher, before or after recovery."""
+
+    verification: Increase
+    lm_eval: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> metric -> score
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class Teacher(Document):
+    name: str
+    location: str
+    fingerprint: str
+    source_model: bool  # the model the pruned one was cut from (else a stand-in the user named)
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class RecoveryData(Document):
+    training: str  # the training text, as described to people
+    training_tokens: int
+    seqlen: int
+    verification: str | None  # the held-out windows' text
+    verification_windows: int
+    overlap_check_span: int | None = None
+    shared_spans: int = 0
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class RecoveryProgress(Document):
+    steps_done: int
+    total_steps: int | None
+    train_seconds: float
+    seconds: float
+    train_cpu_seconds: float | None = _optional()  # this process's CPU time; absent in older files
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class CurvePoint(Document):
+    """One step of distillation; ``verification_loss`` at the periodic checks (step 0: before training)."""
+
+    step: int
+    kd_loss: float | None = None
+    lm_loss: float | None = None
+    lr: float | None = None
+    verification_loss: float | None = _optional()
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class Sparsity(Document):
+    nonzero_before: int
+    nonzero_after: int
+    frozen_entries: int  # pruned entries held at zero during training
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class RecoveryOutput(Document):
+    fingerprint: str | None = None
+    files: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
 class RecoveryRecord(Document):
     """What ``ssm-profile recover`` did (``recovery.json``): distillation settings, the loss curve
     (``curve``: ``{"step", "kd_loss", "lm_loss", "lr"}`` every step, plus ``verification_loss`` at
@@ -505,17 +788,17 @@ class RecoveryRecord(Document):
     kind: str = RECOVERY_KIND
     created: str
     pruned: dict[str, Any]
-    teacher: dict[str, Any]
-    output: dict[str, Any]
+    teacher: Teacher
+    output: RecoveryOutput
     settings: dict[str, Any]
-    data: dict[str, Any]
+    data: RecoveryData
     kernels: dict[str, Any]
     world: dict[str, Any]  # {"size": processes, "rank_weights": each rank's final weight fingerprint}
-    progress: dict[str, Any]
-    curve: list[dict[str, Any]]
-    before: dict[str, Any]  # {"verification": paired_increase vs the teacher, "lm_eval": {task: metrics}}
-    after: dict[str, Any]
-    sparsity: dict[str, int]
+    progress: RecoveryProgress
+    curve: list[CurvePoint]
+    before: RecoveryCheck
+    after: RecoveryCheck
+    sparsity: Sparsity
     notes: list[str]
     versions: dict[str, str]
     teacher_scores: dict[str, Any] | None = _optional()  # the teacher's own lm-eval scores
@@ -523,14 +806,13 @@ class RecoveryRecord(Document):
 
     def recovered_fraction(self) -> float | None:
         """Share of the pruning's verification perplexity increase that recovery removed (1 = all)."""
-        before = self.before["verification"]["rel_ppl_increase"]
-        after = self.after["verification"]["rel_ppl_increase"]
+        before = self.before.verification.rel_ppl_increase
+        after = self.after.verification.rel_ppl_increase
         return None if before <= 0 else 1.0 - after / before
 
     def verification_points(self) -> list[tuple[int, float]]:
         """(step, verification loss) of the periodic checks (step 0: before training)."""
-        return [(int(p["step"]), float(p["verification_loss"])) for p in self.curve
-                if p.get("verification_loss") is not None]
+        return [(p.step, float(p.verification_loss)) for p in self.curve if p.verification_loss is not None]
 
 
 def load_recovery(path: str | Path) -> RecoveryRecord:

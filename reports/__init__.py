@@ -14,21 +14,24 @@ directory use), optionally with a pruning plan (``plan.json``) and a validation 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ssm_profile.documents import Plan, RecoveryRecord, ValidationReport
 
 __all__ = ["render_html", "render_markdown", "export_csv", "write_report"]
 
 
-def render_html(result, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
-                recovery: dict[str, Any] | None = None) -> str:
+def render_html(result, plan: Plan | None = None, validation: ValidationReport | None = None,
+                recovery: RecoveryRecord | None = None) -> str:
     """The self-contained HTML report of ``result`` (a ProfileResult)."""
     from .html import render_html as _render
 
     return _render(result, plan, validation, recovery)
 
 
-def render_markdown(result, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
-                    recovery: dict[str, Any] | None = None) -> str:
+def render_markdown(result, plan: Plan | None = None, validation: ValidationReport | None = None,
+                    recovery: RecoveryRecord | None = None) -> str:
     """A Markdown summary: header, ranking, findings, plan/validation/recovery summaries."""
     from .markdown import render_markdown as _render
 
@@ -42,8 +45,8 @@ def export_csv(result, directory):
     return _export(result, directory)
 
 
-def write_report(result, output, *, fmt: str = "html", plan: dict[str, Any] | None = None,
-                 validation: dict[str, Any] | None = None, csv_dir=None, recovery: dict[str, Any] | None = None,
+def write_report(result, output, *, fmt: str = "html", plan: Plan | None = None,
+                 validation: ValidationReport | None = None, csv_dir=None, recovery: RecoveryRecord | None = None,
                  plan_path: str | None = None):
     """Render and write ``output`` atomically (and the CSV tables to ``csv_dir``); returns the output path.
 

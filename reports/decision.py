@@ -7,29 +7,26 @@ of every target with the interval the measured sparsities leave open, and the co
 from __future__ import annotations
 
 import shlex
-from typing import Any
 
 from ssm_profile.base.fmt import amount, human_bytes, human_count, scope_name
+from ssm_profile.documents import Objective, Plan, RecoveryRecord, ValidationReport
 
 from .facts import Facts, plan_change_lines
 from .html_elements import Cell, chip, crit_chip, num, section, table, txt
-from .svg import esc, finite, fmt_pct, group_color
+from .svg import esc, fmt_pct, group_color
 
 
-
-def share_of(objective: dict[str, Any] | None) -> str:
-    """What a plan's percentages are a share of, from its ``objective``: ``"of SSM-mixer params"``,
-    worded by :func:`ssm_profile.base.fmt.scope_name` as in the CLI, the TUI and the plan JSON."""
-    objective = objective if isinstance(objective, dict) else {}
-    return f"of {scope_name(objective.get('scope'), str(objective.get('target', 'params')))}"
+def share_of(objective: Objective) -> str:
+    """What a plan's percentages are a share of: ``"of SSM-mixer params"``, worded by
+    :func:`ssm_profile.base.fmt.scope_name` as in the CLI, the TUI and the plan JSON."""
+    return f"of {scope_name(objective.scope, objective.metric)}"
 
 
-def decision_section(facts: Facts, plan: dict[str, Any] | None, validation: dict[str, Any] | None = None,
-                     recovery: dict[str, Any] | None = None, plan_path: str | None = None) -> str:
+def decision_section(facts: Facts, plan: Plan | None, validation: ValidationReport | None = None,
+                     recovery: RecoveryRecord | None = None, plan_path: str | None = None) -> str:
     """The answer; with a plan, also what its validation and recovery found, and the next command for
     the files given (``plan_path``: the plan file the user passed)."""
-    body = (_plan_answer(facts, plan, validation, recovery, plan_path) if isinstance(plan, dict)
-            else _profile_answer(facts))
+    body = _plan_answer(facts, plan, validation, recovery, plan_path) if plan is not None else _profile_answer(facts)
     return section("decision", "What can I prune, and how much", "", body)
 
 
@@ -76,96 +73,70 @@ def _profile_answer(facts: Facts) -> str:
             + _next_step("Next: a plan that combines targets for a budget (RUN_DIR is this run's directory)", cmd))
 
 
-def _plan_answer(facts: Facts, plan: dict[str, Any], validation: dict[str, Any] | None = None,
-                 recovery: dict[str, Any] | None = None, plan_path: str | None = None) -> str:
-    objective = plan.get("objective") if isinstance(plan.get("objective"), dict) else {}
-    predicted = plan.get("predicted") if isinstance(plan.get("predicted"), dict) else {}
-    measured = plan.get("measured") if isinstance(plan.get("measured"), dict) else None
-    metric = str(objective.get("target", "params"))
-    removed = predicted.get(f"{metric}_removed" if metric != "state" else "state_bytes_removed")
-    ratio = predicted.get("reduction_ratio")
-    total = predicted.get("scope_total")
+def _plan_answer(facts: Facts, plan: Plan, validation: ValidationReport | None = None,
+                 recovery: RecoveryRecord | None = None, plan_path: str | None = None) -> str:
+    objective, predicted, metric = plan.objective, plan.predicted, plan.objective.metric
     parts = []
-    if finite(removed):
-        of_total = ""
-        if finite(total):  # the bare total: its unit is named by the share that follows
-            of_total = f" (total {human_bytes(total) if metric == 'state' else human_count(total)})"
-        share = f"{fmt_pct(ratio, 1)} {share_of(objective)}{of_total}" if finite(ratio) else share_of(objective)
-        changes = plan_change_lines(plan)
-        zeros_only = bool(changes) and changes[0].startswith("WARNING")
-        verb = "sets to zero" if zeros_only else "removes"
-        parts.append(f'<p class="answer">This plan {verb} <strong>{esc(amount(metric, removed))}</strong>: '
-                     f"<strong>{esc(share)}</strong>.</p>")
-        # sliced vs zeroed, in the CLI's words: a zeros-only plan is no size win, and says so up front
-        parts += [f'<p class="{"warning" if line.startswith("WARNING") else "answer"}">{esc(line)}</p>'
-                  for line in changes[:-1]]
-    tol = objective.get("max_ppl_increase")
-    promise = f"perplexity rises by at most {tol:.0%}" if finite(tol) else "perplexity stays within the tolerance"
-    verification = plan.get("verification") if isinstance(plan.get("verification"), dict) else None
-    interval = (verification or {}).get("interval")
-    if verification and finite(verification.get("rel_ppl_increase")) and isinstance(interval, list) \
-            and len(interval) == 2 and all(finite(x) for x in interval):
-        held = "kept" if verification.get("kept") else "NOT kept"
-        parts.append(f'<p class="promise">Promise: {esc(promise)} — {held} on {esc(verification.get("windows"))} '
-                     f"held-out verification windows: {verification['rel_ppl_increase']:+.1%} (95% interval "
-                     f"{interval[0]:+.1%} to {interval[1]:+.1%}).</p>")
-    elif measured and finite(measured.get("rel_ppl_increase")):
-        held = "kept" if measured.get("within_tolerance") else "NOT kept"
+    total = predicted.scope_total
+    of_total = ""  # the bare total: its unit is named by the share that follows
+    if total is not None:
+        of_total = f" (total {human_bytes(total) if metric == 'state' else human_count(total)})"
+    share = f"{fmt_pct(predicted.reduction_ratio, 1)} {share_of(objective)}{of_total}"
+    changes = plan_change_lines(plan)
+    zeros_only = bool(changes) and changes[0].startswith("WARNING")
+    parts.append(f'<p class="answer">This plan {"sets to zero" if zeros_only else "removes"} '
+                 f"<strong>{esc(amount(metric, predicted.removed(metric)))}</strong>: <strong>{esc(share)}</strong>.</p>")
+    # sliced vs zeroed, in the CLI's words: a zeros-only plan is no size win, and says so up front
+    parts += [f'<p class="{"warning" if line.startswith("WARNING") else "answer"}">{esc(line)}</p>'
+              for line in changes[:-1]]
+    promise = f"perplexity rises by at most {objective.max_ppl_increase:.0%}"
+    if plan.verification is not None:
+        held = "kept" if plan.verification.kept else "NOT kept"
+        parts.append(f'<p class="promise">Promise: {esc(promise)} — {held}: perplexity '
+                     f"{esc(plan.verification.phrase('held-out verification windows'))}.</p>")
+    elif plan.measured is not None:
+        held = "kept" if plan.measured.within_tolerance else "NOT kept"
         parts.append(f'<p class="promise">Promise: {esc(promise)} — {held}: measured '
-                     f"{measured['rel_ppl_increase']:+.1%} on the search windows that chose it.</p>")
-    elif finite(predicted.get("rel_ppl_increase")):
-        parts.append(f'<p class="promise">Promise: {esc(promise)} — predicted {predicted["rel_ppl_increase"]:+.1%}'
+                     f"{plan.measured.rel_ppl_increase:+.1%} on the search windows that chose it.</p>")
+    else:
+        parts.append(f'<p class="promise">Promise: {esc(promise)} — predicted {predicted.rel_ppl_increase:+.1%}'
                      " (not measured yet: validate after applying).</p>")
-    actions = [a for a in plan.get("actions") or [] if isinstance(a, dict)]
-    if actions:
-        items = "".join(f"<li>{chip(str(a.get('target')), group_color(str(a.get('target'))))} "
-                        f"{esc(fmt_pct(a.get('sparsity')) if finite(a.get('sparsity')) else '?')} "
-                        f"{esc(a.get('structure') or '')} by {esc(a.get('criterion') or '?')}</li>" for a in actions)
+    if plan.actions:
+        items = "".join(f"<li>{chip(a.target, group_color(a.target))} {esc(fmt_pct(a.sparsity))} "
+                        f"{esc(a.structure)} by {esc(a.criterion)}</li>" for a in plan.actions)
         parts.append(f'<ul class="plan-cuts">{items}</ul>')
     parts += _outcome(validation, recovery)
-    parts.append(_plan_next_step(facts, verification, validation, recovery, plan_path))
+    parts.append(_plan_next_step(facts, plan, validation, recovery, plan_path))
     return "".join(parts)
 
 
-def _increase_text(measured: dict[str, Any]) -> str | None:
-    """"+8.9% (95% interval +7.6% to +10.3%) on 32 verification windows", or None when incomplete."""
-    rel, interval = measured.get("rel_ppl_increase"), measured.get("interval")
-    if not finite(rel) or not (isinstance(interval, list) and len(interval) == 2 and all(finite(x) for x in interval)):
-        return None
-    return (f"{rel:+.1%} (95% interval {interval[0]:+.1%} to {interval[1]:+.1%}) on {measured.get('windows', '?')} "
-            "verification windows")
-
-
-def _outcome(validation: dict[str, Any] | None, recovery: dict[str, Any] | None) -> list[str]:
+def _outcome(validation: ValidationReport | None, recovery: RecoveryRecord | None) -> list[str]:
     """What happened after the plan: the applied model's validation, and its recovery."""
     parts = []
-    measured = (validation or {}).get("verification")
-    text = _increase_text(measured) if isinstance(measured, dict) else None
-    if text is not None:
-        verdict = {True: "within the tolerance", False: "ABOVE the tolerance"}.get(validation.get("within_tolerance"),
+    if validation is not None and validation.verification is not None:
+        verdict = {True: "within the tolerance", False: "ABOVE the tolerance"}.get(validation.within_tolerance,
                                                                                    "no tolerance given")
-        parts.append(f'<p class="promise">Validated after applying: perplexity {esc(text)}: {verdict}.</p>')
-    after = ((recovery or {}).get("after") or {}).get("verification")
-    text = _increase_text(after) if isinstance(after, dict) else None
-    if text is not None:
-        parts.append(f'<p class="promise">After recovery by distillation: perplexity {esc(text)} against the '
-                     "dense teacher.</p>")
+        parts.append(f'<p class="promise">Validated after applying: perplexity '
+                     f"{esc(validation.verification.phrase())}: {verdict}.</p>")
+    if recovery is not None:
+        parts.append(f'<p class="promise">After recovery by distillation: perplexity '
+                     f"{esc(recovery.after.verification.phrase())} against the dense teacher.</p>")
     return parts
 
 
-def _plan_next_step(facts: Facts, verification: dict[str, Any] | None, validation: dict[str, Any] | None,
-                    recovery: dict[str, Any] | None, plan_path: str | None) -> str:
+def _plan_next_step(facts: Facts, plan: Plan, validation: ValidationReport | None,
+                    recovery: RecoveryRecord | None, plan_path: str | None) -> str:
     """The command that follows from what this report was given."""
-    if verification is not None and verification.get("kept") is False:
+    if plan.verification is not None and not plan.verification.kept:
         return _next_step("Next: do not apply this plan (its promise broke on the verification windows); plan "
                           "again with a smaller ratio", "ssm-profile plan RUN_DIR --ratio SMALLER -o plan.json")
     if recovery is not None:
-        out = (recovery.get("output") or {}).get("directory") or "RECOVERED_DIR"
+        out = "RECOVERED_DIR"  # the record travels with its directory, which may have moved
         return _next_step("Next: the recovered model is a plain transformers checkpoint; validate it against the "
                           "dense model", f"ssm-profile validate {shlex.quote(facts.model_name())} {shlex.quote(out)}")
     if validation is not None:
-        pruned = shlex.quote(((validation.get("models") or {}).get("pruned") or {}).get("directory") or "PRUNED_DIR")
-        if validation.get("within_tolerance") is False:
+        pruned = shlex.quote(validation.models["pruned"].directory or "PRUNED_DIR")
+        if validation.within_tolerance is False:
             return _next_step("Next: the pruned model broke the tolerance; recover what pruning cost, or plan "
                               "again with a smaller ratio", f"ssm-profile recover {pruned} -o RECOVERED_DIR")
         return _next_step("Next: use the pruned model, or recover what pruning cost by distillation",

@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ssm_profile.validation.comparison import ComparisonRow, comparison_rows
-from ssm_profile.documents import VALIDATION_KIND, ValidationReport
+from ssm_profile.documents import Plan
 from ssm_profile.base.fmt import human_bytes, human_count
 
 from .svg import fmt
@@ -98,40 +97,19 @@ class Facts:
         return items
 
 
-# ---------------------------------------------------------------------- plan / validation input
-COMPARED_KEYS = ("perplexity", "size", "speed", "lm_eval")  # what the shared before/after rows show
-
-
-def validation_rows(validation: dict[str, Any]) -> list[ComparisonRow] | None:
-    """The before/after rows every front-end shows (:mod:`ssm_profile.validation.comparison`) for a file
-    written by ``ssm-profile validate``; None for other shapes, which render field by field."""
-    if validation.get("kind") != VALIDATION_KIND:
-        return None
-    try:
-        return comparison_rows(ValidationReport.from_dict(validation))
-    except (KeyError, TypeError, AttributeError):  # a hand-edited file: show it as given
-        return None
-
-
-def plan_mismatch(plan: dict[str, Any] | None, result) -> str | None:
+# ---------------------------------------------------------------------- plan input
+def plan_mismatch(plan: Plan, result) -> str | None:
     """A warning when a plan names other weights than the profiled ones (the report still renders)."""
-    if not plan or not isinstance(plan.get("model"), dict):
-        return None
-    theirs = plan["model"].get("fingerprint")
-    ours = result.record.model.fingerprint
+    theirs, ours = plan.model.fingerprint, result.record.model.fingerprint
     if theirs and ours and theirs != ours:
-        return (f"this plan was made for other weights ({plan['model'].get('name', '?')}, {theirs}) than the "
+        return (f"this plan was made for other weights ({plan.model.name or '?'}, {theirs}) than the "
                 f"profiled model ({ours}); its numbers may not apply")
     return None
 
 
-def plan_change_lines(plan: dict[str, Any]) -> list[str]:
+def plan_change_lines(plan: Plan) -> list[str]:
     """The CLI's words for what a plan physically changes (:func:`ssm_profile.pruning.summary.plan_summary_lines`:
-    sliced vs zeroed, a WARNING first when no shape changes), or [] for a plan that does not read."""
-    from ssm_profile.documents import Plan
+    sliced vs zeroed, a WARNING first when no shape changes)."""
     from ssm_profile.pruning.summary import plan_summary_lines
 
-    try:
-        return plan_summary_lines(Plan.from_dict(plan))
-    except Exception:  # noqa: BLE001 - a damaged or foreign plan: the report shows what it can
-        return []
+    return plan_summary_lines(plan)

@@ -12,7 +12,7 @@ import base64
 import hashlib
 from datetime import datetime, timezone
 from importlib import resources
-from typing import Any
+from ssm_profile.documents import Plan, RecoveryRecord, ValidationReport
 
 from .decision import decision_section
 from .facts import Facts
@@ -30,8 +30,8 @@ SECTIONS = [("decision", "Answer"), ("header", "Overview"), ("plan", "Plan"), ("
             ("saliency", "Saliency")]
 
 
-def render_html(result, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
-                recovery: dict[str, Any] | None = None) -> str:
+def render_html(result, plan: Plan | None = None, validation: ValidationReport | None = None,
+                recovery: RecoveryRecord | None = None) -> str:
     """The report page for ``result`` (a ProfileResult), with plan/validation/recovery sections when given."""
     return render_facts(Facts.of(result), plan, validation, recovery)
 
@@ -41,8 +41,8 @@ def _asset(name: str) -> str:
 
 
 # ---------------------------------------------------------------------- page
-def render_facts(facts: Facts, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
-                 recovery: dict[str, Any] | None = None, plan_path: str | None = None) -> str:
+def render_facts(facts: Facts, plan: Plan | None = None, validation: ValidationReport | None = None,
+                 recovery: RecoveryRecord | None = None, plan_path: str | None = None) -> str:
     from ssm_profile import __version__
 
     name = facts.model_name()

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from ssm_profile.base.fmt import agreement_text, human_count, scope_name
+from ssm_profile.documents import Plan, RecoveryRecord, ValidationReport
+from ssm_profile.validation.comparison import comparison_rows
 
-from ssm_profile.base.fmt import agreement_text, human_count
-
-from .facts import COMPARED_KEYS, Facts, plan_change_lines, plan_mismatch, validation_rows
+from .decision import share_of
+from .facts import Facts, plan_change_lines, plan_mismatch
 from .svg import fmt, fmt_pct
-from .values import change_text, compact_layers, is_scalar, md_escape, md_table, md_value_lines, split_comparisons
+from .values import compact_layers, md_escape, md_table
 
 
-def render_markdown(result, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
-                    recovery: dict[str, Any] | None = None) -> str:
+def render_markdown(result, plan: Plan | None = None, validation: ValidationReport | None = None,
+                    recovery: RecoveryRecord | None = None) -> str:
     """The Markdown summary for ``result`` (a ProfileResult)."""
     return render_facts_md(Facts.of(result), plan, validation, recovery)
 
 
-def render_facts_md(facts: Facts, plan: dict[str, Any] | None = None, validation: dict[str, Any] | None = None,
-                    recovery: dict[str, Any] | None = None) -> str:
+def render_facts_md(facts: Facts, plan: Plan | None = None, validation: ValidationReport | None = None,
+                    recovery: RecoveryRecord | None = None) -> str:
     r = facts.result
     out = [f"# Profile report: {md_escape(facts.model_name())}", ""]
     out += [f"- **{md_escape(k)}**: {md_escape(v)}" for k, v in facts.header_items() if k != "Model"]
@@ -57,7 +58,7 @@ def render_facts_md(facts: Facts, plan: dict[str, Any] | None = None, validation
     return "\n".join(out)
 
 
-def plan_md(facts: Facts, plan: dict[str, Any]) -> list[str]:
+def plan_md(facts: Facts, plan: Plan) -> list[str]:
     out = []
     warning = plan_mismatch(plan, facts.result)
     if warning:
@@ -65,79 +66,48 @@ def plan_md(facts: Facts, plan: dict[str, Any]) -> list[str]:
     changes = plan_change_lines(plan)  # what physically changes first, in the CLI's words
     out += [f"> **{md_escape(line)}**" if line.startswith("WARNING") else md_escape(line) for line in changes[:-1]]
     out += [""] if changes else []
-    objective = plan.get("objective")
-    if isinstance(objective, dict) and objective:
-        out += ["Objective: " + ", ".join(f"{md_escape(k)} = {md_escape(v)}" for k, v in objective.items()
-                                          if is_scalar(v)), ""]
-    actions = plan.get("actions") if isinstance(plan.get("actions"), list) else []
-    actions = [a for a in actions if isinstance(a, dict)]
-    if actions:
-        rows = []
-        for i, a in enumerate(actions, 1):
-            units = a.get("unit_indices")
-            count = (sum(len(x) for x in units.values() if isinstance(x, list)) if isinstance(units, dict)
-                     else len(units) if isinstance(units, list) else None)
-            layers = a.get("layers")
-            sparsity = a.get("sparsity")
-            rows.append([i, a.get("target"), compact_layers(layers), a.get("structure"),
-                         a.get("criterion"), fmt_pct(sparsity, 1) if isinstance(sparsity, (int, float)) else sparsity,
-                         count, a.get("params_removed"), a.get("predicted_delta_loss"), a.get("execution")])
+    o = plan.objective
+    out += [f"Objective: {o.metric}, ratio {o.ratio}, absolute {o.absolute}, perplexity at most "
+            f"+{o.max_ppl_increase:.1%}, of {md_escape(scope_name(o.scope, o.metric))}", ""]
+    if plan.actions:
+        rows = [[i, a.target, compact_layers(a.layers), a.structure, a.criterion, fmt_pct(a.sparsity, 1),
+                 None if a.unit_indices is None else sum(len(x) for x in a.unit_indices.values()),
+                 a.params_removed, fmt(a.predicted_delta_loss), a.execution] for i, a in enumerate(plan.actions, 1)]
         out += [md_table(["#", "target", "layers", "structure", "criterion", "sparsity", "units", "params removed",
                           "predicted ΔL", "execution"], rows, ["r", "l", "l", "l", "l", "r", "r", "r", "r", "l"]), ""]
     else:
         out += ["The plan has no actions.", ""]
-    predicted = plan.get("predicted") if isinstance(plan.get("predicted"), dict) else {}
-    measured = plan.get("measured") if isinstance(plan.get("measured"), dict) else None
-    keys = [k for k in dict.fromkeys([*predicted, *(measured or {})])
-            if is_scalar(predicted.get(k)) and is_scalar((measured or {}).get(k))]
-    if keys:
-        out += [md_table(["", "predicted", "measured"],
-                         [[k, predicted.get(k), "not measured" if measured is None else measured.get(k)] for k in keys],
-                         ["l", "r", "r"]), ""]
-    if isinstance(predicted.get("params_removed"), (int, float)):
-        ratio = predicted.get("reduction_ratio")
-        share = f" ({ratio:.1%})" if isinstance(ratio, (int, float)) else ""
-        out += [f"Predicted: {human_count(predicted['params_removed'])} parameters removed{share}", ""]
-    notes = plan.get("notes")
-    if isinstance(notes, list) and notes:
-        out += ["Notes:", ""] + [f"- {md_escape(n)}" for n in notes] + [""]
+    p, m = plan.predicted, plan.measured
+    out += [md_table(["search windows", "predicted", "measured"],
+                     [["ΔL (loss)", fmt(p.delta_loss), "not measured" if m is None else fmt(m.delta_loss)],
+                      ["perplexity change", f"{p.rel_ppl_increase:+.1%}",
+                       "not measured" if m is None else f"{m.rel_ppl_increase:+.1%}"]], ["l", "r", "r"]), ""]
+    if plan.verification is not None:
+        out += [md_escape(plan.verification.sentence()), ""]
+    out += [f"Predicted: {human_count(p.params_removed)} parameters removed ({p.reduction_ratio:.1%} "
+            f"{share_of(o)})", ""]
+    if plan.notes:
+        out += ["Notes:", ""] + [f"- {md_escape(n)}" for n in plan.notes] + [""]
     return out
 
 
-def validation_md(validation: dict[str, Any]) -> list[str]:
+def validation_md(validation: ValidationReport) -> list[str]:
     out = []
-    verdict_key = next((k for k in ("within_tolerance", "passed", "ok") if isinstance(validation.get(k), bool)), None)
-    if verdict_key:
-        ok = validation[verdict_key]
-        out += [f"**{'Within tolerance' if ok else 'Outside tolerance'}** ({md_escape(verdict_key)} = "
-                f"{str(ok).lower()})", ""]
-    shared = validation_rows(validation)
-    if shared is not None:
-        rest = {k: v for k, v in validation.items() if k != verdict_key and k not in COMPARED_KEYS}
-        table = [[r.label, r.text(r.before), r.text(r.after), r.change_text()] for r in shared]
-    else:
-        rows, rest = split_comparisons({k: v for k, v in validation.items() if k != verdict_key})
-        table = [[" · ".join(path), b, a, change_text(b, a)] for path, b, a in rows]
-    if table:
-        out += [md_table(["metric", "before", "after", "change"], table, ["l", "r", "r", "r"]), ""]
-    scalars = {k: v for k, v in rest.items() if is_scalar(v)}
-    if scalars:
-        out += md_value_lines(scalars) + [""]
-    more = [k for k, v in rest.items() if not is_scalar(v)]
-    if more:
-        out += [f"More fields in the validation file: {', '.join(md_escape(k) for k in more)}.", ""]
+    ok, tol = validation.within_tolerance, validation.tolerance
+    if ok is not None:
+        out += [f"**{'Within tolerance' if ok else 'Outside tolerance'}**: perplexity on the held-out verification "
+                f"windows against at most +{tol.max_ppl_increase:.1%}", ""]
+    table = [[r.label, r.text(r.before), r.text(r.after), r.change_text()] for r in comparison_rows(validation)]
+    out += [md_table(["metric", "before", "after", "change"], table, ["l", "r", "r", "r"]), ""]
     return out
 
 
-def recovery_md(data: dict[str, Any]) -> list[str]:
+def recovery_md(record: RecoveryRecord) -> list[str]:
     """The recovery numbers of the HTML section (:mod:`.recovery_section`), the verification curve as a table."""
-    from ssm_profile.documents import RecoveryRecord
-
     from .recovery_section import recovery_items, task_rows
 
-    record = RecoveryRecord.from_dict(data)
-    out = [f"Knowledge distillation from {md_escape(record.teacher.get('name'))} on "
-           f"{md_escape(record.data.get('training'))}; judged on {md_escape(record.data.get('verification'))}, "
+    out = [f"Knowledge distillation from {md_escape(record.teacher.name)} on "
+           f"{md_escape(record.data.training)}; judged on {md_escape(record.data.verification)}, "
            "which was never trained on.", "",
            md_table(["", "value", "detail"], [list(item) for item in recovery_items(record)], ["l", "r", "l"]), ""]
     points = record.verification_points()

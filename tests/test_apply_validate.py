@@ -102,12 +102,12 @@ def test_mamba1_channel_slice_is_smaller_reloads_plainly_and_matches_zeros(tmp_p
     report = apply_plan(loaded, plan, out)
 
     assert tree_hash(mamba1_dir) == source_before  # the source is never written
-    assert report.actions[0]["execution"] == "slice" and report.sliced[0]["kind"] == "channel"
+    assert report.actions[0].execution == "slice" and report.sliced[0]["kind"] == "channel"
     p = report.parameters
-    assert p["after"] < p["before"] and p["nonzero_after"] <= p["after"]
+    assert p.after < p.before and p.nonzero_after <= p.after
     assert (out / "model.safetensors").stat().st_size < (mamba1_dir / "model.safetensors").stat().st_size
     saved = json.loads((out / "pruning.json").read_text())
-    assert saved["parameters"] == p and saved["plan"] == plan
+    assert saved["parameters"] == p.to_dict() and saved["plan"] == plan
     assert saved["source"]["fingerprint"] == plan["model"]["fingerprint"]
 
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()  # plain transformers, no remote code
@@ -130,10 +130,10 @@ def test_mamba2_state_slices_and_head_channel_falls_back_to_zeros(tmp_path, mamb
     plan = make_plan(loaded, [unit_action("state", state), unit_action("head_channel", head_channel)])
     out = tmp_path / "pruned"
     report = apply_plan(loaded, plan, out)
-    executed = {a["target"]: a for a in report.actions}
-    assert executed["unit:state"]["execution"] == "slice"
-    assert executed["unit:head_channel"]["execution"] == "zero"
-    assert "not sliced" in executed["unit:head_channel"]["note"] and report.notes
+    executed = {a.target: a for a in report.actions}
+    assert executed["unit:state"].execution == "slice"
+    assert executed["unit:head_channel"].execution == "zero"
+    assert "not sliced" in executed["unit:head_channel"].note and report.notes
 
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     assert reloaded.config.state_size == 3 and find_mixers(reloaded)[0].intermediate_size == 32
@@ -148,10 +148,10 @@ def test_uneven_cut_is_zeroed_not_sliced(tmp_path, mamba1_dir):
     loaded = load_model(str(mamba1_dir))
     plan = make_plan(loaded, [unit_action("channel", {0: [1, 2, 3], 1: [4]})])
     report = apply_plan(loaded, plan, tmp_path / "out")
-    assert report.actions[0]["execution"] == "zero" and "differs between layers" in report.actions[0]["note"]
-    assert report.parameters["after"] == report.parameters["before"]
-    assert report.parameters["nonzero_before"] - report.parameters["nonzero_after"] == \
-        report.actions[0]["elements_zeroed"]
+    assert report.actions[0].execution == "zero" and "differs between layers" in report.actions[0].note
+    assert report.parameters.after == report.parameters.before
+    assert report.parameters.nonzero_before - report.parameters.nonzero_after == \
+        report.actions[0].elements_zeroed
 
 
 def test_unstructured_and_nm_plans_give_exact_sparsity(tmp_path, mamba1_dir):
@@ -381,20 +381,20 @@ def test_before_after_rows_come_from_the_validation_report(applied):
     v = report.validation
     rows = {row.label: row for row in comparison_rows(v)}
     ppl, size = v.perplexity, v.size
-    assert rows["perplexity, search windows"].before == ppl["base"]["perplexity"]
-    assert rows["perplexity, search windows"].after == ppl["pruned"]["perplexity"]
-    assert rows["loss, search windows"].delta == pytest.approx(ppl["delta_loss"])
+    assert rows["perplexity, search windows"].before == ppl.base.perplexity
+    assert rows["perplexity, search windows"].after == ppl.pruned.perplexity
+    assert rows["loss, search windows"].delta == pytest.approx(ppl.delta_loss)
     # "held out" is the verification split, with its paired interval (it was the search split's label)
-    verified = rows[f"perplexity, {v.verification['windows']} verification windows (held out)"]
-    assert verified.change == pytest.approx(v.verification["rel_ppl_increase"])
-    assert verified.interval == tuple(v.verification["interval"]) and "95% CI" in verified.change_text()
+    verified = rows[f"perplexity, {v.verification.windows} verification windows (held out)"]
+    assert verified.change == pytest.approx(v.verification.rel_ppl_increase)
+    assert verified.interval == tuple(v.verification.interval) and "95% CI" in verified.change_text()
     params = rows["parameters"]
-    assert (params.before, params.after) == (size["base"]["parameters"], size["pruned"]["parameters"])
-    assert params.change == size["change"]["parameters"] == relative_change(params.before, params.after) < 0
+    assert (params.before, params.after) == (size.base.parameters, size.pruned.parameters)
+    assert params.change == size.change["parameters"] == relative_change(params.before, params.after) < 0
     assert params.better is True  # fewer parameters
     assert rows["tokens / s"].lower_is_better is False
     tasks = [row for row in comparison_rows(v) if row.section == "lm-eval"]
-    assert {row.label.split()[0] for row in tasks} == set(v.lm_eval["tasks"])
+    assert {row.label.split()[0] for row in tasks} == set(v.lm_eval.tasks)
     assert relative_change(None, 1.0) is None and relative_change(0, 1.0) is None
     assert relative_change(2.0, 3.0) == pytest.approx(0.5)
 
@@ -408,7 +408,7 @@ def test_every_front_end_shows_the_same_before_after_rows(applied, capsys):
 
     _, out, report = applied
     data = json.loads((out / "validation.json").read_text())
-    html, markdown = validation_section(data), "\n".join(validation_md(data))
+    html, markdown = validation_section(report.validation), "\n".join(validation_md(report.validation))
     print_validation(report.validation)
     cli = capsys.readouterr().out
     rows = comparison_rows(report.validation)

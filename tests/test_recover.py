@@ -66,14 +66,14 @@ def test_masks_hold_unstructured_and_nm_and_the_output_loads_plainly(recovered, 
             assert ((tensor.reshape(-1, 4) == 0).sum(dim=1) == 2).all()  # still 2:4
     assert not torch.equal(after["backbone.layers.0.mixer.in_proj.weight"],
                            before["backbone.layers.0.mixer.in_proj.weight"])  # it did train
-    assert record.sparsity["nonzero_before"] == record.sparsity["nonzero_after"]
-    assert record.sparsity["frozen_entries"] == sum(int((t == 0).sum()) for t in before.values())
+    assert record.sparsity.nonzero_before == record.sparsity.nonzero_after
+    assert record.sparsity.frozen_entries == sum(int((t == 0).sum()) for t in before.values())
     model = AutoModelForCausalLM.from_pretrained(out)
     assert torch.equal(model.state_dict()["backbone.layers.1.mixer.out_proj.weight"],
                        after["backbone.layers.1.mixer.out_proj.weight"])
     saved = load_recovery(out / RECOVERY_FILE)
     assert saved.to_dict() == json.loads((out / RECOVERY_FILE).read_text())
-    assert [p["step"] for p in saved.curve if "kd_loss" in p] == [1, 2, 3]
+    assert [p.step for p in saved.curve if p.kd_loss is not None] == [1, 2, 3]
     assert saved.verification_points()[0][0] == 0 and saved.verification_points()[-1][0] == 3
     assert (out / "pruning.json").is_file() and not checkpoint_dir(out).exists()
     assert sorted(p.name for p in sparse_dir.iterdir()) == sorted(["config.json", "generation_config.json",
@@ -117,7 +117,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, spars
     assert any("resumed from step 2" in n for n in resumed.notes)
     a, b = weights(tmp_path / "whole"), weights(tmp_path / "resumed")
     assert all(torch.equal(a[name], b[name]) for name in a)
-    assert [p["kd_loss"] for p in whole.curve[1:]] == [p["kd_loss"] for p in resumed.curve[1:]]
+    assert [p.kd_loss for p in whole.curve[1:]] == [p.kd_loss for p in resumed.curve[1:]]
 
 
 def test_resume_with_other_options_is_refused(tmp_path, sparse_dir):
@@ -223,7 +223,7 @@ def test_two_processes_match_one_process(tmp_path, sparse_dir):
     a, b = weights(tmp_path / "ddp"), weights(tmp_path / "single")
     for name in a:  # the same updates, their gradients summed in another order
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
-    assert [round(p["kd_loss"], 4) for p in record.curve[1:]] == [round(p["kd_loss"], 4) for p in single.curve[1:]]
+    assert [round(p.kd_loss, 4) for p in record.curve[1:]] == [round(p.kd_loss, 4) for p in single.curve[1:]]
 
 
 def test_report_shows_the_recovery_curve(recovered, run_dir, tmp_path):  # noqa: F811
@@ -250,7 +250,7 @@ def test_report_shows_the_recovery_curve(recovered, run_dir, tmp_path):  # noqa:
 def test_a_time_budget_is_turned_into_steps(tmp_path, sparse_dir):
     record = recover(sparse_dir, tmp_path / "out", settings=RecoverSettings(minutes=0.005, lr=1e-2, batch_size=2,
                                                                            lm_eval=False))
-    assert record.progress["steps_done"] == record.progress["total_steps"] >= 4  # the probe steps at least
+    assert record.progress.steps_done == record.progress.total_steps >= 4  # the probe steps at least
     assert record.settings["steps"] is None and record.settings["minutes"] == 0.005
 
 

@@ -26,6 +26,7 @@ import torch
 
 from ssm_profile import reports
 from ssm_profile.cli.main import main
+from ssm_profile.documents import Plan, RecoveryRecord, ValidationReport, Verification
 from ssm_profile.profiling.results import ProfileResult
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,41 +72,87 @@ def hostile(result) -> ProfileResult:
     return bad
 
 
-def make_plan(result, note: str = "keep the <b>dense</b> heads") -> dict:
-    return {
-        "model": {"name": result.record.model.name, "fingerprint": result.record.model.fingerprint},
+def make_plan(result, note: str = "keep the <b>dense</b> heads") -> Plan:
+    """A complete plan (every key `ssm-profile plan` writes) for ``result``'s weights."""
+    model = result.record.model
+    return Plan.from_dict({
+        "schema_version": 1, "kind": "ssm-profile-plan", "created": "2026-11-29T00:00:00+00:00",
+        "model": {"name": model.name, "source": model.source.to_dict(), "fingerprint": model.fingerprint,
+                  "architecture": "mamba", "class": model.class_name},
+        "run": {"path": "runs/x", "created": "2026-11-29T00:00:00+00:00"},
+        "data": {"calibration": None, "evaluation": None, "nsamples": 8, "eval_samples": 8, "seqlen": 64, "seed": 0},
         "objective": {"target": "params", "ratio": 0.2, "absolute": None, "max_ppl_increase": 0.1},
-        "dense": {"loss": result.dense_loss, "params": 962528},
+        "dense": {"loss": result.dense_loss, "perplexity": result.dense_perplexity, "parameters": 962528,
+                  "flops_per_token": 1925056, "state_bytes_per_sequence": 65536},
         "actions": [
             {"target": "unit:state", "layers": [0, 1, 2, 3], "structure": "unit", "criterion": "fisher",
              "sparsity": 0.5, "unit_kind": "state", "unit_indices": {"0": [1, 2], "1": [3, 4]},
              "params_removed": 1234, "flops_removed": 5678, "state_bytes_removed": 4096,
              "predicted_delta_loss": 0.0123, "execution": "slice", "note": note},
-            {"target": "in_proj", "layers": None, "structure": "unstructured", "criterion": "wanda", "sparsity": 0.3,
-             "unit_kind": None, "unit_indices": None, "params_removed": 9000, "flops_removed": 0,
-             "state_bytes_removed": 0, "predicted_delta_loss": 0.004, "execution": "zeros", "note": "",
-             "future_key": {"nested": [1, 2, 3]}},
+            {"target": "in_proj", "layers": [0, 1, 2, 3], "structure": "unstructured", "criterion": "wanda",
+             "sparsity": 0.3, "unit_kind": None, "unit_indices": None, "params_removed": 9000, "flops_removed": 0,
+             "state_bytes_removed": 0, "predicted_delta_loss": 0.004, "execution": "zero", "note": ""},
         ],
         "predicted": {"delta_loss": 0.0163, "rel_ppl_increase": 0.0164, "params_removed": 10234,
-                      "reduction_ratio": 0.0106},
+                      "flops_removed": 5678, "state_bytes_removed": 4096, "reduction_ratio": 0.0106},
         "measured": None,
         "notes": [note, "state pruning is expressible in the stock config"],
-    }
+    })
 
 
-VALIDATION = {
-    "perplexity": {"before": 464.2, "after": 470.1},
-    "params_before": 962528, "params_after": 950000,
-    "bytes_on_disk": {"dense": 3850112, "pruned": 3800000},
-    "latency_ms_before": 12.5, "latency_ms_after": 11.0,
-    "tokens_per_second": {"before": 80.0, "after": 90.9},
-    "lm_eval": {"lambada_openai": {"acc": 0.31, "acc_stderr": 0.01}, "hellaswag": {"acc_norm": 0.29}},
-    "lm_eval_paired": {"tasks": {"arc_tiny": {"builtin": True, "items": 8, "base": {"acc": 0.5, "acc_norm": 0.52},
-                                              "pruned": {"acc": 0.375}, "delta": {"acc": -0.125}}}},
-    "within_tolerance": True,
-    "device": "cpu",
-    "unexpected_list": [{"step": "load", "seconds": 1.5}, {"step": "eval", "seconds": 3.25}],
-}
+def _size(params: int, disk: int) -> dict:
+    return {"parameters": params, "nonzero_parameters": params - 10, "weight_bytes_on_disk": disk,
+            "bytes_on_disk": disk + 4000, "state_bytes_per_sequence": 65536, "flops_per_token": 2 * params}
+
+
+def validation_document() -> dict:
+    """A validation file as `ssm-profile validate` writes it (every key it always has)."""
+    return {
+        "schema_version": 1, "kind": "ssm-profile-validation", "created": "2026-11-29T00:00:00+00:00",
+        "models": {"base": {"name": "tiny-mamba", "location": "embedded", "fingerprint": "sha256:aa", "directory": None},
+                   "pruned": {"name": "out/pruned", "location": "out/pruned", "fingerprint": "sha256:bb",
+                              "directory": "out/pruned"}},
+        "plan": None, "data": {},
+        "perplexity": {"base": {"loss": 6.1402, "perplexity": 464.2}, "pruned": {"loss": 6.1528, "perplexity": 470.1},
+                       "delta_loss": 0.0126, "rel_ppl_increase": 0.0127},
+        "measured": {"loss": 6.1528, "delta_loss": 0.0126, "rel_ppl_increase": 0.0127, "within_tolerance": True},
+        "tolerance": {"max_ppl_increase": 0.1, "source": "argument", "within_tolerance": True,
+                      "decided_by": "verification"},
+        "within_tolerance": True,
+        "verification": {"dense_loss": 6.2, "loss": 6.285, "delta_loss": 0.085, "rel_ppl_increase": 0.089,
+                         "interval": [0.076, 0.103], "windows": 32, "source": "embedded:evaluation.txt [held out]",
+                         "within_tolerance": True},
+        "lm_eval": {"tasks": {"arc_tiny": {"builtin": True, "items": 8, "base": {"acc": 0.5, "acc_norm": 0.52},
+                                           "pruned": {"acc": 0.375, "acc_norm": 0.5}, "delta": {"acc": -0.125}}},
+                    "limit": None, "skipped": None},
+        "size": {"base": _size(962528, 3850112), "pruned": _size(950000, 3800000),
+                 "change": {"parameters": 950000 / 962528 - 1}},
+        "speed": {"batch": [1, 128], "threads": 1, "base": {"latency_s": 0.0125, "tokens_per_s": 80.0},
+                  "pruned": {"latency_s": 0.011, "tokens_per_s": 90.9}, "speedup": 1.136},
+        "versions": {}, "threads": 1, "seconds": 1.0}
+
+
+VALIDATION = ValidationReport.from_dict(validation_document())
+
+
+def recovery_document() -> dict:
+    """A recovery file as `ssm-profile recover` writes it (every key it always has)."""
+    check = {"dense_loss": 6.2, "loss": 6.22, "delta_loss": 0.0198, "rel_ppl_increase": 0.02,
+             "interval": [0.01, 0.03], "windows": 32}
+    return {"schema_version": 1, "kind": "ssm-profile-recovery", "created": "2026-11-29T00:00:00+00:00",
+            "pruned": {"directory": "out/pruned", "fingerprint": "sha256:bb", "plan_model": "tiny-mamba"},
+            "teacher": {"name": "tiny-mamba", "location": "embedded", "fingerprint": "sha256:aa", "source_model": True},
+            "output": {"fingerprint": "sha256:cc", "files": ["model.safetensors"]}, "settings": {},
+            "data": {"training": "embedded:calibration.txt", "training_tokens": 8192, "seqlen": 64,
+                     "verification": "embedded:evaluation.txt [held out]", "verification_windows": 32},
+            "kernels": {"training": "torch"}, "world": {"size": 1, "rank_weights": []},
+            "progress": {"steps_done": 10, "total_steps": 10, "train_seconds": 3.0, "seconds": 4.0},
+            "curve": [{"step": 0, "verification_loss": 6.3}, {"step": 10, "kd_loss": 0.5, "verification_loss": 6.22}],
+            "before": {"verification": {**check, "loss": 6.3, "rel_ppl_increase": 0.105, "interval": [0.09, 0.12]},
+                       "lm_eval": {}},
+            "after": {"verification": check, "lm_eval": {}},
+            "sparsity": {"nonzero_before": 900000, "nonzero_after": 900000, "frozen_entries": 62528},
+            "notes": [], "versions": {}}
 
 
 class _Collect(HTMLParser):
@@ -227,8 +274,11 @@ def test_ranking_and_findings_tables_match_profile_result(result):
 
 def test_user_strings_are_escaped_everywhere(hostile):
     plan = make_plan(hostile, note=XSS2)
-    plan["actions"][0]["target"] = XSS
-    validation = dict(VALIDATION, **{XSS: XSS2, "notes": [XSS]})
+    plan.actions[0].target = XSS
+    plan.actions[0].criterion = XSS2
+    validation = copy.deepcopy(VALIDATION)
+    validation.models["pruned"].name = XSS
+    validation.lm_eval.tasks[XSS2] = validation.lm_eval.tasks["arc_tiny"]
     html = reports.render_html(hostile, plan=plan, validation=validation)
     for raw in (XSS, XSS2, "<img", "<!--", "<script>window.__pwned", "</script><"):
         assert raw not in html, raw
@@ -244,25 +294,21 @@ def test_user_strings_are_escaped_everywhere(hostile):
 def test_plan_renders_actions_and_mismatch_warning(result):
     plan = make_plan(result)
     html = reports.render_html(result, plan=plan)
-    assert 'id="plan-actions"' in html and "4 units" in html and "0–3" in html and "future_key" in html
+    assert 'id="plan-actions"' in html and "4 units" in html and "0–3" in html
     assert "made for other weights" not in html
-    plan["model"]["fingerprint"] = "sha256:other"
+    plan.model.fingerprint = "sha256:other"
     assert "made for other weights" in reports.render_html(result, plan=plan)
 
 
-def test_validation_renders_any_shape(result):
+def test_validation_section_shows_the_shared_rows_and_the_verdict():
     from ssm_profile.reports.html import validation_section
+    from ssm_profile.validation.comparison import comparison_rows
 
-    html = validation_section(VALIDATION)
-    for text in ("464.2", "470.1", "950,000", "lambada_openai", "acc_norm", "within tolerance", "tokens_per_second",
-                 "bytes_on_disk", "latency_ms", "device", "eval"):
-        assert text in html, text
-    assert "+1.3%" in html  # perplexity change
-    assert "arc_tiny" in html and "-0.125 (-25.0%)" in html  # nested base/pruned task scores
-    odd = validation_section({"x": [[1, 2], {"a": None}], "y": {"deep": {"er": {"still": {"more": {"end": 1}}}}},
-                              "z": float("nan"), "w": "", "v": []})
-    assert "x" in odd and "n/a" in odd
-    assert validation_section({})
+    html = unescape(validation_section(VALIDATION))
+    for row in comparison_rows(VALIDATION):
+        assert row.label in html and row.text(row.after) in html and row.change_text() in html, row.label
+    assert "within tolerance" in html and "at most +10.0% (--max-ppl-increase)" in html
+    assert "arc_tiny" in html and "acc_norm" in html
 
 
 def test_report_opens_with_the_answer(result):
@@ -284,8 +330,8 @@ def test_plan_answer_names_its_total_and_promise(result, scope, words):
     from ssm_profile.reports.facts import Facts
 
     plan = make_plan(result)
-    plan["objective"]["scope"] = scope
-    plan["predicted"]["scope_total"] = 965000
+    plan.objective.scope = scope
+    plan.predicted.scope_total = 965000
     panel = unescape(decision_section(Facts.of(result), plan))
     assert f"1.1% {words} (total 965.00k)" in panel
     assert "perplexity rises by at most 10%" in panel and "predicted +1.6%" in panel
@@ -299,8 +345,8 @@ def test_a_zeros_only_plan_reads_as_no_size_win_in_html_and_markdown(result):
 
     from ssm_profile.plan import make_plan as real_plan
 
-    plan = real_plan(result, metric="params", ratio=0.1, measure=False, structures="unstructured").to_dict()
-    assert {a["execution"] for a in plan["actions"]} == {"zero"}
+    plan = real_plan(result, metric="params", ratio=0.1, measure=False, structures="unstructured")
+    assert {a.execution for a in plan.actions} == {"zero"}
     panel = unescape(decision_section(Facts.of(result), plan))
     assert "This plan sets to zero" in panel and "This plan removes" not in panel
     assert '<p class="warning">WARNING: this plan changes no shapes' in panel
@@ -317,17 +363,16 @@ def test_the_answers_next_command_follows_the_files_given(result):
     facts, plan = Facts.of(result), make_plan(result)
     panel = unescape(decision_section(facts, plan, plan_path="plans/thirty percent.json"))
     assert "'plans/thirty percent.json'" in panel and "plan.json is this plan's file" not in panel
-    validation = {"verification": {"rel_ppl_increase": 0.089, "interval": [0.076, 0.103], "windows": 32},
-                  "within_tolerance": True, "models": {"pruned": {"directory": "out/pruned"}}}
+    validation = VALIDATION
     panel = unescape(decision_section(facts, plan, validation, plan_path="p.json"))
     assert "Validated after applying: perplexity +8.9% (95% interval +7.6% to +10.3%) on 32 verification windows: " \
            "within the tolerance" in panel
     assert "ssm-profile recover out/pruned" in panel and "ssm-profile apply" not in panel
-    recovery = {"after": {"verification": {"rel_ppl_increase": 0.02, "interval": [0.01, 0.03], "windows": 32}},
-                "output": {"directory": "out/recovered"}}
+    recovery = RecoveryRecord.from_dict(recovery_document())
     panel = unescape(decision_section(facts, plan, validation, recovery))
     assert "After recovery by distillation: perplexity +2.0%" in panel and "validate" in panel.split("Next")[-1]
-    plan["verification"] = {"rel_ppl_increase": 0.2, "interval": [0.15, 0.25], "windows": 32, "kept": False}
+    plan.verification = Verification(dense_loss=6.0, loss=6.18, delta_loss=0.18, rel_ppl_increase=0.2,
+                                     interval=[0.15, 0.25], windows=32, max_ppl_increase=0.1, kept=False)
     panel = unescape(decision_section(facts, plan, plan_path="p.json"))
     assert "do not apply this plan" in panel and "ssm-profile apply" not in panel
 
@@ -375,14 +420,12 @@ def test_plan_and_validation_read_in_words(result):
 
     note = "uniform cut: saved in the stock config\n(re-run validate after applying)"
     plan = make_plan(result)
-    for action in plan["actions"]:
-        action["note"] = note
-    plan["schema_version"] = 1
+    for action in plan.actions:
+        action.note = note
     html = plan_section(Facts.of(result), plan)
     actions = html[html.index('id="plan-actions"'):]
     assert actions.count(note.split("\n")[0]) == 1 and "see note 1 below" in actions
-    assert ">perplexity tolerance<" in html and ">max_ppl_increase<" not in html
-    assert "file format version" in html and ">schema_version<" not in html
+    assert "max perplexity increase" in html and "max_ppl_increase" not in html
     assert "of whole-model params" in unescape(html)
     shown = validation_section(VALIDATION)
     assert "weights on disk" in shown and ">bytes_on_disk<" not in shown
@@ -421,7 +464,7 @@ def test_markdown_summary(hostile, result):
         assert heading in text
     for r in result.ranking():
         assert f"| {r.rank} | {r.target} | {r.best_criterion} |" in text
-    assert "a \\| pipe" in text and "Within tolerance" in text and "464.2" in text
+    assert "a \\| pipe" in text and "Within tolerance" in text and "470.1" in text
 
 
 def test_csv_export(result, tmp_path):
@@ -439,13 +482,6 @@ def test_csv_export(result, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def validation_document() -> dict:
-    """VALIDATION as the file `ssm-profile validate` writes: its kind and every key it always has."""
-    return {"schema_version": 1, "kind": "ssm-profile-validation", "created": "2026-11-29T00:00:00+00:00",
-            "models": {}, "plan": None, "data": {}, "measured": {}, "tolerance": {}, "size": {}, "speed": {},
-            "versions": {}, "threads": 1, "seconds": 1.0, **VALIDATION}
-
-
 def test_cli_writes_html_markdown_and_csv(run_dir, result, tmp_path, capsys):
     from ssm_profile.plan import make_plan as make_real_plan
 
@@ -488,12 +524,14 @@ def test_cli_errors_are_one_line(case, run_dir, tmp_path, capsys):
         (tmp_path / "p.json").write_text("[1, 2]")
         args += ["--plan", str(tmp_path / "p.json")]
     elif case == "plan_fails_schema":  # the report reads plans with the one loader apply uses
-        (tmp_path / "p.json").write_text(json.dumps(make_plan(run_dir_result(run_dir))))
+        bad = make_plan(run_dir_result(run_dir)).to_dict()
+        del bad["dense"]
+        (tmp_path / "p.json").write_text(json.dumps(bad))
         args += ["--plan", str(tmp_path / "p.json")]
     elif case == "missing_validation":
         args += ["--validation", str(tmp_path / "v.json")]
     elif case == "validation_of_other_kind":
-        (tmp_path / "v.json").write_text(json.dumps(VALIDATION))
+        (tmp_path / "v.json").write_text(json.dumps({**validation_document(), "kind": "other"}))
         args += ["--validation", str(tmp_path / "v.json")]
     elif case == "validation_lacks_keys":
         doc = validation_document()
@@ -782,9 +820,10 @@ def test_answer_states_the_promise_checked_on_verification(result):
     from ssm_profile.reports.facts import Facts
 
     plan = make_plan(result)
-    plan["objective"]["max_ppl_increase"] = 0.1
-    plan["verification"] = {"rel_ppl_increase": 0.034, "interval": [0.021, 0.047], "windows": 32, "kept": True}
+    plan.objective.max_ppl_increase = 0.1
+    plan.verification = Verification(dense_loss=6.0, loss=6.03, delta_loss=0.033, rel_ppl_increase=0.034,
+                                     interval=[0.021, 0.047], windows=32, max_ppl_increase=0.1, kept=True)
     html = unescape(decision_section(Facts.of(result), plan))
-    assert "kept on 32 held-out verification windows: +3.4% (95% interval +2.1% to +4.7%)" in html
-    plan["verification"]["kept"] = False
-    assert "NOT kept on 32 held-out" in unescape(decision_section(Facts.of(result), plan))
+    assert "kept: perplexity +3.4% (95% interval +2.1% to +4.7%) on 32 held-out verification windows" in html
+    plan.verification.kept = False
+    assert "NOT kept: perplexity +3.4%" in unescape(decision_section(Facts.of(result), plan))

@@ -128,14 +128,14 @@ def test_what_apply_removes_is_what_the_plan_states(tmp_path, case, metric):
     assert plan.actions
     record = apply_plan(loaded, plan, tmp_path / "out")
     after = analyze(load_model(str(tmp_path / "out")).model).totals
-    executed = {r["target"]: r["execution"] for r in record.actions}
+    executed = {r.target: r.execution for r in record.actions}
     assert executed == {a.target: a.execution for a in plan.actions}
     physical = physical_change(plan)
     assert before["flops_per_token"] - after["flops_per_token"] == plan.predicted.flops_removed == physical["flops"]
     assert before["state_bytes_per_sequence"] - after["state_bytes_per_sequence"] \
         == plan.predicted.state_bytes_removed == physical["state"]
     assert before["parameters"] - after["parameters"] == physical["params"]
-    assert record.parameters["zeroed_or_removed"] == plan.predicted.params_removed
+    assert record.parameters.zeroed_or_removed == plan.predicted.params_removed
     # the zero-executed cuts buy params only, so a FLOPs plan leaves them out
     zeros = {"mamba2": "head", "jamba": "state", "bamba": "head_channel"}
     if case in zeros:

@@ -553,6 +553,6 @@ async def test_apply_tab_recovers_a_pruned_checkpoint(run_here, tmp_path):
         await settle(pilot)
         assert not isinstance(app.screen, ErrorScreen)
         record = app.query_one("RecoverPanel").record
-        assert record is not None and record.progress["steps_done"] == 2
+        assert record is not None and record.progress.steps_done == 2
         assert (tmp_path / "pruned-recovered" / "recovery.json").is_file()
         assert "→" in str(app.query_one("#recover-msg").content)

@@ -459,12 +459,12 @@ class ApplyView(WorkerView, Vertical):
             style = "" if better is None else ("green" if better else "red")
             table.add_row(Text(row.label, style="bold"), row.text(row.before, ""), row.text(row.after, ""),
                           Text(row.change_text(), style=style))
-            if row.label == "held-out perplexity" and validation.measured.get("predicted_delta_loss") is not None:
+            measured = validation.measured
+            if row.label == "loss, search windows" and measured.predicted_delta_loss is not None:
                 table.add_row(Text("ΔL predicted → measured", style="bold"),
-                              num(validation.measured["predicted_delta_loss"]),
-                              num(validation.measured["delta_loss"]), "")
+                              num(measured.predicted_delta_loss), num(measured.delta_loss), "")
         counts = report.summary
-        table.add_row(Text("actions", style="bold"), f"{counts.get('actions', 0)}",
-                      f"{counts.get('sliced', 0)} sliced · {counts.get('zeroed', 0)} zeroed", "")
+        table.add_row(Text("actions", style="bold"), f"{counts.actions}",
+                      f"{counts.sliced} sliced · {counts.zeroed} zeroed", "")
         for note in report.notes[:3]:
             table.add_row(Text("note", style="dim"), Text(note, style="dim italic"), "", "")

@@ -96,8 +96,8 @@ class RecoverPanel(WorkerView, Vertical):
             self.app.show_error("Recover failed", error)
             return
         self.record = record
-        before, after = record.before["verification"], record.after["verification"]
+        before, after = record.before.verification, record.after.verification
         fraction = record.recovered_fraction()
         removed = "" if fraction is None else f" ({fraction:.0%} of the increase removed)"
-        self.message(f"perplexity {before['rel_ppl_increase']:+.1%} → {after['rel_ppl_increase']:+.1%}{removed} · "
+        self.message(f"perplexity {before.rel_ppl_increase:+.1%} → {after.rel_ppl_increase:+.1%}{removed} · "
                      f"saved to {output} · {duration(time.monotonic() - self._started)}", "bold green")

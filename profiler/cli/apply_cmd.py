@@ -155,16 +155,14 @@ def print_apply(report: PruningRecord) -> None:
     for col in ("#", "target", "layers", "criterion", "sparsity", "done as", "zeroed"):
         table.add_column(col, justify="right" if col in ("#", "sparsity", "zeroed") else "left")
     for a in report.actions:
-        layers = a["layers"] or []
-        text = f"{len(layers)} layers" if len(layers) > 4 else ",".join(str(x) for x in layers)
-        executed = a["execution"] + ("" if a["execution"] == a["requested"] else f" (asked {a['requested']})")
-        table.add_row(str(a["index"]), a["target"], text, str(a["criterion"]),
-                      f"{a['sparsity']:.0%}" if isinstance(a["sparsity"], (int, float)) else "",
-                      executed, human_count(a["elements_zeroed"]))
+        text = f"{len(a.layers)} layers" if len(a.layers) > 4 else ",".join(str(x) for x in a.layers)
+        executed = a.execution + ("" if a.execution == a.requested else f" (asked {a.requested})")
+        table.add_row(str(a.index), a.target, text, a.criterion, f"{a.sparsity:.0%}", executed,
+                      human_count(a.elements_zeroed))
     console.print(table)
     p, an = report.parameters, report.analysis
     before, after = an["before"], an["after"]
-    rows = [("parameters", p["before"], p["after"]), ("nonzero parameters", p["nonzero_before"], p["nonzero_after"]),
+    rows = [("parameters", p.before, p.after), ("nonzero parameters", p.nonzero_before, p.nonzero_after),
             ("FLOPs / token", before["flops_per_token"], after["flops_per_token"]),
             ("state bytes / sequence", before["state_bytes_per_sequence"], after["state_bytes_per_sequence"])]
     st = Table(title="Before / after")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 
 if TYPE_CHECKING:
-    from ..documents import RecoveryRecord
+    from ..documents import Increase, RecoveryRecord
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if rank == 0:
         print_recovery(record)
         print(f"recovered checkpoint: {args.output}")
-        print(f"next: ssm-profile validate {record.teacher['name']} {args.output}")
+        print(f"next: ssm-profile validate {record.teacher.name} {args.output}")
     return 0
 
 
@@ -108,25 +108,24 @@ def print_recovery(record: RecoveryRecord) -> None:
     table = Table(title="Recovery (verification windows, against the teacher)")
     for col in ("", "before", "after"):
         table.add_column(col, justify="left" if not col else "right")
-    before, after = record.before["verification"], record.after["verification"]
+    before, after = record.before.verification, record.after.verification
     table.add_row("perplexity change", _interval(before), _interval(after))
-    for task, metrics in (record.before.get("lm_eval") or {}).items():
+    for task, metrics in (record.before.lm_eval or {}).items():
         for metric, value in metrics.items():
-            later = (record.after.get("lm_eval") or {}).get(task, {}).get(metric)
+            later = (record.after.lm_eval or {}).get(task, {}).get(metric)
             table.add_row(f"{task} {metric}", f"{value:.4f}", "" if later is None else f"{later:.4f}")
     console.print(table)
     fraction = record.recovered_fraction()
     if fraction is not None:
         console.print(f"recovery removed {fraction:.0%} of the perplexity increase in "
-                      f"{record.progress['steps_done']} steps ({record.progress['train_seconds']:.0f} s of training)")
+                      f"{record.progress.steps_done} steps ({record.progress.train_seconds:.0f} s of training)")
     s = record.sparsity
-    console.print(f"nonzero parameters: {s['nonzero_before']:,} before, {s['nonzero_after']:,} after "
-                  f"({s['frozen_entries']:,} pruned entries held at zero)")
+    console.print(f"nonzero parameters: {s.nonzero_before:,} before, {s.nonzero_after:,} after "
+                  f"({s.frozen_entries:,} pruned entries held at zero)")
     console.print(f"kernels: {record.kernels['training']}", markup=False)
     for note in record.notes:
         console.print(f"note: {note}", markup=False)
 
 
-def _interval(split: dict) -> str:
-    lo, hi = split["interval"]
-    return f"{split['rel_ppl_increase']:+.1%} ({lo:+.1%} to {hi:+.1%})"
+def _interval(split: Increase) -> str:
+    return split.phrase("windows")

@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..documents import RecoveryRecord
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
     fmt = args.format or ("md" if args.output and str(args.output).lower().endswith((".md", ".markdown")) else "html")
     # Read every input before rendering, so a bad path fails fast with one line.
-    plan = load_plan(args.plan).to_dict() if args.plan else None
-    validation = load_validation(args.validation).to_dict() if args.validation else None
+    plan = load_plan(args.plan) if args.plan else None
+    validation = load_validation(args.validation) if args.validation else None
     recovery = _recovery(args)
     result = ProfileResult.load(args.run_dir)
     output = args.output or str(Path(args.run_dir) / f"report.{fmt}")
@@ -81,16 +85,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recovery(args: argparse.Namespace) -> dict | None:
+def _recovery(args: argparse.Namespace) -> RecoveryRecord | None:
     """--recovery, else the recovery.json beside --validation (a recovered checkpoint validated) or in RUN_DIR."""
     from ssm_profile.documents import RECOVERY_FILE, load_recovery
 
     if args.recovery:
         path = Path(args.recovery)
-        return load_recovery(path / RECOVERY_FILE if path.is_dir() else path).to_dict()
+        return load_recovery(path / RECOVERY_FILE if path.is_dir() else path)
     places = ([Path(args.validation).parent] if args.validation else []) + [Path(args.run_dir)]
     found = next((place / RECOVERY_FILE for place in places if (place / RECOVERY_FILE).is_file()), None)
-    return load_recovery(found).to_dict() if found is not None else None
+    return load_recovery(found) if found is not None else None
 
 
 def _check_plan_matches(plan, result, allow: bool) -> None:
@@ -98,7 +102,7 @@ def _check_plan_matches(plan, result, allow: bool) -> None:
     from ssm_profile.base.errors import PlanError
     from ssm_profile.reports.facts import plan_mismatch
 
-    mismatch = plan_mismatch(plan, result)
+    mismatch = plan_mismatch(plan, result) if plan is not None else None
     if mismatch and not allow:
         raise PlanError(f"{mismatch}; pass the run's own plan, or --allow-other-plan to include it anyway")
     if mismatch:

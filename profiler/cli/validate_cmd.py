@@ -130,14 +130,13 @@ def finish(report: ValidationReport) -> int:
     """0, or raise the tolerance error (exit code 3) when the perplexity rose too much."""
     from ..validation.validate import ToleranceBreachedError
 
-    tol = report.tolerance
-    decided = report.verification or {"rel_ppl_increase": report.perplexity["rel_ppl_increase"]}
-    where = f" on the {decided.get('windows', '')} held-out verification windows" if report.verification else ""
-    if tol["within_tolerance"] is False:
+    tol, verification = report.tolerance, report.verification
+    if tol.within_tolerance is False:
+        rose = (verification.phrase("held-out verification windows") if verification is not None
+                else f"{report.perplexity.rel_ppl_increase:.1%}")
         raise ToleranceBreachedError(
-            f"perplexity rose by {decided['rel_ppl_increase']:.1%}{where}, beyond the tolerance of "
-            f"+{tol['max_ppl_increase']:.1%} (from the {_SOURCE.get(tol['source'], tol['source'])}); prune less or "
-            "relax --max-ppl-increase")
+            f"perplexity rose by {rose}, beyond the tolerance of +{tol.max_ppl_increase:.1%} (from the "
+            f"{_SOURCE.get(tol.source, tol.source)}); prune less or relax --max-ppl-increase")
     return 0
 
 
@@ -167,7 +166,7 @@ def print_validation(report: ValidationReport) -> None:
 
     tasks = [row for row in rows if row.section == "lm-eval"]
     if tasks:
-        limit = report.lm_eval["limit"]
+        limit = report.lm_eval.limit
         lt = Table(title="lm-eval" + (f" (limit {limit})" if limit else ""))
         for col in ("task", "items", "metric", "base", "pruned", "change"):
             lt.add_column(col, justify="left" if col in ("task", "metric") else "right")
@@ -179,14 +178,13 @@ def print_validation(report: ValidationReport) -> None:
 
     m, tol, ppl = report.measured, report.tolerance, report.perplexity
     for split in [*([report.verification] if report.verification else []), *(report.evaluations or [])]:
-        lo, hi = split["interval"]
-        console.print(f"{split['source']}: perplexity {_pct(split['rel_ppl_increase'])} (95% interval {_pct(lo)} to "
-                      f"{_pct(hi)}, {split['windows']} windows)")
-    if m.get("predicted_delta_loss") is not None:
-        console.print(f"loss change: measured {m['delta_loss']:+.4f}, plan predicted {m['predicted_delta_loss']:+.4f}")
-    if tol["max_ppl_increase"] is not None:
-        verdict = "[green]within tolerance[/green]" if tol["within_tolerance"] else "[red]tolerance breached[/red]"
-        decided = report.verification or ppl
-        console.print(f"perplexity {_pct(decided['rel_ppl_increase'])}"
-                      f"{' on verification' if report.verification else ''} vs allowed +{tol['max_ppl_increase']:.1%} "
-                      f"({_SOURCE.get(tol['source'], tol['source'])}): {verdict}")
+        console.print(f"{split.source}: perplexity {split.phrase('windows')}")
+    if m.predicted_delta_loss is not None:
+        console.print(f"loss change on the search windows: measured {m.delta_loss:+.4f}, plan predicted "
+                      f"{m.predicted_delta_loss:+.4f}")
+    if tol.max_ppl_increase is not None:
+        verdict = "[green]within tolerance[/green]" if tol.within_tolerance else "[red]tolerance breached[/red]"
+        rel = report.verification.rel_ppl_increase if report.verification else ppl.rel_ppl_increase
+        console.print(f"perplexity {_pct(rel)}"
+                      f"{' on verification' if report.verification else ''} vs allowed +{tol.max_ppl_increase:.1%} "
+                      f"({_SOURCE.get(tol.source, tol.source)}): {verdict}")

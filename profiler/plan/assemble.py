@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -117,7 +117,7 @@ def _notes(s: Solution, totals: dict[str, float]) -> list[str]:
 
 def _model(result: ProfileResult) -> PlanModel:
     model = result.record.model
-    return PlanModel(name=model.name, source=asdict(model.source), fingerprint=model.fingerprint,
+    return PlanModel(name=model.name, source=model.source, fingerprint=model.fingerprint,
                      architecture=result.analysis.model.get("architecture", "unknown"),
                      class_name=model.class_name or result.analysis.model.get("class", ""))
 

@@ -48,6 +48,7 @@ from ..calibration.offload import STATS_PREFIX, remove_leftovers
 from ..criteria.masks import Target, targets_for
 from .recipe import RunRecipe, needs_of
 from ..model.resolve import LoadedModel, check_vocabulary, tokenizer_info
+from ..documents import ModelOrigin
 from .record import ProfileSettings, RunData, RunModel, RunRecord, Skip
 from .results import ProfileResult, read_journal
 from ..base.safe_read import read_user_json
@@ -160,7 +161,7 @@ def _checked_profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, s
     note = progress or (lambda done, total, label: None)
     record = RunRecord(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        model=RunModel(name=loaded.source.name, source=loaded.source, fingerprint=loaded.fingerprint,
+        model=RunModel(name=loaded.source.name, source=ModelOrigin.from_dict(asdict(loaded.source)), fingerprint=loaded.fingerprint,
                        class_name=type(model).__name__, config=_config_dict(model)),
         data=RunData.from_dict(dataset.describe()),  # calibration, search ("evaluation") and verification windows
         tokenizer=tokenizer_info(loaded),

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from ..base.defaults import DEFAULT_CRITERIA, DEFAULT_SPARSITIES, DEFAULT_TOLERANCE
 from ..base.errors import SSMProfileError
 from ..calibration.data import DataSpec, data_spec_from_meta
-from ..model.resolve import ModelSource
+from ..documents import ModelOrigin
 
 RUN_SCHEMA_VERSION = 1
 # Settings older runs lack, with the value they ran with (so they still read, and resume, as they ran).
@@ -77,7 +77,7 @@ class RunModel:
     """The profiled model: where it came from, its weights' fingerprint, its class and config."""
 
     name: str
-    source: ModelSource
+    source: ModelOrigin
     fingerprint: str
     class_name: str
     config: dict[str, Any]  # the transformers config as saved (a config is a mapping by nature)
@@ -87,21 +87,16 @@ class RunModel:
         return str(self.config.get("dtype") or self.config.get("torch_dtype") or "")
 
     def load_name(self) -> str:
-        """What :func:`ssm_profile.load_model` takes to load this model again: the folder it was
-        read from when it was local, else the name the user typed (embedded name, alias, hub id)."""
-        local = self.source.kind in ("local", "local-mamba-ssm")
-        return (self.source.location if local else None) or self.source.name or self.name
+        """What :func:`ssm_profile.load_model` takes to load this model again."""
+        return self.source.load_name() or self.name
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "source": asdict(self.source), "fingerprint": self.fingerprint,
+        return {"name": self.name, "source": self.source.to_dict(), "fingerprint": self.fingerprint,
                 "class": self.class_name, "config": self.config}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunModel:
-        source = dict(data.get("source") or {})
-        known = {f.name for f in dataclasses.fields(ModelSource)}
-        source = ModelSource(**{"name": data.get("name", ""), "kind": "hub", "location": "",
-                                **{k: v for k, v in source.items() if k in known}})
+        source = ModelOrigin.from_dict({"name": data.get("name", ""), **(data.get("source") or {})})
         return cls(name=str(data.get("name", "")), source=source, fingerprint=str(data.get("fingerprint") or ""),
                    class_name=str(data.get("class") or ""), config=dict(data.get("config") or {}))
 

@@ -39,7 +39,8 @@ from ..base.defaults import RECOVER_LR, RECOVER_STEPS, RECOVER_TEMPERATURE
 from .distill import (batch_at, frozen_entries, frozen_masks, learning_rate, ngram_overlap, rank_rows,
                       train_step)
 from ..profiling.distributed import World
-from ..documents import (PRUNING_FILE, RECOVERY_FILE, Plan, PlanRecover, RecoveryRecord, check_weights,
+from ..documents import (PRUNING_FILE, RECOVERY_FILE, CurvePoint, Plan, PlanRecover, RecoveryCheck, RecoveryData,
+                        RecoveryOutput, RecoveryProgress, RecoveryRecord, Sparsity, Teacher, check_weights,
                         load_pruning_record)
 from ..base.errors import DataError, ModelNotFoundError, OutputExistsError, SSMProfileError
 from ..base.io import atomic_directory, write_json_atomic
@@ -137,9 +138,9 @@ def zeroed_parameters(pruned_dir: Path) -> set[str] | None:
     if not (pruned_dir / PRUNING_FILE).is_file():
         return None
     actions = load_pruning_record(pruned_dir / PRUNING_FILE).actions
-    if any("zeroed_params" not in a for a in actions if a.get("elements_zeroed")):
+    if any(a.zeroed_params is None for a in actions if a.elements_zeroed):
         return None
-    return {name for a in actions for name in a.get("zeroed_params", ())}
+    return {name for a in actions for name in a.zeroed_params or ()}
 
 
 def teacher_name(plan: Plan | None) -> str:
@@ -193,7 +194,7 @@ def measure(loaded: LoadedModel, teacher_losses: torch.Tensor, verification: tor
     try:
         losses = batch_losses(loaded.model, verification, kernels=kernels)
         out: dict[str, Any] = {"verification": paired_increase(teacher_losses, losses, seed=seed)}
-        out["lm_eval"] = runner.evaluate(loaded) if runner is not None else None
+        out["lm_eval"] = runner.evaluate(loaded) if runner is not None else {}
     finally:
         loaded.model.train(was_training)
     return out
@@ -385,22 +386,21 @@ def _recover(world: World, pruned_dir: str | Path, output_dir: str | Path, teach
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         pruned={"directory": str(pruned_dir), "fingerprint": identity["pruned"],
                 "plan_model": plan.model.name if plan is not None else None},
-        teacher={"name": inputs.teacher.source.name, "location": inputs.teacher.source.location,
-                 "fingerprint": inputs.teacher.fingerprint, "source_model": inputs.is_source},
-        output={}, settings=asdict(settings),
-        data={"training": inputs.stream_source, "training_tokens": int(len(inputs.stream)),
-              "seqlen": inputs.spec.seqlen, "verification": inputs.dataset.sources.get("verification"),
-              "verification_windows": int(verification.shape[0]), "overlap_check_span": inputs.span,
-              "shared_spans": 0},
+        teacher=Teacher(name=inputs.teacher.source.name, location=inputs.teacher.source.location,
+                        fingerprint=inputs.teacher.fingerprint, source_model=inputs.is_source),
+        output=RecoveryOutput(), settings=asdict(settings),
+        data=RecoveryData(training=inputs.stream_source, training_tokens=int(len(inputs.stream)),
+                          seqlen=inputs.spec.seqlen, verification=inputs.dataset.sources.get("verification"),
+                          verification_windows=int(verification.shape[0]), overlap_check_span=inputs.span),
         kernels={**kernel_notes, "mixer_forwards": mixer_usage(calls_before)},
         world={"size": world.size, "rank_weights": world.gather(lambda: weights_fingerprint(student.model))},
-        progress={"steps_done": state["step"], "total_steps": state["total_steps"],
-                  "train_seconds": round(state["train_seconds"], 3),
-                  "train_cpu_seconds": round(state["train_cpu_seconds"], 3),  # this process's CPU time
-                  "seconds": round(time.perf_counter() - started, 3)},
-        curve=state["curve"], before=state.get("before", {}), after=after,
-        sparsity={"nonzero_before": nonzero_before, "nonzero_after": count_parameters(student.model)["nonzero"],
-                  "frozen_entries": frozen_entries(masks)},
+        progress=RecoveryProgress(steps_done=state["step"], total_steps=state["total_steps"],
+                                  train_seconds=round(state["train_seconds"], 3),
+                                  train_cpu_seconds=round(state["train_cpu_seconds"], 3),
+                                  seconds=round(time.perf_counter() - started, 3)),
+        curve=[CurvePoint.from_dict(p) for p in state["curve"]], before=RecoveryCheck.from_dict(state["before"]), after=RecoveryCheck.from_dict(after),
+        sparsity=Sparsity(nonzero_before=nonzero_before, nonzero_after=count_parameters(student.model)["nonzero"],
+                          frozen_entries=frozen_entries(masks)),
         notes=notes, versions={"ssm-profile": __version__, "torch": torch.__version__},
         teacher_scores=state.get("teacher_scores"))
     if world.writer:
@@ -462,7 +462,7 @@ def _save(student: LoadedModel, record: RecoveryRecord, pruned_dir: Path, out: P
         if (pruned_dir / PRUNING_FILE).is_file():  # the plan travels on: validate and report read it
             shutil.copyfile(pruned_dir / PRUNING_FILE, tmp / PRUNING_FILE)
         student._fingerprint = None
-        record.output = {"fingerprint": student.fingerprint, "files": sorted([p.name for p in tmp.iterdir()]
-                                                                             + [RECOVERY_FILE])}
+        record.output = RecoveryOutput(fingerprint=student.fingerprint,
+                                       files=sorted([p.name for p in tmp.iterdir()] + [RECOVERY_FILE]))
         write_json_atomic(tmp / RECOVERY_FILE, record.to_dict())
     student.model.train(was_training)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
-    from ..documents import ValidationReport
+    from ..documents import Increase, LmEval, ValidationReport
 
 
 def relative_change(before: float | None, after: float | None) -> float | None:
@@ -127,40 +127,37 @@ _LOWER_IS_BETTER = ("perplexity", "bits_per", "loss")  # lm-eval metrics of this
 def comparison_rows(report: ValidationReport) -> list[ComparisonRow]:
     """Quality, size and speed rows, then one row per lm-eval task metric."""
     ppl, size, speed = report.perplexity, report.size, report.speed
-    b, p = size["base"], size["pruned"]
+    b, p = size.base, size.pruned
     # every perplexity names its split: the held-out verification windows (they decide the promise,
     # with their paired interval), any other text measured, then the search windows the plan chose on
-    rows = [_split_row(f"perplexity, {report.verification.get('windows', '?')} verification windows (held out)",
+    rows = [_split_row(f"perplexity, {report.verification.windows} verification windows (held out)",
                        report.verification)] if report.verification else []
-    rows += [_split_row(f"perplexity, {e.get('source') or 'other text'} ({e.get('windows', '?')} windows)", e)
+    rows += [_split_row(f"perplexity, {e.source or 'other text'} ({e.windows} windows)", e)
              for e in report.evaluations or []]
-    rows += [ComparisonRow("loss, search windows", ppl["base"]["loss"], ppl["pruned"]["loss"], "loss"),
-             ComparisonRow("perplexity, search windows", ppl["base"]["perplexity"], ppl["pruned"]["perplexity"],
-                           "perplexity"),
-            ComparisonRow("parameters", b["parameters"], p["parameters"], "count"),
-            ComparisonRow("nonzero parameters", b["nonzero_parameters"], p["nonzero_parameters"], "count"),
-            ComparisonRow("weights on disk", b["weight_bytes_on_disk"], p["weight_bytes_on_disk"], "bytes"),
-            ComparisonRow("model files on disk", b["bytes_on_disk"], p["bytes_on_disk"], "bytes"),
-            ComparisonRow("state bytes / sequence", b["state_bytes_per_sequence"], p["state_bytes_per_sequence"],
-                          "bytes"),
-            ComparisonRow("FLOPs / token", b["flops_per_token"], p["flops_per_token"], "count")]
-    batch = "x".join(str(v) for v in speed["batch"])
-    same_work = b["flops_per_token"] == p["flops_per_token"]
-    change = speed.get("change") or {}  # absent in older validation files
-    rows += [ComparisonRow(f"latency ({batch}, {speed['threads']} thr)", speed["base"]["latency_s"],
-                           speed["pruned"]["latency_s"], "seconds", interval=_interval(change.get("latency")),
-                           same_work=same_work),
-             ComparisonRow("tokens / s", speed["base"]["tokens_per_s"], speed["pruned"]["tokens_per_s"], "rate",
-                           lower_is_better=False, interval=_interval(change.get("tokens_per_s")),
+    rows += [ComparisonRow("loss, search windows", ppl.base.loss, ppl.pruned.loss, "loss"),
+             ComparisonRow("perplexity, search windows", ppl.base.perplexity, ppl.pruned.perplexity, "perplexity"),
+             ComparisonRow("parameters", b.parameters, p.parameters, "count"),
+             ComparisonRow("nonzero parameters", b.nonzero_parameters, p.nonzero_parameters, "count"),
+             ComparisonRow("weights on disk", b.weight_bytes_on_disk, p.weight_bytes_on_disk, "bytes"),
+             ComparisonRow("model files on disk", b.bytes_on_disk, p.bytes_on_disk, "bytes"),
+             ComparisonRow("state bytes / sequence", b.state_bytes_per_sequence, p.state_bytes_per_sequence, "bytes"),
+             ComparisonRow("FLOPs / token", b.flops_per_token, p.flops_per_token, "count")]
+    batch = "x".join(str(v) for v in speed.batch)
+    same_work = b.flops_per_token == p.flops_per_token
+    change = speed.change  # absent in older validation files
+    rows += [ComparisonRow(f"latency ({batch}, {speed.threads} thr)", speed.base.latency_s, speed.pruned.latency_s,
+                           "seconds", interval=change.latency.interval if change else None, same_work=same_work),
+             ComparisonRow("tokens / s", speed.base.tokens_per_s, speed.pruned.tokens_per_s, "rate",
+                           lower_is_better=False, interval=change.tokens_per_s.interval if change else None,
                            same_work=same_work)]
     return rows + _lm_eval_rows(report.lm_eval)
 
 
-def _split_row(label: str, measured: dict[str, Any]) -> ComparisonRow:
+def _split_row(label: str, measured: Increase) -> ComparisonRow:
     """Perplexity before/after on one set of windows, with the paired bootstrap 95% interval of the increase."""
-    interval = measured.get("interval")
-    return ComparisonRow(label, perplexity(measured.get("dense_loss")), perplexity(measured.get("loss")), "perplexity",
-                         interval=(float(interval[0]), float(interval[1])) if interval else None)
+    low, high = measured.interval
+    return ComparisonRow(label, perplexity(measured.dense_loss), perplexity(measured.loss), "perplexity",
+                         interval=(float(low), float(high)))
 
 
 def perplexity(loss: Any) -> float | None:
@@ -168,17 +165,11 @@ def perplexity(loss: Any) -> float | None:
     return math.exp(min(float(loss), 700.0)) if isinstance(loss, (int, float)) else None
 
 
-def _interval(change: dict[str, Any] | None) -> tuple[float, float] | None:
-    if not change or change.get("low") is None or change.get("high") is None:
-        return None
-    return float(change["low"]), float(change["high"])
-
-
-def _lm_eval_rows(lm_eval: dict[str, Any]) -> list[ComparisonRow]:
+def _lm_eval_rows(lm_eval: LmEval) -> list[ComparisonRow]:
     rows = []
-    for task, scores in (lm_eval.get("tasks") or {}).items():
-        for metric, value in (scores.get("base") or {}).items():
+    for task, scores in lm_eval.tasks.items():
+        for metric, value in scores.base.items():
             lower = any(w in metric for w in _LOWER_IS_BETTER)
-            rows.append(ComparisonRow(f"{task} {metric}", value, (scores.get("pruned") or {}).get(metric), "score",
-                                      lower_is_better=lower, section="lm-eval", items=scores.get("items")))
+            rows.append(ComparisonRow(f"{task} {metric}", value, scores.pruned.get(metric), "score",
+                                      lower_is_better=lower, section="lm-eval", items=scores.items))
     return rows

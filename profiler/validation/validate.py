@@ -45,7 +45,8 @@ from .. import __version__
 from .comparison import paired_change, perplexity, relative_change
 from ..calibration.data import DataSpec, batch_losses, load_dataset, paired_increase, text_windows
 from ..documents import (LM_EVAL_LOG, PRUNING_FILE, RECOVERY_FILE, VALIDATION_FILE, Plan,  # noqa: F401
-                        ValidationReport)
+                        AgainstPlan, Increase, LmEval, LossPerplexity, ModelRef, SearchPerplexity, Sizes,
+                        Speed, Tolerance, ValidationReport)
 from ..base.errors import DataError, SSMProfileError
 from ..mixers.choice import Kernels, installed
 from ..mixers import snapshot as mixer_calls, usage as mixer_usage
@@ -328,12 +329,14 @@ class LmEvalRunner:
 
 
 def _increase(base: torch.Tensor, pruned: torch.Tensor, seed: int, source: str | None,
-              max_ppl_increase: float | None) -> dict[str, Any]:
+              max_ppl_increase: float | None) -> Increase:
     """Relative perplexity increase on one set of windows, with its paired bootstrap interval."""
-    m = paired_increase(base.tolist(), pruned.tolist(), seed=seed)
-    rel = m["rel_ppl_increase"] if math.isfinite(m["loss"]) else float("inf")
-    within = None if max_ppl_increase is None else bool(math.isfinite(rel) and rel <= max_ppl_increase)
-    return {**m, "rel_ppl_increase": rel, "source": source, "within_tolerance": within}
+    m = Increase.from_dict(paired_increase(base.tolist(), pruned.tolist(), seed=seed))
+    m.rel_ppl_increase = m.rel_ppl_increase if math.isfinite(m.loss) else float("inf")
+    m.source = source
+    m.within_tolerance = (None if max_ppl_increase is None
+                          else bool(math.isfinite(m.rel_ppl_increase) and m.rel_ppl_increase <= max_ppl_increase))
+    return m
 
 
 def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
@@ -392,7 +395,7 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
                                  max_ppl_increase)
         others = [_increase(losses(base, windows), losses(pruned, windows), spec.seed, source, max_ppl_increase)
                   for source, windows in extra]
-        within = verification["within_tolerance"]
+        within = verification.within_tolerance
 
         predicted = plan.predicted.to_dict() if plan is not None else {}
         plan_dense = plan.dense.loss if plan is not None else None
@@ -444,25 +447,25 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
     return ValidationReport(
         schema_version=VALIDATION_SCHEMA_VERSION,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        models={"base": {"name": base.source.name, "location": base.source.location,
-                         "fingerprint": base.fingerprint, "directory": str(base_dir) if base_dir else None},
-                "pruned": {"name": pruned.source.name, "location": pruned.source.location,
-                           "fingerprint": pruned.fingerprint, "directory": str(pruned_dir) if pruned_dir else None}},
+        models={"base": ModelRef(name=base.source.name, location=base.source.location,
+                                 fingerprint=base.fingerprint, directory=str(base_dir) if base_dir else None),
+                "pruned": ModelRef(name=pruned.source.name, location=pruned.source.location,
+                                   fingerprint=pruned.fingerprint, directory=str(pruned_dir) if pruned_dir else None)},
         plan=None if plan is None else {"model": plan.model.name, "objective": plan.objective.to_dict(),
                                         "predicted": plan.predicted.to_dict(), "actions": len(plan.actions)},
         data=dataset.describe(),
-        perplexity={"base": {"loss": base_loss, "perplexity": perplexity(base_loss)},
-                    "pruned": {"loss": pruned_loss, "perplexity": perplexity(pruned_loss)},
-                    "delta_loss": delta, "rel_ppl_increase": rel},
-        measured=measured,
-        tolerance={"max_ppl_increase": max_ppl_increase, "source": tolerance_source, "within_tolerance": within,
-                   "decided_by": "verification"},
+        perplexity=SearchPerplexity(base=LossPerplexity(loss=base_loss, perplexity=perplexity(base_loss)),
+                                    pruned=LossPerplexity(loss=pruned_loss, perplexity=perplexity(pruned_loss)),
+                                    delta_loss=delta, rel_ppl_increase=rel),
+        measured=AgainstPlan.from_dict(measured),
+        tolerance=Tolerance(max_ppl_increase=max_ppl_increase, source=tolerance_source, within_tolerance=within,
+                            decided_by="verification"),
         verification=verification, evaluations=others,
         within_tolerance=within,
-        lm_eval=lm_eval,
-        size={"base": size_base, "pruned": size_pruned,
-              "change": {k: relative_change(size_base[k], size_pruned[k]) for k in size_base}},
-        speed=speed,
+        lm_eval=LmEval.from_dict(lm_eval),
+        size=Sizes.from_dict({"base": size_base, "pruned": size_pruned,
+                              "change": {k: relative_change(size_base[k], size_pruned[k]) for k in size_base}}),
+        speed=Speed.from_dict(speed),
         versions={"ssm-profile": __version__, "torch": torch.__version__},
         threads=torch.get_num_threads(),
         seconds=round(time.perf_counter() - started, 3),
