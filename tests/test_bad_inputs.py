@@ -242,7 +242,7 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
     "apply plan random bytes": lambda t, r, m: ["apply", str(_file(t, "p.json", os.urandom(2000))), "-o",
                                                 str(t / "out")],
     "apply plan over the size limit": lambda t, r, m: (
-        m.setattr("ssm_profile.documents.PLAN_LIMIT", 100), _apply(t, r))[1],
+        m.setattr("ssm_profile.documents.plan.PLAN_LIMIT", 100), _apply(t, r))[1],
     "apply plan without actions key": lambda t, r, m: ["apply", _plan_copy(t, r, lambda p: p.pop("actions")),
                                                        "-o", str(t / "out")],
     "apply no plan": lambda t, r, m: ["apply", "-o", str(t / "out")],

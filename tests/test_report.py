@@ -827,3 +827,16 @@ def test_answer_states_the_promise_checked_on_verification(result):
     assert "kept: perplexity +3.4% (95% interval +2.1% to +4.7%) on 32 held-out verification windows" in html
     plan.verification.kept = False
     assert "NOT kept: perplexity +3.4%" in unescape(decision_section(Facts.of(result), plan))
+
+
+def test_every_report_renders_from_the_typed_documents_alone(result):
+    """Plan, validation and recovery reach the HTML and Markdown renderers as typed documents; a dict
+    (the JSON the renderers used to re-check key by key) is not accepted in their place."""
+    plan, recovery = make_plan(result), RecoveryRecord.from_dict(recovery_document())
+    html = reports.render_html(result, plan=plan, validation=VALIDATION, recovery=recovery)
+    markdown = reports.render_markdown(result, plan=plan, validation=VALIDATION, recovery=recovery)
+    assert all(f'id="{sid}"' in html for sid in ("decision", "plan", "validation", "recovery"))
+    assert all(h in markdown for h in ("## Pruning plan", "## Validation", "## Recovery"))
+    assert VALIDATION.verification.phrase() in unescape(html)  # one wording of the interval everywhere
+    with pytest.raises(AttributeError):
+        reports.render_html(result, plan=plan.to_dict())

@@ -1,0 +1,34 @@
+"""The files that pass from one stage to the next, as typed objects: plan, pruning record, validation.
+
+``plan.json`` (:class:`Plan`, written by ``ssm-profile plan``), ``pruning.json``
+(:class:`PruningRecord`, written by ``apply``) and ``validation.json`` (:class:`ValidationReport`,
+written by ``validate``). Each has ``to_dict``/``from_dict``; ``to_dict(from_dict(x)) == x`` for
+every file the tool writes (unknown keys are kept in ``extra``), so the files stay exactly as they
+were. The JSON Schema in ``profiler/schemas/plan.schema.json`` is the file contract and the only
+validator of plan files (:func:`validate_plan`).
+
+Torch-free: reports and the TUI read these files without loading a model.
+"""
+
+from ._base import (LM_EVAL_LOG, PLAN_KIND, PLAN_SCHEMA_VERSION, PRUNING_FILE, PRUNING_KIND, RECOVERY_FILE,
+                    RECOVERY_KIND, VALIDATION_FILE, VALIDATION_KIND, Document, parse_document)
+from .plan import (PLAN_LIMIT, REMOVED_KEY, Dense, Increase, Measured, ModelOrigin, Objective, Plan, PlanAction,
+                   PlanData, PlanModel, PlanRecover, PlanRun, Predicted, Verification, as_plan, check_weights,
+                   load_plan, one_line, plan_schema, read_json, short_fingerprint, validate_plan, write_plan)
+from .pruning import ExecutedAction, ParameterCounts, PruningRecord, PruningSummary, load_pruning_record
+from .recovery import (CurvePoint, RecoveryCheck, RecoveryData, RecoveryOutput, RecoveryProgress, RecoveryRecord,
+                       Sparsity, Teacher, load_recovery)
+from .validation import (AgainstPlan, LmEval, LossPerplexity, ModelRef, ModelSize, PairedChange, SearchPerplexity,
+                         Sizes, Speed, SpeedChange, TaskScores, Timing, Tolerance, ValidationReport, load_validation)
+
+__all__ = ["LM_EVAL_LOG", "PLAN_KIND", "PLAN_SCHEMA_VERSION", "PRUNING_FILE", "PRUNING_KIND", "RECOVERY_FILE",
+           "RECOVERY_KIND", "VALIDATION_FILE", "VALIDATION_KIND", "Document", "parse_document", "PLAN_LIMIT",
+           "REMOVED_KEY", "Dense", "Increase", "Measured", "ModelOrigin", "Objective", "Plan", "PlanAction",
+           "PlanData", "PlanModel", "PlanRecover", "PlanRun", "Predicted", "Verification", "as_plan",
+           "check_weights", "load_plan", "one_line", "plan_schema", "read_json", "short_fingerprint",
+           "validate_plan", "write_plan", "ExecutedAction", "ParameterCounts", "PruningRecord",
+           "PruningSummary", "load_pruning_record", "CurvePoint", "RecoveryCheck", "RecoveryData",
+           "RecoveryOutput", "RecoveryProgress", "RecoveryRecord", "Sparsity", "Teacher", "load_recovery",
+           "AgainstPlan", "LmEval", "LossPerplexity", "ModelRef", "ModelSize", "PairedChange",
+           "SearchPerplexity", "Sizes", "Speed", "SpeedChange", "TaskScores", "Timing", "Tolerance",
+           "ValidationReport", "load_validation"]

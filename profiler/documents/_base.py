@@ -1,0 +1,105 @@
+"""The document framework: dataclasses that read and write their JSON by field, keeping unknown keys."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import MISSING, field, fields
+from typing import Any, get_args, get_origin, get_type_hints
+
+from .. import __version__
+from ..base.errors import SSMProfileError
+
+PLAN_SCHEMA_VERSION = 1
+PLAN_KIND = "ssm-profile-plan"
+PRUNING_KIND = "ssm-profile-pruning"
+VALIDATION_KIND = "ssm-profile-validation"
+PRUNING_FILE = "pruning.json"
+VALIDATION_FILE = "validation.json"
+RECOVERY_KIND = "ssm-profile-recovery"
+RECOVERY_FILE = "recovery.json"
+LM_EVAL_LOG = "lm-eval.log"  # beside validation.json: what lm-eval and the tools it runs printed
+
+
+# ============================================================================================
+# the (de)serialisation shared by every document
+
+
+def _key(f) -> str:
+    return f.metadata.get("key", f.name)
+
+
+def _optional(**kw: Any) -> Any:
+    """A field left out of the JSON when it is None (an optional key of the file format)."""
+    return field(default=None, metadata={"omit_none": True, **kw})
+
+
+def _document_type(hint: Any) -> type | None:
+    """The :class:`Document` class in ``hint`` (``X``, ``X | None``, ``list[X]``), if any."""
+    if isinstance(hint, type) and issubclass(hint, Document):
+        return hint
+    for arg in get_args(hint):
+        found = _document_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _load(hint: Any, value: Any) -> Any:
+    doc = _document_type(hint)
+    if value is None or doc is None:
+        return copy.deepcopy(value)
+    container = next((get_origin(a) for a in (hint, *get_args(hint)) if get_origin(a) in (list, dict)), None)
+    if container is list:
+        return [doc.from_dict(v) for v in value]
+    if container is dict:
+        return {k: doc.from_dict(v) for k, v in value.items()}
+    return doc.from_dict(value)
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, Document):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_dump(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _dump(v) for k, v in value.items()}
+    return copy.deepcopy(value)
+
+
+class Document:
+    """Dataclass mixin: ``to_dict``/``from_dict`` by field (JSON key = ``metadata["key"]`` or the name)."""
+
+    extra: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra" or f.metadata.get("runtime") or (value is None and f.metadata.get("omit_none")):
+                continue
+            out[_key(f)] = _dump(value)
+        out.update(copy.deepcopy(self.extra))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        hints = get_type_hints(cls)
+        own = [f for f in fields(cls) if f.name != "extra" and not f.metadata.get("runtime")]
+        kwargs = {f.name: _load(hints[f.name], data[_key(f)]) for f in own if _key(f) in data}
+        known = {_key(f) for f in own}
+        return cls(**kwargs, extra={k: copy.deepcopy(v) for k, v in data.items() if k not in known})
+
+
+def _extra() -> Any:
+    return field(default_factory=dict, repr=False)
+
+
+
+def parse_document(cls: type, data: dict[str, Any], where: str) -> Any:
+    """``cls.from_dict(data)``, or one line naming the keys ``data`` lacks."""
+    required = [_key(f) for f in fields(cls) if f.name != "extra" and not f.metadata.get("runtime")
+                and f.default is MISSING and f.default_factory is MISSING]
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise SSMProfileError(f"{where} lacks {', '.join(missing)}; write it again with this ssm-profile ({__version__})")
+    return cls.from_dict(data)

@@ -1,0 +1,92 @@
+"""``pruning.json``: what ``apply`` did (:class:`PruningRecord`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ._base import PRUNING_KIND, Document, _extra, _optional, parse_document
+from .plan import Dense, Objective, Plan, Predicted, read_json, validate_plan
+from ..base.errors import PlanError
+from .validation import ValidationReport
+
+
+# ============================================================================================
+# pruning.json and validation.json
+
+
+@dataclass(kw_only=True)
+class ExecutedAction(Document):
+    """One plan action as ``apply`` carried it out."""
+
+    index: int  # the action's place in the plan
+    target: str
+    layers: list[int]
+    structure: str
+    criterion: str
+    sparsity: float
+    requested: str  # the plan's execution ("slice" | "zero")
+    execution: str  # what was done: a slice the config cannot express is done as zeros
+    elements_zeroed: int
+    units_removed: dict[str, int] | None  # per layer, for unit actions
+    note: str = ""
+    zeroed_params: list[str] | None = _optional()  # the tensors it zeroed (recover keeps them at zero)
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class PruningSummary(Document):
+    actions: int
+    sliced: int
+    zeroed: int
+    objective: Objective
+    predicted: Predicted
+    dense: Dense
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class ParameterCounts(Document):
+    before: int
+    after: int
+    nonzero_before: int
+    nonzero_after: int
+    removed: int
+    zeroed_or_removed: int
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class PruningRecord(Document):
+    """What ``apply`` did (``pruning.json``); ``output_dir`` and ``validation`` are not in the file."""
+
+    KIND: ClassVar[str] = PRUNING_KIND
+    schema_version: int = 1
+    kind: str = PRUNING_KIND
+    created: str
+    source: dict[str, Any]
+    output: dict[str, Any]
+    summary: PruningSummary
+    parameters: ParameterCounts
+    analysis: dict[str, dict[str, int]]  # "before"/"after": the static analysis' totals
+    actions: list[ExecutedAction]
+    sliced: list[dict[str, Any]]
+    notes: list[str]
+    calibration: dict[str, Any] | None
+    plan: Plan
+    versions: dict[str, str]
+    timings: dict[str, float] | None = _optional()
+    extra: dict[str, Any] = _extra()
+    output_dir: str | None = field(default=None, metadata={"runtime": True})
+    validation: "ValidationReport | None" = field(default=None, metadata={"runtime": True})
+
+
+def load_pruning_record(path: str | Path) -> PruningRecord:
+    data = read_json(path, "pruning record", "pass --plan, or apply the plan again")
+    if not isinstance(data, dict) or data.get("kind") != PRUNING_KIND or not isinstance(data.get("plan"), dict):
+        raise PlanError(f"'{path}' is not a pruning record written by `ssm-profile apply`; pass --plan")
+    validate_plan(data["plan"], where=f"the plan recorded in '{path}'")
+    return parse_document(PruningRecord, data, f"pruning record '{path}'")
+
+
