@@ -82,8 +82,8 @@ def test_anatomy_by_hand(model_type):
     assert KH * key_head + DV == sum(expected.values())
     assert units["value_head"].stock_config.startswith("expressible:")
     assert units["key_head"].stock_config.startswith("expressible:")
-    assert units["value_channel"].stock_config.startswith("applied as zeros") and "eps" in units["value_channel"].stock_config
-    assert units["key_channel"].stock_config.startswith("applied as zeros") and "eps" in units["key_channel"].stock_config
+    for kind in ("value_channel", "key_channel"):
+        assert units[kind].stock_config.startswith("applied as zeros") and "eps" in units[kind].stock_config
 
 
 @pytest.mark.parametrize("model_type", GATED_DELTA)
@@ -214,7 +214,8 @@ def test_calibration_statistics_follow_the_forward(model_type):
     mixer = find_mixers(model)[1]
     conv = 2 * KEY_DIM + VALUE_DIM
     for key, size in {"in_proj": HIDDEN, "conv1d": conv, "out_proj": VALUE_DIM}.items():
-        assert st.inputs[f"{mixer.path}.{key}"]["sq"].shape == (size,) and int(st.inputs[f"{mixer.path}.{key}"]["n"]) == 64
+        entry = st.inputs[f"{mixer.path}.{key}"]
+        assert entry["sq"].shape == (size,) and int(entry["n"]) == 64
     assert st.hessians[f"{mixer.path}.in_proj"].shape == (HIDDEN, HIDDEN)
     assert st.hessians[f"{mixer.path}.out_proj"].shape == (VALUE_DIM, VALUE_DIM)
     assert set(st.grad_sum) == {m.full_name(p) for m in find_mixers(model) for p in m.params}

@@ -1,4 +1,5 @@
-"""Structured surgery on SSM mixers (Mamba, Mamba-2, Gated DeltaNet): zero units, slice them out, drop layers, fix the config.
+"""Structured surgery on SSM mixers (Mamba, Mamba-2, Gated DeltaNet): zero units, slice them out, drop
+layers, fix the config.
 
 Every cut goes through :meth:`ssm_profile.model.arch.UnitFamily.indices`, so all tensors coupled to a unit
 (rows of ``in_proj``, conv channels, ``A_log`` entries, ``out_proj`` columns, ...) are cut with
@@ -10,7 +11,8 @@ Two ways to cut the same units:
   the logits of the pruned model, but runs no faster.
 * :func:`slice_units` rebuilds the tensors without the units and updates the size attributes
   the mixer's ``forward`` reads. Slicing units that were already zeroed gives the logits of the
-  zeroed model (bit-exact except where a gated norm averages over the cut width, see :func:`_rescale_gated_norm`).
+  zeroed model (bit-exact except where a gated norm averages over the cut width, see
+  :func:`_rescale_gated_norm`).
 
 :func:`sync_config` then writes uniform sizes into ``model.config`` so that a plain
 ``save_pretrained`` / ``from_pretrained`` round trip rebuilds the sliced model; it checks this
