@@ -144,18 +144,22 @@ def dynamics_block(facts: Facts) -> str:
     strip_rows = []
     for d in dyn:
         per = d.horizon_per_channel or d.horizon_per_state
-        what = "heads" if d.mixer_kind == "mamba2" else "channels"
+        what = {"mamba2": "heads", "gated_delta": "value heads"}.get(d.mixer_kind, "channels")
         q = d.horizon
         tip = (f"layer {d.layer} ({d.mixer_kind}) memory horizon, tokens\nmin {fmt(q.get('min'))}, "
                f"p05 {fmt(q.get('p05'))}, median {fmt(q.get('median'))}, p95 {fmt(q.get('p95'))}, "
                f"max {fmt(q.get('max'))}"
                f"\ndots: {len(per)} {what}" + (" (thinned to 96 order statistics)" if len(per) > 96 else ""))
         strip_rows.append(Strip(f"layer {d.layer}", q, thin(per), tip))
-    unit = "head" if all(d.mixer_kind == "mamba2" for d in dyn) else "channel (median over states)"
+    kinds = {d.mixer_kind for d in dyn}
+    unit = {"mamba2": "head", "gated_delta": "value head"}.get(kinds.pop(), "channel (median over states)") \
+        if len(kinds) == 1 else "channel (median over states)"
+    gated = next((d.assumes for d in dyn if d.assumes), None)
+    gated_note = f" Gated DeltaNet layers, per value head: {esc(gated)}." if gated else ""
     parts = ["<h3>SSM dynamics</h3>",
              '<p class="note">Memory horizon = 1 / (softplus(dt bias) · |A|) tokens: the time constant of each decay '
-             f"exp(dt·A) at the bias time step. Box: 5–95% of all states; whiskers: min–max; bar: median; dots: per "
-             f"{esc(unit)}.</p>",
+             f"exp(dt·A) at the bias time step.{gated_note} Box: 5–95% of all states; whiskers: min–max; bar: median; "
+             f"dots: per {esc(unit)}.</p>",
              '<figure class="fig">' + strips(strip_rows, label="memory horizon per layer",
                                              x_label="memory horizon (tokens, log scale)",
                                              row_h=30 if len(strip_rows) < 30 else 16) + "</figure>"]

@@ -142,6 +142,34 @@ def tiny_falcon_mamba(layers: int = 2, **kw):
     return perturb(FalconMambaForCausalLM(cfg))
 
 
+GATED_DELTA = ("qwen3_next", "qwen3_5_text")
+
+
+def has_model_type(model_type: str) -> bool:
+    """Whether this transformers release knows ``model_type`` (Qwen3.5 and Kimi Linear are recent)."""
+    from transformers import CONFIG_MAPPING
+
+    return model_type in CONFIG_MAPPING
+
+
+def tiny_gated_delta(model_type: str, **kw):
+    """A tiny random (perturbed) Gated DeltaNet hybrid: ``qwen3_next`` (dense MLP: no experts; packed
+    in_proj_qkvz/in_proj_ba) or ``qwen3_5_text`` (split projections). Layers: linear attention, full
+    attention, linear attention; 2 key heads of 8 channels serve 4 value heads of 16 (the GQA-like
+    layout, head_k_dim != head_v_dim so a transposed state cannot pass)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not has_model_type(model_type):
+        pytest.skip(f"this transformers release has no {model_type}")
+    fields = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 3,
+              "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8, "linear_num_key_heads": 2,
+              "linear_num_value_heads": 4, "linear_key_head_dim": 8, "linear_value_head_dim": 16,
+              "linear_conv_kernel_dim": 4, "layer_types": ["linear_attention", "full_attention", "linear_attention"],
+              **({"num_experts": 0} if model_type == "qwen3_next" else {}), **kw}
+    torch.manual_seed(0)
+    return perturb(AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **fields)))
+
+
 # Every architecture whose SSM mixers the project computes itself, by mixer family.
 MIXER_ARCHITECTURES = {"selective_scan": ("mamba", "falcon_mamba", "jamba", "zamba"),
                        "ssd": ("mamba2", "bamba", "nemotron_h", "zamba2", "granitemoehybrid", "falcon_h1")}

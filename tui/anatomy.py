@@ -266,6 +266,9 @@ class AnatomyView(Vertical):
             rows.append(("horizon per state", " ".join(f"{v:.3g}" for v in d.horizon_per_state[:16])
                          + (" …" if len(d.horizon_per_state) > 16 else "")))
         if d.horizon_per_channel and len(d.horizon_per_channel) <= 64:
-            label = "horizon per head" if d.mixer_kind != "mamba" else "horizon per channel"
+            label = {"mamba1": "horizon per channel", "gated_delta": "horizon per value head"}.get(
+                d.mixer_kind, "horizon per head")
             rows.append((label, " ".join(f"{v:.3g}" for v in d.horizon_per_channel)))
+        if d.decay_per_token:  # Gated DeltaNet: its horizon is read at an assumed gate input
+            rows += [("decay per token", fmt(d.decay_per_token)), ("assumes", d.assumes or "")]
         return rows

@@ -218,13 +218,14 @@ def bench_profiles(threads: int = 1, quick: bool = False, reference: bool = Fals
 
 
 def _structured_cut(model: torch.nn.Module, fraction: float) -> str:
-    """Slice every mixer uniformly: Mamba-1 channels, Mamba-2 heads (keeping the first units)."""
-    from ..model.arch import MAMBA1, find_mixers
+    """Slice every mixer uniformly: Mamba-1 channels, Mamba-2 heads, Gated DeltaNet value heads
+    (keeping the first units)."""
+    from ..model.arch import GATED_DELTA, MAMBA1, find_mixers
     from ..pruning.surgery import slice_units, sync_config
 
     described = ""
     for mixer in find_mixers(model):
-        kind = "channel" if mixer.kind == MAMBA1 else "head"
+        kind = {MAMBA1: "channel", GATED_DELTA: "value_head"}.get(mixer.kind, "head")
         family = mixer.unit_family(kind)
         per_block = family.count // family.blocks
         keep_per_block = max(1, round(per_block * (1 - fraction)))

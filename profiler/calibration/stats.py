@@ -10,9 +10,11 @@ with only what ``needs`` asks for:
             ============ =========================== ===================================================
             key          shape                       what
             ============ =========================== ===================================================
-            in_proj      (hidden,)                   in_proj input (the block's normed hidden states)
+            in_proj      (hidden,)                   in_proj input (the block's normed hidden states);
+                                                     Gated DeltaNet: the input of all its in_proj_*
             conv1d       (conv channels,)            conv input: Mamba-1 the x half of in_proj's output
-                                                     (E); Mamba-2 the xBC part (E + 2GN)
+                                                     (E); Mamba-2 the xBC part (E + 2GN); Gated
+                                                     DeltaNet q, k, v (2·key_dim + value_dim)
             x_proj       (E,)                        Mamba-1: silu(conv(x)), the scan input x
             dt_proj      (R,)                        Mamba-1: the dt part of x_proj's output (after a
                                                      ``dt_layernorm`` where the mixer has one)
@@ -65,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.arch import MAMBA1, MixerInfo, find_mixers
+from ..model.arch import GATED_DELTA, MAMBA1, MixerInfo, find_mixers
 from ..criteria.base import CalibrationStats
 from ..mixers.choice import model_device
 from .offload import STATS_PREFIX, DiskTensors
@@ -239,6 +241,31 @@ def _mamba2_hooks(m: MixerInfo, acc: _Acc) -> list:
     return handles
 
 
+def _gated_delta_hooks(m: MixerInfo, acc: _Acc) -> list:
+    """Gated DeltaNet: every input projection reads the same hidden states (one ``in_proj`` entry);
+    the conv input is the first projection's q, k, v rows in conv order; and out_proj's input.
+    No ``ssm`` statistics: the SSM criteria are defined on Mamba's selective scan."""
+    mod, path, want = m.module, m.path, acc.want
+    rows = m.conv_input_rows()
+
+    def in_proj_hook(_mod, args, out):
+        acc.linear_input(f"{path}.in_proj", args[0])
+        if "inputs" in want:
+            acc.channels(f"{path}.conv1d", out.index_select(-1, rows.to(out.device)))
+
+    def out_proj_hook(_mod, args, out):
+        acc.linear_input(f"{path}.out_proj", args[0])
+
+    first = mod.in_proj_qkvz if m.packed else mod.in_proj_qkv
+    return [first.register_forward_hook(in_proj_hook), mod.out_proj.register_forward_hook(out_proj_hook)]
+
+
+def _hooks(m: MixerInfo, acc: _Acc) -> list:
+    if m.kind == GATED_DELTA:
+        return _gated_delta_hooks(m, acc)
+    return _mamba1_hooks(m, acc) if m.kind == MAMBA1 else _mamba2_hooks(m, acc)
+
+
 def _batches(tokens: torch.Tensor, size: int) -> Iterable[torch.Tensor]:
     for start in range(0, tokens.shape[0], size):
         yield tokens[start:start + size]
@@ -246,6 +273,8 @@ def _batches(tokens: torch.Tensor, size: int) -> Iterable[torch.Tensor]:
 
 def hessian_dims(m: MixerInfo) -> list[int]:
     """Input widths of the linear layers whose XᵀX ``hessians`` collects for mixer ``m``."""
+    if m.kind == GATED_DELTA:  # every input projection reads the hidden states
+        return [m.hidden_size, m.intermediate_size]
     groups = HESSIAN_GROUPS if m.kind == MAMBA1 else ("in_proj", "out_proj")
     return [getattr(m.module, g).weight.shape[1] for g in groups]
 
@@ -369,7 +398,7 @@ def _activation_pass(model, mixers, tokens, want, batch_size, progress, hessian_
 
     try:
         for m in mixers:
-            handles += _mamba1_hooks(m, acc) if m.kind == MAMBA1 else _mamba2_hooks(m, acc)
+            handles += _hooks(m, acc)
             handles.append(m.module.out_proj.register_forward_hook(stop_after_last))
         done = 0
         with torch.no_grad():

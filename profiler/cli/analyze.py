@@ -74,7 +74,11 @@ def print_analysis(result, per_layer: bool = False) -> None:
             ut.add_row(u.kind, str(u.count), human_count(u.params_per_unit), ", ".join(u.tensors), u.stock_config)
     console.print(ut)
 
-    dt = Table(title="SSM dynamics (memory horizon = 1/(softplus(dt_bias)·|A|) tokens)")
+    gated = [d for d in result.dynamics if d.assumes]
+    horizon = "1/(1 - exp(g)) tokens (see below)" if gated else "1/(softplus(dt_bias)·|A|) tokens"
+    if gated and len(gated) < len(result.dynamics):
+        horizon = "Mamba rows 1/(softplus(dt_bias)·|A|), Gated DeltaNet rows 1/(1 - exp(g)) tokens"
+    dt = Table(title=f"SSM dynamics (memory horizon = {horizon})")
     for col in ("layer", "kind", "|A| median", "dt min..max", "horizon p05", "median", "p95", "max"):
         dt.add_column(col, justify="right")
     for d in result.dynamics:
@@ -83,3 +87,8 @@ def print_analysis(result, per_layer: bool = False) -> None:
                    f"{d.dt['min']:.3g}..{d.dt['max']:.3g}", f"{h['p05']:.3g}", f"{h['median']:.3g}",
                    f"{h['p95']:.3g}", f"{h['max']:.3g}")
     console.print(dt)
+    if gated:  # Gated DeltaNet's horizon is not Mamba's: say what it assumes
+        decay = ", ".join(f"layer {d.layer} {d.decay_per_token['min']:.3g}..{d.decay_per_token['max']:.3g}"
+                          for d in gated)
+        console.print(f"Gated DeltaNet rows, per value head: {gated[0].assumes}; dt = softplus(dt_bias). "
+                      f"Decay per token: {decay}")

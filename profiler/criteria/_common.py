@@ -13,8 +13,11 @@ if TYPE_CHECKING:
     from ..model.arch import MixerInfo
 
 # weight -> key of its input statistics (relative to the mixer path)
+# (Gated DeltaNet's input projections all read the hidden states: one "in_proj" entry serves them)
 LINEAR_WEIGHTS = {"in_proj.weight": "in_proj", "x_proj.weight": "x_proj", "dt_proj.weight": "dt_proj",
-                  "out_proj.weight": "out_proj"}
+                  "out_proj.weight": "out_proj",
+                  **{f"{name}.weight": "in_proj" for name in ("in_proj_qkvz", "in_proj_ba", "in_proj_qkv", "in_proj_z",
+                                                              "in_proj_b", "in_proj_a")}}
 
 
 def tensor(mixer: "MixerInfo", param: str) -> torch.Tensor:

@@ -120,7 +120,7 @@ class Flap(Criterion):
         self.check_units(mixer, family)
         slot = out_proj_slot(family)
         fluct = self.channel_fluctuation(ctx, mixer)
-        idx = slot.indices(torch.arange(family.count)).view(family.count, slot.width)
+        idx = slot.indices(torch.arange(family.count)).view(family.count, slot.span)
         return fluct[idx].sum(1)
 
 

@@ -145,7 +145,7 @@ class Criterion:
             if scores is None:
                 continue
             moved = scores.movedim(slot.dim, 0)
-            idx = slot.indices(units).view(family.count, slot.width)
+            idx = slot.indices(units).view(family.count, slot.span)
             sums = moved[idx].reshape(family.count, -1).sum(dim=1)
             per_tensor[slot.param] = per_tensor.get(slot.param, 0) + sums
         return per_tensor

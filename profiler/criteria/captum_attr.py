@@ -97,5 +97,5 @@ class CaptumChannelAttribution(Criterion):
         self.check_units(mixer, family)
         channels = self.channel_scores(ctx)[mixer.path]
         slot = out_proj_slot(family)
-        idx = slot.indices(torch.arange(family.count)).view(family.count, slot.width)
+        idx = slot.indices(torch.arange(family.count)).view(family.count, slot.span)
         return channels[idx].sum(1)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..model.arch import MAMBA1
+from ..model.arch import GATED_DELTA, MAMBA1
 from ._common import need_param
 from .base import Criterion, NotApplicable, register
 
 _EPS = 1e-12
+_NOT_A_SCAN = ("{name} is defined on the selective scan's diagonal states (dt, B, C); a Gated DeltaNet "
+               "mixer's state is a delta-rule key x value memory with no such states")
 
 
 class _StateEnergy(Criterion):
@@ -29,11 +31,15 @@ class _StateEnergy(Criterion):
 
     def check(self, mixer, param):
         need_param(mixer, param)
+        if mixer.kind == GATED_DELTA:
+            raise NotApplicable(_NOT_A_SCAN.format(name=self.name))
         if param != "A_log":
             raise NotApplicable(f"{self.name} scores SSM states (A_log and state/channel/head units), not "
                                 "other tensors")
 
     def check_units(self, mixer, family):
+        if mixer.kind == GATED_DELTA:
+            raise NotApplicable(_NOT_A_SCAN.format(name=self.name))
         if family.kind == "dt_rank":
             raise NotApplicable(f"dt_rank directions own no state; {self.name} says nothing about them")
 
@@ -153,7 +159,10 @@ class Horizon(Criterion):
     Element scores: ``A_log`` only. Units: the mean horizon of the unit's (channel, state) or head
     entries (Mamba-1 state n: mean over c; channel c: mean over n; Mamba-2 head h and its
     head_channels: the head's horizon; state (g, n) and group g: mean over the group's heads).
-    NotApplicable: dt_rank units and all other tensors.
+    Gated DeltaNet: 1 / (1 - exp(g)) per value head at a = 0 (the analysis' operating point); value
+    heads their own, key heads the mean of their value heads.
+    NotApplicable: dt_rank units, Gated DeltaNet channels (every head's decay applies to each) and all
+    other tensors.
     """
 
     name = "horizon"
@@ -167,10 +176,16 @@ class Horizon(Criterion):
     def check_units(self, mixer, family):
         if family.kind == "dt_rank":
             raise NotApplicable("dt_rank directions have no decay, hence no horizon")
+        if family.kind in ("value_channel", "key_channel"):
+            raise NotApplicable("a Gated DeltaNet channel runs in every head, under every head's decay: it has "
+                                "no horizon of its own")
 
     def horizon(self, mixer) -> torch.Tensor:
-        """Mamba-1: (E, N); Mamba-2: (nH,), float64."""
+        """Mamba-1: (E, N); Mamba-2, Gated DeltaNet: (nH,), float64."""
         A = torch.exp(mixer.param("A_log").detach().double().cpu())  # |A|
+        if mixer.kind == GATED_DELTA:
+            g = -A * F.softplus(mixer.param("dt_bias").detach().double().cpu())
+            return 1.0 / (-torch.expm1(g)).clamp_min(_EPS)
         if mixer.kind == MAMBA1:
             bias = mixer.module.dt_proj.bias
             b = bias.detach().double().cpu() if bias is not None else torch.zeros(A.shape[0], dtype=A.dtype)
@@ -185,6 +200,10 @@ class Horizon(Criterion):
         self.check_units(mixer, family)
         h = self.horizon(mixer)
         kind = family.kind
+        if kind == "value_head":
+            return h
+        if kind == "key_head":
+            return h.view(mixer.num_k_heads, -1).mean(1)
         if mixer.kind == MAMBA1:
             if kind == "state":
                 return h.mean(0)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..base.patching import forwards_overridden
+from ..model.arch import kind_of
 from ._base import MixerFamily
 from ._ledger import LEDGER, OWNED, TRANSFORMERS, Verdict
 from .registry import family_of
@@ -56,7 +57,22 @@ def mixer_forwards(model: nn.Module, owned: bool) -> dict[nn.Module, Callable]:
         family = family_of(module)
         if family is not None:
             out[module] = _forward(module, family, owned)
+        elif (kind := kind_of(module)) is not None:
+            out[module] = _counted(module, kind)
     return out
+
+
+def _counted(module: nn.Module, kind: str) -> Callable:
+    """transformers' forward, counted, for a mixer the analysis knows but no family here computes
+    (so records say what ran instead of "no SSM mixer ran")."""
+    cls = type(module)
+    why = f"the project has no own forward for {kind} mixers"
+
+    def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+        LEDGER.count(cls.__name__, kind, TRANSFORMERS, why)
+        return cls.forward(module, *args, **kwargs)
+
+    return forward
 
 
 def _forward(module: nn.Module, family: MixerFamily, owned: bool) -> Callable:

@@ -13,6 +13,12 @@ Conventions
   ``K - 1`` inputs the causal convolution keeps (charged to ``conv1d``).
 * Memory horizon of a channel/state: ``1 / (softplus(dt_bias) * |A|)`` tokens, the time constant
   of its decay ``exp(dt * A)`` at the bias time step (the data-free operating point).
+* Gated DeltaNet (``gated_delta``): the gate of value head h is g = -exp(A_log)·softplus(a + dt_bias)
+  with a the token's input projection; the data-free point is a = 0, where the per-token decay is
+  exp(g) and the memory horizon 1 / (1 - exp(g)) tokens (the mean life of a decaying write). The
+  recurrence (decay, Sᵀk, delta update, Sᵀq; q/k L2 norms and q's scale) is charged to ``A_log``,
+  the gate and β to ``dt_bias``; its state, num_v_heads·head_k_dim·head_v_dim values in the model's
+  dtype, to ``A_log``.
 * Outliers: weights more than ``OUTLIER_SIGMA`` standard deviations from the tensor mean.
 """
 
@@ -28,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .arch import MAMBA1, MixerInfo, find_mixers
+from .arch import GATED_DELTA, MAMBA1, MixerInfo, find_mixers
 from .stock import stock_arch
 
 SCHEMA_VERSION = 1
@@ -114,7 +120,11 @@ class LayerDynamics:
     dt_bias: dict[str, float]  # raw bias range
     horizon: dict[str, float]  # quantiles of the memory horizon in tokens
     horizon_per_state: list[float]  # Mamba-1: median over channels for each state n
-    horizon_per_channel: list[float]  # Mamba-1: median over states per channel; Mamba-2: per head
+    horizon_per_channel: list[float]  # Mamba-1: median over states per channel; Mamba-2, Gated DeltaNet: per head
+    # Gated DeltaNet only (absent from the JSON of Mamba mixers): quantiles of the per-token decay
+    # exp(g) at the stated operating point, and that assumption in words
+    decay_per_token: dict[str, float] | None = None
+    assumes: str | None = None
 
 
 @dataclass
@@ -130,7 +140,12 @@ class AnalysisResult:
 
     # --- serialisation
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for d in data["dynamics"]:  # Mamba mixers' dynamics keep their fields, no empty Gated DeltaNet ones
+            for key in ("decay_per_token", "assumes"):
+                if d.get(key) is None:
+                    d.pop(key, None)
+        return data
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
@@ -285,6 +300,8 @@ def _mixer_groups(m: MixerInfo, unique: dict[str, torch.nn.Parameter], total: in
 
 
 def _mixer_flops(m: MixerInfo, group: str) -> int:
+    if m.kind == GATED_DELTA:
+        return _gated_delta_flops(m, group)
     E, N = m.intermediate_size, m.state_size
     mod = m.module
     if group in ("in_proj", "x_proj", "dt_proj", "out_proj"):
@@ -305,8 +322,29 @@ def _mixer_flops(m: MixerInfo, group: str) -> int:
     return 0
 
 
+def _gated_delta_flops(m: MixerInfo, group: str) -> int:
+    """Per token: the linears 2·rows·cols; the conv 2·channels·K; the recurrence per value head
+    7·dk·dv (decay dk·dv, Sᵀk 2·dk·dv, update 2·dk·dv, Sᵀq 2·dk·dv) + 2·dv (v − Sᵀk, ·β), and per
+    key head 7·dk (L2 norms of q and k, q's scale); the gate and β 4 per value head; the norm 5·value_dim."""
+    H, Kh, dk, dv = m.num_v_heads, m.num_k_heads, m.head_k_dim, m.head_v_dim
+    module = getattr(m.module, group, None)
+    if isinstance(module, torch.nn.Linear):
+        return 2 * module.weight.shape[0] * module.weight.shape[1]
+    if group == "conv1d":
+        return 2 * m.conv_channels * m.conv_kernel
+    if group == "A_log":
+        return H * (7 * dk * dv + 2 * dv) + 7 * Kh * dk
+    if group == "dt_bias":
+        return 4 * H
+    if group == "norm":
+        return 5 * H * dv
+    return 0
+
+
 def _state_bytes(m: MixerInfo, group: str) -> int:
     itemsize = m.module.out_proj.weight.element_size()
+    if group == "A_log" and m.kind == GATED_DELTA:
+        return m.num_v_heads * m.head_k_dim * m.head_v_dim * itemsize
     if group == "A_log":
         return m.intermediate_size * m.state_size * itemsize
     if group == "conv1d":
@@ -386,8 +424,33 @@ def _dt_bias(m: MixerInfo) -> torch.Tensor:
     return mod.dt_bias
 
 
+GATED_DELTA_POINT = ("a = 0 (the input projection's gate term), so g = -exp(A_log)·softplus(dt_bias); decay per "
+                     "token exp(g); horizon 1/(1 - exp(g)) tokens")
+
+
+def _clean(xs: list[float]) -> list[float]:
+    return [round(float(v), 6) if math.isfinite(v) else 1e30 for v in xs]
+
+
+@torch.no_grad()
+def _gated_delta_dynamics(m: MixerInfo) -> LayerDynamics:
+    """Per value head, at the data-free point a = 0 (see GATED_DELTA_POINT)."""
+    rate = torch.exp(m.module.A_log.detach().double())
+    bias = m.module.dt_bias.detach().double()
+    decay = torch.exp(-rate * F.softplus(bias))
+    horizon = 1.0 / (-torch.expm1(-rate * F.softplus(bias))).clamp_min(1e-30)
+    return LayerDynamics(
+        layer=m.layer, mixer_kind=m.kind, decay_rate=_quantiles(rate), dt=_quantiles(F.softplus(bias)),
+        dt_bias={"min": float(bias.min()), "max": float(bias.max())}, horizon=_quantiles(horizon),
+        horizon_per_state=[], horizon_per_channel=_clean(horizon.tolist()), decay_per_token=_quantiles(decay),
+        assumes=GATED_DELTA_POINT,
+    )
+
+
 @torch.no_grad()
 def _dynamics(m: MixerInfo) -> LayerDynamics:
+    if m.kind == GATED_DELTA:
+        return _gated_delta_dynamics(m)
     rate = torch.exp(m.module.A_log.detach().double())  # |A|
     bias = _dt_bias(m).detach().double()
     dt = F.softplus(bias)
@@ -398,9 +461,8 @@ def _dynamics(m: MixerInfo) -> LayerDynamics:
     else:
         horizon = 1.0 / (dt * rate).clamp_min(1e-30)  # (H,)
         per_state, per_channel = [], horizon.tolist()
-    clean = lambda xs: [round(float(v), 6) if math.isfinite(v) else 1e30 for v in xs]  # noqa: E731
     return LayerDynamics(
         layer=m.layer, mixer_kind=m.kind, decay_rate=_quantiles(rate), dt={k: v for k, v in _quantiles(dt).items()},
         dt_bias={"min": float(bias.min()), "max": float(bias.max())}, horizon=_quantiles(horizon),
-        horizon_per_state=clean(per_state), horizon_per_channel=clean(per_channel),
+        horizon_per_state=_clean(per_state), horizon_per_channel=_clean(per_channel),
     )

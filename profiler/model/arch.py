@@ -1,9 +1,11 @@
-"""Architecture adapters: where the Mamba mixers of a model are, and how their tensors couple.
+"""Architecture adapters: where the SSM mixers of a model are, and how their tensors couple.
 
 Mixers are found by what they hold (a direct ``A_log`` parameter beside ``in_proj`` and
 ``out_proj``), not by attribute name, so Mamba, Mamba-2, FalconMamba and the Mamba layers of
 hybrids (Jamba, Zamba2, Bamba, NemotronH, ...) are all seen. ``A_log`` of rank 2 marks a
-Mamba-1 mixer, rank 1 a Mamba-2 mixer.
+Mamba-1 mixer, rank 1 a Mamba-2 mixer. Gated DeltaNet mixers (Qwen3-Next, Qwen3.5) have no
+``in_proj``: ``A_log`` and ``dt_bias`` per value head beside ``conv1d``, a gated ``norm``, ``out_proj``
+and either the packed ``in_proj_qkvz``/``in_proj_ba`` or the split ``in_proj_qkv``/``_z``/``_b``/``_a``.
 
 A *unit family* (Torch-Pruning's dependency group, made first-class) is a kind of structural
 unit (channel, state, head, ...) and the list of tensor slices that one unit touches. Every
@@ -21,31 +23,57 @@ from torch import nn
 
 MAMBA1 = "mamba1"
 MAMBA2 = "mamba2"
+GATED_DELTA = "gated_delta"
+PACKED = ("in_proj_qkvz", "in_proj_ba")  # Qwen3-Next: rows grouped per key head
+SPLIT = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")  # Qwen3.5
 
 # Parameter groups in display order; a mixer has the ones that exist in it.
-GROUP_ORDER = ("in_proj", "conv1d", "x_proj", "dt_proj", "dt_bias", "A_log", "D", "norm", "out_proj")
+GROUP_ORDER = ("in_proj", *PACKED, *SPLIT, "conv1d", "x_proj", "dt_proj", "dt_bias", "A_log", "D", "norm",
+               "out_proj")
 
 
 @dataclass(frozen=True)
 class Slot:
-    """Unit ``u`` touches indices ``[offset + u*width, offset + (u+1)*width)`` of ``param`` along ``dim``."""
+    """Unit ``u`` touches indices ``[start(u), start(u) + width)`` of ``param`` along ``dim``, with
+    ``start(u) = offset + u*width``; and ``repeats`` copies of that run, ``every`` indices apart.
+
+    ``period`` > 0 numbers units in blocks of ``period`` laid out ``stride`` indices apart:
+    ``start(u) = offset + (u // period)*stride + (u % period)*width`` (Qwen3-Next packs each key
+    head's rows together, so value head u of key head u // r sits inside that key head's block).
+    ``repeats`` serves units that are the same channel of every head (Gated DeltaNet's key and
+    value channels: one norm weight per channel, shared by all heads).
+    """
 
     param: str  # parameter name relative to the mixer, e.g. "in_proj.weight"
     dim: int
     offset: int
     width: int = 1
+    period: int = 0
+    stride: int = 0
+    repeats: int = 1
+    every: int = 0
+
+    @property
+    def span(self) -> int:
+        """Indices one unit touches in this slot."""
+        return self.width * self.repeats
 
     def indices(self, units: torch.Tensor) -> torch.Tensor:
+        """The indices of ``units``, unit by unit (each unit's ``span`` indices together)."""
         units = torch.as_tensor(units, dtype=torch.long).reshape(-1)
-        base = self.offset + units * self.width
-        return (base[:, None] + torch.arange(self.width)).reshape(-1)
+        if self.period:
+            base = self.offset + (units // self.period) * self.stride + (units % self.period) * self.width
+        else:
+            base = self.offset + units * self.width
+        local = (torch.arange(self.repeats)[:, None] * self.every + torch.arange(self.width)[None, :]).reshape(-1)
+        return (base[:, None] + local).reshape(-1)
 
 
 @dataclass(frozen=True)
 class UnitFamily:
     """One kind of coupled structural unit in one mixer."""
 
-    kind: str  # channel | state | dt_rank | head | head_channel | group
+    kind: str  # channel | state | dt_rank | head | head_channel | group | value_head | key_head | ...
     count: int
     slots: tuple[Slot, ...]
     description: str
@@ -77,7 +105,7 @@ class UnitFamily:
             for d, size in enumerate(shape):
                 if d != slot.dim:
                     other *= size
-            total += slot.width * other
+            total += slot.span * other
         return total
 
 
@@ -106,8 +134,11 @@ class MixerInfo:
 
     @property
     def state_size(self) -> int:
+        """Mamba: SSM states per channel; Gated DeltaNet: the state's key rows (head_k_dim)."""
         if self.kind == MAMBA1:
             return self.module.A_log.shape[1]
+        if self.kind == GATED_DELTA:
+            return self.head_k_dim
         return int(self.module.ssm_state_size)
 
     @property
@@ -130,7 +161,48 @@ class MixerInfo:
     def conv_channels(self) -> int:
         return self.module.conv1d.weight.shape[0]
 
+    # --- Gated DeltaNet sizes: from the tensors, except the key-head count (a field of the module)
+    @property
+    def packed(self) -> bool:
+        """Qwen3-Next's in_proj_qkvz / in_proj_ba (rows grouped per key head) rather than Qwen3.5's split ones."""
+        return self.kind == GATED_DELTA and hasattr(self.module, "in_proj_qkvz")
+
+    @property
+    def num_v_heads(self) -> int:
+        return self.module.A_log.shape[0] if self.kind == GATED_DELTA else 0
+
+    @property
+    def head_v_dim(self) -> int:
+        return self.module.norm.weight.shape[0] if self.kind == GATED_DELTA else 0
+
+    @property
+    def num_k_heads(self) -> int:
+        return int(self.module.num_k_heads) if self.kind == GATED_DELTA else 0
+
+    @property
+    def key_dim(self) -> int:
+        """num_k_heads x head_k_dim: the width of q and of k."""
+        return (self.conv_channels - self.intermediate_size) // 2 if self.kind == GATED_DELTA else 0
+
+    @property
+    def head_k_dim(self) -> int:
+        return self.key_dim // self.num_k_heads if self.kind == GATED_DELTA else 0
+
+    def conv_input_rows(self) -> torch.Tensor:
+        """Gated DeltaNet: the row of the first input projection (in_proj_qkvz / in_proj_qkv) that
+        feeds each conv channel; the conv runs over [q, k, v], each head after head."""
+        if not self.packed:
+            return torch.arange(self.conv_channels)
+        Kh, dk, dv, r = self.num_k_heads, self.head_k_dim, self.head_v_dim, self.num_v_heads // self.num_k_heads
+        block = torch.arange(Kh)[:, None] * (2 * dk + 2 * r * dv)
+        q = (block + torch.arange(dk)).reshape(-1)
+        v = (block + 2 * dk + torch.arange(r * dv)).reshape(-1)
+        return torch.cat([q, q + dk, v])
+
     def dims(self) -> dict[str, int]:
+        if self.kind == GATED_DELTA:
+            return {"hidden_size": self.hidden_size, "num_k_heads": self.num_k_heads, "num_v_heads": self.num_v_heads,
+                    "head_k_dim": self.head_k_dim, "head_v_dim": self.head_v_dim, "conv_kernel": self.conv_kernel}
         d = {"hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
              "state_size": self.state_size, "conv_kernel": self.conv_kernel}
         if self.kind == MAMBA1:
@@ -171,6 +243,8 @@ class MixerInfo:
 
     def sub_blocks(self) -> dict[str, list[tuple[str, int, int]]]:
         """Row blocks inside fused tensors: group -> [(block name, start, stop)] along dim 0."""
+        if self.kind == GATED_DELTA:
+            return _gated_delta_blocks(self)
         E, N = self.intermediate_size, self.state_size
         if self.kind == MAMBA1:
             R = self.dt_rank
@@ -185,6 +259,8 @@ class MixerInfo:
 
     # --- coupled units
     def unit_families(self) -> dict[str, UnitFamily]:
+        if self.kind == GATED_DELTA:
+            return _gated_delta_units(self)
         return _mamba1_units(self) if self.kind == MAMBA1 else _mamba2_units(self)
 
     def unit_family(self, kind: str) -> UnitFamily:
@@ -275,43 +351,162 @@ def _mamba2_units(m: MixerInfo) -> dict[str, UnitFamily]:
     }
 
 
+def _and_biases(slots: list[Slot]) -> list[Slot]:
+    """Each row slot of a weight, and the same rows of its bias (kept by :func:`_optional` only where one exists)."""
+    out = []
+    for s in slots:
+        out.append(s)
+        if s.dim == 0 and s.param.endswith(".weight"):
+            out.append(Slot(s.param[: -len("weight")] + "bias", 0, s.offset, s.width, s.period, s.stride,
+                            s.repeats, s.every))
+    return out
+
+
+def _gated_delta_blocks(m: MixerInfo) -> dict[str, list[tuple[str, int, int]]]:
+    """q, k, v rows of the conv (and of Qwen3.5's in_proj_qkv). Qwen3-Next's in_proj_qkvz interleaves
+    them per key head, so it has no contiguous blocks to show."""
+    kd, vd = m.key_dim, m.intermediate_size
+    qkv = [("q", 0, kd), ("k", kd, 2 * kd), ("v", 2 * kd, 2 * kd + vd)]
+    return {"conv1d": qkv} if m.packed else {"in_proj_qkv": qkv, "conv1d": qkv}
+
+
+def _gated_delta_rows(m: MixerInfo) -> dict[str, list[Slot]]:
+    """The input-projection rows of each unit kind (the layout differs between Qwen3-Next and Qwen3.5)."""
+    H, Kh, dk, dv = m.num_v_heads, m.num_k_heads, m.head_k_dim, m.head_v_dim
+    r, kd = H // Kh, m.key_dim
+    if m.packed:  # per key head: [q (dk), k (dk), v (r*dv), z (r*dv)] and [b (r), a (r)]
+        qkvz, ba, B = "in_proj_qkvz.weight", "in_proj_ba.weight", 2 * dk + 2 * r * dv
+        return {
+            "key_channel": [Slot(qkvz, 0, 0, 1, repeats=Kh, every=B), Slot(qkvz, 0, dk, 1, repeats=Kh, every=B)],
+            "value_head": [Slot(qkvz, 0, 2 * dk, dv, period=r, stride=B),
+                           Slot(qkvz, 0, 2 * dk + r * dv, dv, period=r, stride=B),
+                           Slot(ba, 0, 0, 1, period=r, stride=2 * r), Slot(ba, 0, r, 1, period=r, stride=2 * r)],
+            "value_channel": [Slot(qkvz, 0, 2 * dk + part * r * dv + j * dv, 1, repeats=Kh, every=B)
+                              for part in (0, 1) for j in range(r)],
+            "key_head": [Slot(qkvz, 0, 0, B), Slot(ba, 0, 0, 2 * r)],
+        }
+    qkv, z, b, a = "in_proj_qkv.weight", "in_proj_z.weight", "in_proj_b.weight", "in_proj_a.weight"
+    return {
+        "key_channel": [Slot(qkv, 0, 0, 1, repeats=Kh, every=dk), Slot(qkv, 0, kd, 1, repeats=Kh, every=dk)],
+        "value_head": [Slot(qkv, 0, 2 * kd, dv), Slot(z, 0, 0, dv), Slot(b, 0, 0, 1), Slot(a, 0, 0, 1)],
+        "value_channel": [Slot(qkv, 0, 2 * kd, 1, repeats=H, every=dv), Slot(z, 0, 0, 1, repeats=H, every=dv)],
+        "key_head": [Slot(qkv, 0, 0, dk), Slot(qkv, 0, kd, dk), Slot(qkv, 0, 2 * kd, r * dv), Slot(z, 0, 0, r * dv),
+                     Slot(b, 0, 0, r), Slot(a, 0, 0, r)],
+    }
+
+
+# Why Gated DeltaNet channel cuts stay zeros (measured: tests/test_gated_delta.py). A zeroed key channel
+# leaves q and k's L2 norms alone, but slicing it raises q's 1/sqrt(head_k_dim) scale, which the gated
+# RMSNorm divides out only up to its eps; a value channel changes the norm's width (the weight rescale
+# of Mamba-2 heads holds only up to eps). Exact would need eps x full/kept in these norms alone, and
+# the config's rms_norm_eps is shared by every norm of the model.
+_CHANNEL_EPS = ("slicing changes the gated RMSNorm's eps share ({what}); exact only with eps x full/kept, which "
+                "rms_norm_eps (shared by every norm of the model) cannot hold: measured up to 1.3 max |Δlogits| "
+                "on tiny checkpoints whose norm inputs sit near eps")
+
+
+def _gated_delta_units(m: MixerInfo) -> dict[str, UnitFamily]:
+    """Value head h belongs to key head h // r (r = num_v / num_k): a cut keeps the same number of
+    value heads under every key head, so num_v stays r' x num_k. A zeroed value head or key head
+    outputs exact zeros (v = 0 keeps its state at 0), so slicing it is exact up to float rounding.
+    Channel cuts are ``normalised`` (see _CHANNEL_EPS): they run as zeros in plans;
+    :func:`ssm_profile.pruning.surgery.slice_units` still slices them on request."""
+    H, Kh, dk, dv = m.num_v_heads, m.num_k_heads, m.head_k_dim, m.head_v_dim
+    r, kd = H // Kh, m.key_dim
+    rows = _gated_delta_rows(m)
+    conv, out = "conv1d.weight", "out_proj.weight"
+    slots = {
+        "value_head": rows["value_head"] + [Slot(conv, 0, 2 * kd, dv), Slot("A_log", 0, 0), Slot("dt_bias", 0, 0),
+                                            Slot(out, 1, 0, dv)],
+        "value_channel": rows["value_channel"] + [Slot(conv, 0, 2 * kd, 1, repeats=H, every=dv),
+                                                  Slot("norm.weight", 0, 0), Slot(out, 1, 0, 1, repeats=H, every=dv)],
+        "key_channel": rows["key_channel"] + [Slot(conv, 0, 0, 1, repeats=Kh, every=dk),
+                                              Slot(conv, 0, kd, 1, repeats=Kh, every=dk)],
+        "key_head": rows["key_head"] + [Slot(conv, 0, 0, dk), Slot(conv, 0, kd, dk), Slot(conv, 0, 2 * kd, r * dv),
+                                        Slot("A_log", 0, 0, r), Slot("dt_bias", 0, 0, r), Slot(out, 1, 0, r * dv)],
+    }
+    slots = {kind: _optional(m, _and_biases(s)) for kind, s in slots.items()}
+    return {
+        "value_head": UnitFamily("value_head", H, slots["value_head"], "value head h: its v and z rows, b and a "
+                                 "rows, conv channels, A_log, dt_bias and out_proj columns (the same number cut "
+                                 "under every key head)", blocks=Kh),
+        "value_channel": UnitFamily("value_channel", dv, slots["value_channel"], "value channel c of every value "
+                                    "head: v and z rows, conv channels, gated-norm weight, out_proj columns",
+                                    normalised=_CHANNEL_EPS.format(what="the norm averages over head_v_dim")),
+        "key_channel": UnitFamily("key_channel", dk, slots["key_channel"], "key channel c of every key head: q and "
+                                  "k rows and their conv channels",
+                                  normalised=_CHANNEL_EPS.format(what="q's scale 1/sqrt(head_k_dim) grows")),
+        "key_head": UnitFamily("key_head", Kh, slots["key_head"], "key head g with the value heads it serves: q, "
+                               "k, v, z, b, a rows, conv channels, A_log, dt_bias, out_proj columns"),
+    }
+
+
+def _is_gated_delta(module: nn.Module) -> bool:
+    params = getattr(module, "_parameters", {})
+    a_log, dt_bias = params.get("A_log"), params.get("dt_bias")
+    if a_log is None or dt_bias is None or a_log.ndim != 1 or dt_bias.shape != a_log.shape:
+        return False
+    if not all(isinstance(getattr(module, n, None), nn.Module) for n in ("conv1d", "norm", "out_proj")):
+        return False
+    layout = PACKED if hasattr(module, "in_proj_qkvz") else SPLIT
+    return (all(isinstance(getattr(module, n, None), nn.Linear) for n in layout)
+            and isinstance(getattr(module, "num_k_heads", None), int))
+
+
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)(?:\.|$)")
 
 
+def kind_of(module: nn.Module) -> str | None:
+    """``mamba1``, ``mamba2``, ``gated_delta``, or None for a module that is no mixer ssm-profile analyses."""
+    a_log = module._parameters.get("A_log") if hasattr(module, "_parameters") else None
+    if a_log is None:
+        return None
+    if _is_gated_delta(module):
+        return GATED_DELTA
+    if not hasattr(module, "in_proj") or not hasattr(module, "out_proj") or not hasattr(module, "conv1d"):
+        return None
+    # rank 3: Zamba's multi-head Mamba-1 layers, not analysed yet (other_recurrent_layers)
+    return {2: MAMBA1, 1: MAMBA2}.get(a_log.ndim)
+
+
 def find_mixers(model: nn.Module) -> list[MixerInfo]:
-    """Every Mamba/Mamba-2 mixer of ``model``, in module order."""
+    """Every Mamba/Mamba-2/Gated DeltaNet mixer of ``model``, in module order."""
     mixers = []
     for path, module in model.named_modules():
-        a_log = module._parameters.get("A_log") if hasattr(module, "_parameters") else None
-        if a_log is None or not hasattr(module, "in_proj") or not hasattr(module, "out_proj"):
+        kind = kind_of(module)
+        if kind is None:
             continue
-        if not hasattr(module, "conv1d") or a_log.ndim not in (1, 2):
-            continue  # rank 3: Zamba's multi-head Mamba-1 layers, not analysed yet (other_recurrent_layers)
-        kind = MAMBA1 if a_log.ndim == 2 else MAMBA2
         match = _LAYER_RE.search(path)
         layer = int(match.group(1)) if match else len(mixers)
         mixers.append(MixerInfo(index=len(mixers), layer=layer, path=path, module=module, kind=kind))
     return mixers
 
 
-# Recurrent layers of other families (read from transformers' class names): Gated DeltaNet (Qwen3-Next,
-# Qwen3.5), Kimi Linear's delta attention, RecurrentGemma's RG-LRU block, RWKV's time mixing, xLSTM,
-# LFM2's short convolutions, linear attention and retention layers; and, by its A_log of rank 3,
-# Zamba (v1)'s multi-head Mamba-1 mixer.
+# Recurrent layers of other families (read from transformers' class names): Gated DeltaNet layers whose
+# parameters find_mixers does not recognise, Kimi Linear's delta attention, RecurrentGemma's RG-LRU block,
+# RWKV's time mixing, xLSTM, LFM2's short convolutions, linear attention and retention layers; and, by its
+# A_log of rank 3, Zamba (v1)'s multi-head Mamba-1 mixer. (KimiLinearAttention is Kimi Linear's full MLA
+# attention, not a linear-attention layer.)
 _OTHER_RECURRENT = re.compile(r"GatedDeltaNet|DeltaAttention|RecurrentBlock|Rglru|RwkvSelfAttention|RwkvAttention|"
-                              r"xLSTMLayer|[ms]LSTM|ShortConv|LinearAttention|Retention")
+                              r"xLSTMLayer|[ms]LSTM|ShortConv|(?<!^Kimi)LinearAttention|Retention")
 
 
 def other_recurrent_layers(model: nn.Module) -> dict[str, list[int]]:
     """Recurrent layers of families ssm-profile does not support yet: class name -> layer indices
-    (outermost matching module only; e.g. RecurrentGemma's block, not also the RG-LRU inside it)."""
+    (outermost matching module only; e.g. RecurrentGemma's block, not also the RG-LRU inside it).
+    Mixers :func:`find_mixers` recognises (Gated DeltaNet included) are not listed."""
     found: dict[str, list[int]] = {}
     matched: list[str] = []
     for path, module in model.named_modules():
         name = type(module).__name__
+        if any(path.startswith(p + ".") for p in matched):
+            continue
+        if kind_of(module) == GATED_DELTA:
+            matched.append(path)
+            continue
         a_log = module._parameters.get("A_log") if hasattr(module, "_parameters") else None
         multi_head_mamba1 = a_log is not None and a_log.ndim == 3  # Zamba (v1): x_proj/dt_proj per head
-        if not (_OTHER_RECURRENT.search(name) or multi_head_mamba1) or any(path.startswith(p + ".") for p in matched):
+        if not (_OTHER_RECURRENT.search(name) or multi_head_mamba1):
             continue
         matched.append(path)
         layer = _LAYER_RE.search(path)
@@ -324,6 +519,6 @@ def architecture_name(model: nn.Module) -> str:
 
 
 def mixer_kind(model: nn.Module) -> str:
-    """``mamba1``, ``mamba2`` or ``mixed`` for the model as a whole."""
+    """``mamba1``, ``mamba2``, ``gated_delta`` or ``mixed`` for the model as a whole."""
     kinds = {m.kind for m in find_mixers(model)}
     return kinds.pop() if len(kinds) == 1 else "mixed"

@@ -2,7 +2,7 @@
 
 One adapter per ``model_type`` (Torch-Pruning's per-layer-type pruners, applied to configs):
 
-* :meth:`StockArch.width_updates`: the config fields that describe uniform Mamba mixer sizes after a
+* :meth:`StockArch.width_updates`: the config fields that describe uniform mixer sizes after a
   width cut (same kept counts in every mixer), or why no field can;
 * :meth:`StockArch.unit_note`: what ``analyze`` says about a unit kind (``expressible`` only where
   :func:`ssm_profile.pruning.surgery.slice_cuts` will slice);
@@ -261,8 +261,43 @@ def _retie_shared_blocks(model: nn.Module, layers: nn.ModuleList, hybrid_ids: li
         sub.all_tied_weights_keys = sub.get_expanded_tied_weights_keys(all_submodels=True)
 
 
+_GATED_DELTA_NOTES = {
+    "value_head": ("expressible: uniform count across layers, the same number of value heads kept under every key "
+                   "head (linear_num_value_heads); exact"),
+    "key_head": "expressible: uniform count across layers (linear_num_key_heads, linear_num_value_heads); exact",
+}  # value and key channels: applied as zeros, the reason is the unit family's (normalised)
+
+
+class Qwen3_5Arch(StockArch):
+    """Qwen3.5 (dense and MoE text models): Gated DeltaNet sizes in four free fields, the layer kinds in
+    the stored ``layer_types`` list."""
+
+    model_types = ("qwen3_5_text", "qwen3_5_moe_text")
+    notes = _GATED_DELTA_NOTES
+
+    def width_updates(self, config, dims):
+        return {"linear_num_value_heads": dims["num_v_heads"], "linear_num_key_heads": dims["num_k_heads"],
+                "linear_key_head_dim": dims["head_k_dim"], "linear_value_head_dim": dims["head_v_dim"]}, []
+
+
+class Qwen3NextArch(Qwen3_5Arch):
+    """Qwen3-Next: as Qwen3.5, and a layer is sparse (experts) unless listed in ``mlp_only_layers`` or
+    off the ``decoder_sparse_step`` grid, so a layer removal lists the remaining dense layers explicitly."""
+
+    model_types = ("qwen3_next",)
+
+    def layer_updates(self, config, kept):
+        updates = super().layer_updates(config, kept)
+        if int(getattr(config, "num_experts", 0) or 0) > 0:
+            step, dense = int(config.decoder_sparse_step), set(config.mlp_only_layers or [])
+            updates["mlp_only_layers"] = [new for new, old in enumerate(kept) if old in dense or (old + 1) % step]
+            updates["decoder_sparse_step"] = 1
+        return updates
+
+
 ARCHES: dict[str, StockArch] = {t: a for a in (MambaArch(), Mamba2Arch(), NemotronHArch(), BambaArch(), JambaArch(),
-                                              Zamba2Arch(), GraniteMoeHybridArch(), FalconH1Arch())
+                                              Zamba2Arch(), GraniteMoeHybridArch(), FalconH1Arch(), Qwen3_5Arch(),
+                                              Qwen3NextArch())
                                  for t in a.model_types}
 
 

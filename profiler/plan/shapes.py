@@ -64,6 +64,8 @@ class Shapes:
         if "num_heads" in dims:
             blocks = {"head": dims.get("n_groups", 1), "state": dims.get("n_groups", 1),
                       "head_channel": dims["num_heads"]}.get(kind, 1)
+        if kind == "value_head":  # Gated DeltaNet: value heads in equal numbers under every key head
+            blocks = dims.get("num_k_heads", 1)
         return {u.layer: UnitFamily(kind, u.count, (), u.description, blocks=blocks, prunable=u.prunable)
                 for u in self.result.analysis.units if u.kind == kind and u.layer is not None}
 

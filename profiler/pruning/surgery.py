@@ -1,4 +1,5 @@
-"""Structured surgery on Mamba mixers: zero units, slice them out, drop layers, fix the config.
+"""Structured surgery on SSM mixers (Mamba, Mamba-2, Gated DeltaNet): zero units, slice them out, drop
+layers, fix the config.
 
 Every cut goes through :meth:`ssm_profile.model.arch.UnitFamily.indices`, so all tensors coupled to a unit
 (rows of ``in_proj``, conv channels, ``A_log`` entries, ``out_proj`` columns, ...) are cut with
@@ -10,7 +11,8 @@ Two ways to cut the same units:
   the logits of the pruned model, but runs no faster.
 * :func:`slice_units` rebuilds the tensors without the units and updates the size attributes
   the mixer's ``forward`` reads. Slicing units that were already zeroed gives the logits of the
-  zeroed model (bit-exact except for Mamba-2's gated norm, see :func:`_rescale_gated_norm`).
+  zeroed model (bit-exact except where a gated norm averages over the cut width, see
+  :func:`_rescale_gated_norm`).
 
 :func:`sync_config` then writes uniform sizes into ``model.config`` so that a plain
 ``save_pretrained`` / ``from_pretrained`` round trip rebuilds the sliced model; it checks this
@@ -30,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssm_profile.model.arch import MAMBA1, MixerInfo, UnitFamily, find_mixers
+from ssm_profile.model.arch import GATED_DELTA, MAMBA1, MAMBA2, MixerInfo, UnitFamily, find_mixers
 from ssm_profile.model.stock import stock_arch
 
 Units = Iterable[int] | torch.Tensor
@@ -74,7 +76,8 @@ def _check_keep(keep: list[int], family: UnitFamily) -> None:
     for u in keep:
         counts[u // per_block] += 1
     if len(set(counts)) != 1:
-        block = {"head": "group", "state": "group", "head_channel": "head"}.get(family.kind, "block")
+        block = {"head": "group", "state": "group", "head_channel": "head", "value_head": "key head"}.get(
+            family.kind, "block")
         raise ValueError(f"{family.kind} cut must keep the same number of units in every {block} "
                          f"({family.blocks} {block}s of {per_block}); kept per {block}: {counts}")
     if counts[0] == 0:
@@ -221,6 +224,23 @@ def _set_if_has(obj: object, **attrs: int) -> None:
             setattr(obj, name, value)
 
 
+def _update_gated_delta_sizes(mixer: MixerInfo, num_k_heads: int) -> None:
+    """Gated DeltaNet: the sizes its forward reads, from the tensor shapes and the key-head count."""
+    m = mixer.module
+    m.num_k_heads = num_k_heads  # first: head_k_dim below is key_dim // num_k_heads
+    H, dv, dk = mixer.num_v_heads, mixer.head_v_dim, mixer.head_k_dim
+    _set_if_has(m, num_v_heads=H, head_v_dim=dv, head_k_dim=dk, key_dim=num_k_heads * dk, value_dim=H * dv,
+                conv_dim=mixer.conv_channels)
+
+
+def _rescale_value_norm(new: dict[str, torch.Tensor], full: int) -> None:
+    """Gated DeltaNet's norm is an RMSNorm over head_v_dim with one weight per channel shared by all
+    heads: after a value-channel cut the same sqrt(full / kept) rescale as Mamba-2's gated norm
+    (:func:`_rescale_gated_norm`) keeps the zeroed model's output, up to the eps term."""
+    w = new["norm.weight"]
+    new["norm.weight"] = (w * math.sqrt(full / w.shape[0])).contiguous()
+
+
 def _update_sizes(mixer: MixerInfo) -> None:
     """Write the new sizes, read back from the tensor shapes, into the attributes forward uses."""
     m = mixer.module
@@ -257,10 +277,17 @@ def slice_units(mixer: MixerInfo, kind: str, keep: Units) -> None:
     _check_keep(ids, family)
     kept = _kept_indices(mixer, family, ids)
     tensors = _sliced_tensors(mixer, kept)
-    if mixer.kind != MAMBA1:
+    if mixer.kind == MAMBA2:
         counts = _norm_group_counts(mixer, kept)
         if counts is not None:
             _rescale_gated_norm(tensors, *counts)
+    if mixer.kind == GATED_DELTA:
+        num_k_heads = len(ids) if kind == "key_head" else mixer.num_k_heads
+        if "norm.weight" in tensors:
+            _rescale_value_norm(tensors, mixer.head_v_dim)
+        _install(mixer.module, tensors)
+        _update_gated_delta_sizes(mixer, num_k_heads)
+        return
     _install(mixer.module, tensors)
     _slice_mup_vector(mixer.module, kept.get(("in_proj.weight", 0)))
     _update_sizes(mixer)
@@ -379,7 +406,7 @@ def _plan(model: nn.Module) -> tuple[dict, list[str]]:
         return {}, ["model has no config"]
     mixers = find_mixers(model)
     if not mixers:
-        return {}, ["model has no Mamba mixer"]
+        return {}, ["model has no SSM mixer"]
     kinds = {m.kind for m in mixers}
     if len(kinds) > 1:
         return {}, [f"mixers of several kinds: {sorted(kinds)}"]
@@ -434,9 +461,11 @@ def sync_config(model: nn.Module) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # the one slicing decision (the planner asks it on a meta copy, apply executes it)
 
-# Head channels before heads (a head cut changes the head-channel numbering); the other families
-# number their units independently of each other.
-SLICE_ORDER = ("head_channel", "channel", "state", "dt_rank", "head")
+# Head channels before heads (a head cut changes the head-channel numbering), value heads before key
+# heads (a key-head cut renumbers the value heads); the other families number their units
+# independently of each other.
+SLICE_ORDER = ("head_channel", "channel", "state", "dt_rank", "head", "value_channel", "key_channel", "value_head",
+               "key_head")
 
 
 @dataclass
