@@ -142,12 +142,33 @@ def tiny_falcon_mamba(layers: int = 2, **kw):
     return perturb(FalconMambaForCausalLM(cfg))
 
 
+def tiny_gated_delta(model_type: str, **kw):
+    """A tiny random (perturbed) Gated DeltaNet hybrid: ``qwen3_next`` (dense MLP: no experts; packed
+    in_proj_qkvz/in_proj_ba) or ``qwen3_5_text`` (split projections). Layers: linear attention, full
+    attention, linear attention; 2 key heads of 8 channels serve 4 value heads of 16 (the GQA-like
+    layout, head_k_dim != head_v_dim so a transposed state cannot pass)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 3,
+              "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8, "linear_num_key_heads": 2,
+              "linear_num_value_heads": 4, "linear_key_head_dim": 8, "linear_value_head_dim": 16,
+              "linear_conv_kernel_dim": 4, "layer_types": ["linear_attention", "full_attention", "linear_attention"],
+              **({"num_experts": 0} if model_type == "qwen3_next" else {}), **kw}
+    torch.manual_seed(0)
+    return perturb(AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **fields)))
+
+
+GATED_DELTA = ("qwen3_next", "qwen3_5_text")
+
 # Every architecture whose SSM mixers the project computes itself, by mixer family.
 MIXER_ARCHITECTURES = {"selective_scan": ("mamba", "falcon_mamba", "jamba", "zamba"),
-                       "ssd": ("mamba2", "bamba", "nemotron_h", "zamba2", "granitemoehybrid", "falcon_h1")}
+                       "ssd": ("mamba2", "bamba", "nemotron_h", "zamba2", "granitemoehybrid", "falcon_h1"),
+                       "gated_delta": GATED_DELTA}
 
 
 def tiny_architecture(name: str):
     """A tiny random (perturbed) causal LM of any architecture in ``MIXER_ARCHITECTURES``."""
     makers = {"mamba": tiny_mamba, "mamba2": tiny_mamba2, "falcon_mamba": tiny_falcon_mamba}
+    if name in GATED_DELTA:
+        return tiny_gated_delta(name)
     return makers[name]() if name in makers else tiny_hybrid(name)
