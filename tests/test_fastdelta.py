@@ -73,8 +73,8 @@ IMPLEMENTATIONS = {
     "chunked16": lambda *a, **k: fastdelta.gated_delta_chunked(*a, chunk_size=16, **k),
     "scan": lambda *a, **k: fastdelta.gated_delta_scan(*a, **k),
 }
-LAYOUTS = {"gqa": dict(k_heads=2, v_heads=4, dk=8, dv=16), "equal": dict(k_heads=3, v_heads=3, dk=16, dv=8),
-           "three_per_key": dict(k_heads=1, v_heads=3, dk=8, dv=8)}
+LAYOUTS = {"gqa": {"k_heads": 2, "v_heads": 4, "dk": 8, "dv": 16}, "equal": {"k_heads": 3, "v_heads": 3, "dk": 16, "dv": 8},
+           "three_per_key": {"k_heads": 1, "v_heads": 3, "dk": 8, "dv": 8}}
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -19,10 +19,12 @@ from ssm_profile.mixers import _install, _ledger
 
 torch.set_num_threads(1)
 ARCHITECTURES = [(family, name) for family, names in MIXER_ARCHITECTURES.items() for name in names]
-# Allowed gradient difference per unit of scale (1 + max |grad|). Gated DeltaNet's tiny hybrids sit at a
-# float32 noise floor of their own: transformers' float32 gradients differ from a float64 run of the same
-# model by up to 3.5e-5 of scale (6e-6 on these configurations), so two float32 implementations cannot be
-# held to 1e-5 there; the owned forward's own distance to the float64 run is the same size as transformers'.
+# Allowed gradient difference per unit of scale (1 + max |grad|). Gated DeltaNet's tiny hybrids amplify
+# float32 rounding more than the Mamba ones: measured against the whole model in float64 (the owned forward,
+# since transformers computes the delta rule in float32 whatever the model's dtype), transformers' float32
+# gradients are off by up to 6e-6 of scale on these two configurations and 3.5e-5 at hidden size 32, and
+# the owned forward's by as much again in other directions (owned vs transformers: 1.3e-5 on qwen3_next
+# under 5.25). Two float32 implementations cannot be held to 1e-5 here; 5e-5 still catches any real error.
 GRAD_TOLERANCE = {"gated_delta": 5e-5}
 
 
