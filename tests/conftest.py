@@ -172,10 +172,13 @@ def tiny_gated_delta(model_type: str, **kw):
 
 # Every architecture whose SSM mixers the project computes itself, by mixer family.
 MIXER_ARCHITECTURES = {"selective_scan": ("mamba", "falcon_mamba", "jamba", "zamba"),
-                       "ssd": ("mamba2", "bamba", "nemotron_h", "zamba2", "granitemoehybrid", "falcon_h1")}
+                       "ssd": ("mamba2", "bamba", "nemotron_h", "zamba2", "granitemoehybrid", "falcon_h1"),
+                       "gated_delta": GATED_DELTA}
 
 
 def tiny_architecture(name: str):
     """A tiny random (perturbed) causal LM of any architecture in ``MIXER_ARCHITECTURES``."""
     makers = {"mamba": tiny_mamba, "mamba2": tiny_mamba2, "falcon_mamba": tiny_falcon_mamba}
+    if name in GATED_DELTA:
+        return tiny_gated_delta(name)
     return makers[name]() if name in makers else tiny_hybrid(name)

@@ -24,6 +24,8 @@ def test_bench_quick_writes_json_and_tables(tmp_path, capsys):
     fwd = report["layer_forward"]
     assert {"reference_s", "fast_s", "floor_s", "floor_torch_s", "speedup", "fast_over_floor", "linear"} <= fwd.keys()
     assert {"reference_s", "fast_s", "speedup"} <= report["layer_backward"].keys()
+    delta = report["delta_forward"]
+    assert {"reference_s", "fast_s", "floor_s", "speedup", "shape"} <= delta.keys() and delta["speedup"] > 0
     for name in ("tiny-mamba", "tiny-mamba2"):
         p = report["profiles"][name]
         assert p["identical"] is True and p["trials"] > 0
@@ -35,7 +37,7 @@ def test_bench_quick_writes_json_and_tables(tmp_path, capsys):
         t = report["throughput"][name]
         assert t["dense_tok_s"] > 0 and t["pruned_tok_s"] > 0 and t["params_pruned"] < t["params_dense"]
     assert all(g["met"] is None for g in report["goals"] if "identical" not in g["goal"])
-    assert "| default profile |" in md.read_text()
+    assert "| default profile |" in md.read_text() and "| Gated DeltaNet mixer (Qwen3.5)" in md.read_text()
     assert "USE_BLOCKED_HEAD" not in vars(data)  # the reference run's choice is a value (Kernels.reference())
 
 

@@ -91,5 +91,6 @@ def test_env_command_names_the_kernels(capsys):
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if line.startswith("- SSM mixers on cpu: "))
     assert "MambaMixer: own forward, numba kernel" in line and "Mamba2Mixer: own forward, numba kernel" in line
+    assert "Qwen3_5GatedDeltaNet: own forward, numba kernel" in line
     assert "- fast linear (float32 inference): " in out
     assert fastlinear.backend() in out

@@ -89,7 +89,7 @@ def test_the_projects_registries_hold_what_they_should():
 
     assert COMMANDS.names()[:3] == ["analyze", "profile", "plan"] and "env" in COMMANDS
     assert {"magnitude", "wanda", "obs", "captum"} <= set(CRITERIA.names())
-    assert FAMILIES.names() == ["selective_scan", "ssd"] and SWEEPS.names() == ["adaptive", "grid"]
+    assert FAMILIES.names() == ["selective_scan", "ssd", "gated_delta"] and SWEEPS.names() == ["adaptive", "grid"]
 
 
 def test_importing_a_lazy_entrys_module_directly_registers_that_entry_not_a_clash():

@@ -8,6 +8,10 @@ Four measurements, all at one torch thread count (one thread is the headline):
    (the floor), with torch's linear and with the fast path's; ``fast / floor`` compares like with
    like (the fast path's linear). From :func:`ssm_profile.bench.bench_scan.bench_layer_forward`.
 2. ``layer_backward``: forward + backward of the same layer on 512 tokens, reference vs fast.
+   ``delta_forward``: the same three cases for one Gated DeltaNet mixer (Qwen3.5 layout, Qwen3-Next's
+   128 x 128 head states) on 1,024 tokens: transformers' forward (its chunked torch delta rule) vs
+   the owned forward (the numba recurrence of :mod:`ssm_profile.kernels.fastdelta`). From
+   :func:`ssm_profile.bench.bench_scan.bench_delta_forward`.
 3. ``profiles``: the default profile (``ssm-profile profile MODEL``: every criterion, target and
    sparsity, the per-layer sweep, 16 evaluation windows of 256 tokens) of each embedded model,
    plain sweep (every trial a full forward, ``--plain-sweep``) vs incremental
@@ -45,7 +49,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from .bench_scan import torch_threads
+from .bench_scan import delta_shape, torch_threads
 
 EMBEDDED = ("tiny-mamba", "tiny-mamba2")
 GOALS = {"layer_forward_speedup": 4.0, "layer_forward_over_floor": 1.5, "layer_backward_speedup": 10.0,
@@ -278,7 +282,7 @@ def bench_throughput(threads: int = 1, quick: bool = False, fraction: float = 0.
 def run_bench(threads: int = 1, quick: bool = False, reference: bool = False, note: Note | None = None,
               ) -> dict[str, Any]:
     """Every measurement of the module docstring, in this process (profiles in child processes)."""
-    from .bench_scan import bench_layer_backward, bench_layer_forward
+    from .bench_scan import bench_delta_forward, bench_layer_backward, bench_layer_forward
     from ..base.runtime import quiet_libraries
 
     quiet_libraries()
@@ -289,6 +293,8 @@ def run_bench(threads: int = 1, quick: bool = False, reference: bool = False, no
     report["layer_forward"] = bench_layer_forward(fwd_len, threads, repeats)
     note("Mamba-1 layer forward+backward")
     report["layer_backward"] = bench_layer_backward(bwd_len, threads, repeats)
+    note("Gated DeltaNet layer forward")
+    report["delta_forward"] = bench_delta_forward(fwd_len, threads, repeats)
     report["profiles"] = bench_profiles(threads, quick, reference, note=note)
     note("tokens/s dense vs pruned")
     report["throughput"] = bench_throughput(threads, quick)
@@ -385,6 +391,16 @@ def render(report: dict[str, Any], console=None) -> None:
               "-", f"{bwd['speedup']:.1f}x", "-")
     console.print(t)
     console.print(f"fast path's float32 linear (inference): {fwd.get('linear', '-')}")
+    delta = report.get("delta_forward")  # absent in reports written before Gated DeltaNet
+    if delta is not None:
+        t = Table(title=f"Gated DeltaNet mixer (Qwen3.5) {delta_shape(delta)}, wall seconds (best of repeats)")
+        for col in ("case", "tokens", "transformers s", "owned s", "floor s, torch linear", "floor s, fast linear",
+                    "transformers / owned", "owned / floor"):
+            t.add_column(col, justify="left" if col == "case" else "right")
+        t.add_row("forward", str(delta["seq_len"]), _fmt(delta["reference_s"], 4), _fmt(delta["fast_s"], 4),
+                  _fmt(delta["floor_torch_s"], 4), _fmt(delta["floor_s"], 4), f"{delta['speedup']:.1f}x",
+                  f"{delta['fast_over_floor']:.2f}x")
+        console.print(t)
 
     t = Table(title="Default profile of the embedded models (wall seconds, peak RSS of a fresh process)")
     for col in ("model", "sweep", "kernels", "trials", "total s", "trials s", "peak MiB", "+MiB",
@@ -430,6 +446,14 @@ def markdown(report: dict[str, Any]) -> str:
               (f"| forward+backward | {bwd['seq_len']} | {bwd['reference_s']:.4f} | {bwd['fast_s']:.4f} | - | - "
                f"| {bwd['speedup']:.1f}x | - |"),
               "", f"Fast path's float32 linear (inference): {fwd.get('linear', '-')}.", ""]
+    delta = report.get("delta_forward")
+    if delta is not None:
+        lines += [(f"| Gated DeltaNet mixer (Qwen3.5), {delta_shape(delta)} | tokens | transformers s | owned s "
+                   "| floor s, torch linear | floor s, fast linear | transformers / owned | owned / floor |"),
+                  "|---|---:|---:|---:|---:|---:|---:|---:|",
+                  (f"| forward | {delta['seq_len']} | {delta['reference_s']:.4f} | {delta['fast_s']:.4f} | "
+                   f"{delta['floor_torch_s']:.4f} | {delta['floor_s']:.4f} | {delta['speedup']:.1f}x | "
+                   f"{delta['fast_over_floor']:.2f}x |"), ""]
     lines += ["| default profile | sweep | kernels | trials | total s | trial s | peak RSS MiB | speedup | numbers |",
               "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for name, sweep, kernels, r, speed, numbers in _profile_rows(report):

@@ -1,4 +1,5 @@
-"""Benchmark of the fast selective scan on one Mamba-1 mixer at mamba-130m width.
+"""Benchmark of the fast selective scan on one Mamba-1 mixer at mamba-130m width, and of the gated
+delta rule on one Gated DeltaNet mixer (Qwen3.5 layout, Qwen3-Next's head shape).
 
 Times, in one run and on the same random (seeded) layer: transformers' reference CPU path, the
 same layer with the fast kernels installed (:func:`ssm_profile.mixers.choice.installed` with
@@ -6,7 +7,9 @@ same layer with the fast kernels installed (:func:`ssm_profile.mixers.choice.ins
 inference oneDNN's float32 linear of :mod:`ssm_profile.kernels.fastlinear`), and (forward) the layer's
 dense projections alone, the floor a scan cannot beat, measured twice: with torch's default linear (``floor_torch_s``) and with the
 linear the fast path uses (``floor_s``, the one ``fast_over_floor`` compares with: same matmuls,
-so the ratio is what the rest of the layer costs). Numbers are wall seconds, best of ``repeats``
+so the ratio is what the rest of the layer costs). The Gated DeltaNet mixer has the same three cases
+(:func:`bench_delta_forward`; its fast path is the numba recurrence of :mod:`ssm_profile.kernels.fastdelta`,
+transformers' is its chunked torch function). Numbers are wall seconds, best of ``repeats``
 interleaved rounds after one warm-up call per case.
 
     python -m ssm_profile.bench.bench_scan [--threads 1] [--seq-len 1024] [--bwd-seq-len 512] [--repeats 3]
@@ -22,11 +25,14 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from ssm_profile.kernels import fastlinear, fastscan
+from ssm_profile.kernels import fastdelta, fastlinear, fastscan
 from ssm_profile.mixers.choice import Kernels, installed
 
 # mamba-130m mixer width
 HIDDEN, STATE, EXPAND, DT_RANK, CONV = 768, 16, 2, 48, 4
+# a Gated DeltaNet mixer with Qwen3-Next's head shape (128 x 128 states, two value heads per key head)
+DELTA = {"hidden_size": 1024, "linear_num_key_heads": 4, "linear_num_value_heads": 8, "linear_key_head_dim": 128,
+         "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4}
 
 
 def build_mixer(seed: int = 0) -> nn.Module:
@@ -111,6 +117,46 @@ def bench_layer_forward(seq_len: int = 1024, threads: int = 1, repeats: int = 3,
                    fast_over_floor=t["fast"] / t["floor"], linear=fastlinear.backend())
 
 
+def build_delta_mixer(seed: int = 0) -> nn.Module:
+    """One Qwen3.5 Gated DeltaNet mixer of shape :data:`DELTA` with seeded random weights."""
+    from transformers import AutoConfig
+    from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5GatedDeltaNet
+
+    torch.manual_seed(seed)
+    cfg = AutoConfig.for_model("qwen3_5_text", vocab_size=64, num_hidden_layers=1, num_attention_heads=8,
+                               num_key_value_heads=2, layer_types=["linear_attention"], **DELTA)
+    return Qwen3_5GatedDeltaNet(cfg, layer_idx=0)
+
+
+def _delta_floor(mixer: nn.Module, seq_len: int) -> Callable[[], object]:
+    """The mixer's five matmuls (in_proj_qkv, in_proj_z, in_proj_b, in_proj_a, out_proj) on inputs of the real shapes."""
+    x = torch.randn(1, seq_len, mixer.hidden_size)
+    y = torch.randn(1, seq_len, mixer.value_dim)
+
+    def run() -> None:
+        for proj in (mixer.in_proj_qkv, mixer.in_proj_z, mixer.in_proj_b, mixer.in_proj_a):
+            proj(x)
+        mixer.out_proj(y)
+
+    return run
+
+
+def bench_delta_forward(seq_len: int = 1024, threads: int = 1, repeats: int = 3, seed: int = 0) -> dict:
+    """Forward (inference) of one Gated DeltaNet mixer: transformers' forward vs the owned forward
+    (the numba delta rule) vs the dense-projection floor."""
+    with torch_threads(threads), torch.no_grad():
+        mixer = build_delta_mixer(seed).eval()
+        x = torch.randn(1, seq_len, mixer.hidden_size)
+        floor = _delta_floor(mixer, seq_len)
+        t = best_times({"reference": _with_kernels(mixer, False, lambda: mixer(x)),
+                         "fast": _with_kernels(mixer, True, lambda: mixer(x)),
+                         "floor_torch": _with_kernels(mixer, False, floor),
+                         "floor": _with_kernels(mixer, True, floor)}, repeats)
+    return {**_result(t["reference"], t["fast"], threads, seq_len, floor_s=t["floor"], floor_torch_s=t["floor_torch"],
+                      fast_over_floor=t["fast"] / t["floor"], linear=fastlinear.backend()),
+            "backend": fastdelta.BACKEND, "shape": dict(DELTA)}
+
+
 def bench_layer_backward(seq_len: int = 512, threads: int = 1, repeats: int = 3, seed: int = 0) -> dict:
     """Forward + backward (training mode) of one mixer: reference autograd loop vs fast scan."""
     with torch_threads(threads):
@@ -126,6 +172,13 @@ def bench_layer_backward(seq_len: int = 512, threads: int = 1, repeats: int = 3,
         t = best_times({"reference": _with_kernels(mixer, False, step), "fast": _with_kernels(mixer, True, step)},
                         repeats)
     return _result(t["reference"], t["fast"], threads, seq_len)
+
+
+def delta_shape(result: dict) -> str:
+    """The Gated DeltaNet mixer's shape in one phrase."""
+    d = result["shape"]
+    return (f"H={d['hidden_size']}, {d['linear_num_key_heads']} key x {d['linear_num_value_heads']} value heads of "
+            f"{d['linear_key_head_dim']} x {d['linear_value_head_dim']}")
 
 
 def format_table(rows: list[tuple[str, dict]]) -> str:
@@ -153,9 +206,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.set_verbosity_error()  # the reference path warns that mamba_ssm is missing
     fwd = bench_layer_forward(args.seq_len, args.threads, args.repeats)
     bwd = bench_layer_backward(args.bwd_seq_len, args.threads, args.repeats)
+    delta = bench_delta_forward(args.seq_len, args.threads, args.repeats)
     print(f"Mamba-1 mixer H={HIDDEN} E={HIDDEN * EXPAND} N={STATE} R={DT_RANK}, "
           f"scan backend: {fastscan.BACKEND}")
     print(format_table([("forward", fwd), ("forward+backward", bwd)]))
+    print(f"\nGated DeltaNet mixer (Qwen3.5) {delta_shape(delta)}, delta-rule backend: {delta['backend']}")
+    print(format_table([("forward", delta)]))
 
 
 if __name__ == "__main__":

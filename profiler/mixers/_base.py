@@ -43,7 +43,7 @@ class MixerFamily(ABC):
     """A family of SSM mixers whose full-sequence forward the project computes itself."""
 
     name: str  # registry name, e.g. "selective_scan"
-    kind: str  # arch kind: "mamba1" or "mamba2"
+    kind: str  # arch kind: "mamba1", "mamba2" or "gated_delta"
     title: str  # for people, e.g. "Mamba-1 selective scan"
     stages: tuple[Stage, ...]
 
@@ -63,6 +63,10 @@ class MixerFamily(ABC):
     def unsupported(self, module: nn.Module) -> str | None:
         """Why the owned forward cannot run this particular mixer (None: it can)."""
         return None
+
+    def hidden_size(self, module: nn.Module) -> int:
+        """The width of the hidden states ``module`` reads (what :func:`ssm_profile.mixers.check` feeds it)."""
+        return module.in_proj.weight.shape[1]
 
     def run(self, module: nn.Module, hidden_states: torch.Tensor, kernel: str, *, start: str | None = None,
             state: State | None = None, keep: MutableMapping[str, State] | None = None) -> torch.Tensor:

@@ -204,7 +204,7 @@ def check(module: nn.Module, family: MixerFamily, kernel: str, dtype: torch.dtyp
     """Compare the owned forward (``kernel``) with transformers' on ``module`` (see the module docstring)."""
     weight = module.out_proj.weight
     dtype = dtype or weight.dtype
-    hidden = module.in_proj.weight.shape[1]
+    hidden = family.hidden_size(module)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, CHECK_LENGTH, hidden, generator=generator).to(device=weight.device, dtype=dtype)
     base = dict(mixer=type(module).__name__, family=family.name, kernel=kernel, dtype=str(dtype).replace("torch.", ""),

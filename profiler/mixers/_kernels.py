@@ -1,6 +1,7 @@
 """The compute kernels a family's stages call, by name: ``numba`` (the project's CPU kernels),
-``torch`` (plain PyTorch, any device, differentiable) and ``mamba-ssm`` (the CUDA kernels of the
-``mamba-ssm`` and ``causal-conv1d`` packages, through their public functions).
+``torch`` (plain PyTorch, any device, differentiable), ``mamba-ssm`` (the CUDA kernels of the
+``mamba-ssm`` and ``causal-conv1d`` packages, through their public functions) and ``fla`` (the CUDA
+kernels of flash-linear-attention for the gated delta rule, through its public functions).
 
 Which one a call takes is the family's choice (:meth:`MixerFamily.kernels`); every function here has
 the same meaning whatever the kernel, and the families' forwards are checked against transformers'
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-NUMBA, TORCH, MAMBA_SSM = "numba", "torch", "mamba-ssm"
+NUMBA, TORCH, MAMBA_SSM, FLA = "numba", "torch", "mamba-ssm", "fla"
 ACTIVATIONS = {None: None, "silu": F.silu, "swish": F.silu}
 
 
@@ -36,6 +37,16 @@ def cuda_kernels() -> dict[str, Any] | None:
     except Exception:  # noqa: BLE001 - without CUDA these packages raise more than ImportError
         return None
     return {"conv": causal_conv1d_fn, "scan": selective_scan_fn, "ssd": mamba_chunk_scan_combined}
+
+
+@functools.lru_cache(maxsize=1)
+def fla_kernels() -> dict[str, Any] | None:
+    """flash-linear-attention's public gated-delta-rule functions, or None when they do not import."""
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+    except Exception:  # noqa: BLE001 - without CUDA/triton the package raises more than ImportError
+        return None
+    return {"chunk": chunk_gated_delta_rule, "recurrent": fused_recurrent_gated_delta_rule}
 
 
 def device_kernel(device: torch.device) -> str | None:
@@ -96,6 +107,25 @@ def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
     if kernel == NUMBA and not needs_grad(x, dt, A, B, C, D, dt_bias):
         return fastscan2.ssd_scan(x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=True, dt_limit=dt_limit)
     return fastscan2.ssd_chunked(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_limit=dt_limit)
+
+
+def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                     kernel: str) -> torch.Tensor:
+    """The gated delta rule with q and k L2-normalised and q scaled by 1/sqrt(head_k_dim): q, k
+    (b, l, num_k_heads, head_k_dim); v (b, l, num_v_heads, head_v_dim); g, beta (b, l, num_v_heads).
+    Returns o (b, l, num_v_heads, head_v_dim) in q's dtype (see :mod:`ssm_profile.kernels.fastdelta`)."""
+    from ..kernels import fastdelta
+
+    if kernel == FLA:
+        ratio = v.shape[2] // q.shape[2]
+        if ratio > 1:  # older releases want one key head per value head; repeating is always right
+            q, k = q.repeat_interleave(ratio, dim=2), k.repeat_interleave(ratio, dim=2)
+        # fla's chunked function refuses float32; its recurrent one takes any dtype (forward only)
+        fn = fla_kernels()["recurrent" if q.dtype == torch.float32 else "chunk"]
+        return fn(q, k, v, g=g, beta=beta, use_qk_l2norm_in_kernel=True)[0].to(q.dtype)
+    if kernel == NUMBA and not needs_grad(q, k, v, g, beta):
+        return fastdelta.gated_delta_scan(q, k, v, g, beta)[0]
+    return fastdelta.gated_delta_chunked(q, k, v, g, beta)[0]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:

@@ -4,7 +4,8 @@ A :class:`Kernels` says which of the profiler's fast paths an evaluation takes:
 
 * ``fast_scan``: every SSM mixer runs the project's own forward (:mod:`ssm_profile.mixers`: one
   family per mixer kind, its computation written here, never borrowed from transformers' modeling
-  files) with the fast kernel of its device (numba on the CPU, mamba-ssm on CUDA when installed);
+  files) with the fast kernel of its device (numba on the CPU; mamba-ssm, or fla for Gated DeltaNet,
+  on CUDA when installed);
   off, the mixers run transformers' own forward;
 * ``fast_linear``: oneDNN's float32 linear (:mod:`ssm_profile.kernels.fastlinear`) for every ``nn.Linear``;
 * ``blocked_head``: the loss from row blocks of the LM head (:func:`ssm_profile.calibration.data.head_window_losses`)

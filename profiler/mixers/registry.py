@@ -7,11 +7,12 @@ from torch import nn
 
 from ..base.registry import Registry
 from ._base import MixerFamily
+from .gated_delta import GatedDelta
 from .selective import SelectiveScan
 from .ssd import SSD
 
 FAMILIES: Registry[MixerFamily] = Registry("mixer family", "ssm_profile.mixer_families")
-for _family in (SelectiveScan(), SSD()):
+for _family in (SelectiveScan(), SSD(), GatedDelta()):
     FAMILIES.add(_family.name, _family)
 
 

@@ -249,10 +249,14 @@ def _kernel_notes(student: torch.nn.Module, device: torch.device) -> tuple[Kerne
     families = {family.name for family in map(family_of, student.modules()) if family is not None}
     how = {"selective_scan": "the owned Mamba-1 forward, its scan and backward in one numba kernel",
            "ssd": "the owned Mamba-2 forward: the chunked SSD in torch for training (the numba recurrence is "
-                  "forward-only and serves the teacher and the measurements)"}
+                  "forward-only and serves the teacher and the measurements)",
+           "gated_delta": "the owned Gated DeltaNet forward: the chunked delta rule in torch for training (the numba "
+                          "recurrence is forward-only and serves the teacher and the measurements)"}
     if device.type != "cpu":
         how = {name: "the owned forward with mamba-ssm's kernels where they import, else transformers'"
                for name in how}
+        how["gated_delta"] = ("the owned Gated DeltaNet forward: the chunked delta rule in torch for training "
+                              "(fla's kernels, where they import, serve the teacher)")
     return kernels, {"choice": asdict(kernels), "training": "; ".join(how[f] for f in sorted(families)) or
                      "transformers' forward (no SSM mixer the project owns)"}
 
