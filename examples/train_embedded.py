@@ -11,15 +11,23 @@ training, calibration and evaluation texts never share a verse:
 Steps (each can be run alone with ``--stage``):
 
 1. ``data``:      dump the corpus, split it, train a 4,096-token byte-level BPE tokenizer.
-2. ``mamba`` / ``mamba2``: train ``tiny-mamba`` (Mamba-1) or ``tiny-mamba2`` (Mamba-2) and write
-   the weights (safetensors), a model card and ``metrics.json`` beside them, with the held-out
+2. ``mamba`` / ``mamba2`` / ``deltanet``: train ``tiny-mamba`` (Mamba-1), ``tiny-mamba2``
+   (Mamba-2) or ``tiny-deltanet`` (a Qwen3.5-layout hybrid, ``qwen3_5_text``: three Gated
+   DeltaNet ``linear_attention`` layers and one gated ``full_attention`` layer) and write the
+   weights (safetensors), a model card and ``metrics.json`` beside them, with the held-out
    perplexity of the model and of an interpolated bigram model fitted on the same training text.
 
-Usage::
+All three share the tokenizer; each was trained with sequence length 256, lr 3e-3, seed 0 and
+one CPU thread (``--threads 1``), and its ``metrics.json`` records the run. The shipped models
+come from these commands::
 
     python examples/train_embedded.py --stage data
-    python examples/train_embedded.py --stage mamba  --steps 3000
-    python examples/train_embedded.py --stage mamba2 --steps 3000
+    python examples/train_embedded.py --stage mamba    --steps 1400 --batch 8
+    python examples/train_embedded.py --stage mamba2   --steps 1500
+    python examples/train_embedded.py --stage deltanet --steps 2000
+
+``data`` needs the ``bible`` command; the other stages read ``build/train/train.txt`` (``--work``)
+that it writes, and the tokenizer and held-out texts under ``profiler/embedded``.
 """
 
 from __future__ import annotations
@@ -57,6 +65,20 @@ ARCHS = {
         config=dict(
             model_type="mamba2", hidden_size=128, num_hidden_layers=4, state_size=32,
             expand=2, head_dim=32, num_heads=8, n_groups=1, conv_kernel=4, chunk_size=64,
+        ),
+    ),
+    # Qwen3.5 text layout (Qwen3_5ForCausalLM): three Gated DeltaNet layers (2 key heads of 32,
+    # 4 value heads of 32, state 4 x 32 x 32 per layer) and one gated full-attention layer
+    # (4 query heads, 2 key/value heads of 32, rotary on a quarter of each head as in Qwen3.5);
+    # a SwiGLU MLP of 128 after every mixer.
+    "deltanet": dict(
+        name="tiny-deltanet",
+        config=dict(
+            model_type="qwen3_5_text", hidden_size=128, num_hidden_layers=4, intermediate_size=128,
+            layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=32,
+            linear_value_head_dim=32, linear_conv_kernel_dim=4,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=32,
         ),
     ),
 }
@@ -170,7 +192,9 @@ def stage_model(arch: str, work: Path, steps: int, batch: int, lr: float, seed: 
     train = tokens["train"]
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "A_log" in name or name.endswith(".D") else decay).append(p)
+        # No decay for norms and biases (ndim < 2) nor for the SSM / DeltaNet dynamics.
+        skip = p.ndim < 2 or "A_log" in name or name.endswith(".D") or "dt_bias" in name
+        (no_decay if skip else decay).append(p)
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
         lr=lr, betas=(0.9, 0.95),
@@ -198,7 +222,8 @@ def stage_model(arch: str, work: Path, steps: int, batch: int, lr: float, seed: 
             log.append({"step": step, "train_loss": round(loss.item(), 4), "seconds": round(elapsed, 1)})
     train_seconds = time.time() - start
 
-    model.config.use_mambapy = False  # a training aid only; inference uses the default path
+    if model_type.startswith("mamba"):
+        model.config.use_mambapy = False  # a training aid only; inference uses the default path
     eval_nll = model_nll(model, tokens["evaluation"])
     bigram = bigram_nll(train, tokens["calibration"], tokens["evaluation"], VOCAB_SIZE)
     metrics = {
@@ -225,14 +250,42 @@ def stage_model(arch: str, work: Path, steps: int, batch: int, lr: float, seed: 
     print(json.dumps({k: v for k, v in metrics.items() if k != "log"}, indent=2))
 
 
+def describe(config) -> str:
+    """The architecture lines of a model card, for each model type in ``ARCHS``."""
+    head = f"hidden size {config.hidden_size}, {config.num_hidden_layers} layers"
+    vocab = f"vocabulary {config.vocab_size} (byte-level BPE, shared by all embedded models)"
+    if config.model_type == "mamba":
+        return (f"{head},\n  expand {config.expand} (inner size {config.intermediate_size}), "
+                f"state size {config.state_size}, dt rank {config.time_step_rank}, "
+                f"conv kernel {config.conv_kernel}, {vocab}.")
+    if config.model_type == "mamba2":
+        return (f"{head},\n  {config.num_heads} heads of {config.head_dim} channels, "
+                f"{config.n_groups} group(s), state size {config.state_size}, "
+                f"conv kernel {config.conv_kernel}, {vocab}.")
+    if config.model_type == "qwen3_5_text":
+        layout = ", ".join(config.layer_types)
+        nv, dk, dv = config.linear_num_value_heads, config.linear_key_head_dim, config.linear_value_head_dim
+        rotary = int(config.head_dim * config.rope_parameters.get("partial_rotary_factor", 1.0))
+        return (f"{head} ({layout}),\n"
+                f"  SwiGLU MLP of {config.intermediate_size} after every mixer, tied embeddings, {vocab}.\n"
+                f"- Gated DeltaNet (`linear_attention`) layers: {config.linear_num_key_heads} query/key heads "
+                f"of {dk}, {nv} value heads of {dv},\n"
+                f"  conv kernel {config.linear_conv_kernel_dim}, gated RMSNorm on the output; recurrent state "
+                f"per layer {nv} x {dk} x {dv} = {nv * dk * dv:,} values.\n"
+                f"- Full-attention layer(s): {config.num_attention_heads} query heads, "
+                f"{config.num_key_value_heads} key/value heads, head dim {config.head_dim},\n"
+                f"  sigmoid output gate, q/k RMSNorm, rotary on {rotary} of {config.head_dim} dims "
+                f"(theta {config.rope_parameters['rope_theta']:g}).")
+    raise ValueError(f"no model card description for {config.model_type}")
+
+
 def model_card(m: dict, config) -> str:
     return f"""# {m['model']}
 
 A small {m['architecture']} language model trained by ssm-profile's `examples/train_embedded.py`
 so that every feature of the tool runs offline. Not a useful language model: a test subject.
 
-- Architecture: `{m['architecture']}`, hidden size {config.hidden_size}, {config.num_hidden_layers} layers,
-  state size {config.state_size}, vocabulary {config.vocab_size} (byte-level BPE, shared by both models).
+- Architecture: `{m['architecture']}`, {describe(config)}
 - Parameters: {m['parameters']:,}
 - Training data: King James Bible (public domain, Debian `bible-kjv`), all books except the
   evaluation books (Ecclesiastes, Song of Solomon, Hebrews, James) and the calibration books
@@ -249,7 +302,7 @@ so that every feature of the tool runs offline. Not a useful language model: a t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=["data", "mamba", "mamba2"], required=True)
+    parser.add_argument("--stage", choices=["data", *ARCHS], required=True)
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "train")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=16)
