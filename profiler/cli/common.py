@@ -13,7 +13,7 @@ from ..base.runtime import SMALL_MODEL, check_threads, configure_threads, quiet_
 def add_model_args(parser: argparse.ArgumentParser, positional: bool = True, required: bool = False) -> None:
     if positional:
         parser.add_argument("model", nargs=None if required else "?", default=None,
-                            help="embedded name (tiny-mamba, tiny-mamba2), alias (mamba-1.4b), hub id or "
+                            help="embedded name (tiny-mamba, tiny-mamba2, tiny-deltanet), alias (mamba-1.4b), hub id or "
                             "local directory" + ("" if required else "; default: the embedded tiny-mamba"))
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto (default: as saved)")
     parser.add_argument("--device", default="auto",

@@ -2,7 +2,7 @@
 
 A MODEL argument is, in this order of precedence:
 
-1. an embedded model shipped with the package (``tiny-mamba``, ``tiny-mamba2``);
+1. an embedded model shipped with the package (``tiny-mamba``, ``tiny-mamba2``, ``tiny-deltanet``);
 2. an existing local directory, either in transformers format (``config.json`` with
    ``model_type``) or in the original mamba-ssm format (``config.json`` with ``d_model`` and
    ``n_layer``), which is converted to the transformers classes on load;
@@ -27,7 +27,7 @@ import torch
 from ..base.errors import DataError, HubUnreachableError, ModelNotFoundError, SSMProfileError, UnsupportedModelError
 
 DEFAULT_MODEL = "tiny-mamba"
-EMBEDDED_MODELS = ("tiny-mamba", "tiny-mamba2")
+EMBEDDED_MODELS = ("tiny-mamba", "tiny-mamba2", "tiny-deltanet")
 
 
 @dataclass(frozen=True)
