@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 
 from ssm_profile.base.fmt import amount, human_bytes, human_count, scope_name
-from ssm_profile.documents import Objective, Plan, RecoveryRecord, ValidationReport
+from ssm_profile.documents import Objective, Plan, PlanAction, RecoveryRecord, ValidationReport
 
 from .facts import Facts, plan_change_lines
 from .html_elements import Cell, chip, crit_chip, num, section, table, txt
@@ -102,12 +102,21 @@ def _plan_answer(facts: Facts, plan: Plan, validation: ValidationReport | None =
         parts.append(f'<p class="promise">Promise: {esc(promise)} — predicted {predicted.rel_ppl_increase:+.1%}'
                      " (not measured yet: validate after applying).</p>")
     if plan.actions:
-        items = "".join(f"<li>{chip(a.target, group_color(a.target))} {esc(fmt_pct(a.sparsity))} "
-                        f"{esc(a.structure)} by {esc(a.criterion)}</li>" for a in plan.actions)
+        items = "".join(f"<li>{chip(a.target, group_color(a.target))} {esc(_amount(a))} "
+                        f"by {esc(a.criterion)}</li>" for a in plan.actions)
         parts.append(f'<ul class="plan-cuts">{items}</ul>')
     parts += _outcome(validation, recovery)
     parts.append(_plan_next_step(facts, plan, validation, recovery, plan_path))
     return "".join(parts)
+
+
+def _amount(action: PlanAction) -> str:
+    """What an action cuts: the units it removes (a unit cut's trial sparsity may be more than the
+    structure lets it take, e.g. one value head must stay under each key head), else its sparsity."""
+    if action.unit_indices is not None:
+        count = sum(len(ids) for ids in action.unit_indices.values())
+        return f"{count} {action.unit_kind} units in {len(action.unit_indices)} layers"
+    return f"{fmt_pct(action.sparsity)} {action.structure}"
 
 
 def _outcome(validation: ValidationReport | None, recovery: RecoveryRecord | None) -> list[str]:

@@ -32,8 +32,10 @@ def plan_section(facts: Facts, plan: Plan) -> str:
                         f"verified, {plan.verification.windows} held-out windows"))
     parts.append(cards(summary))
     parts.append("<h3>Objective</h3>" + kv_html({
-        "metric": objective.metric, "ratio": objective.ratio, "absolute": objective.absolute,
-        "max perplexity increase": objective.max_ppl_increase, "of": scope_name(objective.scope, objective.metric)}))
+        "reduce": objective.metric,
+        "by": fmt_pct(objective.ratio, 1) if objective.ratio is not None else f"{objective.absolute:,}",
+        "of": scope_name(objective.scope, objective.metric),
+        "max perplexity increase": f"+{objective.max_ppl_increase:.1%}"}))
     parts.append(f"<h3>Actions ({len(plan.actions)})</h3>")
     parts.append(actions_table(plan.actions, facts.criteria()))
     parts.append(_predicted_vs_measured(plan))

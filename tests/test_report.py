@@ -425,7 +425,7 @@ def test_plan_and_validation_read_in_words(result):
     html = plan_section(Facts.of(result), plan)
     actions = html[html.index('id="plan-actions"'):]
     assert actions.count(note.split("\n")[0]) == 1 and "see note 1 below" in actions
-    assert "max perplexity increase" in html and "max_ppl_increase" not in html
+    assert "max perplexity increase" in html and "+10.0%" in html and "max_ppl_increase" not in html
     assert "of whole-model params" in unescape(html)
     shown = validation_section(VALIDATION)
     assert "weights on disk" in shown and ">bytes_on_disk<" not in shown
