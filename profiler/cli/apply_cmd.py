@@ -163,8 +163,8 @@ def print_apply(report: PruningRecord) -> None:
     p, an = report.parameters, report.analysis
     before, after = an["before"], an["after"]
     rows = [("parameters", p.before, p.after), ("nonzero parameters", p.nonzero_before, p.nonzero_after),
-            ("FLOPs / token", before["flops_per_token"], after["flops_per_token"]),
-            ("state bytes / sequence", before["state_bytes_per_sequence"], after["state_bytes_per_sequence"])]
+            ("FLOPs / token", before.flops_per_token, after.flops_per_token),
+            ("state bytes / sequence", before.state_bytes_per_sequence, after.state_bytes_per_sequence)]
     st = Table(title="Before / after")
     for col in ("", "before", "after", "change"):
         st.add_column(col, justify="left" if not col else "right")

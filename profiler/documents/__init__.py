@@ -15,7 +15,8 @@ from ._base import (LM_EVAL_LOG, PLAN_KIND, PLAN_SCHEMA_VERSION, PRUNING_FILE, P
 from .plan import (PLAN_LIMIT, REMOVED_KEY, Dense, Increase, Measured, ModelOrigin, Objective, Plan, PlanAction,
                    PlanData, PlanModel, PlanRecover, PlanRun, Predicted, Verification, as_plan, check_weights,
                    load_plan, one_line, plan_schema, read_json, short_fingerprint, validate_plan, write_plan)
-from .pruning import ExecutedAction, ParameterCounts, PruningRecord, PruningSummary, load_pruning_record
+from .pruning import (ExecutedAction, ParameterCounts, PrunedFrom, PruningRecord, PruningSummary, Totals,
+                      load_pruning_record)
 from .recovery import (CurvePoint, RecoveryCheck, RecoveryData, RecoveryOutput, RecoveryProgress, RecoveryRecord,
                        Sparsity, Teacher, load_recovery)
 from .validation import (AgainstPlan, LmEval, LossPerplexity, ModelRef, ModelSize, PairedChange, SearchPerplexity,
@@ -26,7 +27,7 @@ __all__ = ["LM_EVAL_LOG", "PLAN_KIND", "PLAN_SCHEMA_VERSION", "PRUNING_FILE", "P
            "REMOVED_KEY", "Dense", "Increase", "Measured", "ModelOrigin", "Objective", "Plan", "PlanAction",
            "PlanData", "PlanModel", "PlanRecover", "PlanRun", "Predicted", "Verification", "as_plan",
            "check_weights", "load_plan", "one_line", "plan_schema", "read_json", "short_fingerprint",
-           "validate_plan", "write_plan", "ExecutedAction", "ParameterCounts", "PruningRecord",
+           "validate_plan", "write_plan", "ExecutedAction", "ParameterCounts", "PrunedFrom", "Totals", "PruningRecord",
            "PruningSummary", "load_pruning_record", "CurvePoint", "RecoveryCheck", "RecoveryData",
            "RecoveryOutput", "RecoveryProgress", "RecoveryRecord", "Sparsity", "Teacher", "load_recovery",
            "AgainstPlan", "LmEval", "LossPerplexity", "ModelRef", "ModelSize", "PairedChange",

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ._base import PRUNING_KIND, Document, _extra, _optional, parse_document
-from .plan import Dense, Objective, Plan, Predicted, read_json, validate_plan
+from .plan import Dense, ModelOrigin, Objective, Plan, Predicted, read_json, validate_plan
 from ..base.errors import PlanError
 from .validation import ValidationReport
 
@@ -58,6 +58,28 @@ class ParameterCounts(Document):
 
 
 @dataclass(kw_only=True)
+class PrunedFrom(Document):
+    """The model ``apply`` pruned: its name, where it was loaded from, its weights and class."""
+
+    name: str
+    source: ModelOrigin
+    fingerprint: str
+    class_name: str = field(metadata={"key": "class"})
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class Totals(Document):
+    """The static analysis' totals of a model (:class:`ssm_profile.model.analysis.AnalysisResult`)."""
+
+    parameters: int
+    bytes: int
+    flops_per_token: int
+    state_bytes_per_sequence: int
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
 class PruningRecord(Document):
     """What ``apply`` did (``pruning.json``); ``output_dir`` and ``validation`` are not in the file."""
 
@@ -65,11 +87,11 @@ class PruningRecord(Document):
     schema_version: int = 1
     kind: str = PRUNING_KIND
     created: str
-    source: dict[str, Any]
+    source: PrunedFrom
     output: dict[str, Any]
     summary: PruningSummary
     parameters: ParameterCounts
-    analysis: dict[str, dict[str, int]]  # "before"/"after": the static analysis' totals
+    analysis: dict[str, Totals]  # "before", "after"
     actions: list[ExecutedAction]
     sliced: list[dict[str, Any]]
     notes: list[str]

@@ -38,8 +38,8 @@ import torch
 
 from .. import __version__
 from ..model.arch import MixerInfo, find_mixers
-from ..documents import (PRUNING_FILE, VALIDATION_FILE, ExecutedAction, ParameterCounts, Plan, PlanAction,
-                         PruningRecord, PruningSummary, as_plan, load_plan)
+from ..documents import (PRUNING_FILE, VALIDATION_FILE, ExecutedAction, ModelOrigin, ParameterCounts, Plan,
+                         PlanAction, PrunedFrom, PruningRecord, PruningSummary, Totals, as_plan, load_plan)
 from ..base.errors import OutputExistsError, PlanError, SSMProfileError
 from ..base.io import atomic_directory, write_json_atomic
 from ..criteria.masks import Pruning, Target, pruned_count, unit_mask, write_cut
@@ -296,8 +296,8 @@ def apply_plan(loaded: LoadedModel, plan: Plan | dict[str, Any] | str | Path, ou
 
     record = PruningRecord(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        source={"name": loaded.source.name, "source": asdict(loaded.source), "fingerprint": base_fingerprint,
-                "class": type(model).__name__},
+        source=PrunedFrom(name=loaded.source.name, source=ModelOrigin.from_dict(asdict(loaded.source)),
+                          fingerprint=base_fingerprint, class_name=type(model).__name__),
         output={"fingerprint": loaded.fingerprint},
         summary=PruningSummary(actions=len(plan.actions),
                                sliced=sum(r["execution"] == "slice" for r in executed["actions"]),
@@ -306,9 +306,10 @@ def apply_plan(loaded: LoadedModel, plan: Plan | dict[str, Any] | str | Path, ou
         parameters=ParameterCounts(before=before["total"], after=after["total"], nonzero_before=before["nonzero"],
                                    nonzero_after=after["nonzero"], removed=before["total"] - after["total"],
                                    zeroed_or_removed=before["nonzero"] - after["nonzero"]),
-        analysis={"before": {k: totals_before[k] for k in ANALYSIS_KEYS},
-                  "after": {k: totals_after[k] for k in ANALYSIS_KEYS}},
-        actions=[ExecutedAction.from_dict(r) for r in executed["actions"]], sliced=executed["sliced"], notes=executed["notes"],
+        analysis={"before": Totals.from_dict({k: totals_before[k] for k in ANALYSIS_KEYS}),
+                  "after": Totals.from_dict({k: totals_after[k] for k in ANALYSIS_KEYS})},
+        actions=[ExecutedAction.from_dict(r) for r in executed["actions"]], sliced=executed["sliced"],
+        notes=executed["notes"],
         calibration=executed["calibration"] or None, plan=plan,
         versions={"ssm-profile": __version__, "torch": torch.__version__})
 

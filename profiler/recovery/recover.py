@@ -40,7 +40,8 @@ from .distill import (batch_at, frozen_entries, frozen_masks, learning_rate, ngr
                       train_step)
 from ..profiling.distributed import World
 from ..documents import (PRUNING_FILE, RECOVERY_FILE, CurvePoint, Plan, PlanRecover, RecoveryCheck, RecoveryData,
-                        RecoveryOutput, RecoveryProgress, RecoveryRecord, Sparsity, Teacher, check_weights,
+                        PrunedFrom, RecoveryOutput, RecoveryProgress, RecoveryRecord, Sparsity, Teacher,
+                        check_weights,
                         load_pruning_record)
 from ..base.errors import DataError, ModelNotFoundError, OutputExistsError, SSMProfileError
 from ..base.io import atomic_directory, write_json_atomic
@@ -124,7 +125,7 @@ def check_paths(pruned_dir: str | Path, output: str | Path, overwrite: bool) -> 
         raise OutputExistsError(f"output '{out}' already exists; choose another path or pass --overwrite")
 
 
-def pruning_plan(pruned_dir: Path) -> tuple[Plan | None, dict[str, Any] | None]:
+def pruning_plan(pruned_dir: Path) -> tuple[Plan | None, PrunedFrom | None]:
     """The plan and source model recorded by apply (None, None for a checkpoint without pruning.json)."""
     if not (pruned_dir / PRUNING_FILE).is_file():
         return None, None
@@ -277,7 +278,7 @@ class _Inputs:
 
 
 def _load_inputs(pruned_dir: Path, teacher: str | None, settings: RecoverSettings, plan: Plan | None,
-                 source: dict[str, Any] | None, device: str) -> _Inputs:
+                 source: PrunedFrom | None, device: str) -> _Inputs:
     from ..calibration.data import DataSpec, load_dataset
     from ..model.resolve import load_model
 
@@ -286,8 +287,8 @@ def _load_inputs(pruned_dir: Path, teacher: str | None, settings: RecoverSetting
     teacher_loaded = load_model(teacher or teacher_name(plan), device=on)
     check_teacher(teacher_loaded, student)
     if teacher is None and source is not None:
-        check_weights(source.get("fingerprint"), teacher_loaded, "the checkpoint was pruned from",
-                      expected_name=source.get("name", ""), error=SSMProfileError,
+        check_weights(source.fingerprint, teacher_loaded, "the checkpoint was pruned from",
+                      expected_name=source.name, error=SSMProfileError,
                       hint="its weights changed on disk since apply; pass --teacher")
     student.tokenizer = student.tokenizer or teacher_loaded.tokenizer
     spec = plan.data.spec() if plan is not None else DataSpec()
@@ -402,7 +403,8 @@ def _recover(world: World, pruned_dir: str | Path, output_dir: str | Path, teach
                                   train_seconds=round(state["train_seconds"], 3),
                                   train_cpu_seconds=round(state["train_cpu_seconds"], 3),
                                   seconds=round(time.perf_counter() - started, 3)),
-        curve=[CurvePoint.from_dict(p) for p in state["curve"]], before=RecoveryCheck.from_dict(state["before"]), after=RecoveryCheck.from_dict(after),
+        curve=[CurvePoint.from_dict(p) for p in state["curve"]], before=RecoveryCheck.from_dict(state["before"]),
+        after=RecoveryCheck.from_dict(after),
         sparsity=Sparsity(nonzero_before=nonzero_before, nonzero_after=count_parameters(student.model)["nonzero"],
                           frozen_entries=frozen_entries(masks)),
         notes=notes, versions={"ssm-profile": __version__, "torch": torch.__version__},
