@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ssm_profile.pruning.apply import apply_plan
+from ssm_profile.validation.validate import ValidationOptions
 from ssm_profile.documents import as_plan, load_plan
 from ssm_profile.validation.comparison import comparison_rows
 from ssm_profile.model.arch import find_mixers
@@ -19,7 +20,7 @@ from ssm_profile.model.resolve import load_model
 from ssm_profile.pruning.surgery import zero_units
 
 SMALL_DATA = {"calibration": None, "evaluation": None, "nsamples": 4, "eval_samples": 2, "seqlen": 32, "seed": 0}
-FAST_VALIDATION = dict(limit=4, speed_batch=(1, 16), speed_repeats=1, max_length=256)
+FAST_VALIDATION = ValidationOptions(limit=4, speed_batch=(1, 16), speed_repeats=1, max_length=256)
 
 
 def make_plan(loaded, actions: list[dict], max_ppl_increase: float = 0.1, data: dict | None = None) -> dict:
@@ -330,7 +331,7 @@ def test_validate_without_tokenizer_is_a_clear_error(mamba1_dir):
 
     base, pruned = load_model(str(mamba1_dir)), load_model(str(mamba1_dir))
     with pytest.raises(DataError, match="tokenizer"):
-        validate(base, pruned, None, tasks=())
+        validate(base, pruned, None, ValidationOptions(tasks=()))
 
 
 def test_shipped_task_data_is_regenerated_identically(tmp_path):

@@ -405,14 +405,15 @@ class ApplyView(WorkerView, Vertical):
 
     @work(thread=True, exclusive=True, group="apply", exit_on_error=False)
     def _run(self, plan, output: str, overwrite: bool, lm_eval: bool) -> None:
-        from ssm_profile.pruning.apply import apply_plan
         from ssm_profile.documents import load_plan
+        from ssm_profile.pruning.apply import apply_plan
+        from ssm_profile.validation.validate import ValidationOptions
 
         try:
             if isinstance(plan, str):
                 plan = load_plan(plan)
             loaded = self.app.fresh_model()  # apply_plan prunes the model it is given in place
-            options = {} if lm_eval else {"tasks": ()}
+            options = ValidationOptions() if lm_eval else ValidationOptions(tasks=())
             report = apply_plan(loaded, plan, output, validate=True, overwrite=overwrite,
                                 progress=self._progress_from_thread, validate_options=options)
         except SSMProfileError as err:

@@ -36,9 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from .progress import rich_progress
 
     _plan_and_model(args)
-    options = validation_options(args) if args.validate else None
-    if options is not None:
-        options["lm_eval_log"] = Path(args.output) / LM_EVAL_LOG  # lm-eval's messages, off the terminal
+    # lm-eval's messages go to a log beside the output, off the terminal
+    options = validation_options(args, lm_eval_log=Path(args.output) / LM_EVAL_LOG) if args.validate else None
     plan = load_plan(args.plan)  # a bad plan fails before the model loads
     if args.model is None:
         args.model = model_of(plan)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..documents import LM_EVAL_LOG  # noqa: F401  (re-exported for apply)
 from .common import add_model_args, load_from_args
@@ -13,6 +13,7 @@ from .options import proportion
 
 if TYPE_CHECKING:
     from ..documents import ValidationReport
+    from ..validation.validate import ValidationOptions
 
 
 def _names(text: str) -> list[str]:
@@ -52,8 +53,9 @@ def add_validation_args(p: argparse.ArgumentParser) -> None:
                    help="tokenizer folder to use instead of the model's own (embedded: the shipped one)")
 
 
-def validation_options(args: argparse.Namespace) -> dict[str, Any]:
+def validation_options(args: argparse.Namespace, lm_eval_log: Path | None = None) -> ValidationOptions:
     from ..tasks import BUILTIN_TASKS
+    from ..validation.validate import ValidationOptions
 
     if args.speed_repeats < 1 or min(args.speed_batch) < 1:
         from ..base.errors import SSMProfileError
@@ -61,9 +63,10 @@ def validation_options(args: argparse.Namespace) -> dict[str, Any]:
         raise SSMProfileError("--speed-batch and --speed-repeats must be positive")
     builtin = () if (args.no_builtin_tasks or args.no_lm_eval) else BUILTIN_TASKS
     extra = () if args.no_lm_eval else tuple(args.tasks)
-    return {"tasks": builtin, "lm_eval_tasks": extra, "limit": args.limit, "max_ppl_increase": args.max_ppl_increase,
-            "speed_batch": tuple(args.speed_batch), "speed_repeats": args.speed_repeats,
-            "evaluations": tuple(args.evaluation)}
+    return ValidationOptions(tasks=builtin, lm_eval_tasks=extra, limit=args.limit,
+                             max_ppl_increase=args.max_ppl_increase, speed_batch=tuple(args.speed_batch),
+                             speed_repeats=args.speed_repeats, evaluations=tuple(args.evaluation),
+                             lm_eval_log=lm_eval_log)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from ..validation.validate import validate
     from .progress import rich_progress
 
-    options = validation_options(args)
+    validation_options(args)  # bad options fail before anything loads
     out_dir = Path(args.pruned)
     if not (out_dir / "config.json").is_file():
         raise ModelNotFoundError(f"'{out_dir}' is not a pruned model directory (no config.json); "
@@ -99,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
         plan = load_pruning_record(out_dir / PRUNING_FILE).plan
     base = use_tokenizer(load_from_args(args), args.tokenizer, args.trust_remote_code)
     pruned = load_model(str(out_dir), dtype=next(base.model.parameters()).dtype, device=args.device)
-    options["lm_eval_log"] = output.parent / LM_EVAL_LOG  # lm-eval's messages, off the terminal
+    options = validation_options(args, lm_eval_log=output.parent / LM_EVAL_LOG)  # lm-eval's messages, off the terminal
     with rich_progress("validating", enabled=not args.quiet) as progress:
-        report = validate(base, pruned, plan, progress=progress, pruned_dir=out_dir, **options)
+        report = validate(base, pruned, plan, options, progress=progress, pruned_dir=out_dir)
     write_json_atomic(output, report.to_dict())
     print_validation(report)
     print(f"report: {output}")

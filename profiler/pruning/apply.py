@@ -45,7 +45,7 @@ from ..base.io import atomic_directory, write_json_atomic
 from ..criteria.masks import Pruning, Target, pruned_count, unit_mask, write_cut
 from ..profiling.recipe import RunRecipe, needs_of
 from ..model.resolve import LoadedModel, check_vocabulary
-from ..validation.validate import count_parameters, validate as run_validation
+from ..validation.validate import ValidationOptions, count_parameters, validate as run_validation
 
 Progress = Callable[[int, int, str], None]
 PRUNING_SCHEMA_VERSION = 1
@@ -259,7 +259,7 @@ ANALYSIS_KEYS = ("parameters", "bytes", "flops_per_token", "state_bytes_per_sequ
 
 def apply_plan(loaded: LoadedModel, plan: Plan | dict[str, Any] | str | Path, output_dir: str | Path,
                validate: bool = False, overwrite: bool = False, progress: Progress | None = None,
-               validate_options: dict[str, Any] | None = None) -> PruningRecord:
+               validate_options: ValidationOptions | None = None) -> PruningRecord:
     """Prune ``loaded.model`` (in place) as ``plan`` says and save it to ``output_dir``.
 
     Returns the record written to ``output_dir/pruning.json`` (with ``output_dir`` and, with
@@ -335,14 +335,12 @@ def _save(loaded: LoadedModel, record: PruningRecord, out: Path, overwrite: bool
 
 
 def _validate(loaded: LoadedModel, plan: Plan, out: Path, progress: Progress | None,
-              validate_options: dict[str, Any] | None):
+              options: ValidationOptions | None):
     from ..model.resolve import load_model
 
     base = reload_source(loaded, plan)
     pruned = load_model(str(out), dtype=next(loaded.model.parameters()).dtype)
-    options = dict(validate_options or {})
-    options.setdefault("pruned_dir", out)
-    validation = run_validation(base, pruned, plan, progress=progress, **options)
+    validation = run_validation(base, pruned, plan, options, progress=progress, pruned_dir=out)
     write_json_atomic(out / VALIDATION_FILE, validation.to_dict())
     return validation
 

@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -339,22 +340,40 @@ def _increase(base: torch.Tensor, pruned: torch.Tensor, seed: int, source: str |
     return m
 
 
-def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
-             tasks: Sequence[str] = BUILTIN_TASKS, lm_eval_tasks: Sequence[str] = (),
-             max_ppl_increase: float | None = None, progress: Progress | None = None, *,
-             data: DataSpec | None = None, limit: int | float | None = None, batch_size: int = 8,
-             lm_eval_batch_size: int = 8, max_length: int = 2048, speed_batch: tuple[int, int] = (1, 128),
-             speed_repeats: int = 5, base_dir: str | Path | None = None,
-             pruned_dir: str | Path | None = None, lm_eval_log: str | Path | None = None,
-             evaluations: Sequence[str] = ()) -> ValidationReport:
-    """Measure ``base`` and ``pruned`` the same way; see the module docstring for what is in the report.
+@dataclass(frozen=True)
+class ValidationOptions:
+    """How a validation measures; every default is the CLI's.
 
     ``tasks``: shipped lm-eval tasks to run (default both; ``()`` for none); ``lm_eval_tasks``:
-    standard lm-eval task names; ``limit``: items per lm-eval task (None = all). ``data`` overrides
-    the evaluation data (default: the plan's, else the embedded evaluation text); ``evaluations``:
-    other text sources (files, ``hf:``) measured the same way on their own windows. ``lm_eval_log``:
-    where to keep what lm-eval printed (written after the sizes are measured; default: dropped).
+    standard lm-eval task names; ``limit``: items per lm-eval task (None = all). ``max_ppl_increase``:
+    the tolerance (default: the plan's). ``data`` overrides the evaluation data (default: the plan's,
+    else the embedded evaluation text); ``evaluations``: other text sources (files, ``hf:``) measured
+    the same way on their own windows. ``lm_eval_log``: where to keep what lm-eval printed (written
+    after the sizes are measured; default: dropped).
     """
+
+    tasks: Sequence[str] = BUILTIN_TASKS
+    lm_eval_tasks: Sequence[str] = ()
+    max_ppl_increase: float | None = None
+    data: DataSpec | None = None
+    evaluations: Sequence[str] = ()
+    limit: int | float | None = None
+    batch_size: int = 8
+    lm_eval_batch_size: int = 8
+    max_length: int = 2048
+    speed_batch: tuple[int, int] = (1, 128)
+    speed_repeats: int = 5
+    lm_eval_log: str | Path | None = None
+
+
+def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
+             options: ValidationOptions | None = None, progress: Progress | None = None, *,
+             base_dir: str | Path | None = None, pruned_dir: str | Path | None = None) -> ValidationReport:
+    """Measure ``base`` and ``pruned`` the same way (:class:`ValidationOptions` says how); see the
+    module docstring for what is in the report. ``base_dir``/``pruned_dir``: the models' folders, for
+    their size on disk (default: where they were loaded from)."""
+    o = options or ValidationOptions()
+    tasks, lm_eval_tasks, max_ppl_increase, data, limit = o.tasks, o.lm_eval_tasks, o.max_ppl_increase, o.data, o.limit
     note = progress or (lambda done, total, label: None)
     started = time.perf_counter()
     if plan is not None:
@@ -366,7 +385,7 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
         max_ppl_increase, tolerance_source = float(plan.objective.max_ppl_increase), "plan"
 
     # Fail fast on lm-eval problems (unknown task, dataset not reachable) before any long work.
-    runner = LmEvalRunner(tasks, lm_eval_tasks, limit, lm_eval_batch_size, max_length) \
+    runner = LmEvalRunner(tasks, lm_eval_tasks, limit, o.lm_eval_batch_size, o.max_length) \
         if (tasks or lm_eval_tasks) else None
     steps = 4 + (2 if runner else 0)
     calls_before = mixer_calls()
@@ -379,10 +398,10 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
         dataset = load_dataset(tokenizer, spec)
 
         extra = [(source, text_windows(tokenizer, source, spec.eval_samples + spec.verify_samples, spec.seqlen))
-                 for source in evaluations]
+                 for source in o.evaluations]
 
         def losses(loaded: LoadedModel, windows: torch.Tensor) -> torch.Tensor:
-            return batch_losses(loaded.model, windows, batch_size, TRANSFORMERS_KERNELS)
+            return batch_losses(loaded.model, windows, o.batch_size, TRANSFORMERS_KERNELS)
 
         note(1, steps, "perplexity (base)")
         base_search, base_verify = losses(base, dataset.evaluation), losses(base, dataset.verification)
@@ -435,13 +454,13 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
             _size(pruned, Path(pruned_dir) if pruned_dir else None)
         vocab = int(getattr(base.model.config, "vocab_size", 0) or base.model.get_input_embeddings().num_embeddings)
         with installed(base.model, TRANSFORMERS_KERNELS), installed(pruned.model, TRANSFORMERS_KERNELS):
-            speed = measure_speed({"base": base.model, "pruned": pruned.model}, vocab, batch=speed_batch[0],
-                                  seqlen=speed_batch[1], repeats=speed_repeats)
+            speed = measure_speed({"base": base.model, "pruned": pruned.model}, vocab, batch=o.speed_batch[0],
+                                  seqlen=o.speed_batch[1], repeats=o.speed_repeats)
         b_lat, p_lat = speed["base"]["latency_s"], speed["pruned"]["latency_s"]
         speed["speedup"] = b_lat / p_lat if p_lat else None
     finally:
         if runner is not None:
-            runner.close(keep_log=lm_eval_log)
+            runner.close(keep_log=o.lm_eval_log)
 
     note(steps, steps, "done")
     return ValidationReport(
