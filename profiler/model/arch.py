@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .units import Slot, UnitFamily, and_biases as _and_biases, optional as _optional
+
 MAMBA1 = "mamba1"
 MAMBA2 = "mamba2"
 GATED_DELTA = "gated_delta"
@@ -30,83 +32,6 @@ SPLIT = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")  # Qwen3.5
 # Parameter groups in display order; a mixer has the ones that exist in it.
 GROUP_ORDER = ("in_proj", *PACKED, *SPLIT, "conv1d", "x_proj", "dt_proj", "dt_bias", "A_log", "D", "norm",
                "out_proj")
-
-
-@dataclass(frozen=True)
-class Slot:
-    """Unit ``u`` touches indices ``[start(u), start(u) + width)`` of ``param`` along ``dim``, with
-    ``start(u) = offset + u*width``; and ``repeats`` copies of that run, ``every`` indices apart.
-
-    ``period`` > 0 numbers units in blocks of ``period`` laid out ``stride`` indices apart:
-    ``start(u) = offset + (u // period)*stride + (u % period)*width`` (Qwen3-Next packs each key
-    head's rows together, so value head u of key head u // r sits inside that key head's block).
-    ``repeats`` serves units that are the same channel of every head (Gated DeltaNet's key and
-    value channels: one norm weight per channel, shared by all heads).
-    """
-
-    param: str  # parameter name relative to the mixer, e.g. "in_proj.weight"
-    dim: int
-    offset: int
-    width: int = 1
-    period: int = 0
-    stride: int = 0
-    repeats: int = 1
-    every: int = 0
-
-    @property
-    def span(self) -> int:
-        """Indices one unit touches in this slot."""
-        return self.width * self.repeats
-
-    def indices(self, units: torch.Tensor) -> torch.Tensor:
-        """The indices of ``units``, unit by unit (each unit's ``span`` indices together)."""
-        units = torch.as_tensor(units, dtype=torch.long).reshape(-1)
-        if self.period:
-            base = self.offset + (units // self.period) * self.stride + (units % self.period) * self.width
-        else:
-            base = self.offset + units * self.width
-        local = (torch.arange(self.repeats)[:, None] * self.every + torch.arange(self.width)[None, :]).reshape(-1)
-        return (base[:, None] + local).reshape(-1)
-
-
-@dataclass(frozen=True)
-class UnitFamily:
-    """One kind of coupled structural unit in one mixer."""
-
-    kind: str  # channel | state | dt_rank | head | head_channel | group | value_head | key_head | ...
-    count: int
-    slots: tuple[Slot, ...]
-    description: str
-    # Slicing constraints: units are cut in equal numbers from each of ``blocks`` consecutive
-    # blocks (Mamba-2 heads and states per group); ``prunable`` False means the kind is never a
-    # pruning target and cannot be sliced out (it may still be zeroed), e.g. Mamba-2's B/C groups.
-    # Whether a uniform cut can be saved in the stock config is the analysis's ``stock_config``.
-    # ``normalised``: why slicing these units would change the model (a norm averages over their
-    # dimension, so a zeroed unit counts in the mean and a sliced one does not); empty when it would not.
-    blocks: int = 1
-    prunable: bool = True
-    normalised: str = ""
-
-    def indices(self, units: torch.Tensor | list[int]) -> list[tuple[str, int, torch.Tensor]]:
-        """The shared index set of ``units`` in every coupled tensor: (param, dim, indices)."""
-        units = torch.as_tensor(units, dtype=torch.long)
-        return [(s.param, s.dim, s.indices(units)) for s in self.slots]
-
-    @property
-    def tensors(self) -> list[str]:
-        return sorted({s.param for s in self.slots})
-
-    def elements_per_unit(self, mixer: "MixerInfo") -> int:
-        """Parameters one unit owns across all its coupled tensors."""
-        total = 0
-        for slot in self.slots:
-            shape = mixer.param(slot.param).shape
-            other = 1
-            for d, size in enumerate(shape):
-                if d != slot.dim:
-                    other *= size
-            total += slot.span * other
-        return total
 
 
 @dataclass
@@ -270,10 +195,6 @@ class MixerInfo:
         return families[kind]
 
 
-def _optional(mixer: MixerInfo, slots: list[Slot]) -> tuple[Slot, ...]:
-    return tuple(s for s in slots if mixer.has(s.param))
-
-
 def _mamba1_units(m: MixerInfo) -> dict[str, UnitFamily]:
     E, N, R = m.intermediate_size, m.state_size, m.dt_rank
     channel = _optional(m, [
@@ -349,17 +270,6 @@ def _mamba2_units(m: MixerInfo) -> dict[str, UnitFamily]:
                             "their conv channels", blocks=G),
         "group": UnitFamily("group", G, group, "B/C group g with its heads", prunable=False),
     }
-
-
-def _and_biases(slots: list[Slot]) -> list[Slot]:
-    """Each row slot of a weight, and the same rows of its bias (kept by :func:`_optional` only where one exists)."""
-    out = []
-    for s in slots:
-        out.append(s)
-        if s.dim == 0 and s.param.endswith(".weight"):
-            out.append(Slot(s.param[: -len("weight")] + "bias", 0, s.offset, s.width, s.period, s.stride,
-                            s.repeats, s.every))
-    return out
 
 
 def _gated_delta_blocks(m: MixerInfo) -> dict[str, list[tuple[str, int, int]]]:
