@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 KINDS = ("channel", "state", "dt_rank", "head", "head_channel", "value_head", "key_head", "value_channel",
-         "key_channel", "layer")
+         "key_channel", "decay_rank", "gate_rank", "layer")
 
 
 def verdict(stock_config: str) -> str:
@@ -40,7 +40,7 @@ def row(name: str) -> dict[str, str]:
 
     torch.manual_seed(0)
     try:
-        model = conftest.tiny_architecture(name)
+        model = conftest.tiny_kda() if name == "kimi_linear" else conftest.tiny_architecture(name)
         units = analyze(model).units
     except SSMProfileError:
         units = []
@@ -56,7 +56,7 @@ def main() -> None:
     import conftest
 
     torch.set_num_threads(1)
-    names = [n for family in conftest.MIXER_ARCHITECTURES.values() for n in family]
+    names = [n for family in conftest.MIXER_ARCHITECTURES.values() for n in family] + ["kimi_linear"]
     print("| architecture | " + " | ".join(KINDS) + " |")
     print("|---" * (len(KINDS) + 1) + "|")
     for name in names:

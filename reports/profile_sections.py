@@ -137,6 +137,10 @@ def units_block(facts: Facts) -> str:
                 rows))
 
 
+_DELTA_LABEL = {"gated_delta": "Gated DeltaNet (per value head)",
+                "kda": "Kimi delta attention (per head and key channel)"}
+
+
 def dynamics_block(facts: Facts) -> str:
     dyn = facts.result.analysis.dynamics
     if not dyn:
@@ -144,7 +148,8 @@ def dynamics_block(facts: Facts) -> str:
     strip_rows = []
     for d in dyn:
         per = d.horizon_per_channel or d.horizon_per_state
-        what = {"mamba2": "heads", "gated_delta": "value heads"}.get(d.mixer_kind, "channels")
+        what = {"mamba2": "heads", "gated_delta": "value heads", "kda": "head key channels"}.get(d.mixer_kind,
+                                                                                                  "channels")
         q = d.horizon
         tip = (f"layer {d.layer} ({d.mixer_kind}) memory horizon, tokens\nmin {fmt(q.get('min'))}, "
                f"p05 {fmt(q.get('p05'))}, median {fmt(q.get('median'))}, p95 {fmt(q.get('p95'))}, "
@@ -152,10 +157,11 @@ def dynamics_block(facts: Facts) -> str:
                f"\ndots: {len(per)} {what}" + (" (thinned to 96 order statistics)" if len(per) > 96 else ""))
         strip_rows.append(Strip(f"layer {d.layer}", q, thin(per), tip))
     kinds = {d.mixer_kind for d in dyn}
-    unit = {"mamba2": "head", "gated_delta": "value head"}.get(kinds.pop(), "channel (median over states)") \
+    unit = {"mamba2": "head", "gated_delta": "value head", "kda": "key channel of a head"}.get(
+        kinds.pop(), "channel (median over states)") \
         if len(kinds) == 1 else "channel (median over states)"
-    gated = next((d.assumes for d in dyn if d.assumes), None)
-    gated_note = f" Gated DeltaNet layers, per value head: {esc(gated)}." if gated else ""
+    gated_note = "".join(f" {label} layers: {esc(text)}." for label, text in
+                         {_DELTA_LABEL.get(d.mixer_kind, d.mixer_kind): d.assumes for d in dyn if d.assumes}.items())
     parts = ["<h3>SSM dynamics</h3>",
              '<p class="note">Memory horizon = 1 / (softplus(dt bias) · |A|) tokens: the time constant of each decay '
              f"exp(dt·A) at the bias time step.{gated_note} Box: 5–95% of all states; whiskers: min–max; bar: median; "

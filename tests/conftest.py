@@ -170,6 +170,27 @@ def tiny_gated_delta(model_type: str, **kw):
     return perturb(AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **fields)))
 
 
+KDA_LAYOUT = {"num_heads": 4, "head_dim": 8, "short_conv_kernel_size": 4, "kda_layers": [1, 3], "full_attn_layers": [2]}
+
+
+def tiny_kda(**kw):
+    """A tiny random (perturbed) Kimi Linear: KDA layers 0 and 2 (4 heads of 8 channels, conv kernel 4) around
+    an MLA layer 1, dense MLPs (no expert routing to flip on rounding). The KDA sizes come in the checkpoints'
+    own ``linear_attn_config`` (1-based ``kda_layers`` / ``full_attn_layers``), which KimiLinearConfig reads
+    over its ``linear_*`` fields; ``kw`` overrides config fields (``mlp_layer_types``, ``vocab_size`` ...)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not has_model_type("kimi_linear"):
+        pytest.skip("this transformers release has no kimi_linear")
+    fields = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "moe_intermediate_size": 16,
+              "num_hidden_layers": 3, "num_attention_heads": 2, "num_key_value_heads": 2, "kv_lora_rank": 8,
+              "qk_rope_head_dim": 4, "qk_nope_head_dim": 4, "v_head_dim": 8, "num_local_experts": 2,
+              "num_experts_per_tok": 1, "mlp_layer_types": ["dense"] * 3, "pad_token_id": 0, "bos_token_id": 1,
+              "eos_token_id": 2, "linear_attn_config": dict(KDA_LAYOUT), **kw}
+    torch.manual_seed(0)
+    return perturb(AutoModelForCausalLM.from_config(AutoConfig.for_model("kimi_linear", **fields)))
+
+
 # Every architecture whose SSM mixers the project computes itself, by mixer family.
 MIXER_ARCHITECTURES = {"selective_scan": ("mamba", "falcon_mamba", "jamba", "zamba"),
                        "ssd": ("mamba2", "bamba", "nemotron_h", "zamba2", "granitemoehybrid", "falcon_h1"),

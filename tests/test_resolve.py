@@ -99,14 +99,6 @@ OTHER_RECURRENT = {
     "lfm2": ({"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
               "num_attention_heads": 2, "num_key_value_heads": 1, "layer_types": ["conv", "full_attention"]},
              "1 Lfm2ShortConv (layer 0)"),
-    # Kimi Linear's delta attention (KDA); its full attention layer (KimiLinearAttention) is not named
-    "kimi_linear": ({"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "moe_intermediate_size": 16,
-                     "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2, "kv_lora_rank": 8,
-                     "qk_rope_head_dim": 4, "qk_nope_head_dim": 4, "v_head_dim": 8, "linear_head_dim": 8,
-                     "linear_num_heads": 2, "num_local_experts": 2, "num_experts_per_tok": 1,
-                     "layer_types": ["linear_attention", "full_attention"], "pad_token_id": 0, "bos_token_id": 1,
-                     "eos_token_id": 2},
-                    "1 KimiLinearDeltaAttention (layer 0)"),
     "xlstm": ({"vocab_size": 64, "hidden_size": 16, "embedding_dim": 16, "num_hidden_layers": 2, "num_blocks": 2,
                "num_heads": 2}, "2 xLSTMLayer (layers 0, 1)"),
 }

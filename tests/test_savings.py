@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import perturb, tiny_gated_delta, tiny_hybrid, tiny_mamba, tiny_mamba2
+from conftest import perturb, tiny_gated_delta, tiny_hybrid, tiny_kda, tiny_mamba, tiny_mamba2
 from ssm_profile.model.analysis import analyze
 from ssm_profile.pruning.apply import apply_plan
 from ssm_profile.model.arch import find_mixers
@@ -117,6 +117,8 @@ CASES = {
     # Gated DeltaNet: value and key heads sliced for real; channel cuts stay zeros (the gated norm's eps)
     "qwen3_next": (lambda: tiny_gated_delta("qwen3_next"), {"value_head": 0.5, "value_channel": 0.25}),
     "qwen3_5_text": (lambda: tiny_gated_delta("qwen3_5_text"), {"key_head": 0.5, "key_channel": 0.25}),
+    # Kimi delta attention: heads sliced for real (linear_num_heads); channel cuts stay zeros (one head_dim)
+    "kimi_linear": (tiny_kda, {"head": 0.5, "value_channel": 0.25}),
 }
 
 
@@ -141,7 +143,7 @@ def test_what_apply_removes_is_what_the_plan_states(tmp_path, case, metric):
     assert record.parameters.zeroed_or_removed == plan.predicted.params_removed
     # the zero-executed cuts buy params only, so a FLOPs plan leaves them out
     zeros = {"mamba2": "head", "jamba": "state", "bamba": "head_channel", "qwen3_next": "value_channel",
-             "qwen3_5_text": "key_channel"}
+             "qwen3_5_text": "key_channel", "kimi_linear": "value_channel"}
     if case in zeros:
         assert {a.unit_kind: a.execution for a in plan.actions}.get(zeros[case]) == \
             ("zero" if metric == "params" else None)

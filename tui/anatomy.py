@@ -266,9 +266,9 @@ class AnatomyView(Vertical):
             rows.append(("horizon per state", " ".join(f"{v:.3g}" for v in d.horizon_per_state[:16])
                          + (" …" if len(d.horizon_per_state) > 16 else "")))
         if d.horizon_per_channel and len(d.horizon_per_channel) <= 64:
-            label = {"mamba1": "horizon per channel", "gated_delta": "horizon per value head"}.get(
-                d.mixer_kind, "horizon per head")
+            label = {"mamba1": "horizon per channel", "gated_delta": "horizon per value head",
+                     "kda": "horizon per head, key channel"}.get(d.mixer_kind, "horizon per head")
             rows.append((label, " ".join(f"{v:.3g}" for v in d.horizon_per_channel)))
-        if d.decay_per_token:  # Gated DeltaNet: its horizon is read at an assumed gate input
+        if d.decay_per_token:  # Gated DeltaNet, KDA: the horizon is read at an assumed gate input
             rows += [("decay per token", fmt(d.decay_per_token)), ("assumes", d.assumes or "")]
         return rows

@@ -11,10 +11,14 @@ with only what ``needs`` asks for:
             key          shape                       what
             ============ =========================== ===================================================
             in_proj      (hidden,)                   in_proj input (the block's normed hidden states);
-                                                     Gated DeltaNet: the input of all its in_proj_*
+                                                     Gated DeltaNet: the input of all its in_proj_*;
+                                                     KDA: of q/k/v/b_proj, f_a_proj and g_a_proj
             conv1d       (conv channels,)            conv input: Mamba-1 the x half of in_proj's output
                                                      (E); Mamba-2 the xBC part (E + 2GN); Gated
-                                                     DeltaNet q, k, v (2·key_dim + value_dim)
+                                                     DeltaNet q, k, v (2·key_dim + value_dim); KDA
+                                                     q_proj, k_proj, v_proj outputs (3·heads·d)
+            f_b_proj     (r_f,)                      KDA: the decay's low-rank input, f_a_proj's output
+            g_b_proj     (r_g,)                      KDA: the output gate's low-rank input
             x_proj       (E,)                        Mamba-1: silu(conv(x)), the scan input x
             dt_proj      (R,)                        Mamba-1: the dt part of x_proj's output (after a
                                                      ``dt_layernorm`` where the mixer has one)
@@ -24,7 +28,7 @@ with only what ``needs`` asks for:
                                                      (``n`` = tokens·P there)
             norm         (E,)                        Mamba-2: y·silu(gate), what the gated RMSNorm
                                                      normalises
-            out_proj     (E,)                        out_proj input
+            out_proj     (E,)                        out_proj input (KDA: o_proj's)
             ============ =========================== ===================================================
 
             Forward hooks on ``conv1d`` and ``dt_proj`` never fire in transformers 5.x (their weights
@@ -67,7 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.arch import GATED_DELTA, MAMBA1, MixerInfo, find_mixers
+from ..model.arch import GATED_DELTA, KDA, MAMBA1, MixerInfo, find_mixers
 from ..criteria.base import CalibrationStats
 from ..mixers.choice import model_device
 from .offload import STATS_PREFIX, DiskTensors
@@ -260,9 +264,41 @@ def _gated_delta_hooks(m: MixerInfo, acc: _Acc) -> list:
     return [first.register_forward_hook(in_proj_hook), mod.out_proj.register_forward_hook(out_proj_hook)]
 
 
+def _kda_hooks(m: MixerInfo, acc: _Acc) -> list:
+    """Kimi delta attention: q/k/v_proj, b_proj and the two a-projections read the hidden states (one
+    ``in_proj`` entry); the conv input is [q, k, v] as the forward concatenates them (q, k and v run in
+    that order); each b-projection's input is its own entry, o_proj's input is ``out_proj``. No ``ssm``
+    statistics: the SSM criteria are defined on Mamba's selective scan."""
+    mod, path, want = m.module, m.path, acc.want
+    held: dict[str, torch.Tensor] = {}
+
+    def q_hook(_mod, args, out):
+        acc.linear_input(f"{path}.in_proj", args[0])
+        if "inputs" in want:
+            held["q"] = out
+
+    def k_hook(_mod, args, out):
+        if "inputs" in want:
+            held["k"] = out
+
+    def v_hook(_mod, args, out):
+        if "inputs" in want and "q" in held and "k" in held:
+            acc.channels(f"{path}.conv1d", torch.cat([held.pop("q"), held.pop("k"), out], dim=-1))
+
+    def input_of(key: str):
+        return lambda _mod, args, out: acc.linear_input(f"{path}.{key}", args[0])
+
+    pairs = [(mod.q_proj, q_hook), (mod.k_proj, k_hook), (mod.v_proj, v_hook),
+             (mod.forget_gate.f_b_proj, input_of("f_b_proj")), (mod.g_b_proj, input_of("g_b_proj")),
+             (mod.o_proj, input_of("out_proj"))]
+    return [linear.register_forward_hook(hook) for linear, hook in pairs]
+
+
 def _hooks(m: MixerInfo, acc: _Acc) -> list:
     if m.kind == GATED_DELTA:
         return _gated_delta_hooks(m, acc)
+    if m.kind == KDA:
+        return _kda_hooks(m, acc)
     return _mamba1_hooks(m, acc) if m.kind == MAMBA1 else _mamba2_hooks(m, acc)
 
 
@@ -275,6 +311,8 @@ def hessian_dims(m: MixerInfo) -> list[int]:
     """Input widths of the linear layers whose XᵀX ``hessians`` collects for mixer ``m``."""
     if m.kind == GATED_DELTA:  # every input projection reads the hidden states
         return [m.hidden_size, m.intermediate_size]
+    if m.kind == KDA:  # the hidden states, o_proj's input, and the two low-rank inputs
+        return [m.hidden_size, m.intermediate_size, m.dims()["decay_rank"], m.dims()["gate_rank"]]
     groups = HESSIAN_GROUPS if m.kind == MAMBA1 else ("in_proj", "out_proj")
     return [getattr(m.module, g).weight.shape[1] for g in groups]
 
@@ -399,7 +437,7 @@ def _activation_pass(model, mixers, tokens, want, batch_size, progress, hessian_
     try:
         for m in mixers:
             handles += _hooks(m, acc)
-            handles.append(m.module.out_proj.register_forward_hook(stop_after_last))
+            handles.append(m.out_linear.register_forward_hook(stop_after_last))
         done = 0
         with torch.no_grad():
             for ids in _batches(tokens, max(1, batch_size)):

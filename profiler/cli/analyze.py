@@ -77,7 +77,7 @@ def print_analysis(result, per_layer: bool = False) -> None:
     gated = [d for d in result.dynamics if d.assumes]
     horizon = "1/(1 - exp(g)) tokens (see below)" if gated else "1/(softplus(dt_bias)·|A|) tokens"
     if gated and len(gated) < len(result.dynamics):
-        horizon = "Mamba rows 1/(softplus(dt_bias)·|A|), Gated DeltaNet rows 1/(1 - exp(g)) tokens"
+        horizon = "Mamba rows 1/(softplus(dt_bias)·|A|), delta-rule rows 1/(1 - exp(g)) tokens"
     dt = Table(title=f"SSM dynamics (memory horizon = {horizon})")
     for col in ("layer", "kind", "|A| median", "dt min..max", "horizon p05", "median", "p95", "max"):
         dt.add_column(col, justify="right")
@@ -87,8 +87,9 @@ def print_analysis(result, per_layer: bool = False) -> None:
                    f"{d.dt['min']:.3g}..{d.dt['max']:.3g}", f"{h['p05']:.3g}", f"{h['median']:.3g}",
                    f"{h['p95']:.3g}", f"{h['max']:.3g}")
     console.print(dt)
-    if gated:  # Gated DeltaNet's horizon is not Mamba's: say what it assumes
+    labels = {"gated_delta": "Gated DeltaNet rows, per value head", "kda": "KDA rows, per head and key channel"}
+    for kind in dict.fromkeys(d.mixer_kind for d in gated):  # a delta rule's horizon is not Mamba's: say its point
+        rows = [d for d in gated if d.mixer_kind == kind]
         decay = ", ".join(f"layer {d.layer} {d.decay_per_token['min']:.3g}..{d.decay_per_token['max']:.3g}"
-                          for d in gated)
-        console.print(f"Gated DeltaNet rows, per value head: {gated[0].assumes}; dt = softplus(dt_bias). "
-                      f"Decay per token: {decay}")
+                          for d in rows)
+        console.print(f"{labels.get(kind, kind)}: {rows[0].assumes}; dt = softplus(dt_bias). Decay per token: {decay}")

@@ -13,11 +13,15 @@ if TYPE_CHECKING:
     from ..model.arch import MixerInfo
 
 # weight -> key of its input statistics (relative to the mixer path)
-# (Gated DeltaNet's input projections all read the hidden states: one "in_proj" entry serves them)
+# (Gated DeltaNet's input projections all read the hidden states: one "in_proj" entry serves them; so do
+# KDA's q/k/v/b_proj and its two a-projections, whose b-projections read the low-rank widths)
 LINEAR_WEIGHTS = {"in_proj.weight": "in_proj", "x_proj.weight": "x_proj", "dt_proj.weight": "dt_proj",
                   "out_proj.weight": "out_proj",
                   **{f"{name}.weight": "in_proj" for name in ("in_proj_qkvz", "in_proj_ba", "in_proj_qkv", "in_proj_z",
-                                                              "in_proj_b", "in_proj_a")}}
+                                                              "in_proj_b", "in_proj_a")},
+                  **{f"{name}.weight": "in_proj" for name in ("q_proj", "k_proj", "v_proj", "b_proj", "g_a_proj",
+                                                              "forget_gate.f_a_proj")},
+                  "forget_gate.f_b_proj.weight": "f_b_proj", "g_b_proj.weight": "g_b_proj", "o_proj.weight": "out_proj"}
 
 
 def tensor(mixer: "MixerInfo", param: str) -> torch.Tensor:
@@ -82,5 +86,5 @@ def expand_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 
 def out_proj_slot(family):
-    """The slot through which a unit family owns out_proj input channels, or None."""
-    return next((slot for slot in family.slots if slot.param == "out_proj.weight"), None)
+    """The slot through which a unit family owns out_proj (KDA: o_proj) input channels, or None."""
+    return next((slot for slot in family.slots if slot.param in ("out_proj.weight", "o_proj.weight")), None)

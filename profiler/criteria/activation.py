@@ -101,7 +101,7 @@ class Flap(Criterion):
 
     def channel_fluctuation(self, ctx, mixer) -> torch.Tensor:
         """Var(x_c)·‖W_out[:, c]‖² per out_proj input channel c, shape (E,)."""
-        w = tensor(mixer, "out_proj.weight")
+        w = tensor(mixer, f"{mixer.out_name}.weight")
         return input_var(ctx.stats, mixer, "out_proj").double() * w.double().square().sum(0)
 
     def reconstruct(self, ctx, mixer, keeps):

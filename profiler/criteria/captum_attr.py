@@ -58,7 +58,7 @@ class CaptumChannelAttribution(Criterion):
                 and self._key[2] == versions):
             return self._channels
         mixers = find_mixers(model)
-        layers = [m.module.out_proj for m in mixers]
+        layers = [m.out_linear for m in mixers]
         device = params[0].device if params else torch.device("cpu")
 
         def forward(ids: torch.Tensor) -> torch.Tensor:

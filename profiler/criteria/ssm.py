@@ -11,13 +11,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..model.arch import GATED_DELTA, MAMBA1
+from ..model.arch import GATED_DELTA, KDA, MAMBA1
 from ._common import need_param
 from .base import Criterion, NotApplicable, register
 
 _EPS = 1e-12
-_NOT_A_SCAN = ("{name} is defined on the selective scan's diagonal states (dt, B, C); a Gated DeltaNet "
-               "mixer's state is a delta-rule key x value memory with no such states")
+_NOT_A_SCAN = ("{name} is defined on the selective scan's diagonal states (dt, B, C); a {what} mixer's state "
+               "is a delta-rule key x value memory with no such states")
+_DELTA = {GATED_DELTA: "Gated DeltaNet", KDA: "Kimi delta attention (KDA)"}
 
 
 class _StateEnergy(Criterion):
@@ -31,15 +32,15 @@ class _StateEnergy(Criterion):
 
     def check(self, mixer, param):
         need_param(mixer, param)
-        if mixer.kind == GATED_DELTA:
-            raise NotApplicable(_NOT_A_SCAN.format(name=self.name))
+        if mixer.kind in _DELTA:
+            raise NotApplicable(_NOT_A_SCAN.format(name=self.name, what=_DELTA[mixer.kind]))
         if param != "A_log":
             raise NotApplicable(f"{self.name} scores SSM states (A_log and state/channel/head units), not "
                                 "other tensors")
 
     def check_units(self, mixer, family):
-        if mixer.kind == GATED_DELTA:
-            raise NotApplicable(_NOT_A_SCAN.format(name=self.name))
+        if mixer.kind in _DELTA:
+            raise NotApplicable(_NOT_A_SCAN.format(name=self.name, what=_DELTA[mixer.kind]))
         if family.kind == "dt_rank":
             raise NotApplicable(f"dt_rank directions own no state; {self.name} says nothing about them")
 
@@ -160,9 +161,11 @@ class Horizon(Criterion):
     entries (Mamba-1 state n: mean over c; channel c: mean over n; Mamba-2 head h and its
     head_channels: the head's horizon; state (g, n) and group g: mean over the group's heads).
     Gated DeltaNet: 1 / (1 - exp(g)) per value head at a = 0 (the analysis' operating point); value
-    heads their own, key heads the mean of their value heads.
-    NotApplicable: dt_rank units, Gated DeltaNet channels (every head's decay applies to each) and all
-    other tensors.
+    heads their own, key heads the mean of their value heads. KDA: 1 / (1 - exp(g)) per head and key
+    channel at f = 0; ``A_log`` and heads the mean over the head's key channels, key channels the mean
+    over heads.
+    NotApplicable: dt_rank units, Gated DeltaNet channels and KDA value channels (every key channel's
+    decay applies to each), KDA low-rank directions, and all other tensors.
     """
 
     name = "horizon"
@@ -170,18 +173,25 @@ class Horizon(Criterion):
 
     def check(self, mixer, param):
         need_param(mixer, param)
-        if param != "A_log":
+        if param != ("forget_gate.A_log" if mixer.kind == KDA else "A_log"):
             raise NotApplicable("the memory horizon is a property of the decay A (A_log) only")
 
     def check_units(self, mixer, family):
         if family.kind == "dt_rank":
             raise NotApplicable("dt_rank directions have no decay, hence no horizon")
-        if family.kind in ("value_channel", "key_channel"):
+        if mixer.kind == KDA and family.kind in ("value_channel", "decay_rank", "gate_rank"):
+            raise NotApplicable(f"a KDA {family.kind.replace('_', ' ')} has no decay of its own (the decay is per "
+                                "head and key channel)")
+        if mixer.kind == GATED_DELTA and family.kind in ("value_channel", "key_channel"):
             raise NotApplicable("a Gated DeltaNet channel runs in every head, under every head's decay: it has "
                                 "no horizon of its own")
 
     def horizon(self, mixer) -> torch.Tensor:
-        """Mamba-1: (E, N); Mamba-2, Gated DeltaNet: (nH,), float64."""
+        """Mamba-1: (E, N); Mamba-2, Gated DeltaNet: (nH,); KDA: (heads, d), float64."""
+        if mixer.kind == KDA:
+            A = torch.exp(mixer.param("forget_gate.A_log").detach().double().cpu().reshape(-1))
+            bias = mixer.param("forget_gate.dt_bias").detach().double().cpu().view(A.shape[0], -1)
+            return 1.0 / (-torch.expm1(-A[:, None] * F.softplus(bias))).clamp_min(_EPS)
         A = torch.exp(mixer.param("A_log").detach().double().cpu())  # |A|
         if mixer.kind == GATED_DELTA:
             g = -A * F.softplus(mixer.param("dt_bias").detach().double().cpu())
@@ -194,12 +204,16 @@ class Horizon(Criterion):
 
     def score(self, ctx, mixer, param):
         self.check(mixer, param)
+        if mixer.kind == KDA:  # A_log (1, 1, heads, 1): the mean over each head's key channels
+            return self.horizon(mixer).mean(1).view(mixer.param(param).shape).float()
         return self.horizon(mixer).float()
 
     def unit_scores(self, ctx, mixer, family):
         self.check_units(mixer, family)
         h = self.horizon(mixer)
         kind = family.kind
+        if mixer.kind == KDA:
+            return h.mean(1) if kind == "head" else h.mean(0)  # head; key channel
         if kind == "value_head":
             return h
         if kind == "key_head":

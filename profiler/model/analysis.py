@@ -19,6 +19,12 @@ Conventions
   recurrence (decay, Sᵀk, delta update, Sᵀq; q/k L2 norms and q's scale) is charged to ``A_log``,
   the gate and β to ``dt_bias``; its state, num_v_heads·head_k_dim·head_v_dim values in the model's
   dtype, to ``A_log``.
+* Kimi delta attention (``kda``): the gate of head h and key channel c is
+  g = -exp(A_log[h])·softplus(f[h, c] + dt_bias[h, c]) with f the token's low-rank projection
+  f_b(f_a(x)); the data-free point is f = 0 (decay exp(g) and horizon 1/(1 - exp(g)) per head and key
+  channel). The recurrence (per-row decay, Sᵀk, delta update, Sᵀq; L2 norms, q's scale) is charged to
+  ``A_log``, the gate and β to ``dt_bias``; its state, heads·d·d values, to ``A_log`` in float32 (transformers
+  keeps KDA's recurrent state in float32 whatever the model's dtype).
 * Outliers: weights more than ``OUTLIER_SIGMA`` standard deviations from the tensor mean.
 """
 
@@ -34,7 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .arch import GATED_DELTA, MAMBA1, MixerInfo, find_mixers
+from .arch import GATED_DELTA, KDA, MAMBA1, MixerInfo, find_mixers
 from .stock import stock_arch
 
 SCHEMA_VERSION = 1
@@ -120,8 +126,9 @@ class LayerDynamics:
     dt_bias: dict[str, float]  # raw bias range
     horizon: dict[str, float]  # quantiles of the memory horizon in tokens
     horizon_per_state: list[float]  # Mamba-1: median over channels for each state n
-    horizon_per_channel: list[float]  # Mamba-1: median over states per channel; Mamba-2, Gated DeltaNet: per head
-    # Gated DeltaNet only (absent from the JSON of Mamba mixers): quantiles of the per-token decay
+    horizon_per_channel: list[float]  # Mamba-1: median over states per channel; Mamba-2, Gated DeltaNet: per
+    # head; KDA: per head and key channel
+    # Gated DeltaNet and KDA only (absent from the JSON of Mamba mixers): quantiles of the per-token decay
     # exp(g) at the stated operating point, and that assumption in words
     decay_per_token: dict[str, float] | None = None
     assumes: str | None = None
@@ -302,6 +309,8 @@ def _mixer_groups(m: MixerInfo, unique: dict[str, torch.nn.Parameter], total: in
 def _mixer_flops(m: MixerInfo, group: str) -> int:
     if m.kind == GATED_DELTA:
         return _gated_delta_flops(m, group)
+    if m.kind == KDA:
+        return _kda_flops(m, group)
     E, N = m.intermediate_size, m.state_size
     mod = m.module
     if group in ("in_proj", "x_proj", "dt_proj", "out_proj"):
@@ -341,8 +350,31 @@ def _gated_delta_flops(m: MixerInfo, group: str) -> int:
     return 0
 
 
+def _kda_flops(m: MixerInfo, group: str) -> int:
+    """Per token: the linears 2·rows·cols; the conv 2·channels·K; the recurrence per head 7·d·d (per-row
+    decay d·d, Sᵀk, update and Sᵀq 2·d·d each) + 2·d (v − Sᵀk, ·β) + 7·d (L2 norms of q and k, q's scale);
+    the gate 4 per head and key channel (+ dt_bias, softplus, × exp(A_log), exp) and β 1 per head; the
+    norm 5·heads·d."""
+    H, d = m.num_heads, m.head_dim
+    owner = m.module.forget_gate if group in ("f_a_proj", "f_b_proj") else m.module
+    linear = getattr(owner, group, None)
+    if isinstance(linear, torch.nn.Linear):
+        return 2 * linear.weight.shape[0] * linear.weight.shape[1]
+    if group == "conv1d":
+        return 2 * m.conv_channels * m.conv_kernel
+    if group == "A_log":
+        return H * (7 * d * d + 2 * d + 7 * d)
+    if group == "dt_bias":
+        return 4 * H * d + H
+    if group == "o_norm":
+        return 5 * H * d
+    return 0
+
+
 def _state_bytes(m: MixerInfo, group: str) -> int:
-    itemsize = m.module.out_proj.weight.element_size()
+    itemsize = m.out_linear.weight.element_size()
+    if group == "A_log" and m.kind == KDA:
+        return m.num_heads * m.head_dim * m.head_dim * 4  # float32 whatever the dtype (see the module docstring)
     if group == "A_log" and m.kind == GATED_DELTA:
         return m.num_v_heads * m.head_k_dim * m.head_v_dim * itemsize
     if group == "A_log":
@@ -447,10 +479,32 @@ def _gated_delta_dynamics(m: MixerInfo) -> LayerDynamics:
     )
 
 
+KDA_POINT = ("f = 0 (the token's low-rank decay projection f_b(f_a(x))), so g = -exp(A_log)·softplus(dt_bias) per "
+             "head and key channel; decay per token exp(g); horizon 1/(1 - exp(g)) tokens")
+
+
+@torch.no_grad()
+def _kda_dynamics(m: MixerInfo) -> LayerDynamics:
+    """Per head and key channel (head-major), at the data-free point f = 0 (see KDA_POINT)."""
+    gate = m.module.forget_gate
+    rate = torch.exp(gate.A_log.detach().double().reshape(-1))  # (heads,)
+    bias = gate.dt_bias.detach().double().view(m.num_heads, m.head_dim)
+    g = -rate[:, None] * F.softplus(bias)
+    horizon = 1.0 / (-torch.expm1(g)).clamp_min(1e-30)
+    return LayerDynamics(
+        layer=m.layer, mixer_kind=m.kind, decay_rate=_quantiles(rate), dt=_quantiles(F.softplus(bias)),
+        dt_bias={"min": float(bias.min()), "max": float(bias.max())}, horizon=_quantiles(horizon),
+        horizon_per_state=[], horizon_per_channel=_clean(horizon.reshape(-1).tolist()),
+        decay_per_token=_quantiles(torch.exp(g)), assumes=KDA_POINT,
+    )
+
+
 @torch.no_grad()
 def _dynamics(m: MixerInfo) -> LayerDynamics:
     if m.kind == GATED_DELTA:
         return _gated_delta_dynamics(m)
+    if m.kind == KDA:
+        return _kda_dynamics(m)
     rate = torch.exp(m.module.A_log.detach().double())  # |A|
     bias = _dt_bias(m).detach().double()
     dt = F.softplus(bias)

@@ -6,6 +6,9 @@ hybrids (Jamba, Zamba2, Bamba, NemotronH, ...) are all seen. ``A_log`` of rank 2
 Mamba-1 mixer, rank 1 a Mamba-2 mixer. Gated DeltaNet mixers (Qwen3-Next, Qwen3.5) have no
 ``in_proj``: ``A_log`` and ``dt_bias`` per value head beside ``conv1d``, a gated ``norm``, ``out_proj``
 and either the packed ``in_proj_qkvz``/``in_proj_ba`` or the split ``in_proj_qkv``/``_z``/``_b``/``_a``.
+Kimi Linear's delta attention (kind ``kda``, :mod:`ssm_profile.model.kda`) keeps its decay in a
+``forget_gate`` beside ``q_proj``/``k_proj``/``v_proj``, ``conv1d``, ``b_proj``, ``g_a_proj``/``g_b_proj``,
+``o_norm`` and ``o_proj``.
 
 A *unit family* (Torch-Pruning's dependency group, made first-class) is a kind of structural
 unit (channel, state, head, ...) and the list of tensor slices that one unit touches. Every
@@ -21,6 +24,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import kda as _kda
+from .kda import KDA
+from .units import Slot, UnitFamily, and_biases as _and_biases, optional as _optional
+
 MAMBA1 = "mamba1"
 MAMBA2 = "mamba2"
 GATED_DELTA = "gated_delta"
@@ -28,85 +35,9 @@ PACKED = ("in_proj_qkvz", "in_proj_ba")  # Qwen3-Next: rows grouped per key head
 SPLIT = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")  # Qwen3.5
 
 # Parameter groups in display order; a mixer has the ones that exist in it.
-GROUP_ORDER = ("in_proj", *PACKED, *SPLIT, "conv1d", "x_proj", "dt_proj", "dt_bias", "A_log", "D", "norm",
-               "out_proj")
-
-
-@dataclass(frozen=True)
-class Slot:
-    """Unit ``u`` touches indices ``[start(u), start(u) + width)`` of ``param`` along ``dim``, with
-    ``start(u) = offset + u*width``; and ``repeats`` copies of that run, ``every`` indices apart.
-
-    ``period`` > 0 numbers units in blocks of ``period`` laid out ``stride`` indices apart:
-    ``start(u) = offset + (u // period)*stride + (u % period)*width`` (Qwen3-Next packs each key
-    head's rows together, so value head u of key head u // r sits inside that key head's block).
-    ``repeats`` serves units that are the same channel of every head (Gated DeltaNet's key and
-    value channels: one norm weight per channel, shared by all heads).
-    """
-
-    param: str  # parameter name relative to the mixer, e.g. "in_proj.weight"
-    dim: int
-    offset: int
-    width: int = 1
-    period: int = 0
-    stride: int = 0
-    repeats: int = 1
-    every: int = 0
-
-    @property
-    def span(self) -> int:
-        """Indices one unit touches in this slot."""
-        return self.width * self.repeats
-
-    def indices(self, units: torch.Tensor) -> torch.Tensor:
-        """The indices of ``units``, unit by unit (each unit's ``span`` indices together)."""
-        units = torch.as_tensor(units, dtype=torch.long).reshape(-1)
-        if self.period:
-            base = self.offset + (units // self.period) * self.stride + (units % self.period) * self.width
-        else:
-            base = self.offset + units * self.width
-        local = (torch.arange(self.repeats)[:, None] * self.every + torch.arange(self.width)[None, :]).reshape(-1)
-        return (base[:, None] + local).reshape(-1)
-
-
-@dataclass(frozen=True)
-class UnitFamily:
-    """One kind of coupled structural unit in one mixer."""
-
-    kind: str  # channel | state | dt_rank | head | head_channel | group | value_head | key_head | ...
-    count: int
-    slots: tuple[Slot, ...]
-    description: str
-    # Slicing constraints: units are cut in equal numbers from each of ``blocks`` consecutive
-    # blocks (Mamba-2 heads and states per group); ``prunable`` False means the kind is never a
-    # pruning target and cannot be sliced out (it may still be zeroed), e.g. Mamba-2's B/C groups.
-    # Whether a uniform cut can be saved in the stock config is the analysis's ``stock_config``.
-    # ``normalised``: why slicing these units would change the model (a norm averages over their
-    # dimension, so a zeroed unit counts in the mean and a sliced one does not); empty when it would not.
-    blocks: int = 1
-    prunable: bool = True
-    normalised: str = ""
-
-    def indices(self, units: torch.Tensor | list[int]) -> list[tuple[str, int, torch.Tensor]]:
-        """The shared index set of ``units`` in every coupled tensor: (param, dim, indices)."""
-        units = torch.as_tensor(units, dtype=torch.long)
-        return [(s.param, s.dim, s.indices(units)) for s in self.slots]
-
-    @property
-    def tensors(self) -> list[str]:
-        return sorted({s.param for s in self.slots})
-
-    def elements_per_unit(self, mixer: "MixerInfo") -> int:
-        """Parameters one unit owns across all its coupled tensors."""
-        total = 0
-        for slot in self.slots:
-            shape = mixer.param(slot.param).shape
-            other = 1
-            for d, size in enumerate(shape):
-                if d != slot.dim:
-                    other *= size
-            total += slot.span * other
-        return total
+GROUP_ORDER = ("in_proj", *PACKED, *SPLIT, "q_proj", "k_proj", "v_proj", "conv1d", "x_proj", "dt_proj", "f_a_proj",
+               "f_b_proj", "dt_bias", "A_log", "D", "b_proj", "g_a_proj", "g_b_proj", "norm", "o_norm", "out_proj",
+               "o_proj")
 
 
 @dataclass
@@ -121,12 +52,22 @@ class MixerInfo:
 
     # --- dimensions, read from tensor shapes so converted or sliced models are read correctly
     @property
+    def out_name(self) -> str:
+        """The output projection's name: ``o_proj`` in KDA mixers, ``out_proj`` in the others."""
+        return "o_proj" if self.kind == KDA else "out_proj"
+
+    @property
+    def out_linear(self) -> nn.Linear:
+        return getattr(self.module, self.out_name)
+
+    @property
     def hidden_size(self) -> int:
-        return self.module.out_proj.weight.shape[0]
+        return self.out_linear.weight.shape[0]
 
     @property
     def intermediate_size(self) -> int:
-        return self.module.out_proj.weight.shape[1]
+        """The output projection's input width (KDA: heads x head_dim)."""
+        return self.out_linear.weight.shape[1]
 
     @property
     def conv_kernel(self) -> int:
@@ -134,11 +75,13 @@ class MixerInfo:
 
     @property
     def state_size(self) -> int:
-        """Mamba: SSM states per channel; Gated DeltaNet: the state's key rows (head_k_dim)."""
+        """Mamba: SSM states per channel; Gated DeltaNet: the state's key rows (head_k_dim); KDA: head_dim."""
         if self.kind == MAMBA1:
             return self.module.A_log.shape[1]
         if self.kind == GATED_DELTA:
             return self.head_k_dim
+        if self.kind == KDA:
+            return self.head_dim
         return int(self.module.ssm_state_size)
 
     @property
@@ -147,10 +90,14 @@ class MixerInfo:
 
     @property
     def num_heads(self) -> int:
+        if self.kind == KDA:
+            return _kda.sizes(self.module)[0]
         return self.module.A_log.shape[0] if self.kind == MAMBA2 else 0
 
     @property
     def head_dim(self) -> int:
+        if self.kind == KDA:
+            return _kda.sizes(self.module)[1]
         return self.intermediate_size // self.num_heads if self.kind == MAMBA2 else 0
 
     @property
@@ -200,6 +147,8 @@ class MixerInfo:
         return torch.cat([q, q + dk, v])
 
     def dims(self) -> dict[str, int]:
+        if self.kind == KDA:
+            return _kda.dims(self)
         if self.kind == GATED_DELTA:
             return {"hidden_size": self.hidden_size, "num_k_heads": self.num_k_heads, "num_v_heads": self.num_v_heads,
                     "head_k_dim": self.head_k_dim, "head_v_dim": self.head_v_dim, "conv_kernel": self.conv_kernel}
@@ -237,7 +186,7 @@ class MixerInfo:
         """Parameter group name -> parameter names (relative). Every mixer parameter is in one group."""
         out: dict[str, list[str]] = {}
         for name in self.params:
-            out.setdefault(name.split(".")[0], []).append(name)
+            out.setdefault(_kda.group_of(name) if self.kind == KDA else name.split(".")[0], []).append(name)
         order = {g: i for i, g in enumerate(GROUP_ORDER)}
         return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))
 
@@ -245,6 +194,8 @@ class MixerInfo:
         """Row blocks inside fused tensors: group -> [(block name, start, stop)] along dim 0."""
         if self.kind == GATED_DELTA:
             return _gated_delta_blocks(self)
+        if self.kind == KDA:
+            return _kda.blocks(self)
         E, N = self.intermediate_size, self.state_size
         if self.kind == MAMBA1:
             R = self.dt_rank
@@ -261,6 +212,8 @@ class MixerInfo:
     def unit_families(self) -> dict[str, UnitFamily]:
         if self.kind == GATED_DELTA:
             return _gated_delta_units(self)
+        if self.kind == KDA:
+            return _kda.units(self)
         return _mamba1_units(self) if self.kind == MAMBA1 else _mamba2_units(self)
 
     def unit_family(self, kind: str) -> UnitFamily:
@@ -268,10 +221,6 @@ class MixerInfo:
         if kind not in families:
             raise KeyError(f"{self.kind} mixers have no '{kind}' units (they have {', '.join(families)})")
         return families[kind]
-
-
-def _optional(mixer: MixerInfo, slots: list[Slot]) -> tuple[Slot, ...]:
-    return tuple(s for s in slots if mixer.has(s.param))
 
 
 def _mamba1_units(m: MixerInfo) -> dict[str, UnitFamily]:
@@ -349,17 +298,6 @@ def _mamba2_units(m: MixerInfo) -> dict[str, UnitFamily]:
                             "their conv channels", blocks=G),
         "group": UnitFamily("group", G, group, "B/C group g with its heads", prunable=False),
     }
-
-
-def _and_biases(slots: list[Slot]) -> list[Slot]:
-    """Each row slot of a weight, and the same rows of its bias (kept by :func:`_optional` only where one exists)."""
-    out = []
-    for s in slots:
-        out.append(s)
-        if s.dim == 0 and s.param.endswith(".weight"):
-            out.append(Slot(s.param[: -len("weight")] + "bias", 0, s.offset, s.width, s.period, s.stride,
-                            s.repeats, s.every))
-    return out
 
 
 def _gated_delta_blocks(m: MixerInfo) -> dict[str, list[tuple[str, int, int]]]:
@@ -457,10 +395,10 @@ _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)(?:\.|$)")
 
 
 def kind_of(module: nn.Module) -> str | None:
-    """``mamba1``, ``mamba2``, ``gated_delta``, or None for a module that is no mixer ssm-profile analyses."""
+    """``mamba1``, ``mamba2``, ``gated_delta``, ``kda``, or None for a module that is no mixer ssm-profile analyses."""
     a_log = module._parameters.get("A_log") if hasattr(module, "_parameters") else None
     if a_log is None:
-        return None
+        return KDA if _kda.is_kda(module) else None
     if _is_gated_delta(module):
         return GATED_DELTA
     if not hasattr(module, "in_proj") or not hasattr(module, "out_proj") or not hasattr(module, "conv1d"):
@@ -470,7 +408,7 @@ def kind_of(module: nn.Module) -> str | None:
 
 
 def find_mixers(model: nn.Module) -> list[MixerInfo]:
-    """Every Mamba/Mamba-2/Gated DeltaNet mixer of ``model``, in module order."""
+    """Every Mamba/Mamba-2/Gated DeltaNet/KDA mixer of ``model``, in module order."""
     mixers = []
     for path, module in model.named_modules():
         kind = kind_of(module)
@@ -482,8 +420,8 @@ def find_mixers(model: nn.Module) -> list[MixerInfo]:
     return mixers
 
 
-# Recurrent layers of other families (read from transformers' class names): Gated DeltaNet layers whose
-# parameters find_mixers does not recognise, Kimi Linear's delta attention, RecurrentGemma's RG-LRU block,
+# Recurrent layers of other families (read from transformers' class names): Gated DeltaNet and Kimi delta
+# attention layers whose parameters find_mixers does not recognise, RecurrentGemma's RG-LRU block,
 # RWKV's time mixing, xLSTM, LFM2's short convolutions, linear attention and retention layers; and, by its
 # A_log of rank 3, Zamba (v1)'s multi-head Mamba-1 mixer. (KimiLinearAttention is Kimi Linear's full MLA
 # attention, not a linear-attention layer.)
@@ -494,14 +432,14 @@ _OTHER_RECURRENT = re.compile(r"GatedDeltaNet|DeltaAttention|RecurrentBlock|Rglr
 def other_recurrent_layers(model: nn.Module) -> dict[str, list[int]]:
     """Recurrent layers of families ssm-profile does not support yet: class name -> layer indices
     (outermost matching module only; e.g. RecurrentGemma's block, not also the RG-LRU inside it).
-    Mixers :func:`find_mixers` recognises (Gated DeltaNet included) are not listed."""
+    Mixers :func:`find_mixers` recognises (Gated DeltaNet and KDA included) are not listed."""
     found: dict[str, list[int]] = {}
     matched: list[str] = []
     for path, module in model.named_modules():
         name = type(module).__name__
         if any(path.startswith(p + ".") for p in matched):
             continue
-        if kind_of(module) == GATED_DELTA:
+        if kind_of(module) in (GATED_DELTA, KDA):
             matched.append(path)
             continue
         a_log = module._parameters.get("A_log") if hasattr(module, "_parameters") else None
@@ -519,6 +457,6 @@ def architecture_name(model: nn.Module) -> str:
 
 
 def mixer_kind(model: nn.Module) -> str:
-    """``mamba1``, ``mamba2``, ``gated_delta`` or ``mixed`` for the model as a whole."""
+    """``mamba1``, ``mamba2``, ``gated_delta``, ``kda`` or ``mixed`` for the model as a whole."""
     kinds = {m.kind for m in find_mixers(model)}
     return kinds.pop() if len(kinds) == 1 else "mixed"

@@ -21,6 +21,8 @@ from typing import Any
 
 from torch import nn
 
+from .kda import RANK_NOTE
+
 Dims = dict[str, int]
 ZEROS = "applied as zeros"
 
@@ -295,9 +297,43 @@ class Qwen3NextArch(Qwen3_5Arch):
         return updates
 
 
+class KimiLinearArch(StockArch):
+    """Kimi Linear: the KDA sizes are ``linear_num_heads`` and ``linear_head_dim`` (which also sizes both
+    low-rank projections), mirrored in a checkpoint's ``linear_attn_config`` (``num_heads``, ``head_dim``),
+    which KimiLinearConfig reads over the fields when it loads: both are written. Layer kinds live in
+    ``layer_types`` (and 1-based ``kda_layers`` / ``full_attn_layers`` there), MLP kinds in ``mlp_layer_types``."""
+
+    model_types = ("kimi_linear",)
+    notes = {"head": "expressible: uniform count across layers (linear_num_heads); exact",
+             **dict.fromkeys(("decay_rank", "gate_rank"), RANK_NOTE)}  # channels: the unit family's reason
+
+    def width_updates(self, config, dims):
+        d = dims["head_dim"]
+        if dims["decay_rank"] != d or dims["gate_rank"] != d:
+            return {}, [(f"KimiLinearConfig builds the decay and gate low-rank widths as linear_head_dim ({d}); "
+                         f"these layers have {dims['decay_rank']} and {dims['gate_rank']}")]
+        updates: dict[str, Any] = {"linear_num_heads": dims["num_heads"], "linear_head_dim": d}
+        linear = getattr(config, "linear_attn_config", None)
+        if isinstance(linear, dict):
+            updates["linear_attn_config"] = {**linear, "num_heads": dims["num_heads"], "head_dim": d}
+        return updates, []
+
+    def layer_updates(self, config, kept):
+        updates = super().layer_updates(config, kept)
+        if isinstance(getattr(config, "mlp_layer_types", None), list):
+            updates["mlp_layer_types"] = [config.mlp_layer_types[i] for i in kept]
+        linear = getattr(config, "linear_attn_config", None)
+        if isinstance(linear, dict) and "layer_types" in updates:
+            types = updates["layer_types"]
+            numbered = {"kda_layers": "linear_attention", "full_attn_layers": "full_attention"}
+            updates["linear_attn_config"] = {**linear, **{key: [i + 1 for i, t in enumerate(types) if t == kind]
+                                                          for key, kind in numbered.items() if key in linear}}
+        return updates
+
+
 ARCHES: dict[str, StockArch] = {t: a for a in (MambaArch(), Mamba2Arch(), NemotronHArch(), BambaArch(), JambaArch(),
                                               Zamba2Arch(), GraniteMoeHybridArch(), FalconH1Arch(), Qwen3_5Arch(),
-                                              Qwen3NextArch())
+                                              Qwen3NextArch(), KimiLinearArch())
                                  for t in a.model_types}
 
 

@@ -180,7 +180,7 @@ def _slice_effect(mixer: Any, cuts: Mapping[str, float]) -> tuple[dict[str, int]
                 removed[param] = removed.get(param, 0.0) + len(idx) * int(np.prod(shape)) / shape[dim]
         gone = set(cut)
         try:  # sliced here only to count: whether apply slices is Shapes.execution's question
-            slice_units(mixer, kind, [u for u in range(family.count) if u not in gone])
+            slice_units(mixer, kind, [u for u in range(family.count) if u not in gone], for_counting=True)
         except ValueError:
             continue  # not a prunable kind: nothing to count
     after = totals()

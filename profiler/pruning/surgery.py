@@ -1,5 +1,5 @@
-"""Structured surgery on SSM mixers (Mamba, Mamba-2, Gated DeltaNet): zero units, slice them out, drop
-layers, fix the config.
+"""Structured surgery on SSM mixers (Mamba, Mamba-2, Gated DeltaNet, Kimi delta attention): zero units, slice
+them out, drop layers, fix the config.
 
 Every cut goes through :meth:`ssm_profile.model.arch.UnitFamily.indices`, so all tensors coupled to a unit
 (rows of ``in_proj``, conv channels, ``A_log`` entries, ``out_proj`` columns, ...) are cut with
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssm_profile.model.arch import GATED_DELTA, MAMBA1, MAMBA2, MixerInfo, UnitFamily, find_mixers
+from ssm_profile.model.arch import GATED_DELTA, KDA, MAMBA1, MAMBA2, MixerInfo, UnitFamily, find_mixers
 from ssm_profile.model.stock import stock_arch
 
 Units = Iterable[int] | torch.Tensor
@@ -241,6 +241,13 @@ def _rescale_value_norm(new: dict[str, torch.Tensor], full: int) -> None:
     new["norm.weight"] = (w * math.sqrt(full / w.shape[0])).contiguous()
 
 
+def _update_kda_sizes(mixer: MixerInfo) -> None:
+    """Kimi delta attention: the head count and width its forward and its forget gate read (after a head cut)."""
+    heads, width = mixer.num_heads, mixer.intermediate_size
+    _set_if_has(mixer.module, num_heads=heads, qkv_dim=width, conv_dim=3 * width)
+    _set_if_has(mixer.module.forget_gate, num_heads=heads, qkv_dim=width)
+
+
 def _update_sizes(mixer: MixerInfo) -> None:
     """Write the new sizes, read back from the tensor shapes, into the attributes forward uses."""
     m = mixer.module
@@ -259,7 +266,7 @@ def _update_sizes(mixer: MixerInfo) -> None:
 
 
 @torch.no_grad()
-def slice_units(mixer: MixerInfo, kind: str, keep: Units) -> None:
+def slice_units(mixer: MixerInfo, kind: str, keep: Units, *, for_counting: bool = False) -> None:
     """Rebuild every tensor coupled to ``kind`` units so that only ``keep`` remain (in sorted order).
 
     Learned values (biases and norm weights too) are copied; ``nn.Linear``/``nn.Conv1d`` modules
@@ -270,11 +277,15 @@ def slice_units(mixer: MixerInfo, kind: str, keep: Units) -> None:
 
     Raises ValueError for out-of-range or repeated units, a non-prunable kind, a cut that removes
     every unit, or one that keeps unequal numbers of units per group (Mamba-2 heads, states) or
-    per head (Mamba-2 head channels).
+    per head (Mamba-2 head channels), and for Kimi delta attention channel cuts (one head_dim serves
+    q, k, v and the gated norm, so the forward cannot run them) unless ``for_counting``: the planner's
+    meta copies slice those too, only to count the elements a cut takes.
     """
     family = _family(mixer, kind)
     ids = unit_id_list(keep, family, "slice_units")
     _check_keep(ids, family)
+    if mixer.kind == KDA and kind in ("key_channel", "value_channel") and len(ids) < family.count and not for_counting:
+        raise ValueError(f"{kind} units cannot be sliced out of a Kimi delta attention mixer: {family.normalised}")
     kept = _kept_indices(mixer, family, ids)
     tensors = _sliced_tensors(mixer, kept)
     if mixer.kind == MAMBA2:
@@ -287,6 +298,10 @@ def slice_units(mixer: MixerInfo, kind: str, keep: Units) -> None:
             _rescale_value_norm(tensors, mixer.head_v_dim)
         _install(mixer.module, tensors)
         _update_gated_delta_sizes(mixer, num_k_heads)
+        return
+    if mixer.kind == KDA:  # heads and low-rank directions; the forward reads the rest off the tensors
+        _install(mixer.module, tensors)
+        _update_kda_sizes(mixer)
         return
     _install(mixer.module, tensors)
     _slice_mup_vector(mixer.module, kept.get(("in_proj.weight", 0)))
@@ -465,7 +480,7 @@ def sync_config(model: nn.Module) -> list[str]:
 # heads (a key-head cut renumbers the value heads); the other families number their units
 # independently of each other.
 SLICE_ORDER = ("head_channel", "channel", "state", "dt_rank", "head", "value_channel", "key_channel", "value_head",
-               "key_head")
+               "key_head", "decay_rank", "gate_rank")
 
 
 @dataclass
