@@ -89,6 +89,7 @@ def test_two_ranks_measure_what_one_process_measures(tmp_path, one_process):
     assert done.stdout.count("run directory:") == 1  # rank 0 alone reports
 
 
+@pytest.mark.slow  # ~11 s: two torchrun launches
 def test_resume_with_one_process_after_two(tmp_path, loaded, one_process):
     # the probe batch (7 trials: one round of up to 8) completes; the next round is cancelled at its start
     cut = torchrun(2, WORKER, str(tmp_path / "run"), "--cancel-after", "8")

@@ -315,7 +315,8 @@ def test_head_cut_is_sliced_matches_the_zeroed_model_and_reloads(tmp_path, model
     assert n_before - sum(p.numel() for p in model.parameters()) == len(drop) * per_unit
     sliced = logits(model)
     # a zeroed head outputs exact zeros, so only float rounding of shorter sums differs (1.5e-5 measured)
-    assert (sliced - zeroed).abs().max() <= 1e-5 * max(1.0, zeroed.abs().max().item())
+    # float32 rounding of the narrower matmuls and norms: 1.5e-5 measured on transformers 5.25, 5.9e-5 on 5.15
+    assert (sliced - zeroed).abs().max() <= 3e-5 * max(1.0, zeroed.abs().max().item())
 
     model.save_pretrained(tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()

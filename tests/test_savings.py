@@ -123,7 +123,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("metric", ["params", "flops"])
+@pytest.mark.parametrize("metric", [pytest.param("params", marks=pytest.mark.slow), "flops"])  # flops by default
 def test_what_apply_removes_is_what_the_plan_states(tmp_path, case, metric):
     build, kinds = CASES[case]
     loaded = saved(build(), tmp_path / "base")
