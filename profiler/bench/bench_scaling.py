@@ -97,13 +97,13 @@ def _measure_profile(shape: ModelShape, model: torch.nn.Module, data) -> dict[st
     start = time.perf_counter()
     result = profile_model(loaded, data)
     total = time.perf_counter() - start
-    timings, sweep = result.record.timings, result.record.sweep or {}
+    timings, sweep = result.record.timings, result.record.sweep
     return {"calibration_seconds": round(timings["calibration"], 3), "calibration_windows": data.spec.nsamples,
             "calibration_windows_measured": data.spec.nsamples, "scoring_seconds": round(timings["scoring"], 3),
             "caching_seconds": round(timings.get("caching", 0.0), 3),
             "dense_eval_seconds": round(timings["dense_eval"], 3),
-            "trial_seconds": round(timings["trials"] / max(1, sweep["trials"]), 4), "trials_timed": sweep["trials"],
-            "trials_stopped_early": sweep["stopped"], "trials_adaptive": sweep["trials"],
+            "trial_seconds": round(timings["trials"] / max(1, sweep.trials), 4), "trials_timed": sweep.trials,
+            "trials_stopped_early": sweep.stopped, "trials_adaptive": sweep.trials,
             "trials_grid": result.record.trials_grid, "profile_seconds": round(total, 3),
             "statistics_offloaded": False}
 

@@ -122,7 +122,7 @@ def print_recovery(record: RecoveryRecord) -> None:
     s = record.sparsity
     console.print(f"nonzero parameters: {s.nonzero_before:,} before, {s.nonzero_after:,} after "
                   f"({s.frozen_entries:,} pruned entries held at zero)")
-    console.print(f"kernels: {record.kernels['training']}", markup=False)
+    console.print(f"kernels: {record.kernels.training}", markup=False)
     for note in record.notes:
         console.print(f"note: {note}", markup=False)
 

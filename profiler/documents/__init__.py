@@ -17,7 +17,8 @@ from .plan import (PLAN_LIMIT, REMOVED_KEY, Dense, Increase, Measured, ModelOrig
                    load_plan, one_line, plan_schema, read_json, short_fingerprint, validate_plan, write_plan)
 from .pruning import (ExecutedAction, ParameterCounts, PrunedFrom, PruningRecord, PruningSummary, Totals,
                       load_pruning_record)
-from .recovery import (CurvePoint, RecoveryCheck, RecoveryData, RecoveryOutput, RecoveryProgress, RecoveryRecord,
+from .recovery import (CurvePoint, RecoveryCheck, RecoveryData, RecoveryKernels, RecoveryOutput, RecoveryProgress,
+                       RecoveryRecord,
                        Sparsity, Teacher, load_recovery)
 from .validation import (AgainstPlan, LmEval, LossPerplexity, ModelRef, ModelSize, PairedChange, SearchPerplexity,
                          Sizes, Speed, SpeedChange, TaskScores, Timing, Tolerance, ValidationReport, load_validation)
@@ -28,7 +29,7 @@ __all__ = ["LM_EVAL_LOG", "PLAN_KIND", "PLAN_SCHEMA_VERSION", "PRUNING_FILE", "P
            "PlanData", "PlanModel", "PlanRecover", "PlanRun", "Predicted", "Verification", "as_plan",
            "check_weights", "load_plan", "one_line", "plan_schema", "read_json", "short_fingerprint",
            "validate_plan", "write_plan", "ExecutedAction", "ParameterCounts", "PrunedFrom", "Totals", "PruningRecord",
-           "PruningSummary", "load_pruning_record", "CurvePoint", "RecoveryCheck", "RecoveryData",
+           "PruningSummary", "load_pruning_record", "CurvePoint", "RecoveryCheck", "RecoveryData", "RecoveryKernels",
            "RecoveryOutput", "RecoveryProgress", "RecoveryRecord", "Sparsity", "Teacher", "load_recovery",
            "AgainstPlan", "LmEval", "LossPerplexity", "ModelRef", "ModelSize", "PairedChange",
            "SearchPerplexity", "Sizes", "Speed", "SpeedChange", "TaskScores", "Timing", "Tolerance",

@@ -79,6 +79,16 @@ class RecoveryOutput(Document):
 
 
 @dataclass(kw_only=True)
+class RecoveryKernels(Document):
+    """What computed the distillation: the kernels chosen and, in words, the forward that trained."""
+
+    choice: dict[str, Any]  # the Kernels value (ssm_profile.mixers.choice.Kernels), as written
+    training: str
+    mixer_forwards: dict[str, Any] | None = _optional()  # counted per call (ssm_profile.mixers.usage)
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
 class RecoveryRecord(Document):
     """What ``ssm-profile recover`` did (``recovery.json``): distillation settings, the loss curve
     (``curve``: ``{"step", "kd_loss", "lm_loss", "lr"}`` every step, plus ``verification_loss`` at
@@ -92,7 +102,7 @@ class RecoveryRecord(Document):
     output: RecoveryOutput
     settings: dict[str, Any]
     data: RecoveryData
-    kernels: dict[str, Any]
+    kernels: RecoveryKernels
     world: dict[str, Any]  # {"size": processes, "rank_weights": each rank's final weight fingerprint}
     progress: RecoveryProgress
     curve: list[CurvePoint]

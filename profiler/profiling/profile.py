@@ -49,7 +49,7 @@ from ..criteria.masks import Target, targets_for
 from .recipe import RunRecipe, needs_of
 from ..model.resolve import LoadedModel, check_vocabulary, tokenizer_info
 from ..documents import ModelOrigin
-from .record import ProfileSettings, RunData, RunModel, RunRecord, Skip
+from .record import ProfileSettings, RunData, RunModel, RunRecord, Skip, SweepSummary
 from .results import ProfileResult, read_journal
 from ..base.safe_read import read_user_json
 from .adaptive import AdaptiveSchedule, Budget
@@ -251,7 +251,7 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
     trials = run_schedule(schedule, runner, done, journal, note, cancel)
     note(len(trials), len(trials), "summaries")
     timings["trials"] = time.perf_counter() - t0
-    record.sweep = sweep_summary(schedule, done, int(dataset.evaluation.shape[1]))
+    record.sweep = SweepSummary.from_dict(sweep_summary(schedule, done, int(dataset.evaluation.shape[1])))
 
     unit_scores = _unit_scores(scorer, mixers, criteria)
     saliency = saliency_summary(scorer, mixers, targets, settings.criteria)

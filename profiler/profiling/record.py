@@ -133,6 +133,27 @@ class RunData:
 
 
 @dataclass
+class SweepSummary:
+    """What the sweep spent: trials (early stops and screens among them), windows evaluated, seconds."""
+
+    trials: int = 0
+    stopped: int = 0
+    screens: int = 0
+    windows_evaluated: int = 0
+    window_tokens: int = 0
+    trial_seconds: float = 0.0
+    budget_exhausted: bool | None = None  # adaptive sweeps with --budget only
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SweepSummary:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
 class Skip:
     """A criterion that does not apply to a target, and why."""
 
@@ -166,7 +187,7 @@ class RunRecord:
     trials_planned: int | None = None
     trials_grid: int | None = None
     budget: dict[str, Any] | None = None  # the adaptive sweep's bound (see ssm_profile.profiling.adaptive.Budget)
-    sweep: dict[str, Any] | None = None
+    sweep: SweepSummary | None = None
     incremental: dict[str, Any] | None = None
     mixer_forwards: dict[str, Any] | None = None  # which forward each mixer class ran (ssm_profile.mixers.usage)
     timings: dict[str, float] = field(default_factory=dict)
@@ -190,6 +211,8 @@ class RunRecord:
             value = getattr(self, name)
             if name == "skipped":
                 value = [asdict(s) for s in value]
+            elif name == "sweep" and value is not None:
+                value = value.to_dict()
             if value is not None and value != [] and value != {}:
                 out[name] = value
         return {**out, **self.extra}
@@ -203,4 +226,5 @@ class RunRecord:
             settings=ProfileSettings.from_dict(known.pop("settings", {}) or {}),
             data=RunData.from_dict(known.pop("data", {}) or {}),
             skipped=[Skip(**s) for s in known.pop("skipped", []) or []],
+            sweep=SweepSummary.from_dict(known.pop("sweep")) if known.get("sweep") else None,
             **known, extra=extra)

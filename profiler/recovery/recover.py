@@ -40,7 +40,7 @@ from .distill import (batch_at, frozen_entries, frozen_masks, learning_rate, ngr
                       train_step)
 from ..profiling.distributed import World
 from ..documents import (PRUNING_FILE, RECOVERY_FILE, CurvePoint, Plan, PlanRecover, RecoveryCheck, RecoveryData,
-                        PrunedFrom, RecoveryOutput, RecoveryProgress, RecoveryRecord, Sparsity, Teacher,
+                        PrunedFrom, RecoveryKernels, RecoveryOutput, RecoveryProgress, RecoveryRecord, Sparsity, Teacher,
                         check_weights,
                         load_pruning_record)
 from ..base.errors import DataError, ModelNotFoundError, OutputExistsError, SSMProfileError
@@ -397,7 +397,7 @@ def _recover(world: World, pruned_dir: str | Path, output_dir: str | Path, teach
         data=RecoveryData(training=inputs.stream_source, training_tokens=int(len(inputs.stream)),
                           seqlen=inputs.spec.seqlen, verification=inputs.dataset.sources.get("verification"),
                           verification_windows=int(verification.shape[0]), overlap_check_span=inputs.span),
-        kernels={**kernel_notes, "mixer_forwards": mixer_usage(calls_before)},
+        kernels=RecoveryKernels.from_dict({**kernel_notes, "mixer_forwards": mixer_usage(calls_before)}),
         world={"size": world.size, "rank_weights": world.gather(lambda: weights_fingerprint(student.model))},
         progress=RecoveryProgress(steps_done=state["step"], total_steps=state["total_steps"],
                                   train_seconds=round(state["train_seconds"], 3),
