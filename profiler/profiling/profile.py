@@ -27,7 +27,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -132,11 +132,30 @@ def profile_model(loaded: LoadedModel, data: DataSpec | Dataset | None = None,
     recipe = RunRecipe(data=dataset.spec, batch_size=settings.batch_size, seed=settings.seed,
                        kernels=kernels or Kernels.for_run(settings.fast_scan, model_device(model)))
     run_path = Path(run_dir) if run_dir is not None else None
-    args = (recipe, loaded, dataset, settings, targets, run_path, resume, progress, cancel, world)
+    run = _Run(recipe, loaded, dataset, settings, targets, run_path, resume,
+               progress or (lambda done, total, label: None), cancel, world)
     if run_path is None:
-        return _checked_profile(*args)
+        return _checked_profile(run)
     with world.writer_lock(run_path):  # one writer per run directory, from the checks below to the last trial
-        return _checked_profile(*args)
+        return _checked_profile(run)
+
+
+@dataclass
+class _Run:
+    """One profile call's inputs, resolved: what every step of the profile reads."""
+
+    recipe: RunRecipe
+    loaded: LoadedModel
+    dataset: Dataset
+    settings: ProfileSettings
+    targets: list[Target]
+    run_path: Path | None
+    resume: bool
+    note: Progress
+    cancel: Callable[[], bool] | None
+    world: World
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
 
 
 def check_run_dir(run_path: Path, *, resume: bool, overwrite: bool = False) -> None:
@@ -152,29 +171,24 @@ def check_run_dir(run_path: Path, *, resume: bool, overwrite: bool = False) -> N
         raise OutputExistsError(f"'{run_path}' exists and is not a profile run; choose another -o")
 
 
-def _checked_profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings: ProfileSettings,
-                     targets: list[Target], run_path: Path | None, resume: bool, progress: Progress | None,
-                     cancel: Callable[[], bool] | None, world: World) -> ProfileResult:
-    model = loaded.model
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    note = progress or (lambda done, total, label: None)
+def _checked_profile(run: _Run) -> ProfileResult:
+    loaded, model, world = run.loaded, run.loaded.model, run.world
+    run.started = time.perf_counter()  # the run's clock starts once it holds its directory
     record = RunRecord(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        model=RunModel(name=loaded.source.name, source=ModelOrigin.from_dict(asdict(loaded.source)), fingerprint=loaded.fingerprint,
-                       class_name=type(model).__name__, config=_config_dict(model)),
-        data=RunData.from_dict(dataset.describe()),  # calibration, search ("evaluation") and verification windows
+        model=RunModel(name=loaded.source.name, source=ModelOrigin.from_dict(asdict(loaded.source)),
+                       fingerprint=loaded.fingerprint, class_name=type(model).__name__, config=_config_dict(model)),
+        data=RunData.from_dict(run.dataset.describe()),  # calibration, search ("evaluation") and verification windows
         tokenizer=tokenizer_info(loaded),
-        settings=replace(settings, targets=[t.name for t in targets]),
+        settings=replace(run.settings, targets=[t.name for t in run.targets]),
         versions=_versions(), threads=torch.get_num_threads(),
         device=str(model_device(model)),  # where it ran (--device auto resolves to cuda or cpu)
         processes=world.size)
-    if run_path is not None:
-        world.from_writer(lambda: _check_run_path(run_path, record, resume))
+    if run.run_path is not None:
+        world.from_writer(lambda: _check_run_path(run.run_path, record, run.resume))
 
-    with recipe.installed(loaded.model):
-        return _profile(recipe, loaded, dataset, settings, targets, run_path, record, timings, started, note, cancel,
-                        world)
+    with run.recipe.installed(loaded.model):
+        return _profile(run, record)
 
 
 def _check_run_path(run_path: Path, record: RunRecord, resume: bool) -> None:
@@ -183,9 +197,9 @@ def _check_run_path(run_path: Path, record: RunRecord, resume: bool) -> None:
         _check_resume(run_path, record)
 
 
-def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings: ProfileSettings, targets: list[Target],
-             run_path: Path | None, record: RunRecord, timings: dict[str, float], started: float,
-             note: Progress, cancel: Callable[[], bool] | None, world: World) -> ProfileResult:
+def _profile(run: _Run, record: RunRecord) -> ProfileResult:
+    recipe, loaded, dataset, settings, targets = run.recipe, run.loaded, run.dataset, run.settings, run.targets
+    run_path, timings, started, note, world = run.run_path, run.timings, run.started, run.note, run.world
     model = loaded.model
     calls_before = mixer_calls()  # what the mixers run is recorded from their calls, not the settings
     note(0, 1, "static analysis")
@@ -248,7 +262,7 @@ def _profile(recipe: RunRecipe, loaded: LoadedModel, dataset: Dataset, settings:
     if world.sharded:
         runner = ShardedTrialRunner(runner, world)
     t0 = time.perf_counter()
-    trials = run_schedule(schedule, runner, done, journal, note, cancel)
+    trials = run_schedule(schedule, runner, done, journal, note, run.cancel)
     note(len(trials), len(trials), "summaries")
     timings["trials"] = time.perf_counter() - t0
     record.sweep = SweepSummary.from_dict(sweep_summary(schedule, done, int(dataset.evaluation.shape[1])))
