@@ -199,6 +199,22 @@ def _period(marked: list[bool], what: str, kept: list[int]) -> tuple[int, int]:
                      f"{where}, which no period describes; remove a different set of layers")
 
 
+class ZambaArch(StockArch):
+    """Zamba (v1): Mamba-1 heads with E = mamba_expand x hidden_size (int) split into n_mamba_heads heads of
+    E // n_mamba_heads channels; mamba_d_state and mamba_dt_rank are free. Shared attention reads the
+    hidden states (attention_hidden_size = 2 x hidden_size by default), never the mixer's width."""
+
+    model_types = ("zamba",)
+    notes = {"state": "expressible: uniform count across layers (mamba_d_state)",
+             "dt_rank": "expressible: uniform count across layers (mamba_dt_rank)",
+             **dict.fromkeys(("channel", "head"), _CONDITIONAL.format(field="mamba_expand"))}
+
+    def width_updates(self, config, dims):
+        expand, problems = _multiple_of_hidden(config, dims, "mamba_expand", "Zamba mixer width")
+        return {"n_mamba_heads": dims["num_heads"], "mamba_d_state": dims["state_size"],
+                "mamba_dt_rank": dims["dt_rank"], **expand}, problems
+
+
 class Zamba2Arch(StockArch):
     """Zamba2: E = mamba_expand x hidden_size (int), mamba_headdim derived as E // n_mamba_heads;
     hybrid layers share ``num_mem_blocks`` transformer blocks in turn, with one adapter per hybrid layer."""
@@ -332,7 +348,7 @@ class KimiLinearArch(StockArch):
 
 
 ARCHES: dict[str, StockArch] = {t: a for a in (MambaArch(), Mamba2Arch(), NemotronHArch(), BambaArch(), JambaArch(),
-                                              Zamba2Arch(), GraniteMoeHybridArch(), FalconH1Arch(), Qwen3_5Arch(),
+                                              ZambaArch(), Zamba2Arch(), GraniteMoeHybridArch(), FalconH1Arch(), Qwen3_5Arch(),
                                               Qwen3NextArch(), KimiLinearArch())
                                  for t in a.model_types}
 
