@@ -214,6 +214,18 @@ class ZambaArch(StockArch):
         return {"n_mamba_heads": dims["num_heads"], "mamba_d_state": dims["state_size"],
                 "mamba_dt_rank": dims["dt_rank"], **expand}, problems
 
+    layer_note = ("expressible: fewer layers in layers_block_type, unless exactly one hybrid layer would remain "
+                  "(transformers cannot build a Zamba with one; refused)")
+
+    def layer_updates(self, config, kept):
+        updates = super().layer_updates(config, kept)
+        hybrids = [i for i in kept if config.layers_block_type[i] == "hybrid"]
+        if len(hybrids) == 1:
+            raise ValueError(f"keeping layers {kept} leaves one hybrid layer ({hybrids[0]}); transformers ties "
+                             "the shared attention block of every hybrid layer to another's and cannot build a "
+                             "Zamba with exactly one: keep two hybrid layers or none")
+        return updates
+
 
 class Zamba2Arch(StockArch):
     """Zamba2: E = mamba_expand x hidden_size (int), mamba_headdim derived as E // n_mamba_heads;
