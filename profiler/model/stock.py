@@ -214,8 +214,8 @@ class ZambaArch(StockArch):
         return {"n_mamba_heads": dims["num_heads"], "mamba_d_state": dims["state_size"],
                 "mamba_dt_rank": dims["dt_rank"], **expand}, problems
 
-    layer_note = ("expressible: fewer layers in layers_block_type, unless exactly one hybrid layer would remain "
-                  "(transformers cannot build a Zamba with one; refused)")
+    layer_note = ("expressible only when two or more hybrid layers, or none, remain (fewer layers in "
+                  "layers_block_type; transformers cannot build a Zamba with exactly one); otherwise refused")
 
     def layer_updates(self, config, kept):
         updates = super().layer_updates(config, kept)
