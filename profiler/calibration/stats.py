@@ -31,9 +31,7 @@ with only what ``needs`` asks for:
             out_proj     (E,)                        out_proj input (KDA: o_proj's)
             ============ =========================== ===================================================
 
-            Zamba (v1)'s multi-head Mamba-1 mixers: in_proj, conv1d (the x rows, interleaved with z),
-            x_proj and D (the recomputed scan input, E channels head after head) and out_proj; its
-            x_proj/dt_proj are per-head raw parameters, so no x_proj/dt_proj Hessian and no dt_proj input.
+            Zamba (v1): as Mamba-1 but no dt_proj input and no x_proj/dt_proj Hessian (per-head parameters).
 
             Forward hooks on ``conv1d`` and ``dt_proj`` never fire in transformers 5.x (their weights
             are used directly), so their inputs are read off ``in_proj``'s and ``x_proj``'s outputs,
@@ -192,13 +190,13 @@ def _mamba1_hooks(m: MixerInfo, acc: _Acc) -> list:
 
 
 def _zamba_hooks(m: MixerInfo, acc: _Acc) -> list:
-    """Zamba (v1): hooks on in_proj and out_proj only (x_proj/dt_proj are raw per-head parameters); the scan
-    input is recomputed from in_proj's x rows (see :func:`mamba2_conv`), the SSM sums head by head."""
+    """Zamba (v1): hooks on in_proj and out_proj (x_proj/dt_proj are raw per-head parameters); the scan input
+    is recomputed from in_proj's x rows (interleaved with z) by :func:`mamba2_conv`, the SSM sums head by head."""
     mod, path, want = m.module, m.path, acc.want
 
     def in_proj_hook(_mod, args, out):
         acc.linear_input(f"{path}.in_proj", args[0])
-        x = out[..., 0::2]  # rows interleaved [x0, z0, x1, z1, ...]
+        x = out[..., 0::2]
         if "inputs" in want:
             acc.channels(f"{path}.conv1d", x)
         if want & {"inputs", "ssm"}:
@@ -223,9 +221,7 @@ def _zamba_scan_input(m: MixerInfo, acc: _Acc, x: torch.Tensor) -> None:
     xh = xt.view(-1, H, P).transpose(0, 1)  # (H, T, P)
     proj = xh @ mod.x_proj_weight.detach().double().transpose(1, 2)  # (H, T, R + 2N)
     dt_raw, B, C = torch.split(proj, [R, N, N], dim=-1)
-    pre = dt_raw @ mod.dt_proj_weight.detach().double().transpose(1, 2)  # (H, T, P)
-    if mod.dt_proj_bias is not None:
-        pre = pre + mod.dt_proj_bias.detach().double()[:, None, :]
+    pre = dt_raw @ mod.dt_proj_weight.detach().double().transpose(1, 2) + mod.dt_proj_bias.detach().double()[:, None]
     dt = F.softplus(pre).transpose(0, 1).reshape(xt.shape)  # (T, E)
     acc.ssm(m.path, dt_sum=dt.sum(0), dt2_sum=(dt * dt).sum(0), dt2x2_sum=(dt * dt * xt * xt).sum(0),
             x2_sum=(xt * xt).sum(0), B2_sum=(B * B).sum(dim=(0, 1)), C2_sum=(C * C).sum(dim=(0, 1)),

@@ -5,9 +5,9 @@ Mixers are found by what they hold (a direct ``A_log`` parameter beside ``in_pro
 hybrids (Jamba, Zamba, Zamba2, Bamba, NemotronH, ...) are all seen. ``A_log`` of rank 2 marks a
 Mamba-1 mixer, rank 1 a Mamba-2 mixer, rank 3 (heads, head channels, states) beside ``x_proj_weight`` and
 ``dt_proj_weight`` parameters Zamba (v1)'s multi-head Mamba-1 mixer (kind ``mamba1`` too: independent
-heads, x and z rows interleaved in ``in_proj``; see :func:`_zamba_units`). Gated DeltaNet mixers (Qwen3-Next, Qwen3.5) have no
-``in_proj``: ``A_log`` and ``dt_bias`` per value head beside ``conv1d``, a gated ``norm``, ``out_proj``
-and either the packed ``in_proj_qkvz``/``in_proj_ba`` or the split ``in_proj_qkv``/``_z``/``_b``/``_a``.
+heads, x and z rows interleaved in ``in_proj``; see :func:`_zamba_units`). Gated DeltaNet mixers
+(Qwen3-Next, Qwen3.5) have no ``in_proj``: ``A_log`` and ``dt_bias`` per value head beside ``conv1d``,
+a gated ``norm``, ``out_proj`` and either the packed ``in_proj_qkvz``/``in_proj_ba`` or the split ``in_proj_qkv``/``_z``/``_b``/``_a``.
 Kimi Linear's delta attention (kind ``kda``, :mod:`ssm_profile.model.kda`) keeps its decay in a
 ``forget_gate`` beside ``q_proj``/``k_proj``/``v_proj``, ``conv1d``, ``b_proj``, ``g_a_proj``/``g_b_proj``,
 ``o_norm`` and ``o_proj``.

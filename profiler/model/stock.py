@@ -360,8 +360,8 @@ class KimiLinearArch(StockArch):
 
 
 ARCHES: dict[str, StockArch] = {t: a for a in (MambaArch(), Mamba2Arch(), NemotronHArch(), BambaArch(), JambaArch(),
-                                              ZambaArch(), Zamba2Arch(), GraniteMoeHybridArch(), FalconH1Arch(), Qwen3_5Arch(),
-                                              Qwen3NextArch(), KimiLinearArch())
+                                              ZambaArch(), Zamba2Arch(), GraniteMoeHybridArch(), FalconH1Arch(),
+                                              Qwen3_5Arch(), Qwen3NextArch(), KimiLinearArch())
                                  for t in a.model_types}
 
 
