@@ -165,3 +165,18 @@ def test_cli_analyze_names_the_mixers(tmp_path, capsys):
     assert data["model"]["architecture"] == "zamba" and data["model"]["num_ssm_layers"] == 4
     assert data["model"]["mixer_kinds"] == [MAMBA1]
     assert any(p.startswith("model.layers.1.mamba_decoder.mamba.") for g in data["groups"] for p in g["params"])
+
+
+@pytest.mark.parametrize("kind,drop", [("channel", list(range(0, 16, 2))), ("head", [0]), ("state", [1])])
+def test_the_owned_forward_runs_a_sliced_mixer(kind, drop):
+    """The project's selective-scan forward reads heads, head width and states off the sliced tensors."""
+    from ssm_profile import mixers
+
+    model = tiny_hybrid("zamba")
+    assert slice_cuts(model, {kind: {m.layer: drop for m in find_mixers(model)}})[kind].sliced
+    module = find_mixers(model)[0].module
+    family = mixers.family_of(module)
+    h = torch.randn(2, 13, HIDDEN, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        owned, stock = family.run(module, h, "numba"), module(h)
+    assert (owned - stock).abs().max() <= 1e-5 * max(1.0, stock.abs().max().item())
