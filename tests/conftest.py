@@ -123,7 +123,7 @@ def _hybrid_configs() -> dict:
     }
 
 
-HYBRIDS = ("zamba2", "jamba", "nemotron_h", "bamba", "granitemoehybrid", "falcon_h1")
+HYBRIDS = ("zamba2", "jamba", "nemotron_h", "bamba", "granitemoehybrid", "falcon_h1", "zamba")
 
 
 def tiny_hybrid(name: str, **kw):

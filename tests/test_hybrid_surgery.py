@@ -1,5 +1,5 @@
 """Structured surgery on the Mamba layers of hybrid models: Zamba2, Jamba, NemotronH, Bamba,
-GraniteMoeHybrid (Granite 4.0-H) and FalconH1 (its µP multipliers kept).
+GraniteMoeHybrid (Granite 4.0-H), FalconH1 (its µP multipliers kept) and Zamba (v1, multi-head Mamba-1).
 
 * uniform unit cuts the stock config expresses are sliced for real (config updated, plain
   ``AutoModelForCausalLM.from_pretrained`` reloads them); others stay zeros and analyze says so;
@@ -52,6 +52,10 @@ SLICED = [
     ("falcon_h1", "head", [0, 3]),  # FalconH1's width (mamba_d_ssm) is free of hidden_size
     ("falcon_h1", "head_channel", per_head(3, 4, 8)),
     ("falcon_h1", "state", [1, 6]),
+    ("zamba", "channel", list(range(0, 16, 2))),  # channel p of both heads: 2 x 8 = 16 = 1 x hidden_size
+    ("zamba", "head", [1]),  # 1 x 16
+    ("zamba", "state", [0, 3]),
+    ("zamba", "dt_rank", [1]),
 ]
 # cuts no stock config expresses: executed as zeros
 ZEROS = [
@@ -62,6 +66,7 @@ ZEROS = [
     ("jamba", "dt_rank", [1], "normalises"),
     ("bamba", "head_channel", per_head(2, 4, 8), "not an integer multiple of hidden_size"),  # 4 x 6 = 24
     ("granitemoehybrid", "head_channel", per_head(2, 4, 8), "not an integer multiple of hidden_size"),
+    ("zamba", "channel", [0, 1, 2, 3], "not an integer multiple of hidden_size"),  # 2 x 12 = 24
 ]
 
 
@@ -147,7 +152,7 @@ def test_analyze_says_expressible_only_where_apply_slices(name):
         else:  # conditional on the kept width: slices in SLICED, stays zeros in ZEROS
             assert text.startswith("expressible only when") and kind in sliced
     layer_row = next(u.stock_config for u in analyze(tiny_hybrid(name)).units if u.kind == "layer")
-    assert layer_row.startswith("expressible only when" if name == "jamba" else "expressible:")
+    assert layer_row.startswith("expressible only when" if name in ("jamba", "zamba") else "expressible:")
 
 
 def skip_layer(model, layer: int):

@@ -4,7 +4,7 @@
   its rank) is executed as zeros: the saved model's logits are the zeroed model's.
 * Budgets and totals count FLOPs and state only for cuts apply slices; zeros count as params
   (nonzeros) only. On Mamba, Mamba-2 (with a head cut no stock config expresses), FalconMamba and the
-  hybrids Zamba2, Jamba, NemotronH, Bamba, GraniteMoeHybrid and FalconH1, the FLOPs/state/params that
+  hybrids Zamba2, Jamba, NemotronH, Bamba, GraniteMoeHybrid, FalconH1 and Zamba (v1), the FLOPs/state/params that
   apply removes equal what the plan states, and a FLOPs plan removes FLOPs for real.
 """
 
@@ -114,6 +114,11 @@ CASES = {
     # Granite 4.0-H and FalconH1: heads, head channels and states sliced for real (FalconH1's µP kept)
     "granitemoehybrid": (lambda: tiny_hybrid("granitemoehybrid"), {"head": 0.5, "state": 0.5}),
     "falcon_h1": (lambda: tiny_hybrid("falcon_h1"), {"head_channel": 0.25, "state": 0.5}),
+    # Zamba (v1): half the channels of every Mamba-1 head leave 2 x 8 = 1 x hidden_size, states and dt
+    # ranks are free: all sliced; one of two heads is sliced, a quarter of the channels of every head
+    # leaves 2 x 12 = 24 (not k x hidden_size: zeros)
+    "zamba": (lambda: tiny_hybrid("zamba"), {"channel": 0.5, "state": 0.5, "dt_rank": 0.5}),
+    "zamba_heads": (lambda: tiny_hybrid("zamba"), {"head": 0.5, "channel": 0.25}),
     # Gated DeltaNet: value and key heads sliced for real; channel cuts stay zeros (the gated norm's eps)
     "qwen3_next": (lambda: tiny_gated_delta("qwen3_next"), {"value_head": 0.5, "value_channel": 0.25}),
     "qwen3_5_text": (lambda: tiny_gated_delta("qwen3_5_text"), {"key_head": 0.5, "key_channel": 0.25}),
@@ -143,7 +148,7 @@ def test_what_apply_removes_is_what_the_plan_states(tmp_path, case, metric):
     assert record.parameters.zeroed_or_removed == plan.predicted.params_removed
     # the zero-executed cuts buy params only, so a FLOPs plan leaves them out
     zeros = {"mamba2": "head", "jamba": "state", "bamba": "head_channel", "qwen3_next": "value_channel",
-             "qwen3_5_text": "key_channel", "kimi_linear": "value_channel"}
+             "qwen3_5_text": "key_channel", "kimi_linear": "value_channel", "zamba_heads": "channel"}
     if case in zeros:
         assert {a.unit_kind: a.execution for a in plan.actions}.get(zeros[case]) == \
             ("zero" if metric == "params" else None)
@@ -152,7 +157,7 @@ def test_what_apply_removes_is_what_the_plan_states(tmp_path, case, metric):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["zamba2", "jamba", "nemotron_h", "bamba", "granitemoehybrid", "falcon_h1"])
+@pytest.mark.parametrize("case", ["zamba2", "jamba", "nemotron_h", "bamba", "granitemoehybrid", "falcon_h1", "zamba"])
 def test_cli_flops_plan_realises_its_savings_on_hybrids(tmp_path, case):
     """profile -> plan --metric flops -> apply -> analyze: the applied model loses what the plan states."""
     from transformers import AutoTokenizer

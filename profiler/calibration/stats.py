@@ -31,6 +31,8 @@ with only what ``needs`` asks for:
             out_proj     (E,)                        out_proj input (KDA: o_proj's)
             ============ =========================== ===================================================
 
+            Zamba (v1): as Mamba-1 but no dt_proj input and no x_proj/dt_proj Hessian (per-head parameters).
+
             Forward hooks on ``conv1d`` and ``dt_proj`` never fire in transformers 5.x (their weights
             are used directly), so their inputs are read off ``in_proj``'s and ``x_proj``'s outputs,
             and Mamba-2's conv output is recomputed from the captured xBC.
@@ -187,8 +189,48 @@ def _mamba1_hooks(m: MixerInfo, acc: _Acc) -> list:
     return handles
 
 
+def _zamba_hooks(m: MixerInfo, acc: _Acc) -> list:
+    """Zamba (v1): hooks on in_proj and out_proj (x_proj/dt_proj are raw per-head parameters); the scan input
+    is recomputed from in_proj's x rows (interleaved with z) by :func:`mamba2_conv`, the SSM sums head by head."""
+    mod, path, want = m.module, m.path, acc.want
+
+    def in_proj_hook(_mod, args, out):
+        acc.linear_input(f"{path}.in_proj", args[0])
+        x = out[..., 0::2]
+        if "inputs" in want:
+            acc.channels(f"{path}.conv1d", x)
+        if want & {"inputs", "ssm"}:
+            _zamba_scan_input(m, acc, mamba2_conv(m, x))
+
+    def out_proj_hook(_mod, args, out):
+        acc.linear_input(f"{path}.out_proj", args[0])
+
+    return [mod.in_proj.register_forward_hook(in_proj_hook), mod.out_proj.register_forward_hook(out_proj_hook)]
+
+
+def _zamba_scan_input(m: MixerInfo, acc: _Acc, x: torch.Tensor) -> None:
+    """x: the scan input (B, L, E) in float64. x_proj/D channel statistics, and the Mamba-1 SSM sums with
+    dt per channel (head after head) and B², C² summed over the heads (a state unit is state n of every head)."""
+    mod, H, P, N, R = m.module, m.num_heads, m.head_dim, m.state_size, m.dt_rank
+    if "inputs" in acc.want:
+        acc.channels(f"{m.path}.x_proj", x)
+        acc.channels(f"{m.path}.D", x)
+    if "ssm" not in acc.want:
+        return
+    xt = _tok(x)  # (T, E)
+    xh = xt.view(-1, H, P).transpose(0, 1)  # (H, T, P)
+    proj = xh @ mod.x_proj_weight.detach().double().transpose(1, 2)  # (H, T, R + 2N)
+    dt_raw, B, C = torch.split(proj, [R, N, N], dim=-1)
+    pre = dt_raw @ mod.dt_proj_weight.detach().double().transpose(1, 2) + mod.dt_proj_bias.detach().double()[:, None]
+    dt = F.softplus(pre).transpose(0, 1).reshape(xt.shape)  # (T, E)
+    acc.ssm(m.path, dt_sum=dt.sum(0), dt2_sum=(dt * dt).sum(0), dt2x2_sum=(dt * dt * xt * xt).sum(0),
+            x2_sum=(xt * xt).sum(0), B2_sum=(B * B).sum(dim=(0, 1)), C2_sum=(C * C).sum(dim=(0, 1)),
+            n=torch.tensor(xt.shape[0], dtype=torch.int64))
+
+
 def mamba2_conv(m: MixerInfo, xbc: torch.Tensor) -> torch.Tensor:
-    """Causal depthwise conv + activation of a Mamba-2 mixer on xBC (B, L, C) -> (B, L, C), float64."""
+    """Causal depthwise conv + activation of a Mamba-2 mixer on xBC (B, L, C) -> (B, L, C), float64 (also
+    Zamba's conv on its x rows)."""
     mod = m.module
     L, K = xbc.shape[1], m.conv_kernel
     w = mod.conv1d.weight.detach().double()
@@ -299,6 +341,8 @@ def _hooks(m: MixerInfo, acc: _Acc) -> list:
         return _gated_delta_hooks(m, acc)
     if m.kind == KDA:
         return _kda_hooks(m, acc)
+    if m.multi_head:
+        return _zamba_hooks(m, acc)
     return _mamba1_hooks(m, acc) if m.kind == MAMBA1 else _mamba2_hooks(m, acc)
 
 
@@ -313,7 +357,7 @@ def hessian_dims(m: MixerInfo) -> list[int]:
         return [m.hidden_size, m.intermediate_size]
     if m.kind == KDA:  # the hidden states, o_proj's input, and the two low-rank inputs
         return [m.hidden_size, m.intermediate_size, m.dims()["decay_rank"], m.dims()["gate_rank"]]
-    groups = HESSIAN_GROUPS if m.kind == MAMBA1 else ("in_proj", "out_proj")
+    groups = HESSIAN_GROUPS if m.kind == MAMBA1 and not m.multi_head else ("in_proj", "out_proj")
     return [getattr(m.module, g).weight.shape[1] for g in groups]
 
 

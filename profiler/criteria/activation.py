@@ -48,7 +48,7 @@ class Wanda(Criterion):
             return w * input_norm(ctx.stats, mixer, LINEAR_WEIGHTS[param])[None, :]
         if param == "conv1d.weight":
             return w * input_norm(ctx.stats, mixer, "conv1d")[:, None, None]
-        return w * input_norm(ctx.stats, mixer, "D")  # D
+        return w * input_norm(ctx.stats, mixer, "D").view(w.shape)  # D (Zamba: heads x head_dim)
 
 
 @register
@@ -91,7 +91,7 @@ class Flap(Criterion):
         if param in LINEAR_WEIGHTS:
             return w.square() * input_var(ctx.stats, mixer, LINEAR_WEIGHTS[param])[None, :]
         if mixer.kind == MAMBA1:
-            return w.square() * input_var(ctx.stats, mixer, "D")
+            return w.square() * input_var(ctx.stats, mixer, "D").view(w.shape)
         var = input_var(ctx.stats, mixer, "x").view(mixer.num_heads, mixer.head_dim).sum(1)
         return w.square() * var
 

@@ -4,6 +4,8 @@ energy and the memory horizon.
 Notation: A = -exp(A_log); dt the discretisation step (softplus); x the scan input; B, C the input
 and output projections of the state. Mamba-1: channel c ∈ [0, E), state n ∈ [0, N). Mamba-2: head h
 with its group g(h) = h // (nH / G), state n ∈ [0, N) of that group, channel p ∈ [0, P) of the head.
+Zamba (v1)'s multi-head Mamba-1: channel c = h·P + p as in Mamba-1; its ``channel`` unit p sums or
+averages over every head's channel p, its ``head`` unit over the head's channels (:func:`_mamba1_unit`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,19 @@ _EPS = 1e-12
 _NOT_A_SCAN = ("{name} is defined on the selective scan's diagonal states (dt, B, C); a {what} mixer's state "
                "is a delta-rule key x value memory with no such states")
 _DELTA = {GATED_DELTA: "Gated DeltaNet", KDA: "Kimi delta attention (KDA)"}
+
+
+def _mamba1_unit(mixer, g: torch.Tensor, kind: str, mean: bool = False) -> torch.Tensor | None:
+    """A Mamba-1 (E, N) value reduced to ``kind`` units (sum, or mean): state n over channels; channel c
+    over states, or for Zamba's heads channel p over heads and states, head h over its channels and states."""
+    reduce = torch.mean if mean else torch.sum
+    if kind == "state":
+        return reduce(g, dim=0)
+    if not mixer.multi_head:
+        return reduce(g, dim=1) if kind == "channel" else None
+    per_head = g.view(mixer.num_heads, mixer.head_dim, -1)
+    dims = {"channel": (0, 2), "head": (1, 2)}.get(kind)
+    return None if dims is None else reduce(per_head, dim=dims)
 
 
 class _StateEnergy(Criterion):
@@ -51,17 +66,16 @@ class _StateEnergy(Criterion):
     def score(self, ctx, mixer, param):
         self.check(mixer, param)
         g = self.gramian(ctx, mixer)
-        return (g if mixer.kind == MAMBA1 else g.sum(dim=(1, 2))).float()
+        return (g.view(mixer.param(param).shape) if mixer.kind == MAMBA1 else g.sum(dim=(1, 2))).float()
 
     def unit_scores(self, ctx, mixer, family):
         self.check_units(mixer, family)
         g = self.gramian(ctx, mixer)
         kind = family.kind
         if mixer.kind == MAMBA1:
-            if kind == "state":
-                return g.sum(0)
-            if kind == "channel":
-                return g.sum(1)
+            scores = _mamba1_unit(mixer, g, kind)
+            if scores is not None:
+                return scores
         else:
             H, G = mixer.num_heads, mixer.n_groups
             if kind == "head":
@@ -83,7 +97,8 @@ def _signals(ctx, mixer) -> dict[str, torch.Tensor]:
                        "with needs={'ssm'}")
     n = float(st["n"])
     means = {k[:-4]: st[k].double() / n for k in ("dt_sum", "dt2_sum", "dt2x2_sum", "B2_sum", "C2_sum") if k in st}
-    means["A"] = -torch.exp(mixer.param("A_log").detach().double().cpu())
+    A_log = mixer.param("A_log").detach().double().cpu()
+    means["A"] = -torch.exp(A_log.reshape(-1, A_log.shape[-1]) if mixer.kind == MAMBA1 else A_log)  # Zamba: (E, N)
     return means
 
 
@@ -197,8 +212,9 @@ class Horizon(Criterion):
             g = -A * F.softplus(mixer.param("dt_bias").detach().double().cpu())
             return 1.0 / (-torch.expm1(g)).clamp_min(_EPS)
         if mixer.kind == MAMBA1:
-            bias = mixer.module.dt_proj.bias
-            b = bias.detach().double().cpu() if bias is not None else torch.zeros(A.shape[0], dtype=A.dtype)
+            A = A.reshape(-1, A.shape[-1])  # Zamba: (heads, head_dim, N) -> (E, N)
+            bias = mixer.module.dt_proj_bias if mixer.multi_head else mixer.module.dt_proj.bias
+            b = bias.detach().double().cpu().reshape(-1) if bias is not None else torch.zeros(A.shape[0], dtype=A.dtype)
             return 1.0 / (F.softplus(b)[:, None] * A).clamp_min(_EPS)
         return 1.0 / (F.softplus(mixer.param("dt_bias").detach().double().cpu()) * A).clamp_min(_EPS)
 
@@ -206,7 +222,7 @@ class Horizon(Criterion):
         self.check(mixer, param)
         if mixer.kind == KDA:  # A_log (1, 1, heads, 1): the mean over each head's key channels
             return self.horizon(mixer).mean(1).view(mixer.param(param).shape).float()
-        return self.horizon(mixer).float()
+        return self.horizon(mixer).view(mixer.param(param).shape).float()
 
     def unit_scores(self, ctx, mixer, family):
         self.check_units(mixer, family)
@@ -219,10 +235,9 @@ class Horizon(Criterion):
         if kind == "key_head":
             return h.view(mixer.num_k_heads, -1).mean(1)
         if mixer.kind == MAMBA1:
-            if kind == "state":
-                return h.mean(0)
-            if kind == "channel":
-                return h.mean(1)
+            scores = _mamba1_unit(mixer, h, kind, mean=True)
+            if scores is not None:
+                return scores
         else:
             H, P, N, G = mixer.num_heads, mixer.head_dim, mixer.state_size, mixer.n_groups
             if kind == "head":

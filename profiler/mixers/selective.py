@@ -32,6 +32,7 @@ class Norm:
 @dataclass(frozen=True)
 class SelectiveSpec:
     heads: int  # 1, or Zamba's independent heads
+    per_head: bool  # Zamba's layout (per-head x_proj/dt_proj parameters, x and z rows interleaved), any head count
     rank: int  # dt rank R
     state: int  # N
     activation: str | None
@@ -60,7 +61,7 @@ def _in_proj(module: nn.Module, spec: SelectiveSpec, state: State, kernel: str) 
 
 def _conv(module: nn.Module, spec: SelectiveSpec, state: State, kernel: str) -> State:
     xz = state["xz"]
-    if spec.heads > 1:  # Zamba interleaves x and z rows: [x0, z0, x1, z1, ...]
+    if spec.per_head:  # Zamba interleaves x and z rows: [x0, z0, x1, z1, ...]
         b, _, length = xz.shape
         x, z = xz.view(b, -1, 2, length).unbind(2)
         x = x.contiguous()
@@ -74,7 +75,7 @@ def _conv(module: nn.Module, spec: SelectiveSpec, state: State, kernel: str) -> 
 def _x_proj(module: nn.Module, spec: SelectiveSpec, state: State, kernel: str) -> State:
     x = state["x"]
     sizes = [spec.rank, spec.state, spec.state]
-    if spec.heads > 1:
+    if spec.per_head:
         b, e, length = x.shape
         xh = x.reshape(b, spec.heads, e // spec.heads, length).transpose(0, 1)  # (heads, b, p, l)
         dt_raw, B, C = torch.split((module.x_proj_weight[:, None] @ xh).transpose(-1, -2), sizes, dim=-1)
@@ -92,7 +93,7 @@ def _x_proj(module: nn.Module, spec: SelectiveSpec, state: State, kernel: str) -
 def _scan(module: nn.Module, spec: SelectiveSpec, state: State, kernel: str) -> State:
     x, z, dt_raw, B, C = state["x"], state["z"], state["dt_raw"], state["B"], state["C"]
     A = -torch.exp(module.A_log.float())
-    if spec.heads == 1:
+    if not spec.per_head:
         bias = module.dt_proj.bias
         delta = module.dt_proj.weight @ dt_raw.transpose(1, 2)  # (b, e, l)
         y = K.selective_scan(x, delta, A, B.transpose(1, 2), C.transpose(1, 2), module.D.float(), z,
@@ -145,12 +146,14 @@ class SelectiveScan(MixerFamily):
         return None
 
     def spec(self, module: nn.Module) -> SelectiveSpec:
-        heads = module.A_log.shape[0] if _is_heads(module) else 1
-        if heads > 1:
+        per_head = _is_heads(module)  # a Zamba mixer sliced to one head keeps this layout
+        heads = module.A_log.shape[0] if per_head else 1
+        if per_head:
             state, rank = module.A_log.shape[2], module.dt_proj_weight.shape[2]
         else:
             state, rank = module.A_log.shape[1], module.dt_proj.weight.shape[1]
-        return SelectiveSpec(heads=heads, rank=rank, state=state, activation=getattr(module, "activation", "silu"),
+        return SelectiveSpec(heads=heads, per_head=per_head, rank=rank, state=state,
+                             activation=getattr(module, "activation", "silu"),
                              dt_norm=_norm(module, "dt_layernorm"), b_norm=_norm(module, "b_layernorm"),
                              c_norm=_norm(module, "c_layernorm"))
 

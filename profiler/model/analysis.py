@@ -313,6 +313,8 @@ def _mixer_flops(m: MixerInfo, group: str) -> int:
         return _kda_flops(m, group)
     E, N = m.intermediate_size, m.state_size
     mod = m.module
+    if m.multi_head and group in ("x_proj", "dt_proj"):  # Zamba: one (rows x head_dim) matmul per head
+        return 2 * m.param(f"{group}_weight").numel()
     if group in ("in_proj", "x_proj", "dt_proj", "out_proj"):
         w = getattr(mod, group).weight
         return 2 * w.shape[0] * w.shape[1]
@@ -450,6 +452,9 @@ def _quantiles(x: torch.Tensor) -> dict[str, float]:
 
 def _dt_bias(m: MixerInfo) -> torch.Tensor:
     mod = m.module
+    if m.multi_head:  # Zamba: (heads, head_dim), channel-major like in_proj's channels
+        bias = mod.dt_proj_bias
+        return bias.reshape(-1) if bias is not None else torch.zeros(m.intermediate_size)
     if m.kind == MAMBA1:
         bias = mod.dt_proj.bias
         return bias if bias is not None else torch.zeros(m.intermediate_size)
@@ -506,6 +511,8 @@ def _dynamics(m: MixerInfo) -> LayerDynamics:
     if m.kind == KDA:
         return _kda_dynamics(m)
     rate = torch.exp(m.module.A_log.detach().double())  # |A|
+    if m.multi_head:
+        rate = rate.reshape(m.intermediate_size, m.state_size)  # Zamba: (heads, head_dim, N) -> (E, N)
     bias = _dt_bias(m).detach().double()
     dt = F.softplus(bias)
     if m.kind == MAMBA1:

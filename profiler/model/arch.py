@@ -2,10 +2,12 @@
 
 Mixers are found by what they hold (a direct ``A_log`` parameter beside ``in_proj`` and
 ``out_proj``), not by attribute name, so Mamba, Mamba-2, FalconMamba and the Mamba layers of
-hybrids (Jamba, Zamba2, Bamba, NemotronH, ...) are all seen. ``A_log`` of rank 2 marks a
-Mamba-1 mixer, rank 1 a Mamba-2 mixer. Gated DeltaNet mixers (Qwen3-Next, Qwen3.5) have no
-``in_proj``: ``A_log`` and ``dt_bias`` per value head beside ``conv1d``, a gated ``norm``, ``out_proj``
-and either the packed ``in_proj_qkvz``/``in_proj_ba`` or the split ``in_proj_qkv``/``_z``/``_b``/``_a``.
+hybrids (Jamba, Zamba, Zamba2, Bamba, NemotronH, ...) are all seen. ``A_log`` of rank 2 marks a
+Mamba-1 mixer, rank 1 a Mamba-2 mixer, rank 3 (heads, head channels, states) beside ``x_proj_weight`` and
+``dt_proj_weight`` parameters Zamba (v1)'s multi-head Mamba-1 mixer (kind ``mamba1`` too: independent
+heads, x and z rows interleaved in ``in_proj``; see :func:`_zamba_units`). Gated DeltaNet mixers
+(Qwen3-Next, Qwen3.5) have no ``in_proj``: ``A_log`` and ``dt_bias`` per value head beside ``conv1d``,
+a gated ``norm``, ``out_proj`` and either the packed ``in_proj_qkvz``/``in_proj_ba`` or the split ``in_proj_qkv``/``_z``/``_b``/``_a``.
 Kimi Linear's delta attention (kind ``kda``, :mod:`ssm_profile.model.kda`) keeps its decay in a
 ``forget_gate`` beside ``q_proj``/``k_proj``/``v_proj``, ``conv1d``, ``b_proj``, ``g_a_proj``/``g_b_proj``,
 ``o_norm`` and ``o_proj``.
@@ -74,10 +76,15 @@ class MixerInfo:
         return self.module.conv1d.weight.shape[-1]
 
     @property
+    def multi_head(self) -> bool:
+        """Zamba (v1)'s Mamba-1 mixer: per-head ``x_proj_weight``/``dt_proj_weight`` and an A_log of rank 3."""
+        return self.kind == MAMBA1 and "x_proj_weight" in self.module._parameters
+
+    @property
     def state_size(self) -> int:
         """Mamba: SSM states per channel; Gated DeltaNet: the state's key rows (head_k_dim); KDA: head_dim."""
         if self.kind == MAMBA1:
-            return self.module.A_log.shape[1]
+            return self.module.A_log.shape[-1]
         if self.kind == GATED_DELTA:
             return self.head_k_dim
         if self.kind == KDA:
@@ -86,19 +93,21 @@ class MixerInfo:
 
     @property
     def dt_rank(self) -> int:
+        if self.multi_head:
+            return self.module.dt_proj_weight.shape[-1]
         return self.module.dt_proj.weight.shape[1] if self.kind == MAMBA1 else 0
 
     @property
     def num_heads(self) -> int:
         if self.kind == KDA:
             return _kda.sizes(self.module)[0]
-        return self.module.A_log.shape[0] if self.kind == MAMBA2 else 0
+        return self.module.A_log.shape[0] if self.kind == MAMBA2 or self.multi_head else 0
 
     @property
     def head_dim(self) -> int:
         if self.kind == KDA:
             return _kda.sizes(self.module)[1]
-        return self.intermediate_size // self.num_heads if self.kind == MAMBA2 else 0
+        return self.intermediate_size // self.num_heads if self.kind == MAMBA2 or self.multi_head else 0
 
     @property
     def n_groups(self) -> int:
@@ -154,7 +163,9 @@ class MixerInfo:
                     "head_k_dim": self.head_k_dim, "head_v_dim": self.head_v_dim, "conv_kernel": self.conv_kernel}
         d = {"hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
              "state_size": self.state_size, "conv_kernel": self.conv_kernel}
-        if self.kind == MAMBA1:
+        if self.multi_head:
+            d.update(dt_rank=self.dt_rank, num_heads=self.num_heads, head_dim=self.head_dim)
+        elif self.kind == MAMBA1:
             d["dt_rank"] = self.dt_rank
         else:
             d.update(num_heads=self.num_heads, head_dim=self.head_dim, n_groups=self.n_groups)
@@ -186,9 +197,15 @@ class MixerInfo:
         """Parameter group name -> parameter names (relative). Every mixer parameter is in one group."""
         out: dict[str, list[str]] = {}
         for name in self.params:
-            out.setdefault(_kda.group_of(name) if self.kind == KDA else name.split(".")[0], []).append(name)
+            out.setdefault(self._group_of(name), []).append(name)
         order = {g: i for i, g in enumerate(GROUP_ORDER)}
         return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+    def _group_of(self, name: str) -> str:
+        if self.kind == KDA:
+            return _kda.group_of(name)
+        first = name.split(".")[0]
+        return _HEAD_PARAM_GROUPS.get(first, first) if self.multi_head else first
 
     def sub_blocks(self) -> dict[str, list[tuple[str, int, int]]]:
         """Row blocks inside fused tensors: group -> [(block name, start, stop)] along dim 0."""
@@ -197,6 +214,8 @@ class MixerInfo:
         if self.kind == KDA:
             return _kda.blocks(self)
         E, N = self.intermediate_size, self.state_size
+        if self.multi_head:  # x/z rows interleaved, dt/B/C blocks along x_proj_weight's dim 1: no row blocks
+            return {}
         if self.kind == MAMBA1:
             R = self.dt_rank
             return {"in_proj": [("x", 0, E), ("z", E, 2 * E)],
@@ -214,6 +233,8 @@ class MixerInfo:
             return _gated_delta_units(self)
         if self.kind == KDA:
             return _kda.units(self)
+        if self.multi_head:
+            return _zamba_units(self)
         return _mamba1_units(self) if self.kind == MAMBA1 else _mamba2_units(self)
 
     def unit_family(self, kind: str) -> UnitFamily:
@@ -244,6 +265,41 @@ def _mamba1_units(m: MixerInfo) -> dict[str, UnitFamily]:
                             normalised=_norm_over(m, ("b_layernorm", "c_layernorm"), "B and C over the states")),
         "dt_rank": UnitFamily("dt_rank", R, dt_rank, "dt low-rank direction r: x_proj dt row, dt_proj column",
                               normalised=_norm_over(m, ("dt_layernorm",), "dt over its rank")),
+    }
+
+
+# Zamba's per-head raw parameters, shown in the groups of the Mamba-1 modules they replace
+_HEAD_PARAM_GROUPS = {"x_proj_weight": "x_proj", "dt_proj_weight": "dt_proj", "dt_proj_bias": "dt_proj"}
+
+
+def _zamba_units(m: MixerInfo) -> dict[str, UnitFamily]:
+    """Zamba (v1): H independent Mamba-1 heads of P channels. Inner channel c = h*P + p owns in_proj rows
+    2c (x) and 2c+1 (z), conv channel c, out_proj column c and index [h, ..., p] of the per-head tensors
+    (x_proj_weight (H, R+2N, P), dt_proj_weight (H, P, R), dt_proj_bias and D (H, P), A_log (H, P, N)).
+    Those tensors share one head dim, so a ``channel`` unit is channel p of every head (a cut keeps
+    the same channels in every head, as the config's one head dim needs); ``state`` n and ``dt_rank``
+    r are likewise shared by all heads; a ``head`` takes all its channels."""
+    H, P, N, R = m.num_heads, m.head_dim, m.state_size, m.dt_rank
+    out = "out_proj.weight"
+    channel = _and_biases([Slot("in_proj.weight", 0, 0, 2, repeats=H, every=2 * P),
+                           Slot("conv1d.weight", 0, 0, 1, repeats=H, every=P)])
+    channel += [Slot("x_proj_weight", 2, 0), Slot("dt_proj_weight", 1, 0), Slot("dt_proj_bias", 1, 0),
+                Slot("A_log", 1, 0), Slot("D", 1, 0), Slot(out, 1, 0, 1, repeats=H, every=P)]
+    head = _and_biases([Slot("in_proj.weight", 0, 0, 2 * P), Slot("conv1d.weight", 0, 0, P)])
+    head += [Slot(name, 0, 0) for name in ("x_proj_weight", "dt_proj_weight", "dt_proj_bias", "A_log", "D")]
+    head += [Slot(out, 1, 0, P)]
+    state = [Slot("x_proj_weight", 1, R), Slot("x_proj_weight", 1, R + N), Slot("A_log", 2, 0)]
+    dt_rank = [Slot("x_proj_weight", 1, 0), Slot("dt_proj_weight", 2, 0)]
+    return {
+        "channel": UnitFamily("channel", P, _optional(m, channel), "channel p of every head: x and z rows of "
+                              "in_proj (interleaved), conv channel, x_proj column, dt_proj row and bias, A_log "
+                              "row, D, out_proj column"),
+        "state": UnitFamily("state", N, _optional(m, state), "SSM state n of every head: B and C rows of "
+                            "x_proj, A_log column"),
+        "dt_rank": UnitFamily("dt_rank", R, _optional(m, dt_rank), "dt low-rank direction r of every head: "
+                              "x_proj dt row, dt_proj column"),
+        "head": UnitFamily("head", H, _optional(m, head), "head h: its x and z rows of in_proj, conv channels, "
+                           "x_proj, dt_proj and its bias, A_log, D, out_proj columns"),
     }
 
 
@@ -403,8 +459,14 @@ def kind_of(module: nn.Module) -> str | None:
         return GATED_DELTA
     if not hasattr(module, "in_proj") or not hasattr(module, "out_proj") or not hasattr(module, "conv1d"):
         return None
-    # rank 3: Zamba's multi-head Mamba-1 layers, not analysed yet (other_recurrent_layers)
+    if a_log.ndim == 3:  # Zamba (v1): Mamba-1 heads with per-head x/dt projections
+        return MAMBA1 if _is_zamba_heads(module) else None
     return {2: MAMBA1, 1: MAMBA2}.get(a_log.ndim)
+
+
+def _is_zamba_heads(module: nn.Module) -> bool:
+    params = module._parameters
+    return params.get("x_proj_weight") is not None and params.get("dt_proj_weight") is not None
 
 
 def find_mixers(model: nn.Module) -> list[MixerInfo]:
@@ -422,9 +484,8 @@ def find_mixers(model: nn.Module) -> list[MixerInfo]:
 
 # Recurrent layers of other families (read from transformers' class names): Gated DeltaNet and Kimi delta
 # attention layers whose parameters find_mixers does not recognise, RecurrentGemma's RG-LRU block,
-# RWKV's time mixing, xLSTM, LFM2's short convolutions, linear attention and retention layers; and, by its
-# A_log of rank 3, Zamba (v1)'s multi-head Mamba-1 mixer. (KimiLinearAttention is Kimi Linear's full MLA
-# attention, not a linear-attention layer.)
+# RWKV's time mixing, xLSTM, LFM2's short convolutions, linear attention and retention layers.
+# (KimiLinearAttention is Kimi Linear's full MLA attention, not a linear-attention layer.)
 _OTHER_RECURRENT = re.compile(r"GatedDeltaNet|DeltaAttention|RecurrentBlock|Rglru|RwkvSelfAttention|RwkvAttention|"
                               r"xLSTMLayer|[ms]LSTM|ShortConv|(?<!^Kimi)LinearAttention|Retention")
 
@@ -439,12 +500,10 @@ def other_recurrent_layers(model: nn.Module) -> dict[str, list[int]]:
         name = type(module).__name__
         if any(path.startswith(p + ".") for p in matched):
             continue
-        if kind_of(module) in (GATED_DELTA, KDA):
+        if kind_of(module) is not None:
             matched.append(path)
             continue
-        a_log = module._parameters.get("A_log") if hasattr(module, "_parameters") else None
-        multi_head_mamba1 = a_log is not None and a_log.ndim == 3  # Zamba (v1): x_proj/dt_proj per head
-        if not (_OTHER_RECURRENT.search(name) or multi_head_mamba1):
+        if not _OTHER_RECURRENT.search(name):
             continue
         matched.append(path)
         layer = _LAYER_RE.search(path)

@@ -418,7 +418,7 @@ def _check_has_mixers(model: torch.nn.Module, source: ModelSource) -> None:
         raise UnsupportedModelError(
             f"'{source.name}' loaded as {type(model).__name__}; its recurrent layers are {found}: that family is "
             "not supported yet (ssm-profile profiles Mamba and Mamba-2 mixers, in Mamba, Mamba-2, FalconMamba, "
-            "Jamba, Zamba2, Bamba, NemotronH, GraniteMoeHybrid and FalconH1 models, the Gated DeltaNet layers "
+            "Jamba, Zamba, Zamba2, Bamba, NemotronH, GraniteMoeHybrid and FalconH1 models, the Gated DeltaNet layers "
             "of Qwen3-Next and Qwen3.5, and Kimi Linear's delta attention)")
     raise UnsupportedModelError(f"'{source.name}' loaded as {type(model).__name__} but has no Mamba/Mamba-2 mixer "
                                 "(no module with an A_log parameter); ssm-profile analyses state-space models only")

@@ -199,6 +199,34 @@ def _period(marked: list[bool], what: str, kept: list[int]) -> tuple[int, int]:
                      f"{where}, which no period describes; remove a different set of layers")
 
 
+class ZambaArch(StockArch):
+    """Zamba (v1): Mamba-1 heads with E = mamba_expand x hidden_size (int) split into n_mamba_heads heads of
+    E // n_mamba_heads channels; mamba_d_state and mamba_dt_rank are free. Shared attention reads the
+    hidden states (attention_hidden_size = 2 x hidden_size by default), never the mixer's width."""
+
+    model_types = ("zamba",)
+    notes = {"state": "expressible: uniform count across layers (mamba_d_state)",
+             "dt_rank": "expressible: uniform count across layers (mamba_dt_rank)",
+             **dict.fromkeys(("channel", "head"), _CONDITIONAL.format(field="mamba_expand"))}
+
+    def width_updates(self, config, dims):
+        expand, problems = _multiple_of_hidden(config, dims, "mamba_expand", "Zamba mixer width")
+        return {"n_mamba_heads": dims["num_heads"], "mamba_d_state": dims["state_size"],
+                "mamba_dt_rank": dims["dt_rank"], **expand}, problems
+
+    layer_note = ("expressible only when two or more hybrid layers, or none, remain (fewer layers in "
+                  "layers_block_type; transformers cannot build a Zamba with exactly one); otherwise refused")
+
+    def layer_updates(self, config, kept):
+        updates = super().layer_updates(config, kept)
+        hybrids = [i for i in kept if config.layers_block_type[i] == "hybrid"]
+        if len(hybrids) == 1:
+            raise ValueError(f"keeping layers {kept} leaves one hybrid layer ({hybrids[0]}); transformers ties "
+                             "the shared attention block of every hybrid layer to another's and cannot build a "
+                             "Zamba with exactly one: keep two hybrid layers or none")
+        return updates
+
+
 class Zamba2Arch(StockArch):
     """Zamba2: E = mamba_expand x hidden_size (int), mamba_headdim derived as E // n_mamba_heads;
     hybrid layers share ``num_mem_blocks`` transformer blocks in turn, with one adapter per hybrid layer."""
@@ -332,8 +360,8 @@ class KimiLinearArch(StockArch):
 
 
 ARCHES: dict[str, StockArch] = {t: a for a in (MambaArch(), Mamba2Arch(), NemotronHArch(), BambaArch(), JambaArch(),
-                                              Zamba2Arch(), GraniteMoeHybridArch(), FalconH1Arch(), Qwen3_5Arch(),
-                                              Qwen3NextArch(), KimiLinearArch())
+                                              ZambaArch(), Zamba2Arch(), GraniteMoeHybridArch(), FalconH1Arch(),
+                                              Qwen3_5Arch(), Qwen3NextArch(), KimiLinearArch())
                                  for t in a.model_types}
 
 

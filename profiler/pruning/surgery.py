@@ -254,6 +254,8 @@ def _update_sizes(mixer: MixerInfo) -> None:
     if mixer.kind == MAMBA1:
         _set_if_has(m, intermediate_size=mixer.intermediate_size, ssm_state_size=mixer.state_size,
                     time_step_rank=mixer.dt_rank)
+        if mixer.multi_head:  # Zamba's forward reshapes by its head count and head width
+            _set_if_has(m, n_mamba_heads=mixer.num_heads, mamba_head_dim=mixer.head_dim)
         return
     E, G, H = mixer.intermediate_size, mixer.n_groups, mixer.num_heads
     # The state count is not in any shape of its own: the conv holds E + 2*G*N channels.
