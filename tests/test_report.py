@@ -145,7 +145,7 @@ def recovery_document() -> dict:
             "output": {"fingerprint": "sha256:cc", "files": ["model.safetensors"]}, "settings": {},
             "data": {"training": "embedded:calibration.txt", "training_tokens": 8192, "seqlen": 64,
                      "verification": "embedded:evaluation.txt [held out]", "verification_windows": 32},
-            "kernels": {"training": "torch"}, "world": {"size": 1, "rank_weights": []},
+            "kernels": {"choice": {}, "training": "torch"}, "world": {"size": 1, "rank_weights": []},
             "progress": {"steps_done": 10, "total_steps": 10, "train_seconds": 3.0, "seconds": 4.0},
             "curve": [{"step": 0, "verification_loss": 6.3}, {"step": 10, "kd_loss": 0.5, "verification_loss": 6.22}],
             "before": {"verification": {**check, "loss": 6.3, "rel_ppl_increase": 0.105, "interval": [0.09, 0.12]},
