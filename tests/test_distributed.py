@@ -69,9 +69,12 @@ def test_two_ranks_share_the_plans_back_off_measurements(one_run, tmp_path):
                                                      window_losses=list(result.dense_window_losses)))
     ask = ["plan", str(run), "--max-ppl-increase", "0.02", "--metric", "params"]
     single = subprocess.run([CLI, *ask, "-o", str(tmp_path / "one.json")], capture_output=True, text=True, timeout=600)
-    assert single.returncode == 0, single.stderr
+    # the optimistic losses can make the plan break its promise on the verification windows: exit 3 (the
+    # plan is still written); one process and two must agree on that too
+    assert single.returncode in (0, 3), single.stderr
     done = torchrun(2, "--no-python", CLI, *ask, "-o", str(tmp_path / "two.json"))
-    assert done.returncode == 0, done.stderr[-2000:]
+    # (torchrun reports a rank's exit 3 as its own failure, exit 1, with its ChildFailedError summary)
+    assert (done.returncode == 0) == (single.returncode == 0), done.stderr[-2000:]
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert one["measured"]["backoff_steps"] >= 1
     for key in ("actions", "measured", "predicted", "verification"):
