@@ -35,6 +35,10 @@ def _profile(run: Path, *extra: str) -> list[str]:
     return _cli("profile", "tiny-mamba", "-o", str(run), *SETTINGS, *extra)
 
 
+# a plan whose promise breaks on the verification windows is still written, with exit status 3
+PLAN_OK = (0, 3)
+
+
 def _plan(run: Path, plan: Path, *extra: str) -> list[str]:
     return _cli("plan", str(run), "-o", str(plan), "--ratio", "0.2", "--quiet", *extra)
 
@@ -43,10 +47,10 @@ def _apply(plan: Path, out: Path, *extra: str) -> list[str]:
     return _cli("apply", "tiny-mamba", str(plan), "-o", str(out), "--quiet", *extra)
 
 
-def _run(command: list[str]) -> float:
+def _run(command: list[str], ok: tuple[int, ...] = (0,)) -> float:
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode in ok, done.stderr
     return time.monotonic() - started
 
 
@@ -92,7 +96,7 @@ def test_killed_commands_resume_to_the_uninterrupted_result(tmp_path):
     ref, hit = tmp_path / "ref", tmp_path / "hit"
     ref.mkdir(), hit.mkdir()
     durations = {"profile": _run(_profile(ref / "run")),
-                 "plan": _run(_plan(ref / "run", ref / "plan.json")),
+                 "plan": _run(_plan(ref / "run", ref / "plan.json"), PLAN_OK),
                  "apply": _run(_apply(ref / "plan.json", ref / "out"))}
 
     run, plan, out = hit / "run", hit / "plan.json", hit / "out"
@@ -105,7 +109,7 @@ def test_killed_commands_resume_to_the_uninterrupted_result(tmp_path):
         if plan.exists():
             json.loads(plan.read_text())  # atomic: absent or complete
         killed += _kill_after(_plan(run, plan, "--overwrite"), rng.uniform(0.3, durations["plan"]))
-    _run(_plan(run, plan, "--overwrite"))
+    _run(_plan(run, plan, "--overwrite"), PLAN_OK)
     for _ in range(KILLS["apply"]):
         if out.exists():
             _checkpoint(out)  # atomic: absent or complete

@@ -387,6 +387,8 @@ def _recover(world: World, pruned_dir: str | Path, output_dir: str | Path, teach
     finally:
         if runner is not None:
             runner.close()
+    # rank 0 measured before and after; every rank returns the same record
+    before, after = world.from_writer(lambda: (state["before"], after))
     record = RecoveryRecord(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         pruned={"directory": str(pruned_dir), "fingerprint": identity["pruned"],
@@ -403,7 +405,7 @@ def _recover(world: World, pruned_dir: str | Path, output_dir: str | Path, teach
                                   train_seconds=round(state["train_seconds"], 3),
                                   train_cpu_seconds=round(state["train_cpu_seconds"], 3),
                                   seconds=round(time.perf_counter() - started, 3)),
-        curve=[CurvePoint.from_dict(p) for p in state["curve"]], before=RecoveryCheck.from_dict(state["before"]),
+        curve=[CurvePoint.from_dict(p) for p in state["curve"]], before=RecoveryCheck.from_dict(before),
         after=RecoveryCheck.from_dict(after),
         sparsity=Sparsity(nonzero_before=nonzero_before, nonzero_after=count_parameters(student.model)["nonzero"],
                           frozen_entries=frozen_entries(masks)),
