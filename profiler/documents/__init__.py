@@ -10,6 +10,7 @@ validator of plan files (:func:`validate_plan`).
 Torch-free: reports and the TUI read these files without loading a model.
 """
 
+from ._base import _extra as extra_field, _optional as optional_field  # for documents defined in other wings
 from ._base import (LM_EVAL_LOG, PLAN_KIND, PLAN_SCHEMA_VERSION, PRUNING_FILE, PRUNING_KIND, RECOVERY_FILE,
                     RECOVERY_KIND, VALIDATION_FILE, VALIDATION_KIND, Document, parse_document)
 from .plan import (PLAN_LIMIT, REMOVED_KEY, Dense, Increase, Measured, ModelOrigin, Objective, Plan, PlanAction,
@@ -23,7 +24,7 @@ from .recovery import (CurvePoint, RecoveryCheck, RecoveryData, RecoveryKernels,
 from .validation import (AgainstPlan, LmEval, LossPerplexity, ModelRef, ModelSize, PairedChange, SearchPerplexity,
                          Sizes, Speed, SpeedChange, TaskScores, Timing, Tolerance, ValidationReport, load_validation)
 
-__all__ = ["LM_EVAL_LOG", "PLAN_KIND", "PLAN_SCHEMA_VERSION", "PRUNING_FILE", "PRUNING_KIND", "RECOVERY_FILE",
+__all__ = ["extra_field", "optional_field", "LM_EVAL_LOG", "PLAN_KIND", "PLAN_SCHEMA_VERSION", "PRUNING_FILE", "PRUNING_KIND", "RECOVERY_FILE",
            "RECOVERY_KIND", "VALIDATION_FILE", "VALIDATION_KIND", "Document", "parse_document", "PLAN_LIMIT",
            "REMOVED_KEY", "Dense", "Increase", "Measured", "ModelOrigin", "Objective", "Plan", "PlanAction",
            "PlanData", "PlanModel", "PlanRecover", "PlanRun", "Predicted", "Verification", "as_plan",

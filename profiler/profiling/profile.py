@@ -229,7 +229,7 @@ def _profile(run: _Run, record: RunRecord) -> ProfileResult:
     specs, skipped = plan_trials(scorer, mixers, targets, settings.criteria, settings.sparsities,
                                  settings.per_layer, settings.probe_sparsity, settings.layer_criterion)
     timings["scoring"] = time.perf_counter() - t0
-    record.skipped = [Skip(**s) for s in skipped]
+    record.skipped = [Skip.from_dict(s) for s in skipped]
     record.trials_planned = record.trials_grid = len(specs)
 
     journal = recorded = None  # only the writing rank's trials go to the journal (every rank's ``done`` is the same)

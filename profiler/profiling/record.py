@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from ..base.defaults import DEFAULT_CRITERIA, DEFAULT_SPARSITIES, DEFAULT_TOLERANCE
 from ..base.errors import SSMProfileError
 from ..calibration.data import DataSpec, data_spec_from_meta
-from ..documents import ModelOrigin
+from ..documents import Document, ModelOrigin, extra_field, optional_field
 
 RUN_SCHEMA_VERSION = 1
 # Settings older runs lack, with the value they ran with (so they still read, and resume, as they ran).
@@ -101,39 +101,32 @@ class RunModel:
                    class_name=str(data.get("class") or ""), config=dict(data.get("config") or {}))
 
 
-@dataclass
-class RunData:
+@dataclass(kw_only=True)
+class RunData(Document):
     """The run's windows: sources as described to people (``embedded:calibration.txt``,
     ``file.txt [first 80%]``), counts and roles (calibration, search, held-out verification)."""
 
-    calibration: str | None = None
-    evaluation: str | None = None
+    calibration: str | None = optional_field()
+    evaluation: str | None = optional_field()
     nsamples: int = 0
     eval_samples: int = 0
     seqlen: int = 0
     seed: int = 0
-    calibration_tokens: int | None = None
-    evaluation_tokens: int | None = None
-    verification: str | None = None  # absent in runs from before the verification split
-    verify_samples: int | None = None
-    verification_tokens: int | None = None
-    roles: dict[str, str] | None = None
+    calibration_tokens: int | None = optional_field()
+    evaluation_tokens: int | None = optional_field()
+    verification: str | None = optional_field()  # absent in runs from before the verification split
+    verify_samples: int | None = optional_field()
+    verification_tokens: int | None = optional_field()
+    roles: dict[str, str] | None = optional_field()
+    extra: dict[str, Any] = extra_field()
 
     def spec(self) -> DataSpec:
         """The :class:`DataSpec` that rebuilds these windows."""
         return data_spec_from_meta(self.to_dict())
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RunData:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-@dataclass
-class SweepSummary:
+@dataclass(kw_only=True)
+class SweepSummary(Document):
     """What the sweep spent: trials (early stops and screens among them), windows evaluated, seconds."""
 
     trials: int = 0
@@ -142,24 +135,18 @@ class SweepSummary:
     windows_evaluated: int = 0
     window_tokens: int = 0
     trial_seconds: float = 0.0
-    budget_exhausted: bool | None = None  # adaptive sweeps with --budget only
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SweepSummary:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    budget_exhausted: bool | None = optional_field()  # adaptive sweeps with --budget only
+    extra: dict[str, Any] = extra_field()
 
 
-@dataclass
-class Skip:
+@dataclass(kw_only=True)
+class Skip(Document):
     """A criterion that does not apply to a target, and why."""
 
     criterion: str
     target: str
     reason: str
+    extra: dict[str, Any] = extra_field()
 
 
 _FIELDS = ("schema_version", "created", "model", "data", "tokenizer", "settings", "versions", "threads", "device",
@@ -210,7 +197,7 @@ class RunRecord:
         for name in _FIELDS[11:]:
             value = getattr(self, name)
             if name == "skipped":
-                value = [asdict(s) for s in value]
+                value = [s.to_dict() for s in value]
             elif name == "sweep" and value is not None:
                 value = value.to_dict()
             if value is not None and value != [] and value != {}:
@@ -225,6 +212,6 @@ class RunRecord:
             model=RunModel.from_dict(known.pop("model", {}) or {}),
             settings=ProfileSettings.from_dict(known.pop("settings", {}) or {}),
             data=RunData.from_dict(known.pop("data", {}) or {}),
-            skipped=[Skip(**s) for s in known.pop("skipped", []) or []],
+            skipped=[Skip.from_dict(s) for s in known.pop("skipped", []) or []],
             sweep=SweepSummary.from_dict(known.pop("sweep")) if known.get("sweep") else None,
             **known, extra=extra)
