@@ -128,7 +128,8 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("metric", [pytest.param("params", marks=pytest.mark.slow), "flops"])  # flops by default
+@pytest.mark.parametrize("metric", [pytest.param("params", marks=pytest.mark.slow), "flops",
+                                    pytest.param("state", marks=pytest.mark.slow)])  # flops by default
 def test_what_apply_removes_is_what_the_plan_states(tmp_path, case, metric):
     build, kinds = CASES[case]
     loaded = saved(build(), tmp_path / "base")
@@ -154,6 +155,8 @@ def test_what_apply_removes_is_what_the_plan_states(tmp_path, case, metric):
             ("zero" if metric == "params" else None)
     if metric == "flops":  # every architecture has a cut that apply slices: FLOPs really go
         assert physical["flops"] > 0
+    if metric == "state" and plan.predicted.state_bytes_removed:  # a state plan frees state by slices alone
+        assert physical["state"] == plan.predicted.state_bytes_removed > 0
 
 
 @pytest.mark.slow
