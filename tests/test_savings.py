@@ -119,6 +119,8 @@ CASES = {
     # leaves 2 x 12 = 24 (not k x hidden_size: zeros)
     "zamba": (lambda: tiny_hybrid("zamba"), {"channel": 0.5, "state": 0.5, "dt_rank": 0.5}),
     "zamba_heads": (lambda: tiny_hybrid("zamba"), {"head": 0.5, "channel": 0.25}),
+    # two overlapping sliced kinds beside a zeros action: the plan counts the sliced params together
+    "zamba_overlap": (lambda: tiny_hybrid("zamba"), {"head": 0.5, "state": 0.5, "channel": 0.25}),
     # Gated DeltaNet: value and key heads sliced for real; channel cuts stay zeros (the gated norm's eps)
     "qwen3_next": (lambda: tiny_gated_delta("qwen3_next"), {"value_head": 0.5, "value_channel": 0.25}),
     "qwen3_5_text": (lambda: tiny_gated_delta("qwen3_5_text"), {"key_head": 0.5, "key_channel": 0.25}),
@@ -130,7 +132,11 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("metric", [pytest.param("params", marks=pytest.mark.slow), "flops",
                                     pytest.param("state", marks=pytest.mark.slow)])  # flops by default
-def test_what_apply_removes_is_what_the_plan_states(tmp_path, case, metric):
+def test_what_apply_removes_is_what_the_plan_states(tmp_path, case, metric, request):
+    if (case, metric) == ("zamba_overlap", "params"):  # a known miscount, kept visible
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "predicted params_removed counts the zeroed channel's elements against the dense model; beside "
+            "sliced heads and states apply zeroes 96 more than predicted (6288 vs 6192)")))
     build, kinds = CASES[case]
     loaded = saved(build(), tmp_path / "base")
     before = analyze(loaded.model).totals
@@ -149,7 +155,8 @@ def test_what_apply_removes_is_what_the_plan_states(tmp_path, case, metric):
     assert record.parameters.zeroed_or_removed == plan.predicted.params_removed
     # the zero-executed cuts buy params only, so a FLOPs plan leaves them out
     zeros = {"mamba2": "head", "jamba": "state", "bamba": "head_channel", "qwen3_next": "value_channel",
-             "qwen3_5_text": "key_channel", "kimi_linear": "value_channel", "zamba_heads": "channel"}
+             "qwen3_5_text": "key_channel", "kimi_linear": "value_channel", "zamba_heads": "channel",
+             "zamba_overlap": "channel"}
     if case in zeros:
         assert {a.unit_kind: a.execution for a in plan.actions}.get(zeros[case]) == \
             ("zero" if metric == "params" else None)

@@ -148,6 +148,8 @@ class Predicted(_Removes, Document):
     # what each ratio is a share of, in words (ssm_profile.base.fmt.scope_name), e.g. "SSM-mixer params"
     reduction_of: str | None = _optional()
     reduction_model_of: str | None = _optional()
+    # parameters the sliced actions remove together (overlaps once); absent in older plans
+    params_sliced: int | None = _optional()
     extra: dict[str, Any] = _extra()
 
 

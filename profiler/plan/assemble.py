@@ -89,11 +89,12 @@ def _totals(s: Solution, execution: dict[int, tuple[str, str]]) -> dict[str, flo
     """Params: every zeroed or removed parameter (overlaps counted once); FLOPs and state: exactly
     what the sliced unit cuts remove together (zeros remove none)."""
     totals = {"params": net_gain(s.choice, [[o.gain("params") for o in levels] for levels in s.options],
-                                 s.overlaps["params"]), "flops": 0, "state": 0}
+                                 s.overlaps["params"]), "flops": 0, "state": 0, "params_sliced": 0}
     sliced = {a.unit_kind: a.sparsity for a in s.actions if a.unit_kind and execution[id(a)][0] == "slice"}
     if sliced:
         combined = s.shapes.effect(sliced)
         totals["flops"], totals["state"] = combined["flops"], combined["state"]
+        totals["params_sliced"] = combined["params"]
     return totals
 
 
@@ -171,6 +172,7 @@ def assemble(s: Solution) -> Plan:
                             state_bytes_removed=round(totals["state"]), scope_total=scope_total,
                             reduction_ratio=float(totals[metric] / max(1, scope_total)),
                             reduction_ratio_model=float(totals[metric] / max(1, dense_total[metric])),
-                            reduction_of=scope_name(s.scope, metric), reduction_model_of=scope_name("model", metric)),
+                            reduction_of=scope_name(s.scope, metric), reduction_model_of=scope_name("model", metric),
+                            params_sliced=round(totals["params_sliced"])),
         measured=_measured(s), notes=notes, verification=s.verification)
     return plan.validated("the new plan")

@@ -23,9 +23,13 @@ UNITS_HINT = "To shrink the model, plan with `--structures units` (whole channel
 def physical_change(plan: Plan) -> dict[str, int]:
     """Params, FLOPs/token and state bytes/sequence that sliced actions remove (zeros remove none).
 
-    Capped by the plan's predicted totals, which count overlapping actions once."""
+    The plan's own count of what its sliced cuts remove together, overlaps counted once; older plans
+    without it: the sum over sliced actions, capped by the predicted totals."""
     sliced = [a for a in plan.actions if a.execution == "slice"]
-    return {m: min(sum(a.removed(m) for a in sliced), plan.predicted.removed(m)) for m in METRICS}
+    change = {m: min(sum(a.removed(m) for a in sliced), plan.predicted.removed(m)) for m in METRICS}
+    if plan.predicted.params_sliced is not None:
+        change["params"] = plan.predicted.params_sliced
+    return change
 
 
 def changes_nothing(plan: Plan) -> bool:
