@@ -210,8 +210,8 @@ def test_two_processes_end_with_identical_weights(tmp_path, sparse_dir):
     from transformers import AutoModelForCausalLM
 
     record = _recover_on_two_processes(sparse_dir, tmp_path / "ddp", steps=1)
-    assert record.world["size"] == 2 and len(set(record.world["rank_weights"])) == 1
-    assert record.world["rank_weights"][0] == record.output.fingerprint
+    assert record.world.size == 2 and len(set(record.world.rank_weights)) == 1
+    assert record.world.rank_weights[0] == record.output.fingerprint
     AutoModelForCausalLM.from_pretrained(tmp_path / "ddp")
 
 

@@ -19,7 +19,7 @@ from .plan import (PLAN_LIMIT, REMOVED_KEY, Dense, Increase, Measured, ModelOrig
 from .pruning import (ExecutedAction, ParameterCounts, PrunedFrom, PruningRecord, PruningSummary, Totals,
                       load_pruning_record)
 from .recovery import (CurvePoint, RecoveryCheck, RecoveryData, RecoveryKernels, RecoveryOutput, RecoveryProgress,
-                       RecoveryRecord,
+                       RecoveryRecord, RecoveryWorld,
                        Sparsity, Teacher, load_recovery)
 from .validation import (AgainstPlan, LmEval, LossPerplexity, ModelRef, ModelSize, PairedChange, SearchPerplexity,
                          Sizes, Speed, SpeedChange, TaskScores, Timing, Tolerance, ValidationReport, load_validation)
@@ -30,7 +30,7 @@ __all__ = ["extra_field", "optional_field", "LM_EVAL_LOG", "PLAN_KIND", "PLAN_SC
            "PlanData", "PlanModel", "PlanRecover", "PlanRun", "Predicted", "Verification", "as_plan",
            "check_weights", "load_plan", "one_line", "plan_schema", "read_json", "short_fingerprint",
            "validate_plan", "write_plan", "ExecutedAction", "ParameterCounts", "PrunedFrom", "Totals", "PruningRecord",
-           "PruningSummary", "load_pruning_record", "CurvePoint", "RecoveryCheck", "RecoveryData", "RecoveryKernels",
+           "PruningSummary", "load_pruning_record", "CurvePoint", "RecoveryCheck", "RecoveryData", "RecoveryKernels", "RecoveryWorld",
            "RecoveryOutput", "RecoveryProgress", "RecoveryRecord", "Sparsity", "Teacher", "load_recovery",
            "AgainstPlan", "LmEval", "LossPerplexity", "ModelRef", "ModelSize", "PairedChange",
            "SearchPerplexity", "Sizes", "Speed", "SpeedChange", "TaskScores", "Timing", "Tolerance",

@@ -89,6 +89,15 @@ class RecoveryKernels(Document):
 
 
 @dataclass(kw_only=True)
+class RecoveryWorld(Document):
+    """The processes that trained: how many, and each rank's final weights (all equal when DDP held)."""
+
+    size: int
+    rank_weights: list[str]
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
 class RecoveryRecord(Document):
     """What ``ssm-profile recover`` did (``recovery.json``): distillation settings, the loss curve
     (``curve``: ``{"step", "kd_loss", "lm_loss", "lr"}`` every step, plus ``verification_loss`` at
@@ -103,7 +112,7 @@ class RecoveryRecord(Document):
     settings: dict[str, Any]
     data: RecoveryData
     kernels: RecoveryKernels
-    world: dict[str, Any]  # {"size": processes, "rank_weights": each rank's final weight fingerprint}
+    world: RecoveryWorld
     progress: RecoveryProgress
     curve: list[CurvePoint]
     before: RecoveryCheck

@@ -39,10 +39,9 @@ from ..base.defaults import RECOVER_LR, RECOVER_STEPS, RECOVER_TEMPERATURE
 from .distill import (batch_at, frozen_entries, frozen_masks, learning_rate, ngram_overlap, rank_rows,
                       train_step)
 from ..profiling.distributed import World
-from ..documents import (PRUNING_FILE, RECOVERY_FILE, CurvePoint, Plan, PlanRecover, RecoveryCheck, RecoveryData,
-                        PrunedFrom, RecoveryKernels, RecoveryOutput, RecoveryProgress, RecoveryRecord, Sparsity, Teacher,
-                        check_weights,
-                        load_pruning_record)
+from ..documents import (PRUNING_FILE, RECOVERY_FILE, CurvePoint, Plan, PlanRecover, PrunedFrom, RecoveryCheck,
+                         RecoveryData, RecoveryKernels, RecoveryOutput, RecoveryProgress, RecoveryRecord, RecoveryWorld,
+                         Sparsity, Teacher, check_weights, load_pruning_record)
 from ..base.errors import DataError, ModelNotFoundError, OutputExistsError, SSMProfileError
 from ..base.io import atomic_directory, write_json_atomic
 from ..mixers.choice import Kernels, installed
@@ -400,7 +399,7 @@ def _recover(world: World, pruned_dir: str | Path, output_dir: str | Path, teach
                           seqlen=inputs.spec.seqlen, verification=inputs.dataset.sources.get("verification"),
                           verification_windows=int(verification.shape[0]), overlap_check_span=inputs.span),
         kernels=RecoveryKernels.from_dict({**kernel_notes, "mixer_forwards": mixer_usage(calls_before)}),
-        world={"size": world.size, "rank_weights": world.gather(lambda: weights_fingerprint(student.model))},
+        world=RecoveryWorld(size=world.size, rank_weights=world.gather(lambda: weights_fingerprint(student.model))),
         progress=RecoveryProgress(steps_done=state["step"], total_steps=state["total_steps"],
                                   train_seconds=round(state["train_seconds"], 3),
                                   train_cpu_seconds=round(state["train_cpu_seconds"], 3),
