@@ -14,8 +14,7 @@ KD_COLOR, VERIFY_COLOR = "#4c78a8", "#e45756"
 
 
 def _change(split: Increase) -> tuple[str, str]:
-    lo, hi = split.interval
-    return f"{split.rel_ppl_increase:+.1%}", f"95% interval {lo:+.1%} to {hi:+.1%}, {split.windows} windows"
+    return f"{split.rel_ppl_increase:+.1%}", f"{split.interval_text()}, {split.windows} windows"
 
 
 def recovery_items(record: RecoveryRecord) -> list[tuple[str, str, str]]:

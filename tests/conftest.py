@@ -203,3 +203,30 @@ def tiny_architecture(name: str):
     if name in GATED_DELTA:
         return tiny_gated_delta(name)
     return makers[name]() if name in makers else tiny_hybrid(name)
+
+
+def score_or_say_why(ctx, mixer, names) -> dict[tuple[str, str], str]:
+    """Every criterion in ``names`` on every parameter and unit family of ``mixer``: a finite score of the
+    right shape, or the reason it does not apply. Returns {(criterion, param or unit kind): reason}."""
+    from ssm_profile import criteria as C
+
+    reasons = {}
+    for name in names:
+        crit = C.get(name)
+        for param, p in mixer.params.items():
+            try:
+                crit.check(mixer, param)
+            except C.NotApplicable as err:
+                reasons[name, param] = str(err)
+                continue
+            s = crit.score(ctx, mixer, param)
+            assert s.shape == p.shape and torch.isfinite(s).all(), (name, param)
+        for kind, family in mixer.unit_families().items():
+            try:
+                crit.check_units(mixer, family)
+            except C.NotApplicable as err:
+                reasons[name, kind] = str(err)
+                continue
+            u = crit.unit_scores(ctx, mixer, family)
+            assert u.shape == (family.count,) and torch.isfinite(u).all(), (name, kind)
+    return reasons

@@ -16,7 +16,7 @@ import math
 
 import pytest
 import torch
-from conftest import GATED_DELTA, cached_step_logits, tiny_gated_delta
+from conftest import GATED_DELTA, cached_step_logits, score_or_say_why, tiny_gated_delta
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging
 
@@ -244,25 +244,7 @@ def test_every_criterion_scores_or_says_why(model_type):
     ctx = C.ScoringContext(model, st, seed=1)
     mixer = find_mixers(model)[0]
     names = [n for n in C.available() if n != "captum" or has_captum()]
-    reasons = {}
-    for name in names:
-        crit = C.get(name)
-        for param, p in mixer.params.items():
-            try:
-                crit.check(mixer, param)
-            except C.NotApplicable as err:
-                reasons[name, param] = str(err)
-                continue
-            s = crit.score(ctx, mixer, param)
-            assert s.shape == p.shape and torch.isfinite(s).all(), (name, param)
-        for kind, family in mixer.unit_families().items():
-            try:
-                crit.check_units(mixer, family)
-            except C.NotApplicable as err:
-                reasons[name, kind] = str(err)
-                continue
-            u = crit.unit_scores(ctx, mixer, family)
-            assert u.shape == (family.count,) and torch.isfinite(u).all(), (name, kind)
+    reasons = score_or_say_why(ctx, mixer, names)
     assert all(reasons.values())
     # the selective-scan criteria say why they do not apply to any of it
     for name in ("ssm_energy", "ssm_gramian"):

@@ -19,7 +19,7 @@ import math
 
 import pytest
 import torch
-from conftest import KDA_LAYOUT, cached_step_logits, tiny_kda
+from conftest import KDA_LAYOUT, cached_step_logits, score_or_say_why, tiny_kda
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging
 
@@ -206,25 +206,7 @@ def test_calibration_statistics_and_every_criterion():
     assert torch.allclose(st.inputs[f"{mixer.path}.conv1d"]["sq"], want.sum(0), rtol=1e-6)
 
     ctx = C.ScoringContext(model, st, seed=1)
-    reasons = {}
-    for name in [n for n in C.available() if n != "captum"]:
-        crit = C.get(name)
-        for param, p in mixer.params.items():
-            try:
-                crit.check(mixer, param)
-            except C.NotApplicable as err:
-                reasons[name, param] = str(err)
-                continue
-            s = crit.score(ctx, mixer, param)
-            assert s.shape == p.shape and torch.isfinite(s).all(), (name, param)
-        for kind, family in mixer.unit_families().items():
-            try:
-                crit.check_units(mixer, family)
-            except C.NotApplicable as err:
-                reasons[name, kind] = str(err)
-                continue
-            u = crit.unit_scores(ctx, mixer, family)
-            assert u.shape == (family.count,) and torch.isfinite(u).all(), (name, kind)
+    reasons = score_or_say_why(ctx, mixer, [n for n in C.available() if n != "captum"])
     assert all(reasons.values())
     for name in ("ssm_energy", "ssm_gramian"):
         assert all("Kimi delta attention" in reasons[name, x] for x in [*mixer.params, *mixer.unit_families()])

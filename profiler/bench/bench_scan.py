@@ -107,12 +107,18 @@ def bench_layer_forward(seq_len: int = 1024, threads: int = 1, repeats: int = 3,
     """Forward (inference) of one mixer: reference vs fast scan vs dense-projection floor."""
     with torch_threads(threads), torch.no_grad():
         mixer = build_mixer(seed).eval()
-        x = torch.randn(1, seq_len, mixer.hidden_size)
-        floor = _dense_floor(mixer, seq_len)
-        t = best_times({"reference": _with_kernels(mixer, False, lambda: mixer(x)),
-                         "fast": _with_kernels(mixer, True, lambda: mixer(x)),
-                         "floor_torch": _with_kernels(mixer, False, floor),
-                         "floor": _with_kernels(mixer, True, floor)}, repeats)
+        return _forward_result(mixer, _dense_floor(mixer, seq_len), threads, seq_len, repeats)
+
+
+def _forward_result(mixer: nn.Module, floor: Callable[[], object], threads: int, seq_len: int,
+                    repeats: int) -> dict:
+    """One mixer's forward on ``seq_len`` tokens with transformers' kernels, with the fast ones, and its
+    dense projections alone (the floor) with either linear: best of ``repeats`` interleaved rounds."""
+    x = torch.randn(1, seq_len, mixer.hidden_size)
+    t = best_times({"reference": _with_kernels(mixer, False, lambda: mixer(x)),
+                    "fast": _with_kernels(mixer, True, lambda: mixer(x)),
+                    "floor_torch": _with_kernels(mixer, False, floor),
+                    "floor": _with_kernels(mixer, True, floor)}, repeats)
     return _result(t["reference"], t["fast"], threads, seq_len, floor_s=t["floor"], floor_torch_s=t["floor_torch"],
                    fast_over_floor=t["fast"] / t["floor"], linear=fastlinear.backend())
 
@@ -146,15 +152,8 @@ def bench_delta_forward(seq_len: int = 1024, threads: int = 1, repeats: int = 3,
     (the numba delta rule) vs the dense-projection floor."""
     with torch_threads(threads), torch.no_grad():
         mixer = build_delta_mixer(seed).eval()
-        x = torch.randn(1, seq_len, mixer.hidden_size)
-        floor = _delta_floor(mixer, seq_len)
-        t = best_times({"reference": _with_kernels(mixer, False, lambda: mixer(x)),
-                         "fast": _with_kernels(mixer, True, lambda: mixer(x)),
-                         "floor_torch": _with_kernels(mixer, False, floor),
-                         "floor": _with_kernels(mixer, True, floor)}, repeats)
-    return {**_result(t["reference"], t["fast"], threads, seq_len, floor_s=t["floor"], floor_torch_s=t["floor_torch"],
-                      fast_over_floor=t["fast"] / t["floor"], linear=fastlinear.backend()),
-            "backend": fastdelta.BACKEND, "shape": dict(DELTA)}
+        result = _forward_result(mixer, _delta_floor(mixer, seq_len), threads, seq_len, repeats)
+    return {**result, "backend": fastdelta.BACKEND, "shape": dict(DELTA)}
 
 
 def bench_layer_backward(seq_len: int = 512, threads: int = 1, repeats: int = 3, seed: int = 0) -> dict:

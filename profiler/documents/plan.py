@@ -180,10 +180,14 @@ class Increase(Document):
     within_tolerance: bool | None = _optional()
     extra: dict[str, Any] = _extra()
 
+    def interval_text(self) -> str:
+        """``95% interval +7.6% to +10.3%``."""
+        lo, hi = self.interval
+        return f"95% interval {lo:+.1%} to {hi:+.1%}"
+
     def phrase(self, windows: str = "verification windows") -> str:
         """``+8.9% (95% interval +7.6% to +10.3%) on 32 verification windows``."""
-        lo, hi = self.interval
-        return f"{self.rel_ppl_increase:+.1%} (95% interval {lo:+.1%} to {hi:+.1%}) on {self.windows} {windows}"
+        return f"{self.rel_ppl_increase:+.1%} ({self.interval_text()}) on {self.windows} {windows}"
 
 
 @dataclass(kw_only=True)
@@ -197,12 +201,11 @@ class Verification(Increase):
 
     def sentence(self) -> str:
         """One line a user reads: the verified increase, its interval and whether the promise holds."""
-        lo, hi = self.interval
         head = (f"verification ({self.windows} held-out windows): perplexity {self.rel_ppl_increase:+.1%} "
-                f"(95% interval {lo:+.1%} to {hi:+.1%}) vs promised at most +{self.max_ppl_increase:.1%}")
+                f"({self.interval_text()}) vs promised at most +{self.max_ppl_increase:.1%}")
         if not self.kept:
             return head + ": the promise is NOT kept on verification"
-        if hi > self.max_ppl_increase:
+        if self.interval[1] > self.max_ppl_increase:
             return head + ": kept, but the interval reaches beyond the tolerance"
         return head + ": kept"
 
