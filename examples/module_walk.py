@@ -28,6 +28,8 @@ def walk(fn: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
     stack: list[str | None] = []
     entered: Counter[str] = Counter()
     climbs = crossings = 0
+    seen_code: set[Any] = set()
+    reading: list[str] = []  # module of each function met for the first time, in order
 
     def hook(frame, event, arg):  # noqa: ARG001 - sys.setprofile's signature
         nonlocal climbs, crossings
@@ -35,6 +37,10 @@ def walk(fn: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
             module = frame.f_globals.get("__name__", "")
             module = module if module.startswith("ssm_profile") else None
             caller = next((m for m in reversed(stack) if m is not None), None)
+            if module is not None and frame.f_code not in seen_code:
+                seen_code.add(frame.f_code)
+                if not reading or reading[-1] != module:
+                    reading.append(module)
             if module is not None and module != caller:
                 crossings += 1
                 entered[module] += 1
@@ -49,8 +55,10 @@ def walk(fn: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
         value = fn()
     finally:
         sys.setprofile(None)
+    read_entries = Counter(reading)
     return value, {"rooms": len(entered), "climbs": climbs, "crossings": crossings,
-                   "most_entered": entered.most_common(3)}
+                   "most_entered": entered.most_common(3),
+                   "read_rooms": len(read_entries), "reread": len(reading) - len(read_entries), "read_entries": read_entries.most_common(3)}
 
 
 def main() -> None:
@@ -70,6 +78,9 @@ def main() -> None:
         top = ", ".join(f"{m.removeprefix('ssm_profile.')} x{n}" for m, n in w["most_entered"])
         print(f"{name}: {w['rooms']} modules, {w['climbs']} climbs back up, {w['crossings']} crossings "
               f"(most entered: {top})")
+        again = ", ".join(f"{m.removeprefix('ssm_profile.')} x{n}" for m, n in w["read_entries"])
+        print(f"  read in call order, each function once: {w['read_rooms']} modules, "
+              f"{w['reread']} returns to a module already read (most read: {again})")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from torch import nn
 
 from . import kda as _kda
 from .kda import KDA
-from .units import Slot, UnitFamily, and_biases as _and_biases, optional as _optional
+from .units import Slot, UnitFamily, and_biases as _and_biases
 
 MAMBA1 = "mamba1"
 MAMBA2 = "mamba2"
@@ -242,6 +242,11 @@ class MixerInfo:
         if kind not in families:
             raise KeyError(f"{self.kind} mixers have no '{kind}' units (they have {', '.join(families)})")
         return families[kind]
+
+
+def _optional(m: MixerInfo, slots: list[Slot]) -> tuple[Slot, ...]:
+    """The slots whose parameter the mixer has (biases and norms that only some checkpoints carry)."""
+    return tuple(s for s in slots if m.has(s.param))
 
 
 def _mamba1_units(m: MixerInfo) -> dict[str, UnitFamily]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from .units import Slot, UnitFamily, and_biases, optional
+from .units import Slot, UnitFamily, and_biases
 
 KDA = "kda"
 LINEARS = ("q_proj", "k_proj", "v_proj", "b_proj", "g_a_proj", "g_b_proj", "o_proj")
@@ -115,7 +115,8 @@ def units(m: Any) -> dict[str, UnitFamily]:
         "decay_rank": [Slot(f"{GATE}.f_a_proj.weight", 0, 0), Slot(fb, 1, 0)],
         "gate_rank": [Slot("g_a_proj.weight", 0, 0), Slot(gb, 1, 0)],
     }
-    slots = {kind: optional(m, and_biases(s)) for kind, s in slots.items()}
+    # only the biases and norms this checkpoint carries
+    slots = {kind: tuple(x for x in and_biases(s) if m.has(x.param)) for kind, s in slots.items()}
     return {
         "head": UnitFamily("head", heads, slots["head"], "head h: its q, k, v rows and conv channels, decay rows "
                            "(f_b_proj, dt_bias), A_log, β row, output-gate rows and o_proj columns"),

@@ -86,13 +86,8 @@ class UnitFamily:
         return total
 
 
-def optional(mixer: Any, slots: list[Slot]) -> tuple[Slot, ...]:
-    """The slots whose parameter the mixer has (biases and norms that only some checkpoints carry)."""
-    return tuple(s for s in slots if mixer.has(s.param))
-
-
 def and_biases(slots: list[Slot]) -> list[Slot]:
-    """Each row slot of a weight, and the same rows of its bias (kept by :func:`optional` only where one exists)."""
+    """Each row slot of a weight, and the same rows of its bias (the mixer keeps only those it has)."""
     out = []
     for s in slots:
         out.append(s)
