@@ -14,6 +14,7 @@ from ssm_profile.documents import Objective, Plan, PlanAction, RecoveryRecord, V
 from .facts import Facts, plan_change_lines
 from .html_elements import Cell, chip, crit_chip, num, section, table, txt
 from .svg import esc, fmt_pct, group_color
+from .values import compact_layers
 
 
 def share_of(objective: Objective) -> str:
@@ -113,6 +114,8 @@ def _plan_answer(facts: Facts, plan: Plan, validation: ValidationReport | None =
 def _amount(action: PlanAction) -> str:
     """What an action cuts: the units it removes (a unit cut's trial sparsity may be more than the
     structure lets it take, e.g. one value head must stay under each key head), else its sparsity."""
+    if action.is_layer:
+        return f"decoder layer {compact_layers(action.layers)} removed whole"
     if action.unit_indices is not None:
         count = sum(len(ids) for ids in action.unit_indices.values())
         return f"{count} {action.unit_kind} units in {len(action.unit_indices)} layers"

@@ -223,7 +223,9 @@ class PlanView(Vertical):
         rows = []
         for a in plan.actions:
             layers = a.layers or []
-            if a.unit_kind:
+            if a.is_layer:
+                cut = "whole layer removed"
+            elif a.unit_kind:
                 per = {len(v) for v in (a.unit_indices or {}).values()}
                 cut = f"{'/'.join(map(str, sorted(per))) or '?'} {a.unit_kind}/layer ({pct(a.sparsity, 0)})"
             else:

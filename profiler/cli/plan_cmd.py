@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--criterion", default=None,
                    help="use this criterion wherever the run measured it (default: the best one per target and level)")
     p.add_argument("--structures", default=None,
-                   help="comma-separated structures allowed: unstructured, N:M (e.g. 2:4), units (default: all measured)")
+                   help="comma-separated structures allowed: unstructured, N:M (e.g. 2:4), units (default: all measured), "
+                        "layers (whole SSM layers removed, each measured by the plan; only when listed)")
     p.add_argument("--no-measure", action="store_true",
                    help="trust the additive prediction; do not load the model to measure the combined plan")
     p.add_argument("--model", default=None,

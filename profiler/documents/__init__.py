@@ -13,7 +13,7 @@ Torch-free: reports and the TUI read these files without loading a model.
 from ._base import _extra as extra_field, _optional as optional_field  # for documents defined in other wings
 from ._base import (LM_EVAL_LOG, PLAN_KIND, PLAN_SCHEMA_VERSION, PRUNING_FILE, PRUNING_KIND, RECOVERY_FILE,
                     RECOVERY_KIND, VALIDATION_FILE, VALIDATION_KIND, Document, parse_document)
-from .plan import (PLAN_LIMIT, REMOVED_KEY, Dense, Increase, Measured, ModelOrigin, Objective, Plan, PlanAction,
+from .plan import (LAYERS, PLAN_LIMIT, REMOVED_KEY, Dense, Increase, Measured, ModelOrigin, Objective, Plan, PlanAction,
                    PlanData, PlanModel, PlanRecover, PlanRun, Predicted, Verification, as_plan, check_weights,
                    load_plan, one_line, plan_schema, read_json, short_fingerprint, validate_plan, write_plan)
 from .pruning import (ExecutedAction, ParameterCounts, PrunedFrom, PruningRecord, PruningSummary, Totals,
@@ -25,7 +25,7 @@ from .validation import (AgainstPlan, LmEval, LossPerplexity, ModelRef, ModelSiz
                          Sizes, Speed, SpeedChange, TaskScores, Timing, Tolerance, ValidationReport, load_validation)
 
 __all__ = ["extra_field", "optional_field", "LM_EVAL_LOG", "PLAN_KIND", "PLAN_SCHEMA_VERSION", "PRUNING_FILE", "PRUNING_KIND", "RECOVERY_FILE",
-           "RECOVERY_KIND", "VALIDATION_FILE", "VALIDATION_KIND", "Document", "parse_document", "PLAN_LIMIT",
+           "RECOVERY_KIND", "VALIDATION_FILE", "VALIDATION_KIND", "Document", "parse_document", "LAYERS", "PLAN_LIMIT",
            "REMOVED_KEY", "Dense", "Increase", "Measured", "ModelOrigin", "Objective", "Plan", "PlanAction",
            "PlanData", "PlanModel", "PlanRecover", "PlanRun", "Predicted", "Verification", "as_plan",
            "check_weights", "load_plan", "one_line", "plan_schema", "read_json", "short_fingerprint",

@@ -103,6 +103,7 @@ class Dense(Document):
                 "state": self.state_bytes_per_sequence}[metric]
 
 
+LAYERS = "layers"  # the structure of a whole-layer removal (target "layer", execution "remove")
 REMOVED_KEY = {"params": "params_removed", "flops": "flops_removed", "state": "state_bytes_removed"}
 
 
@@ -133,6 +134,11 @@ class PlanAction(_Removes, Document):
     @property
     def is_units(self) -> bool:
         return self.target.startswith("unit:")
+
+    @property
+    def is_layer(self) -> bool:
+        """A whole decoder layer removed (``--structures layers``)."""
+        return self.structure == LAYERS
 
 
 @dataclass(kw_only=True)

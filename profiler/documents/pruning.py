@@ -26,8 +26,8 @@ class ExecutedAction(Document):
     structure: str
     criterion: str
     sparsity: float
-    requested: str  # the plan's execution ("slice" | "zero")
-    execution: str  # what was done: a slice the config cannot express is done as zeros
+    requested: str  # the plan's execution ("slice" | "zero" | "remove")
+    execution: str  # what was done: a slice the config cannot express is done as zeros; "remove": a whole layer
     elements_zeroed: int
     units_removed: dict[str, int] | None  # per layer, for unit actions
     note: str = ""
@@ -40,6 +40,7 @@ class PruningSummary(Document):
     actions: int
     sliced: int
     zeroed: int
+    removed: int | None = _optional()  # whole layers removed (absent in older records)
     objective: Objective
     predicted: Predicted
     dense: Dense

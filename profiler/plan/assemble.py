@@ -13,6 +13,7 @@ from ..documents import (Dense, Measured, Objective, Plan, PlanAction, PlanData,
                          Verification, one_line)
 from ..base.fmt import scope_name
 from ..profiling.results import ProfileResult
+from .layers import is_layer, layer_totals
 from .options import METRICS, Option, metric_total
 from .shapes import Shapes
 from .solver import net_gain
@@ -53,7 +54,10 @@ def _execution(actions: list[Option], shapes: Shapes) -> dict[int, tuple[str, st
     out: dict[int, tuple[str, str]] = {}
     together = shapes.execution({a.unit_kind: a.sparsity for a in actions if a.unit_kind})
     for a in actions:
-        if not a.unit_kind:
+        if is_layer(a):
+            out[id(a)] = ("remove", f"decoder layer {a.layers[0]} removed whole (removed last by apply: the other "
+                                    "actions keep this numbering); the config lists one layer fewer")
+        elif not a.unit_kind:
             kind = "N:M semi-structured" if a.structure != "unstructured" else "unstructured"
             extra = " or N:M sparse kernels" if a.structure != "unstructured" else ""
             out[id(a)] = ("zero", (f"{kind} zeros: shapes and dense FLOPs unchanged; saving memory needs a sparse "
@@ -77,7 +81,7 @@ def _per_block_text(a: Option) -> str:
 
 def _plan_action(a: Option, execution: tuple[str, str]) -> PlanAction:
     how, why = execution
-    sliced = how == "slice"  # zeros remove no FLOPs nor state
+    sliced = how in ("slice", "remove")  # zeros remove no FLOPs nor state
     return PlanAction(target=a.target, layers=list(a.layers), structure=a.structure, criterion=a.criterion,
                       sparsity=float(a.sparsity), unit_kind=a.unit_kind,
                       unit_indices=a.unit_indices if a.unit_kind else None, params_removed=int(a.params),
@@ -91,10 +95,13 @@ def _totals(s: Solution, execution: dict[int, tuple[str, str]]) -> dict[str, flo
     totals = {"params": net_gain(s.choice, [[o.gain("params") for o in levels] for levels in s.options],
                                  s.overlaps["params"]), "flops": 0, "state": 0, "params_sliced": 0}
     sliced = {a.unit_kind: a.sparsity for a in s.actions if a.unit_kind and execution[id(a)][0] == "slice"}
-    if sliced:
-        combined = s.shapes.effect(sliced)
+    combined = s.shapes.effect(sliced) if sliced else None
+    if combined is not None:
         totals["flops"], totals["state"] = combined["flops"], combined["state"]
         totals["params_sliced"] = combined["params"]
+    if any(is_layer(a) for a in s.actions):
+        sliced_actions = [a for a in s.actions if is_layer(a) or execution[id(a)][0] == "slice"]
+        totals.update(layer_totals(sliced_actions, combined))
     return totals
 
 
@@ -113,6 +120,11 @@ def _notes(s: Solution, totals: dict[str, float]) -> list[str]:
         notes.append(f"FLOPs/state of unit cuts are estimates: {s.shapes.problem}")
     if not actions:
         notes.append("no cut fits the loss budget; the plan leaves the model unchanged")
+    outside = sum(a.params - sum(v for p, v in a.removed.items() if p in s.shapes.numel) for a in actions
+                  if is_layer(a))
+    if outside > 0 and s.scope == "ssm":
+        notes.append(f"the removed layers also take {round(outside):,} parameters outside the SSM mixers (norms, "
+                     "MLPs), counted in the predicted reduction")
     return notes
 
 

@@ -12,6 +12,7 @@ from ..documents import check_weights
 from ..base.errors import PlanError, SSMProfileError
 from ..profiling.recipe import RunRecipe, needs_of
 from ..profiling.results import ProfileResult
+from .layers import is_layer, overlap_in_layer
 from .options import Option
 
 Progress = Callable[[int, int, str], None]
@@ -125,15 +126,35 @@ class Measurer:
             raise PlanError(f"cannot rebuild the {a.target} mask with {a.criterion}: {err}") from None
 
     def cut(self, actions: list[Option]):
-        """The combined cut of ``actions`` (every action's zeros; a tensor two rewrite: the later's values)."""
+        """The combined cut of ``actions`` (every action's zeros; a tensor two rewrite: the later's values);
+        whole-layer removals are no cut (:meth:`skipping` runs them)."""
         from ..criteria.masks import Pruning
 
-        return Pruning.combine([self.action_cut(a) for a in actions])
+        return Pruning.combine([self.action_cut(a) for a in actions if not is_layer(a)])
+
+    def skipping(self, actions: list[Option]):
+        """The model without the layers ``actions`` remove (each returns its input): their logits."""
+        from ..pruning.layers import skipped
+
+        return skipped(self.model, [layer for a in actions if is_layer(a) for layer in a.layers])
 
     def exact_overlap(self, a: Option, b: Option) -> int:
         """Parameters both actions remove."""
+        if is_layer(a) or is_layer(b):
+            layer, other = (a, b) if is_layer(a) else (b, a)
+            return 0 if is_layer(other) else overlap_in_layer(layer, other, self.action_mask(other))
         ma, mb = self.action_mask(a), self.action_mask(b)
         return int(sum((~ma[n] & ~mb[n]).sum() for n in set(ma) & set(mb)))
+
+    def measure_layers(self, layers: list[int]) -> dict[str, Any]:
+        """ΔL of the model without decoder ``layers`` on the search windows, with the paired bootstrap
+        95% interval of its relative perplexity increase."""
+        from ..calibration.data import batch_losses, paired_increase
+        from ..pruning.layers import skipped
+
+        with skipped(self.model, layers), self.recipe.installed(self.model):
+            losses = batch_losses(self.model, self.dataset.evaluation, self.recipe.batch_size)
+        return paired_increase(self.dense.tolist(), losses.tolist(), seed=self.recipe.seed)
 
     def verify(self, actions: list[Option], max_ppl_increase: float) -> Any:
         """The plan's promise on the verification windows (after selection; nothing is chosen from it)."""
@@ -144,7 +165,7 @@ class Measurer:
         windows = self.dataset.verification
         with self.recipe.installed(self.model):
             dense = batch_losses(self.model, windows, self.recipe.batch_size)
-            with MaskApplier(self.model) as applier:
+            with MaskApplier(self.model) as applier, self.skipping(actions):
                 if actions:
                     cut = self.cut(actions)
                     applier.apply(cut.mask, cut.values)
@@ -169,10 +190,18 @@ class Measurer:
             return {"loss": self.dense_loss, "delta_loss": 0.0, "rel_ppl_increase": 0.0, "params_removed": 0}
         cut = self.cut(actions)
         mask = cut.mask
-        with MaskApplier(self.model) as applier, self.recipe.installed(self.model):
+        with MaskApplier(self.model) as applier, self.recipe.installed(self.model), self.skipping(actions):
             applier.apply(mask, cut.values)
             losses = batch_losses(self.model, self.dataset.evaluation, self.recipe.batch_size)
         loss = float(losses.mean())
         delta = loss - self.dense_loss
         return {"loss": loss, "delta_loss": delta, "rel_ppl_increase": math.exp(min(delta, 700.0)) - 1.0,
-                "params_removed": pruned_count(mask)}
+                "params_removed": pruned_count(mask) + _layer_params(actions, mask)}
+
+
+def _layer_params(actions: list[Option], mask: dict) -> int:
+    """Parameters the removed layers free beyond what the masks already zero there."""
+    layers = [a for a in actions if is_layer(a)]
+    inside = {name for a in layers for name in a.removed}
+    zeroed_inside = sum(int((~keep).sum()) for name, keep in mask.items() if name in inside)
+    return sum(a.params for a in layers) - zeroed_inside

@@ -83,10 +83,10 @@ def parse_structures(structures: str | Sequence[str] | None) -> list[str] | None
     items = [s.strip() for s in (structures.split(",") if isinstance(structures, str) else structures) if s.strip()]
     for s in items:
         m = _NM_RE.match(s)
-        if s not in ("unstructured", "units") and not (m and 0 < int(m.group(1)) < int(m.group(2))):
-            raise PlanError(f"unknown structure '{s}'; use unstructured, units or N:M such as 2:4")
+        if s not in ("unstructured", "units", "layers") and not (m and 0 < int(m.group(1)) < int(m.group(2))):
+            raise PlanError(f"unknown structure '{s}'; use unstructured, units, layers or N:M such as 2:4")
     if not items:
-        raise PlanError("--structures is empty; use e.g. unstructured,2:4,units")
+        raise PlanError("--structures is empty; use e.g. unstructured,2:4,units,layers")
     return items
 
 

@@ -12,7 +12,8 @@ from ..base.errors import PlanError
 from ..profiling.results import ProfileResult
 from .assemble import Solution, actions_of, assemble
 from .measure import Measurer, check_run_weights
-from .options import METRICS, SCOPES, Option, build_options, metric_total, overlaps, parse_structures, scope_words
+from .layers import LayerVeto, is_layer, plan_options, plan_overlaps, wants_layers
+from .options import METRICS, SCOPES, Option, metric_total, parse_structures, scope_words
 from .shapes import shapes_for
 from .solver import net_gain, solve_mckp
 
@@ -70,10 +71,16 @@ class _Search:
         self.cap0 = self.cap = math.log1p(max_ppl_increase)
         self.cuts: list[dict[int, int]] = []
         self.learned = 0
+        self.veto: Callable[[Sequence[int]], dict[int, int] | None] | None = None  # combinations that cannot be applied
 
     def solve(self) -> list[int] | None:
-        return solve_mckp(self.gains, self.costs, cap=self.cap, budget=self.budget, overlaps=self.overlaps[self.metric],
-                          cuts=self.cuts, risks=self.risks)
+        while True:
+            choice = solve_mckp(self.gains, self.costs, cap=self.cap, budget=self.budget,
+                                overlaps=self.overlaps[self.metric], cuts=self.cuts, risks=self.risks)
+            cut = None if choice is None or self.veto is None else self.veto(choice)
+            if cut is None:
+                return choice
+            self.cuts.append(cut)
 
     def gain(self, choice: Sequence[int]) -> float:
         return net_gain(choice, self.gains, self.overlaps[self.metric])
@@ -120,8 +127,13 @@ def make_plan(result: ProfileResult, metric: str = "params", ratio: float | None
     if loaded is not None:
         check_run_weights(result, loaded)
     shapes = shapes_for(result, loaded)
-    options, notes = build_options(result, metric, criterion, structures, shapes)
-    search = _Search(options, overlaps(options, shapes), metric, budget, max_ppl_increase, total, scope)
+    # whole layers are costed by measuring them: the measurer loads before the options then
+    measurer = Measurer(result, loaded, note, device=device, world=world) if measure and wants_layers(structures) \
+        else None
+    options, notes = plan_options(result, metric, criterion, structures, shapes, measurer)
+    search = _Search(options, plan_overlaps(options, shapes), metric, budget, max_ppl_increase, total, scope)
+    if measurer is not None:
+        search.veto = veto = LayerVeto(options, measurer, shapes)
 
     note(0, 1, "solving")
     choice = search.solve()
@@ -131,17 +143,20 @@ def make_plan(result: ProfileResult, metric: str = "params", ratio: float | None
                         max_ppl_increase=max_ppl_increase, scope=scope, options=options, choice=choice,
                         overlaps=search.overlaps, shapes=shapes, run_path=run_path, notes=notes)
     if measure:
-        measurer = Measurer(result, loaded, note, device=device, world=world)
+        measurer = measurer or Measurer(result, loaded, note, device=device, world=world)
         _measure_and_back_off(search, solution, measurer, note)
         note(0, 1, "verifying on held-out windows")
         solution.verification = measurer.verify(solution.actions, max_ppl_increase)
+    if search.veto is not None:
+        solution.notes += veto.notes
     return assemble(solution)
 
 
 def _measure_and_back_off(search: _Search, s: Solution, measurer: Measurer, note: Progress) -> None:
     """Measure ``s.choice``; above tolerance, back off (see :mod:`ssm_profile.plan`). Updates ``s``."""
     options, result = search.options, s.result
-    measurer.expected_criteria = {o.criterion for levels in options for o in levels[1:] if not o.unit_kind}
+    measurer.expected_criteria = {o.criterion for levels in options for o in levels[1:]
+                                  if not o.unit_kind and not is_layer(o)}
     if abs(measurer.dense_loss - result.dense_loss) > 1e-3:
         s.notes.append(f"dense loss re-measured as {measurer.dense_loss:.4f} (run: {result.dense_loss:.4f}); "
                        "measured changes are against the re-measured value")

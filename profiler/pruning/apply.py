@@ -38,7 +38,7 @@ import torch
 
 from .. import __version__
 from ..model.arch import MixerInfo, find_mixers
-from ..documents import (PRUNING_FILE, VALIDATION_FILE, ExecutedAction, ModelOrigin, ParameterCounts, Plan,
+from ..documents import (LAYERS, PRUNING_FILE, VALIDATION_FILE, ExecutedAction, ModelOrigin, ParameterCounts, Plan,
                          PlanAction, PrunedFrom, PruningRecord, PruningSummary, Totals, as_plan, load_plan)
 from ..base.errors import OutputExistsError, PlanError, SSMProfileError
 from ..base.io import atomic_directory, write_json_atomic
@@ -165,7 +165,8 @@ def _execute(loaded: LoadedModel, plan: Plan, note: Progress) -> dict[str, Any]:
     actions = plan.actions
     records: list[dict[str, Any]] = []
     notes: list[str] = []
-    element_actions = [(i, a) for i, a in enumerate(actions) if Target.parse(a.target).kind == "group"]
+    element_actions = [(i, a) for i, a in enumerate(actions)
+                       if Target.parse(a.target).kind == "group" and a.structure != LAYERS]
     unit_actions = [(i, a) for i, a in enumerate(actions) if Target.parse(a.target).kind == "unit"]
     picked = _unit_picks(model, unit_actions)
     cuts, unit_values, calibration = _dense_cuts(loaded, plan, element_actions, picked, note)
@@ -225,7 +226,37 @@ def _execute(loaded: LoadedModel, plan: Plan, note: Progress) -> dict[str, Any]:
         sliced.append({"kind": kind, "layers": sorted(per_layer),
                        "removed_per_layer": len(next(iter(per_layer.values()))), "config": outcome.config})
 
+    # 4. whole layers, last: every action above addressed the plan's (the original model's) layer numbers
+    _remove_layers(model, actions, records, notes, note)
     return {"actions": records, "sliced": sliced, "notes": notes, "calibration": calibration}
+
+
+def _remove_layers(model: torch.nn.Module, actions: list[PlanAction], records: list[dict[str, Any]],
+                   notes: list[str], note: Progress) -> None:
+    """Remove the decoder layers the plan's ``layers`` actions name (one line when they cannot go) and
+    rename the zeroed tensors the records list as the reduced model names them (recover reads them)."""
+    from .layers import layers_path, remove_checked, renamed
+
+    chosen = [(i, a) for i, a in enumerate(actions) if a.structure == LAYERS]
+    if not chosen:
+        return
+    drop = sorted({layer for _, a in chosen for layer in a.layers})
+    note(0, 1, f"removing layer(s) {drop}")
+    path = layers_path(model)
+    before = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    try:
+        mapping = remove_checked(model, drop)
+    except ValueError as err:
+        raise PlanError(f"plan action(s) {[i for i, _ in chosen]} ({LAYERS}): {err}") from None
+    freed = before - sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    for i, a in chosen:
+        records[i].update(execution="remove", units_removed=None, zeroed_params=[],
+                          note=f"decoder layer(s) {a.layers} removed")
+    for r in records:
+        if r.get("zeroed_params"):
+            r["zeroed_params"] = renamed(r["zeroed_params"], mapping, path)
+    notes.append(f"removed decoder layer(s) {drop} after every other action ({freed:,} parameters); the saved "
+                 f"model numbers its layers 0..{len(mapping) - 1}, the actions keep the plan's numbering")
 
 
 def _set_note(records: list[dict[str, Any]], indices: list[int], text: str) -> None:
@@ -302,6 +333,7 @@ def apply_plan(loaded: LoadedModel, plan: Plan | dict[str, Any] | str | Path, ou
         summary=PruningSummary(actions=len(plan.actions),
                                sliced=sum(r["execution"] == "slice" for r in executed["actions"]),
                                zeroed=sum(r["execution"] == "zero" for r in executed["actions"]),
+                               removed=sum(r["execution"] == "remove" for r in executed["actions"]),
                                objective=plan.objective, predicted=plan.predicted, dense=plan.dense),
         parameters=ParameterCounts(before=before["total"], after=after["total"], nonzero_before=before["nonzero"],
                                    nonzero_after=after["nonzero"], removed=before["total"] - after["total"],

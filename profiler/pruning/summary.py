@@ -1,6 +1,6 @@
 """What a plan will physically change, in words every front-end shows first (torch-free).
 
-Only actions executed as ``slice`` change shapes: fewer parameters, smaller weights on disk, fewer
+Only actions executed as ``slice`` (or ``remove``, a whole layer) change shapes: fewer parameters, smaller weights on disk, fewer
 FLOPs per token, less recurrent state. Actions executed as ``zero`` only set weights to 0: the model
 keeps its size and speed. :func:`plan_summary_lines` leads with the physical change (or warns that
 there is none) and then gives the predicted reduction, each percentage naming its total
@@ -25,7 +25,7 @@ def physical_change(plan: Plan) -> dict[str, int]:
 
     The plan's own count of what its sliced cuts remove together, overlaps counted once; older plans
     without it: the sum over sliced actions, capped by the predicted totals."""
-    sliced = [a for a in plan.actions if a.execution == "slice"]
+    sliced = [a for a in plan.actions if a.execution in ("slice", "remove")]  # whole layers go too
     change = {m: min(sum(a.removed(m) for a in sliced), plan.predicted.removed(m)) for m in METRICS}
     if plan.predicted.params_sliced is not None:
         change["params"] = plan.predicted.params_sliced
@@ -45,11 +45,14 @@ def plan_summary_lines(plan: Plan) -> list[str]:
     dense, pred, obj = plan.dense, plan.predicted, plan.objective
     physical = physical_change(plan)
     zeroed = pred.params_removed - physical["params"]
+    layers = [layer for a in plan.actions if a.execution == "remove" for layer in a.layers]
     lines = []
     if any(physical.values()):
         parts = [f"{amount(m, physical[m])} ({share(physical[m], dense.total(m), scope_name('model', m))})"
                  for m in METRICS if physical[m]]
-        lines.append("physically removed (sliced): " + ", ".join(parts) + "; weights on disk shrink with the params")
+        how = "sliced" + (f", {len(layers)} whole layer(s) removed" if layers else "") if any(
+            a.execution == "slice" for a in plan.actions) else f"{len(layers)} whole layer(s) removed"
+        lines.append(f"physically removed ({how}): " + ", ".join(parts) + "; weights on disk shrink with the params")
         if zeroed > 0:
             lines.append(f"also set to zero (no size or speed change): {human_count(zeroed)} params")
     else:
