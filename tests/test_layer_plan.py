@@ -22,6 +22,7 @@ import pytest
 import torch
 from conftest import tiny_hybrid, tiny_mamba
 from test_apply_validate import lowest_magnitude, make_plan as hand_plan, unit_action
+from test_plan import synthetic  # noqa: F401 - the fixture
 from transformers import AutoModelForCausalLM
 
 from ssm_profile.base.errors import PlanError
@@ -29,6 +30,7 @@ from ssm_profile.documents import as_plan
 from ssm_profile.model.analysis import analyze
 from ssm_profile.model.arch import find_mixers
 from ssm_profile.model.resolve import load_model
+from ssm_profile.plan import make_plan
 from ssm_profile.plan.layers import LayerVeto, layer_options
 from ssm_profile.plan.options import parse_structures
 from ssm_profile.pruning.apply import apply_plan
@@ -118,6 +120,15 @@ def test_only_removable_ssm_layers_are_options_and_they_count_what_they_free():
     assert veto([1, 0]) is None and any("every SSM layer" in n for n in veto.notes)
 
 
+def test_unmeasured_plans_leave_layers_out_and_say_so(synthetic):
+    plan = make_plan(synthetic, metric="state", max_ppl_increase=0.1, measure=False, structures="units,layers")
+    assert not any(a.is_layer for a in plan.actions)
+    assert any("--no-measure they are left out" in n for n in plan.notes)
+    with pytest.raises(PlanError) as err:
+        make_plan(synthetic, metric="params", max_ppl_increase=0.1, measure=False, structures="layers")
+    assert "no SSM layer can be removed" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_apply_refuses_a_layer_transformers_cannot_run_without(tmp_path):
     model = tiny_hybrid("nemotron_h")
     model.save_pretrained(tmp_path / "src")
@@ -193,8 +204,6 @@ def mamba_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_layer_plan_predicts_what_apply_removes(mamba_run, tmp_path):
-    from ssm_profile.plan import make_plan
-
     run_dir, result, loaded = mamba_run
     plan = make_plan(result, metric="params", ratio=0.2, max_ppl_increase=5.0, structures="layers", loaded=loaded,
                      run_path=run_dir)

@@ -92,6 +92,9 @@ def layer_options(result: ProfileResult, shapes: Shapes, measurer: Any) -> tuple
         out.append([Option(LAYER_TARGET, 0.0, "none", None, 0.0, 0.0, layers=[]), opt])
     notes = [f"whole-layer removal left out where transformers could not run or describe the rest: "
              f"{'; '.join(refused)}"] if refused else []
+    if out:
+        notes.append("each layer's removal measured alone on the search windows (perplexity): " + ", ".join(
+            f"layer {levels[1].layers[0]} {levels[1].rel_ppl_increase:+.1%}" for levels in out))
     return out, notes
 
 

@@ -23,6 +23,12 @@ Execution
   express the result. Either way the logits are those of the zeroed model (Mamba-2's gated norm:
   up to its eps term).
 
+* Layer actions (``structure: "layers"``, execution ``remove``): the decoder layers are removed after
+  every other action (so every action addresses the plan's layer numbers) by
+  :func:`ssm_profile.pruning.layers.remove_checked`, which refuses in one line a model transformers
+  could not describe or run without them; the zeroed tensors the record lists are renamed to the
+  reduced model's layer numbers.
+
 The output always reloads with plain ``transformers.AutoModelForCausalLM.from_pretrained``.
 """
 
