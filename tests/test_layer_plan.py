@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import tiny_hybrid, tiny_mamba
+from conftest import tiny_gated_delta, tiny_hybrid, tiny_mamba
 from test_apply_validate import lowest_magnitude, make_plan as hand_plan, unit_action
 from test_plan import synthetic  # noqa: F401 - the fixture
 from transformers import AutoModelForCausalLM
@@ -72,9 +72,10 @@ def test_structures_parse_layers_beside_the_others():
     ("bamba", 1, "cannot run"),
     ("granitemoehybrid", 1, "cannot run"),
     ("zamba", 1, "one hybrid layer"),  # the stock config's own refusal
+    ("qwen3_5_text", 1, "cannot run"),  # the embedded tiny-deltanet's layout: its one full-attention layer
 ])
 def test_layouts_transformers_cannot_run_are_refused(name, layer, words):
-    model = tiny_hybrid(name)
+    model = tiny_gated_delta(name) if name == "qwen3_5_text" else tiny_hybrid(name)
     why = removal_problem(model, [layer])
     assert words in why and "\n" not in why
     assert removal_problem(model, [0]) == ""  # a Mamba layer may go
@@ -83,7 +84,9 @@ def test_layouts_transformers_cannot_run_are_refused(name, layer, words):
 
 
 def test_skipping_a_layer_is_removing_it():
-    for model, layers in ((tiny_mamba(layers=3), [1]), (tiny_hybrid("nemotron_h"), [0, 2])):
+    """(Bit for bit on every hybrid of conftest too, checked by hand on 2026-12-06.)"""
+    for model, layers in ((tiny_mamba(layers=3), [1]), (tiny_hybrid("nemotron_h"), [0, 2]),
+                          (tiny_hybrid("zamba2"), [1])):  # a hybrid layer: its adapter goes, the shared block stays
         reduced = copy.deepcopy(model)
         remove_layers(reduced, layers)
         with skipped(model, layers):
