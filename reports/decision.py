@@ -104,7 +104,8 @@ def _plan_answer(facts: Facts, plan: Plan, validation: ValidationReport | None =
                      " (not measured yet: validate after applying).</p>")
     if plan.actions:
         items = "".join(f"<li>{chip(a.target, group_color(a.target))} {esc(_amount(a))} "
-                        f"by {esc(a.criterion)}</li>" for a in plan.actions)
+                        + ("(chosen by its measured loss)" if a.is_layer else f"by {esc(a.criterion)}") + "</li>"
+                        for a in plan.actions)
         parts.append(f'<ul class="plan-cuts">{items}</ul>')
     parts += _outcome(validation, recovery)
     parts.append(_plan_next_step(facts, plan, validation, recovery, plan_path))
