@@ -17,6 +17,9 @@ The *metric* is what the plan reduces (params | flops | state); a *target* is wh
      unstructured and N:M zeros give 0;
    * ``state`` (recurrent-state bytes per sequence): state/head/channel unit cuts only, likewise.
 
+   * with ``structures`` listing ``layers``: every removable SSM layer is one more target of one level,
+     removed whole, its ΔL measured by the plan itself (:mod:`.layers`).
+
    Two targets may cut the same tensors (``in_proj`` zeros and ``unit:channel`` rows); their
    joint gain is less than the sum. The overlap of every pair of options is estimated (exactly
    for two unit cuts, by slicing both on the meta model; for zeros vs units assuming the zeros
@@ -38,7 +41,7 @@ The *metric* is what the plan reduces (params | flops | state); a *target* is wh
    as aggressive in all of its targets, re-solve and measure again. The answer is the best measured
    plan within tolerance (and budget); none -> :class:`PlanError` with the best measured point.
 
-Modules: :mod:`.options` (options, overlaps), :mod:`.shapes` (shape accounting on a meta-device
+Modules: :mod:`.options` (options, overlaps), :mod:`.layers` (whole layers as options), :mod:`.shapes` (shape accounting on a meta-device
 model), :mod:`.solver` (the MILP, scipy only), :mod:`.measure` (the measurer, masks rebuilt through
 :class:`ssm_profile.profiling.recipe.RunRecipe`), :mod:`.search` (make_plan and the back-off), :mod:`.assemble`
 (the plan document). The plan document (:class:`Plan`, ``load_plan``, ``write_plan``) lives in :mod:`ssm_profile.documents`;

@@ -112,7 +112,7 @@ def _analysis_by_layer(result: ProfileResult) -> dict[int, tuple[int, int, int]]
 
 def plan_overlaps(options: list[list[Option]], shapes: Shapes) -> dict[str, dict]:
     """:func:`overlaps`, plus what another action cuts inside a removed layer (counted once)."""
-    out = overlaps([levels for levels in options], shapes)
+    out = overlaps(options, shapes)
     for t2, levels in enumerate(options):
         if not is_layer(levels[-1]):
             continue

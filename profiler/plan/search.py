@@ -133,7 +133,7 @@ def make_plan(result: ProfileResult, metric: str = "params", ratio: float | None
     options, notes = plan_options(result, metric, criterion, structures, shapes, measurer)
     search = _Search(options, plan_overlaps(options, shapes), metric, budget, max_ppl_increase, total, scope)
     if measurer is not None:
-        search.veto = veto = LayerVeto(options, measurer, shapes)
+        search.veto = LayerVeto(options, measurer, shapes)
 
     note(0, 1, "solving")
     choice = search.solve()
@@ -147,8 +147,8 @@ def make_plan(result: ProfileResult, metric: str = "params", ratio: float | None
         _measure_and_back_off(search, solution, measurer, note)
         note(0, 1, "verifying on held-out windows")
         solution.verification = measurer.verify(solution.actions, max_ppl_increase)
-    if search.veto is not None:
-        solution.notes += veto.notes
+    if isinstance(search.veto, LayerVeto):
+        solution.notes += search.veto.notes
     return assemble(solution)
 
 
