@@ -15,16 +15,11 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import tiny_gated_delta, tiny_hybrid, tiny_mamba
-from test_apply_validate import lowest_magnitude, make_plan as hand_plan, unit_action
-from test_plan import synthetic  # noqa: F401 - the fixture
-from transformers import AutoModelForCausalLM
-
 from ssm_profile.base.errors import PlanError
 from ssm_profile.documents import as_plan
 from ssm_profile.model.analysis import analyze
@@ -37,6 +32,10 @@ from ssm_profile.pruning.apply import apply_plan
 from ssm_profile.pruning.layers import meta_copy, removal_problem, removed_parameters, skipped
 from ssm_profile.pruning.summary import plan_summary_lines
 from ssm_profile.pruning.surgery import remove_layers, zero_units
+from test_apply_validate import lowest_magnitude, unit_action
+from test_apply_validate import make_plan as hand_plan
+from test_plan import synthetic  # noqa: F401 - the fixture
+from transformers import AutoModelForCausalLM
 
 torch.set_num_threads(1)
 IDS = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(3))
@@ -106,7 +105,7 @@ def test_only_removable_ssm_layers_are_options_and_they_count_what_they_free():
     model = tiny_hybrid("nemotron_h")  # M * M -
     result = SimpleNamespace(analysis=analyze(model))
     shapes = SimpleNamespace(model=meta_copy(model))
-    options, notes = layer_options(result, shapes, fake_measurer(model))
+    options, _ = layer_options(result, shapes, fake_measurer(model))
     assert [levels[1].layers for levels in options] == [[0], [2]]  # never the attention (1) nor MLP (3) layer
     for levels in options:
         option = levels[1]
@@ -123,7 +122,7 @@ def test_only_removable_ssm_layers_are_options_and_they_count_what_they_free():
     assert veto([1, 0]) is None and any("every SSM layer" in n for n in veto.notes)
 
 
-def test_unmeasured_plans_leave_layers_out_and_say_so(synthetic):
+def test_unmeasured_plans_leave_layers_out_and_say_so(synthetic):  # noqa: F811 - the imported fixture
     plan = make_plan(synthetic, metric="state", max_ppl_increase=0.1, measure=False, structures="units,layers")
     assert not any(a.is_layer for a in plan.actions)
     assert any("--no-measure they are left out" in n for n in plan.notes)

@@ -55,8 +55,8 @@ def _execution(actions: list[Option], shapes: Shapes) -> dict[int, tuple[str, st
     together = shapes.execution({a.unit_kind: a.sparsity for a in actions if a.unit_kind})
     for a in actions:
         if is_layer(a):
-            out[id(a)] = ("remove", f"decoder layer {a.layers[0]} removed whole (removed last by apply: the other "
-                                    "actions keep this numbering); the config lists one layer fewer")
+            out[id(a)] = ("remove", (f"decoder layer {a.layers[0]} removed whole (removed last by apply: the other "
+                                     "actions keep this numbering); the config lists one layer fewer"))
         elif not a.unit_kind:
             kind = "N:M semi-structured" if a.structure != "unstructured" else "unstructured"
             extra = " or N:M sparse kernels" if a.structure != "unstructured" else ""

@@ -69,8 +69,8 @@ def layer_options(result: ProfileResult, shapes: Shapes, measurer: Any) -> tuple
     from ..pruning.layers import layer_parameters, removal_problem, removed_parameters, ssm_layers
 
     if measurer is None:
-        return [], ["whole layers are measured by the plan itself (no profile trial removes one): with "
-                    "--no-measure they are left out"]
+        return [], [("whole layers are measured by the plan itself (no profile trial removes one): with "
+                     "--no-measure they are left out")]
     model = measurer.model
     meta = shapes.model if shapes.model is not None else None
     by_layer = _analysis_by_layer(result)
@@ -90,8 +90,8 @@ def layer_options(result: ProfileResult, shapes: Shapes, measurer: Any) -> tuple
                      flops=int(flops), state=int(state), layers=[layer],
                      removed={n: float(model.get_parameter(n).numel()) for n in layer_parameters(model, layer)})
         out.append([Option(LAYER_TARGET, 0.0, "none", None, 0.0, 0.0, layers=[]), opt])
-    notes = [f"whole-layer removal left out where transformers could not run or describe the rest: "
-             f"{'; '.join(refused)}"] if refused else []
+    notes = [("whole-layer removal left out where transformers could not run or describe the rest: "
+              f"{'; '.join(refused)}")] if refused else []
     if out:
         notes.append("each layer's removal measured alone on the search windows (perplexity): " + ", ".join(
             f"layer {levels[1].layers[0]} {levels[1].rel_ppl_increase:+.1%}" for levels in out))

@@ -94,7 +94,7 @@ def removal_problem(model: nn.Module, layers: Iterable[int], meta: nn.Module | N
     """Why removing decoder ``layers`` from ``model`` (real or meta; ``meta``: its shape-only copy, if
     built already) would leave a model transformers cannot describe or run, or a model without any SSM
     layer; '' when they can go."""
-    drop = sorted(set(int(i) for i in layers))
+    drop = sorted({int(i) for i in layers})
     meta = meta if meta is not None else meta_copy(model)
     if not set(ssm_layers(meta)) - set(drop):
         return "it would remove every SSM layer"
