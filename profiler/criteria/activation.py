@@ -141,7 +141,8 @@ class OBS(Criterion):
     * Unit cuts (:meth:`reconstruct`): a linear whose whole input columns a unit removes (out_proj
       for channel/head/head_channel units, x_proj for Mamba-1 channels, dt_proj for dt_rank) gets
       the exact structured OBS update of its other columns; removed rows (outputs) have nothing to
-      compensate them and are only zeroed.
+      compensate them and are only zeroed. Any other mask (an element cut and a unit cut of one
+      tensor, solved together) gets SparseGPT's updates for that fixed mask.
     """
 
     name = "obs"
@@ -200,10 +201,11 @@ class OBS(Criterion):
                 continue
             columns = ~keep.any(dim=0)
             rows = ~keep.any(dim=1)
-            if not bool(columns.any()):
+            whole = torch.equal(keep, ~columns[None, :] & ~rows[:, None])  # whole rows and columns only
+            if whole and not bool(columns.any()):
                 continue  # rows only: other outputs cannot make up for a removed output
             w, h = tensor(mixer, param), self.hessian(ctx, mixer, param)
-            if torch.equal(keep, ~columns[None, :] & ~rows[:, None]):
+            if whole:
                 new = sparsegpt.remove_columns(w, h, columns.nonzero().flatten(), self.damp)
                 new[rows] = 0.0
             else:

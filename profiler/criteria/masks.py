@@ -14,7 +14,7 @@ hand-off format: applying a mask multiplies weights by it, which always reloads 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -142,18 +142,42 @@ def merge(masks: list[Mask]) -> Mask:
 @dataclass
 class Pruning:
     """A cut: the keep-masks, and the new values of tensors whose kept elements a reconstructing
-    criterion changed (SparseGPT updates, FLAP bias compensation); full names -> tensors."""
+    criterion changed (SparseGPT updates, FLAP bias compensation); full names -> tensors.
+
+    ``solvers``: masked tensor -> the criterion whose reconstruction from that tensor's mask wrote
+    ``values`` (a tensor two cuts share is solved again on their union, see :func:`shared_solves`).
+    ``norm_eps``: gated-norm module (full path) -> the eps that makes the zeroed model compute what
+    the sliced model computes (see :func:`ssm_profile.model.arch.sliced_norm_eps`)."""
 
     mask: Mask
     values: dict[str, torch.Tensor]
+    solvers: dict[str, str] = field(default_factory=dict)
+    norm_eps: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def combine(cls, parts: list["Pruning"]) -> "Pruning":
-        """Every part's zeros; where two parts rewrite the same tensor, the later part's values."""
+        """Every part's zeros; where two parts rewrite the same tensor, the later part's values (a
+        reconstructing criterion solves such a tensor again on the union: Scorer.solve_jointly)."""
         values: dict[str, torch.Tensor] = {}
+        solvers: dict[str, str] = {}
+        norm_eps: dict[str, float] = {}
         for part in parts:
             values.update(part.values)
-        return cls(merge([part.mask for part in parts]), values)
+            solvers.update(part.solvers)
+            norm_eps.update(part.norm_eps)
+        return cls(merge([part.mask for part in parts]), values, solvers, norm_eps)
+
+
+def shared_solves(parts: list[Pruning]) -> dict[str, list[str]]:
+    """Tensors a reconstructing criterion rewrote that two or more ``parts`` cut: full name -> the
+    criteria (sorted: the same whatever the parts' order) that must each solve it once on the union
+    of the parts' masks."""
+    solvers: dict[str, set[str]] = {}
+    for part in parts:
+        for name, criterion in part.solvers.items():
+            solvers.setdefault(name, set()).add(criterion)
+    return {name: sorted(criteria) for name, criteria in solvers.items()
+            if sum(name in part.mask and not bool(part.mask[name].all()) for part in parts) > 1}
 
 
 def pruned_count(mask: Mask) -> int:
@@ -170,27 +194,39 @@ def write_cut(params: dict[str, torch.nn.Parameter], mask: Mask, values: dict[st
 
 
 class MaskApplier:
-    """Applies masks in place and restores the exact original values (bit for bit) afterwards."""
+    """Applies masks in place and restores the exact original values (bit for bit) afterwards;
+    also the gated norms' eps of a sliced-form emulation (``norm_eps``)."""
 
     def __init__(self, model: torch.nn.Module):
+        self.model = model
         self.params = dict(model.named_parameters())
         self._saved: dict[str, torch.Tensor] = {}
+        self._saved_eps: dict[str, float] = {}
 
     def __enter__(self) -> "MaskApplier":
         return self
 
-    def apply(self, mask: Mask, values: dict[str, torch.Tensor] | None = None) -> None:
-        """:func:`write_cut` after saving the original of every tensor it changes."""
+    def apply(self, mask: Mask, values: dict[str, torch.Tensor] | None = None,
+              norm_eps: dict[str, float] | None = None) -> None:
+        """:func:`write_cut` after saving the original of every tensor it changes; ``norm_eps``: the
+        norms' ``variance_epsilon`` to use meanwhile (module path -> eps)."""
         for name in [*(values or {}), *mask]:
             if name not in self._saved:
                 self._saved[name] = self.params[name].detach().clone()
         write_cut(self.params, mask, values)
+        for path, eps in (norm_eps or {}).items():
+            norm = self.model.get_submodule(path)
+            self._saved_eps.setdefault(path, norm.variance_epsilon)
+            norm.variance_epsilon = eps
 
     def restore(self) -> None:
         with torch.no_grad():
             for name, original in self._saved.items():
                 self.params[name].copy_(original)
+        for path, eps in self._saved_eps.items():
+            self.model.get_submodule(path).variance_epsilon = eps
         self._saved.clear()
+        self._saved_eps.clear()
 
     def __exit__(self, *exc) -> None:
         self.restore()

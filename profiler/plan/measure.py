@@ -53,6 +53,7 @@ class Measurer:
             self.note(0, 1, "loading the model")
             loaded = load_run_model(result, device=device)
         check_run_weights(result, loaded)
+        self.result = result
         self.loaded = loaded
         self.model = loaded.model
         # The profile's recipe: its statistics rebuild its masks, and measuring is as fast as its trials.
@@ -126,17 +127,51 @@ class Measurer:
             raise PlanError(f"cannot rebuild the {a.target} mask with {a.criterion}: {err}") from None
 
     def cut(self, actions: list[Option]):
-        """The combined cut of ``actions`` (every action's zeros; a tensor two rewrite: the later's values);
+        """The combined cut of ``actions``: every action's zeros, and a tensor that two actions cut and
+        a reconstructing criterion (OBS) rewrote solved once on the union of their masks, as apply does;
         whole-layer removals are no cut (:meth:`skipping` runs them)."""
-        from ..criteria.masks import Pruning
+        from ..model.arch import find_mixers
+        from ..criteria.masks import Pruning, shared_solves
 
-        return Pruning.combine([self.action_cut(a) for a in actions if not is_layer(a)])
+        cuts = [a for a in actions if not is_layer(a)]
+        parts = [self.action_cut(a) for a in cuts]
+        if not shared_solves(parts):
+            combined = Pruning.combine(parts)
+        else:
+            with self.recipe.installed(self.model):
+                scorer = self._scorer_for({a.criterion for a in cuts if a.criterion})
+            combined = scorer.solve_jointly(parts, find_mixers(self.model))
+        combined.norm_eps = self._sliced_norm_eps(cuts)
+        return combined
 
     def skipping(self, actions: list[Option]):
         """The model without the layers ``actions`` remove (each returns its input): their logits."""
         from ..pruning.layers import skipped
 
         return skipped(self.model, [layer for a in actions if is_layer(a) for layer in a.layers])
+
+    def _sliced_norm_eps(self, actions: list[Option]) -> dict[str, float]:
+        """{gated norm path: eps} with which the zeroed model computes what apply's slice of the unit
+        actions writes (:mod:`ssm_profile.model.norms`): the norm groups keep what the kinds apply
+        slices (:meth:`Shapes.execution`, asked for the actions together) keep; zeroed kinds stay in them."""
+        from ..model.arch import find_mixers
+        from ..model.norms import sliced_norm_eps
+        from ..criteria.masks import merge
+        from .shapes import shapes_for
+
+        units = [a for a in actions if a.unit_kind and not is_layer(a)]
+        if not units:
+            return {}
+        execution = shapes_for(self.result, self.loaded).execution({a.unit_kind: a.sparsity for a in units})
+        sliced = [self.action_cut(a).mask for a in units if not execution.get(a.unit_kind)]
+        out: dict[str, float] = {}
+        for mixer in find_mixers(self.model):
+            name = mixer.full_name("norm.weight")
+            keeps = [{name: mask[name]} for mask in sliced if name in mask]
+            eps = sliced_norm_eps(mixer, merge(keeps)[name]) if keeps else None
+            if eps is not None:
+                out[f"{mixer.path}.norm"] = eps
+        return out
 
     def exact_overlap(self, a: Option, b: Option) -> int:
         """Parameters both actions remove."""
@@ -168,7 +203,7 @@ class Measurer:
             with MaskApplier(self.model) as applier, self.skipping(actions):
                 if actions:
                     cut = self.cut(actions)
-                    applier.apply(cut.mask, cut.values)
+                    applier.apply(cut.mask, cut.values, cut.norm_eps)
                 pruned = batch_losses(self.model, windows, self.recipe.batch_size)
         m = paired_increase(dense.tolist(), pruned.tolist(), seed=self.recipe.seed)
         return Verification(**m, max_ppl_increase=float(max_ppl_increase),
@@ -191,7 +226,7 @@ class Measurer:
         cut = self.cut(actions)
         mask = cut.mask
         with MaskApplier(self.model) as applier, self.recipe.installed(self.model), self.skipping(actions):
-            applier.apply(mask, cut.values)
+            applier.apply(mask, cut.values, cut.norm_eps)
             losses = batch_losses(self.model, self.dataset.evaluation, self.recipe.batch_size)
         loss = float(losses.mean())
         delta = loss - self.dense_loss

@@ -199,15 +199,18 @@ class IncrementalEvaluator:
 
     # ------------------------------------------------------------------ evaluation
     def __call__(self, model: torch.nn.Module, windows: torch.Tensor, mask: Mask | None = None,
-                 values: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                 values: dict[str, torch.Tensor] | None = None,
+                 norm_eps: dict[str, float] | None = None) -> torch.Tensor:
         """Per-window losses of ``model`` (masked in place) on ``windows``, equal to ``batch_losses``.
 
         ``values``: tensors the trial rewrote besides zeroing (a reconstructing criterion's kept
-        weights): they count as touched, and their contents are part of the repeat key."""
-        return torch.cat(list(self.chunks(model, windows, mask, values)))
+        weights): they count as touched, and their contents are part of the repeat key; likewise
+        ``norm_eps`` (norm module path -> the eps the trial set: the sliced form of a head cut)."""
+        return torch.cat(list(self.chunks(model, windows, mask, values, norm_eps)))
 
     def chunks(self, model: torch.nn.Module, windows: torch.Tensor, mask: Mask | None = None,
-               values: dict[str, torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
+               values: dict[str, torch.Tensor] | None = None,
+               norm_eps: dict[str, float] | None = None) -> Iterator[torch.Tensor]:
         """:meth:`__call__`'s losses batch by batch (window order), so a caller may stop early
         (:mod:`ssm_profile.profiling.earlystop`); each batch's losses are the very numbers of a full evaluation.
         Close the iterator (or exhaust it) before changing the model's weights."""
@@ -216,22 +219,23 @@ class IncrementalEvaluator:
             yield batch_losses(model, windows, self.batch_size, kernels=self.kernels)
             return
         with installed(model, self.kernels):
-            yield from self._pieces(model, windows, mask, values or {})
+            yield from self._pieces(model, windows, mask, values or {}, norm_eps or {})
 
     def _pieces(self, model: torch.nn.Module, windows: torch.Tensor, mask: Mask | None,
-                values: dict[str, torch.Tensor]) -> Iterator[torch.Tensor]:
+                values: dict[str, torch.Tensor], norm_eps: dict[str, float]) -> Iterator[torch.Tensor]:
         """:meth:`chunks` on the bound model and windows, its kernels installed. Only complete
         results are remembered for repeated masks."""
         touched = None if mask is None else _touched(mask)
         if touched is not None:
             touched.update({name: None for name in values if name not in touched})
+            touched.update({f"{path}.variance_epsilon": None for path in norm_eps})  # the norm's group
         key = None
         if touched is not None and self.dedupe:
             if not touched and self._dense is not None:
                 self.stats["unchanged"] += 1
                 yield self._dense.clone()
                 return
-            key = _mask_key(touched, values)
+            key = _mask_key(touched, values, norm_eps)
             if key in self._results:
                 self.stats["repeated"] += 1
                 yield self._results[key].clone()
@@ -329,8 +333,10 @@ def _touched(mask: Mask) -> dict[str, torch.Tensor | None]:
     return {name: keep for name, keep in mask.items() if not bool(keep.all())}
 
 
-def _mask_key(touched: dict[str, torch.Tensor | None], values: dict[str, torch.Tensor]) -> bytes:
-    """A digest of exactly which elements of which tensors are zeroed, and of any rewritten values."""
+def _mask_key(touched: dict[str, torch.Tensor | None], values: dict[str, torch.Tensor],
+              norm_eps: dict[str, float] | None = None) -> bytes:
+    """A digest of exactly which elements of which tensors are zeroed, of any rewritten values and
+    of the eps set in any norm."""
     digest = hashlib.blake2b(digest_size=32)
     for name in sorted(touched):
         keep = touched[name]
@@ -342,6 +348,8 @@ def _mask_key(touched: dict[str, torch.Tensor | None], values: dict[str, torch.T
         value = values[name].detach().cpu().contiguous()
         digest.update(f"values:{name}:{value.dtype}:{tuple(value.shape)}".encode())
         digest.update(value.numpy().tobytes())
+    for path in sorted(norm_eps or {}):
+        digest.update(f"eps:{path}:{float(norm_eps[path]).hex()}".encode())
     return digest.digest()
 
 

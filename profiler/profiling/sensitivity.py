@@ -22,13 +22,14 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ..model.arch import MixerInfo
+from ..model.arch import MixerInfo, UnitFamily
+from ..model.norms import sliced_norm_eps, stock_width_problems
 from ..criteria import NotApplicable, ScoringContext, get
 from ..calibration.data import batch_losses
 from .earlystop import StopRule
 from ..mixers.choice import Kernels
 from ..criteria.masks import (Mask, MaskApplier, Pruning, Target, element_mask, parse_structure, pruned_count, prunable_params,
-                    select_units, unit_mask)
+                    select_units, shared_solves, unit_mask)
 
 Progress = Callable[[int, int, str], None]
 
@@ -180,6 +181,8 @@ class Scorer:
                 units = select_units(self.units(spec.criterion, mixer, target.part), family, spec.sparsity)
                 keeps, values = relative(mixer, unit_mask(mixer, family, units)), {}
             parts.append(self.reconstruction(spec.criterion, mixer, keeps, values))
+            if target.kind == "unit" and spec.layer is None:  # a uniform cut: apply slices it where it can
+                parts[-1].norm_eps.update(self._sliced_norm(mixer, family, parts[-1].mask))
         if not parts:
             raise NotApplicable(f"no layer has {spec.target}")
         return Pruning.combine(parts)
@@ -187,12 +190,46 @@ class Scorer:
     def reconstruction(self, criterion: str, mixer: MixerInfo, keeps: dict[str, torch.Tensor],
                        chosen: dict[str, torch.Tensor] | None = None) -> Pruning:
         """The cut ``keeps`` of ``mixer`` (relative names) with the values ``criterion`` rewrites: those it
-        ``chosen`` with the mask, and its :meth:`~ssm_profile.criteria.Criterion.reconstruct` of the rest."""
+        ``chosen`` with the mask, and its :meth:`~ssm_profile.criteria.Criterion.reconstruct` of the rest
+        (tensor by tensor, so each rewritten tensor names the mask it was solved from: ``solvers``)."""
+        crit = self.criteria[criterion]
         values = dict(chosen or {})
-        values.update(self.criteria[criterion].reconstruct(self.ctx, mixer, {
-            p: k for p, k in keeps.items() if p not in values}))
+        solved = set(values)
+        for param, keep in keeps.items():
+            if param in solved or not crit.reconstructs:
+                continue
+            rewritten = crit.reconstruct(self.ctx, mixer, {param: keep})
+            if rewritten:
+                values.update(rewritten)
+                solved.add(param)
         return Pruning({mixer.full_name(p): k for p, k in keeps.items()},
-                       {mixer.full_name(p): v.detach().float().cpu() for p, v in values.items()})
+                       {mixer.full_name(p): v.detach().float().cpu() for p, v in values.items()},
+                       {mixer.full_name(p): criterion for p in solved})
+
+    def solve_jointly(self, parts: list[Pruning], mixers: list[MixerInfo]) -> Pruning:
+        """``parts`` together: every part's zeros, and each tensor that two parts cut and a reconstructing
+        criterion rewrote solved once on the union of their masks (one SparseGPT solve, not the later
+        part's values over the earlier part's)."""
+        combined = Pruning.combine(parts)
+        by_path = {m.path: m for m in mixers}
+        for name, criteria in shared_solves(parts).items():
+            path, param = _split_param(name, by_path)
+            for criterion in criteria:
+                combined.values.update(self.reconstruction(criterion, by_path[path], {param: combined.mask[name]}).values)
+        return combined
+
+    def _sliced_norm(self, mixer: MixerInfo, family: UnitFamily, mask: Mask) -> dict[str, float]:
+        """{gated norm path: eps} that makes the zeroed cut compute what apply's slice of it writes
+        (:mod:`ssm_profile.model.norms`); empty where apply keeps the cut as zeros or no norm group
+        loses channels."""
+        name = mixer.full_name("norm.weight")
+        if family.normalised or name not in mask:
+            return {}
+        eps = sliced_norm_eps(mixer, mask[name])
+        config = getattr(self.ctx.model, "config", None)
+        if eps is None or stock_width_problems(config, mixer, int(mask[name].sum())):
+            return {}
+        return {f"{mixer.path}.norm": eps}
 
     def mask(self, spec: TrialSpec, mixers: list[MixerInfo], structure: str = "unstructured") -> Mask:
         """The keep-mask of one trial across the selected layers (raises NotApplicable)."""
@@ -303,8 +340,9 @@ def run_trial(model: torch.nn.Module, spec: TrialSpec, scorer: Scorer, mixers: l
               stop: StopRule | None = None) -> Trial:
     """Measure one trial: mask, evaluate, restore. ``evaluate(model, windows)`` replaces
     :func:`batch_losses` (run with ``kernels``; None: those installed on the model); an evaluator
-    with a true ``accepts_mask`` attribute is called as ``evaluate(model, windows, mask=mask, values=values)``
-    so it can tell what the trial changed (``values``: tensors a reconstructing criterion rewrote), and
+    with a true ``accepts_mask`` attribute is called as ``evaluate(model, windows, mask=mask, values=values,
+    norm_eps=norm_eps)`` so it can tell what the trial changed (``values``: tensors a reconstructing
+    criterion rewrote; ``norm_eps``: gated norms given the eps of apply's slice), and
     one with a ``chunks`` method is evaluated batch by batch. With ``stop`` (and the dense model's
     per-window ``dense_losses``) the trial ends once the rule says it is far outside tolerance."""
     start = time.perf_counter()
@@ -312,7 +350,7 @@ def run_trial(model: torch.nn.Module, spec: TrialSpec, scorer: Scorer, mixers: l
     mask = pruning.mask
     predicted = scorer.predicted_delta(spec, mask, mixers)
     with MaskApplier(model) as applier:
-        applier.apply(mask, pruning.values)
+        applier.apply(mask, pruning.values, pruning.norm_eps)
         pieces = _chunks(model, eval_windows, pruning, batch_size, evaluate, kernels,
                          chunked=stop is not None or spec.screen > 0)
         losses, stopped = _evaluate_until(pieces, dense_losses, stop, spec.screen or None)
@@ -338,7 +376,7 @@ def _chunks(model: torch.nn.Module, windows: torch.Tensor, pruning: Pruning, bat
     """The trial's per-window losses, in pieces (window order); one piece unless ``chunked``."""
     if evaluate is not None and getattr(evaluate, "accepts_mask", False):
         # e.g. ssm_profile.profiling.incremental.IncrementalEvaluator; ``values``: kept weights the cut changed
-        told = dict(mask=pruning.mask, values=pruning.values)
+        told = dict(mask=pruning.mask, values=pruning.values, norm_eps=pruning.norm_eps)
         if chunked and hasattr(evaluate, "chunks"):
             return evaluate.chunks(model, windows, **told)
         return iter([evaluate(model, windows, **told)])

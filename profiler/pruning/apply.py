@@ -76,13 +76,14 @@ def _covered(layers: list[int] | None, by_layer: dict[int, MixerInfo], where: st
 
 def _dense_cuts(loaded: LoadedModel, plan: Plan, element_actions: list[tuple[int, PlanAction]],
                 unit_picks: list[tuple[int, str, MixerInfo, list[int]]],
-                note: Progress) -> tuple[dict[int, Pruning], dict[str, torch.Tensor], dict[str, Any]]:
-    """Every element action's cut, and the values reconstructing criteria (OBS, FLAP) rewrite for unit
-    actions, all computed on the dense model as the profile computed them."""
+                note: Progress) -> tuple[dict[int, Pruning], Pruning, dict[str, Any]]:
+    """Every element action's cut, and all actions' cuts together with the values reconstructing
+    criteria (OBS, FLAP) rewrite, computed on the dense model as the profile computed them (a tensor
+    that two actions cut solved once on the union of their masks, as the planner measured it)."""
     criteria = {a.criterion for _, a in element_actions}
     criteria |= {plan.actions[i].criterion for i, *_ in unit_picks if _reconstructs(plan.actions[i].criterion)}
     if not criteria:
-        return {}, {}, {}
+        return {}, Pruning({}, {}), {}
     recipe = RunRecipe.of_plan(plan)
     with recipe.installed(loaded.model):
         return _score_cuts(loaded, recipe, sorted(criteria), element_actions, unit_picks, plan, note)
@@ -97,7 +98,7 @@ def _reconstructs(criterion: str) -> bool:
 
 def _score_cuts(loaded: LoadedModel, recipe: RunRecipe, criteria: list[str],
                 element_actions: list[tuple[int, PlanAction]], unit_picks: list[tuple[int, str, MixerInfo, list[int]]],
-                plan: Plan, note: Progress) -> tuple[dict[int, Pruning], dict[str, torch.Tensor], dict[str, Any]]:
+                plan: Plan, note: Progress) -> tuple[dict[int, Pruning], Pruning, dict[str, Any]]:
     from ..criteria import NotApplicable
     from ..calibration.data import load_dataset
     from ..profiling.sensitivity import TrialSpec, relative
@@ -125,13 +126,14 @@ def _score_cuts(loaded: LoadedModel, recipe: RunRecipe, criteria: list[str],
             raise PlanError(f"{where}: {action.criterion} cannot score it ({err})") from None
         except ValueError as err:
             raise PlanError(f"{where}: {err}") from None
-    unit_values: dict[str, torch.Tensor] = {}
+    unit_parts: list[Pruning] = []
     for i, kind, m, ids in unit_picks:
         criterion = plan.actions[i].criterion
-        if ids and _reconstructs(criterion):
-            keeps = relative(m, unit_mask(m, m.unit_family(kind), torch.tensor(ids)))
-            unit_values.update(scorer.reconstruction(criterion, m, keeps).values)
-    return cuts, unit_values, described
+        if ids:
+            mask = unit_mask(m, m.unit_family(kind), torch.tensor(ids))
+            unit_parts.append(scorer.reconstruction(criterion, m, relative(m, mask)) if _reconstructs(criterion)
+                              else Pruning(mask, {}))
+    return cuts, scorer.solve_jointly([*cuts.values(), *unit_parts], list(by_layer.values())), described
 
 
 def _unit_ids(action: PlanAction, mixer: MixerInfo, kind: str, where: str) -> list[int]:
@@ -175,7 +177,7 @@ def _execute(loaded: LoadedModel, plan: Plan, note: Progress) -> dict[str, Any]:
                        if Target.parse(a.target).kind == "group" and a.structure != LAYERS]
     unit_actions = [(i, a) for i, a in enumerate(actions) if Target.parse(a.target).kind == "unit"]
     picked = _unit_picks(model, unit_actions)
-    cuts, unit_values, calibration = _dense_cuts(loaded, plan, element_actions, picked, note)
+    cuts, combined, calibration = _dense_cuts(loaded, plan, element_actions, picked, note)
 
     for i, a in enumerate(actions):
         records.append({"index": i, "target": a.target, "layers": a.layers,
@@ -183,10 +185,8 @@ def _execute(loaded: LoadedModel, plan: Plan, note: Progress) -> dict[str, Any]:
                         "sparsity": a.sparsity, "requested": a.execution,
                         "execution": "zero", "elements_zeroed": 0, "units_removed": {}, "note": ""})
 
-    # 1. reconstructed values (OBS updates, FLAP bias compensation), then element masks -> zeros
-    # (all were computed on the dense model; every action's zeros hold, a tensor two actions rewrite
-    # keeps the later one's values)
-    combined = Pruning.combine([*cuts.values(), Pruning({}, unit_values)])
+    # 1. reconstructed values (OBS updates, FLAP bias compensation), then the masks -> zeros (all
+    # computed on the dense model; a tensor two actions cut was solved once on the union of their masks)
     write_cut(dict(model.named_parameters()), combined.mask, combined.values)
     for i, cut in cuts.items():
         records[i]["elements_zeroed"] = pruned_count(cut.mask)
