@@ -135,3 +135,34 @@ def test_apply_writes_the_joint_solve(tmp_path):
     apply_plan(loaded, plan, tmp_path / "out")
     written = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "out").named_parameters())[name].detach()
     torch.testing.assert_close(written, oracle, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_planner_measures_the_joint_solve(tmp_path):
+    """Measurer.cut (the plan's measurement and verification): the same union solve."""
+    from ssm_profile.calibration.data import DataSpec
+    from ssm_profile.model.resolve import load_model
+    from ssm_profile.plan.measure import Measurer
+    from ssm_profile.plan.options import build_options
+    from ssm_profile.plan.shapes import shapes_for
+    from ssm_profile.profiling.profile import profile_model
+    from ssm_profile.profiling.record import ProfileSettings
+    from ssm_profile.profiling.results import ProfileResult
+
+    loaded = load_model("tiny-mamba")
+    profile_model(loaded, DataSpec(nsamples=4, eval_samples=2, seqlen=32),
+                  ProfileSettings(sparsities=[0.25], criteria=["obs"], targets=["out_proj", "unit:channel"],
+                                  per_layer=False, sweep="grid", batch_size=2, incremental=False), run_dir=tmp_path / "run")
+    result = ProfileResult.load(tmp_path / "run")
+    options = build_options(result, "params", shapes=shapes_for(result))[0]
+    actions = [levels[1] for levels in options]
+    assert sorted(a.target for a in actions) == ["out_proj", "unit:channel"]
+    measurer = Measurer(result, loaded, lambda *a: None)
+    cut = measurer.cut(actions)
+    scorer = measurer._scorer_for({"obs"})
+    for m in find_mixers(loaded.model):
+        name = m.full_name("out_proj.weight")
+        union = measurer.action_mask(actions[0])[name] & measurer.action_mask(actions[1])[name]
+        oracle = reference_sparsegpt(m.param("out_proj.weight").detach(), scorer.criteria["obs"].hessian(
+            scorer.ctx, m, "out_proj.weight"), union).float()
+        torch.testing.assert_close(cut.values[name], oracle, rtol=1e-4, atol=1e-5)

@@ -95,3 +95,29 @@ def test_incremental_evaluator_measures_the_sliced_form():
         applier.apply(pruning.mask)
         zeros_only = ev(model, windows, mask=pruning.mask)
     assert not torch.equal(zeros_only, torch.tensor(full.window_losses, dtype=zeros_only.dtype))
+
+
+@pytest.mark.slow
+def test_the_plans_verification_is_what_validate_measures_on_the_sliced_checkpoint(tmp_path):
+    """tiny-mamba2, half its heads (sliced: 4 x 32 = 1 x hidden_size): the planner's verification equals
+    validate's on the applied checkpoint (without the sliced form: 2.21668 vs 2.21676, the norm's eps)."""
+    from ssm_profile.calibration.data import DataSpec
+    from ssm_profile.model.resolve import load_model
+    from ssm_profile.plan import make_plan
+    from ssm_profile.profiling.profile import profile_model
+    from ssm_profile.profiling.record import ProfileSettings
+    from ssm_profile.profiling.results import ProfileResult
+    from ssm_profile.pruning.apply import apply_plan
+    from ssm_profile.validation.validate import ValidationOptions
+
+    loaded = load_model("tiny-mamba2")
+    profile_model(loaded, DataSpec(nsamples=4, eval_samples=4, seqlen=32, verify_samples=8),
+                  ProfileSettings(sparsities=[0.5], criteria=["magnitude"], targets=["unit:head"], per_layer=False,
+                                  sweep="grid", batch_size=2, incremental=False), run_dir=tmp_path / "run")
+    result = ProfileResult.load(tmp_path / "run")
+    plan = make_plan(result, metric="state", ratio=0.4, max_ppl_increase=50.0, loaded=loaded, run_path=tmp_path / "run")
+    assert [(a.target, a.execution) for a in plan.actions] == [("unit:head", "slice")]
+    record = apply_plan(load_model("tiny-mamba2"), plan, tmp_path / "out", validate=True,
+                        validate_options=ValidationOptions(tasks=(), speed_repeats=1, speed_batch=(1, 8)))
+    assert record.validation.verification.rel_ppl_increase == pytest.approx(plan.verification.rel_ppl_increase,
+                                                                             rel=1e-6)

@@ -20,8 +20,12 @@ Execution
   the planner also asked (so a plan's "slice" is what apply does); it keeps a kind as zeros, with a
   note saying why, when slicing would change the model (a norm over the cut dimension, e.g.
   FalconMamba's B/C/dt RMSNorm), layers cut different numbers of units, or a stock config cannot
-  express the result. Either way the logits are those of the zeroed model (Mamba-2's gated norm:
-  up to its eps term).
+  express the result. Either way the logits are those of the zeroed model, except for Mamba-2's
+  gated norm after a head slice: its eps term, which the planner measured in the sliced form
+  (:mod:`ssm_profile.model.norms`).
+* A tensor that two actions cut and a reconstructing criterion (OBS) rewrites is solved once on the
+  union of their masks (:meth:`ssm_profile.profiling.sensitivity.Scorer.solve_jointly`), as the
+  planner measured it.
 
 * Layer actions (``structure: "layers"``, execution ``remove``): the decoder layers are removed after
   every other action (so every action addresses the plan's layer numbers) by
@@ -227,7 +231,8 @@ def _execute(loaded: LoadedModel, plan: Plan, note: Progress) -> dict[str, Any]:
             records[i]["execution"] = "slice"
         if kind in ("head", "head_channel"):
             notes.append(f"sliced Mamba-2 {kind} units: the gated norm's weights were rescaled, so the logits equal "
-                         "the zeroed model's up to the norm's eps term (not bit for bit)")
+                         "the zeroed model's up to the norm's eps term (not bit for bit); the plan measured "
+                         "this sliced form")
         per_layer = {layer: ids for layer, ids in removed[kind].items() if ids}
         sliced.append({"kind": kind, "layers": sorted(per_layer),
                        "removed_per_layer": len(next(iter(per_layer.values()))), "config": outcome.config})
