@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import tiny_mamba
 from ssm_profile.calibration.stats import collect_stats
 from ssm_profile.criteria import ScoringContext
@@ -65,7 +64,8 @@ def test_element_and_unit_obs_cuts_of_one_tensor_are_one_sparsegpt_solve_on_thei
     model, calibration, scorer = setup
     mixers = find_mixers(model)
     dense = {n: p.detach().clone() for n, p in model.named_parameters()}
-    parts = [scorer.prune(TrialSpec(param, "obs", 0.3), mixers), scorer.prune(TrialSpec("unit:channel", "obs", 0.25), mixers)]
+    parts = [scorer.prune(TrialSpec(param, "obs", 0.3), mixers),
+             scorer.prune(TrialSpec("unit:channel", "obs", 0.25), mixers)]
     joint = scorer.solve_jointly(parts, mixers)
     for m in mixers:
         name = m.full_name(f"{param}.weight")
@@ -84,7 +84,8 @@ def test_one_obs_cut_per_tensor_is_left_as_solved(setup):
     """Nothing is solved again where only one cut rewrites a tensor (its values are already that solve)."""
     model, _, scorer = setup
     mixers = find_mixers(model)
-    parts = [scorer.prune(TrialSpec("in_proj", "obs", 0.3), mixers), scorer.prune(TrialSpec("out_proj", "wanda", 0.3), mixers)]
+    parts = [scorer.prune(TrialSpec("in_proj", "obs", 0.3), mixers),
+             scorer.prune(TrialSpec("out_proj", "wanda", 0.3), mixers)]
     joint = scorer.solve_jointly(parts, mixers)
     together = Pruning.combine(parts)
     assert joint.values.keys() == together.values.keys()
@@ -106,14 +107,13 @@ def test_a_fixed_mask_solve_equals_the_cut_that_chose_it(setup):
 @pytest.mark.slow
 def test_apply_writes_the_joint_solve(tmp_path):
     """apply: an element OBS action and a unit OBS action on out_proj give the union's one SparseGPT solve."""
-    from transformers import AutoModelForCausalLM
-
     from ssm_profile.calibration.data import load_dataset
     from ssm_profile.documents import as_plan
     from ssm_profile.model.resolve import load_model
     from ssm_profile.profiling.recipe import RunRecipe
     from ssm_profile.pruning.apply import apply_plan
     from test_apply_validate import make_plan, unit_action
+    from transformers import AutoModelForCausalLM
 
     loaded = load_model("tiny-mamba")
     layers = [m.layer for m in find_mixers(loaded.model)]
@@ -152,7 +152,8 @@ def test_the_planner_measures_the_joint_solve(tmp_path):
     loaded = load_model("tiny-mamba")
     profile_model(loaded, DataSpec(nsamples=4, eval_samples=2, seqlen=32),
                   ProfileSettings(sparsities=[0.25], criteria=["obs"], targets=["out_proj", "unit:channel"],
-                                  per_layer=False, sweep="grid", batch_size=2, incremental=False), run_dir=tmp_path / "run")
+                                  per_layer=False, sweep="grid", batch_size=2, incremental=False),
+                  run_dir=tmp_path / "run")
     result = ProfileResult.load(tmp_path / "run")
     options = build_options(result, "params", shapes=shapes_for(result))[0]
     actions = [levels[1] for levels in options]

@@ -9,7 +9,6 @@ import copy
 
 import pytest
 import torch
-
 from conftest import tiny_hybrid, tiny_mamba2
 from ssm_profile.calibration.data import batch_losses
 from ssm_profile.criteria import CalibrationStats, ScoringContext

@@ -147,7 +147,7 @@ class Pruning:
     ``solvers``: masked tensor -> the criterion whose reconstruction from that tensor's mask wrote
     ``values`` (a tensor two cuts share is solved again on their union, see :func:`shared_solves`).
     ``norm_eps``: gated-norm module (full path) -> the eps that makes the zeroed model compute what
-    the sliced model computes (see :func:`ssm_profile.model.arch.sliced_norm_eps`)."""
+    the sliced model computes (see :func:`ssm_profile.model.norms.sliced_norm_eps`)."""
 
     mask: Mask
     values: dict[str, torch.Tensor]

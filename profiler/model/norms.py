@@ -8,7 +8,8 @@ sqrt(n / n') (:func:`ssm_profile.pruning.surgery.slice_units`). The sliced outpu
 
 the zeroed model's output with eps·n'/n in that norm. No stock config can hold that eps (one value
 for every norm of the model), so apply's slice equals the zeroed model only up to the eps term
-(0.53 in logits on a tiny random NemotronH, 0.33 on Zamba2). The zeroed model with eps·n'/n in the
+(a review measured up to 0.53 in logits on a tiny random NemotronH, 0.33 on Zamba2; 0.016 and
+0.024 on the test suite's tiny ones, tests/test_sliced_norm.py). The zeroed model with eps·n'/n in the
 norms of the sliced layers computes what apply writes: trials, the planner's measurement and its
 verification use it wherever apply slices (Gated DeltaNet's value channels, whose norm has the same
 problem, are not sliced at all: their family is ``normalised``).

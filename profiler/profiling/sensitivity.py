@@ -196,7 +196,7 @@ class Scorer:
         values = dict(chosen or {})
         solved = set(values)
         for param, keep in keeps.items():
-            if param in solved or not crit.reconstructs:
+            if param in solved:
                 continue
             rewritten = crit.reconstruct(self.ctx, mixer, {param: keep})
             if rewritten:
@@ -215,7 +215,8 @@ class Scorer:
         for name, criteria in shared_solves(parts).items():
             path, param = _split_param(name, by_path)
             for criterion in criteria:
-                combined.values.update(self.reconstruction(criterion, by_path[path], {param: combined.mask[name]}).values)
+                joint = self.reconstruction(criterion, by_path[path], {param: combined.mask[name]})
+                combined.values.update(joint.values)
         return combined
 
     def _sliced_norm(self, mixer: MixerInfo, family: UnitFamily, mask: Mask) -> dict[str, float]:
