@@ -122,6 +122,46 @@ def _unwritable(monkeypatch, err: OSError) -> None:
     monkeypatch.setattr("ssm_profile.base.io.tempfile.mkstemp", _raise(err))
 
 
+def _unwritable_in(monkeypatch, folder: Path, err: OSError) -> Path:
+    """Writing in ``folder`` (made empty here) fails as a read-only place does; elsewhere it works."""
+    import tempfile
+
+    folder.mkdir(exist_ok=True)
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        if Path(kwargs.get("dir") or "").resolve() == folder.resolve():
+            raise err
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("ssm_profile.base.io.tempfile.mkstemp", mkstemp)
+    monkeypatch.setattr("ssm_profile.base.outputs.tempfile.mkstemp", mkstemp)
+    return folder
+
+
+def _text_in(folder: Path, name: str = "cal.txt") -> Path:
+    """A copy of the embedded calibration text at ``folder/name`` (folders made)."""
+    from ssm_profile.model.resolve import embedded_data
+
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(embedded_data("calibration.txt"), path)
+    return path
+
+
+def _tokenizer_copy(tmp: Path) -> Path:
+    return Path(shutil.copytree(embedded_dir("tokenizer"), tmp / "tok"))
+
+
+def _symlink_to_dir(tmp: Path) -> Path:
+    (tmp / "real").mkdir()
+    _file(tmp / "real", "mine.txt", "keep")
+    (tmp / "link").symlink_to(tmp / "real")
+    return tmp / "link"
+
+
+EROFS = OSError(errno.EROFS, "Read-only file system")
+
 # id -> (tmp_path, run_dir, monkeypatch) -> argv
 CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
     # profile options: refused before a model loads
@@ -280,6 +320,51 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
                                                          "--markdown", str(t / "b")],
     "bench threads 0": lambda t, r, m: ["bench", "--quick", "--threads", "0"],
     "tui threads 0": lambda t, r, m: ["tui", "tiny-mamba", "--threads", "0"],
+    # an output is never, never holds and never lies inside an input, by any path (issue 26)
+    "profile overwrite of a run holding its calibration": lambda t, r, m: (
+        shutil.copytree(r, t / "out"), _profile(t, "--overwrite", "--calibration", str(_text_in(t / "out"))))[1],
+    "recover overwrite of a folder holding its data": lambda t, r, m: (
+        ["recover", str(_pruned(r)), "-o", str(t / "out"), "--overwrite", "--data",
+         str(_text_in(t / "out" / "texts")), "--steps", "1", "--no-lm-eval", "--quiet"]),
+    "apply overwrite of a folder holding the plan's calibration": lambda t, r, m: [
+        "apply", "tiny-mamba", _plan_copy(t, r, lambda p: p["data"].update(calibration=str(_text_in(t / "out")))),
+        "-o", str(t / "out"), "--overwrite", "--quiet"],
+    "plan output over the model's config.json": lambda t, r, m: [
+        "plan", str(r), "--model", _model_copy(t, lambda d: None), "-o", str(t / "model" / "config.json"),
+        "--overwrite", "--quiet"],
+    "apply output is the tokenizer folder": lambda t, r, m: [
+        "apply", "tiny-mamba", str(_plan(r)), "--tokenizer", str(_tokenizer_copy(t)), "-o", str(t / "tok"),
+        "--overwrite", "--quiet"],
+    "validate report over its evaluation text": lambda t, r, m: [
+        "validate", "tiny-mamba", str(_pruned(r)), "--evaluation", str(_text_in(t, "e.txt")), "-o", str(t / "e.txt"),
+        "--overwrite", "--quiet"],
+    "validate report over the tokenizer.json": lambda t, r, m: [
+        "validate", "tiny-mamba", str(_pruned(r)), "--tokenizer", str(_tokenizer_copy(t)), "-o",
+        str(t / "tok" / "tokenizer.json"), "--overwrite", "--quiet"],
+    "report over the recovery.json it read": lambda t, r, m: (
+        m.setattr("ssm_profile.documents.load_recovery", lambda path: None),
+        ["report", _run_copy(t, r, lambda d: _file(d, "recovery.json", "{}")), "-o", str(t / "run" / "recovery.json"),
+         "--overwrite"])[1],
+    "recover output is the teacher's folder": lambda t, r, m: [
+        "recover", str(_pruned(r)), "--teacher", _model_copy(t, lambda d: None), "-o", str(t / "model"),
+        "--overwrite", "--steps", "1", "--no-lm-eval", "--quiet"],
+    "recover input named OUT.checkpoint": lambda t, r, m: (
+        shutil.copytree(_pruned(r), t / "out.checkpoint"),
+        ["recover", str(t / "out.checkpoint"), "-o", str(t / "out"), "--steps", "1", "--no-lm-eval", "--quiet"])[1],
+    "apply output a symlink to a folder": lambda t, r, m: _apply(t, r, "--overwrite")[:4] + [
+        str(_symlink_to_dir(t)), "--overwrite", "--quiet"],
+    "profile output a symlink to a run": lambda t, r, m: (
+        (t / "link").symlink_to(r), ["profile", "tiny-mamba", "-o", str(t / "link"), *TINY, "--overwrite"])[1],
+    "plan of a run called -": lambda t, r, m: ["plan", "-", "-o", str(t / "p.json"), "--no-measure"],
+    "profile output -": lambda t, r, m: ["profile", "tiny-mamba", "-o", "-", *TINY],
+    # every output writable before any work: read-only places refused before the benchmark, the report
+    "bench json read-only": lambda t, r, m: (_unwritable(m, EROFS), ["bench", "--quick", "--json", str(t / "b.json")])[1],
+    "report csv read-only": lambda t, r, m: (
+        _unwritable_in(m, t / "tables", EROFS), ["report", str(r), "-o", str(t / "out"), "--csv", str(t / "tables")])[1],
+    "plan read-only": lambda t, r, m: (_unwritable(m, EROFS), ["plan", str(r), "-o", str(t / "p.json"),
+                                                                "--no-measure", "--quiet"])[1],
+    "recover read-only": lambda t, r, m: (_unwritable(m, EROFS), [
+        "recover", str(_pruned(r)), "-o", str(t / "out"), "--steps", "1", "--no-lm-eval", "--quiet"])[1],
 }
 if not torch.cuda.is_available():
     CASES["device cuda"] = lambda t, r, m: _profile(t, "--device", "cuda")
@@ -308,6 +393,9 @@ def test_bad_input_is_one_line_and_changes_nothing(case, tmp_path, run_dir, monk
     assert "error:" in lines[0]
     after = _hashes(tmp_path, run_dir.parent)
     assert {p: h for p, h in after.items() if p in before} == before, f"{case} changed an input"
+    left = [p for root in (tmp_path, run_dir.parent) for p in root.rglob("*")
+            if p.name.endswith((".partial", ".tmp", ".backup")) or p.name.endswith(".lock") and p.name != ".lock"]
+    assert not left, f"{case} left {left}"
     out = str(tmp_path / "out")
     out_existed = any(p == out or p.startswith(out + os.sep) for p in before)
     assert out_existed or not (tmp_path / "out").exists(), f"{case} left an output behind"

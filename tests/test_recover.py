@@ -138,6 +138,34 @@ def test_resume_with_other_options_is_refused(tmp_path, sparse_dir):
         recover(sparse_dir, tmp_path / "out", settings=settings)
 
 
+def test_resume_from_a_replaced_input_is_refused(tmp_path, sparse_dir):
+    """An input replaced between the runs (pruning.json, the training text): the checkpoint trained on the
+    old one is not continued with the new."""
+    from ssm_profile.base.errors import SSMProfileError
+
+    pruned, text = tmp_path / "pruned", tmp_path / "train.txt"
+    shutil.copytree(sparse_dir, pruned)
+    text.write_text(embedded_data("calibration.txt").read_text())
+    settings = RecoverSettings(steps=4, lr=1e-2, batch_size=2, checkpoint_every=2, lm_eval=False, data=str(text))
+
+    def stop(done, total, label):
+        if done == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        recover(pruned, tmp_path / "out", settings=settings, progress=stop)
+    record = json.loads((pruned / "pruning.json").read_text())
+    original, record["created"] = (pruned / "pruning.json").read_text(), "2000-01-01T00:00:00+00:00"
+    (pruned / "pruning.json").write_text(json.dumps(record))  # apply run again: the same weights, another record
+    with pytest.raises(SSMProfileError, match="pruning.json changed since its checkpoint"):
+        recover(pruned, tmp_path / "out", settings=settings, resume=True)
+    (pruned / "pruning.json").write_text(original)
+    text.write_text(text.read_text().replace(" the ", " thy "))
+    with pytest.raises(SSMProfileError, match="the training text changed since its checkpoint"):
+        recover(pruned, tmp_path / "out", settings=settings, resume=True)
+    assert not (tmp_path / "out").exists() and (checkpoint_dir(tmp_path / "out") / "state.json").is_file()
+
+
 def test_training_text_never_holds_the_verification_windows():
     tokenizer = load_model("tiny-mamba").tokenizer
     spec = DataSpec(seqlen=64)
@@ -167,7 +195,7 @@ def test_cli_user_errors_are_one_line(tmp_path, sparse_dir, mamba1_dir, capsys):
     fails(str(tmp_path / "missing"), "-o", str(tmp_path / "a"), says="not a pruned model directory")
     (tmp_path / "exists").mkdir()
     fails(str(sparse_dir), "-o", str(tmp_path / "exists"), says="already exists")
-    fails(str(sparse_dir), "-o", str(sparse_dir / "inside"), says="would replace the input")
+    fails(str(sparse_dir), "-o", str(sparse_dir / "inside"), says="lies inside the pruned checkpoint")
     fails(str(sparse_dir), "-o", str(tmp_path / "b"), "--teacher", str(mamba1_dir), says="vocabulary")
     fails(str(sparse_dir), "-o", str(tmp_path / "c"), "--lr", "0", says="--lr must be a positive finite number")
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

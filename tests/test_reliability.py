@@ -210,3 +210,278 @@ def test_resume_after_a_torn_journal_gives_the_same_trials(tmp_path, capsys):
     key = lambda t: t.key  # noqa: E731
     assert [(t.key, t.loss) for t in sorted(ProfileResult.load(cut).trials, key=key)] == \
            [(t.key, t.loss) for t in sorted(ProfileResult.load(full).trials, key=key)]
+
+
+# ---------------------------------------------------------------------------------------------- the --overwrite swap
+KILL_BETWEEN_RENAMES = """
+import os, signal, sys
+import ssm_profile.base.io as io
+
+real = os.replace
+
+
+def replace(src, dst):
+    real(src, dst)
+    if str(dst).endswith(io.BACKUP_SUFFIX):  # the old output moved aside, the new one not yet in place
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+io.os.replace = replace
+with io.atomic_directory(sys.argv[1], overwrite=True) as tmp:
+    (tmp / "run.json").write_text("new")
+"""
+
+
+def _siblings(final: Path) -> list[str]:
+    return sorted(p.name for p in final.parent.iterdir() if p.name.startswith(f".{final.name}."))
+
+
+def _killed_between_renames(final: Path) -> None:
+    """``final`` (holding run.json "old") replaced by a process SIGKILLed between the swap's two renames."""
+    final.mkdir()
+    (final / "run.json").write_text("old")
+    done = subprocess.run([PYTHON, "-c", KILL_BETWEEN_RENAMES, str(final)], capture_output=True, text=True)
+    assert done.returncode == -9, done.stderr
+    assert not final.exists()  # neither the old nor the new in place: both hidden beside it
+    names = _siblings(final)
+    assert len(names) == 2 and names[0].endswith(".backup") and names[1].endswith(".partial"), names
+
+
+def test_swap_killed_between_renames_keeps_the_old_run_for_the_next_writer(tmp_path):
+    from ssm_profile.base.io import atomic_directory
+
+    final = tmp_path / "run"
+    _killed_between_renames(final)
+    with pytest.raises(ZeroDivisionError):  # the next --overwrite fails too: the old run is still there
+        with atomic_directory(final, overwrite=True) as tmp:
+            (tmp / "run.json").write_text("newer")
+            1 / 0
+    assert (final / "run.json").read_text() == "old" and _siblings(final) == []
+    with atomic_directory(final, overwrite=True) as tmp:
+        (tmp / "run.json").write_text("newer")
+    assert (final / "run.json").read_text() == "newer" and _siblings(final) == []
+
+
+def test_swap_killed_between_renames_is_put_back_by_a_reader(tmp_path):
+    from ssm_profile.base.lock import run_dir_lock
+
+    final = tmp_path / "run"
+    _killed_between_renames(final)
+    with run_dir_lock(final, shared=True):
+        assert (final / "run.json").read_text() == "old"
+    assert _siblings(final) == []  # the dead writer's unfinished new run went with it
+
+
+def test_swap_crash_between_renames_monkeypatched(tmp_path, monkeypatch):
+    """The same crash in this process: the second rename and everything after it never happen."""
+    import ssm_profile.base.io as io
+
+    class Crash(BaseException):
+        pass
+
+    final = tmp_path / "run"
+    final.mkdir()
+    (final / "run.json").write_text("old")
+    real = os.replace
+
+    def replace(src, dst):
+        if str(src).endswith(io.PARTIAL_SUFFIX) or str(src).endswith(io.BACKUP_SUFFIX):
+            raise Crash  # the rename of the new output, and the handler's putting back
+        real(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", replace)
+    monkeypatch.setattr(io.shutil, "rmtree", lambda *a, **k: None)  # a dead process cleans nothing up
+    with pytest.raises(Crash):
+        with io.atomic_directory(final, overwrite=True) as tmp:
+            (tmp / "run.json").write_text("new")
+    monkeypatch.undo()
+    assert not final.exists() and [n.rsplit(".", 1)[1] for n in _siblings(final)] == ["backup", "partial"]
+    monkeypatch.setattr(io, "pid_alive", lambda pid: False)  # as if this process had died
+    with pytest.raises(ZeroDivisionError):
+        with io.atomic_directory(final, overwrite=True):
+            1 / 0
+    assert (final / "run.json").read_text() == "old" and _siblings(final) == []
+
+
+# ---------------------------------------------------------------------------------------------- readers and writers
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict[str, Path]:
+    """A tiny run, its plan and its pruned checkpoint."""
+    from ssm_profile.cli.main import main
+
+    root = tmp_path_factory.mktemp("made")
+    paths = {"run": root / "run", "plan": root / "plan.json", "pruned": root / "pruned"}
+    assert main(["profile", "tiny-mamba", "-o", str(paths["run"]), *TINY]) == 0
+    assert main(["plan", str(paths["run"]), "-o", str(paths["plan"]), "--ratio", "0.1", "--no-measure",
+                 "--quiet"]) == 0
+    assert main(["apply", str(paths["plan"]), "-o", str(paths["pruned"]), "--quiet"]) == 0
+    return paths
+
+
+def _one_line_error(capsys, says: str) -> None:
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+HOLD_OUTPUT = """
+import sys, time
+from ssm_profile.base.lock import output_lock
+with output_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def _holding(script: str, path: Path) -> subprocess.Popen:
+    holder = subprocess.Popen([PYTHON, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_plan_and_report_refuse_a_run_being_written(made, tmp_path, capsys):
+    import shutil
+
+    from ssm_profile.cli.main import main
+
+    run = tmp_path / "run"
+    shutil.copytree(made["run"], run)
+    holder = _holding(HOLD, run)  # a profile writing it
+    try:
+        assert main(["plan", str(run), "-o", str(tmp_path / "p.json"), "--no-measure", "--quiet"]) == 2
+        _one_line_error(capsys, f"is being written by process {holder.pid}")
+        assert main(["report", str(run), "-o", str(tmp_path / "r.html")]) == 2
+        _one_line_error(capsys, "is being written")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "p.json").exists() and not (tmp_path / "r.html").exists()
+    assert main(["report", str(run), "-o", str(tmp_path / "r.html")]) == 0  # the writer gone, the run reads
+
+
+def test_plan_and_report_say_the_run_is_unfinished(made, tmp_path, capsys):
+    import shutil
+
+    from ssm_profile.cli.main import main
+    from ssm_profile.documents import load_plan
+
+    run = tmp_path / "run"
+    shutil.copytree(made["run"], run)
+    meta = json.loads((run / "run.json").read_text())
+    meta["status"] = "running"  # what a profile killed mid-sweep leaves
+    (run / "run.json").write_text(json.dumps(meta))
+    assert main(["plan", str(run), "-o", str(tmp_path / "p.json"), "--no-measure", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "unfinished profile" in err and "--resume" in err
+    assert any("unfinished profile run" in note for note in load_plan(tmp_path / "p.json").notes)
+    assert main(["report", str(run), "-o", str(tmp_path / "r.html")]) == 0
+    assert "unfinished profile" in capsys.readouterr().err
+
+
+def test_second_writer_of_an_output_is_refused_before_any_work(made, tmp_path, capsys):
+    from ssm_profile.cli.main import main
+
+    out = tmp_path / "out"
+    holder = _holding(HOLD_OUTPUT, out)  # a recover (or apply) writing OUT_DIR
+    try:
+        started = time.monotonic()
+        assert main(["recover", str(made["pruned"]), "-o", str(out), "--steps", "1", "--no-lm-eval", "--quiet"]) == 2
+        _one_line_error(capsys, f"is being written by process {holder.pid}")
+        assert main(["apply", str(made["plan"]), "-o", str(out), "--quiet"]) == 2
+        _one_line_error(capsys, "is being written")
+        assert time.monotonic() - started < 10  # refused before loading a model, let alone training
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not out.exists() and _siblings(out) in ([], [".out.lock"])  # the killed holder's lock file may stay
+
+
+def test_output_lock_is_released_and_removed(tmp_path):
+    from ssm_profile.base.errors import OutputExistsError
+    from ssm_profile.base.lock import output_lock
+
+    out = tmp_path / "out"
+    with output_lock(out):
+        with output_lock(out):  # re-entrant in one process
+            assert (tmp_path / ".out.lock").is_file()
+    assert not (tmp_path / ".out.lock").exists()
+    holder = _holding(HOLD_OUTPUT, out)
+    holder.kill()
+    holder.wait()
+    with output_lock(out):  # a killed holder's lock does not block
+        pass
+    with pytest.raises(OutputExistsError, match="being written"):
+        holder = _holding(HOLD_OUTPUT, out)
+        try:
+            with output_lock(out):
+                pass
+        finally:
+            holder.kill()
+            holder.wait()
+
+
+# ---------------------------------------------------------------------------------------------- resume
+def test_resume_refuses_an_edited_text(tmp_path, capsys):
+    from ssm_profile.cli.main import main
+    from ssm_profile.model.resolve import embedded_data
+
+    texts = {name: tmp_path / f"{name}.txt" for name in ("calibration", "evaluation")}
+    for name, path in texts.items():
+        path.write_text(embedded_data(f"{name}.txt").read_text())
+    argv = ["profile", "tiny-mamba", "-o", str(tmp_path / "run"), *TINY,
+            "--calibration", str(texts["calibration"]), "--evaluation", str(texts["evaluation"])]
+    assert main(argv) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    capsys.readouterr()
+    for name, path in texts.items():
+        original = path.read_text()
+        path.write_text(original.replace(" the ", " thy "))  # same name, same number of windows: other tokens
+        assert main([*argv, "--resume"]) == 2
+        _one_line_error(capsys, f"the {name} text")
+        path.write_text(original)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
+    assert main([*argv, "--resume"]) == 0  # the same texts again: resumed
+
+
+KILLED_PROFILE = """
+import os, signal, sys
+import ssm_profile.base.io as io
+
+real = os.replace
+
+
+def replace(src, dst):
+    real(src, dst)
+    if str(dst).endswith(io.BACKUP_SUFFIX):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+io.os.replace = replace
+from ssm_profile.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow  # a profile in a subprocess: 10-30 s
+def test_profile_overwrite_killed_between_renames_keeps_the_old_run(made, tmp_path, capsys):
+    import hashlib
+    import shutil
+
+    from ssm_profile.cli.main import main
+
+    run = tmp_path / "run"
+    shutil.copytree(made["run"], run)
+
+    def digests() -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir() if p.is_file()
+                and p.name != ".lock"}  # (the lock records its last holder)
+
+    old = digests()
+    argv = ["profile", "tiny-mamba", "-o", str(run), *TINY, "--seed", "1", "--overwrite"]
+    done = subprocess.run([PYTHON, "-c", KILLED_PROFILE, *argv], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == -9, done.stderr
+    assert not run.exists()
+    assert main(["plan", str(run), "-o", str(tmp_path / "p.json"), "--no-measure", "--quiet"]) == 0
+    assert digests() == old  # the old run back in place, as it was
+    assert main(argv) == 0  # the next --overwrite replaces it for good
+    assert digests() != old and _siblings(run) == []

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -65,10 +65,15 @@ def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
     """Yield a temporary sibling directory that becomes ``final`` only if the block succeeds.
 
     The temporary directory's name carries this process's id, so the next run can remove the
-    ``.partial`` leftovers of a process that was killed (and only those: a live writer's stay)."""
+    ``.partial`` leftovers of a process that was killed (and only those: a live writer's stay), and
+    can finish or undo a swap that a killed process left half done (:func:`settle_interrupted_swap`)."""
     from .errors import OutputExistsError
 
     final = Path(final)
+    if final.is_symlink():  # renaming over a link replaces the link, not the folder it names
+        raise OutputExistsError(f"output '{final}' is a symbolic link; give the directory it points to "
+                                f"('{os.path.realpath(final)}') or another path")
+    settle_interrupted_swap(final)
     if final.exists() and not final.is_dir():
         raise OutputExistsError(f"output '{final}' is a file; give a directory")
     if final.exists() and not overwrite:
@@ -88,24 +93,26 @@ def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
 
 
 def _swap_in(tmp: Path, final: Path) -> None:
-    """Put the finished ``tmp`` in ``final``'s place. An existing ``final`` is first renamed to a
-    ``.partial`` sibling (removed after the swap, or by the next run if this process is killed), so
-    the old output is never deleted before the new one is complete and in place."""
+    """Put the finished ``tmp`` in ``final``'s place: rename the old ``final`` to its backup (``tmp``'s
+    name with :data:`BACKUP_SUFFIX`), rename ``tmp`` to ``final``, then delete the backup. The old
+    output is never deleted before the new one is in place; a process killed between the two renames
+    leaves the backup beside its finished ``tmp``, and the next writer or reader puts it back."""
     if not final.exists():
         os.replace(tmp, final)
         return
-    old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{_partial_prefix(final)}{os.getpid()}.",
-                                suffix=".old" + PARTIAL_SUFFIX))
-    os.replace(final, old)  # replaces the empty placeholder directory
+    backup = _backup_of(tmp)
+    os.replace(final, backup)
     try:
         os.replace(tmp, final)
     except BaseException:
-        os.replace(old, final)  # put the old output back
+        os.replace(backup, final)  # put the old output back
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(backup, ignore_errors=True)
 
 
 PARTIAL_SUFFIX = ".partial"
+BACKUP_SUFFIX = ".backup"  # an output being replaced; never removed as a stale partial
+LEGACY_BACKUP_SUFFIX = ".old" + PARTIAL_SUFFIX  # the backup of versions before BACKUP_SUFFIX
 TMP_SUFFIX = ".tmp"
 
 
@@ -113,18 +120,71 @@ def _partial_prefix(final: Path) -> str:
     return f".{final.name}.pid"
 
 
+def _backup_of(tmp: Path) -> Path:
+    return tmp.with_name(tmp.name[:-len(PARTIAL_SUFFIX)] + BACKUP_SUFFIX)
+
+
+def settle_interrupted_swap(final: str | os.PathLike) -> Path | None:
+    """Finish what a killed :func:`_swap_in` left, from the backup of the old ``final`` (a dead process's):
+
+    * ``final`` missing: the first rename happened and the second did not, so the old output goes back
+      in place (returned);
+    * ``final`` present and the backup's ``tmp`` gone: the swap was done, so the backup goes;
+    * ``final`` present beside both: ``final`` was made again since; refused in one line, nothing deleted.
+
+    A folder holding only a lock file counts as missing (a lock taken since made it)."""
+    from .errors import OutputExistsError
+
+    final = Path(final)
+    restored = None
+    legacy = list(_siblings(final, LEGACY_BACKUP_SUFFIX))
+    for backup, pid in [*_siblings(final, BACKUP_SUFFIX), *legacy]:
+        if pid_alive(pid) or not backup.is_dir() or backup.is_symlink():
+            continue
+        new = backup.with_name(backup.name[:-len(BACKUP_SUFFIX)] + PARTIAL_SUFFIX)  # the dead writer's tmp
+        if final.is_dir() and not final.is_symlink() and _holds_only_a_lock(final):
+            shutil.rmtree(final, ignore_errors=True)
+        if not (final.exists() or final.is_symlink()):
+            try:
+                os.replace(backup, final)
+            except FileNotFoundError:  # another process put it back first
+                continue
+            restored = final
+            if (backup, pid) not in legacy:
+                shutil.rmtree(new, ignore_errors=True)
+        elif (backup, pid) in legacy:
+            continue  # an older version's backup: removed as a stale partial, as that version did
+        elif not new.exists():
+            shutil.rmtree(backup, ignore_errors=True)  # the swap was complete
+        else:
+            raise OutputExistsError(f"'{final}' was made again after a replacement of it was interrupted; the "
+                                    f"previous contents are in '{backup}': move one of them away")
+    return restored
+
+
+def _holds_only_a_lock(folder: Path) -> bool:
+    return all(item.name == ".lock" for item in folder.iterdir())  # base.lock's LOCK_NAME
+
+
 def remove_stale_partials(final: str | os.PathLike) -> list[Path]:
     """Remove ``final``'s temporary ``.partial`` siblings whose writing process is dead; returns them."""
     return _remove_stale(Path(final), PARTIAL_SUFFIX, Path.is_dir, lambda item: shutil.rmtree(item, ignore_errors=True))
 
 
-def _remove_stale(final: Path, suffix: str, is_kind, remove) -> list[Path]:
-    """Remove ``final``'s temporary siblings ``.NAME.pidPID.*SUFFIX`` whose process PID is dead."""
+def _siblings(final: Path, suffix: str) -> Iterator[tuple[Path, int]]:
+    """``final``'s siblings ``.NAME.pidPID.*SUFFIX`` with their PID."""
     prefix = _partial_prefix(final)
-    removed = []
     for item in final.parent.glob(f"{glob.escape(prefix)}*{suffix}"):
         pid_text = item.name[len(prefix):].split(".", 1)[0]
-        if is_kind(item) and not item.is_symlink() and pid_text.isdigit() and not pid_alive(int(pid_text)):
+        if pid_text.isdigit():
+            yield item, int(pid_text)
+
+
+def _remove_stale(final: Path, suffix: str, is_kind, remove) -> list[Path]:
+    """Remove ``final``'s temporary siblings ``.NAME.pidPID.*SUFFIX`` whose process PID is dead."""
+    removed = []
+    for item, pid in _siblings(final, suffix):
+        if is_kind(item) and not item.is_symlink() and not pid_alive(pid):
             try:
                 remove(item)
             except OSError:
@@ -144,30 +204,6 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def check_output(path: str | os.PathLike, *, overwrite: bool, inputs: Iterable[str | os.PathLike] = (),
-                 what: str = "output") -> Path:
-    """Refuse an output path that exists (unless ``overwrite``) or that is one of the command's inputs."""
-    from .errors import OutputExistsError
-
-    path = Path(path)
-    for source in inputs:
-        if _same_file(path, Path(source)):
-            raise OutputExistsError(f"{what} '{path}' is also an input of this command ({source}); "
-                                    "choose another output path")
-    if path.is_dir() and not path.is_symlink():
-        raise OutputExistsError(f"{what} '{path}' is a directory; give a file name")
-    if (path.exists() or path.is_symlink()) and not overwrite:
-        raise OutputExistsError(f"{what} '{path}' already exists; choose another path or pass --overwrite")
-    return path
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
 
 
 def free_path(name: str | os.PathLike, base: str | os.PathLike | None = None) -> str:

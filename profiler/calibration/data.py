@@ -74,6 +74,15 @@ class Dataset:
     sources: dict[str, str] = field(default_factory=dict)
     verification: torch.Tensor | None = None  # (verify_samples, seqlen): held out from profile and plan selection
 
+    def digests(self) -> dict[str, str]:
+        """SHA-256 of each role's token windows, what a resumed run must measure again: a text edited in place
+        shows here (an edit that changes none of its windows changes nothing the run measures)."""
+        import hashlib
+
+        roles = {"calibration": self.calibration, "evaluation": self.evaluation, "verification": self.verification}
+        return {role: "sha256:" + hashlib.sha256(windows.cpu().contiguous().numpy().tobytes()).hexdigest()
+                for role, windows in roles.items() if windows is not None}
+
     def describe(self) -> dict[str, Any]:
         out = {"calibration": self.sources.get("calibration"), "evaluation": self.sources.get("evaluation"),
                "nsamples": int(self.calibration.shape[0]), "eval_samples": int(self.evaluation.shape[0]),

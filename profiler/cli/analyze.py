@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..base.io import check_output
-from .common import add_model_args, human_bytes, human_count, load_from_args, model_files
+from .common import add_model_args, human_bytes, human_count, load_from_args, model_input
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +21,11 @@ def run(args: argparse.Namespace) -> int:
     from ..model.analysis import analyze
 
     if args.json:  # refuse before loading the model
-        check_output(args.json, overwrite=args.overwrite, inputs=model_files(args.model), what="--json file")
+        from pathlib import Path
+
+        from ..base.outputs import Output, check_paths
+
+        check_paths([Output(Path(args.json), "--json file", overwrite=args.overwrite)], [model_input(args.model)])
     loaded = load_from_args(args, with_tokenizer=False)
     result = analyze(loaded.model, name=loaded.source.name, source=vars(loaded.source))
     print_analysis(result, per_layer=args.layers)

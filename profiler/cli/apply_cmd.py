@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..pruning.apply import apply_plan
     from ..model.resolve import use_tokenizer
+    from ..base.lock import output_lock
     from ..documents import load_plan
     from .progress import rich_progress
 
@@ -41,12 +42,14 @@ def run(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)  # a bad plan fails before the model loads
     if args.model is None:
         args.model = model_of(plan)
-    if _check_output(args, plan) == "validate":
-        return _validate_existing(args)
-    loaded = use_tokenizer(load_from_args(args), args.tokenizer, args.trust_remote_code)
-    with rich_progress("applying", enabled=not args.quiet) as progress:
-        report = apply_plan(loaded, plan, args.output, validate=args.validate, overwrite=args.overwrite,
-                            progress=progress, validate_options=options)
+    mode = _check_output(args, plan)
+    with output_lock(args.output):  # a second apply to this output is refused now, not after its work
+        if mode == "validate":
+            return _validate_existing(args)
+        loaded = use_tokenizer(load_from_args(args), args.tokenizer, args.trust_remote_code)
+        with rich_progress("applying", enabled=not args.quiet) as progress:
+            report = apply_plan(loaded, plan, args.output, validate=args.validate, overwrite=args.overwrite,
+                                progress=progress, validate_options=options)
     print_apply(report)
     print(f"pruned checkpoint: {args.output}")
     if report.validation is not None:
@@ -89,24 +92,22 @@ def model_of(plan) -> str:
 
 
 def _check_output(args: argparse.Namespace, plan) -> str:
-    """Refuse, before loading the model, an output that holds an input or exists (without --overwrite);
-    'validate' when OUT_DIR is this plan's complete but unvalidated checkpoint and --validate is given."""
+    """Refuse, before loading the model, an output that is, holds or lies inside an input, or that exists
+    (without --overwrite); 'validate' when OUT_DIR is this plan's complete but unvalidated checkpoint and
+    --validate is given."""
     import sys
     from pathlib import Path
 
     from ..base.errors import OutputExistsError
-    from ..model.resolve import locate
+    from ..base.outputs import Output, check_paths, source_input
+    from .common import data_inputs, model_input, text_input
 
     out = Path(args.output).expanduser()
-    inputs = [Path(args.plan)]
-    source = locate(args.model)
-    if source.kind != "hub":
-        inputs.append(Path(source.location))
-    for item in inputs:
-        if _overlaps(out, item):
-            raise OutputExistsError(f"output '{out}' would replace the input '{item}'; choose another path")
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"output '{out}' is a file; give a directory for the pruned checkpoint")
+    inputs = [source_input(args.plan, "the plan"), model_input(args.model),
+              source_input(args.tokenizer, "the --tokenizer folder"),
+              *(data_inputs(plan.data.spec(), "the plan's") if plan.data is not None else ()),
+              *(text_input(text, "the --evaluation text") for text in getattr(args, "evaluation", None) or ())]
+    check_paths([Output(out, "output", folder=True, overwrite=True if args.overwrite else None)], inputs)
     if not out.exists() or args.overwrite:
         return "apply"
     if args.validate and _unvalidated_checkpoint_of(out, plan):
@@ -114,11 +115,6 @@ def _check_output(args: argparse.Namespace, plan) -> str:
               "validating it (pass --overwrite to prune again)", file=sys.stderr)
         return "validate"
     raise OutputExistsError(f"output '{out}' already exists; choose another path or pass --overwrite")
-
-
-def _overlaps(a, b) -> bool:
-    a, b = a.resolve(), b.resolve()
-    return a == b or a in b.parents or b in a.parents
 
 
 def _unvalidated_checkpoint_of(out, plan) -> bool:

@@ -39,17 +39,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..bench.bench import machine_info, markdown, render, run_bench
-    from ..base.io import check_output, write_text_atomic
+    from ..base.io import write_text_atomic
+    from ..base.outputs import Output, check_paths
     from ..base.runtime import check_threads
 
-    check_threads(args.threads)  # and the outputs, before minutes of measuring
-    for path, what in ((args.json_path, "--json file"), (args.markdown, "--markdown file")):
-        if path:
-            check_output(path, overwrite=args.overwrite, what=what)
-    if args.json_path and args.markdown and Path(args.json_path).resolve() == Path(args.markdown).resolve():
-        from ..base.errors import OutputExistsError
-
-        raise OutputExistsError("--json and --markdown name the same file; give two paths")
+    check_threads(args.threads)  # and the outputs (writable too), before minutes of measuring
+    check_paths([Output(Path(path), what, overwrite=args.overwrite)
+                 for path, what in ((args.json_path, "--json file"), (args.markdown, "--markdown file")) if path])
     console = Console(stderr=True)
 
     def note(what: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..base.outputs import Input, source_input
+
 # The subcommands take these core helpers from here, with the options that use them.
 from ..base.fmt import human_bytes, human_count  # noqa: F401  (re-exported)
 from ..base.runtime import SMALL_MODEL, check_threads, configure_threads, quiet_libraries  # noqa: F401  (re-exported)
@@ -40,9 +42,66 @@ def load_from_args(args: argparse.Namespace, with_tokenizer: bool = True):
     return loaded
 
 
-def model_files(name: str | None) -> list[Path]:
-    """The files of a local model directory (an output must never replace one of them)."""
+def model_input(name: str | None, what: str = "the model") -> Input | None:
+    """A local or embedded model's folder, read as a whole (None: a hub model, or a name that names nothing:
+    loading it says so)."""
+    from ..base.errors import SSMProfileError
     from ..model.resolve import locate
 
-    directory = Path(locate(name).location)
-    return [item for item in directory.iterdir() if item.is_file()] if directory.is_dir() else []
+    try:
+        source = locate(name)
+    except SSMProfileError:
+        return None
+    return None if source.kind.startswith("hub") else Input(Path(source.location), f"{what} folder")
+
+
+def text_input(source: str | None, what: str) -> Input | None:
+    """A local text file a command reads (a folder is no text: reading it is refused in its own words)."""
+    found = source_input(source, what)
+    return None if found is None or found.path.is_dir() else found
+
+
+def data_inputs(spec, whose: str = "the") -> list[Input | None]:
+    """The local text files a :class:`DataSpec` (or anything with ``calibration`` / ``evaluation``) reads."""
+    return [text_input(spec.calibration, f"{whose} calibration text"),
+            text_input(spec.evaluation, f"{whose} evaluation text")]
+
+
+def folder_files(folder: str | Path, what: str, leave: tuple[str, ...] = ()) -> list[Input]:
+    """Each file of ``folder`` (not those named in ``leave``), for a command that reads them one by one
+    and may write its own file beside them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [Input(item, what) for item in sorted(folder.iterdir()) if item.is_file() and item.name not in leave]
+
+
+def read_run(run_dir: str):
+    """The profile run in ``run_dir``, read under its shared lock (refused while a profile writes it);
+    a note on stderr when the run is unfinished (interrupted, or stopped before its last trial)."""
+    import sys
+
+    from ..base.errors import RunDirError
+    from ..base.lock import run_dir_lock
+    from ..profiling.results import ProfileResult
+
+    if run_dir == "-":
+        raise RunDirError("RUN_DIR '-' would be standard input, which holds no run; give the run directory "
+                          "(./- for a directory named '-')")
+    with run_dir_lock(run_dir, shared=True):
+        result = ProfileResult.load(run_dir)
+    if not result.record.complete:
+        print(f"ssm-profile: note: {unfinished_run(run_dir, result)}", file=sys.stderr)
+    return result
+
+
+def unfinished_run(run_dir: str, result) -> str:
+    """One sentence: this run stopped before its end, what it holds, how to finish it."""
+    import shlex
+
+    record = result.record
+    planned = f" of about {record.trials_planned} planned" if record.trials_planned else ""
+    return (f"'{run_dir}' holds an unfinished profile (status '{record.status}', {len(result.trials)} trials"
+            f"{planned}); what follows rests on the trials it holds; finish it with: "
+            f"ssm-profile profile {shlex.quote(record.model.load_name())} -o {shlex.quote(str(run_dir))} --resume "
+            "(with its original options)")

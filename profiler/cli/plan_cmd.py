@@ -67,18 +67,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..base.io import check_output
+    from ..base.outputs import Output, check_paths
     from ..profiling.results import ProfileResult
     from ..base.runtime import check_threads
+    from .common import read_run
 
     check_threads(args.threads)  # before any heavy work
     if args.recover_steps is not None and args.recover_steps < 1:
         from ..base.errors import SSMProfileError
 
         raise SSMProfileError(f"--recover-steps must be a positive integer, got {args.recover_steps}")
-    result = ProfileResult.load(args.run_dir)  # a missing or damaged run is the first thing to say
-    run_files = [item for item in Path(args.run_dir).glob("*") if item.is_file()]
-    output = check_output(args.output, overwrite=args.overwrite, inputs=run_files, what="plan")
+    result: ProfileResult = read_run(args.run_dir)  # a missing, damaged or busy run is the first thing to say
+    check_paths([Output(Path(args.output), "plan", overwrite=args.overwrite)], _inputs(args, result))
 
     from ..documents import write_plan
     from ..plan import load_run_model, make_plan
@@ -103,10 +103,15 @@ def run(args: argparse.Namespace) -> int:
                              progress=progress, run_path=args.run_dir, device=args.device, world=world)
     if not world.writer:
         return 0
+    if not result.record.complete:  # the plan says so wherever it goes
+        plan.notes.append(f"made from an unfinished profile run ({len(result.trials)} trials measured"
+                          + (f" of about {result.record.trials_planned} planned)" if result.record.trials_planned
+                             else ")"))
     if args.recover_steps is not None:
         from ..documents import PlanRecover
 
         plan.recover = PlanRecover(steps=args.recover_steps)
+    output = Path(args.output)
     write_plan(plan, output, overwrite=args.overwrite)
     print_plan(plan)
     import shlex
@@ -121,6 +126,17 @@ def run(args: argparse.Namespace) -> int:
     out_dir = free_path(f"pruned-{plan.model.name.replace('/', '--')}")
     print(f"plan: {output}  (next: ssm-profile apply {shlex.quote(str(output))} -o {shlex.quote(out_dir)} --validate)")
     return 0
+
+
+def _inputs(args: argparse.Namespace, result) -> list:
+    """What plan reads: the run's files and, to measure, the run's model and texts."""
+    from .common import data_inputs, folder_files, model_input
+
+    inputs = [*folder_files(args.run_dir, "the run's file")]
+    if not args.no_measure:
+        inputs += [model_input(args.model or result.record.model.load_name(), "the run's model"),
+                   *data_inputs(result.record.data_spec(), "the run's")]
+    return inputs
 
 
 BROKEN_PROMISE_EXIT = 3  # the exit status of `validate` when the verification increase breaks the promise

@@ -89,10 +89,12 @@ def run(args: argparse.Namespace) -> int:
     args.quiet = args.quiet or not world.writer
     check_device(args.device)
     output = args.output or f"runs/{locate(args.model).name.replace('/', '--')}"
-    replace = args.overwrite and (Path(output) / "run.json").exists()
-    args.interrupt_hint = (_rerun_hint(args, output, replace) if world.writer
-                           else f"rank {world.rank} stopped (rank 0 says how to continue)")
+    if world.writer:
+        _check_paths(args, Path(output))
     with world.running(), world.writer_lock(output):  # a second writer is refused now, not after loading a model
+        replace = args.overwrite and (Path(output) / "run.json").exists()  # (an interrupted swap settled by the lock)
+        args.interrupt_hint = (_rerun_hint(args, output, replace) if world.writer
+                               else f"rank {world.rank} stopped (rank 0 says how to continue)")
         world.from_writer(lambda: check_run_dir(Path(output), resume=args.resume, overwrite=args.overwrite))
         loaded = use_tokenizer(load_from_args(args), args.tokenizer, args.trust_remote_code)
         _check_memory(loaded, spec, settings, args.force)
@@ -107,6 +109,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"run directory: {output}  (next: ssm-profile plan {output} -o {free_path('plan.json')}; "
           f"ssm-profile report {output})")
     return 0
+
+
+def _check_paths(args: argparse.Namespace, output) -> None:
+    """The run directory apart from what profile reads (model, tokenizer, texts): --overwrite deletes the
+    old run, and whatever lies in it; writable before a model loads."""
+    from ..base.outputs import Output, check_paths, source_input
+    from .common import model_input, text_input
+
+    check_paths([Output(output, "run directory", folder=True, overwrite=True if args.overwrite else None)],
+                [model_input(args.model), source_input(args.tokenizer, "the --tokenizer folder"),
+                 text_input(args.calibration, "the --calibration text"),
+                 text_input(args.evaluation, "the --evaluation text")])
 
 
 def _profile_into(loaded, dataset, settings, output, args: argparse.Namespace, replace: bool, world):

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from .progress import rich_progress
 
     check_threads(args.threads)
-    check_paths(args.pruned, args.output, args.overwrite)  # before anything loads
+    check_paths(args.pruned, args.output, args.overwrite, teacher=args.teacher, data=args.data)  # before anything loads
     settings = RecoverSettings(steps=args.steps, minutes=args.minutes, lr=args.lr, temperature=args.temperature,
                                lm_weight=args.lm_weight, batch_size=args.batch_size, seqlen=args.seqlen,
                                seed=args.seed, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,

@@ -42,16 +42,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 RUN_INPUTS = ("run.json", "analysis.json", "dense.json", "trials.jsonl", "unit_scores.json", "saliency.json")
 
 
-def _check_outputs(args: argparse.Namespace, output: str) -> None:
-    """Refuse outputs that exist (without --overwrite; the default report in RUN_DIR too) or that are
-    inputs."""
+def _check_outputs(args: argparse.Namespace, output: str, recovery_path: Path | None) -> None:
+    """Refuse, before anything is written, outputs that exist (without --overwrite; the default report in
+    RUN_DIR too), that are inputs (the run's files, --plan, --validation, the recovery.json read) or
+    that cannot be written: the report and every CSV table."""
     from ssm_profile.base.errors import OutputExistsError
-    from ssm_profile.base.io import check_output
+    from ssm_profile.base.outputs import Input, Output, check_paths, source_input
+    from ssm_profile.reports.tables import TABLES
 
-    inputs = [p for p in (args.plan, args.validation, args.recovery) if p]
-    inputs += [Path(args.run_dir) / name for name in RUN_INPUTS]
-    if output != "-":
-        check_output(output, overwrite=args.overwrite, inputs=inputs, what="report")
+    inputs = [source_input(args.plan, "the --plan file"), source_input(args.validation, "the --validation file"),
+              Input(recovery_path, "the recovery record") if recovery_path is not None else None]
+    inputs += [Input(Path(args.run_dir) / name, "the run's file") for name in RUN_INPUTS]
+    outputs = [] if output == "-" else [Output(Path(output), "report", overwrite=args.overwrite)]
     if args.csv:
         csv_dir = Path(args.csv)
         if csv_dir.exists() and not csv_dir.is_dir():
@@ -59,21 +61,23 @@ def _check_outputs(args: argparse.Namespace, output: str) -> None:
         if csv_dir.is_dir() and any(csv_dir.iterdir()) and not args.overwrite:
             raise OutputExistsError(f"--csv directory '{csv_dir}' is not empty; choose a new directory "
                                     "or pass --overwrite to replace its CSV files")
+        outputs += [Output(csv_dir / f"{name}.csv", "--csv table", overwrite=None) for name in TABLES]
+    check_paths(outputs, inputs)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssm_profile.profiling.results import ProfileResult
     from ssm_profile.documents import load_plan, load_validation
     from ssm_profile.reports import write_report
+    from .common import read_run
 
     fmt = args.format or ("md" if args.output and str(args.output).lower().endswith((".md", ".markdown")) else "html")
     # Read every input before rendering, so a bad path fails fast with one line.
     plan = load_plan(args.plan) if args.plan else None
     validation = load_validation(args.validation) if args.validation else None
-    recovery = _recovery(args)
-    result = ProfileResult.load(args.run_dir)
+    recovery, recovery_path = _recovery(args)
+    result = read_run(args.run_dir)  # refused while a profile writes it; a note when it is unfinished
     output = args.output or str(Path(args.run_dir) / f"report.{fmt}")
-    _check_outputs(args, output)
+    _check_outputs(args, output, recovery_path)
     _check_plan_matches(plan, result, args.allow_other_plan)
     written = write_report(result, output, fmt=fmt, plan=plan, validation=validation, csv_dir=args.csv,
                            recovery=recovery, plan_path=args.plan)
@@ -85,16 +89,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recovery(args: argparse.Namespace) -> RecoveryRecord | None:
-    """--recovery, else the recovery.json beside --validation (a recovered checkpoint validated) or in RUN_DIR."""
+def _recovery(args: argparse.Namespace) -> tuple[RecoveryRecord | None, Path | None]:
+    """--recovery, else the recovery.json beside --validation (a recovered checkpoint validated) or in
+    RUN_DIR; with the file it was read from."""
     from ssm_profile.documents import RECOVERY_FILE, load_recovery
 
     if args.recovery:
         path = Path(args.recovery)
-        return load_recovery(path / RECOVERY_FILE if path.is_dir() else path)
+        found = path / RECOVERY_FILE if path.is_dir() else path
+        return load_recovery(found), found
     places = ([Path(args.validation).parent] if args.validation else []) + [Path(args.run_dir)]
     found = next((place / RECOVERY_FILE for place in places if (place / RECOVERY_FILE).is_file()), None)
-    return load_recovery(found) if found is not None else None
+    return (load_recovery(found), found) if found is not None else (None, None)
 
 
 def _check_plan_matches(plan, result, allow: bool) -> None:

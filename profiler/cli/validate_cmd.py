@@ -94,12 +94,12 @@ def run(args: argparse.Namespace) -> int:
     if not (out_dir / "config.json").is_file():
         raise ModelNotFoundError(f"'{out_dir}' is not a pruned model directory (no config.json); "
                                  "pass the OUT_DIR written by `ssm-profile apply`")
-    output = _check_report_path(args, out_dir)  # before loading anything
     plan = None
     if args.plan:
         plan = load_plan(args.plan)
     elif (out_dir / PRUNING_FILE).is_file():
         plan = load_pruning_record(out_dir / PRUNING_FILE).plan
+    output = _check_report_path(args, out_dir, plan)  # before loading any model
     base = use_tokenizer(load_from_args(args), args.tokenizer, args.trust_remote_code)
     pruned = load_model(str(out_dir), dtype=next(base.model.parameters()).dtype, device=args.device)
     options = validation_options(args, lm_eval_log=output.parent / LM_EVAL_LOG)  # lm-eval's messages, off the terminal
@@ -111,19 +111,25 @@ def run(args: argparse.Namespace) -> int:
     return finish(report)
 
 
-def _check_report_path(args: argparse.Namespace, out_dir: Path) -> Path:
-    """-o, or the default OUT_DIR/validation.json, must be new (or --overwrite) and none of the inputs:
-    nothing a user has is replaced without being asked."""
+def _check_report_path(args: argparse.Namespace, out_dir: Path, plan=None) -> Path:
+    """-o, or the default OUT_DIR/validation.json, must be new (or --overwrite), writable and none of the
+    inputs (the pruned checkpoint's files, the base model, --plan, --tokenizer, --evaluation texts and
+    the plan's texts): nothing a user has is replaced without being asked."""
     from ..documents import VALIDATION_FILE
-    from ..base.io import check_output
-    from .common import model_files
+    from ..base.outputs import Output, check_paths, source_input
+    from .common import data_inputs, folder_files, model_input, text_input
 
-    if not args.output:
-        return check_output(out_dir / VALIDATION_FILE, overwrite=args.overwrite, what="validation report")
-    inputs = [item for item in out_dir.iterdir() if item.name != VALIDATION_FILE]
-    inputs += [args.plan] if args.plan else []
-    inputs += model_files(args.model)  # the base model's own files
-    return check_output(args.output, overwrite=args.overwrite, inputs=inputs, what="validation report")
+    output = Path(args.output) if args.output else out_dir / VALIDATION_FILE
+    written = (LM_EVAL_LOG,) + (() if args.output else (VALIDATION_FILE,))  # this command's own files there
+    inputs = [*folder_files(out_dir, "the pruned checkpoint's file", leave=written),
+              model_input(args.model, "the base model"), source_input(args.plan, "the --plan file"),
+              source_input(args.tokenizer, "the --tokenizer folder"),
+              *(text_input(text, "the --evaluation text") for text in args.evaluation)]
+    if plan is not None and plan.data is not None:
+        inputs += data_inputs(plan.data.spec(), "the plan's")
+    check_paths([Output(output, "validation report", overwrite=args.overwrite),
+                 Output(output.parent / LM_EVAL_LOG, "lm-eval log", overwrite=True)], inputs)
+    return output
 
 
 _SOURCE = {"plan": "plan's objective", "argument": "--max-ppl-increase"}

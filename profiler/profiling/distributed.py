@@ -38,7 +38,7 @@ import traceback
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -196,12 +196,12 @@ class World:
         """The run directory's lock, held by rank 0 alone (the others wait until it has it)."""
         from ..base.lock import run_dir_lock
 
+        return self.writer_holds(lambda: run_dir_lock(run_dir))
+
+    def writer_holds(self, make: Callable[[], ContextManager[Any]]) -> ExitStack:
+        """The context ``make()`` (a lock), entered by rank 0 alone (the others wait until it has it)."""
         stack = ExitStack()
-
-        def take() -> None:
-            stack.enter_context(run_dir_lock(run_dir))
-
-        self.from_writer(take)
+        self.from_writer(lambda: stack.enter_context(make()))
         return stack
 
     def _outcome(self, fn: Callable[[], Any]) -> tuple[tuple[bool, Any], BaseException | None]:

@@ -103,9 +103,27 @@ def _check_resume(run_dir: Path, record: RunRecord) -> None:
     if old.model.fingerprint != record.model.fingerprint:
         raise RunDirError(f"cannot resume '{run_dir}': it profiles other weights ({old.model.name}); "
                           "choose a new -o")
-    if _comparable(old.settings) != _comparable(record.settings) or old.data != record.data:
+    changed = _changed_text(old.data, record.data)
+    if changed:
+        raise RunDirError(f"cannot resume '{run_dir}': {changed} changed since the run began (its windows differ); "
+                          "rerun with the original text or choose a new -o")
+    if _comparable(old.settings) != _comparable(record.settings) or \
+            replace(old.data, digests=None) != replace(record.data, digests=None):
         raise RunDirError(f"cannot resume '{run_dir}': settings or data differ from the original run; "
                           "rerun with the same options or choose a new -o")
+
+
+_ROLE_TEXT = {"calibration": "the calibration text", "evaluation": "the evaluation text (search windows)",
+              "verification": "the evaluation text (held-out verification windows)"}
+
+
+def _changed_text(old: RunData, new: RunData) -> str | None:
+    """Which text's windows differ by digest (None: none, or a run from before digests were recorded)."""
+    for role, digest in (old.digests or {}).items():
+        if (new.digests or {}).get(role) != digest:
+            source = getattr(new, role, None)
+            return _ROLE_TEXT.get(role, role) + (f" '{source}'" if source else "")
+    return None
 
 
 def _comparable(settings: ProfileSettings) -> dict[str, Any]:
@@ -178,7 +196,8 @@ def _checked_profile(run: _Run) -> ProfileResult:
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         model=RunModel(name=loaded.source.name, source=ModelOrigin.from_dict(asdict(loaded.source)),
                        fingerprint=loaded.fingerprint, class_name=type(model).__name__, config=_config_dict(model)),
-        data=RunData.from_dict(run.dataset.describe()),  # calibration, search ("evaluation") and verification windows
+        # calibration, search ("evaluation") and verification windows, with the digests a resume compares
+        data=RunData.from_dict({**run.dataset.describe(), "digests": run.dataset.digests()}),
         tokenizer=tokenizer_info(loaded),
         settings=replace(run.settings, targets=[t.name for t in run.targets]),
         versions=_versions(), threads=torch.get_num_threads(),

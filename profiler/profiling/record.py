@@ -118,6 +118,7 @@ class RunData(Document):
     verify_samples: int | None = optional_field()
     verification_tokens: int | None = optional_field()
     roles: dict[str, str] | None = optional_field()
+    digests: dict[str, str] | None = optional_field()  # role -> SHA-256 of its token windows (absent in older runs)
     extra: dict[str, Any] = extra_field()
 
     def spec(self) -> DataSpec:

@@ -50,7 +50,7 @@ from .. import __version__
 from ..model.arch import MixerInfo, find_mixers
 from ..documents import (LAYERS, PRUNING_FILE, VALIDATION_FILE, ExecutedAction, ModelOrigin, ParameterCounts, Plan,
                          PlanAction, PrunedFrom, PruningRecord, PruningSummary, Totals, as_plan, load_plan)
-from ..base.errors import OutputExistsError, PlanError, SSMProfileError
+from ..base.errors import PlanError, SSMProfileError
 from ..base.io import atomic_directory, write_json_atomic
 from ..criteria.masks import Pruning, Target, pruned_count, unit_mask, write_cut
 from ..profiling.recipe import RunRecipe, needs_of
@@ -279,21 +279,19 @@ def _set_note(records: list[dict[str, Any]], indices: list[int], text: str) -> N
 # entry point
 
 
-def _is_within(path: Path, parent: Path) -> bool:
-    try:
-        path.relative_to(parent)
-        return True
-    except ValueError:
-        return False
+def _check_output(out: Path, loaded: LoadedModel, plan: Plan, overwrite: bool) -> None:
+    """The output must be new (or ``overwrite``) and apart from what apply reads: the model's folder, its
+    tokenizer's folder and the plan's texts (:func:`ssm_profile.base.outputs.check_paths`)."""
+    from ..base.outputs import Input, Output, check_paths, source_input
 
-
-def _check_output(out: Path, loaded: LoadedModel, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"output '{out}' already exists; choose another path or pass --overwrite")
-    source_dir = Path(loaded.source.location)
-    if source_dir.exists() and (_is_within(out.resolve(), source_dir.resolve())
-                                or _is_within(source_dir.resolve(), out.resolve())):
-        raise OutputExistsError(f"output '{out}' would overwrite the source model in '{source_dir}'; choose another path")
+    origin = loaded.source
+    inputs = [None if origin.kind.startswith("hub") else Input(Path(origin.location), "the model folder"),
+              source_input(loaded.tokenizer_path, "the tokenizer folder")]
+    if plan.data is not None:
+        spec = plan.data.spec()
+        inputs += [source_input(spec.calibration, "the plan's calibration text"),
+                   source_input(spec.evaluation, "the plan's evaluation text")]
+    check_paths([Output(out, "output", folder=True, overwrite=overwrite)], inputs)
 
 
 ANALYSIS_KEYS = ("parameters", "bytes", "flops_per_token", "state_bytes_per_sequence")
@@ -316,7 +314,7 @@ def apply_plan(loaded: LoadedModel, plan: Plan | dict[str, Any] | str | Path, ou
     note = progress or (lambda done, total, label: None)
     plan = load_plan(plan) if isinstance(plan, (str, Path)) else as_plan(plan)
     out = Path(output_dir).expanduser()
-    _check_output(out, loaded, overwrite)
+    _check_output(out, loaded, plan, overwrite)
     started = time.perf_counter()
     note(0, 3, "checking the plan against the model")
     base_fingerprint = loaded.fingerprint  # before anything changes the weights

@@ -23,8 +23,8 @@ The output appears atomically and loads with plain ``AutoModelForCausalLM.from_p
 
 from __future__ import annotations
 
+import hashlib
 import math
-
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -110,18 +110,30 @@ def checkpoint_dir(output: str | Path) -> Path:
 # inputs
 
 
-def check_paths(pruned_dir: str | Path, output: str | Path, overwrite: bool) -> None:
-    """One line, before anything loads: the pruned checkpoint must exist, the output must be new (or
-    ``overwrite``) and must not hold or lie inside the input."""
+def check_paths(pruned_dir: str | Path, output: str | Path, overwrite: bool, teacher: str | None = None,
+                data: str | None = None) -> None:
+    """One line, before anything loads: the pruned checkpoint must exist, and the output and its
+    checkpoint folder must be new (or ``overwrite``), writable and apart from everything recover reads:
+    the pruned checkpoint, the teacher, the training text and the plan's texts
+    (:func:`ssm_profile.base.outputs.check_paths`)."""
+    from ..base.outputs import Input, Output, check_paths as check_outputs, source_input
+    from ..model.resolve import locate
+
     pruned, out = Path(pruned_dir).expanduser(), Path(output).expanduser()
     if not (pruned / "config.json").is_file():
         raise ModelNotFoundError(f"'{pruned}' is not a pruned model directory (no config.json); pass the "
                                  "OUT_DIR written by `ssm-profile apply`")
-    a, b = pruned.resolve(), out.resolve()
-    if a == b or a in b.parents or b in a.parents:
-        raise OutputExistsError(f"output '{out}' would replace the input '{pruned}'; choose another path")
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"output '{out}' already exists; choose another path or pass --overwrite")
+    plan, _ = pruning_plan(pruned)
+    inputs = [Input(pruned, "the pruned checkpoint"), source_input(data, "the --data text")]
+    if teacher is not None or plan is not None:
+        source = locate(teacher or teacher_name(plan))
+        inputs.append(None if source.kind.startswith("hub") else Input(Path(source.location), "the teacher"))
+    if plan is not None and plan.data is not None:
+        spec = plan.data.spec()
+        inputs += [source_input(spec.calibration, "the plan's calibration text"),
+                   source_input(spec.evaluation, "the plan's evaluation text")]
+    check_outputs([Output(out, "output", folder=True, overwrite=overwrite),
+                   Output(checkpoint_dir(out), "checkpoint folder", folder=True, overwrite=None)], inputs)
 
 
 def pruning_plan(pruned_dir: Path) -> tuple[Plan | None, PrunedFrom | None]:
@@ -223,16 +235,30 @@ def _save_checkpoint(where: Path, student: torch.nn.Module, optimizer: torch.opt
         write_json_atomic(tmp / "state.json", state)
 
 
+# identity keys that name an input, and the input in words
+CHANGED_INPUT = {"pruned": "the pruned checkpoint's weights", "pruning_record": "the pruned checkpoint's pruning.json",
+                 "teacher": "the teacher's weights", "training_text": "the training text"}
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 def _load_checkpoint(where: Path, student: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      identity: dict[str, Any]) -> dict[str, Any]:
     from ..base.safe_read import read_user_json
 
     state = read_user_json(where / "state.json", "checkpoint state", error=SSMProfileError)
     for key, value in identity.items():
-        if state.get("identity", {}).get(key) != value:
-            raise SSMProfileError(f"the checkpoint in '{where}' was made with another {key} "
-                                  f"({state.get('identity', {}).get(key)!r}, this run: {value!r}); resume with the "
-                                  "same options, or pass --overwrite without --resume to start over")
+        old = state.get("identity", {}).get(key)
+        if old == value:
+            continue
+        if key in CHANGED_INPUT:  # an input replaced between the runs: its checkpoint trained on the old one
+            raise SSMProfileError(f"cannot resume from '{where}': {CHANGED_INPUT[key]} changed since its checkpoint "
+                                  "was written; restore it, or pass --overwrite without --resume to start over")
+        raise SSMProfileError(f"the checkpoint in '{where}' was made with another {key} ({old!r}, this run: "
+                              f"{value!r}); resume with the same options, or pass --overwrite without --resume to "
+                              "start over")
     student.load_state_dict(torch.load(where / "student.pt", weights_only=True))
     optimizer.load_state_dict(torch.load(where / "optimizer.pt", weights_only=True))
     return state
@@ -338,7 +364,10 @@ def recover(pruned_dir: str | Path, output_dir: str | Path, teacher: str | None 
             device: str = "auto", progress: Progress | None = None) -> RecoveryRecord:
     """Distil the pruned checkpoint in ``pruned_dir`` into ``output_dir`` (see the module docstring);
     under torchrun every process runs it, in the launcher's process group."""
-    with World.from_env().running() as world:
+    from ..base.lock import output_lock
+
+    with World.from_env().running() as world, world.writer_holds(lambda: output_lock(output_dir)):
+        # a second recover to this output is refused now, not after its training
         return _recover(world, pruned_dir, output_dir, teacher, settings, resume, overwrite, device, progress)
 
 
@@ -347,7 +376,7 @@ def _recover(world: World, pruned_dir: str | Path, output_dir: str | Path, teach
              progress: Progress | None) -> RecoveryRecord:
     note = progress or (lambda done, total, label: None)
     pruned_dir, out = Path(pruned_dir).expanduser(), Path(output_dir).expanduser()
-    check_paths(pruned_dir, out, overwrite)
+    check_paths(pruned_dir, out, overwrite, teacher=teacher, data=settings.data if settings else None)
     plan, source = pruning_plan(pruned_dir)
     settings = (settings or RecoverSettings()).resolved(plan)
     settings.check()
@@ -362,7 +391,10 @@ def _recover(world: World, pruned_dir: str | Path, output_dir: str | Path, teach
     inputs.teacher.model.eval().requires_grad_(False)
     student.model.train()
     optimizer = torch.optim.AdamW(student.model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    record_file = pruned_dir / PRUNING_FILE
     identity = {"pruned": student.fingerprint, "teacher": inputs.teacher.fingerprint,
+                "pruning_record": _digest(record_file.read_bytes()) if record_file.is_file() else None,
+                "training_text": _digest(inputs.stream.cpu().contiguous().numpy().tobytes()),
                 "settings": {k: v for k, v in asdict(settings).items() if k not in ("lm_eval", "lm_eval_limit")},
                 "seqlen": inputs.spec.seqlen}
     where = checkpoint_dir(out)
