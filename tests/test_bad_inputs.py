@@ -112,6 +112,13 @@ def _wrong_field_type(run: Path) -> None:
     journal.write_text(json.dumps(record) + "\n" + journal.read_text())
 
 
+def _edit_digest(run: Path, role: str) -> None:
+    """What an edited text looks like to a resume: the run's windows of ``role`` had another digest."""
+    meta = json.loads((run / "run.json").read_text())
+    meta["data"]["digests"][role] = "sha256:" + "0" * 64
+    (run / "run.json").write_text(json.dumps(meta))
+
+
 def _raise(err: OSError):
     def fail(*_args, **_kwargs):
         raise err
@@ -212,6 +219,10 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
         t, r, lambda d: (d / "run.json").write_text("{oops")), *TINY, "--resume"],
     "resume damaged journal": lambda t, r, m: ["profile", "tiny-mamba", "-o", _run_copy(
         t, r, _damage_journal_middle), *TINY, "--resume"],
+    "resume with an edited calibration text": lambda t, r, m: [
+        "profile", "tiny-mamba", "-o", _run_copy(t, r, lambda d: _edit_digest(d, "calibration")), *TINY, "--resume"],
+    "resume with an edited evaluation text": lambda t, r, m: [
+        "profile", "tiny-mamba", "-o", _run_copy(t, r, lambda d: _edit_digest(d, "evaluation")), *TINY, "--resume"],
     "memory estimate too large": lambda t, r, m: (
         m.setattr("ssm_profile.profiling.estimate.available_memory", lambda: 1 << 20), _profile(t))[1],
     # models
@@ -431,3 +442,90 @@ def test_eval_cap_is_announced(tmp_path, capsys):
     assert main(_profile(tmp_path, "--evaluation", str(text), "--eval-samples", "100000")) == 0
     err = capsys.readouterr().err
     assert "note: the evaluation text holds" in err and "--eval-samples 100000" in err
+
+
+# ---------------------------------------------------------------------------------------------- readers and writers
+HOLD_RUN = """
+import sys, time
+from ssm_profile.base.lock import run_dir_lock
+with run_dir_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+HOLD_OUTPUT = """
+import sys, time
+from ssm_profile.base.lock import output_lock
+with output_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def _holding(script: str, path: Path):
+    """A process that holds ``path``'s lock (a profile writing a run, an apply or recover writing OUT_DIR)."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def _one_line_error(capsys, says: str) -> None:
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def _siblings(final: Path) -> list[str]:
+    return sorted(p.name for p in final.parent.iterdir() if p.name.startswith(f".{final.name}."))
+
+
+def test_plan_and_report_refuse_a_run_being_written(run_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    holder = _holding(HOLD_RUN, run)  # a profile writing it
+    try:
+        assert main(["plan", str(run), "-o", str(tmp_path / "p.json"), "--no-measure", "--quiet"]) == 2
+        _one_line_error(capsys, f"is being written by process {holder.pid}")
+        assert main(["report", str(run), "-o", str(tmp_path / "r.html")]) == 2
+        _one_line_error(capsys, "is being written")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "p.json").exists() and not (tmp_path / "r.html").exists()
+    assert main(["report", str(run), "-o", str(tmp_path / "r.html")]) == 0  # the writer gone, the run reads
+
+
+def test_plan_and_report_say_the_run_is_unfinished(run_dir, tmp_path, capsys):
+    from ssm_profile.documents import load_plan
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    meta = json.loads((run / "run.json").read_text())
+    meta["status"] = "running"  # what a profile killed mid-sweep leaves
+    (run / "run.json").write_text(json.dumps(meta))
+    assert main(["plan", str(run), "-o", str(tmp_path / "p.json"), "--no-measure", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "unfinished profile" in err and "--resume" in err
+    assert any("unfinished profile run" in note for note in load_plan(tmp_path / "p.json").notes)
+    assert main(["report", str(run), "-o", str(tmp_path / "r.html")]) == 0
+    assert "unfinished profile" in capsys.readouterr().err
+
+
+def test_second_writer_of_an_output_is_refused_before_any_work(run_dir, tmp_path, capsys):
+
+    out = tmp_path / "out"
+    holder = _holding(HOLD_OUTPUT, out)  # a recover (or apply) writing OUT_DIR
+    try:
+        started = time.monotonic()
+        assert main(["recover", str(_pruned(run_dir)), "-o", str(out), "--steps", "1", "--no-lm-eval", "--quiet"]) == 2
+        _one_line_error(capsys, f"is being written by process {holder.pid}")
+        assert main(["apply", str(_plan(run_dir)), "-o", str(out), "--quiet"]) == 2
+        _one_line_error(capsys, "is being written")
+        assert time.monotonic() - started < 10  # refused before loading a model, let alone training
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not out.exists() and _siblings(out) in ([], [".out.lock"])  # the killed holder's lock file may stay
+
+

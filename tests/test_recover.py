@@ -138,6 +138,19 @@ def test_resume_with_other_options_is_refused(tmp_path, sparse_dir):
         recover(sparse_dir, tmp_path / "out", settings=settings)
 
 
+def test_a_checkpoint_of_other_inputs_is_not_resumed(tmp_path):
+    from ssm_profile.base.errors import SSMProfileError
+    from ssm_profile.recovery.recover import _load_checkpoint
+
+    identity = {"pruned": "sha256:a", "pruning_record": "sha256:b", "teacher": "sha256:c", "training_text": "sha256:d"}
+    (tmp_path / "state.json").write_text(json.dumps({"identity": identity}))
+    for key, says in (("pruning_record", "pruning.json changed"), ("training_text", "training text changed"),
+                      ("pruned", "pruned checkpoint's weights changed"), ("teacher", "teacher's weights changed")):
+        with pytest.raises(SSMProfileError, match=f"cannot resume from .*{says}.*--overwrite without --resume"):
+            _load_checkpoint(tmp_path, None, None, {**identity, key: "sha256:other"})
+
+
+@pytest.mark.slow  # ~4 s: an interrupted recovery and two refused resumes
 def test_resume_from_a_replaced_input_is_refused(tmp_path, sparse_dir):
     """An input replaced between the runs (pruning.json, the training text): the checkpoint trained on the
     old one is not continued with the new."""
