@@ -156,6 +156,11 @@ def _text_in(folder: Path, name: str = "cal.txt") -> Path:
     return path
 
 
+def _with_tokenizer(model: Path) -> None:
+    for item in embedded_dir("tokenizer").iterdir():
+        shutil.copyfile(item, model / item.name)
+
+
 def _tokenizer_copy(tmp: Path) -> Path:
     return Path(shutil.copytree(embedded_dir("tokenizer"), tmp / "tok"))
 
@@ -341,7 +346,7 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
         "apply", "tiny-mamba", _plan_copy(t, r, lambda p: p["data"].update(calibration=str(_text_in(t / "out")))),
         "-o", str(t / "out"), "--overwrite", "--quiet"],
     "plan output over the model's config.json": lambda t, r, m: [
-        "plan", str(r), "--model", _model_copy(t, lambda d: None), "-o", str(t / "model" / "config.json"),
+        "plan", str(r), "--model", _model_copy(t, _with_tokenizer), "-o", str(t / "model" / "config.json"),
         "--overwrite", "--quiet"],
     "apply output is the tokenizer folder": lambda t, r, m: [
         "apply", "tiny-mamba", str(_plan(r)), "--tokenizer", str(_tokenizer_copy(t)), "-o", str(t / "tok"),
@@ -361,13 +366,14 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
         "--overwrite", "--steps", "1", "--no-lm-eval", "--quiet"],
     "recover input named OUT.checkpoint": lambda t, r, m: (
         shutil.copytree(_pruned(r), t / "out.checkpoint"),
-        ["recover", str(t / "out.checkpoint"), "-o", str(t / "out"), "--steps", "1", "--no-lm-eval", "--quiet"])[1],
+        ["recover", str(t / "out.checkpoint"), "-o", str(t / "out"), "--overwrite", "--steps", "1", "--no-lm-eval",
+         "--quiet"])[1],
     "apply output a symlink to a folder": lambda t, r, m: _apply(t, r, "--overwrite")[:4] + [
         str(_symlink_to_dir(t)), "--overwrite", "--quiet"],
     "profile output a symlink to a run": lambda t, r, m: (
         (t / "link").symlink_to(r), ["profile", "tiny-mamba", "-o", str(t / "link"), *TINY, "--overwrite"])[1],
     "plan of a run called -": lambda t, r, m: ["plan", "-", "-o", str(t / "p.json"), "--no-measure"],
-    "profile output -": lambda t, r, m: ["profile", "tiny-mamba", "-o", "-", *TINY],
+    "profile output -": lambda t, r, m: (m.chdir(t), ["profile", "tiny-mamba", "-o", "-", *TINY])[1],
     # every output writable before any work: read-only places refused before the benchmark, the report
     "bench json read-only": lambda t, r, m: (_unwritable(m, EROFS), ["bench", "--quick", "--json", str(t / "b.json")])[1],
     "report csv read-only": lambda t, r, m: (
