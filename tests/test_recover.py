@@ -148,6 +148,10 @@ def test_a_checkpoint_of_other_inputs_is_not_resumed(tmp_path):
                       ("pruned", "pruned checkpoint's weights changed"), ("teacher", "teacher's weights changed")):
         with pytest.raises(SSMProfileError, match=f"cannot resume from .*{says}.*--overwrite without --resume"):
             _load_checkpoint(tmp_path, None, None, {**identity, key: "sha256:other"})
+    older = {k: v for k, v in identity.items() if k != "training_text"}
+    (tmp_path / "state.json").write_text(json.dumps({"identity": older}))
+    with pytest.raises(SSMProfileError, match="does not record its training text .an older version"):
+        _load_checkpoint(tmp_path, None, None, identity)
 
 
 @pytest.mark.slow  # ~4 s: an interrupted recovery and two refused resumes

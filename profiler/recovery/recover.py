@@ -253,6 +253,9 @@ def _load_checkpoint(where: Path, student: torch.nn.Module, optimizer: torch.opt
         old = state.get("identity", {}).get(key)
         if old == value:
             continue
+        if key not in state.get("identity", {}):
+            raise SSMProfileError(f"the checkpoint in '{where}' does not record its {key.replace('_', ' ')} (an older "
+                                  "version wrote it); pass --overwrite without --resume to start over")
         if key in CHANGED_INPUT:  # an input replaced between the runs: its checkpoint trained on the old one
             raise SSMProfileError(f"cannot resume from '{where}': {CHANGED_INPUT[key]} changed since its checkpoint "
                                   "was written; restore it, or pass --overwrite without --resume to start over")
