@@ -493,6 +493,28 @@ def test_markdown_reads_like_the_html_answer_first(result):
     assert "can be pruned to" in bare and "ssm-profile plan RUN_DIR" in bare and "| true limit |" in bare
 
 
+def test_task_score_changes_carry_an_interval():
+    """Paired bootstrap over items when per-item scores exist; else an unpaired normal interval on an
+    accuracy difference, said so; a score with neither says it has no interval."""
+    from ssm_profile.documents import ValidationReport
+    from ssm_profile.validation.comparison import comparison_rows as _comparison_rows
+    from ssm_profile.validation.comparison import paired_score_interval, proportion_difference_interval
+
+    low, high = paired_score_interval([1, 1, 0, 0, 1, 0, 1, 1], [1, 0, 0, 0, 1, 0, 0, 1])
+    assert low < -0.25 < high <= 0  # the mean change, -2/8, inside; never better than no change
+    assert paired_score_interval([1.0], [0.0]) is None
+    low, high = proportion_difference_interval(0.5, 0.375, 8)
+    assert low < -0.125 < high and high - low == pytest.approx(2 * 1.96 * ((0.25 + 0.375 * 0.625) / 8) ** 0.5)
+    assert proportion_difference_interval(50.0, 60.0, 8) is None  # a perplexity is no proportion
+    doc = validation_document()
+    v = ValidationReport.from_dict(doc)
+    rows = {r.label: r for r in _comparison_rows(v) if r.section == "lm-eval"}
+    assert "unpaired normal, 8 items" in rows["arc_tiny acc"].change_text()
+    doc["lm_eval"]["tasks"]["arc_tiny"]["interval"] = {"acc": [-0.3, 0.05]}
+    rows = {r.label: r for r in _comparison_rows(ValidationReport.from_dict(doc)) if r.section == "lm-eval"}
+    assert rows["arc_tiny acc"].change_text() == "-0.1250 (95% CI -0.3000 to +0.0500, paired over 8 items)"
+
+
 def test_csv_export(result, tmp_path):
     import pandas as pd
 
