@@ -104,14 +104,26 @@ PER_LAYER_SHARE = 0.5
 
 
 CALIBRATION_TIMED = 2  # calibration windows the estimate times (a batch of 8 took ~20 s at mamba-130m)
+EVAL_TIMINGS = 2  # evaluation batches timed: the faster counts (one timing can catch a busy machine's spike)
+# Scoring the criteria and caching activations, as a share of the statistics' time: measured 0.55 on
+# tiny-mamba2 and 1.13 on tiny-mamba (default profiles, run.json timings; 2026-12-06).
+SCORING_SHARE = 0.8
+
+
+def _timed(function, *args) -> float:
+    import time
+
+    started = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - started
 
 
 def estimate_profile_seconds(recipe, model: torch.nn.Module, dataset, settings) -> float:
-    """Seconds a profile is expected to take: one timed evaluation batch and one timed calibration
-    batch (after a warm-up batch), times the planned counts. Trials are counted as full evaluations
-    (an upper bound for the incremental evaluator), so the figure errs long."""
+    """Seconds a profile is expected to take: the faster of two timed evaluation batches and a warm
+    calibration batch (each after a warm-up), times the planned counts, plus scoring and caching as a
+    share of the statistics and the warm-up's one-time costs once. Trials are counted as full
+    evaluations (an upper bound for the incremental evaluator), so the figure errs long."""
     import math
-    import time
 
     from ..model.arch import find_mixers
     from ..calibration.data import batch_losses
@@ -120,17 +132,17 @@ def estimate_profile_seconds(recipe, model: torch.nn.Module, dataset, settings) 
 
     batch = settings.batch_size
     evaluation, calibration = dataset.evaluation, dataset.calibration
+    needs = needs_of([*settings.criteria, settings.layer_criterion])
+    once = 0.0  # one-time costs (kernel compilation, lazy imports): paid once by the run, never multiplied
     with recipe.installed(model):
         batch_losses(model, evaluation[:1], batch)  # warm-up: kernel compilation, allocator
-        started = time.perf_counter()
-        batch_losses(model, evaluation[:batch], batch)
-        eval_batch = time.perf_counter() - started
-        needs = needs_of([*settings.criteria, settings.layer_criterion])
-        started = time.perf_counter()
-        timed = min(CALIBRATION_TIMED, batch)  # statistics are sums over windows: time linear in them
+        eval_batch = min(_timed(batch_losses, model, evaluation[:batch], batch) for _ in range(EVAL_TIMINGS))
+        calib_batch = 0.0
         if needs and calibration is not None:
-            recipe.statistics(model, calibration[:timed], needs)
-        calib_batch = (time.perf_counter() - started) * batch / timed
+            timed = min(CALIBRATION_TIMED, batch)  # statistics are sums over windows: time linear in them
+            cold = _timed(recipe.statistics, model, calibration[:timed], needs)
+            warm = _timed(recipe.statistics, model, calibration[:timed], needs)
+            once, calib_batch = max(0.0, cold - warm), warm * batch / timed
     mixers = find_mixers(model)
     targets = [t for t in targets_for(mixers) if settings.targets is None or t.name in settings.targets]
     trials = len(targets) * len(settings.criteria) * len(settings.sparsities)
@@ -149,7 +161,7 @@ def estimate_profile_seconds(recipe, model: torch.nn.Module, dataset, settings) 
     eval_batches = math.ceil(int(evaluation.shape[0]) / batch)
     calib_batches = math.ceil(int(calibration.shape[0]) / batch) if calibration is not None else 0
     seconds = (eval_batch * eval_batches * (1 + trials + PER_LAYER_SHARE * probes)
-               + calib_batch * calib_batches)
+               + calib_batch * calib_batches * (1 + SCORING_SHARE) + once)
     budget = getattr(settings, "budget", None)
     return min(seconds, budget) if budget else seconds
 
