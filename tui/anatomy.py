@@ -20,6 +20,9 @@ from .format import human_bytes, human_count, pct, shape
 WHOLE = scope_name("model")  # "whole-model params": what every share in this view is of
 
 
+SHARE_KEY = f"% {WHOLE}"  # the detail pane's key of a share: the key names the total, the value stays short
+
+
 def _share(fraction: float, digits: int = 3) -> str:
     """``"7.766% of whole-model params"``: a share names its total (small tensors keep their digits)."""
     return f"{pct(fraction, digits)} of {WHOLE}"
@@ -180,7 +183,7 @@ class AnatomyView(Vertical):
                     ("tied embeddings", "yes" if m["tied_embeddings"] else "no"),
                     ("parameters", f"{human_count(t['parameters'])} ({t['parameters']:,})"),
                     ("bytes", human_bytes(t["bytes"])),
-                    ("SSM parameters", f"{human_count(t['ssm_parameters'])} ({_share(t['ssm_share'], 1)})"),
+                    ("SSM parameters", human_count(t["ssm_parameters"])), (SHARE_KEY, pct(t["ssm_share"], 1)),
                     ("FLOPs/token", human_count(t["flops_per_token"])),
                     ("  SSM mixers", human_count(t["ssm_flops_per_token"])),
                     ("  lm_head", human_count(t["lm_head_flops_per_token"])),
@@ -208,13 +211,13 @@ class AnatomyView(Vertical):
                 title = pname
                 n = prod(dims) if dims else 1
                 rows = [("group", f"{g.group} ({where})"), ("shape", shape(dims)), ("numel", f"{n:,}"),
-                        ("share", _share(n / a.totals["parameters"])), ("dtype", a.model["dtype"])]
+                        (SHARE_KEY, pct(n / a.totals["parameters"], 3)), ("dtype", a.model["dtype"])]
             else:
                 title = f"{where} · {g.group}"
                 rows = [("scope", g.scope + (f" ({g.mixer_kind})" if g.mixer_kind else "")),
                         ("tensors", "\n".join(f"{'.'.join(p.split('.')[-2:])} {shape(s)}"
                                               for p, s in zip(g.params, g.shapes))),
-                        ("numel", f"{g.numel:,} ({human_count(g.numel)})"), ("share", _share(g.share)),
+                        ("numel", f"{g.numel:,} ({human_count(g.numel)})"), (SHARE_KEY, pct(g.share, 3)),
                         ("bytes", human_bytes(g.bytes)), ("FLOPs/token", human_count(g.flops_per_token)),
                         ("state bytes/seq", human_bytes(g.state_bytes))]
                 rows += self._stats_rows(g.stats)
@@ -222,7 +225,7 @@ class AnatomyView(Vertical):
                     rows.append((f"sub-block {b.name}",
                                  (f"rows {b.rows[0]}..{b.rows[1]} · {human_count(b.numel)} · ‖W‖ "
                                   f"{b.stats.l2_norm:.3g} · kurt {b.stats.kurtosis:.3g} · out "
-                                  f"{pct(b.stats.outlier_fraction)} of its weights")))
+                                  f"{pct(b.stats.outlier_fraction)} of weights")))
         elif node.kind == "units":
             title = "coupled structural units"
             rows = [("", "prune together: one unit spans several tensors"), *[
@@ -255,14 +258,14 @@ class AnatomyView(Vertical):
     @staticmethod
     def _sum_rows(groups: list[GroupRow]) -> list[tuple[str, Any]]:
         return [("numel", f"{sum(g.numel for g in groups):,} ({human_count(sum(g.numel for g in groups))})"),
-                ("share", _share(sum(g.share for g in groups))), ("bytes", human_bytes(sum(g.bytes for g in groups))),
+                (SHARE_KEY, pct(sum(g.share for g in groups))), ("bytes", human_bytes(sum(g.bytes for g in groups))),
                 ("FLOPs/token", human_count(sum(g.flops_per_token for g in groups))),
                 ("state bytes/seq", human_bytes(sum(g.state_bytes for g in groups))), ("groups", len(groups))]
 
     @staticmethod
     def _stats_rows(s: WeightStats) -> list[tuple[str, Any]]:
         return [("‖W‖₂", f"{s.l2_norm:.4g}"), ("mean |w|", f"{s.mean_abs:.4g}"), ("std", f"{s.std:.4g}"),
-                ("excess kurtosis", f"{s.kurtosis:.3g}"), ("outliers (>4σ)", f"{pct(s.outlier_fraction, 3)} of the group's weights")]
+                ("excess kurtosis", f"{s.kurtosis:.3g}"), ("% weights >4σ", pct(s.outlier_fraction, 3))]
 
     @staticmethod
     def _dynamics_rows(d: LayerDynamics) -> list[tuple[str, Any]]:
