@@ -99,8 +99,13 @@ def check_memory(model: torch.nn.Module, force: bool, available: int | None = No
 # time
 
 TIME_LIMIT_S = 24 * 3600  # beyond this a profile is refused unless --force
-# A per-layer probe re-runs only the layers from the pruned one on (incremental evaluator): about half.
-PER_LAYER_SHARE = 0.5
+# A per-layer probe re-runs only the layers from the pruned one on (incremental evaluator), yet cost as
+# much as a model-wide trial in the default profiles of the embedded models (2026-12-06).
+PER_LAYER_SHARE = 1.0
+# A trial costs more than one evaluation of the dense model: its masks are built (per criterion) and
+# applied, and its windows bootstrapped. Measured 1.45 (tiny-mamba2) and 1.88 (tiny-mamba) dense
+# evaluations per trial in their default profiles (run.json timings / trials, 2026-12-06).
+TRIAL_COST = 1.7
 
 
 CALIBRATION_TIMED = 2  # calibration windows the estimate times (a batch of 8 took ~20 s at mamba-130m)
@@ -121,8 +126,8 @@ def _timed(function, *args) -> float:
 def estimate_profile_seconds(recipe, model: torch.nn.Module, dataset, settings) -> float:
     """Seconds a profile is expected to take: the faster of two timed evaluation batches and a warm
     calibration batch (each after a warm-up), times the planned counts, plus scoring and caching as a
-    share of the statistics and the warm-up's one-time costs once. Trials are counted as full
-    evaluations (an upper bound for the incremental evaluator), so the figure errs long."""
+    share of the statistics and the warm-up's one-time costs once. A trial counts as ``TRIAL_COST``
+    evaluations (measured on the embedded models); early stopping is not counted, so it errs long."""
     import math
 
     from ..model.arch import find_mixers
@@ -160,7 +165,7 @@ def estimate_profile_seconds(recipe, model: torch.nn.Module, dataset, settings) 
             trials += len(targets) - pairs * (1 - CHUNK_WINDOWS / windows)
     eval_batches = math.ceil(int(evaluation.shape[0]) / batch)
     calib_batches = math.ceil(int(calibration.shape[0]) / batch) if calibration is not None else 0
-    seconds = (eval_batch * eval_batches * (1 + trials + PER_LAYER_SHARE * probes)
+    seconds = (eval_batch * eval_batches * (1 + TRIAL_COST * (trials + PER_LAYER_SHARE * probes))
                + calib_batch * calib_batches * (1 + SCORING_SHARE) + once)
     budget = getattr(settings, "budget", None)
     return min(seconds, budget) if budget else seconds
