@@ -102,10 +102,10 @@ TIME_LIMIT_S = 24 * 3600  # beyond this a profile is refused unless --force
 # A per-layer probe re-runs only the layers from the pruned one on (incremental evaluator), yet cost as
 # much as a model-wide trial in the default profiles of the embedded models (2026-12-06).
 PER_LAYER_SHARE = 1.0
-# A trial costs more than one evaluation of the dense model: its masks are built (per criterion) and
-# applied, and its windows bootstrapped. Measured 1.45 (tiny-mamba2) and 1.88 (tiny-mamba) dense
-# evaluations per trial in their default profiles (run.json timings / trials, 2026-12-06).
-TRIAL_COST = 1.7
+# A trial costs about one evaluation of the dense model and more: its masks are built (per criterion)
+# and applied. Measured 1.45 (tiny-mamba2) and 0.55, 0.9, 1.88 (tiny-mamba) dense evaluations per trial
+# in their default profiles (run.json timings / trials, 2026-12-06, on 2 cores shared at load 10-14).
+TRIAL_COST = 1.2
 
 
 CALIBRATION_TIMED = 2  # calibration windows the estimate times (a batch of 8 took ~20 s at mamba-130m)
