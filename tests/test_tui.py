@@ -442,6 +442,22 @@ async def test_the_palettes_screenshot_is_saved_and_says_where(run_here, tmp_pat
     assert len(saved) == 1 and "Saved screenshot" in said and saved[0].name in said
 
 
+@needs_planner
+@run_async
+async def test_a_mixed_plan_says_the_rest_is_zeros(run_here):
+    """"−1.1% of whole-model params (1.23k sliced)" read as a size win; 9.00k of it are zeros."""
+    from test_report import make_plan  # a plan with one sliced and one zeroed action
+
+    app = SSMProfileApp(run_here)
+    async with app.run_test(size=SIZE) as pilot:
+        await on_tab(pilot, "4", wait=0.2)
+        view = app.query_one("PlanView")
+        view.show_plan(make_plan(app.result))
+        await settle(pilot)
+        said = " ".join(str(app.query_one("#plan-summary").content).split())
+    assert "(1.23k sliced, 9.00k zeros)" in said
+
+
 def test_core_messages_read_in_the_uis_words():
     from ssm_profile.tui.format import in_ui_terms
 

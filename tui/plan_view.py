@@ -208,7 +208,9 @@ class PlanView(Vertical):
             removed, total = pred.removed(metric), dense.total(metric) or 0
             style = "bold green" if metric == objective.metric else "bold"
             text.append(f"−{percent_of(removed / total if total else 0.0, scope_name('model', metric))}", style=style)
-            text.append(f" ({fmt(physical[metric])} sliced)  ", style="dim")
+            zeroed = removed - physical[metric]  # a mixed plan says the rest is zeros (no size or speed win)
+            text.append(f" ({fmt(physical[metric])} sliced" + (f", {fmt(zeroed)} zeros)  " if zeroed > 0 else ")  "),
+                        style="dim")
         text.append("\npredicted ", style="dim")
         text.append(f"ΔL {num(pred.delta_loss)}  ppl +{pct(pred.rel_ppl_increase, 1)}", style="bold")
         text.append(f"  (limit +{pct(objective.max_ppl_increase, 0)})", style="dim")
