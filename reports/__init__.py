@@ -65,7 +65,7 @@ def write_report(result, output, *, fmt: str = "html", plan: Plan | None = None,
         raise SSMProfileError(f"unknown report format '{fmt}'; choose html or md")
     facts = Facts.of(result)
     text = (render_facts(facts, plan, validation, recovery, plan_path=plan_path) if fmt == "html"
-            else render_facts_md(facts, plan, validation, recovery))
+            else render_facts_md(facts, plan, validation, recovery, plan_path=plan_path))
     target = None if output is None or str(output) == "-" else Path(output)
     if target is not None and target.is_dir():
         raise SSMProfileError(f"output '{target}' is a directory; give a file name such as {target / 'report.html'}")

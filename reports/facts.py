@@ -66,7 +66,8 @@ class Facts:
             items.append(("Dimensions", ", ".join(f"{k} {v}" for k, v in dims.items())))
         if totals.get("parameters") is not None:
             p = totals["parameters"]
-            items.append(("Parameters", f"{human_count(p)} ({p:,}); SSM mixers {totals.get('ssm_share', 0):.1%}; "
+            items.append(("Parameters", f"{human_count(p)} ({p:,}); SSM mixers {totals.get('ssm_share', 0):.1%} of whole-model "
+                                        "params; "
                                         f"{human_bytes(totals.get('bytes', 0))} as {info.get('dtype', '?')}"))
         if data.seqlen:
             cal = f"calibration {data.calibration or '?'}: {data.nsamples} × {data.seqlen} tokens"
@@ -86,7 +87,7 @@ class Facts:
             items.append(("Date", record.created + (f" → {record.finished}" if record.finished else "")))
         if timings:
             total = timings.get("total")
-            parts = ", ".join(f"{k} {fmt(float(v), 3)} s" for k, v in timings.items() if k != "total"
+            parts = ", ".join(f"{k.replace('_', ' ')} {fmt(float(v), 3)} s" for k, v in timings.items() if k != "total"
                               and isinstance(v, (int, float)))
             items.append(("Run time", (f"{fmt(float(total), 3)} s" if isinstance(total, (int, float)) else "?")
                           + (f" ({parts})" if parts else "")))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from ssm_profile.base.fmt import agreement_text, human_count, scope_name
+from ssm_profile.base.fmt import agreement_text, human_count
 from ssm_profile.documents import Plan, RecoveryRecord, ValidationReport
 from ssm_profile.validation.comparison import comparison_rows
 
-from .decision import share_of
-from .facts import Facts, plan_change_lines, plan_mismatch
+from .answer import SAFE_COLUMNS, Sentence, answer, share_of
+from .facts import Facts, plan_mismatch
+from .plan_sections import objective_sentence
 from .svg import fmt, fmt_pct
 from .values import compact_layers, md_escape, md_table
 
@@ -19,9 +20,11 @@ def render_markdown(result, plan: Plan | None = None, validation: ValidationRepo
 
 
 def render_facts_md(facts: Facts, plan: Plan | None = None, validation: ValidationReport | None = None,
-                    recovery: RecoveryRecord | None = None) -> str:
+                    recovery: RecoveryRecord | None = None, plan_path: str | None = None) -> str:
     r = facts.result
     out = [f"# Profile report: {md_escape(facts.model_name())}", ""]
+    out += answer_md(facts, plan, validation, recovery, plan_path)
+    out += ["## The run", ""]
     out += [f"- **{md_escape(k)}**: {md_escape(v)}" for k, v in facts.header_items() if k != "Model"]
     out += ["", "## Sensitivity ranking", "",
             "Targets from most to least sensitive (model-wide sweep, best criterion per target).", ""]
@@ -38,7 +41,7 @@ def render_facts_md(facts: Facts, plan: Plan | None = None, validation: Validati
         top = facts.layer_ranking[:10]
         out += ["", f"Most sensitive single layers ({top[0]['criterion']} at {top[0]['sparsity']:.0%}; "
                     f"{len(facts.layer_ranking)} layer trials):", "",
-                md_table(["#", "layer", "target", "ΔL", "95% CI", "perplexity"],
+                md_table(["#", "layer", "target", "ΔL", "95% CI", "perplexity vs dense"],
                          [[row["rank"], row["layer"], row["target"], fmt(row["delta_loss"]),
                            f"{fmt(row['ci_low'])} … {fmt(row['ci_high'])}", f"{row['rel_ppl_increase']:+.2%}"]
                           for row in top], ["r", "r", "l", "r", "r", "r"])]
@@ -58,21 +61,46 @@ def render_facts_md(facts: Facts, plan: Plan | None = None, validation: Validati
     return "\n".join(out)
 
 
+def answer_md(facts: Facts, plan: Plan | None, validation: ValidationReport | None = None,
+              recovery: RecoveryRecord | None = None, plan_path: str | None = None) -> list[str]:
+    """The HTML report's answer panel (:mod:`.answer`'s sentences), in Markdown."""
+    said = answer(facts, plan, validation, recovery, plan_path)
+    out = ["## What can I prune, and how much", ""]
+    out += [_sentence_md(s) for s in said.lead]
+    if said.cuts:
+        out += [f"- {md_escape(target)}: {md_escape(what)}" for target, what in said.cuts] + [""]
+    out += [_sentence_md(s) for s in said.outcome]
+    if said.safe_rows:
+        out += [md_table([name for name, _ in SAFE_COLUMNS],
+                         [[row.target, fmt_pct(row.safe), row.limit, row.criterion, row.removable_text]
+                          for row in said.safe_rows], ["l", "r", "l", "l", "r"]), ""]
+    if said.next_command:
+        out += [f"{md_escape(said.next_label)}:", "", "```sh", said.next_command, "```", ""]
+    return out
+
+
+def _sentence_md(sentence: Sentence) -> str:
+    text = "".join(f"**{md_escape(t)}**" if strong else _run(t) for t, strong in sentence.parts)
+    return (f"> **{text}**" if sentence.kind == "warning" else text) + "\n"
+
+
+def _run(text: str) -> str:
+    """A run of a sentence, escaped, keeping the spaces that join it to its emphasised neighbours."""
+    lead, tail = " " if text[:1].isspace() else "", " " if text[-1:].isspace() else ""
+    return lead + md_escape(text) + tail
+
+
 def plan_md(facts: Facts, plan: Plan) -> list[str]:
     out = []
     warning = plan_mismatch(plan, facts.result)
     if warning:
         out += [f"> **Warning**: {md_escape(warning)}", ""]
-    changes = plan_change_lines(plan)  # what physically changes first, in the CLI's words
-    out += [f"> **{md_escape(line)}**" if line.startswith("WARNING") else md_escape(line) for line in changes[:-1]]
-    out += [""] if changes else []
     o = plan.objective
-    out += [f"Objective: {o.metric}, ratio {o.ratio}, absolute {o.absolute}, perplexity at most "
-            f"+{o.max_ppl_increase:.1%}, of {md_escape(scope_name(o.scope, o.metric))}", ""]
+    out += [md_escape(objective_sentence(o)), ""]
     if plan.actions:
         rows = [[i, a.target, compact_layers(a.layers), a.structure, a.criterion, fmt_pct(a.sparsity, 1),
                  None if a.unit_indices is None else sum(len(x) for x in a.unit_indices.values()),
-                 a.params_removed, fmt(a.predicted_delta_loss), a.execution] for i, a in enumerate(plan.actions, 1)]
+                 f"{a.params_removed:,}", fmt(a.predicted_delta_loss), a.execution] for i, a in enumerate(plan.actions, 1)]
         out += [md_table(["#", "target", "layers", "structure", "criterion", "sparsity", "units", "params removed",
                           "predicted ΔL", "execution"], rows, ["r", "l", "l", "l", "l", "r", "r", "r", "r", "l"]), ""]
     else:

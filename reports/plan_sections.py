@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ssm_profile.base.fmt import human_bytes, human_count, scope_name
-from ssm_profile.documents import Plan, PlanAction, ValidationReport
+from ssm_profile.base.fmt import METRIC_NOUNS, human_bytes, human_count, scope_name
+from ssm_profile.documents import Objective, Plan, PlanAction, ValidationReport
 from ssm_profile.validation.comparison import ComparisonRow, comparison_rows
 
-from .decision import share_of
+from .answer import share_of
 from .facts import Facts, plan_mismatch
 from .html_elements import Cell, cards, chip, crit_chip, num, section, table, txt
 from .svg import esc, fmt, fmt_pct, group_color
@@ -31,11 +31,7 @@ def plan_section(facts: Facts, plan: Plan) -> str:
         summary.append(("Perplexity", f"{plan.verification.rel_ppl_increase:+.1%}",
                         f"verified, {plan.verification.windows} held-out windows"))
     parts.append(cards(summary))
-    parts.append("<h3>Objective</h3>" + kv_html({
-        "reduce": objective.metric,
-        "by": fmt_pct(objective.ratio, 1) if objective.ratio is not None else f"{objective.absolute:,}",
-        "of": scope_name(objective.scope, objective.metric),
-        "max perplexity increase": f"+{objective.max_ppl_increase:.1%}"}))
+    parts.append("<h3>Objective</h3>" + kv_html(objective_items(objective)))
     parts.append(f"<h3>Actions ({len(plan.actions)})</h3>")
     parts.append(actions_table(plan.actions, facts.criteria()))
     parts.append(_predicted_vs_measured(plan))
@@ -44,6 +40,21 @@ def plan_section(facts: Facts, plan: Plan) -> str:
         parts.append(f'<h3>Notes</h3><ul class="notes">{items}</ul>')
     return section("plan", "Pruning plan", "What the plan removes, and what it predicts (and, once applied, measured).",
                    "".join(parts))
+
+
+def objective_items(objective: Objective) -> dict[str, str]:
+    """The plan's objective in words (HTML and Markdown): reduce what, by how much, of which total."""
+    return {"reduce": METRIC_NOUNS.get(objective.metric, objective.metric),
+            "by": fmt_pct(objective.ratio, 1) if objective.ratio is not None else f"{objective.absolute:,}",
+            "of": scope_name(objective.scope, objective.metric),
+            "max perplexity increase": f"+{objective.max_ppl_increase:.1%}"}
+
+
+def objective_sentence(objective: Objective) -> str:
+    """``Objective: reduce params by 20.0% of whole-model params; perplexity may rise by at most +10.0%.``"""
+    said = objective_items(objective)
+    return (f"Objective: reduce {said['reduce']} by {said['by']} of {said['of']}; perplexity may rise by at most "
+            f"{said['max perplexity increase']}.")
 
 
 def _predicted_vs_measured(plan: Plan) -> str:

@@ -275,6 +275,10 @@ def test_validate_writes_every_field_and_runs_shipped_tasks_offline(applied):
     assert tasks["ssm_next_verse"]["items"] == 4
     assert 0 <= tasks["ssm_next_verse"]["base"]["acc"] <= 1
     assert tasks["ssm_heldout_ppl"]["pruned"]["word_perplexity"] > 1
+    # an accuracy's change carries its paired interval over the items; a perplexity task has no per-item score
+    low, high = tasks["ssm_next_verse"]["interval"]["acc"]
+    assert low <= tasks["ssm_next_verse"]["delta"]["acc"] <= high  # [0, 0] when both answer every item alike
+    assert "word_perplexity" not in tasks["ssm_heldout_ppl"]["interval"]
     size = v["size"]
     assert size["pruned"]["parameters"] < size["base"]["parameters"] == 990848
     assert size["pruned"]["weight_bytes_on_disk"] < size["base"]["weight_bytes_on_disk"]
@@ -396,6 +400,8 @@ def test_before_after_rows_come_from_the_validation_report(applied):
     assert rows["tokens / s"].lower_is_better is False
     tasks = [row for row in comparison_rows(v) if row.section == "lm-eval"]
     assert {row.label.split()[0] for row in tasks} == set(v.lm_eval.tasks)
+    acc = next(row for row in tasks if row.label == "ssm_next_verse acc")
+    assert "95% CI" in acc.change_text() and "paired over 4 items" in acc.change_text()
     assert relative_change(None, 1.0) is None and relative_change(0, 1.0) is None
     assert relative_change(2.0, 3.0) == pytest.approx(0.5)
 

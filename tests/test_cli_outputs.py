@@ -168,6 +168,36 @@ def test_time_check_refuses_beyond_the_limit_unless_forced():
     assert duration_text(30) == "30 s" and duration_text(600) == "10 min" and duration_text(7200) == "2.0 h"
 
 
+def test_the_time_estimate_counts_one_time_costs_once(monkeypatch):
+    """A first statistics pass that compiles kernels is paid once by the run; the estimate scaled it by
+    the windows of every calibration batch (x16 at the defaults: 46 min said for a 6-minute profile)."""
+    import contextlib
+    import time
+
+    import torch
+
+    from ssm_profile.model.resolve import load_model
+    from ssm_profile.profiling import estimate
+    from ssm_profile.profiling.record import ProfileSettings
+
+    calls = []
+
+    class Recipe:
+        def installed(self, model):
+            return contextlib.nullcontext()
+
+        def statistics(self, model, windows, needs):
+            calls.append(len(windows))
+            time.sleep(0.6 if len(calls) == 1 else 0.01)  # the first pass compiles
+
+    monkeypatch.setattr("ssm_profile.calibration.data.batch_losses", lambda *a: None)
+    data = type("Data", (), {"evaluation": torch.zeros(16, 8, dtype=torch.long),
+                             "calibration": torch.zeros(32, 8, dtype=torch.long)})()
+    settings = ProfileSettings(criteria=["fisher"], sparsities=[0.5], per_layer=False, sweep="grid")
+    seconds = estimate.estimate_profile_seconds(Recipe(), load_model("tiny-mamba").model, data, settings)
+    assert 0.55 < seconds < 1.5  # 0.6 once + 4 batches of a warm 0.04 s with scoring; was 0.61 x 16 = 9.8
+
+
 def test_profile_prints_its_time_estimate(tmp_path, capsys):
     tiny = [arg for arg in TINY if arg != "--quiet"]
     assert main(["profile", "tiny-mamba", "-o", str(tmp_path / "run"), *tiny]) == 0

@@ -62,3 +62,34 @@ def test_model_size_on_disk_leaves_out_the_tools_own_records_and_logs(tmp_path):
     for name in ("pruning.json", "validation.json", "recovery.json", "lm-eval.log"):
         (tmp_path / name).write_text("x" * 1000)
     assert dir_bytes(tmp_path) == before == {"total": 102, "weights": 100}
+
+
+def test_listings_and_one_line_errors_import_no_torch():
+    """`models`, --help and an unknown name answer in a second: none of them may import torch (5-10 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\n"
+            "from ssm_profile.cli.main import main\n"
+            "for argv in (['--help'], ['models'], ['analyze', 'nosuch-model'], ['profile', 'nosuch-model'],\n"
+            "             ['validate', 'nosuch-model', 'out'], ['nosuch-model'], ['plann']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            "        code = main(argv)\n"
+            "    print(argv, code, 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert len(lines) == 7 and all(line.endswith("False") for line in lines), out
+    assert "['models'] 0" in out and "['analyze', 'nosuch-model'] 2" in out
+
+
+def test_list_criteria_reads_no_weights(monkeypatch, capsys):
+    """The criteria table is a question about the architecture: built from config.json on the meta device."""
+    from ssm_profile.model import resolve
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("--list-criteria loaded the weights")
+
+    monkeypatch.setattr(resolve, "load_model", refuse)
+    assert main(["profile", "tiny-mamba", "--list-criteria"]) == 0
+    out = capsys.readouterr().out
+    assert "unit:state" in out and "unit:channel" in out

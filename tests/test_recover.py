@@ -307,3 +307,15 @@ def test_apply_names_the_recover_command_a_plan_asks_for(tmp_path, capsys):
     assert main(["apply", "tiny-mamba", str(tmp_path / "plan.json"), "-o", str(tmp_path / "pruned"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert f"next: ssm-profile recover {tmp_path / 'pruned'} -o {tmp_path / 'pruned-recovered'}" in out
+
+
+def test_the_time_budget_says_it_bounds_training_only(recovered, capsys):
+    """`--minutes 0.5` took 60 s: the help and the summary say the budget bounds the training, and the whole."""
+    from ssm_profile.cli.recover_cmd import print_recovery
+
+    assert main(["recover", "--help"]) == 0
+    assert "bounds the training only" in " ".join(capsys.readouterr().out.split())
+    _, record = recovered
+    print_recovery(record)
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{record.progress.seconds:.0f} s in all with loading and measuring" in out

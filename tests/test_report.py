@@ -341,8 +341,6 @@ def test_plan_answer_names_its_total_and_promise(result, scope, words):
 def test_a_zeros_only_plan_reads_as_no_size_win_in_html_and_markdown(result):
     from ssm_profile.reports.decision import decision_section
     from ssm_profile.reports.facts import Facts
-    from ssm_profile.reports.markdown import plan_md
-
     from ssm_profile.plan import make_plan as real_plan
 
     plan = real_plan(result, metric="params", ratio=0.1, measure=False, structures="unstructured")
@@ -351,8 +349,10 @@ def test_a_zeros_only_plan_reads_as_no_size_win_in_html_and_markdown(result):
     assert "This plan sets to zero" in panel and "This plan removes" not in panel
     assert '<p class="warning">WARNING: this plan changes no shapes' in panel
     assert panel.index("WARNING") < panel.index("Promise")  # before the promise, not a footnote
-    markdown = "\n".join(plan_md(Facts.of(result), plan))
-    assert markdown.startswith("> **WARNING: this plan changes no shapes")
+    markdown = reports.render_markdown(result, plan=plan)
+    answer = markdown[markdown.index("## What can I prune"):markdown.index("## The run")]
+    assert "This plan sets to zero" in answer and "> **WARNING: this plan changes no shapes" in answer
+    assert answer.index("WARNING") < answer.index("Promise")
 
 
 def test_the_answers_next_command_follows_the_files_given(result):
@@ -465,6 +465,54 @@ def test_markdown_summary(hostile, result):
     for r in result.ranking():
         assert f"| {r.rank} | {r.target} | {r.best_criterion} |" in text
     assert "a \\| pipe" in text and "Within tolerance" in text and "470.1" in text
+
+
+def test_markdown_reads_like_the_html_answer_first(result):
+    """The Markdown says what the HTML says, in words: the answer first (the same sentences), the next
+    command, the verification interval; no raw field names, no percentage without its total."""
+    from ssm_profile.reports.answer import answer
+    from ssm_profile.reports.facts import Facts
+
+    recovery = RecoveryRecord.from_dict(recovery_document())
+    plan = make_plan(result)
+    text = reports.render_markdown(result, plan=plan, validation=VALIDATION, recovery=recovery)
+    first = text.index("## What can I prune, and how much")
+    assert first < text.index("## The run") < text.index("## Sensitivity ranking")
+    said = answer(Facts.of(result), plan, VALIDATION, recovery)
+    flat = " ".join(text.replace("**", "").split())
+    for sentence in [*said.lead, *said.outcome]:
+        assert " ".join(sentence.text.split()) in flat
+    assert "This plan removes **10.23k params**: **1.1% of whole-model params**." in text
+    assert f"```sh\n{said.next_command}\n```" in text
+    assert "+8.9% (95% interval +7.6% to +10.3%) on 32 verification windows" in flat
+    assert "Objective: reduce params by 20.0% of whole-model params" in flat
+    for raw in ("delta_loss", "within_tolerance", "schema_version", "dense_eval", "absolute None", "= true"):
+        assert raw not in text, raw
+    assert re.search(r"SSM mixers [0-9.]+% of whole-model params", text)
+    bare = reports.render_markdown(result)
+    assert "can be pruned to" in bare and "ssm-profile plan RUN_DIR" in bare and "| true limit |" in bare
+
+
+def test_task_score_changes_carry_an_interval():
+    """Paired bootstrap over items when per-item scores exist; else an unpaired normal interval on an
+    accuracy difference, said so; a score with neither says it has no interval."""
+    from ssm_profile.documents import ValidationReport
+    from ssm_profile.validation.comparison import comparison_rows as _comparison_rows
+    from ssm_profile.validation.comparison import paired_score_interval, proportion_difference_interval
+
+    low, high = paired_score_interval([1, 1, 0, 0, 1, 0, 1, 1], [1, 0, 0, 0, 1, 0, 0, 1])
+    assert low < -0.25 < high <= 0  # the mean change, -2/8, inside; never better than no change
+    assert paired_score_interval([1.0], [0.0]) is None
+    low, high = proportion_difference_interval(0.5, 0.375, 8)
+    assert low < -0.125 < high and high - low == pytest.approx(2 * 1.96 * ((0.25 + 0.375 * 0.625) / 8) ** 0.5)
+    assert proportion_difference_interval(50.0, 60.0, 8) is None  # a perplexity is no proportion
+    doc = validation_document()
+    v = ValidationReport.from_dict(doc)
+    rows = {r.label: r for r in _comparison_rows(v) if r.section == "lm-eval"}
+    assert "unpaired normal, 8 items" in rows["arc_tiny acc"].change_text()
+    doc["lm_eval"]["tasks"]["arc_tiny"]["interval"] = {"acc": [-0.3, 0.05]}
+    rows = {r.label: r for r in _comparison_rows(ValidationReport.from_dict(doc)) if r.section == "lm-eval"}
+    assert rows["arc_tiny acc"].change_text() == "-0.1250 (95% CI -0.3000 to +0.0500, paired over 8 items)"
 
 
 def test_csv_export(result, tmp_path):

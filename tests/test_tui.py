@@ -121,6 +121,7 @@ async def test_open_embedded_model_and_browse_tree():
         detail = app.query_one("#detail-table", DataTable)
         rows = {r[0]: r[1] for r in cell_texts(detail)}
         assert f"{app.analysis.totals['parameters']:,}" in rows["parameters"]
+        assert rows["% whole-model params"].endswith("%")  # every share's key names its total
 
         await pilot.press("down", "down")  # model, layer 0
         assert tree.cursor_node.data.kind == "layer" and tree.cursor_node.data.layer == 0
@@ -130,6 +131,8 @@ async def test_open_embedded_model_and_browse_tree():
         assert node.kind == "group" and node.group.group == "in_proj"
         rows = {r[0]: r[1] for r in cell_texts(detail)}
         assert rows["numel"].startswith(f"{node.group.numel:,}")
+        assert rows["% whole-model params"].endswith("%") and "% weights >4σ" in rows
+        assert all(v.endswith("% of weights") for k, v in rows.items() if k.startswith("sub-block"))
         assert any(k.startswith("sub-block") for k in rows)  # x / z blocks of in_proj
         await pilot.press("right", "down")  # expand in_proj, its tensor
         assert tree.cursor_node.data.kind == "tensor"
@@ -236,7 +239,11 @@ async def test_profile_from_the_ui_cancel_then_resume(tmp_path):
         await pilot.press("x")
         await settle(pilot)
         assert not view.running
-        assert "cancelled:" in str(app.query_one("#profile-msg").content)
+        message = str(app.query_one("#profile-msg").content)
+        assert "cancelled:" in message
+        kept = int(message.split("cancelled: ")[1].split()[0])  # the count kept is the bar's count
+        assert kept == len(app.result.trials) == app.query_one("#profile-bar").progress
+        assert str(app.query_one("#profile-eta").content).startswith(f"{kept}/")
         assert 0 < len(app.result.trials) < 10  # partial results from the journal are shown
         assert app.result.record.status == "running"
         assert app.query_one("#profile-resume").value  # resume ticked for the next start
@@ -387,6 +394,92 @@ async def test_ticked_and_unticked_boxes_differ_by_a_glyph(run_here):
         chosen = set(criteria.selected)
         for line, option in zip(lines, (criteria.get_option_at_index(i) for i in range(criteria.option_count))):
             assert line.startswith("[x]" if option.value in chosen else "[ ]"), line
+
+
+@run_async
+async def test_keys_typed_in_a_field_go_into_the_field_only(run_here):
+    """r (run), 1 (a tab) and e (export) typed in a text field are text, not the app's keys."""
+    app = SSMProfileApp(run_here)
+    async with app.run_test(size=SIZE) as pilot:
+        await on_tab(pilot, "3")
+        field = app.query_one("#profile-output", Input)
+        field.value = "runs/tui-run"
+        field.focus()
+        await settle(pilot)
+        await pilot.press("end", "r", "1", "e")
+        await settle(pilot)
+        assert field.value == "runs/tui-runr1e"
+        assert not app.query_one("ProfileView").running
+        assert app.query_one("TabbedContent").active == "profile"
+
+
+@needs_planner
+@run_async
+async def test_space_ticks_the_measure_box(run_here):
+    app = SSMProfileApp(run_here)
+    async with app.run_test(size=SIZE) as pilot:
+        await on_tab(pilot, "4", wait=0.2)
+        box = app.query_one("#plan-measure")
+        box.focus()
+        await settle(pilot)
+        before = box.value
+        await pilot.press("space")
+        await settle(pilot)
+        assert box.value is not before
+
+
+@run_async
+async def test_the_palettes_screenshot_is_saved_and_says_where(run_here, tmp_path, monkeypatch):
+    """Textual saves into ~/Downloads by default, which need not exist: it failed there."""
+    monkeypatch.setenv("HOME", str(tmp_path / "no-downloads-here"))
+    app = SSMProfileApp(run_here)
+    async with app.run_test(size=SIZE) as pilot:
+        await on_tab(pilot)
+        app.deliver_screenshot()
+        await settle(pilot, 0.5)
+        said = " ".join(n.message for n in app._notifications)
+    saved = list(Path.cwd().glob("*.svg"))
+    assert len(saved) == 1 and "Saved screenshot" in said and saved[0].name in said
+
+
+@needs_planner
+@run_async
+async def test_a_mixed_plan_says_the_rest_is_zeros(run_here):
+    """"−1.1% of whole-model params (1.23k sliced)" read as a size win; 9.00k of it are zeros."""
+    from test_report import make_plan  # a plan with one sliced and one zeroed action
+
+    app = SSMProfileApp(run_here)
+    async with app.run_test(size=SIZE) as pilot:
+        await on_tab(pilot, "4", wait=0.2)
+        view = app.query_one("PlanView")
+        view.show_plan(make_plan(app.result))
+        await settle(pilot)
+        said = " ".join(str(app.query_one("#plan-summary").content).split())
+    assert "(1.23k sliced, 9.00k zeros)" in said
+
+
+def test_core_messages_read_in_the_uis_words():
+    from ssm_profile.tui.format import in_ui_terms
+
+    said = in_ui_terms("runs/x holds a run; pass --overwrite to replace it or --resume to continue; lower "
+                       "--seqlen or pass --force")
+    assert "--" not in said
+    assert "tick overwrite to replace it or tick resume" in said and "the seqlen field" in said
+    assert in_ui_terms("a well-known name") == "a well-known name"
+
+
+@needs_planner
+@run_async
+async def test_an_export_refused_says_so_in_the_uis_words(run_here):
+    app = SSMProfileApp(run_here)
+    async with app.run_test(size=SIZE) as pilot:
+        await on_tab(pilot, "4", wait=0.2)
+        Path("exists.json").write_text("{}")
+        app.query_one("#plan-path", Input).value = "exists.json"
+        await pilot.press("e")
+        await settle(pilot, 0.3)
+        said = " ".join(str(n.message) for n in app._notifications)
+    assert "tick overwrite" in said and "--overwrite" not in said
 
 
 def test_default_save_path_is_beside_never_inside(tmp_path):

@@ -13,7 +13,19 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Static, Tree
 from textual.widgets.tree import TreeNode
 
+from ssm_profile.base.fmt import scope_name
+
 from .format import human_bytes, human_count, pct, shape
+
+WHOLE = scope_name("model")  # "whole-model params": what every share in this view is of
+
+
+SHARE_KEY = f"% {WHOLE}"  # the detail pane's key of a share: the key names the total, the value stays short
+
+
+def _share(fraction: float, digits: int = 3) -> str:
+    """``"7.766% of whole-model params"``: a share names its total (small tensors keep their digits)."""
+    return f"{pct(fraction, digits)} of {WHOLE}"
 
 if TYPE_CHECKING:  # ssm_profile.model.analysis imports torch: the UI shows before it is loaded
     from ssm_profile.model.analysis import AnalysisResult, GroupRow, LayerDynamics, UnitRow, WeightStats
@@ -105,7 +117,7 @@ class AnatomyView(Vertical):
         tree = self.query_one("#anatomy-tree", AnatomyTree)
         tree.clear()
         m, t = analysis.model, analysis.totals
-        tree.root.set_label(_label(m["name"], t["parameters"], None, f"{m['class']}; % = share of model params",
+        tree.root.set_label(_label(m["name"], t["parameters"], None, f"{m['class']}; % = share of {WHOLE}",
                                    width=0))
         tree.root.data = Node("root")
         model_groups = [g for g in analysis.groups if g.layer is None]
@@ -171,7 +183,7 @@ class AnatomyView(Vertical):
                     ("tied embeddings", "yes" if m["tied_embeddings"] else "no"),
                     ("parameters", f"{human_count(t['parameters'])} ({t['parameters']:,})"),
                     ("bytes", human_bytes(t["bytes"])),
-                    ("SSM parameters", f"{human_count(t['ssm_parameters'])} ({pct(t['ssm_share'])})"),
+                    ("SSM parameters", human_count(t["ssm_parameters"])), (SHARE_KEY, pct(t["ssm_share"], 1)),
                     ("FLOPs/token", human_count(t["flops_per_token"])),
                     ("  SSM mixers", human_count(t["ssm_flops_per_token"])),
                     ("  lm_head", human_count(t["lm_head_flops_per_token"])),
@@ -180,7 +192,8 @@ class AnatomyView(Vertical):
         elif node.kind == "model":
             groups = [g for g in a.groups if g.layer is None]
             title = "model-level groups"
-            rows = self._sum_rows(groups) + [(g.group, f"{human_count(g.numel)} · {pct(g.share)}") for g in groups]
+            rows = self._sum_rows(groups) + [(g.group, f"{human_count(g.numel)} · {_share(g.share, 2)}")
+                                             for g in groups]
         elif node.kind == "layer":
             groups = [g for g in a.groups if g.layer == node.layer]
             title = f"layer {node.layer}"
@@ -198,13 +211,13 @@ class AnatomyView(Vertical):
                 title = pname
                 n = prod(dims) if dims else 1
                 rows = [("group", f"{g.group} ({where})"), ("shape", shape(dims)), ("numel", f"{n:,}"),
-                        ("share of model params", pct(n / a.totals["parameters"], 3)), ("dtype", a.model["dtype"])]
+                        (SHARE_KEY, pct(n / a.totals["parameters"], 3)), ("dtype", a.model["dtype"])]
             else:
                 title = f"{where} · {g.group}"
                 rows = [("scope", g.scope + (f" ({g.mixer_kind})" if g.mixer_kind else "")),
                         ("tensors", "\n".join(f"{'.'.join(p.split('.')[-2:])} {shape(s)}"
                                               for p, s in zip(g.params, g.shapes))),
-                        ("numel", f"{g.numel:,} ({human_count(g.numel)})"), ("share of model params", pct(g.share, 3)),
+                        ("numel", f"{g.numel:,} ({human_count(g.numel)})"), (SHARE_KEY, pct(g.share, 3)),
                         ("bytes", human_bytes(g.bytes)), ("FLOPs/token", human_count(g.flops_per_token)),
                         ("state bytes/seq", human_bytes(g.state_bytes))]
                 rows += self._stats_rows(g.stats)
@@ -212,7 +225,7 @@ class AnatomyView(Vertical):
                     rows.append((f"sub-block {b.name}",
                                  (f"rows {b.rows[0]}..{b.rows[1]} · {human_count(b.numel)} · ‖W‖ "
                                   f"{b.stats.l2_norm:.3g} · kurt {b.stats.kurtosis:.3g} · out "
-                                  f"{pct(b.stats.outlier_fraction)}")))
+                                  f"{pct(b.stats.outlier_fraction)} of weights")))
         elif node.kind == "units":
             title = "coupled structural units"
             rows = [("", "prune together: one unit spans several tensors"), *[
@@ -245,14 +258,14 @@ class AnatomyView(Vertical):
     @staticmethod
     def _sum_rows(groups: list[GroupRow]) -> list[tuple[str, Any]]:
         return [("numel", f"{sum(g.numel for g in groups):,} ({human_count(sum(g.numel for g in groups))})"),
-                ("share of model params", pct(sum(g.share for g in groups))), ("bytes", human_bytes(sum(g.bytes for g in groups))),
+                (SHARE_KEY, pct(sum(g.share for g in groups))), ("bytes", human_bytes(sum(g.bytes for g in groups))),
                 ("FLOPs/token", human_count(sum(g.flops_per_token for g in groups))),
                 ("state bytes/seq", human_bytes(sum(g.state_bytes for g in groups))), ("groups", len(groups))]
 
     @staticmethod
     def _stats_rows(s: WeightStats) -> list[tuple[str, Any]]:
         return [("‖W‖₂", f"{s.l2_norm:.4g}"), ("mean |w|", f"{s.mean_abs:.4g}"), ("std", f"{s.std:.4g}"),
-                ("excess kurtosis", f"{s.kurtosis:.3g}"), ("outliers (>4σ)", pct(s.outlier_fraction, 3))]
+                ("excess kurtosis", f"{s.kurtosis:.3g}"), ("% weights >4σ", pct(s.outlier_fraction, 3))]
 
     @staticmethod
     def _dynamics_rows(d: LayerDynamics) -> list[tuple[str, Any]]:

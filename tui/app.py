@@ -322,6 +322,12 @@ class SSMProfileApp(App[int]):
             if self.check_action(action, ()) is not False:
                 yield SystemCommand(title, helptext, getattr(self, f"action_{action}"))
 
+    def deliver_screenshot(self, filename: str | None = None, path: str | None = None,
+                           time_format: str | None = None) -> str | None:
+        """The palette's Screenshot saves into the working directory: Textual's default, the user's
+        Downloads folder, need not exist (it failed there with no word of where it tried)."""
+        return super().deliver_screenshot(filename, path or str(Path.cwd()), time_format)
+
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())

@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import math
+import re
 
 from rich.text import Text
 
 from ssm_profile.base.fmt import human_bytes, human_count
 
-__all__ = ["duration", "heat_cell", "human_bytes", "human_count", "num", "pct", "shape"]
+__all__ = ["duration", "heat_cell", "human_bytes", "human_count", "in_ui_terms", "num", "pct", "shape"]
+
+# what a core message's command-line flag is in the UI: a tick box or a field of the form
+_UI_WORDS = {"overwrite": "tick overwrite", "resume": "tick resume", "no-per-layer": "untick per-layer sweep",
+             "no-measure": "untick measure", "no-lm-eval": "untick lm-eval tasks",
+             "max-ppl-increase": "the ppl ≤ + field", "ratio": "the 'by' field", "absolute": "the 'by' field",
+             "metric": "the 'reduce' choice", "criteria": "the criteria list", "force": "choose smaller settings",
+             "output": "the output field"}
+_FLAG = re.compile(r"(?:\b(pass|use|with) )?(?<![\w-])--([a-z][a-z0-9-]*)")
+
+
+def in_ui_terms(text: str) -> str:
+    """A message of the core, which speaks in command-line flags, in the UI's words: ``pass
+    --overwrite`` is ``tick overwrite``, ``--seqlen`` the seqlen field."""
+    def word(match: re.Match) -> str:
+        name = match.group(2)
+        said = _UI_WORDS.get(name, f"the {name.replace('-', ' ')} field")
+        verb = match.group(1)
+        return said if verb is None or said.startswith(("tick", "untick", "choose")) else f"{verb} {said}"
+
+    return _FLAG.sub(word, text)
 
 
 def pct(x: float | None, digits: int = 2) -> str:

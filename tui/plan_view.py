@@ -22,7 +22,7 @@ from ssm_profile.base.fmt import percent_of, scope_name
 from ssm_profile.base.io import free_path
 from ssm_profile.pruning.summary import changes_nothing, physical_change
 
-from .format import duration, human_bytes, human_count, num, pct
+from .format import duration, human_bytes, human_count, in_ui_terms, num, pct
 from .host import AppHost
 from .recover_view import RecoverPanel
 from .widgets import Tick, WorkerView
@@ -187,7 +187,7 @@ class PlanView(Vertical):
         self.plan_inputs = None
         self.post_message(self.PlanChanged(None))
         self.query_one("#plan-actions", DataTable).clear()
-        self._summary(Text(message, style="bold red"))
+        self._summary(Text(in_ui_terms(message), style="bold red"))
         self.app.refresh_bindings()
 
     def _solved(self, plan: Plan, inputs: tuple) -> None:
@@ -208,7 +208,9 @@ class PlanView(Vertical):
             removed, total = pred.removed(metric), dense.total(metric) or 0
             style = "bold green" if metric == objective.metric else "bold"
             text.append(f"−{percent_of(removed / total if total else 0.0, scope_name('model', metric))}", style=style)
-            text.append(f" ({fmt(physical[metric])} sliced)  ", style="dim")
+            zeroed = removed - physical[metric]  # a mixed plan says the rest is zeros (no size or speed win)
+            text.append(f" ({fmt(physical[metric])} sliced" + (f", {fmt(zeroed)} zeros)  " if zeroed > 0 else ")  "),
+                        style="dim")
         text.append("\npredicted ", style="dim")
         text.append(f"ΔL {num(pred.delta_loss)}  ppl +{pct(pred.rel_ppl_increase, 1)}", style="bold")
         text.append(f"  (limit +{pct(objective.max_ppl_increase, 0)})", style="dim")
@@ -309,7 +311,7 @@ class PlanView(Vertical):
         elif self.plan is not None:
             self.show_plan(self.plan)
         if path is None:
-            self.app.notify(error, title="export failed", severity="error", timeout=8)
+            self.app.notify(in_ui_terms(error), title="export failed", severity="error", timeout=8)
         else:
             self.app.notify(f"plan written to {path}", title="exported")
             self.post_message(self.PlanChanged(self.plan))

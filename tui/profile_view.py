@@ -259,8 +259,12 @@ class ProfileView(Vertical):
             self.app.set_result(result, Path(output), note="")
         elif how == "cancelled":
             if result is not None:
-                self.message(f"cancelled: {len(result.trials)} finished trials kept (tick resume to continue)",
-                             "yellow")
+                kept = len(result.trials)
+                if bar.total and bar.total > 1:  # the bar agrees with the count kept: a trial may finish
+                    bar.update(progress=min(kept, bar.total))  # after its last progress report
+                    self.query_one("#profile-eta", Static).update(f"{min(kept, int(bar.total))}/{int(bar.total)} "
+                                                                  "trials finished · cancelled")
+                self.message(f"cancelled: {kept} finished trials kept (tick resume to continue)", "yellow")
                 self.query_one("#profile-resume", Checkbox).value = True
                 self.app.set_result(result, Path(output), note="partial (cancelled)")
             else:

@@ -57,7 +57,9 @@ class WorkerView:
         from rich.text import Text
         from textual.widgets import Static
 
-        self.query_one(f"#{self.MESSAGE_ID}", Static).update(Text(text, style=style))  # type: ignore[attr-defined]
+        from .format import in_ui_terms
+
+        self.query_one(f"#{self.MESSAGE_ID}", Static).update(Text(in_ui_terms(text), style=style))  # type: ignore[attr-defined]
 
     def _call(self, fn, *args) -> None:
         try:

@@ -17,6 +17,7 @@ def add_model_args(parser: argparse.ArgumentParser, positional: bool = True, req
         parser.add_argument("model", nargs=None if required else "?", default=None,
                             help="embedded name (tiny-mamba, tiny-mamba2, tiny-deltanet), alias (mamba-1.4b), hub id or "
                             "local directory" + ("" if required else "; default: the embedded tiny-mamba"))
+        parser.set_defaults(locate_model_first=True)  # main checks the name before the command imports torch
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto (default: as saved)")
     parser.add_argument("--device", default="auto",
                         help="torch device: auto, cpu, cuda or cuda:N (default: auto = CUDA when available, else cpu)")
@@ -31,9 +32,11 @@ def add_model_args(parser: argparse.ArgumentParser, positional: bool = True, req
 
 
 def load_from_args(args: argparse.Namespace, with_tokenizer: bool = True):
+    from ..model.resolve import load_model, locate
+
     check_threads(getattr(args, "threads", None))  # before seconds of loading, not after
+    locate(args.model)  # an unknown name fails in one line before torch and transformers are imported
     quiet_libraries()
-    from ..model.resolve import load_model
 
     loaded = load_model(args.model, dtype=args.dtype, device=args.device, revision=args.revision,
                         trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,

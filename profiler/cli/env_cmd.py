@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
 import os
 import platform
 
@@ -24,11 +24,8 @@ def collect() -> dict[str, str]:
     quiet_libraries()
     info = {"ssm-profile": __version__, "python": platform.python_version(),
             "platform": platform.platform(), "cpu cores": str(os.cpu_count())}
-    for name in PACKAGES:
-        try:
-            info[name] = getattr(importlib.import_module(name), "__version__", "installed")
-        except Exception:  # noqa: BLE001 - mamba_ssm raises more than ImportError without CUDA
-            info[name] = "not installed"
+    for name in PACKAGES:  # versions from the installed metadata: importing captum or lm_eval costs seconds
+        info[name] = _version(name)
     try:
         import torch
 
@@ -50,6 +47,17 @@ def collect() -> dict[str, str]:
         if var in os.environ:
             info[var] = os.environ[var]
     return info
+
+
+def _version(module: str) -> str:
+    from importlib import metadata
+
+    for distribution in (module, module.replace("_", "-")):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return "installed" if importlib.util.find_spec(module) is not None else "not installed"
 
 
 def run(args: argparse.Namespace) -> int:

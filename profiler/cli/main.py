@@ -73,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv  # the user's command line (after the program name), for hints that repeat it
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        if getattr(args, "locate_model_first", False):  # an unknown name: one line in a second, not after torch
+            from ..model.resolve import locate
+
+            locate(args.model)
         return int(args.handler(args) or 0)
     except SSMProfileError as err:
         return _fail(str(err), err.exit_code)

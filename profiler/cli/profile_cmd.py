@@ -58,6 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.list_criteria:  # before the imports a profile needs
+        return _list_criteria(args)
     from pathlib import Path
 
     from ..calibration.data import DataSpec
@@ -67,8 +69,6 @@ def run(args: argparse.Namespace) -> int:
     from ..profiling.profile import check_run_dir
     from ..model.resolve import check_device, locate, use_tokenizer
 
-    if args.list_criteria:
-        return _list_criteria(args)
     check_threads(args.threads)
     if args.resume and args.overwrite:
         raise SSMProfileError("--resume continues the run in --output and --overwrite replaces it; pass one of them")
@@ -203,10 +203,13 @@ def _load_data(loaded, spec):
 
 
 def _list_criteria(args: argparse.Namespace) -> int:
+    from ..base.runtime import quiet_libraries
     from ..criteria import applicability, available
+    from ..model.resolve import load_skeleton
 
-    loaded = load_from_args(args, with_tokenizer=False)
-    rows = applicability(loaded.model, available())
+    quiet_libraries()
+    model = load_skeleton(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code)
+    rows = applicability(model, available())  # from the architecture alone: no weights are read
     from rich.console import Console
     from rich.table import Table
 

@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None,
                         help=f"optimiser steps (default: the plan's recover budget, else {defaults.RECOVER_STEPS})")
-    budget.add_argument("--minutes", type=float, default=None, help="training time budget instead of --steps")
+    budget.add_argument("--minutes", type=float, default=None, help="training time budget instead of --steps; it bounds the training "
+                        "only: loading both models and measuring before and after come on top")
     p.add_argument("--lr", type=float, default=defaults.RECOVER_LR,
                    help=f"peak learning rate of AdamW (default {defaults.RECOVER_LR})")
     p.add_argument("--temperature", type=float, default=defaults.RECOVER_TEMPERATURE,
@@ -118,7 +119,8 @@ def print_recovery(record: RecoveryRecord) -> None:
     fraction = record.recovered_fraction()
     if fraction is not None:
         console.print(f"recovery removed {fraction:.0%} of the perplexity increase in "
-                      f"{record.progress.steps_done} steps ({record.progress.train_seconds:.0f} s of training)")
+                      f"{record.progress.steps_done} steps ({record.progress.train_seconds:.0f} s of training, "
+                      f"{record.progress.seconds:.0f} s in all with loading and measuring)")
     s = record.sparsity
     console.print(f"nonzero parameters: {s.nonzero_before:,} before, {s.nonzero_after:,} after "
                   f"({s.frozen_entries:,} pruned entries held at zero)")

@@ -8,9 +8,13 @@ score is the sum over its channels (Mamba-1 channel; Mamba-2 head, head_channel,
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 import torch.nn.functional as F
-from captum.attr import LayerGradientXActivation
+
+if importlib.util.find_spec("captum") is None:  # the registry turns this into the one-line install hint
+    raise ImportError("No module named 'captum'", name="captum")
 
 from ..model.arch import find_mixers
 from ._common import out_proj_slot
@@ -65,6 +69,8 @@ class CaptumChannelAttribution(Criterion):
             logits = model(input_ids=ids, use_cache=False).logits.float()
             nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
             return -nll.view(ids.shape[0], -1).mean(1)  # per-sequence mean log-likelihood
+
+        from captum.attr import LayerGradientXActivation  # seconds to import: only when attributing
 
         attr = LayerGradientXActivation(forward, layers)
         sums = [torch.zeros(m.intermediate_size, dtype=torch.float64) for m in mixers]

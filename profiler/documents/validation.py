@@ -110,6 +110,8 @@ class TaskScores(Document):
     base: dict[str, float]
     pruned: dict[str, float]
     delta: dict[str, float]
+    # metric -> [low, high]: 95% paired bootstrap interval of the delta over the items (absent in older files)
+    interval: dict[str, list[float]] | None = _optional()
     extra: dict[str, Any] = _extra()
 
 

@@ -20,9 +20,10 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: `models` and unknown-name errors need none of it
+    import torch
 
 from ..base.errors import DataError, HubUnreachableError, ModelNotFoundError, SSMProfileError, UnsupportedModelError
 
@@ -61,8 +62,8 @@ ALIASES: dict[str, Alias] = {
 }
 
 AUTO_DEVICE = "auto"  # --device default: CUDA when available, else the CPU
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}  # --dtype name -> torch attribute
 
 
 @dataclass
@@ -98,6 +99,8 @@ class LoadedModel:
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """SHA-256 over parameter names, shapes, dtypes and bytes: identifies these exact weights."""
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
@@ -195,6 +198,40 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, tokenizer_path=tokenizer_path)
 
 
+def load_skeleton(name: str | None, *, revision: str | None = None, trust_remote_code: bool = False):
+    """The model's modules built from its config alone, on the meta device: no weights are read (a hub
+    model fetches config.json only), for questions its architecture answers (``profile --list-criteria``).
+    A mamba-ssm checkpoint (its config needs the weights to convert) is loaded in full."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = locate(name)
+    if source.kind.endswith("mamba-ssm"):
+        return load_model(name, revision=revision, with_tokenizer=False).model
+    where: str | Path = source.location
+    if source.kind == "hub":
+        where = _download_config(source, revision)
+        if "d_model" in _read_json(Path(where) / "config.json"):  # a mamba-ssm checkpoint on the hub
+            return load_model(name, revision=revision, with_tokenizer=False).model
+    config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    _check_has_mixers(model, source)
+    return model
+
+
+def _download_config(source: ModelSource, revision: str | None) -> Path:
+    """The folder holding a hub model's config.json, fetching that file alone."""
+    from huggingface_hub import hf_hub_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+    try:
+        return Path(hf_hub_download(source.location, "config.json", revision=revision,
+                                    local_files_only=offline)).parent
+    except Exception:  # noqa: BLE001 - the same one-line errors as a full download
+        return _download(source, revision, allow_pickle=False)
+
+
 def use_tokenizer(loaded: LoadedModel, where: str | None, trust_remote_code: bool = False) -> LoadedModel:
     """Replace ``loaded``'s tokenizer with the one in folder ``where`` (``embedded``: the shipped one;
     None: keep the model's own); one line when it cannot be read or does not fit the model."""
@@ -248,6 +285,8 @@ def tokenizer_info(loaded: LoadedModel) -> dict[str, Any] | None:
 def resolve_device(device: str | None) -> str:
     """The device to load onto: ``auto`` (or None) is ``cuda`` when torch sees a GPU, else ``cpu``;
     any other name is checked (:func:`check_device`) and returned as given."""
+    import torch
+
     if device is None or device == AUTO_DEVICE:
         return "cuda" if torch.cuda.is_available() else "cpu"
     check_device(device)
@@ -259,6 +298,8 @@ def check_device(device: str) -> None:
     ``auto`` is always accepted (it falls back to the CPU)."""
     if device == AUTO_DEVICE:
         return
+    import torch
+
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
@@ -280,13 +321,15 @@ def check_device(device: str) -> None:
 
 
 def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    import torch
+
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         return None
     if dtype not in DTYPES:
         raise SSMProfileError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    return getattr(torch, DTYPES[dtype])
 
 
 def _download(source: ModelSource, revision: str | None, allow_pickle: bool) -> Path:
@@ -359,6 +402,7 @@ def _load_transformers(directory: Path, dtype: torch.dtype | None, trust_remote_
 
 def _shape_mismatch(directory: Path, config: Any) -> str:
     """One line naming the tensors whose saved shape differs from what config.json builds."""
+    import torch
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 

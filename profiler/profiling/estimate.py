@@ -99,19 +99,36 @@ def check_memory(model: torch.nn.Module, force: bool, available: int | None = No
 # time
 
 TIME_LIMIT_S = 24 * 3600  # beyond this a profile is refused unless --force
-# A per-layer probe re-runs only the layers from the pruned one on (incremental evaluator): about half.
-PER_LAYER_SHARE = 0.5
+# A per-layer probe re-runs only the layers from the pruned one on (incremental evaluator), yet cost as
+# much as a model-wide trial in the default profiles of the embedded models (2026-12-06).
+PER_LAYER_SHARE = 1.0
+# A trial costs about one evaluation of the dense model and more: its masks are built (per criterion)
+# and applied. Measured 1.45 (tiny-mamba2) and 0.55, 0.9, 1.88 (tiny-mamba) dense evaluations per trial
+# in their default profiles (run.json timings / trials, 2026-12-06, on 2 cores shared at load 10-14).
+TRIAL_COST = 1.2
 
 
 CALIBRATION_TIMED = 2  # calibration windows the estimate times (a batch of 8 took ~20 s at mamba-130m)
+EVAL_TIMINGS = 2  # evaluation batches timed: the faster counts (one timing can catch a busy machine's spike)
+# Scoring the criteria and caching activations, as a share of the statistics' time: measured 0.55 on
+# tiny-mamba2 and 1.13 on tiny-mamba (default profiles, run.json timings; 2026-12-06).
+SCORING_SHARE = 0.8
+
+
+def _timed(function, *args) -> float:
+    import time
+
+    started = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - started
 
 
 def estimate_profile_seconds(recipe, model: torch.nn.Module, dataset, settings) -> float:
-    """Seconds a profile is expected to take: one timed evaluation batch and one timed calibration
-    batch (after a warm-up batch), times the planned counts. Trials are counted as full evaluations
-    (an upper bound for the incremental evaluator), so the figure errs long."""
+    """Seconds a profile is expected to take: the faster of two timed evaluation batches and a warm
+    calibration batch (each after a warm-up), times the planned counts, plus scoring and caching as a
+    share of the statistics and the warm-up's one-time costs once. A trial counts as ``TRIAL_COST``
+    evaluations (measured on the embedded models); early stopping is not counted, so it errs long."""
     import math
-    import time
 
     from ..model.arch import find_mixers
     from ..calibration.data import batch_losses
@@ -120,17 +137,17 @@ def estimate_profile_seconds(recipe, model: torch.nn.Module, dataset, settings) 
 
     batch = settings.batch_size
     evaluation, calibration = dataset.evaluation, dataset.calibration
+    needs = needs_of([*settings.criteria, settings.layer_criterion])
+    once = 0.0  # one-time costs (kernel compilation, lazy imports): paid once by the run, never multiplied
     with recipe.installed(model):
         batch_losses(model, evaluation[:1], batch)  # warm-up: kernel compilation, allocator
-        started = time.perf_counter()
-        batch_losses(model, evaluation[:batch], batch)
-        eval_batch = time.perf_counter() - started
-        needs = needs_of([*settings.criteria, settings.layer_criterion])
-        started = time.perf_counter()
-        timed = min(CALIBRATION_TIMED, batch)  # statistics are sums over windows: time linear in them
+        eval_batch = min(_timed(batch_losses, model, evaluation[:batch], batch) for _ in range(EVAL_TIMINGS))
+        calib_batch = 0.0
         if needs and calibration is not None:
-            recipe.statistics(model, calibration[:timed], needs)
-        calib_batch = (time.perf_counter() - started) * batch / timed
+            timed = min(CALIBRATION_TIMED, batch)  # statistics are sums over windows: time linear in them
+            cold = _timed(recipe.statistics, model, calibration[:timed], needs)
+            warm = _timed(recipe.statistics, model, calibration[:timed], needs)
+            once, calib_batch = max(0.0, cold - warm), warm * batch / timed
     mixers = find_mixers(model)
     targets = [t for t in targets_for(mixers) if settings.targets is None or t.name in settings.targets]
     trials = len(targets) * len(settings.criteria) * len(settings.sparsities)
@@ -148,8 +165,8 @@ def estimate_profile_seconds(recipe, model: torch.nn.Module, dataset, settings) 
             trials += len(targets) - pairs * (1 - CHUNK_WINDOWS / windows)
     eval_batches = math.ceil(int(evaluation.shape[0]) / batch)
     calib_batches = math.ceil(int(calibration.shape[0]) / batch) if calibration is not None else 0
-    seconds = (eval_batch * eval_batches * (1 + trials + PER_LAYER_SHARE * probes)
-               + calib_batch * calib_batches)
+    seconds = (eval_batch * eval_batches * (1 + TRIAL_COST * (trials + PER_LAYER_SHARE * probes))
+               + calib_batch * calib_batches * (1 + SCORING_SHARE) + once)
     budget = getattr(settings, "budget", None)
     return min(seconds, budget) if budget else seconds
 

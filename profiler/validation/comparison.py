@@ -43,6 +43,30 @@ def paired_change(before: Sequence[float], after: Sequence[float]) -> dict[str, 
     return {"mean": mean, "low": mean - half, "high": mean + half}
 
 
+def paired_score_interval(before: Sequence[float], after: Sequence[float], draws: int = 2000,
+                          seed: int = 0) -> tuple[float, float] | None:
+    """95% paired bootstrap interval of ``mean(after) - mean(before)`` over the same items (each item's
+    two scores resampled together); None with fewer than two items or lengths that differ."""
+    import numpy as np
+
+    if len(before) != len(after) or len(before) < 2:
+        return None
+    diff = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
+    picks = np.random.default_rng(seed).integers(0, len(diff), size=(draws, len(diff)))
+    means = diff[picks].mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def proportion_difference_interval(before: float, after: float, items: int) -> tuple[float, float] | None:
+    """95% normal interval of the difference of two accuracies on ``items`` items each, treated as
+    independent (wider than the paired one: pairing cancels what both models get right or wrong);
+    None when they are not proportions or there are no items."""
+    if not items or not (0.0 <= before <= 1.0 and 0.0 <= after <= 1.0):
+        return None
+    half = 1.96 * math.sqrt((before * (1 - before) + after * (1 - after)) / items)
+    return after - before - half, after - before + half
+
+
 @dataclass(frozen=True)
 class ComparisonRow:
     """One quantity before and after pruning.
@@ -61,7 +85,8 @@ class ComparisonRow:
     lower_is_better: bool = True
     section: str = "model"  # "model" | "lm-eval"
     items: int | None = None  # lm-eval: items per task
-    interval: tuple[float, float] | None = None  # 95% interval of the relative change (timings)
+    interval: tuple[float, float] | None = None  # 95% interval of the relative change (timings), of the delta (scores)
+    interval_kind: str | None = None  # scores: how the interval was drawn ("paired over items", "unpaired")
     same_work: bool = False  # same FLOPs/token before and after: a timing change is noise
 
     @property
@@ -100,7 +125,14 @@ class ComparisonRow:
         its total (the base model's value)."""
         if self.kind in ("loss", "score"):
             delta = self.delta
-            return "" if delta is None else f"{delta:+.4f}"
+            if delta is None:
+                return ""
+            if self.kind == "score" and self.interval is not None:
+                how = f", {self.interval_kind}" if self.interval_kind else ""
+                return f"{delta:+.4f} (95% CI {self.interval[0]:+.4f} to {self.interval[1]:+.4f}{how})"
+            if self.kind == "score":
+                return f"{delta:+.4f} (no interval: not a per-item score)"
+            return f"{delta:+.4f}"
         change = self.change
         if change is None or not math.isfinite(change):
             return ""
@@ -166,10 +198,18 @@ def perplexity(loss: Any) -> float | None:
 
 
 def _lm_eval_rows(lm_eval: LmEval) -> list[ComparisonRow]:
+    """One row per task metric, with the 95% interval of the score's change: paired over the items
+    when validate kept per-item scores, else a normal interval for an accuracy (stated as unpaired)."""
     rows = []
     for task, scores in lm_eval.tasks.items():
         for metric, value in scores.base.items():
             lower = any(w in metric for w in _LOWER_IS_BETTER)
-            rows.append(ComparisonRow(f"{task} {metric}", value, scores.pruned.get(metric), "score",
-                                      lower_is_better=lower, section="lm-eval", items=scores.items))
+            after = scores.pruned.get(metric)
+            paired = (scores.interval or {}).get(metric)
+            interval, how = (tuple(paired), f"paired over {scores.items} items") if paired else (None, None)
+            if interval is None and after is not None and not lower and scores.items:
+                interval = proportion_difference_interval(value, after, scores.items)
+                how = f"unpaired normal, {scores.items} items" if interval else None
+            rows.append(ComparisonRow(f"{task} {metric}", value, after, "score", lower_is_better=lower,
+                                      section="lm-eval", items=scores.items, interval=interval, interval_kind=how))
     return rows

@@ -250,6 +250,7 @@ class LmEvalRunner:
         self._tmp = tempfile.TemporaryDirectory(prefix="ssm-profile-lm-eval-")
         self.log_file = Path(self._tmp.name) / "lm-eval.log"  # what lm-eval and its tools printed
         self.items: dict[str, int] = {}
+        self.per_item: dict[str, dict[str, dict[int, float]]] = {}  # the last model's task -> metric -> {doc: score}
         try:
             import lm_eval  # noqa: F401
             from lm_eval.models.huggingface import HFLM  # noqa: F401  (needs the [hf] extra)
@@ -302,7 +303,7 @@ class LmEvalRunner:
             lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, max_length=self.max_length,
                       batch_size=self.batch_size)
             out = simple_evaluate(model=lm, tasks=self.names, task_manager=self.manager, limit=self.limit,
-                                  bootstrap_iters=0, log_samples=False, random_seed=0, numpy_random_seed=0,
+                                  bootstrap_iters=0, log_samples=True, random_seed=0, numpy_random_seed=0,
                                   torch_random_seed=0, fewshot_random_seed=0)
         results: dict[str, dict[str, float]] = {}
         for task, metrics in (out or {}).get("results", {}).items():
@@ -316,13 +317,41 @@ class LmEvalRunner:
             results[task] = clean
         self.items = {task: int(n.get("effective", n.get("original", 0))) if isinstance(n, dict) else int(n)
                       for task, n in (out or {}).get("n-samples", {}).items()}
+        self.per_item = {task: _item_scores(samples) for task, samples in (out or {}).get("samples", {}).items()}
         return results
+
+    def intervals(self, base: dict[str, dict[str, dict[int, float]]],
+                  pruned: dict[str, dict[str, dict[int, float]]], task: str) -> dict[str, list[float]]:
+        """metric -> 95% paired bootstrap interval of the pruned model's score minus the base's, over
+        the items both models were scored on."""
+        from .comparison import paired_score_interval
+
+        out = {}
+        for metric, before in base.get(task, {}).items():
+            after = pruned.get(task, {}).get(metric, {})
+            ids = sorted(set(before) & set(after))
+            interval = paired_score_interval([before[i] for i in ids], [after[i] for i in ids])
+            if interval is not None:
+                out[metric] = list(interval)
+        return out
 
     def close(self, keep_log: str | Path | None = None) -> None:
         """Remove the temporary files; copy what lm-eval printed to ``keep_log`` first, if anything."""
         if keep_log is not None and self.log_file.is_file() and self.log_file.stat().st_size:
             shutil.copyfile(self.log_file, keep_log)
         self._tmp.cleanup()
+
+
+def _item_scores(samples: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
+    """metric -> {doc_id: score} of lm-eval's logged samples (scalar metrics only: a perplexity task's
+    per-document (loglikelihood, words) pairs have no per-item score to pair)."""
+    scores: dict[str, dict[int, float]] = {}
+    for sample in samples or []:
+        for metric in sample.get("metrics") or []:
+            value = sample.get(metric)
+            if isinstance(value, (int, float)):  # acc 0/1 (or a bool), acc_norm, exact_match
+                scores.setdefault(metric, {})[int(sample.get("doc_id", len(scores.get(metric, {}))))] = float(value)
+    return scores
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,6 +465,7 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
             note(3, steps, "lm-eval (base)")
             with installed(base.model, TRANSFORMERS_KERNELS):  # counted in mixer_forwards, like every step
                 scores_base = runner.evaluate(base)
+            items_base = runner.per_item
             note(4, steps, "lm-eval (pruned)")
             with installed(pruned.model, TRANSFORMERS_KERNELS):
                 scores_pruned = runner.evaluate(pruned)
@@ -443,7 +473,8 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
                 b, p = scores_base.get(task, {}), scores_pruned.get(task, {})
                 lm_eval["tasks"][task] = {"builtin": task in BUILTIN_TASKS, "items": runner.items.get(task),
                                           "base": b, "pruned": p,
-                                          "delta": {m: p[m] - b[m] for m in b if m in p}}
+                                          "delta": {m: p[m] - b[m] for m in b if m in p},
+                                          "interval": runner.intervals(items_base, runner.per_item, task)}
         else:
             lm_eval["skipped"] = "no tasks requested"
 
