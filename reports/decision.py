@@ -95,6 +95,8 @@ def _plan_answer(facts: Facts, plan: Plan, validation: ValidationReport | None =
         held = "kept" if plan.verification.kept else "NOT kept"
         parts.append(f'<p class="promise">Promise: {esc(promise)} — {held}: perplexity '
                      f"{esc(plan.verification.phrase('held-out verification windows'))}.</p>")
+    if plan.certification is not None:
+        parts.append(f'<p class="note">Accepted before verification: {esc(plan.certification.sentence())}.</p>')
     elif plan.measured is not None:
         held = "kept" if plan.measured.within_tolerance else "NOT kept"
         parts.append(f'<p class="promise">Promise: {esc(promise)} — {held}: measured '
