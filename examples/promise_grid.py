@@ -137,8 +137,8 @@ class HeldOut:
         v = plan.verification
         m, out = self.measurer, {"verification": _increase(v.rel_ppl_increase, v.interval, v.windows)}
         cut = m.cut(plan.actions)  # a plan action names its mask as the option it came from did
-        with m.recipe.installed(m.model), MaskApplier(m.model) as applier:
-            applier.apply(cut.mask, cut.values)
+        with m.recipe.installed(m.model), MaskApplier(m.model) as applier, m.skipping(plan.actions):
+            applier.apply(cut.mask, cut.values, cut.norm_eps)
             for name, windows in self.windows.items():
                 pruned = batch_losses(m.model, windows, m.recipe.batch_size)
                 p = paired_increase(self.dense[name].tolist(), pruned.tolist())

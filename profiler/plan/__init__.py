@@ -49,8 +49,8 @@ The *metric* is what the plan reduces (params | flops | state); a *target* is wh
 
 Modules: :mod:`.options` (options, overlaps), :mod:`.layers` (whole layers as options), :mod:`.shapes` (shape
 accounting on a meta-device model), :mod:`.solver` (the MILP, scipy only), :mod:`.certify` (the acceptance rule),
-:mod:`.measure` (the measurer, masks rebuilt through :class:`ssm_profile.profiling.recipe.RunRecipe`), :mod:`.search` (make_plan and the back-off), :mod:`.assemble`
-(the plan document). The plan document (:class:`Plan`, ``load_plan``, ``write_plan``) lives in :mod:`ssm_profile.documents`;
+:mod:`.measure` (the measurer, masks rebuilt through :class:`ssm_profile.profiling.recipe.RunRecipe`),
+:mod:`.search` (make_plan and the back-off), :mod:`.assemble` (the plan document). The plan document (:class:`Plan`, ``load_plan``, ``write_plan``) lives in :mod:`ssm_profile.documents`;
 ``Plan.check_model`` refuses other weights.
 """
 
