@@ -131,6 +131,8 @@ def _plan_answer(facts: Facts, plan: Plan, validation: ValidationReport | None,
     # sliced vs zeroed, in the CLI's words: a zeros-only plan is no size win, and says so up front
     lead += [_plain(line, "warning" if line.startswith("WARNING") else "answer") for line in changes[:-1]]
     lead.append(_plain(_promise(plan), "promise"))
+    if plan.certification is not None:  # what the plan was accepted on before anyone looked at verification
+        lead.append(_plain(f"Accepted before verification: {plan.certification.sentence()}.", "note"))
     cuts = [(a.target, f"{cut_amount(a)} " + ("(chosen by its measured loss)" if a.is_layer else f"by {a.criterion}"))
             for a in plan.actions]
     label, command = _plan_next_step(facts, plan, validation, recovery, plan_path)

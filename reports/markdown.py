@@ -110,6 +110,8 @@ def plan_md(facts: Facts, plan: Plan) -> list[str]:
                      [["ΔL (loss)", fmt(p.delta_loss), "not measured" if m is None else fmt(m.delta_loss)],
                       ["perplexity change", f"{p.rel_ppl_increase:+.1%}",
                        "not measured" if m is None else f"{m.rel_ppl_increase:+.1%}"]], ["l", "r", "r"]), ""]
+    if plan.certification is not None:  # what the plan was accepted on before verification, and why
+        out += [md_escape(f"{plan.certification.sentence()} ({plan.certification.why})"), ""]
     if plan.verification is not None:
         out += [md_escape(plan.verification.sentence()), ""]
     out += [f"Predicted: {human_count(p.params_removed)} parameters removed ({p.reduction_ratio:.1%} "

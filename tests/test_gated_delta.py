@@ -419,7 +419,7 @@ def test_cli_pipeline_realises_the_plans_numbers(tmp_path, model_type):
     tiny_gated_delta(model_type, vocab_size=len(tokenizer)).save_pretrained(base)
     tokenizer.save_pretrained(base)
     assert main(["analyze", str(base), "--json", str(tmp_path / "analysis.json")]) == 0
-    assert main(["profile", str(base), "-o", str(run), "--nsamples", "2", "--eval-samples", "2", "--seqlen", "16",
+    assert main(["profile", str(base), "-o", str(run), "--nsamples", "2", "--eval-samples", "8", "--seqlen", "16",
                  "--sparsities", "0.5", "--criteria", "magnitude,wanda", "--no-per-layer", "--quiet",
                  "--targets", "unit:value_head,unit:key_head,unit:value_channel,out_proj"]) == 0
     before = analyze(load_model(str(base)).model).totals

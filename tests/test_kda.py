@@ -365,7 +365,7 @@ def test_cli_pipeline_realises_the_plans_numbers(tmp_path):
             "params": ("unit:key_channel,unit:value_channel,unit:decay_rank,unit:gate_rank", "0.05", ["--no-measure"])}
     for metric, (targets, ratio, extra) in runs.items():
         run, plan_path, out = tmp_path / f"run-{metric}", tmp_path / f"plan-{metric}.json", tmp_path / f"out-{metric}"
-        assert main(["profile", str(base), "-o", str(run), "--nsamples", "2", "--eval-samples", "2", "--seqlen", "16",
+        assert main(["profile", str(base), "-o", str(run), "--nsamples", "2", "--eval-samples", "8", "--seqlen", "16",
                      "--sparsities", "0.5", "--criteria", "magnitude,wanda", "--no-per-layer", "--quiet",
                      "--targets", targets]) == 0
         assert main(["plan", str(run), "-o", str(plan_path), "--metric", metric, "--ratio", ratio,

@@ -135,6 +135,10 @@ def test_plan_records_its_verification(tiny_run, tmp_path, capsys):
     assert v is not None and v.windows == 8 and plan.data.verify_samples == 8
     assert v.interval[0] <= v.rel_ppl_increase <= v.interval[1]
     assert v.kept == (v.rel_ppl_increase <= 0.10)
+    # accepted on the search windows' prediction bound, which the plan records (and which sits above the mean)
+    c = plan.certification
+    assert c is not None and c.certified and c.windows == 4 and c.unseen_windows == 8
+    assert c.increase == plan.measured.rel_ppl_increase <= c.bound <= 0.10
     assert plan.to_dict()["verification"]["kept"] == v.kept
     assert make_plan(result, metric="params", measure=False).verification is None
     # the CLI says plainly when the promise is not kept on verification

@@ -148,6 +148,17 @@ def _layer_span(layers: list[int]) -> str:
     return ",".join(map(str, layers))
 
 
+def _certification_line(plan: Plan) -> str:
+    """What the plan was accepted on before verification, and why that rule."""
+    from ..documents import OLD_CERTIFICATION_RULE
+
+    c = plan.certification
+    if c is None:  # an older plan
+        return (f"certified on the search windows' mean increase (rule '{OLD_CERTIFICATION_RULE}', "
+                "from before the prediction bound)")
+    return f"{c.sentence()} (why a bound, not the mean: {c.why})"
+
+
 def print_plan(plan: Plan) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -201,6 +212,7 @@ def print_plan(plan: Plan) -> None:
     if meas is not None:
         status = "[green]within tolerance[/green]" if meas.within_tolerance else "[red]above tolerance[/red]"
         console.print(f"measured: {status}; back-off steps: {meas.backoff_steps}")
+        console.print(escape(_certification_line(plan)))
     else:
         console.print("[yellow]not measured (--no-measure): the additive prediction ignores interactions[/yellow]")
     if plan.verification is not None:

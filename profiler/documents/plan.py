@@ -217,6 +217,45 @@ class Verification(Increase):
 
 
 @dataclass(kw_only=True)
+class Certification(Document):
+    """How the plan was accepted on the search windows before verification saw it: the rule, the
+    increase it measured there and the bound the rule compared with the tolerance. Absent in plans
+    from before the rule: those were accepted on the search windows' mean increase."""
+
+    rule: str  # "prediction-bound" (CERTIFICATION_RULES) | "mean" (older plans' rule, spelled out)
+    level: float | None  # one-sided confidence of the bound (None for "mean")
+    windows: int  # search windows measured
+    unseen_windows: int | None  # the windows the bound predicts (the verification count)
+    increase: float  # mean relative perplexity increase on the search windows
+    bound: float  # what was compared with max_ppl_increase
+    max_ppl_increase: float
+    certified: bool  # bound <= max_ppl_increase
+    why: str  # one sentence: why this rule (what it guards against)
+    extra: dict[str, Any] = _extra()
+
+    @property
+    def margin(self) -> float:
+        """How far the bound sits above the search windows' mean increase (percentage points / 100)."""
+        return self.bound - self.increase
+
+    def sentence(self) -> str:
+        """``certified on 16 search windows: +6.1%, one-sided 95% prediction bound for 32 unseen windows
+        +8.7% (margin 2.6 points), within the promised +10.0%``."""
+        if self.rule == "mean":
+            what = f"mean increase {self.increase:+.1%}"
+        else:
+            level = f"{self.level:.0%} " if self.level is not None else ""
+            what = (f"{self.increase:+.1%}, one-sided {level}prediction bound for {self.unseen_windows} unseen "
+                    f"windows {self.bound:+.1%} (margin {100 * self.margin:.1f} points)")
+        head = "certified" if self.certified else "NOT certified"
+        verdict = "within" if self.certified else "above"
+        return f"{head} on {self.windows} search windows: {what}, {verdict} the promised +{self.max_ppl_increase:.1%}"
+
+
+OLD_CERTIFICATION_RULE = "mean"  # what a plan without `certification` was accepted on
+
+
+@dataclass(kw_only=True)
 class PlanRecover(Document):
     """Optional: the recovery the plan asks for after apply (``ssm-profile recover``'s budget)."""
 
@@ -244,6 +283,8 @@ class Plan(Document):
     measured: Measured | None
     notes: list[str]
     verification: Verification | None = _optional()  # absent: not measured (--no-measure) or an older plan
+    # absent: not measured, or an older plan (accepted on the search windows' mean: OLD_CERTIFICATION_RULE)
+    certification: Certification | None = _optional()
     recover: PlanRecover | None = _optional()  # absent: no recovery asked for
     extra: dict[str, Any] = _extra()
 

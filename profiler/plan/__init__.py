@@ -35,16 +35,22 @@ The *metric* is what the plan reduces (params | flops | state); a *target* is wh
    evaluation windows; unit indices from the run's stored unit scores) and measure held-out loss
    against the dense model. Parameter overlaps of the chosen actions are first counted exactly
    from their masks (re-solving if that changes the choice; pairwise inclusion-exclusion is then a
-   lower bound of what the plan removes). Above tolerance: back off up to ``MAX_BACKOFF`` steps:
+   lower bound of what the plan removes). A measurement is *certified* (:mod:`.certify`) when the
+   one-sided 95% t prediction bound of its increase on as many unseen windows as verification holds,
+   from the search windows' paired per-window differences, is within tolerance, not merely its mean:
+   the most pruning that fits on the search windows is the plan those windows flatter most (the
+   winner's curse). Not certified: back off up to ``MAX_BACKOFF`` steps:
    measure the plan without each of its actions, raise each action's cost to its marginal loss in
    the combination, shrink the loss budget (x0.7), exclude the failed plan and every plan at least
-   as aggressive in all of its targets, re-solve and measure again. The answer is the best measured
-   plan within tolerance (and budget); none -> :class:`PlanError` with the best measured point.
+   as aggressive in all of its targets, re-solve and measure again. The answer is the best certified
+   plan (within budget); none -> :class:`PlanError` with the best measured point. The plan records
+   the rule, the bound and why (``certification``); then verification checks the promise on
+   windows no step saw.
 
-Modules: :mod:`.options` (options, overlaps), :mod:`.layers` (whole layers as options), :mod:`.shapes` (shape accounting on a meta-device
-model), :mod:`.solver` (the MILP, scipy only), :mod:`.measure` (the measurer, masks rebuilt through
-:class:`ssm_profile.profiling.recipe.RunRecipe`), :mod:`.search` (make_plan and the back-off), :mod:`.assemble`
-(the plan document). The plan document (:class:`Plan`, ``load_plan``, ``write_plan``) lives in :mod:`ssm_profile.documents`;
+Modules: :mod:`.options` (options, overlaps), :mod:`.layers` (whole layers as options), :mod:`.shapes` (shape
+accounting on a meta-device model), :mod:`.solver` (the MILP, scipy only), :mod:`.certify` (the acceptance rule),
+:mod:`.measure` (the measurer, masks rebuilt through :class:`ssm_profile.profiling.recipe.RunRecipe`),
+:mod:`.search` (make_plan and the back-off), :mod:`.assemble` (the plan document). The plan document (:class:`Plan`, ``load_plan``, ``write_plan``) lives in :mod:`ssm_profile.documents`;
 ``Plan.check_model`` refuses other weights.
 """
 

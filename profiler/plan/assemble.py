@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..documents import (Dense, Measured, Objective, Plan, PlanAction, PlanData, PlanModel, PlanRun, Predicted,
+from ..documents import (Certification, Dense, Measured, Objective, Plan, PlanAction, PlanData, PlanModel, PlanRun, Predicted,
                          Verification, one_line)
 from ..base.fmt import scope_name
 from ..profiling.results import ProfileResult
@@ -38,6 +38,7 @@ class Solution:
     backoff: int = 0
     notes: list[str] = field(default_factory=list)
     verification: Verification | None = None  # the promise on the held-out windows (None: not measured)
+    certification: Certification | None = None  # how the measured plan was accepted (None: not measured)
 
     @property
     def actions(self) -> list[Option]:
@@ -186,5 +187,5 @@ def assemble(s: Solution) -> Plan:
                             reduction_ratio_model=float(totals[metric] / max(1, dense_total[metric])),
                             reduction_of=scope_name(s.scope, metric), reduction_model_of=scope_name("model", metric),
                             params_sliced=round(totals["params_sliced"])),
-        measured=_measured(s), notes=notes, verification=s.verification)
+        measured=_measured(s), notes=notes, verification=s.verification, certification=s.certification)
     return plan.validated("the new plan")

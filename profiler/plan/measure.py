@@ -231,7 +231,16 @@ class Measurer:
         loss = float(losses.mean())
         delta = loss - self.dense_loss
         return {"loss": loss, "delta_loss": delta, "rel_ppl_increase": math.exp(min(delta, 700.0)) - 1.0,
-                "params_removed": pruned_count(mask) + _layer_params(actions, mask)}
+                "params_removed": pruned_count(mask) + _layer_params(actions, mask),
+                "window_losses": losses.tolist()}
+
+    def certifier(self, max_ppl_increase: float):
+        """The rule that accepts a measurement of this measurer (:mod:`.certify`): a bound for as many
+        unseen windows as verification holds, from the search windows alone."""
+        from .certify import Certifier
+
+        return Certifier(dense=self.dense.tolist(), unseen=int(self.dataset.verification.shape[0]),
+                         max_ppl_increase=max_ppl_increase)
 
 
 def _layer_params(actions: list[Option], mask: dict) -> int:

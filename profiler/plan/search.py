@@ -11,6 +11,7 @@ from ..documents import Plan
 from ..base.errors import PlanError
 from ..profiling.results import ProfileResult
 from .assemble import Solution, actions_of, assemble
+from .certify import Certifier
 from .measure import Measurer, check_run_weights
 from .layers import LayerVeto, is_layer, plan_options, plan_overlaps, wants_layers
 from .options import METRICS, SCOPES, Option, metric_total, parse_structures, scope_words
@@ -109,13 +110,16 @@ def make_plan(result: ProfileResult, metric: str = "params", ratio: float | None
               absolute: int | None = None, max_ppl_increase: float = DEFAULT_MAX_PPL_INCREASE,
               criterion: str | None = None, structures: str | Sequence[str] | None = None, measure: bool = True,
               loaded: Any = None, progress: Progress | None = None, *, run_path: str | Path | None = None,
-              device: str = "cpu", scope: str = "ssm", world: Any = None) -> Plan:
+              device: str = "cpu", scope: str = "ssm", world: Any = None,
+              measurer: Measurer | None = None) -> Plan:
     """Build a :class:`Plan` from a profile result; see :mod:`ssm_profile.plan`.
 
     ``metric``: what to reduce (params | flops | state); ``ratio`` (of ``scope``'s total) or
     ``absolute``: the reduction to reach (neither: as much as ``max_ppl_increase`` allows).
     ``world`` (:class:`ssm_profile.profiling.distributed.World`, under torchrun): every rank runs the same
     search and the back-off's leave-one-out measurements are shared out among the ranks.
+    ``measurer``: a :class:`Measurer` of this run to reuse (several plans of one run share its model,
+    statistics and masks).
     """
     note = progress or (lambda done, total, label: None)
     _check_request(metric, ratio, absolute, max_ppl_increase, scope)
@@ -128,12 +132,13 @@ def make_plan(result: ProfileResult, metric: str = "params", ratio: float | None
         check_run_weights(result, loaded)
     shapes = shapes_for(result, loaded)
     # whole layers are costed by measuring them: the measurer loads before the options then
-    measurer = Measurer(result, loaded, note, device=device, world=world) if measure and wants_layers(structures) \
-        else None
-    options, notes = plan_options(result, metric, criterion, structures, shapes, measurer)
+    layer_measurer = None
+    if measure and wants_layers(structures):
+        layer_measurer = measurer = measurer or Measurer(result, loaded, note, device=device, world=world)
+    options, notes = plan_options(result, metric, criterion, structures, shapes, layer_measurer)
     search = _Search(options, plan_overlaps(options, shapes), metric, budget, max_ppl_increase, total, scope)
-    if measurer is not None:
-        search.veto = LayerVeto(options, measurer, shapes)
+    if layer_measurer is not None:
+        search.veto = LayerVeto(options, layer_measurer, shapes)
 
     note(0, 1, "solving")
     choice = search.solve()
@@ -144,7 +149,9 @@ def make_plan(result: ProfileResult, metric: str = "params", ratio: float | None
                         overlaps=search.overlaps, shapes=shapes, run_path=run_path, notes=notes)
     if measure:
         measurer = measurer or Measurer(result, loaded, note, device=device, world=world)
-        _measure_and_back_off(search, solution, measurer, note)
+        certifier = measurer.certifier(max_ppl_increase)
+        _measure_and_back_off(search, solution, measurer, certifier, note)
+        solution.certification = certifier.document(solution.measured)
         note(0, 1, "verifying on held-out windows")
         solution.verification = measurer.verify(solution.actions, max_ppl_increase)
     if isinstance(search.veto, LayerVeto):
@@ -152,8 +159,10 @@ def make_plan(result: ProfileResult, metric: str = "params", ratio: float | None
     return assemble(solution)
 
 
-def _measure_and_back_off(search: _Search, s: Solution, measurer: Measurer, note: Progress) -> None:
-    """Measure ``s.choice``; above tolerance, back off (see :mod:`ssm_profile.plan`). Updates ``s``."""
+def _measure_and_back_off(search: _Search, s: Solution, measurer: Measurer, certifier: Certifier,
+                          note: Progress) -> None:
+    """Measure ``s.choice``; unless ``certifier`` accepts it (its bound within tolerance), back off
+    (see :mod:`ssm_profile.plan`). Updates ``s``."""
     options, result = search.options, s.result
     measurer.expected_criteria = {o.criterion for levels in options for o in levels[1:]
                                   if not o.unit_kind and not is_layer(o)}
@@ -180,7 +189,7 @@ def _measure_and_back_off(search: _Search, s: Solution, measurer: Measurer, note
         note(backoff, MAX_BACKOFF + 1, f"measuring plan (step {backoff + 1})")
         m = measurer.measure(actions_of(options, choice))
         attempts.append((list(choice), m, search.gain(choice)))
-        if m["rel_ppl_increase"] <= search.tol or backoff >= MAX_BACKOFF:
+        if certifier.accepts(m) or backoff >= MAX_BACKOFF:
             break
         backoff += 1
         _learn_marginals(search, measurer, choice, m, attempts, backoff, note)
@@ -188,7 +197,7 @@ def _measure_and_back_off(search: _Search, s: Solution, measurer: Measurer, note
         if again is None:
             break
         choice = again
-    _choose_measured(search, s, attempts, backoff, bool(exact))
+    _choose_measured(search, s, attempts, backoff, bool(exact), certifier)
     note(MAX_BACKOFF + 1, MAX_BACKOFF + 1, "measured")
 
 
@@ -213,21 +222,21 @@ def _learn_marginals(search: _Search, measurer: Measurer, choice: list[int], m: 
     search.cuts.append(dict(chosen))
 
 
-def _choose_measured(search: _Search, s: Solution, attempts: list, backoff: int, exact: bool) -> None:
-    """The answer: the best measured plan within tolerance (and budget): the last solve's, or a
-    leave-one-out plan measured on the way if that is better."""
+def _choose_measured(search: _Search, s: Solution, attempts: list, backoff: int, exact: bool,
+                     certifier: Certifier) -> None:
+    """The answer: the best certified plan (and within budget): the last solve's, or a leave-one-out
+    plan measured on the way if that is better."""
     budget = search.budget
-    ok = [a for a in attempts if a[1]["rel_ppl_increase"] <= search.tol
-          and (budget is None or a[2] >= budget * (1 - 1e-9))]
+    ok = [a for a in attempts if certifier.accepts(a[1]) and (budget is None or a[2] >= budget * (1 - 1e-9))]
     if not ok:
-        raise PlanError(_backoff_message(attempts, search, backoff))
+        raise PlanError(_backoff_message(attempts, search, backoff, certifier))
     if budget is None:
         s.choice, s.measured, _ = max(ok, key=lambda a: (a[2], -a[1]["delta_loss"]))
     else:
         s.choice, s.measured, _ = min(ok, key=lambda a: (a[1]["delta_loss"], -a[2]))
     s.backoff = backoff
     if backoff:
-        s.notes.append(f"the first solution measured above tolerance; {backoff} back-off step(s): leave-one-out "
+        s.notes.append(f"the first solution was not certified; {backoff} back-off step(s): leave-one-out "
                        f"marginal losses replaced {search.learned} single-target cost(s), loss budget "
                        f"x{BACKOFF_LOSS_FACTOR} per step, failed plans and more aggressive ones excluded")
     if exact:
@@ -255,13 +264,14 @@ def _refine_overlaps(options: list[list[Option]], choice: Sequence[int], overlap
     return changed
 
 
-def _backoff_message(attempts: list, search: _Search, steps: int) -> str:
+def _backoff_message(attempts: list, search: _Search, steps: int, certifier: Certifier) -> str:
     metric, total, tol, budget = search.metric, search.total, search.tol, search.budget
-    safe = [a for a in attempts if a[1]["rel_ppl_increase"] <= tol]
-    _, m, value = max(safe, key=lambda a: a[2]) if safe else min(attempts, key=lambda a: a[1]["rel_ppl_increase"])
+    safe = [a for a in attempts if certifier.accepts(a[1])]
+    _, m, value = max(safe, key=lambda a: a[2]) if safe else min(attempts, key=lambda a: certifier.bound(a[1]))
     what = (f"--ratio/--absolute ({_fmt_amount(metric, budget)}, {budget / total:.1%}) cannot be met"
-            if budget is not None else "no plan measured")
+            if budget is not None else "no plan certified")
     return (f"{what} within +{tol:.0%} perplexity after {steps} back-off step(s): the best measured point removes "
             f"{value / total:.1%} of {metric} in scope ({_fmt_amount(metric, value)}) at "
-            f"+{m['rel_ppl_increase']:.1%} perplexity (predicted additivity failed); lower the budget or raise "
-            "--max-ppl-increase")
+            f"{m['rel_ppl_increase']:+.1%} perplexity on {len(certifier.dense)} search windows (one-sided "
+            f"{certifier.level:.0%} bound for {certifier.unseen} unseen windows {certifier.bound(m):+.1%}); "
+            "lower the budget or raise --max-ppl-increase")
