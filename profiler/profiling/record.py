@@ -119,6 +119,9 @@ class RunData(Document):
     verification_tokens: int | None = optional_field()
     roles: dict[str, str] | None = optional_field()
     digests: dict[str, str] | None = optional_field()  # role -> SHA-256 of its token windows (absent in older runs)
+    # Which windows each role took (calibration token offsets; search and verification window
+    # indices into the evaluation text); absent in runs from before seeds drew the search windows.
+    windows: dict[str, list[int]] | None = optional_field()
     extra: dict[str, Any] = extra_field()
 
     def spec(self) -> DataSpec:
