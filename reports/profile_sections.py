@@ -474,12 +474,16 @@ def findings_section(facts: Facts) -> str:
     for f in facts.findings:
         numbers = ", ".join(f"{k} {fmt(v)}" for k, v in (f.numbers or {}).items())
         rows.append([Cell(f"<strong>{esc(f.claim)}</strong><div class=\"small muted\">{esc(f.source)}</div>", f.claim),
-                     Cell(verdict_badge(f.verdict), str(VERDICT_ORDER[f.verdict])), txt(f.detail),
+                     Cell(verdict_badge(f.verdict), str(VERDICT_ORDER[f.verdict])),
+                     Cell(esc(f.windows_text), str(f.windows or 0)), txt(f.detail),
                      Cell(f'<span class="mono small">{esc(numbers)}</span>')])
-    body = table([("finding", "claim and source", False), ("on this model", "", False), ("measured", "", False),
+    body = table([("finding", "claim and source", False), ("on this model", "", False),
+                  ("windows", "evaluation windows its intervals rest on", True), ("measured", "", False),
                   ("numbers", "", False)], rows, tid="findings-table")
     return section("findings", "Literature findings",
                    "Claims from the pruning literature, each checked on this model by a rule fixed in advance: a "
-                   "claim holds when the paired bootstrap 95% interval (over evaluation windows) of the difference "
-                   "it predicts excludes 0 in the claimed direction, is contradicted when it excludes 0 the other "
-                   "way, and is inconclusive otherwise.", body)
+                   "claim holds when the paired 95% interval (Student's t over the evaluation windows its trials "
+                   "share, n − 1 degrees of freedom) of the difference it predicts excludes 0 in the claimed "
+                   "direction, is contradicted when it excludes 0 the other way, and is inconclusive otherwise. "
+                   "A finding on few windows (an adaptive sweep's screens) has a wide interval, not a falsely "
+                   "narrow one.", body)

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ssm_profile.criteria.base import UNIT_AGGREGATION
 from ssm_profile import reports
 from ssm_profile.cli.main import main
 from ssm_profile.documents import Plan, RecoveryRecord, ValidationReport, Verification
@@ -270,6 +271,8 @@ def test_ranking_and_findings_tables_match_profile_result(result):
     assert len(rows) == len(result.findings())
     for row, finding in zip(rows, result.findings()):
         assert row[0].startswith(finding.claim) and row[1] == finding.verdict
+        assert row[2] == finding.windows_text  # the windows its interval rests on
+    assert any(f.windows for f in result.findings())
 
 
 def test_user_strings_are_escaped_everywhere(hostile):
@@ -465,6 +468,11 @@ def test_markdown_summary(hostile, result):
     for r in result.ranking():
         assert f"| {r.rank} | {r.target} | {r.best_criterion} |" in text
     assert "a \\| pipe" in text and "Within tolerance" in text and "470.1" in text
+    assert result.record.unit_aggregation == {"mamba2": UNIT_AGGREGATION["mamba2"]}  # the run record says
+    assert (f"**Unit scores**: magnitude, wanda, fisher: a unit's element scores summed per tensor, combined by "
+            f"{UNIT_AGGREGATION['mamba2']} in mamba2 mixers") in text
+    measured = next(f for f in result.findings() if f.windows)
+    assert f"| {measured.verdict} | {measured.windows} |" in reports.render_markdown(result)
 
 
 def test_csv_export(result, tmp_path):
@@ -477,7 +485,13 @@ def test_csv_export(result, tmp_path):
     assert list(ranking["target"]) == [r.target for r in result.ranking()]
     assert len(pd.read_csv(tmp_path / "tables" / "sweep.csv")) == len(result.model_trials)
     assert len(pd.read_csv(tmp_path / "tables" / "layers.csv")) == len(result.layer_trials)
-    assert len(pd.read_csv(tmp_path / "tables" / "findings.csv")) == len(result.findings())
+    sweep = pd.read_csv(tmp_path / "tables" / "sweep.csv", keep_default_na=False)
+    named = {(t, c): a for t, c, a in zip(sweep["target"], sweep["criterion"], sweep["unit_aggregation"])}
+    assert named[("unit:head", "wanda")] == named[("unit:head", "fisher")] == UNIT_AGGREGATION["mamba2"]
+    assert named[("unit:head", "random")] == named[("in_proj", "wanda")] == ""  # native units; an element cut
+    findings = pd.read_csv(tmp_path / "tables" / "findings.csv")
+    assert len(findings) == len(result.findings())
+    assert list(findings["windows"].fillna(-1)) == [-1 if f.windows is None else f.windows for f in result.findings()]
     assert len(pd.read_csv(tmp_path / "tables" / "groups.csv")) == len(result.analysis.groups)
 
 

@@ -13,6 +13,7 @@ Criteria never run the model themselves: they read a :class:`CalibrationStats` g
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -81,8 +82,8 @@ class Criterion:
     # Whether ``predict_delta_loss`` gives a first/second-order estimate of the loss change.
     predicts_loss: ClassVar[bool] = False
     # How per-tensor unit scores combine into one score per unit (see aggregate_unit_scores);
-    # "mean" had the lowest summed ΔL over both embedded models (examples/unit_score_norms.py).
-    unit_aggregation: ClassVar[str] = "mean"
+    # None: per mixer family (UNIT_AGGREGATION, chosen by measurement); a name forces one for all.
+    unit_aggregation: ClassVar[str | None] = None
     # False for criteria that only score structured units (e.g. channel attributions).
     scores_elements: ClassVar[bool] = True
     # True for criteria whose cuts also change kept weights (OBS/SparseGPT updates, FLAP's bias
@@ -118,11 +119,20 @@ class Criterion:
 
     def unit_scores(self, ctx: ScoringContext, mixer: "MixerInfo", family: "UnitFamily") -> torch.Tensor:
         """One score per unit of ``family`` (shape ``(family.count,)``): the unit's slices in every
-        coupled tensor, combined by :func:`aggregate_unit_scores` (``unit_aggregation``).
+        coupled tensor, combined by :func:`aggregate_unit_scores` (:meth:`aggregation_for` the mixer).
 
         Raises :class:`NotApplicable` if no slot can be scored.
         """
-        return aggregate_unit_scores(self.tensor_unit_scores(ctx, mixer, family), self.unit_aggregation)
+        return aggregate_unit_scores(self.tensor_unit_scores(ctx, mixer, family), self.aggregation_for(mixer.kind))
+
+    def aggregation_for(self, mixer_kind: str) -> str:
+        """How this criterion combines per-tensor unit scores in a mixer of ``mixer_kind``."""
+        return self.unit_aggregation or UNIT_AGGREGATION.get(mixer_kind, DEFAULT_UNIT_AGGREGATION)
+
+    @classmethod
+    def aggregates_units(cls) -> bool:
+        """Whether its unit scores are element scores combined per tensor (not natively per unit)."""
+        return cls.unit_scores is Criterion.unit_scores
 
     def tensor_unit_scores(self, ctx: ScoringContext, mixer: "MixerInfo",
                            family: "UnitFamily") -> dict[str, torch.Tensor]:
@@ -170,6 +180,15 @@ class Criterion:
 
 
 UNIT_AGGREGATIONS = ("sum", "mean", "std", "rank")
+# Per mixer family, how criteria that sum element scores per tensor combine them into unit scores,
+# chosen by `python examples/unit_aggregation.py` (paired ΔL of unit cuts, both ways, on the
+# embedded model of each family; the figures are in that script's docstring):
+UNIT_AGGREGATION = {
+    "mamba1": "mean",
+    "mamba2": "mean",
+    "gated_delta": "mean",
+}
+DEFAULT_UNIT_AGGREGATION = "mean"  # families without an embedded model to measure on (KDA, ...)
 
 
 def aggregate_unit_scores(per_tensor: dict[str, torch.Tensor], how: str = "sum") -> torch.Tensor:
@@ -186,6 +205,30 @@ def aggregate_unit_scores(per_tensor: dict[str, torch.Tensor], how: str = "sum")
     if not per_tensor:
         raise ValueError("no tensor scores to aggregate")
     return sum(_comparable(scores, how) for scores in per_tensor.values())
+
+
+def unit_aggregations(criteria: Iterable[str], mixer_kinds: Iterable[str]) -> dict[str, str]:
+    """Mixer kind -> the aggregation its unit scores ran with, for ``criteria`` that combine per-tensor
+    unit scores ({} when none does): what the run record and the report name."""
+    summing = [get(name) for name in dict.fromkeys(criteria) if CRITERIA.get(name).aggregates_units()]
+    out = {}
+    for kind in dict.fromkeys(mixer_kinds):
+        ways = dict.fromkeys(c.aggregation_for(kind) for c in summing)
+        if ways:
+            out[kind] = ", ".join(ways)
+    return out
+
+
+AGGREGATION_MEANING = {"sum": "the tensors' sums added raw", "mean": "each tensor's divided by its mean over the units",
+                       "std": "each tensor's standardised over the units", "rank": "each tensor's ranked among the units"}
+
+
+def unit_aggregation_text(aggregations: dict[str, str], criteria: Iterable[str]) -> str:
+    """One sentence: which criteria combine per-tensor unit scores, and how, per mixer kind."""
+    summing = [c for c in dict.fromkeys(criteria) if c in CRITERIA.names() and CRITERIA.get(c).aggregates_units()]
+    ways = "; ".join(f"{how} in {kind} mixers ({AGGREGATION_MEANING.get(how, how)})"
+                     for kind, how in aggregations.items())
+    return f"{', '.join(summing) or 'no criterion'}: a unit's element scores summed per tensor, combined by {ways}"
 
 
 def _comparable(scores: torch.Tensor, how: str) -> torch.Tensor:

@@ -155,7 +155,7 @@ class Skip(Document):
 
 _FIELDS = ("schema_version", "created", "model", "data", "tokenizer", "settings", "versions", "threads", "device",
            "processes", "status", "finished", "skipped", "trials_planned", "trials_grid", "budget", "sweep",
-           "incremental", "mixer_forwards", "timings")
+           "incremental", "mixer_forwards", "timings", "unit_aggregation")
 
 
 @dataclass
@@ -182,6 +182,9 @@ class RunRecord:
     incremental: dict[str, Any] | None = None
     mixer_forwards: dict[str, Any] | None = None  # which forward each mixer class ran (ssm_profile.mixers.usage)
     timings: dict[str, float] = field(default_factory=dict)
+    # mixer kind -> how unit scores of criteria that sum element scores combined them
+    # (ssm_profile.criteria.base.UNIT_AGGREGATION); None: no unit targets, or a run from before it was recorded
+    unit_aggregation: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
 
     @property
