@@ -29,7 +29,7 @@ from ssm_profile.criteria import Criterion
 from ssm_profile.profiling.findings import t_interval
 
 MODELS = {"tiny-mamba": ["unit:state", "unit:channel", "unit:dt_rank"],
-          "tiny-mamba2": ["unit:state", "unit:head", "unit:head_channel", "unit:group"],
+          "tiny-mamba2": ["unit:state", "unit:head", "unit:head_channel"],
           "tiny-deltanet": ["unit:key_head", "unit:value_head", "unit:key_channel", "unit:value_channel"]}
 CRITERIA = ["magnitude", "wanda", "snip", "fisher", "obs"]
 SPARSITIES = [0.3, 0.5, 0.7]

@@ -80,7 +80,7 @@ class Facts:
                       f"loss {self.result.dense_loss:.4f}, perplexity {self.result.dense_perplexity:.3f}"))
         items.append(("Criteria", ", ".join(self.criteria()) or "none"))
         if record.unit_aggregation:
-            items.append(("Unit scores", unit_aggregation_text(record.unit_aggregation, settings.criteria)))
+            items.append(("Unit scores", unit_aggregation_text(record.unit_aggregation)))
         sp = ", ".join(f"{s:.0%}" for s in settings.sparsities)
         probe = (f"per-layer probe {settings.layer_criterion} at {settings.probe_sparsity:.0%}" if settings.per_layer
                  else "no per-layer sweep")

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssm_profile.criteria.base import UNIT_AGGREGATION
+from ssm_profile.criteria.base import DEFAULT_UNIT_AGGREGATION, UNIT_AGGREGATION
 from ssm_profile import reports
 from ssm_profile.cli.main import main
 from ssm_profile.documents import Plan, RecoveryRecord, ValidationReport, Verification
@@ -468,9 +468,11 @@ def test_markdown_summary(hostile, result):
     for r in result.ranking():
         assert f"| {r.rank} | {r.target} | {r.best_criterion} |" in text
     assert "a \\| pipe" in text and "Within tolerance" in text and "470.1" in text
-    assert result.record.unit_aggregation == {"mamba2": UNIT_AGGREGATION["mamba2"]}  # the run record says
-    assert (f"**Unit scores**: magnitude, wanda, fisher: a unit's element scores summed per tensor, combined by "
-            f"{UNIT_AGGREGATION['mamba2']} in mamba2 mixers") in text
+    ran = {c: UNIT_AGGREGATION["mamba2"].get(c, DEFAULT_UNIT_AGGREGATION) for c in ("magnitude", "wanda", "fisher")}
+    assert result.record.unit_aggregation == {"mamba2": ran}  # the run record says, per criterion
+    assert "**Unit scores**: a unit's element scores summed per tensor, the tensors' sums combined in mamba2 " in text
+    for criterion, how in ran.items():
+        assert f"{criterion}" in text.split("**Unit scores**")[1].split("\n")[0] and f" by {how} (" in text
     measured = next(f for f in result.findings() if f.windows)
     assert f"| {measured.verdict} | {measured.windows} |" in reports.render_markdown(result)
 
@@ -487,7 +489,8 @@ def test_csv_export(result, tmp_path):
     assert len(pd.read_csv(tmp_path / "tables" / "layers.csv")) == len(result.layer_trials)
     sweep = pd.read_csv(tmp_path / "tables" / "sweep.csv", keep_default_na=False)
     named = {(t, c): a for t, c, a in zip(sweep["target"], sweep["criterion"], sweep["unit_aggregation"])}
-    assert named[("unit:head", "wanda")] == named[("unit:head", "fisher")] == UNIT_AGGREGATION["mamba2"]
+    for criterion in ("wanda", "fisher"):
+        assert named[("unit:head", criterion)] == UNIT_AGGREGATION["mamba2"].get(criterion, DEFAULT_UNIT_AGGREGATION)
     assert named[("unit:head", "random")] == named[("in_proj", "wanda")] == ""  # native units; an element cut
     findings = pd.read_csv(tmp_path / "tables" / "findings.csv")
     assert len(findings) == len(result.findings())

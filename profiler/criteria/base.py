@@ -127,7 +127,7 @@ class Criterion:
 
     def aggregation_for(self, mixer_kind: str) -> str:
         """How this criterion combines per-tensor unit scores in a mixer of ``mixer_kind``."""
-        return self.unit_aggregation or UNIT_AGGREGATION.get(mixer_kind, DEFAULT_UNIT_AGGREGATION)
+        return self.unit_aggregation or UNIT_AGGREGATION.get(mixer_kind, {}).get(self.name, DEFAULT_UNIT_AGGREGATION)
 
     @classmethod
     def aggregates_units(cls) -> bool:
@@ -180,15 +180,17 @@ class Criterion:
 
 
 UNIT_AGGREGATIONS = ("sum", "mean", "std", "rank")
-# Per mixer family, how criteria that sum element scores per tensor combine them into unit scores,
-# chosen by `python examples/unit_aggregation.py` (paired ΔL of unit cuts, both ways, on the
-# embedded model of each family; the figures are in that script's docstring):
-UNIT_AGGREGATION = {
-    "mamba1": "mean",
-    "mamba2": "mean",
-    "gated_delta": "mean",
+# Per mixer family and criterion, how criteria that sum element scores per tensor combine them into
+# unit scores; DEFAULT_UNIT_AGGREGATION where not listed. Chosen by `python examples/unit_aggregation.py`
+# (paired ΔL of unit cuts both ways on the embedded model of each family, every unit kind at
+# 30/50/70%, seed-1 windows; ΔL(mean) − ΔL(sum) pooled over the cells, 95% t interval over 16 windows):
+# "sum" only where mean-normalisation measured worse.
+UNIT_AGGREGATION: dict[str, dict[str, str]] = {
+    "mamba1": {},
+    "mamba2": {},
+    "gated_delta": {},
 }
-DEFAULT_UNIT_AGGREGATION = "mean"  # families without an embedded model to measure on (KDA, ...)
+DEFAULT_UNIT_AGGREGATION = "mean"  # also every family without an embedded model to measure on (KDA, ...)
 
 
 def aggregate_unit_scores(per_tensor: dict[str, torch.Tensor], how: str = "sum") -> torch.Tensor:
@@ -207,28 +209,31 @@ def aggregate_unit_scores(per_tensor: dict[str, torch.Tensor], how: str = "sum")
     return sum(_comparable(scores, how) for scores in per_tensor.values())
 
 
-def unit_aggregations(criteria: Iterable[str], mixer_kinds: Iterable[str]) -> dict[str, str]:
-    """Mixer kind -> the aggregation its unit scores ran with, for ``criteria`` that combine per-tensor
-    unit scores ({} when none does): what the run record and the report name."""
+def unit_aggregations(criteria: Iterable[str], mixer_kinds: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Mixer kind -> criterion -> the aggregation its unit scores ran with, for ``criteria`` that combine
+    per-tensor unit scores ({} when none does): what the run record and the report name."""
     summing = [get(name) for name in dict.fromkeys(criteria) if CRITERIA.get(name).aggregates_units()]
-    out = {}
-    for kind in dict.fromkeys(mixer_kinds):
-        ways = dict.fromkeys(c.aggregation_for(kind) for c in summing)
-        if ways:
-            out[kind] = ", ".join(ways)
-    return out
+    if not summing:
+        return {}
+    return {kind: {c.name: c.aggregation_for(kind) for c in summing} for kind in dict.fromkeys(mixer_kinds)}
 
 
 AGGREGATION_MEANING = {"sum": "the tensors' sums added raw", "mean": "each tensor's divided by its mean over the units",
                        "std": "each tensor's standardised over the units", "rank": "each tensor's ranked among the units"}
 
 
-def unit_aggregation_text(aggregations: dict[str, str], criteria: Iterable[str]) -> str:
-    """One sentence: which criteria combine per-tensor unit scores, and how, per mixer kind."""
-    summing = [c for c in dict.fromkeys(criteria) if c in CRITERIA.names() and CRITERIA.get(c).aggregates_units()]
-    ways = "; ".join(f"{how} in {kind} mixers ({AGGREGATION_MEANING.get(how, how)})"
-                     for kind, how in aggregations.items())
-    return f"{', '.join(summing) or 'no criterion'}: a unit's element scores summed per tensor, combined by {ways}"
+def unit_aggregation_text(aggregations: dict[str, dict[str, str]]) -> str:
+    """One sentence: how each criterion that sums element scores per tensor combined the tensors' sums,
+    per mixer kind (``unit_aggregations``' mapping)."""
+    parts = []
+    for kind, by_criterion in aggregations.items():
+        groups: dict[str, list[str]] = {}
+        for criterion, how in by_criterion.items():
+            groups.setdefault(how, []).append(criterion)
+        ways = "; ".join(f"{', '.join(names)} by {how} ({AGGREGATION_MEANING.get(how, how)})"
+                         for how, names in groups.items())
+        parts.append(f"{kind} mixers: {ways}")
+    return "a unit's element scores summed per tensor, the tensors' sums combined in " + "; ".join(parts)
 
 
 def _comparable(scores: torch.Tensor, how: str) -> torch.Tensor:

@@ -182,9 +182,9 @@ class RunRecord:
     incremental: dict[str, Any] | None = None
     mixer_forwards: dict[str, Any] | None = None  # which forward each mixer class ran (ssm_profile.mixers.usage)
     timings: dict[str, float] = field(default_factory=dict)
-    # mixer kind -> how unit scores of criteria that sum element scores combined them
+    # mixer kind -> criterion -> how its unit scores combined the per-tensor sums of element scores
     # (ssm_profile.criteria.base.UNIT_AGGREGATION); None: no unit targets, or a run from before it was recorded
-    unit_aggregation: dict[str, str] | None = None
+    unit_aggregation: dict[str, dict[str, str]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
 
     @property

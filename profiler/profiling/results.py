@@ -295,12 +295,10 @@ class ProfileResult:
     def unit_aggregation_of(self, trial: Trial) -> str:
         """How ``trial``'s unit scores combined their tensors' sums ("" for element cuts, criteria that
         score units natively, and runs from before the record said)."""
-        from ..criteria.base import CRITERIA
-
         ways = self.record.unit_aggregation
-        if not ways or not trial.target.startswith("unit:") or trial.criterion not in CRITERIA.names():
+        if not ways or not trial.target.startswith("unit:"):
             return ""
-        return ", ".join(dict.fromkeys(ways.values())) if CRITERIA.get(trial.criterion).aggregates_units() else ""
+        return ", ".join(dict.fromkeys(how for kind in ways.values() if (how := kind.get(trial.criterion))))
 
     # ------------------------------------------------------------------ persistence
     def save(self, run_dir: str | Path) -> Path:
