@@ -184,11 +184,21 @@ UNIT_AGGREGATIONS = ("sum", "mean", "std", "rank")
 # unit scores; DEFAULT_UNIT_AGGREGATION where not listed. Chosen by `python examples/unit_aggregation.py`
 # (paired ΔL of unit cuts both ways on the embedded model of each family, every unit kind at
 # 30/50/70%, seed-1 windows; ΔL(mean) − ΔL(sum) pooled over the cells, 95% t interval over 16 windows):
-# "sum" only where mean-normalisation measured worse.
+# "sum" only where mean-normalisation measured worse. Why the split: fisher's and snip's element scores
+# are already loss estimates, additive across tensors, so the raw sum is the unit's estimated ΔL and
+# rescaling distorts it; magnitude, wanda and obs scores are weight scales of unlike tensors.
+# Measured 2026-12-06 (mean − sum; negative: mean better):
+#   mamba1 (tiny-mamba): fisher +0.069 [+0.059, +0.079], snip +0.023 [+0.012, +0.033] -> sum;
+#     magnitude −0.059 [−0.074, −0.045], obs −0.023 [−0.033, −0.014], wanda +0.004 [−0.003, +0.012] -> mean
+#   mamba2 (tiny-mamba2): fisher +0.026 [+0.005, +0.046], snip +0.104 [+0.088, +0.121] -> sum;
+#     magnitude −0.132 [−0.153, −0.110], obs −0.031 [−0.041, −0.021], wanda −0.004 [−0.027, +0.018] -> mean
+#     (WANDA head cuts alone: mean worse at 30% and 50%, +0.07 and +0.05, far better at 70%, −0.48)
+#   gated_delta (tiny-deltanet): fisher +0.021 [+0.008, +0.034] -> sum; snip +0.014 [−0.002, +0.030],
+#     magnitude −0.026 [−0.042, −0.010], wanda −0.077 [−0.091, −0.062], obs −0.035 [−0.058, −0.012] -> mean
 UNIT_AGGREGATION: dict[str, dict[str, str]] = {
-    "mamba1": {},
-    "mamba2": {},
-    "gated_delta": {},
+    "mamba1": {"fisher": "sum", "snip": "sum"},
+    "mamba2": {"fisher": "sum", "snip": "sum"},
+    "gated_delta": {"fisher": "sum"},
 }
 DEFAULT_UNIT_AGGREGATION = "mean"  # also every family without an embedded model to measure on (KDA, ...)
 
