@@ -417,20 +417,28 @@ def prediction_block(facts: Facts) -> str:
         label = agreement_text(c, a or {})
         keys.append((sid[c], label, criterion_color(c, crits), False))
     rows = [[Cell(crit_chip(c, crits), c), num(facts.agreement.get(c, {}).get("spearman")),
-             _interval(facts.agreement.get(c, {})), num(facts.agreement.get(c, {}).get("n"))] for c in pcrits]
+             _interval(facts.agreement.get(c, {})), num(facts.agreement.get(c, {}).get("n")),
+             num(facts.agreement.get(c, {}).get("ratio")),
+             _interval(facts.agreement.get(c, {}), "ratio_low", "ratio_high")] for c in pcrits]
     return ('<h3>Predicted vs measured ΔL</h3><p class="note">Each dot is one model-wide trial: the loss increase the '
             "criterion's second-order model predicts against the measured one. Spearman ρ: does the prediction at "
-            "least order the trials correctly? (computed over at least 3 trials per criterion)</p>"
+            "least order the trials correctly? (computed over at least 3 trials per criterion) Measured/predicted: "
+            "the median ratio of the measured ΔL to the predicted one, with a distribution-free 95% interval; "
+            "below 1 the criterion over-predicts the loss by that factor.</p>"
             f'<figure class="fig">{legend(keys)}<div class="side-by-side">'
             + scatter(dots, label="predicted vs measured loss increase", x_label="predicted ΔL",
                       y_label="measured ΔL") + table([("criterion", "", False), ("Spearman ρ", "", True),
                                                       ("95% CI", "Fisher z, se = sqrt(1.06/(n-3))", False),
-                                                      ("trials", "", True)], rows, sortable=False)
+                                                      ("trials", "", True),
+                                                      ("measured / predicted", "median ratio of measured to predicted ΔL",
+                                                       True),
+                                                      ("95% CI", "order statistics of the ratios (binomial ½)", False)],
+                                                     rows, sortable=False)
             + "</div></figure>")
 
 
-def _interval(agreement: dict) -> Cell:
-    low, high = agreement.get("low"), agreement.get("high")
+def _interval(agreement: dict, low_key: str = "low", high_key: str = "high") -> Cell:
+    low, high = agreement.get(low_key), agreement.get(high_key)
     return txt(f"{low:.2f} … {high:.2f}" if finite(low) and finite(high) else "n/a")
 
 

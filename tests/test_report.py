@@ -468,6 +468,8 @@ def test_markdown_summary(hostile, result):
     for r in result.ranking():
         assert f"| {r.rank} | {r.target} | {r.best_criterion} |" in text
     assert "a \\| pipe" in text and "Within tolerance" in text and "470.1" in text
+    fisher = result.prediction_agreement()["fisher"]  # its scale beside its rank agreement
+    assert f"measured/predicted ΔL median {fisher['ratio']:.2f}" in text and "measured / predicted" in reports.render_html(result)
     ran = {c: UNIT_AGGREGATION["mamba2"].get(c, DEFAULT_UNIT_AGGREGATION) for c in ("magnitude", "wanda", "fisher")}
     assert result.record.unit_aggregation == {"mamba2": ran}  # the run record says, per criterion
     assert "**Unit scores**: a unit's element scores summed per tensor, the tensors' sums combined in mamba2 " in text
