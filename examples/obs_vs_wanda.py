@@ -3,7 +3,7 @@
 For each embedded model, prunes the target in every layer with each criterion (``obs`` =
 SparseGPT: adaptive mask per block + the OBS update of the kept weights; ``wanda`` = |W|·‖X‖ per
 row, mask only) and measures ΔL on the search windows and on the held-out verification windows of
-the default data. ``obs − wanda`` is the paired difference of their ΔL with a paired bootstrap 95%
+the default data. ``obs − wanda`` is the paired difference of their ΔL with a paired Student-t 95%
 interval over windows (:func:`ssm_profile.profiling.findings.difference`); negative = OBS is better.
 
 ``--sequential`` prunes layer by layer as SparseGPT does: each layer's Hessians are collected on

@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from ssm_profile.documents import Plan
 from ssm_profile.base.fmt import human_bytes, human_count
+from ssm_profile.criteria.base import unit_aggregation_text
 
 from .svg import fmt
+from .values import compact_layers
 
 if TYPE_CHECKING:
     from ssm_profile.profiling.record import RunRecord
@@ -72,10 +74,14 @@ class Facts:
         if data.seqlen:
             cal = f"calibration {data.calibration or '?'}: {data.nsamples} × {data.seqlen} tokens"
             ev = f"evaluation {data.evaluation or '?'}: {data.eval_samples} × {data.seqlen} tokens"
-            items.append(("Data", f"{cal}; {ev}; seed {data.seed}"))
+            search = (data.windows or {}).get("search")
+            drawn = f" (search windows {compact_layers(search)} of the evaluation text)" if search else ""
+            items.append(("Data", f"{cal}; {ev}; seed {data.seed}{drawn}"))
         items.append(("Dense model",
                       f"loss {self.result.dense_loss:.4f}, perplexity {self.result.dense_perplexity:.3f}"))
         items.append(("Criteria", ", ".join(self.criteria()) or "none"))
+        if record.unit_aggregation:
+            items.append(("Unit scores", unit_aggregation_text(record.unit_aggregation)))
         sp = ", ".join(f"{s:.0%}" for s in settings.sparsities)
         probe = (f"per-layer probe {settings.layer_criterion} at {settings.probe_sparsity:.0%}" if settings.per_layer
                  else "no per-layer sweep")

@@ -49,8 +49,8 @@ def render_facts_md(facts: Facts, plan: Plan | None = None, validation: Validati
         out += ["", "Predicted vs measured ΔL (Spearman ρ over model-wide trials): "
                 + "; ".join(agreement_text(md_escape(c), a) for c, a in facts.agreement.items()), ""]
     out += ["", "## Literature findings", ""]
-    out.append(md_table(["finding", "on this model", "measured", "source"],
-                        [[f.claim, f.verdict, f.detail, f.source] for f in facts.findings]))
+    out.append(md_table(["finding", "on this model", "windows", "measured (95% paired t intervals)", "source"],
+                        [[f.claim, f.verdict, f.windows_text, f.detail, f.source] for f in facts.findings]))
     if plan is not None:
         out += ["", "## Pruning plan", ""] + plan_md(facts, plan)
     if validation is not None:

@@ -417,20 +417,28 @@ def prediction_block(facts: Facts) -> str:
         label = agreement_text(c, a or {})
         keys.append((sid[c], label, criterion_color(c, crits), False))
     rows = [[Cell(crit_chip(c, crits), c), num(facts.agreement.get(c, {}).get("spearman")),
-             _interval(facts.agreement.get(c, {})), num(facts.agreement.get(c, {}).get("n"))] for c in pcrits]
+             _interval(facts.agreement.get(c, {})), num(facts.agreement.get(c, {}).get("n")),
+             num(facts.agreement.get(c, {}).get("ratio")),
+             _interval(facts.agreement.get(c, {}), "ratio_low", "ratio_high")] for c in pcrits]
     return ('<h3>Predicted vs measured ΔL</h3><p class="note">Each dot is one model-wide trial: the loss increase the '
             "criterion's second-order model predicts against the measured one. Spearman ρ: does the prediction at "
-            "least order the trials correctly? (computed over at least 3 trials per criterion)</p>"
+            "least order the trials correctly? (computed over at least 3 trials per criterion) Measured/predicted: "
+            "the median ratio of the measured ΔL to the predicted one, with a distribution-free 95% interval; "
+            "below 1 the criterion over-predicts the loss by that factor.</p>"
             f'<figure class="fig">{legend(keys)}<div class="side-by-side">'
             + scatter(dots, label="predicted vs measured loss increase", x_label="predicted ΔL",
                       y_label="measured ΔL") + table([("criterion", "", False), ("Spearman ρ", "", True),
                                                       ("95% CI", "Fisher z, se = sqrt(1.06/(n-3))", False),
-                                                      ("trials", "", True)], rows, sortable=False)
+                                                      ("trials", "", True),
+                                                      ("measured / predicted", "median ratio of measured to predicted ΔL",
+                                                       True),
+                                                      ("95% CI", "order statistics of the ratios (binomial ½)", False)],
+                                                     rows, sortable=False)
             + "</div></figure>")
 
 
-def _interval(agreement: dict) -> Cell:
-    low, high = agreement.get("low"), agreement.get("high")
+def _interval(agreement: dict, low_key: str = "low", high_key: str = "high") -> Cell:
+    low, high = agreement.get(low_key), agreement.get(high_key)
     return txt(f"{low:.2f} … {high:.2f}" if finite(low) and finite(high) else "n/a")
 
 
@@ -474,12 +482,16 @@ def findings_section(facts: Facts) -> str:
     for f in facts.findings:
         numbers = ", ".join(f"{k} {fmt(v)}" for k, v in (f.numbers or {}).items())
         rows.append([Cell(f"<strong>{esc(f.claim)}</strong><div class=\"small muted\">{esc(f.source)}</div>", f.claim),
-                     Cell(verdict_badge(f.verdict), str(VERDICT_ORDER[f.verdict])), txt(f.detail),
+                     Cell(verdict_badge(f.verdict), str(VERDICT_ORDER[f.verdict])),
+                     Cell(esc(f.windows_text), str(f.windows or 0)), txt(f.detail),
                      Cell(f'<span class="mono small">{esc(numbers)}</span>')])
-    body = table([("finding", "claim and source", False), ("on this model", "", False), ("measured", "", False),
+    body = table([("finding", "claim and source", False), ("on this model", "", False),
+                  ("windows", "evaluation windows its intervals rest on", True), ("measured", "", False),
                   ("numbers", "", False)], rows, tid="findings-table")
     return section("findings", "Literature findings",
                    "Claims from the pruning literature, each checked on this model by a rule fixed in advance: a "
-                   "claim holds when the paired bootstrap 95% interval (over evaluation windows) of the difference "
-                   "it predicts excludes 0 in the claimed direction, is contradicted when it excludes 0 the other "
-                   "way, and is inconclusive otherwise.", body)
+                   "claim holds when the paired 95% interval (Student's t over the evaluation windows its trials "
+                   "share, n − 1 degrees of freedom) of the difference it predicts excludes 0 in the claimed "
+                   "direction, is contradicted when it excludes 0 the other way, and is inconclusive otherwise. "
+                   "A finding on few windows (an adaptive sweep's screens) has a wide interval, not a falsely "
+                   "narrow one.", body)

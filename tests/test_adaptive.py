@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from ssm_profile.criteria import Criterion
 from ssm_profile.profiling.adaptive import AdaptiveSchedule, Budget
 from ssm_profile.cli.main import main
 from ssm_profile.cli.options import duration
@@ -327,7 +328,12 @@ def deep_run(tmp_path_factory):
     loaded = use_tokenizer(load_model(str(folder / "model")), "embedded")
     # a tight tolerance: on random weights the floor (a tenth of it) must be below the pruning losses
     settings = ProfileSettings(criteria=["magnitude", "fisher"], targets=["in_proj", "D", "unit:state"], tolerance=0.002)
-    profile_model(loaded, DataSpec(nsamples=4, eval_samples=8, seqlen=16), settings, run_dir=folder / "run")
+    # mean-normalised unit scores for every criterion: under the measured default (fisher combines raw
+    # sums) this random model's fisher state cut costs too little (ΔL 0.0011 against 0.0061) for any
+    # layer block to be worth localising, and the blocks are what these tests read
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Criterion, "unit_aggregation", "mean")
+        profile_model(loaded, DataSpec(nsamples=4, eval_samples=8, seqlen=16), settings, run_dir=folder / "run")
     return folder / "run"
 
 

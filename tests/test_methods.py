@@ -243,6 +243,30 @@ def test_prediction_agreement_is_spearman_with_an_interval():
     assert a["low"] < rho < a["high"]
 
 
+def test_prediction_scale_is_a_median_ratio_with_a_distribution_free_interval():
+    """A criterion that predicts 1.25x the measured ΔL: the median measured/predicted is 0.8, its
+    interval (order statistics 7 and 18 of 24, binomial(24, ½)) excludes 1, and the text says so."""
+    import numpy as np
+
+    from ssm_profile.base.fmt import agreement_text
+    from ssm_profile.profiling.results import ProfileResult, median_ratio
+    from ssm_profile.profiling.sensitivity import Trial
+
+    rng = np.random.default_rng(4)
+    measured = rng.uniform(0.01, 1.0, 24)
+    predicted = measured / 0.8 * rng.uniform(0.9, 1.1, 24)
+    trials = [Trial("in_proj", "fisher", i / 50, None, 1 + m, float(m), 0, 0, 0, float(p), 0.0, [])
+              for i, (p, m) in enumerate(zip(predicted, measured))]
+    a = ProfileResult(record=RunRecord.from_dict({}), analysis=None, dense_window_losses=[1.0, 1.0],
+                      trials=trials).prediction_agreement()["fisher"]
+    ratios = np.sort(measured / predicted)
+    assert a["ratio"] == pytest.approx(np.median(ratios)) and a["ratio"] == pytest.approx(0.8, abs=0.03)
+    assert (a["ratio_low"], a["ratio_high"], a["ratio_n"]) == (ratios[6], ratios[17], 24)
+    assert a["ratio_high"] < 1 and "over-predicts" in agreement_text("fisher", a)
+    assert "under-predicts" in agreement_text("x", {"spearman": 0.9, "n": 9, **median_ratio([2.0] * 9)})
+    assert "too few" in agreement_text("x", {"spearman": 0.9, "n": 5, **median_ratio([2.0] * 5)})
+
+
 # ------------------------------------------------------------------ FLAP bias compensation
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ssm_profile.criteria.base import DEFAULT_UNIT_AGGREGATION, UNIT_AGGREGATION
 from ssm_profile import reports
 from ssm_profile.cli.main import main
 from ssm_profile.documents import Plan, RecoveryRecord, ValidationReport, Verification
@@ -270,6 +271,8 @@ def test_ranking_and_findings_tables_match_profile_result(result):
     assert len(rows) == len(result.findings())
     for row, finding in zip(rows, result.findings()):
         assert row[0].startswith(finding.claim) and row[1] == finding.verdict
+        assert row[2] == finding.windows_text  # the windows its interval rests on
+    assert any(f.windows for f in result.findings())
 
 
 def test_user_strings_are_escaped_everywhere(hostile):
@@ -465,6 +468,15 @@ def test_markdown_summary(hostile, result):
     for r in result.ranking():
         assert f"| {r.rank} | {r.target} | {r.best_criterion} |" in text
     assert "a \\| pipe" in text and "Within tolerance" in text and "470.1" in text
+    fisher = result.prediction_agreement()["fisher"]  # its scale beside its rank agreement
+    assert f"measured/predicted ΔL median {fisher['ratio']:.2f}" in text and "measured / predicted" in reports.render_html(result)
+    ran = {c: UNIT_AGGREGATION["mamba2"].get(c, DEFAULT_UNIT_AGGREGATION) for c in ("magnitude", "wanda", "fisher")}
+    assert result.record.unit_aggregation == {"mamba2": ran}  # the run record says, per criterion
+    assert "**Unit scores**: a unit's element scores summed per tensor, the tensors' sums combined in mamba2 " in text
+    for criterion, how in ran.items():
+        assert f"{criterion}" in text.split("**Unit scores**")[1].split("\n")[0] and f" by {how} (" in text
+    measured = next(f for f in result.findings() if f.windows)
+    assert f"| {measured.verdict} | {measured.windows} |" in reports.render_markdown(result)
 
 
 def test_markdown_reads_like_the_html_answer_first(result):
@@ -525,7 +537,14 @@ def test_csv_export(result, tmp_path):
     assert list(ranking["target"]) == [r.target for r in result.ranking()]
     assert len(pd.read_csv(tmp_path / "tables" / "sweep.csv")) == len(result.model_trials)
     assert len(pd.read_csv(tmp_path / "tables" / "layers.csv")) == len(result.layer_trials)
-    assert len(pd.read_csv(tmp_path / "tables" / "findings.csv")) == len(result.findings())
+    sweep = pd.read_csv(tmp_path / "tables" / "sweep.csv", keep_default_na=False)
+    named = {(t, c): a for t, c, a in zip(sweep["target"], sweep["criterion"], sweep["unit_aggregation"])}
+    for criterion in ("wanda", "fisher"):
+        assert named[("unit:head", criterion)] == UNIT_AGGREGATION["mamba2"].get(criterion, DEFAULT_UNIT_AGGREGATION)
+    assert named[("unit:head", "random")] == named[("in_proj", "wanda")] == ""  # native units; an element cut
+    findings = pd.read_csv(tmp_path / "tables" / "findings.csv")
+    assert len(findings) == len(result.findings())
+    assert list(findings["windows"].fillna(-1)) == [-1 if f.windows is None else f.windows for f in result.findings()]
     assert len(pd.read_csv(tmp_path / "tables" / "groups.csv")) == len(result.analysis.groups)
 
 

@@ -182,6 +182,9 @@ async def test_open_run_dir_shows_saved_profile_without_loading_the_model(saved_
         rank = app.query_one("#rank-table", DataTable)
         assert rank.row_count == len(expected.ranking())
         assert str(rank.get_row_at(0)[1]) == expected.ranking()[0].target
+        find = app.query_one("#find-table", DataTable)
+        findings = expected.findings()
+        assert [str(find.get_row_at(i)[1]) for i in range(find.row_count)] == [f.windows_text for f in findings]
 
 
 @run_async

@@ -43,6 +43,28 @@ def test_three_roles_are_disjoint_and_recorded(tiny):
     assert torch.equal(load_dataset(tiny.tokenizer, again).verification, data.verification)
 
 
+def test_seeds_resample_search_windows_not_verification(tiny):
+    """Two seeds search on different windows (a replication) and verify on the same held-out tail;
+    the three roles stay disjoint and the run record lists each role's windows."""
+    spec = DataSpec(nsamples=4, eval_samples=6, seqlen=64, verify_samples=8)
+    data = {seed: load_dataset(tiny.tokenizer, replace(spec, seed=seed)) for seed in (0, 1, 2)}
+    windows = {seed: d.describe()["windows"] for seed, d in data.items()}
+    assert windows[0]["search"] == list(range(6))  # seed 0: the first windows, as before
+    assert windows[1]["search"] != windows[2]["search"] != windows[0]["search"]
+    assert not torch.equal(data[1].evaluation, data[2].evaluation)
+    assert windows[0]["verification"] == windows[1]["verification"] == windows[2]["verification"]
+    assert torch.equal(data[1].verification, data[2].verification)
+    for seed, d in data.items():
+        assert not set(windows[seed]["search"]) & set(windows[seed]["verification"])
+        assert not _rows(d.evaluation) & _rows(d.verification)
+        assert not _rows(d.calibration) & (_rows(d.evaluation) | _rows(d.verification))
+        assert len(windows[seed]["calibration"]) == 4
+        again = load_dataset(tiny.tokenizer, data_spec_from_meta(d.describe()))  # the record rebuilds them
+        assert torch.equal(again.evaluation, d.evaluation)
+    legacy = {k: v for k, v in data[1].describe().items() if k != "windows"}  # a run before seeded search
+    assert data_spec_from_meta(legacy).search_windows == tuple(range(6))
+
+
 def test_split_never_shares_a_window():
     ids = torch.arange(5 * 8)
     search, verify = split_windows(ids, search=16, verify=16, seqlen=8)

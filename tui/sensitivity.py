@@ -72,7 +72,7 @@ class SensitivityView(Vertical):
         for col in ("#", "target", "best criterion", "AUC ΔL", "95% CI", "safe sparsity", "ΔL @50%", "params"):
             rank.add_column(col, key=col)
         find = self.query_one("#find-table", DataTable)
-        for col in ("verdict", "finding", "numbers"):
+        for col in ("verdict", "windows", "finding", "numbers"):
             find.add_column(col, key=col)
 
     # ------------------------------------------------------------------ state
@@ -306,12 +306,12 @@ class SensitivityView(Vertical):
         try:
             findings = r.findings()
         except Exception as err:  # noqa: BLE001 - findings of a partial run may be incomputable
-            table.add_row("", Text(f"findings unavailable: {err}", style="italic"), "")
+            table.add_row("", "", Text(f"findings unavailable: {err}", style="italic"), "")
             return
         self._findings = findings
         styles = {"holds": "bold green", "contradicted": "bold red", "inconclusive": "yellow", "not measured": "dim"}
         for f in findings:
-            table.add_row(Text(f.verdict, style=styles[f.verdict]), f.claim, f.detail, key=f.id)
+            table.add_row(Text(f.verdict, style=styles[f.verdict]), f.windows_text, f.claim, f.detail, key=f.id)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id != "find-table" or self.result is None or event.row_key is None:
@@ -320,7 +320,8 @@ class SensitivityView(Vertical):
         finding = next((f for f in self._findings if f.id == event.row_key.value), None)
         if finding is not None:
             self.query_one("#find-detail", Static).update(Text.assemble(
-                (finding.claim, "bold"), (f" — {finding.verdict}\n", "italic"), (finding.detail, ""),
+                (finding.claim, "bold"), (f" — {finding.verdict}", "italic"),
+                (f" on {finding.windows} windows\n" if finding.windows is not None else "\n", "italic"), (finding.detail, ""),
                 (f"\nsource: {finding.source}", "dim")))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:

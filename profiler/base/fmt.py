@@ -55,11 +55,25 @@ def share(part: float | None, total: float | None, of: str, signed: bool = False
 
 
 def agreement_text(name: str, agreement: dict) -> str:
-    """``fisher ρ=0.95 (95% CI 0.92…0.97, n=90)``: one criterion's predicted-vs-measured Spearman."""
+    """``fisher ρ=0.95 (95% CI 0.92…0.97, n=90); measured/predicted ΔL 0.84 (95% CI 0.70…0.92, n=90):
+    over-predicts``: one criterion's predicted-vs-measured Spearman, and the scale of its prediction."""
     rho, low, high = agreement.get("spearman"), agreement.get("low"), agreement.get("high")
     finite = [v is not None and math.isfinite(v) for v in (rho, low, high)]
     interval = f"95% CI {low:.2f}…{high:.2f}, " if all(finite[1:]) else ""
-    return f"{name} ρ={rho:.2f} ({interval}n={agreement.get('n')})" if finite[0] else f"{name} ρ n/a"
+    text = f"{name} ρ={rho:.2f} ({interval}n={agreement.get('n')})" if finite[0] else f"{name} ρ n/a"
+    return text + ratio_text(agreement)
+
+
+def ratio_text(agreement: dict) -> str:
+    """``; measured/predicted ΔL 0.84 (95% CI 0.70…0.92, n=24): over-predicts``, or "" without a ratio."""
+    ratio, low, high = agreement.get("ratio"), agreement.get("ratio_low"), agreement.get("ratio_high")
+    if ratio is None or not math.isfinite(ratio):
+        return ""
+    if low is None or not (math.isfinite(low) and math.isfinite(high)):
+        return f"; measured/predicted ΔL {ratio:.2f} (n={agreement.get('ratio_n')}, too few for an interval)"
+    verdict = "over-predicts" if high < 1 else "under-predicts" if low > 1 else "scale within its interval"
+    return (f"; measured/predicted ΔL median {ratio:.2f} (95% CI {low:.2f}…{high:.2f}, "
+            f"n={agreement.get('ratio_n')}): {verdict}")
 
 
 def parse_proportion(text: str, example: float, *, below_one: bool = False, allow_zero: bool = False) -> float:

@@ -23,9 +23,14 @@ from the same source, the text is split in two (first 80% calibration, last 20% 
 so that they cannot overlap.
 
 The evaluation text (embedded, a user's file, or the last 20% of a single source) is cut into
-consecutive windows; search takes the first ``eval_samples`` of them and verification the last
-``verify_samples`` (a held-out tail). On a short text verification takes at most half the windows
-and search at most the rest, so the two never share a window (:func:`split_windows`).
+consecutive windows; verification takes the last ``verify_samples`` of them (a held-out tail, the
+same for every seed) and search ``eval_samples`` of the rest (the *pool*). On a short text
+verification takes at most half the windows and search at most the rest, so the two never share a
+window (:func:`split_windows`). Which pool windows search takes depends on ``seed``
+(:func:`search_indices`): seed 0 takes the first ones (what every run took before seeds resampled
+them, so earlier figures reproduce), any other seed a seeded random draw, so that a profile run
+again with another seed is a replication on other search windows, not only other calibration
+windows. The run record lists the windows of each role (:meth:`Dataset.describe`).
 """
 
 from __future__ import annotations
@@ -57,6 +62,9 @@ class DataSpec:
     seqlen: int = 256
     seed: int = 0
     verify_samples: int = DEFAULT_VERIFY_SAMPLES  # verification windows (held-out tail of the evaluation text)
+    # Pool indices of the search windows, when given (runs from before seeds drew them took the first
+    # ones); None: drawn by ``seed`` (:func:`search_indices`).
+    search_windows: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("nsamples", "eval_samples", "seqlen", "verify_samples"):
@@ -73,6 +81,9 @@ class Dataset:
     spec: DataSpec
     sources: dict[str, str] = field(default_factory=dict)
     verification: torch.Tensor | None = None  # (verify_samples, seqlen): held out from profile and plan selection
+    # Which windows each role took: "calibration" token offsets into the calibration text; "search"
+    # and "verification" window indices into the evaluation text (window i = tokens i*seqlen ...).
+    windows: dict[str, list[int]] = field(default_factory=dict)
 
     def digests(self) -> dict[str, str]:
         """SHA-256 of each role's token windows, what a resumed run must measure again: a text edited in place
@@ -94,6 +105,8 @@ class Dataset:
                        verification_tokens=int(self.verification.numel()),
                        roles={"calibration": "saliency scores", "evaluation": "search: sweep and plan selection",
                               "verification": "held out: the plan's promise, checked after selection"})
+        if self.windows:
+            out["windows"] = {role: list(v) for role, v in self.windows.items()}
         return out
 
 
@@ -166,12 +179,40 @@ def load_dataset(tokenizer: Any, spec: DataSpec | None = None) -> Dataset:
     calib_text, eval_text, sources = role_texts(spec)
     calib_ids = _tokenize(tokenizer, calib_text)
     eval_ids = _tokenize(tokenizer, eval_text)
-    search, verification = split_windows(eval_ids, spec.eval_samples, spec.verify_samples, spec.seqlen)
-    sources["verification"] = f"{sources['evaluation']} [last {verification.shape[0]} windows, held out]"
+    windows = consecutive_windows(eval_ids, len(eval_ids) // max(1, spec.seqlen), spec.seqlen, "evaluation")
+    search_idx, verify_idx = role_indices(windows.shape[0], spec)
+    sources["verification"] = f"{sources['evaluation']} [last {len(verify_idx)} windows, held out]"
+    offsets = sample_offsets(calib_ids, spec.nsamples, spec.seqlen, spec.seed, "calibration")
     return Dataset(
-        calibration=sample_windows(calib_ids, spec.nsamples, spec.seqlen, spec.seed, "calibration"),
-        evaluation=search, verification=verification, spec=spec, sources=sources,
+        calibration=torch.stack([calib_ids[s: s + spec.seqlen] for s in offsets]),
+        evaluation=windows[search_idx].clone(), verification=windows[verify_idx].clone(), spec=spec, sources=sources,
+        windows={"calibration": offsets, "search": search_idx, "verification": verify_idx},
     )
+
+
+def role_indices(available: int, spec: DataSpec) -> tuple[list[int], list[int]]:
+    """Indices of the search and verification windows among ``available`` consecutive evaluation
+    windows: verification the held-out tail, search ``spec``'s draw from the windows before it."""
+    if available < 2:
+        raise DataError(f"the evaluation text holds {available} window(s) of --seqlen {spec.seqlen}: fewer than two "
+                        "(one to search, one to verify); give more text or a shorter --seqlen")
+    held_out = min(spec.verify_samples, available // 2)
+    pool = available - held_out
+    if spec.search_windows is not None:
+        search = [i for i in spec.search_windows if 0 <= i < pool]
+    else:
+        search = search_indices(pool, spec.eval_samples, spec.seed)
+    return search, list(range(pool, available))
+
+
+def search_indices(pool: int, count: int, seed: int) -> list[int]:
+    """``count`` of the ``pool`` windows before the held-out tail, in text order: seed 0 the first
+    ones (as every run before seeds drew them), another seed a seeded random draw without replacement."""
+    count = min(count, pool)
+    if seed == 0:
+        return list(range(count))
+    gen = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(pool, generator=gen)[:count].tolist())
 
 
 def role_texts(spec: DataSpec) -> tuple[str, str, dict[str, str]]:
@@ -220,8 +261,8 @@ def split_windows(ids: torch.Tensor, search: int, verify: int, seqlen: int) -> t
     if n < 2:
         raise DataError(f"evaluation text has {len(ids)} tokens: fewer than two windows of --seqlen {seqlen} "
                         "(one to search, one to verify); give more text or a shorter --seqlen")
-    held_out = min(verify, n // 2)
-    return windows[: min(search, n - held_out)].clone(), windows[n - held_out:].clone()
+    search_idx, verify_idx = role_indices(n, DataSpec(eval_samples=search, verify_samples=verify, seqlen=seqlen))
+    return windows[search_idx].clone(), windows[verify_idx].clone()
 
 
 def _tokenize(tokenizer: Any, text: str) -> torch.Tensor:
@@ -231,12 +272,16 @@ def _tokenize(tokenizer: Any, text: str) -> torch.Tensor:
 
 def sample_windows(ids: torch.Tensor, count: int, seqlen: int, seed: int, what: str) -> torch.Tensor:
     """``count`` windows at seeded random offsets (windows may overlap each other)."""
+    return torch.stack([ids[s : s + seqlen] for s in sample_offsets(ids, count, seqlen, seed, what)])
+
+
+def sample_offsets(ids: torch.Tensor, count: int, seqlen: int, seed: int, what: str) -> list[int]:
+    """The token offsets of :func:`sample_windows`' windows."""
     if len(ids) < seqlen + 1:
         raise DataError(f"{what} text has {len(ids)} tokens, fewer than --seqlen {seqlen}; give more text "
                         "or a shorter --seqlen")
     gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, len(ids) - seqlen, (count,), generator=gen)
-    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+    return torch.randint(0, len(ids) - seqlen, (count,), generator=gen).tolist()
 
 
 def consecutive_windows(ids: torch.Tensor, count: int, seqlen: int, what: str) -> torch.Tensor:
@@ -365,6 +410,11 @@ def data_spec_from_meta(data: Mapping[str, Any]) -> DataSpec:
     cal, ev = source(data.get("calibration")), source(data.get("evaluation"))
     if cal is not None and cal == ev:
         ev = None  # one source split 80/20, as the run did
+    seed, eval_samples = int(data.get("seed", 0)), int(data["eval_samples"])
+    # A run record (it counts tokens; a plan's data does not) that lists no windows is older than
+    # seeded search windows: it searched the first ones, whatever its seed.
+    legacy = "calibration_tokens" in data and "windows" not in data and seed != 0
     return DataSpec(calibration=cal, evaluation=ev, nsamples=int(data["nsamples"]),
-                    eval_samples=int(data["eval_samples"]), seqlen=int(data["seqlen"]), seed=int(data.get("seed", 0)),
-                    verify_samples=int(data.get("verify_samples") or DEFAULT_VERIFY_SAMPLES))
+                    eval_samples=eval_samples, seqlen=int(data["seqlen"]), seed=seed,
+                    verify_samples=int(data.get("verify_samples") or DEFAULT_VERIFY_SAMPLES),
+                    search_windows=tuple(range(eval_samples)) if legacy else None)

@@ -243,8 +243,8 @@ def print_summary(result) -> None:
         console.print("predicted vs measured ΔL (Spearman over the sweep): " + ", ".join(
             agreement_text(name, a) for name, a in agreement.items()))
     ft = Table(title="Literature findings on this model")
-    for col in ("finding", "verdict", "numbers (95% paired intervals)"):
+    for col in ("finding", "verdict", "windows", "numbers (95% paired t intervals)"):
         ft.add_column(col)
     for f in result.findings():
-        ft.add_row(f.claim, f.verdict, f.detail)
+        ft.add_row(f.claim, f.verdict, f.windows_text, f.detail)
     console.print(ft)

@@ -13,6 +13,7 @@ Criteria never run the model themselves: they read a :class:`CalibrationStats` g
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -81,8 +82,8 @@ class Criterion:
     # Whether ``predict_delta_loss`` gives a first/second-order estimate of the loss change.
     predicts_loss: ClassVar[bool] = False
     # How per-tensor unit scores combine into one score per unit (see aggregate_unit_scores);
-    # "mean" had the lowest summed ΔL over both embedded models (examples/unit_score_norms.py).
-    unit_aggregation: ClassVar[str] = "mean"
+    # None: per mixer family (UNIT_AGGREGATION, chosen by measurement); a name forces one for all.
+    unit_aggregation: ClassVar[str | None] = None
     # False for criteria that only score structured units (e.g. channel attributions).
     scores_elements: ClassVar[bool] = True
     # True for criteria whose cuts also change kept weights (OBS/SparseGPT updates, FLAP's bias
@@ -118,11 +119,20 @@ class Criterion:
 
     def unit_scores(self, ctx: ScoringContext, mixer: "MixerInfo", family: "UnitFamily") -> torch.Tensor:
         """One score per unit of ``family`` (shape ``(family.count,)``): the unit's slices in every
-        coupled tensor, combined by :func:`aggregate_unit_scores` (``unit_aggregation``).
+        coupled tensor, combined by :func:`aggregate_unit_scores` (:meth:`aggregation_for` the mixer).
 
         Raises :class:`NotApplicable` if no slot can be scored.
         """
-        return aggregate_unit_scores(self.tensor_unit_scores(ctx, mixer, family), self.unit_aggregation)
+        return aggregate_unit_scores(self.tensor_unit_scores(ctx, mixer, family), self.aggregation_for(mixer.kind))
+
+    def aggregation_for(self, mixer_kind: str) -> str:
+        """How this criterion combines per-tensor unit scores in a mixer of ``mixer_kind``."""
+        return self.unit_aggregation or UNIT_AGGREGATION.get(mixer_kind, {}).get(self.name, DEFAULT_UNIT_AGGREGATION)
+
+    @classmethod
+    def aggregates_units(cls) -> bool:
+        """Whether its unit scores are element scores combined per tensor (not natively per unit)."""
+        return cls.unit_scores is Criterion.unit_scores
 
     def tensor_unit_scores(self, ctx: ScoringContext, mixer: "MixerInfo",
                            family: "UnitFamily") -> dict[str, torch.Tensor]:
@@ -170,6 +180,27 @@ class Criterion:
 
 
 UNIT_AGGREGATIONS = ("sum", "mean", "std", "rank")
+# Per mixer family and criterion, how criteria that sum element scores per tensor combine them into
+# unit scores; DEFAULT_UNIT_AGGREGATION where not listed. Chosen by `python examples/unit_aggregation.py`
+# (paired ΔL of unit cuts both ways on the embedded model of each family, every unit kind at
+# 30/50/70%, seed-1 windows; ΔL(mean) − ΔL(sum) pooled over the cells, 95% t interval over 16 windows):
+# "sum" only where mean-normalisation measured worse. Why the split: fisher's and snip's element scores
+# are already loss estimates, additive across tensors, so the raw sum is the unit's estimated ΔL and
+# rescaling distorts it; magnitude, wanda and obs scores are weight scales of unlike tensors.
+# Measured 2026-12-06 (mean − sum; negative: mean better):
+#   mamba1 (tiny-mamba): fisher +0.069 [+0.059, +0.079], snip +0.023 [+0.012, +0.033] -> sum;
+#     magnitude −0.059 [−0.074, −0.045], obs −0.023 [−0.033, −0.014], wanda +0.004 [−0.003, +0.012] -> mean
+#   mamba2 (tiny-mamba2): fisher +0.026 [+0.005, +0.046], snip +0.104 [+0.088, +0.121] -> sum;
+#     magnitude −0.132 [−0.153, −0.110], obs −0.031 [−0.041, −0.021], wanda −0.004 [−0.027, +0.018] -> mean
+#     (WANDA head cuts alone: mean worse at 30% and 50%, +0.07 and +0.05, far better at 70%, −0.48)
+#   gated_delta (tiny-deltanet): fisher +0.021 [+0.008, +0.034] -> sum; snip +0.014 [−0.002, +0.030],
+#     magnitude −0.026 [−0.042, −0.010], wanda −0.077 [−0.091, −0.062], obs −0.035 [−0.058, −0.012] -> mean
+UNIT_AGGREGATION: dict[str, dict[str, str]] = {
+    "mamba1": {"fisher": "sum", "snip": "sum"},
+    "mamba2": {"fisher": "sum", "snip": "sum"},
+    "gated_delta": {"fisher": "sum"},
+}
+DEFAULT_UNIT_AGGREGATION = "mean"  # also every family without an embedded model to measure on (KDA, ...)
 
 
 def aggregate_unit_scores(per_tensor: dict[str, torch.Tensor], how: str = "sum") -> torch.Tensor:
@@ -186,6 +217,33 @@ def aggregate_unit_scores(per_tensor: dict[str, torch.Tensor], how: str = "sum")
     if not per_tensor:
         raise ValueError("no tensor scores to aggregate")
     return sum(_comparable(scores, how) for scores in per_tensor.values())
+
+
+def unit_aggregations(criteria: Iterable[str], mixer_kinds: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Mixer kind -> criterion -> the aggregation its unit scores ran with, for ``criteria`` that combine
+    per-tensor unit scores ({} when none does): what the run record and the report name."""
+    summing = [get(name) for name in dict.fromkeys(criteria) if CRITERIA.get(name).aggregates_units()]
+    if not summing:
+        return {}
+    return {kind: {c.name: c.aggregation_for(kind) for c in summing} for kind in dict.fromkeys(mixer_kinds)}
+
+
+AGGREGATION_MEANING = {"sum": "the tensors' sums added raw", "mean": "each tensor's divided by its mean over the units",
+                       "std": "each tensor's standardised over the units", "rank": "each tensor's ranked among the units"}
+
+
+def unit_aggregation_text(aggregations: dict[str, dict[str, str]]) -> str:
+    """One sentence: how each criterion that sums element scores per tensor combined the tensors' sums,
+    per mixer kind (``unit_aggregations``' mapping)."""
+    parts = []
+    for kind, by_criterion in aggregations.items():
+        groups: dict[str, list[str]] = {}
+        for criterion, how in by_criterion.items():
+            groups.setdefault(how, []).append(criterion)
+        ways = "; ".join(f"{', '.join(names)} by {how} ({AGGREGATION_MEANING.get(how, how)})"
+                         for how, names in groups.items())
+        parts.append(f"{kind} mixers: {ways}")
+    return "a unit's element scores summed per tensor, the tensors' sums combined in " + "; ".join(parts)
 
 
 def _comparable(scores: torch.Tensor, how: str) -> torch.Tensor:

@@ -2,28 +2,39 @@
 
 Each finding is decided by a rule fixed in advance (the sparsity and comparison are written in
 its ``claim``); nothing here is tuned per model. A rule turns the claim into one or more
-statistics that the claim says are positive (e.g. ΔL(magnitude) − ΔL(WANDA)), estimated on the
-measured losses and given a 95% interval by a PAIRED bootstrap over evaluation windows: every
-trial a statistic uses is resampled with the same window indices (``ProfileResult.resampled_means``),
-so window-to-window noise that both sides share cancels out.
+statistics that the claim says are positive (e.g. ΔL(magnitude) − ΔL(WANDA)). Every statistic is
+a monotone function of a *contrast*: a fixed weighted sum of the mean losses of the dense model and
+of the trials it compares (weights summing to 0, so what every window shares cancels). The
+contrast is computed window by window on the windows all those trials were evaluated on, and its
+95% interval is Student's t with n − 1 degrees of freedom over those n paired window values
+(mapped through the monotone function at both ends).
+
+Why t and not a bootstrap: many findings rest on an adaptive sweep's 4-window screens
+(:mod:`ssm_profile.profiling.adaptive`), and a percentile bootstrap of 4 values is far too narrow
+(it covers a true mean difference about 79% of the time, not 95%; ``tests/test_findings.py``
+simulates both). The t interval covers 95% for normal window differences at any n, and the number
+of windows it rests on is part of every finding (``Finding.windows``, shown wherever findings are).
 
 Decision rule, per statistic:
 
 * **holds** if its 95% interval excludes 0 in the claimed direction (lower end > 0);
 * **contradicted** if the interval excludes 0 the other way (upper end < 0);
-* **inconclusive** otherwise, or when the run has no per-window losses to resample.
+* **inconclusive** otherwise, or when fewer than two windows carry per-window losses.
 
 A claim with several statistics (a conjunction, e.g. Fisher < random < magnitude) holds if all of
 them hold and is contradicted if any is contradicted. **not measured**: the run lacks the trials
 the rule needs (e.g. a criterion or target was not selected). ``holds`` mirrors the verdict for
 older consumers: True (holds), False (contradicted), None (inconclusive or not measured).
-Where a rule picks "the best criterion" of a target, it picks it once on the point estimates.
+Where a rule picks "the best criterion" of a target (or the median group), it picks it once on the
+point estimates; the interval is then that of a fixed contrast.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -35,17 +46,18 @@ class ProfileResult(Protocol):
     """What the rules read of a profile result (:class:`ssm_profile.profiling.results.ProfileResult`
     evaluates them, so they name this interface instead of importing it back)."""
 
+    dense_window_losses: list[float]
     dense_loss: float
     tolerance: float
     analysis: Any
 
-    def resampled_means(self, trials: list[Trial]) -> np.ndarray: ...
     def trial(self, target: str, criterion: str, sparsity: float) -> Trial | None: ...
     def criteria(self) -> list[str]: ...
     def targets(self) -> list[str]: ...
 
 PROBE = 0.5  # the sparsity every rule compares at
 FRAGILE_THRESHOLD = 0.20  # relative perplexity increase at PROBE that makes a group "fragile"
+CONFIDENCE = 0.95
 
 HOLDS, CONTRADICTED, INCONCLUSIVE, NOT_MEASURED = "holds", "contradicted", "inconclusive", "not measured"
 VERDICTS = (HOLDS, CONTRADICTED, INCONCLUSIVE, NOT_MEASURED)
@@ -61,19 +73,25 @@ class Finding:
     detail: str
     numbers: dict[str, float] = field(default_factory=dict)
     verdict: str = ""  # one of VERDICTS; derived from ``holds`` when not given
+    windows: int | None = None  # evaluation windows its intervals rest on (the fewest of its statistics')
 
     def __post_init__(self) -> None:
         if not self.verdict:
             self.verdict = {True: HOLDS, False: CONTRADICTED, None: NOT_MEASURED}[self.holds]
 
+    @property
+    def windows_text(self) -> str:
+        return "" if self.windows is None else str(self.windows)
+
 
 @dataclass(frozen=True)
 class Estimate:
-    """A statistic the claim says is positive: its value and paired bootstrap 95% interval."""
+    """A statistic the claim says is positive: its value and 95% t interval over ``windows`` paired windows."""
     name: str
     value: float
-    low: float  # NaN when there were no per-window losses to resample
+    low: float  # NaN when fewer than two windows carried per-window losses
     high: float
+    windows: int = 0
 
     @property
     def verdict(self) -> str:
@@ -85,25 +103,51 @@ class Estimate:
 
     def text(self) -> str:
         interval = "no interval" if np.isnan(self.low) else f"95% CI {self.low:+.4f} … {self.high:+.4f}"
-        return f"{self.name} {self.value:+.4f} ({interval})"
+        return f"{self.name} {self.value:+.4f} ({interval}, {self.windows} windows)"
 
 
-Statistic = Callable[[np.ndarray], np.ndarray]  # mean losses (..., dense + trials) -> statistic
+Transform = Callable[[float], float]  # monotone: the statistic as a function of the contrast
 
 
-def estimate(result: "ProfileResult", name: str, trials: list["Trial"], statistic: Statistic) -> Estimate:
-    """``statistic`` of the losses [dense, *trials] on the measured data and on paired resamples."""
-    point = float(statistic(np.array([result.dense_loss] + [t.loss for t in trials])))
-    means = result.resampled_means(trials)
-    if means is None:
-        return Estimate(name, point, float("nan"), float("nan"))
-    low, high = np.percentile(statistic(means), [2.5, 97.5])
-    return Estimate(name, point, float(low), float(high))
+@lru_cache(maxsize=None)
+def t_quantile(probability: float, dof: int) -> float:
+    from scipy.stats import t as student_t
+
+    return float(student_t.ppf(probability, dof))
+
+
+def t_interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """Mean of ``values`` and its Student-t interval with ``len(values) - 1`` degrees of freedom."""
+    n = len(values)
+    mean = float(np.mean(values))
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    half = t_quantile(0.5 + confidence / 2, n - 1) * float(np.std(values, ddof=1)) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def paired_windows(result: "ProfileResult", trials: Sequence["Trial"]) -> np.ndarray:
+    """Per-window losses (rows: dense, then each trial) on the windows every one of them was evaluated
+    on: a screen or a trial stopped early holds a prefix of the search windows."""
+    n = min([len(result.dense_window_losses), *(len(t.window_losses) for t in trials)])
+    return np.array([result.dense_window_losses[:n], *(t.window_losses[:n] for t in trials)], dtype=float)
+
+
+def estimate(result: "ProfileResult", name: str, trials: Sequence["Trial"], weights: Sequence[float],
+             transform: Transform = lambda x: x) -> Estimate:
+    """``transform`` of the contrast ``weights`` · [dense, *trials] mean losses, with its paired t interval."""
+    losses = paired_windows(result, trials)
+    if losses.shape[1] < 2:  # no per-window losses: the point estimate on the trials' own means
+        point = float(np.dot(weights, [result.dense_loss, *(t.loss for t in trials)]))
+        return Estimate(name, transform(point), float("nan"), float("nan"), losses.shape[1])
+    mean, low, high = t_interval(np.asarray(weights, dtype=float) @ losses)
+    ends = sorted((transform(low), transform(high)))
+    return Estimate(name, transform(mean), ends[0], ends[1], losses.shape[1])
 
 
 def difference(result: "ProfileResult", name: str, larger: "Trial", smaller: "Trial") -> Estimate:
     """ΔL(larger) − ΔL(smaller), paired; the claim is that it is positive."""
-    return estimate(result, name, [larger, smaller], lambda m: m[..., 1] - m[..., 2])
+    return estimate(result, name, [larger, smaller], [0.0, 1.0, -1.0])
 
 
 def combine(estimates: list[Estimate]) -> str:
@@ -124,7 +168,8 @@ def make_finding(id_: str, claim: str, source: str, estimates: list[Estimate], c
     numbers = {}
     for e in estimates:
         numbers.update({e.name: e.value, f"{e.name}.ci_low": e.low, f"{e.name}.ci_high": e.high})
-    return Finding(id_, claim, source, _HOLDS_FLAG[verdict], detail, numbers, verdict)
+    return Finding(id_, claim, source, _HOLDS_FLAG[verdict], detail, numbers, verdict,
+                   windows=min(e.windows for e in estimates))
 
 
 def _at_probe(result: "ProfileResult", target: str, criterion: str) -> "Trial | None":
@@ -137,9 +182,12 @@ def _best_at_probe(result: "ProfileResult", target: str) -> "Trial | None":
     return min(trials, key=lambda t: t.delta_loss) if trials else None
 
 
-def _rel_ppl(m: np.ndarray) -> np.ndarray:
-    """Relative perplexity increase of the first trial over the dense model."""
-    return np.exp(m[..., 1] - m[..., 0]) - 1.0
+RISE = [-1.0, 1.0]  # the contrast ΔL of one trial: its loss minus the dense model's
+
+
+def _rel_ppl(delta: float) -> float:
+    """Relative perplexity increase of a loss increase ``delta``."""
+    return math.expm1(min(delta, 700.0))
 
 
 # ---------------------------------------------------------------------- the claims
@@ -169,11 +217,11 @@ def a_log_fragility(result: "ProfileResult") -> Finding:
     if trial is None or kinds not in (["mamba1"], ["mamba2"]):  # a claim about Mamba's A_log only
         return make_finding("a_log_fragility", claim, "SparseSSM 2025", [])
     if kinds[0] == "mamba1":  # expected fragile: rel. ppl increase − threshold > 0
-        est = estimate(result, "A_log rel. ppl increase − threshold", [trial],
-                       lambda m: _rel_ppl(m) - FRAGILE_THRESHOLD)
+        est = estimate(result, "A_log rel. ppl increase − threshold", [trial], RISE,
+                       lambda d: _rel_ppl(d) - FRAGILE_THRESHOLD)
     else:  # expected not fragile: threshold − rel. ppl increase > 0
-        est = estimate(result, "threshold − A_log rel. ppl increase", [trial],
-                       lambda m: FRAGILE_THRESHOLD - _rel_ppl(m))
+        est = estimate(result, "threshold − A_log rel. ppl increase", [trial], RISE,
+                       lambda d: FRAGILE_THRESHOLD - _rel_ppl(d))
     return make_finding("a_log_fragility", claim, "SparseSSM 2025", [est],
                         f"{kinds[0]}: perplexity {trial.rel_ppl_increase:+.1%}")
 
@@ -209,18 +257,25 @@ def out_proj_sensitive(result: "ProfileResult") -> Finding:
     others = [t for g in groups if (t := _best_at_probe(result, g)) is not None]
     if out is None or len(others) < 2:
         return make_finding("out_proj_sensitive", claim, "Ghattas et al. 2025", [])
-    est = estimate(result, "ΔL out_proj − median group", [out] + others,
-                   lambda m: m[..., 1] - np.median(m[..., 2:], axis=-1))
+    est = estimate(result, "ΔL out_proj − median group", [out] + others, [0.0, 1.0, *_median_weights(others)])
     return make_finding("out_proj_sensitive", claim, "Ghattas et al. 2025", [est],
                         f"out_proj ΔL {out.delta_loss:.4f} ({out.criterion}) vs {len(others)} other groups")
+
+
+def _median_weights(trials: list["Trial"]) -> list[float]:
+    """Weights −1 on the median trial by ΔL (−½ on each of the middle two of an even count), 0 elsewhere:
+    the median group, picked on the point estimates."""
+    order = sorted(range(len(trials)), key=lambda i: trials[i].delta_loss)
+    middle = order[(len(order) - 1) // 2: len(order) // 2 + 1]
+    return [-1.0 / len(middle) if i in middle else 0.0 for i in range(len(trials))]
 
 
 def wanda_robust(result: "ProfileResult") -> Finding:
     tolerance = result.tolerance
     claim = f"WANDA is robust up to 50% unstructured sparsity on in_proj (perplexity +{tolerance:.0%} or less)"
     trial = _at_probe(result, "in_proj", "wanda")
-    estimates = [] if trial is None else [estimate(result, "tolerance − in_proj rel. ppl increase", [trial],
-                                                   lambda m: tolerance - _rel_ppl(m))]
+    estimates = [] if trial is None else [estimate(result, "tolerance − in_proj rel. ppl increase", [trial], RISE,
+                                                   lambda d: tolerance - _rel_ppl(d))]
     context = "" if trial is None else f"perplexity {trial.rel_ppl_increase:+.1%}"
     return make_finding("wanda_robust", claim, "SparseSSM 2025; Ghattas et al. 2025", estimates, context)
 

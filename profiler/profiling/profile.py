@@ -45,6 +45,7 @@ from ..mixers.choice import Kernels, model_device
 from ..mixers import snapshot as mixer_calls, usage as mixer_usage
 from ..base.lock import LOCK_NAME
 from ..calibration.offload import STATS_PREFIX, remove_leftovers
+from ..criteria.base import unit_aggregations
 from ..criteria.masks import Target, targets_for
 from .recipe import RunRecipe, needs_of
 from ..model.resolve import LoadedModel, check_vocabulary, tokenizer_info
@@ -107,8 +108,10 @@ def _check_resume(run_dir: Path, record: RunRecord) -> None:
     if changed:
         raise RunDirError(f"cannot resume '{run_dir}': {changed} changed since the run began (its windows differ); "
                           "rerun with the original text or choose a new -o")
+    # a run from before the record listed its windows: seed 0 searched the same first windows
+    data = replace(record.data, windows=None) if old.data.windows is None and old.data.seed == 0 else record.data
     if _comparable(old.settings) != _comparable(record.settings) or \
-            replace(old.data, digests=None) != replace(record.data, digests=None):
+            replace(old.data, digests=None) != replace(data, digests=None):
         raise RunDirError(f"cannot resume '{run_dir}': settings or data differ from the original run; "
                           "rerun with the same options or choose a new -o")
 
@@ -202,7 +205,9 @@ def _checked_profile(run: _Run) -> ProfileResult:
         settings=replace(run.settings, targets=[t.name for t in run.targets]),
         versions=_versions(), threads=torch.get_num_threads(),
         device=str(model_device(model)),  # where it ran (--device auto resolves to cuda or cpu)
-        processes=world.size)
+        processes=world.size,
+        unit_aggregation=unit_aggregations(run.settings.criteria, [m.kind for m in find_mixers(model)])
+        if any(t.name.startswith("unit:") for t in run.targets) else None)
     if run.run_path is not None:
         world.from_writer(lambda: _check_run_path(run.run_path, record, run.resume))
 

@@ -119,6 +119,9 @@ class RunData(Document):
     verification_tokens: int | None = optional_field()
     roles: dict[str, str] | None = optional_field()
     digests: dict[str, str] | None = optional_field()  # role -> SHA-256 of its token windows (absent in older runs)
+    # Which windows each role took (calibration token offsets; search and verification window
+    # indices into the evaluation text); absent in runs from before seeds drew the search windows.
+    windows: dict[str, list[int]] | None = optional_field()
     extra: dict[str, Any] = extra_field()
 
     def spec(self) -> DataSpec:
@@ -152,7 +155,7 @@ class Skip(Document):
 
 _FIELDS = ("schema_version", "created", "model", "data", "tokenizer", "settings", "versions", "threads", "device",
            "processes", "status", "finished", "skipped", "trials_planned", "trials_grid", "budget", "sweep",
-           "incremental", "mixer_forwards", "timings")
+           "incremental", "mixer_forwards", "timings", "unit_aggregation")
 
 
 @dataclass
@@ -179,6 +182,9 @@ class RunRecord:
     incremental: dict[str, Any] | None = None
     mixer_forwards: dict[str, Any] | None = None  # which forward each mixer class ran (ssm_profile.mixers.usage)
     timings: dict[str, float] = field(default_factory=dict)
+    # mixer kind -> criterion -> how its unit scores combined the per-tensor sums of element scores
+    # (ssm_profile.criteria.base.UNIT_AGGREGATION); None: no unit targets, or a run from before it was recorded
+    unit_aggregation: dict[str, dict[str, str]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
 
     @property

@@ -257,7 +257,10 @@ class ProfileResult:
         """Spearman rank correlation between predicted and measured ΔL, per criterion that predicts the
         loss, over its model-wide trials (at least 3): ``spearman``, ``n`` and a 95% interval ``low``/
         ``high`` from Fisher's z with the Spearman standard error sqrt(1.06/(n-3)) (Fieller, Hartley &
-        Pearson 1957; NaN below 5 trials)."""
+        Pearson 1957; NaN below 5 trials). Also how far the predicted ΔL is off in scale: ``ratio``, the
+        median of measured / predicted over the trials it predicts a loss for, and ``ratio_low``/
+        ``ratio_high`` its distribution-free 95% interval (order statistics; NaN below 6 such trials):
+        below 1, the criterion over-predicts ΔL by that factor."""
         from scipy.stats import spearmanr
 
         out = {}
@@ -269,7 +272,7 @@ class ProfileResult:
                 rho = float(spearmanr(pred, meas).statistic)
                 low, high = spearman_interval(rho, len(pairs))
                 out[criterion] = {"spearman": rho if rho == rho else float("nan"), "n": len(pairs),
-                                  "low": low, "high": high}
+                                  "low": low, "high": high, **median_ratio([m / p for p, m in pairs if p > 0])}
         return out
 
     # ------------------------------------------------------------------ findings
@@ -284,9 +287,18 @@ class ProfileResult:
         for t in self.trials:
             lo, hi = self.delta_ci(t)
             row = {k: v for k, v in t.to_dict().items() if k != "window_losses"}
-            row.update(ci_low=lo, ci_high=hi, windows_evaluated=t.windows_evaluated)
+            row.update(ci_low=lo, ci_high=hi, windows_evaluated=t.windows_evaluated,
+                       unit_aggregation=self.unit_aggregation_of(t))
             rows.append(row)
         return pd.DataFrame(rows)
+
+    def unit_aggregation_of(self, trial: Trial) -> str:
+        """How ``trial``'s unit scores combined their tensors' sums ("" for element cuts, criteria that
+        score units natively, and runs from before the record said)."""
+        ways = self.record.unit_aggregation
+        if not ways or not trial.target.startswith("unit:"):
+            return ""
+        return ", ".join(dict.fromkeys(how for kind in ways.values() if (how := kind.get(trial.criterion))))
 
     # ------------------------------------------------------------------ persistence
     def save(self, run_dir: str | Path) -> Path:
@@ -333,6 +345,20 @@ def spearman_interval(rho: float, n: int, z: float = 1.959964) -> tuple[float, f
     centre = math.atanh(max(min(rho, 1 - 1e-12), -1 + 1e-12))
     half = z * math.sqrt(1.06 / (n - 3))
     return math.tanh(centre - half), math.tanh(centre + half)
+
+
+def median_ratio(ratios: list[float]) -> dict[str, float]:
+    """Median of ``ratios`` and its distribution-free 95% interval [x_(k), x_(n-k+1)], k the binomial(n, ½)
+    2.5% quantile (covers at least 95% whatever their distribution; NaN below 6 values)."""
+    from scipy.stats import binom
+
+    n = len(ratios)
+    if not n:
+        return {}
+    ordered = sorted(ratios)
+    k = int(binom.ppf(0.025, n, 0.5))
+    low, high = (ordered[k - 1], ordered[n - k]) if k >= 1 else (float("nan"), float("nan"))
+    return {"ratio": float(np.median(ordered)), "ratio_low": float(low), "ratio_high": float(high), "ratio_n": n}
 
 
 def run_frames(result: ProfileResult, ranking: list[RankRow], layer_ranking: list[dict[str, Any]],
