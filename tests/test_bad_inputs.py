@@ -119,6 +119,23 @@ def _edit_digest(run: Path, role: str) -> None:
     (run / "run.json").write_text(json.dumps(meta))
 
 
+def _journal_edit(change: Callable[[list[dict]], None]) -> Callable[[Path], None]:
+    def damage(run: Path) -> None:
+        journal = run / "trials.jsonl"
+        records = [json.loads(line) for line in journal.read_text().splitlines()]
+        change(records)
+        journal.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return damage
+
+
+def _run_json_edit(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def damage(run: Path) -> None:
+        meta = json.loads((run / "run.json").read_text())
+        change(meta)
+        (run / "run.json").write_text(json.dumps(meta))
+    return damage
+
+
 def _raise(err: OSError):
     def fail(*_args, **_kwargs):
         raise err
@@ -254,6 +271,27 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
                                                "-o", str(t / "r.html")],
     "report journal wrong type": lambda t, r, m: ["report", _run_copy(t, r, _wrong_field_type),
                                                   "-o", str(t / "r.html")],
+    # poisoned runs: every record checked on read, the file and field named (were silent wrong plans or tracebacks)
+    "plan journal nan loss": lambda t, r, m: ["plan", _run_copy(t, r, _journal_edit(
+        lambda rs: rs[0].update(loss=float("nan")))), "-o", str(t / "p.json"), "--no-measure"],
+    "plan journal unknown target": lambda t, r, m: ["plan", _run_copy(t, r, _journal_edit(
+        lambda rs: rs[0].update(target="bogus"))), "-o", str(t / "p.json"), "--no-measure"],
+    "report journal unknown target": lambda t, r, m: ["report", _run_copy(t, r, _journal_edit(
+        lambda rs: rs[0].update(target="bogus"))), "-o", str(t / "r.html")],
+    "plan journal window count": lambda t, r, m: ["plan", _run_copy(t, r, _journal_edit(
+        lambda rs: rs[0].update(window_losses=[1.0, 2.0, 3.0]))), "-o", str(t / "p.json"), "--no-measure"],
+    "plan dense record empty": lambda t, r, m: ["plan", _run_copy(
+        t, r, lambda d: (d / "dense.json").write_text('{"window_losses": []}')), "-o", str(t / "p.json")],
+    "plan settings a string": lambda t, r, m: ["plan", _run_copy(t, r, _run_json_edit(
+        lambda j: j.update(settings="x"))), "-o", str(t / "p.json"), "--no-measure"],
+    "report settings a string": lambda t, r, m: ["report", _run_copy(t, r, _run_json_edit(
+        lambda j: j.update(settings="x"))), "-o", str(t / "r.html")],
+    "resume settings a string": lambda t, r, m: ["profile", "tiny-mamba", "-o", _run_copy(t, r, _run_json_edit(
+        lambda j: j.update(settings="x"))), *TINY, "--resume"],
+    "report tolerance a string": lambda t, r, m: ["report", _run_copy(t, r, _run_json_edit(
+        lambda j: j["settings"].update(tolerance="x"))), "-o", str(t / "r.html")],
+    "report tolerance negative": lambda t, r, m: ["report", _run_copy(t, r, _run_json_edit(
+        lambda j: j["settings"].update(tolerance=-1))), "-o", str(t / "r.html")],
     # analyze outputs
     "analyze json exists": lambda t, r, m: ["analyze", "--json", str(_file(t, "a.json", "{}"))],
     "analyze json over model config": lambda t, r, m: ["analyze", _model_copy(t, lambda d: None), "--json",

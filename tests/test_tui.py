@@ -204,6 +204,22 @@ async def test_unknown_model_shows_error_screen():
 
 
 @run_async
+async def test_damaged_run_shows_its_one_line_error_not_a_bug(saved_run, tmp_path):
+    """A tolerance string in run.json showed the "this looks like a bug" dialog (a TypeError deep in the ranking)."""
+    run = tmp_path / "run"
+    shutil.copytree(saved_run, run)
+    meta = json.loads((run / "run.json").read_text())
+    meta["settings"]["tolerance"] = "x"
+    (run / "run.json").write_text(json.dumps(meta))
+    app = SSMProfileApp(str(run))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert isinstance(app.screen, ErrorScreen)
+        assert "settings.tolerance" in app.screen.message and "bug" not in str(app.screen.hint)
+        assert isinstance(app.load_error, SSMProfileError)
+
+
+@run_async
 async def test_unreachable_hub_shows_error_screen():
     app = SSMProfileApp("mamba-130m")  # the conftest makes the hub offline with an empty cache
     async with app.run_test(size=SIZE) as pilot:

@@ -52,6 +52,7 @@ from ..model.resolve import LoadedModel, check_vocabulary, tokenizer_info
 from ..documents import ModelOrigin
 from .record import ProfileSettings, RunData, RunModel, RunRecord, Skip, SweepSummary
 from .results import ProfileResult, read_journal
+from .run_checks import check_trials
 from ..base.safe_read import read_user_json
 from .adaptive import AdaptiveSchedule, Budget
 from .earlystop import CHUNK_WINDOWS, StopRule
@@ -313,6 +314,7 @@ def _start_run_dir(run_path: Path, record: RunRecord, analysis,
     and the budget numbers that run recorded (read before run.json is rewritten)."""
     run_path.mkdir(parents=True, exist_ok=True)
     done = {t.key: t for t in read_journal(run_path / "trials.jsonl")}
+    check_trials(done.values(), record.settings.targets, len(dense), run_path / "trials.jsonl")
     recorded = _recorded_budget(run_path) if done else None
     write_json_atomic(run_path / "run.json", record.to_dict())
     analysis.to_json(run_path / "analysis.json")

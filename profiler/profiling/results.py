@@ -34,6 +34,7 @@ from ..base.io import write_json_atomic, write_text_atomic
 from ..base.safe_read import read_user_json
 from .journal import append_journal, read_journal  # noqa: F401  (the run directory's journal)
 from .record import RUN_SCHEMA_VERSION, RunRecord
+from .run_checks import check_dense, check_settings, check_trials
 from .sensitivity import Trial, layer_text
 
 
@@ -325,10 +326,13 @@ class ProfileResult:
                 found = meta.get("schema_version") if isinstance(meta, dict) else None
                 raise RunDirError(f"'{run_dir}' was written by an incompatible version "
                                   f"(schema {found}, expected {RUN_SCHEMA_VERSION}); profile again")
+            check_settings(meta.get("settings", {}), run_dir / "run.json")
             record = RunRecord.from_dict(meta)
             analysis = AnalysisResult.from_json(run_dir / "analysis.json")
-            dense = read_user_json(run_dir / "dense.json", "run file", error=RunDirError)["window_losses"]
+            dense = check_dense(read_user_json(run_dir / "dense.json", "run file", error=RunDirError),
+                                run_dir / "dense.json")
             trials = read_journal(run_dir / "trials.jsonl")
+            check_trials(trials, record.settings.targets, len(dense), run_dir / "trials.jsonl")
             unit_scores = _read_optional(run_dir / "unit_scores.json")
             saliency = _read_optional(run_dir / "saliency.json")
         except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
