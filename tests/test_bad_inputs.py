@@ -53,6 +53,10 @@ def _apply(tmp: Path, run: Path, *extra: str) -> list[str]:
     return ["apply", "tiny-mamba", str(_plan(run)), "-o", str(tmp / "out"), "--quiet", *extra]
 
 
+def _apply_copy(tmp: Path, run: Path, change: Callable[[dict], None]) -> list[str]:
+    return ["apply", "tiny-mamba", _plan_copy(tmp, run, change), "-o", str(tmp / "out"), "--quiet"]
+
+
 def _double_width(model: Path) -> None:
     config = json.loads((model / "config.json").read_text())
     config["intermediate_size"] *= 2
@@ -352,6 +356,14 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
     "apply threads 0": lambda t, r, m: _apply(t, r, "--threads", "0"),
     "apply plan of other weights": lambda t, r, m: [
         "apply", "tiny-mamba2", _plan_copy(t, r, lambda p: None), "-o", str(t / "out"), "--quiet"],
+    # plans checked on read: numbers finite, actions consistent, the actions as `plan` wrote them
+    "apply plan nan sparsity": lambda t, r, m: _apply_copy(t, r, lambda p: p["actions"][0].update(sparsity=float("nan"))),
+    "apply plan unit kind not its target": lambda t, r, m: _apply_copy(t, r, lambda p: p["actions"][-1].update(
+        unit_kind="state" if p["actions"][-1]["unit_kind"] != "state" else "channel")),
+    "apply plan action duplicated": lambda t, r, m: _apply_copy(t, r, lambda p: p["actions"].append(p["actions"][0])),
+    "apply plan edited": lambda t, r, m: _apply_copy(t, r, lambda p: p["actions"][0].update(sparsity=0.9)),
+    "validate against another plan": lambda t, r, m: ["validate", "tiny-mamba", str(_pruned(r)), "--plan", _plan_copy(
+        t, r, lambda p: p["actions"][0].update(sparsity=0.9)), "-o", str(t / "v.json")],
     # validate
     "validate output over pruning.json": lambda t, r, m: ["validate", "tiny-mamba", str(_pruned(r)), "-o",
                                                           str(_pruned(r) / "pruning.json"), "--overwrite"],
@@ -573,3 +585,16 @@ def test_second_writer_of_an_output_is_refused_before_any_work(run_dir, tmp_path
     assert not out.exists() and _siblings(out) in ([], [".out.lock"])  # the killed holder's lock file may stay
 
 
+
+
+def test_an_edited_plan_applies_only_when_told_and_an_old_one_with_a_note(tmp_path, run_dir, capsys):
+    plan = json.loads(_plan(run_dir).read_text())
+    assert plan["actions_digest"].startswith("sha256:")
+    plan["actions"][0]["sparsity"] = 0.9
+    edited = _file(tmp_path, "edited.json", json.dumps(plan))
+    assert main(["apply", "tiny-mamba", str(edited), "-o", str(tmp_path / "a"), "--quiet", "--allow-edited-plan"]) == 0
+    assert "applying it as edited" in capsys.readouterr().err
+    del plan["actions_digest"]
+    old = _file(tmp_path, "old.json", json.dumps(plan))
+    assert main(["apply", "tiny-mamba", str(old), "-o", str(tmp_path / "b"), "--quiet"]) == 0
+    assert "carries no digest" in capsys.readouterr().err

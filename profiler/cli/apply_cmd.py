@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p, positional=False)
     p.add_argument("-o", "--output", required=True, help="output directory for the pruned checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--allow-edited-plan", action="store_true",
+                   help="apply a plan whose actions were edited after `ssm-profile plan` wrote it (refused otherwise)")
     p.add_argument("--validate", action="store_true",
                    help="also compare the pruned model with the base (writes OUT_DIR/validation.json); "
                    "validates an existing OUT_DIR of the same plan that has no validation.json yet")
@@ -33,13 +35,18 @@ def run(args: argparse.Namespace) -> int:
     from ..pruning.apply import apply_plan
     from ..model.resolve import use_tokenizer
     from ..base.lock import output_lock
-    from ..documents import load_plan
+    from ..documents import check_not_edited, load_plan
     from .progress import rich_progress
 
     _plan_and_model(args)
     # lm-eval's messages go to a log beside the output, off the terminal
     options = validation_options(args, lm_eval_log=Path(args.output) / LM_EVAL_LOG) if args.validate else None
     plan = load_plan(args.plan)  # a bad plan fails before the model loads
+    edited = check_not_edited(plan, f"plan '{args.plan}'", allow=args.allow_edited_plan)
+    if edited:
+        import sys
+
+        print(f"ssm-profile: note: {edited}", file=sys.stderr)
     if args.model is None:
         args.model = model_of(plan)
     mode = _check_output(args, plan)

@@ -94,11 +94,11 @@ def run(args: argparse.Namespace) -> int:
     if not (out_dir / "config.json").is_file():
         raise ModelNotFoundError(f"'{out_dir}' is not a pruned model directory (no config.json); "
                                  "pass the OUT_DIR written by `ssm-profile apply`")
-    plan = None
+    recorded = load_pruning_record(out_dir / PRUNING_FILE).plan if (out_dir / PRUNING_FILE).is_file() else None
+    plan = recorded
     if args.plan:
         plan = load_plan(args.plan)
-    elif (out_dir / PRUNING_FILE).is_file():
-        plan = load_pruning_record(out_dir / PRUNING_FILE).plan
+        _check_same_plan(plan, recorded, args.plan, out_dir)
     output = _check_report_path(args, out_dir, plan)  # before loading any model
     base = use_tokenizer(load_from_args(args), args.tokenizer, args.trust_remote_code)
     pruned = load_model(str(out_dir), dtype=next(base.model.parameters()).dtype, device=args.device)
@@ -109,6 +109,19 @@ def run(args: argparse.Namespace) -> int:
     print_validation(report)
     print(f"report: {output}")
     return finish(report)
+
+
+def _check_same_plan(plan, recorded, path: str, out_dir: Path) -> None:
+    """Refuse a --plan the checkpoint was not pruned with (its pruning.json records the plan apply used):
+    the verdict would compare the checkpoint with another plan's promise."""
+    from ..base.errors import PlanError
+    from ..documents import actions_digest
+
+    if recorded is None:
+        return
+    if (plan.model.fingerprint, actions_digest(plan)) != (recorded.model.fingerprint, actions_digest(recorded)):
+        raise PlanError(f"plan '{path}' is not the plan '{out_dir}' was pruned with (its pruning.json records "
+                        "other actions or weights); leave --plan out to use the recorded plan")
 
 
 def _check_report_path(args: argparse.Namespace, out_dir: Path, plan=None) -> Path:

@@ -14,9 +14,9 @@ from ._base import _extra as extra_field, _optional as optional_field  # for doc
 from ._base import (LM_EVAL_LOG, PLAN_KIND, PLAN_SCHEMA_VERSION, PRUNING_FILE, PRUNING_KIND, RECOVERY_FILE,
                     RECOVERY_KIND, VALIDATION_FILE, VALIDATION_KIND, Document, parse_document)
 from .plan import (LAYERS, OLD_CERTIFICATION_RULE, PLAN_LIMIT, REMOVED_KEY, Certification, Dense, Increase,
-                   Measured, ModelOrigin, Objective, Plan, PlanAction,
-                   PlanData, PlanModel, PlanRecover, PlanRun, Predicted, Verification, as_plan, check_weights,
-                   load_plan, one_line, plan_schema, read_json, short_fingerprint, validate_plan, write_plan)
+                   Measured, ModelOrigin, Objective, Plan, PlanAction, PlanData, PlanModel, PlanRecover, PlanRun,
+                   Predicted, Verification, actions_digest, as_plan, check_not_edited, check_weights, load_plan,
+                   one_line, plan_schema, read_json, short_fingerprint, validate_plan, write_plan)
 from .pruning import (ExecutedAction, ParameterCounts, PrunedFrom, PruningRecord, PruningSummary, Totals,
                       load_pruning_record)
 from .recovery import (CurvePoint, RecoveryCheck, RecoveryData, RecoveryKernels, RecoveryOutput, RecoveryProgress,
@@ -30,7 +30,8 @@ __all__ = ["extra_field", "optional_field", "LM_EVAL_LOG", "PLAN_KIND", "PLAN_SC
            "REMOVED_KEY", "OLD_CERTIFICATION_RULE", "Certification", "Dense", "Increase", "Measured", "ModelOrigin",
            "Objective", "Plan", "PlanAction",
            "PlanData", "PlanModel", "PlanRecover", "PlanRun", "Predicted", "Verification", "as_plan",
-           "check_weights", "load_plan", "one_line", "plan_schema", "read_json", "short_fingerprint",
+           "actions_digest", "check_not_edited", "check_weights", "load_plan", "one_line", "plan_schema", "read_json",
+           "short_fingerprint",
            "validate_plan", "write_plan", "ExecutedAction", "ParameterCounts", "PrunedFrom", "Totals", "PruningRecord",
            "PruningSummary", "load_pruning_record", "CurvePoint", "RecoveryCheck", "RecoveryData", "RecoveryKernels", "RecoveryWorld",
            "RecoveryOutput", "RecoveryProgress", "RecoveryRecord", "Sparsity", "Teacher", "load_recovery",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -286,6 +288,8 @@ class Plan(Document):
     # absent: not measured, or an older plan (accepted on the search windows' mean: OLD_CERTIFICATION_RULE)
     certification: Certification | None = _optional()
     recover: PlanRecover | None = _optional()  # absent: no recovery asked for
+    # sha256 of the actions as written (write_plan): apply refuses a plan edited since; absent in older plans
+    actions_digest: str | None = _optional()
     extra: dict[str, Any] = _extra()
 
     def source_model(self) -> str:
@@ -345,10 +349,64 @@ def validate_plan(plan: Any, where: str = "plan") -> None:
         raise PlanError(f"{where} has unsupported schema_version {json.dumps(version)}; this ssm-profile "
                         f"({__version__}) reads version {PLAN_SCHEMA_VERSION}: make the plan again with "
                         "`ssm-profile plan`")
+    bad = _non_finite(plan)  # the schema's bounds let NaN through (every comparison with it is false)
+    if bad is not None:
+        raise PlanError(f"{where} has a non-finite number at {_json_path(bad)}; make the plan again with "
+                        "`ssm-profile plan`")
     error = best_match(Draft202012Validator(plan_schema()).iter_errors(plan))
     if error is not None:
         raise PlanError(f"{where} does not match the plan schema at {_json_path(error.absolute_path)}: "
                         f"{one_line(error.message)}")
+    _check_actions(plan["actions"], where)
+
+
+def _non_finite(value: Any, path: tuple = ()) -> tuple | None:
+    """The JSON path of the first NaN or infinity in ``value``, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite(item, (*path, key))
+        if found is not None:
+            return found
+    return None
+
+
+def _check_actions(actions: list[dict[str, Any]], where: str) -> None:
+    """Actions that agree with themselves: a unit target cuts its own unit kind (``unit:state`` with
+    ``unit_kind: channel`` cut channels while pruning.json recorded a state cut), and no target and
+    layer is cut twice (a duplicated action)."""
+    seen: dict[tuple[str, int], int] = {}
+    for i, action in enumerate(actions):
+        target, kind = action["target"], action["unit_kind"]
+        expected = target[len("unit:"):] if target.startswith("unit:") else None
+        if kind != expected:
+            raise PlanError(f"{where} action {i} ({target}) says unit_kind {json.dumps(kind)}, which does not match "
+                            f"its target (expected {json.dumps(expected)}); make the plan again with `ssm-profile plan`")
+        for layer in action["layers"]:
+            first = seen.setdefault((target, layer), i)
+            if first != i:
+                raise PlanError(f"{where} actions {first} and {i} both cut {target} in layer {layer} (a duplicated "
+                                "action); make the plan again with `ssm-profile plan`")
+
+
+def actions_digest(plan: Plan) -> str:
+    """``sha256:...`` of the plan's actions as JSON (keys sorted): what apply checks the file against."""
+    text = json.dumps([a.to_dict() for a in plan.actions], sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_not_edited(plan: Plan, where: str, allow: bool = False) -> str | None:
+    """Refuse a plan whose actions changed since ``plan`` wrote them (a hand-edited sparsity zeroed
+    124,520 weights where the plan said 78,644) unless ``allow``; a note for a plan without a digest."""
+    if plan.actions_digest is None:
+        return f"{where} carries no digest of its actions (an older plan): whether it was edited cannot be told"
+    if plan.actions_digest == actions_digest(plan):
+        return None
+    if allow:
+        return f"{where} was edited after `ssm-profile plan` wrote it; applying it as edited (--allow-edited-plan)"
+    raise PlanError(f"{where} was edited after `ssm-profile plan` wrote it (its actions no longer match their digest); "
+                    "make the plan again, or pass --allow-edited-plan to apply it as edited")
 
 
 def as_plan(plan: Plan | dict[str, Any], where: str = "the plan") -> Plan:
@@ -388,6 +446,7 @@ def write_plan(plan: Plan, path: str | Path, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(f"'{path}' already exists; choose another -o or pass --overwrite")
+    plan.actions_digest = actions_digest(plan)
     return write_json_atomic(path, plan.to_dict())
 
 
