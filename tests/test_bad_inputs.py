@@ -57,6 +57,19 @@ def _apply_copy(tmp: Path, run: Path, change: Callable[[dict], None]) -> list[st
     return ["apply", "tiny-mamba", _plan_copy(tmp, run, change), "-o", str(tmp / "out"), "--quiet"]
 
 
+def _config(model: Path, **changes) -> None:
+    config = json.loads((model / "config.json").read_text())
+    config.update(changes)
+    (model / "config.json").write_text(json.dumps(config))
+
+
+def _pruned_copy(tmp: Path, run: Path, damage: Callable[[Path], None]) -> str:
+    copy = tmp / "pruned"
+    shutil.copytree(_pruned(run), copy)
+    damage(copy)
+    return str(copy)
+
+
 def _double_width(model: Path) -> None:
     config = json.loads((model / "config.json").read_text())
     config["intermediate_size"] *= 2
@@ -364,6 +377,19 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
     "apply plan edited": lambda t, r, m: _apply_copy(t, r, lambda p: p["actions"][0].update(sparsity=0.9)),
     "validate against another plan": lambda t, r, m: ["validate", "tiny-mamba", str(_pruned(r)), "--plan", _plan_copy(
         t, r, lambda p: p["actions"][0].update(sparsity=0.9)), "-o", str(t / "v.json")],
+    # sizes and numbers checked before anything is built (a config of 10^5 layers hung validate; 1e400 a traceback)
+    "analyze config of 10^6 layers": lambda t, r, m: ["analyze", _model_copy(t, lambda d: _config(d, num_hidden_layers=10**6))],
+    "validate config of 10^5 layers": lambda t, r, m: (
+        m.setenv("SSM_PROFILE_AVAILABLE_MEMORY", "8GiB"),
+        ["validate", _model_copy(t, lambda d: _config(d, num_hidden_layers=10**5)), str(_pruned(r)), "-o",
+         str(t / "v.json"), "--no-lm-eval"])[1],
+    "validate tokenizer config a list": lambda t, r, m: ["validate", "tiny-mamba", _pruned_copy(
+        t, r, lambda d: (d / "tokenizer_config.json").write_text("[1]")), "-o", str(t / "v.json"), "--no-lm-eval"],
+    "plan absolute 1e400": lambda t, r, m: ["plan", str(r), "-o", str(t / "p.json"), "--absolute", "1e400"],
+    "validate max-ppl-increase 1e400": lambda t, r, m: ["validate", "tiny-mamba", str(_pruned(r)), "-o",
+                                                        str(t / "v.json"), "--max-ppl-increase", "1e400"],
+    "validate max-ppl-increase nan": lambda t, r, m: ["validate", "tiny-mamba", str(_pruned(r)), "-o",
+                                                      str(t / "v.json"), "--max-ppl-increase", "nan"],
     # validate
     "validate output over pruning.json": lambda t, r, m: ["validate", "tiny-mamba", str(_pruned(r)), "-o",
                                                           str(_pruned(r) / "pruning.json"), "--overwrite"],

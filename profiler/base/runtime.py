@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 
+AVAILABLE_ENV = "SSM_PROFILE_AVAILABLE_MEMORY"  # bytes (or 8GiB, 512MiB) said to be available: tests, shared machines
 FAST_KERNELS_ENV = "SSM_PROFILE_FAST_SCAN"  # 0/false/off/no: every fast CPU kernel off
 
 
@@ -71,3 +73,30 @@ def quiet_libraries() -> None:
         hf_logging.disable_progress_bar()  # "Loading weights" bars would break one-line errors
     except ImportError:  # pragma: no cover
         pass
+
+
+def parse_bytes(text: str) -> int:
+    """'1234', '1.5GiB', '512 MiB', '2G' -> bytes."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)(i?B)?\s*", text, flags=re.IGNORECASE)
+    if not match:
+        from .errors import SSMProfileError
+
+        raise SSMProfileError(f"{AVAILABLE_ENV}={text!r} is not an amount of memory; use e.g. 8GiB or 8589934592")
+    power = " KMGT".index(match.group(2).upper() or " ")
+    return int(float(match.group(1)) * 1024 ** power)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation now (None when it cannot be told);
+    ``SSM_PROFILE_AVAILABLE_MEMORY`` overrides it."""
+    if os.environ.get(AVAILABLE_ENV):
+        return parse_bytes(os.environ[AVAILABLE_ENV])
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil is a dependency of the test environment only
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None

@@ -9,13 +9,13 @@ KiB/MiB/GiB) overrides the memory said to be available, for tests and for sharin
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass
 
 import torch
 
 from ..base.errors import SSMProfileError
+# the machine's memory is read in the core (model loading checks a config's size against it too)
+from ..base.runtime import AVAILABLE_ENV, available_memory, parse_bytes  # noqa: F401  (re-exported)
 
 FLOAT32, FLOAT64 = 4, 8
 # Tensors of the expanded width alive per token in a mixer's forward (in_proj's two halves, conv,
@@ -30,7 +30,6 @@ STATISTICS_SHARE = 0.4
 # Cached element scores (ssm_profile.profiling.sensitivity.Scorer) may use this share of the memory left
 # once the statistics are in; beyond it the least recently used are recomputed when needed.
 SCORE_CACHE_SHARE = 0.25
-AVAILABLE_ENV = "SSM_PROFILE_AVAILABLE_MEMORY"
 CAPTUM_SEQUENCES = 4  # sequences per attribution batch of the captum criterion (its default batch_size)
 
 
@@ -84,31 +83,6 @@ def statistics_bytes_held(model: torch.nn.Module, needs: set[str], bounded: bool
 
     sizes = [statistics_bytes(m, needs) for m in find_mixers(model)]
     return max(sizes, default=0) if bounded else sum(sizes)
-
-
-def parse_bytes(text: str) -> int:
-    """'1234', '1.5GiB', '512 MiB', '2G' -> bytes."""
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)(i?B)?\s*", text, flags=re.IGNORECASE)
-    if not match:
-        raise SSMProfileError(f"{AVAILABLE_ENV}={text!r} is not an amount of memory; use e.g. 8GiB or 8589934592")
-    power = " KMGT".index(match.group(2).upper() or " ")
-    return int(float(match.group(1)) * 1024 ** power)
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation now (None when it cannot be told);
-    ``SSM_PROFILE_AVAILABLE_MEMORY`` overrides it."""
-    if os.environ.get(AVAILABLE_ENV):
-        return parse_bytes(os.environ[AVAILABLE_ENV])
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:  # pragma: no cover - psutil is a dependency of the test environment only
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
 
 
 def device_memory(model: torch.nn.Module) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,8 @@ def _amount(text: str) -> int:
     if not match:
         raise argparse.ArgumentTypeError(f"expected a count such as 300000, 300k or 1.5M, got '{text}'")
     value = float(match.group(1)) * _SUFFIX[match.group(2).lower()]
+    if not math.isfinite(value) or value > 1e18:  # 1e400 overflowed to inf (a traceback); no model has 10^18
+        raise argparse.ArgumentTypeError(f"--absolute must be a count below 10^18, got '{text}'")
     if value < 1:
         raise argparse.ArgumentTypeError(f"--absolute must be at least 1, got '{text}'")
     return round(value)

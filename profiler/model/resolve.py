@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported where it is used: `models` and unknown-name errors need none of it
     import torch
 
+from .fits import check_config_fits
 from ..base.errors import DataError, HubUnreachableError, ModelNotFoundError, SSMProfileError, UnsupportedModelError
 
 DEFAULT_MODEL = "tiny-mamba"
@@ -153,12 +154,12 @@ def _looks_like_repo_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, what: str = "model config") -> dict[str, Any]:
     from ..base.safe_read import read_user_json
 
-    data = read_user_json(path, "model config", error=ModelNotFoundError)
+    data = read_user_json(path, what, error=ModelNotFoundError)
     if not isinstance(data, dict):
-        raise ModelNotFoundError(f"model config '{path}' must hold a JSON object, not {type(data).__name__}")
+        raise ModelNotFoundError(f"{what} '{path}' must hold a JSON object, not {type(data).__name__}; restore it")
     return data
 
 
@@ -188,6 +189,7 @@ def load_model(
     if source.kind.endswith("mamba-ssm"):
         from .convert import load_mamba_ssm_checkpoint
 
+        check_config_fits(_read_json(directory / "config.json"), directory, torch_dtype)
         model = load_mamba_ssm_checkpoint(directory, dtype=torch_dtype)
     else:
         model = _load_transformers(directory, torch_dtype, trust_remote_code, allow_pickle)
@@ -384,6 +386,7 @@ def _load_transformers(directory: Path, dtype: torch.dtype | None, trust_remote_
                 f"{directory} needs custom code from the model author; review it, then pass --trust-remote-code"
             ) from None
         raise UnsupportedModelError(f"{directory}: {str(err).splitlines()[0]}") from None
+    check_config_fits(config, directory, dtype)  # before minutes of building what cannot fit
     try:
         return AutoModelForCausalLM.from_pretrained(
             directory, config=config, dtype=dtype or "auto", trust_remote_code=trust_remote_code,
@@ -442,10 +445,16 @@ def _load_tokenizer(directory: Path, trust_remote_code: bool, sibling: bool = Tr
         directory = shared
     from transformers import AutoTokenizer
 
+    for name in ("tokenizer_config.json", "tokenizer.json"):  # a list there was an AttributeError deep in transformers
+        if (directory / name).is_file():
+            _read_json(directory / name, "tokenizer file")
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
         return None, None
+    except (AttributeError, TypeError, KeyError) as err:
+        raise ModelNotFoundError(f"the tokenizer in '{directory}' is damaged ({type(err).__name__}: "
+                                 f"{first_line(err)}); restore its tokenizer files") from None
     where = "embedded" if directory.resolve() == embedded_dir("tokenizer").resolve() else str(directory.resolve())
     return tokenizer, where
 
