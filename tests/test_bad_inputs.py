@@ -390,6 +390,10 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
                                                         str(t / "v.json"), "--max-ppl-increase", "1e400"],
     "validate max-ppl-increase nan": lambda t, r, m: ["validate", "tiny-mamba", str(_pruned(r)), "-o",
                                                       str(t / "v.json"), "--max-ppl-increase", "nan"],
+    "validate speed batch past memory": lambda t, r, m: ["validate", "tiny-mamba", str(_pruned(r)), "-o", str(t / "v.json"),
+                                                         "--no-lm-eval", "--speed-batch", "100000000", "128", "--quiet"],
+    "recover batch size past memory": lambda t, r, m: ["recover", str(_pruned(r)), "-o", str(t / "out"), "--no-lm-eval",
+                                                       "--steps", "1", "--batch-size", str(10**9), "--quiet"],
     # validate
     "validate output over pruning.json": lambda t, r, m: ["validate", "tiny-mamba", str(_pruned(r)), "-o",
                                                           str(_pruned(r) / "pruning.json"), "--overwrite"],
@@ -619,8 +623,8 @@ def test_an_edited_plan_applies_only_when_told_and_an_old_one_with_a_note(tmp_pa
     plan["actions"][0]["sparsity"] = 0.9
     edited = _file(tmp_path, "edited.json", json.dumps(plan))
     assert main(["apply", "tiny-mamba", str(edited), "-o", str(tmp_path / "a"), "--quiet", "--allow-edited-plan"]) == 0
-    assert "applying it as edited" in capsys.readouterr().err
+    assert "applying it as edited" in capsys.readouterr().out
     del plan["actions_digest"]
     old = _file(tmp_path, "old.json", json.dumps(plan))
     assert main(["apply", "tiny-mamba", str(old), "-o", str(tmp_path / "b"), "--quiet"]) == 0
-    assert "carries no digest" in capsys.readouterr().err
+    assert "carries no digest" in capsys.readouterr().out

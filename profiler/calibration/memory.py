@@ -124,3 +124,26 @@ def score_cache_budget() -> int | None:
     """Bytes of element scores a :class:`ssm_profile.profiling.sensitivity.Scorer` may cache (None: unknown)."""
     available = available_memory()
     return None if available is None else int(SCORE_CACHE_SHARE * available)
+
+
+def batch_bytes(model: torch.nn.Module, batch: int, seqlen: int, training: bool = False) -> int:
+    """Bytes a batch's activations take at their peak: logits and one layer's expanded width in a
+    forward; every layer's saved tensors and three copies of the logits when training."""
+    from ..model.arch import find_mixers
+
+    mixers = find_mixers(model)
+    dims = ModelDims.of(model, mixers) if mixers else ModelDims(1, 1, 1, 1, 1)
+    if training:
+        return batch * (dims.layers * dims.backward_layer(seqlen) + dims.logits_backward(seqlen))
+    return batch * seqlen * (dims.vocab + FORWARD_WIDTH_FACTOR * dims.inner + 4 * dims.hidden) * FLOAT32
+
+
+def check_batch_fits(model: torch.nn.Module, batch: int, seqlen: int, option: str, training: bool = False) -> None:
+    """One line naming ``option`` when a batch of ``batch`` x ``seqlen`` tokens cannot fit in the memory
+    available (``--speed-batch 100000000 128`` took 5.5 GB, then a traceback)."""
+    available = available_memory()
+    need = batch_bytes(model, batch, seqlen, training)
+    if available is not None and need > available:
+        gib = 1 << 30
+        raise SSMProfileError(f"{option} of {batch} x {seqlen} tokens needs ~{need / gib:.1f} GiB of activations, "
+                              f"more than the {available / gib:.1f} GiB available; use a smaller {option}")

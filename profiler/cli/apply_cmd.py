@@ -42,11 +42,7 @@ def run(args: argparse.Namespace) -> int:
     # lm-eval's messages go to a log beside the output, off the terminal
     options = validation_options(args, lm_eval_log=Path(args.output) / LM_EVAL_LOG) if args.validate else None
     plan = load_plan(args.plan)  # a bad plan fails before the model loads
-    edited = check_not_edited(plan, f"plan '{args.plan}'", allow=args.allow_edited_plan)
-    if edited:
-        import sys
-
-        print(f"ssm-profile: note: {edited}", file=sys.stderr)
+    edited = check_not_edited(plan, f"plan '{args.plan}'", allow=args.allow_edited_plan)  # printed with apply's notes
     if args.model is None:
         args.model = model_of(plan)
     mode = _check_output(args, plan)
@@ -58,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
             report = apply_plan(loaded, plan, args.output, validate=args.validate, overwrite=args.overwrite,
                                 progress=progress, validate_options=options)
     print_apply(report)
+    if edited:
+        print(f"note: {edited}")
     print(f"pruned checkpoint: {args.output}")
     if report.validation is not None:
         print_validation(report.validation)

@@ -44,6 +44,7 @@ from ..documents import (PRUNING_FILE, RECOVERY_FILE, CurvePoint, Plan, PlanReco
                          Sparsity, Teacher, check_weights, load_pruning_record)
 from ..base.errors import DataError, ModelNotFoundError, OutputExistsError, SSMProfileError
 from ..base.io import atomic_directory, write_json_atomic
+from ..calibration.memory import check_batch_fits
 from ..mixers.choice import Kernels, installed
 from ..mixers import family_of, snapshot as mixer_calls, usage as mixer_usage
 from ..model.resolve import LoadedModel, embedding_rows, weights_fingerprint
@@ -387,6 +388,8 @@ def _recover(world: World, pruned_dir: str | Path, output_dir: str | Path, teach
     note(0, 1, "loading models")
     inputs = _load_inputs(pruned_dir, teacher, settings, plan, source, device)
     student, verification = inputs.student, inputs.dataset.verification
+    check_batch_fits(student.model, -(-settings.batch_size // world.size), inputs.spec.seqlen, "--batch-size",
+                     training=True)  # each rank trains on its share of the batch
     masks = frozen_masks(student.model, zeroed_parameters(pruned_dir))
     nonzero_before = count_parameters(student.model)["nonzero"]
     kernels, kernel_notes = _kernel_notes(student.model, next(student.model.parameters()).device)

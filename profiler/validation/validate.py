@@ -44,6 +44,7 @@ import torch
 
 from .. import __version__
 from .comparison import paired_change, perplexity, relative_change
+from ..calibration.memory import check_batch_fits
 from ..calibration.data import DataSpec, batch_losses, load_dataset, paired_increase, text_windows
 from ..documents import (LM_EVAL_LOG, PRUNING_FILE, RECOVERY_FILE, VALIDATION_FILE, Plan,  # noqa: F401
                         AgainstPlan, Increase, LmEval, LossPerplexity, ModelRef, SearchPerplexity, Sizes,
@@ -407,6 +408,7 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
     started = time.perf_counter()
     if plan is not None:
         plan.check_model(base)
+    check_batch_fits(base.model, o.speed_batch[0], o.speed_batch[1], "--speed-batch")  # before minutes of work
     if max_ppl_increase is not None and not max_ppl_increase >= 0:
         raise SSMProfileError(f"--max-ppl-increase must be a non-negative fraction (0.1 = 10%), got {max_ppl_increase}")
     tolerance_source = "argument" if max_ppl_increase is not None else None
