@@ -249,6 +249,10 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
     "data empty": lambda t, r, m: _profile(t, "--calibration", str(_file(t, "d.txt", ""))),
     "data too short": lambda t, r, m: _profile(t, "--calibration", str(_file(t, "c.txt", "a b")),
                                                "--evaluation", str(_file(t, "e.txt", "c d"))),
+    "data calibration is the evaluation": lambda t, r, m: _profile(
+        t, "--calibration", str(_file(t, "c.txt", "words " * 5000)), "--evaluation", str(t / "c.txt")),
+    "data calibration is the evaluation by another path": lambda t, r, m: _profile(
+        t, "--calibration", str(_file(t, "c.txt", "words " * 5000)), "--evaluation", str(t / "." / "c.txt")),
     # run directories
     "output is a file": lambda t, r, m: (_file(t, "out", "mine"), _profile(t))[1],
     "output is not a run": lambda t, r, m: ((t / "out").mkdir(), _file(t / "out", "mine.txt", "keep"),
@@ -414,6 +418,9 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
     "bench markdown is a directory": lambda t, r, m: ["bench", "--quick", "--markdown", str(t), "--overwrite"],
     "bench json and markdown the same": lambda t, r, m: ["bench", "--quick", "--json", str(t / "b"),
                                                          "--markdown", str(t / "b")],
+    "bench scaling shape past memory": lambda t, r, m: ["bench", "--scaling-shapes", "huge:99999999:99999999"],
+    "bench scaling shapes garbage": lambda t, r, m: ["bench", "--scaling-shapes", "garbage"],
+    "bench scaling shapes empty": lambda t, r, m: ["bench", "--scaling-shapes", ","],
     "bench threads 0": lambda t, r, m: ["bench", "--quick", "--threads", "0"],
     "tui threads 0": lambda t, r, m: ["tui", "tiny-mamba", "--threads", "0"],
     # an output is never, never holds and never lies inside an input, by any path (issue 26)

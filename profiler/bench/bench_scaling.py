@@ -51,7 +51,22 @@ def parse_shape(text: str) -> ModelShape:
             raise ValueError
     except ValueError:
         raise ValueError(f"shape '{text}' is not NAME:LAYERS:HIDDEN[:VOCAB]; e.g. small:4:256:4096") from None
-    return ModelShape(parts[0], *numbers[:2], **({"vocab": numbers[2]} if len(numbers) == 3 else {}))
+    shape = ModelShape(parts[0], *numbers[:2], **({"vocab": numbers[2]} if len(numbers) == 3 else {}))
+    _check_fits(shape, text)
+    return shape
+
+
+def _check_fits(shape: ModelShape, text: str) -> None:
+    """ValueError when the shape's weights alone exceed the memory available (a huge shape was a traceback)."""
+    from ..base.runtime import available_memory
+    from ..model.fits import least_parameters
+
+    params = least_parameters({"num_hidden_layers": shape.layers, "hidden_size": shape.hidden,
+                               "expand": shape.expand, "vocab_size": shape.vocab})
+    available = available_memory()
+    if available is not None and params * 4 > available:
+        raise ValueError(f"shape '{text}' has at least {params:,} parameters ({params * 4 / 2**30:.1f} GiB in float32), "
+                         f"more than the {available / 2**30:.1f} GiB of memory available; choose a smaller shape")
 
 
 def _random_model(shape: ModelShape, device: torch.device) -> torch.nn.Module:

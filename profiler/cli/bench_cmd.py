@@ -76,9 +76,12 @@ def _shapes(text: str):
     from ..bench.bench_scaling import parse_shape
 
     try:
-        return [parse_shape(part) for part in text.split(",") if part.strip()]
+        shapes = [parse_shape(part) for part in text.split(",") if part.strip()]
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+    if not shapes:
+        raise argparse.ArgumentTypeError(f"expected NAME:LAYERS:HIDDEN[:VOCAB],... (e.g. small:4:256:4096), got {text!r}")
+    return shapes
 
 
 def _scaling_markdown(entries) -> str:

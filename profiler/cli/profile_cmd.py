@@ -57,6 +57,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def _check_disjoint_texts(calibration: str | None, evaluation: str | None) -> None:
+    """The same text named for calibration and evaluation was split silently: calibration and the
+    search windows are disjoint roles, so naming one text for both is refused with what to do instead."""
+    import os
+
+    from ..base.errors import DataError
+
+    if calibration is None or evaluation is None:
+        return
+    same = calibration == evaluation or (os.path.exists(calibration) and os.path.exists(evaluation)
+                                         and os.path.samefile(calibration, evaluation))
+    if same:
+        raise DataError(f"--calibration and --evaluation name the same text '{calibration}', but calibration and "
+                        "evaluation windows must come from disjoint text; pass another --evaluation, or give "
+                        "--calibration alone (its last 20% then becomes the evaluation text)")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list_criteria:  # before the imports a profile needs
         return _list_criteria(args)
@@ -82,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.sparsities:
         settings.sparsities = args.sparsities
     settings.validate()  # fail on bad options before loading a model
+    _check_disjoint_texts(args.calibration, args.evaluation)
     spec = DataSpec(calibration=args.calibration, evaluation=args.evaluation, nsamples=args.nsamples,
                     eval_samples=args.eval_samples, seqlen=args.seqlen, seed=args.seed)
     world = World.from_env()  # launched by torchrun / accelerate launch: one of several ranks
