@@ -136,3 +136,52 @@ def test_any_jsonl_lines_are_text_or_one_line(scratch, lines):
         assert "\n" not in str(err) and str(err)
         return
     assert isinstance(text, str)
+
+
+NON_FINITE = st.sampled_from([float("nan"), float("inf"), float("-inf")])
+
+
+@PROPERTY
+@given(data=st.data(), bad=NON_FINITE)
+def test_a_non_finite_number_anywhere_in_a_plan_is_one_line(real_plan, scratch, data, bad):
+    """NaN passed the schema's bounds (every comparison with it is false): apply cut at a NaN sparsity."""
+    document = json.loads(json.dumps(real_plan))
+    numbers = [p for p in _paths(document) if p and isinstance(_at(document, p), float)]
+    document = _mutate(document, data.draw(st.sampled_from(numbers)), "replace", bad)
+    target = scratch / "non-finite.json"
+    target.write_text(json.dumps(document))  # json writes NaN and Infinity, and reads them back
+    from ssm_profile.documents import load_plan
+
+    with pytest.raises(PlanError, match="non-finite number at"):
+        load_plan(target)
+
+
+def _at(document: Any, path: tuple) -> Any:
+    for step in path:
+        document = document[step]
+    return document
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from ssm_profile.model.resolve import load_model
+
+    return load_model("tiny-mamba").tokenizer
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(words=st.lists(st.text(alphabet="abcdé.,7", min_size=1, max_size=12), min_size=1, max_size=200),
+       piece=st.integers(min_value=14, max_value=300))
+def test_a_long_text_tokenised_in_pieces_is_the_whole_text_tokenised(tokenizer, monkeypatch, words, piece):
+    """Texts past CHUNK_CHARS are tokenised in pieces cut before a space (a 60 MB text took 5.8 GB in one
+    call): words between single spaces, none longer than a piece, give the same tokens as one call, and
+    never more than the limit."""
+    from ssm_profile.calibration import data
+
+    text = " ".join(words)
+    whole = data._tokenize(tokenizer, text)
+    monkeypatch.setattr(data, "CHUNK_CHARS", 0)
+    monkeypatch.setattr(data, "PIECE_CHARS", piece)
+    assert data._tokenize(tokenizer, text).tolist() == whole.tolist()
+    limit = max(1, len(whole) // 2)
+    assert data._tokenize(tokenizer, text, limit=limit).tolist() == whole[:limit].tolist()

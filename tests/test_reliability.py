@@ -414,3 +414,21 @@ def test_profile_overwrite_killed_between_renames_keeps_the_old_run(tmp_path, ca
     assert digests() == old  # the old run back in place, as it was
     assert main(argv) == 0  # the next --overwrite replaces it for good
     assert digests() != old and _siblings(run) == []
+
+
+# ---------------------------------------------------------------------------------------------- big texts
+@pytest.mark.slow  # ~15-30 s: a 19 MB record
+def test_a_19_mb_jsonl_record_is_read_bounded(tmp_path):
+    """One 19 MB record hung (2.8 GB at 120 s): the text is tokenised in pieces, up to the token limit."""
+    record = tmp_path / "one.jsonl"
+    record.write_text(json.dumps({"text": "In the beginning God created the heaven and the earth. " * 340_000}) + "\n")
+    code = ("import resource, torch; torch.set_num_threads(1)\n"
+            "from ssm_profile.calibration.data import TEXT_TOKEN_LIMIT, _tokenize, read_text\n"
+            "from ssm_profile.model.resolve import load_model\n"
+            "tok = load_model('tiny-mamba').tokenizer\n"
+            f"ids = _tokenize(tok, read_text({str(record)!r}))\n"
+            "print(len(ids), TEXT_TOKEN_LIMIT, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    done = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    tokens, limit, peak_mib = map(int, done.stdout.split())
+    assert tokens == limit and peak_mib < 1500, done.stdout

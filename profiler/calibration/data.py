@@ -265,9 +265,35 @@ def split_windows(ids: torch.Tensor, search: int, verify: int, seqlen: int) -> t
     return windows[search_idx].clone(), windows[verify_idx].clone()
 
 
-def _tokenize(tokenizer: Any, text: str) -> torch.Tensor:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long)
+# A text longer than this is tokenised in pieces cut at whitespace, and only up to TEXT_TOKEN_LIMIT tokens
+# (far more than any window count needs): one call on a 60 MB text took 5.8 GB and aborted, and a 19 MB
+# record hung. Shorter texts are tokenised whole, exactly as before.
+CHUNK_CHARS = 1 << 20
+PIECE_CHARS = 1 << 16
+TEXT_TOKEN_LIMIT = 1_000_000
+
+
+def _tokenize(tokenizer: Any, text: str, limit: int = TEXT_TOKEN_LIMIT) -> torch.Tensor:
+    if len(text) <= CHUNK_CHARS:
+        return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    pieces, count, start = [], 0, 0
+    while start < len(text) and count < limit:
+        end = _cut(text, start)
+        ids = torch.tensor(tokenizer(text[start:end], add_special_tokens=False)["input_ids"], dtype=torch.long)
+        pieces.append(ids[: limit - count])
+        count += len(pieces[-1])
+        start = end
+    return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
+
+
+def _cut(text: str, start: int) -> int:
+    """The end of the piece from ``start``: before the last space within PIECE_CHARS characters (a word
+    is never split), or a hard cut where a piece has none."""
+    end = min(len(text), start + PIECE_CHARS)
+    if end == len(text):
+        return end
+    space = text.rfind(" ", start + 1, end)  # the next piece starts with " word", as the whole text has it
+    return space if space > start else end
 
 
 def sample_windows(ids: torch.Tensor, count: int, seqlen: int, seed: int, what: str) -> torch.Tensor:
