@@ -319,3 +319,40 @@ def test_the_time_budget_says_it_bounds_training_only(recovered, capsys):
     print_recovery(record)
     out = " ".join(capsys.readouterr().out.split())
     assert f"{record.progress.seconds:.0f} s in all with loading and measuring" in out
+
+
+def test_diverging_training_stops_at_its_step_in_one_line_and_writes_nothing(tmp_path, sparse_dir, capsys):
+    """--lr inf was refused earlier; a finite but absurd one trained to non-finite weights and exit 0."""
+    out = tmp_path / "out"
+    code = main(["recover", str(sparse_dir), "-o", str(out), "--lr", "1e30", "--steps", "4", "--batch-size", "2",
+                 "--checkpoint-every", "1", "--no-lm-eval", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "training diverged at step" in err[0], err
+    assert not out.exists()
+    saved = checkpoint_dir(out) / "student.pt"
+    if saved.exists():  # a checkpoint before the divergence holds finite weights only
+        assert all(torch.isfinite(t).all() for t in torch.load(saved, weights_only=True).values()
+                   if t.is_floating_point())
+
+
+@pytest.mark.parametrize("damage", ["truncated student", "random optimizer", "state without a step"])
+def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path, sparse_dir, capsys, damage):
+    settings = RecoverSettings(steps=4, lr=1e-2, batch_size=2, checkpoint_every=2, lm_eval=False)
+
+    def stop(done, total, label):
+        if done == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        recover(sparse_dir, tmp_path / "out", settings=settings, progress=stop)
+    where = checkpoint_dir(tmp_path / "out")
+    if damage == "truncated student":
+        (where / "student.pt").write_bytes((where / "student.pt").read_bytes()[:3000])
+    elif damage == "random optimizer":
+        (where / "optimizer.pt").write_bytes(os.urandom(5000))
+    else:
+        (where / "state.json").write_text(json.dumps({"identity": json.loads((where / "state.json").read_text())["identity"]}))
+    code = main(["recover", str(sparse_dir), "-o", str(tmp_path / "out"), "--resume", "--steps", "4", "--lr", "1e-2",
+                 "--batch-size", "2", "--checkpoint-every", "2", "--no-lm-eval", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "checkpoint" in err[0] and "damaged" in err[0], err

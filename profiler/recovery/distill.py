@@ -180,10 +180,18 @@ def train_step(student: nn.Module, teacher: nn.Module, optimizer: torch.optim.Op
     losses = torch.tensor([kd, lm], dtype=torch.float64)
     sum_over_ranks(world, [p.grad for p in params])
     sum_over_ranks(world, [losses])
+    if not bool(torch.isfinite(losses).all()):  # before the step: the weights stay as they were
+        raise Diverged(f"the loss is not finite (KD {float(losses[0])}, LM {float(losses[1])})")
     mask_gradients(student, masks)
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.step()
     apply_masks(student, masks)
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise Diverged("the step made some weights non-finite")
     return float(losses[0]), float(losses[1])
+
+
+class Diverged(ArithmeticError):
+    """Training produced a non-finite loss or weights (what :func:`train_step` refuses to go on with)."""
 

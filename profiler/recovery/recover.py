@@ -36,7 +36,7 @@ import torch
 
 from .. import __version__
 from ..base.defaults import RECOVER_LR, RECOVER_STEPS, RECOVER_TEMPERATURE
-from .distill import (batch_at, frozen_entries, frozen_masks, learning_rate, ngram_overlap, rank_rows,
+from .distill import (Diverged, batch_at, frozen_entries, frozen_masks, learning_rate, ngram_overlap, rank_rows,
                       train_step)
 from ..profiling.distributed import World
 from ..documents import (PRUNING_FILE, RECOVERY_FILE, CurvePoint, Plan, PlanRecover, PrunedFrom, RecoveryCheck,
@@ -263,8 +263,18 @@ def _load_checkpoint(where: Path, student: torch.nn.Module, optimizer: torch.opt
         raise SSMProfileError(f"the checkpoint in '{where}' was made with another {key} ({old!r}, this run: "
                               f"{value!r}); resume with the same options, or pass --overwrite without --resume to "
                               "start over")
-    student.load_state_dict(torch.load(where / "student.pt", weights_only=True))
-    optimizer.load_state_dict(torch.load(where / "optimizer.pt", weights_only=True))
+    if not isinstance(state.get("step"), int) or not isinstance(state.get("curve"), list):
+        raise SSMProfileError(f"the checkpoint state '{where / 'state.json'}' is damaged (no step or curve); "
+                              "pass --overwrite without --resume to start over")
+    for name, target in (("student.pt", student), ("optimizer.pt", optimizer)):
+        try:
+            target.load_state_dict(torch.load(where / name, weights_only=True))
+        except Exception as err:  # noqa: BLE001 - torch raises many types for a truncated or foreign file
+            raise SSMProfileError(f"the checkpoint file '{where / name}' is damaged or not this run's "
+                                  f"({type(err).__name__}); pass --overwrite without --resume to start over") from None
+    if not all(bool(torch.isfinite(p).all()) for p in student.state_dict().values() if p.is_floating_point()):
+        raise SSMProfileError(f"the checkpoint file '{where / 'student.pt'}' holds non-finite weights; "
+                              "pass --overwrite without --resume to start over")
     return state
 
 
@@ -470,8 +480,12 @@ def _train(student: torch.nn.Module, teacher: torch.nn.Module, optimizer: torch.
         batch = batch_at(stream, step, settings.batch_size, seqlen, settings.seed)
         rows = rank_rows(batch, world.rank, world.size)
         lr = learning_rate(step, total or 100 * warmup, settings.lr, warmup)
-        kd, lm = train_step(student, teacher, optimizer, rows, batch[:, 1:].numel(), masks, world,
-                            settings.temperature, settings.lm_weight or 0.0, lr)
+        try:
+            kd, lm = train_step(student, teacher, optimizer, rows, batch[:, 1:].numel(), masks, world,
+                                settings.temperature, settings.lm_weight or 0.0, lr)
+        except Diverged as err:  # never train on, never write non-finite weights
+            raise SSMProfileError(f"training diverged at step {step + 1}: {err}; nothing was written; recover again "
+                                  f"with a smaller --lr (now {settings.lr:g}) or --temperature") from None
         step += 1
         point: dict[str, Any] = {"step": step, "kd_loss": kd, "lm_loss": lm if settings.lm_weight else None,
                                  "lr": lr}
