@@ -635,3 +635,33 @@ def test_an_edited_plan_applies_only_when_told_and_an_old_one_with_a_note(tmp_pa
     old = _file(tmp_path, "old.json", json.dumps(plan))
     assert main(["apply", "tiny-mamba", str(old), "-o", str(tmp_path / "b"), "--quiet"]) == 0
     assert "carries no digest" in capsys.readouterr().out
+
+
+def _ascii_run(*argv: str):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "ssm_profile.cli.main", *argv], capture_output=True, env=env,
+                          timeout=300)
+
+
+def test_an_ascii_terminal_gets_question_marks_not_a_traceback(tmp_path, run_dir, monkeypatch):
+    """PYTHONIOENCODING=ascii: plan printed ≥ and died with a UnicodeEncodeError."""
+    import io
+    import sys
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["plan", str(run_dir), "-o", str(tmp_path / "p.json"), "--ratio", "0.1", "--no-measure", "--quiet"]) == 0
+    out.flush()
+    printed = out.buffer.getvalue()
+    assert (tmp_path / "p.json").is_file() and b"?" in printed
+    printed.decode("ascii")  # nothing but ASCII reached the terminal
+
+
+@pytest.mark.slow  # a profile in a subprocess: ~10 s
+def test_an_ascii_terminal_profiles_without_a_traceback(tmp_path):
+    done = _ascii_run(*_profile(tmp_path))
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode()
+    done.stdout.decode("ascii")

@@ -55,8 +55,21 @@ def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 
+def _degrade_output() -> None:
+    """On a terminal or pipe that cannot encode Unicode (PYTHONIOENCODING=ascii, LANG=C), print '?' for
+    what it cannot show instead of dying with a UnicodeEncodeError (plan and profile print ≥, →, ━)."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="replace")
+            except (ValueError, OSError, TypeError):  # a detached or exotic stream: leave it as it is
+                pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _degrade_output()
     if not argv or (argv[0] not in COMMANDS and not argv[0].startswith("-")):
         unknown = _not_a_model(argv[0]) if argv else None
         if unknown:
