@@ -9,6 +9,7 @@ import argparse
 import errno
 import os
 import shlex
+import signal
 import sys
 from types import ModuleType
 from typing import Sequence
@@ -68,8 +69,66 @@ def _degrade_output() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a user error is one line and exit 2, Ctrl-C one line and exit 130 at any moment
+    (while the parser imports the commands too, and when a library swallowed the interrupt)."""
+    entry = argv is None  # the console script: the process ends with this call
     argv = list(sys.argv[1:] if argv is None else argv)
     _degrade_output()
+    state: dict = {}
+    previous = _count_interrupts()
+    try:
+        code = _main(argv, state)
+        if _INTERRUPTS:  # a library caught Ctrl-C (a traceback, then it ran on): still an interruption
+            raise KeyboardInterrupt
+        return code
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the line or the exit short
+        args = state.get("args")
+        hint = getattr(args, "interrupt_hint", None) or f"run it again with: {shlex.join(['ssm-profile', *argv])}"
+        print(f"ssm-profile: interrupted; {hint}", file=sys.stderr)
+        if entry:
+            _exit_interrupted()
+        return 130
+    finally:
+        if not entry and previous is not None:  # called in-process (tests, scripts): as it was
+            signal.signal(signal.SIGINT, previous)
+        elif entry and previous is not None:  # the work is done: a Ctrl-C during shutdown changes nothing
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _exit_interrupted() -> None:
+    """End the process with 130 now. Outputs were cleaned up while the interrupt unwound; returning
+    instead let CPython end some runs by SIGINT itself (exit -2, no status) when a library had seen the
+    KeyboardInterrupt first (its unhandled-interrupt flag)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(130)
+
+
+_INTERRUPTS: list[float] = []  # when SIGINT arrived during this call of main
+
+
+def _count_interrupts():
+    """Install a SIGINT handler that notes the interrupt before raising KeyboardInterrupt as Python's
+    does; the previous handler (None off the main thread, where handlers cannot be set)."""
+    import threading
+    import time
+
+    _INTERRUPTS.clear()
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupted(signum, frame):
+        _INTERRUPTS.append(time.monotonic())
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGINT, interrupted)
+
+
+def _main(argv: list[str], state: dict) -> int:
     if not argv or (argv[0] not in COMMANDS and not argv[0].startswith("-")):
         unknown = _not_a_model(argv[0]) if argv else None
         if unknown:
@@ -84,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     args.argv = argv  # the user's command line (after the program name), for hints that repeat it
+    state["args"] = args
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if getattr(args, "locate_model_first", False):  # an unknown name: one line in a second, not after torch
@@ -103,10 +163,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not is_safetensors_error(err):
             raise
         return _fail(f"a .safetensors file is damaged ({first_line(err)}); download or save it again")
-    except KeyboardInterrupt:
-        hint = getattr(args, "interrupt_hint", None) or f"run it again with: {shlex.join(['ssm-profile', *argv])}"
-        print(f"ssm-profile: interrupted; {hint}", file=sys.stderr)
-        return 130
 
 
 def _not_a_model(word: str) -> str | None:
