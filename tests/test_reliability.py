@@ -432,3 +432,108 @@ def test_a_19_mb_jsonl_record_is_read_bounded(tmp_path):
     assert done.returncode == 0, done.stderr
     tokens, limit, peak_mib = map(int, done.stdout.split())
     assert tokens == limit and peak_mib < 1500, done.stdout
+
+
+# ---------------------------------------------------------------------------------------------- Ctrl-C
+def test_an_interrupt_a_library_swallowed_still_ends_as_interrupted(monkeypatch, capsys):
+    """recover printed a traceback, then ran on to exit 0: the interrupt was caught inside a library."""
+    import signal
+
+    from ssm_profile.cli import main as cli
+
+    def swallowing(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+        except BaseException:  # noqa: BLE001 - what the library did
+            pass
+        return 0
+
+    module = type(sys)("swallowing")
+    module.register = lambda sub: sub.add_parser("swallow").set_defaults(handler=swallowing)
+    monkeypatch.setattr(cli, "COMMANDS", _with_command(cli.COMMANDS, "swallow", module))
+    assert cli.main(["swallow"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ssm-profile: interrupted; run it again with: ssm-profile swallow")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # in-process: the handler restored
+
+
+def _with_command(commands, name, module):
+    from ssm_profile.base.registry import Registry
+
+    registry = Registry("command", "ssm_profile.commands.none")
+    for known in commands.names():
+        registry.add(known, commands.get(known))
+    registry.add(name, module)
+    return registry
+
+
+ENTRY = "import sys; from ssm_profile.cli.main import main; sys.exit(main())"  # the console script's way
+
+
+def _interrupt(argv: list[str], after: float) -> tuple[int, list[str]]:
+    import signal
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([PYTHON, "-c", ENTRY, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    time.sleep(after)
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=300)
+    return process.returncode, [line for line in err.decode().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def kill_inputs(tmp_path_factory) -> Path:
+    from ssm_profile.cli.main import main
+
+    base = tmp_path_factory.mktemp("kill")
+    tiny = [*TINY[:-3], "--quiet"]
+    assert main(["profile", "tiny-mamba", "-o", str(base / "run"), *tiny]) == 0
+    assert main(["plan", str(base / "run"), "-o", str(base / "plan.json"), "--ratio", "0.1", "--quiet"]) in (0, 3)
+    assert main(["apply", "tiny-mamba", str(base / "plan.json"), "-o", str(base / "pruned"), "--quiet"]) == 0
+    return base
+
+
+def _kill_command(name: str, base: Path, out: Path) -> list[str]:
+    return {
+        "plan": ["plan", str(base / "run"), "-o", str(out), "--ratio", "0.1", "--quiet"],
+        "apply": ["apply", "tiny-mamba", str(base / "plan.json"), "-o", str(out), "--quiet"],
+        "recover": ["recover", str(base / "pruned"), "-o", str(out), "--steps", "12", "--batch-size", "2",
+                    "--seqlen", "32", "--checkpoint-every", "3", "--no-lm-eval", "--quiet"],
+        "validate": ["validate", "tiny-mamba", str(base / "pruned"), "-o", str(out), "--no-lm-eval", "--quiet",
+                     "--speed-repeats", "1", "--speed-batch", "1", "8"],
+    }[name]
+
+
+def _result(name: str, out: Path) -> object:
+    """What must be identical between an interrupted-then-rerun command and an uninterrupted one."""
+    if name in ("plan", "validate"):
+        document = json.loads(out.read_text())
+        if name == "plan":
+            return document["actions"], document["predicted"], document.get("measured")
+        return document["perplexity"], document["verification"]
+    from safetensors.torch import load_file
+
+    weights = load_file(out / "model.safetensors")
+    return {k: v.double().sum().item() for k, v in weights.items()}
+
+
+@pytest.mark.slow  # a fresh process per moment: ~1-2 min per command
+@pytest.mark.parametrize("name", ["plan", "apply", "recover", "validate"])
+def test_ctrl_c_at_any_moment_is_one_line_130_and_the_rerun_is_identical(kill_inputs, tmp_path, name):
+    whole = tmp_path / "whole"
+    done = subprocess.run([PYTHON, "-c", ENTRY, *_kill_command(name, kill_inputs, whole)], capture_output=True,
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode in (0, 3), done.stderr.decode()
+    for moment, after in enumerate((0.3, 3.0, 6.0, 9.0)):
+        out = tmp_path / f"cut{moment}"
+        argv = _kill_command(name, kill_inputs, out)
+        code, err = _interrupt(argv, after)
+        if code in (0, 3):  # finished before the signal: nothing to say
+            continue
+        assert code == 130 and len(err) == 1 and err[0].startswith("ssm-profile: interrupted; "), (after, code, err)
+        again = argv + (["--resume"] if "continue from" in err[0] else [])
+        rerun = subprocess.run([PYTHON, "-c", ENTRY, *again], capture_output=True, timeout=600,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert rerun.returncode in (0, 3), rerun.stderr.decode()
+        assert _result(name, out) == _result(name, whole), (name, after)
