@@ -70,6 +70,14 @@ def _pruned_copy(tmp: Path, run: Path, damage: Callable[[Path], None]) -> str:
     return str(copy)
 
 
+def _json_edit(name: str, change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def damage(directory: Path) -> None:
+        document = json.loads((directory / name).read_text())
+        change(document)
+        (directory / name).write_text(json.dumps(document))
+    return damage
+
+
 def _double_width(model: Path) -> None:
     config = json.loads((model / "config.json").read_text())
     config["intermediate_size"] *= 2
@@ -398,6 +406,8 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
                                                          "--no-lm-eval", "--speed-batch", "100000000", "128", "--quiet"],
     "recover batch size past memory": lambda t, r, m: ["recover", str(_pruned(r)), "-o", str(t / "out"), "--no-lm-eval",
                                                        "--steps", "1", "--batch-size", str(10**9), "--quiet"],
+    "validate pruning record field of another type": lambda t, r, m: ["validate", "tiny-mamba", _pruned_copy(
+        t, r, _json_edit("pruning.json", lambda d: d["parameters"].update(before="many"))), "-o", str(t / "v.json")],
     # validate
     "validate output over pruning.json": lambda t, r, m: ["validate", "tiny-mamba", str(_pruned(r)), "-o",
                                                           str(_pruned(r) / "pruning.json"), "--overwrite"],

@@ -487,8 +487,7 @@ def kill_inputs(tmp_path_factory) -> Path:
     from ssm_profile.cli.main import main
 
     base = tmp_path_factory.mktemp("kill")
-    tiny = [*TINY[:-3], "--quiet"]
-    assert main(["profile", "tiny-mamba", "-o", str(base / "run"), *tiny]) == 0
+    assert main(["profile", "tiny-mamba", "-o", str(base / "run"), *TINY]) == 0
     assert main(["plan", str(base / "run"), "-o", str(base / "plan.json"), "--ratio", "0.1", "--quiet"]) in (0, 3)
     assert main(["apply", "tiny-mamba", str(base / "plan.json"), "-o", str(base / "pruned"), "--quiet"]) == 0
     return base

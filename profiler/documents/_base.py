@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+import types
 from dataclasses import MISSING, field, fields
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .. import __version__
 from ..base.errors import SSMProfileError
@@ -66,8 +67,42 @@ def _dump(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
+def json_matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON value can be a field of type ``hint`` (float takes ints; bools are not numbers;
+    a Document takes an object; what cannot be told is accepted)."""
+    origin = get_origin(hint)
+    if hint is Any:
+        return True
+    if origin is Union or isinstance(hint, types.UnionType):
+        return any(json_matches(value, h) for h in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple):
+        args = [a for a in get_args(hint) if a is not Ellipsis]
+        return isinstance(value, list) and (len(args) != 1 or all(json_matches(v, args[0]) for v in value))
+    if origin is dict:
+        args = get_args(hint)
+        return isinstance(value, dict) and (len(args) != 2 or all(json_matches(v, args[1]) for v in value.values()))
+    if isinstance(hint, type) and issubclass(hint, Document):
+        return isinstance(value, dict)
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+class DocumentTypeError(TypeError):
+    """A document's field holds a value of another type (``field`` names it, dotted from the top)."""
+
+    def __init__(self, field: str, value: Any):
+        super().__init__(f"field '{field}' has the wrong type ({type(value).__name__})")
+        self.field, self.value = field, value
+
+
 class Document:
-    """Dataclass mixin: ``to_dict``/``from_dict`` by field (JSON key = ``metadata["key"]`` or the name)."""
+    """Dataclass mixin: ``to_dict``/``from_dict`` by field (JSON key = ``metadata["key"]`` or the name);
+    ``from_dict`` refuses a field of another type (:class:`DocumentTypeError`, naming it)."""
 
     extra: dict[str, Any]
 
@@ -85,7 +120,14 @@ class Document:
     def from_dict(cls, data: dict[str, Any]):
         hints = get_type_hints(cls)
         own = [f for f in fields(cls) if f.name != "extra" and not f.metadata.get("runtime")]
-        kwargs = {f.name: _load(hints[f.name], data[_key(f)]) for f in own if _key(f) in data}
+        for f in own:
+            if _key(f) in data and not json_matches(data[_key(f)], hints[f.name]):
+                raise DocumentTypeError(_key(f), data[_key(f)])
+        try:
+            kwargs = {f.name: _load(hints[f.name], data[_key(f)]) for f in own if _key(f) in data}
+        except DocumentTypeError as err:  # a nested document's field: name it from here
+            inner = next(_key(f) for f in own if _key(f) in data and _holds(data[_key(f)], err.value))
+            raise DocumentTypeError(f"{inner}.{err.field}", err.value) from None
         known = {_key(f) for f in own}
         return cls(**kwargs, extra={k: copy.deepcopy(v) for k, v in data.items() if k not in known})
 
@@ -102,4 +144,15 @@ def parse_document(cls: type, data: dict[str, Any], where: str) -> Any:
     missing = [key for key in required if key not in data]
     if missing:
         raise SSMProfileError(f"{where} lacks {', '.join(missing)}; write it again with this ssm-profile ({__version__})")
-    return cls.from_dict(data)
+    try:
+        return cls.from_dict(data)
+    except DocumentTypeError as err:
+        raise SSMProfileError(f"{where}: {err}; write it again with this ssm-profile ({__version__})") from None
+
+
+def _holds(container: Any, value: Any) -> bool:
+    """Whether ``value`` (the very object) lies anywhere inside ``container``."""
+    if container is value:
+        return True
+    items = container.values() if isinstance(container, dict) else container if isinstance(container, list) else ()
+    return any(_holds(item, value) for item in items)
