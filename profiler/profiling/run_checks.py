@@ -50,9 +50,9 @@ def check_dense(raw: Any, where: Path) -> list[float]:
     losses = raw.get("window_losses") if isinstance(raw, Mapping) else None
     if not isinstance(losses, list) or not losses:
         raise RunDirError(f"'{where}' field 'window_losses' is missing or empty; {_FIX}")
-    bad = next((x for x in losses if not _finite(x)), None)
-    if bad is not None or any(not _finite(x) for x in losses):
-        raise RunDirError(f"'{where}' field 'window_losses' holds {bad!r}, not a finite number; {_FIX}")
+    bad = [x for x in losses if not _finite(x)]
+    if bad:
+        raise RunDirError(f"'{where}' field 'window_losses' holds {bad[0]!r}, not a finite number; {_FIX}")
     return losses
 
 
