@@ -185,3 +185,30 @@ def test_a_long_text_tokenised_in_pieces_is_the_whole_text_tokenised(tokenizer, 
     assert data._tokenize(tokenizer, text).tolist() == whole.tolist()
     limit = max(1, len(whole) // 2)
     assert data._tokenize(tokenizer, text, limit=limit).tolist() == whole[:limit].tolist()
+
+
+@pytest.fixture(scope="module")
+def real_record(real_plan, tmp_path_factory) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("record")
+    (base / "plan.json").write_text(json.dumps(real_plan))
+    assert main(["apply", "tiny-mamba", str(base / "plan.json"), "-o", str(base / "pruned"), "--quiet"]) == 0
+    return json.loads((base / "pruned" / "pruning.json").read_text())
+
+
+@PROPERTY
+@given(data=st.data(), how=st.sampled_from(["replace", "delete", "add"]), new=JSON)
+def test_any_mutation_of_a_pruning_record_is_a_record_or_one_line(real_record, scratch, data, how, new):
+    """Every document reads its fields by type (Document.from_dict): a string where a count was is one line."""
+    from ssm_profile.base.errors import SSMProfileError
+    from ssm_profile.documents import PruningRecord, load_pruning_record
+
+    document = json.loads(json.dumps(real_record))
+    document = _mutate(document, data.draw(st.sampled_from(_paths(document))), how, new)
+    target = scratch / "pruning.json"
+    target.write_text(json.dumps(document))
+    try:
+        record = load_pruning_record(target)
+    except SSMProfileError as err:
+        assert "\n" not in str(err) and str(err), repr(str(err))
+        return
+    assert isinstance(record, PruningRecord)

@@ -89,14 +89,17 @@ def json_matches(value: Any, hint: Any) -> bool:
         return hint is bool
     if hint is float:
         return isinstance(value, (int, float))
+    if hint is int:  # JSON (and its schemas) call 3.0 an integer
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 
 class DocumentTypeError(TypeError):
     """A document's field holds a value of another type (``field`` names it, dotted from the top)."""
 
-    def __init__(self, field: str, value: Any):
-        super().__init__(f"field '{field}' has the wrong type ({type(value).__name__})")
+    def __init__(self, field: str, value: Any, reason: str = ""):
+        self.reason = reason or f"has the wrong type ({type(value).__name__})"
+        super().__init__(f"field '{field}' {self.reason}")
         self.field, self.value = field, value
 
 
@@ -120,14 +123,18 @@ class Document:
     def from_dict(cls, data: dict[str, Any]):
         hints = get_type_hints(cls)
         own = [f for f in fields(cls) if f.name != "extra" and not f.metadata.get("runtime")]
+        if not isinstance(data, dict):
+            raise DocumentTypeError("(the object)", data)
         for f in own:
             if _key(f) in data and not json_matches(data[_key(f)], hints[f.name]):
                 raise DocumentTypeError(_key(f), data[_key(f)])
+            if _key(f) not in data and f.default is MISSING and f.default_factory is MISSING:
+                raise DocumentTypeError(_key(f), data, "is missing")  # data: found by identity from above
         try:
             kwargs = {f.name: _load(hints[f.name], data[_key(f)]) for f in own if _key(f) in data}
         except DocumentTypeError as err:  # a nested document's field: name it from here
             inner = next(_key(f) for f in own if _key(f) in data and _holds(data[_key(f)], err.value))
-            raise DocumentTypeError(f"{inner}.{err.field}", err.value) from None
+            raise DocumentTypeError(f"{inner}.{err.field}", err.value, err.reason) from None
         known = {_key(f) for f in own}
         return cls(**kwargs, extra={k: copy.deepcopy(v) for k, v in data.items() if k not in known})
 

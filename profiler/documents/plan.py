@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import __version__
 from ..base.errors import OutputExistsError, PlanError
-from ._base import PLAN_KIND, PLAN_SCHEMA_VERSION, Document, _extra, _optional
+from ._base import PLAN_KIND, PLAN_SCHEMA_VERSION, Document, DocumentTypeError, _extra, _optional
 
 
 # ============================================================================================
@@ -414,7 +414,10 @@ def as_plan(plan: Plan | dict[str, Any], where: str = "the plan") -> Plan:
     if isinstance(plan, Plan):
         return plan
     validate_plan(plan, where)
-    return Plan.from_dict(plan)
+    try:
+        return Plan.from_dict(plan)
+    except DocumentTypeError as err:  # what the schema lets through (a whole number written 3.0 is fine)
+        raise PlanError(f"{where}: {err}; make the plan again with `ssm-profile plan`") from None
 
 
 # A plan lists a few dozen actions (kilobytes); apply copies it whole into pruning.json.
