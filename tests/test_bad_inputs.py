@@ -382,7 +382,8 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
     "apply plan of other weights": lambda t, r, m: [
         "apply", "tiny-mamba2", _plan_copy(t, r, lambda p: None), "-o", str(t / "out"), "--quiet"],
     # plans checked on read: numbers finite, actions consistent, the actions as `plan` wrote them
-    "apply plan nan sparsity": lambda t, r, m: _apply_copy(t, r, lambda p: p["actions"][0].update(sparsity=float("nan"))),
+    "apply plan nan sparsity": lambda t, r, m: _apply_copy(
+        t, r, lambda p: p["actions"][0].update(sparsity=float("nan"))),
     "apply plan unit kind not its target": lambda t, r, m: _apply_copy(t, r, lambda p: p["actions"][-1].update(
         unit_kind="state" if p["actions"][-1]["unit_kind"] != "state" else "channel")),
     "apply plan action duplicated": lambda t, r, m: _apply_copy(t, r, lambda p: p["actions"].append(p["actions"][0])),
@@ -390,7 +391,8 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
     "validate against another plan": lambda t, r, m: ["validate", "tiny-mamba", str(_pruned(r)), "--plan", _plan_copy(
         t, r, lambda p: p["actions"][0].update(sparsity=0.9)), "-o", str(t / "v.json")],
     # sizes and numbers checked before anything is built (a config of 10^5 layers hung validate; 1e400 a traceback)
-    "analyze config of 10^6 layers": lambda t, r, m: ["analyze", _model_copy(t, lambda d: _config(d, num_hidden_layers=10**6))],
+    "analyze config of 10^6 layers": lambda t, r, m: ["analyze", _model_copy(
+        t, lambda d: _config(d, num_hidden_layers=10**6))],
     "validate config of 10^5 layers": lambda t, r, m: (
         m.setenv("SSM_PROFILE_AVAILABLE_MEMORY", "8GiB"),
         ["validate", _model_copy(t, lambda d: _config(d, num_hidden_layers=10**5)), str(_pruned(r)), "-o",
@@ -402,8 +404,9 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
                                                         str(t / "v.json"), "--max-ppl-increase", "1e400"],
     "validate max-ppl-increase nan": lambda t, r, m: ["validate", "tiny-mamba", str(_pruned(r)), "-o",
                                                       str(t / "v.json"), "--max-ppl-increase", "nan"],
-    "validate speed batch past memory": lambda t, r, m: ["validate", "tiny-mamba", str(_pruned(r)), "-o", str(t / "v.json"),
-                                                         "--no-lm-eval", "--speed-batch", "100000000", "128", "--quiet"],
+    "validate speed batch past memory": lambda t, r, m: [
+        "validate", "tiny-mamba", str(_pruned(r)), "-o", str(t / "v.json"), "--no-lm-eval", "--speed-batch",
+        "100000000", "128", "--quiet"],
     "recover batch size past memory": lambda t, r, m: ["recover", str(_pruned(r)), "-o", str(t / "out"), "--no-lm-eval",
                                                        "--steps", "1", "--batch-size", str(10**9), "--quiet"],
     "validate pruning record field of another type": lambda t, r, m: ["validate", "tiny-mamba", _pruned_copy(
@@ -663,7 +666,8 @@ def test_an_ascii_terminal_gets_question_marks_not_a_traceback(tmp_path, run_dir
 
     out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
     monkeypatch.setattr(sys, "stdout", out)
-    assert main(["plan", str(run_dir), "-o", str(tmp_path / "p.json"), "--ratio", "0.1", "--no-measure", "--quiet"]) == 0
+    argv = ["plan", str(run_dir), "-o", str(tmp_path / "p.json"), "--ratio", "0.1", "--no-measure", "--quiet"]
+    assert main(argv) == 0
     out.flush()
     printed = out.buffer.getvalue()
     assert (tmp_path / "p.json").is_file() and b"?" in printed

@@ -351,7 +351,8 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path, sparse_dir, caps
     elif damage == "random optimizer":
         (where / "optimizer.pt").write_bytes(os.urandom(5000))
     else:
-        (where / "state.json").write_text(json.dumps({"identity": json.loads((where / "state.json").read_text())["identity"]}))
+        identity = json.loads((where / "state.json").read_text())["identity"]
+        (where / "state.json").write_text(json.dumps({"identity": identity}))
     code = main(["recover", str(sparse_dir), "-o", str(tmp_path / "out"), "--resume", "--steps", "4", "--lr", "1e-2",
                  "--batch-size", "2", "--checkpoint-every", "2", "--no-lm-eval", "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -65,7 +65,8 @@ def _check_fits(shape: ModelShape, text: str) -> None:
                                "expand": shape.expand, "vocab_size": shape.vocab})
     available = available_memory()
     if available is not None and params * 4 > available:
-        raise ValueError(f"shape '{text}' has at least {params:,} parameters ({params * 4 / 2**30:.1f} GiB in float32), "
+        raise ValueError(f"shape '{text}' has at least {params:,} parameters ({params * 4 / 2**30:.1f} GiB in "
+                         "float32), "
                          f"more than the {available / 2**30:.1f} GiB of memory available; choose a smaller shape")
 
 

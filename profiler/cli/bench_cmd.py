@@ -80,7 +80,8 @@ def _shapes(text: str):
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     if not shapes:
-        raise argparse.ArgumentTypeError(f"expected NAME:LAYERS:HIDDEN[:VOCAB],... (e.g. small:4:256:4096), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME:LAYERS:HIDDEN[:VOCAB],... (e.g. small:4:256:4096), "
+                                         f"got {text!r}")
     return shapes
 
 

@@ -382,7 +382,8 @@ def _check_actions(actions: list[dict[str, Any]], where: str) -> None:
         expected = target[len("unit:"):] if target.startswith("unit:") else None
         if kind != expected:
             raise PlanError(f"{where} action {i} ({target}) says unit_kind {json.dumps(kind)}, which does not match "
-                            f"its target (expected {json.dumps(expected)}); make the plan again with `ssm-profile plan`")
+                            f"its target (expected {json.dumps(expected)}); make the plan again with "
+                            "`ssm-profile plan`")
         for layer in action["layers"]:
             first = seen.setdefault((target, layer), i)
             if first != i:

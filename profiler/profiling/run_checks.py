@@ -36,7 +36,8 @@ def check_settings(raw: Any, where: Path) -> None:
                               f"({type(raw[f.name]).__name__}); {_FIX}")
     tolerance = raw.get("tolerance")
     if tolerance is not None and not (_finite(tolerance) and tolerance > 0):
-        raise RunDirError(f"'{where}' field 'settings.tolerance' is {tolerance!r}, not a positive finite number; {_FIX}")
+        raise RunDirError(f"'{where}' field 'settings.tolerance' is {tolerance!r}, not a positive finite number; "
+                          f"{_FIX}")
     for s in raw.get("sparsities") or []:
         if not (_finite(s) and 0 < s < 1):
             raise RunDirError(f"'{where}' field 'settings.sparsities' holds {s!r}, outside (0, 1); {_FIX}")
