@@ -86,11 +86,10 @@ def check_memory(model: torch.nn.Module, force: bool, available: int | None = No
     estimate = estimate_profile_memory(model, **settings, bounded=True)
     if force or estimate.total <= available + resident:
         return estimate
-    gib = 1 << 30
     raise SSMProfileError(
-        f"profiling this model needs ~{estimate.total / gib:.1f} GiB (weights {estimate.of('weights') / gib:.1f}, "
-        f"statistics {estimate.of('statistics') / gib:.1f}, activations {estimate.of('activations') / gib:.1f}; "
-        f"largest part: {estimate.largest()}) but ~{(available + resident) / gib:.1f} GiB is available; "
+        f"profiling this model needs ~{human_bytes(estimate.total)} (weights {human_bytes(estimate.of('weights'))}, "
+        f"statistics {human_bytes(estimate.of('statistics'))}, activations {human_bytes(estimate.of('activations'))}; "
+        f"largest part: {estimate.largest()}) but ~{human_bytes(available + resident)} is available; "
         "use --criteria without fisher/snip/obs/captum, fewer --nsamples, a lower --seqlen or --batch-size, "
         "a larger machine, or pass --force to try anyway")
 
