@@ -112,6 +112,7 @@ def test_resume_with_two_processes_after_one(tmp_path, loaded, one_process):
     assert journal(tmp_path / "run") == one_process
 
 
+@pytest.mark.slow  # 5 s of two processes starting
 def test_an_error_on_rank_zero_stops_every_rank(tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("not a run")

@@ -343,6 +343,7 @@ def test_cli_analyze_names_the_kda_layers(tmp_path, capsys):
     assert units["head"]["stock_config"] == "expressible: uniform count across layers (linear_num_heads); exact"
 
 
+@pytest.mark.slow  # 5 s; the KDA cuts themselves are tested in the default run
 def test_cli_pipeline_realises_the_plans_numbers(tmp_path):
     """analyze -> profile -> plan -> apply -> analyze (8.6 s here): a state plan slices heads and the applied
     model loses exactly the state, FLOPs and parameters the plan states; a params plan over the other kinds
