@@ -101,10 +101,11 @@ TIME_LIMIT_S = 24 * 3600  # beyond this a profile is refused unless --force
 # A per-layer probe re-runs only the layers from the pruned one on (incremental evaluator), yet cost as
 # much as a model-wide trial in the default profiles of the embedded models (2026-12-06).
 PER_LAYER_SHARE = 1.0
-# A trial costs about one evaluation of the dense model and more: its masks are built (per criterion)
-# and applied. Measured 1.45 (tiny-mamba2) and 0.55, 0.9, 1.88 (tiny-mamba) dense evaluations per trial
-# in their default profiles (run.json timings / trials, 2026-12-06, on 2 cores shared at load 10-14).
-TRIAL_COST = 1.2
+# A trial costs about one evaluation of the dense model: its masks are built (per criterion) and applied,
+# while screens and early stops save some. With only the (target, criterion) pairs that apply counted,
+# 1.0 put the estimate at 0.8-1.3x the wall time of the default profiles of the three embedded models
+# (2026-12-06, 2 cores, one helper process running beside them); 1.2 made tiny-deltanet's 1.54x.
+TRIAL_COST = 1.0
 
 
 CALIBRATION_TIMED = 2  # calibration windows the estimate times (a batch of 8 took ~20 s at mamba-130m)
@@ -156,7 +157,7 @@ def estimate_profile_seconds(recipe, model: torch.nn.Module, dataset, settings) 
 
         from .earlystop import CHUNK_WINDOWS
 
-        pairs = len(targets) * len(settings.criteria)
+        pairs = _applicable_pairs(model, settings.criteria, {t.name for t in targets})
         trials, probes = expected_trials(pairs, len(targets), len(settings.sparsities),
                                          len(targets) if settings.per_layer else 0, len(mixers))
         windows = int(evaluation.shape[0])
@@ -168,6 +169,16 @@ def estimate_profile_seconds(recipe, model: torch.nn.Module, dataset, settings) 
                + calib_batch * calib_batches * (1 + SCORING_SHARE) + once)
     budget = getattr(settings, "budget", None)
     return min(seconds, budget) if budget else seconds
+
+
+def _applicable_pairs(model: torch.nn.Module, criteria: list[str], targets: set[str]) -> int:
+    """(target, criterion) pairs the adaptive probe will screen: a criterion that cannot score a target
+    (told from the architecture, as ``--list-criteria`` does) costs no trial. Counting every pair made
+    tiny-deltanet's estimate 1.6x its run (117 pairs, 82 apply)."""
+    from ..criteria import applicability
+
+    rows = applicability(model, criteria)
+    return sum(1 for r in rows if r["applies"] and (r["group"] or f"unit:{r['unit']}") in targets)
 
 
 def duration_text(seconds: float) -> str:
