@@ -1,4 +1,4 @@
-"""Fault injection: SIGKILL `profile`, `plan` and `apply` at random moments, then resume or re-run.
+"""Fault injection: SIGKILL `profile`, `plan`, `apply`, `recover` and `validate` at random moments, then resume or re-run.
 
 Each command is first run uninterrupted for reference. Then each is killed at random delays (within
 its measured duration) and re-run the way its hints say (`profile --resume`, `plan/apply --overwrite`
@@ -127,3 +127,62 @@ def test_killed_commands_resume_to_the_uninterrupted_result(tmp_path):
     with run_dir_lock(run):  # no lock is left held
         pass
     assert killed >= sum(KILLS.values()) // 2  # the delays did hit running processes
+
+
+def _recover(pruned: Path, out: Path, *extra: str) -> list[str]:
+    return _cli("recover", str(pruned), "-o", str(out), "--steps", "12", "--batch-size", "2", "--seqlen", "32",
+                "--checkpoint-every", "3", "--no-lm-eval", "--quiet", *extra)
+
+
+def _validate(pruned: Path, out: Path, *extra: str) -> list[str]:
+    return _cli("validate", "tiny-mamba", str(pruned), "-o", str(out), "--no-lm-eval", "--quiet",
+                "--speed-repeats", "1", "--speed-batch", "1", "8", *extra)
+
+
+def _weights(out: Path) -> dict[str, float]:
+    from safetensors.torch import load_file
+
+    return {k: v.double().sum().item() for k, v in load_file(out / "model.safetensors").items()}
+
+
+def _validation(report: Path) -> tuple:
+    document = json.loads(report.read_text())
+    return document["perplexity"], document["verification"]
+
+
+@pytest.mark.slow
+def test_killed_recover_and_validate_rerun_to_the_uninterrupted_result(tmp_path):
+    """The two writing commands the first test leaves out: SIGKILL at random moments, then the rerun its
+    hint names (`recover --resume` once a checkpoint exists, `--overwrite` once an output exists)."""
+    seed = int(os.environ.get("FAULT_SEED", random.randrange(10**6)))
+    rng = random.Random(seed)
+    print(f"fault seed {seed}")
+    base = tmp_path / "base"
+    base.mkdir()
+    _run(_profile(base / "run"))
+    _run(_plan(base / "run", base / "plan.json"), PLAN_OK)
+    _run(_apply(base / "plan.json", base / "pruned"))
+    durations = {"recover": _run(_recover(base / "pruned", base / "recovered")),
+                 "validate": _run(_validate(base / "pruned", base / "validation.json"), (0, 3))}
+
+    recovered, report, killed = tmp_path / "recovered", tmp_path / "validation.json", 0
+    for _ in range(4):
+        if recovered.exists():
+            _weights(recovered)  # atomic: absent or complete
+        extra = ("--resume",) if Path(f"{recovered}.checkpoint").exists() else \
+            ("--overwrite",) if recovered.exists() else ()
+        killed += _kill_after(_recover(base / "pruned", recovered, *extra), rng.uniform(0.3, durations["recover"]))
+    extra = ("--resume",) if Path(f"{recovered}.checkpoint").exists() else ("--overwrite",)
+    _run(_recover(base / "pruned", recovered, *extra))
+    for _ in range(4):
+        if report.exists():
+            json.loads(report.read_text())  # atomic: absent or complete
+        delay = rng.uniform(0.3, durations["validate"])
+        killed += _kill_after(_validate(base / "pruned", report, "--overwrite"), delay)
+    _run(_validate(base / "pruned", report, "--overwrite"), (0, 3))
+    print(f"{killed} of 8 processes killed while running; durations {durations}")
+
+    assert _weights(recovered) == _weights(base / "recovered")
+    assert _validation(report) == _validation(base / "validation.json")
+    assert _leftovers(tmp_path) == []
+    assert killed >= 4  # the delays did hit running processes
