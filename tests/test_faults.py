@@ -1,4 +1,5 @@
-"""Fault injection: SIGKILL `profile`, `plan`, `apply`, `recover` and `validate` at random moments, then resume or re-run.
+"""Fault injection: SIGKILL `profile`, `plan`, `apply`, `recover` and `validate` at random moments,
+then resume or re-run.
 
 Each command is first run uninterrupted for reference. Then each is killed at random delays (within
 its measured duration) and re-run the way its hints say (`profile --resume`, `plan/apply --overwrite`
