@@ -82,18 +82,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise KeyboardInterrupt
         return code
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the line or the exit short
-        args = state.get("args")
-        hint = getattr(args, "interrupt_hint", None) or f"run it again with: {shlex.join(['ssm-profile', *argv])}"
-        print(f"ssm-profile: interrupted; {hint}", file=sys.stderr)
-        if entry:
-            _exit_interrupted()
-        return 130
+        return _interrupted(argv, state, entry)
+    except Exception:
+        if not _INTERRUPTS:
+            raise
+        # a library turned the interrupt into another error (transformers' lazy imports re-raise what an
+        # interrupted import left: a traceback and exit 1 from analyze): still an interruption
+        return _interrupted(argv, state, entry)
     finally:
         if not entry and previous is not None:  # called in-process (tests, scripts): as it was
             signal.signal(signal.SIGINT, previous)
         elif entry and previous is not None:  # the work is done: a Ctrl-C during shutdown changes nothing
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _interrupted(argv: list[str], state: dict, entry: bool) -> int:
+    """The one line of an interrupted command, then exit 130 (the process ends here when ``entry``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the line or the exit short
+    args = state.get("args")
+    hint = getattr(args, "interrupt_hint", None) or f"run it again with: {shlex.join(['ssm-profile', *argv])}"
+    print(f"ssm-profile: interrupted; {hint}", file=sys.stderr)
+    if entry:
+        _exit_interrupted()
+    return 130
 
 
 def _exit_interrupted() -> None:
