@@ -434,6 +434,34 @@ def test_a_19_mb_jsonl_record_is_read_bounded(tmp_path):
     assert tokens == limit and peak_mib < 1500, done.stdout
 
 
+def test_a_text_past_the_token_cap_says_how_much_was_read(tmp_path, monkeypatch, capsys):
+    """Texts over the cap were cut silently: one note on stderr and in the run record's data.notes
+    (the cap lowered so that a small text reaches it)."""
+    from ssm_profile.calibration import data
+    from ssm_profile.cli.profile_cmd import _load_data
+    from ssm_profile.model.resolve import load_model
+    from ssm_profile.profiling.record import RunData
+
+    monkeypatch.setattr(data, "CHUNK_CHARS", 0)
+    monkeypatch.setattr(data, "TEXT_TOKEN_LIMIT", 300)
+    calibration, evaluation = tmp_path / "calib.txt", tmp_path / "eval.txt"
+    calibration.write_text(" ".join(f"word{i} of the calibration" for i in range(400)))
+    evaluation.write_text(" ".join(f"other{i} evaluation" for i in range(12)))  # under the cap: no note
+    loaded = load_model("tiny-mamba")
+    capsys.readouterr()
+    spec = data.DataSpec(calibration=str(calibration), evaluation=str(evaluation), nsamples=2, eval_samples=2,
+                         seqlen=16)
+    dataset = _load_data(loaded, spec)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ssm-profile: note: the calibration text ({calibration}) was read "
+                                                "up to 300 tokens, the cap"), err
+    assert "the rest was not read" in err[0] and f"of {len(calibration.read_text()):,} characters" in err[0]
+    record = RunData.from_dict(dataset.describe())
+    assert record.notes == [err[0].removeprefix("ssm-profile: note: ")]
+    monkeypatch.setattr(data, "TEXT_TOKEN_LIMIT", 10**6)  # the same text under the cap: nothing to say
+    assert _load_data(loaded, spec).notes == [] and capsys.readouterr().err == ""
+
+
 # ---------------------------------------------------------------------------------------------- Ctrl-C
 def test_an_interrupt_a_library_swallowed_still_ends_as_interrupted(monkeypatch, capsys):
     """recover printed a traceback, then ran on to exit 0: the interrupt was caught inside a library."""

@@ -84,6 +84,7 @@ class Dataset:
     # Which windows each role took: "calibration" token offsets into the calibration text; "search"
     # and "verification" window indices into the evaluation text (window i = tokens i*seqlen ...).
     windows: dict[str, list[int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what was not read of a text past TEXT_TOKEN_LIMIT
 
     def digests(self) -> dict[str, str]:
         """SHA-256 of each role's token windows, what a resumed run must measure again: a text edited in place
@@ -107,6 +108,8 @@ class Dataset:
                               "verification": "held out: the plan's promise, checked after selection"})
         if self.windows:
             out["windows"] = {role: list(v) for role, v in self.windows.items()}
+        if self.notes:
+            out["notes"] = list(self.notes)
         return out
 
 
@@ -177,8 +180,9 @@ def load_dataset(tokenizer: Any, spec: DataSpec | None = None) -> Dataset:
         raise DataError("this model has no tokenizer; save one beside the weights (tokenizer.json) "
                         "or pass --tokenizer PATH|embedded")
     calib_text, eval_text, sources = role_texts(spec)
-    calib_ids = _tokenize(tokenizer, calib_text)
-    eval_ids = _tokenize(tokenizer, eval_text)
+    notes: list[str] = []
+    calib_ids = _tokenize(tokenizer, calib_text, what=f"the calibration text ({sources['calibration']})", notes=notes)
+    eval_ids = _tokenize(tokenizer, eval_text, what=f"the evaluation text ({sources['evaluation']})", notes=notes)
     windows = consecutive_windows(eval_ids, len(eval_ids) // max(1, spec.seqlen), spec.seqlen, "evaluation")
     search_idx, verify_idx = role_indices(windows.shape[0], spec)
     sources["verification"] = f"{sources['evaluation']} [last {len(verify_idx)} windows, held out]"
@@ -186,7 +190,7 @@ def load_dataset(tokenizer: Any, spec: DataSpec | None = None) -> Dataset:
     return Dataset(
         calibration=torch.stack([calib_ids[s: s + spec.seqlen] for s in offsets]),
         evaluation=windows[search_idx].clone(), verification=windows[verify_idx].clone(), spec=spec, sources=sources,
-        windows={"calibration": offsets, "search": search_idx, "verification": verify_idx},
+        windows={"calibration": offsets, "search": search_idx, "verification": verify_idx}, notes=notes,
     )
 
 
@@ -273,16 +277,25 @@ PIECE_CHARS = 1 << 16
 TEXT_TOKEN_LIMIT = 1_000_000
 
 
-def _tokenize(tokenizer: Any, text: str, limit: int = TEXT_TOKEN_LIMIT) -> torch.Tensor:
+def _tokenize(tokenizer: Any, text: str, limit: int | None = None, what: str = "a text",
+              notes: list[str] | None = None) -> torch.Tensor:
+    """The text's token ids, at most ``limit`` (TEXT_TOKEN_LIMIT); a text cut there adds one line to
+    ``notes`` saying how much was read and that the rest was not (it was cut silently before)."""
+    limit = TEXT_TOKEN_LIMIT if limit is None else limit  # read at call time: a test can lower the cap
     if len(text) <= CHUNK_CHARS:
         return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-    pieces, count, start = [], 0, 0
+    pieces, count, start, cut_short = [], 0, 0, False
     while start < len(text) and count < limit:
         end = _cut(text, start)
         ids = torch.tensor(tokenizer(text[start:end], add_special_tokens=False)["input_ids"], dtype=torch.long)
         pieces.append(ids[: limit - count])
+        cut_short = len(pieces[-1]) < len(ids)
         count += len(pieces[-1])
-        start = end
+        # a piece cut short was read in part: about its share of characters
+        start = start + (end - start) * len(pieces[-1]) // max(1, len(ids)) if cut_short else end
+    if (cut_short or start < len(text)) and notes is not None:
+        notes.append(f"{what} was read up to {count:,} tokens, the cap (about its first {start:,} of "
+                     f"{len(text):,} characters); the rest was not read")
     return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
 
 

@@ -207,12 +207,15 @@ def _check_memory(loaded, spec, settings, force: bool) -> None:
 
 
 def _load_data(loaded, spec):
-    """Tokenised windows; says so when the evaluation text holds fewer windows than asked for."""
+    """Tokenised windows; says so when the evaluation text holds fewer windows than asked for, or a text
+    was longer than the token cap."""
     import sys
 
     from ..calibration.data import load_dataset
 
     dataset = load_dataset(loaded.tokenizer, spec)
+    for note in dataset.notes:  # a text past the token cap (also in run.json's data.notes)
+        print(f"ssm-profile: note: {note}", file=sys.stderr)
     got = int(dataset.evaluation.shape[0])
     if got < spec.eval_samples:
         print(f"ssm-profile: note: the evaluation text holds {got} windows of {spec.seqlen} tokens; "

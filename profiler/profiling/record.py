@@ -122,6 +122,7 @@ class RunData(Document):
     # Which windows each role took (calibration token offsets; search and verification window
     # indices into the evaluation text); absent in runs from before seeds drew the search windows.
     windows: dict[str, list[int]] | None = optional_field()
+    notes: list[str] | None = optional_field()  # a text past the token cap: how much of it was read
     extra: dict[str, Any] = extra_field()
 
     def spec(self) -> DataSpec:
