@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("textual")
 pytest.importorskip("textual_plotext")
 
-from textual.widgets import DataTable, Input, SelectionList, Tree
+from textual.widgets import Checkbox, DataTable, Input, SelectionList, Tree
 
 from ssm_profile.base.errors import SSMProfileError
 from ssm_profile.tui.app import SSMProfileApp, is_run_dir
@@ -499,6 +499,37 @@ async def test_an_export_refused_says_so_in_the_uis_words(run_here):
         await settle(pilot, 0.3)
         said = " ".join(str(n.message) for n in app._notifications)
     assert "tick overwrite" in said and "--overwrite" not in said
+
+
+@needs_planner
+@run_async
+async def test_an_export_onto_an_input_is_refused_in_one_line_as_the_cli_does(run_here, tmp_path):
+    """The TUI goes through the CLI's one output rule (base.outputs.check_paths): a plan exported with
+    overwrite ticked onto the model's config.json (measuring reads the model) or the run's run.json is
+    refused in one line, before any measuring; nothing is written."""
+    from ssm_profile.model.resolve import locate
+
+    model = tmp_path / "model-copy"
+    shutil.copytree(locate("tiny-mamba2").location, model)
+    app = SSMProfileApp(run_here)
+    async with app.run_test(size=SIZE) as pilot:
+        await on_tab(pilot, "4", wait=0.2)
+        app.model_name = lambda: str(model)  # the run's model as a local folder (refused before it would load)
+        app.query_one("#plan-overwrite", Checkbox).value = True
+        app.query_one("#plan-measure", Checkbox).value = True
+        targets = [model / "config.json", Path(run_here) / "run.json"]
+        before = {path: path.read_bytes() for path in targets}
+        for target in targets:
+            app.query_one("#plan-path", Input).value = str(target)
+            await pilot.press("e")
+            await settle(pilot, 0.3)
+        said = [str(n.message) for n in app._notifications]
+        assert not isinstance(app.screen, ErrorScreen)
+    assert {path: path.read_bytes() for path in targets} == before
+    assert any(f"'{targets[0]}' lies inside the run's "
+               f"model folder '{model}'" in m for m in said), said
+    assert any(f"plan '{targets[1]}' is the run's file" in m for m in said), said
+    assert all("\n" not in m for m in said)
 
 
 def test_default_save_path_is_beside_never_inside(tmp_path):

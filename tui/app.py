@@ -139,10 +139,13 @@ class SSMProfileApp(App[int]):
         from ssm_profile.model.resolve import load_model
 
         quiet_libraries()
-        name = self.run_record.model.load_name() if self.opened_run and self.run_record else self.target
-        loaded = load_model(name, with_tokenizer=True, **self.load_options)
+        loaded = load_model(self.model_name(), with_tokenizer=True, **self.load_options)
         configure_threads(self.threads, loaded.model)  # as the CLI: 1 thread for tiny models
         return loaded
+
+    def model_name(self) -> str | None:
+        """The name the model loads under: the run's model for an opened run."""
+        return self.run_record.model.load_name() if self.opened_run and self.run_record else self.target
 
     def ensure_loaded(self):
         """The opened model, loading it first if needed (call from a worker thread)."""
@@ -161,9 +164,12 @@ class SSMProfileApp(App[int]):
     def _open(self) -> None:
         try:
             if self.opened_run:
+                from ssm_profile.base.lock import run_dir_lock
                 from ssm_profile.profiling.results import ProfileResult
 
-                result = ProfileResult.load(Path(self.target).expanduser())
+                run_dir = Path(self.target).expanduser()
+                with run_dir_lock(run_dir, shared=True):  # refused while a profile writes it, as plan and report
+                    result = ProfileResult.load(run_dir)
                 self.call_from_thread(self._opened_run, result)
             else:
                 from ssm_profile.model.analysis import analyze

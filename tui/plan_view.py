@@ -289,6 +289,7 @@ class PlanView(Vertical):
         from ssm_profile.plan import make_plan
 
         try:
+            self._check_export(inputs[0], path, measure, overwrite)
             if measure:
                 result, metric, ratio, tolerance = inputs
                 loaded = self.app.ensure_loaded()
@@ -302,6 +303,18 @@ class PlanView(Vertical):
             self._call(self._exported, None, f"{type(err).__name__}: {err}", None)
             return
         self._call(self._exported, str(written), "", plan)
+
+    def _check_export(self, result, path: str, measure: bool, overwrite: bool) -> None:
+        """The CLI's one output rule, with `ssm-profile plan`'s inputs: the run's files and, to measure,
+        the run's model and texts."""
+        from ssm_profile.base.outputs import Output, check_paths, data_inputs, folder_files
+        from ssm_profile.model.resolve import model_input
+
+        inputs = folder_files(self.app.run_dir, "the run's file") if self.app.run_dir else []
+        if measure:
+            inputs += [model_input(self.app.model_name(), "the run's model"),
+                       *data_inputs(result.record.data_spec(), "the run's")]
+        check_paths([Output(Path(path), "plan", overwrite=overwrite)], inputs)
 
     def _exported(self, path: str | None, error: str, plan: Plan | None) -> None:
         self._exporting = False
@@ -409,17 +422,21 @@ class ApplyView(WorkerView, Vertical):
 
     @work(thread=True, exclusive=True, group="apply", exit_on_error=False)
     def _run(self, plan, output: str, overwrite: bool, lm_eval: bool) -> None:
+        from ssm_profile.base.lock import output_lock
         from ssm_profile.documents import load_plan
         from ssm_profile.pruning.apply import apply_plan
         from ssm_profile.validation.validate import ValidationOptions
 
         try:
-            if isinstance(plan, str):
-                plan = load_plan(plan)
-            loaded = self.app.fresh_model()  # apply_plan prunes the model it is given in place
-            options = ValidationOptions() if lm_eval else ValidationOptions(tasks=())
-            report = apply_plan(loaded, plan, output, validate=True, overwrite=overwrite,
-                                progress=self._progress_from_thread, validate_options=options)
+            plan_file = plan if isinstance(plan, str) else None
+            if plan_file is not None:
+                plan = load_plan(plan_file)
+            self._check_output(plan, plan_file, output, overwrite)
+            with output_lock(output):  # a second apply to this output (here or in a shell) is refused
+                loaded = self.app.fresh_model()  # apply_plan prunes the model it is given in place
+                options = ValidationOptions() if lm_eval else ValidationOptions(tasks=())
+                report = apply_plan(loaded, plan, output, validate=True, overwrite=overwrite,
+                                    progress=self._progress_from_thread, validate_options=options)
         except SSMProfileError as err:
             self._call(self._finished, None, str(err))
             return
@@ -427,6 +444,16 @@ class ApplyView(WorkerView, Vertical):
             self._call(self._finished, None, f"{type(err).__name__}: {err}")
             return
         self._call(self._finished, report, "")
+
+    def _check_output(self, plan: Plan, plan_file: str | None, output: str, overwrite: bool) -> None:
+        """The CLI's one output rule, with `ssm-profile apply`'s inputs: the plan file, the model and the
+        plan's texts."""
+        from ssm_profile.base.outputs import Output, check_paths, data_inputs, source_input
+        from ssm_profile.model.resolve import model_input
+
+        inputs = [source_input(plan_file, "the plan"), model_input(self.app.model_name()),
+                  *(data_inputs(plan.data.spec(), "the plan's") if plan.data is not None else ())]
+        check_paths([Output(Path(output), "output", folder=True, overwrite=True if overwrite else None)], inputs)
 
     def _progress(self, done: int, total: int, label: str) -> None:
         if total > 1:

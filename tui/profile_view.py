@@ -156,6 +156,7 @@ class ProfileView(Vertical):
             return
         try:
             settings, spec, output, resume = self.read_form()
+            self._check_output(spec, output)
         except SSMProfileError as err:
             self.message(str(err), "bold red")
             return
@@ -173,6 +174,15 @@ class ProfileView(Vertical):
         self.message("starting …", "")
         self.query_one("#profile-eta", Static).update("loading the model …" if self.app.loaded is None else "")
         self._run(settings, spec, output, resume)
+
+    def _check_output(self, spec, output: str) -> None:
+        """The CLI's one output rule (base.outputs.check_paths): the run directory apart from the model and
+        the texts it reads, and writable, before a model loads."""
+        from ssm_profile.base.outputs import Output, check_paths, data_inputs
+        from ssm_profile.model.resolve import model_input
+
+        check_paths([Output(Path(output), "run directory", folder=True, overwrite=None)],
+                    [model_input(self.app.model_name()), *data_inputs(spec)])
 
     def cancel(self) -> None:
         if not self.running:
@@ -198,8 +208,11 @@ class ProfileView(Vertical):
             result = profile_model(loaded, spec, settings, run_dir=output, resume=resume,
                                    progress=self._progress_from_thread, cancel=cancelled)
         except KeyboardInterrupt:
+            from ssm_profile.base.lock import run_dir_lock
+
             try:
-                partial = ProfileResult.load(output)
+                with run_dir_lock(output, shared=True):
+                    partial = ProfileResult.load(output)
             except (RunDirError, SSMProfileError, OSError) as err:
                 partial, why = None, str(err)
             else:

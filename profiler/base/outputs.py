@@ -53,6 +53,27 @@ def source_input(source: str | os.PathLike | None, what: str) -> Input | None:
     return Input(Path(source).expanduser(), what)
 
 
+def text_input(source: str | os.PathLike | None, what: str) -> Input | None:
+    """A local text file a command reads (a folder is no text: reading it is refused in its own words)."""
+    found = source_input(source, what)
+    return None if found is None or found.path.is_dir() else found
+
+
+def data_inputs(spec, whose: str = "the") -> list[Input | None]:
+    """The local text files a :class:`DataSpec` (or anything with ``calibration`` / ``evaluation``) reads."""
+    return [text_input(spec.calibration, f"{whose} calibration text"),
+            text_input(spec.evaluation, f"{whose} evaluation text")]
+
+
+def folder_files(folder: str | os.PathLike, what: str, leave: tuple[str, ...] = ()) -> list[Input]:
+    """Each file of ``folder`` (not those named in ``leave``), for a command that reads them one by one
+    and may write its own file beside them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [Input(item, what) for item in sorted(folder.iterdir()) if item.is_file() and item.name not in leave]
+
+
 def check_paths(outputs: Sequence[Output], inputs: Iterable[Input | None] = ()) -> None:
     """Refuse (one line) any output the module docstring forbids; writes nothing."""
     sources = [item for item in inputs if item is not None]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..base.outputs import Input, source_input
+from ..base.outputs import Input, data_inputs, folder_files, source_input, text_input  # noqa: F401  (re-exported)
+from ..model.resolve import model_input  # noqa: F401  (re-exported: the TUI checks its outputs with the same inputs)
 
 # The subcommands take these core helpers from here, with the options that use them.
 from ..base.fmt import human_bytes, human_count  # noqa: F401  (re-exported)
@@ -43,40 +43,6 @@ def load_from_args(args: argparse.Namespace, with_tokenizer: bool = True):
                         with_tokenizer=with_tokenizer)
     configure_threads(getattr(args, "threads", None), loaded.model)
     return loaded
-
-
-def model_input(name: str | None, what: str = "the model") -> Input | None:
-    """A local or embedded model's folder, read as a whole (None: a hub model, or a name that names nothing:
-    loading it says so)."""
-    from ..base.errors import SSMProfileError
-    from ..model.resolve import locate
-
-    try:
-        source = locate(name)
-    except SSMProfileError:
-        return None
-    return None if source.kind.startswith("hub") else Input(Path(source.location), f"{what} folder")
-
-
-def text_input(source: str | None, what: str) -> Input | None:
-    """A local text file a command reads (a folder is no text: reading it is refused in its own words)."""
-    found = source_input(source, what)
-    return None if found is None or found.path.is_dir() else found
-
-
-def data_inputs(spec, whose: str = "the") -> list[Input | None]:
-    """The local text files a :class:`DataSpec` (or anything with ``calibration`` / ``evaluation``) reads."""
-    return [text_input(spec.calibration, f"{whose} calibration text"),
-            text_input(spec.evaluation, f"{whose} evaluation text")]
-
-
-def folder_files(folder: str | Path, what: str, leave: tuple[str, ...] = ()) -> list[Input]:
-    """Each file of ``folder`` (not those named in ``leave``), for a command that reads them one by one
-    and may write its own file beside them."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return [Input(item, what) for item in sorted(folder.iterdir()) if item.is_file() and item.name not in leave]
 
 
 def read_run(run_dir: str):

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported where it is used: `models` and unknown-name errors need none of it
     import torch
 
+    from ..base.outputs import Input
+
 from .fits import check_config_fits
 from ..base.errors import DataError, HubUnreachableError, ModelNotFoundError, SSMProfileError, UnsupportedModelError
 
@@ -117,6 +119,18 @@ def embedded_dir(name: str) -> Path:
 def embedded_data(name: str) -> Path:
     """Path of an embedded text (``calibration.txt``, ``evaluation.txt``)."""
     return embedded_dir("data") / name
+
+
+def model_input(name: str | None, what: str = "the model") -> Input | None:
+    """A local or embedded model's folder, read as a whole, for the one output rule (None: a hub model, or a
+    name that names nothing: loading it says so)."""
+    from ..base.outputs import Input
+
+    try:
+        source = locate(name)
+    except SSMProfileError:
+        return None
+    return None if source.kind.startswith("hub") else Input(Path(source.location), f"{what} folder")
 
 
 def locate(name: str | None) -> ModelSource:
