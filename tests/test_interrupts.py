@@ -225,7 +225,8 @@ def test_ctrl_c_of_profile_prints_the_resume_command_and_resuming_gives_the_unin
 
 def _no_trace_of(argv: list[str], watched: Path, outputs: list[Path], moments) -> int:
     """Interrupt ``argv`` at ``moments``: one line, 130, no partial output (an output left is whole),
-    every file under ``watched`` as it was. The number of moments that interrupted the command."""
+    every file under ``watched`` as it was. Moments start at 1 s: the interpreter's own start-up (before
+    the entry point's handler) is the import-hook test's, and on a loaded machine it can pass 0.3 s. The number of moments that interrupted the command."""
     interrupted = 0
     for after in moments:
         before = _tree(watched)
@@ -260,14 +261,14 @@ def test_ctrl_c_of_report_leaves_no_report_and_changes_nothing(interrupt_inputs,
     outputs = [watched / "report.html", watched / "csv"]
     argv = ["report", str(watched / "run"), "--plan", str(watched / "plan.json"), "-o", str(outputs[0]),
             "--csv", str(outputs[1])]
-    assert _no_trace_of(argv, watched, outputs, (0.3, 1.0, 2.0, 3.0, 4.0)) > 0
+    assert _no_trace_of(argv, watched, outputs, (1.0, 2.0, 3.0, 4.0)) > 0
 
 
 @pytest.mark.slow  # a fresh process per moment: ~1 min
 def test_ctrl_c_of_bench_quick_leaves_no_json_and_changes_nothing(tmp_path):
     outputs = [tmp_path / "bench.json", tmp_path / "bench.md"]
     argv = ["bench", "--quick", "--quiet", "--json", str(outputs[0]), "--markdown", str(outputs[1])]
-    assert _no_trace_of(argv, tmp_path, outputs, (0.5, 3.0, 6.0, 10.0)) > 0
+    assert _no_trace_of(argv, tmp_path, outputs, (1.0, 3.0, 6.0, 10.0)) > 0
 
 
 @pytest.mark.slow  # a fresh process per moment: ~20-40 s
@@ -276,7 +277,7 @@ def test_ctrl_c_of_analyze_leaves_no_json_and_changes_nothing(tmp_path):
     existing.write_text(json.dumps({"kept": True}))
     outputs = [tmp_path / "analysis.json"]
     assert _no_trace_of(["analyze", "tiny-mamba", "--layers", "--json", str(outputs[0])], tmp_path, outputs,
-                        (0.3, 1.0, 2.0, 3.0)) > 0
+                        (1.0, 2.0, 3.0)) > 0
     # --overwrite of an existing file interrupted: the old file or the new one, whole
     assert _no_trace_of(["analyze", "tiny-mamba", "--json", str(existing), "--overwrite"], tmp_path, [existing],
-                        (0.3, 1.0, 2.0)) > 0
+                        (1.0, 2.0)) > 0
