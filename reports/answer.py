@@ -120,6 +120,8 @@ def _plan_answer(facts: Facts, plan: Plan, validation: ValidationReport | None,
                  recovery: RecoveryRecord | None, plan_path: str | None) -> Answer:
     objective, predicted, metric = plan.objective, plan.predicted, plan.objective.metric
     total = predicted.scope_total
+    if total is None and objective.scope in (None, "model"):  # older plans: the whole model's, as the CLI says
+        total = plan.dense.total(metric)
     of_total = ""  # the bare total: its unit is named by the share that follows
     if total is not None:
         of_total = f" (total {human_bytes(total) if metric == 'state' else human_count(total)})"

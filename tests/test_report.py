@@ -494,7 +494,7 @@ def test_markdown_reads_like_the_html_answer_first(result):
     flat = " ".join(text.replace("**", "").split())
     for sentence in [*said.lead, *said.outcome]:
         assert " ".join(sentence.text.split()) in flat
-    assert "This plan removes **10.23k params**: **1.1% of whole-model params**." in text
+    assert "This plan removes **10.23k params**: **1.1% of whole-model params (total 962.53k)**." in text
     assert f"```sh\n{said.next_command}\n```" in text
     assert "+8.9% (95% interval +7.6% to +10.3%) on 32 verification windows" in flat
     assert "Objective: reduce params by 20.0% of whole-model params" in flat

@@ -29,7 +29,9 @@ def in_ui_terms(text: str) -> str:
         verb = match.group(1)
         return said if verb is None or said.startswith(("tick", "untick", "choose")) else f"{verb} {said}"
 
-    return _FLAG.sub(word, text)
+    # a command quoted in backticks is to be run as written: only the prose around it is translated
+    parts = text.split("`")
+    return "`".join(part if i % 2 else _FLAG.sub(word, part) for i, part in enumerate(parts))
 
 
 def pct(x: float | None, digits: int = 2) -> str:

@@ -148,6 +148,7 @@ def _acquire_run_dir(run_dir: Path, shared: bool) -> int | None:
 def _acquire_file(path: Path, output: Path) -> int:
     """An exclusive lock on ``path`` that is still the file at ``path`` (its last holder unlinks it)."""
     for _ in range(100):
+        fd = -1
         try:
             fd = _open(path, shared=False)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -157,6 +158,8 @@ def _acquire_file(path: Path, output: Path) -> int:
             raise OutputExistsError(f"output '{output}' is being written by {holder}; wait for it to finish "
                                     "or choose another -o") from None
         except OSError as err:
+            if fd >= 0:
+                os.close(fd)
             raise OutputExistsError(f"cannot lock output '{output}': {err.strerror or err}") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino

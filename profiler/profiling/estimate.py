@@ -150,14 +150,14 @@ def estimate_profile_seconds(recipe, model: torch.nn.Module, dataset, settings) 
             once, calib_batch = max(0.0, cold - warm), warm * batch / timed
     mixers = find_mixers(model)
     targets = [t for t in targets_for(mixers) if settings.targets is None or t.name in settings.targets]
-    trials = len(targets) * len(settings.criteria) * len(settings.sparsities)
+    pairs = _applicable_pairs(model, settings.criteria, {t.name for t in targets})
+    trials = pairs * len(settings.sparsities)
     probes = len(targets) * len(mixers) if settings.per_layer else 0
     if getattr(settings, "sweep", "grid") == "adaptive":  # early stopping not counted: errs long too
         from .adaptive import expected_trials
 
         from .earlystop import CHUNK_WINDOWS
 
-        pairs = _applicable_pairs(model, settings.criteria, {t.name for t in targets})
         trials, probes = expected_trials(pairs, len(targets), len(settings.sparsities),
                                          len(targets) if settings.per_layer else 0, len(mixers))
         windows = int(evaluation.shape[0])
@@ -172,7 +172,7 @@ def estimate_profile_seconds(recipe, model: torch.nn.Module, dataset, settings) 
 
 
 def _applicable_pairs(model: torch.nn.Module, criteria: list[str], targets: set[str]) -> int:
-    """(target, criterion) pairs the adaptive probe will screen: a criterion that cannot score a target
+    """(target, criterion) pairs a sweep will measure: a criterion that cannot score a target
     (told from the architecture, as ``--list-criteria`` does) costs no trial. Counting every pair made
     tiny-deltanet's estimate 1.6x its run (117 pairs, 82 apply)."""
     from ..criteria import applicability
