@@ -281,3 +281,49 @@ def test_ctrl_c_of_analyze_leaves_no_json_and_changes_nothing(tmp_path):
     # --overwrite of an existing file interrupted: the old file or the new one, whole
     assert _no_trace_of(["analyze", "tiny-mamba", "--json", str(existing), "--overwrite"], tmp_path, [existing],
                         (1.0, 2.0)) > 0
+
+
+def _killed_then_rerun(argv: list[str], watched: Path, outputs: list[Path], moments) -> int:
+    """SIGKILL ``argv`` at ``moments``: nothing that existed changes and an output left is whole (a
+    hidden temporary file may stay: nothing can clean up after SIGKILL); the rerun (with --overwrite)
+    then succeeds and leaves only its outputs. The number of moments that killed a running command."""
+    before, killed = _tree(watched), 0
+    for after in moments:
+        process = subprocess.Popen([PYTHON, "-c", ENTRY, *argv], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, env=ENV)
+        time.sleep(after)
+        running = process.poll() is None
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        killed += running
+        now = _tree(watched)
+        assert {n: now.get(n) for n in before} == before, after  # no input or earlier file touched
+        for out in outputs:
+            if out.is_file() and out.suffix == ".json":
+                json.loads(out.read_text())  # whole, or absent
+    done = _run([*argv, "--overwrite"])
+    assert done.returncode in (0, 3), done.stderr.decode()[-2000:]
+    left = [n for n in _tree(watched) if n not in before
+            and not any(watched / n == out or out in (watched / n).parents for out in outputs)]
+    assert left == [], f"left after the rerun: {left}"
+    return killed
+
+
+@pytest.mark.slow  # a fresh process per moment: ~1-2 min
+def test_sigkill_of_report_bench_and_analyze_then_rerun_leaves_only_whole_outputs(interrupt_inputs, tmp_path):
+    """The writing commands the fault-injection test leaves out (profile, plan, apply, recover and
+    validate are in tests/test_faults.py)."""
+    import shutil
+
+    watched = tmp_path / "inputs"
+    shutil.copytree(interrupt_inputs, watched)
+    report = [watched / "report.html", watched / "csv"]
+    killed = _killed_then_rerun(["report", str(watched / "run"), "--plan", str(watched / "plan.json"),
+                                 "-o", str(report[0]), "--csv", str(report[1])], watched, report, (1.0, 2.5, 4.0))
+    bench = [watched / "bench.json", watched / "bench.md"]
+    killed += _killed_then_rerun(["bench", "--quick", "--quiet", "--json", str(bench[0]), "--markdown",
+                                  str(bench[1])], watched, bench, (1.0, 4.0, 8.0))
+    analysis = [watched / "analysis.json"]
+    killed += _killed_then_rerun(["analyze", "tiny-mamba", "--layers", "--json", str(analysis[0])], watched,
+                                 analysis, (1.0, 2.0))
+    assert killed >= 4
