@@ -226,7 +226,8 @@ def test_ctrl_c_of_profile_prints_the_resume_command_and_resuming_gives_the_unin
 def _no_trace_of(argv: list[str], watched: Path, outputs: list[Path], moments) -> int:
     """Interrupt ``argv`` at ``moments``: one line, 130, no partial output (an output left is whole),
     every file under ``watched`` as it was. Moments start at 1 s: the interpreter's own start-up (before
-    the entry point's handler) is the import-hook test's, and on a loaded machine it can pass 0.3 s. The number of moments that interrupted the command."""
+    the entry point's handler) is the import-hook test's, and on a loaded machine it can pass 0.3 s.
+    The number of moments that interrupted the command."""
     interrupted = 0
     for after in moments:
         before = _tree(watched)
