@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -230,3 +229,36 @@ def score_or_say_why(ctx, mixer, names) -> dict[tuple[str, str], str]:
             u = crit.unit_scores(ctx, mixer, family)
             assert u.shape == (family.count,) and torch.isfinite(u).all(), (name, kind)
     return reasons
+
+
+def save_with_embedded_tokenizer(build, base: Path) -> None:
+    """``build(vocab_size=...)`` saved to ``base`` with the embedded tokenizer, so the CLI can run on it."""
+    from transformers import AutoTokenizer
+
+    from ssm_profile.model.resolve import embedded_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir("tokenizer"))
+    build(vocab_size=len(tokenizer)).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+
+
+def apply_and_check_realised(base: Path, plan_path: Path, out: Path, before: dict):
+    """``ssm-profile apply`` the plan, then check the applied model lost exactly the state, FLOPs and
+    parameters the plan states (``before``: the dense model's analysis totals). Returns (plan, pruned
+    model, physical change)."""
+    from ssm_profile.cli.main import main
+    from ssm_profile.documents import load_plan
+    from ssm_profile.model.analysis import analyze
+    from ssm_profile.model.resolve import load_model
+    from ssm_profile.pruning.summary import physical_change
+
+    assert main(["apply", str(base), str(plan_path), "-o", str(out), "--quiet"]) == 0
+    plan = load_plan(plan_path)
+    pruned = load_model(str(out)).model
+    after = analyze(pruned).totals
+    physical = physical_change(plan)
+    assert before["state_bytes_per_sequence"] - after["state_bytes_per_sequence"] \
+        == plan.predicted.state_bytes_removed == physical["state"]
+    assert before["flops_per_token"] - after["flops_per_token"] == plan.predicted.flops_removed == physical["flops"]
+    assert before["parameters"] - after["parameters"] == physical["params"]
+    return plan, pruned, physical

@@ -16,7 +16,8 @@ import math
 
 import pytest
 import torch
-from conftest import GATED_DELTA, cached_step_logits, score_or_say_why, tiny_gated_delta
+from conftest import (GATED_DELTA, apply_and_check_realised, cached_step_logits, save_with_embedded_tokenizer,
+                      score_or_say_why, tiny_gated_delta)
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging
 
@@ -407,17 +408,11 @@ def test_kimi_delta_attention_is_not_mistaken_for_gated_delta():
 def test_cli_pipeline_realises_the_plans_numbers(tmp_path, model_type):
     """analyze -> profile -> plan --metric state / params -> apply -> analyze: the applied model loses
     exactly the state, FLOPs and parameters the plan states."""
-    from transformers import AutoTokenizer
-
     from ssm_profile.cli.main import main
-    from ssm_profile.documents import load_plan
-    from ssm_profile.model.resolve import embedded_dir, load_model
-    from ssm_profile.pruning.summary import physical_change
+    from ssm_profile.model.resolve import load_model
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_dir("tokenizer"))
     base, run = tmp_path / "base", tmp_path / "run"
-    tiny_gated_delta(model_type, vocab_size=len(tokenizer)).save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    save_with_embedded_tokenizer(lambda **kw: tiny_gated_delta(model_type, **kw), base)
     assert main(["analyze", str(base), "--json", str(tmp_path / "analysis.json")]) == 0
     assert main(["profile", str(base), "-o", str(run), "--nsamples", "2", "--eval-samples", "8", "--seqlen", "16",
                  "--sparsities", "0.5", "--criteria", "magnitude,wanda", "--no-per-layer", "--quiet",
@@ -427,13 +422,6 @@ def test_cli_pipeline_realises_the_plans_numbers(tmp_path, model_type):
         plan_path, out = tmp_path / f"plan-{metric}.json", tmp_path / f"out-{metric}"
         assert main(["plan", str(run), "-o", str(plan_path), "--metric", metric, "--ratio", "0.2",
                      "--max-ppl-increase", "0.5", "--quiet", *extra]) == 0
-        assert main(["apply", str(base), str(plan_path), "-o", str(out), "--quiet"]) == 0
-        plan = load_plan(plan_path)
-        after = analyze(load_model(str(out)).model).totals
-        physical = physical_change(plan)
-        assert before["state_bytes_per_sequence"] - after["state_bytes_per_sequence"] \
-            == plan.predicted.state_bytes_removed == physical["state"]
-        assert before["flops_per_token"] - after["flops_per_token"] == plan.predicted.flops_removed == physical["flops"]
-        assert before["parameters"] - after["parameters"] == physical["params"]
+        plan, _, physical = apply_and_check_realised(base, plan_path, out, before)
         if metric == "state":  # a state budget is met by sliced head cuts
             assert physical["state"] > 0 and {a.execution for a in plan.actions} == {"slice"}

@@ -19,7 +19,8 @@ import math
 
 import pytest
 import torch
-from conftest import KDA_LAYOUT, cached_step_logits, score_or_say_why, tiny_kda
+from conftest import (KDA_LAYOUT, apply_and_check_realised, cached_step_logits, save_with_embedded_tokenizer,
+                      score_or_say_why, tiny_kda)
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging
 
@@ -348,17 +349,11 @@ def test_cli_pipeline_realises_the_plans_numbers(tmp_path):
     """analyze -> profile -> plan -> apply -> analyze (8.6 s here): a state plan slices heads and the applied
     model loses exactly the state, FLOPs and parameters the plan states; a params plan over the other kinds
     (channels, low-rank directions) zeroes exactly the elements it states and changes no shape."""
-    from transformers import AutoTokenizer
-
     from ssm_profile.cli.main import main
-    from ssm_profile.documents import load_plan
-    from ssm_profile.model.resolve import embedded_dir, load_model
-    from ssm_profile.pruning.summary import physical_change
+    from ssm_profile.model.resolve import load_model
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_dir("tokenizer"))
     base = tmp_path / "base"
-    tiny_kda(vocab_size=len(tokenizer)).save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    save_with_embedded_tokenizer(tiny_kda, base)
     dense = load_model(str(base)).model
     before = analyze(dense).totals
     zeros_before = sum(int((p == 0).sum()) for p in dense.parameters())
@@ -371,15 +366,7 @@ def test_cli_pipeline_realises_the_plans_numbers(tmp_path):
                      "--targets", targets]) == 0
         assert main(["plan", str(run), "-o", str(plan_path), "--metric", metric, "--ratio", ratio,
                      "--max-ppl-increase", "0.5", "--quiet", *extra]) == 0
-        assert main(["apply", str(base), str(plan_path), "-o", str(out), "--quiet"]) == 0
-        plan = load_plan(plan_path)
-        pruned = load_model(str(out)).model
-        after = analyze(pruned).totals
-        physical = physical_change(plan)
-        assert before["state_bytes_per_sequence"] - after["state_bytes_per_sequence"] \
-            == plan.predicted.state_bytes_removed == physical["state"]
-        assert before["flops_per_token"] - after["flops_per_token"] == plan.predicted.flops_removed == physical["flops"]
-        assert before["parameters"] - after["parameters"] == physical["params"]
+        plan, pruned, physical = apply_and_check_realised(base, plan_path, out, before)
         if metric == "state":  # a state budget is met by sliced head cuts
             assert physical["state"] > 0 and {a.execution for a in plan.actions} == {"slice"}
             assert pruned.config.linear_num_heads < H

@@ -224,7 +224,7 @@ class AnalysisResult:
 def analyze(model: torch.nn.Module, *, name: str | None = None, source: dict[str, Any] | None = None) -> AnalysisResult:
     """Analyse ``model`` (a transformers model with Mamba mixers) without running any data."""
     mixers = find_mixers(model)
-    unique = _unique_parameters(model)
+    unique = unique_parameters(model)
     total = sum(p.numel() for p in unique.values())
     mixer_of = {f"{m.path}.{p}": m for m in mixers for p in m.params}
 
@@ -272,7 +272,7 @@ def analyze(model: torch.nn.Module, *, name: str | None = None, source: dict[str
     return AnalysisResult(model=info, totals=totals, groups=groups, units=units, dynamics=dynamics)
 
 
-def _unique_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+def unique_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """Named parameters with tied tensors counted once (first name wins)."""
     seen: set[int] = set()
     out = {}

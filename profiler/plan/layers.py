@@ -72,7 +72,7 @@ def layer_options(result: ProfileResult, shapes: Shapes, measurer: Any) -> tuple
         return [], [("whole layers are measured by the plan itself (no profile trial removes one): with "
                      "--no-measure they are left out")]
     model = measurer.model
-    meta = shapes.model if shapes.model is not None else None
+    meta = shapes.model
     by_layer = _analysis_by_layer(result)
     out: list[list[Option]] = []
     refused: list[str] = []

@@ -178,7 +178,7 @@ def _execute(loaded: LoadedModel, plan: Plan, note: Progress) -> dict[str, Any]:
     records: list[dict[str, Any]] = []
     notes: list[str] = []
     element_actions = [(i, a) for i, a in enumerate(actions)
-                       if Target.parse(a.target).kind == "group" and a.structure != LAYERS]
+                       if Target.parse(a.target).kind == "group" and not a.is_layer]
     unit_actions = [(i, a) for i, a in enumerate(actions) if Target.parse(a.target).kind == "unit"]
     picked = _unit_picks(model, unit_actions)
     cuts, combined, calibration = _dense_cuts(loaded, plan, element_actions, picked, note)
@@ -248,7 +248,7 @@ def _remove_layers(model: torch.nn.Module, actions: list[PlanAction], records: l
     rename the zeroed tensors the records list as the reduced model names them (recover reads them)."""
     from .layers import layers_path, remove_checked, renamed
 
-    chosen = [(i, a) for i, a in enumerate(actions) if a.structure == LAYERS]
+    chosen = [(i, a) for i, a in enumerate(actions) if a.is_layer]
     if not chosen:
         return
     drop = sorted({layer for _, a in chosen for layer in a.layers})

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..documents import one_line
+from ..model.analysis import unique_parameters
 from ..model.arch import find_mixers
 from .surgery import _layer_list, remove_layers
 
@@ -37,7 +38,7 @@ def ssm_layers(model: nn.Module) -> list[int]:
 def layer_parameters(model: nn.Module, layer: int) -> list[str]:
     """Full names of the parameters of decoder layer ``layer`` (tied/shared ones under their first name)."""
     prefix = f"{layers_path(model)}.{layer}."
-    return [n for n in _unique(model) if n.startswith(prefix)]
+    return [n for n in unique_parameters(model) if n.startswith(prefix)]
 
 
 def layers_path(model: nn.Module) -> str:
@@ -45,18 +46,8 @@ def layers_path(model: nn.Module) -> str:
     return _layer_list(model)[1]
 
 
-def _unique(model: nn.Module) -> dict[str, nn.Parameter]:
-    seen: set[int] = set()
-    out = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) not in seen:
-            seen.add(id(p))
-            out[name] = p
-    return out
-
-
 def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in _unique(model).values())
+    return sum(p.numel() for p in unique_parameters(model).values())
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
