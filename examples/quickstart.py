@@ -13,7 +13,7 @@ loaded = load_model("tiny-mamba2")
 
 # 1. Static analysis: no data needed.
 analysis = analyze(loaded.model, name="tiny-mamba2")
-print(f"{analysis.totals['parameters']:,} parameters, {analysis.totals['ssm_share']:.0%} in SSM mixers")
+print(f"{analysis.totals.parameters:,} parameters, {analysis.totals.ssm_share:.0%} in SSM mixers")
 for row in analysis.summary_by_group()[:6]:
     print(f"  {row['group']:<12} {row['numel']:>9,} params  {row['share']:6.1%}")
 

@@ -190,7 +190,7 @@ def _plan_next_step(facts: Facts, plan: Plan, validation: ValidationReport | Non
         return ("Next: the recovered model is a plain transformers checkpoint; validate it against the dense model",
                 f"ssm-profile validate {shlex.quote(facts.model_name())} {shlex.quote(out)}")
     if validation is not None:
-        pruned = shlex.quote(validation.models["pruned"].directory or "PRUNED_DIR")
+        pruned = shlex.quote(validation.models.pruned.directory or "PRUNED_DIR")
         if validation.within_tolerance is False:
             return ("Next: the pruned model broke the tolerance; recover what pruning cost, or plan again with a "
                     "smaller ratio", f"ssm-profile recover {pruned} -o RECOVERED_DIR")

@@ -44,7 +44,7 @@ class Facts:
         return self.result.record
 
     def model_name(self) -> str:
-        return str(self.record.model.name or self.result.analysis.model.get("name") or "unknown model")
+        return str(self.record.model.name or self.result.analysis.model.name or "unknown model")
 
     def criteria(self) -> list[str]:
         """Criteria in the order the run was configured, then any others found in trials."""
@@ -54,23 +54,22 @@ class Facts:
         """(label, value) pairs for the header, as plain text (each renderer escapes)."""
         record, analysis = self.record, self.result.analysis
         model, data, settings, timings = record.model, record.data, record.settings, record.timings
-        info = analysis.model or {}
-        totals = analysis.totals or {}
-        dims = info.get("dims") or {}
+        info, totals = analysis.model, analysis.totals
+        dims = info.dims
         items = [("Model", self.model_name())]
         if model.source.location or model.source.kind:
             items.append(("Source", " · ".join(str(v) for v in (model.source.kind, model.source.location) if v)))
-        kinds = ", ".join(info.get("mixer_kinds") or []) or "?"
-        arch = (f"{info.get('architecture', '?')} ({model.class_name or info.get('class', '?')}); "
-                f"{info.get('num_ssm_layers', '?')} SSM of {info.get('num_layers', '?')} layers; mixer {kinds}")
+        kinds = ", ".join(info.mixer_kinds) or "?"
+        arch = (f"{info.architecture} ({model.class_name or info.class_name or '?'}); "
+                f"{info.num_ssm_layers} SSM of {info.num_layers} layers; mixer {kinds}")
         items.append(("Architecture", arch))
         if dims:
             items.append(("Dimensions", ", ".join(f"{k} {v}" for k, v in dims.items())))
-        if totals.get("parameters") is not None:
-            p = totals["parameters"]
-            items.append(("Parameters", f"{human_count(p)} ({p:,}); SSM mixers {totals.get('ssm_share', 0):.1%} of whole-model "
+        if totals.parameters:
+            p = totals.parameters
+            items.append(("Parameters", f"{human_count(p)} ({p:,}); SSM mixers {totals.ssm_share:.1%} of whole-model "
                                         "params; "
-                                        f"{human_bytes(totals.get('bytes', 0))} as {info.get('dtype', '?')}"))
+                                        f"{human_bytes(totals.bytes)} as {info.dtype or '?'}"))
         if data.seqlen:
             cal = f"calibration {data.calibration or '?'}: {data.nsamples} × {data.seqlen} tokens"
             ev = f"evaluation {data.evaluation or '?'}: {data.eval_samples} × {data.seqlen} tokens"

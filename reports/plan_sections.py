@@ -131,7 +131,8 @@ def validation_section(validation: ValidationReport) -> str:
                      f"verification windows against at most +{tol.max_ppl_increase:.1%} "
                      f"({esc(_SOURCE.get(tol.source or '', tol.source or 'given'))})</p>")
     parts.append("<h3>Before and after</h3>" + _shared_rows_html(comparison_rows(validation)))
-    models = {f"{side} model": f"{m.name} ({m.fingerprint})" for side, m in validation.models.items()}
+    models = {f"{side} model": f"{m.name} ({m.fingerprint})"
+              for side, m in (("base", validation.models.base), ("pruned", validation.models.pruned))}
     parts.append("<h3>Summary</h3>" + kv_html({**models, "measured": validation.created,
                                                "seconds": validation.seconds, "threads": validation.threads}))
     return section("validation", "Validation", "Measurements of the pruned model against the dense one.",

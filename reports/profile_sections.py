@@ -32,10 +32,9 @@ def header_section(facts: Facts) -> str:
     glance.append(("Literature findings", f"{sum(1 for f in measured if f.verdict == 'holds')} of {len(measured)} hold",
                    ", ".join(part for part in (f"{inconclusive} inconclusive" if inconclusive else "",
                                                f"{unmeasured} not measured" if unmeasured else "") if part)))
-    totals = r.analysis.totals or {}
-    if totals.get("parameters"):
-        glance.append(("Parameters", human_count(totals["parameters"]),
-                       f"SSM mixers {totals.get('ssm_share', 0):.0%}"))
+    totals = r.analysis.totals
+    if totals.parameters:
+        glance.append(("Parameters", human_count(totals.parameters), f"SSM mixers {totals.ssm_share:.0%}"))
     glance.append(("Dense perplexity", fmt(r.dense_perplexity, 4), f"loss {r.dense_loss:.4f}"))
     skipped = facts.record.skipped
     skipped_html = ""
@@ -51,13 +50,13 @@ def header_section(facts: Facts) -> str:
 # ---------------------------------------------------------------------- 2 anatomy
 def anatomy_section(facts: Facts) -> str:
     a = facts.result.analysis
-    totals = a.totals or {}
+    totals = a.totals
     parts = [cards([
-        ("SSM parameters", human_count(totals.get("ssm_parameters", 0)), f"{totals.get('ssm_share', 0):.1%} of all"),
-        ("FLOPs per token", human_count(totals.get("flops_per_token", 0)),
-         f"SSM mixers {human_count(totals.get('ssm_flops_per_token', 0))}"),
-        ("Recurrent state", human_bytes(totals.get("state_bytes_per_sequence", 0)), "per sequence"),
-        ("Layers", str(a.model.get("num_ssm_layers", len(a.layers()))), f"of {a.model.get('num_layers', '?')}"),
+        ("SSM parameters", human_count(totals.ssm_parameters), f"{totals.ssm_share:.1%} of all"),
+        ("FLOPs per token", human_count(totals.flops_per_token),
+         f"SSM mixers {human_count(totals.ssm_flops_per_token)}"),
+        ("Recurrent state", human_bytes(totals.state_bytes_per_sequence), "per sequence"),
+        ("Layers", str(a.model.num_ssm_layers or len(a.layers())), f"of {a.model.num_layers or '?'}"),
     ])]
     # Stacked composition bars per layer.
     order = list(dict.fromkeys(g.group for g in a.groups if g.layer is not None))

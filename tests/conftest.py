@@ -242,7 +242,7 @@ def save_with_embedded_tokenizer(build, base: Path) -> None:
     tokenizer.save_pretrained(base)
 
 
-def apply_and_check_realised(base: Path, plan_path: Path, out: Path, before: dict):
+def apply_and_check_realised(base: Path, plan_path: Path, out: Path, before):
     """``ssm-profile apply`` the plan, then check the applied model lost exactly the state, FLOPs and
     parameters the plan states (``before``: the dense model's analysis totals). Returns (plan, pruned
     model, physical change)."""
@@ -257,8 +257,8 @@ def apply_and_check_realised(base: Path, plan_path: Path, out: Path, before: dic
     pruned = load_model(str(out)).model
     after = analyze(pruned).totals
     physical = physical_change(plan)
-    assert before["state_bytes_per_sequence"] - after["state_bytes_per_sequence"] \
+    assert before.state_bytes_per_sequence - after.state_bytes_per_sequence \
         == plan.predicted.state_bytes_removed == physical["state"]
-    assert before["flops_per_token"] - after["flops_per_token"] == plan.predicted.flops_removed == physical["flops"]
-    assert before["parameters"] - after["parameters"] == physical["params"]
+    assert before.flops_per_token - after.flops_per_token == plan.predicted.flops_removed == physical["flops"]
+    assert before.parameters - after.parameters == physical["params"]
     return plan, pruned, physical

@@ -23,8 +23,8 @@ def test_mamba1_counts_by_hand(mamba1_model):
                 "dt_proj": 1 * 32 + 32, "A_log": 32 * 4, "D": 32, "out_proj": 16 * 32}
     for name, numel in expected.items():
         assert _group(r, 0, name).numel == numel, name
-    assert r.totals["parameters"] == sum(p.numel() for p in mamba1_model.parameters()) == 1024 + 2 * (2208 + 16) + 16
-    assert sum(g.numel for g in r.groups) == r.totals["parameters"]
+    assert r.totals.parameters == sum(p.numel() for p in mamba1_model.parameters()) == 1024 + 2 * (2208 + 16) + 16
+    assert sum(g.numel for g in r.groups) == r.totals.parameters
     assert _group(r, 0, "in_proj").flops_per_token == 2 * 64 * 16
     assert _group(r, 0, "A_log").state_bytes == 32 * 4 * 4  # E*N fp32
     assert _group(r, 0, "conv1d").state_bytes == 32 * 3 * 4  # E*(K-1) fp32
@@ -46,8 +46,8 @@ def test_mamba2_counts_by_hand(mamba2_model):
                 "D": 4, "norm": 32, "out_proj": 16 * 32}
     for name, numel in expected.items():
         assert _group(r, 1, name).numel == numel, name
-    assert r.totals["parameters"] == sum(p.numel() for p in mamba2_model.parameters())
-    assert sum(g.numel for g in r.groups) == r.totals["parameters"]
+    assert r.totals.parameters == sum(p.numel() for p in mamba2_model.parameters())
+    assert sum(g.numel for g in r.groups) == r.totals.parameters
     units = {u.kind: u for u in r.units if u.layer == 0}
     head = 2 * 8 * 16 + 16 + 8 * 5 + 3 + 8 + 8 * 16
     assert (units["head"].count, units["head"].params_per_unit) == (4, head)
@@ -101,9 +101,9 @@ def test_hybrids_add_up(family):
     model = AutoModelForCausalLM.from_config(configs[family]())
     r = analyze(model)
     unique = {id(p): p for p in model.parameters()}
-    assert r.totals["parameters"] == sum(p.numel() for p in unique.values())
-    assert sum(g.numel for g in r.groups) == r.totals["parameters"]
-    assert r.model["num_ssm_layers"] >= 1 and r.mixer_groups()
+    assert r.totals.parameters == sum(p.numel() for p in unique.values())
+    assert sum(g.numel for g in r.groups) == r.totals.parameters
+    assert r.model.num_ssm_layers >= 1 and r.mixer_groups()
 
 
 def test_json_round_trip(mamba2_model, tmp_path):
@@ -112,7 +112,14 @@ def test_json_round_trip(mamba2_model, tmp_path):
     r.to_json(path)
     back = AnalysisResult.from_json(path)
     assert back == r
-    assert json.loads(path.read_text())["schema_version"] == 1
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == 1
+    # the file keeps the layout older versions wrote (and read by key): "class", no "extra"
+    assert list(data["model"]) == ["name", "class", "architecture", "mixer_kinds", "num_layers", "num_ssm_layers",
+                                   "dims", "vocab_size", "dtype", "tied_embeddings", "source"]
+    assert data["model"]["class"] == "Mamba2ForCausalLM" and "extra" not in data["totals"]
+    data["model"]["added_later"] = 1  # a newer version's key survives a read and write
+    assert json.loads(json.dumps(AnalysisResult.from_dict(data).to_dict())) == data
 
 
 def test_cli_analyze_local_dir_writes_json(mamba1_dir, tmp_path, capsys):
@@ -128,7 +135,7 @@ def test_output_projection_flops_counted_tied_or_not(mamba1_model, mamba2_model)
     assert _group(tied, None, "embeddings").flops_per_token == 2 * 64 * 16
     assert _group(untied, None, "lm_head").flops_per_token == 2 * 64 * 16
     assert _group(untied, None, "embeddings").flops_per_token == 0
-    assert tied.totals["lm_head_flops_per_token"] == untied.totals["lm_head_flops_per_token"] == 2 * 64 * 16
+    assert tied.totals.lm_head_flops_per_token == untied.totals.lm_head_flops_per_token == 2 * 64 * 16
 
 
 def test_cli_analyze_local_hybrid_checkpoint(tmp_path, capsys):

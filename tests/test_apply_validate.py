@@ -103,7 +103,7 @@ def test_mamba1_channel_slice_is_smaller_reloads_plainly_and_matches_zeros(tmp_p
     report = apply_plan(loaded, plan, out)
 
     assert tree_hash(mamba1_dir) == source_before  # the source is never written
-    assert report.actions[0].execution == "slice" and report.sliced[0]["kind"] == "channel"
+    assert report.actions[0].execution == "slice" and report.sliced[0].kind == "channel"
     p = report.parameters
     assert p.after < p.before and p.nonzero_after <= p.after
     assert (out / "model.safetensors").stat().st_size < (mamba1_dir / "model.safetensors").stat().st_size

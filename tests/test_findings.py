@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ssm_profile.model.analysis import AnalysisResult
+from ssm_profile.model.analysis import AnalysisModel, AnalysisResult, AnalysisTotals
 from ssm_profile.profiling.findings import Finding, difference, evaluate_findings, paired_windows
 from ssm_profile.profiling.results import ProfileResult
 from ssm_profile.profiling.sensitivity import Trial
@@ -27,7 +27,8 @@ def make_trial(target: str, criterion: str, dense: np.ndarray, shift: np.ndarray
 
 
 def make_result(trials: list[Trial], dense: np.ndarray, kind: str = "mamba2") -> ProfileResult:
-    analysis = AnalysisResult(model={"mixer_kinds": [kind]}, totals={}, groups=[], units=[], dynamics=[])
+    analysis = AnalysisResult(model=AnalysisModel(mixer_kinds=[kind]), totals=AnalysisTotals(), groups=[], units=[],
+                              dynamics=[])
     return ProfileResult(record=RunRecord.from_dict({"data": {"seed": 0}}), analysis=analysis, dense_window_losses=[float(x) for x in dense],
                          trials=trials, bootstrap=400)
 

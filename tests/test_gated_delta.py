@@ -67,9 +67,9 @@ def test_anatomy_by_hand(model_type):
     assert _group(r, 0, "A_log").flops_per_token == H * (7 * DK * DV + 2 * DV) + 7 * KH * DK
     assert _group(r, 0, "A_log").state_bytes == H * DK * DV * 4  # the delta-rule state, float32
     assert _group(r, 0, "conv1d").state_bytes == conv * (K - 1) * 4
-    assert r.totals["state_bytes_per_sequence"] == 2 * (H * DK * DV + conv * (K - 1)) * 4
-    assert r.totals["parameters"] == sum(p.numel() for p in model.parameters())
-    assert r.model["mixer_kinds"] == [KIND]
+    assert r.totals.state_bytes_per_sequence == 2 * (H * DK * DV + conv * (K - 1)) * 4
+    assert r.totals.parameters == sum(p.numel() for p in model.parameters())
+    assert r.model.mixer_kinds == [KIND]
     units = {u.kind: u for u in r.units if u.layer == 0}
     # value head: v and z rows, b and a rows, conv channels, A_log, dt_bias, out_proj columns
     value_head = 2 * DV * HIDDEN + 2 * HIDDEN + DV * K + 2 + HIDDEN * DV

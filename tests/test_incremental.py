@@ -73,11 +73,11 @@ def test_incremental_equals_plain_on_random_models(make, fast, monkeypatch):
     model = make(layers=3)
     summary = assert_identical_profiles(as_loaded(model), random_dataset(model.config.vocab_size), fast_scan=fast,
                                         batch_size=2)
-    assert summary["enabled"] and all(summary["modes"].values()) and summary["blocked_head"], summary
-    counts = summary["counts"]
+    assert summary.enabled and all(summary.modes.values()) and summary.blocked_head, summary
+    counts = summary.counts
     # every path ran: later start layers (per-layer trials), each reuse mode, repeated masks
     assert counts.get("start_layer_2", 0) > 0 and counts.get("mode_full", 0) > 0
-    assert all(counts.get(f"mode_{m}", 0) > 0 for m in summary["modes"]), counts
+    assert all(counts.get(f"mode_{m}", 0) > 0 for m in summary.modes), counts
 
 
 @pytest.mark.slow  # the random-model variants run by default; the embedded ones take ~6 s each
@@ -86,7 +86,7 @@ def test_incremental_equals_plain_on_embedded_models(name):
     loaded = load_model(name)
     summary = assert_identical_profiles(loaded, SMALL_DATA, criteria=["magnitude", "wanda", "fisher", "random"],
                                         sparsities=[0.2, 0.3, 0.7])
-    assert summary["enabled"] and summary["blocked_head"] and summary["counts"].get("repeated", 0) > 0
+    assert summary.enabled and summary.blocked_head and summary.counts.get("repeated", 0) > 0
 
 
 @pytest.fixture(scope="module")

@@ -73,9 +73,9 @@ def test_anatomy_by_hand():
     assert _group(r, 0, "dt_bias").flops_per_token == 4 * W + H  # the gate per key channel, β per head
     assert _group(r, 0, "A_log").state_bytes == H * D * D * 4  # the delta-rule state, float32
     assert _group(r, 0, "conv1d").state_bytes == 3 * W * (K - 1) * 4
-    assert r.totals["state_bytes_per_sequence"] == 2 * (H * D * D + 3 * W * (K - 1)) * 4
-    assert r.totals["parameters"] == sum(p.numel() for p in model.parameters())
-    assert r.model["mixer_kinds"] == [KDA]
+    assert r.totals.state_bytes_per_sequence == 2 * (H * D * D + 3 * W * (K - 1)) * 4
+    assert r.totals.parameters == sum(p.numel() for p in model.parameters())
+    assert r.model.mixer_kinds == [KDA]
     units = {u.kind: u for u in r.units if u.layer == 0}
     head = 3 * D * HIDDEN + 3 * D * K + D * D + D + 1 + HIDDEN + D * D + HIDDEN * D
     key_channel = 2 * H * HIDDEN + 2 * H * K + H * D + H  # q, k rows and conv, its decay rows and dt_bias

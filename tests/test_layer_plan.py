@@ -215,7 +215,7 @@ def test_layer_plan_predicts_what_apply_removes(mamba_run, tmp_path):
     dropped = sorted(a.layers[0] for a in plan.actions)
     record = apply_plan(load_model("tiny-mamba"), plan, tmp_path / "out")
     assert record.parameters.removed == plan.predicted.params_removed == plan.predicted.params_sliced
-    before, after = record.analysis["before"], record.analysis["after"]
+    before, after = record.analysis.before, record.analysis.after
     assert before.flops_per_token - after.flops_per_token == plan.predicted.flops_removed > 0
     assert before.state_bytes_per_sequence - after.state_bytes_per_sequence == plan.predicted.state_bytes_removed > 0
     # the plan's measured loss is the applied model's on the search windows (skipped = removed)

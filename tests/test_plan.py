@@ -168,7 +168,7 @@ def _brute_plan(result, metric, ratio, tol):
     gains = [[o.gain(metric) for o in levels] for levels in options]
     costs = [[o.cost for o in levels] for levels in options]
     total = {"params": "parameters", "flops": "flops_per_token", "state": "state_bytes_per_sequence"}[metric]
-    budget = None if ratio is None else ratio * result.analysis.totals[total]
+    budget = None if ratio is None else ratio * getattr(result.analysis.totals, total)
     return _brute(gains, costs, math.log1p(tol), budget, pairs), len(options)
 
 
@@ -446,9 +446,9 @@ def test_ratio_scope_is_ssm_mixers_by_default(synthetic):
     whole = make_plan(synthetic, metric="params", max_ppl_increase=0.1, measure=False, scope="model")
     assert ssm.objective.scope == "ssm" and whole.objective.scope == "model"
     removed = ssm.predicted.params_removed
-    assert ssm.predicted.scope_total == synthetic.analysis.totals["ssm_parameters"]
-    assert ssm.predicted.reduction_ratio == pytest.approx(removed / synthetic.analysis.totals["ssm_parameters"])
-    assert whole.predicted.reduction_ratio == pytest.approx(removed / synthetic.analysis.totals["parameters"])
+    assert ssm.predicted.scope_total == synthetic.analysis.totals.ssm_parameters
+    assert ssm.predicted.reduction_ratio == pytest.approx(removed / synthetic.analysis.totals.ssm_parameters)
+    assert whole.predicted.reduction_ratio == pytest.approx(removed / synthetic.analysis.totals.parameters)
 
 
 def test_plan_file_written_by_the_cli_round_trips(tiny_run, tmp_path):

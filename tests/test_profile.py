@@ -44,6 +44,9 @@ def test_profile_writes_a_loadable_run(tmp_path, loaded2):
     back = ProfileResult.load(tmp_path / "run")
     assert [r.target for r in back.ranking()] == [r.target for r in result.ranking()]
     assert back.record.model.fingerprint == loaded2.fingerprint
+    written = json.loads((tmp_path / "run" / "run.json").read_text())  # run.json round-trips through RunRecord
+    assert back.record.to_dict() == written and back.record.tokenizer.vocab_size > 0
+    assert back.record.incremental.enabled and back.record.mixer_forwards["Mamba2Mixer"].checks
     # 3 targets x 3 criteria x 2 levels model-wide + 3 targets x 4 layers per-layer
     assert len(result.model_trials) == 18 and len(result.layer_trials) == 12
     import pandas as pd
@@ -54,8 +57,8 @@ def test_profile_writes_a_loadable_run(tmp_path, loaded2):
     # what the mixers ran, counted: every call the owned forward (numba for inference, the chunked
     # SSD in torch for fisher's gradients), its check recorded
     ran = back.record.mixer_forwards["Mamba2Mixer"]
-    assert ran["family"] == "ssd" and set(ran["calls"]) == {"owned/numba", "owned/torch"}
-    assert ran["calls"]["owned/numba"] >= 4 * (1 + 18 + 12) and all(c["ok"] for c in ran["checks"])
+    assert ran.family == "ssd" and set(ran.calls) == {"owned/numba", "owned/torch"}
+    assert ran.calls["owned/numba"] >= 4 * (1 + 18 + 12) and all(c.ok for c in ran.checks)
 
 
 def test_resume_after_cancel_gives_identical_results(tmp_path, loaded2):

@@ -296,7 +296,7 @@ def test_a_time_budget_is_turned_into_steps(tmp_path, sparse_dir):
     record = recover(sparse_dir, tmp_path / "out", settings=RecoverSettings(minutes=0.005, lr=1e-2, batch_size=2,
                                                                            lm_eval=False))
     assert record.progress.steps_done == record.progress.total_steps >= 4  # the probe steps at least
-    assert record.settings["steps"] is None and record.settings["minutes"] == 0.005
+    assert record.settings.steps is None and record.settings.minutes == 0.005
 
 
 def test_apply_names_the_recover_command_a_plan_asks_for(tmp_path, capsys):

@@ -148,10 +148,10 @@ def test_what_apply_removes_is_what_the_plan_states(tmp_path, case, metric, requ
     executed = {r.target: r.execution for r in record.actions}
     assert executed == {a.target: a.execution for a in plan.actions}
     physical = physical_change(plan)
-    assert before["flops_per_token"] - after["flops_per_token"] == plan.predicted.flops_removed == physical["flops"]
-    assert before["state_bytes_per_sequence"] - after["state_bytes_per_sequence"] \
+    assert before.flops_per_token - after.flops_per_token == plan.predicted.flops_removed == physical["flops"]
+    assert before.state_bytes_per_sequence - after.state_bytes_per_sequence \
         == plan.predicted.state_bytes_removed == physical["state"]
-    assert before["parameters"] - after["parameters"] == physical["params"]
+    assert before.parameters - after.parameters == physical["params"]
     assert record.parameters.zeroed_or_removed == plan.predicted.params_removed
     # the zero-executed cuts buy params only, so a FLOPs plan leaves them out
     zeros = {"mamba2": "head", "jamba": "state", "bamba": "head_channel", "qwen3_next": "value_channel",
@@ -191,9 +191,9 @@ def test_cli_flops_plan_realises_its_savings_on_hybrids(tmp_path, case):
     before, after = (analyze(load_model(str(p)).model).totals for p in (base, out))
     physical = physical_change(plan)
     assert physical["flops"] > 0
-    assert before["flops_per_token"] - after["flops_per_token"] == plan.predicted.flops_removed == physical["flops"]
-    assert before["state_bytes_per_sequence"] - after["state_bytes_per_sequence"] == physical["state"]
-    assert before["parameters"] - after["parameters"] == physical["params"]
+    assert before.flops_per_token - after.flops_per_token == plan.predicted.flops_removed == physical["flops"]
+    assert before.state_bytes_per_sequence - after.state_bytes_per_sequence == physical["state"]
+    assert before.parameters - after.parameters == physical["params"]
 
 
 def test_a_run_whose_unit_cuts_are_all_zeros_is_told_what_to_do_not_to_profile_them_again(tmp_path):

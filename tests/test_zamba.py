@@ -55,8 +55,8 @@ def test_anatomy_by_hand():
              "dt_proj": 2 * H * P * R, "A_log": 8 * E * N, "D": 2 * E, "out_proj": 2 * HIDDEN * E}
     assert {g.group: g.flops_per_token for g in r.groups if g.layer == 0 and g.scope == "mixer"} == flops
     assert _group(r, 0, "A_log").state_bytes == E * N * 4 and _group(r, 0, "conv1d").state_bytes == E * (K - 1) * 4
-    assert r.totals["state_bytes_per_sequence"] == 4 * (E * N + E * (K - 1)) * 4
-    assert r.totals["parameters"] == sum(p.numel() for p in model.parameters())
+    assert r.totals.state_bytes_per_sequence == 4 * (E * N + E * (K - 1)) * 4
+    assert r.totals.parameters == sum(p.numel() for p in model.parameters())
     units = {u.kind: (u.count, u.params_per_unit) for u in r.units if u.layer == 0}
     channel = H * (2 * HIDDEN + K + 1 + (R + 2 * N) + R + 1 + N + 1 + HIDDEN)  # one channel in every head
     assert units == {"channel": (P, channel), "state": (N, 2 * H * P + H * P), "dt_rank": (R, 2 * H * P),

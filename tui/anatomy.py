@@ -117,7 +117,7 @@ class AnatomyView(Vertical):
         tree = self.query_one("#anatomy-tree", AnatomyTree)
         tree.clear()
         m, t = analysis.model, analysis.totals
-        tree.root.set_label(_label(m["name"], t["parameters"], None, f"{m['class']}; % = share of {WHOLE}",
+        tree.root.set_label(_label(m.name, t.parameters, None, f"{m.class_name}; % = share of {WHOLE}",
                                    width=0))
         tree.root.data = Node("root")
         model_groups = [g for g in analysis.groups if g.layer is None]
@@ -131,7 +131,7 @@ class AnatomyView(Vertical):
             groups = [g for g in analysis.groups if g.layer == layer]
             kinds = {g.mixer_kind for g in groups if g.mixer_kind}
             # the mixer kind only when the model mixes kinds (hybrids: some layers have none)
-            mixed = len(analysis.model["mixer_kinds"]) > 1 or not kinds
+            mixed = len(analysis.model.mixer_kinds) > 1 or not kinds
             note = (",".join(sorted(kinds)) or "no SSM") if mixed else ""
             branch = tree.root.add(_label(f"layer {layer}", sum(g.numel for g in groups),
                                           sum(g.share for g in groups), note),
@@ -176,19 +176,19 @@ class AnatomyView(Vertical):
         a = self.analysis
         if node.kind == "root":
             m, t = a.model, a.totals
-            title = f"{m['name']} · {m['class']}"
-            rows = [("architecture", m["architecture"]), ("mixer kinds", ", ".join(m["mixer_kinds"])),
-                    ("layers", f"{m['num_ssm_layers']} SSM of {m['num_layers']}"),
-                    ("dtype", m["dtype"]), ("vocabulary", human_count(m["vocab_size"] or 0)),
-                    ("tied embeddings", "yes" if m["tied_embeddings"] else "no"),
-                    ("parameters", f"{human_count(t['parameters'])} ({t['parameters']:,})"),
-                    ("bytes", human_bytes(t["bytes"])),
-                    ("SSM parameters", human_count(t["ssm_parameters"])), (SHARE_KEY, pct(t["ssm_share"], 1)),
-                    ("FLOPs/token", human_count(t["flops_per_token"])),
-                    ("  SSM mixers", human_count(t["ssm_flops_per_token"])),
-                    ("  lm_head", human_count(t["lm_head_flops_per_token"])),
-                    ("state bytes/sequence", human_bytes(t["state_bytes_per_sequence"]))]
-            rows += [(f"dims.{k}", str(v)) for k, v in m["dims"].items()]
+            title = f"{m.name} · {m.class_name}"
+            rows = [("architecture", m.architecture), ("mixer kinds", ", ".join(m.mixer_kinds)),
+                    ("layers", f"{m.num_ssm_layers} SSM of {m.num_layers}"),
+                    ("dtype", m.dtype), ("vocabulary", human_count(m.vocab_size or 0)),
+                    ("tied embeddings", "yes" if m.tied_embeddings else "no"),
+                    ("parameters", f"{human_count(t.parameters)} ({t.parameters:,})"),
+                    ("bytes", human_bytes(t.bytes)),
+                    ("SSM parameters", human_count(t.ssm_parameters)), (SHARE_KEY, pct(t.ssm_share, 1)),
+                    ("FLOPs/token", human_count(t.flops_per_token)),
+                    ("  SSM mixers", human_count(t.ssm_flops_per_token)),
+                    ("  lm_head", human_count(t.lm_head_flops_per_token)),
+                    ("state bytes/sequence", human_bytes(t.state_bytes_per_sequence))]
+            rows += [(f"dims.{k}", str(v)) for k, v in m.dims.items()]
         elif node.kind == "model":
             groups = [g for g in a.groups if g.layer is None]
             title = "model-level groups"
@@ -211,7 +211,7 @@ class AnatomyView(Vertical):
                 title = pname
                 n = prod(dims) if dims else 1
                 rows = [("group", f"{g.group} ({where})"), ("shape", shape(dims)), ("numel", f"{n:,}"),
-                        (SHARE_KEY, pct(n / a.totals["parameters"], 3)), ("dtype", a.model["dtype"])]
+                        (SHARE_KEY, pct(n / a.totals.parameters, 3)), ("dtype", a.model.dtype)]
             else:
                 title = f"{where} · {g.group}"
                 rows = [("scope", g.scope + (f" ({g.mixer_kind})" if g.mixer_kind else "")),

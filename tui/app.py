@@ -186,8 +186,8 @@ class SSMProfileApp(App[int]):
         self.analysis = analysis
         self.sub_title = loaded.source.name
         m, t = analysis.model, analysis.totals
-        self.query_one(AnatomyView).show(analysis, f"{m['name']} · {m['architecture']} · "
-                                                   f"{m['num_ssm_layers']} SSM layers · {t['parameters']:,} parameters "
+        self.query_one(AnatomyView).show(analysis, f"{m.name} · {m.architecture} · "
+                                                   f"{m.num_ssm_layers} SSM layers · {t.parameters:,} parameters "
                                                    f"· {loaded.source.kind}")
         name = loaded.source.name.replace("/", "--")
         self._focus_tab(self.active_tab)
@@ -200,12 +200,12 @@ class SSMProfileApp(App[int]):
         a = result.analysis
         m, t = a.model, a.totals
         status = "complete" if record.complete else "incomplete (resume in Profile)"
-        self.query_one(AnatomyView).show(a, f"{m['name']} · {m['architecture']} · {m['num_ssm_layers']} SSM "
-                                            f"layers · {t['parameters']:,} parameters · saved run ({status})")
+        self.query_one(AnatomyView).show(a, f"{m.name} · {m.architecture} · {m.num_ssm_layers} SSM "
+                                            f"layers · {t.parameters:,} parameters · saved run ({status})")
         self.analysis = a
         self._focus_tab(self.active_tab)
         self.query_one(ProfileView).prefill(record, str(self.target))
-        self.query_one(ApplyView).set_model_name(str(m["name"]).replace("/", "--"))
+        self.query_one(ApplyView).set_model_name(str(m.name).replace("/", "--"))
         self.set_result(result, Path(self.target), note="" if record.complete
                         else "partial (incomplete run)")
 

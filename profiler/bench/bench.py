@@ -138,7 +138,7 @@ def _profile_once(name: str, mode: str, threads: int, quick: bool) -> dict[str, 
     return {"mode": mode, "seconds": seconds, "stage_seconds": stages, "trial_seconds": result.record.timings.get("trials"),
             "timings": result.record.timings, "peak_rss_mib": round(peak, 1),
             "delta_mib": round(max(0.0, peak - before), 1), "trials": len(result.trials),
-            "incremental": result.record.incremental,
+            "incremental": result.record.incremental.to_dict() if result.record.incremental else None,
             "losses": {t.key: (t.loss, tuple(t.window_losses)) for t in result.trials}}
 
 

@@ -43,11 +43,11 @@ def print_analysis(result, per_layer: bool = False) -> None:
     if not console.is_terminal:  # piped: wide enough that headers and numbers are not cut
         console = Console(width=max(console.width, 140))
     m, t = result.model, result.totals
-    console.print(f"[bold]{m['name']}[/bold]  {m['class']} ({m['architecture']}), "
-                  f"{m['num_ssm_layers']}/{m['num_layers']} SSM layers, dims {m['dims']}, {m['dtype']}")
-    console.print(f"parameters {human_count(t['parameters'])} ({human_bytes(t['bytes'])}); SSM mixers "
-                  f"{t['ssm_share']:.1%} of whole-model params; {human_count(t['flops_per_token'])} FLOPs/token; "
-                  f"recurrent state {human_bytes(t['state_bytes_per_sequence'])}/sequence")
+    console.print(f"[bold]{m.name}[/bold]  {m.class_name} ({m.architecture}), "
+                  f"{m.num_ssm_layers}/{m.num_layers} SSM layers, dims {m.dims}, {m.dtype}")
+    console.print(f"parameters {human_count(t.parameters)} ({human_bytes(t.bytes)}); SSM mixers "
+                  f"{t.ssm_share:.1%} of whole-model params; {human_count(t.flops_per_token)} FLOPs/token; "
+                  f"recurrent state {human_bytes(t.state_bytes_per_sequence)}/sequence")
 
     table = Table(title="Parameter groups (summed over layers)")
     for col in ("group", "scope", "layers", "params", "% of model params", "bytes", "FLOPs/token", "state/seq"):

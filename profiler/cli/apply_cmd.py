@@ -160,8 +160,7 @@ def print_apply(report: PruningRecord) -> None:
         table.add_row(str(a.index), a.target, text, a.criterion, f"{a.sparsity:.0%}", executed,
                       human_count(a.elements_zeroed))
     console.print(table)
-    p, an = report.parameters, report.analysis
-    before, after = an["before"], an["after"]
+    p, before, after = report.parameters, report.analysis.before, report.analysis.after
     rows = [("parameters", p.before, p.after), ("nonzero parameters", p.nonzero_before, p.nonzero_after),
             ("FLOPs / token", before.flops_per_token, after.flops_per_token),
             ("state bytes / sequence", before.state_bytes_per_sequence, after.state_bytes_per_sequence)]

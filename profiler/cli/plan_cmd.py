@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from ..profiling.distributed import World
 
     quiet_libraries()
-    small = result.analysis.totals["parameters"] < SMALL_MODEL
+    small = result.analysis.totals.parameters < SMALL_MODEL
     configure_threads(args.threads or (1 if small else None))
     world = World.from_env()  # under torchrun: the ranks share the back-off's measurements, rank 0 writes
     args.device = world.device(args.device)

@@ -17,13 +17,16 @@ from .plan import (LAYERS, OLD_CERTIFICATION_RULE, PLAN_LIMIT, REMOVED_KEY, Cert
                    Measured, ModelOrigin, Objective, Plan, PlanAction, PlanData, PlanModel, PlanRecover, PlanRun,
                    Predicted, Verification, actions_digest, as_plan, check_not_edited, check_weights, load_plan,
                    one_line, plan_schema, read_json, short_fingerprint, validate_plan, write_plan)
-from .pruning import (ExecutedAction, ParameterCounts, PrunedFrom, PruningRecord, PruningSummary, Totals,
-                      load_pruning_record)
-from .recovery import (CurvePoint, RecoveryCheck, RecoveryData, RecoveryKernels, RecoveryOutput, RecoveryProgress,
-                       RecoveryRecord, RecoveryWorld,
+from .data import RunData
+from .usage import ForwardCheck, MixerUsage, read_mixer_usage
+from .pruning import (ExecutedAction, ParameterCounts, PrunedFrom, PrunedOutput, PruningRecord, PruningSummary,
+                      SlicedUnits, Totals, TotalsChange, load_pruning_record)
+from .recovery import (CurvePoint, RecoveredFrom, RecoveryCheck, RecoveryData, RecoveryKernels, RecoveryOutput,
+                       RecoveryProgress, RecoveryRecord, RecoverySettings, RecoveryWorld,
                        Sparsity, Teacher, load_recovery)
-from .validation import (AgainstPlan, LmEval, LossPerplexity, ModelRef, ModelSize, PairedChange, SearchPerplexity,
-                         Sizes, Speed, SpeedChange, TaskScores, Timing, Tolerance, ValidationReport, load_validation)
+from .validation import (AgainstPlan, ComparedModels, LmEval, LossPerplexity, ModelRef, ModelSize, PairedChange,
+                         PlanSummary, SearchPerplexity, Sizes, Speed, SpeedChange, TaskScores, Timing, Tolerance,
+                         ValidationReport, load_validation)
 
 __all__ = ["extra_field", "optional_field", "LM_EVAL_LOG", "PLAN_KIND", "PLAN_SCHEMA_VERSION", "PRUNING_FILE", "PRUNING_KIND", "RECOVERY_FILE",
            "RECOVERY_KIND", "VALIDATION_FILE", "VALIDATION_KIND", "Document", "parse_document", "LAYERS", "PLAN_LIMIT",
@@ -32,9 +35,11 @@ __all__ = ["extra_field", "optional_field", "LM_EVAL_LOG", "PLAN_KIND", "PLAN_SC
            "PlanData", "PlanModel", "PlanRecover", "PlanRun", "Predicted", "Verification", "as_plan",
            "actions_digest", "check_not_edited", "check_weights", "load_plan", "one_line", "plan_schema", "read_json",
            "short_fingerprint",
-           "validate_plan", "write_plan", "ExecutedAction", "ParameterCounts", "PrunedFrom", "Totals", "PruningRecord",
-           "PruningSummary", "load_pruning_record", "CurvePoint", "RecoveryCheck", "RecoveryData", "RecoveryKernels", "RecoveryWorld",
+           "validate_plan", "write_plan", "RunData", "ForwardCheck", "MixerUsage", "read_mixer_usage",
+           "ExecutedAction", "ParameterCounts", "PrunedFrom", "PrunedOutput",
+           "SlicedUnits", "Totals", "TotalsChange", "PruningRecord",
+           "PruningSummary", "load_pruning_record", "CurvePoint", "RecoveredFrom", "RecoverySettings", "RecoveryCheck", "RecoveryData", "RecoveryKernels", "RecoveryWorld",
            "RecoveryOutput", "RecoveryProgress", "RecoveryRecord", "Sparsity", "Teacher", "load_recovery",
-           "AgainstPlan", "LmEval", "LossPerplexity", "ModelRef", "ModelSize", "PairedChange",
+           "AgainstPlan", "ComparedModels", "PlanSummary", "LmEval", "LossPerplexity", "ModelRef", "ModelSize", "PairedChange",
            "SearchPerplexity", "Sizes", "Speed", "SpeedChange", "TaskScores", "Timing", "Tolerance",
            "ValidationReport", "load_validation"]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ._base import PRUNING_KIND, Document, _extra, _optional, parse_document
+from .data import RunData
 from .plan import Dense, ModelOrigin, Objective, Plan, Predicted, read_json, validate_plan
 from ..base.errors import PlanError
 from .validation import ValidationReport
@@ -81,6 +82,36 @@ class Totals(Document):
 
 
 @dataclass(kw_only=True)
+class TotalsChange(Document):
+    """The static analysis' totals before and after pruning."""
+
+    before: Totals
+    after: Totals
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class PrunedOutput(Document):
+    """The saved folder: its weights' fingerprint, its files and their bytes (set while it is written)."""
+
+    fingerprint: str
+    files: list[str] | None = _optional()
+    bytes_on_disk: int | None = _optional()
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class SlicedUnits(Document):
+    """One unit kind sliced out of the weights: the layers, units removed in each, and the config keys it changed."""
+
+    kind: str
+    layers: list[int]
+    removed_per_layer: int
+    config: dict[str, list[Any]]  # config key -> [before, after]
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
 class PruningRecord(Document):
     """What ``apply`` did (``pruning.json``); ``output_dir`` and ``validation`` are not in the file."""
 
@@ -89,14 +120,14 @@ class PruningRecord(Document):
     kind: str = PRUNING_KIND
     created: str
     source: PrunedFrom
-    output: dict[str, Any]
+    output: PrunedOutput
     summary: PruningSummary
     parameters: ParameterCounts
-    analysis: dict[str, Totals]  # "before", "after"
+    analysis: TotalsChange
     actions: list[ExecutedAction]
-    sliced: list[dict[str, Any]]
+    sliced: list[SlicedUnits]
     notes: list[str]
-    calibration: dict[str, Any] | None
+    calibration: RunData | None  # the windows the criteria scored on (None: data-free criteria only)
     plan: Plan
     versions: dict[str, str]
     timings: dict[str, float] | None = _optional()

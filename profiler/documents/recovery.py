@@ -9,6 +9,7 @@ from typing import Any
 from ..base.errors import SSMProfileError
 from ._base import RECOVERY_KIND, Document, _extra, _optional, parse_document
 from .plan import Increase, read_json
+from .usage import MixerUsage
 
 
 @dataclass(kw_only=True)
@@ -84,7 +85,7 @@ class RecoveryKernels(Document):
 
     choice: dict[str, Any]  # the Kernels value (ssm_profile.mixers.choice.Kernels), as written
     training: str
-    mixer_forwards: dict[str, Any] | None = _optional()  # counted per call (ssm_profile.mixers.usage)
+    mixer_forwards: dict[str, MixerUsage] | None = _optional()  # counted per call (ssm_profile.mixers.usage)
     extra: dict[str, Any] = _extra()
 
 
@@ -98,6 +99,36 @@ class RecoveryWorld(Document):
 
 
 @dataclass(kw_only=True)
+class RecoveredFrom(Document):
+    """The pruned checkpoint recovery started from: its folder, its weights, the model its plan was made for."""
+
+    directory: str
+    fingerprint: str
+    plan_model: str | None  # None: no plan beside the checkpoint
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class RecoverySettings(Document):
+    """How recovery trained, as resolved (:class:`ssm_profile.recovery.recover.RecoverSettings`)."""
+
+    steps: int | None
+    minutes: float | None
+    lr: float
+    temperature: float
+    lm_weight: float | None
+    batch_size: int
+    seqlen: int | None
+    seed: int
+    checkpoint_every: int
+    eval_every: int | None
+    data: str | None  # the training text as named (None: the run's calibration text)
+    lm_eval: bool
+    lm_eval_limit: int | float | None
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
 class RecoveryRecord(Document):
     """What ``ssm-profile recover`` did (``recovery.json``): distillation settings, the loss curve
     (``curve``: ``{"step", "kd_loss", "lm_loss", "lr"}`` every step, plus ``verification_loss`` at
@@ -106,10 +137,10 @@ class RecoveryRecord(Document):
     schema_version: int = 1
     kind: str = RECOVERY_KIND
     created: str
-    pruned: dict[str, Any]
+    pruned: RecoveredFrom
     teacher: Teacher
     output: RecoveryOutput
-    settings: dict[str, Any]
+    settings: RecoverySettings
     data: RecoveryData
     kernels: RecoveryKernels
     world: RecoveryWorld
@@ -120,7 +151,7 @@ class RecoveryRecord(Document):
     sparsity: Sparsity
     notes: list[str]
     versions: dict[str, str]
-    teacher_scores: dict[str, Any] | None = _optional()  # the teacher's own lm-eval scores
+    teacher_scores: dict[str, dict[str, float]] | None = _optional()  # the teacher's own lm-eval scores, task -> metric
     extra: dict[str, Any] = _extra()
 
     def recovered_fraction(self) -> float | None:

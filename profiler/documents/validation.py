@@ -8,7 +8,9 @@ from typing import Any
 
 from ..base.errors import SSMProfileError
 from ._base import VALIDATION_KIND, Document, _extra, _optional, parse_document
-from .plan import Increase, read_json
+from .data import RunData
+from .plan import Increase, Objective, Predicted, read_json
+from .usage import MixerUsage
 
 
 @dataclass(kw_only=True)
@@ -19,6 +21,24 @@ class ModelRef(Document):
     location: str
     fingerprint: str
     directory: str | None = None
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class ComparedModels(Document):
+    base: ModelRef
+    pruned: ModelRef
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class PlanSummary(Document):
+    """The plan a pruned model came from, as a validation records it: its model, objective, prediction and size."""
+
+    model: str
+    objective: Objective
+    predicted: Predicted
+    actions: int  # how many actions it has
     extra: dict[str, Any] = _extra()
 
 
@@ -159,9 +179,9 @@ class ValidationReport(Document):
     schema_version: int = 1
     kind: str = VALIDATION_KIND
     created: str
-    models: dict[str, ModelRef]  # "base", "pruned"
-    plan: dict[str, Any] | None
-    data: dict[str, Any]
+    models: ComparedModels
+    plan: PlanSummary | None
+    data: RunData
     perplexity: SearchPerplexity
     measured: AgainstPlan
     tolerance: Tolerance
@@ -176,7 +196,7 @@ class ValidationReport(Document):
     verification: Increase | None = _optional()
     evaluations: list[Increase] | None = _optional()
     # which forward each mixer class ran, counted per call (ssm_profile.mixers.usage); absent in older files
-    mixer_forwards: dict[str, Any] | None = _optional()
+    mixer_forwards: dict[str, MixerUsage] | None = _optional()
     extra: dict[str, Any] = _extra()
 
 

@@ -30,10 +30,11 @@ Conventions
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -134,12 +135,66 @@ class LayerDynamics:
     assumes: str | None = None
 
 
+class _Record:
+    """``to_dict``/``from_dict`` by field (``class_name`` is the JSON key "class"); keys this version
+    does not know survive a round trip in ``extra``."""
+
+    extra: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {_KEY.get(f.name, f.name): copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "extra"}
+        return {**out, **copy.deepcopy(self.extra)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        names = {_KEY.get(f.name, f.name): f.name for f in fields(cls) if f.name != "extra"}
+        return cls(**{names[k]: copy.deepcopy(v) for k, v in data.items() if k in names},
+                   extra={k: copy.deepcopy(v) for k, v in data.items() if k not in names})
+
+
+_KEY = {"class_name": "class"}
+
+
+@dataclass
+class AnalysisModel(_Record):
+    """The analysed model (``analysis.json``'s ``model``); a default stands in for a key a file lacks."""
+
+    name: str = ""
+    class_name: str = ""
+    architecture: str = "unknown"
+    mixer_kinds: list[str] = field(default_factory=list)
+    num_layers: int = 0
+    num_ssm_layers: int = 0
+    dims: dict[str, int] = field(default_factory=dict)  # the first mixer's dimensions by name (MixerInfo.dims)
+    vocab_size: int | None = None
+    dtype: str = ""
+    tied_embeddings: bool = False
+    source: dict[str, Any] = field(default_factory=dict)  # the ModelSource it was loaded from, as written
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class AnalysisTotals(_Record):
+    """Whole-model totals (``analysis.json``'s ``totals``): parameters (tied tensors once), bytes, FLOPs per
+    token and recurrent-state bytes per sequence, with the SSM mixers' and the LM head's shares."""
+
+    parameters: int = 0
+    bytes: int = 0
+    ssm_parameters: int = 0
+    ssm_share: float = 0.0  # of all parameters
+    flops_per_token: int = 0
+    ssm_flops_per_token: int = 0
+    lm_head_flops_per_token: int = 0
+    state_bytes_per_sequence: int = 0
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
 @dataclass
 class AnalysisResult:
     """Everything the static analysis found. ``to_dict``/``from_dict`` round-trip through JSON."""
 
-    model: dict[str, Any]
-    totals: dict[str, Any]
+    model: AnalysisModel
+    totals: AnalysisTotals
     groups: list[GroupRow]
     units: list[UnitRow]
     dynamics: list[LayerDynamics]
@@ -148,6 +203,7 @@ class AnalysisResult:
     # --- serialisation
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["model"], data["totals"] = self.model.to_dict(), self.totals.to_dict()
         for d in data["dynamics"]:  # Mamba mixers' dynamics keep their fields, no empty Gated DeltaNet ones
             for key in ("decay_per_token", "assumes"):
                 if d.get(key) is None:
@@ -172,7 +228,7 @@ class AnalysisResult:
             return GroupRow(**g)
 
         return cls(
-            model=data["model"], totals=data["totals"], groups=[group(g) for g in data["groups"]],
+            model=AnalysisModel.from_dict(data["model"]), totals=AnalysisTotals.from_dict(data["totals"]), groups=[group(g) for g in data["groups"]],
             units=[UnitRow(**u) for u in data["units"]], dynamics=[LayerDynamics(**d) for d in data["dynamics"]],
             schema_version=data.get("schema_version", SCHEMA_VERSION),
         )
@@ -244,30 +300,30 @@ def analyze(model: torch.nn.Module, *, name: str | None = None, source: dict[str
                              stock_arch(model_type).layer_note))
     config = getattr(model, "config", None)
     lm_head_flops = sum(g.flops_per_token for g in groups if g.group in ("lm_head", "embeddings"))
-    info = {
-        "name": name or getattr(config, "_name_or_path", "") or type(model).__name__,
-        "class": type(model).__name__,
-        "architecture": getattr(config, "model_type", "unknown"),
-        "mixer_kinds": sorted({m.kind for m in mixers}),
-        "num_layers": int(getattr(config, "num_hidden_layers", len(mixers)) or len(mixers)),
-        "num_ssm_layers": len(mixers),
-        "dims": mixers[0].dims() if mixers else {},
-        "vocab_size": getattr(config, "vocab_size", None),
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
-        "source": source or {},
-    }
+    info = AnalysisModel(
+        name=name or getattr(config, "_name_or_path", "") or type(model).__name__,
+        class_name=type(model).__name__,
+        architecture=getattr(config, "model_type", "unknown"),
+        mixer_kinds=sorted({m.kind for m in mixers}),
+        num_layers=int(getattr(config, "num_hidden_layers", len(mixers)) or len(mixers)),
+        num_ssm_layers=len(mixers),
+        dims=mixers[0].dims() if mixers else {},
+        vocab_size=getattr(config, "vocab_size", None),
+        dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+        tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        source=source or {},
+    )
     ssm_params = sum(g.numel for g in groups if g.scope == "mixer")
-    totals = {
-        "parameters": total,
-        "bytes": sum(p.numel() * p.element_size() for p in unique.values()),
-        "ssm_parameters": ssm_params,
-        "ssm_share": ssm_params / total if total else 0.0,
-        "flops_per_token": sum(g.flops_per_token for g in groups),
-        "ssm_flops_per_token": sum(g.flops_per_token for g in groups if g.scope == "mixer"),
-        "lm_head_flops_per_token": lm_head_flops,
-        "state_bytes_per_sequence": sum(g.state_bytes for g in groups),
-    }
+    totals = AnalysisTotals(
+        parameters=total,
+        bytes=sum(p.numel() * p.element_size() for p in unique.values()),
+        ssm_parameters=ssm_params,
+        ssm_share=ssm_params / total if total else 0.0,
+        flops_per_token=sum(g.flops_per_token for g in groups),
+        ssm_flops_per_token=sum(g.flops_per_token for g in groups if g.scope == "mixer"),
+        lm_head_flops_per_token=lm_head_flops,
+        state_bytes_per_sequence=sum(g.state_bytes for g in groups),
+    )
     dynamics = [_dynamics(m) for m in mixers]
     return AnalysisResult(model=info, totals=totals, groups=groups, units=units, dynamics=dynamics)
 

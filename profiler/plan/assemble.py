@@ -132,8 +132,8 @@ def _notes(s: Solution, totals: dict[str, float]) -> list[str]:
 def _model(result: ProfileResult) -> PlanModel:
     model = result.record.model
     return PlanModel(name=model.name, source=model.source, fingerprint=model.fingerprint,
-                     architecture=result.analysis.model.get("architecture", "unknown"),
-                     class_name=model.class_name or result.analysis.model.get("class", ""))
+                     architecture=result.analysis.model.architecture,
+                     class_name=model.class_name or result.analysis.model.class_name)
 
 
 def _run(result: ProfileResult, run_path: str | Path | None) -> PlanRun:

@@ -68,9 +68,10 @@ def metric_total(result: ProfileResult, metric: str, scope: str = "model") -> in
 
     ``scope="ssm"`` matches how the literature states sparsity ("50% of the SSM module") and keeps
     ratios meaningful on small models whose embeddings dominate the parameter count."""
-    keys = {"params": ("parameters", "ssm_parameters"), "flops": ("flops_per_token", "ssm_flops_per_token"),
-            "state": ("state_bytes_per_sequence", "state_bytes_per_sequence")}[metric]
-    return int(result.analysis.totals.get(keys[scope == "ssm"], 0))
+    t = result.analysis.totals
+    whole, ssm = {"params": (t.parameters, t.ssm_parameters), "flops": (t.flops_per_token, t.ssm_flops_per_token),
+                  "state": (t.state_bytes_per_sequence, t.state_bytes_per_sequence)}[metric]
+    return int(ssm if scope == "ssm" else whole)
 
 
 def scope_words(metric: str, scope: str) -> str:

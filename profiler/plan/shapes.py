@@ -59,7 +59,7 @@ class Shapes:
 
         if self.model is not None:
             return {m.layer: m.unit_family(kind) for m in find_mixers(self.model) if kind in m.unit_families()}
-        dims = self.result.analysis.model.get("dims", {})
+        dims = self.result.analysis.model.dims
         blocks = 1
         if "num_heads" in dims:
             blocks = {"head": dims.get("n_groups", 1), "state": dims.get("n_groups", 1),
@@ -194,7 +194,7 @@ def shapes_for(result: ProfileResult, loaded: Any = None) -> Shapes:
     """A :class:`Shapes` per model (its slicing results are cached: interactive re-solves stay fast)."""
     model = result.record.model
     key = (model.fingerprint, model.class_name, json.dumps(model.config, sort_keys=True, default=str),
-           json.dumps(result.analysis.model.get("dims", {}), sort_keys=True))
+           json.dumps(result.analysis.model.dims, sort_keys=True))
     shapes = _SHAPES_CACHE.get(key)
     if shapes is None or shapes.model is None:
         shapes = Shapes(result, loaded)

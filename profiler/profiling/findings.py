@@ -211,7 +211,7 @@ def state_criteria_order(result: "ProfileResult") -> Finding:
 
 def a_log_fragility(result: "ProfileResult") -> Finding:
     trial = _at_probe(result, "A_log", "magnitude")
-    kinds = result.analysis.model.get("mixer_kinds", [])
+    kinds = result.analysis.model.mixer_kinds
     claim = (f"Mamba-1's A_log is fragile under 50% magnitude pruning (perplexity +{FRAGILE_THRESHOLD:.0%} or "
              f"more) while Mamba-2's is not")
     if trial is None or kinds not in (["mamba1"], ["mamba2"]):  # a claim about Mamba's A_log only
@@ -227,7 +227,7 @@ def a_log_fragility(result: "ProfileResult") -> Finding:
 
 
 def heads_vs_states(result: "ProfileResult") -> Finding:
-    kinds = result.analysis.model.get("mixer_kinds", [])
+    kinds = result.analysis.model.mixer_kinds
     wide = "unit:head" if "mamba2" in kinds else "unit:channel"
     claim = ("Cutting heads hurts more than cutting states at 50% (best criterion each)" if wide == "unit:head" else
              "Cutting channels (Mamba-1's analogue of heads) hurts more than cutting states at 50% (best criterion each)")

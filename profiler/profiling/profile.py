@@ -49,8 +49,8 @@ from ..criteria.base import unit_aggregations
 from ..criteria.masks import Target, targets_for
 from .recipe import RunRecipe, needs_of
 from ..model.resolve import LoadedModel, check_vocabulary, tokenizer_info
-from ..documents import ModelOrigin
-from .record import ProfileSettings, RunData, RunModel, RunRecord, Skip, SweepSummary
+from ..documents import ModelOrigin, read_mixer_usage
+from .record import IncrementalSummary, ProfileSettings, RunData, RunModel, RunRecord, Skip, SweepSummary, TokenizerInfo
 from .results import ProfileResult, read_journal
 from .run_checks import check_trials
 from ..base.safe_read import read_user_json
@@ -196,13 +196,14 @@ def check_run_dir(run_path: Path, *, resume: bool, overwrite: bool = False) -> N
 def _checked_profile(run: _Run) -> ProfileResult:
     loaded, model, world = run.loaded, run.loaded.model, run.world
     run.started = time.perf_counter()  # the run's clock starts once it holds its directory
+    tokenizer = tokenizer_info(loaded)
     record = RunRecord(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         model=RunModel(name=loaded.source.name, source=ModelOrigin.from_dict(asdict(loaded.source)),
                        fingerprint=loaded.fingerprint, class_name=type(model).__name__, config=_config_dict(model)),
         # calibration, search ("evaluation") and verification windows, with the digests a resume compares
         data=RunData.from_dict({**run.dataset.describe(), "digests": run.dataset.digests()}),
-        tokenizer=tokenizer_info(loaded),
+        tokenizer=TokenizerInfo.from_dict(tokenizer) if tokenizer else None,
         settings=replace(run.settings, targets=[t.name for t in run.targets]),
         versions=_versions(), threads=torch.get_num_threads(),
         device=str(model_device(model)),  # where it ran (--device auto resolves to cuda or cpu)
@@ -277,7 +278,7 @@ def _profile(run: _Run, record: RunRecord) -> ProfileResult:
     record.budget = world.from_writer(
         lambda: _budget_record(settings, recorded, time.perf_counter() - started, timings))
     if record.budget is not None and isinstance(schedule, AdaptiveSchedule):
-        schedule.budget = Budget(**record.budget)  # bounded from here on; keeps the predictions it cached
+        schedule.budget = record.budget  # bounded from here on; keeps the predictions it cached
     record.trials_planned = schedule.expected_total(done)
     if run_path is not None and world.writer and record.budget is not None:
         write_json_atomic(run_path / "run.json", record.to_dict())  # the budget's numbers, before the first trial
@@ -296,8 +297,8 @@ def _profile(run: _Run, record: RunRecord) -> ProfileResult:
     saliency = saliency_summary(scorer, mixers, targets, settings.criteria)
     timings["total"] = time.perf_counter() - started
     if evaluate is not None:
-        record.incremental = evaluate.summary()
-    record.mixer_forwards = mixer_usage(calls_before)
+        record.incremental = IncrementalSummary.from_dict(evaluate.summary())
+    record.mixer_forwards = read_mixer_usage(mixer_usage(calls_before))
     record.status, record.timings = "complete", {k: round(v, 3) for k, v in timings.items()}
     record.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result = ProfileResult(record=record, analysis=analysis, dense_window_losses=dense.tolist(), trials=trials,
@@ -309,7 +310,7 @@ def _profile(run: _Run, record: RunRecord) -> ProfileResult:
 
 
 def _start_run_dir(run_path: Path, record: RunRecord, analysis,
-                   dense: torch.Tensor) -> tuple[dict[str, Trial], dict[str, float] | None]:
+                   dense: torch.Tensor) -> tuple[dict[str, Trial], Budget | None]:
     """Write the run's description; return the trials its journal holds (from an interrupted run)
     and the budget numbers that run recorded (read before run.json is rewritten)."""
     run_path.mkdir(parents=True, exist_ok=True)
@@ -336,24 +337,24 @@ def make_schedule(settings: ProfileSettings, specs: list[TrialSpec], scorer: Sco
     return SWEEPS.get(settings.sweep)(settings, specs, scorer, mixers, dense_losses)
 
 
-def _recorded_budget(run_path: Path) -> dict[str, float] | None:
+def _recorded_budget(run_path: Path) -> Budget | None:
     """The budget numbers an earlier start of this run recorded in its run.json (None: none)."""
     if not (run_path / "run.json").exists():
         return None
     old = read_user_json(run_path / "run.json", "run file", error=RunDirError).get("budget")
-    return old if isinstance(old, dict) and set(old) == {"seconds", "setup_s", "trial_s"} else None
+    return Budget(**old) if isinstance(old, dict) and set(old) == {"seconds", "setup_s", "trial_s"} else None
 
 
-def _budget_record(settings: ProfileSettings, recorded: dict[str, float] | None, setup_s: float,
-                   timings: dict[str, float]) -> dict[str, float] | None:
+def _budget_record(settings: ProfileSettings, recorded: Budget | None, setup_s: float,
+                   timings: dict[str, float]) -> Budget | None:
     """The numbers the budget rests on, fixed when the run starts; a resumed run reuses those it
     recorded (so the schedule replays the same decisions)."""
     if settings.budget is None:
         return None
     if recorded is not None:
         return recorded
-    return {"seconds": float(settings.budget), "setup_s": round(setup_s, 3),
-            "trial_s": round(timings.get("dense_eval", 0.0), 3)}
+    return Budget(seconds=float(settings.budget), setup_s=round(setup_s, 3),
+                  trial_s=round(timings.get("dense_eval", 0.0), 3))
 
 
 def sweep_summary(schedule: Schedule, finished: dict[str, Trial], seqlen: int) -> dict[str, Any]:

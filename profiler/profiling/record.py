@@ -13,8 +13,9 @@ from typing import Any, Mapping
 
 from ..base.defaults import DEFAULT_CRITERIA, DEFAULT_SPARSITIES, DEFAULT_TOLERANCE
 from ..base.errors import SSMProfileError
-from ..calibration.data import DataSpec, data_spec_from_meta
-from ..documents import Document, ModelOrigin, extra_field, optional_field
+from ..calibration.data import DataSpec
+from ..documents import Document, MixerUsage, ModelOrigin, RunData, extra_field, optional_field, read_mixer_usage
+from .adaptive import Budget
 
 RUN_SCHEMA_VERSION = 1
 # Settings older runs lack, with the value they ran with (so they still read, and resume, as they ran).
@@ -102,35 +103,6 @@ class RunModel:
 
 
 @dataclass(kw_only=True)
-class RunData(Document):
-    """The run's windows: sources as described to people (``embedded:calibration.txt``,
-    ``file.txt [first 80%]``), counts and roles (calibration, search, held-out verification)."""
-
-    calibration: str | None = optional_field()
-    evaluation: str | None = optional_field()
-    nsamples: int = 0
-    eval_samples: int = 0
-    seqlen: int = 0
-    seed: int = 0
-    calibration_tokens: int | None = optional_field()
-    evaluation_tokens: int | None = optional_field()
-    verification: str | None = optional_field()  # absent in runs from before the verification split
-    verify_samples: int | None = optional_field()
-    verification_tokens: int | None = optional_field()
-    roles: dict[str, str] | None = optional_field()
-    digests: dict[str, str] | None = optional_field()  # role -> SHA-256 of its token windows (absent in older runs)
-    # Which windows each role took (calibration token offsets; search and verification window
-    # indices into the evaluation text); absent in runs from before seeds drew the search windows.
-    windows: dict[str, list[int]] | None = optional_field()
-    notes: list[str] | None = optional_field()  # a text past the token cap: how much of it was read
-    extra: dict[str, Any] = extra_field()
-
-    def spec(self) -> DataSpec:
-        """The :class:`DataSpec` that rebuilds these windows."""
-        return data_spec_from_meta(self.to_dict())
-
-
-@dataclass(kw_only=True)
 class SweepSummary(Document):
     """What the sweep spent: trials (early stops and screens among them), windows evaluated, seconds."""
 
@@ -154,6 +126,33 @@ class Skip(Document):
     extra: dict[str, Any] = extra_field()
 
 
+@dataclass(kw_only=True)
+class TokenizerInfo(Document):
+    """The tokenizer a run used: where it was read from, its class, vocabulary size and the SHA-256 of its
+    ``tokenizer.json`` (when it has one); see :func:`ssm_profile.model.resolve.tokenizer_info`."""
+
+    path: str | None = None  # its folder ("embedded": the shipped one)
+    class_name: str = field(default="", metadata={"key": "class"})
+    vocab_size: int = 0
+    tokenizer_json_sha256: str | None = optional_field()
+    extra: dict[str, Any] = extra_field()
+
+
+@dataclass(kw_only=True)
+class IncrementalSummary(Document):
+    """What incremental evaluation reused (:meth:`ssm_profile.profiling.incremental.IncrementalEvaluator.summary`)."""
+
+    enabled: bool
+    reason: str | None  # why it is off, or fell back
+    modes: dict[str, bool]  # stage -> whether replaying from it reproduced the dense losses bit for bit
+    blocked_head: bool | None = optional_field()  # absent in runs from before blocked heads
+    cached_layers: int = 0
+    staged_layers: int = 0
+    counts: dict[str, int] = field(default_factory=dict)  # evaluations by how they were computed
+    prepare_s: float = 0.0
+    extra: dict[str, Any] = extra_field()
+
+
 _FIELDS = ("schema_version", "created", "model", "data", "tokenizer", "settings", "versions", "threads", "device",
            "processes", "status", "finished", "skipped", "trials_planned", "trials_grid", "budget", "sweep",
            "incremental", "mixer_forwards", "timings", "unit_aggregation")
@@ -168,7 +167,7 @@ class RunRecord:
     data: RunData
     created: str = ""
     schema_version: int = RUN_SCHEMA_VERSION
-    tokenizer: dict[str, Any] = field(default_factory=dict)
+    tokenizer: TokenizerInfo | None = None
     versions: dict[str, str] = field(default_factory=dict)
     threads: int = 1
     device: str = "cpu"
@@ -178,10 +177,10 @@ class RunRecord:
     skipped: list[Skip] = field(default_factory=list)
     trials_planned: int | None = None
     trials_grid: int | None = None
-    budget: dict[str, Any] | None = None  # the adaptive sweep's bound (see ssm_profile.profiling.adaptive.Budget)
+    budget: Budget | None = None  # the adaptive sweep's bound
     sweep: SweepSummary | None = None
-    incremental: dict[str, Any] | None = None
-    mixer_forwards: dict[str, Any] | None = None  # which forward each mixer class ran (ssm_profile.mixers.usage)
+    incremental: IncrementalSummary | None = None
+    mixer_forwards: dict[str, MixerUsage] | None = None  # which forward each mixer class ran (ssm_profile.mixers.usage)
     timings: dict[str, float] = field(default_factory=dict)
     # mixer kind -> criterion -> how its unit scores combined the per-tensor sums of element scores
     # (ssm_profile.criteria.base.UNIT_AGGREGATION); None: no unit targets, or a run from before it was recorded
@@ -198,7 +197,8 @@ class RunRecord:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"schema_version": self.schema_version, "created": self.created,
-                               "model": self.model.to_dict(), "data": self.data.to_dict(), "tokenizer": self.tokenizer,
+                               "model": self.model.to_dict(), "data": self.data.to_dict(),
+                               "tokenizer": self.tokenizer.to_dict() if self.tokenizer is not None else None,
                                "settings": asdict(self.settings), "versions": self.versions,
                                "threads": self.threads, "device": self.device, "processes": self.processes,
                                "status": self.status}
@@ -206,8 +206,12 @@ class RunRecord:
             value = getattr(self, name)
             if name == "skipped":
                 value = [s.to_dict() for s in value]
-            elif name == "sweep" and value is not None:
+            elif name == "budget" and value is not None:
+                value = asdict(value)
+            elif name in ("sweep", "incremental") and value is not None:
                 value = value.to_dict()
+            elif name == "mixer_forwards" and value is not None:
+                value = {mixer: usage.to_dict() for mixer, usage in value.items()}
             if value is not None and value != [] and value != {}:
                 out[name] = value
         return {**out, **self.extra}
@@ -221,5 +225,19 @@ class RunRecord:
             settings=ProfileSettings.from_dict(known.pop("settings", {}) or {}),
             data=RunData.from_dict(known.pop("data", {}) or {}),
             skipped=[Skip.from_dict(s) for s in known.pop("skipped", []) or []],
-            sweep=SweepSummary.from_dict(known.pop("sweep")) if known.get("sweep") else None,
+            sweep=_nested(SweepSummary.from_dict, known.pop("sweep", None)),
+            tokenizer=_nested(TokenizerInfo.from_dict, known.pop("tokenizer", None)),
+            budget=_nested(_budget, known.pop("budget", None)),
+            incremental=_nested(IncrementalSummary.from_dict, known.pop("incremental", None)),
+            mixer_forwards=read_mixer_usage(known.pop("mixer_forwards", None)),
             **known, extra=extra)
+
+
+def _nested(read: Any, value: Any) -> Any:
+    """``read(value)``, or None for an absent or empty part (an empty tokenizer: none was loaded)."""
+    return read(value) if value else None
+
+
+def _budget(data: Mapping[str, Any]) -> Budget:
+    names = {f.name for f in dataclasses.fields(Budget)}
+    return Budget(**{k: v for k, v in data.items() if k in names})

@@ -42,20 +42,24 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from .. import __version__
 from ..model.arch import MixerInfo, find_mixers
 from ..documents import (LAYERS, PRUNING_FILE, VALIDATION_FILE, ExecutedAction, ModelOrigin, ParameterCounts, Plan,
-                         PlanAction, PrunedFrom, PruningRecord, PruningSummary, Totals, as_plan, load_plan)
+                         PlanAction, PrunedFrom, PrunedOutput, PruningRecord, PruningSummary, RunData, SlicedUnits,
+                         Totals, TotalsChange, as_plan, load_plan)
 from ..base.errors import PlanError, SSMProfileError
 from ..base.io import atomic_directory, write_json_atomic
 from ..criteria.masks import Pruning, Target, pruned_count, unit_mask, write_cut
 from ..profiling.recipe import RunRecipe, needs_of
 from ..model.resolve import LoadedModel, check_vocabulary
 from ..validation.validate import ValidationOptions, count_parameters, validate as run_validation
+
+if TYPE_CHECKING:
+    from ..model.analysis import AnalysisTotals
 
 Progress = Callable[[int, int, str], None]
 PRUNING_SCHEMA_VERSION = 1
@@ -294,7 +298,10 @@ def _check_output(out: Path, loaded: LoadedModel, plan: Plan, overwrite: bool) -
     check_paths([Output(out, "output", folder=True, overwrite=overwrite)], inputs)
 
 
-ANALYSIS_KEYS = ("parameters", "bytes", "flops_per_token", "state_bytes_per_sequence")
+def _totals(totals: AnalysisTotals) -> Totals:
+    """The part of the static analysis' totals a pruning record keeps."""
+    return Totals(parameters=totals.parameters, bytes=totals.bytes, flops_per_token=totals.flops_per_token,
+                  state_bytes_per_sequence=totals.state_bytes_per_sequence)
 
 
 def apply_plan(loaded: LoadedModel, plan: Plan | dict[str, Any] | str | Path, output_dir: str | Path,
@@ -338,7 +345,7 @@ def apply_plan(loaded: LoadedModel, plan: Plan | dict[str, Any] | str | Path, ou
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         source=PrunedFrom(name=loaded.source.name, source=ModelOrigin.from_dict(asdict(loaded.source)),
                           fingerprint=base_fingerprint, class_name=type(model).__name__),
-        output={"fingerprint": loaded.fingerprint},
+        output=PrunedOutput(fingerprint=loaded.fingerprint),
         summary=PruningSummary(actions=len(plan.actions),
                                sliced=sum(r["execution"] == "slice" for r in executed["actions"]),
                                zeroed=sum(r["execution"] == "zero" for r in executed["actions"]),
@@ -347,11 +354,11 @@ def apply_plan(loaded: LoadedModel, plan: Plan | dict[str, Any] | str | Path, ou
         parameters=ParameterCounts(before=before["total"], after=after["total"], nonzero_before=before["nonzero"],
                                    nonzero_after=after["nonzero"], removed=before["total"] - after["total"],
                                    zeroed_or_removed=before["nonzero"] - after["nonzero"]),
-        analysis={"before": Totals.from_dict({k: totals_before[k] for k in ANALYSIS_KEYS}),
-                  "after": Totals.from_dict({k: totals_after[k] for k in ANALYSIS_KEYS})},
-        actions=[ExecutedAction.from_dict(r) for r in executed["actions"]], sliced=executed["sliced"],
+        analysis=TotalsChange(before=_totals(totals_before), after=_totals(totals_after)),
+        actions=[ExecutedAction.from_dict(r) for r in executed["actions"]],
+        sliced=[SlicedUnits.from_dict(s) for s in executed["sliced"]],
         notes=executed["notes"],
-        calibration=executed["calibration"] or None, plan=plan,
+        calibration=RunData.from_dict(executed["calibration"]) if executed["calibration"] else None, plan=plan,
         versions={"ssm-profile": __version__, "torch": torch.__version__})
 
     note(2, 3, "saving")
@@ -369,8 +376,8 @@ def _save(loaded: LoadedModel, record: PruningRecord, out: Path, overwrite: bool
         loaded.model.save_pretrained(tmp)
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(tmp)
-        record.output["files"] = sorted(p.name for p in tmp.iterdir())
-        record.output["bytes_on_disk"] = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+        record.output.files = sorted(p.name for p in tmp.iterdir())
+        record.output.bytes_on_disk = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         record.timings = {"total": round(time.perf_counter() - started, 3)}
         write_json_atomic(tmp / PRUNING_FILE, record.to_dict())
 

@@ -39,9 +39,9 @@ from ..base.defaults import RECOVER_LR, RECOVER_STEPS, RECOVER_TEMPERATURE
 from .distill import (Diverged, batch_at, frozen_entries, frozen_masks, learning_rate, ngram_overlap, rank_rows,
                       train_step)
 from ..profiling.distributed import World
-from ..documents import (PRUNING_FILE, RECOVERY_FILE, CurvePoint, Plan, PlanRecover, PrunedFrom, RecoveryCheck,
-                         RecoveryData, RecoveryKernels, RecoveryOutput, RecoveryProgress, RecoveryRecord, RecoveryWorld,
-                         Sparsity, Teacher, check_weights, load_pruning_record)
+from ..documents import (PRUNING_FILE, RECOVERY_FILE, CurvePoint, Plan, PlanRecover, PrunedFrom, RecoveredFrom,
+                         RecoveryCheck, RecoveryData, RecoveryKernels, RecoveryOutput, RecoveryProgress, RecoveryRecord,
+                         RecoverySettings, RecoveryWorld, Sparsity, Teacher, check_weights, load_pruning_record)
 from ..base.errors import DataError, ModelNotFoundError, OutputExistsError, SSMProfileError
 from ..base.io import atomic_directory, write_json_atomic
 from ..calibration.memory import check_batch_fits
@@ -438,11 +438,11 @@ def _recover(world: World, pruned_dir: str | Path, output_dir: str | Path, teach
     before, after = world.from_writer(lambda: (state["before"], after))
     record = RecoveryRecord(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        pruned={"directory": str(pruned_dir), "fingerprint": identity["pruned"],
-                "plan_model": plan.model.name if plan is not None else None},
+        pruned=RecoveredFrom(directory=str(pruned_dir), fingerprint=identity["pruned"],
+                             plan_model=plan.model.name if plan is not None else None),
         teacher=Teacher(name=inputs.teacher.source.name, location=inputs.teacher.source.location,
                         fingerprint=inputs.teacher.fingerprint, source_model=inputs.is_source),
-        output=RecoveryOutput(), settings=asdict(settings),
+        output=RecoveryOutput(), settings=RecoverySettings.from_dict(asdict(settings)),
         data=RecoveryData(training=inputs.stream_source, training_tokens=int(len(inputs.stream)),
                           seqlen=inputs.spec.seqlen, verification=inputs.dataset.sources.get("verification"),
                           verification_windows=int(verification.shape[0]), overlap_check_span=inputs.span),

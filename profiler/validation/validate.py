@@ -27,6 +27,7 @@ before/after table every front-end shows.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -35,7 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -47,7 +48,8 @@ from .comparison import paired_change, perplexity, relative_change
 from ..calibration.memory import check_batch_fits
 from ..calibration.data import DataSpec, batch_losses, load_dataset, paired_increase, text_windows
 from ..documents import (LM_EVAL_LOG, PRUNING_FILE, RECOVERY_FILE, VALIDATION_FILE, Plan,  # noqa: F401
-                        AgainstPlan, Increase, LmEval, LossPerplexity, ModelRef, SearchPerplexity, Sizes,
+                        AgainstPlan, ComparedModels, Increase, LmEval, LossPerplexity, ModelRef, ModelSize, PlanSummary,
+                        RunData, SearchPerplexity, Sizes, read_mixer_usage,
                         Speed, Tolerance, ValidationReport)
 from ..base.errors import DataError, SSMProfileError
 from ..mixers.choice import Kernels, installed
@@ -104,17 +106,22 @@ def model_dir(loaded: LoadedModel) -> Path | None:
     return None
 
 
-def _size(loaded: LoadedModel, directory: Path | None) -> dict[str, Any]:
+def size_change(base: ModelSize, pruned: ModelSize) -> dict[str, float | None]:
+    """The relative change of every size, by its field name (``Sizes.change``)."""
+    return {f.name: relative_change(getattr(base, f.name), getattr(pruned, f.name))
+            for f in fields(ModelSize) if f.name != "extra"}
+
+
+def _size(loaded: LoadedModel, directory: Path | None) -> ModelSize:
     from ..model.analysis import analyze
 
     totals = analyze(loaded.model).totals
     counts = count_parameters(loaded.model)
     disk = dir_bytes(directory)
-    return {"parameters": counts["total"], "nonzero_parameters": counts["nonzero"],
-            "bytes_on_disk": None if disk is None else disk["total"],
-            "weight_bytes_on_disk": None if disk is None else disk["weights"],
-            "state_bytes_per_sequence": totals["state_bytes_per_sequence"],
-            "flops_per_token": totals["flops_per_token"]}
+    return ModelSize(parameters=counts["total"], nonzero_parameters=counts["nonzero"],
+                     bytes_on_disk=None if disk is None else disk["total"],
+                     weight_bytes_on_disk=None if disk is None else disk["weights"],
+                     state_bytes_per_sequence=totals.state_bytes_per_sequence, flops_per_token=totals.flops_per_token)
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,13 +506,14 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
     return ValidationReport(
         schema_version=VALIDATION_SCHEMA_VERSION,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        models={"base": ModelRef(name=base.source.name, location=base.source.location,
-                                 fingerprint=base.fingerprint, directory=str(base_dir) if base_dir else None),
-                "pruned": ModelRef(name=pruned.source.name, location=pruned.source.location,
-                                   fingerprint=pruned.fingerprint, directory=str(pruned_dir) if pruned_dir else None)},
-        plan=None if plan is None else {"model": plan.model.name, "objective": plan.objective.to_dict(),
-                                        "predicted": plan.predicted.to_dict(), "actions": len(plan.actions)},
-        data=dataset.describe(),
+        models=ComparedModels(
+            base=ModelRef(name=base.source.name, location=base.source.location, fingerprint=base.fingerprint,
+                          directory=str(base_dir) if base_dir else None),
+            pruned=ModelRef(name=pruned.source.name, location=pruned.source.location, fingerprint=pruned.fingerprint,
+                            directory=str(pruned_dir) if pruned_dir else None)),
+        plan=None if plan is None else PlanSummary(model=plan.model.name, objective=copy.deepcopy(plan.objective),
+                                                   predicted=copy.deepcopy(plan.predicted), actions=len(plan.actions)),
+        data=RunData.from_dict(dataset.describe()),
         perplexity=SearchPerplexity(base=LossPerplexity(loss=base_loss, perplexity=perplexity(base_loss)),
                                     pruned=LossPerplexity(loss=pruned_loss, perplexity=perplexity(pruned_loss)),
                                     delta_loss=delta, rel_ppl_increase=rel),
@@ -515,10 +523,9 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
         verification=verification, evaluations=others,
         within_tolerance=within,
         lm_eval=LmEval.from_dict(lm_eval),
-        size=Sizes.from_dict({"base": size_base, "pruned": size_pruned,
-                              "change": {k: relative_change(size_base[k], size_pruned[k]) for k in size_base}}),
+        size=Sizes(base=size_base, pruned=size_pruned, change=size_change(size_base, size_pruned)),
         speed=Speed.from_dict(speed),
         versions={"ssm-profile": __version__, "torch": torch.__version__},
         threads=torch.get_num_threads(),
         seconds=round(time.perf_counter() - started, 3),
-        mixer_forwards=mixer_usage(calls_before))
+        mixer_forwards=read_mixer_usage(mixer_usage(calls_before)))
