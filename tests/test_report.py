@@ -67,7 +67,7 @@ def hostile(result) -> ProfileResult:
     """The run with script-injection attempts in every user-controlled string the header shows."""
     bad = copy.deepcopy(result)
     bad.record.model.name = XSS
-    bad.analysis.model["name"] = XSS
+    bad.analysis.model.name = XSS
     bad.record.data.calibration = XSS2
     bad.record.versions["evil"] = XSS2
     return bad
@@ -143,7 +143,10 @@ def recovery_document() -> dict:
     return {"schema_version": 1, "kind": "ssm-profile-recovery", "created": "2026-11-29T00:00:00+00:00",
             "pruned": {"directory": "out/pruned", "fingerprint": "sha256:bb", "plan_model": "tiny-mamba"},
             "teacher": {"name": "tiny-mamba", "location": "embedded", "fingerprint": "sha256:aa", "source_model": True},
-            "output": {"fingerprint": "sha256:cc", "files": ["model.safetensors"]}, "settings": {},
+            "output": {"fingerprint": "sha256:cc", "files": ["model.safetensors"]},
+            "settings": {"steps": 10, "minutes": None, "lr": 1e-3, "temperature": 2.0, "lm_weight": 0.0, "batch_size": 8,
+                         "seqlen": 64, "seed": 0, "checkpoint_every": 50, "eval_every": None, "data": None,
+                         "lm_eval": True, "lm_eval_limit": None},
             "data": {"training": "embedded:calibration.txt", "training_tokens": 8192, "seqlen": 64,
                      "verification": "embedded:evaluation.txt [held out]", "verification_windows": 32},
             "kernels": {"choice": {}, "training": "torch"}, "world": {"size": 1, "rank_weights": []},
@@ -280,7 +283,7 @@ def test_user_strings_are_escaped_everywhere(hostile):
     plan.actions[0].target = XSS
     plan.actions[0].criterion = XSS2
     validation = copy.deepcopy(VALIDATION)
-    validation.models["pruned"].name = XSS
+    validation.models.pruned.name = XSS
     validation.lm_eval.tasks[XSS2] = validation.lm_eval.tasks["arc_tiny"]
     html = reports.render_html(hostile, plan=plan, validation=validation)
     for raw in (XSS, XSS2, "<img", "<!--", "<script>window.__pwned", "</script><"):
@@ -907,3 +910,35 @@ def test_every_report_renders_from_the_typed_documents_alone(result):
     assert VALIDATION.verification.phrase() in unescape(html)  # one wording of the interval everywhere
     with pytest.raises(AttributeError):
         reports.render_html(result, plan=plan.to_dict())
+
+
+def test_every_report_renders_from_document_files_alone(run_dir, tmp_path, capsys):
+    """The run (``ProfileResult.load``), the plan, validation and recovery written as JSON and read back by
+    their loaders: the HTML and Markdown reports, the report's answer and the CLI's plan answer render from
+    those typed objects alone, each showing what the files hold."""
+    from ssm_profile.base.io import write_json_atomic
+    from ssm_profile.cli.plan_cmd import print_plan
+    from ssm_profile.documents import load_plan, load_recovery, load_validation, write_plan
+    from ssm_profile.plan import make_plan as real_plan
+    from ssm_profile.reports.answer import answer
+    from ssm_profile.reports.facts import Facts
+
+    result = ProfileResult.load(run_dir)
+    write_plan(real_plan(result, metric="params", ratio=0.1, measure=False), tmp_path / "plan.json")
+    write_json_atomic(tmp_path / "validation.json", validation_document())
+    write_json_atomic(tmp_path / "recovery.json", recovery_document())
+    plan, validation = load_plan(tmp_path / "plan.json"), load_validation(tmp_path / "validation.json")
+    recovery = load_recovery(tmp_path / "recovery.json")
+
+    html = unescape(reports.render_html(result, plan=plan, validation=validation, recovery=recovery))
+    markdown = reports.render_markdown(result, plan=plan, validation=validation, recovery=recovery)
+    facts = Facts.of(result)
+    said = answer(facts, plan, validation, recovery, plan_path=str(tmp_path / "plan.json"))
+    print_plan(plan)
+    printed = capsys.readouterr().out
+    verification = validation.verification.phrase()
+    assert verification in html and "After recovery by distillation: perplexity +2.0%" in html
+    assert all(h in markdown for h in ("## Pruning plan", "## Validation", "## Recovery")) and verification in markdown
+    assert f"{result.analysis.totals.ssm_share:.0%}" in html  # the run's analysis, read from analysis.json
+    assert [target for target, _ in said.cuts] == [a.target for a in plan.actions] and said.outcome
+    assert result.record.model.name in printed and all(a.target in printed for a in plan.actions)

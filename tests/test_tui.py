@@ -113,14 +113,14 @@ async def test_open_embedded_model_and_browse_tree():
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         assert app.loaded is not None and app.loaded.source.name == "tiny-mamba"
-        assert app.analysis.model["architecture"] == "mamba"
+        assert app.analysis.model.architecture == "mamba"
         tree = app.query_one("#anatomy-tree", Tree)
         assert app.focused is tree
         top = [str(n.label).split()[0] for n in tree.root.children]
         assert top[0] == "model" and top[-1] == "units" and "layer" in top
         detail = app.query_one("#detail-table", DataTable)
         rows = {r[0]: r[1] for r in cell_texts(detail)}
-        assert f"{app.analysis.totals['parameters']:,}" in rows["parameters"]
+        assert f"{app.analysis.totals.parameters:,}" in rows["parameters"]
         assert rows["% whole-model params"].endswith("%")  # every share's key names its total
 
         await pilot.press("down", "down")  # model, layer 0
@@ -154,7 +154,7 @@ async def test_open_run_dir_shows_saved_profile_without_loading_the_model(saved_
         assert app.loaded is None  # nothing recomputed, no model loaded
         expected = ProfileResult.load(saved_run)
         assert len(app.result.trials) == len(expected.trials)
-        assert app.analysis.model["architecture"] == "mamba2"
+        assert app.analysis.model.architecture == "mamba2"
         assert app.query_one("#anatomy-tree", Tree).root.children  # anatomy from analysis.json
 
         await pilot.press("2")
@@ -328,6 +328,17 @@ async def test_replan_export_and_apply(run_here, tmp_path):
         rows = {r[0]: r for r in cell_texts(app.query_one("#apply-table", DataTable))}
         assert "nonzero parameters" in rows and "perplexity, search windows" in rows  # the shared before/after labels
         assert any(label.endswith("verification windows (held out)") for label in rows)
+
+        # the same summaries from the documents read back from their files alone
+        from ssm_profile.documents import load_plan, load_pruning_record, load_validation
+
+        stored = load_pruning_record(tmp_path / "pruned" / "pruning.json")
+        stored.validation = load_validation(tmp_path / "pruned" / "validation.json")
+        app.query_one("ApplyView").show_report(stored)
+        assert {r[0]: r for r in cell_texts(app.query_one("#apply-table", DataTable))} == rows
+        shown = str(app.query_one("#plan-summary").content)
+        plan_view.show_plan(load_plan(tmp_path / "plan.json"))
+        assert str(app.query_one("#plan-summary").content) == shown and "predicted ΔL" in shown
 
 
 @run_async
