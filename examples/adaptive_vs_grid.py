@@ -26,7 +26,7 @@ from scipy.stats import kendalltau
 from ssm_profile.profiling.adaptive import AdaptiveSchedule
 from ssm_profile.profiling.earlystop import CHUNK_WINDOWS, StopRule
 from ssm_profile.base.errors import PlanError
-from ssm_profile.plan import make_plan
+from ssm_profile.plan import PlanRequest, make_plan
 from ssm_profile.profiling.record import ProfileSettings
 from ssm_profile.profiling.profile import profile_model
 from ssm_profile.model.resolve import load_model
@@ -64,7 +64,7 @@ def compare(grid: ProfileResult, adaptive: ProfileResult) -> tuple[float, float,
 
 def plan_text(result: ProfileResult, loaded) -> str:
     try:
-        plan = make_plan(result, ratio=0.3, loaded=loaded)
+        plan = make_plan(result, PlanRequest(ratio=0.3), loaded=loaded)
     except PlanError as err:
         return f"infeasible ({err})"
     v = plan.verification

@@ -70,7 +70,7 @@ def main() -> None:
     settings = sp.ProfileSettings(criteria=["magnitude"], layer_criterion="magnitude", sparsities=[0.5],
                                   per_layer=False, targets=["in_proj", "unit:state"])
     result = sp.profile_model(loaded, sp.DataSpec(nsamples=4, eval_samples=4, seqlen=64), settings)
-    plan, plan_walk = walk(lambda: sp.make_plan(result, metric="params", ratio=0.05, measure=False))
+    plan, plan_walk = walk(lambda: sp.make_plan(result, sp.PlanRequest(metric="params", ratio=0.05, measure=False)))
     with tempfile.TemporaryDirectory() as out:
         _, apply_walk = walk(lambda: sp.apply_plan(loaded, plan, f"{out}/pruned"))
     print(f"ssm-profile {sp.__version__}")

@@ -148,7 +148,7 @@ class HeldOut:
 
 def plan_row(model: str, result, run_dir: Path, measurer, config, held_out: HeldOut, apply: bool) -> dict:
     from ssm_profile.base.errors import PlanError
-    from ssm_profile.plan import make_plan
+    from ssm_profile.plan import PlanRequest, make_plan
     from ssm_profile.plan.certify import Certifier
 
     metric, ratio, tol, structures = config
@@ -156,8 +156,8 @@ def plan_row(model: str, result, run_dir: Path, measurer, config, held_out: Held
            "structures": structures}
     started = time.perf_counter()
     try:
-        plan = make_plan(result, metric=metric, ratio=ratio, max_ppl_increase=tol, structures=structures,
-                         run_path=run_dir, loaded=measurer.loaded, measurer=measurer)
+        request = PlanRequest(metric=metric, ratio=ratio, max_ppl_increase=tol, structures=structures)
+        plan = make_plan(result, request, run_path=run_dir, loaded=measurer.loaded, measurer=measurer)
     except PlanError as err:
         return {**row, "status": "infeasible", "why": str(err), "seconds": round(time.perf_counter() - started, 1)}
     c = plan.certification

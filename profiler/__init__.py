@@ -23,6 +23,7 @@ _LAZY = {
     "ProfileResult": "ssm_profile.profiling.results",
     "RunRecord": "ssm_profile.profiling.record",
     "make_plan": "ssm_profile.plan",
+    "PlanRequest": "ssm_profile.plan",
     "load_plan": "ssm_profile.documents",
     "write_plan": "ssm_profile.documents",
     "Plan": "ssm_profile.documents",

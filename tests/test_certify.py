@@ -18,7 +18,7 @@ from dataclasses import replace
 import pytest
 from scipy.stats import t as student_t
 from ssm_profile.documents import Certification, Verification, load_plan, write_plan
-from ssm_profile.plan import make_plan
+from ssm_profile.plan import PlanRequest, make_plan
 from ssm_profile.plan.certify import LEVEL, RULE, Certifier, prediction_bound
 from test_plan import synthetic  # noqa: F401 - the synthetic run fixture
 
@@ -91,7 +91,7 @@ class FakeMeasurer:
 
 def test_a_plan_that_fits_on_the_mean_only_is_backed_off(synthetic):  # noqa: F811
     fake = FakeMeasurer()
-    plan = make_plan(synthetic, metric="params", max_ppl_increase=0.10, measurer=fake)
+    plan = make_plan(synthetic, PlanRequest(metric="params", max_ppl_increase=0.10), measurer=fake)
     first_actions, first_mean, first_accepted = fake.measured[0]
     assert first_actions >= 2 and first_mean <= 0.10 and not first_accepted  # the old rule took this one
     c = plan.certification
@@ -103,7 +103,7 @@ def test_a_plan_that_fits_on_the_mean_only_is_backed_off(synthetic):  # noqa: F8
 def test_certification_round_trips_and_old_plans_load(synthetic, tmp_path, capsys):  # noqa: F811
     from ssm_profile.cli.plan_cmd import print_plan
 
-    plan = make_plan(synthetic, metric="params", ratio=0.2, measure=False)
+    plan = make_plan(synthetic, PlanRequest(metric="params", ratio=0.2, measure=False))
     assert plan.certification is None  # not measured: nothing certified
     doc = Certifier(dense=DENSE, unseen=32, max_ppl_increase=0.10).document(
         {"delta_loss": 0.05, "rel_ppl_increase": math.expm1(0.05), "window_losses": [d + 0.05 for d in DENSE]})

@@ -25,9 +25,8 @@ from ssm_profile.documents import as_plan
 from ssm_profile.model.analysis import analyze
 from ssm_profile.model.arch import find_mixers
 from ssm_profile.model.resolve import load_model
-from ssm_profile.plan import make_plan
+from ssm_profile.plan import PlanRequest, make_plan, parse_structures
 from ssm_profile.plan.layers import LayerVeto, layer_options
-from ssm_profile.plan.options import parse_structures
 from ssm_profile.pruning.apply import apply_plan
 from ssm_profile.pruning.layers import meta_copy, removal_problem, removed_parameters, skipped
 from ssm_profile.pruning.summary import plan_summary_lines
@@ -123,11 +122,12 @@ def test_only_removable_ssm_layers_are_options_and_they_count_what_they_free():
 
 
 def test_unmeasured_plans_leave_layers_out_and_say_so(synthetic):  # noqa: F811 - the imported fixture
-    plan = make_plan(synthetic, metric="state", max_ppl_increase=0.1, measure=False, structures="units,layers")
+    plan = make_plan(synthetic, PlanRequest(metric="state", max_ppl_increase=0.1, measure=False,
+                                            structures="units,layers"))
     assert not any(a.is_layer for a in plan.actions)
     assert any("--no-measure they are left out" in n for n in plan.notes)
     with pytest.raises(PlanError) as err:
-        make_plan(synthetic, metric="params", max_ppl_increase=0.1, measure=False, structures="layers")
+        make_plan(synthetic, PlanRequest(metric="params", max_ppl_increase=0.1, measure=False, structures="layers"))
     assert "no SSM layer can be removed" in str(err.value) and "\n" not in str(err.value)
 
 
@@ -207,8 +207,8 @@ def mamba_run(tmp_path_factory):
 @pytest.mark.slow
 def test_layer_plan_predicts_what_apply_removes(mamba_run, tmp_path):
     run_dir, result, loaded = mamba_run
-    plan = make_plan(result, metric="params", ratio=0.2, max_ppl_increase=5.0, structures="layers", loaded=loaded,
-                     run_path=run_dir)
+    plan = make_plan(result, PlanRequest(metric="params", ratio=0.2, max_ppl_increase=5.0, structures="layers"),
+                     loaded=loaded, run_path=run_dir)
     assert plan.actions and all(a.is_layer and a.execution == "remove" for a in plan.actions)
     assert plan.predicted.reduction_ratio >= 0.2 and plan.measured.within_tolerance
     assert plan.verification is not None

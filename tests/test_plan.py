@@ -25,7 +25,7 @@ from conftest import tiny_mamba2
 
 from ssm_profile.base.errors import PlanError
 from ssm_profile.documents import load_plan, plan_schema, write_plan
-from ssm_profile.plan import make_plan
+from ssm_profile.plan import PlanRequest, make_plan
 from ssm_profile.plan.options import build_options, overlaps
 from ssm_profile.plan.shapes import removed_per_block, shapes_for
 from ssm_profile.plan.solver import net_gain, solve_mckp
@@ -179,9 +179,9 @@ def test_synthetic_plan_is_the_brute_force_optimum(synthetic, metric, ratio):
     assert n_targets >= 2
     if want is None:
         with pytest.raises(PlanError, match="best reachable point"):
-            make_plan(synthetic, metric=metric, ratio=ratio, measure=False)
+            make_plan(synthetic, PlanRequest(metric=metric, ratio=ratio, measure=False))
         return
-    plan = make_plan(synthetic, metric=metric, ratio=ratio, max_ppl_increase=0.1, measure=False)
+    plan = make_plan(synthetic, PlanRequest(metric=metric, ratio=ratio, max_ppl_increase=0.1, measure=False))
     key = {"params": "params_removed", "flops": "flops_removed", "state": "state_bytes_removed"}[metric]
     if ratio is None:
         assert getattr(plan.predicted, key) == pytest.approx(-want, abs=1)
@@ -226,26 +226,42 @@ def test_nm_runs_give_one_level_per_group(synthetic):
                           for levels in groups)
     _, notes = build_options(nm, "params", structures=["unstructured", "units"], shapes=shapes_for(nm))
     assert any("2:4" in n and "--structures excludes" in n for n in notes)
-    plan = make_plan(nm, metric="params", ratio=0.1, measure=False)
+    plan = make_plan(nm, PlanRequest(metric="params", ratio=0.1, measure=False))
     assert all(a.structure in ("2:4", "units") for a in plan.actions)
 
 
 def test_impossible_budget_names_the_best_reachable_point(synthetic):
     with pytest.raises(PlanError) as info:
-        make_plan(synthetic, metric="params", ratio=0.9, max_ppl_increase=0.1, measure=False, scope="model")
+        make_plan(synthetic, PlanRequest(metric="params", ratio=0.9, max_ppl_increase=0.1, measure=False,
+                                         scope="model"))
     message = str(info.value)
     assert "\n" not in message and "best reachable point is" in message and "params" in message
-    best = make_plan(synthetic, metric="params", max_ppl_increase=0.1, measure=False, scope="model")
+    best = make_plan(synthetic, PlanRequest(metric="params", max_ppl_increase=0.1, measure=False, scope="model"))
     assert f"{best.predicted.reduction_ratio:.1%}" in message
     assert f"{best.predicted.params_removed:,}" in message
 
 
 def test_bad_arguments_are_plan_errors(synthetic):
+    """A request is checked when it is made, before any run is read; only the run's total can refuse it later."""
     for kwargs, text in [({"ratio": 1.5}, "--ratio"), ({"ratio": 0.1, "absolute": 5}, "either"),
                          ({"max_ppl_increase": 0}, "max-ppl-increase"), ({"metric": "speed"}, "--metric"),
-                         ({"absolute": 10**12}, "exceeds"), ({"structures": "3-4"}, "structure")]:
+                         ({"scope": "layer"}, "--scope"), ({"absolute": 0}, "--absolute"),
+                         ({"structures": "3-4"}, "structure"), ({"structures": " , "}, "empty")]:
         with pytest.raises(PlanError, match=text):
-            make_plan(synthetic, measure=False, **kwargs)
+            PlanRequest(measure=False, **kwargs)
+    request = PlanRequest(absolute=10**12, measure=False)
+    with pytest.raises(PlanError, match="exceeds"):
+        make_plan(synthetic, request)
+
+
+def test_a_plan_request_is_a_checked_frozen_value():
+    from dataclasses import FrozenInstanceError
+
+    request = PlanRequest(ratio=0.3, structures="units, 2:4")
+    assert request.structures == ("units", "2:4") and request == PlanRequest(ratio=0.3, structures=["units", "2:4"])
+    with pytest.raises(FrozenInstanceError):
+        request.ratio = 1.5  # type: ignore[misc]  - a checked request cannot become unchecked
+    assert PlanRequest().metric == "params" and PlanRequest().scope == "ssm" and PlanRequest().measure
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,7 +271,7 @@ def test_bad_arguments_are_plan_errors(synthetic):
 def test_plan_validates_and_round_trips(synthetic, tmp_path):
     from jsonschema import Draft202012Validator
 
-    plan = make_plan(synthetic, metric="params", ratio=0.2, measure=False, run_path=tmp_path)
+    plan = make_plan(synthetic, PlanRequest(metric="params", ratio=0.2, measure=False), run_path=tmp_path)
     Draft202012Validator.check_schema(plan_schema())
     Draft202012Validator(plan_schema()).validate(json.loads(json.dumps(plan.to_dict())))
     path = write_plan(plan, tmp_path / "plan.json")
@@ -280,7 +296,7 @@ def _one_line_error(path) -> str:
 
 
 def test_bad_plan_files_are_one_line_errors(synthetic, tmp_path):
-    plan = make_plan(synthetic, metric="params", ratio=0.2, measure=False)
+    plan = make_plan(synthetic, PlanRequest(metric="params", ratio=0.2, measure=False))
     path = tmp_path / "plan.json"
 
     assert "does not exist" in _one_line_error(tmp_path / "missing.json")
@@ -314,7 +330,7 @@ def test_bad_plan_files_are_one_line_errors(synthetic, tmp_path):
 
 
 def test_plan_for_other_weights_is_refused(synthetic):
-    plan = make_plan(synthetic, metric="params", ratio=0.2, measure=False)
+    plan = make_plan(synthetic, PlanRequest(metric="params", ratio=0.2, measure=False))
     same = SimpleNamespace(fingerprint=plan.model.fingerprint, source=SimpleNamespace(name="x"))
     plan.check_model(same)
     other = SimpleNamespace(fingerprint="sha256:" + "cd" * 32, source=SimpleNamespace(name="other-model"))
@@ -365,7 +381,7 @@ def _check_unit_indices(plan, result, loaded):
 def test_end_to_end_plan_is_measured_within_tolerance(tiny_run):
     run_dir, result, loaded = tiny_run
     steps = []
-    plan = make_plan(result, metric="params", max_ppl_increase=0.10, loaded=loaded, run_path=run_dir,
+    plan = make_plan(result, PlanRequest(metric="params", max_ppl_increase=0.10), loaded=loaded, run_path=run_dir,
                      progress=lambda done, total, label: steps.append(label))
     measured = plan.measured
     assert measured is not None and measured.within_tolerance
@@ -379,7 +395,8 @@ def test_end_to_end_plan_is_measured_within_tolerance(tiny_run):
     assert measured.params_removed >= plan.predicted.params_removed
     _check_unit_indices(plan, result, loaded)
 
-    state = make_plan(result, metric="state", ratio=0.3, max_ppl_increase=0.10, loaded=loaded, run_path=run_dir)
+    state = make_plan(result, PlanRequest(metric="state", ratio=0.3, max_ppl_increase=0.10), loaded=loaded,
+                      run_path=run_dir)
     assert state.measured.within_tolerance and state.measured.rel_ppl_increase <= 0.10
     assert state.predicted.reduction_ratio >= 0.3
     units = _check_unit_indices(state, result, loaded)
@@ -395,7 +412,7 @@ def test_optimistic_predictions_are_backed_off(tiny_run):
     trials = [replace(t, delta_loss=0.0, rel_ppl_increase=0.0, window_losses=list(dense)) for t in result.trials]
     optimistic = replace(result, trials=trials)
     labels = []
-    plan = make_plan(optimistic, metric="params", max_ppl_increase=0.10, loaded=loaded,
+    plan = make_plan(optimistic, PlanRequest(metric="params", max_ppl_increase=0.10), loaded=loaded,
                      progress=lambda done, total, label: labels.append(label))
     assert 1 <= plan.measured.backoff_steps <= 8
     assert plan.measured.within_tolerance and plan.measured.rel_ppl_increase <= 0.10
@@ -403,7 +420,7 @@ def test_optimistic_predictions_are_backed_off(tiny_run):
     assert any("back-off" in n for n in plan.notes) and any("back-off" in label for label in labels)
     # a budget that only the optimistic prediction allowed cannot be met: one line, best measured point
     with pytest.raises(PlanError) as info:
-        make_plan(optimistic, metric="params", ratio=0.3, max_ppl_increase=0.10, loaded=loaded)
+        make_plan(optimistic, PlanRequest(metric="params", ratio=0.3, max_ppl_increase=0.10), loaded=loaded)
     assert "best measured point" in str(info.value) and "\n" not in str(info.value)
 
 
@@ -412,7 +429,7 @@ def test_measuring_needs_the_runs_weights(tiny_run):
     other = replace(result, record=replace(result.record, model=replace(result.record.model,
                                                                          fingerprint="sha256:" + "0" * 64)))
     with pytest.raises(PlanError, match="other weights"):
-        make_plan(other, metric="params", loaded=loaded)
+        make_plan(other, PlanRequest(metric="params"), loaded=loaded)
 
 
 def test_cli_writes_a_plan_and_never_overwrites(tiny_run, tmp_path, capsys):
@@ -442,8 +459,8 @@ def test_cli_writes_a_plan_and_never_overwrites(tiny_run, tmp_path, capsys):
 
 
 def test_ratio_scope_is_ssm_mixers_by_default(synthetic):
-    ssm = make_plan(synthetic, metric="params", max_ppl_increase=0.1, measure=False)
-    whole = make_plan(synthetic, metric="params", max_ppl_increase=0.1, measure=False, scope="model")
+    ssm = make_plan(synthetic, PlanRequest(metric="params", max_ppl_increase=0.1, measure=False))
+    whole = make_plan(synthetic, PlanRequest(metric="params", max_ppl_increase=0.1, measure=False, scope="model"))
     assert ssm.objective.scope == "ssm" and whole.objective.scope == "model"
     removed = ssm.predicted.params_removed
     assert ssm.predicted.scope_total == synthetic.analysis.totals.ssm_parameters
@@ -489,7 +506,7 @@ def test_plan_and_apply_rebuild_the_same_masks_with_the_runs_batch_size(tmp_path
                   ProfileSettings(sparsities=[0.5], criteria=["wanda"], targets=["in_proj"], per_layer=False,
                                   batch_size=2, incremental=False), run_dir=run_dir)
     result = ProfileResult.load(run_dir)
-    plan = make_plan(result, metric="params", max_ppl_increase=10.0, measure=False, run_path=run_dir)
+    plan = make_plan(result, PlanRequest(metric="params", max_ppl_increase=10.0, measure=False), run_path=run_dir)
     assert plan.actions and plan.actions[0].criterion == "wanda"
     assert RunRecipe.of_plan(plan) == RunRecipe.of_run(result.record) and RunRecipe.of_plan(plan).batch_size == 2
     measurer = Measurer(result, loaded, lambda *a: None)
@@ -510,7 +527,8 @@ def test_zeros_only_plan_warns_that_nothing_physical_changes(synthetic, capsys):
     from ssm_profile.cli.plan_cmd import print_plan
     from ssm_profile.pruning.summary import changes_nothing, physical_change
 
-    plan = make_plan(synthetic, metric="params", max_ppl_increase=0.1, measure=False, structures="unstructured")
+    plan = make_plan(synthetic, PlanRequest(metric="params", max_ppl_increase=0.1, measure=False,
+                                            structures="unstructured"))
     assert plan.actions and all(a.execution == "zero" for a in plan.actions)
     assert changes_nothing(plan) and physical_change(plan) == {"params": 0, "flops": 0, "state": 0}
     print_plan(plan)
@@ -525,7 +543,7 @@ def test_sliced_plan_leads_with_the_physical_change(synthetic, capsys):
     from ssm_profile.cli.plan_cmd import print_plan
     from ssm_profile.pruning.summary import changes_nothing, physical_change
 
-    plan = make_plan(synthetic, metric="state", max_ppl_increase=0.1, measure=False, structures="units")
+    plan = make_plan(synthetic, PlanRequest(metric="state", max_ppl_increase=0.1, measure=False, structures="units"))
     sliced = [a for a in plan.actions if a.execution == "slice"]
     assert sliced and not changes_nothing(plan)
     # every action is sliced: the physical change is the predicted total (overlapping cuts counted once)
@@ -539,8 +557,8 @@ def test_sliced_plan_leads_with_the_physical_change(synthetic, capsys):
 
 
 def test_plan_json_names_what_each_ratio_is_a_share_of(synthetic):
-    ssm = make_plan(synthetic, metric="params", max_ppl_increase=0.1, measure=False)
-    whole = make_plan(synthetic, metric="flops", max_ppl_increase=0.1, measure=False, scope="model")
+    ssm = make_plan(synthetic, PlanRequest(metric="params", max_ppl_increase=0.1, measure=False))
+    whole = make_plan(synthetic, PlanRequest(metric="flops", max_ppl_increase=0.1, measure=False, scope="model"))
     assert ssm.predicted.reduction_of == "SSM-mixer params"
     assert ssm.predicted.reduction_model_of == "whole-model params"
     assert whole.predicted.reduction_of == whole.predicted.reduction_model_of == "whole-model FLOPs/token"

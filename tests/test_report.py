@@ -347,9 +347,9 @@ def test_plan_answer_names_its_total_and_promise(result, scope, words):
 def test_a_zeros_only_plan_reads_as_no_size_win_in_html_and_markdown(result):
     from ssm_profile.reports.decision import decision_section
     from ssm_profile.reports.facts import Facts
-    from ssm_profile.plan import make_plan as real_plan
+    from ssm_profile.plan import PlanRequest, make_plan as real_plan
 
-    plan = real_plan(result, metric="params", ratio=0.1, measure=False, structures="unstructured")
+    plan = real_plan(result, PlanRequest(metric="params", ratio=0.1, measure=False, structures="unstructured"))
     assert {a.execution for a in plan.actions} == {"zero"}
     panel = unescape(decision_section(Facts.of(result), plan))
     assert "This plan sets to zero" in panel and "This plan removes" not in panel
@@ -553,10 +553,10 @@ def test_csv_export(result, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- CLI
 def test_cli_writes_html_markdown_and_csv(run_dir, result, tmp_path, capsys):
-    from ssm_profile.plan import make_plan as make_real_plan
+    from ssm_profile.plan import PlanRequest, make_plan as make_real_plan
 
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps(make_real_plan(result, ratio=0.2, measure=False).to_dict()))
+    plan.write_text(json.dumps(make_real_plan(result, PlanRequest(ratio=0.2, measure=False)).to_dict()))
     validation = tmp_path / "validation.json"
     validation.write_text(json.dumps(validation_document()))
     out = tmp_path / "out" / "report.html"

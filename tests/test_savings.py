@@ -21,7 +21,7 @@ from conftest import perturb, tiny_gated_delta, tiny_hybrid, tiny_kda, tiny_mamb
 from ssm_profile.model.analysis import analyze
 from ssm_profile.pruning.apply import apply_plan
 from ssm_profile.model.arch import find_mixers
-from ssm_profile.plan import make_plan
+from ssm_profile.plan import PlanRequest, make_plan
 from ssm_profile.model.resolve import load_model
 from ssm_profile.profiling.results import ProfileResult, Trial
 from ssm_profile.pruning.summary import physical_change
@@ -76,8 +76,8 @@ def logits(model) -> torch.Tensor:
 
 def test_falcon_mamba_state_and_dt_rank_cuts_give_the_zeroed_models_logits(tmp_path):
     loaded = saved(tiny_falcon_mamba(), tmp_path / "base")
-    plan = make_plan(unit_result(loaded, {"state": 0.5, "dt_rank": 0.5}), metric="params", max_ppl_increase=0.5,
-                     measure=False, structures="units")
+    plan = make_plan(unit_result(loaded, {"state": 0.5, "dt_rank": 0.5}),
+                     PlanRequest(metric="params", max_ppl_increase=0.5, measure=False, structures="units"))
     assert {a.unit_kind for a in plan.actions} == {"state", "dt_rank"}
     assert all(a.execution == "zero" and "normalises" in a.note for a in plan.actions)
     apply_plan(loaded, plan, tmp_path / "out")
@@ -140,8 +140,8 @@ def test_what_apply_removes_is_what_the_plan_states(tmp_path, case, metric, requ
     build, kinds = CASES[case]
     loaded = saved(build(), tmp_path / "base")
     before = analyze(loaded.model).totals
-    plan = make_plan(unit_result(loaded, kinds), metric=metric, max_ppl_increase=0.5, measure=False,
-                     structures="units")
+    plan = make_plan(unit_result(loaded, kinds),
+                     PlanRequest(metric=metric, max_ppl_increase=0.5, measure=False, structures="units"))
     assert plan.actions
     record = apply_plan(loaded, plan, tmp_path / "out")
     after = analyze(load_model(str(tmp_path / "out")).model).totals
@@ -201,8 +201,8 @@ def test_a_run_whose_unit_cuts_are_all_zeros_is_told_what_to_do_not_to_profile_t
 
     loaded = saved(perturb(tiny_mamba2(layers=2, n_groups=1).eval()), tmp_path / "base")
     with pytest.raises(SSMProfileError) as err:  # 3 of 4 heads: no stock Mamba2Config expresses the width
-        make_plan(unit_result(loaded, {"head": 0.25}), metric="state", max_ppl_increase=0.5, measure=False,
-                  structures="units")
+        make_plan(unit_result(loaded, {"head": 0.25}),
+                  PlanRequest(metric="state", max_ppl_increase=0.5, measure=False, structures="units"))
     message = str(err.value)
     assert "unit:head would be applied as zeros" in message and "choose --metric params" in message
     assert "profile unit targets" not in message  # the run did profile them

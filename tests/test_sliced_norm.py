@@ -102,7 +102,7 @@ def test_the_plans_verification_is_what_validate_measures_on_the_sliced_checkpoi
     validate's on the applied checkpoint (without the sliced form: 2.21668 vs 2.21676, the norm's eps)."""
     from ssm_profile.calibration.data import DataSpec
     from ssm_profile.model.resolve import load_model
-    from ssm_profile.plan import make_plan
+    from ssm_profile.plan import PlanRequest, make_plan
     from ssm_profile.profiling.profile import profile_model
     from ssm_profile.profiling.record import ProfileSettings
     from ssm_profile.profiling.results import ProfileResult
@@ -114,7 +114,8 @@ def test_the_plans_verification_is_what_validate_measures_on_the_sliced_checkpoi
                   ProfileSettings(sparsities=[0.5], criteria=["magnitude"], targets=["unit:head"], per_layer=False,
                                   sweep="grid", batch_size=2, incremental=False), run_dir=tmp_path / "run")
     result = ProfileResult.load(tmp_path / "run")
-    plan = make_plan(result, metric="state", ratio=0.4, max_ppl_increase=50.0, loaded=loaded, run_path=tmp_path / "run")
+    plan = make_plan(result, PlanRequest(metric="state", ratio=0.4, max_ppl_increase=50.0), loaded=loaded,
+                     run_path=tmp_path / "run")
     assert [(a.target, a.execution) for a in plan.actions] == [("unit:head", "slice")]
     record = apply_plan(load_model("tiny-mamba2"), plan, tmp_path / "out", validate=True,
                         validate_options=ValidationOptions(tasks=(), speed_repeats=1, speed_batch=(1, 8)))

@@ -13,7 +13,7 @@ import torch
 from ssm_profile.cli.main import main
 from ssm_profile.calibration.data import DataSpec, load_dataset, paired_increase, split_windows
 from ssm_profile.base.errors import DataError
-from ssm_profile.plan import make_plan
+from ssm_profile.plan import PlanRequest, make_plan
 from ssm_profile.plan.options import build_options
 from ssm_profile.plan.options import crossfit_delta
 from ssm_profile.calibration.data import data_spec_from_meta
@@ -152,7 +152,7 @@ def test_run_records_roles_and_tokenizer(tiny_run):
 
 def test_plan_records_its_verification(tiny_run, tmp_path, capsys):
     run_dir, result, loaded = tiny_run
-    plan = make_plan(result, metric="params", max_ppl_increase=0.10, loaded=loaded, run_path=run_dir)
+    plan = make_plan(result, PlanRequest(metric="params", max_ppl_increase=0.10), loaded=loaded, run_path=run_dir)
     v = plan.verification
     assert v is not None and v.windows == 8 and plan.data.verify_samples == 8
     assert v.interval[0] <= v.rel_ppl_increase <= v.interval[1]
@@ -162,7 +162,7 @@ def test_plan_records_its_verification(tiny_run, tmp_path, capsys):
     assert c is not None and c.certified and c.windows == 4 and c.unseen_windows == 8
     assert c.increase == plan.measured.rel_ppl_increase <= c.bound <= 0.10
     assert plan.to_dict()["verification"]["kept"] == v.kept
-    assert make_plan(result, metric="params", measure=False).verification is None
+    assert make_plan(result, PlanRequest(metric="params", measure=False)).verification is None
     # the CLI says plainly when the promise is not kept on verification
     broken = replace(plan, verification=replace(v, rel_ppl_increase=0.5, kept=False))
     from ssm_profile.cli.plan_cmd import print_plan
@@ -228,7 +228,8 @@ def test_validate_reports_verification_and_extra_texts(tiny_run, tmp_path, capsy
     from ssm_profile.documents import write_plan
 
     run_dir, result, loaded = tiny_run
-    plan = make_plan(result, metric="params", ratio=0.2, max_ppl_increase=0.5, loaded=loaded, run_path=run_dir)
+    plan = make_plan(result, PlanRequest(metric="params", ratio=0.2, max_ppl_increase=0.5), loaded=loaded,
+                     run_path=run_dir)
     write_plan(plan, tmp_path / "plan.json")
     out = tmp_path / "pruned"
     apply_plan(load_model("tiny-mamba2"), plan, out)

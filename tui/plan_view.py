@@ -156,12 +156,12 @@ class PlanView(Vertical):
 
     @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
     def _solve(self, result, target: str, ratio: float | None, tolerance: float) -> None:
-        from ssm_profile.plan import make_plan
+        from ssm_profile.plan import PlanRequest, make_plan
 
         worker = get_current_worker()
         try:
-            plan = make_plan(result, metric=target, ratio=ratio, max_ppl_increase=tolerance, measure=False,
-                                     run_path=self.app.run_dir)
+            request = PlanRequest(metric=target, ratio=ratio, max_ppl_increase=tolerance, measure=False)
+            plan = make_plan(result, request, run_path=self.app.run_dir)
         except SSMProfileError as err:
             if not worker.is_cancelled:
                 self._call(self._failed, str(err))
@@ -286,15 +286,15 @@ class PlanView(Vertical):
     @work(thread=True, exclusive=True, group="plan-export", exit_on_error=False)
     def _export(self, plan: Plan, inputs: tuple, path: str, measure: bool, overwrite: bool) -> None:
         from ssm_profile.documents import write_plan
-        from ssm_profile.plan import make_plan
+        from ssm_profile.plan import PlanRequest, make_plan
 
         try:
             self._check_export(inputs[0], path, measure, overwrite)
             if measure:
                 result, metric, ratio, tolerance = inputs
                 loaded = self.app.ensure_loaded()
-                plan = make_plan(result, metric=metric, ratio=ratio, max_ppl_increase=tolerance,
-                                 measure=True, loaded=loaded, run_path=self.app.run_dir)
+                request = PlanRequest(metric=metric, ratio=ratio, max_ppl_increase=tolerance)
+                plan = make_plan(result, request, loaded=loaded, run_path=self.app.run_dir)
             written = write_plan(plan, path, overwrite=overwrite)
         except SSMProfileError as err:
             self._call(self._exported, None, str(err), None)

@@ -7,12 +7,12 @@ import math
 import re
 from typing import TYPE_CHECKING
 
+from ..plan import DEFAULT_MAX_PPL_INCREASE, METRICS, SCOPES
 from .options import proportion
 
 if TYPE_CHECKING:
     from ..documents import Plan
 
-METRIC_CHOICES = ("params", "flops", "state")
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
 
 
@@ -36,18 +36,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="profile run directory (from `ssm-profile profile -o DIR`)")
     p.add_argument("-o", "--output", default="plan.json", help="plan file to write (default: plan.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    p.add_argument("--metric", choices=METRIC_CHOICES, default="params",
+    p.add_argument("--metric", choices=METRICS, default="params",
                    help="what to reduce: parameters, dense FLOPs per token or recurrent-state bytes (default params)")
-    p.add_argument("--target", dest="metric", choices=METRIC_CHOICES, help=argparse.SUPPRESS)  # the older name
+    p.add_argument("--target", dest="metric", choices=METRICS, help=argparse.SUPPRESS)  # the older name
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--ratio", type=proportion(0.3, below_one=True), default=None,
                         help="remove at least this fraction of --scope's total for --metric (e.g. 0.3 or 30%%)")
     budget.add_argument("--absolute", type=_amount, default=None,
                         help="remove at least this many params / FLOPs per token / state bytes (e.g. 300k)")
-    p.add_argument("--scope", choices=("ssm", "model"), default="ssm",
+    p.add_argument("--scope", choices=SCOPES, default="ssm",
                    help="what --ratio and the reduction are fractions of: the SSM mixers (default, as the "
                    "literature reports sparsity) or the whole model")
-    p.add_argument("--max-ppl-increase", type=proportion(0.1), default=0.10,
+    p.add_argument("--max-ppl-increase", type=proportion(0.1), default=DEFAULT_MAX_PPL_INCREASE,
                    help="largest relative perplexity increase allowed (default 0.10 = +10%%)")
     p.add_argument("--criterion", default=None,
                    help="use this criterion wherever the run measured it (default: the best one per target and level)")
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     check_paths([Output(Path(args.output), "plan", overwrite=args.overwrite)], _inputs(args, result))
 
     from ..documents import write_plan
-    from ..plan import load_run_model, make_plan
+    from ..plan import PlanRequest, load_run_model, make_plan
     from .common import SMALL_MODEL, configure_threads, quiet_libraries
     from .progress import rich_progress
 
@@ -93,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
     quiet_libraries()
     small = result.analysis.totals.parameters < SMALL_MODEL
     configure_threads(args.threads or (1 if small else None))
+    request = PlanRequest(metric=args.metric, ratio=args.ratio, absolute=args.absolute, scope=args.scope,
+                          max_ppl_increase=args.max_ppl_increase, criterion=args.criterion,
+                          structures=args.structures, measure=not args.no_measure)
     world = World.from_env()  # under torchrun: the ranks share the back-off's measurements, rank 0 writes
     args.device = world.device(args.device)
     with world.running():
@@ -100,10 +103,8 @@ def run(args: argparse.Namespace) -> int:
         if args.model and not args.no_measure:
             loaded = load_run_model(result, name=args.model, device=args.device)
         with rich_progress("planning", enabled=not args.quiet and world.writer) as progress:
-            plan = make_plan(result, metric=args.metric, ratio=args.ratio, absolute=args.absolute, scope=args.scope,
-                             max_ppl_increase=args.max_ppl_increase, criterion=args.criterion,
-                             structures=args.structures, measure=not args.no_measure, loaded=loaded,
-                             progress=progress, run_path=args.run_dir, device=args.device, world=world)
+            plan = make_plan(result, request, loaded=loaded, progress=progress, run_path=args.run_dir,
+                             device=args.device, world=world)
     if not world.writer:
         return 0
     if not result.record.complete:  # the plan says so wherever it goes

@@ -1,7 +1,8 @@
 """Pruning plans: from a profile run to the cheapest set of cuts that meets a budget, measured.
 
-``make_plan(result, metric=...)`` turns a :class:`ssm_profile.profiling.results.ProfileResult` into a
-:class:`ssm_profile.documents.Plan` (``plan.json``, schema ``profiler/schemas/plan.schema.json``).
+``make_plan(result, PlanRequest(metric=..., ratio=...))`` turns a
+:class:`ssm_profile.profiling.results.ProfileResult` into a :class:`ssm_profile.documents.Plan` (``plan.json``,
+schema ``profiler/schemas/plan.schema.json``); :class:`PlanRequest` is what the user asks, checked when made.
 The *metric* is what the plan reduces (params | flops | state); a *target* is what a cut acts on
 (a parameter group or a unit kind), as in the profile.
 
@@ -50,14 +51,19 @@ The *metric* is what the plan reduces (params | flops | state); a *target* is wh
 Modules: :mod:`.options` (options, overlaps), :mod:`.layers` (whole layers as options), :mod:`.shapes` (shape
 accounting on a meta-device model), :mod:`.solver` (the MILP, scipy only), :mod:`.certify` (the acceptance rule),
 :mod:`.measure` (the measurer, masks rebuilt through :class:`ssm_profile.profiling.recipe.RunRecipe`),
-:mod:`.search` (make_plan and the back-off), :mod:`.assemble` (the plan document). The plan document (:class:`Plan`, ``load_plan``, ``write_plan``) lives in :mod:`ssm_profile.documents`;
-``Plan.check_model`` refuses other weights.
+:mod:`.request` (:class:`PlanRequest`), :mod:`.search` (make_plan and the back-off), :mod:`.assemble` (the
+plan document). The plan document (:class:`Plan`, ``load_plan``, ``write_plan``) lives in
+:mod:`ssm_profile.documents`; ``Plan.check_model`` refuses other weights.
+
+The public face (``__all__``) is what the CLI, the TUI and users need; the other modules are the wing's own.
 """
 
 from __future__ import annotations
 
-from .measure import load_run_model
-from .options import METRICS, SCOPES, parse_structures
-from .search import DEFAULT_MAX_PPL_INCREASE, make_plan
+from ..base.face import lazy_face
 
-__all__ = ["make_plan", "load_run_model", "METRICS", "SCOPES", "parse_structures", "DEFAULT_MAX_PPL_INCREASE"]
+__all__, __getattr__ = lazy_face(__name__, {
+    ".request": ("PlanRequest", "METRICS", "SCOPES", "DEFAULT_MAX_PPL_INCREASE", "parse_structures"),
+    ".search": ("make_plan",),
+    ".measure": ("load_run_model",),
+})

@@ -14,7 +14,8 @@ from ..documents import (Certification, Dense, Measured, Objective, Plan, PlanAc
 from ..base.fmt import scope_name
 from ..profiling.results import ProfileResult
 from .layers import is_layer, layer_totals
-from .options import METRICS, Option, metric_total
+from .options import Option, metric_total
+from .request import METRICS, PlanRequest
 from .shapes import Shapes
 from .solver import net_gain
 
@@ -24,11 +25,7 @@ class Solution:
     """Everything a plan document is made of: the request, the options, the choice and its measurement."""
 
     result: ProfileResult
-    metric: str
-    ratio: float | None
-    absolute: int | None
-    max_ppl_increase: float
-    scope: str
+    request: PlanRequest
     options: list[list[Option]]
     choice: Sequence[int]
     overlaps: dict[str, dict]
@@ -123,7 +120,7 @@ def _notes(s: Solution, totals: dict[str, float]) -> list[str]:
         notes.append("no cut fits the loss budget; the plan leaves the model unchanged")
     outside = sum(a.params - sum(v for p, v in a.removed.items() if p in s.shapes.numel) for a in actions
                   if is_layer(a))
-    if outside > 0 and s.scope == "ssm":
+    if outside > 0 and s.request.scope == "ssm":
         notes.append(f"the removed layers also take {round(outside):,} parameters outside the SSM mixers (norms, "
                      "MLPs), counted in the predicted reduction")
     return notes
@@ -157,26 +154,27 @@ def _measured(s: Solution) -> Measured | None:
         return None
     return Measured(loss=float(m["loss"]), delta_loss=float(m["delta_loss"]),
                     rel_ppl_increase=float(m["rel_ppl_increase"]),
-                    within_tolerance=bool(m["rel_ppl_increase"] <= s.max_ppl_increase), backoff_steps=int(s.backoff),
+                    within_tolerance=bool(m["rel_ppl_increase"] <= s.request.max_ppl_increase),
+                    backoff_steps=int(s.backoff),
                     params_removed=int(m["params_removed"]))
 
 
 def assemble(s: Solution) -> Plan:
     """The plan document of solution ``s``, checked against the schema."""
-    result, metric = s.result, s.metric
+    result, request, metric = s.result, s.request, s.request.metric
     actions = s.actions
     execution = _execution(actions, s.shapes)
     totals = _totals(s, execution)
     notes = _notes(s, totals)
     delta = sum(o.cost for o in actions)
     dense_total = {m: metric_total(result, m) for m in METRICS}
-    scope_total = metric_total(result, metric, s.scope)
+    scope_total = metric_total(result, metric, request.scope)
     plan = Plan(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         model=_model(result), run=_run(result, s.run_path), data=_data(result),
-        objective=Objective(metric=metric, ratio=None if s.ratio is None else float(s.ratio),
-                            absolute=None if s.absolute is None else int(s.absolute),
-                            max_ppl_increase=float(s.max_ppl_increase), scope=s.scope),
+        objective=Objective(metric=metric, ratio=None if request.ratio is None else float(request.ratio),
+                            absolute=None if request.absolute is None else int(request.absolute),
+                            max_ppl_increase=float(request.max_ppl_increase), scope=request.scope),
         dense=Dense(loss=result.dense_loss, perplexity=result.dense_perplexity, parameters=dense_total["params"],
                     flops_per_token=dense_total["flops"], state_bytes_per_sequence=dense_total["state"]),
         actions=[_plan_action(a, execution[id(a)]) for a in actions],
@@ -185,7 +183,8 @@ def assemble(s: Solution) -> Plan:
                             state_bytes_removed=round(totals["state"]), scope_total=scope_total,
                             reduction_ratio=float(totals[metric] / max(1, scope_total)),
                             reduction_ratio_model=float(totals[metric] / max(1, dense_total[metric])),
-                            reduction_of=scope_name(s.scope, metric), reduction_model_of=scope_name("model", metric),
+                            reduction_of=scope_name(request.scope, metric),
+                            reduction_model_of=scope_name("model", metric),
                             params_sliced=round(totals["params_sliced"])),
         measured=_measured(s), notes=notes, verification=s.verification, certification=s.certification)
     return plan.validated("the new plan")

@@ -26,7 +26,8 @@ from typing import Any
 from ..base.errors import PlanError
 from ..documents import LAYERS
 from ..profiling.results import ProfileResult
-from .options import METRICS, Option, build_options, overlaps
+from .options import Option, build_options, overlaps
+from .request import METRICS
 from .shapes import Shapes
 
 LAYER_TARGET = "layer"

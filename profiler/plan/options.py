@@ -20,7 +20,6 @@ and, for zeros vs units, estimated assuming the zeros fall independently of the 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,11 +27,8 @@ from typing import Any
 from ..base.errors import PlanError
 from ..base.fmt import scope_name
 from ..profiling.results import ProfileResult
+from .request import METRICS, NM_PATTERN
 from .shapes import Shapes, removed_per_block
-
-METRICS = ("params", "flops", "state")
-SCOPES = ("ssm", "model")
-_NM_RE = re.compile(r"^(\d+):(\d+)$")
 
 
 @dataclass
@@ -76,19 +72,6 @@ def metric_total(result: ProfileResult, metric: str, scope: str = "model") -> in
 
 def scope_words(metric: str, scope: str) -> str:
     return scope_name(scope, metric)  # the one wording of every front-end
-
-
-def parse_structures(structures: str | Sequence[str] | None) -> list[str] | None:
-    if structures is None:
-        return None
-    items = [s.strip() for s in (structures.split(",") if isinstance(structures, str) else structures) if s.strip()]
-    for s in items:
-        m = _NM_RE.match(s)
-        if s not in ("unstructured", "units", "layers") and not (m and 0 < int(m.group(1)) < int(m.group(2))):
-            raise PlanError(f"unknown structure '{s}'; use unstructured, units, layers or N:M such as 2:4")
-    if not items:
-        raise PlanError("--structures is empty; use e.g. unstructured,2:4,units,layers")
-    return items
 
 
 def _unit_indices(result: ProfileResult, criterion: str, kind: str, families: Mapping[int, Any],
@@ -144,7 +127,7 @@ def build_options(result: ProfileResult, metric: str, criterion: str | None = No
     if allowed is not None:
         for s in sorted(allowed - {"units", "unstructured", run_structure}):
             notes.append(f"{s} was not measured in this run (it swept {run_structure}); profile that structure to plan it")
-    nm = _NM_RE.match(run_structure)
+    nm = NM_PATTERN.match(run_structure)
     layers_of_group: dict[str, list[int]] = {}
     params_of_group: dict[str, list[str]] = {}
     for g in result.analysis.mixer_groups():

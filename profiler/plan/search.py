@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..documents import Plan
 from ..base.errors import PlanError
@@ -14,12 +14,16 @@ from .assemble import Solution, actions_of, assemble
 from .certify import Certifier
 from .measure import Measurer, check_run_weights
 from .layers import LayerVeto, is_layer, plan_options, plan_overlaps, wants_layers
-from .options import METRICS, SCOPES, Option, metric_total, parse_structures, scope_words
+from .options import Option, metric_total, scope_words
+from .request import PlanRequest
 from .shapes import shapes_for
 from .solver import net_gain, solve_mckp
 
+if TYPE_CHECKING:
+    from ..model.resolve import LoadedModel
+    from ..profiling.distributed import World
+
 Progress = Callable[[int, int, str], None]
-DEFAULT_MAX_PPL_INCREASE = 0.10
 MAX_BACKOFF = 8
 BACKOFF_LOSS_FACTOR = 0.7  # each back-off step shrinks the loss budget by this factor
 
@@ -29,47 +33,32 @@ def _fmt_amount(metric: str, value: float) -> str:
     return f"{round(value):,} {unit}"
 
 
-def _check_request(metric: str, ratio: float | None, absolute: int | None, max_ppl_increase: float,
-                   scope: str) -> None:
-    if metric not in METRICS:
-        raise PlanError(f"unknown --metric '{metric}'; choose from {', '.join(METRICS)}")
-    if ratio is not None and absolute is not None:
-        raise PlanError("give either --ratio or --absolute, not both")
-    if not (isinstance(max_ppl_increase, (int, float)) and 0 < max_ppl_increase and math.isfinite(max_ppl_increase)):
-        raise PlanError(f"--max-ppl-increase must be a positive number such as 0.10, got {max_ppl_increase}")
-    if scope not in SCOPES:
-        raise PlanError(f"unknown --scope '{scope}'; choose from {', '.join(SCOPES)}")
-
-
-def _budget(metric: str, ratio: float | None, absolute: int | None, scope: str, total: int) -> float | None:
-    """The reduction to reach (None: as much as the loss budget allows)."""
+def _budget(request: PlanRequest, total: int) -> float | None:
+    """The reduction to reach (None: as much as the loss budget allows); the request's own checks are done."""
+    metric = request.metric
     if total <= 0:
         raise PlanError(f"the run's analysis has no total for {metric}; profile the model again")
-    if ratio is not None:
-        if not 0 < ratio < 1:
-            raise PlanError(f"--ratio must be in (0, 1) (a fraction of {scope_words(metric, scope)}), got {ratio}")
-        return ratio * total
-    if absolute is not None:
-        if int(absolute) <= 0:
-            raise PlanError(f"--absolute must be positive, got {absolute}")
-        if int(absolute) > total:
-            raise PlanError(f"--absolute {int(absolute):,} exceeds the total of {scope_words(metric, scope)}, "
-                            f"{_fmt_amount(metric, total)}")
-        return float(int(absolute))
+    if request.ratio is not None:
+        return request.ratio * total
+    if request.absolute is not None:
+        if int(request.absolute) > total:
+            raise PlanError(f"--absolute {int(request.absolute):,} exceeds the total of "
+                            f"{scope_words(metric, request.scope)}, {_fmt_amount(metric, total)}")
+        return float(int(request.absolute))
     return None
 
 
 class _Search:
     """The knapsack instance of one request, with what measurements teach it (costs, cuts, exact overlaps)."""
 
-    def __init__(self, options: list[list[Option]], overlaps: dict[str, dict], metric: str, budget: float | None,
-                 max_ppl_increase: float, total: int, scope: str):
-        self.options, self.overlaps, self.metric, self.budget = options, overlaps, metric, budget
-        self.tol, self.total, self.scope = max_ppl_increase, total, scope
-        self.gains = [[o.gain(metric) for o in levels] for levels in options]
+    def __init__(self, options: list[list[Option]], overlaps: dict[str, dict], request: PlanRequest,
+                 budget: float | None, total: int):
+        self.options, self.overlaps, self.metric, self.budget = options, overlaps, request.metric, budget
+        self.tol, self.total, self.scope = request.max_ppl_increase, total, request.scope
+        self.gains = [[o.gain(self.metric) for o in levels] for levels in options]
         self.costs = [[o.cost for o in levels] for levels in options]
         self.risks = [[o.risk for o in levels] for levels in options]
-        self.cap0 = self.cap = math.log1p(max_ppl_increase)
+        self.cap0 = self.cap = math.log1p(self.tol)
         self.cuts: list[dict[int, int]] = []
         self.learned = 0
         self.veto: Callable[[Sequence[int]], dict[int, int] | None] | None = None  # combinations that cannot be applied
@@ -106,26 +95,23 @@ class _Search:
                 self.learned += count
 
 
-def make_plan(result: ProfileResult, metric: str = "params", ratio: float | None = None,
-              absolute: int | None = None, max_ppl_increase: float = DEFAULT_MAX_PPL_INCREASE,
-              criterion: str | None = None, structures: str | Sequence[str] | None = None, measure: bool = True,
-              loaded: Any = None, progress: Progress | None = None, *, run_path: str | Path | None = None,
-              device: str = "cpu", scope: str = "ssm", world: Any = None,
-              measurer: Measurer | None = None) -> Plan:
-    """Build a :class:`Plan` from a profile result; see :mod:`ssm_profile.plan`.
+def make_plan(result: ProfileResult, request: PlanRequest | None = None, *, loaded: LoadedModel | None = None,
+              progress: Progress | None = None, run_path: str | Path | None = None, device: str = "cpu",
+              world: World | None = None, measurer: Measurer | None = None) -> Plan:
+    """Build a :class:`Plan` from a profile result for ``request`` (default: :class:`PlanRequest`'s
+    defaults); see :mod:`ssm_profile.plan`.
 
-    ``metric``: what to reduce (params | flops | state); ``ratio`` (of ``scope``'s total) or
-    ``absolute``: the reduction to reach (neither: as much as ``max_ppl_increase`` allows).
-    ``world`` (:class:`ssm_profile.profiling.distributed.World`, under torchrun): every rank runs the same
-    search and the back-off's leave-one-out measurements are shared out among the ranks.
-    ``measurer``: a :class:`Measurer` of this run to reuse (several plans of one run share its model,
-    statistics and masks).
+    The rest is where and how to run it: ``loaded``, the run's model already loaded (else loaded to
+    measure); ``progress(done, total, label)``; ``run_path``, the run directory the plan names;
+    ``device``, where to measure; ``world`` (:class:`ssm_profile.profiling.distributed.World`, under
+    torchrun): every rank runs the same search and the back-off's leave-one-out measurements are
+    shared out among the ranks; ``measurer``: a :class:`Measurer` of this run to reuse (several plans
+    of one run share its model, statistics and masks).
     """
+    request = request or PlanRequest()
     note = progress or (lambda done, total, label: None)
-    _check_request(metric, ratio, absolute, max_ppl_increase, scope)
-    total = metric_total(result, metric, scope)
-    budget = _budget(metric, ratio, absolute, scope, total)
-    structures = parse_structures(structures)
+    total = metric_total(result, request.metric, request.scope)
+    budget = _budget(request, total)
 
     note(0, 1, "options")
     if loaded is not None:
@@ -133,10 +119,11 @@ def make_plan(result: ProfileResult, metric: str = "params", ratio: float | None
     shapes = shapes_for(result, loaded)
     # whole layers are costed by measuring them: the measurer loads before the options then
     layer_measurer = None
-    if measure and wants_layers(structures):
+    if request.measure and wants_layers(request.structures):
         layer_measurer = measurer = measurer or Measurer(result, loaded, note, device=device, world=world)
-    options, notes = plan_options(result, metric, criterion, structures, shapes, layer_measurer)
-    search = _Search(options, plan_overlaps(options, shapes), metric, budget, max_ppl_increase, total, scope)
+    options, notes = plan_options(result, request.metric, request.criterion, request.structures, shapes,
+                                  layer_measurer)
+    search = _Search(options, plan_overlaps(options, shapes), request, budget, total)
     if layer_measurer is not None:
         search.veto = LayerVeto(options, layer_measurer, shapes)
 
@@ -144,16 +131,15 @@ def make_plan(result: ProfileResult, metric: str = "params", ratio: float | None
     choice = search.solve()
     if choice is None:
         raise search.infeasible()
-    solution = Solution(result=result, metric=metric, ratio=ratio, absolute=absolute,
-                        max_ppl_increase=max_ppl_increase, scope=scope, options=options, choice=choice,
-                        overlaps=search.overlaps, shapes=shapes, run_path=run_path, notes=notes)
-    if measure:
+    solution = Solution(result=result, request=request, options=options, choice=choice, overlaps=search.overlaps,
+                        shapes=shapes, run_path=run_path, notes=notes)
+    if request.measure:
         measurer = measurer or Measurer(result, loaded, note, device=device, world=world)
-        certifier = measurer.certifier(max_ppl_increase)
+        certifier = measurer.certifier(request.max_ppl_increase)
         _measure_and_back_off(search, solution, measurer, certifier, note)
         solution.certification = certifier.document(solution.measured)
         note(0, 1, "verifying on held-out windows")
-        solution.verification = measurer.verify(solution.actions, max_ppl_increase)
+        solution.verification = measurer.verify(solution.actions, request.max_ppl_increase)
     if isinstance(search.veto, LayerVeto):
         solution.notes += search.veto.notes
     return assemble(solution)
