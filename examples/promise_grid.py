@@ -98,7 +98,7 @@ def measure_plan(model: str, plan, extra: list[Path]) -> dict:
     (``--apply``: what a user runs; slow on CPU, transformers' reference kernels)."""
     from ssm_profile.model.resolve import load_model
     from ssm_profile.pruning.apply import apply_plan
-    from ssm_profile.validation.validate import ValidationOptions
+    from ssm_profile.validation.check import ValidationOptions
 
     options = ValidationOptions(tasks=(), evaluations=[str(p) for p in extra], speed_repeats=1, speed_batch=(1, 16))
     tmp = Path(tempfile.mkdtemp(prefix="promise-"))

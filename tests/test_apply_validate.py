@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ssm_profile.pruning.apply import apply_plan
-from ssm_profile.validation.validate import ValidationOptions
+from ssm_profile.validation.check import ValidationOptions
 from ssm_profile.documents import as_plan, load_plan
 from ssm_profile.validation.comparison import comparison_rows
 from ssm_profile.model.arch import find_mixers
@@ -331,7 +331,7 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys, mamba1_dir):
 
 
 def test_validate_without_tokenizer_is_a_clear_error(mamba1_dir):
-    from ssm_profile.validation.validate import validate
+    from ssm_profile.validation.check import validate
 
     base, pruned = load_model(str(mamba1_dir)), load_model(str(mamba1_dir))
     with pytest.raises(DataError, match="tokenizer"):
@@ -355,7 +355,7 @@ def test_shipped_task_data_is_regenerated_identically(tmp_path):
 
 @pytest.mark.slow
 def test_standard_task_offline_is_a_one_line_error():
-    from ssm_profile.validation.validate import LmEvalRunner
+    from ssm_profile.validation.check import LmEvalRunner
 
     with pytest.raises(DataError, match="hellaswag"):
         LmEvalRunner((), ["hellaswag"])
@@ -436,7 +436,7 @@ def test_every_front_end_shows_the_same_before_after_rows(applied, capsys):
 
 def test_speed_change_has_a_paired_interval_and_noise_is_called_noise():
     from ssm_profile.validation.comparison import ComparisonRow, paired_change
-    from ssm_profile.validation.validate import measure_speed
+    from ssm_profile.validation.check import measure_speed
 
     model = load_model("tiny-mamba").model
     speed = measure_speed({"base": model, "pruned": model}, 64, batch=1, seqlen=8, repeats=4)
@@ -480,7 +480,7 @@ def test_zeros_only_validation_claims_no_speed_up(tmp_path, capsys):
 
 def test_lm_eval_prints_nothing_on_the_terminal_outside_a_git_repository(tmp_path, monkeypatch, capfd):
     """lm-eval runs `git describe`, which writes "fatal: not a git repository" to file descriptor 2."""
-    from ssm_profile.validation.validate import LmEvalRunner
+    from ssm_profile.validation.check import LmEvalRunner
 
     monkeypatch.chdir(tmp_path)
     runner = LmEvalRunner(["ssm_next_verse"], limit=2, max_length=256)

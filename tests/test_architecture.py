@@ -2,13 +2,17 @@
 
 The import graph is built with ``ast`` from every module of the package: relative imports are resolved, imports
 inside functions count (a lazy import is still a dependency), imports under ``if TYPE_CHECKING:`` do not (they
-never run). Imports by string count where the string is literal: ``importlib.import_module("...")`` and
-lazy registry entries (``add_lazy(name, "module:attr")``, ``register_lazy``).
+never run). Imports by string count where the string is literal: ``importlib.import_module("...")``,
+lazy registry entries (``add_lazy(name, "module:attr")``, ``register_lazy``) and lazy faces (``lazy_face``).
+
+Every wing of the core has a public face, its ``__all__``: another wing imports only names it lists.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +30,12 @@ FRONT_ENDS = ("ssm_profile.cli", "ssm_profile.tui", "ssm_profile.reports")
 # the same order). The package's top module is no wing: it holds the version and the lazy public face.
 WINGS = ("base", "model", "tasks", "kernels", "mixers", "criteria", "calibration", "documents", "profiling",
          "validation", "pruning", "recovery", "plan", "bench", "reports", "tui", "cli")
+# The wings of the core, each with a public face (its ``__all__``): what the other wings may import from it.
+CORE_WINGS = WINGS[:WINGS.index("reports")]
+# The kernels' face names its modules (each kernel module is its own face); every other face names objects.
+MODULE_FACES = {"kernels"}
+# Faces that import their names eagerly (they load torch); every other face imports lazily, torch-free.
+EAGER_FACES = {"criteria", "mixers"}
 
 
 def _modules() -> dict[str, Path]:
@@ -92,19 +102,24 @@ def import_graph(type_only: bool = False) -> dict[str, set[str]]:
                 names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
                          for alias in node.names]
             targets.update(t for n in names if (t := _deepest_module(n, modules)) and t != module)
-        targets.update(t for n in _string_imports(tree) if (t := _deepest_module(n, modules)) and t != module)
+        targets.update(t for n in _string_imports(tree, module) if (t := _deepest_module(n, modules)) and t != module)
         graph[module] = targets
     return graph
 
 
-def _string_imports(tree: ast.AST) -> set[str]:
-    """Modules named by string where they are imported: ``importlib.import_module("...")`` and lazy
-    registry entries (``add_lazy(name, "ssm_profile.x:Attr")``, ``register_lazy(...)``)."""
+def _string_imports(tree: ast.AST, package: str = "") -> set[str]:
+    """Modules named by string where they are imported: ``importlib.import_module("...")``, lazy
+    registry entries (``add_lazy(name, "ssm_profile.x:Attr")``, ``register_lazy(...)``) and the modules of
+    a lazy face (``lazy_face(__name__, {".resolve": (...)})`` in ``package``'s ``__init__``)."""
     found = set()
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))):
             continue
         called = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
+        if called == "lazy_face" and len(node.args) > 1 and isinstance(node.args[1], ast.Dict):
+            found.update(f"{package}{key.value}" for key in node.args[1].keys
+                         if isinstance(key, ast.Constant) and isinstance(key.value, str))
+            continue
         position = {"import_module": 0, "add_lazy": 1, "register_lazy": 1}.get(called)
         if position is not None and len(node.args) > position:
             arg = node.args[position]
@@ -241,6 +256,7 @@ def test_importlib_imports_are_in_the_graph():
     graph = import_graph()
     assert "ssm_profile.cli.env_cmd" in graph["ssm_profile.cli.main"]  # a lazily registered command
     assert "ssm_profile.criteria.captum_attr" in graph["ssm_profile.criteria"]  # a lazy criterion
+    assert "ssm_profile.model.resolve" in graph["ssm_profile.model"]  # a lazy face's module
 
 
 def test_modules_are_short():
@@ -275,4 +291,71 @@ def test_the_public_face_names_functions_and_classes_not_modules():
     for name in ssm_profile.__all__:
         value = getattr(ssm_profile, name)
         assert not inspect.ismodule(value), f"ssm_profile.{name} is a module"
-    assert inspect.isfunction(ssm_profile.validate) and ssm_profile.validate.__module__.endswith("validation.validate")
+    assert inspect.isfunction(ssm_profile.validate) and ssm_profile.validate.__module__.endswith("validation.check")
+
+
+def faces() -> dict[str, set[str]]:
+    """wing -> the names of its public face (``__all__``), for every wing of the core."""
+    return {wing: set(importlib.import_module(f"ssm_profile.{wing}").__all__) for wing in CORE_WINGS}
+
+
+def face_violations(module: str, tree: ast.AST, is_package: bool, face: dict[str, set[str]]) -> list[str]:
+    """Imports in ``module`` of a name of another core wing that its face does not name: ``from ..B import x``,
+    ``from ..B.mod import x`` and ``import ssm_profile.B.mod`` need ``x`` (``mod``) in B's ``__all__``."""
+    found = []
+    for node in _import_nodes(tree, type_only=True):
+        if isinstance(node, ast.Import):
+            pairs = [(alias.name.rpartition(".")[0], alias.name.rpartition(".")[2]) for alias in node.names]
+        else:
+            base = _resolve(node, module, is_package)
+            pairs = [(base, alias.name) for alias in node.names]
+        for source, name in pairs:
+            wing = wing_of(source) if source.startswith("ssm_profile.") else None
+            if wing in face and wing != wing_of(module) and name not in face[wing]:
+                found.append(f"{module}: {name} from {source} (not in ssm_profile.{wing}.__all__)")
+    return found
+
+
+def test_a_wing_imports_only_the_public_faces_of_the_others():
+    """Another wing's private modules stay private: what crosses a wing's wall is named in its ``__all__``."""
+    face = faces()
+    found = []
+    for module, path in _modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        found += face_violations(module, tree, path.name == "__init__.py", face)
+    assert not found, "\n".join(sorted(found))
+
+
+def test_the_face_rule_sees_each_kind_of_import():
+    """The checker itself: a private name, a name outside the face, a module and a plain import are refused;
+    public names, imports inside one wing and type-only imports of public names pass."""
+    face = {"model": {"load_model"}, "kernels": {"fastscan"}, "plan": {"make_plan"}}
+    code = ("from ..model.resolve import load_model, _secret\nfrom ..model import find_mixers\n"
+            "from ..model import resolve\nimport ssm_profile.model.resolve\nfrom ..kernels import fastscan\n"
+            "from .search import _internal\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+            "    from ..model.arch import MixerInfo\n")
+    found = face_violations("ssm_profile.plan.options", ast.parse(code), False, face)
+    assert sorted(line.split(": ")[1].split(" ")[0] for line in found) == ["MixerInfo", "_secret", "find_mixers",
+                                                                          "resolve", "resolve"]
+
+
+def test_every_face_name_is_there_and_no_module_shadows_it():
+    """Each name of a face resolves, even after every module of the wing is imported (a module ``validate``
+    beside a public function ``validate`` would replace it on the package)."""
+    for module in _modules():
+        if wing_of(module) in CORE_WINGS:
+            importlib.import_module(module)
+    for wing, names in faces().items():
+        package = importlib.import_module(f"ssm_profile.{wing}")
+        for name in sorted(names):
+            value = getattr(package, name)
+            is_own_module = inspect.ismodule(value) and value.__name__ == f"ssm_profile.{wing}.{name}"
+            assert is_own_module == (wing in MODULE_FACES), f"ssm_profile.{wing}.{name} is {value!r}"
+
+
+def test_lazy_faces_load_without_torch():
+    """A front end may import one name of a wing without loading the wing's torch-heavy modules."""
+    lazy = [f"ssm_profile.{wing}" for wing in CORE_WINGS if wing not in EAGER_FACES]
+    code = f"import sys, {', '.join(lazy)}; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

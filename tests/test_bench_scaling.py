@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ssm_profile.bench.bench_scaling import parse_shape
+from ssm_profile.bench.scaling import parse_shape
 from ssm_profile.cli.main import main
 
 KEYS = {"params", "trial_seconds", "calibration_seconds", "trials_adaptive", "trials_grid", "profile_seconds",

@@ -54,7 +54,7 @@ def test_analyze_names_what_every_percentage_is_a_share_of(capsys):
 
 
 def test_model_size_on_disk_leaves_out_the_tools_own_records_and_logs(tmp_path):
-    from ssm_profile.validation.validate import dir_bytes
+    from ssm_profile.validation.check import dir_bytes
 
     (tmp_path / "model.safetensors").write_bytes(b"w" * 100)
     (tmp_path / "config.json").write_text("{}")

@@ -18,7 +18,7 @@ from ssm_profile.cli.main import main
 from ssm_profile.calibration.data import DataSpec, load_dataset
 from ssm_profile.recovery.distill import ngram_overlap
 from ssm_profile.documents import RECOVERY_FILE, load_recovery
-from ssm_profile.recovery.recover import OVERLAP_SPAN, RecoverSettings, checkpoint_dir, recover, training_stream
+from ssm_profile.recovery.train import OVERLAP_SPAN, RecoverSettings, checkpoint_dir, recover, training_stream
 from ssm_profile.model.resolve import embedded_data, load_model
 
 from test_apply_validate import make_plan
@@ -84,7 +84,7 @@ def test_masks_hold_unstructured_and_nm_and_the_output_loads_plainly(recovered, 
 def test_masks_come_from_the_pruning_record_not_from_any_zero(sparse_dir):
     """apply records which parameters it zeroed; an exact zero anywhere else is trainable."""
     from ssm_profile.recovery.distill import frozen_masks
-    from ssm_profile.recovery.recover import zeroed_parameters
+    from ssm_profile.recovery.train import zeroed_parameters
 
     names = zeroed_parameters(sparse_dir)
     pruned = load_model(str(sparse_dir)).model
@@ -140,7 +140,7 @@ def test_resume_with_other_options_is_refused(tmp_path, sparse_dir):
 
 def test_a_checkpoint_of_other_inputs_is_not_resumed(tmp_path):
     from ssm_profile.base.errors import SSMProfileError
-    from ssm_profile.recovery.recover import _load_checkpoint
+    from ssm_profile.recovery.train import _load_checkpoint
 
     identity = {"pruned": "sha256:a", "pruning_record": "sha256:b", "teacher": "sha256:c", "training_text": "sha256:d"}
     (tmp_path / "state.json").write_text(json.dumps({"identity": identity}))

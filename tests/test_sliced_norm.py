@@ -107,7 +107,7 @@ def test_the_plans_verification_is_what_validate_measures_on_the_sliced_checkpoi
     from ssm_profile.profiling.record import ProfileSettings
     from ssm_profile.profiling.results import ProfileResult
     from ssm_profile.pruning.apply import apply_plan
-    from ssm_profile.validation.validate import ValidationOptions
+    from ssm_profile.validation.check import ValidationOptions
 
     loaded = load_model("tiny-mamba2")
     profile_model(loaded, DataSpec(nsamples=4, eval_samples=4, seqlen=32, verify_samples=8),

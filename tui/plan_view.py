@@ -425,7 +425,7 @@ class ApplyView(WorkerView, Vertical):
         from ssm_profile.base.lock import output_lock
         from ssm_profile.documents import load_plan
         from ssm_profile.pruning.apply import apply_plan
-        from ssm_profile.validation.validate import ValidationOptions
+        from ssm_profile.validation.check import ValidationOptions
 
         try:
             plan_file = plan if isinstance(plan, str) else None

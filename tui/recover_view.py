@@ -1,5 +1,5 @@
 """The Apply tab's recovery row: distil the pruned checkpoint from its dense teacher in a worker
-(``ssm_profile.recovery.recover.recover``) and show the verification perplexity before and after."""
+(``ssm_profile.recovery.train.recover``) and show the verification perplexity before and after."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ class RecoverPanel(WorkerView, Vertical):
 
     @work(thread=True, exclusive=True, group="recover", exit_on_error=False)
     def _run(self, pruned: str, output: str, steps: int) -> None:
-        from ssm_profile.recovery.recover import RecoverSettings, recover
+        from ssm_profile.recovery.train import RecoverSettings, recover
 
         try:
             record = recover(pruned, output, settings=RecoverSettings(steps=steps, lm_eval=False),

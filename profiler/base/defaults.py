@@ -7,7 +7,7 @@ DEFAULT_CRITERIA = ("magnitude", "wanda", "snip", "fisher", "obs", "flap", "capt
 DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DEFAULT_TOLERANCE = 0.10  # relative perplexity increase considered "safe" in the ranking
 
-# `ssm-profile recover` (ssm_profile.recovery.recover): the default budget is a few minutes of training for the
+# `ssm-profile recover` (ssm_profile.recovery.train): the default budget is a few minutes of training for the
 # embedded models on 2 busy cores, inside the issue's 10 minutes with the measurements before and after.
 RECOVER_STEPS = 100
 RECOVER_LR = 1e-3

@@ -35,3 +35,9 @@ class RunDirError(SSMProfileError):
 
 class OutputExistsError(SSMProfileError):
     """An output path exists and would be overwritten."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none): what a one-line error quotes."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

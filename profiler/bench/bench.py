@@ -113,7 +113,7 @@ def _profile_once(name: str, mode: str, threads: int, quick: bool) -> dict[str, 
 
     quiet_libraries()
     torch.set_num_threads(threads)
-    from ..calibration import data
+    from ..calibration.data import batch_losses, load_dataset
     from ..mixers.choice import Kernels
     from ..profiling.profile import profile_model
     from ..model.resolve import load_model
@@ -124,9 +124,9 @@ def _profile_once(name: str, mode: str, threads: int, quick: bool) -> dict[str, 
     settings.fast_scan = mode != "reference"
     # "reference": the profiler as it was: transformers' kernels, plain sweep, whole-batch logits
     kernels = Kernels.reference() if mode == "reference" else Kernels.for_run(settings.fast_scan)
-    dataset = data.load_dataset(loaded.tokenizer, spec)
+    dataset = load_dataset(loaded.tokenizer, spec)
     # warm up: load (or compile) the kernels, touch the allocator
-    data.batch_losses(loaded.model, dataset.evaluation[: settings.batch_size], settings.batch_size, kernels=kernels)
+    batch_losses(loaded.model, dataset.evaluation[: settings.batch_size], settings.batch_size, kernels=kernels)
     before = _rss_mib()
     with tempfile.TemporaryDirectory(prefix="ssm-bench-") as tmp:
         start = time.perf_counter()

@@ -15,7 +15,7 @@ import torch
 
 from ..base.errors import SSMProfileError
 # the machine's memory is read in the core (model loading checks a config's size against it too)
-from ..base.runtime import AVAILABLE_ENV, available_memory, parse_bytes  # noqa: F401  (re-exported)
+from ..base.runtime import available_memory
 
 FLOAT32, FLOAT64 = 4, 8
 # Tensors of the expanded width alive per token in a mixer's forward (in_proj's two halves, conv,

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"[dim]bench: {what}…[/dim]")
 
     if args.scaling or args.scaling_full or args.scaling_shapes:
-        from ..bench.bench_scaling import bench_scaling, render_scaling
+        from ..bench.scaling import bench_scaling, render_scaling
 
         entries = bench_scaling(args.scaling_shapes, threads=args.threads, full=args.scaling_full, quick=args.quick,
                                 note=note)
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _shapes(text: str):
-    from ..bench.bench_scaling import parse_shape
+    from ..bench.scaling import parse_shape
 
     try:
         shapes = [parse_shape(part) for part in text.split(",") if part.strip()]

@@ -32,8 +32,7 @@ def collect() -> dict[str, str]:
         info["torch threads"] = str(torch.get_num_threads())
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available"
         from ..kernels import fastlinear
-        from ..mixers import describe
-        from ..mixers._selftest import self_test
+        from ..mixers import describe, self_test
 
         info["fast linear (float32 inference)"] = fastlinear.backend()
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -169,7 +169,8 @@ def _main(argv: list[str], state: dict) -> int:
     except OSError as err:
         return _fail(os_error_message(err))
     except Exception as err:
-        from ..model.resolve import first_line, is_safetensors_error
+        from ..base.errors import first_line
+        from ..model.resolve import is_safetensors_error
 
         if not is_safetensors_error(err):
             raise

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..base import defaults
+    from ..base.defaults import RECOVER_LR, RECOVER_STEPS, RECOVER_TEMPERATURE
     from .options import seed
 
     p = sub.add_parser("recover", help="recover a pruned checkpoint's quality by distillation", description=__doc__)
@@ -29,13 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dense teacher (default: the model PRUNED_DIR was pruned from, as pruning.json records)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None,
-                        help=f"optimiser steps (default: the plan's recover budget, else {defaults.RECOVER_STEPS})")
+                        help=f"optimiser steps (default: the plan's recover budget, else {RECOVER_STEPS})")
     budget.add_argument("--minutes", type=float, default=None, help="training time budget instead of --steps; it bounds the training "
                         "only: loading both models and measuring before and after come on top")
-    p.add_argument("--lr", type=float, default=defaults.RECOVER_LR,
-                   help=f"peak learning rate of AdamW (default {defaults.RECOVER_LR})")
-    p.add_argument("--temperature", type=float, default=defaults.RECOVER_TEMPERATURE,
-                   help=f"distillation temperature (default {defaults.RECOVER_TEMPERATURE})")
+    p.add_argument("--lr", type=float, default=RECOVER_LR,
+                   help=f"peak learning rate of AdamW (default {RECOVER_LR})")
+    p.add_argument("--temperature", type=float, default=RECOVER_TEMPERATURE,
+                   help=f"distillation temperature (default {RECOVER_TEMPERATURE})")
     p.add_argument("--lm-weight", type=float, default=None,
                    help="weight of the plain LM loss added to the KD loss (default: the plan's, else 0)")
     p.add_argument("--batch-size", type=int, default=8,
@@ -61,12 +61,13 @@ def run(args: argparse.Namespace) -> int:
     import os
     import shlex
 
-    from ..recovery.recover import RecoverSettings, check_paths, checkpoint_dir, recover
+    from ..recovery.train import RecoverSettings, check_recover_paths, checkpoint_dir, recover
     from ..base.runtime import check_threads, configure_threads, quiet_libraries
     from .progress import rich_progress
 
     check_threads(args.threads)
-    check_paths(args.pruned, args.output, args.overwrite, teacher=args.teacher, data=args.data)  # before anything loads
+    # before anything loads
+    check_recover_paths(args.pruned, args.output, args.overwrite, teacher=args.teacher, data=args.data)
     settings = RecoverSettings(steps=args.steps, minutes=args.minutes, lr=args.lr, temperature=args.temperature,
                                lm_weight=args.lm_weight, batch_size=args.batch_size, seqlen=args.seqlen,
                                seed=args.seed, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,

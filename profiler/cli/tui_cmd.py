@@ -98,13 +98,13 @@ def _preload(run_dir: bool) -> None:
     """Import torch (and transformers) while the UI starts: the loader needs them first."""
     try:
         if run_dir:
-            import ssm_profile.profiling.results
+            from ssm_profile.profiling import ProfileResult  # noqa: F401
         else:
             from .common import quiet_libraries
 
             quiet_libraries()
             from transformers import AutoModelForCausalLM  # noqa: F401
 
-            import ssm_profile.model.resolve  # noqa: F401
+            from ssm_profile.model import load_model  # noqa: F401
     except Exception:  # noqa: BLE001, S110 - only a head start; the loader reports real errors
         pass

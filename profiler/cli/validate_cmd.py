@@ -13,7 +13,7 @@ from .options import proportion
 
 if TYPE_CHECKING:
     from ..documents import ValidationReport
-    from ..validation.validate import ValidationOptions
+    from ..validation.check import ValidationOptions
 
 
 def _names(text: str) -> list[str]:
@@ -55,7 +55,7 @@ def add_validation_args(p: argparse.ArgumentParser) -> None:
 
 def validation_options(args: argparse.Namespace, lm_eval_log: Path | None = None) -> ValidationOptions:
     from ..tasks import BUILTIN_TASKS
-    from ..validation.validate import ValidationOptions
+    from ..validation.check import ValidationOptions
 
     if args.speed_repeats < 1 or min(args.speed_batch) < 1:
         from ..base.errors import SSMProfileError
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from ..base.errors import ModelNotFoundError
     from ..base.io import write_json_atomic
     from ..model.resolve import load_model, use_tokenizer
-    from ..validation.validate import validate
+    from ..validation.check import validate
     from .progress import rich_progress
 
     validation_options(args)  # bad options fail before anything loads
@@ -150,7 +150,7 @@ _SOURCE = {"plan": "plan's objective", "argument": "--max-ppl-increase"}
 
 def finish(report: ValidationReport) -> int:
     """0, or raise the tolerance error (exit code 3) when the perplexity rose too much."""
-    from ..validation.validate import ToleranceBreachedError
+    from ..validation.check import ToleranceBreachedError
 
     tol, verification = report.tolerance, report.verification
     if tol.within_tolerance is False:

@@ -25,12 +25,17 @@ from torch import nn
 
 from . import activation, basic, gradient, ssm  # noqa: F401  (register the criteria)
 from .base import (CalibrationStats, Criterion, NotApplicable, ScoringContext, available, get, register,
-                   register_lazy)
+                   register_lazy, unit_aggregation_text, unit_aggregations)
+from .masks import (Mask, MaskApplier, Pruning, Target, element_mask, merge, parse_structure, prunable_params,
+                    pruned_count, select_units, shared_solves, targets_for, unit_mask, write_cut)
 
 register_lazy("captum", "ssm_profile.criteria.captum_attr:CaptumChannelAttribution")
 
-__all__ = ["CalibrationStats", "Criterion", "NotApplicable", "ScoringContext", "applicability", "available",
-           "get", "register", "register_lazy"]
+# the criteria and their registry; masks: scores to keep-masks, the frontend every pruning step shares
+__all__ = ["CalibrationStats", "Criterion", "Mask", "MaskApplier", "NotApplicable", "Pruning", "ScoringContext",
+           "Target", "applicability", "available", "element_mask", "get", "merge", "parse_structure",
+           "prunable_params", "pruned_count", "register", "register_lazy", "select_units", "shared_solves",
+           "targets_for", "unit_aggregation_text", "unit_aggregations", "unit_mask", "write_cut"]
 
 
 def applicability(model: nn.Module, criteria_names: Iterable[str]) -> list[dict]:

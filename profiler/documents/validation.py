@@ -174,7 +174,7 @@ class Tolerance(Document):
 
 @dataclass(kw_only=True)
 class ValidationReport(Document):
-    """Base vs pruned model, measured the same way (``validation.json``); see :mod:`ssm_profile.validation.validate`."""
+    """Base vs pruned model, measured the same way (``validation.json``); see :mod:`ssm_profile.validation.check`."""
 
     schema_version: int = 1
     kind: str = VALIDATION_KIND

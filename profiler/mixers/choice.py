@@ -130,18 +130,18 @@ def _set_active(model: nn.Module, choice: Kernels | None) -> None:
 def _forwards(model: nn.Module, choice: Kernels) -> dict[nn.Module, Callable | None]:
     """module -> the instance forward ``choice`` wants (None: the class's), for every module whose
     forward this changes. Modules carrying someone else's instance forward are left alone."""
-    from ..kernels.fastlinear import linear_forward
-    from . import mixer_forwards
+    from ..kernels import fastlinear
+    from ._install import mixer_forwards
 
     mixers = mixer_forwards(model, owned=choice.fast_scan)
     out: dict[nn.Module, Callable | None] = {}
     for module in model.modules():
         current = module.__dict__.get("forward")
-        if current is not None and not _is_ours(current, linear_forward):
+        if current is not None and not _is_ours(current, fastlinear.linear_forward):
             continue
         forward = mixers.get(module)
         if forward is None and choice.fast_linear and type(module).forward is nn.Linear.forward:
-            forward = types.MethodType(linear_forward, module)
+            forward = types.MethodType(fastlinear.linear_forward, module)
         if forward is not None or current is not None:
             out[module] = forward
     return out

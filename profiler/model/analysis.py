@@ -356,13 +356,14 @@ def _mixer_groups(m: MixerInfo, unique: dict[str, torch.nn.Parameter], total: in
         rows.append(GroupRow(
             layer=m.layer, group=group, scope="mixer", mixer_kind=m.kind, params=[m.full_name(n) for n in names],
             shapes=[list(t.shape) for t in tensors], numel=numel, bytes=sum(t.numel() * t.element_size() for t in tensors),
-            share=numel / total, flops_per_token=_mixer_flops(m, group), state_bytes=_state_bytes(m, group),
+            share=numel / total, flops_per_token=group_flops(m, group), state_bytes=group_state_bytes(m, group),
             stats=WeightStats.of(tensors), sub_blocks=subs,
         ))
     return rows
 
 
-def _mixer_flops(m: MixerInfo, group: str) -> int:
+def group_flops(m: MixerInfo, group: str) -> int:
+    """Dense FLOPs per token of one parameter group of mixer ``m`` (the conventions of the module docstring)."""
     if m.kind == GATED_DELTA:
         return _gated_delta_flops(m, group)
     if m.kind == KDA:
@@ -429,7 +430,8 @@ def _kda_flops(m: MixerInfo, group: str) -> int:
     return 0
 
 
-def _state_bytes(m: MixerInfo, group: str) -> int:
+def group_state_bytes(m: MixerInfo, group: str) -> int:
+    """Recurrent-state bytes per sequence that one parameter group of mixer ``m`` holds."""
     itemsize = m.out_linear.weight.element_size()
     if group == "A_log" and m.kind == KDA:
         return m.num_heads * m.head_dim * m.head_dim * 4  # float32 whatever the dtype (see the module docstring)

@@ -28,7 +28,8 @@ if TYPE_CHECKING:  # torch is imported where it is used: `models` and unknown-na
     from ..base.outputs import Input
 
 from .fits import check_config_fits
-from ..base.errors import DataError, HubUnreachableError, ModelNotFoundError, SSMProfileError, UnsupportedModelError
+from ..base.errors import (DataError, HubUnreachableError, ModelNotFoundError, SSMProfileError, UnsupportedModelError,
+                           first_line)
 
 DEFAULT_MODEL = "tiny-mamba"
 EMBEDDED_MODELS = ("tiny-mamba", "tiny-mamba2", "tiny-deltanet")
@@ -443,11 +444,6 @@ def _shape_mismatch(directory: Path, config: Any) -> str:
 def is_safetensors_error(err: BaseException) -> bool:
     """A damaged or truncated .safetensors file (safetensors raises its own exception type)."""
     return type(err).__name__ == "SafetensorError"
-
-
-def first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def _load_tokenizer(directory: Path, trust_remote_code: bool, sibling: bool = True) -> tuple[Any | None, str | None]:

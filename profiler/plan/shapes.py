@@ -157,13 +157,13 @@ def _slice_effect(mixer: Any, cuts: Mapping[str, float]) -> tuple[dict[str, int]
     """Slice uniform cuts {kind: sparsity} out of one (meta) mixer in place: what it removed
     (params, FLOPs/token and state bytes, analysis conventions) and elements removed per relative
     parameter name (single cuts)."""
-    from ..model.analysis import _mixer_flops, _state_bytes
+    from ..model.analysis import group_flops, group_state_bytes
     from ..pruning.surgery import slice_units
 
     def totals() -> tuple[int, int, int]:
         groups = mixer.groups()
-        return (sum(p.numel() for p in mixer.params.values()), sum(_mixer_flops(mixer, g) for g in groups),
-                sum(_state_bytes(mixer, g) for g in groups))
+        return (sum(p.numel() for p in mixer.params.values()), sum(group_flops(mixer, g) for g in groups),
+                sum(group_state_bytes(mixer, g) for g in groups))
 
     before = totals()
     removed: dict[str, float] = {}

@@ -23,8 +23,9 @@ import torch
 
 from ..base.errors import SSMProfileError
 from ..base.fmt import human_bytes
-from ..calibration.memory import (CAPTUM_SEQUENCES, FLOAT32, FORWARD_WIDTH_FACTOR, ModelDims, available_memory,
-                     resident_weights, statistics_activations, statistics_bytes_held)
+from ..base.runtime import available_memory
+from ..calibration.memory import (CAPTUM_SEQUENCES, FLOAT32, FORWARD_WIDTH_FACTOR, ModelDims, resident_weights,
+                                  statistics_activations, statistics_bytes_held)
 
 KINDS = ("weights", "statistics", "activations")
 

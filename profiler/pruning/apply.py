@@ -56,7 +56,7 @@ from ..base.io import atomic_directory, write_json_atomic
 from ..criteria.masks import Pruning, Target, pruned_count, unit_mask, write_cut
 from ..profiling.recipe import RunRecipe, needs_of
 from ..model.resolve import LoadedModel, check_vocabulary
-from ..validation.validate import ValidationOptions, count_parameters, validate as run_validation
+from ..validation.check import ValidationOptions, count_parameters, validate as run_validation
 
 if TYPE_CHECKING:
     from ..model.analysis import AnalysisTotals
@@ -310,7 +310,7 @@ def apply_plan(loaded: LoadedModel, plan: Plan | dict[str, Any] | str | Path, ou
     """Prune ``loaded.model`` (in place) as ``plan`` says and save it to ``output_dir``.
 
     Returns the record written to ``output_dir/pruning.json`` (with ``output_dir`` and, with
-    ``validate=True``, the :class:`ValidationReport` of :func:`ssm_profile.validation.validate.validate`, which is
+    ``validate=True``, the :class:`ValidationReport` of :func:`ssm_profile.validation.check.validate`, which is
     also written to ``output_dir/validation.json``; ``validate_options`` are passed on to it).
     Raises :class:`PlanError` for a plan made for other weights (nothing is written) and
     :class:`OutputExistsError` when ``output_dir`` exists and ``overwrite`` is false.

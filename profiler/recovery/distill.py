@@ -1,5 +1,5 @@
 """The pieces of recovery training: frozen masks, the distillation loss, the schedule, the batches,
-one data-parallel optimiser step. :mod:`ssm_profile.recovery.recover` runs them.
+one data-parallel optimiser step. :mod:`ssm_profile.recovery.train` runs them.
 
 Everything here is a function of the step number (batches, learning rate), so a run resumed from a
 checkpoint takes exactly the steps an uninterrupted run takes, and every data-parallel rank computes

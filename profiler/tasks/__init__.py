@@ -8,12 +8,14 @@
 Both come from the embedded evaluation text (books held out of the embedded models' training
 and of calibration). :mod:`ssm_profile.tasks.build` regenerates the ``.jsonl`` files
 deterministically; the YAML files name their data relative to this folder and
-:class:`ssm_profile.validation.validate.LmEvalRunner` rewrites the paths (to absolute ones) when it loads them.
+:class:`ssm_profile.validation.check.LmEvalRunner` rewrites the paths (to absolute ones) when it loads them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+__all__ = ["BUILTIN_TASKS", "TASKS_DIR"]
 
 TASKS_DIR = Path(__file__).resolve().parent
 BUILTIN_TASKS = ("ssm_next_verse", "ssm_heldout_ppl")

@@ -48,7 +48,7 @@ from ..calibration.memory import check_batch_fits
 from ..mixers.choice import Kernels, installed
 from ..mixers import family_of, snapshot as mixer_calls, usage as mixer_usage
 from ..model.resolve import LoadedModel, embedding_rows, weights_fingerprint
-from ..validation.validate import count_parameters
+from ..validation.check import count_parameters
 
 Progress = Callable[[int, int, str], None]
 
@@ -111,8 +111,8 @@ def checkpoint_dir(output: str | Path) -> Path:
 # inputs
 
 
-def check_paths(pruned_dir: str | Path, output: str | Path, overwrite: bool, teacher: str | None = None,
-                data: str | None = None) -> None:
+def check_recover_paths(pruned_dir: str | Path, output: str | Path, overwrite: bool, teacher: str | None = None,
+                        data: str | None = None) -> None:
     """One line, before anything loads: the pruned checkpoint must exist, and the output and its
     checkpoint folder must be new (or ``overwrite``), writable and apart from everything recover reads:
     the pruned checkpoint, the teacher, the training text and the plan's texts
@@ -390,7 +390,7 @@ def _recover(world: World, pruned_dir: str | Path, output_dir: str | Path, teach
              progress: Progress | None) -> RecoveryRecord:
     note = progress or (lambda done, total, label: None)
     pruned_dir, out = Path(pruned_dir).expanduser(), Path(output_dir).expanduser()
-    check_paths(pruned_dir, out, overwrite, teacher=teacher, data=settings.data if settings else None)
+    check_recover_paths(pruned_dir, out, overwrite, teacher=teacher, data=settings.data if settings else None)
     plan, source = pruning_plan(pruned_dir)
     settings = (settings or RecoverSettings()).resolved(plan)
     settings.check()
@@ -418,7 +418,7 @@ def _recover(world: World, pruned_dir: str | Path, output_dir: str | Path, teach
 
     runner = None
     if world.writer and settings.lm_eval:
-        from ..validation.validate import LmEvalRunner
+        from ..validation.check import LmEvalRunner
 
         runner = LmEvalRunner(limit=settings.lm_eval_limit)
     after: dict[str, Any] = {}
