@@ -284,13 +284,14 @@ def test_the_forms_criteria_before_torch_loads_are_the_registry():
 
 def test_the_public_face_names_functions_and_classes_not_modules():
     """``from ssm_profile import validate`` is the function (no module of that name shadows it)."""
-    import inspect
-
     import ssm_profile
 
+    face = faces()
     for name in ssm_profile.__all__:
         value = getattr(ssm_profile, name)
         assert not inspect.ismodule(value), f"ssm_profile.{name} is a module"
+        if name != "__version__":  # each name is taken from its wing's face
+            assert name in face[wing_of(ssm_profile._LAZY[name])], name
     assert inspect.isfunction(ssm_profile.validate) and ssm_profile.validate.__module__.endswith("validation.check")
 
 
