@@ -45,7 +45,8 @@ def plan_section(facts: Facts, plan: Plan) -> str:
 def objective_items(objective: Objective) -> dict[str, str]:
     """The plan's objective in words (HTML and Markdown): reduce what, by how much, of which total."""
     return {"reduce": METRIC_NOUNS.get(objective.metric, objective.metric),
-            "by": fmt_pct(objective.ratio, 1) if objective.ratio is not None else f"{objective.absolute:,}",
+            "by": (fmt_pct(objective.ratio, 1) if objective.ratio is not None
+                   else f"{objective.absolute:,}" if objective.absolute is not None else AS_MUCH),
             "of": scope_name(objective.scope, objective.metric),
             "max perplexity increase": f"+{objective.max_ppl_increase:.1%}"}
 
@@ -53,8 +54,11 @@ def objective_items(objective: Objective) -> dict[str, str]:
 def objective_sentence(objective: Objective) -> str:
     """``Objective: reduce params by 20.0% of whole-model params; perplexity may rise by at most +10.0%.``"""
     said = objective_items(objective)
-    return (f"Objective: reduce {said['reduce']} by {said['by']} of {said['of']}; perplexity may rise by at most "
-            f"{said['max perplexity increase']}.")
+    amount = f"{AS_MUCH} ({said['of']})" if said["by"] == AS_MUCH else f"by {said['by']} of {said['of']}"
+    return f"Objective: reduce {said['reduce']} {amount}; perplexity may rise by at most {said['max perplexity increase']}."
+
+
+AS_MUCH = "as much as the tolerance allows"  # a plan without --ratio or --absolute
 
 
 def _predicted_vs_measured(plan: Plan) -> str:
