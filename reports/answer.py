@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from ssm_profile.base.fmt import amount, human_bytes, human_count, scope_name
-from ssm_profile.documents import Objective, Plan, PlanAction, RecoveryRecord, ValidationReport
+from ssm_profile.documents import DomainCheck, Objective, Plan, PlanAction, RecoveryRecord, ValidationReport
 
 from .facts import Facts, plan_change_lines
 from .svg import fmt_pct
@@ -135,6 +135,8 @@ def _plan_answer(facts: Facts, plan: Plan, validation: ValidationReport | None,
     lead.append(_plain(_promise(plan), "promise"))
     if plan.certification is not None:  # what the plan was accepted on before anyone looked at verification
         lead.append(_plain(f"Accepted before verification: {plan.certification.sentence()}.", "note"))
+    for domain in plan.domains or []:  # the other texts the user asked the promise to hold on
+        lead.append(_plain(f"Promise also on {domain.source} — {_domain_verdict(domain)}", "promise"))
     cuts = [(a.target, f"{cut_amount(a)} " + ("(chosen by its measured loss)" if a.is_layer else f"by {a.criterion}"))
             for a in plan.actions]
     label, command = _plan_next_step(facts, plan, validation, recovery, plan_path)
@@ -152,6 +154,13 @@ def _promise(plan: Plan) -> str:
         return f"{promise} — {held}: measured {plan.measured.rel_ppl_increase:+.1%} on the search windows that chose it."
     return (f"{promise} — predicted {plan.predicted.rel_ppl_increase:+.1%} (not measured yet: validate after "
             "applying).")
+
+
+def _domain_verdict(domain: DomainCheck) -> str:
+    if domain.verification is None:
+        return f"{domain.certification.sentence().replace('search windows', 'of its windows')} (not verified)."
+    held = "kept" if domain.verification.kept else "NOT kept"
+    return f"{held}: perplexity {domain.verification.phrase('of its held-out windows')}."
 
 
 def cut_amount(action: PlanAction) -> str:
@@ -182,8 +191,8 @@ def _outcome(validation: ValidationReport | None, recovery: RecoveryRecord | Non
 def _plan_next_step(facts: Facts, plan: Plan, validation: ValidationReport | None,
                     recovery: RecoveryRecord | None, plan_path: str | None) -> tuple[str, str]:
     """(label, command): the command that follows from what this report was given."""
-    if plan.verification is not None and not plan.verification.kept:
-        return ("Next: do not apply this plan (its promise broke on the verification windows); plan again with a "
+    if plan.promise_kept is False:
+        return ("Next: do not apply this plan (its promise broke on held-out windows); plan again with a "
                 "smaller ratio", "ssm-profile plan RUN_DIR --ratio SMALLER -o plan.json")
     if recovery is not None:
         out = "RECOVERED_DIR"  # the record travels with its directory, which may have moved

@@ -55,7 +55,8 @@ def objective_sentence(objective: Objective) -> str:
     """``Objective: reduce params by 20.0% of whole-model params; perplexity may rise by at most +10.0%.``"""
     said = objective_items(objective)
     amount = f"{AS_MUCH} ({said['of']})" if said["by"] == AS_MUCH else f"by {said['by']} of {said['of']}"
-    return f"Objective: reduce {said['reduce']} {amount}; perplexity may rise by at most {said['max perplexity increase']}."
+    return (f"Objective: reduce {said['reduce']} {amount}; perplexity may rise by at most "
+            f"{said['max perplexity increase']}.")
 
 
 AS_MUCH = "as much as the tolerance allows"  # a plan without --ratio or --absolute

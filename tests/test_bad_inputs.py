@@ -365,6 +365,10 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
     "plan output is a directory": lambda t, r, m: ["plan", str(r), "-o", str(t), "--overwrite", "--no-measure"],
     "plan threads 0": lambda t, r, m: ["plan", str(r), "-o", str(t / "p.json"), "--threads", "0"],
     "plan run missing": lambda t, r, m: ["plan", str(t / "nothing"), "-o", str(t / "p.json")],
+    "plan also-on text missing": lambda t, r, m: ["plan", str(r), "-o", str(t / "p.json"), "--also-on",
+                                                  str(t / "none.txt")],
+    "plan also-on without measuring": lambda t, r, m: ["plan", str(r), "-o", str(t / "p.json"), "--no-measure",
+                                                       "--also-on", str(_file(t, "other.txt", "words"))],
     # apply: plans, outputs and options, all refused before the model loads
     "apply plan missing": lambda t, r, m: ["apply", "tiny-mamba", str(t / "none.json"), "-o", str(t / "out")],
     "apply plan is /dev/zero": lambda t, r, m: ["apply", "tiny-mamba", str(_zero_link(t, "p.json")), "-o",

@@ -6,7 +6,12 @@ on the search windows, not on their mean (issue 24); the plan says which rule ac
 * through ``make_plan`` (a fake measurer on the synthetic run): a first plan that fits on the mean
   only is backed off, and the plan records the bound it was accepted on;
 * the plan document round-trips ``certification``; a plan from before it still loads and the CLI
-  says it was accepted on the mean.
+  says it was accepted on the mean;
+* ``plan --also-on TEXT`` (another text the promise must hold on; a cut's damage on another domain is
+  its own, so the user names the text): the bound must hold on every stratum; a text the cuts hurt
+  refuses the plan the search windows alone accept and teaches the back-off; the plan records each
+  text's certification and verification, round-trips them through the schema, and a broken
+  verification there breaks the plan's promise and the report's next step.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ from dataclasses import replace
 
 import pytest
 from scipy.stats import t as student_t
-from ssm_profile.documents import Certification, Verification, load_plan, write_plan
+from ssm_profile.documents import Certification, DomainCheck, Verification, load_plan, write_plan
 from ssm_profile.plan import PlanRequest, make_plan
-from ssm_profile.plan.certify import LEVEL, RULE, Certifier, prediction_bound
+from ssm_profile.plan.certify import LEVEL, RULE, Certifier, Stratum, prediction_bound
 from test_plan import synthetic  # noqa: F401 - the synthetic run fixture
 
 DENSE = [4.0, 4.2, 3.9, 4.1, 4.0, 4.3, 3.8, 4.1]
@@ -59,6 +64,8 @@ class FakeMeasurer:
 
     dense_loss = sum(DENSE) / len(DENSE)
 
+    domains: dict = {}  # no --also-on texts
+
     def __init__(self):
         self.expected_criteria: set[str] = set()
         self.measured: list[tuple[int, float, bool]] = []  # (actions, mean increase, accepted)
@@ -83,6 +90,9 @@ class FakeMeasurer:
 
     def exact_overlap(self, a, b) -> int:
         return 0
+
+    def domain_checks(self, actions, measured, certifier, max_ppl_increase: float):
+        return None
 
     def verify(self, actions, max_ppl_increase: float) -> Verification:
         return Verification(dense_loss=4.0, loss=4.0, delta_loss=0.0, rel_ppl_increase=0.0, interval=[0.0, 0.0],
@@ -137,3 +147,94 @@ def _measured():
 
     return Measured(loss=4.05, delta_loss=0.05, rel_ppl_increase=math.expm1(0.05), within_tolerance=True,
                     backoff_steps=0)
+
+
+# --- plan --also-on TEXT -------------------------------------------------------------------------
+
+OTHER = [5.0, 5.2, 4.9, 5.1, 5.0, 5.3, 4.8, 5.1]  # the other text's dense losses
+
+
+def _m(search_delta: float, other_delta: float) -> dict:
+    return {"delta_loss": search_delta, "rel_ppl_increase": math.expm1(search_delta),
+            "window_losses": [d + search_delta for d in DENSE],
+            "domain_window_losses": {"other.txt": [d + other_delta + (0.01 if i % 2 else -0.01)
+                                                   for i, d in enumerate(OTHER)]}}
+
+
+def test_the_bound_must_hold_on_every_stratum():
+    certifier = Certifier(dense=DENSE, unseen=32, max_ppl_increase=0.05,
+                          domains={"other.txt": Stratum(dense=OTHER, unseen=16)})
+    fits, hurts_there = _m(0.02, 0.01), _m(0.02, 0.08)
+    assert certifier.accepts(fits) and not certifier.accepts(hurts_there)
+    # the search windows agree; the other text refuses
+    assert certifier.search_bound(hurts_there) == pytest.approx(certifier.search_bound(fits))
+    assert certifier.bound(hurts_there) == certifier.domain_bound(hurts_there, "other.txt") > 0.05
+    doc = certifier.domain_document(hurts_there, "other.txt")
+    assert (doc.windows, doc.unseen_windows, doc.certified) == (8, 16, False)
+    assert doc.increase == pytest.approx(math.expm1(0.08)) and certifier.document(hurts_there).certified
+    assert certifier.worst_delta_loss(hurts_there) == pytest.approx(0.08)
+    assert certifier.worst_delta_loss(fits) == pytest.approx(0.02)  # the search windows' when they are worse
+
+
+class OtherTextMeasurer(FakeMeasurer):
+    """The fake measurer with one other text, which each action hurts by ``per_action`` loss."""
+
+    def __init__(self, per_action: float, verified: float):
+        super().__init__()
+        self.per_action, self.verified = per_action, verified
+        self.domains = {"other.txt": None}  # the request's also_on must name the same texts
+        self.ms: list[dict] = []
+
+    def certifier(self, max_ppl_increase: float) -> Certifier:
+        self._certifier = Certifier(dense=DENSE, unseen=32, max_ppl_increase=max_ppl_increase,
+                                    domains={"other.txt": Stratum(dense=OTHER, unseen=16)})
+        return self._certifier
+
+    def measure(self, actions) -> dict:
+        k = len(actions)
+        delta = 0.005 * k
+        m = {"loss": self.dense_loss + delta, "delta_loss": delta, "rel_ppl_increase": math.expm1(delta),
+             "params_removed": 0, "window_losses": [d + delta for d in DENSE],
+             "domain_window_losses": {"other.txt": [d + self.per_action * k for d in OTHER]}}
+        self.measured.append((k, m["rel_ppl_increase"], self._certifier.accepts(m)))
+        self.ms.append(m)
+        return m
+
+    def domain_checks(self, actions, measured, certifier, max_ppl_increase: float):
+        inc, delta = self.verified, math.log1p(self.verified)
+        held_out = Verification(dense_loss=5.0, loss=5.0 + delta, delta_loss=delta, rel_ppl_increase=inc,
+                                interval=[inc - 0.01, inc + 0.01], windows=16, max_ppl_increase=max_ppl_increase,
+                                kept=inc <= max_ppl_increase)
+        return [DomainCheck(source="other.txt", certification=certifier.domain_document(measured, "other.txt"),
+                            verification=held_out)]
+
+
+def test_a_text_the_cuts_hurt_backs_the_plan_off(synthetic, tmp_path):  # noqa: F811
+    fake = OtherTextMeasurer(0.04, 0.03)
+    plan = make_plan(synthetic, PlanRequest(max_ppl_increase=0.10, also_on=("other.txt",)), measurer=fake)
+    first = fake.ms[0]  # the first solve: the search windows alone accept it, the other text does not
+    assert fake._certifier.search_bound(first) <= 0.10 < fake._certifier.bound(first)
+    assert len(first["window_losses"]) == len(DENSE) and 1 <= len(plan.actions) <= 2  # 0.04 per action: two fit
+    assert plan.measured.backoff_steps >= 1 and not fake.measured[0][2]
+    (check,) = plan.domains
+    assert check.certification.certified and check.certification.bound <= 0.10 and check.kept and plan.promise_kept
+    # the document round-trips through the schema; a text whose held-out windows break the promise breaks the plan's
+    # (on an unmeasured plan: the fake measurer's zero overlaps let the synthetic gains pass 100%)
+    written = replace(make_plan(synthetic, PlanRequest(ratio=0.2, measure=False)), domains=plan.domains)
+    path = write_plan(written, tmp_path / "plan.json")
+    assert load_plan(path) == written and json.loads(path.read_text())["domains"][0]["source"] == "other.txt"
+    broken = make_plan(synthetic, PlanRequest(max_ppl_increase=0.10, also_on=("other.txt",)), measurer=OtherTextMeasurer(0.04, 0.2))
+    assert broken.verification.kept and broken.domains[0].kept is False and broken.promise_kept is False
+    from ssm_profile.reports.markdown import render_markdown
+
+    words = " ".join(render_markdown(synthetic, broken).split())
+    assert "Promise also on other.txt — NOT kept: perplexity +20.0%" in words and "do not apply this plan" in words
+
+
+def test_a_malformed_domain_is_refused_with_its_path(synthetic, tmp_path):  # noqa: F811
+    checked = make_plan(synthetic, PlanRequest(max_ppl_increase=0.10, also_on=("other.txt",)), measurer=OtherTextMeasurer(0.04, 0.03))
+    doc = replace(make_plan(synthetic, PlanRequest(ratio=0.2, measure=False)), domains=checked.domains).to_dict()
+    del doc["domains"][0]["certification"]["bound"]
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(Exception, match=r"\$\.domains\[0\]\.certification"):
+        load_plan(tmp_path / "bad.json")

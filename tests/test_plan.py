@@ -17,6 +17,7 @@ import json
 import math
 import random
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -594,3 +595,29 @@ def test_cli_reads_ratios_as_fractions_or_percentages():
         parser.parse_args(["validate", "M", "D", "--max-ppl-increase", "10"])
     with pytest.raises(SystemExit):
         parser.parse_args(["profile", "M", "--tolerance", "10"])
+
+
+MODERN_PROSE = str(Path(__file__).parent / "data" / "modern_prose.txt")
+
+
+def test_also_on_another_text_on_the_embedded_run(tiny_run):
+    """``--also-on``: the text's certifying and held-out windows do not overlap, each text is recorded,
+    and a plan made with the text removes no more than one made without it."""
+    from ssm_profile.plan.measure import Measurer
+
+    run_dir, result, loaded = tiny_run
+    measurer = Measurer(result, loaded, lambda *a: None, domains=(MODERN_PROSE,))
+    windows = measurer.domains[MODERN_PROSE]
+    spec = measurer.recipe.data
+    assert windows.search.shape[0] == spec.eval_samples and len(windows.dense) == spec.eval_samples
+    first_held_out = windows.verification[0]
+    assert not any(bool((first_held_out == w).all()) for w in windows.search)  # certifying and held-out differ
+    plain = make_plan(result, PlanRequest(max_ppl_increase=0.05), loaded=loaded, run_path=run_dir)
+    plan = make_plan(result, PlanRequest(max_ppl_increase=0.05, also_on=(MODERN_PROSE,)), loaded=loaded,
+                     run_path=run_dir, measurer=measurer)
+    (check,) = plan.domains
+    assert check.source == MODERN_PROSE and check.certification.certified and check.verification is not None
+    assert check.verification.windows == windows.verification.shape[0]
+    assert plan.predicted.reduction_ratio <= plain.predicted.reduction_ratio + 1e-12
+    with pytest.raises(ValueError, match="the request on"):  # a measurer of other texts certifies nothing asked
+        make_plan(result, PlanRequest(), loaded=loaded, run_path=run_dir, measurer=measurer)

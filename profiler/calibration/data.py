@@ -255,16 +255,27 @@ def text_windows(tokenizer: Any, source: str, count: int, seqlen: int) -> torch.
     return consecutive_windows(_tokenize(tokenizer, read_text(source)), count, seqlen, f"evaluation text '{source}'")
 
 
-def split_windows(ids: torch.Tensor, search: int, verify: int, seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
+def domain_windows(tokenizer: Any, source: str, search: int, verify: int, seqlen: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A text the promise must also hold on (``plan --also-on``): certifying windows from its start,
+    held-out windows from its end (:func:`split_windows`)."""
+    if tokenizer is None:
+        raise DataError("this model has no tokenizer; pass --tokenizer PATH|embedded")
+    ids = _tokenize(tokenizer, read_text(source), what=f"text '{source}'")
+    return split_windows(ids, search, verify, seqlen, what=f"--also-on text '{source}'")
+
+
+def split_windows(ids: torch.Tensor, search: int, verify: int, seqlen: int, what: str = "evaluation text"
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Search windows from the start of the evaluation text, verification windows from its end.
 
     Verification takes ``min(verify, n // 2)`` of the ``n`` available windows and search at most the
     rest, so they never overlap; a text of fewer than two windows cannot hold both roles."""
-    windows = consecutive_windows(ids, len(ids) // max(1, seqlen), seqlen, "evaluation")
-    n = windows.shape[0]
+    n = len(ids) // max(1, seqlen)
     if n < 2:
-        raise DataError(f"evaluation text has {len(ids)} tokens: fewer than two windows of --seqlen {seqlen} "
+        raise DataError(f"{what} has {len(ids)} tokens: fewer than two windows of --seqlen {seqlen} "
                         "(one to search, one to verify); give more text or a shorter --seqlen")
+    windows = consecutive_windows(ids, n, seqlen, what)
     search_idx, verify_idx = role_indices(n, DataSpec(eval_samples=search, verify_samples=verify, seqlen=seqlen))
     return windows[search_idx].clone(), windows[verify_idx].clone()
 

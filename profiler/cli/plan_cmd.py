@@ -54,6 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--structures", default=None,
                    help="comma-separated structures allowed: unstructured, N:M (e.g. 2:4), units (default: all measured), "
                         "layers (whole SSM layers removed, each measured by the plan; only when listed)")
+    p.add_argument("--also-on", action="append", default=[], metavar="TEXT",
+                   help="another text the promise must hold on too (repeatable; .txt, .jsonl or hf:NAME): its first "
+                   "windows take part in certifying the plan, its last windows, which no step sees, check the "
+                   "promise. A plan certified on the run's text alone holds for text like it, not for another domain")
     p.add_argument("--no-measure", action="store_true",
                    help="trust the additive prediction; do not load the model to measure the combined plan")
     p.add_argument("--model", default=None,
@@ -80,6 +84,12 @@ def run(args: argparse.Namespace) -> int:
         from ..base.errors import SSMProfileError
 
         raise SSMProfileError(f"--recover-steps must be a positive integer, got {args.recover_steps}")
+    for text in args.also_on:  # a missing text is said before the model loads
+        if not text.startswith("hf:") and not Path(text).expanduser().is_file():
+            from ..base.errors import DataError
+
+            raise DataError(f"--also-on text '{text}' is not a file; pass a .txt or .jsonl file or "
+                            "hf:NAME[:CONFIG][:SPLIT]")
     result: ProfileResult = read_run(args.run_dir)  # a missing, damaged or busy run is the first thing to say
     check_paths([Output(Path(args.output), "plan", overwrite=args.overwrite)], _inputs(args, result))
 
@@ -95,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     configure_threads(args.threads or (1 if small else None))
     request = PlanRequest(metric=args.metric, ratio=args.ratio, absolute=args.absolute, scope=args.scope,
                           max_ppl_increase=args.max_ppl_increase, criterion=args.criterion,
-                          structures=args.structures, measure=not args.no_measure)
+                          structures=args.structures, measure=not args.no_measure, also_on=tuple(args.also_on))
     world = World.from_env()  # under torchrun: the ranks share the back-off's measurements, rank 0 writes
     args.device = world.device(args.device)
     with world.running():
@@ -122,9 +132,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..base.io import free_path
 
-    if plan.verification is not None and not plan.verification.kept:
+    if plan.promise_kept is False:
         # the promise broke on text no step of the plan saw: say so, suggest no apply, exit as validate does
-        print(f"plan: {output}  (its promise is NOT kept on the verification windows: do not apply it; plan again "
+        broken = [] if plan.verification is None or plan.verification.kept else ["the verification windows"]
+        broken += [f"{d.source}'s held-out windows" for d in plan.domains or [] if not d.kept]
+        print(f"plan: {output}  (its promise is NOT kept on {' and '.join(broken)}: do not apply it; plan again "
               "with a smaller --ratio or a larger --max-ppl-increase)")
         return BROKEN_PROMISE_EXIT
     out_dir = free_path(f"pruned-{plan.model.name.replace('/', '--')}")
@@ -134,12 +146,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _inputs(args: argparse.Namespace, result) -> list:
     """What plan reads: the run's files and, to measure, the run's model and texts."""
-    from .common import data_inputs, folder_files, model_input
+    from .common import data_inputs, folder_files, model_input, text_input
 
     inputs = [*folder_files(args.run_dir, "the run's file")]
     if not args.no_measure:
         inputs += [model_input(args.model or result.record.model.load_name(), "the run's model"),
                    *data_inputs(result.record.data_spec(), "the run's")]
+        inputs += [text_input(text, "an --also-on text") for text in args.also_on]
     return inputs
 
 
@@ -222,5 +235,8 @@ def print_plan(plan: Plan) -> None:
     if plan.verification is not None:
         colour = "green" if plan.verification.kept else "red"
         console.print(f"[{colour}]{plan.verification.sentence()}[/{colour}]")
+    for domain in plan.domains or []:
+        colour = "green" if domain.kept and domain.certification.certified else "red"
+        console.print(f"[{colour}]{escape(domain.sentence())}[/{colour}]")
     for line in plan.notes:
         console.print(f"· {escape(line)}")

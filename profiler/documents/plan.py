@@ -254,6 +254,27 @@ class Certification(Document):
         return f"{head} on {self.windows} search windows: {what}, {verdict} the promised +{self.max_ppl_increase:.1%}"
 
 
+@dataclass(kw_only=True)
+class DomainCheck(Document):
+    """Another text the promise must hold on too (``plan --also-on``). Its first windows take part in
+    certifying the plan, exactly as the search windows do; its last windows, which no step saw, check
+    the promise after selection, as verification does."""
+
+    source: str  # the text as the user named it
+    certification: Certification  # on the text's first windows (a plan is accepted only if every one holds)
+    verification: Verification | None = _optional()  # on the text's last windows (absent: not measured)
+    extra: dict[str, Any] = _extra()
+
+    @property
+    def kept(self) -> bool:
+        return self.verification is None or self.verification.kept
+
+    def sentence(self) -> str:
+        """``also on prose.txt: certified on 16 windows ... ; verification (17 held-out windows): ...``"""
+        head = f"also on {self.source}: " + self.certification.sentence().replace("search windows", "of its windows")
+        return head if self.verification is None else f"{head}; {self.verification.sentence()}"
+
+
 OLD_CERTIFICATION_RULE = "mean"  # what a plan without `certification` was accepted on
 
 
@@ -288,9 +309,19 @@ class Plan(Document):
     # absent: not measured, or an older plan (accepted on the search windows' mean: OLD_CERTIFICATION_RULE)
     certification: Certification | None = _optional()
     recover: PlanRecover | None = _optional()  # absent: no recovery asked for
+    # other texts the promise must hold on too (`plan --also-on`); absent: none asked for
+    domains: list[DomainCheck] | None = _optional()
     # sha256 of the actions as written (write_plan): apply refuses a plan edited since; absent in older plans
     actions_digest: str | None = _optional()
     extra: dict[str, Any] = _extra()
+
+    @property
+    def promise_kept(self) -> bool | None:
+        """Whether every verification (the plan's own and each ``--also-on`` text's) keeps the promise;
+        None when the plan was not verified."""
+        if self.verification is None:
+            return None
+        return self.verification.kept and all(d.kept for d in self.domains or [])
 
     def source_model(self) -> str:
         """Where the plan's model was loaded from: its directory when local, else its name."""

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..documents import (Certification, Dense, Measured, Objective, Plan, PlanAction, PlanData, PlanModel, PlanRun, Predicted,
+from ..documents import (Certification, DomainCheck, Dense, Measured, Objective, Plan, PlanAction, PlanData, PlanModel, PlanRun, Predicted,
                          Verification, one_line)
 from ..base.fmt import scope_name
 from ..profiling.results import ProfileResult
@@ -36,6 +36,7 @@ class Solution:
     notes: list[str] = field(default_factory=list)
     verification: Verification | None = None  # the promise on the held-out windows (None: not measured)
     certification: Certification | None = None  # how the measured plan was accepted (None: not measured)
+    domains: list[DomainCheck] | None = None  # the `--also-on` texts' certification and verification
 
     @property
     def actions(self) -> list[Option]:
@@ -186,5 +187,6 @@ def assemble(s: Solution) -> Plan:
                             reduction_of=scope_name(request.scope, metric),
                             reduction_model_of=scope_name("model", metric),
                             params_sliced=round(totals["params_sliced"])),
-        measured=_measured(s), notes=notes, verification=s.verification, certification=s.certification)
+        measured=_measured(s), notes=notes, verification=s.verification, certification=s.certification,
+        domains=s.domains)
     return plan.validated("the new plan")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,7 +44,7 @@ class Measurer:
     """Loads once, then measures the held-out loss of any combination of plan actions."""
 
     def __init__(self, result: ProfileResult, loaded: Any, progress: Progress, device: str = "cpu",
-                 world: Any = None):
+                 world: Any = None, domains: Sequence[str] = ()):
         from ..calibration.data import batch_losses, load_dataset
         from ..model.resolve import check_vocabulary
 
@@ -64,11 +65,25 @@ class Measurer:
         with self.recipe.installed(self.model):
             self.dense = batch_losses(self.model, self.dataset.evaluation, self.recipe.batch_size)
         self.dense_loss = float(self.dense.mean())
+        self.domains = {source: self._domain(source) for source in domains}
         self._stats = None
         self._needs: set[str] = set()
         self._scorer = None
         self._masks: dict[tuple, Any] = {}
         self.expected_criteria: set[str] = set()
+
+    def _domain(self, source: str) -> DomainWindows:
+        """An ``--also-on`` text's windows: the first certify (as many as the search windows), the last
+        (as many as verification, at most half) check the promise."""
+        from ..calibration.data import batch_losses, domain_windows
+
+        spec = self.recipe.data
+        self.note(0, 1, f"dense evaluation of {source}")
+        search, verify = domain_windows(self.loaded.tokenizer, source, spec.eval_samples, spec.verify_samples,
+                                        spec.seqlen)
+        with self.recipe.installed(self.model):
+            dense = batch_losses(self.model, search, self.recipe.batch_size)
+        return DomainWindows(search=search, verification=verify, dense=dense.tolist())
 
     def _scorer_for(self, criteria: set[str]):
         criteria = set(criteria) | self.expected_criteria  # one statistics pass for every criterion a re-solve may pick
@@ -191,13 +206,14 @@ class Measurer:
             losses = batch_losses(self.model, self.dataset.evaluation, self.recipe.batch_size)
         return paired_increase(self.dense.tolist(), losses.tolist(), seed=self.recipe.seed)
 
-    def verify(self, actions: list[Option], max_ppl_increase: float) -> Any:
-        """The plan's promise on the verification windows (after selection; nothing is chosen from it)."""
+    def verify(self, actions: list[Option], max_ppl_increase: float, windows: torch.Tensor | None = None) -> Any:
+        """The plan's promise on the verification windows (after selection; nothing is chosen from it),
+        or on ``windows`` (an ``--also-on`` text's held-out windows)."""
         from ..calibration.data import batch_losses, paired_increase
         from ..documents import Verification
         from ..criteria.masks import MaskApplier
 
-        windows = self.dataset.verification
+        windows = self.dataset.verification if windows is None else windows
         with self.recipe.installed(self.model):
             dense = batch_losses(self.model, windows, self.recipe.batch_size)
             with MaskApplier(self.model) as applier, self.skipping(actions):
@@ -209,6 +225,18 @@ class Measurer:
         return Verification(**m, max_ppl_increase=float(max_ppl_increase),
                             kept=bool(math.isfinite(m["rel_ppl_increase"])
                                       and m["rel_ppl_increase"] <= max_ppl_increase))
+
+    def domain_checks(self, actions: list[Option], measured: dict[str, Any], certifier: Any,
+                      max_ppl_increase: float, verify: bool = True) -> list[Any] | None:
+        """One :class:`DomainCheck` per ``--also-on`` text: its certification from ``measured`` and its
+        promise on its held-out windows (None: no text asked for)."""
+        from ..documents import DomainCheck
+
+        if not self.domains:
+            return None
+        return [DomainCheck(source=source, certification=certifier.domain_document(measured, source),
+                            verification=self.verify(actions, max_ppl_increase, d.verification) if verify else None)
+                for source, d in self.domains.items()]
 
     def measure_many(self, combinations: list[list[Option]]) -> list[dict[str, Any]]:
         """:meth:`measure` of each combination; under torchrun the ranks take turns (combination i on
@@ -228,19 +256,37 @@ class Measurer:
         with MaskApplier(self.model) as applier, self.recipe.installed(self.model), self.skipping(actions):
             applier.apply(mask, cut.values, cut.norm_eps)
             losses = batch_losses(self.model, self.dataset.evaluation, self.recipe.batch_size)
+            domains = {source: batch_losses(self.model, d.search, self.recipe.batch_size).tolist()
+                       for source, d in self.domains.items()}
         loss = float(losses.mean())
         delta = loss - self.dense_loss
-        return {"loss": loss, "delta_loss": delta, "rel_ppl_increase": math.exp(min(delta, 700.0)) - 1.0,
-                "params_removed": pruned_count(mask) + _layer_params(actions, mask),
-                "window_losses": losses.tolist()}
+        out = {"loss": loss, "delta_loss": delta, "rel_ppl_increase": math.exp(min(delta, 700.0)) - 1.0,
+               "params_removed": pruned_count(mask) + _layer_params(actions, mask),
+               "window_losses": losses.tolist()}
+        if domains:
+            out["domain_window_losses"] = domains
+        return out
 
     def certifier(self, max_ppl_increase: float):
         """The rule that accepts a measurement of this measurer (:mod:`.certify`): a bound for as many
         unseen windows as verification holds, from the search windows alone."""
         from .certify import Certifier
 
+        from .certify import Stratum
+
+        domains = {source: Stratum(dense=d.dense, unseen=int(d.verification.shape[0]))
+                   for source, d in self.domains.items()}
         return Certifier(dense=self.dense.tolist(), unseen=int(self.dataset.verification.shape[0]),
-                         max_ppl_increase=max_ppl_increase)
+                         max_ppl_increase=max_ppl_increase, domains=domains)
+
+
+@dataclass(frozen=True)
+class DomainWindows:
+    """An ``--also-on`` text's certifying windows (with their dense losses) and held-out windows."""
+
+    search: torch.Tensor
+    verification: torch.Tensor
+    dense: list[float]
 
 
 def _layer_params(actions: list[Option], mask: dict) -> int:

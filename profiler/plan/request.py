@@ -43,7 +43,9 @@ class PlanRequest:
     measured it (None: the best per target and level); ``structures``: the structures allowed, as
     ``"unstructured,2:4,units,layers"`` or a sequence (kept as a tuple; None: every measured one, no
     layers); ``scope``: ``ssm`` (the SSM mixers) or ``model``; ``measure``: measure the combined plan on
-    the model (False: trust the additive prediction).
+    the model (False: trust the additive prediction); ``also_on``: other texts the promise must hold on
+    too (``--also-on``): each one's first windows are certified with the search windows, its last
+    windows check the promise (``plan.domains``).
     """
 
     metric: str = "params"
@@ -54,6 +56,7 @@ class PlanRequest:
     structures: tuple[str, ...] | None = None
     scope: str = "ssm"
     measure: bool = True
+    also_on: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -70,5 +73,8 @@ class PlanRequest:
                             f"got {self.ratio}")
         if self.absolute is not None and int(self.absolute) <= 0:
             raise PlanError(f"--absolute must be positive, got {self.absolute}")
+        object.__setattr__(self, "also_on", tuple(str(text) for text in self.also_on))
+        if self.also_on and not self.measure:
+            raise PlanError("--also-on certifies the plan by measuring it on that text; drop --no-measure")
         structures = parse_structures(self.structures)
         object.__setattr__(self, "structures", None if structures is None else tuple(structures))

@@ -109,6 +109,8 @@ def make_plan(result: ProfileResult, request: PlanRequest | None = None, *, load
     of one run share its model, statistics and masks).
     """
     request = request or PlanRequest()
+    if measurer is not None and tuple(measurer.domains) != request.also_on:
+        raise ValueError(f"the measurer certifies on {tuple(measurer.domains)}, the request on {request.also_on}")
     note = progress or (lambda done, total, label: None)
     total = metric_total(result, request.metric, request.scope)
     budget = _budget(request, total)
@@ -120,7 +122,8 @@ def make_plan(result: ProfileResult, request: PlanRequest | None = None, *, load
     # whole layers are costed by measuring them: the measurer loads before the options then
     layer_measurer = None
     if request.measure and wants_layers(request.structures):
-        layer_measurer = measurer = measurer or Measurer(result, loaded, note, device=device, world=world)
+        layer_measurer = measurer = measurer or Measurer(result, loaded, note, device=device, world=world,
+                                                         domains=request.also_on)
     options, notes = plan_options(result, request.metric, request.criterion, request.structures, shapes,
                                   layer_measurer)
     search = _Search(options, plan_overlaps(options, shapes), request, budget, total)
@@ -134,12 +137,14 @@ def make_plan(result: ProfileResult, request: PlanRequest | None = None, *, load
     solution = Solution(result=result, request=request, options=options, choice=choice, overlaps=search.overlaps,
                         shapes=shapes, run_path=run_path, notes=notes)
     if request.measure:
-        measurer = measurer or Measurer(result, loaded, note, device=device, world=world)
+        measurer = measurer or Measurer(result, loaded, note, device=device, world=world, domains=request.also_on)
         certifier = measurer.certifier(request.max_ppl_increase)
         _measure_and_back_off(search, solution, measurer, certifier, note)
         solution.certification = certifier.document(solution.measured)
         note(0, 1, "verifying on held-out windows")
         solution.verification = measurer.verify(solution.actions, request.max_ppl_increase)
+        solution.domains = measurer.domain_checks(solution.actions, solution.measured, certifier,
+                                                  request.max_ppl_increase)
     if isinstance(search.veto, LayerVeto):
         solution.notes += search.veto.notes
     return assemble(solution)
@@ -178,7 +183,7 @@ def _measure_and_back_off(search: _Search, s: Solution, measurer: Measurer, cert
         if certifier.accepts(m) or backoff >= MAX_BACKOFF:
             break
         backoff += 1
-        _learn_marginals(search, measurer, choice, m, attempts, backoff, note)
+        _learn_marginals(search, measurer, choice, m, attempts, backoff, note, certifier)
         again = search.solve()
         if again is None:
             break
@@ -188,10 +193,12 @@ def _measure_and_back_off(search: _Search, s: Solution, measurer: Measurer, cert
 
 
 def _learn_marginals(search: _Search, measurer: Measurer, choice: list[int], m: dict[str, Any],
-                     attempts: list, backoff: int, note: Progress) -> None:
+                     attempts: list, backoff: int, note: Progress, certifier: Certifier) -> None:
     """One back-off step: learn each chosen action's marginal loss in this combination (leave one out),
     raise its cost (and its more aggressive levels') to that, shrink the loss budget, and exclude this
-    plan and every plan at least as aggressive in all of its targets."""
+    plan and every plan at least as aggressive in all of its targets. With ``--also-on`` texts a
+    marginal is the worst stratum's: the text that refused the plan teaches the costs."""
+    delta = certifier.worst_delta_loss
     options = search.options
     chosen = [(t, l) for t, l in enumerate(choice) if l > 0]
     leave_one_out = chosen if len(chosen) > 1 else []
@@ -200,10 +207,10 @@ def _learn_marginals(search: _Search, measurer: Measurer, choice: list[int], m: 
     measured = measurer.measure_many([actions_of(options, without) for without in withouts])
     for (t, l), without, mw in zip(leave_one_out, withouts, measured):
         attempts.append((without, mw, search.gain(without)))
-        search.learn(t, l, m["delta_loss"] - mw["delta_loss"])
+        search.learn(t, l, delta(m) - delta(mw))
     if len(chosen) == 1:
         t, l = chosen[0]
-        search.learn(t, l, m["delta_loss"], count=False)
+        search.learn(t, l, delta(m), count=False)
     search.cap *= BACKOFF_LOSS_FACTOR
     search.cuts.append(dict(chosen))
 
@@ -259,5 +266,10 @@ def _backoff_message(attempts: list, search: _Search, steps: int, certifier: Cer
     return (f"{what} within +{tol:.0%} perplexity after {steps} back-off step(s): the best measured point removes "
             f"{value / total:.1%} of {metric} in scope ({_fmt_amount(metric, value)}) at "
             f"{m['rel_ppl_increase']:+.1%} perplexity on {len(certifier.dense)} search windows (one-sided "
-            f"{certifier.level:.0%} bound for {certifier.unseen} unseen windows {certifier.bound(m):+.1%}); "
+            f"{certifier.level:.0%} bound for {certifier.unseen} unseen windows {certifier.search_bound(m):+.1%}"
+            f"{_domain_bounds(certifier, m)}); "
             "lower the budget or raise --max-ppl-increase")
+
+
+def _domain_bounds(certifier: Certifier, m: dict[str, Any]) -> str:
+    return "".join(f"; on {name} {certifier.domain_bound(m, name):+.1%}" for name in certifier.domains)
