@@ -10,6 +10,10 @@ Each feasible plan is measured on three sets of text no step of the plan saw:
 * modern prose (``tests/data/modern_prose.txt``: the Python language reference, another domain);
 * the unused stretch of the embedded evaluation text between the search and verification windows.
 
+``--also-on-prose`` certifies every plan on the modern prose too (``plan --also-on``: its first windows
+take part in the decision); its "prose" figures are then measured on the prose's held-out last windows
+only, which no step saw (rows in ``OUT/grid-also-on.jsonl``).
+
 The verification figure is the planner's own (equal to ``validate``'s to 1e-6 on these models); the
 other two are measured with the plan's masks and rewritten values on the planner's model. ``--apply``
 also applies (``apply_plan``) and validates (``validate``) every plan, as a user would, into
@@ -20,7 +24,7 @@ the lines already there (resumable). The summary counts, per measurement set, th
 within their tolerance and the worst increase / tolerance (goal: >= 95% within, worst <= 1.5x on
 verification; worst <= 2x on the other domain).
 
-    python examples/promise_grid.py [--out runs/promise] [--quick] [--models tiny-mamba,...]
+    python examples/promise_grid.py [--out runs/promise] [--quick] [--models tiny-mamba,...] [--also-on-prose]
     python examples/promise_grid.py --summary-only
 """
 
@@ -124,7 +128,10 @@ class HeldOut:
         from ssm_profile.calibration.data import batch_losses, text_windows
 
         self.measurer, recipe = measurer, measurer.recipe
-        prose = text_windows(measurer.loaded.tokenizer, str(prose_file), 10_000, recipe.data.seqlen)
+        if str(prose_file) in measurer.domains:  # certified on its first windows: measure its held-out ones only
+            prose = measurer.domains[str(prose_file)].verification
+        else:
+            prose = text_windows(measurer.loaded.tokenizer, str(prose_file), 10_000, recipe.data.seqlen)
         self.files: list[Path] = []
         self.windows = {"prose": prose, "stretch": stretch}
         with recipe.installed(measurer.model):
@@ -173,14 +180,15 @@ def plan_row(model: str, result, run_dir: Path, measurer, config, held_out: Held
     return row
 
 
-def run_model(model: str, out: Path, configs, done: set[str], rows_file: Path, apply: bool) -> None:
+def run_model(model: str, out: Path, configs, done: set[str], rows_file: Path, apply: bool,
+              also_on: tuple[str, ...] = ()) -> None:
     from ssm_profile.plan.measure import Measurer
 
     todo = [c for c in configs if key_of(model, *c) not in done]
     if not todo:
         return
     run_dir, result, loaded = run_for(model, out)
-    measurer = Measurer(result, loaded, lambda done, total, label: None)
+    measurer = Measurer(result, loaded, lambda done, total, label: None, domains=also_on)
     stretch_file = out / model / "unused_stretch.txt"
     held_out = HeldOut(measurer, PROSE, unused_stretch(loaded, result, stretch_file))
     held_out.files = [PROSE, stretch_file]
@@ -247,19 +255,28 @@ def main() -> None:
     parser.add_argument("--rule", choices=("bound", "mean"), default="bound",
                         help="bound: the planner's rule; mean: accept on the search windows' mean, as plans did "
                         "before the prediction bound (for comparison; rows in OUT/grid-mean.jsonl)")
+    parser.add_argument("--also-on-prose", action="store_true",
+                        help="certify every plan on the prose's first windows too (plan --also-on) and measure the "
+                        "prose on its held-out last windows only (rows in OUT/grid-also-on.jsonl)")
     parser.add_argument("--summary-only", action="store_true", help="summarise OUT/grid.jsonl, measure nothing")
     args = parser.parse_args()
+    if args.apply and args.also_on_prose:
+        parser.error("--apply validates on the whole prose, certifying windows included; "
+                     "run it without --also-on-prose")
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows_file = out / ("grid.jsonl" if args.rule == "bound" else "grid-mean.jsonl")
+    if args.also_on_prose:
+        rows_file = out / "grid-also-on.jsonl"
     if args.rule == "mean":
         accept_on_the_mean()
     rows = [json.loads(x) for x in rows_file.read_text().splitlines() if x.strip()] if rows_file.exists() else []
     if not args.summary_only:
         configs = grid(args.quick)
         for model in args.models.split(","):
-            run_model(model, out, configs, {r["key"] for r in rows}, rows_file, args.apply)
+            run_model(model, out, configs, {r["key"] for r in rows}, rows_file, args.apply,
+                      (str(PROSE),) if args.also_on_prose else ())
         rows = [json.loads(x) for x in rows_file.read_text().splitlines() if x.strip()]
     wanted = {key_of(m, *c) for m in args.models.split(",") for c in grid(args.quick)}
     unique = {r["key"]: r for r in rows if r["key"] in wanted}  # one row a plan (two processes may both have run it)

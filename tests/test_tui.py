@@ -488,6 +488,35 @@ async def test_a_mixed_plan_says_the_rest_is_zeros(run_here):
     assert "(1.23k sliced, 9.00k zeros)" in said
 
 
+@needs_planner
+@run_async
+async def test_a_measured_plan_shows_its_promise_on_held_out_windows(run_here):
+    """A measured plan whose verification broke was shown with its search-window figure only."""
+    from dataclasses import replace
+
+    from ssm_profile.documents import Certification, DomainCheck, Verification
+    from test_report import make_plan
+
+    def check(rel: float) -> Verification:
+        return Verification(dense_loss=4.0, loss=4.0, delta_loss=rel, rel_ppl_increase=rel,
+                            interval=[rel - 0.01, rel + 0.01], windows=17, max_ppl_increase=0.10, kept=rel <= 0.10)
+
+    app = SSMProfileApp(run_here)
+    async with app.run_test(size=SIZE) as pilot:
+        await on_tab(pilot, "4", wait=0.2)
+        view = app.query_one("PlanView")
+        base = make_plan(app.result)
+        certified = Certification(rule="prediction-bound", level=0.95, windows=16, unseen_windows=17, increase=0.05,
+                                  bound=0.08, max_ppl_increase=0.10, certified=True, why="")
+        prose = DomainCheck(source="prose.txt", certification=certified, verification=check(0.23))
+        view.show_plan(replace(base, verification=check(0.04), domains=[prose]))
+        await settle(pilot)
+        said = " ".join(str(app.query_one("#plan-summary").content).split())
+    assert "verification (17 held-out windows): perplexity +4.0%" in said and said.count(": kept") == 1
+    assert "also on prose.txt: verification (17 held-out windows): perplexity +23.0%" in said
+    assert "the promise is NOT kept on verification" in said
+
+
 def test_core_messages_read_in_the_uis_words():
     from ssm_profile.tui.format import in_ui_terms
 
