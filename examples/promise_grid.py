@@ -80,6 +80,9 @@ def unused_stretch(loaded, result, path: Path):
     from ssm_profile.calibration.data import load_dataset
 
     spec = result.record.data_spec()
+    drawn = spec.search_windows is not None and list(spec.search_windows) != list(range(len(spec.search_windows)))
+    if spec.seed != 0 or drawn:  # another seed draws the search windows from the whole pool
+        raise SystemExit("the unused stretch is the windows after the first search windows: profile with seed 0")
     data = load_dataset(loaded.tokenizer, spec)
     ids = loaded.tokenizer(_evaluation_text(), add_special_tokens=False)["input_ids"]
     windows = len(ids) // spec.seqlen
