@@ -26,7 +26,7 @@ def main() -> None:
     from promise_grid import run_for
     from ssm_profile.calibration.data import batch_losses, text_windows
     from ssm_profile.criteria.masks import MaskApplier
-    from ssm_profile.plan import make_plan
+    from ssm_profile.plan import PlanRequest, make_plan
     from ssm_profile.plan.measure import Measurer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,8 +45,8 @@ def main() -> None:
     print("| plan | cuts | " + " | ".join(f"ΔL {n}" for n in sets) + " |")
     print("|---|---|" + "---|" * len(sets))
     for metric, ratio, tol, structures in PLANS:
-        plan = make_plan(result, metric=metric, ratio=ratio, max_ppl_increase=tol, structures=structures,
-                         run_path=run_dir, loaded=loaded, measurer=m)
+        request = PlanRequest(metric=metric, ratio=ratio, max_ppl_increase=tol, structures=structures)
+        plan = make_plan(result, request, run_path=run_dir, loaded=loaded, measurer=m)
         cut = m.cut(plan.actions)
         with m.recipe.installed(m.model), MaskApplier(m.model) as applier, m.skipping(plan.actions):
             applier.apply(cut.mask, cut.values, cut.norm_eps)

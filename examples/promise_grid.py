@@ -166,7 +166,8 @@ def plan_row(model: str, result, run_dir: Path, measurer, config, held_out: Held
            "structures": structures}
     started = time.perf_counter()
     try:
-        request = PlanRequest(metric=metric, ratio=ratio, max_ppl_increase=tol, structures=structures)
+        request = PlanRequest(metric=metric, ratio=ratio, max_ppl_increase=tol, structures=structures,
+                              also_on=tuple(measurer.domains))
         plan = make_plan(result, request, run_path=run_dir, loaded=measurer.loaded, measurer=measurer)
     except PlanError as err:
         return {**row, "status": "infeasible", "why": str(err), "seconds": round(time.perf_counter() - started, 1)}

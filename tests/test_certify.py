@@ -151,6 +151,7 @@ def _measured():
 
 # --- plan --also-on TEXT -------------------------------------------------------------------------
 
+OTHER_TEXT_REQUEST = PlanRequest(max_ppl_increase=0.10, also_on=("other.txt",))
 OTHER = [5.0, 5.2, 4.9, 5.1, 5.0, 5.3, 4.8, 5.1]  # the other text's dense losses
 
 
@@ -211,7 +212,7 @@ class OtherTextMeasurer(FakeMeasurer):
 
 def test_a_text_the_cuts_hurt_backs_the_plan_off(synthetic, tmp_path):  # noqa: F811
     fake = OtherTextMeasurer(0.04, 0.03)
-    plan = make_plan(synthetic, PlanRequest(max_ppl_increase=0.10, also_on=("other.txt",)), measurer=fake)
+    plan = make_plan(synthetic, OTHER_TEXT_REQUEST, measurer=fake)
     first = fake.ms[0]  # the first solve: the search windows alone accept it, the other text does not
     assert fake._certifier.search_bound(first) <= 0.10 < fake._certifier.bound(first)
     assert len(first["window_losses"]) == len(DENSE) and 1 <= len(plan.actions) <= 2  # 0.04 per action: two fit
@@ -223,7 +224,7 @@ def test_a_text_the_cuts_hurt_backs_the_plan_off(synthetic, tmp_path):  # noqa: 
     written = replace(make_plan(synthetic, PlanRequest(ratio=0.2, measure=False)), domains=plan.domains)
     path = write_plan(written, tmp_path / "plan.json")
     assert load_plan(path) == written and json.loads(path.read_text())["domains"][0]["source"] == "other.txt"
-    broken = make_plan(synthetic, PlanRequest(max_ppl_increase=0.10, also_on=("other.txt",)), measurer=OtherTextMeasurer(0.04, 0.2))
+    broken = make_plan(synthetic, OTHER_TEXT_REQUEST, measurer=OtherTextMeasurer(0.04, 0.2))
     assert broken.verification.kept and broken.domains[0].kept is False and broken.promise_kept is False
     from ssm_profile.reports.markdown import render_markdown
 
@@ -232,7 +233,7 @@ def test_a_text_the_cuts_hurt_backs_the_plan_off(synthetic, tmp_path):  # noqa: 
 
 
 def test_a_malformed_domain_is_refused_with_its_path(synthetic, tmp_path):  # noqa: F811
-    checked = make_plan(synthetic, PlanRequest(max_ppl_increase=0.10, also_on=("other.txt",)), measurer=OtherTextMeasurer(0.04, 0.03))
+    checked = make_plan(synthetic, OTHER_TEXT_REQUEST, measurer=OtherTextMeasurer(0.04, 0.03))
     doc = replace(make_plan(synthetic, PlanRequest(ratio=0.2, measure=False)), domains=checked.domains).to_dict()
     del doc["domains"][0]["certification"]["bound"]
     (tmp_path / "bad.json").write_text(json.dumps(doc))
