@@ -8,6 +8,9 @@ any version of the package):
 * the profile result through ``make_plan`` (``--no-measure``: the plan's search, not the measurer);
 * the plan through ``apply_plan`` (a saved, reloadable checkpoint).
 
+Module bodies run by a first import during the walk (a lazy face loading its module) are skipped:
+they are the import machinery, not the calls a reader follows.
+
 Usage::
 
     python examples/module_walk.py            # prints one line per walk
@@ -31,8 +34,16 @@ def walk(fn: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
     seen_code: set[Any] = set()
     reading: list[str] = []  # module of each function met for the first time, in order
 
+    importing = 0  # depth inside a module body being imported: import machinery, not the call structure
+
     def hook(frame, event, arg):  # noqa: ARG001 - sys.setprofile's signature
-        nonlocal climbs, crossings
+        nonlocal climbs, crossings, importing
+        if event == "call" and (importing or frame.f_code.co_name == "<module>"):
+            importing += 1
+            return
+        if event == "return" and importing:
+            importing -= 1
+            return
         if event == "call":
             module = frame.f_globals.get("__name__", "")
             module = module if module.startswith("ssm_profile") else None
