@@ -239,3 +239,16 @@ def test_a_malformed_domain_is_refused_with_its_path(synthetic, tmp_path):  # no
     (tmp_path / "bad.json").write_text(json.dumps(doc))
     with pytest.raises(Exception, match=r"\$\.domains\[0\]\.certification"):
         load_plan(tmp_path / "bad.json")
+
+
+def test_the_cli_says_which_text_the_promise_is_for(synthetic, capsys):  # noqa: F811
+    from ssm_profile.cli.plan_cmd import print_plan
+
+    checked = make_plan(synthetic, OTHER_TEXT_REQUEST, measurer=OtherTextMeasurer(0.04, 0.03))
+    base = replace(make_plan(synthetic, PlanRequest(ratio=0.2, measure=False)), verification=checked.verification)
+    print_plan(base)
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "the promise is for text like the run's evaluation text" in printed and "--also-on TEXT" in printed
+    print_plan(replace(base, domains=checked.domains))
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "text like the run's" not in printed and "also on other.txt: certified on 8 of its windows" in printed

@@ -238,5 +238,8 @@ def print_plan(plan: Plan) -> None:
     for domain in plan.domains or []:
         colour = "green" if domain.kept and domain.certification.certified else "red"
         console.print(f"[{colour}]{escape(domain.sentence())}[/{colour}]")
+    if plan.verification is not None and not plan.domains:  # a cut's damage on another domain is its own
+        console.print("[dim]the promise is for text like the run's evaluation text; another domain: plan with "
+                      "--also-on TEXT, or check it with `ssm-profile validate --evaluation TEXT`[/dim]")
     for line in plan.notes:
         console.print(f"· {escape(line)}")
