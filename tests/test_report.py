@@ -919,12 +919,12 @@ def test_every_report_renders_from_document_files_alone(run_dir, tmp_path, capsy
     from ssm_profile.base.io import write_json_atomic
     from ssm_profile.cli.plan_cmd import print_plan
     from ssm_profile.documents import load_plan, load_recovery, load_validation, write_plan
-    from ssm_profile.plan import make_plan as real_plan
+    from ssm_profile.plan import PlanRequest, make_plan as real_plan
     from ssm_profile.reports.answer import answer
     from ssm_profile.reports.facts import Facts
 
     result = ProfileResult.load(run_dir)
-    write_plan(real_plan(result, metric="params", ratio=0.1, measure=False), tmp_path / "plan.json")
+    write_plan(real_plan(result, PlanRequest(ratio=0.1, measure=False)), tmp_path / "plan.json")
     write_json_atomic(tmp_path / "validation.json", validation_document())
     write_json_atomic(tmp_path / "recovery.json", recovery_document())
     plan, validation = load_plan(tmp_path / "plan.json"), load_validation(tmp_path / "validation.json")
