@@ -73,7 +73,7 @@ class PlanRequest:
                             f"got {self.ratio}")
         if self.absolute is not None and int(self.absolute) <= 0:
             raise PlanError(f"--absolute must be positive, got {self.absolute}")
-        object.__setattr__(self, "also_on", tuple(str(text) for text in self.also_on))
+        object.__setattr__(self, "also_on", tuple(dict.fromkeys(str(text) for text in self.also_on)))  # once each
         if self.also_on and not self.measure:
             raise PlanError("--also-on certifies the plan by measuring it on that text; drop --no-measure")
         structures = parse_structures(self.structures)
