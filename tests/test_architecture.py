@@ -107,10 +107,11 @@ def import_graph(type_only: bool = False) -> dict[str, set[str]]:
     return graph
 
 
-def _string_imports(tree: ast.AST, package: str = "") -> set[str]:
+def _string_imports(tree: ast.AST, package: str = "", attributes: bool = False) -> set[str]:
     """Modules named by string where they are imported: ``importlib.import_module("...")``, lazy
     registry entries (``add_lazy(name, "ssm_profile.x:Attr")``, ``register_lazy(...)``) and the modules of
-    a lazy face (``lazy_face(__name__, {".resolve": (...)})`` in ``package``'s ``__init__``)."""
+    a lazy face (``lazy_face(__name__, {".resolve": (...)})`` in ``package``'s ``__init__``); with
+    ``attributes``, a lazy entry keeps its ``:Attr``."""
     found = set()
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))):
@@ -124,7 +125,7 @@ def _string_imports(tree: ast.AST, package: str = "") -> set[str]:
         if position is not None and len(node.args) > position:
             arg = node.args[position]
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                found.add(arg.value.partition(":")[0])
+                found.add(arg.value if attributes else arg.value.partition(":")[0])
     return found
 
 
@@ -300,20 +301,42 @@ def faces() -> dict[str, set[str]]:
     return {wing: set(importlib.import_module(f"ssm_profile.{wing}").__all__) for wing in CORE_WINGS}
 
 
-def face_violations(module: str, tree: ast.AST, is_package: bool, face: dict[str, set[str]]) -> list[str]:
-    """Imports in ``module`` of a name of another core wing that its face does not name: ``from ..B import x``,
-    ``from ..B.mod import x`` and ``import ssm_profile.B.mod`` need ``x`` (``mod``) in B's ``__all__``."""
-    found = []
+def _bindings(module: str, tree: ast.AST, is_package: bool) -> list[tuple[str, str | None]]:
+    """What each import in ``module`` binds, as (module imported from, name) pairs; name None: the module
+    object itself. ``import a.b.c`` (with or without ``as``) and ``importlib.import_module("a.b.c")`` bind the
+    module ``a.b.c`` (``a`` reaches it), ``from a.b import c`` binds ``c`` of ``a.b`` and a lazy entry
+    ``"a.b:c"`` names ``c`` of ``a.b``; type-only imports count."""
+    found: list[tuple[str, str | None]] = []
     for node in _import_nodes(tree, type_only=True):
         if isinstance(node, ast.Import):
-            pairs = [(alias.name.rpartition(".")[0], alias.name.rpartition(".")[2]) for alias in node.names]
+            found += [(alias.name, None) for alias in node.names]
         else:
             base = _resolve(node, module, is_package)
-            pairs = [(base, alias.name) for alias in node.names]
-        for source, name in pairs:
-            wing = wing_of(source) if source.startswith("ssm_profile.") else None
-            if wing in face and wing != wing_of(module) and name not in face[wing]:
-                found.append(f"{module}: {name} from {source} (not in ssm_profile.{wing}.__all__)")
+            found += [(base, alias.name) for alias in node.names]
+    for target in sorted(_string_imports(tree, attributes=True)):
+        source, _, name = target.partition(":")
+        if not source.startswith("."):  # a lazy face's own modules, named relative to its package
+            found.append((source, name or None))
+    return found
+
+
+def face_violations(module: str, tree: ast.AST, is_package: bool, face: dict[str, set[str]]) -> list[str]:
+    """Imports in ``module`` that reach into another core wing past its face. A wing may bind only the names
+    its face lists (``from ..B import x``, ``from ..B.mod import x`` with ``x`` in B's ``__all__``); binding
+    the wing's package or one of its modules (``import ssm_profile.B``, ``from .. import B``,
+    ``from ..B import mod``, ``importlib.import_module("ssm_profile.B.mod")``) would reach every internal
+    name through an attribute, and is refused unless the face names that module (the kernels')."""
+    found = []
+    for source, name in _bindings(module, tree, is_package):
+        if name is None:  # the module object: ssm_profile.B[.mod]
+            source, _, name = source.rpartition(".")
+        if source == "ssm_profile" and name in face and name != wing_of(module):
+            found.append(f"{module}: {name} from {source} (binds the wing's package; import names on "
+                         f"ssm_profile.{name}.__all__)")
+            continue
+        wing = wing_of(source) if source.startswith("ssm_profile.") else None
+        if wing in face and wing != wing_of(module) and name not in face[wing]:
+            found.append(f"{module}: {name} from {source} (not in ssm_profile.{wing}.__all__)")
     return found
 
 
@@ -328,16 +351,25 @@ def test_a_wing_imports_only_the_public_faces_of_the_others():
 
 
 def test_the_face_rule_sees_each_kind_of_import():
-    """The checker itself: a private name, a name outside the face, a module and a plain import are refused;
-    public names, imports inside one wing and type-only imports of public names pass."""
+    """The checker itself: a private name, a name outside the face, a module, a wing's package (however it is
+    bound: plain import, ``as``, ``from .. import``, importlib) and a lazy entry off the face are refused;
+    public names, a module the face names, imports inside one wing and the top package's names pass."""
     face = {"model": {"load_model"}, "kernels": {"fastscan"}, "plan": {"make_plan"}}
     code = ("from ..model.resolve import load_model, _secret\nfrom ..model import find_mixers\n"
             "from ..model import resolve\nimport ssm_profile.model.resolve\nfrom ..kernels import fastscan\n"
             "from .search import _internal\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-            "    from ..model.arch import MixerInfo\n")
+            "    from ..model.arch import MixerInfo\n"
+            "import ssm_profile.model\nimport ssm_profile.model as m\nfrom .. import model\n"
+            "from ssm_profile import model as mm\nfrom ssm_profile import kernels\nimport ssm_profile.kernels.fastscan\n"
+            "import importlib\nimportlib.import_module('ssm_profile.model.resolve')\n"
+            "importlib.import_module('ssm_profile.model')\nimport_module('ssm_profile.kernels.fastscan')\n"
+            "REGISTRY.add_lazy('x', 'ssm_profile.model.arch:MixerInfo')\nREGISTRY.add_lazy('y', 'ssm_profile.model:load_model')\n"
+            "from .. import __version__\nfrom ssm_profile import load_model\nfrom . import search\nimport ssm_profile.plan.search\n")
     found = face_violations("ssm_profile.plan.options", ast.parse(code), False, face)
-    assert sorted(line.split(": ")[1].split(" ")[0] for line in found) == ["MixerInfo", "_secret", "find_mixers",
-                                                                          "resolve", "resolve"]
+    assert sorted(line.split(": ")[1].split(" ")[0] for line in found) == sorted([
+        "_secret", "find_mixers", "resolve", "resolve", "MixerInfo",  # from-imports off the face
+        "model", "model", "model", "model", "kernels",  # a wing's package bound, however spelt
+        "resolve", "model", "MixerInfo"])  # importlib and lazy registry entries
 
 
 def test_every_face_name_is_there_and_no_module_shadows_it():
