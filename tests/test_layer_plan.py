@@ -25,7 +25,8 @@ from ssm_profile.documents import as_plan
 from ssm_profile.model.analysis import analyze
 from ssm_profile.model.arch import find_mixers
 from ssm_profile.model.resolve import load_model
-from ssm_profile.plan import PlanRequest, make_plan, parse_structures
+from ssm_profile.plan import PlanRequest, make_plan
+from ssm_profile.plan.request import parse_structures
 from ssm_profile.plan.layers import LayerVeto, layer_options
 from ssm_profile.pruning.apply import apply_plan
 from ssm_profile.pruning.layers import meta_copy, removal_problem, removed_parameters, skipped

@@ -16,7 +16,7 @@ from conftest import GATED_DELTA, MIXER_ARCHITECTURES, tiny_architecture, tiny_g
 from ssm_profile import mixers
 from ssm_profile.kernels import fastdelta, fastscan, fastscan2
 from ssm_profile.mixers.choice import Kernels, installed
-from ssm_profile.mixers import _install, _ledger
+from ssm_profile.mixers import _install, _ledger, registry
 
 torch.set_num_threads(1)
 ARCHITECTURES = [(family, name) for family, names in MIXER_ARCHITECTURES.items() for name in names]
@@ -203,7 +203,7 @@ def test_transformers_kernels_are_counted_too(fresh_ledger):
     ("gated_delta", {"conv1d"}, "conv1d"), ("gated_delta", {"out_proj"}, "out_proj"),
     ("gated_delta", {"in_proj_z"}, None), ("gated_delta", {"in_proj_ba", "out_proj"}, None)])
 def test_a_trial_restarts_at_the_last_kept_stage_before_its_first_reader(family, groups, stage):
-    assert mixers.family_named(family).restart_stage(groups) == stage
+    assert registry.family_named(family).restart_stage(groups) == stage
 
 
 @pytest.mark.parametrize("name", ["mamba", "zamba", "mamba2", "falcon_h1", "qwen3_next", "qwen3_5_text"])
@@ -226,10 +226,10 @@ def test_the_check_is_stated_and_sees_no_hooks(fresh_ledger):
     seen = []
     handle = mixer.in_proj.register_forward_hook(lambda *a: seen.append(1))
     try:
-        verdict = mixers.check(mixer, mixers.family_of(mixer), "numba")
+        verdict = _install.check(mixer, mixers.family_of(mixer), "numba")
     finally:
         handle.remove()
-    assert seen == [] and verdict.ok and verdict.bound >= mixers.tolerance(torch.float32) == 1e-4
+    assert seen == [] and verdict.ok and verdict.bound >= _install.tolerance(torch.float32) == 1e-4
     assert 0 <= verdict.max_abs_diff < 1e-5  # float32 rounding, far inside the bound
 
 

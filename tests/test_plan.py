@@ -25,7 +25,8 @@ import torch
 from conftest import tiny_mamba2
 
 from ssm_profile.base.errors import PlanError
-from ssm_profile.documents import load_plan, plan_schema, write_plan
+from ssm_profile.documents import load_plan, write_plan
+from ssm_profile.documents.plan import plan_schema
 from ssm_profile.plan import PlanRequest, make_plan
 from ssm_profile.plan.options import build_options, overlaps
 from ssm_profile.plan.shapes import removed_per_block, shapes_for

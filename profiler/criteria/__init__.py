@@ -34,7 +34,7 @@ register_lazy("captum", "ssm_profile.criteria.captum_attr:CaptumChannelAttributi
 # the criteria and their registry; masks: scores to keep-masks, the frontend every pruning step shares
 __all__ = ["CalibrationStats", "Criterion", "Mask", "MaskApplier", "NotApplicable", "Pruning", "ScoringContext",
            "Target", "applicability", "available", "element_mask", "get", "merge", "parse_structure",
-           "prunable_params", "pruned_count", "register", "register_lazy", "select_units", "shared_solves",
+           "prunable_params", "pruned_count", "register", "select_units", "shared_solves",
            "targets_for", "unit_aggregation_text", "unit_aggregations", "unit_mask", "write_cut"]
 
 

@@ -11,12 +11,11 @@ Torch-free: reports and the TUI read these files without loading a model.
 """
 
 from ._base import _extra as extra_field, _optional as optional_field  # for documents defined in other wings
-from ._base import (LM_EVAL_LOG, PLAN_KIND, PLAN_SCHEMA_VERSION, PRUNING_FILE, PRUNING_KIND, RECOVERY_FILE,
-                    RECOVERY_KIND, VALIDATION_FILE, VALIDATION_KIND, Document, parse_document)
-from .plan import (LAYERS, OLD_CERTIFICATION_RULE, PLAN_LIMIT, REMOVED_KEY, Certification, Dense, DomainCheck, Increase,
-                   Measured, ModelOrigin, Objective, Plan, PlanAction, PlanData, PlanModel, PlanRecover, PlanRun,
-                   Predicted, Verification, actions_digest, as_plan, check_not_edited, check_weights, load_plan,
-                   one_line, plan_schema, read_json, short_fingerprint, validate_plan, write_plan)
+from ._base import LM_EVAL_LOG, PRUNING_FILE, RECOVERY_FILE, VALIDATION_FILE, Document
+from .plan import (LAYERS, OLD_CERTIFICATION_RULE, Certification, Dense, DomainCheck, Increase, Measured, ModelOrigin,
+                   Objective, Plan, PlanAction, PlanData, PlanModel, PlanRecover, PlanRun, Predicted, Verification,
+                   actions_digest, as_plan, check_not_edited, check_weights, load_plan, one_line, validate_plan,
+                   write_plan)
 from .data import RunData
 from .usage import ForwardCheck, MixerUsage, read_mixer_usage
 from .pruning import (ExecutedAction, ParameterCounts, PrunedFrom, PrunedOutput, PruningRecord, PruningSummary,
@@ -28,14 +27,11 @@ from .validation import (AgainstPlan, ComparedModels, LmEval, LossPerplexity, Mo
                          PlanSummary, SearchPerplexity, Sizes, Speed, SpeedChange, TaskScores, Timing, Tolerance,
                          ValidationReport, load_validation)
 
-__all__ = ["extra_field", "optional_field", "LM_EVAL_LOG", "PLAN_KIND", "PLAN_SCHEMA_VERSION", "PRUNING_FILE", "PRUNING_KIND", "RECOVERY_FILE",
-           "RECOVERY_KIND", "VALIDATION_FILE", "VALIDATION_KIND", "Document", "parse_document", "LAYERS", "PLAN_LIMIT",
-           "REMOVED_KEY", "OLD_CERTIFICATION_RULE", "Certification", "Dense", "DomainCheck", "Increase", "Measured", "ModelOrigin",
+__all__ = ["extra_field", "optional_field", "LM_EVAL_LOG", "PRUNING_FILE", "RECOVERY_FILE", "VALIDATION_FILE",
+           "Document", "LAYERS", "OLD_CERTIFICATION_RULE", "Certification", "Dense", "DomainCheck", "Increase", "Measured", "ModelOrigin",
            "Objective", "Plan", "PlanAction",
            "PlanData", "PlanModel", "PlanRecover", "PlanRun", "Predicted", "Verification", "as_plan",
-           "actions_digest", "check_not_edited", "check_weights", "load_plan", "one_line", "plan_schema", "read_json",
-           "short_fingerprint",
-           "validate_plan", "write_plan", "RunData", "ForwardCheck", "MixerUsage", "read_mixer_usage",
+           "actions_digest", "check_not_edited", "check_weights", "load_plan", "one_line", "validate_plan", "write_plan", "RunData", "ForwardCheck", "MixerUsage", "read_mixer_usage",
            "ExecutedAction", "ParameterCounts", "PrunedFrom", "PrunedOutput",
            "SlicedUnits", "Totals", "TotalsChange", "PruningRecord",
            "PruningSummary", "load_pruning_record", "CurvePoint", "RecoveredFrom", "RecoverySettings", "RecoveryCheck", "RecoveryData", "RecoveryKernels", "RecoveryWorld",

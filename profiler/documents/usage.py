@@ -11,7 +11,7 @@ from ._base import Document, _extra
 
 @dataclass(kw_only=True)
 class ForwardCheck(Document):
-    """An owned forward compared with transformers' on one mixer class (:class:`ssm_profile.mixers.Verdict`)."""
+    """An owned forward compared with transformers' on one mixer class (:class:`ssm_profile.mixers._ledger.Verdict`)."""
 
     mixer: str
     family: str

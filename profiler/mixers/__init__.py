@@ -4,8 +4,8 @@ Public face:
 
 * :func:`family_of` / :data:`FAMILIES`: which family a transformers mixer module is;
 * :class:`MixerFamily`, :class:`Stage`: the interface (its forward as stages);
-* :func:`mixer_forwards`, :func:`owned_family`, :func:`owned_kernel`, :func:`run_owned`, :func:`check`, :class:`MixerFallbackWarning`: the
-  owned forwards installed on a model (by :func:`ssm_profile.mixers.choice.installed`) and their proof;
+* :func:`owned_family`, :func:`owned_kernel`, :func:`run_owned`, :class:`MixerFallbackWarning`: the owned forwards
+  installed on a model (by :func:`ssm_profile.mixers.choice.installed`; their proof is ``_install.check``);
 * :func:`usage`, :func:`snapshot`, :func:`describe`: what ran, from a counter of real calls;
 * :class:`Kernels`, :func:`installed`, :func:`active`, :func:`model_device`: which kernels a model runs, installed
   on one model inside a ``with`` block (:mod:`.choice`); :func:`self_test`: each family run once against
@@ -15,14 +15,12 @@ Public face:
 from __future__ import annotations
 
 from ._base import MixerFamily, Stage
-from ._install import (CHECK_LENGTH, MixerFallbackWarning, check, mixer_forwards, owned_family, owned_kernel,
-                       run_owned, tolerance)
-from ._ledger import OWNED, TRANSFORMERS, Verdict, describe, snapshot, usage
-from .registry import FAMILIES, family_named, family_of
+from ._install import MixerFallbackWarning, owned_family, owned_kernel, run_owned
+from ._ledger import describe, snapshot, usage
+from .registry import FAMILIES, family_of
 from .choice import Kernels, active, installed, model_device
 from ._selftest import self_test
 
-__all__ = ["FAMILIES", "CHECK_LENGTH", "MixerFallbackWarning", "MixerFamily", "OWNED", "Stage", "TRANSFORMERS",
-           "Verdict", "check", "describe", "family_named", "family_of", "mixer_forwards", "owned_family", "owned_kernel",
-           "run_owned", "snapshot", "tolerance", "usage", "Kernels", "active", "installed", "model_device",
+__all__ = ["FAMILIES", "MixerFallbackWarning", "MixerFamily", "Stage", "describe", "family_of", "owned_family",
+           "owned_kernel", "run_owned", "snapshot", "usage", "Kernels", "active", "installed", "model_device",
            "self_test"]

@@ -8,7 +8,7 @@ parameters through :attr:`MixerFamily.stages`. The same stages serve three users
 * the owned forward installed on a model (:mod:`ssm_profile.mixers._install`);
 * the incremental evaluator, which keeps a stage's input from the dense pass and restarts there
   when a trial touches only parameter groups that later stages read (:meth:`MixerFamily.run`);
-* the runtime check that the owned forward is the model (:func:`ssm_profile.mixers.check`).
+* the runtime check that the owned forward is the model (:func:`ssm_profile.mixers._install.check`).
 
 A stage is ``run(module, spec, state, kernel) -> state``: ``state`` maps names to tensors, the first
 stage gets ``{"h": hidden_states}`` and the last returns ``{"out": mixer_output}``. ``reads`` names the
@@ -65,7 +65,7 @@ class MixerFamily(ABC):
         return None
 
     def hidden_size(self, module: nn.Module) -> int:
-        """The width of the hidden states ``module`` reads (what :func:`ssm_profile.mixers.check` feeds it)."""
+        """The width of the hidden states ``module`` reads (what :func:`ssm_profile.mixers._install.check` feeds it)."""
         return module.in_proj.weight.shape[1]
 
     def run(self, module: nn.Module, hidden_states: torch.Tensor, kernel: str, *, start: str | None = None,

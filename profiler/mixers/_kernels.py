@@ -5,7 +5,7 @@ kernels of flash-linear-attention for the gated delta rule, through its public f
 
 Which one a call takes is the family's choice (:meth:`MixerFamily.kernels`); every function here has
 the same meaning whatever the kernel, and the families' forwards are checked against transformers'
-at first use (:func:`ssm_profile.mixers.check`).
+at first use (:func:`ssm_profile.mixers._install.check`).
 """
 
 from __future__ import annotations

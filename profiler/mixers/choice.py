@@ -20,7 +20,7 @@ calls them around the instance forward. One model is not meant for two threads a
 it in place anyway).
 
 Every owned forward is checked against transformers' before its first use in a process
-(:func:`ssm_profile.mixers.check`); a class that disagrees falls back to transformers' forward with
+(:func:`ssm_profile.mixers._install.check`); a class that disagrees falls back to transformers' forward with
 one warning. What ran is counted per call: :func:`ssm_profile.mixers.usage`.
 
 ``SSM_PROFILE_FAST_SCAN=0`` switches every fast path off: :meth:`Kernels.for_run` then chooses

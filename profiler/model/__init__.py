@@ -14,7 +14,7 @@ __all__, __getattr__ = lazy_face(__name__, {
                  "DTYPES", "EMBEDDED_MODELS", "check_device", "check_vocabulary", "embedded_data", "embedding_rows",
                  "is_safetensors_error", "model_input", "tokenizer_info", "use_tokenizer", "weights_fingerprint"),
     ".arch": ("MixerInfo", "UnitFamily", "find_mixers", "kind_of", "MAMBA1", "MAMBA2", "GATED_DELTA", "KDA"),
-    ".analysis": ("AnalysisModel", "AnalysisResult", "AnalysisTotals", "GroupRow", "LayerDynamics", "UnitRow",
+    ".analysis": ("AnalysisResult", "AnalysisTotals", "GroupRow", "LayerDynamics", "UnitRow",
                   "WeightStats", "analyze", "group_flops", "group_state_bytes", "unique_parameters"),
     ".fits": ("least_parameters",),
     ".norms": ("sliced_norm_eps", "stock_width_problems"),

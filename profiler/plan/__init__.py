@@ -63,7 +63,7 @@ from __future__ import annotations
 from ..base.face import lazy_face
 
 __all__, __getattr__ = lazy_face(__name__, {
-    ".request": ("PlanRequest", "METRICS", "SCOPES", "DEFAULT_MAX_PPL_INCREASE", "parse_structures"),
+    ".request": ("PlanRequest", "METRICS", "SCOPES", "DEFAULT_MAX_PPL_INCREASE"),
     ".search": ("make_plan",),
     ".measure": ("load_run_model",),
 })
