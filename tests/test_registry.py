@@ -85,11 +85,25 @@ def test_the_projects_registries_hold_what_they_should():
     from ssm_profile.cli.main import COMMANDS
     from ssm_profile.criteria.base import CRITERIA
     from ssm_profile.mixers import FAMILIES
+    from ssm_profile.model.stock import ARCHES
     from ssm_profile.profiling.sweeps import SWEEPS
 
     assert COMMANDS.names()[:3] == ["analyze", "profile", "plan"] and "env" in COMMANDS
     assert {"magnitude", "wanda", "obs", "captum"} <= set(CRITERIA.names())
     assert FAMILIES.names() == ["selective_scan", "ssd", "gated_delta"] and SWEEPS.names() == ["adaptive", "grid"]
+    assert {"mamba", "falcon_mamba", "mamba2", "zamba2", "qwen3_next", "kimi_linear"} <= set(ARCHES.names())
+
+
+def test_an_architecture_claimed_twice_is_an_error_and_an_unknown_one_gets_the_generic_adapter():
+    from ssm_profile.model.stock import MambaArch, StockArch, register_arch, stock_arch
+
+    class Impostor(StockArch):
+        model_types = ("mamba",)
+
+    with pytest.raises(NameClashError, match="architecture 'mamba' is registered twice"):
+        register_arch(Impostor())
+    assert type(stock_arch("mamba")) is MambaArch  # the first adapter stays
+    assert type(stock_arch("no_such_model_type")) is StockArch and type(stock_arch(None)) is StockArch
 
 
 def test_importing_a_lazy_entrys_module_directly_registers_that_entry_not_a_clash():

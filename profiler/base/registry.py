@@ -1,4 +1,4 @@
-"""One generic registry of named things: criteria, mixer families, CLI commands.
+"""One generic registry of named things: criteria, mixer families, stock architectures, sweeps, CLI commands.
 
 * A name is taken once: registering it again raises :class:`NameClashError` (never a silent overwrite).
 * An entry may be lazy, ``"package.module:attribute"`` (or a bare module), imported on first use, so an

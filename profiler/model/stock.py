@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from ..base.registry import Registry
 from .kda import RANK_NOTE
 
 Dims = dict[str, int]
@@ -359,12 +360,27 @@ class KimiLinearArch(StockArch):
         return updates
 
 
-ARCHES: dict[str, StockArch] = {t: a for a in (MambaArch(), Mamba2Arch(), NemotronHArch(), BambaArch(), JambaArch(),
-                                              ZambaArch(), Zamba2Arch(), GraniteMoeHybridArch(), FalconH1Arch(),
-                                              Qwen3_5Arch(), Qwen3NextArch(), KimiLinearArch())
-                                 for t in a.model_types}
+# One adapter per model_type, in the project's one registry: a model_type claimed twice is an error, never a
+# silent overwrite. Other packages add adapters (a StockArch subclass or instance) through the entry points
+# of group ``ssm_profile.architectures``, named by model_type.
+ARCHES: Registry[StockArch | type[StockArch]] = Registry("architecture", "ssm_profile.architectures")
+
+
+def register_arch(arch: StockArch) -> StockArch:
+    """Register ``arch`` under each of its ``model_types`` (one already taken raises :class:`NameClashError`)."""
+    for model_type in arch.model_types:
+        ARCHES.add(model_type, arch)
+    return arch
+
+
+for _arch in (MambaArch(), Mamba2Arch(), NemotronHArch(), BambaArch(), JambaArch(), ZambaArch(), Zamba2Arch(),
+              GraniteMoeHybridArch(), FalconH1Arch(), Qwen3_5Arch(), Qwen3NextArch(), KimiLinearArch()):
+    register_arch(_arch)
 
 
 def stock_arch(model_type: str | None) -> StockArch:
     """The adapter of ``model_type`` (a generic one for architectures without a mapping)."""
-    return ARCHES.get(model_type or "", StockArch())
+    if not model_type or model_type not in ARCHES:
+        return StockArch()
+    entry = ARCHES.get(model_type)
+    return entry() if isinstance(entry, type) else entry  # an entry point may name the class
