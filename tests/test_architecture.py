@@ -217,12 +217,53 @@ def test_a_wing_imports_only_the_wings_below_it():
     assert upward == []
 
 
-def test_the_readme_draws_the_wings_in_this_order():
-    """The README's "How it is built" lists the wings bottom to top exactly as :data:`WINGS`."""
+def _how_it_is_built() -> str:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## How it is built", 1)[1].split("\n## ", 1)[0]
-    drawn = [line.split("`")[1] for line in section.splitlines() if line.startswith("| `") and "`" in line[3:]]
-    assert [w for w in drawn if w in WINGS] == list(reversed(WINGS))
+    return readme.split("## How it is built", 1)[1].split("\n## ", 1)[0]
+
+
+def _readme_rows() -> dict[str, str]:
+    """wing -> its row of the README's table (the "what it holds" cell), in the table's order."""
+    return {line.split("`")[1]: line.split("|")[2] for line in _how_it_is_built().splitlines()
+            if line.startswith("| `") and line.split("`")[1] in WINGS}
+
+
+def _readme_drawing() -> dict[str, str]:
+    """wing -> what its line of the README's drawing says it imports, in the drawing's order."""
+    block = _how_it_is_built().split("```", 2)[1]
+    return {wing: targets.strip() for line in block.splitlines() if "►" in line
+            for wing, targets in [line.split("►", 1)] for wing in [wing.strip(" ─")]}
+
+
+def test_the_readme_draws_the_wings_in_this_order():
+    """The README's "How it is built" draws the wings, and lists them in its table, bottom to top exactly as
+    :data:`WINGS` (drawn top first: the last line is the bottom wing)."""
+    assert list(_readme_drawing()) == list(reversed(WINGS))
+    assert list(_readme_rows()) == list(reversed(WINGS))
+
+
+def test_the_readme_drawing_shows_what_each_wing_imports():
+    """Each arrow of the drawing is a wing's imports of other wings (type-only counted), no more, no fewer."""
+    imports: dict[str, set[str]] = {wing: set() for wing in WINGS}
+    for module, targets in import_graph(type_only=True).items():
+        if wing_of(module):
+            imports[wing_of(module)] |= {wing_of(t) for t in targets if wing_of(t) and wing_of(t) != wing_of(module)}
+    drawn = {}
+    for wing, text in _readme_drawing().items():
+        if text == "every wing below it":
+            drawn[wing] = set(WINGS[:WINGS.index(wing)])
+        else:
+            drawn[wing] = set() if text == "nothing of the project" else set(text.split())
+    assert drawn == imports
+
+
+def test_the_readme_names_every_module_of_each_wing():
+    """A newcomer finds every file from the table: each module of a wing is named in that wing's row."""
+    rows = _readme_rows()
+    unnamed = sorted(f"{wing}: {module.rpartition('.')[2]}" for module, path in _modules().items()
+                     if (wing := wing_of(module)) and path.name != "__init__.py"
+                     and f"`{module.rpartition('.')[2]}`" not in rows[wing])
+    assert unnamed == []
 
 
 def test_only_the_cli_imports_the_cli():
