@@ -5,7 +5,8 @@ inside functions count (a lazy import is still a dependency), imports under ``if
 never run). Imports by string count where the string is literal: ``importlib.import_module("...")``,
 lazy registry entries (``add_lazy(name, "module:attr")``, ``register_lazy``) and lazy faces (``lazy_face``).
 
-Every wing of the core has a public face, its ``__all__``: another wing imports only names it lists.
+Every wing of the core has a public face, its ``__all__``: another wing imports only names it lists, never
+the wing's package or modules as objects, and each name on it is used outside the wing.
 """
 
 from __future__ import annotations
@@ -411,6 +412,39 @@ def test_the_face_rule_sees_each_kind_of_import():
         "_secret", "find_mixers", "resolve", "resolve", "MixerInfo",  # from-imports off the face
         "model", "model", "model", "model", "kernels",  # a wing's package bound, however spelt
         "resolve", "model", "MixerInfo"])  # importlib and lazy registry entries
+
+
+# Face names no other wing, front end, example or README snippet imports, kept for a library user: the
+# mixer-family interface (to add a family), the criteria's decorator, the documents' leaf classes and the
+# plan file's validator.
+KEPT_FOR_USERS = {"mixers": {"FAMILIES", "MixerFallbackWarning", "MixerFamily", "Stage"}, "criteria": {"register"},
+                  "documents": {"ForwardCheck", "PairedChange", "SpeedChange", "TaskScores", "Timing", "validate_plan"}}
+
+
+def test_every_face_name_is_used_outside_its_wing():
+    """A face stays small: each name on it is imported by another wing, a front end, an example or the
+    README's Python snippets, is on ``ssm_profile``'s own face, or is kept for users by name above."""
+    import re
+
+    import ssm_profile
+
+    face = faces()
+    used = {wing: set(KEPT_FOR_USERS.get(wing, ())) for wing in face}
+    for name, home in ssm_profile._LAZY.items():
+        used[wing_of(home)].add(name)
+    sources = [(module, path) for module, path in _modules().items()]
+    sources += [(f"examples.{path.stem}", path) for path in sorted((ROOT / "examples").glob("*.py"))]
+    for module, path in sources:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for source, name in _bindings(module, tree, path.name == "__init__.py"):
+            wing = wing_of(source) if source.startswith("ssm_profile.") else None
+            if wing in face and wing != wing_of(module) and name:
+                used[wing].add(name)
+    snippets = "\n".join(re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S))
+    for wing, names in face.items():
+        used[wing] |= {name for name in names if re.search(rf"\b{re.escape(name)}\b", snippets)}
+    unused = sorted(f"ssm_profile.{wing}.{name}" for wing, names in face.items() for name in names - used[wing])
+    assert unused == [], "face names nothing outside the wing uses (drop them, or keep them in KEPT_FOR_USERS)"
 
 
 def test_every_face_name_is_there_and_no_module_shadows_it():
