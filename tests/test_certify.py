@@ -242,6 +242,13 @@ def test_a_text_the_cuts_hurt_backs_the_plan_off(synthetic, tmp_path):  # noqa: 
 
     words = " ".join(render_markdown(synthetic, broken).split())
     assert "Promise also on other.txt — NOT kept: perplexity +20.0%" in words and "do not apply this plan" in words
+    # the promise line itself says it broke there, and the plan section carries the text's sentence
+    assert "held-out verification windows; NOT kept on other.txt (below)." in words
+    assert "also on other.txt: certified on 8 of its windows" in words
+    from ssm_profile.reports.html import render_html
+
+    page = " ".join(render_html(synthetic, plan=broken).split())
+    assert "verified on other.txt, 16 held-out windows: NOT kept" in page
 
 
 def test_a_malformed_domain_is_refused_with_its_path(synthetic, tmp_path):  # noqa: F811
