@@ -42,6 +42,7 @@ def main() -> None:
     with m.recipe.installed(m.model):
         dense = {name: batch_losses(m.model, w, batch) for name, w in sets.items()}
     print(f"{args.model}: dense loss " + ", ".join(f"{n} {d.mean():.2f} ({len(d)} windows)" for n, d in dense.items()))
+    print("ΔL: mean loss change per window [95% t interval over the windows] (ratio to the search windows' mean)")
     print("| plan | cuts | " + " | ".join(f"ΔL {n}" for n in sets) + " |")
     print("|---|---|" + "---|" * len(sets))
     for metric, ratio, tol, structures in PLANS:
@@ -50,11 +51,21 @@ def main() -> None:
         cut = m.cut(plan.actions)
         with m.recipe.installed(m.model), MaskApplier(m.model) as applier, m.skipping(plan.actions):
             applier.apply(cut.mask, cut.values, cut.norm_eps)
-            deltas = {n: float((batch_losses(m.model, w, batch) - dense[n]).mean()) for n, w in sets.items()}
-        base = deltas["search windows"]
-        cells = [f"{base:+.4f}"] + [f"{d:+.4f} ({d / base:.1f}x)" for n, d in deltas.items() if n != "search windows"]
+            diffs = {n: batch_losses(m.model, w, batch) - dense[n] for n, w in sets.items()}
+        base = float(diffs["search windows"].mean())
+        cells = [_with_interval(d) + ("" if n == "search windows" else f" ({float(d.mean()) / base:.1f}x)")
+                 for n, d in diffs.items()]
         cuts = ", ".join(f"{a.target} {a.sparsity:.0%}" for a in plan.actions)
         print(f"| {metric} {ratio or 'max'} at {tol:.0%} ({structures}) | {cuts} | " + " | ".join(cells) + " |")
+
+
+def _with_interval(diffs) -> str:
+    """Mean paired loss change per window with its 95% t interval over the windows."""
+    from scipy.stats import t
+
+    n, mean = len(diffs), float(diffs.mean())
+    half = float(t.ppf(0.975, n - 1)) * float(diffs.std(unbiased=True)) / n ** 0.5
+    return f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}]"
 
 
 if __name__ == "__main__":

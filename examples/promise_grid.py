@@ -4,11 +4,13 @@ For each embedded model: one default profile (cached under ``OUT/<model>``) and 
 by every plan of it; then a plan for every metric (params / flops / state) x ratio (0.1 ... 0.6 and
 "as much as possible") x tolerance (2 / 5 / 10 / 20%) x structures (element zeros: ``unstructured``;
 ``units``; FLOPs and state are removed by unit cuts only, so those metrics run with ``units``).
-Each feasible plan is measured on three sets of text no step of the plan saw:
+Each feasible plan is measured on four sets of text no step of the plan saw:
 
 * the plan's verification windows (the held-out tail of the embedded evaluation text);
 * modern prose (``tests/data/modern_prose.txt``: the Python language reference, another domain);
-* the unused stretch of the embedded evaluation text between the search and verification windows.
+* the unused stretch of the embedded evaluation text between the search and verification windows;
+* Bierce's *The Devil's Dictionary* (1911; ``tests/data/bierce_1911.txt``): a third domain, never
+  named to the plan even under ``--also-on-prose``.
 
 ``--also-on-prose`` certifies every plan on the modern prose too (``plan --also-on``: its first windows
 take part in the decision); its "prose" figures are then measured on the prose's held-out last windows
@@ -46,7 +48,9 @@ STRUCTURES = ("unstructured", "units")
 QUICK = {"ratios": (0.2, 0.4, None), "tolerances": (0.05, 0.10)}
 PROSE = Path(__file__).resolve().parent.parent / "tests" / "data" / "modern_prose.txt"
 SETS = (("verification", "the plan's verification windows"), ("prose", "modern prose (another domain)"),
-        ("stretch", "unused stretch of the evaluation text"))
+        ("stretch", "unused stretch of the evaluation text"),
+        ("bierce", "Bierce's 1911 prose (a third domain, never named to the plan)"))
+BIERCE = PROSE.parent / "bierce_1911.txt"
 
 
 def grid(quick: bool) -> list[tuple[str, float | None, float, str]]:
@@ -115,7 +119,7 @@ def measure_plan(model: str, plan, extra: list[Path]) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
     report = record.validation
     found = {"verification": report.verification}
-    found.update(zip(("prose", "stretch"), report.evaluations or []))
+    found.update(zip(("prose", "stretch", "bierce"), report.evaluations or []))
     return {name: _increase(inc.rel_ppl_increase, inc.interval, inc.windows) for name, inc in found.items()}
 
 
@@ -136,7 +140,8 @@ class HeldOut:
         else:
             prose = text_windows(measurer.loaded.tokenizer, str(prose_file), 10_000, recipe.data.seqlen)
         self.files: list[Path] = []
-        self.windows = {"prose": prose, "stretch": stretch}
+        bierce = text_windows(measurer.loaded.tokenizer, str(BIERCE), 10_000, recipe.data.seqlen)
+        self.windows = {"prose": prose, "stretch": stretch, "bierce": bierce}
         with recipe.installed(measurer.model):
             self.dense = {k: batch_losses(measurer.model, w, recipe.batch_size) for k, w in self.windows.items()}
 
@@ -195,7 +200,7 @@ def run_model(model: str, out: Path, configs, done: set[str], rows_file: Path, a
     measurer = Measurer(result, loaded, lambda done, total, label: None, domains=also_on)
     stretch_file = out / model / "unused_stretch.txt"
     held_out = HeldOut(measurer, PROSE, unused_stretch(loaded, result, stretch_file))
-    held_out.files = [PROSE, stretch_file]
+    held_out.files = [PROSE, stretch_file, BIERCE]
     for config in todo:
         row = plan_row(model, result, run_dir, measurer, config, held_out, apply)
         with rows_file.open("a", encoding="utf-8") as f:  # one flushed line per plan: a rerun resumes here

@@ -148,7 +148,9 @@ def _promise(plan: Plan) -> str:
     promise = f"Promise: perplexity rises by at most {plan.objective.max_ppl_increase:.0%}"
     if plan.verification is not None:
         held = "kept" if plan.verification.kept else "NOT kept"
-        return f"{promise} — {held}: perplexity {plan.verification.phrase('held-out verification windows')}."
+        said = f"{promise} — {held}: perplexity {plan.verification.phrase('held-out verification windows')}"
+        broken = [d.source for d in plan.domains or [] if not d.kept]
+        return said + (f"; NOT kept on {', '.join(broken)} (below)." if broken else ".")
     if plan.measured is not None:
         held = "kept" if plan.measured.within_tolerance else "NOT kept"
         return f"{promise} — {held}: measured {plan.measured.rel_ppl_increase:+.1%} on the search windows that chose it."

@@ -114,6 +114,7 @@ def plan_md(facts: Facts, plan: Plan) -> list[str]:
         out += [md_escape(f"{plan.certification.sentence()} ({plan.certification.why})"), ""]
     if plan.verification is not None:
         out += [md_escape(plan.verification.sentence()), ""]
+    out += [line for d in plan.domains or [] for line in (md_escape(d.sentence()), "")]  # each --also-on text
     out += [f"Predicted: {human_count(p.params_removed)} parameters removed ({p.reduction_ratio:.1%} "
             f"{share_of(o)})", ""]
     if plan.notes:

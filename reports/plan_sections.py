@@ -30,6 +30,11 @@ def plan_section(facts: Facts, plan: Plan) -> str:
     if plan.verification is not None:
         summary.append(("Perplexity", f"{plan.verification.rel_ppl_increase:+.1%}",
                         f"verified, {plan.verification.windows} held-out windows"))
+    for d in plan.domains or []:  # each --also-on text's held-out windows, beside the run's
+        if d.verification is not None:
+            verdict = "kept" if d.kept else "NOT kept"
+            summary.append(("Perplexity", f"{d.verification.rel_ppl_increase:+.1%}",
+                            f"verified on {d.source}, {d.verification.windows} held-out windows: {verdict}"))
     parts.append(cards(summary))
     parts.append("<h3>Objective</h3>" + kv_html(objective_items(objective)))
     parts.append(f"<h3>Actions ({len(plan.actions)})</h3>")

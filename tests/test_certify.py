@@ -173,8 +173,20 @@ def test_the_bound_must_hold_on_every_stratum():
     doc = certifier.domain_document(hurts_there, "other.txt")
     assert (doc.windows, doc.unseen_windows, doc.certified) == (8, 16, False)
     assert doc.increase == pytest.approx(math.expm1(0.08)) and certifier.document(hurts_there).certified
-    assert certifier.worst_delta_loss(hurts_there) == pytest.approx(0.08)
-    assert certifier.worst_delta_loss(fits) == pytest.approx(0.02)  # the search windows' when they are worse
+    assert certifier.marginal(hurts_there) == pytest.approx(0.08)
+    assert certifier.marginal(fits) == pytest.approx(0.02)  # the search windows' when they are worse
+
+
+def test_a_marginal_is_taken_on_each_stratum_on_its_own():
+    """The worst stratum by mean switches between a plan and the plan without one action: the action's
+    marginal is the largest per-stratum difference (0.06 on the other text), not the difference of the
+    two worst means (0.08 - 0.05 = 0.03), which understated what it costs where it refused the plan."""
+    certifier = Certifier(dense=DENSE, unseen=32, max_ppl_increase=0.05,
+                          domains={"other.txt": Stratum(dense=OTHER, unseen=16)})
+    with_it, without_it = _m(0.05, 0.08), _m(0.05, 0.02)
+    assert max(certifier.deltas(with_it).values()) - max(certifier.deltas(without_it).values()) == pytest.approx(0.03)
+    assert certifier.marginal(with_it, without_it) == pytest.approx(0.06)
+    assert certifier.marginal(_m(0.05, 0.0), _m(0.01, 0.0)) == pytest.approx(0.04)  # the search windows' own
 
 
 class OtherTextMeasurer(FakeMeasurer):
@@ -230,6 +242,13 @@ def test_a_text_the_cuts_hurt_backs_the_plan_off(synthetic, tmp_path):  # noqa: 
 
     words = " ".join(render_markdown(synthetic, broken).split())
     assert "Promise also on other.txt — NOT kept: perplexity +20.0%" in words and "do not apply this plan" in words
+    # the promise line itself says it broke there, and the plan section carries the text's sentence
+    assert "held-out verification windows; NOT kept on other.txt (below)." in words
+    assert "also on other.txt: certified on 8 of its windows" in words
+    from ssm_profile.reports.html import render_html
+
+    page = " ".join(render_html(synthetic, plan=broken).split())
+    assert "verified on other.txt, 16 held-out windows: NOT kept" in page
 
 
 def test_a_malformed_domain_is_refused_with_its_path(synthetic, tmp_path):  # noqa: F811
@@ -252,3 +271,24 @@ def test_the_cli_says_which_text_the_promise_is_for(synthetic, capsys):  # noqa:
     print_plan(replace(base, domains=checked.domains))
     printed = " ".join(capsys.readouterr().out.split())
     assert "text like the run's" not in printed and "also on other.txt: certified on 8 of its windows" in printed
+
+
+def test_a_short_text_is_refused_and_one_window_bounds_nothing(tmp_path):
+    from ssm_profile.base.errors import DataError
+    from ssm_profile.calibration.data import MIN_DOMAIN_WINDOWS, domain_windows
+
+    def words(text, add_special_tokens=False):  # a tokenizer: one token a word
+        return {"input_ids": [len(w) for w in text.split()]}
+
+    text = tmp_path / "short.txt"
+    text.write_text("word " * (7 * 4))  # 7 windows of 4 tokens: 3 would certify, 3 would check
+    with pytest.raises(DataError, match=r"--also-on text '.*short.txt' holds 7 window\(s\) of --seqlen 4: too few"):
+        domain_windows(words, str(text), 16, 32, 4)
+    text.write_text("word " * (2 * MIN_DOMAIN_WINDOWS * 4))
+    certify, check = domain_windows(words, str(text), 16, 32, 4)
+    assert certify.shape[0] == check.shape[0] == MIN_DOMAIN_WINDOWS
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="^--also-on: "):
+        domain_windows(words, str(tmp_path / "empty.txt"), 16, 32, 4)
+    # one window has no spread: nothing is certified on it, whichever way it moved
+    assert prediction_bound([4.0], [3.9], unseen=32) == math.inf == prediction_bound([4.0], [4.1], unseen=32)

@@ -264,7 +264,7 @@ def test_a_plan_request_is_a_checked_frozen_value():
     with pytest.raises(FrozenInstanceError):
         request.ratio = 1.5  # type: ignore[misc]  - a checked request cannot become unchecked
     assert PlanRequest().metric == "params" and PlanRequest().scope == "ssm" and PlanRequest().measure
-    assert PlanRequest(also_on=["a.txt", "a.txt"]).also_on == ("a.txt",) and PlanRequest().also_on == ()
+    assert PlanRequest(also_on=["a.txt", "./a.txt", "a.txt"]).also_on == ("a.txt",) and PlanRequest().also_on == ()
     with pytest.raises(PlanError, match="--also-on certifies the plan by measuring"):
         PlanRequest(measure=False, also_on=("a.txt",))
 

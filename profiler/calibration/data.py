@@ -258,11 +258,25 @@ def text_windows(tokenizer: Any, source: str, count: int, seqlen: int) -> torch.
 def domain_windows(tokenizer: Any, source: str, search: int, verify: int, seqlen: int
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """A text the promise must also hold on (``plan --also-on``): certifying windows from its start,
-    held-out windows from its end (:func:`split_windows`)."""
+    held-out windows from its end (:func:`split_windows`), at least :data:`MIN_DOMAIN_WINDOWS` of each:
+    a bound from one window has no spread to widen it, and one held-out window checks nothing."""
     if tokenizer is None:
         raise DataError("this model has no tokenizer; pass --tokenizer PATH|embedded")
-    ids = _tokenize(tokenizer, read_text(source), what=f"text '{source}'")
-    return split_windows(ids, search, verify, seqlen, what=f"--also-on text '{source}'")
+    try:
+        ids = _tokenize(tokenizer, read_text(source), what=f"text '{source}'")
+    except DataError as err:
+        raise DataError(f"--also-on: {err}") from None
+    what = f"--also-on text '{source}'"
+    certify, check = split_windows(ids, search, verify, seqlen, what=what)
+    if min(certify.shape[0], check.shape[0]) < MIN_DOMAIN_WINDOWS:
+        need = 2 * MIN_DOMAIN_WINDOWS
+        raise DataError(f"{what} holds {len(ids) // seqlen} window(s) of --seqlen {seqlen}: too few to certify on "
+                        f"{MIN_DOMAIN_WINDOWS} and check on {MIN_DOMAIN_WINDOWS}; give a longer text (at least "
+                        f"{need * seqlen:,} tokens)")
+    return certify, check
+
+
+MIN_DOMAIN_WINDOWS = 4  # of each role, for an --also-on text
 
 
 def split_windows(ids: torch.Tensor, search: int, verify: int, seqlen: int, what: str = "evaluation text"

@@ -90,14 +90,21 @@ class Certifier:
                              increase=increase, bound=float(bound), max_ppl_increase=float(self.max_ppl_increase),
                              certified=bool(math.isfinite(bound) and bound <= self.max_ppl_increase), why=WHY)
 
-    def worst_delta_loss(self, m: dict[str, Any]) -> float:
-        """The largest mean loss change over the strata (what a back-off step learns costs from)."""
-        deltas = [m["delta_loss"]]
+    def deltas(self, m: dict[str, Any]) -> dict[str, float]:
+        """The mean loss change on each stratum ("" the search windows; the empty plan changes none)."""
+        out = {"": float(m["delta_loss"])}
         for name, stratum in self.domains.items():
             pruned = (m.get("domain_window_losses") or {}).get(name)
-            if pruned is not None:
-                deltas.append((sum(pruned) - sum(stratum.dense)) / len(stratum.dense))
-        return max(deltas)
+            out[name] = 0.0 if pruned is None else (sum(pruned) - sum(stratum.dense)) / len(stratum.dense)
+        return out
+
+    def marginal(self, m: dict[str, Any], without: dict[str, Any] | None = None) -> float:
+        """What one action costs in the combination ``m`` (``without``: ``m`` less that action; None: the
+        action alone): the largest of its marginal loss changes over the strata, each on its own windows,
+        so the text that refuses a plan teaches the back-off its costs even when another has the larger mean."""
+        after = self.deltas(m)
+        before = self.deltas(without) if without is not None else dict.fromkeys(after, 0.0)
+        return max(after[s] - before[s] for s in after)
 
 
 def prediction_bound(dense: Sequence[float], pruned: Sequence[float], unseen: int, level: float = LEVEL) -> float:
@@ -109,7 +116,7 @@ def prediction_bound(dense: Sequence[float], pruned: Sequence[float], unseen: in
     n = len(diffs)
     mean = sum(diffs) / n
     if n < 2:
-        return math.inf if mean > 0 else math.expm1(mean)  # one window: no spread to bound with
+        return math.inf  # one window: no spread to bound with, whatever its sign
     sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (n - 1))
     delta = mean + float(t.ppf(level, n - 1)) * sd * math.sqrt(1 / n + 1 / max(1, unseen))
     return math.expm1(min(delta, 700.0))

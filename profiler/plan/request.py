@@ -6,6 +6,7 @@ Torch-free, so that the CLI and the TUI can build and check a request before any
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,8 +74,17 @@ class PlanRequest:
                             f"got {self.ratio}")
         if self.absolute is not None and int(self.absolute) <= 0:
             raise PlanError(f"--absolute must be positive, got {self.absolute}")
-        object.__setattr__(self, "also_on", tuple(dict.fromkeys(str(text) for text in self.also_on)))  # once each
+        object.__setattr__(self, "also_on", _once_each(self.also_on))
         if self.also_on and not self.measure:
             raise PlanError("--also-on certifies the plan by measuring it on that text; drop --no-measure")
         structures = parse_structures(self.structures)
         object.__setattr__(self, "structures", None if structures is None else tuple(structures))
+
+
+def _once_each(texts: Sequence[str]) -> tuple[str, ...]:
+    """Each text once (``x.txt`` and ``./x.txt`` are one text), as the user first named it."""
+    seen: dict[str, str] = {}
+    for text in map(str, texts):
+        key = text if text.startswith("hf:") else os.path.normpath(os.path.expanduser(text))
+        seen.setdefault(key, text)
+    return tuple(seen.values())

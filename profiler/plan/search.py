@@ -197,8 +197,7 @@ def _learn_marginals(search: _Search, measurer: Measurer, choice: list[int], m: 
     """One back-off step: learn each chosen action's marginal loss in this combination (leave one out),
     raise its cost (and its more aggressive levels') to that, shrink the loss budget, and exclude this
     plan and every plan at least as aggressive in all of its targets. With ``--also-on`` texts a
-    marginal is the worst stratum's: the text that refused the plan teaches the costs."""
-    delta = certifier.worst_delta_loss
+    marginal is the largest over the strata, each measured on its own windows (:meth:`Certifier.marginal`)."""
     options = search.options
     chosen = [(t, l) for t, l in enumerate(choice) if l > 0]
     leave_one_out = chosen if len(chosen) > 1 else []
@@ -207,10 +206,10 @@ def _learn_marginals(search: _Search, measurer: Measurer, choice: list[int], m: 
     measured = measurer.measure_many([actions_of(options, without) for without in withouts])
     for (t, l), without, mw in zip(leave_one_out, withouts, measured):
         attempts.append((without, mw, search.gain(without)))
-        search.learn(t, l, delta(m) - delta(mw))
+        search.learn(t, l, certifier.marginal(m, mw))
     if len(chosen) == 1:
         t, l = chosen[0]
-        search.learn(t, l, delta(m), count=False)
+        search.learn(t, l, certifier.marginal(m), count=False)
     search.cap *= BACKOFF_LOSS_FACTOR
     search.cuts.append(dict(chosen))
 
