@@ -89,11 +89,8 @@ class Dataset:
     def digests(self) -> dict[str, str]:
         """SHA-256 of each role's token windows, what a resumed run must measure again: a text edited in place
         shows here (an edit that changes none of its windows changes nothing the run measures)."""
-        import hashlib
-
         roles = {"calibration": self.calibration, "evaluation": self.evaluation, "verification": self.verification}
-        return {role: "sha256:" + hashlib.sha256(windows.cpu().contiguous().numpy().tobytes()).hexdigest()
-                for role, windows in roles.items() if windows is not None}
+        return {role: windows_digest(windows) for role, windows in roles.items() if windows is not None}
 
     def describe(self) -> dict[str, Any]:
         out = {"calibration": self.sources.get("calibration"), "evaluation": self.sources.get("evaluation"),
@@ -277,6 +274,14 @@ def domain_windows(tokenizer: Any, source: str, search: int, verify: int, seqlen
 
 
 MIN_DOMAIN_WINDOWS = 4  # of each role, for an --also-on text
+
+
+def windows_digest(windows: torch.Tensor) -> str:
+    """``sha256:...`` of a set of token windows (their ids' bytes): what a plan's ``--also-on``
+    text held out, so ``validate`` can tell that it measures the same windows again."""
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(windows.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 def split_windows(ids: torch.Tensor, search: int, verify: int, seqlen: int, what: str = "evaluation text"

@@ -263,6 +263,9 @@ class DomainCheck(Document):
     source: str  # the text as the user named it
     certification: Certification  # on the text's first windows (a plan is accepted only if every one holds)
     verification: Verification | None = _optional()  # on the text's last windows (absent: not measured)
+    # sha256 of those held-out windows' token ids (calibration.windows_digest): validate measures them
+    # again and refuses a text that changed since; absent in plans from before it was recorded
+    held_out_digest: str | None = _optional()
     extra: dict[str, Any] = _extra()
 
     @property

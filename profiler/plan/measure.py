@@ -230,12 +230,14 @@ class Measurer:
                       max_ppl_increase: float, verify: bool = True) -> list[Any] | None:
         """One :class:`DomainCheck` per ``--also-on`` text: its certification from ``measured`` and its
         promise on its held-out windows (None: no text asked for)."""
+        from ..calibration.data import windows_digest
         from ..documents import DomainCheck
 
         if not self.domains:
             return None
         return [DomainCheck(source=source, certification=certifier.domain_document(measured, source),
-                            verification=self.verify(actions, max_ppl_increase, d.verification) if verify else None)
+                            verification=self.verify(actions, max_ppl_increase, d.verification) if verify else None,
+                            held_out_digest=windows_digest(d.verification))
                 for source, d in self.domains.items()]
 
     def measure_many(self, combinations: list[list[Option]]) -> list[dict[str, Any]]:
