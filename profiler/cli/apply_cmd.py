@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--allow-edited-plan", action="store_true",
                    help="apply a plan whose actions were edited after `ssm-profile plan` wrote it (refused otherwise)")
+    p.add_argument("--allow-broken-promise", action="store_true",
+                   help="apply a plan whose promise broke when it was made, on its verification windows or an "
+                   "--also-on text's held-out windows (refused otherwise)")
     p.add_argument("--validate", action="store_true",
                    help="also compare the pruned model with the base (writes OUT_DIR/validation.json); "
                    "validates an existing OUT_DIR of the same plan that has no validation.json yet")
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pruning.apply import apply_plan
     from ..model.resolve import use_tokenizer
     from ..base.lock import output_lock
-    from ..documents import check_not_edited, load_plan
+    from ..documents import check_not_edited, check_promise_kept, load_plan
     from .progress import rich_progress
 
     _plan_and_model(args)
@@ -46,13 +49,16 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None:
         args.model = model_of(plan)
     mode = _check_output(args, plan)
+    if mode == "apply":  # a broken promise is refused before the model loads (apply_plan notes it when allowed)
+        check_promise_kept(plan, f"plan '{args.plan}'", allow=args.allow_broken_promise)
     with output_lock(args.output):  # a second apply to this output is refused now, not after its work
         if mode == "validate":
             return _validate_existing(args)
         loaded = use_tokenizer(load_from_args(args), args.tokenizer, args.trust_remote_code)
         with rich_progress("applying", enabled=not args.quiet) as progress:
             report = apply_plan(loaded, plan, args.output, validate=args.validate, overwrite=args.overwrite,
-                                progress=progress, validate_options=options)
+                                progress=progress, validate_options=options,
+                                allow_broken_promise=args.allow_broken_promise)
     print_apply(report)
     if edited:
         print(f"note: {edited}")
@@ -111,6 +117,7 @@ def _check_output(args: argparse.Namespace, plan) -> str:
     inputs = [source_input(args.plan, "the plan"), model_input(args.model),
               source_input(args.tokenizer, "the --tokenizer folder"),
               *(data_inputs(plan.data.spec(), "the plan's") if plan.data is not None else ()),
+              *(text_input(d.source, "the plan's --also-on text") for d in plan.domains or ()),
               *(text_input(text, "the --evaluation text") for text in getattr(args, "evaluation", None) or ())]
     check_paths([Output(out, "output", folder=True, overwrite=True if args.overwrite else None)], inputs)
     if not out.exists() or args.overwrite:

@@ -140,6 +140,8 @@ def _check_report_path(args: argparse.Namespace, out_dir: Path, plan=None) -> Pa
               *(text_input(text, "the --evaluation text") for text in args.evaluation)]
     if plan is not None and plan.data is not None:
         inputs += data_inputs(plan.data.spec(), "the plan's")
+    if plan is not None:
+        inputs += [text_input(d.source, "the plan's --also-on text") for d in plan.domains or ()]
     check_paths([Output(output, "validation report", overwrite=args.overwrite),
                  Output(output.parent / LM_EVAL_LOG, "lm-eval log", overwrite=True)], inputs)
     return output
@@ -154,8 +156,13 @@ def finish(report: ValidationReport) -> int:
 
     tol, verification = report.tolerance, report.verification
     if tol.within_tolerance is False:
-        rose = (verification.phrase("held-out verification windows") if verification is not None
-                else f"{report.perplexity.rel_ppl_increase:.1%}")
+        broken = [d.phrase(f"held-out windows of {d.source}") for d in report.domains or [] if not d.within_tolerance]
+        if verification is None:
+            rose = f"{report.perplexity.rel_ppl_increase:.1%}"
+        elif verification.within_tolerance is False or not broken:
+            rose = " and by ".join([verification.phrase("held-out verification windows"), *broken])
+        else:  # the verification windows kept it: name only the --also-on texts that broke it
+            rose = " and by ".join(broken)
         raise ToleranceBreachedError(
             f"perplexity rose by {rose}, beyond the tolerance of +{tol.max_ppl_increase:.1%} (from the "
             f"{_SOURCE.get(tol.source, tol.source)}); prune less or relax --max-ppl-increase")
@@ -205,8 +212,17 @@ def print_validation(report: ValidationReport) -> None:
         console.print(f"loss change on the search windows: measured {m.delta_loss:+.4f}, plan predicted "
                       f"{m.predicted_delta_loss:+.4f}")
     if tol.max_ppl_increase is not None:
-        verdict = "[green]within tolerance[/green]" if tol.within_tolerance else "[red]tolerance breached[/red]"
+        within = report.verification.within_tolerance if report.verification else tol.within_tolerance
         rel = report.verification.rel_ppl_increase if report.verification else ppl.rel_ppl_increase
         console.print(f"perplexity {_pct(rel)}"
                       f"{' on verification' if report.verification else ''} vs allowed +{tol.max_ppl_increase:.1%} "
-                      f"({_SOURCE.get(tol.source, tol.source)}): {verdict}")
+                      f"({_SOURCE.get(tol.source, tol.source)}): {_verdict(within)}")
+    for domain in report.domains or []:  # the plan's --also-on texts: the promise was made on them too
+        console.print(domain.sentence(tol.max_ppl_increase), style=_STYLE.get(domain.within_tolerance), markup=False)
+
+
+_STYLE = {True: "green", False: "red"}
+
+
+def _verdict(within: bool | None) -> str:
+    return "[green]within tolerance[/green]" if within else "[red]tolerance breached[/red]"

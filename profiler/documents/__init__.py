@@ -14,8 +14,8 @@ from ._base import _extra as extra_field, _optional as optional_field  # for doc
 from ._base import LM_EVAL_LOG, PRUNING_FILE, RECOVERY_FILE, VALIDATION_FILE, Document
 from .plan import (LAYERS, OLD_CERTIFICATION_RULE, Certification, Dense, DomainCheck, Increase, Measured, ModelOrigin,
                    Objective, Plan, PlanAction, PlanData, PlanModel, PlanRecover, PlanRun, Predicted, Verification,
-                   actions_digest, as_plan, check_not_edited, check_weights, load_plan, one_line, validate_plan,
-                   write_plan)
+                   actions_digest, as_plan, check_not_edited, check_promise_kept, check_weights, load_plan, one_line,
+                   validate_plan, write_plan)
 from .data import RunData
 from .usage import ForwardCheck, MixerUsage, read_mixer_usage
 from .pruning import (ExecutedAction, ParameterCounts, PrunedFrom, PrunedOutput, PruningRecord, PruningSummary,
@@ -23,7 +23,7 @@ from .pruning import (ExecutedAction, ParameterCounts, PrunedFrom, PrunedOutput,
 from .recovery import (CurvePoint, RecoveredFrom, RecoveryCheck, RecoveryData, RecoveryKernels, RecoveryOutput,
                        RecoveryProgress, RecoveryRecord, RecoverySettings, RecoveryWorld,
                        Sparsity, Teacher, load_recovery)
-from .validation import (AgainstPlan, ComparedModels, LmEval, LossPerplexity, ModelRef, ModelSize, PairedChange,
+from .validation import (AgainstPlan, ComparedModels, DomainIncrease, LmEval, LossPerplexity, ModelRef, ModelSize, PairedChange,
                          PlanSummary, SearchPerplexity, Sizes, Speed, SpeedChange, TaskScores, Timing, Tolerance,
                          ValidationReport, load_validation)
 
@@ -31,11 +31,11 @@ __all__ = ["extra_field", "optional_field", "LM_EVAL_LOG", "PRUNING_FILE", "RECO
            "Document", "LAYERS", "OLD_CERTIFICATION_RULE", "Certification", "Dense", "DomainCheck", "Increase", "Measured", "ModelOrigin",
            "Objective", "Plan", "PlanAction",
            "PlanData", "PlanModel", "PlanRecover", "PlanRun", "Predicted", "Verification", "as_plan",
-           "actions_digest", "check_not_edited", "check_weights", "load_plan", "one_line", "validate_plan", "write_plan", "RunData", "ForwardCheck", "MixerUsage", "read_mixer_usage",
+           "actions_digest", "check_not_edited", "check_promise_kept", "check_weights", "load_plan", "one_line", "validate_plan", "write_plan", "RunData", "ForwardCheck", "MixerUsage", "read_mixer_usage",
            "ExecutedAction", "ParameterCounts", "PrunedFrom", "PrunedOutput",
            "SlicedUnits", "Totals", "TotalsChange", "PruningRecord",
            "PruningSummary", "load_pruning_record", "CurvePoint", "RecoveredFrom", "RecoverySettings", "RecoveryCheck", "RecoveryData", "RecoveryKernels", "RecoveryWorld",
            "RecoveryOutput", "RecoveryProgress", "RecoveryRecord", "Sparsity", "Teacher", "load_recovery",
-           "AgainstPlan", "ComparedModels", "PlanSummary", "LmEval", "LossPerplexity", "ModelRef", "ModelSize", "PairedChange",
+           "AgainstPlan", "ComparedModels", "DomainIncrease", "PlanSummary", "LmEval", "LossPerplexity", "ModelRef", "ModelSize", "PairedChange",
            "SearchPerplexity", "Sizes", "Speed", "SpeedChange", "TaskScores", "Timing", "Tolerance",
            "ValidationReport", "load_validation"]

@@ -444,6 +444,22 @@ def check_not_edited(plan: Plan, where: str, allow: bool = False) -> str | None:
                     "make the plan again, or pass --allow-edited-plan to apply it as edited")
 
 
+def check_promise_kept(plan: Plan, where: str, allow: bool = False) -> str | None:
+    """Refuse a plan whose promise broke at plan time (on its verification windows or an ``--also-on``
+    text's held-out windows: ``Plan.promise_kept`` is False) unless ``allow``, then a note."""
+    if plan.promise_kept is not False:
+        return None
+    checks = [("verification windows", plan.verification)] + \
+        [(f"held-out windows of {d.source}", d.verification) for d in plan.domains or []]
+    broke = " and ".join(f"{v.rel_ppl_increase:+.1%} on its {v.windows} {what}" for what, v in checks
+                         if v is not None and not v.kept)
+    said = f"{where} broke its promise of at most +{plan.objective.max_ppl_increase:.1%} when it was made ({broke})"
+    if allow:
+        return f"{said}; applying it anyway (--allow-broken-promise)"
+    raise PlanError(f"{said}; plan again with a smaller ratio or a larger tolerance, or pass --allow-broken-promise "
+                    "to apply it anyway")
+
+
 def as_plan(plan: Plan | dict[str, Any], where: str = "the plan") -> Plan:
     """``plan`` as a validated :class:`Plan` (a dict is checked against the schema first)."""
     if isinstance(plan, Plan):

@@ -173,6 +173,26 @@ class Tolerance(Document):
 
 
 @dataclass(kw_only=True)
+class DomainIncrease(Increase):
+    """An ``--also-on`` text of the plan (``Plan.domains``) measured again: base vs pruned on the text's
+    held-out windows, rebuilt exactly as the plan built them, with the same paired interval as the
+    verification windows; it counts toward ``within_tolerance`` as they do."""
+
+    held_out_digest: str | None = _optional()  # sha256 of the windows' token ids (the plan's, when it recorded one)
+    plan_rel_ppl_increase: float | None = _optional()  # what the plan measured on them (its masked model)
+    extra: dict[str, Any] = _extra()
+
+    def sentence(self, max_ppl_increase: float | None) -> str:
+        """``also on prose.txt: perplexity +3.1% (95% interval ...) on 17 held-out windows vs allowed +5.0%:
+        within tolerance``."""
+        head = f"also on {self.source}: perplexity {self.phrase('held-out windows')}"
+        if max_ppl_increase is None or self.within_tolerance is None:
+            return head
+        verdict = "within tolerance" if self.within_tolerance else "tolerance breached"
+        return f"{head} vs allowed +{max_ppl_increase:.1%}: {verdict}"
+
+
+@dataclass(kw_only=True)
 class ValidationReport(Document):
     """Base vs pruned model, measured the same way (``validation.json``); see :mod:`ssm_profile.validation.check`."""
 
@@ -195,6 +215,8 @@ class ValidationReport(Document):
     # the verification split (decides within_tolerance) and other --evaluation sources; absent in older files
     verification: Increase | None = _optional()
     evaluations: list[Increase] | None = _optional()
+    # the plan's --also-on texts on their held-out windows (count toward within_tolerance); absent: none, or older files
+    domains: list[DomainIncrease] | None = _optional()
     # which forward each mixer class ran, counted per call (ssm_profile.mixers.usage); absent in older files
     mixer_forwards: dict[str, MixerUsage] | None = _optional()
     extra: dict[str, Any] = _extra()

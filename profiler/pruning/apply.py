@@ -50,7 +50,7 @@ from .. import __version__
 from ..model.arch import MixerInfo, find_mixers
 from ..documents import (LAYERS, PRUNING_FILE, VALIDATION_FILE, ExecutedAction, ModelOrigin, ParameterCounts, Plan,
                          PlanAction, PrunedFrom, PrunedOutput, PruningRecord, PruningSummary, RunData, SlicedUnits,
-                         Totals, TotalsChange, as_plan, load_plan)
+                         Totals, TotalsChange, as_plan, check_promise_kept, load_plan)
 from ..base.errors import PlanError, SSMProfileError
 from ..base.io import atomic_directory, write_json_atomic
 from ..criteria.masks import Pruning, Target, pruned_count, unit_mask, write_cut
@@ -295,6 +295,7 @@ def _check_output(out: Path, loaded: LoadedModel, plan: Plan, overwrite: bool) -
         spec = plan.data.spec()
         inputs += [source_input(spec.calibration, "the plan's calibration text"),
                    source_input(spec.evaluation, "the plan's evaluation text")]
+    inputs += [source_input(d.source, "the plan's --also-on text") for d in plan.domains or ()]
     check_paths([Output(out, "output", folder=True, overwrite=overwrite)], inputs)
 
 
@@ -306,20 +307,22 @@ def _totals(totals: AnalysisTotals) -> Totals:
 
 def apply_plan(loaded: LoadedModel, plan: Plan | dict[str, Any] | str | Path, output_dir: str | Path,
                validate: bool = False, overwrite: bool = False, progress: Progress | None = None,
-               validate_options: ValidationOptions | None = None) -> PruningRecord:
+               validate_options: ValidationOptions | None = None, allow_broken_promise: bool = False) -> PruningRecord:
     """Prune ``loaded.model`` (in place) as ``plan`` says and save it to ``output_dir``.
 
     Returns the record written to ``output_dir/pruning.json`` (with ``output_dir`` and, with
     ``validate=True``, the :class:`ValidationReport` of :func:`ssm_profile.validation.check.validate`, which is
     also written to ``output_dir/validation.json``; ``validate_options`` are passed on to it).
-    Raises :class:`PlanError` for a plan made for other weights (nothing is written) and
-    :class:`OutputExistsError` when ``output_dir`` exists and ``overwrite`` is false.
+    Raises :class:`PlanError` for a plan made for other weights or one whose promise broke when it was
+    made (``plan.promise_kept`` False; applied, with a note, when ``allow_broken_promise``), with nothing
+    written, and :class:`OutputExistsError` when ``output_dir`` exists and ``overwrite`` is false.
     """
     from ..model.analysis import analyze
     from .surgery import is_expressible
 
     note = progress or (lambda done, total, label: None)
     plan = load_plan(plan) if isinstance(plan, (str, Path)) else as_plan(plan)
+    broken = check_promise_kept(plan, "the plan", allow=allow_broken_promise)  # before anything is read or written
     out = Path(output_dir).expanduser()
     _check_output(out, loaded, plan, overwrite)
     started = time.perf_counter()
@@ -357,7 +360,7 @@ def apply_plan(loaded: LoadedModel, plan: Plan | dict[str, Any] | str | Path, ou
         analysis=TotalsChange(before=_totals(totals_before), after=_totals(totals_after)),
         actions=[ExecutedAction.from_dict(r) for r in executed["actions"]],
         sliced=[SlicedUnits.from_dict(s) for s in executed["sliced"]],
-        notes=executed["notes"],
+        notes=executed["notes"] + ([broken] if broken else []),
         calibration=RunData.from_dict(executed["calibration"]) if executed["calibration"] else None, plan=plan,
         versions={"ssm-profile": __version__, "torch": torch.__version__})
 

@@ -18,9 +18,10 @@
   paired change and its 95% interval: "within noise" when the interval holds 0.
 
 ``within_tolerance`` compares the verification split's relative perplexity increase with
-``max_ppl_increase`` (default: the plan's ``objective.max_ppl_increase``); it is what decides
-(``tolerance["decided_by"]``). ``perplexity`` and ``measured`` keep their older meaning: the
-search windows. ``comparison.comparison_rows(report)`` is the
+``max_ppl_increase`` (default: the plan's ``objective.max_ppl_increase``), and so each of the plan's
+``--also-on`` texts' held-out windows (``report.domains``, rebuilt as the plan built them by
+:mod:`.domains`): they are what decides (``tolerance.decided_by``). ``perplexity`` and ``measured``
+keep their older meaning: the search windows. ``comparison.comparison_rows(report)`` is the
 before/after table every front-end shows.
 """
 
@@ -45,11 +46,12 @@ import torch
 
 from .. import __version__
 from .comparison import paired_change, perplexity, relative_change
+from .domains import HeldOutText, held_out_texts
 from ..calibration.memory import check_batch_fits
 from ..calibration.data import DataSpec, batch_losses, load_dataset, paired_increase, text_windows
 from ..documents import (LM_EVAL_LOG, PRUNING_FILE, RECOVERY_FILE, VALIDATION_FILE, Plan,  # noqa: F401
-                        AgainstPlan, ComparedModels, Increase, LmEval, LossPerplexity, ModelRef, ModelSize, PlanSummary,
-                        RunData, SearchPerplexity, Sizes, read_mixer_usage,
+                        AgainstPlan, ComparedModels, DomainIncrease, Increase, LmEval, LossPerplexity, ModelRef,
+                        ModelSize, PlanSummary, RunData, SearchPerplexity, Sizes, read_mixer_usage,
                         Speed, Tolerance, ValidationReport)
 from ..base.errors import DataError, SSMProfileError
 from ..mixers.choice import Kernels, installed
@@ -377,6 +379,22 @@ def _increase(base: torch.Tensor, pruned: torch.Tensor, seed: int, source: str |
     return m
 
 
+def _domain_increase(text: HeldOutText, base: torch.Tensor, pruned: torch.Tensor,
+                     max_ppl_increase: float | None) -> DomainIncrease:
+    """An --also-on text's held-out windows, measured as the verification windows are (with the plan's seed,
+    so the interval is the one the plan drew)."""
+    m = _increase(base, pruned, text.seed, text.check.source, max_ppl_increase)
+    planned = text.check.verification
+    return DomainIncrease(**{f.name: getattr(m, f.name) for f in fields(Increase)}, held_out_digest=text.digest,
+                          plan_rel_ppl_increase=None if planned is None else planned.rel_ppl_increase)
+
+
+def _all_within(checks: Sequence[Increase]) -> bool | None:
+    """Whether every check is within tolerance (None: no tolerance to judge by)."""
+    verdicts = [c.within_tolerance for c in checks]
+    return None if any(v is None for v in verdicts) else all(verdicts)
+
+
 @dataclass(frozen=True)
 class ValidationOptions:
     """How a validation measures; every default is the CLI's.
@@ -437,6 +455,7 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
 
         extra = [(source, text_windows(tokenizer, source, spec.eval_samples + spec.verify_samples, spec.seqlen))
                  for source in o.evaluations]
+        held_out = held_out_texts(tokenizer, plan, spec)  # the plan's --also-on texts: a changed one fails here
 
         def losses(loaded: LoadedModel, windows: torch.Tensor) -> torch.Tensor:
             return batch_losses(loaded.model, windows, o.batch_size, TRANSFORMERS_KERNELS)
@@ -452,7 +471,10 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
                                  max_ppl_increase)
         others = [_increase(losses(base, windows), losses(pruned, windows), spec.seed, source, max_ppl_increase)
                   for source, windows in extra]
-        within = verification.within_tolerance
+        domains = [_domain_increase(text, losses(base, text.windows), losses(pruned, text.windows), max_ppl_increase)
+                   for text in held_out]
+        # the promise holds where the plan made it: the verification windows and every --also-on text's
+        within = _all_within([verification, *domains])
 
         predicted = plan.predicted.to_dict() if plan is not None else {}
         plan_dense = plan.dense.loss if plan is not None else None
@@ -519,8 +541,8 @@ def validate(base: LoadedModel, pruned: LoadedModel, plan: Plan | None = None,
                                     delta_loss=delta, rel_ppl_increase=rel),
         measured=AgainstPlan.from_dict(measured),
         tolerance=Tolerance(max_ppl_increase=max_ppl_increase, source=tolerance_source, within_tolerance=within,
-                            decided_by="verification"),
-        verification=verification, evaluations=others,
+                            decided_by="verification+also-on" if domains else "verification"),
+        verification=verification, evaluations=others, domains=domains or None,
         within_tolerance=within,
         lm_eval=LmEval.from_dict(lm_eval),
         size=Sizes(base=size_base, pruned=size_pruned, change=size_change(size_base, size_pruned)),

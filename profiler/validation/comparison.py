@@ -160,10 +160,12 @@ def comparison_rows(report: ValidationReport) -> list[ComparisonRow]:
     """Quality, size and speed rows, then one row per lm-eval task metric."""
     ppl, size, speed = report.perplexity, report.size, report.speed
     b, p = size.base, size.pruned
-    # every perplexity names its split: the held-out verification windows (they decide the promise,
-    # with their paired interval), any other text measured, then the search windows the plan chose on
+    # every perplexity names its split: the held-out verification windows and the plan's --also-on texts'
+    # (they decide the promise, with their paired interval), any other text, then the search windows
     rows = [_split_row(f"perplexity, {report.verification.windows} verification windows (held out)",
                        report.verification)] if report.verification else []
+    rows += [_split_row(f"perplexity, {d.source} ({d.windows} held-out windows, --also-on)", d)
+             for d in report.domains or []]
     rows += [_split_row(f"perplexity, {e.source or 'other text'} ({e.windows} windows)", e)
              for e in report.evaluations or []]
     rows += [ComparisonRow("loss, search windows", ppl.base.loss, ppl.pruned.loss, "loss"),
