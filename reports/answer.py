@@ -180,14 +180,20 @@ def _outcome(validation: ValidationReport | None, recovery: RecoveryRecord | Non
     """What happened after the plan: the applied model's validation, and its recovery."""
     out = []
     if validation is not None and validation.verification is not None:
-        verdict = {True: "within the tolerance", False: "ABOVE the tolerance"}.get(validation.within_tolerance,
-                                                                                   "no tolerance given")
+        verdict = _VERDICT.get(validation.verification.within_tolerance, "no tolerance given")
         out.append(_plain(f"Validated after applying: perplexity {validation.verification.phrase()}: {verdict}.",
                           "promise"))
+    for domain in (validation.domains or []) if validation is not None else []:  # the plan's --also-on texts
+        verdict = _VERDICT.get(domain.within_tolerance, "no tolerance given")
+        out.append(_plain(f"Validated also on {domain.source}: perplexity {domain.phrase('held-out windows')}: "
+                          f"{verdict}.", "promise"))
     if recovery is not None:
         out.append(_plain(f"After recovery by distillation: perplexity {recovery.after.verification.phrase()} "
                           "against the dense teacher.", "promise"))
     return out
+
+
+_VERDICT = {True: "within the tolerance", False: "ABOVE the tolerance"}
 
 
 def _plan_next_step(facts: Facts, plan: Plan, validation: ValidationReport | None,

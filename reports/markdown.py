@@ -126,11 +126,19 @@ def validation_md(validation: ValidationReport) -> list[str]:
     out = []
     ok, tol = validation.within_tolerance, validation.tolerance
     if ok is not None:
+        also = f" and on the held-out windows of {md_escape(_sources(validation))}" if validation.domains else ""
         out += [f"**{'Within tolerance' if ok else 'Outside tolerance'}**: perplexity on the held-out verification "
-                f"windows against at most +{tol.max_ppl_increase:.1%}", ""]
+                f"windows{also} against at most +{tol.max_ppl_increase:.1%}", ""]
+    for domain in validation.domains or []:  # the plan's --also-on texts, each judged as verification is
+        out += [md_escape(domain.sentence(tol.max_ppl_increase)), ""]
     table = [[r.label, r.text(r.before), r.text(r.after), r.change_text()] for r in comparison_rows(validation)]
     out += [md_table(["metric", "before", "after", "change"], table, ["l", "r", "r", "r"]), ""]
     return out
+
+
+def _sources(validation: ValidationReport) -> str:
+    """The plan's --also-on texts a validation measured, named."""
+    return ", ".join(d.source for d in validation.domains or [])
 
 
 def recovery_md(record: RecoveryRecord) -> list[str]:

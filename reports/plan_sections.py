@@ -136,10 +136,15 @@ def validation_section(validation: ValidationReport) -> str:
     ok = validation.within_tolerance
     if ok is not None:
         tol = validation.tolerance
+        also = f" and on the held-out windows of {', '.join(d.source for d in validation.domains)}" \
+            if validation.domains else ""
         parts.append(f'<p class="verdict {"ok" if ok else "bad"}"><span class="badge {"ok" if ok else "bad"}">'
                      f'{"within tolerance" if ok else "outside tolerance"}</span> perplexity on the held-out '
-                     f"verification windows against at most +{tol.max_ppl_increase:.1%} "
+                     f"verification windows{esc(also)} against at most +{tol.max_ppl_increase:.1%} "
                      f"({esc(_SOURCE.get(tol.source or '', tol.source or 'given'))})</p>")
+    for d in validation.domains or []:  # the plan's --also-on texts, each judged as the verification windows are
+        state = {True: "ok", False: "bad"}.get(d.within_tolerance, "")
+        parts.append(f'<p class="verdict {state}">{esc(d.sentence(validation.tolerance.max_ppl_increase))}</p>')
     parts.append("<h3>Before and after</h3>" + _shared_rows_html(comparison_rows(validation)))
     models = {f"{side} model": f"{m.name} ({m.fingerprint})"
               for side, m in (("base", validation.models.base), ("pruned", validation.models.pruned))}

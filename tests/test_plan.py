@@ -625,3 +625,136 @@ def test_also_on_another_text_on_the_embedded_run(tiny_run):
     assert plan.predicted.reduction_ratio <= plain.predicted.reduction_ratio + 1e-12
     with pytest.raises(ValueError, match="the request on"):  # a measurer of other texts certifies nothing asked
         make_plan(result, PlanRequest(), loaded=loaded, run_path=run_dir, measurer=measurer)
+
+
+# --------------------------------------------------------------------------------------------
+# --also-on after apply: validate measures each text's held-out windows again; apply refuses a broken promise
+
+VALIDATE_FAST = ["--no-lm-eval", "--speed-repeats", "1", "--speed-batch", "1", "8", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def also_on_applied(tiny_run, tmp_path_factory):
+    """A state plan that must hold on a repeated sentence too (a state cut costs its in-context copying
+    far more than the verification windows: +23% there, +3% on verification), written and applied
+    (the state units are sliced exactly)."""
+    from ssm_profile.model.resolve import load_model
+    from ssm_profile.pruning.apply import apply_plan
+
+    run_dir, result, loaded = tiny_run
+    folder = tmp_path_factory.mktemp("also-on")
+    text = folder / "fox.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 300)
+    plan = make_plan(result, PlanRequest(metric="state", max_ppl_increase=0.5, also_on=(str(text),)),
+                     loaded=loaded, run_path=run_dir)
+    write_plan(plan, folder / "plan.json")
+    apply_plan(load_model("tiny-mamba2"), plan, folder / "pruned")
+    return plan, folder, text
+
+
+def test_validate_measures_the_also_on_texts_held_out_windows(also_on_applied):
+    from ssm_profile.documents import ValidationReport
+    from ssm_profile.model.resolve import load_model
+    from ssm_profile.validation.check import ValidationOptions, validate
+
+    plan, folder, text = also_on_applied
+    (check,) = plan.domains
+    assert any(a.execution == "slice" for a in plan.actions) and check.held_out_digest.startswith("sha256:")
+    report = validate(load_model("tiny-mamba2"), load_model(str(folder / "pruned")), plan,
+                      ValidationOptions(tasks=(), speed_batch=(1, 8), speed_repeats=1))
+    (measured,) = report.domains
+    planned = check.verification
+    # the same windows as the plan's, measured on the applied checkpoint: what the plan measured, to 1e-6
+    assert measured.source == str(text) and measured.windows == planned.windows
+    assert measured.held_out_digest == check.held_out_digest
+    assert measured.rel_ppl_increase == pytest.approx(planned.rel_ppl_increase, abs=1e-6)
+    assert measured.interval == pytest.approx(planned.interval, abs=1e-6)  # the same bootstrap draws
+    assert measured.plan_rel_ppl_increase == planned.rel_ppl_increase
+    low, high = measured.interval
+    assert low <= measured.rel_ppl_increase <= high and measured.within_tolerance is True
+    assert report.within_tolerance is True and report.tolerance.decided_by == "verification+also-on"
+    # typed, round-tripping; a validation.json from before the field loads without it
+    data = report.to_dict()
+    assert ValidationReport.from_dict(data).to_dict() == data
+    old = {k: v for k, v in data.items() if k != "domains"}
+    assert ValidationReport.from_dict(old).domains is None and "domains" not in ValidationReport.from_dict(old).to_dict()
+
+
+def test_validate_exits_3_when_only_an_also_on_text_breaks_the_promise(also_on_applied, tmp_path, capsys):
+    from ssm_profile.cli.main import main
+
+    plan, folder, text = also_on_applied
+    (check,) = plan.domains
+    # a tolerance the verification windows keep and the text's held-out windows do not
+    tight = (plan.verification.rel_ppl_increase + check.verification.rel_ppl_increase) / 2
+    assert plan.verification.rel_ppl_increase < tight < check.verification.rel_ppl_increase
+    report_path = tmp_path / "v.json"
+    code = main(["validate", "tiny-mamba2", str(folder / "pruned"), "--max-ppl-increase", str(tight),
+                 "-o", str(report_path), *VALIDATE_FAST])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == 3 and len(err) == 1 and str(text) in err[0] and "verification" not in err[0]
+    out = " ".join(captured.out.split())
+    assert f"also on {text}: perplexity" in out and "tolerance breached" in out
+    v = json.loads(report_path.read_text())
+    assert v["verification"]["within_tolerance"] is True and v["domains"][0]["within_tolerance"] is False
+    assert v["within_tolerance"] is False
+    # the reports word it as the CLI does: the answer's outcome, the Markdown and HTML validation sections
+    from ssm_profile.documents import load_validation
+    from ssm_profile.reports.answer import _outcome
+    from ssm_profile.reports.html import validation_section
+    from ssm_profile.reports.markdown import validation_md
+
+    report = load_validation(report_path)
+    outcome = [s.text for s in _outcome(report, None)]
+    assert "within the tolerance" in outcome[0]
+    assert outcome[1].startswith(f"Validated also on {text}: perplexity +") and "ABOVE the tolerance" in outcome[1]
+    sentence = report.domains[0].sentence(tight)
+    assert "held-out windows vs allowed" in sentence and sentence.endswith("tolerance breached")
+    assert f"held-out windows of {text}" in "\n".join(validation_md(report))
+    assert sentence in validation_section(report)
+
+
+def test_validate_refuses_an_also_on_text_that_changed_or_is_gone(also_on_applied, tmp_path, capsys):
+    import shutil
+
+    from ssm_profile.cli.main import main
+
+    plan, folder, _ = also_on_applied
+    pruned = tmp_path / "pruned"
+    shutil.copytree(folder / "pruned", pruned)
+    moved = dict(plan.to_dict(), domains=[dict(plan.domains[0].to_dict(), source=str(tmp_path / "gone.txt"))])
+    edited = tmp_path / "edited.txt"
+    edited.write_text("The quick brown fox jumps over the lazy cat. " * 300)  # as long, other tokens
+    changed = dict(plan.to_dict(), domains=[dict(plan.domains[0].to_dict(), source=str(edited))])
+    for bad, says in ((moved, "cannot be read"), (changed, "is not the text the plan measured")):
+        (pruned / "pruning.json").write_text(json.dumps(dict(json.loads((folder / "pruned" / "pruning.json")
+                                                                         .read_text()), plan=bad)))
+        code = main(["validate", "tiny-mamba2", str(pruned), "--overwrite", *VALIDATE_FAST])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and says in err[0] and "Traceback" not in err[0]
+        assert not (pruned / "validation.json").exists()
+
+
+def test_apply_refuses_a_plan_whose_also_on_promise_broke(also_on_applied, tmp_path, capsys):
+    from ssm_profile.cli.main import main
+    from ssm_profile.model.resolve import load_model
+    from ssm_profile.pruning.apply import apply_plan
+
+    plan, _, text = also_on_applied
+    held = plan.domains[0].verification
+    broken = copy.deepcopy(plan)
+    broken.domains[0].verification = replace(held, rel_ppl_increase=0.9, kept=False)  # as plan writes a broken one
+    assert broken.promise_kept is False and plan.promise_kept is True
+    path = tmp_path / "broken.json"
+    write_plan(broken, path)
+    out = tmp_path / "out"
+    assert main(["apply", "tiny-mamba2", str(path), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broke its promise" in err[0] and str(text) in err[0] and "--allow-broken-promise" in err[0]
+    assert not out.exists()
+    with pytest.raises(PlanError, match="broke its promise"):  # the library refuses too, before writing anything
+        apply_plan(load_model("tiny-mamba2"), broken, out)
+    assert not out.exists()
+    assert main(["apply", "tiny-mamba2", str(path), "-o", str(out), "--quiet", "--allow-broken-promise"]) == 0
+    assert "applying it anyway" in " ".join(capsys.readouterr().out.split()) and (out / "config.json").is_file()
