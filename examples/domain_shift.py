@@ -38,7 +38,7 @@ def main() -> None:
     m = Measurer(result, loaded, lambda *a: None)
     seqlen, batch = m.recipe.data.seqlen, m.recipe.batch_size
     sets = {"search windows": m.dataset.evaluation}
-    sets.update({name: text_windows(loaded.tokenizer, str(path), 40, seqlen) for name, path in TEXTS.items()})
+    sets.update({name: text_windows(loaded.tokenizer, str(path), 40, seqlen) for name, path in TEXTS.items()})  # the first 40
     with m.recipe.installed(m.model):
         dense = {name: batch_losses(m.model, w, batch) for name, w in sets.items()}
     print(f"{args.model}: dense loss " + ", ".join(f"{n} {d.mean():.2f} ({len(d)} windows)" for n, d in dense.items()))
