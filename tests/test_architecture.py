@@ -12,6 +12,7 @@ the wing's package or modules as objects, and each name on it is used outside th
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import inspect
 import subprocess
@@ -51,6 +52,12 @@ def _modules() -> dict[str, Path]:
     return found
 
 
+@functools.lru_cache(maxsize=None)
+def parsed(path: Path) -> ast.AST:
+    """A module's syntax tree, parsed once for every rule that reads it (read-only)."""
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
@@ -88,12 +95,18 @@ def _deepest_module(name: str, modules: dict[str, Path]) -> str | None:
 
 
 def import_graph(type_only: bool = False) -> dict[str, set[str]]:
-    """module -> the package modules it imports (``type_only``: counting imports for type checkers)."""
+    """module -> the package modules it imports (``type_only``: counting imports for type checkers);
+    built once per kind, each caller gets its own copy."""
+    return {module: set(targets) for module, targets in _import_graph(type_only).items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _import_graph(type_only: bool) -> dict[str, set[str]]:
     modules = _modules()
     graph: dict[str, set[str]] = {}
     for module, path in modules.items():
         targets = set()
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = parsed(path)
         for node in _import_nodes(tree, type_only):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -387,7 +400,7 @@ def test_a_wing_imports_only_the_public_faces_of_the_others():
     face = faces()
     found = []
     for module, path in _modules().items():
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = parsed(path)
         found += face_violations(module, tree, path.name == "__init__.py", face)
     assert not found, "\n".join(sorted(found))
 
@@ -435,7 +448,7 @@ def test_every_face_name_is_used_outside_its_wing():
     sources = [(module, path) for module, path in _modules().items()]
     sources += [(f"examples.{path.stem}", path) for path in sorted((ROOT / "examples").glob("*.py"))]
     for module, path in sources:
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = parsed(path)
         for source, name in _bindings(module, tree, path.name == "__init__.py"):
             wing = wing_of(source) if source.startswith("ssm_profile.") else None
             if wing in face and wing != wing_of(module) and name:
