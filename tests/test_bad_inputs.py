@@ -367,6 +367,8 @@ CASES: dict[str, Callable[[Path, Path, pytest.MonkeyPatch], list[str]]] = {
     "plan run missing": lambda t, r, m: ["plan", str(t / "nothing"), "-o", str(t / "p.json")],
     "plan also-on text missing": lambda t, r, m: ["plan", str(r), "-o", str(t / "p.json"), "--also-on",
                                                   str(t / "none.txt")],
+    "plan also-on text empty": lambda t, r, m: ["plan", str(r), "-o", str(t / "p.json"), "--also-on",
+                                                str(_file(t, "empty.txt", ""))],
     "plan also-on without measuring": lambda t, r, m: ["plan", str(r), "-o", str(t / "p.json"), "--no-measure",
                                                        "--also-on", str(_file(t, "other.txt", "words"))],
     # apply: plans, outputs and options, all refused before the model loads

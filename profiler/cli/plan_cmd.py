@@ -84,11 +84,14 @@ def run(args: argparse.Namespace) -> int:
         from ..base.errors import SSMProfileError
 
         raise SSMProfileError(f"--recover-steps must be a positive integer, got {args.recover_steps}")
-    for text in args.also_on:  # a missing text is said before the model loads
-        if not text.startswith("hf:") and not Path(text).expanduser().is_file():
+    for text in args.also_on:  # a missing or empty text is said before the model loads
+        path = Path(text).expanduser()
+        problem = None if text.startswith("hf:") else (
+            "is not a file" if not path.is_file() else "is empty" if path.stat().st_size == 0 else None)
+        if problem:
             from ..base.errors import DataError
 
-            raise DataError(f"--also-on text '{text}' is not a file; pass a .txt or .jsonl file or "
+            raise DataError(f"--also-on text '{text}' {problem}; pass a .txt or .jsonl file or "
                             "hf:NAME[:CONFIG][:SPLIT]")
     result: ProfileResult = read_run(args.run_dir)  # a missing, damaged or busy run is the first thing to say
     check_paths([Output(Path(args.output), "plan", overwrite=args.overwrite)], _inputs(args, result))
