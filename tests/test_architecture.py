@@ -392,6 +392,11 @@ def face_violations(module: str, tree: ast.AST, is_package: bool, face: dict[str
         wing = wing_of(source) if source.startswith("ssm_profile.") else None
         if wing in face and wing != wing_of(module) and name not in face[wing]:
             found.append(f"{module}: {name} from {source} (not in ssm_profile.{wing}.__all__)")
+    # `import ssm_profile[.x.y]` without `as` binds the top package, and through its attributes every wing
+    found += [f"{module}: ssm_profile bound by `import {alias.name}` (every wing's internals are its attributes; "
+              "import names, or bind the module with `as`)"
+              for node in _import_nodes(tree, type_only=True) if isinstance(node, ast.Import)
+              for alias in node.names if alias.asname is None and alias.name.split(".")[0] == "ssm_profile"]
     return found
 
 
@@ -407,8 +412,9 @@ def test_a_wing_imports_only_the_public_faces_of_the_others():
 
 def test_the_face_rule_sees_each_kind_of_import():
     """The checker itself: a private name, a name outside the face, a module, a wing's package (however it is
-    bound: plain import, ``as``, ``from .. import``, importlib) and a lazy entry off the face are refused;
-    public names, a module the face names, imports inside one wing and the top package's names pass."""
+    bound: plain import, ``as``, ``from .. import``, importlib), a lazy entry off the face and the top package
+    bound by ``import ssm_profile.x`` are refused; public names, a module the face names, imports inside one
+    wing and the top package's names pass."""
     face = {"model": {"load_model"}, "kernels": {"fastscan"}, "plan": {"make_plan"}}
     code = ("from ..model.resolve import load_model, _secret\nfrom ..model import find_mixers\n"
             "from ..model import resolve\nimport ssm_profile.model.resolve\nfrom ..kernels import fastscan\n"
@@ -424,7 +430,9 @@ def test_the_face_rule_sees_each_kind_of_import():
     assert sorted(line.split(": ")[1].split(" ")[0] for line in found) == sorted([
         "_secret", "find_mixers", "resolve", "resolve", "MixerInfo",  # from-imports off the face
         "model", "model", "model", "model", "kernels",  # a wing's package bound, however spelt
-        "resolve", "model", "MixerInfo"])  # importlib and lazy registry entries
+        "resolve", "model", "MixerInfo",  # importlib and lazy registry entries
+        # the top package bound by a plain import, through which any wing is an attribute
+        "ssm_profile", "ssm_profile", "ssm_profile", "ssm_profile"])
 
 
 # Face names no other wing, front end, example or README snippet imports, kept for a library user: the
@@ -442,6 +450,8 @@ def test_every_face_name_is_used_outside_its_wing():
     import ssm_profile
 
     face = faces()
+    stale = sorted(f"{wing}.{name}" for wing, names in KEPT_FOR_USERS.items() for name in names - face[wing])
+    assert stale == [], "KEPT_FOR_USERS names what the face no longer lists"
     used = {wing: set(KEPT_FOR_USERS.get(wing, ())) for wing in face}
     for name, home in ssm_profile._LAZY.items():
         used[wing_of(home)].add(name)

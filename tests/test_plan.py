@@ -715,7 +715,7 @@ def test_validate_exits_3_when_only_an_also_on_text_breaks_the_promise(also_on_a
     assert sentence in validation_section(report)
 
 
-def test_validate_refuses_an_also_on_text_that_changed_or_is_gone(also_on_applied, tmp_path, capsys):
+def test_validate_refuses_an_also_on_text_that_changed_or_is_gone(also_on_applied, tmp_path, capsys, monkeypatch):
     import shutil
 
     from ssm_profile.cli.main import main
@@ -727,9 +727,14 @@ def test_validate_refuses_an_also_on_text_that_changed_or_is_gone(also_on_applie
     edited = tmp_path / "edited.txt"
     edited.write_text("The quick brown fox jumps over the lazy cat. " * 300)  # as long, other tokens
     changed = dict(plan.to_dict(), domains=[dict(plan.domains[0].to_dict(), source=str(edited))])
-    for bad, says in ((moved, "cannot be read"), (changed, "is not the text the plan measured")):
+    import ssm_profile.model.resolve as resolve
+
+    real_load = resolve.load_model
+    for bad, says in ((moved, "is not there"), (changed, "is not the text the plan measured")):
         (pruned / "pruning.json").write_text(json.dumps(dict(json.loads((folder / "pruned" / "pruning.json")
                                                                          .read_text()), plan=bad)))
+        gone = bad is moved  # a gone text is said before any model loads
+        monkeypatch.setattr(resolve, "load_model", _no_load if gone else real_load)
         code = main(["validate", "tiny-mamba2", str(pruned), "--overwrite", *VALIDATE_FAST])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and says in err[0] and "Traceback" not in err[0]
@@ -758,3 +763,7 @@ def test_apply_refuses_a_plan_whose_also_on_promise_broke(also_on_applied, tmp_p
     assert not out.exists()
     assert main(["apply", "tiny-mamba2", str(path), "-o", str(out), "--quiet", "--allow-broken-promise"]) == 0
     assert "applying it anyway" in " ".join(capsys.readouterr().out.split()) and (out / "config.json").is_file()
+
+
+def _no_load(*args, **kwargs):
+    raise AssertionError("a model was loaded before the refusal")

@@ -428,7 +428,7 @@ class ApplyView(WorkerView, Vertical):
     @work(thread=True, exclusive=True, group="apply", exit_on_error=False)
     def _run(self, plan, output: str, overwrite: bool, lm_eval: bool) -> None:
         from ssm_profile.base.lock import output_lock
-        from ssm_profile.documents import load_plan
+        from ssm_profile.documents import check_promise_kept, load_plan
         from ssm_profile.pruning.apply import apply_plan
         from ssm_profile.validation.check import ValidationOptions
 
@@ -437,6 +437,9 @@ class ApplyView(WorkerView, Vertical):
             if plan_file is not None:
                 plan = load_plan(plan_file)
             self._check_output(plan, plan_file, output, overwrite)
+            # before a second copy of the model loads; the TUI applies kept promises only
+            check_promise_kept(plan, "this plan", override="apply it anyway with `ssm-profile apply "
+                               "--allow-broken-promise`")
             with output_lock(output):  # a second apply to this output (here or in a shell) is refused
                 loaded = self.app.fresh_model()  # apply_plan prunes the model it is given in place
                 options = ValidationOptions() if lm_eval else ValidationOptions(tasks=())
@@ -453,11 +456,12 @@ class ApplyView(WorkerView, Vertical):
     def _check_output(self, plan: Plan, plan_file: str | None, output: str, overwrite: bool) -> None:
         """The CLI's one output rule, with `ssm-profile apply`'s inputs: the plan file, the model and the
         plan's texts."""
-        from ssm_profile.base.outputs import Output, check_paths, data_inputs, source_input
+        from ssm_profile.base.outputs import Output, check_paths, data_inputs, source_input, text_input
         from ssm_profile.model.resolve import model_input
 
         inputs = [source_input(plan_file, "the plan"), model_input(self.app.model_name()),
-                  *(data_inputs(plan.data.spec(), "the plan's") if plan.data is not None else ())]
+                  *(data_inputs(plan.data.spec(), "the plan's") if plan.data is not None else ()),
+                  *(text_input(d.source, "the plan's --also-on text") for d in plan.domains or ())]
         check_paths([Output(Path(output), "output", folder=True, overwrite=True if overwrite else None)], inputs)
 
     def _progress(self, done: int, total: int, label: str) -> None:

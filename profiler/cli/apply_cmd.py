@@ -51,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     mode = _check_output(args, plan)
     if mode == "apply":  # a broken promise is refused before the model loads (apply_plan notes it when allowed)
         check_promise_kept(plan, f"plan '{args.plan}'", allow=args.allow_broken_promise)
+    if args.validate:  # validation measures the plan's --also-on texts: a gone one is said before any work
+        from ..validation.domains import check_texts_are_there
+
+        check_texts_are_there(plan)
     with output_lock(args.output):  # a second apply to this output is refused now, not after its work
         if mode == "validate":
             return _validate_existing(args)

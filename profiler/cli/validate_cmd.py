@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from ..base.io import write_json_atomic
     from ..model.resolve import load_model, use_tokenizer
     from ..validation.check import validate
+    from ..validation.domains import check_texts_are_there
     from .progress import rich_progress
 
     validation_options(args)  # bad options fail before anything loads
@@ -100,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         plan = load_plan(args.plan)
         _check_same_plan(plan, recorded, args.plan, out_dir)
     output = _check_report_path(args, out_dir, plan)  # before loading any model
+    check_texts_are_there(plan)
     base = use_tokenizer(load_from_args(args), args.tokenizer, args.trust_remote_code)
     pruned = load_model(str(out_dir), dtype=next(base.model.parameters()).dtype, device=args.device)
     options = validation_options(args, lm_eval_log=output.parent / LM_EVAL_LOG)  # lm-eval's messages, off the terminal

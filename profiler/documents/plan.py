@@ -444,9 +444,11 @@ def check_not_edited(plan: Plan, where: str, allow: bool = False) -> str | None:
                     "make the plan again, or pass --allow-edited-plan to apply it as edited")
 
 
-def check_promise_kept(plan: Plan, where: str, allow: bool = False) -> str | None:
+def check_promise_kept(plan: Plan, where: str, allow: bool = False,
+                       override: str = "pass --allow-broken-promise to apply it anyway") -> str | None:
     """Refuse a plan whose promise broke at plan time (on its verification windows or an ``--also-on``
-    text's held-out windows: ``Plan.promise_kept`` is False) unless ``allow``, then a note."""
+    text's held-out windows: ``Plan.promise_kept`` is False) unless ``allow``, then a note. ``override``:
+    how the caller's user applies it anyway."""
     if plan.promise_kept is not False:
         return None
     checks = [("verification windows", plan.verification)] + \
@@ -456,8 +458,7 @@ def check_promise_kept(plan: Plan, where: str, allow: bool = False) -> str | Non
     said = f"{where} broke its promise of at most +{plan.objective.max_ppl_increase:.1%} when it was made ({broke})"
     if allow:
         return f"{said}; applying it anyway (--allow-broken-promise)"
-    raise PlanError(f"{said}; plan again with a smaller ratio or a larger tolerance, or pass --allow-broken-promise "
-                    "to apply it anyway")
+    raise PlanError(f"{said}; plan again with a smaller ratio or a larger tolerance, or {override}")
 
 
 def as_plan(plan: Plan | dict[str, Any], where: str = "the plan") -> Plan:

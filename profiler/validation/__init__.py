@@ -8,4 +8,5 @@ from ..base.face import lazy_face
 __all__, __getattr__ = lazy_face(__name__, {
     ".check": ("validate", "ValidationOptions", "ToleranceBreachedError", "LmEvalRunner", "count_parameters"),
     ".comparison": ("ComparisonRow", "comparison_rows", "relative_change"),
+    ".domains": ("check_texts_are_there",),
 })

@@ -10,6 +10,7 @@ gives the windows the plan measured: the verdict would be on other text than the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,13 +41,30 @@ def held_out_texts(tokenizer: Any, plan: Plan | None, spec: DataSpec) -> list[He
     return [_held_out(tokenizer, check, spec) for check in plan.domains]
 
 
+def check_texts_are_there(plan: Plan | None) -> None:
+    """Refuse (one line) a plan whose local ``--also-on`` text is gone, before any model loads or any
+    output is written (``validate``, ``apply --validate``)."""
+    for check in (plan.domains or []) if plan is not None else []:
+        _check_there(check)
+
+
+def _check_there(check: DomainCheck) -> None:
+    if not check.source.startswith("hf:") and not Path(check.source).expanduser().is_file():
+        raise DataError(f"the plan's --also-on text '{check.source}' is not there; put the text back where the "
+                        "plan read it (run from the directory `plan` ran in, for a relative path) to check the "
+                        "promise on it")
+
+
 def _held_out(tokenizer: Any, check: DomainCheck, spec: DataSpec) -> HeldOutText:
     where = f"the plan's --also-on text '{check.source}'"
+    if tokenizer is None:
+        raise DataError("this model has no tokenizer; pass --tokenizer PATH|embedded")
+    _check_there(check)
     try:
         _, windows = domain_windows(tokenizer, check.source, spec.eval_samples, spec.verify_samples, spec.seqlen)
-    except DataError as err:
-        raise DataError(f"{where} cannot be read ({err}); put the text back where the plan read it (run validate "
-                        "from the directory `plan` ran in, for a relative path) to check the promise on it") from None
+    except DataError as err:  # read, but no longer holds the windows the plan measured (or none at all)
+        raise DataError(f"{where} is not the text the plan measured ({err}); restore the text the plan read, "
+                        "or plan again with --also-on on this one") from None
     digest = windows_digest(windows)
     expected = check.verification.windows if check.verification is not None else None
     changed = (check.held_out_digest is not None and check.held_out_digest != digest) or \
