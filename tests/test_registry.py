@@ -98,11 +98,12 @@ def test_an_architecture_claimed_twice_is_an_error_and_an_unknown_one_gets_the_g
     from ssm_profile.model.stock import MambaArch, StockArch, register_arch, stock_arch
 
     class Impostor(StockArch):
-        model_types = ("mamba",)
+        model_types = ("an_unused_type", "mamba")
 
     with pytest.raises(NameClashError, match="architecture 'mamba' is registered twice"):
         register_arch(Impostor())
     assert type(stock_arch("mamba")) is MambaArch  # the first adapter stays
+    assert type(stock_arch("an_unused_type")) is StockArch  # and none of the impostor's types was taken
     assert type(stock_arch("no_such_model_type")) is StockArch and type(stock_arch(None)) is StockArch
 
 

@@ -367,7 +367,13 @@ ARCHES: Registry[StockArch | type[StockArch]] = Registry("architecture", "ssm_pr
 
 
 def register_arch(arch: StockArch) -> StockArch:
-    """Register ``arch`` under each of its ``model_types`` (one already taken raises :class:`NameClashError`)."""
+    """Register ``arch`` under each of its ``model_types``; one already taken raises :class:`NameClashError`
+    before any is registered."""
+    from ..base.registry import NameClashError
+
+    taken = [t for t in arch.model_types if t in ARCHES]
+    if taken:
+        raise NameClashError(f"{ARCHES.what} '{taken[0]}' is registered twice")
     for model_type in arch.model_types:
         ARCHES.add(model_type, arch)
     return arch
