@@ -25,7 +25,7 @@ __all__, __getattr__ = lazy_face(__name__, {
     ".lock": ("LOCK_NAME", "output_lock", "run_dir_lock"),
     ".runtime": ("FAST_KERNELS_ENV", "SMALL_MODEL", "available_memory", "check_threads",
                  "configure_threads", "fast_kernels_enabled", "quiet_libraries"),
-    ".registry": ("Registry",),
+    ".registry": ("NameClashError", "Registry"),
     ".patching": ("forwards_overridden",),
     ".face": ("lazy_face",),
 })
