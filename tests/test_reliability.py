@@ -517,14 +517,16 @@ def kill_inputs(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("kill")
     assert main(["profile", "tiny-mamba", "-o", str(base / "run"), *TINY]) == 0
     assert main(["plan", str(base / "run"), "-o", str(base / "plan.json"), "--ratio", "0.1", "--quiet"]) in (0, 3)
-    assert main(["apply", "tiny-mamba", str(base / "plan.json"), "-o", str(base / "pruned"), "--quiet"]) == 0
+    # the tiny profile's plan may break its promise (exit 3); these tests interrupt apply, not judge the plan
+    assert main(["apply", "tiny-mamba", str(base / "plan.json"), "-o", str(base / "pruned"), "--quiet",
+                 "--allow-broken-promise"]) == 0
     return base
 
 
 def _kill_command(name: str, base: Path, out: Path) -> list[str]:
     return {
         "plan": ["plan", str(base / "run"), "-o", str(out), "--ratio", "0.1", "--quiet"],
-        "apply": ["apply", "tiny-mamba", str(base / "plan.json"), "-o", str(out), "--quiet"],
+        "apply": ["apply", "tiny-mamba", str(base / "plan.json"), "-o", str(out), "--quiet", "--allow-broken-promise"],
         "recover": ["recover", str(base / "pruned"), "-o", str(out), "--steps", "12", "--batch-size", "2",
                     "--seqlen", "32", "--checkpoint-every", "3", "--no-lm-eval", "--quiet"],
         "validate": ["validate", "tiny-mamba", str(base / "pruned"), "-o", str(out), "--no-lm-eval", "--quiet",
