@@ -149,7 +149,7 @@ def _promise(plan: Plan) -> str:
     if plan.verification is not None:
         held = "kept" if plan.verification.kept else "NOT kept"
         said = f"{promise} — {held}: perplexity {plan.verification.phrase('held-out verification windows')}"
-        broken = [d.source for d in plan.domains or [] if not d.kept]
+        broken = [source for source, check in plan.held_out_checks() if source is not None and not check.kept]
         return said + (f"; NOT kept on {', '.join(broken)} (below)." if broken else ".")
     if plan.measured is not None:
         held = "kept" if plan.measured.within_tolerance else "NOT kept"

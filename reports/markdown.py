@@ -126,7 +126,7 @@ def validation_md(validation: ValidationReport) -> list[str]:
     out = []
     ok, tol = validation.within_tolerance, validation.tolerance
     if ok is not None:
-        also = f" and on the held-out windows of {md_escape(_sources(validation))}" if validation.domains else ""
+        also = md_escape(validation.also_on_clause())
         out += [f"**{'Within tolerance' if ok else 'Outside tolerance'}**: perplexity on the held-out verification "
                 f"windows{also} against at most +{tol.max_ppl_increase:.1%}", ""]
     for domain in validation.domains or []:  # the plan's --also-on texts, each judged as verification is
@@ -134,11 +134,6 @@ def validation_md(validation: ValidationReport) -> list[str]:
     table = [[r.label, r.text(r.before), r.text(r.after), r.change_text()] for r in comparison_rows(validation)]
     out += [md_table(["metric", "before", "after", "change"], table, ["l", "r", "r", "r"]), ""]
     return out
-
-
-def _sources(validation: ValidationReport) -> str:
-    """The plan's --also-on texts a validation measured, named."""
-    return ", ".join(d.source for d in validation.domains or [])
 
 
 def recovery_md(record: RecoveryRecord) -> list[str]:

@@ -136,8 +136,7 @@ def validation_section(validation: ValidationReport) -> str:
     ok = validation.within_tolerance
     if ok is not None:
         tol = validation.tolerance
-        also = f" and on the held-out windows of {', '.join(d.source for d in validation.domains)}" \
-            if validation.domains else ""
+        also = validation.also_on_clause()
         parts.append(f'<p class="verdict {"ok" if ok else "bad"}"><span class="badge {"ok" if ok else "bad"}">'
                      f'{"within tolerance" if ok else "outside tolerance"}</span> perplexity on the held-out '
                      f"verification windows{esc(also)} against at most +{tol.max_ppl_increase:.1%} "

@@ -218,9 +218,8 @@ class PlanView(Vertical):
         if plan.measured:
             text.append(f"  measured ppl +{pct(plan.measured.rel_ppl_increase, 1)}", style="bold cyan")
         # the promise on held-out windows, as `ssm-profile plan` prints it: a broken one is the first thing to read
-        checks = ([("", plan.verification)] if plan.verification is not None else []) + \
-            [(f"also on {d.source}: ", d.verification) for d in plan.domains or [] if d.verification is not None]
-        for where, check in checks:
+        for source, check in plan.held_out_checks():
+            where = "" if source is None else f"also on {source}: "
             text.append(f"\n{where}{check.sentence()}", style="bold green" if check.kept else "bold red")
         for note in plan.notes[:2]:
             text.append(f"\n· {note}", style="dim italic")

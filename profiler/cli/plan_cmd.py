@@ -137,8 +137,8 @@ def run(args: argparse.Namespace) -> int:
 
     if plan.promise_kept is False:
         # the promise broke on text no step of the plan saw: say so, suggest no apply, exit as validate does
-        broken = [] if plan.verification is None or plan.verification.kept else ["the verification windows"]
-        broken += [f"{d.source}'s held-out windows" for d in plan.domains or [] if not d.kept]
+        broken = ["the verification windows" if source is None else f"{source}'s held-out windows"
+                  for source, check in plan.held_out_checks() if not check.kept]
         print(f"plan: {output}  (its promise is NOT kept on {' and '.join(broken)}: do not apply it; plan again "
               "with a smaller --ratio or a larger --max-ppl-increase)")
         return BROKEN_PROMISE_EXIT

@@ -324,7 +324,13 @@ class Plan(Document):
         None when the plan was not verified."""
         if self.verification is None:
             return None
-        return self.verification.kept and all(d.kept for d in self.domains or [])
+        return all(check.kept for _, check in self.held_out_checks())
+
+    def held_out_checks(self) -> list[tuple[str | None, Verification]]:
+        """Each check of the promise on held-out windows: (None, the plan's verification), then (source,
+        each ``--also-on`` text's), for the measured ones."""
+        checks = [(None, self.verification)] if self.verification is not None else []
+        return checks + [(d.source, d.verification) for d in self.domains or [] if d.verification is not None]
 
     def source_model(self) -> str:
         """Where the plan's model was loaded from: its directory when local, else its name."""
@@ -451,10 +457,9 @@ def check_promise_kept(plan: Plan, where: str, allow: bool = False,
     how the caller's user applies it anyway."""
     if plan.promise_kept is not False:
         return None
-    checks = [("verification windows", plan.verification)] + \
-        [(f"held-out windows of {d.source}", d.verification) for d in plan.domains or []]
-    broke = " and ".join(f"{v.rel_ppl_increase:+.1%} on its {v.windows} {what}" for what, v in checks
-                         if v is not None and not v.kept)
+    broke = " and ".join(f"{v.rel_ppl_increase:+.1%} on its {v.windows} "
+                         + ("verification windows" if source is None else f"held-out windows of {source}")
+                         for source, v in plan.held_out_checks() if not v.kept)
     said = f"{where} broke its promise of at most +{plan.objective.max_ppl_increase:.1%} when it was made ({broke})"
     if allow:
         return f"{said}; applying it anyway (--allow-broken-promise)"

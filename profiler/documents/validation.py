@@ -221,6 +221,10 @@ class ValidationReport(Document):
     mixer_forwards: dict[str, MixerUsage] | None = _optional()
     extra: dict[str, Any] = _extra()
 
+    def also_on_clause(self) -> str:
+        """`` and on the held-out windows of a.txt, b.txt`` (the verdict's other texts), or ``""``."""
+        return f" and on the held-out windows of {', '.join(d.source for d in self.domains)}" if self.domains else ""
+
 
 def load_validation(path: str | Path) -> ValidationReport:
     """Read a ``validation.json`` written by ``ssm-profile validate``; every problem is one line."""
