@@ -472,19 +472,23 @@ async def test_the_palettes_screenshot_is_saved_and_says_where(run_here, tmp_pat
     assert len(saved) == 1 and "Saved screenshot" in said and saved[0].name in said
 
 
+async def _plan_summary(run_dir: Path, plan_of) -> str:
+    """The Plan tab's summary, words joined, after showing ``plan_of(result)``."""
+    app = SSMProfileApp(run_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await on_tab(pilot, "4", wait=0.2)
+        app.query_one("PlanView").show_plan(plan_of(app.result))
+        await settle(pilot)
+        return " ".join(str(app.query_one("#plan-summary").content).split())
+
+
 @needs_planner
 @run_async
 async def test_a_mixed_plan_says_the_rest_is_zeros(run_here):
     """"−1.1% of whole-model params (1.23k sliced)" read as a size win; 9.00k of it are zeros."""
     from test_report import make_plan  # a plan with one sliced and one zeroed action
 
-    app = SSMProfileApp(run_here)
-    async with app.run_test(size=SIZE) as pilot:
-        await on_tab(pilot, "4", wait=0.2)
-        view = app.query_one("PlanView")
-        view.show_plan(make_plan(app.result))
-        await settle(pilot)
-        said = " ".join(str(app.query_one("#plan-summary").content).split())
+    said = await _plan_summary(run_here, make_plan)
     assert "(1.23k sliced, 9.00k zeros)" in said
 
 
@@ -501,17 +505,11 @@ async def test_a_measured_plan_shows_its_promise_on_held_out_windows(run_here):
         return Verification(dense_loss=4.0, loss=4.0, delta_loss=rel, rel_ppl_increase=rel,
                             interval=[rel - 0.01, rel + 0.01], windows=17, max_ppl_increase=0.10, kept=rel <= 0.10)
 
-    app = SSMProfileApp(run_here)
-    async with app.run_test(size=SIZE) as pilot:
-        await on_tab(pilot, "4", wait=0.2)
-        view = app.query_one("PlanView")
-        base = make_plan(app.result)
-        certified = Certification(rule="prediction-bound", level=0.95, windows=16, unseen_windows=17, increase=0.05,
-                                  bound=0.08, max_ppl_increase=0.10, certified=True, why="")
-        prose = DomainCheck(source="prose.txt", certification=certified, verification=check(0.23))
-        view.show_plan(replace(base, verification=check(0.04), domains=[prose]))
-        await settle(pilot)
-        said = " ".join(str(app.query_one("#plan-summary").content).split())
+    certified = Certification(rule="prediction-bound", level=0.95, windows=16, unseen_windows=17, increase=0.05,
+                              bound=0.08, max_ppl_increase=0.10, certified=True, why="")
+    prose = DomainCheck(source="prose.txt", certification=certified, verification=check(0.23))
+    said = await _plan_summary(run_here, lambda result: replace(make_plan(result), verification=check(0.04),
+                                                                 domains=[prose]))
     assert "verification (17 held-out windows): perplexity +4.0%" in said and said.count(": kept") == 1
     assert "also on prose.txt: verification (17 held-out windows): perplexity +23.0%" in said
     assert "the promise is NOT kept on verification" in said
